@@ -1,0 +1,363 @@
+//! The [`Environment`] trait: the actuator for one deploy target, and the declarative state it
+//! applies and observes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{Revision, RevisionId, ServiceId, Weight};
+
+/// The whole desired state of one service in one environment: not a diff, so applying it twice,
+/// or again after a crash, is always safe.
+///
+/// Revisions absent from `revisions` are removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct DesiredState {
+    /// Every revision that should exist, with its instance count.
+    pub revisions: Vec<RevisionTarget>,
+    /// How traffic is spread across them.
+    pub traffic: Traffic,
+}
+
+impl DesiredState {
+    /// A desired state with the given revisions and traffic.
+    pub fn new(revisions: Vec<RevisionTarget>, traffic: Traffic) -> Self {
+        DesiredState { revisions, traffic }
+    }
+
+    /// The desired instance count of `revision` (0 if absent).
+    pub fn replicas_of(&self, revision: &RevisionId) -> u32 {
+        self.revisions
+            .iter()
+            .find(|t| &t.revision.id == revision)
+            .map_or(0, |t| t.replicas)
+    }
+
+    /// `v2=3 v1=1`: labels and counts, for messages.
+    pub fn summary(&self) -> String {
+        if self.revisions.is_empty() {
+            return "no revisions".to_string();
+        }
+        let parts: Vec<String> = self
+            .revisions
+            .iter()
+            .map(|t| format!("{}={}", t.revision.label, t.replicas))
+            .collect();
+        parts.join(" ")
+    }
+}
+
+/// One revision and how many instances of it should run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RevisionTarget {
+    /// The revision (its full spec, so the environment can create instances of it).
+    pub revision: Revision,
+    /// Desired instances.
+    pub replicas: u32,
+}
+
+impl RevisionTarget {
+    /// `replicas` instances of `revision`.
+    pub fn new(revision: Revision, replicas: u32) -> Self {
+        RevisionTarget { revision, replicas }
+    }
+}
+
+/// How requests are spread across revisions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Traffic {
+    /// Every ready instance of any revision takes an equal share (a Kubernetes Service over a
+    /// rolling update).
+    #[default]
+    ByReadyInstances,
+    /// Fixed weights per revision, summing to 100.
+    Weighted {
+        /// Weight per revision.
+        weights: BTreeMap<RevisionId, Weight>,
+    },
+}
+
+impl Traffic {
+    /// Weighted traffic; the weights must sum to 100.
+    pub fn weighted(weights: BTreeMap<RevisionId, Weight>) -> Result<Self> {
+        let sum: u32 = weights.values().map(|w| w.percent()).sum();
+        if sum != 100 {
+            return Err(Error::invalid(
+                "traffic.weights",
+                format!("weights sum to {sum}, not 100"),
+            ));
+        }
+        Ok(Traffic::Weighted { weights })
+    }
+}
+
+/// What an environment observes for one service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Observed {
+    /// Every revision that exists, in the order they were first created.
+    pub revisions: Vec<RevisionObservation>,
+    /// The share of traffic each revision actually receives (revisions receiving none are
+    /// absent). Empty when nothing is ready.
+    pub traffic: BTreeMap<RevisionId, Weight>,
+}
+
+impl Observed {
+    /// An observation of the given revisions and traffic.
+    pub fn new(revisions: Vec<RevisionObservation>, traffic: BTreeMap<RevisionId, Weight>) -> Self {
+        Observed { revisions, traffic }
+    }
+
+    /// The observation of one revision, if it exists.
+    pub fn revision(&self, id: &RevisionId) -> Option<&RevisionObservation> {
+        self.revisions.iter().find(|r| &r.revision.id == id)
+    }
+
+    /// Instances that exist, over all revisions.
+    pub fn total_instances(&self) -> u32 {
+        self.revisions.iter().map(|r| r.instances.len() as u32).sum()
+    }
+
+    /// Ready instances, over all revisions.
+    pub fn total_ready(&self) -> u32 {
+        self.revisions.iter().map(RevisionObservation::ready).sum()
+    }
+
+    /// `v2 2/3 ready, v1 1/1 ready`, for messages.
+    pub fn summary(&self) -> String {
+        if self.revisions.is_empty() {
+            return "nothing running".to_string();
+        }
+        let parts: Vec<String> = self
+            .revisions
+            .iter()
+            .map(|r| format!("{} {}/{} ready", r.revision.label, r.ready(), r.desired))
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// What is running for one revision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RevisionObservation {
+    /// The revision.
+    pub revision: Revision,
+    /// The instance count last applied for it.
+    pub desired: u32,
+    /// Its instances.
+    pub instances: Vec<InstanceObservation>,
+}
+
+impl RevisionObservation {
+    /// An observation of one revision.
+    pub fn new(revision: Revision, desired: u32, instances: Vec<InstanceObservation>) -> Self {
+        RevisionObservation {
+            revision,
+            desired,
+            instances,
+        }
+    }
+
+    /// Instances passing readiness (available to serve).
+    pub fn ready(&self) -> u32 {
+        self.instances.iter().filter(|i| i.ready).count() as u32
+    }
+
+    /// Instances that have failed (crash loop, startup, readiness or liveness failures).
+    pub fn failed(&self) -> impl Iterator<Item = &InstanceObservation> {
+        self.instances.iter().filter(|i| i.failure.is_some())
+    }
+}
+
+/// One instance as observed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct InstanceObservation {
+    /// Instance name, unique within the service.
+    pub name: String,
+    /// Whether it passes readiness now.
+    pub ready: bool,
+    /// How often it has been restarted.
+    pub restarts: u32,
+    /// Why it has failed, if it has.
+    pub failure: Option<InstanceFailure>,
+}
+
+impl InstanceObservation {
+    /// An instance observation.
+    pub fn new(name: String, ready: bool, restarts: u32, failure: Option<InstanceFailure>) -> Self {
+        InstanceObservation {
+            name,
+            ready,
+            restarts,
+            failure,
+        }
+    }
+}
+
+/// Why an instance failed, with the backend's own reason (e.g. `GET /health returned 503`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct InstanceFailure {
+    /// Which check failed.
+    pub kind: FailureKind,
+    /// The backend's reason.
+    pub reason: String,
+}
+
+impl InstanceFailure {
+    /// A failure of `kind` for `reason`.
+    pub fn new(kind: FailureKind, reason: impl Into<String>) -> Self {
+        InstanceFailure {
+            kind,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Which check an instance failed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// Readiness failed `failure_threshold` times in a row.
+    Readiness,
+    /// Liveness failed; the instance is being restarted.
+    Liveness,
+    /// The startup probe failed `failure_threshold` times in a row.
+    Startup,
+    /// The process keeps exiting (`CrashLoopBackOff`).
+    CrashLoop,
+    /// A named custom check failed.
+    Custom(String),
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureKind::Readiness => f.write_str("failed readiness"),
+            FailureKind::Liveness => f.write_str("failed liveness"),
+            FailureKind::Startup => f.write_str("failed startup"),
+            FailureKind::CrashLoop => f.write_str("are crash-looping"),
+            FailureKind::Custom(name) => write!(f, "failed check {name}"),
+        }
+    }
+}
+
+/// One deploy target: a simulated cluster, a Kubernetes namespace, local processes.
+///
+/// It applies declarative, idempotent desired states for one service at a time and reports what
+/// it observes. Every method must be safe to call again after a crash or a timeout.
+#[async_trait]
+pub trait Environment: Send + Sync + fmt::Debug {
+    /// Make the target match `desired` for `service`. Idempotent: applying the same state twice
+    /// is a no-op. Revisions absent from `desired` are removed.
+    async fn apply(&self, service: &ServiceId, desired: &DesiredState) -> Result<()>;
+
+    /// What runs now for `service`: per revision the desired count and its instances, and the
+    /// traffic actually served. An unknown service observes as empty.
+    async fn observe(&self, service: &ServiceId) -> Result<Observed>;
+
+    /// Remove everything this environment created for `service`. Idempotent.
+    async fn teardown(&self, service: &ServiceId) -> Result<()>;
+}
+
+/// Conveniences over any [`Environment`].
+#[async_trait]
+pub trait EnvironmentExt: Environment {
+    /// Observe `service` every `interval` until every revision has exactly its desired number of
+    /// instances and all of them are ready, or until `timeout` passes (then the last observation
+    /// is returned inside an error).
+    async fn wait_settled(
+        &self,
+        service: &ServiceId,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<Observed> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let observed = self.observe(service).await?;
+            let settled = observed.revisions.iter().all(|r| {
+                r.instances.len() as u32 == r.desired && r.ready() == r.desired
+            });
+            if settled {
+                return Ok(observed);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::backend(
+                    format!("waiting for {service} to settle"),
+                    format!("not settled after {timeout:?}: {}", observed.summary()),
+                ));
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+}
+
+impl<T: Environment + ?Sized> EnvironmentExt for T {}
+
+/// Splits 100 % across `counts` in proportion, by largest remainder, so the parts sum to 100
+/// exactly (or the map is empty when every count is 0). Ties go to the earlier key.
+pub fn proportional_weights(counts: &[(RevisionId, u32)]) -> BTreeMap<RevisionId, Weight> {
+    let total: u64 = counts.iter().map(|(_, c)| u64::from(*c)).sum();
+    let mut out = BTreeMap::new();
+    if total == 0 {
+        return out;
+    }
+    let mut parts: Vec<(usize, u64, u64)> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, (_, c))| {
+            let scaled = u64::from(*c) * 100;
+            (i, scaled / total, scaled % total)
+        })
+        .collect();
+    let assigned: u64 = parts.iter().map(|p| p.1).sum();
+    let mut order: Vec<usize> = (0..parts.len()).collect();
+    order.sort_by(|a, b| parts[*b].2.cmp(&parts[*a].2).then(a.cmp(b)));
+    for &i in order.iter().take((100 - assigned) as usize) {
+        parts[i].1 += 1;
+    }
+    for (i, pct, _) in parts {
+        if pct > 0 {
+            out.insert(counts[i].0.clone(), Weight::clamped(pct as u32));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rid(n: u8) -> RevisionId {
+        RevisionId::parse(&format!("{n:016x}")).unwrap()
+    }
+
+    #[test]
+    fn proportional_weights_sum_to_100() {
+        let w = proportional_weights(&[(rid(1), 1), (rid(2), 1), (rid(3), 1)]);
+        let v: Vec<u32> = w.values().map(|w| w.percent()).collect();
+        assert_eq!(v, vec![34, 33, 33]);
+        let w = proportional_weights(&[(rid(1), 3), (rid(2), 0)]);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[&rid(1)].percent(), 100);
+        assert!(proportional_weights(&[(rid(1), 0)]).is_empty());
+    }
+
+    #[test]
+    fn weighted_traffic_must_sum_to_100() {
+        let w = BTreeMap::from([(rid(1), Weight::new(90).unwrap()), (rid(2), Weight::new(5).unwrap())]);
+        let err = Traffic::weighted(w).unwrap_err();
+        assert_eq!(err.to_string(), "invalid traffic.weights: weights sum to 95, not 100");
+    }
+}

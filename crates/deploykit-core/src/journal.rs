@@ -1,0 +1,476 @@
+//! The deployment journal and the state machine derived from it.
+//!
+//! A deployment's journal is an append-only list of [`JournalEntry`]s. Its state
+//! ([`DeploymentStatus`]) is never stored: it is computed from the journal by one pure function,
+//! [`DeploymentStatus::from_journal`], which also enforces the allowed transitions. The
+//! orchestrator writes an entry *before* it carries out what the entry says, so a new process
+//! reading the same journal knows exactly where the last one stopped.
+//!
+//! ```text
+//!   Pending ──Started──► Progressing ◄──Resumed── Paused
+//!      │                  │   │  └──Paused──────────►│
+//!      │                  │   └─RollbackStarted──┐   │ (abort, fail-fast, deadline,
+//!      │       Finished(Succeeded)               ▼   ▼  environment error)
+//!      │                  ▼                    RollingBack
+//!      │              Succeeded                  │      │
+//!      │                         Finished(RolledBack)  Finished(Failed)
+//!      └──Finished(Failed)──► Failed ◄───────────┘─────────┘
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::environment::DesiredState;
+use crate::error::{Error, Result};
+use crate::model::{DeploymentId, EnvironmentName, Revision, ServiceId};
+use crate::strategy::StrategySpec;
+use crate::time::{Timestamp, duration_ms};
+
+/// Who did something: a person, a CI job, or deploykit itself (`system`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Actor(String);
+
+impl Actor {
+    /// A named actor (`alice`, `ci:release-pipeline`).
+    pub fn new(name: impl Into<String>) -> Self {
+        Actor(name.into())
+    }
+
+    /// deploykit itself, for automatic decisions.
+    pub fn system() -> Self {
+        Actor("deploykit".into())
+    }
+
+    /// The actor's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a deployment exists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentKind {
+    /// A new revision.
+    Deploy,
+    /// A manual rollback to a kept revision.
+    Rollback,
+}
+
+/// What a deployment was asked to do; the first journal entry, fixed for its lifetime.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct DeploymentSpec {
+    /// The deployment's id.
+    pub id: DeploymentId,
+    /// The service.
+    pub service: ServiceId,
+    /// The environment.
+    pub environment: EnvironmentName,
+    /// The revision to roll out.
+    pub target: Revision,
+    /// Desired instances of it.
+    pub replicas: u32,
+    /// How to roll out.
+    pub strategy: StrategySpec,
+    /// Roll back after this long without progress.
+    #[serde(with = "duration_ms", rename = "progress_deadline_ms")]
+    pub progress_deadline: Duration,
+    /// Deploy or manual rollback.
+    pub kind: DeploymentKind,
+    /// Who asked for it.
+    pub requested_by: Actor,
+}
+
+/// Why a rollback started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RollbackCause {
+    /// An operator aborted the deployment.
+    Aborted,
+    /// New instances failed (crash loop, startup or readiness failures).
+    FailFast,
+    /// No progress within the progress deadline.
+    ProgressDeadline,
+    /// The environment refused an operation for good.
+    EnvironmentError,
+}
+
+impl fmt::Display for RollbackCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RollbackCause::Aborted => "aborted",
+            RollbackCause::FailFast => "new instances failed",
+            RollbackCause::ProgressDeadline => "progress deadline exceeded",
+            RollbackCause::EnvironmentError => "environment error",
+        })
+    }
+}
+
+/// How a deployment ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The target serves at full size.
+    Succeeded,
+    /// The previous revision serves again, verified ready.
+    RolledBack,
+    /// Neither: see the reason.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One fact in a deployment's journal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum JournalEvent {
+    /// The deployment was requested (always entry 0).
+    Created {
+        /// What was asked.
+        spec: DeploymentSpec,
+    },
+    /// The orchestrator took the service's lease and began; `previous` is the last good
+    /// revision to return to on rollback.
+    Started {
+        /// The last good revision, if any.
+        previous: Option<Revision>,
+    },
+    /// A desired state is about to be applied.
+    Applied {
+        /// The state.
+        desired: DesiredState,
+        /// What was observed when it was decided, for humans.
+        observed: String,
+    },
+    /// An operator paused the rollout.
+    Paused {
+        /// Who.
+        by: Actor,
+        /// Why.
+        reason: String,
+    },
+    /// An operator resumed it.
+    Resumed {
+        /// Who.
+        by: Actor,
+    },
+    /// An operator asked for an abort (a fact, acted on by the orchestrator).
+    AbortRequested {
+        /// Who.
+        by: Actor,
+        /// Why.
+        reason: String,
+    },
+    /// A rollback to the previous revision began.
+    RollbackStarted {
+        /// Why, in one word.
+        cause: RollbackCause,
+        /// Why, in full.
+        reason: String,
+    },
+    /// The deployment ended.
+    Finished {
+        /// How.
+        outcome: Outcome,
+    },
+}
+
+impl JournalEvent {
+    /// The event's type name as stored (`created`, `applied`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JournalEvent::Created { .. } => "created",
+            JournalEvent::Started { .. } => "started",
+            JournalEvent::Applied { .. } => "applied",
+            JournalEvent::Paused { .. } => "paused",
+            JournalEvent::Resumed { .. } => "resumed",
+            JournalEvent::AbortRequested { .. } => "abort_requested",
+            JournalEvent::RollbackStarted { .. } => "rollback_started",
+            JournalEvent::Finished { .. } => "finished",
+        }
+    }
+
+    /// Whether this event ends the deployment.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, JournalEvent::Finished { .. })
+    }
+}
+
+/// One journal entry: its position, when it was written, and the fact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct JournalEntry {
+    /// Position in the journal, from 0.
+    pub seq: u64,
+    /// When it was written.
+    pub at: Timestamp,
+    /// The fact.
+    pub event: JournalEvent,
+}
+
+impl JournalEntry {
+    /// An entry at position `seq`.
+    pub fn new(seq: u64, at: Timestamp, event: JournalEvent) -> Self {
+        JournalEntry { seq, at, event }
+    }
+}
+
+/// The phase of a deployment, derived from its journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Waiting for the service's lease (another deployment of it is running).
+    Pending,
+    /// Rolling out.
+    Progressing,
+    /// Rolling out, held by an operator.
+    Paused,
+    /// Returning to the previous revision.
+    RollingBack,
+    /// Done: the target serves.
+    Succeeded,
+    /// Done: the previous revision serves again.
+    RolledBack,
+    /// Done: neither.
+    Failed,
+}
+
+impl Phase {
+    /// Whether the deployment has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::RolledBack | Phase::Failed)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Pending => "pending",
+            Phase::Progressing => "progressing",
+            Phase::Paused => "paused",
+            Phase::RollingBack => "rolling back",
+            Phase::Succeeded => "succeeded",
+            Phase::RolledBack => "rolled back",
+            Phase::Failed => "failed",
+        })
+    }
+}
+
+/// An operator's hold or abort, with who and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorFlag {
+    /// Who.
+    pub by: Actor,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// A deployment's state, computed from its journal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct DeploymentStatus {
+    /// What was asked.
+    pub spec: DeploymentSpec,
+    /// The current phase.
+    pub phase: Phase,
+    /// The revision to return to on rollback (known once started).
+    pub previous: Option<Revision>,
+    /// Set while an operator holds the rollout.
+    pub paused: Option<OperatorFlag>,
+    /// Set once an operator asked for an abort.
+    pub abort: Option<OperatorFlag>,
+    /// Why a rollback started, if one did.
+    pub rollback: Option<(RollbackCause, String)>,
+    /// The final outcome, once terminal.
+    pub outcome: Option<Outcome>,
+    /// The last desired state journaled in the current leg (rollout or rollback).
+    pub last_applied: Option<DesiredState>,
+    /// When the deployment last made progress (start, an apply, a resume, a rollback).
+    pub last_progress_at: Timestamp,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When its journal was last written.
+    pub updated_at: Timestamp,
+    /// The sequence number the next journal entry must have.
+    pub next_seq: u64,
+}
+
+impl DeploymentStatus {
+    /// Folds a journal into a status, checking every transition.
+    pub fn from_journal(entries: &[JournalEntry]) -> Result<Self> {
+        let Some((first, rest)) = entries.split_first() else {
+            return Err(corrupt("journal", "it is empty"));
+        };
+        let JournalEvent::Created { spec } = &first.event else {
+            return Err(corrupt("journal", "entry 0 is not `created`"));
+        };
+        if first.seq != 0 {
+            return Err(corrupt("journal", "entry 0 has a sequence number other than 0"));
+        }
+        let mut status = DeploymentStatus {
+            spec: spec.clone(),
+            phase: Phase::Pending,
+            previous: None,
+            paused: None,
+            abort: None,
+            rollback: None,
+            outcome: None,
+            last_applied: None,
+            last_progress_at: first.at,
+            created_at: first.at,
+            updated_at: first.at,
+            next_seq: 1,
+        };
+        for entry in rest {
+            if entry.seq != status.next_seq {
+                return Err(corrupt(
+                    &format!("journal of {}", status.spec.id),
+                    &format!("expected entry {}, found {}", status.next_seq, entry.seq),
+                ));
+            }
+            status.apply(entry).map_err(|e| {
+                corrupt(
+                    &format!("journal of {} at entry {}", status.spec.id, entry.seq),
+                    &e.to_string(),
+                )
+            })?;
+        }
+        Ok(status)
+    }
+
+    /// Whether `event` is allowed now; the error names the refused action and the phase.
+    pub fn check(&self, event: &JournalEvent) -> Result<()> {
+        let p = self.phase;
+        let ok = match event {
+            JournalEvent::Created { .. } => false,
+            JournalEvent::Started { .. } => p == Phase::Pending,
+            JournalEvent::Applied { .. } => matches!(p, Phase::Progressing | Phase::RollingBack),
+            JournalEvent::Paused { .. } => p == Phase::Progressing,
+            JournalEvent::Resumed { .. } => p == Phase::Paused,
+            JournalEvent::AbortRequested { .. } => {
+                matches!(p, Phase::Pending | Phase::Progressing | Phase::Paused)
+                    && self.abort.is_none()
+            }
+            JournalEvent::RollbackStarted { .. } => matches!(p, Phase::Progressing | Phase::Paused),
+            JournalEvent::Finished { outcome } => match outcome {
+                Outcome::Succeeded => p == Phase::Progressing,
+                Outcome::RolledBack => p == Phase::RollingBack,
+                Outcome::Failed { .. } => !p.is_terminal(),
+            },
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::InvalidTransition {
+                deployment: self.spec.id.to_string(),
+                action: match event {
+                    JournalEvent::Created { .. } => "create",
+                    JournalEvent::Started { .. } => "start",
+                    JournalEvent::Applied { .. } => "apply a state to",
+                    JournalEvent::Paused { .. } => "pause",
+                    JournalEvent::Resumed { .. } => "resume",
+                    JournalEvent::AbortRequested { .. } => "abort",
+                    JournalEvent::RollbackStarted { .. } => "roll back",
+                    JournalEvent::Finished { .. } => "finish",
+                }
+                .to_string(),
+                phase: if self.abort.is_some() && !p.is_terminal() {
+                    format!("{p} (abort requested)")
+                } else {
+                    p.to_string()
+                },
+            })
+        }
+    }
+
+    /// This status with one more entry applied (the entry must be the next one).
+    pub(crate) fn advanced(&self, entry: &JournalEntry) -> Result<Self> {
+        let mut next = self.clone();
+        next.apply(entry)?;
+        Ok(next)
+    }
+
+    fn apply(&mut self, entry: &JournalEntry) -> Result<()> {
+        self.check(&entry.event)?;
+        self.updated_at = entry.at;
+        self.next_seq = entry.seq + 1;
+        match &entry.event {
+            JournalEvent::Created { .. } => {}
+            JournalEvent::Started { previous } => {
+                self.previous = previous.clone();
+                self.phase = Phase::Progressing;
+                self.last_progress_at = entry.at;
+            }
+            JournalEvent::Applied { desired, .. } => {
+                self.last_applied = Some(desired.clone());
+                self.last_progress_at = entry.at;
+            }
+            JournalEvent::Paused { by, reason } => {
+                self.paused = Some(OperatorFlag {
+                    by: by.clone(),
+                    reason: reason.clone(),
+                    at: entry.at,
+                });
+                self.phase = Phase::Paused;
+            }
+            JournalEvent::Resumed { .. } => {
+                self.paused = None;
+                self.phase = Phase::Progressing;
+                self.last_progress_at = entry.at;
+            }
+            JournalEvent::AbortRequested { by, reason } => {
+                self.abort = Some(OperatorFlag {
+                    by: by.clone(),
+                    reason: reason.clone(),
+                    at: entry.at,
+                });
+            }
+            JournalEvent::RollbackStarted { cause, reason } => {
+                self.rollback = Some((*cause, reason.clone()));
+                self.paused = None;
+                self.phase = Phase::RollingBack;
+                self.last_applied = None;
+                self.last_progress_at = entry.at;
+            }
+            JournalEvent::Finished { outcome } => {
+                self.phase = match outcome {
+                    Outcome::Succeeded => Phase::Succeeded,
+                    Outcome::RolledBack => Phase::RolledBack,
+                    Outcome::Failed { .. } => Phase::Failed,
+                };
+                self.outcome = Some(outcome.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// The revision serving once this deployment ended, if it ended well.
+    pub fn serving_revision(&self) -> Option<&Revision> {
+        match self.outcome {
+            Some(Outcome::Succeeded) => Some(&self.spec.target),
+            Some(Outcome::RolledBack) => self.previous.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+fn corrupt(what: &str, why: &str) -> Error {
+    Error::Corrupt {
+        what: what.to_string(),
+        source: why.to_string().into(),
+    }
+}

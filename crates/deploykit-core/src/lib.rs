@@ -1,0 +1,43 @@
+//! # deploykit-core
+//!
+//! The domain model, the traits every backend implements, and the journaled orchestrator of
+//! deploykit, an embeddable SDK that deploys applications safely and keeps them recoverable.
+//!
+//! - [`model`]: services, environments, revisions, health checks, rollout parameters — built
+//!   with validating builders, so an impossible spec is an [`Error::InvalidSpec`] naming the
+//!   field.
+//! - Traits: [`Environment`] (the actuator), [`DeploymentStrategy`] (a pure planner),
+//!   [`Monitor`] (the sensor), [`StateStore`] (journals, leases, audit), [`BuildStage`] and
+//!   [`BackupTarget`].
+//! - [`Orchestrator`]: runs the state machine of [`journal`], journaling every transition before
+//!   acting, so a new process on the same store resumes every in-flight deployment.
+//! - [`SqliteStore`]: the embedded default state store.
+//!
+//! In-memory backends, fault injection and conformance suites live in `deploykit-testing`.
+
+pub mod backup;
+pub mod build;
+pub mod environment;
+mod error;
+pub mod journal;
+pub mod model;
+pub mod monitor;
+mod orchestrator;
+pub mod store;
+pub mod strategy;
+mod time;
+
+pub use backup::{BackupTarget, ObjectMeta};
+pub use build::{Artifact, BuildContext, BuildStage};
+pub use environment::{
+    DesiredState, Environment, EnvironmentExt, FailureKind, InstanceFailure, InstanceObservation,
+    Observed, RevisionObservation, RevisionTarget, Traffic,
+};
+pub use error::{BoxError, Error, Result};
+pub use journal::{Actor, DeploymentStatus, Outcome, Phase};
+pub use model::*;
+pub use monitor::{MetricQuery, Monitor, MonitorExt, Sample};
+pub use orchestrator::{DeployRequest, Event, Orchestrator, OrchestratorBuilder, OrchestratorConfig};
+pub use store::{SqliteStore, StateStore};
+pub use strategy::{Decision, DeploymentStrategy, PlanContext, RollingStrategy, StrategySpec};
+pub use time::{Clock, SystemClock, Timestamp};

@@ -1,0 +1,15 @@
+//! The domain model: services, environments, revisions, health checks and rollout parameters.
+
+mod environment;
+mod health;
+mod ids;
+mod revision;
+mod rollout;
+mod service;
+
+pub use environment::{Autoscale, EnvironmentKind, EnvironmentSpec, Resources};
+pub use health::{HealthChecks, Probe, ProbeAction};
+pub use ids::{DeploymentId, Digest, EnvironmentName, RevisionId, ServiceId};
+pub use revision::{Revision, WorkloadConfig};
+pub use rollout::{Quantity, RollingSpec, Weight};
+pub use service::ServiceSpec;

@@ -1,0 +1,107 @@
+//! Services: the unit that is built, deployed and rolled back.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use typed_builder::TypedBuilder;
+
+use super::environment::Resources;
+use super::health::HealthChecks;
+use super::ids::ServiceId;
+use crate::error::{Error, Result};
+
+/// What a service is: how to run one instance of it and how to tell whether it is healthy.
+///
+/// ```
+/// use deploykit_core::{HealthChecks, Probe, ProbeAction, ServiceSpec};
+/// let web = ServiceSpec::builder()
+///     .name("web")
+///     .command(vec!["./server".into()])
+///     .port(8080)
+///     .health(HealthChecks::builder()
+///         .readiness(Probe::builder().action(ProbeAction::http("/health")).build()?)
+///         .build())
+///     .build()?;
+/// assert_eq!(web.name.as_str(), "web");
+/// # Ok::<(), deploykit_core::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
+#[builder(build_method(into = Result<ServiceSpec>))]
+#[non_exhaustive]
+pub struct ServiceSpec {
+    /// The service's name; the builder takes a string and validates it in `build`.
+    #[builder(setter(transform = |name: impl Into<String>| ServiceId::unchecked(name.into())))]
+    pub name: ServiceId,
+    /// Program and arguments of one instance (empty: the artifact's own entry point).
+    #[builder(default)]
+    pub command: Vec<String>,
+    /// The port the service listens on, if any.
+    #[builder(default, setter(strip_option))]
+    pub port: Option<u16>,
+    /// Variables common to every environment.
+    #[builder(default)]
+    pub variables: BTreeMap<String, String>,
+    /// Health checks.
+    #[builder(default)]
+    pub health: HealthChecks,
+    /// Resource requests and limits of one instance.
+    #[builder(default)]
+    pub resources: Resources,
+}
+
+impl From<ServiceSpec> for Result<ServiceSpec> {
+    fn from(spec: ServiceSpec) -> Self {
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+impl ServiceSpec {
+    pub(crate) fn validate(&self) -> Result<()> {
+        ServiceId::new(self.name.as_str())?;
+        if self.port == Some(0) {
+            return Err(Error::invalid("service.port", "port 0 is not a port"));
+        }
+        for key in self.variables.keys() {
+            check_variable_name("service.variables", key)?;
+        }
+        self.health.validate("service.health")?;
+        self.resources.validate("service.resources")
+    }
+}
+
+pub(crate) fn check_variable_name(field: &str, key: &str) -> Result<()> {
+    let ok = !key.is_empty()
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            format!("{field}.{key}"),
+            "variable names are letters, digits and '_', not starting with a digit",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_services_name_the_field() {
+        let err = ServiceSpec::builder().name("Web Server").build().unwrap_err();
+        assert!(matches!(&err, Error::InvalidSpec { field, .. } if field == "service.name"));
+        let err = ServiceSpec::builder().name("web").port(0).build().unwrap_err();
+        assert!(matches!(&err, Error::InvalidSpec { field, .. } if field == "service.port"));
+        let vars = BTreeMap::from([("1X".to_string(), "v".to_string())]);
+        let err = ServiceSpec::builder()
+            .name("web")
+            .variables(vars)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidSpec { field, .. } if field == "service.variables.1X")
+        );
+    }
+}

@@ -1,0 +1,334 @@
+//! The control loop of one deployment: load → (lease) → observe → plan → journal → act.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Shared;
+use crate::environment::DesiredState;
+use crate::error::{Error, Result};
+use crate::journal::{DeploymentStatus, JournalEvent, Outcome, Phase, RollbackCause};
+use crate::model::DeploymentId;
+use crate::store::Lease;
+use crate::strategy::{Decision, PlanContext};
+
+/// What the loop does after a step.
+enum Next {
+    /// Step again at once (the journal moved on).
+    Now,
+    /// Step again after this long, or sooner if an operator acts.
+    After(Duration),
+    /// Stop driving (terminal, or another orchestrator owns the deployment).
+    Done,
+}
+
+/// Exponential backoff that resets after every successful step, per deployment.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Option<Duration>,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let next = match self.current {
+            None => self.initial,
+            Some(d) => (d * 2).min(self.max),
+        };
+        self.current = Some(next);
+        next
+    }
+
+    fn reset(&mut self) {
+        self.current = None;
+    }
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    id: DeploymentId,
+    lease: Option<Lease>,
+    /// Whether the last journaled desired state has been re-applied since this driver started.
+    reapplied: bool,
+    backoff: Backoff,
+    last_error: Option<String>,
+}
+
+/// Drive deployment `id` until it ends (or another orchestrator takes it over).
+pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
+    let config = shared.config.clone();
+    let mut driver = Driver {
+        shared,
+        id,
+        lease: None,
+        reapplied: false,
+        backoff: Backoff {
+            initial: config.retry_initial,
+            max: config.retry_max,
+            current: None,
+        },
+        last_error: None,
+    };
+    loop {
+        match driver.step().await {
+            Ok(Next::Done) => break,
+            Ok(Next::Now) => driver.backoff.reset(),
+            Ok(Next::After(d)) => {
+                driver.backoff.reset();
+                driver.sleep(d).await;
+            }
+            Err(e @ (Error::Corrupt { .. } | Error::NotFound { .. } | Error::InvalidSpec { .. })) => {
+                tracing::error!(error = %e.chain(), "cannot drive deployment; leaving it as it is");
+                break;
+            }
+            Err(Error::Conflict { .. }) => {
+                // An operator wrote to the journal first: re-read it and decide again.
+                tracing::debug!("journal moved on; re-planning");
+            }
+            Err(e) => {
+                let delay = driver.backoff.next();
+                tracing::warn!(error = %e.chain(), retry_in = ?delay, "step failed; retrying");
+                driver.last_error = Some(e.chain());
+                driver.sleep(delay).await;
+            }
+        }
+    }
+    if let Some(lease) = driver.lease.take()
+        && let Err(e) = driver.shared.store.release_lease(&lease).await
+    {
+        tracing::warn!(error = %e.chain(), "could not release lease; it will expire");
+    }
+    driver.shared.forget(&driver.id);
+}
+
+impl Driver {
+    async fn sleep(&self, d: Duration) {
+        let notify = self.shared.waker(&self.id);
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = notify.notified() => {}
+        }
+    }
+
+    fn poll(&self) -> Duration {
+        self.shared.config.poll_interval
+    }
+
+    async fn step(&mut self) -> Result<Next> {
+        let st = self.shared.status(&self.id).await?;
+        if st.phase.is_terminal() {
+            return Ok(Next::Done);
+        }
+        let now = self.shared.clock.now();
+
+        if st.phase == Phase::Pending {
+            if let Some(abort) = &st.abort {
+                let reason = format!("aborted by {} before it started: {}", abort.by, abort.reason);
+                self.finish(&st, Outcome::Failed { reason }).await?;
+                return Ok(Next::Now);
+            }
+            if self.queued_behind_older(&st).await? || !self.hold_lease(&st).await? {
+                return Ok(Next::After(self.poll()));
+            }
+            let previous = self
+                .shared
+                .history(&st.spec.service, &st.spec.environment, 1)
+                .await?
+                .into_iter()
+                .next();
+            self.shared
+                .append(&st, JournalEvent::Started { previous })
+                .await?;
+            return Ok(Next::Now);
+        }
+
+        if !self.hold_lease(&st).await? {
+            tracing::warn!("lease taken by another orchestrator; it drives this deployment now");
+            return Ok(Next::Done);
+        }
+        if let Some(abort) = &st.abort
+            && matches!(st.phase, Phase::Progressing | Phase::Paused)
+        {
+            let reason = format!("aborted by {}: {}", abort.by, abort.reason);
+            return self.give_up(&st, RollbackCause::Aborted, reason).await;
+        }
+        if st.phase == Phase::Paused {
+            return Ok(Next::After(self.poll()));
+        }
+
+        let stalled = now.since(st.last_progress_at);
+        if stalled > st.spec.progress_deadline {
+            let mut reason = format!(
+                "no progress for {}s (progress deadline {}s)",
+                stalled.as_secs(),
+                st.spec.progress_deadline.as_secs()
+            );
+            if let Some(e) = &self.last_error {
+                reason.push_str(&format!("; last error: {e}"));
+            }
+            return self.give_up(&st, RollbackCause::ProgressDeadline, reason).await;
+        }
+
+        // After a restart, finish the action the last process journaled but may not have
+        // carried out. Applying a desired state is idempotent, so this is safe either way.
+        if !self.reapplied {
+            if let Some(desired) = &st.last_applied {
+                self.apply(&st, desired).await?;
+            }
+            self.reapplied = true;
+        }
+
+        let leg_target = match (st.phase, &st.previous) {
+            (Phase::RollingBack, Some(previous)) => previous.clone(),
+            (Phase::RollingBack, None) => return self.remove_first_revision(&st).await,
+            _ => st.spec.target.clone(),
+        };
+        let env = &self.shared.targets[&st.spec.environment].env;
+        let observed = match env.observe(&st.spec.service).await {
+            Ok(o) => o,
+            Err(e) => return self.environment_error(&st, "observe", e).await,
+        };
+        let planner = st.spec.strategy.planner();
+        let ctx = PlanContext::new(&leg_target, st.spec.replicas, &observed, now);
+        match planner.plan(&ctx) {
+            Decision::Apply(desired) => {
+                if st.last_applied.as_ref() != Some(&desired) {
+                    let event = JournalEvent::Applied {
+                        desired: desired.clone(),
+                        observed: observed.summary(),
+                    };
+                    let st = self.shared.append(&st, event).await?;
+                    self.apply(&st, &desired).await?;
+                } else {
+                    self.apply(&st, &desired).await?;
+                }
+                self.last_error = None;
+                Ok(Next::After(self.poll()))
+            }
+            Decision::Wait { reason } => {
+                tracing::debug!(%reason, "waiting");
+                self.last_error = None;
+                Ok(Next::After(self.poll()))
+            }
+            Decision::Complete => {
+                let outcome = if st.phase == Phase::RollingBack {
+                    Outcome::RolledBack
+                } else {
+                    Outcome::Succeeded
+                };
+                self.finish(&st, outcome).await?;
+                Ok(Next::Now)
+            }
+            Decision::Abort { reason } => self.give_up(&st, RollbackCause::FailFast, reason).await,
+        }
+    }
+
+    /// Apply `desired`; a permanent refusal becomes a rollback (or a failure during one).
+    async fn apply(&mut self, st: &DeploymentStatus, desired: &DesiredState) -> Result<()> {
+        let env = &self.shared.targets[&st.spec.environment].env;
+        match env.apply(&st.spec.service, desired).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_retryable() => Err(e),
+            Err(e) => {
+                self.environment_error(st, "apply", e).await?;
+                // The journal moved on (rollback or failure): make the loop re-read it.
+                Err(Error::Conflict {
+                    deployment: st.spec.id.to_string(),
+                    expected: st.next_seq,
+                    actual: st.next_seq + 1,
+                })
+            }
+        }
+    }
+
+    async fn environment_error(&mut self, st: &DeploymentStatus, op: &str, e: Error) -> Result<Next> {
+        if e.is_retryable() {
+            return Err(e);
+        }
+        let reason = format!("{op} of {} failed: {}", st.spec.service, e.chain());
+        self.give_up(st, RollbackCause::EnvironmentError, reason).await
+    }
+
+    /// Start a rollback; if this already is one, fail.
+    async fn give_up(&mut self, st: &DeploymentStatus, cause: RollbackCause, reason: String) -> Result<Next> {
+        if st.phase == Phase::RollingBack {
+            let reason = format!("rollback failed: {reason}");
+            self.finish(st, Outcome::Failed { reason }).await?;
+        } else {
+            self.shared
+                .append(st, JournalEvent::RollbackStarted { cause, reason })
+                .await?;
+        }
+        Ok(Next::Now)
+    }
+
+    /// A first deployment that must roll back has nothing to return to: remove what it started
+    /// and fail.
+    async fn remove_first_revision(&mut self, st: &DeploymentStatus) -> Result<Next> {
+        let empty = DesiredState::default();
+        let st = if st.last_applied.as_ref() != Some(&empty) {
+            let event = JournalEvent::Applied {
+                desired: empty.clone(),
+                observed: "first deployment rolled back".into(),
+            };
+            self.shared.append(st, event).await?
+        } else {
+            st.clone()
+        };
+        self.apply(&st, &empty).await?;
+        let why = st.rollback.as_ref().map_or("rolled back", |(_, r)| r.as_str());
+        let reason = format!(
+            "{why}; there is no earlier revision to return to, so {} was removed",
+            st.spec.target.label
+        );
+        self.finish(&st, Outcome::Failed { reason }).await?;
+        Ok(Next::Now)
+    }
+
+    async fn finish(&mut self, st: &DeploymentStatus, outcome: Outcome) -> Result<()> {
+        self.shared
+            .append(st, JournalEvent::Finished { outcome })
+            .await?;
+        Ok(())
+    }
+
+    /// Whether an older deployment of the same service and environment is still active:
+    /// deployments of one service in one environment run in the order they were requested.
+    async fn queued_behind_older(&self, st: &DeploymentStatus) -> Result<bool> {
+        for id in self.shared.store.list_active().await? {
+            if id == st.spec.id {
+                return Ok(false);
+            }
+            let other = self.shared.status(&id).await?;
+            if other.spec.service == st.spec.service && other.spec.environment == st.spec.environment
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Take or renew the service's lease; `false` if someone else holds it.
+    async fn hold_lease(&mut self, st: &DeploymentStatus) -> Result<bool> {
+        let now = self.shared.clock.now();
+        let ttl = self.shared.config.lease_ttl;
+        if let Some(lease) = &self.lease
+            && now.add(ttl / 2) < lease.expires_at
+        {
+            return Ok(true);
+        }
+        let key = format!("{}/{}", st.spec.service, st.spec.environment);
+        let owner = format!("{}/{}", self.shared.owner, st.spec.id);
+        match self.shared.store.acquire_lease(&key, &owner, now, ttl).await {
+            Ok(lease) => {
+                self.lease = Some(lease);
+                Ok(true)
+            }
+            Err(Error::LeaseHeld { owner, expires_at, .. }) => {
+                tracing::debug!(%owner, %expires_at, "lease held elsewhere");
+                self.lease = None;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

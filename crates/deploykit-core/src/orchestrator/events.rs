@@ -1,0 +1,91 @@
+//! The event stream: one [`Event`] per journal entry, for timelines and notifications.
+
+use std::fmt;
+
+use crate::journal::{DeploymentKind, DeploymentStatus, JournalEntry, JournalEvent, Outcome, Phase};
+use crate::model::{DeploymentId, EnvironmentName, ServiceId};
+
+/// Something that happened to a deployment: a journal entry with its context.
+///
+/// Subscribe with [`crate::Orchestrator::subscribe`]. `Display` renders one timeline line:
+/// `web/production v3: rolling back to v2: 3 of 3 new instances failed readiness: …`.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Event {
+    /// The deployment.
+    pub deployment: DeploymentId,
+    /// Its service.
+    pub service: ServiceId,
+    /// Its environment.
+    pub environment: EnvironmentName,
+    /// The label of the revision it rolls out.
+    pub revision: String,
+    /// The phase after this entry.
+    pub phase: Phase,
+    /// The journal entry.
+    pub entry: JournalEntry,
+    /// The revision being returned to on rollback, if known.
+    pub previous: Option<String>,
+}
+
+impl Event {
+    pub(crate) fn new(status: &DeploymentStatus, entry: JournalEntry) -> Self {
+        Event {
+            deployment: status.spec.id.clone(),
+            service: status.spec.service.clone(),
+            environment: status.spec.environment.clone(),
+            revision: status.spec.target.label.clone(),
+            phase: status.phase,
+            entry,
+            previous: status.previous.as_ref().map(|r| r.label.clone()),
+        }
+    }
+
+    /// What happened, without the service prefix.
+    pub fn description(&self) -> String {
+        let previous = self.previous.as_deref().unwrap_or("nothing");
+        match &self.entry.event {
+            JournalEvent::Created { spec } => match spec.kind {
+                DeploymentKind::Deploy => {
+                    format!("deploy requested by {} ({} replicas)", spec.requested_by, spec.replicas)
+                }
+                DeploymentKind::Rollback => {
+                    format!("manual rollback requested by {}", spec.requested_by)
+                }
+            },
+            JournalEvent::Started { previous } => match previous {
+                Some(p) => format!("started, replacing {}", p.label),
+                None => "started (first deployment)".to_string(),
+            },
+            JournalEvent::Applied { desired, observed } => {
+                format!("scale to {} (was: {observed})", desired.summary())
+            }
+            JournalEvent::Paused { by, reason } => format!("paused by {by}: {reason}"),
+            JournalEvent::Resumed { by } => format!("resumed by {by}"),
+            JournalEvent::AbortRequested { by, reason } => {
+                format!("abort requested by {by}: {reason}")
+            }
+            JournalEvent::RollbackStarted { reason, .. } => {
+                format!("rolling back to {previous}: {reason}")
+            }
+            JournalEvent::Finished { outcome } => match outcome {
+                Outcome::Succeeded => format!("succeeded: {} serving", self.revision),
+                Outcome::RolledBack => format!("rolled back: {previous} serving"),
+                Outcome::Failed { reason } => format!("failed: {reason}"),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} {}: {}",
+            self.service,
+            self.environment,
+            self.revision,
+            self.description()
+        )
+    }
+}

@@ -1,0 +1,552 @@
+//! The orchestrator: drives every deployment through observe → plan → journal → act, resumes
+//! in-flight deployments after a restart, and serialises deployments of one service in one
+//! environment with an expiring lease.
+
+mod driver;
+mod events;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+use typed_builder::TypedBuilder;
+
+pub use events::Event;
+
+use crate::environment::Environment;
+use crate::error::{Error, Result};
+use crate::journal::{
+    Actor, DeploymentKind, DeploymentSpec, DeploymentStatus, JournalEntry, JournalEvent,
+};
+use crate::model::{
+    DeploymentId, Digest, EnvironmentName, EnvironmentSpec, Revision, RevisionId, ServiceId,
+    ServiceSpec,
+};
+use crate::store::{AuditAction, AuditRecord, StateStore};
+use crate::strategy::StrategySpec;
+use crate::time::{Clock, SystemClock};
+
+/// Timing knobs of an orchestrator. The defaults suit real environments.
+#[derive(Clone, Debug, PartialEq, Eq, TypedBuilder)]
+#[non_exhaustive]
+pub struct OrchestratorConfig {
+    /// How often a waiting deployment observes its environment again (default 1 s).
+    #[builder(default = Duration::from_secs(1))]
+    pub poll_interval: Duration,
+    /// How long a service lease lasts without renewal (default 30 s). A crashed orchestrator's
+    /// deployments are picked up by another one after at most this long.
+    #[builder(default = Duration::from_secs(30))]
+    pub lease_ttl: Duration,
+    /// First retry delay after a transient error (default 100 ms); it doubles per failure and
+    /// resets after a success.
+    #[builder(default = Duration::from_millis(100))]
+    pub retry_initial: Duration,
+    /// Longest retry delay (default 10 s).
+    #[builder(default = Duration::from_secs(10))]
+    pub retry_max: Duration,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig::builder().build()
+    }
+}
+
+/// A request to deploy one artifact of a service to one environment.
+///
+/// ```
+/// use deploykit_core::{Actor, DeployRequest, Digest, ServiceSpec};
+/// let request = DeployRequest::builder()
+///     .service(ServiceSpec::builder().name("web").build()?)
+///     .environment("production")
+///     .artifact(Digest::of_bytes(b"web v2"))
+///     .label("v2")
+///     .requested_by(Actor::new("alice"))
+///     .build();
+/// # Ok::<(), deploykit_core::Error>(())
+/// ```
+#[derive(Clone, Debug, TypedBuilder)]
+#[non_exhaustive]
+pub struct DeployRequest {
+    /// The service.
+    pub service: ServiceSpec,
+    /// The environment's name.
+    #[builder(setter(into))]
+    pub environment: String,
+    /// The artifact's digest.
+    pub artifact: Digest,
+    /// A label for humans (`v2`).
+    #[builder(setter(into))]
+    pub label: String,
+    /// Who asks.
+    pub requested_by: Actor,
+}
+
+#[derive(Debug)]
+struct Target {
+    spec: EnvironmentSpec,
+    env: Arc<dyn Environment>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    store: Arc<dyn StateStore>,
+    targets: BTreeMap<EnvironmentName, Target>,
+    clock: Arc<dyn Clock>,
+    owner: String,
+    config: OrchestratorConfig,
+    events: broadcast::Sender<Event>,
+    wakers: Mutex<HashMap<DeploymentId, Arc<Notify>>>,
+    counter: AtomicU64,
+}
+
+/// Builds an [`Orchestrator`].
+#[derive(Debug)]
+pub struct OrchestratorBuilder {
+    store: Arc<dyn StateStore>,
+    targets: BTreeMap<EnvironmentName, Target>,
+    clock: Arc<dyn Clock>,
+    owner: Option<String>,
+    config: OrchestratorConfig,
+}
+
+impl OrchestratorBuilder {
+    /// Add an environment: its spec and the backend that runs it.
+    pub fn environment(mut self, spec: EnvironmentSpec, env: Arc<dyn Environment>) -> Self {
+        self.targets.insert(spec.name.clone(), Target { spec, env });
+        self
+    }
+
+    /// Read time from `clock` instead of the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Name this orchestrator for leases (default: host name and process id). A restarted
+    /// process with the same name takes its own leases back at once instead of waiting for
+    /// them to expire.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Replace the timing configuration.
+    pub fn config(mut self, config: OrchestratorConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Open the orchestrator and resume every in-flight deployment found in the store whose
+    /// environment it knows.
+    pub async fn open(self) -> Result<Orchestrator> {
+        for t in self.targets.values() {
+            t.spec.validate()?;
+        }
+        let owner = self.owner.unwrap_or_else(default_owner);
+        let (events, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            store: self.store,
+            targets: self.targets,
+            clock: self.clock,
+            owner,
+            config: self.config,
+            events,
+            wakers: Mutex::new(HashMap::new()),
+            counter: AtomicU64::new(0),
+        });
+        let orchestrator = Orchestrator {
+            shared,
+            tasks: Mutex::new(JoinSet::new()),
+        };
+        for id in orchestrator.shared.store.list_active().await? {
+            let status = orchestrator.status(&id).await?;
+            if orchestrator
+                .shared
+                .targets
+                .contains_key(&status.spec.environment)
+            {
+                tracing::info!(deployment = %id, phase = %status.phase, "resuming deployment");
+                orchestrator.spawn(&status);
+            } else {
+                tracing::warn!(
+                    deployment = %id,
+                    environment = %status.spec.environment,
+                    "not resuming: environment not configured in this orchestrator"
+                );
+            }
+        }
+        Ok(orchestrator)
+    }
+}
+
+fn default_owner() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Runs deployments: many at once, each through the journaled state machine of
+/// [`crate::journal`].
+///
+/// Dropping the orchestrator stops its drivers at once (as a crash would); a new orchestrator
+/// opened on the same store carries on where they stopped.
+///
+/// ```no_run
+/// # async fn demo(env: std::sync::Arc<dyn deploykit_core::Environment>) -> deploykit_core::Result<()> {
+/// use deploykit_core::*;
+/// let production = EnvironmentSpec::builder()
+///     .name("production").kind(EnvironmentKind::Production).replicas(3).build()?;
+/// let orchestrator = Orchestrator::builder(SqliteStore::open("deploykit.db").await?)
+///     .environment(production, env)
+///     .open()
+///     .await?;
+/// let id = orchestrator
+///     .deploy(DeployRequest::builder()
+///         .service(ServiceSpec::builder().name("web").build()?)
+///         .environment("production")
+///         .artifact(Digest::of_bytes(b"web v2"))
+///         .label("v2")
+///         .requested_by(Actor::new("alice"))
+///         .build())
+///     .await?;
+/// let status = orchestrator.wait(&id).await?;
+/// println!("{}", status.phase);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Orchestrator {
+    shared: Arc<Shared>,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+impl Orchestrator {
+    /// Start building an orchestrator over `store`.
+    pub fn builder(store: impl StateStore + 'static) -> OrchestratorBuilder {
+        Self::builder_shared(Arc::new(store))
+    }
+
+    /// Start building an orchestrator over a shared store.
+    pub fn builder_shared(store: Arc<dyn StateStore>) -> OrchestratorBuilder {
+        OrchestratorBuilder {
+            store,
+            targets: BTreeMap::new(),
+            clock: Arc::new(SystemClock),
+            owner: None,
+            config: OrchestratorConfig::default(),
+        }
+    }
+
+    /// Receive every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// Deploy a new revision. Returns once the request is journaled; the rollout runs in the
+    /// background (see [`Orchestrator::wait`]).
+    pub async fn deploy(&self, request: DeployRequest) -> Result<DeploymentId> {
+        let environment = EnvironmentName::new(request.environment.as_str())?;
+        let target = self.target(&environment)?;
+        let revision = Revision::new(&request.service, &target.spec, request.artifact, request.label)?;
+        self.create(
+            &environment,
+            revision,
+            DeploymentKind::Deploy,
+            request.requested_by,
+            AuditAction::Deploy,
+        )
+        .await
+    }
+
+    /// Roll `service` in `environment` back by hand to a kept revision: `to`, or the one before
+    /// the revision serving now. It runs as a deployment of that revision.
+    pub async fn rollback(
+        &self,
+        service: &ServiceId,
+        environment: &EnvironmentName,
+        to: Option<&RevisionId>,
+        by: Actor,
+    ) -> Result<DeploymentId> {
+        let history = self.history(service, environment).await?;
+        let revision = match to {
+            Some(id) => history.iter().find(|r| &r.id == id).cloned().ok_or_else(|| {
+                let kept: Vec<String> = history.iter().map(Revision::describe).collect();
+                Error::not_found(format!(
+                    "revision {id} in the history of {service}/{environment} (kept: {})",
+                    if kept.is_empty() { "none".into() } else { kept.join(", ") }
+                ))
+            })?,
+            None => history.get(1).cloned().ok_or_else(|| {
+                Error::not_found(format!(
+                    "an earlier revision of {service}/{environment} to roll back to"
+                ))
+            })?,
+        };
+        self.create(environment, revision, DeploymentKind::Rollback, by, AuditAction::Rollback)
+            .await
+    }
+
+    async fn create(
+        &self,
+        environment: &EnvironmentName,
+        revision: Revision,
+        kind: DeploymentKind,
+        by: Actor,
+        action: AuditAction,
+    ) -> Result<DeploymentId> {
+        let target = self.target(environment)?;
+        let now = self.shared.clock.now();
+        let n = self.shared.counter.fetch_add(1, Ordering::Relaxed);
+        let id = deployment_id(&self.shared.owner, &revision, environment, now.as_millis(), n);
+        let spec = DeploymentSpec {
+            id: id.clone(),
+            service: revision.service.clone(),
+            environment: environment.clone(),
+            replicas: target.spec.replicas,
+            strategy: StrategySpec::Rolling(target.spec.rollout.clone()),
+            progress_deadline: target.spec.progress_deadline,
+            kind,
+            requested_by: by.clone(),
+            target: revision,
+        };
+        let entry = JournalEntry::new(0, now, JournalEvent::Created { spec: spec.clone() });
+        self.shared.store.append(&id, &entry).await?;
+        let status = DeploymentStatus::from_journal(std::slice::from_ref(&entry))?;
+        self.shared.emit(&status, entry);
+        self.audit(&status, by, action, status.spec.target.describe())
+            .await?;
+        self.spawn(&status);
+        Ok(id)
+    }
+
+    /// Hold a progressing deployment where it is. The progress deadline does not run while
+    /// paused.
+    pub async fn pause(&self, id: &DeploymentId, by: Actor, reason: impl Into<String>) -> Result<()> {
+        let reason = reason.into();
+        let event = JournalEvent::Paused {
+            by: by.clone(),
+            reason: reason.clone(),
+        };
+        self.operator(id, event, by, AuditAction::Pause, reason).await
+    }
+
+    /// Let a paused deployment carry on.
+    pub async fn resume(&self, id: &DeploymentId, by: Actor) -> Result<()> {
+        let event = JournalEvent::Resumed { by: by.clone() };
+        self.operator(id, event, by, AuditAction::Resume, String::new())
+            .await
+    }
+
+    /// Abort a deployment: it rolls back to the previous revision (or, if it had not started,
+    /// ends as failed). The abort is journaled as a fact first, so it survives a crash.
+    pub async fn abort(&self, id: &DeploymentId, by: Actor, reason: impl Into<String>) -> Result<()> {
+        let reason = reason.into();
+        let event = JournalEvent::AbortRequested {
+            by: by.clone(),
+            reason: reason.clone(),
+        };
+        self.operator(id, event, by, AuditAction::Abort, reason).await
+    }
+
+    async fn operator(
+        &self,
+        id: &DeploymentId,
+        event: JournalEvent,
+        by: Actor,
+        action: AuditAction,
+        detail: String,
+    ) -> Result<()> {
+        // A driver may append concurrently; retry on a sequence conflict.
+        let mut attempts = 0;
+        let status = loop {
+            let status = self.status(id).await?;
+            match self.shared.append(&status, event.clone()).await {
+                Ok(status) => break status,
+                Err(Error::Conflict { .. }) if attempts < 10 => attempts += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        self.audit(&status, by, action, detail).await?;
+        self.shared.wake(id);
+        Ok(())
+    }
+
+    async fn audit(
+        &self,
+        status: &DeploymentStatus,
+        actor: Actor,
+        action: AuditAction,
+        detail: String,
+    ) -> Result<()> {
+        let record = AuditRecord::new(
+            self.shared.clock.now(),
+            actor,
+            action,
+            status.spec.id.clone(),
+            status.spec.service.clone(),
+            status.spec.environment.clone(),
+            detail,
+        );
+        self.shared.store.record_audit(&record).await
+    }
+
+    /// The current status of a deployment, computed from its journal.
+    pub async fn status(&self, id: &DeploymentId) -> Result<DeploymentStatus> {
+        self.shared.status(id).await
+    }
+
+    /// Wait until a deployment ends and return its final status.
+    pub async fn wait(&self, id: &DeploymentId) -> Result<DeploymentStatus> {
+        let mut events = self.subscribe();
+        loop {
+            let status = self.status(id).await?;
+            if status.phase.is_terminal() {
+                return Ok(status);
+            }
+            let poll = self.shared.config.poll_interval;
+            let _ = tokio::time::timeout(poll * 10, async {
+                loop {
+                    match events.recv().await {
+                        Ok(e) if &e.deployment == id => return,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Revisions of `service` in `environment` that served after a successful deployment or
+    /// rollback, newest (the one serving now) first, without repeats: the current one plus up to
+    /// the environment's `revision_history_limit` earlier ones.
+    pub async fn history(
+        &self,
+        service: &ServiceId,
+        environment: &EnvironmentName,
+    ) -> Result<Vec<Revision>> {
+        let limit = self.target(environment)?.spec.revision_history_limit as usize + 1;
+        self.shared.history(service, environment, limit).await
+    }
+
+    /// Every audit record, oldest first.
+    pub async fn audit_log(&self) -> Result<Vec<AuditRecord>> {
+        self.shared.store.audit_log().await
+    }
+
+    fn target(&self, environment: &EnvironmentName) -> Result<&Target> {
+        self.shared.targets.get(environment).ok_or_else(|| {
+            let known: Vec<&str> = self.shared.targets.keys().map(|k| k.as_str()).collect();
+            Error::not_found(format!(
+                "environment {environment} (configured: {})",
+                known.join(", ")
+            ))
+        })
+    }
+
+    fn spawn(&self, status: &DeploymentStatus) {
+        let span = tracing::info_span!(
+            "deployment",
+            id = %status.spec.id,
+            service = %status.spec.service,
+            environment = %status.spec.environment,
+            revision = %status.spec.target.id,
+        );
+        let shared = self.shared.clone();
+        let id = status.spec.id.clone();
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        // Reap finished drivers so the set does not grow without bound.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(driver::drive(shared, id).instrument(span));
+    }
+}
+
+fn deployment_id(
+    owner: &str,
+    revision: &Revision,
+    environment: &EnvironmentName,
+    now_ms: u64,
+    n: u64,
+) -> DeploymentId {
+    let mut h = blake3::Hasher::new();
+    for part in [owner, revision.id.as_str(), environment.as_str()] {
+        h.update(part.as_bytes());
+        h.update(&[0]);
+    }
+    h.update(&now_ms.to_le_bytes());
+    h.update(&n.to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    DeploymentId::new(format!("{}-{}", revision.service, &h.finalize().to_hex()[..12]))
+}
+
+impl Shared {
+    async fn status(&self, id: &DeploymentId) -> Result<DeploymentStatus> {
+        let entries = self
+            .store
+            .load(id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("deployment {id}")))?;
+        DeploymentStatus::from_journal(&entries)
+    }
+
+    /// Check `event` against the state machine, journal it, and announce it.
+    async fn append(&self, status: &DeploymentStatus, event: JournalEvent) -> Result<DeploymentStatus> {
+        status.check(&event)?;
+        let entry = JournalEntry::new(status.next_seq, self.clock.now(), event);
+        self.store.append(&status.spec.id, &entry).await?;
+        let next = status.advanced(&entry)?;
+        self.emit(&next, entry);
+        Ok(next)
+    }
+
+    fn emit(&self, status: &DeploymentStatus, entry: JournalEntry) {
+        let event = Event::new(status, entry);
+        tracing::info!(
+            deployment = %event.deployment,
+            seq = event.entry.seq,
+            phase = %event.phase,
+            "{}",
+            event.description()
+        );
+        // No subscribers is fine.
+        let _ = self.events.send(event);
+    }
+
+    fn waker(&self, id: &DeploymentId) -> Arc<Notify> {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        wakers.entry(id.clone()).or_default().clone()
+    }
+
+    fn wake(&self, id: &DeploymentId) {
+        self.waker(id).notify_one();
+    }
+
+    fn forget(&self, id: &DeploymentId) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        wakers.remove(id);
+    }
+
+    async fn history(
+        &self,
+        service: &ServiceId,
+        environment: &EnvironmentName,
+        limit: usize,
+    ) -> Result<Vec<Revision>> {
+        let mut out: Vec<Revision> = Vec::new();
+        for id in self.store.list_deployments(service, environment).await? {
+            if out.len() >= limit {
+                break;
+            }
+            let status = self.status(&id).await?;
+            if let Some(r) = status.serving_revision()
+                && !out.iter().any(|k| k.id == r.id)
+            {
+                out.push(r.clone());
+            }
+        }
+        Ok(out)
+    }
+}

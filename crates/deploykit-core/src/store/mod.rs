@@ -1,0 +1,160 @@
+//! Durable state: the [`StateStore`] trait (journals, leases, audit log) and the embedded
+//! SQLite implementation.
+
+mod sqlite;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use sqlite::SqliteStore;
+
+use crate::error::Result;
+use crate::journal::{Actor, JournalEntry};
+use crate::model::{DeploymentId, EnvironmentName, ServiceId};
+use crate::time::Timestamp;
+
+/// A held lease: `owner` may act on `key` until `expires_at` unless it renews.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Lease {
+    /// What is leased (`service/environment`).
+    pub key: String,
+    /// Who holds it.
+    pub owner: String,
+    /// When it lapses.
+    pub expires_at: Timestamp,
+}
+
+impl Lease {
+    /// A lease record.
+    pub fn new(key: impl Into<String>, owner: impl Into<String>, expires_at: Timestamp) -> Self {
+        Lease {
+            key: key.into(),
+            owner: owner.into(),
+            expires_at,
+        }
+    }
+}
+
+/// An operator action, for the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AuditAction {
+    /// Deploy a revision.
+    Deploy,
+    /// Roll back by hand to a kept revision.
+    Rollback,
+    /// Abort a deployment.
+    Abort,
+    /// Pause a deployment.
+    Pause,
+    /// Resume a paused deployment.
+    Resume,
+}
+
+impl fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuditAction::Deploy => "deploy",
+            AuditAction::Rollback => "rollback",
+            AuditAction::Abort => "abort",
+            AuditAction::Pause => "pause",
+            AuditAction::Resume => "resume",
+        })
+    }
+}
+
+/// Who did what to which deployment, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AuditRecord {
+    /// When.
+    pub at: Timestamp,
+    /// Who.
+    pub actor: Actor,
+    /// What.
+    pub action: AuditAction,
+    /// Which deployment.
+    pub deployment: DeploymentId,
+    /// Its service.
+    pub service: ServiceId,
+    /// Its environment.
+    pub environment: EnvironmentName,
+    /// Free text: the revision, the reason.
+    pub detail: String,
+}
+
+impl AuditRecord {
+    /// An audit record.
+    pub fn new(
+        at: Timestamp,
+        actor: Actor,
+        action: AuditAction,
+        deployment: DeploymentId,
+        service: ServiceId,
+        environment: EnvironmentName,
+        detail: impl Into<String>,
+    ) -> Self {
+        AuditRecord {
+            at,
+            actor,
+            action,
+            deployment,
+            service,
+            environment,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The durable home of deployment journals, leases and the audit log.
+///
+/// Contract (checked by `deploykit_testing::conformance::state_store`):
+/// - `append` of entry 0 (which must be `created`) creates the deployment, or fails with
+///   `AlreadyExists`. Later entries must carry the next sequence number, or the append fails
+///   with `Conflict` and writes nothing: of two writers racing for the same position exactly one
+///   wins. Appending to an unknown deployment is `NotFound`.
+/// - A deployment is *active* until an entry with a terminal event is appended.
+/// - `acquire_lease` grants the lease if it is free, expired, or already held by `owner` (then
+///   it is renewed); otherwise it fails with `LeaseHeld`. Expiry is judged against the `now`
+///   the caller passes, so every store agrees with the orchestrator's clock.
+#[async_trait]
+pub trait StateStore: Send + Sync + fmt::Debug {
+    /// Append `entry` to the journal of `deployment` (see the contract above).
+    async fn append(&self, deployment: &DeploymentId, entry: &JournalEntry) -> Result<()>;
+
+    /// The whole journal of `deployment`, or `None` if it does not exist.
+    async fn load(&self, deployment: &DeploymentId) -> Result<Option<Vec<JournalEntry>>>;
+
+    /// Every deployment that has not ended, oldest first.
+    async fn list_active(&self) -> Result<Vec<DeploymentId>>;
+
+    /// Every deployment of `service` in `environment`, newest first.
+    async fn list_deployments(
+        &self,
+        service: &ServiceId,
+        environment: &EnvironmentName,
+    ) -> Result<Vec<DeploymentId>>;
+
+    /// Take or renew the lease `key` for `owner` until `now + ttl`.
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        owner: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Lease>;
+
+    /// Give up `lease` if its owner still holds it; otherwise do nothing.
+    async fn release_lease(&self, lease: &Lease) -> Result<()>;
+
+    /// Append an audit record.
+    async fn record_audit(&self, record: &AuditRecord) -> Result<()>;
+
+    /// Every audit record, oldest first.
+    async fn audit_log(&self) -> Result<Vec<AuditRecord>>;
+}
