@@ -24,7 +24,7 @@ impl Timestamp {
     }
 
     /// This timestamp moved `d` later (saturating).
-    pub fn add(self, d: Duration) -> Self {
+    pub fn plus(self, d: Duration) -> Self {
         Timestamp(self.0.saturating_add(d.as_millis().min(u64::MAX as u128) as u64))
     }
 
@@ -115,7 +115,7 @@ mod tests {
     #[test]
     fn arithmetic_saturates() {
         let t = Timestamp(1000);
-        assert_eq!(t.add(Duration::from_secs(1)), Timestamp(2000));
+        assert_eq!(t.plus(Duration::from_secs(1)), Timestamp(2000));
         assert_eq!(Timestamp(500).since(t), Duration::ZERO);
         assert_eq!(t.since(Timestamp(400)), Duration::from_millis(600));
     }

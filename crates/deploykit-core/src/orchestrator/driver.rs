@@ -312,7 +312,7 @@ impl Driver {
         let now = self.shared.clock.now();
         let ttl = self.shared.config.lease_ttl;
         if let Some(lease) = &self.lease
-            && now.add(ttl / 2) < lease.expires_at
+            && now.plus(ttl / 2) < lease.expires_at
         {
             return Ok(true);
         }

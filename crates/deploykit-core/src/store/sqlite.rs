@@ -338,7 +338,7 @@ impl StateStore for SqliteStore {
                     });
                 }
             }
-            let expires_at = now.add(ttl);
+            let expires_at = now.plus(ttl);
             tx.execute(
                 "INSERT INTO leases (key, owner, expires_ms) VALUES (?1, ?2, ?3)
                  ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_ms = excluded.expires_ms",
