@@ -21,6 +21,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use typed_builder::TypedBuilder;
 
 use crate::environment::DesiredState;
 use crate::error::{Error, Result};
@@ -67,7 +68,7 @@ pub enum DeploymentKind {
 }
 
 /// What a deployment was asked to do; the first journal entry, fixed for its lifetime.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
 #[non_exhaustive]
 pub struct DeploymentSpec {
     /// The deployment's id.
@@ -86,6 +87,7 @@ pub struct DeploymentSpec {
     #[serde(with = "duration_ms", rename = "progress_deadline_ms")]
     pub progress_deadline: Duration,
     /// Deploy or manual rollback.
+    #[builder(default = DeploymentKind::Deploy)]
     pub kind: DeploymentKind,
     /// Who asked for it.
     pub requested_by: Actor,

@@ -301,17 +301,17 @@ impl Orchestrator {
         let now = self.shared.clock.now();
         let n = self.shared.counter.fetch_add(1, Ordering::Relaxed);
         let id = deployment_id(&self.shared.owner, &revision, environment, now.as_millis(), n);
-        let spec = DeploymentSpec {
-            id: id.clone(),
-            service: revision.service.clone(),
-            environment: environment.clone(),
-            replicas: target.spec.replicas,
-            strategy: StrategySpec::Rolling(target.spec.rollout.clone()),
-            progress_deadline: target.spec.progress_deadline,
-            kind,
-            requested_by: by.clone(),
-            target: revision,
-        };
+        let spec = DeploymentSpec::builder()
+            .id(id.clone())
+            .service(revision.service.clone())
+            .environment(environment.clone())
+            .replicas(target.spec.replicas)
+            .strategy(StrategySpec::Rolling(target.spec.rollout.clone()))
+            .progress_deadline(target.spec.progress_deadline)
+            .kind(kind)
+            .requested_by(by.clone())
+            .target(revision)
+            .build();
         let entry = JournalEntry::new(0, now, JournalEvent::Created { spec: spec.clone() });
         self.shared.store.append(&id, &entry).await?;
         let status = DeploymentStatus::from_journal(std::slice::from_ref(&entry))?;

@@ -1,0 +1,167 @@
+//! An in-memory [`StateStore`] with the same semantics as the SQLite one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deploykit_core::journal::{JournalEntry, JournalEvent};
+use deploykit_core::store::{AuditRecord, Lease, StateStore};
+use deploykit_core::{DeploymentId, EnvironmentName, Error, Result, ServiceId, Timestamp};
+
+#[derive(Debug)]
+struct Journal {
+    id: DeploymentId,
+    service: ServiceId,
+    environment: EnvironmentName,
+    entries: Vec<JournalEntry>,
+    active: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    journals: Vec<Journal>,
+    index: HashMap<DeploymentId, usize>,
+    leases: HashMap<String, Lease>,
+    audit: Vec<AuditRecord>,
+}
+
+/// A [`StateStore`] in memory. Clones share data, so a test can "restart" an orchestrator by
+/// opening a new one on a clone.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryStore {
+    async fn append(&self, deployment: &DeploymentId, entry: &JournalEntry) -> Result<()> {
+        let mut inner = self.lock();
+        let existing = inner.index.get(deployment).copied();
+        match (&entry.event, existing) {
+            (JournalEvent::Created { spec }, None) => {
+                if entry.seq != 0 {
+                    return Err(Error::invalid("journal entry", "`created` must be entry 0"));
+                }
+                let at = inner.journals.len();
+                inner.journals.push(Journal {
+                    id: deployment.clone(),
+                    service: spec.service.clone(),
+                    environment: spec.environment.clone(),
+                    entries: vec![entry.clone()],
+                    active: true,
+                });
+                inner.index.insert(deployment.clone(), at);
+                Ok(())
+            }
+            (JournalEvent::Created { .. }, Some(_)) => Err(Error::AlreadyExists {
+                what: format!("deployment {deployment}"),
+            }),
+            (_, None) => Err(Error::not_found(format!("deployment {deployment}"))),
+            (_, Some(at)) => {
+                let journal = &mut inner.journals[at];
+                let next = journal.entries.len() as u64;
+                if entry.seq != next {
+                    return Err(Error::Conflict {
+                        deployment: deployment.to_string(),
+                        expected: entry.seq,
+                        actual: next,
+                    });
+                }
+                journal.entries.push(entry.clone());
+                if entry.event.is_terminal() {
+                    journal.active = false;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn load(&self, deployment: &DeploymentId) -> Result<Option<Vec<JournalEntry>>> {
+        let inner = self.lock();
+        Ok(inner
+            .index
+            .get(deployment)
+            .map(|&at| inner.journals[at].entries.clone()))
+    }
+
+    async fn list_active(&self) -> Result<Vec<DeploymentId>> {
+        let inner = self.lock();
+        Ok(inner
+            .journals
+            .iter()
+            .filter(|j| j.active)
+            .map(|j| j.id.clone())
+            .collect())
+    }
+
+    async fn list_deployments(
+        &self,
+        service: &ServiceId,
+        environment: &EnvironmentName,
+    ) -> Result<Vec<DeploymentId>> {
+        let inner = self.lock();
+        Ok(inner
+            .journals
+            .iter()
+            .rev()
+            .filter(|j| &j.service == service && &j.environment == environment)
+            .map(|j| j.id.clone())
+            .collect())
+    }
+
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        owner: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Lease> {
+        let mut inner = self.lock();
+        if let Some(held) = inner.leases.get(key)
+            && held.owner != owner
+            && held.expires_at > now
+        {
+            return Err(Error::LeaseHeld {
+                key: key.to_string(),
+                owner: held.owner.clone(),
+                expires_at: held.expires_at,
+            });
+        }
+        let lease = Lease::new(key, owner, now.plus(ttl));
+        inner.leases.insert(key.to_string(), lease.clone());
+        Ok(lease)
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        let mut inner = self.lock();
+        if inner
+            .leases
+            .get(&lease.key)
+            .is_some_and(|held| held.owner == lease.owner)
+        {
+            inner.leases.remove(&lease.key);
+        }
+        Ok(())
+    }
+
+    async fn record_audit(&self, record: &AuditRecord) -> Result<()> {
+        self.lock().audit.push(record.clone());
+        Ok(())
+    }
+
+    async fn audit_log(&self) -> Result<Vec<AuditRecord>> {
+        Ok(self.lock().audit.clone())
+    }
+}

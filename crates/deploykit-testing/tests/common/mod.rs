@@ -1,0 +1,94 @@
+//! Shared setup for the integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploykit_core::{
+    Actor, DeployRequest, DeploymentId, Digest, EnvironmentKind, EnvironmentSpec, HealthChecks,
+    Orchestrator, OrchestratorConfig, Phase, Probe, ProbeAction, Quantity, RollingSpec,
+    ServiceSpec, StateStore,
+};
+use deploykit_testing::SimCluster;
+
+pub fn service() -> ServiceSpec {
+    ServiceSpec::builder()
+        .name("web")
+        .port(8080)
+        .health(
+            HealthChecks::builder()
+                .readiness(
+                    Probe::builder()
+                        .action(ProbeAction::http("/health"))
+                        .period(Duration::from_secs(2))
+                        .build()
+                        .expect("probe"),
+                )
+                .build(),
+        )
+        .build()
+        .expect("service")
+}
+
+pub fn environment(replicas: u32, surge: Quantity, unavailable: Quantity) -> EnvironmentSpec {
+    EnvironmentSpec::builder()
+        .name("production")
+        .kind(EnvironmentKind::Production)
+        .replicas(replicas)
+        .rollout(
+            RollingSpec::builder()
+                .max_surge(surge)
+                .max_unavailable(unavailable)
+                .build()
+                .expect("rollout"),
+        )
+        .build()
+        .expect("environment")
+}
+
+pub fn production() -> EnvironmentSpec {
+    environment(3, Quantity::Percent(25), Quantity::Percent(25))
+}
+
+pub fn artifact(label: &str) -> Digest {
+    Digest::of_bytes(format!("web {label}").as_bytes())
+}
+
+pub fn request(label: &str) -> DeployRequest {
+    DeployRequest::builder()
+        .service(service())
+        .environment("production")
+        .artifact(artifact(label))
+        .label(label)
+        .requested_by(Actor::new("alice"))
+        .build()
+}
+
+pub fn config() -> OrchestratorConfig {
+    OrchestratorConfig::builder()
+        .poll_interval(Duration::from_secs(1))
+        .lease_ttl(Duration::from_secs(30))
+        .build()
+}
+
+pub async fn open(
+    store: Arc<dyn StateStore>,
+    sim: &SimCluster,
+    env: EnvironmentSpec,
+    owner: &str,
+) -> Orchestrator {
+    Orchestrator::builder_shared(store)
+        .environment(env, Arc::new(sim.clone()))
+        .clock(Arc::new(sim.clock()))
+        .owner(owner)
+        .config(config())
+        .open()
+        .await
+        .expect("open orchestrator")
+}
+
+pub async fn deploy_and_wait(orch: &Orchestrator, label: &str) -> (DeploymentId, Phase) {
+    let id = orch.deploy(request(label)).await.expect("deploy");
+    let status = orch.wait(&id).await.expect("wait");
+    (id, status.phase)
+}
