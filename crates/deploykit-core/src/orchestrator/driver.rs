@@ -17,7 +17,7 @@ enum Next {
     Now,
     /// Step again after this long, or sooner if an operator acts.
     After(Duration),
-    /// Stop driving (terminal, or another orchestrator owns the deployment).
+    /// Stop driving: the deployment has ended.
     Done,
 }
 
@@ -142,8 +142,9 @@ impl Driver {
         }
 
         if !self.hold_lease(&st).await? {
-            tracing::warn!("lease taken by another orchestrator; it drives this deployment now");
-            return Ok(Next::Done);
+            // Another orchestrator holds the lease: it drives the deployment while it lives.
+            // Keep watching, and take over once its lease lapses.
+            return Ok(Next::After(self.poll()));
         }
         if let Some(abort) = &st.abort
             && matches!(st.phase, Phase::Progressing | Phase::Paused)

@@ -1,0 +1,390 @@
+//! The orchestrator end to end on the simulated cluster, on tokio's paused clock.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{deploy_and_wait, open, production, request};
+use deploykit_core::journal::{JournalEvent, RollbackCause};
+use deploykit_core::store::AuditAction;
+use deploykit_core::{
+    Actor, Environment, Error, Outcome, Phase, Quantity, RevisionId, SqliteStore, StateStore,
+};
+use deploykit_testing::{Behavior, Fault, MemoryStore, Op, SimCluster};
+
+fn store() -> Arc<dyn StateStore> {
+    Arc::new(MemoryStore::new())
+}
+
+async fn serving(sim: &SimCluster) -> Vec<(String, u32, u32)> {
+    let observed = sim.observe(&common::service().name).await.expect("observe");
+    observed
+        .revisions
+        .iter()
+        .map(|r| {
+            let weight = observed.traffic.get(&r.revision.id).map_or(0, |w| w.percent());
+            (r.revision.label.clone(), r.ready(), weight)
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn rolling_deploys_replace_the_serving_revision() {
+    let sim = SimCluster::new();
+    let orch = open(store(), &sim, production(), "o1").await;
+    assert_eq!(deploy_and_wait(&orch, "v1").await.1, Phase::Succeeded);
+    assert_eq!(serving(&sim).await, vec![("v1".into(), 3, 100)]);
+    let (id, phase) = deploy_and_wait(&orch, "v2").await;
+    assert_eq!(phase, Phase::Succeeded);
+    assert_eq!(serving(&sim).await, vec![("v2".into(), 3, 100)]);
+    let status = orch.status(&id).await.expect("status");
+    assert_eq!(status.previous.expect("previous").label, "v1");
+    let svc = common::service().name;
+    let env = production().name;
+    let history: Vec<String> = orch
+        .history(&svc, &env)
+        .await
+        .expect("history")
+        .into_iter()
+        .map(|r| r.label)
+        .collect();
+    assert_eq!(history, ["v2", "v1"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_failures_roll_back_fast_with_the_reason() {
+    let sim = SimCluster::new();
+    let env = common::environment(3, Quantity::Count(3), Quantity::Count(0));
+    let orch = open(store(), &sim, env, "o1").await;
+    deploy_and_wait(&orch, "v2").await;
+    sim.set_behavior(
+        &common::artifact("v3"),
+        Behavior::FailReadiness {
+            reason: "GET /health returned 503".into(),
+        },
+    );
+    let started = tokio::time::Instant::now();
+    let id = orch.deploy(request("v3")).await.expect("deploy");
+    let status = orch.wait(&id).await.expect("wait");
+    assert_eq!(status.phase, Phase::RolledBack);
+    let (cause, reason) = status.rollback.expect("rollback recorded");
+    assert_eq!(cause, RollbackCause::FailFast);
+    assert_eq!(
+        reason,
+        "3 of 3 new instances failed readiness: GET /health returned 503"
+    );
+    // Fail fast: the probe's 3 failures at a 2 s period plus start-up, far from the 600 s
+    // deadline.
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert_eq!(serving(&sim).await, vec![("v2".into(), 3, 100)]);
+    // v2 never dropped below full capacity: no v2 instance was ever replaced.
+    let svc = common::service().name;
+    let v2 = status.previous.expect("previous");
+    assert_eq!(sim.starts(&svc, &v2.id), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn crash_loops_roll_back_without_waiting_for_the_deadline() {
+    let sim = SimCluster::new();
+    let orch = open(store(), &sim, production(), "o1").await;
+    deploy_and_wait(&orch, "v1").await;
+    sim.set_behavior(
+        &common::artifact("v2"),
+        Behavior::CrashLoop {
+            reason: "exit code 1: DATABASE_URL is not set".into(),
+        },
+    );
+    let started = tokio::time::Instant::now();
+    let (id, phase) = deploy_and_wait(&orch, "v2").await;
+    assert_eq!(phase, Phase::RolledBack);
+    let reason = orch.status(&id).await.expect("status").rollback.expect("rb").1;
+    assert!(
+        reason.starts_with("1 of 1 new instances are crash-looping: CrashLoopBackOff after 3 restarts"),
+        "{reason}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(120));
+    assert_eq!(serving(&sim).await, vec![("v1".into(), 3, 100)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_progress_rolls_back_at_the_deadline() {
+    let sim = SimCluster::new();
+    let orch = open(store(), &sim, production(), "o1").await;
+    deploy_and_wait(&orch, "v1").await;
+    // Instances that take 20 minutes to start never fail a probe, but make no progress.
+    sim.set_behavior(&common::artifact("v2"), Behavior::SlowStart(Duration::from_secs(1200)));
+    let started = tokio::time::Instant::now();
+    let (id, phase) = deploy_and_wait(&orch, "v2").await;
+    assert_eq!(phase, Phase::RolledBack);
+    let (cause, reason) = orch.status(&id).await.expect("status").rollback.expect("rb");
+    assert_eq!(cause, RollbackCause::ProgressDeadline);
+    assert!(reason.contains("progress deadline 600s"), "{reason}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(600) && took < Duration::from_secs(620), "{took:?}");
+    assert_eq!(serving(&sim).await, vec![("v1".into(), 3, 100)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_first_deployment_is_removed() {
+    let sim = SimCluster::new();
+    let orch = open(store(), &sim, production(), "o1").await;
+    sim.set_behavior(
+        &common::artifact("v1"),
+        Behavior::FailStartup {
+            reason: "startup probe: connection refused".into(),
+        },
+    );
+    let (id, phase) = deploy_and_wait(&orch, "v1").await;
+    assert_eq!(phase, Phase::Failed);
+    let status = orch.status(&id).await.expect("status");
+    let Some(Outcome::Failed { reason }) = status.outcome else {
+        panic!("expected failure")
+    };
+    assert!(reason.contains("failed startup: startup probe: connection refused"), "{reason}");
+    assert!(reason.contains("no earlier revision"), "{reason}");
+    assert!(serving(&sim).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_rollback_to_any_kept_revision() {
+    let sim = SimCluster::new();
+    let orch = open(store(), &sim, production(), "o1").await;
+    for v in ["v1", "v2", "v3"] {
+        deploy_and_wait(&orch, v).await;
+    }
+    let svc = common::service().name;
+    let env = production().name;
+    // Default: the revision before the serving one.
+    let id = orch
+        .rollback(&svc, &env, None, Actor::new("bob"))
+        .await
+        .expect("rollback");
+    assert_eq!(orch.wait(&id).await.expect("wait").phase, Phase::Succeeded);
+    assert_eq!(serving(&sim).await, vec![("v2".into(), 3, 100)]);
+    // Any kept revision by id.
+    let history = orch.history(&svc, &env).await.expect("history");
+    let v1 = history.iter().find(|r| r.label == "v1").expect("v1 kept").id.clone();
+    let id = orch
+        .rollback(&svc, &env, Some(&v1), Actor::new("bob"))
+        .await
+        .expect("rollback");
+    assert_eq!(orch.wait(&id).await.expect("wait").phase, Phase::Succeeded);
+    assert_eq!(serving(&sim).await, vec![("v1".into(), 3, 100)]);
+    // Unknown revisions are a clear error.
+    let unknown = RevisionId::parse("0123456789abcdef").expect("id");
+    let err = orch
+        .rollback(&svc, &env, Some(&unknown), Actor::new("bob"))
+        .await
+        .expect_err("unknown revision");
+    assert!(matches!(err, Error::NotFound { .. }));
+    assert!(err.to_string().contains("kept: v1"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn history_is_bounded_by_the_limit() {
+    let sim = SimCluster::new();
+    let mut env = production();
+    env.revision_history_limit = 2;
+    let orch = open(store(), &sim, env.clone(), "o1").await;
+    for v in ["v1", "v2", "v3", "v4", "v5"] {
+        deploy_and_wait(&orch, v).await;
+    }
+    let labels: Vec<String> = orch
+        .history(&common::service().name, &env.name)
+        .await
+        .expect("history")
+        .into_iter()
+        .map(|r| r.label)
+        .collect();
+    assert_eq!(labels, ["v5", "v4", "v3"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_rolls_back_and_is_audited() {
+    let sim = SimCluster::new();
+    let orch = open(store(), &sim, production(), "o1").await;
+    deploy_and_wait(&orch, "v1").await;
+    sim.set_behavior(&common::artifact("v2"), Behavior::SlowStart(Duration::from_secs(100)));
+    let id = orch.deploy(request("v2")).await.expect("deploy");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    orch.abort(&id, Actor::new("carol"), "error rate up")
+        .await
+        .expect("abort");
+    let status = orch.wait(&id).await.expect("wait");
+    assert_eq!(status.phase, Phase::RolledBack);
+    let (cause, reason) = status.rollback.expect("rb");
+    assert_eq!(cause, RollbackCause::Aborted);
+    assert_eq!(reason, "aborted by carol: error rate up");
+    assert_eq!(serving(&sim).await, vec![("v1".into(), 3, 100)]);
+    // Aborting again is refused with the phase.
+    let err = orch
+        .abort(&id, Actor::new("carol"), "again")
+        .await
+        .expect_err("terminal");
+    assert!(err.to_string().contains("it is rolled back"), "{err}");
+    let audit = orch.audit_log().await.expect("audit");
+    let actions: Vec<(AuditAction, String)> = audit
+        .iter()
+        .map(|r| (r.action, r.actor.to_string()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            (AuditAction::Deploy, "alice".into()),
+            (AuditAction::Deploy, "alice".into()),
+            (AuditAction::Abort, "carol".into()),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_holds_the_rollout_and_stops_the_deadline() {
+    let sim = SimCluster::new();
+    let orch = open(store(), &sim, production(), "o1").await;
+    deploy_and_wait(&orch, "v1").await;
+    let id = orch.deploy(request("v2")).await.expect("deploy");
+    // Let it start, then pause before it completes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    orch.pause(&id, Actor::new("dave"), "watching dashboards")
+        .await
+        .expect("pause");
+    let applies = sim.effective_applies();
+    tokio::time::sleep(Duration::from_secs(900)).await;
+    let status = orch.status(&id).await.expect("status");
+    assert_eq!(status.phase, Phase::Paused);
+    assert_eq!(sim.effective_applies(), applies, "a paused rollout changes nothing");
+    orch.resume(&id, Actor::new("dave")).await.expect("resume");
+    assert_eq!(orch.wait(&id).await.expect("wait").phase, Phase::Succeeded);
+    assert_eq!(serving(&sim).await, vec![("v2".into(), 3, 100)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deployments_of_one_service_run_one_at_a_time_in_order() {
+    let sim = SimCluster::new();
+    let orch = open(store(), &sim, production(), "o1").await;
+    deploy_and_wait(&orch, "v1").await;
+    let mut events = orch.subscribe();
+    let a = orch.deploy(request("v2")).await.expect("v2");
+    let b = orch.deploy(request("v3")).await.expect("v3");
+    assert_eq!(orch.wait(&b).await.expect("wait").phase, Phase::Succeeded);
+    assert_eq!(orch.status(&a).await.expect("a").phase, Phase::Succeeded);
+    let mut order = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if matches!(e.entry.event, JournalEvent::Started { .. } | JournalEvent::Finished { .. }) {
+            order.push(format!("{} {}", e.revision, e.entry.event.kind()));
+        }
+    }
+    assert_eq!(order, ["v2 started", "v2 finished", "v3 started", "v3 finished"]);
+    // v3 replaced v2, not v1.
+    let status = orch.status(&b).await.expect("b");
+    assert_eq!(status.previous.expect("previous").label, "v2");
+    assert_eq!(serving(&sim).await, vec![("v3".into(), 3, 100)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn different_services_deploy_concurrently() {
+    let sim = SimCluster::new();
+    let orch = open(store(), &sim, production(), "o1").await;
+    let started = tokio::time::Instant::now();
+    let mut ids = Vec::new();
+    for name in ["api", "web", "worker", "billing"] {
+        let svc = deploykit_core::ServiceSpec::builder()
+            .name(name)
+            .build()
+            .expect("svc");
+        let req = deploykit_core::DeployRequest::builder()
+            .service(svc)
+            .environment("production")
+            .artifact(common::artifact(name))
+            .label("v1")
+            .requested_by(Actor::new("ci"))
+            .build();
+        ids.push(orch.deploy(req).await.expect("deploy"));
+    }
+    for id in &ids {
+        assert_eq!(orch.wait(id).await.expect("wait").phase, Phase::Succeeded);
+    }
+    // Run side by side: the four together take about as long as one.
+    let one = {
+        let sim = SimCluster::new();
+        let orch = open(store(), &sim, production(), "o2").await;
+        let t = tokio::time::Instant::now();
+        deploy_and_wait(&orch, "v1").await;
+        t.elapsed()
+    };
+    assert!(started.elapsed() <= one * 2, "{:?} vs {one:?}", started.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_errors_are_retried_and_permanent_ones_roll_back() {
+    let sim = SimCluster::new();
+    let orch = open(store(), &sim, production(), "o1").await;
+    deploy_and_wait(&orch, "v1").await;
+    sim.fail_next(Op::Observe, 5, Fault::Transient);
+    sim.fail_next(Op::Apply, 2, Fault::TransientAfterEffect);
+    assert_eq!(deploy_and_wait(&orch, "v2").await.1, Phase::Succeeded);
+    assert_eq!(serving(&sim).await, vec![("v2".into(), 3, 100)]);
+
+    let apply_calls = sim.calls(Op::Apply);
+    sim.fail_call(Op::Apply, apply_calls, Fault::Permanent);
+    let (id, phase) = deploy_and_wait(&orch, "v3").await;
+    assert_eq!(phase, Phase::RolledBack);
+    let (cause, reason) = orch.status(&id).await.expect("status").rollback.expect("rb");
+    assert_eq!(cause, RollbackCause::EnvironmentError);
+    assert!(reason.contains("403 forbidden"), "{reason}");
+    assert_eq!(serving(&sim).await, vec![("v2".into(), 3, 100)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_orchestrators_lease_expires_and_another_takes_over() {
+    let sim = SimCluster::new();
+    let store = store();
+    let first = open(store.clone(), &sim, production(), "host-a").await;
+    deploy_and_wait(&first, "v1").await;
+    sim.set_behavior(&common::artifact("v2"), Behavior::SlowStart(Duration::from_secs(5)));
+    let id = first.deploy(request("v2")).await.expect("deploy");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(first); // the process dies holding the lease
+    let second = open(store.clone(), &sim, production(), "host-b").await;
+    let t = tokio::time::Instant::now();
+    let status = second.wait(&id).await.expect("wait");
+    assert_eq!(status.phase, Phase::Succeeded);
+    // It had to wait for the 30 s lease to lapse.
+    assert!(t.elapsed() >= Duration::from_secs(25), "{:?}", t.elapsed());
+    assert_eq!(serving(&sim).await, vec![("v2".into(), 3, 100)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_requests_are_clear_errors() {
+    let sim = SimCluster::new();
+    let orch = open(store(), &sim, production(), "o1").await;
+    let mut req = request("v1");
+    req.environment = "staging".into();
+    let err = orch.deploy(req).await.expect_err("unknown env");
+    assert_eq!(err.to_string(), "environment staging (configured: production) not found");
+    let mut req = request("v1");
+    req.environment = "Prod!".into();
+    let err = orch.deploy(req).await.expect_err("bad name");
+    assert!(matches!(err, Error::InvalidSpec { ref field, .. } if field == "environment.name"));
+    let err = orch
+        .status(&deploykit_core::DeploymentId::new("nope"))
+        .await
+        .expect_err("unknown deployment");
+    assert_eq!(err.to_string(), "deployment nope not found");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sqlite_store_drives_deployments_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn StateStore> = Arc::new(
+        SqliteStore::open(dir.path().join("state.db"))
+            .await
+            .expect("open"),
+    );
+    let sim = SimCluster::new();
+    let orch = open(store, &sim, production(), "o1").await;
+    assert_eq!(deploy_and_wait(&orch, "v1").await.1, Phase::Succeeded);
+    assert_eq!(deploy_and_wait(&orch, "v2").await.1, Phase::Succeeded);
+    assert_eq!(serving(&sim).await, vec![("v2".into(), 3, 100)]);
+}
