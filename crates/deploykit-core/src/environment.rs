@@ -123,7 +123,10 @@ impl Observed {
 
     /// Instances that exist, over all revisions.
     pub fn total_instances(&self) -> u32 {
-        self.revisions.iter().map(|r| r.instances.len() as u32).sum()
+        self.revisions
+            .iter()
+            .map(|r| r.instances.len() as u32)
+            .sum()
     }
 
     /// Ready instances, over all revisions.
@@ -286,9 +289,10 @@ pub trait EnvironmentExt: Environment {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let observed = self.observe(service).await?;
-            let settled = observed.revisions.iter().all(|r| {
-                r.instances.len() as u32 == r.desired && r.ready() == r.desired
-            });
+            let settled = observed
+                .revisions
+                .iter()
+                .all(|r| r.instances.len() as u32 == r.desired && r.ready() == r.desired);
             if settled {
                 return Ok(observed);
             }
@@ -356,8 +360,14 @@ mod tests {
 
     #[test]
     fn weighted_traffic_must_sum_to_100() {
-        let w = BTreeMap::from([(rid(1), Weight::new(90).unwrap()), (rid(2), Weight::new(5).unwrap())]);
+        let w = BTreeMap::from([
+            (rid(1), Weight::new(90).unwrap()),
+            (rid(2), Weight::new(5).unwrap()),
+        ]);
         let err = Traffic::weighted(w).unwrap_err();
-        assert_eq!(err.to_string(), "invalid traffic.weights: weights sum to 95, not 100");
+        assert_eq!(
+            err.to_string(),
+            "invalid traffic.weights: weights sum to 95, not 100"
+        );
     }
 }

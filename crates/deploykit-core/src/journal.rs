@@ -321,7 +321,10 @@ impl DeploymentStatus {
             return Err(corrupt("journal", "entry 0 is not `created`"));
         };
         if first.seq != 0 {
-            return Err(corrupt("journal", "entry 0 has a sequence number other than 0"));
+            return Err(corrupt(
+                "journal",
+                "entry 0 has a sequence number other than 0",
+            ));
         }
         let mut status = DeploymentStatus {
             spec: spec.clone(),

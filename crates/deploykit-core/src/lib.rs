@@ -37,7 +37,9 @@ pub use error::{BoxError, Error, Result};
 pub use journal::{Actor, DeploymentStatus, Outcome, Phase};
 pub use model::*;
 pub use monitor::{MetricQuery, Monitor, MonitorExt, Sample};
-pub use orchestrator::{DeployRequest, Event, Orchestrator, OrchestratorBuilder, OrchestratorConfig};
+pub use orchestrator::{
+    DeployRequest, Event, Orchestrator, OrchestratorBuilder, OrchestratorConfig,
+};
 pub use store::{SqliteStore, StateStore};
 pub use strategy::{Decision, DeploymentStrategy, PlanContext, RollingStrategy, StrategySpec};
 pub use time::{Clock, SystemClock, Timestamp};

@@ -25,7 +25,10 @@ impl Timestamp {
 
     /// This timestamp moved `d` later (saturating).
     pub fn plus(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(d.as_millis().min(u64::MAX as u128) as u64))
+        Timestamp(
+            self.0
+                .saturating_add(d.as_millis().min(u64::MAX as u128) as u64),
+        )
     }
 
     /// How long after `earlier` this timestamp is; zero if it is not after it.

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use deploykit_core::environment::proportional_weights;
 use deploykit_core::{
     Clock, DesiredState, Digest, Environment, Error, FailureKind, InstanceFailure,
-    InstanceObservation, MetricQuery, Monitor, Observed, Probe, Result, Revision,
-    RevisionId, RevisionObservation, Sample, ServiceId, Timestamp, Traffic,
+    InstanceObservation, MetricQuery, Monitor, Observed, Probe, Result, Revision, RevisionId,
+    RevisionObservation, Sample, ServiceId, Timestamp, Traffic,
 };
 use tokio::time::Instant;
 
@@ -245,7 +245,11 @@ impl SimCluster {
 
     /// The state of `service` right after every apply that changed it, oldest first.
     pub fn history(&self, service: &ServiceId) -> Vec<Snapshot> {
-        self.lock().history.get(service).cloned().unwrap_or_default()
+        self.lock()
+            .history
+            .get(service)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// How many instances of `revision` have ever been started.
@@ -420,7 +424,10 @@ impl State {
                 })
                 .collect(),
         };
-        self.history.entry(service.clone()).or_default().push(snapshot);
+        self.history
+            .entry(service.clone())
+            .or_default()
+            .push(snapshot);
     }
 
     fn apply(&mut self, service: &ServiceId, desired: &DesiredState, now: Instant) -> bool {
@@ -435,8 +442,12 @@ impl State {
             .map(|r| (r.revision.id.clone(), r.desired, r.instances.len()))
             .collect();
         // Removals first: revisions no longer wanted, then surplus instances.
-        svc.revisions
-            .retain(|r| desired.revisions.iter().any(|t| t.revision.id == r.revision.id));
+        svc.revisions.retain(|r| {
+            desired
+                .revisions
+                .iter()
+                .any(|t| t.revision.id == r.revision.id)
+        });
         for target in &desired.revisions {
             let position = svc
                 .revisions
@@ -462,7 +473,13 @@ impl State {
                     let config = SimConfig {
                         start_latency: latency,
                     };
-                    instance_state(&config, &behavior, &rev.revision, now.duration_since(i.started)).0
+                    instance_state(
+                        &config,
+                        &behavior,
+                        &rev.revision,
+                        now.duration_since(i.started),
+                    )
+                    .0
                 };
                 let victim = rev
                     .instances

@@ -46,9 +46,10 @@ async fn sqlite_store_persists_across_reopen() {
         state_store::journal_round_trip(&store).await;
     }
     let store = SqliteStore::open(&path).await.expect("reopen");
-    let loaded = deploykit_core::StateStore::load(&store, &deploykit_core::DeploymentId::new("rt-1"))
-        .await
-        .expect("load")
-        .expect("journal survives reopening");
+    let loaded =
+        deploykit_core::StateStore::load(&store, &deploykit_core::DeploymentId::new("rt-1"))
+            .await
+            .expect("load")
+            .expect("journal survives reopening");
     assert_eq!(loaded.len(), 3);
 }

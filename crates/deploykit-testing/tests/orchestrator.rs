@@ -23,7 +23,10 @@ async fn serving(sim: &SimCluster) -> Vec<(String, u32, u32)> {
         .revisions
         .iter()
         .map(|r| {
-            let weight = observed.traffic.get(&r.revision.id).map_or(0, |w| w.percent());
+            let weight = observed
+                .traffic
+                .get(&r.revision.id)
+                .map_or(0, |w| w.percent());
             (r.revision.label.clone(), r.ready(), weight)
         })
         .collect()
@@ -76,7 +79,11 @@ async fn readiness_failures_roll_back_fast_with_the_reason() {
     );
     // Fail fast: the probe's 3 failures at a 2 s period plus start-up, far from the 600 s
     // deadline.
-    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(serving(&sim).await, vec![("v2".into(), 3, 100)]);
     // v2 never dropped below full capacity: no v2 instance was ever replaced.
     let svc = common::service().name;
@@ -98,9 +105,17 @@ async fn crash_loops_roll_back_without_waiting_for_the_deadline() {
     let started = tokio::time::Instant::now();
     let (id, phase) = deploy_and_wait(&orch, "v2").await;
     assert_eq!(phase, Phase::RolledBack);
-    let reason = orch.status(&id).await.expect("status").rollback.expect("rb").1;
+    let reason = orch
+        .status(&id)
+        .await
+        .expect("status")
+        .rollback
+        .expect("rb")
+        .1;
     assert!(
-        reason.starts_with("1 of 1 new instances are crash-looping: CrashLoopBackOff after 3 restarts"),
+        reason.starts_with(
+            "1 of 1 new instances are crash-looping: CrashLoopBackOff after 3 restarts"
+        ),
         "{reason}"
     );
     assert!(started.elapsed() < Duration::from_secs(120));
@@ -113,15 +128,26 @@ async fn no_progress_rolls_back_at_the_deadline() {
     let orch = open(store(), &sim, production(), "o1").await;
     deploy_and_wait(&orch, "v1").await;
     // Instances that take 20 minutes to start never fail a probe, but make no progress.
-    sim.set_behavior(&common::artifact("v2"), Behavior::SlowStart(Duration::from_secs(1200)));
+    sim.set_behavior(
+        &common::artifact("v2"),
+        Behavior::SlowStart(Duration::from_secs(1200)),
+    );
     let started = tokio::time::Instant::now();
     let (id, phase) = deploy_and_wait(&orch, "v2").await;
     assert_eq!(phase, Phase::RolledBack);
-    let (cause, reason) = orch.status(&id).await.expect("status").rollback.expect("rb");
+    let (cause, reason) = orch
+        .status(&id)
+        .await
+        .expect("status")
+        .rollback
+        .expect("rb");
     assert_eq!(cause, RollbackCause::ProgressDeadline);
     assert!(reason.contains("progress deadline 600s"), "{reason}");
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(600) && took < Duration::from_secs(620), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(600) && took < Duration::from_secs(620),
+        "{took:?}"
+    );
     assert_eq!(serving(&sim).await, vec![("v1".into(), 3, 100)]);
 }
 
@@ -141,7 +167,10 @@ async fn a_failed_first_deployment_is_removed() {
     let Some(Outcome::Failed { reason }) = status.outcome else {
         panic!("expected failure")
     };
-    assert!(reason.contains("failed startup: startup probe: connection refused"), "{reason}");
+    assert!(
+        reason.contains("failed startup: startup probe: connection refused"),
+        "{reason}"
+    );
     assert!(reason.contains("no earlier revision"), "{reason}");
     assert!(serving(&sim).await.is_empty());
 }
@@ -164,7 +193,12 @@ async fn manual_rollback_to_any_kept_revision() {
     assert_eq!(serving(&sim).await, vec![("v2".into(), 3, 100)]);
     // Any kept revision by id.
     let history = orch.history(&svc, &env).await.expect("history");
-    let v1 = history.iter().find(|r| r.label == "v1").expect("v1 kept").id.clone();
+    let v1 = history
+        .iter()
+        .find(|r| r.label == "v1")
+        .expect("v1 kept")
+        .id
+        .clone();
     let id = orch
         .rollback(&svc, &env, Some(&v1), Actor::new("bob"))
         .await
@@ -205,7 +239,10 @@ async fn abort_rolls_back_and_is_audited() {
     let sim = SimCluster::new();
     let orch = open(store(), &sim, production(), "o1").await;
     deploy_and_wait(&orch, "v1").await;
-    sim.set_behavior(&common::artifact("v2"), Behavior::SlowStart(Duration::from_secs(100)));
+    sim.set_behavior(
+        &common::artifact("v2"),
+        Behavior::SlowStart(Duration::from_secs(100)),
+    );
     let id = orch.deploy(request("v2")).await.expect("deploy");
     tokio::time::sleep(Duration::from_secs(10)).await;
     orch.abort(&id, Actor::new("carol"), "error rate up")
@@ -253,7 +290,11 @@ async fn pause_holds_the_rollout_and_stops_the_deadline() {
     tokio::time::sleep(Duration::from_secs(900)).await;
     let status = orch.status(&id).await.expect("status");
     assert_eq!(status.phase, Phase::Paused);
-    assert_eq!(sim.effective_applies(), applies, "a paused rollout changes nothing");
+    assert_eq!(
+        sim.effective_applies(),
+        applies,
+        "a paused rollout changes nothing"
+    );
     orch.resume(&id, Actor::new("dave")).await.expect("resume");
     assert_eq!(orch.wait(&id).await.expect("wait").phase, Phase::Succeeded);
     assert_eq!(serving(&sim).await, vec![("v2".into(), 3, 100)]);
@@ -271,11 +312,17 @@ async fn deployments_of_one_service_run_one_at_a_time_in_order() {
     assert_eq!(orch.status(&a).await.expect("a").phase, Phase::Succeeded);
     let mut order = Vec::new();
     while let Ok(e) = events.try_recv() {
-        if matches!(e.entry.event, JournalEvent::Started { .. } | JournalEvent::Finished { .. }) {
+        if matches!(
+            e.entry.event,
+            JournalEvent::Started { .. } | JournalEvent::Finished { .. }
+        ) {
             order.push(format!("{} {}", e.revision, e.entry.event.kind()));
         }
     }
-    assert_eq!(order, ["v2 started", "v2 finished", "v3 started", "v3 finished"]);
+    assert_eq!(
+        order,
+        ["v2 started", "v2 finished", "v3 started", "v3 finished"]
+    );
     // v3 replaced v2, not v1.
     let status = orch.status(&b).await.expect("b");
     assert_eq!(status.previous.expect("previous").label, "v2");
@@ -313,7 +360,11 @@ async fn different_services_deploy_concurrently() {
         deploy_and_wait(&orch, "v1").await;
         t.elapsed()
     };
-    assert!(started.elapsed() <= one * 2, "{:?} vs {one:?}", started.elapsed());
+    assert!(
+        started.elapsed() <= one * 2,
+        "{:?} vs {one:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -330,7 +381,12 @@ async fn transient_errors_are_retried_and_permanent_ones_roll_back() {
     sim.fail_call(Op::Apply, apply_calls, Fault::Permanent);
     let (id, phase) = deploy_and_wait(&orch, "v3").await;
     assert_eq!(phase, Phase::RolledBack);
-    let (cause, reason) = orch.status(&id).await.expect("status").rollback.expect("rb");
+    let (cause, reason) = orch
+        .status(&id)
+        .await
+        .expect("status")
+        .rollback
+        .expect("rb");
     assert_eq!(cause, RollbackCause::EnvironmentError);
     assert!(reason.contains("403 forbidden"), "{reason}");
     assert_eq!(serving(&sim).await, vec![("v2".into(), 3, 100)]);
@@ -342,7 +398,10 @@ async fn a_dead_orchestrators_lease_expires_and_another_takes_over() {
     let store = store();
     let first = open(store.clone(), &sim, production(), "host-a").await;
     deploy_and_wait(&first, "v1").await;
-    sim.set_behavior(&common::artifact("v2"), Behavior::SlowStart(Duration::from_secs(5)));
+    sim.set_behavior(
+        &common::artifact("v2"),
+        Behavior::SlowStart(Duration::from_secs(5)),
+    );
     let id = first.deploy(request("v2")).await.expect("deploy");
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop(first); // the process dies holding the lease
@@ -362,7 +421,10 @@ async fn bad_requests_are_clear_errors() {
     let mut req = request("v1");
     req.environment = "staging".into();
     let err = orch.deploy(req).await.expect_err("unknown env");
-    assert_eq!(err.to_string(), "environment staging (configured: production) not found");
+    assert_eq!(
+        err.to_string(),
+        "environment staging (configured: production) not found"
+    );
     let mut req = request("v1");
     req.environment = "Prod!".into();
     let err = orch.deploy(req).await.expect_err("bad name");

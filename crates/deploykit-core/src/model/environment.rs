@@ -234,8 +234,18 @@ mod tests {
     use crate::model::health::{Probe, ProbeAction};
     use crate::model::rollout::Quantity;
 
-    fn base() -> EnvironmentSpecBuilder<((EnvironmentName,), (EnvironmentKind,), (), (), (), (), (), (), (), ())>
-    {
+    fn base() -> EnvironmentSpecBuilder<(
+        (EnvironmentName,),
+        (EnvironmentKind,),
+        (),
+        (),
+        (),
+        (),
+        (),
+        (),
+        (),
+        (),
+    )> {
         EnvironmentSpec::builder()
             .name("staging")
             .kind(EnvironmentKind::Staging)
@@ -264,7 +274,12 @@ mod tests {
             .build();
         assert_eq!(field(r), "environment.name");
         let gate = HealthChecks::builder()
-            .readiness(Probe::builder().action(ProbeAction::http("/up")).build().unwrap())
+            .readiness(
+                Probe::builder()
+                    .action(ProbeAction::http("/up"))
+                    .build()
+                    .unwrap(),
+            )
             .build();
         assert_eq!(
             field(base().replicas(0).health(gate).build()),

@@ -103,7 +103,10 @@ impl std::fmt::Display for ProbeAction {
 
 fn check_port(field: &str, port: Option<u16>) -> Result<()> {
     if port == Some(0) {
-        return Err(Error::invalid(format!("{field}.port"), "port 0 is not a port"));
+        return Err(Error::invalid(
+            format!("{field}.port"),
+            "port 0 is not a port",
+        ));
     }
     Ok(())
 }
@@ -162,10 +165,16 @@ impl Probe {
     pub(crate) fn validate(&self, field: &str) -> Result<()> {
         self.action.validate(&format!("{field}.action"))?;
         if self.period.is_zero() {
-            return Err(Error::invalid(format!("{field}.period"), "must be more than 0"));
+            return Err(Error::invalid(
+                format!("{field}.period"),
+                "must be more than 0",
+            ));
         }
         if self.timeout.is_zero() {
-            return Err(Error::invalid(format!("{field}.timeout"), "must be more than 0"));
+            return Err(Error::invalid(
+                format!("{field}.timeout"),
+                "must be more than 0",
+            ));
         }
         if self.timeout > self.period {
             return Err(Error::invalid(
@@ -264,7 +273,10 @@ mod tests {
 
     #[test]
     fn probe_defaults_follow_kubernetes() {
-        let p = Probe::builder().action(ProbeAction::http("/up")).build().unwrap();
+        let p = Probe::builder()
+            .action(ProbeAction::http("/up"))
+            .build()
+            .unwrap();
         assert_eq!(p.period, Duration::from_secs(10));
         assert_eq!(p.timeout, Duration::from_secs(1));
         assert_eq!((p.success_threshold, p.failure_threshold), (1, 3));
@@ -276,7 +288,10 @@ mod tests {
         let http = || ProbeAction::http("/up");
         let r = Probe::builder().action(ProbeAction::http("up")).build();
         assert_eq!(field_of(r), "probe.action.path");
-        let r = Probe::builder().action(http()).period(Duration::ZERO).build();
+        let r = Probe::builder()
+            .action(http())
+            .period(Duration::ZERO)
+            .build();
         assert_eq!(field_of(r), "probe.period");
         let r = Probe::builder()
             .action(http())
@@ -301,10 +316,17 @@ mod tests {
     fn liveness_needs_success_threshold_one() {
         let p = Probe {
             success_threshold: 2,
-            ..Probe::builder().action(ProbeAction::http("/up")).build().unwrap()
+            ..Probe::builder()
+                .action(ProbeAction::http("/up"))
+                .build()
+                .unwrap()
         };
         let checks = HealthChecks::builder().liveness(p).build();
         let err = checks.validate("health").unwrap_err();
-        assert!(err.to_string().contains("health.liveness.success_threshold"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("health.liveness.success_threshold"),
+            "{err}"
+        );
     }
 }

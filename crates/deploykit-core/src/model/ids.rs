@@ -103,7 +103,10 @@ impl RevisionId {
 
     /// Parses a revision id as printed (16 lowercase hex digits).
     pub fn parse(s: &str) -> Result<Self> {
-        if s.len() == 16 && s.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+        if s.len() == 16
+            && s.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        {
             Ok(RevisionId(s.to_string()))
         } else {
             Err(Error::invalid(
@@ -161,7 +164,9 @@ impl Digest {
         let bad = || {
             Error::invalid(
                 "artifact",
-                format!("{s:?} is not a content digest: expected sha256:<64 hex> or blake3:<64 hex>"),
+                format!(
+                    "{s:?} is not a content digest: expected sha256:<64 hex> or blake3:<64 hex>"
+                ),
             )
         };
         let (algo, hex) = s.split_once(':').ok_or_else(bad)?;
@@ -218,7 +223,15 @@ mod tests {
     #[test]
     fn names_are_validated() {
         assert!(ServiceId::new("web-api2").is_ok());
-        for bad in ["", "Web", "-web", "web-", "2web", "web_api", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "Web",
+            "-web",
+            "web-",
+            "2web",
+            "web_api",
+            &"a".repeat(64),
+        ] {
             let err = ServiceId::new(bad).unwrap_err();
             assert!(
                 matches!(&err, Error::InvalidSpec { field, .. } if field == "service.name"),
@@ -234,7 +247,12 @@ mod tests {
         let d = Digest::of_bytes(b"hello");
         assert_eq!(Digest::parse(d.as_str()).unwrap(), d);
         assert_eq!(d.short().len(), "blake3:".len() + 12);
-        for bad in ["", "sha256", "md5:abcd", &format!("sha256:{}", "A".repeat(64))] {
+        for bad in [
+            "",
+            "sha256",
+            "md5:abcd",
+            &format!("sha256:{}", "A".repeat(64)),
+        ] {
             assert!(Digest::parse(bad).is_err(), "{bad:?}");
         }
     }

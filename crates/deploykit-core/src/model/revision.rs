@@ -143,7 +143,12 @@ mod tests {
             ]))
             .health(
                 HealthChecks::builder()
-                    .readiness(Probe::builder().action(ProbeAction::http("/up")).build().unwrap())
+                    .readiness(
+                        Probe::builder()
+                            .action(ProbeAction::http("/up"))
+                            .build()
+                            .unwrap(),
+                    )
                     .build(),
             )
             .build()
@@ -157,12 +162,19 @@ mod tests {
         let b = Revision::new(&web(80), &env(2), d1.clone(), "other label").unwrap();
         assert_eq!(a.id, b.id);
         // Replica count is not part of the revision.
-        assert_eq!(a.id, Revision::new(&web(80), &env(5), d1.clone(), "v1").unwrap().id);
+        assert_eq!(
+            a.id,
+            Revision::new(&web(80), &env(5), d1.clone(), "v1")
+                .unwrap()
+                .id
+        );
         // Config changes and artifact changes give new revisions.
         assert_ne!(a.id, Revision::new(&web(81), &env(2), d1, "v1").unwrap().id);
         assert_ne!(
             a.id,
-            Revision::new(&web(80), &env(2), Digest::of_bytes(b"two"), "v1").unwrap().id
+            Revision::new(&web(80), &env(2), Digest::of_bytes(b"two"), "v1")
+                .unwrap()
+                .id
         );
         assert_eq!(a.config.variables["MODE"], "prod");
         assert_eq!(a.config.variables["LOG"], "info");
@@ -171,6 +183,8 @@ mod tests {
     #[test]
     fn zero_replicas_with_a_readiness_gate_is_rejected() {
         let err = Revision::new(&web(80), &env(0), Digest::of_bytes(b"x"), "v1").unwrap_err();
-        assert!(matches!(&err, Error::InvalidSpec { field, .. } if field == "environment.replicas"));
+        assert!(
+            matches!(&err, Error::InvalidSpec { field, .. } if field == "environment.replicas")
+        );
     }
 }

@@ -24,7 +24,11 @@ impl Quantity {
             Quantity::Count(n) => n,
             Quantity::Percent(p) => {
                 let scaled = u64::from(replicas) * u64::from(p);
-                let v = if round_up { scaled.div_ceil(100) } else { scaled / 100 };
+                let v = if round_up {
+                    scaled.div_ceil(100)
+                } else {
+                    scaled / 100
+                };
                 v as u32
             }
         }
@@ -34,10 +38,7 @@ impl Quantity {
         if let Quantity::Percent(p) = self
             && p > 100
         {
-            return Err(Error::invalid(
-                field,
-                format!("{p}% is outside 0-100%"),
-            ));
+            return Err(Error::invalid(field, format!("{p}% is outside 0-100%")));
         }
         Ok(())
     }
@@ -223,7 +224,10 @@ mod tests {
         assert!(
             matches!(&err, Error::InvalidSpec { field, .. } if field == "rollout.max_unavailable")
         );
-        let err = RollingSpec::builder().fail_fast_after(0).build().unwrap_err();
+        let err = RollingSpec::builder()
+            .fail_fast_after(0)
+            .build()
+            .unwrap_err();
         assert!(err.to_string().contains("rollout.fail_fast_after"));
     }
 

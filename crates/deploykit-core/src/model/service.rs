@@ -90,9 +90,16 @@ mod tests {
 
     #[test]
     fn invalid_services_name_the_field() {
-        let err = ServiceSpec::builder().name("Web Server").build().unwrap_err();
+        let err = ServiceSpec::builder()
+            .name("Web Server")
+            .build()
+            .unwrap_err();
         assert!(matches!(&err, Error::InvalidSpec { field, .. } if field == "service.name"));
-        let err = ServiceSpec::builder().name("web").port(0).build().unwrap_err();
+        let err = ServiceSpec::builder()
+            .name("web")
+            .port(0)
+            .build()
+            .unwrap_err();
         assert!(matches!(&err, Error::InvalidSpec { field, .. } if field == "service.port"));
         let vars = BTreeMap::from([("1X".to_string(), "v".to_string())]);
         let err = ServiceSpec::builder()

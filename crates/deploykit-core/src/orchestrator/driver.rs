@@ -76,7 +76,9 @@ pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
                 driver.backoff.reset();
                 driver.sleep(d).await;
             }
-            Err(e @ (Error::Corrupt { .. } | Error::NotFound { .. } | Error::InvalidSpec { .. })) => {
+            Err(
+                e @ (Error::Corrupt { .. } | Error::NotFound { .. } | Error::InvalidSpec { .. }),
+            ) => {
                 tracing::error!(error = %e.chain(), "cannot drive deployment; leaving it as it is");
                 break;
             }
@@ -122,7 +124,10 @@ impl Driver {
 
         if st.phase == Phase::Pending {
             if let Some(abort) = &st.abort {
-                let reason = format!("aborted by {} before it started: {}", abort.by, abort.reason);
+                let reason = format!(
+                    "aborted by {} before it started: {}",
+                    abort.by, abort.reason
+                );
                 self.finish(&st, Outcome::Failed { reason }).await?;
                 return Ok(Next::Now);
             }
@@ -166,7 +171,9 @@ impl Driver {
             if let Some(e) = &self.last_error {
                 reason.push_str(&format!("; last error: {e}"));
             }
-            return self.give_up(&st, RollbackCause::ProgressDeadline, reason).await;
+            return self
+                .give_up(&st, RollbackCause::ProgressDeadline, reason)
+                .await;
         }
 
         // After a restart, finish the action the last process journaled but may not have
@@ -241,16 +248,27 @@ impl Driver {
         }
     }
 
-    async fn environment_error(&mut self, st: &DeploymentStatus, op: &str, e: Error) -> Result<Next> {
+    async fn environment_error(
+        &mut self,
+        st: &DeploymentStatus,
+        op: &str,
+        e: Error,
+    ) -> Result<Next> {
         if e.is_retryable() {
             return Err(e);
         }
         let reason = format!("{op} of {} failed: {}", st.spec.service, e.chain());
-        self.give_up(st, RollbackCause::EnvironmentError, reason).await
+        self.give_up(st, RollbackCause::EnvironmentError, reason)
+            .await
     }
 
     /// Start a rollback; if this already is one, fail.
-    async fn give_up(&mut self, st: &DeploymentStatus, cause: RollbackCause, reason: String) -> Result<Next> {
+    async fn give_up(
+        &mut self,
+        st: &DeploymentStatus,
+        cause: RollbackCause,
+        reason: String,
+    ) -> Result<Next> {
         if st.phase == Phase::RollingBack {
             let reason = format!("rollback failed: {reason}");
             self.finish(st, Outcome::Failed { reason }).await?;
@@ -276,7 +294,10 @@ impl Driver {
             st.clone()
         };
         self.apply(&st, &empty).await?;
-        let why = st.rollback.as_ref().map_or("rolled back", |(_, r)| r.as_str());
+        let why = st
+            .rollback
+            .as_ref()
+            .map_or("rolled back", |(_, r)| r.as_str());
         let reason = format!(
             "{why}; there is no earlier revision to return to, so {} was removed",
             st.spec.target.label
@@ -300,7 +321,8 @@ impl Driver {
                 return Ok(false);
             }
             let other = self.shared.status(&id).await?;
-            if other.spec.service == st.spec.service && other.spec.environment == st.spec.environment
+            if other.spec.service == st.spec.service
+                && other.spec.environment == st.spec.environment
             {
                 return Ok(true);
             }
@@ -319,12 +341,19 @@ impl Driver {
         }
         let key = format!("{}/{}", st.spec.service, st.spec.environment);
         let owner = format!("{}/{}", self.shared.owner, st.spec.id);
-        match self.shared.store.acquire_lease(&key, &owner, now, ttl).await {
+        match self
+            .shared
+            .store
+            .acquire_lease(&key, &owner, now, ttl)
+            .await
+        {
             Ok(lease) => {
                 self.lease = Some(lease);
                 Ok(true)
             }
-            Err(Error::LeaseHeld { owner, expires_at, .. }) => {
+            Err(Error::LeaseHeld {
+                owner, expires_at, ..
+            }) => {
                 tracing::debug!(%owner, %expires_at, "lease held elsewhere");
                 self.lease = None;
                 Ok(false)

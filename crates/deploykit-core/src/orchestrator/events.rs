@@ -2,7 +2,9 @@
 
 use std::fmt;
 
-use crate::journal::{DeploymentKind, DeploymentStatus, JournalEntry, JournalEvent, Outcome, Phase};
+use crate::journal::{
+    DeploymentKind, DeploymentStatus, JournalEntry, JournalEvent, Outcome, Phase,
+};
 use crate::model::{DeploymentId, EnvironmentName, ServiceId};
 
 /// Something that happened to a deployment: a journal entry with its context.
@@ -47,7 +49,10 @@ impl Event {
         match &self.entry.event {
             JournalEvent::Created { spec } => match spec.kind {
                 DeploymentKind::Deploy => {
-                    format!("deploy requested by {} ({} replicas)", spec.requested_by, spec.replicas)
+                    format!(
+                        "deploy requested by {} ({} replicas)",
+                        spec.requested_by, spec.replicas
+                    )
                 }
                 DeploymentKind::Rollback => {
                     format!("manual rollback requested by {}", spec.requested_by)

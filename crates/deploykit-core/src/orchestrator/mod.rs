@@ -250,7 +250,12 @@ impl Orchestrator {
     pub async fn deploy(&self, request: DeployRequest) -> Result<DeploymentId> {
         let environment = EnvironmentName::new(request.environment.as_str())?;
         let target = self.target(&environment)?;
-        let revision = Revision::new(&request.service, &target.spec, request.artifact, request.label)?;
+        let revision = Revision::new(
+            &request.service,
+            &target.spec,
+            request.artifact,
+            request.label,
+        )?;
         self.create(
             &environment,
             revision,
@@ -272,21 +277,35 @@ impl Orchestrator {
     ) -> Result<DeploymentId> {
         let history = self.history(service, environment).await?;
         let revision = match to {
-            Some(id) => history.iter().find(|r| &r.id == id).cloned().ok_or_else(|| {
-                let kept: Vec<String> = history.iter().map(Revision::describe).collect();
-                Error::not_found(format!(
-                    "revision {id} in the history of {service}/{environment} (kept: {})",
-                    if kept.is_empty() { "none".into() } else { kept.join(", ") }
-                ))
-            })?,
+            Some(id) => history
+                .iter()
+                .find(|r| &r.id == id)
+                .cloned()
+                .ok_or_else(|| {
+                    let kept: Vec<String> = history.iter().map(Revision::describe).collect();
+                    Error::not_found(format!(
+                        "revision {id} in the history of {service}/{environment} (kept: {})",
+                        if kept.is_empty() {
+                            "none".into()
+                        } else {
+                            kept.join(", ")
+                        }
+                    ))
+                })?,
             None => history.get(1).cloned().ok_or_else(|| {
                 Error::not_found(format!(
                     "an earlier revision of {service}/{environment} to roll back to"
                 ))
             })?,
         };
-        self.create(environment, revision, DeploymentKind::Rollback, by, AuditAction::Rollback)
-            .await
+        self.create(
+            environment,
+            revision,
+            DeploymentKind::Rollback,
+            by,
+            AuditAction::Rollback,
+        )
+        .await
     }
 
     async fn create(
@@ -300,7 +319,13 @@ impl Orchestrator {
         let target = self.target(environment)?;
         let now = self.shared.clock.now();
         let n = self.shared.counter.fetch_add(1, Ordering::Relaxed);
-        let id = deployment_id(&self.shared.owner, &revision, environment, now.as_millis(), n);
+        let id = deployment_id(
+            &self.shared.owner,
+            &revision,
+            environment,
+            now.as_millis(),
+            n,
+        );
         let spec = DeploymentSpec::builder()
             .id(id.clone())
             .service(revision.service.clone())
@@ -324,13 +349,19 @@ impl Orchestrator {
 
     /// Hold a progressing deployment where it is. The progress deadline does not run while
     /// paused.
-    pub async fn pause(&self, id: &DeploymentId, by: Actor, reason: impl Into<String>) -> Result<()> {
+    pub async fn pause(
+        &self,
+        id: &DeploymentId,
+        by: Actor,
+        reason: impl Into<String>,
+    ) -> Result<()> {
         let reason = reason.into();
         let event = JournalEvent::Paused {
             by: by.clone(),
             reason: reason.clone(),
         };
-        self.operator(id, event, by, AuditAction::Pause, reason).await
+        self.operator(id, event, by, AuditAction::Pause, reason)
+            .await
     }
 
     /// Let a paused deployment carry on.
@@ -342,13 +373,19 @@ impl Orchestrator {
 
     /// Abort a deployment: it rolls back to the previous revision (or, if it had not started,
     /// ends as failed). The abort is journaled as a fact first, so it survives a crash.
-    pub async fn abort(&self, id: &DeploymentId, by: Actor, reason: impl Into<String>) -> Result<()> {
+    pub async fn abort(
+        &self,
+        id: &DeploymentId,
+        by: Actor,
+        reason: impl Into<String>,
+    ) -> Result<()> {
         let reason = reason.into();
         let event = JournalEvent::AbortRequested {
             by: by.clone(),
             reason: reason.clone(),
         };
-        self.operator(id, event, by, AuditAction::Abort, reason).await
+        self.operator(id, event, by, AuditAction::Abort, reason)
+            .await
     }
 
     async fn operator(
@@ -479,7 +516,11 @@ fn deployment_id(
     h.update(&now_ms.to_le_bytes());
     h.update(&n.to_le_bytes());
     h.update(&std::process::id().to_le_bytes());
-    DeploymentId::new(format!("{}-{}", revision.service, &h.finalize().to_hex()[..12]))
+    DeploymentId::new(format!(
+        "{}-{}",
+        revision.service,
+        &h.finalize().to_hex()[..12]
+    ))
 }
 
 impl Shared {
@@ -493,7 +534,11 @@ impl Shared {
     }
 
     /// Check `event` against the state machine, journal it, and announce it.
-    async fn append(&self, status: &DeploymentStatus, event: JournalEvent) -> Result<DeploymentStatus> {
+    async fn append(
+        &self,
+        status: &DeploymentStatus,
+        event: JournalEvent,
+    ) -> Result<DeploymentStatus> {
         status.check(&event)?;
         let entry = JournalEntry::new(status.next_seq, self.clock.now(), event);
         self.store.append(&status.spec.id, &entry).await?;

@@ -125,12 +125,19 @@ impl SqliteStore {
         let open = |e| store_err(&format!("open {}", path.display()), e);
         let conn = Connection::open(path).map_err(open)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(open)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(open)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(open)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open)?;
         conn.execute_batch(SCHEMA).map_err(open)?;
         let version: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(open)?;
         match version {
@@ -174,13 +181,22 @@ impl SqliteStore {
     }
 }
 
-fn append_blocking(conn: &mut Connection, id: &str, entry: &JournalEntry, body: &str) -> Result<()> {
+fn append_blocking(
+    conn: &mut Connection,
+    id: &str,
+    entry: &JournalEntry,
+    body: &str,
+) -> Result<()> {
     let err = |e| store_err(&format!("append to journal of {id}"), e);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err)?;
     let next: Option<i64> = tx
-        .query_row("SELECT next_seq FROM deployments WHERE id = ?1", [id], |r| r.get(0))
+        .query_row(
+            "SELECT next_seq FROM deployments WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
         .optional()
         .map_err(err)?;
     match (&entry.event, next) {
@@ -212,7 +228,13 @@ fn append_blocking(conn: &mut Connection, id: &str, entry: &JournalEntry, body: 
     }
     tx.execute(
         "INSERT INTO journal (deployment, seq, at_ms, kind, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id, entry.seq as i64, entry.at.as_millis() as i64, entry.event.kind(), body],
+        params![
+            id,
+            entry.seq as i64,
+            entry.at.as_millis() as i64,
+            entry.event.kind(),
+            body
+        ],
     )
     .map_err(err)?;
     tx.execute(
@@ -238,7 +260,9 @@ impl StateStore for SqliteStore {
         self.with(move |conn| {
             let err = |e| store_err(&format!("load journal of {id}"), e);
             let exists: Option<i64> = conn
-                .query_row("SELECT 1 FROM deployments WHERE id = ?1", [&id], |r| r.get(0))
+                .query_row("SELECT 1 FROM deployments WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
                 .optional()
                 .map_err(err)?;
             if exists.is_none() {
@@ -249,7 +273,11 @@ impl StateStore for SqliteStore {
                 .map_err(err)?;
             let rows = stmt
                 .query_map([&id], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
                 })
                 .map_err(err)?;
             let mut entries = Vec::new();
@@ -368,8 +396,11 @@ impl StateStore for SqliteStore {
         let body = encode(record)?;
         let at = record.at.as_millis() as i64;
         self.with(move |conn| {
-            conn.execute("INSERT INTO audit (at_ms, body) VALUES (?1, ?2)", params![at, body])
-                .map_err(|e| store_err("record audit", e))?;
+            conn.execute(
+                "INSERT INTO audit (at_ms, body) VALUES (?1, ?2)",
+                params![at, body],
+            )
+            .map_err(|e| store_err("record audit", e))?;
             Ok(())
         })
         .await

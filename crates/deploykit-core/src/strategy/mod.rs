@@ -28,7 +28,12 @@ pub struct PlanContext<'a> {
 
 impl<'a> PlanContext<'a> {
     /// A planning context.
-    pub fn new(target: &'a Revision, replicas: u32, observed: &'a Observed, now: Timestamp) -> Self {
+    pub fn new(
+        target: &'a Revision,
+        replicas: u32,
+        observed: &'a Observed,
+        now: Timestamp,
+    ) -> Self {
         PlanContext {
             target,
             replicas,

@@ -72,8 +72,9 @@ impl DeploymentStrategy for RollingStrategy {
             .iter()
             .filter(|r| r.revision.id != ctx.target.id)
             .collect();
-        let (t_desired, t_ready, t_instances) =
-            target.map_or((0, 0, 0), |t| (t.desired, t.ready(), t.instances.len() as u32));
+        let (t_desired, t_ready, t_instances) = target.map_or((0, 0, 0), |t| {
+            (t.desired, t.ready(), t.instances.len() as u32)
+        });
         if t_desired == d && t_ready == d && t_instances == d && others.is_empty() {
             return Decision::Complete;
         }
@@ -122,9 +123,7 @@ mod tests {
     use crate::environment::{
         FailureKind, InstanceFailure, InstanceObservation, RevisionObservation,
     };
-    use crate::model::{
-        Digest, EnvironmentKind, EnvironmentSpec, Quantity, Revision, ServiceSpec,
-    };
+    use crate::model::{Digest, EnvironmentKind, EnvironmentSpec, Quantity, Revision, ServiceSpec};
     use crate::time::Timestamp;
 
     fn rev(label: &str) -> Revision {
@@ -160,9 +159,19 @@ mod tests {
         )
     }
 
-    fn plan(s: &RollingStrategy, target: &Revision, d: u32, revs: Vec<RevisionObservation>) -> Decision {
+    fn plan(
+        s: &RollingStrategy,
+        target: &Revision,
+        d: u32,
+        revs: Vec<RevisionObservation>,
+    ) -> Decision {
         let observed = Observed::new(revs, Default::default());
-        s.plan(&PlanContext::new(target, d, &observed, Timestamp::from_millis(0)))
+        s.plan(&PlanContext::new(
+            target,
+            d,
+            &observed,
+            Timestamp::from_millis(0),
+        ))
     }
 
     fn counts(d: &Decision) -> Vec<(String, u32)> {

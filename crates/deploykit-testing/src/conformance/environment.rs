@@ -51,7 +51,10 @@ pub async fn run_all(env: &dyn Environment, fx: &EnvironmentFixture) {
 
 /// Observing a service that was never applied gives an empty observation, not an error.
 pub async fn unknown_service_observes_empty(env: &dyn Environment, fx: &EnvironmentFixture) {
-    let observed = env.observe(&fx.service).await.expect("observe unknown service");
+    let observed = env
+        .observe(&fx.service)
+        .await
+        .expect("observe unknown service");
     assert!(
         observed.revisions.is_empty() && observed.traffic.is_empty(),
         "an unknown service must observe as empty, got {observed:?}"
@@ -66,9 +69,17 @@ pub async fn apply_observe_and_idempotence(env: &dyn Environment, fx: &Environme
         .await
         .expect("apply first revision");
     let observed = env.observe(&fx.service).await.expect("observe");
-    let obs_a = observed.revision(&a.id).expect("applied revision must be observed");
-    assert_eq!(obs_a.desired, 2, "observed desired count must be the applied one");
-    assert_eq!(obs_a.revision, *a, "the observed revision must carry its full spec");
+    let obs_a = observed
+        .revision(&a.id)
+        .expect("applied revision must be observed");
+    assert_eq!(
+        obs_a.desired, 2,
+        "observed desired count must be the applied one"
+    );
+    assert_eq!(
+        obs_a.revision, *a,
+        "the observed revision must carry its full spec"
+    );
     let observed = env
         .wait_settled(&fx.service, fx.poll, fx.settle_timeout)
         .await
@@ -105,8 +116,16 @@ pub async fn apply_observe_and_idempotence(env: &dyn Environment, fx: &Environme
         "scaling down must keep an existing instance, not start a new one"
     );
     let sum: u32 = observed.traffic.values().map(|w| w.percent()).sum();
-    assert_eq!(sum, 100, "traffic weights must sum to 100: {:?}", observed.traffic);
-    assert_eq!(observed.traffic.len(), 2, "both ready revisions receive traffic");
+    assert_eq!(
+        sum, 100,
+        "traffic weights must sum to 100: {:?}",
+        observed.traffic
+    );
+    assert_eq!(
+        observed.traffic.len(),
+        2,
+        "both ready revisions receive traffic"
+    );
 
     env.apply(&fx.service, &state(&[(b, 2)]))
         .await
@@ -138,8 +157,13 @@ pub async fn teardown_removes_everything(env: &dyn Environment, fx: &Environment
         .await
         .expect("apply before teardown");
     env.teardown(&fx.service).await.expect("teardown");
-    env.teardown(&fx.service).await.expect("teardown is idempotent");
-    let observed = env.observe(&fx.service).await.expect("observe after teardown");
+    env.teardown(&fx.service)
+        .await
+        .expect("teardown is idempotent");
+    let observed = env
+        .observe(&fx.service)
+        .await
+        .expect("observe after teardown");
     assert!(
         observed.revisions.is_empty(),
         "teardown must remove every revision, left {observed:?}"

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use deploykit_core::journal::{
-    DeploymentSpec, JournalEntry, JournalEvent, Outcome,
-};
+use deploykit_core::journal::{DeploymentSpec, JournalEntry, JournalEvent, Outcome};
 use deploykit_core::store::{AuditAction, AuditRecord, StateStore};
 use deploykit_core::{
     Actor, DeploymentId, Digest, EnvironmentKind, EnvironmentName, EnvironmentSpec, Error,
@@ -12,13 +10,17 @@ use deploykit_core::{
 };
 
 fn spec(id: &str, service: &str, environment: &str) -> DeploymentSpec {
-    let svc = ServiceSpec::builder().name(service).build().expect("service");
+    let svc = ServiceSpec::builder()
+        .name(service)
+        .build()
+        .expect("service");
     let env = EnvironmentSpec::builder()
         .name(environment)
         .kind(EnvironmentKind::Staging)
         .build()
         .expect("environment");
-    let target = Revision::new(&svc, &env, Digest::of_bytes(id.as_bytes()), "v1").expect("revision");
+    let target =
+        Revision::new(&svc, &env, Digest::of_bytes(id.as_bytes()), "v1").expect("revision");
     DeploymentSpec::builder()
         .id(DeploymentId::new(id))
         .service(svc.name.clone())
@@ -77,7 +79,10 @@ pub async fn journal_round_trip(store: &dyn StateStore) {
         store.append(&id, e).await.expect("append");
     }
     let loaded = store.load(&id).await.expect("load").expect("exists");
-    assert_eq!(loaded, entries, "journal must load back exactly as appended");
+    assert_eq!(
+        loaded, entries,
+        "journal must load back exactly as appended"
+    );
 }
 
 /// Of two writers at the same position exactly one wins; gaps, duplicates and unknown
@@ -96,11 +101,21 @@ pub async fn journal_sequence_is_enforced(store: &dyn StateStore) {
     store.append(&id, &started(1)).await.expect("first writer");
     let second = store.append(&id, &started(1)).await;
     assert!(
-        matches!(second, Err(Error::Conflict { expected: 1, actual: 2, .. })),
+        matches!(
+            second,
+            Err(Error::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            })
+        ),
         "second writer at the same position must conflict, got {second:?}"
     );
     let gap = store.append(&id, &finished(5)).await;
-    assert!(matches!(gap, Err(Error::Conflict { .. })), "a gap must conflict, got {gap:?}");
+    assert!(
+        matches!(gap, Err(Error::Conflict { .. })),
+        "a gap must conflict, got {gap:?}"
+    );
     let loaded = store.load(&id).await.expect("load").expect("exists");
     assert_eq!(loaded.len(), 2, "refused appends must write nothing");
     let unknown = store.append(&DeploymentId::new("nope"), &started(1)).await;
@@ -121,7 +136,10 @@ pub async fn active_and_listing(store: &dyn StateStore) {
             .expect("create");
     }
     store
-        .append(&DeploymentId::new("ls-other"), &created("ls-other", "db", "qa"))
+        .append(
+            &DeploymentId::new("ls-other"),
+            &created("ls-other", "db", "qa"),
+        )
         .await
         .expect("create other service");
     store
@@ -140,7 +158,11 @@ pub async fn active_and_listing(store: &dyn StateStore) {
         .map(|d| d.to_string())
         .filter(|d| d.starts_with("ls-"))
         .collect();
-    assert_eq!(active, ["ls-2", "ls-3", "ls-other"], "active deployments, oldest first");
+    assert_eq!(
+        active,
+        ["ls-2", "ls-3", "ls-other"],
+        "active deployments, oldest first"
+    );
     let listed: Vec<String> = store
         .list_deployments(&web, &staging)
         .await
@@ -148,7 +170,11 @@ pub async fn active_and_listing(store: &dyn StateStore) {
         .into_iter()
         .map(|d| d.to_string())
         .collect();
-    assert_eq!(listed, ["ls-3", "ls-2", "ls-1"], "deployments of one service, newest first");
+    assert_eq!(
+        listed,
+        ["ls-3", "ls-2", "ls-1"],
+        "deployments of one service, newest first"
+    );
 }
 
 /// Leases: exclusive while live, renewable by their owner, free once expired or released, and
