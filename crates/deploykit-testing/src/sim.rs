@@ -223,6 +223,11 @@ impl SimCluster {
         }
     }
 
+    /// Drop every fault not yet triggered.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
     /// How many calls of `op` have been made.
     pub fn calls(&self, op: Op) -> u64 {
         self.lock().calls.get(&op).copied().unwrap_or(0)
