@@ -62,11 +62,20 @@ fn fault() -> impl Strategy<Value = (Op, u64, Fault)> {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (1u32..=6, quantity(), quantity(), behavior(), prop::collection::vec(fault(), 0..6))
-        .prop_filter("surge and unavailable both zero is rejected at build time", |c| {
-            !(matches!(c.1, Quantity::Count(0) | Quantity::Percent(0))
-                && matches!(c.2, Quantity::Count(0) | Quantity::Percent(0)))
-        })
+    (
+        1u32..=6,
+        quantity(),
+        quantity(),
+        behavior(),
+        prop::collection::vec(fault(), 0..6),
+    )
+        .prop_filter(
+            "surge and unavailable both zero is rejected at build time",
+            |c| {
+                !(matches!(c.1, Quantity::Count(0) | Quantity::Percent(0))
+                    && matches!(c.2, Quantity::Count(0) | Quantity::Percent(0)))
+            },
+        )
         .prop_map(|(replicas, surge, unavailable, behavior, faults)| Case {
             replicas,
             surge,
@@ -140,7 +149,12 @@ fn run(case: Case) -> Result<(), TestCaseError> {
         let slack = env.progress_deadline + Duration::from_secs(12);
         for pair in journal.windows(2) {
             let gap = pair[1].at.since(pair[0].at);
-            prop_assert!(gap <= slack, "{gap:?} between {:?} and {:?}", pair[0], pair[1]);
+            prop_assert!(
+                gap <= slack,
+                "{gap:?} between {:?} and {:?}",
+                pair[0],
+                pair[1]
+            );
         }
 
         // 3. Who serves afterwards.
@@ -149,7 +163,10 @@ fn run(case: Case) -> Result<(), TestCaseError> {
             .revisions
             .iter()
             .map(|r| {
-                let w = observed.traffic.get(&r.revision.id).map_or(0, |w| w.percent());
+                let w = observed
+                    .traffic
+                    .get(&r.revision.id)
+                    .map_or(0, |w| w.percent());
                 (r.revision.label.clone(), r.ready(), w)
             })
             .collect();

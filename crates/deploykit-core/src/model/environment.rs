@@ -234,21 +234,12 @@ mod tests {
     use crate::model::health::{Probe, ProbeAction};
     use crate::model::rollout::Quantity;
 
-    fn base() -> EnvironmentSpecBuilder<(
-        (EnvironmentName,),
-        (EnvironmentKind,),
-        (),
-        (),
-        (),
-        (),
-        (),
-        (),
-        (),
-        (),
-    )> {
-        EnvironmentSpec::builder()
-            .name("staging")
-            .kind(EnvironmentKind::Staging)
+    macro_rules! base {
+        () => {
+            EnvironmentSpec::builder()
+                .name("staging")
+                .kind(EnvironmentKind::Staging)
+        };
     }
 
     fn field(r: Result<EnvironmentSpec>) -> String {
@@ -260,7 +251,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let e = base().build().unwrap();
+        let e = base!().build().unwrap();
         assert_eq!(e.replicas, 1);
         assert_eq!(e.rollout, RollingSpec::default());
         assert_eq!(e.kind.to_string(), "staging");
@@ -282,7 +273,7 @@ mod tests {
             )
             .build();
         assert_eq!(
-            field(base().replicas(0).health(gate).build()),
+            field(base!().replicas(0).health(gate).build()),
             "environment.replicas"
         );
         let rollout = RollingSpec {
@@ -291,7 +282,7 @@ mod tests {
             fail_fast_after: 3,
         };
         assert_eq!(
-            field(base().rollout(rollout).build()),
+            field(base!().rollout(rollout).build()),
             "environment.rollout.max_surge"
         );
         let res = Resources::builder()
@@ -299,21 +290,21 @@ mod tests {
             .cpu_limit_millis(100)
             .build();
         assert_eq!(
-            field(base().resources(res).build()),
+            field(base!().resources(res).build()),
             "environment.resources.cpu_request"
         );
         let auto = Autoscale::builder().min_replicas(5).max_replicas(2).build();
         assert_eq!(
-            field(base().autoscale(auto).build()),
+            field(base!().autoscale(auto).build()),
             "environment.autoscale.min_replicas"
         );
         let auto = Autoscale::builder().min_replicas(2).max_replicas(4).build();
         assert_eq!(
-            field(base().replicas(1).autoscale(auto).build()),
+            field(base!().replicas(1).autoscale(auto).build()),
             "environment.replicas"
         );
         assert_eq!(
-            field(base().progress_deadline(Duration::ZERO).build()),
+            field(base!().progress_deadline(Duration::ZERO).build()),
             "environment.progress_deadline"
         );
     }

@@ -1,0 +1,240 @@
+//! Crash and resume: for every journal point of a deployment, stop the orchestrator right after
+//! that entry reaches the SQLite file and before anything else happens, open a new orchestrator
+//! on the same file, and check it ends exactly where an uninterrupted run ends, with no action's
+//! effect applied twice.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deploykit_core::journal::{JournalEntry, JournalEvent};
+use deploykit_core::store::{AuditRecord, Lease, StateStore};
+use deploykit_core::{
+    DeploymentId, Environment, EnvironmentName, Phase, Quantity, Result, ServiceId, SqliteStore,
+    Timestamp,
+};
+use deploykit_testing::{Behavior, SimCluster};
+use tokio::sync::Notify;
+
+/// A store that "crashes" the process right after it persists entry `crash_at` of the
+/// deployment of `label`: the append never returns.
+#[derive(Debug)]
+struct CrashingStore {
+    inner: SqliteStore,
+    label: String,
+    crash_at: u64,
+    target: std::sync::Mutex<Option<DeploymentId>>,
+    crashed: AtomicBool,
+    notify: Arc<Notify>,
+}
+
+#[async_trait]
+impl StateStore for CrashingStore {
+    async fn append(&self, deployment: &DeploymentId, entry: &JournalEntry) -> Result<()> {
+        if self.crashed.load(Ordering::SeqCst) {
+            return std::future::pending().await;
+        }
+        self.inner.append(deployment, entry).await?;
+        if let JournalEvent::Created { spec } = &entry.event
+            && spec.target.label == self.label
+        {
+            *self.target.lock().expect("lock") = Some(deployment.clone());
+        }
+        let is_target = self.target.lock().expect("lock").as_ref() == Some(deployment);
+        if is_target && entry.seq == self.crash_at {
+            self.crashed.store(true, Ordering::SeqCst);
+            self.notify.notify_one();
+            return std::future::pending().await;
+        }
+        Ok(())
+    }
+    async fn load(&self, d: &DeploymentId) -> Result<Option<Vec<JournalEntry>>> {
+        self.inner.load(d).await
+    }
+    async fn list_active(&self) -> Result<Vec<DeploymentId>> {
+        self.inner.list_active().await
+    }
+    async fn list_deployments(
+        &self,
+        s: &ServiceId,
+        e: &EnvironmentName,
+    ) -> Result<Vec<DeploymentId>> {
+        self.inner.list_deployments(s, e).await
+    }
+    async fn acquire_lease(
+        &self,
+        k: &str,
+        o: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Lease> {
+        self.inner.acquire_lease(k, o, now, ttl).await
+    }
+    async fn release_lease(&self, l: &Lease) -> Result<()> {
+        self.inner.release_lease(l).await
+    }
+    async fn record_audit(&self, r: &AuditRecord) -> Result<()> {
+        self.inner.record_audit(r).await
+    }
+    async fn audit_log(&self) -> Result<Vec<AuditRecord>> {
+        self.inner.audit_log().await
+    }
+}
+
+/// How a run ended: phase, who serves, instance starts per revision label, and the kinds of
+/// the deployment's journal entries.
+#[derive(Debug, PartialEq)]
+struct Ending {
+    phase: Phase,
+    serving: Vec<(String, u32)>,
+    starts: Vec<(String, u32)>,
+    journal: Vec<String>,
+}
+
+async fn ending(
+    sim: &SimCluster,
+    store: &dyn StateStore,
+    id: &DeploymentId,
+    phase: Phase,
+) -> Ending {
+    let svc = common::service().name;
+    let observed = sim.observe(&svc).await.expect("observe");
+    let serving = observed
+        .revisions
+        .iter()
+        .map(|r| (r.revision.label.clone(), r.ready()))
+        .collect();
+    let journal = store.load(id).await.expect("load").expect("journal");
+    let mut starts = Vec::new();
+    for e in &journal {
+        if let JournalEvent::Applied { desired, .. } = &e.event {
+            for t in &desired.revisions {
+                if !starts.iter().any(|(l, _)| l == &t.revision.label) {
+                    starts.push((t.revision.label.clone(), sim.starts(&svc, &t.revision.id)));
+                }
+            }
+        }
+    }
+    starts.sort();
+    // Consecutive applies of the same state would mean an action was journaled twice.
+    let applied: Vec<_> = journal
+        .iter()
+        .filter_map(|e| match &e.event {
+            JournalEvent::Applied { desired, .. } => Some(desired.clone()),
+            _ => None,
+        })
+        .collect();
+    for pair in applied.windows(2) {
+        assert_ne!(
+            pair[0], pair[1],
+            "the same desired state was journaled twice in a row"
+        );
+    }
+    Ending {
+        phase,
+        serving,
+        starts,
+        journal: journal.iter().map(|e| e.event.kind().to_string()).collect(),
+    }
+}
+
+async fn prepare(path: &Path, sim: &SimCluster, behavior: Behavior) {
+    let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(path).await.expect("open"));
+    let orch = common::open(store, sim, env(), "setup").await;
+    assert_eq!(
+        common::deploy_and_wait(&orch, "v1").await.1,
+        Phase::Succeeded
+    );
+    sim.set_behavior(&common::artifact("v2"), behavior);
+}
+
+fn env() -> deploykit_core::EnvironmentSpec {
+    common::environment(3, Quantity::Count(1), Quantity::Count(1))
+}
+
+/// An uninterrupted run: the reference.
+async fn reference(behavior: Behavior) -> (Ending, u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.db");
+    let sim = SimCluster::new();
+    prepare(&path, &sim, behavior).await;
+    let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&path).await.expect("open"));
+    let orch = common::open(store.clone(), &sim, env(), "ref").await;
+    let (id, phase) = common::deploy_and_wait(&orch, "v2").await;
+    let end = ending(&sim, store.as_ref(), &id, phase).await;
+    let n = end.journal.len() as u64;
+    (end, n)
+}
+
+/// A run that crashes after journal entry `crash_at` and is resumed by a new orchestrator.
+async fn crashed(behavior: Behavior, crash_at: u64) -> Ending {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.db");
+    let sim = SimCluster::new();
+    prepare(&path, &sim, behavior).await;
+    let notify = Arc::new(Notify::new());
+    let crashing = Arc::new(CrashingStore {
+        inner: SqliteStore::open(&path).await.expect("open"),
+        label: "v2".into(),
+        crash_at,
+        target: std::sync::Mutex::new(None),
+        crashed: AtomicBool::new(false),
+        notify: notify.clone(),
+    });
+    let first = Arc::new(common::open(crashing.clone(), &sim, env(), "first").await);
+    let deploying = {
+        let first = first.clone();
+        tokio::spawn(async move { first.deploy(common::request("v2")).await })
+    };
+    notify.notified().await;
+    // The process dies: its deploy call and every driver stop where they are.
+    deploying.abort();
+    let _ = deploying.await;
+    drop(Arc::try_unwrap(first).expect("sole owner"));
+
+    let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&path).await.expect("reopen"));
+    let active = store.list_active().await.expect("active");
+    assert_eq!(active.len(), 1, "the interrupted deployment is in flight");
+    let id = active[0].clone();
+    let second = common::open(store.clone(), &sim, env(), "second").await;
+    let status = tokio::time::timeout(Duration::from_secs(3600), second.wait(&id))
+        .await
+        .expect("resumed deployment ends")
+        .expect("wait");
+    ending(&sim, store.as_ref(), &id, status.phase).await
+}
+
+async fn check_every_journal_point(behavior: Behavior, expected: Phase) {
+    let (reference, entries) = reference(behavior.clone()).await;
+    assert_eq!(reference.phase, expected, "{reference:?}");
+    assert!(
+        entries >= 5,
+        "a rollout this size writes several entries: {reference:?}"
+    );
+    for crash_at in 0..entries - 1 {
+        let resumed = crashed(behavior.clone(), crash_at).await;
+        assert_eq!(
+            (&resumed.phase, &resumed.serving, &resumed.starts),
+            (&reference.phase, &reference.serving, &reference.starts),
+            "crash after journal entry {crash_at} ({}): resumed run {resumed:?} differs from {reference:?}",
+            reference.journal[crash_at as usize]
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_successful_rollout_survives_a_crash_at_every_journal_point() {
+    check_every_journal_point(Behavior::Healthy, Phase::Succeeded).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_automatic_rollback_survives_a_crash_at_every_journal_point() {
+    let behavior = Behavior::FailReadiness {
+        reason: "GET /health returned 503".into(),
+    };
+    check_every_journal_point(behavior, Phase::RolledBack).await;
+}
