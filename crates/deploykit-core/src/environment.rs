@@ -264,6 +264,10 @@ impl fmt::Display for FailureKind {
 pub trait Environment: Send + Sync + fmt::Debug {
     /// Make the target match `desired` for `service`. Idempotent: applying the same state twice
     /// is a no-op. Revisions absent from `desired` are removed.
+    ///
+    /// Removals come before additions (scale-downs before scale-ups), so that the instance count
+    /// never exceeds the surge budget a planner computed; when scaling a revision down, instances
+    /// that are not ready go first.
     async fn apply(&self, service: &ServiceId, desired: &DesiredState) -> Result<()>;
 
     /// What runs now for `service`: per revision the desired count and its instances, and the

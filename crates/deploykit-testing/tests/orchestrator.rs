@@ -450,3 +450,28 @@ async fn the_sqlite_store_drives_deployments_too() {
     assert_eq!(deploy_and_wait(&orch, "v2").await.1, Phase::Succeeded);
     assert_eq!(serving(&sim).await, vec![("v2".into(), 3, 100)]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn two_live_orchestrators_never_drive_the_same_deployment() {
+    let sim = SimCluster::new();
+    let store = store();
+    let a = open(store.clone(), &sim, production(), "host-a").await;
+    deploy_and_wait(&a, "v1").await;
+    // Three 40 s steps: the rollout outlives several 30 s lease periods.
+    sim.set_behavior(
+        &common::artifact("v2"),
+        Behavior::SlowStart(Duration::from_secs(40)),
+    );
+    let id = a.deploy(request("v2")).await.expect("deploy");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A second orchestrator on the same store resumes the same in-flight deployment.
+    let b = open(store.clone(), &sim, production(), "host-b").await;
+    let mut b_events = b.subscribe();
+    let status = a.wait(&id).await.expect("wait");
+    assert_eq!(status.phase, Phase::Succeeded);
+    assert!(
+        b_events.try_recv().is_err(),
+        "host-b wrote to the journal while host-a held the lease"
+    );
+    assert_eq!(serving(&sim).await, vec![("v2".into(), 3, 100)]);
+}

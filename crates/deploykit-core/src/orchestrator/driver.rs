@@ -179,8 +179,10 @@ impl Driver {
         // After a restart, finish the action the last process journaled but may not have
         // carried out. Applying a desired state is idempotent, so this is safe either way.
         if !self.reapplied {
-            if let Some(desired) = &st.last_applied {
-                self.apply(&st, desired).await?;
+            if let Some(desired) = &st.last_applied
+                && let Some(next) = self.apply(&st, desired).await?
+            {
+                return Ok(next);
             }
             self.reapplied = true;
         }
@@ -199,15 +201,17 @@ impl Driver {
         let ctx = PlanContext::new(&leg_target, st.spec.replicas, &observed, now);
         match planner.plan(&ctx) {
             Decision::Apply(desired) => {
-                if st.last_applied.as_ref() != Some(&desired) {
+                let st = if st.last_applied.as_ref() != Some(&desired) {
                     let event = JournalEvent::Applied {
                         desired: desired.clone(),
                         observed: observed.summary(),
                     };
-                    let st = self.shared.append(&st, event).await?;
-                    self.apply(&st, &desired).await?;
+                    self.shared.append(&st, event).await?
                 } else {
-                    self.apply(&st, &desired).await?;
+                    st
+                };
+                if let Some(next) = self.apply(&st, &desired).await? {
+                    return Ok(next);
                 }
                 self.last_error = None;
                 Ok(Next::After(self.poll()))
@@ -230,21 +234,17 @@ impl Driver {
         }
     }
 
-    /// Apply `desired`; a permanent refusal becomes a rollback (or a failure during one).
-    async fn apply(&mut self, st: &DeploymentStatus, desired: &DesiredState) -> Result<()> {
+    /// Apply `desired`. `Some(next)` means the journal moved on instead (a permanent refusal
+    /// started a rollback, or failed one); transient errors are returned for a retry.
+    async fn apply(
+        &mut self,
+        st: &DeploymentStatus,
+        desired: &DesiredState,
+    ) -> Result<Option<Next>> {
         let env = &self.shared.targets[&st.spec.environment].env;
         match env.apply(&st.spec.service, desired).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_retryable() => Err(e),
-            Err(e) => {
-                self.environment_error(st, "apply", e).await?;
-                // The journal moved on (rollback or failure): make the loop re-read it.
-                Err(Error::Conflict {
-                    deployment: st.spec.id.to_string(),
-                    expected: st.next_seq,
-                    actual: st.next_seq + 1,
-                })
-            }
+            Ok(()) => Ok(None),
+            Err(e) => self.environment_error(st, "apply", e).await.map(Some),
         }
     }
 
@@ -293,7 +293,9 @@ impl Driver {
         } else {
             st.clone()
         };
-        self.apply(&st, &empty).await?;
+        if let Some(next) = self.apply(&st, &empty).await? {
+            return Ok(next);
+        }
         let why = st
             .rollback
             .as_ref()
