@@ -415,6 +415,29 @@ async fn a_dead_orchestrators_lease_expires_and_another_takes_over() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_shutdown_hands_leases_over_at_once() {
+    let sim = SimCluster::new();
+    let store = store();
+    let first = open(store.clone(), &sim, production(), "host-a").await;
+    deploy_and_wait(&first, "v1").await;
+    sim.set_behavior(
+        &common::artifact("v2"),
+        Behavior::SlowStart(Duration::from_secs(5)),
+    );
+    let id = first.deploy(request("v2")).await.expect("deploy");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.shutdown().await.expect("shutdown");
+    let t = tokio::time::Instant::now();
+    let second = open(store.clone(), &sim, production(), "host-b").await;
+    assert_eq!(
+        second.wait(&id).await.expect("wait").phase,
+        Phase::Succeeded
+    );
+    // No waiting for a 30 s lease to lapse: just the rollout's own steps.
+    assert!(t.elapsed() < Duration::from_secs(25), "{:?}", t.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
 async fn bad_requests_are_clear_errors() {
     let sim = SimCluster::new();
     let orch = open(store(), &sim, production(), "o1").await;

@@ -94,10 +94,11 @@ pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
             }
         }
     }
-    if let Some(lease) = driver.lease.take()
-        && let Err(e) = driver.shared.store.release_lease(&lease).await
-    {
-        tracing::warn!(error = %e.chain(), "could not release lease; it will expire");
+    if let Some(lease) = driver.lease.take() {
+        driver.shared.held(&driver.id, None);
+        if let Err(e) = driver.shared.store.release_lease(&lease).await {
+            tracing::warn!(error = %e.chain(), "could not release lease; it will expire");
+        }
     }
     driver.shared.forget(&driver.id);
 }
@@ -350,6 +351,7 @@ impl Driver {
             .await
         {
             Ok(lease) => {
+                self.shared.held(&self.id, Some(&lease));
                 self.lease = Some(lease);
                 Ok(true)
             }
@@ -357,6 +359,7 @@ impl Driver {
                 owner, expires_at, ..
             }) => {
                 tracing::debug!(%owner, %expires_at, "lease held elsewhere");
+                self.shared.held(&self.id, None);
                 self.lease = None;
                 Ok(false)
             }

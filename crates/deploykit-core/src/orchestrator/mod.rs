@@ -26,7 +26,7 @@ use crate::model::{
     DeploymentId, Digest, EnvironmentName, EnvironmentSpec, Revision, RevisionId, ServiceId,
     ServiceSpec,
 };
-use crate::store::{AuditAction, AuditRecord, StateStore};
+use crate::store::{AuditAction, AuditRecord, Lease, StateStore};
 use crate::strategy::StrategySpec;
 use crate::time::{Clock, SystemClock};
 
@@ -101,6 +101,8 @@ pub(crate) struct Shared {
     config: OrchestratorConfig,
     events: broadcast::Sender<Event>,
     wakers: Mutex<HashMap<DeploymentId, Arc<Notify>>>,
+    /// Leases held by this orchestrator's drivers, so `shutdown` can hand them back.
+    leases: Mutex<HashMap<DeploymentId, Lease>>,
     counter: AtomicU64,
 }
 
@@ -157,6 +159,7 @@ impl OrchestratorBuilder {
             config: self.config,
             events,
             wakers: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
         });
         let orchestrator = Orchestrator {
@@ -192,8 +195,10 @@ fn default_owner() -> String {
 /// Runs deployments: many at once, each through the journaled state machine of
 /// [`crate::journal`].
 ///
-/// Dropping the orchestrator stops its drivers at once (as a crash would); a new orchestrator
-/// opened on the same store carries on where they stopped.
+/// Dropping the orchestrator stops its drivers at once, as a crash would: their leases stay
+/// until they expire, and a new orchestrator opened on the same store carries on where they
+/// stopped. [`Orchestrator::shutdown`] stops them and hands their leases back, so another
+/// orchestrator can take over at once.
 ///
 /// ```no_run
 /// # async fn demo(env: std::sync::Arc<dyn deploykit_core::Environment>) -> deploykit_core::Result<()> {
@@ -238,6 +243,23 @@ impl Orchestrator {
             owner: None,
             config: OrchestratorConfig::default(),
         }
+    }
+
+    /// Stop every driver and release the leases they hold. In-flight deployments stay as they
+    /// are in the journal; another orchestrator (or this process, restarted) resumes them
+    /// without waiting for leases to expire.
+    pub async fn shutdown(self) -> Result<()> {
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        let leases: Vec<Lease> = {
+            let mut held = self.shared.leases.lock().unwrap_or_else(|p| p.into_inner());
+            held.drain().map(|(_, lease)| lease).collect()
+        };
+        for lease in leases {
+            self.shared.store.release_lease(&lease).await?;
+        }
+        Ok(())
     }
 
     /// Receive every event from now on.
@@ -572,6 +594,15 @@ impl Shared {
     fn forget(&self, id: &DeploymentId) {
         let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
         wakers.remove(id);
+    }
+
+    /// Record (or, with `None`, forget) the lease a driver holds.
+    fn held(&self, id: &DeploymentId, lease: Option<&Lease>) {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        match lease {
+            Some(l) => leases.insert(id.clone(), l.clone()),
+            None => leases.remove(id),
+        };
     }
 
     async fn history(
