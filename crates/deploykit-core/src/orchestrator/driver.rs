@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Shared;
-use crate::environment::DesiredState;
+use crate::environment::{DesiredState, Environment};
 use crate::error::{Error, Result};
 use crate::journal::{DeploymentStatus, JournalEvent, Outcome, Phase, RollbackCause};
 use crate::model::DeploymentId;
@@ -53,7 +53,8 @@ struct Driver {
     last_error: Option<String>,
 }
 
-/// Drive deployment `id` until it ends (or another orchestrator takes it over).
+/// Drive deployment `id` until it ends. While another orchestrator holds the service's lease,
+/// only watch.
 pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
     let config = shared.config.clone();
     let mut driver = Driver {
@@ -110,6 +111,14 @@ impl Driver {
             _ = tokio::time::sleep(d) => {}
             _ = notify.notified() => {}
         }
+    }
+
+    fn environment(&self, st: &DeploymentStatus) -> Result<Arc<dyn Environment>> {
+        self.shared
+            .targets
+            .get(&st.spec.environment)
+            .map(|t| t.env.clone())
+            .ok_or_else(|| Error::not_found(format!("environment {}", st.spec.environment)))
     }
 
     fn poll(&self) -> Duration {
@@ -193,8 +202,7 @@ impl Driver {
             (Phase::RollingBack, None) => return self.remove_first_revision(&st).await,
             _ => st.spec.target.clone(),
         };
-        let env = &self.shared.targets[&st.spec.environment].env;
-        let observed = match env.observe(&st.spec.service).await {
+        let observed = match self.environment(&st)?.observe(&st.spec.service).await {
             Ok(o) => o,
             Err(e) => return self.environment_error(&st, "observe", e).await,
         };
@@ -242,8 +250,7 @@ impl Driver {
         st: &DeploymentStatus,
         desired: &DesiredState,
     ) -> Result<Option<Next>> {
-        let env = &self.shared.targets[&st.spec.environment].env;
-        match env.apply(&st.spec.service, desired).await {
+        match self.environment(st)?.apply(&st.spec.service, desired).await {
             Ok(()) => Ok(None),
             Err(e) => self.environment_error(st, "apply", e).await.map(Some),
         }

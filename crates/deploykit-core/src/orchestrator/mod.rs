@@ -457,7 +457,9 @@ impl Orchestrator {
         self.shared.status(id).await
     }
 
-    /// Wait until a deployment ends and return its final status.
+    /// Wait until a deployment ends and return its final status. It ends only if some
+    /// orchestrator drives it (one that has its environment configured); wrap the call in a
+    /// timeout if that may not be so.
     pub async fn wait(&self, id: &DeploymentId) -> Result<DeploymentStatus> {
         let mut events = self.subscribe();
         loop {
