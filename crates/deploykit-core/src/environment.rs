@@ -78,16 +78,45 @@ pub enum Traffic {
     /// rolling update).
     #[default]
     ByReadyInstances,
-    /// Fixed weights per revision, summing to 100.
-    Weighted {
-        /// Weight per revision.
-        weights: BTreeMap<RevisionId, Weight>,
-    },
+    /// Explicit routes: weights per revision, and optionally a header route, a mirror and a
+    /// preview route.
+    Routed(Routes),
 }
 
 impl Traffic {
-    /// Weighted traffic; the weights must sum to 100.
+    /// Weighted traffic with no other routes; the weights must sum to 100.
     pub fn weighted(weights: BTreeMap<RevisionId, Weight>) -> Result<Self> {
+        Ok(Traffic::Routed(Routes::new(weights)?))
+    }
+
+    /// The explicit routes, if any.
+    pub fn routes(&self) -> Option<&Routes> {
+        match self {
+            Traffic::Routed(r) => Some(r),
+            Traffic::ByReadyInstances => None,
+        }
+    }
+}
+
+/// Explicit traffic routes for one service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Routes {
+    /// Share of ordinary requests per revision, summing to 100.
+    pub weights: BTreeMap<RevisionId, Weight>,
+    /// Requests carrying a header go to one revision regardless of weights (e.g.
+    /// `x-canary: true` → the canary).
+    pub header: Option<HeaderRoute>,
+    /// A share of requests is copied to a revision; its responses are discarded.
+    pub mirror: Option<Mirror>,
+    /// A separate route (a preview hostname or service) that reaches one revision only, for
+    /// testing it before it takes traffic.
+    pub preview: Option<RevisionId>,
+}
+
+impl Routes {
+    /// Routes with only `weights`, which must sum to 100.
+    pub fn new(weights: BTreeMap<RevisionId, Weight>) -> Result<Self> {
         let sum: u32 = weights.values().map(|w| w.percent()).sum();
         if sum != 100 {
             return Err(Error::invalid(
@@ -95,7 +124,78 @@ impl Traffic {
                 format!("weights sum to {sum}, not 100"),
             ));
         }
-        Ok(Traffic::Weighted { weights })
+        Ok(Routes {
+            weights,
+            ..Routes::default()
+        })
+    }
+
+    /// All traffic to `revision`.
+    pub fn all_to(revision: &RevisionId) -> Self {
+        Routes {
+            weights: BTreeMap::from([(revision.clone(), Weight::clamped(100))]),
+            ..Routes::default()
+        }
+    }
+
+    /// `percent` to `canary`, the rest to `stable`.
+    pub fn split(stable: &RevisionId, canary: &RevisionId, percent: Weight) -> Self {
+        let mut weights = BTreeMap::new();
+        if percent.percent() < 100 {
+            weights.insert(stable.clone(), Weight::clamped(100 - percent.percent()));
+        }
+        if percent.percent() > 0 {
+            weights.insert(canary.clone(), percent);
+        }
+        Routes {
+            weights,
+            ..Routes::default()
+        }
+    }
+
+    /// The weight of `revision` (0 if absent).
+    pub fn weight_of(&self, revision: &RevisionId) -> u32 {
+        self.weights.get(revision).map_or(0, |w| w.percent())
+    }
+}
+
+/// Requests whose header `name` equals `value` go to `revision`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct HeaderRoute {
+    /// Header name, e.g. `x-canary`.
+    pub name: String,
+    /// Header value, e.g. `true`.
+    pub value: String,
+    /// Where matching requests go.
+    pub revision: RevisionId,
+}
+
+impl HeaderRoute {
+    /// A header route.
+    pub fn new(name: impl Into<String>, value: impl Into<String>, revision: RevisionId) -> Self {
+        HeaderRoute {
+            name: name.into(),
+            value: value.into(),
+            revision,
+        }
+    }
+}
+
+/// A share of requests copied to a revision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Mirror {
+    /// Where copies go.
+    pub revision: RevisionId,
+    /// Share of requests copied.
+    pub percent: Weight,
+}
+
+impl Mirror {
+    /// Mirror `percent` of requests to `revision`.
+    pub fn new(revision: RevisionId, percent: Weight) -> Self {
+        Mirror { revision, percent }
     }
 }
 
@@ -105,15 +205,41 @@ impl Traffic {
 pub struct Observed {
     /// Every revision that exists, in the order they were first created.
     pub revisions: Vec<RevisionObservation>,
-    /// The share of traffic each revision actually receives (revisions receiving none are
-    /// absent). Empty when nothing is ready.
+    /// The share of ordinary traffic each revision actually receives (revisions receiving
+    /// none are absent). Empty when nothing is ready.
     pub traffic: BTreeMap<RevisionId, Weight>,
+    /// The traffic configuration last applied.
+    pub routing: Traffic,
 }
 
 impl Observed {
-    /// An observation of the given revisions and traffic.
-    pub fn new(revisions: Vec<RevisionObservation>, traffic: BTreeMap<RevisionId, Weight>) -> Self {
-        Observed { revisions, traffic }
+    /// An observation of the given revisions, served traffic and applied routing.
+    pub fn new(
+        revisions: Vec<RevisionObservation>,
+        traffic: BTreeMap<RevisionId, Weight>,
+        routing: Traffic,
+    ) -> Self {
+        Observed {
+            revisions,
+            traffic,
+            routing,
+        }
+    }
+
+    /// The share of ordinary traffic `revision` receives, in percent.
+    pub fn weight_of(&self, revision: &RevisionId) -> u32 {
+        self.traffic.get(revision).map_or(0, |w| w.percent())
+    }
+
+    /// Whether `desired` is exactly what the environment was last told: the same revisions at
+    /// the same counts, and the same routing.
+    pub fn matches(&self, desired: &DesiredState) -> bool {
+        self.routing == desired.traffic
+            && desired.revisions.len() == self.revisions.len()
+            && desired.revisions.iter().all(|t| {
+                self.revision(&t.revision.id)
+                    .is_some_and(|o| o.desired == t.replicas)
+            })
     }
 
     /// The observation of one revision, if it exists.

@@ -84,14 +84,18 @@ impl Default for SimConfig {
     }
 }
 
-/// The state of one service right after an `apply`: what the availability invariants are
-/// checked against.
+/// The state of one service right after an `apply`: what the availability and traffic
+/// invariants are checked against.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     /// When.
     pub at: Timestamp,
     /// Per revision (in creation order): id, label, instances, ready instances.
     pub revisions: Vec<(RevisionId, String, u32, u32)>,
+    /// Share of ordinary traffic each revision receives, by label.
+    pub traffic: BTreeMap<String, u32>,
+    /// The routing as applied.
+    pub routing: Traffic,
 }
 
 impl Snapshot {
@@ -391,7 +395,8 @@ impl State {
             ));
         }
         let traffic = match &svc.traffic {
-            Traffic::Weighted { weights } => weights
+            Traffic::Routed(routes) => routes
+                .weights
                 .iter()
                 .filter(|(id, w)| {
                     w.percent() > 0
@@ -409,7 +414,7 @@ impl State {
                 proportional_weights(&counts)
             }
         };
-        Observed::new(revisions, traffic)
+        Observed::new(revisions, traffic, svc.traffic.clone())
     }
 
     fn snapshot(&mut self, service: &ServiceId, now: Instant, at: Timestamp) {
@@ -428,6 +433,13 @@ impl State {
                     )
                 })
                 .collect(),
+            traffic: observed
+                .revisions
+                .iter()
+                .filter(|r| observed.weight_of(&r.revision.id) > 0)
+                .map(|r| (r.revision.label.clone(), observed.weight_of(&r.revision.id)))
+                .collect(),
+            routing: observed.routing.clone(),
         };
         self.history
             .entry(service.clone())
@@ -502,6 +514,7 @@ impl State {
                 started.push(rev.revision.id.clone());
             }
         }
+        let routing_changed = svc.traffic != desired.traffic;
         svc.traffic = desired.traffic.clone();
         let after: Vec<(RevisionId, u32, usize)> = svc
             .revisions
@@ -512,7 +525,7 @@ impl State {
         for id in started {
             *self.starts.entry((service.clone(), id)).or_insert(0) += 1;
         }
-        before != after
+        before != after || routing_changed
     }
 }
 

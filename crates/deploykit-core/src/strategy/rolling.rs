@@ -1,6 +1,6 @@
 //! The rolling update planner, with Kubernetes' surge and unavailability semantics.
 
-use crate::environment::{DesiredState, Observed, RevisionObservation, RevisionTarget, Traffic};
+use crate::environment::{DesiredState, RevisionObservation, RevisionTarget, Traffic};
 use crate::model::RollingSpec;
 
 use super::{Decision, DeploymentStrategy, PlanContext};
@@ -46,16 +46,6 @@ impl RollingStrategy {
         }
         Some(reason)
     }
-}
-
-/// Whether `desired` is exactly what the environment was last told.
-fn already_applied(observed: &Observed, desired: &DesiredState) -> bool {
-    desired.revisions.len() == observed.revisions.len()
-        && desired.revisions.iter().all(|t| {
-            observed
-                .revision(&t.revision.id)
-                .is_some_and(|o| o.desired == t.replicas)
-        })
 }
 
 impl DeploymentStrategy for RollingStrategy {
@@ -104,7 +94,7 @@ impl DeploymentStrategy for RollingStrategy {
         let mut revisions = vec![RevisionTarget::new(ctx.target.clone(), new_target)];
         revisions.extend(kept);
         let desired = DesiredState::new(revisions, Traffic::ByReadyInstances);
-        if already_applied(observed, &desired) {
+        if observed.matches(&desired) {
             return Decision::Wait {
                 reason: format!(
                     "waiting for {} to become ready ({})",
@@ -121,7 +111,7 @@ impl DeploymentStrategy for RollingStrategy {
 mod tests {
     use super::*;
     use crate::environment::{
-        FailureKind, InstanceFailure, InstanceObservation, RevisionObservation,
+        FailureKind, InstanceFailure, InstanceObservation, Observed, RevisionObservation,
     };
     use crate::model::{Digest, EnvironmentKind, EnvironmentSpec, Quantity, Revision, ServiceSpec};
     use crate::time::Timestamp;
@@ -165,7 +155,7 @@ mod tests {
         d: u32,
         revs: Vec<RevisionObservation>,
     ) -> Decision {
-        let observed = Observed::new(revs, Default::default());
+        let observed = Observed::new(revs, Default::default(), Traffic::ByReadyInstances);
         s.plan(&PlanContext::new(
             target,
             d,
