@@ -23,9 +23,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use typed_builder::TypedBuilder;
 
+use crate::analysis::Measurement;
 use crate::environment::DesiredState;
 use crate::error::{Error, Result};
-use crate::model::{DeploymentId, EnvironmentName, Revision, ServiceId};
+use crate::model::{DeploymentId, EnvironmentName, FailurePolicy, Revision, ServiceId};
+use crate::strategy::Progress;
 use crate::strategy::StrategySpec;
 use crate::time::{Timestamp, duration_ms};
 
@@ -68,7 +70,7 @@ pub enum DeploymentKind {
 }
 
 /// What a deployment was asked to do; the first journal entry, fixed for its lifetime.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, TypedBuilder)]
 #[non_exhaustive]
 pub struct DeploymentSpec {
     /// The deployment's id.
@@ -91,6 +93,10 @@ pub struct DeploymentSpec {
     pub kind: DeploymentKind,
     /// Who asked for it.
     pub requested_by: Actor,
+    /// What to do when a rollback trigger fires.
+    #[builder(default)]
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
 }
 
 /// Why a rollback started.
@@ -101,6 +107,8 @@ pub enum RollbackCause {
     Aborted,
     /// New instances failed (crash loop, startup or readiness failures).
     FailFast,
+    /// An analysis failed (or had no data too often).
+    AnalysisFailed,
     /// No progress within the progress deadline.
     ProgressDeadline,
     /// The environment refused an operation for good.
@@ -112,6 +120,7 @@ impl fmt::Display for RollbackCause {
         f.write_str(match self {
             RollbackCause::Aborted => "aborted",
             RollbackCause::FailFast => "new instances failed",
+            RollbackCause::AnalysisFailed => "analysis failed",
             RollbackCause::ProgressDeadline => "progress deadline exceeded",
             RollbackCause::EnvironmentError => "environment error",
         })
@@ -124,8 +133,16 @@ impl fmt::Display for RollbackCause {
 pub enum Outcome {
     /// The target serves at full size.
     Succeeded,
-    /// The previous revision serves again, verified ready.
-    RolledBack,
+    /// The previous revision serves again, verified ready and serving all traffic.
+    RolledBack {
+        /// What was verified, e.g. `v2 3/3 ready, 100% of traffic`.
+        verification: String,
+    },
+    /// Stopped where it was, traffic as it was (failure policy `freeze`).
+    Frozen {
+        /// Why.
+        reason: String,
+    },
     /// Neither: see the reason.
     Failed {
         /// Why.
@@ -134,7 +151,7 @@ pub enum Outcome {
 }
 
 /// One fact in a deployment's journal.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum JournalEvent {
@@ -156,6 +173,34 @@ pub enum JournalEvent {
         /// What was observed when it was decided, for humans.
         observed: String,
     },
+    /// The rollout reached a step (canary step, blue-green stage).
+    StepReached {
+        /// The step.
+        step: usize,
+    },
+    /// An analysis measurement was taken.
+    Measured {
+        /// The measurement.
+        measurement: Measurement,
+    },
+    /// The rollout waits for a human to approve (or reject) a gate.
+    ApprovalRequested {
+        /// The gate.
+        gate: String,
+        /// What is asked.
+        reason: String,
+    },
+    /// A human approved the gate.
+    Approved {
+        /// The gate.
+        gate: String,
+        /// Who.
+        by: Actor,
+        /// Why.
+        reason: String,
+    },
+    /// All traffic was switched to the new revision.
+    Promoted,
     /// An operator paused the rollout.
     Paused {
         /// Who.
@@ -196,6 +241,11 @@ impl JournalEvent {
             JournalEvent::Created { .. } => "created",
             JournalEvent::Started { .. } => "started",
             JournalEvent::Applied { .. } => "applied",
+            JournalEvent::StepReached { .. } => "step_reached",
+            JournalEvent::Measured { .. } => "measured",
+            JournalEvent::ApprovalRequested { .. } => "approval_requested",
+            JournalEvent::Approved { .. } => "approved",
+            JournalEvent::Promoted => "promoted",
             JournalEvent::Paused { .. } => "paused",
             JournalEvent::Resumed { .. } => "resumed",
             JournalEvent::AbortRequested { .. } => "abort_requested",
@@ -211,7 +261,7 @@ impl JournalEvent {
 }
 
 /// One journal entry: its position, when it was written, and the fact.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct JournalEntry {
     /// Position in the journal, from 0.
@@ -245,6 +295,8 @@ pub enum Phase {
     Succeeded,
     /// Done: the previous revision serves again.
     RolledBack,
+    /// Done: stopped where it was (failure policy `freeze`).
+    Frozen,
     /// Done: neither.
     Failed,
 }
@@ -252,7 +304,10 @@ pub enum Phase {
 impl Phase {
     /// Whether the deployment has ended.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Succeeded | Phase::RolledBack | Phase::Failed)
+        matches!(
+            self,
+            Phase::Succeeded | Phase::RolledBack | Phase::Frozen | Phase::Failed
+        )
     }
 }
 
@@ -265,6 +320,7 @@ impl fmt::Display for Phase {
             Phase::RollingBack => "rolling back",
             Phase::Succeeded => "succeeded",
             Phase::RolledBack => "rolled back",
+            Phase::Frozen => "frozen",
             Phase::Failed => "failed",
         })
     }
@@ -282,7 +338,7 @@ pub struct OperatorFlag {
 }
 
 /// A deployment's state, computed from its journal.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct DeploymentStatus {
     /// What was asked.
@@ -295,6 +351,10 @@ pub struct DeploymentStatus {
     pub paused: Option<OperatorFlag>,
     /// Set once an operator asked for an abort.
     pub abort: Option<OperatorFlag>,
+    /// The gate a human is asked to approve, with what is asked.
+    pub awaiting: Option<(String, String)>,
+    /// Steps, measurements, approvals and promotion so far (reset when a rollback starts).
+    pub progress: Progress,
     /// Why a rollback started, if one did.
     pub rollback: Option<(RollbackCause, String)>,
     /// The final outcome, once terminal.
@@ -332,6 +392,11 @@ impl DeploymentStatus {
             previous: None,
             paused: None,
             abort: None,
+            awaiting: None,
+            progress: Progress {
+                step_started_at: first.at,
+                ..Progress::default()
+            },
             rollback: None,
             outcome: None,
             last_applied: None,
@@ -364,8 +429,17 @@ impl DeploymentStatus {
             JournalEvent::Created { .. } => false,
             JournalEvent::Started { .. } => p == Phase::Pending,
             JournalEvent::Applied { .. } => matches!(p, Phase::Progressing | Phase::RollingBack),
+            JournalEvent::StepReached { .. }
+            | JournalEvent::Measured { .. }
+            | JournalEvent::Promoted => p == Phase::Progressing && self.awaiting.is_none(),
+            JournalEvent::ApprovalRequested { .. } => {
+                p == Phase::Progressing && self.awaiting.is_none()
+            }
+            JournalEvent::Approved { gate, .. } => {
+                p == Phase::Paused && self.awaiting.as_ref().is_some_and(|(g, _)| g == gate)
+            }
             JournalEvent::Paused { .. } => p == Phase::Progressing,
-            JournalEvent::Resumed { .. } => p == Phase::Paused,
+            JournalEvent::Resumed { .. } => p == Phase::Paused && self.paused.is_some(),
             JournalEvent::AbortRequested { .. } => {
                 matches!(p, Phase::Pending | Phase::Progressing | Phase::Paused)
                     && self.abort.is_none()
@@ -373,7 +447,8 @@ impl DeploymentStatus {
             JournalEvent::RollbackStarted { .. } => matches!(p, Phase::Progressing | Phase::Paused),
             JournalEvent::Finished { outcome } => match outcome {
                 Outcome::Succeeded => p == Phase::Progressing,
-                Outcome::RolledBack => p == Phase::RollingBack,
+                Outcome::RolledBack { .. } => p == Phase::RollingBack,
+                Outcome::Frozen { .. } => matches!(p, Phase::Progressing | Phase::Paused),
                 Outcome::Failed { .. } => !p.is_terminal(),
             },
         };
@@ -386,6 +461,11 @@ impl DeploymentStatus {
                     JournalEvent::Created { .. } => "create",
                     JournalEvent::Started { .. } => "start",
                     JournalEvent::Applied { .. } => "apply a state to",
+                    JournalEvent::StepReached { .. } => "advance",
+                    JournalEvent::Measured { .. } => "record a measurement for",
+                    JournalEvent::ApprovalRequested { .. } => "request an approval for",
+                    JournalEvent::Approved { .. } => "approve",
+                    JournalEvent::Promoted => "promote",
                     JournalEvent::Paused { .. } => "pause",
                     JournalEvent::Resumed { .. } => "resume",
                     JournalEvent::AbortRequested { .. } => "abort",
@@ -424,6 +504,29 @@ impl DeploymentStatus {
                 self.last_applied = Some(desired.clone());
                 self.last_progress_at = entry.at;
             }
+            JournalEvent::StepReached { step } => {
+                self.progress.step = *step;
+                self.progress.step_started_at = entry.at;
+                self.last_progress_at = entry.at;
+            }
+            JournalEvent::Measured { measurement } => {
+                self.progress.measurements.push(measurement.clone());
+                self.last_progress_at = entry.at;
+            }
+            JournalEvent::ApprovalRequested { gate, reason } => {
+                self.awaiting = Some((gate.clone(), reason.clone()));
+                self.phase = Phase::Paused;
+            }
+            JournalEvent::Approved { gate, .. } => {
+                self.awaiting = None;
+                self.progress.approved.insert(gate.clone());
+                self.phase = self.unpaused_phase();
+                self.last_progress_at = entry.at;
+            }
+            JournalEvent::Promoted => {
+                self.progress.promoted_at = Some(entry.at);
+                self.last_progress_at = entry.at;
+            }
             JournalEvent::Paused { by, reason } => {
                 self.paused = Some(OperatorFlag {
                     by: by.clone(),
@@ -434,7 +537,7 @@ impl DeploymentStatus {
             }
             JournalEvent::Resumed { .. } => {
                 self.paused = None;
-                self.phase = Phase::Progressing;
+                self.phase = self.unpaused_phase();
                 self.last_progress_at = entry.at;
             }
             JournalEvent::AbortRequested { by, reason } => {
@@ -447,6 +550,7 @@ impl DeploymentStatus {
             JournalEvent::RollbackStarted { cause, reason } => {
                 self.rollback = Some((*cause, reason.clone()));
                 self.paused = None;
+                self.awaiting = None;
                 self.phase = Phase::RollingBack;
                 self.last_applied = None;
                 self.last_progress_at = entry.at;
@@ -454,20 +558,32 @@ impl DeploymentStatus {
             JournalEvent::Finished { outcome } => {
                 self.phase = match outcome {
                     Outcome::Succeeded => Phase::Succeeded,
-                    Outcome::RolledBack => Phase::RolledBack,
+                    Outcome::RolledBack { .. } => Phase::RolledBack,
+                    Outcome::Frozen { .. } => Phase::Frozen,
                     Outcome::Failed { .. } => Phase::Failed,
                 };
+                self.paused = None;
+                self.awaiting = None;
                 self.outcome = Some(outcome.clone());
             }
         }
         Ok(())
     }
 
+    /// Paused while an operator's pause or an approval gate holds it, else progressing.
+    fn unpaused_phase(&self) -> Phase {
+        if self.paused.is_some() || self.awaiting.is_some() {
+            Phase::Paused
+        } else {
+            Phase::Progressing
+        }
+    }
+
     /// The revision serving once this deployment ended, if it ended well.
     pub fn serving_revision(&self) -> Option<&Revision> {
         match self.outcome {
             Some(Outcome::Succeeded) => Some(&self.spec.target),
-            Some(Outcome::RolledBack) => self.previous.as_ref(),
+            Some(Outcome::RolledBack { .. }) => self.previous.as_ref(),
             _ => None,
         }
     }

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 /// A point in time: milliseconds since the Unix epoch, UTC.
 ///
 /// Displayed as RFC 3339 (`2026-01-01T00:00:00.000Z`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Timestamp(u64);
 

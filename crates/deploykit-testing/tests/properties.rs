@@ -102,7 +102,11 @@ fn run(case: Case) -> Result<(), TestCaseError> {
     rt.block_on(async move {
         let sim = SimCluster::new();
         let env = common::environment(case.replicas, case.surge, case.unavailable);
-        let (surge, unavailable) = env.rollout.budgets(case.replicas);
+        let (surge, unavailable) = env
+            .strategy
+            .rolling()
+            .expect("rolling")
+            .budgets(case.replicas);
         let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
         let orch = common::open(store.clone(), &sim, env.clone(), "prop").await;
         let (_, phase) = common::deploy_and_wait(&orch, "v1").await;

@@ -403,6 +403,20 @@ pub struct Measurement {
     pub detail: String,
 }
 
+impl Measurement {
+    /// A no-data measurement for an environment without a monitor.
+    pub(crate) fn no_monitor(run: &str, metric: &str, at: Timestamp) -> Self {
+        Measurement {
+            run: run.to_string(),
+            metric: metric.to_string(),
+            at,
+            value: None,
+            outcome: MeasurementOutcome::Error,
+            detail: "no monitor is configured for this environment".to_string(),
+        }
+    }
+}
+
 /// The status of a run, from its measurements.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RunStatus {

@@ -9,8 +9,9 @@ use typed_builder::TypedBuilder;
 
 use super::health::HealthChecks;
 use super::ids::EnvironmentName;
-use super::rollout::RollingSpec;
+use super::rollout::FailurePolicy;
 use crate::error::{Error, Result};
+use crate::strategy::StrategySpec;
 use crate::time::duration_ms;
 
 /// The kind of an environment. Kinds carry no behaviour by themselves; policies (approvals,
@@ -124,7 +125,7 @@ pub struct Autoscale {
 /// assert_eq!(prod.revision_history_limit, 10);
 /// # Ok::<(), deploykit_core::Error>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, TypedBuilder)]
 #[builder(build_method(into = Result<EnvironmentSpec>))]
 #[non_exhaustive]
 pub struct EnvironmentSpec {
@@ -145,9 +146,12 @@ pub struct EnvironmentSpec {
     /// Health checks that replace the service's own in this environment.
     #[builder(default, setter(strip_option))]
     pub health: Option<HealthChecks>,
-    /// Rolling-update parameters.
+    /// How deployments roll out (default: a rolling update with Kubernetes' defaults).
     #[builder(default)]
-    pub rollout: RollingSpec,
+    pub strategy: StrategySpec,
+    /// What a deployment does when a rollback trigger fires (default: roll back).
+    #[builder(default)]
+    pub failure_policy: FailurePolicy,
     /// A deployment that makes no progress for this long is rolled back (default 600 s).
     #[builder(default = Duration::from_secs(600))]
     #[serde(with = "duration_ms", rename = "progress_deadline_ms")]
@@ -171,7 +175,7 @@ impl EnvironmentSpec {
     pub(crate) fn validate(&self) -> Result<()> {
         EnvironmentName::new(self.name.as_str())?;
         self.resources.validate("environment.resources")?;
-        self.rollout.validate("environment.rollout")?;
+        self.strategy.validate("environment.strategy")?;
         if let Some(h) = &self.health {
             h.validate("environment.health")?;
             if self.replicas == 0 && h.gates_readiness() {
@@ -232,7 +236,7 @@ pub(crate) fn replicas_zero_with_gate() -> Error {
 mod tests {
     use super::*;
     use crate::model::health::{Probe, ProbeAction};
-    use crate::model::rollout::Quantity;
+    use crate::model::rollout::{Quantity, RollingSpec};
 
     macro_rules! base {
         () => {
@@ -253,7 +257,7 @@ mod tests {
     fn defaults() {
         let e = base!().build().unwrap();
         assert_eq!(e.replicas, 1);
-        assert_eq!(e.rollout, RollingSpec::default());
+        assert_eq!(e.strategy, StrategySpec::default());
         assert_eq!(e.kind.to_string(), "staging");
     }
 
@@ -282,8 +286,8 @@ mod tests {
             fail_fast_after: 3,
         };
         assert_eq!(
-            field(base!().rollout(rollout).build()),
-            "environment.rollout.max_surge"
+            field(base!().strategy(StrategySpec::Rolling(rollout)).build()),
+            "environment.strategy.max_surge"
         );
         let res = Resources::builder()
             .cpu_request_millis(500)

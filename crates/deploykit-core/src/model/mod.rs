@@ -11,5 +11,5 @@ pub use environment::{Autoscale, EnvironmentKind, EnvironmentSpec, Resources};
 pub use health::{HealthChecks, Probe, ProbeAction};
 pub use ids::{DeploymentId, Digest, EnvironmentName, RevisionId, ServiceId};
 pub use revision::{Revision, WorkloadConfig};
-pub use rollout::{Quantity, RollingSpec, Weight};
+pub use rollout::{FailurePolicy, Quantity, RollingSpec, Weight};
 pub use service::ServiceSpec;

@@ -135,6 +135,22 @@ impl RollingSpec {
     }
 }
 
+/// What a deployment does when a rollback trigger fires (failed analysis, failed health checks,
+/// the progress deadline, a crash loop, an environment error). An operator's abort always rolls
+/// back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Return to the previous revision (the default).
+    #[default]
+    Rollback,
+    /// Stop where it is and keep traffic as it is: for releases with irreversible migrations.
+    /// The deployment ends as `frozen`; an operator decides what comes next.
+    Freeze,
+    /// Hold for a human (gate `failure`): approving carries on, rejecting rolls back.
+    Pause,
+}
+
 /// A traffic weight in percent, 0–100.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "u32", into = "u32")]

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Shared;
-use crate::environment::{DesiredState, Environment};
+use super::{Shared, Target};
+use crate::analysis::{Measurement, Subject, measure};
+use crate::environment::DesiredState;
 use crate::error::{Error, Result};
 use crate::journal::{DeploymentStatus, JournalEvent, Outcome, Phase, RollbackCause};
-use crate::model::DeploymentId;
+use crate::model::{DeploymentId, FailurePolicy};
 use crate::store::Lease;
-use crate::strategy::{Decision, PlanContext};
+use crate::strategy::{AnalysisRequest, Decision, PlanContext};
 
 /// What the loop does after a step.
 enum Next {
@@ -113,11 +114,10 @@ impl Driver {
         }
     }
 
-    fn environment(&self, st: &DeploymentStatus) -> Result<Arc<dyn Environment>> {
+    fn target(&self, st: &DeploymentStatus) -> Result<&Target> {
         self.shared
             .targets
             .get(&st.spec.environment)
-            .map(|t| t.env.clone())
             .ok_or_else(|| Error::not_found(format!("environment {}", st.spec.environment)))
     }
 
@@ -202,13 +202,30 @@ impl Driver {
             (Phase::RollingBack, None) => return self.remove_first_revision(&st).await,
             _ => st.spec.target.clone(),
         };
-        let observed = match self.environment(&st)?.observe(&st.spec.service).await {
+        let observed = match self.target(&st)?.env.observe(&st.spec.service).await {
             Ok(o) => o,
             Err(e) => return self.environment_error(&st, "observe", e).await,
         };
-        let planner = st.spec.strategy.planner();
-        let ctx = PlanContext::new(&leg_target, st.spec.replicas, &observed, now);
-        match planner.plan(&ctx) {
+        let rolling_back = st.phase == Phase::RollingBack;
+        let planner = if rolling_back {
+            st.spec.strategy.rollback_planner()
+        } else {
+            st.spec.strategy.planner()
+        };
+        let stable = if rolling_back {
+            None
+        } else {
+            st.previous.as_ref()
+        };
+        let ctx = PlanContext::new(
+            &leg_target,
+            stable,
+            st.spec.replicas,
+            &observed,
+            &st.progress,
+            now,
+        );
+        let next = match planner.plan(&ctx) {
             Decision::Apply(desired) => {
                 let st = if st.last_applied.as_ref() != Some(&desired) {
                     let event = JournalEvent::Applied {
@@ -222,25 +239,80 @@ impl Driver {
                 if let Some(next) = self.apply(&st, &desired).await? {
                     return Ok(next);
                 }
-                self.last_error = None;
-                Ok(Next::After(self.poll()))
+                Next::After(self.poll())
             }
             Decision::Wait { reason } => {
                 tracing::debug!(%reason, "waiting");
-                self.last_error = None;
-                Ok(Next::After(self.poll()))
+                Next::After(self.poll())
+            }
+            Decision::Advance { step } => {
+                self.shared
+                    .append(&st, JournalEvent::StepReached { step })
+                    .await?;
+                Next::Now
+            }
+            Decision::Analyze(request) => {
+                self.analyze(&st, request).await?;
+                Next::Now
+            }
+            Decision::AwaitApproval { gate, reason } => {
+                let event = JournalEvent::ApprovalRequested { gate, reason };
+                self.shared.append(&st, event).await?;
+                Next::Now
+            }
+            Decision::Promote => {
+                self.shared.append(&st, JournalEvent::Promoted).await?;
+                Next::Now
+            }
+            Decision::Complete if rolling_back => {
+                // Verify before calling it rolled back: alone, fully ready, all traffic.
+                let ready = observed.revision(&leg_target.id).map_or(0, |o| o.ready());
+                let weight = observed.weight_of(&leg_target.id);
+                if ready < st.spec.replicas || weight != 100 || observed.revisions.len() != 1 {
+                    return Ok(Next::After(self.poll()));
+                }
+                let verification = format!(
+                    "{} {ready}/{} ready, {weight}% of traffic",
+                    leg_target.label, st.spec.replicas
+                );
+                self.finish(&st, Outcome::RolledBack { verification })
+                    .await?;
+                Next::Now
             }
             Decision::Complete => {
-                let outcome = if st.phase == Phase::RollingBack {
-                    Outcome::RolledBack
-                } else {
-                    Outcome::Succeeded
-                };
-                self.finish(&st, outcome).await?;
-                Ok(Next::Now)
+                self.finish(&st, Outcome::Succeeded).await?;
+                Next::Now
             }
-            Decision::Abort { reason } => self.give_up(&st, RollbackCause::FailFast, reason).await,
+            Decision::Abort { cause, reason } => self.give_up(&st, cause, reason).await?,
+        };
+        self.last_error = None;
+        Ok(next)
+    }
+
+    /// Take the measurements `request` asks for, journaling each.
+    async fn analyze(&mut self, st: &DeploymentStatus, request: AnalysisRequest) -> Result<()> {
+        let target = self.target(st)?;
+        let subject = Subject {
+            service: &st.spec.service,
+            environment: &st.spec.environment,
+            revision: &request.revision,
+            baseline: request.baseline.as_ref(),
+        };
+        let mut st = st.clone();
+        for metric in &request.metrics {
+            let now = self.shared.clock.now();
+            let measurement = match &target.monitor {
+                Some(monitor) => {
+                    measure(monitor.as_ref(), &request.run, metric, &subject, now).await
+                }
+                None => Measurement::no_monitor(&request.run, &metric.name, now),
+            };
+            st = self
+                .shared
+                .append(&st, JournalEvent::Measured { measurement })
+                .await?;
         }
+        Ok(())
     }
 
     /// Apply `desired`. `Some(next)` means the journal moved on instead (a permanent refusal
@@ -250,7 +322,7 @@ impl Driver {
         st: &DeploymentStatus,
         desired: &DesiredState,
     ) -> Result<Option<Next>> {
-        match self.environment(st)?.apply(&st.spec.service, desired).await {
+        match self.target(st)?.env.apply(&st.spec.service, desired).await {
             Ok(()) => Ok(None),
             Err(e) => self.environment_error(st, "apply", e).await.map(Some),
         }
@@ -270,7 +342,8 @@ impl Driver {
             .await
     }
 
-    /// Start a rollback; if this already is one, fail.
+    /// A rollback trigger fired: roll back, freeze or pause as the failure policy says (an
+    /// operator's abort always rolls back); if this already is a rollback, fail.
     async fn give_up(
         &mut self,
         st: &DeploymentStatus,
@@ -280,11 +353,26 @@ impl Driver {
         if st.phase == Phase::RollingBack {
             let reason = format!("rollback failed: {reason}");
             self.finish(st, Outcome::Failed { reason }).await?;
-        } else {
-            self.shared
-                .append(st, JournalEvent::RollbackStarted { cause, reason })
-                .await?;
+            return Ok(Next::Now);
         }
+        let policy = if cause == RollbackCause::Aborted {
+            FailurePolicy::Rollback
+        } else {
+            st.spec.failure_policy
+        };
+        let event = match policy {
+            FailurePolicy::Rollback => JournalEvent::RollbackStarted { cause, reason },
+            FailurePolicy::Freeze => JournalEvent::Finished {
+                outcome: Outcome::Frozen {
+                    reason: format!("{cause}: {reason}"),
+                },
+            },
+            FailurePolicy::Pause => JournalEvent::ApprovalRequested {
+                gate: "failure".into(),
+                reason: format!("{cause}: {reason}; approve to retry, reject to roll back"),
+            },
+        };
+        self.shared.append(st, event).await?;
         Ok(Next::Now)
     }
 

@@ -65,6 +65,19 @@ impl Event {
             JournalEvent::Applied { desired, observed } => {
                 format!("scale to {} (was: {observed})", desired.summary())
             }
+            JournalEvent::StepReached { step } => format!("step {step} reached"),
+            JournalEvent::Measured { measurement: m } => format!(
+                "analysis {}: {} {:?}: {}",
+                m.run, m.metric, m.outcome, m.detail
+            )
+            .to_lowercase(),
+            JournalEvent::ApprovalRequested { gate, reason } => {
+                format!("waiting for approval of {gate}: {reason}")
+            }
+            JournalEvent::Approved { gate, by, reason } => {
+                format!("{gate} approved by {by}: {reason}")
+            }
+            JournalEvent::Promoted => format!("promoted: all traffic to {}", self.revision),
             JournalEvent::Paused { by, reason } => format!("paused by {by}: {reason}"),
             JournalEvent::Resumed { by } => format!("resumed by {by}"),
             JournalEvent::AbortRequested { by, reason } => {
@@ -75,7 +88,10 @@ impl Event {
             }
             JournalEvent::Finished { outcome } => match outcome {
                 Outcome::Succeeded => format!("succeeded: {} serving", self.revision),
-                Outcome::RolledBack => format!("rolled back: {previous} serving"),
+                Outcome::RolledBack { verification } => {
+                    format!("rolled back, verified: {verification}")
+                }
+                Outcome::Frozen { reason } => format!("frozen where it stands: {reason}"),
                 Outcome::Failed { reason } => format!("failed: {reason}"),
             },
         }

@@ -23,11 +23,12 @@ use crate::journal::{
     Actor, DeploymentKind, DeploymentSpec, DeploymentStatus, JournalEntry, JournalEvent,
 };
 use crate::model::{
-    DeploymentId, Digest, EnvironmentName, EnvironmentSpec, Revision, RevisionId, ServiceId,
-    ServiceSpec,
+    DeploymentId, Digest, EnvironmentName, EnvironmentSpec, FailurePolicy, Revision, RevisionId,
+    ServiceId, ServiceSpec,
 };
+use crate::monitor::Monitor;
 use crate::store::{AuditAction, AuditRecord, Lease, StateStore};
-use crate::strategy::StrategySpec;
+use crate::strategy::{BlueGreenSpec, StrategySpec};
 use crate::time::{Clock, SystemClock};
 
 /// Timing knobs of an orchestrator. The defaults suit real environments.
@@ -84,12 +85,19 @@ pub struct DeployRequest {
     pub label: String,
     /// Who asks.
     pub requested_by: Actor,
+    /// A strategy for this deployment instead of the environment's.
+    #[builder(default, setter(strip_option))]
+    pub strategy: Option<StrategySpec>,
+    /// A failure policy for this deployment instead of the environment's.
+    #[builder(default, setter(strip_option))]
+    pub failure_policy: Option<FailurePolicy>,
 }
 
 #[derive(Debug)]
-struct Target {
+pub(crate) struct Target {
     spec: EnvironmentSpec,
     env: Arc<dyn Environment>,
+    monitor: Option<Arc<dyn Monitor>>,
 }
 
 #[derive(Debug)]
@@ -119,7 +127,28 @@ pub struct OrchestratorBuilder {
 impl OrchestratorBuilder {
     /// Add an environment: its spec and the backend that runs it.
     pub fn environment(mut self, spec: EnvironmentSpec, env: Arc<dyn Environment>) -> Self {
-        self.targets.insert(spec.name.clone(), Target { spec, env });
+        let target = Target {
+            spec,
+            env,
+            monitor: None,
+        };
+        self.targets.insert(target.spec.name.clone(), target);
+        self
+    }
+
+    /// Add an environment with the monitor that analysis steps query.
+    pub fn environment_with_monitor(
+        mut self,
+        spec: EnvironmentSpec,
+        env: Arc<dyn Environment>,
+        monitor: Arc<dyn Monitor>,
+    ) -> Self {
+        let target = Target {
+            spec,
+            env,
+            monitor: Some(monitor),
+        };
+        self.targets.insert(target.spec.name.clone(), target);
         self
     }
 
@@ -278,10 +307,29 @@ impl Orchestrator {
             request.artifact,
             request.label,
         )?;
+        let strategy = request
+            .strategy
+            .unwrap_or_else(|| target.spec.strategy.clone());
+        strategy.validate("strategy")?;
+        if strategy.needs_monitor() && target.monitor.is_none() {
+            return Err(Error::invalid(
+                "strategy",
+                format!(
+                    "the {} strategy runs analysis, but environment {environment} has no monitor \
+                     (add it with `environment_with_monitor`)",
+                    strategy.name()
+                ),
+            ));
+        }
+        let plan = Plan {
+            kind: DeploymentKind::Deploy,
+            strategy,
+            failure_policy: request.failure_policy.unwrap_or(target.spec.failure_policy),
+        };
         self.create(
             &environment,
             revision,
-            DeploymentKind::Deploy,
+            plan,
             request.requested_by,
             AuditAction::Deploy,
         )
@@ -320,21 +368,30 @@ impl Orchestrator {
                 ))
             })?,
         };
-        self.create(
-            environment,
-            revision,
-            DeploymentKind::Rollback,
-            by,
-            AuditAction::Rollback,
-        )
-        .await
+        // A manual rollback skips canary steps and analysis: rolling environments roll back
+        // with their own parameters; others bring the revision up beside the current one and
+        // switch all traffic at once.
+        let strategy = match &self.target(environment)?.spec.strategy {
+            StrategySpec::Rolling(spec) => StrategySpec::Rolling(spec.clone()),
+            _ => StrategySpec::BlueGreen(BlueGreenSpec {
+                scale_down_delay: Duration::ZERO,
+                ..BlueGreenSpec::default()
+            }),
+        };
+        let plan = Plan {
+            kind: DeploymentKind::Rollback,
+            strategy,
+            failure_policy: FailurePolicy::Rollback,
+        };
+        self.create(environment, revision, plan, by, AuditAction::Rollback)
+            .await
     }
 
     async fn create(
         &self,
         environment: &EnvironmentName,
         revision: Revision,
-        kind: DeploymentKind,
+        plan: Plan,
         by: Actor,
         action: AuditAction,
     ) -> Result<DeploymentId> {
@@ -353,9 +410,10 @@ impl Orchestrator {
             .service(revision.service.clone())
             .environment(environment.clone())
             .replicas(target.spec.replicas)
-            .strategy(StrategySpec::Rolling(target.spec.rollout.clone()))
+            .strategy(plan.strategy)
+            .failure_policy(plan.failure_policy)
             .progress_deadline(target.spec.progress_deadline)
-            .kind(kind)
+            .kind(plan.kind)
             .requested_by(by.clone())
             .target(revision)
             .build();
@@ -407,6 +465,49 @@ impl Orchestrator {
             reason: reason.clone(),
         };
         self.operator(id, event, by, AuditAction::Abort, reason)
+            .await
+    }
+
+    /// Approve the gate a deployment waits at (a pause-until-approved step, a manual
+    /// promotion, an inconclusive analysis, or a failure held by the `pause` policy).
+    pub async fn approve(
+        &self,
+        id: &DeploymentId,
+        by: Actor,
+        reason: impl Into<String>,
+    ) -> Result<()> {
+        let status = self.status(id).await?;
+        let Some((gate, _)) = status.awaiting else {
+            return Err(Error::InvalidTransition {
+                deployment: id.to_string(),
+                action: "approve".into(),
+                phase: format!("{} with nothing awaiting approval", status.phase),
+            });
+        };
+        let reason = reason.into();
+        let detail = format!("{gate}: {reason}");
+        let event = JournalEvent::Approved {
+            gate,
+            by: by.clone(),
+            reason,
+        };
+        self.operator(id, event, by, AuditAction::Approve, detail)
+            .await
+    }
+
+    /// Reject the gate a deployment waits at: it rolls back (a manual judgement of failure).
+    pub async fn reject(
+        &self,
+        id: &DeploymentId,
+        by: Actor,
+        reason: impl Into<String>,
+    ) -> Result<()> {
+        let reason = reason.into();
+        let event = JournalEvent::AbortRequested {
+            by: by.clone(),
+            reason: format!("rejected: {reason}"),
+        };
+        self.operator(id, event, by, AuditAction::Reject, reason)
             .await
     }
 
@@ -523,6 +624,13 @@ impl Orchestrator {
         while tasks.try_join_next().is_some() {}
         tasks.spawn(driver::drive(shared, id).instrument(span));
     }
+}
+
+/// How a new deployment will run.
+struct Plan {
+    kind: DeploymentKind,
+    strategy: StrategySpec,
+    failure_policy: FailurePolicy,
 }
 
 fn deployment_id(

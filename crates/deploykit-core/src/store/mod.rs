@@ -54,6 +54,10 @@ pub enum AuditAction {
     Pause,
     /// Resume a paused deployment.
     Resume,
+    /// Approve a gate.
+    Approve,
+    /// Reject a gate (the deployment rolls back).
+    Reject,
 }
 
 impl fmt::Display for AuditAction {
@@ -64,6 +68,8 @@ impl fmt::Display for AuditAction {
             AuditAction::Abort => "abort",
             AuditAction::Pause => "pause",
             AuditAction::Resume => "resume",
+            AuditAction::Approve => "approve",
+            AuditAction::Reject => "reject",
         })
     }
 }

@@ -1,16 +1,47 @@
-//! Deployment strategies: pure planners from (spec, observation) to the next decision.
+//! Deployment strategies: pure planners from (spec, progress, observation) to the next decision.
 
+mod blue_green;
+mod canary;
+mod rollback;
 mod rolling;
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use blue_green::{BlueGreenSpec, BlueGreenStrategy};
+pub use canary::{CanaryScale, CanarySpec, CanaryStep, CanaryStrategy};
+pub use rollback::SwitchBackStrategy;
 pub use rolling::RollingStrategy;
 
+use crate::analysis::{Measurement, MetricCheck};
 use crate::environment::{DesiredState, Observed};
-use crate::model::{Revision, RollingSpec};
+use crate::error::Result;
+use crate::journal::RollbackCause;
+use crate::model::{Revision, RevisionId, RollingSpec};
 use crate::time::Timestamp;
+
+/// How many failed new instances abort a blue-green or canary rollout (or every new instance,
+/// if fewer).
+pub(crate) const DEFAULT_FAIL_FAST_AFTER: u32 = 3;
+
+/// Journaled progress of a rollout, folded from its journal: what the planner remembers
+/// between rounds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Progress {
+    /// The current step (canary step index; blue-green stage).
+    pub step: usize,
+    /// When the current step was reached.
+    pub step_started_at: Timestamp,
+    /// Every analysis measurement taken so far.
+    pub measurements: Vec<Measurement>,
+    /// Approval gates passed.
+    pub approved: BTreeSet<String>,
+    /// When traffic was switched to the new revision, if it was.
+    pub promoted_at: Option<Timestamp>,
+}
 
 /// Everything a planner may look at. Planners read no clock and do no I/O: time comes in `now`.
 #[derive(Clone, Copy, Debug)]
@@ -18,10 +49,14 @@ use crate::time::Timestamp;
 pub struct PlanContext<'a> {
     /// The revision being rolled out (during a rollback: the revision being returned to).
     pub target: &'a Revision,
-    /// How many instances of it should serve when done.
+    /// The revision serving before this deployment (during a rollback: none).
+    pub stable: Option<&'a Revision>,
+    /// How many instances should serve when done.
     pub replicas: u32,
     /// What the environment reports now.
     pub observed: &'a Observed,
+    /// What the rollout has done so far.
+    pub progress: &'a Progress,
     /// The current time.
     pub now: Timestamp,
 }
@@ -30,34 +65,70 @@ impl<'a> PlanContext<'a> {
     /// A planning context.
     pub fn new(
         target: &'a Revision,
+        stable: Option<&'a Revision>,
         replicas: u32,
         observed: &'a Observed,
+        progress: &'a Progress,
         now: Timestamp,
     ) -> Self {
         PlanContext {
             target,
+            stable,
             replicas,
             observed,
+            progress,
             now,
         }
     }
 }
 
+/// Metrics to measure now for one analysis run.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct AnalysisRequest {
+    /// The run (`step-2`, `background`, `pre-promotion`).
+    pub run: String,
+    /// The metrics due now.
+    pub metrics: Vec<MetricCheck>,
+    /// The revision under test.
+    pub revision: RevisionId,
+    /// The revision to compare with, for judgements.
+    pub baseline: Option<RevisionId>,
+}
+
 /// What a planner wants done next.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Decision {
     /// Move the environment to this state (journaled before it is applied).
     Apply(DesiredState),
-    /// Nothing to do until the environment changes (instances becoming ready).
+    /// Nothing to do until the environment changes or time passes.
     Wait {
         /// What is being waited for, for humans.
         reason: String,
     },
+    /// Move on to step `step` (journaled).
+    Advance {
+        /// The step reached.
+        step: usize,
+    },
+    /// Take measurements (each journaled).
+    Analyze(AnalysisRequest),
+    /// Hold until a human approves gate `gate` (or rejects it, which aborts).
+    AwaitApproval {
+        /// The gate's name (`step-3`, `promotion`, `analysis:background`).
+        gate: String,
+        /// What the human is asked, for humans.
+        reason: String,
+    },
+    /// Switch all traffic to the new revision (journaled).
+    Promote,
     /// The target serves at full size and nothing else runs.
     Complete,
     /// The rollout cannot succeed: roll back (or, during a rollback, fail).
     Abort {
+        /// What triggered it.
+        cause: RollbackCause,
         /// Why, with the backend's own reason (e.g. `3 of 3 new instances failed readiness:
         /// GET /health returned 503`).
         reason: String,
@@ -75,26 +146,81 @@ pub trait DeploymentStrategy: Send + Sync + fmt::Debug {
 }
 
 /// How a deployment rolls out, as recorded in its journal.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum StrategySpec {
     /// A rolling update.
     Rolling(RollingSpec),
+    /// Blue-green: the new revision at full size beside the old, then a traffic switch.
+    BlueGreen(BlueGreenSpec),
+    /// Canary: traffic moved to the new revision in steps, with analysis.
+    Canary(CanarySpec),
+}
+
+impl Default for StrategySpec {
+    fn default() -> Self {
+        StrategySpec::Rolling(RollingSpec::default())
+    }
 }
 
 impl StrategySpec {
-    /// The planner for this spec.
+    /// The planner for the forward rollout.
     pub fn planner(&self) -> Box<dyn DeploymentStrategy> {
         match self {
             StrategySpec::Rolling(spec) => Box::new(RollingStrategy::new(spec.clone())),
+            StrategySpec::BlueGreen(spec) => Box::new(BlueGreenStrategy::new(spec.clone())),
+            StrategySpec::Canary(spec) => Box::new(CanaryStrategy::new(spec.clone())),
         }
     }
 
-    /// A short name (`rolling`) for logs and metrics.
+    /// The planner that returns to the previous revision: a rolling update back for rolling
+    /// deployments; for blue-green and canary, whose stable revision kept its capacity, one
+    /// action that sends all traffic back, then the new revision's removal.
+    pub fn rollback_planner(&self) -> Box<dyn DeploymentStrategy> {
+        match self {
+            StrategySpec::Rolling(spec) => Box::new(RollingStrategy::new(spec.clone())),
+            StrategySpec::BlueGreen(_) | StrategySpec::Canary(_) => Box::new(SwitchBackStrategy),
+        }
+    }
+
+    /// A short name (`rolling`, `blue-green`, `canary`) for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {
             StrategySpec::Rolling(_) => "rolling",
+            StrategySpec::BlueGreen(_) => "blue-green",
+            StrategySpec::Canary(_) => "canary",
+        }
+    }
+
+    /// The rolling parameters, for a rolling strategy.
+    pub fn rolling(&self) -> Option<&RollingSpec> {
+        match self {
+            StrategySpec::Rolling(spec) => Some(spec),
+            _ => None,
+        }
+    }
+
+    /// Whether any step or background check needs a [`crate::Monitor`].
+    pub fn needs_monitor(&self) -> bool {
+        match self {
+            StrategySpec::Rolling(_) => false,
+            StrategySpec::BlueGreen(spec) => spec.pre_promotion_analysis.is_some(),
+            StrategySpec::Canary(spec) => {
+                spec.background_analysis.is_some()
+                    || spec
+                        .steps
+                        .iter()
+                        .any(|s| matches!(s, CanaryStep::Analysis { .. }))
+            }
+        }
+    }
+
+    pub(crate) fn validate(&self, field: &str) -> Result<()> {
+        match self {
+            StrategySpec::Rolling(spec) => spec.validate(field),
+            StrategySpec::BlueGreen(spec) => spec.validate(field),
+            StrategySpec::Canary(spec) => spec.validate(field),
         }
     }
 }

@@ -3,6 +3,8 @@
 use crate::environment::{DesiredState, RevisionObservation, RevisionTarget, Traffic};
 use crate::model::RollingSpec;
 
+use crate::journal::RollbackCause;
+
 use super::{Decision, DeploymentStrategy, PlanContext};
 
 /// Replaces every other revision with the target, a few instances at a time.
@@ -27,25 +29,28 @@ impl RollingStrategy {
     pub fn new(spec: RollingSpec) -> Self {
         RollingStrategy { spec }
     }
+}
 
-    fn fail_fast(&self, target: &RevisionObservation) -> Option<String> {
-        let failed: Vec<_> = target.failed().filter_map(|i| i.failure.as_ref()).collect();
-        let total = target.instances.len();
-        let n = failed.len();
-        if n == 0 || (n < self.spec.fail_fast_after as usize && n < total) {
-            return None;
-        }
-        let first = failed[0];
-        let same = failed.iter().filter(|f| f.kind == first.kind).count();
-        let mut reason = format!(
-            "{same} of {total} new instances {}: {}",
-            first.kind, first.reason
-        );
-        if same < n {
-            reason.push_str(&format!(" ({} more failed otherwise)", n - same));
-        }
-        Some(reason)
+/// The fail-fast rule: once every instance of `target` has failed, or `threshold` of them
+/// have, the reason to abort, e.g. `3 of 3 new instances failed readiness: GET /health
+/// returned 503`.
+pub(crate) fn fail_fast(target: &RevisionObservation, threshold: u32) -> Option<String> {
+    let failed: Vec<_> = target.failed().filter_map(|i| i.failure.as_ref()).collect();
+    let total = target.instances.len();
+    let n = failed.len();
+    if n == 0 || (n < threshold as usize && n < total) {
+        return None;
     }
+    let first = failed[0];
+    let same = failed.iter().filter(|f| f.kind == first.kind).count();
+    let mut reason = format!(
+        "{same} of {total} new instances {}: {}",
+        first.kind, first.reason
+    );
+    if same < n {
+        reason.push_str(&format!(" ({} more failed otherwise)", n - same));
+    }
+    Some(reason)
 }
 
 impl DeploymentStrategy for RollingStrategy {
@@ -54,8 +59,11 @@ impl DeploymentStrategy for RollingStrategy {
         let (surge, unavailable) = self.spec.budgets(d);
         let observed = ctx.observed;
         let target = observed.revision(&ctx.target.id);
-        if let Some(reason) = target.and_then(|t| self.fail_fast(t)) {
-            return Decision::Abort { reason };
+        if let Some(reason) = target.and_then(|t| fail_fast(t, self.spec.fail_fast_after)) {
+            return Decision::Abort {
+                cause: RollbackCause::FailFast,
+                reason,
+            };
         }
         let others: Vec<&RevisionObservation> = observed
             .revisions
@@ -114,6 +122,7 @@ mod tests {
         FailureKind, InstanceFailure, InstanceObservation, Observed, RevisionObservation,
     };
     use crate::model::{Digest, EnvironmentKind, EnvironmentSpec, Quantity, Revision, ServiceSpec};
+    use crate::strategy::Progress;
     use crate::time::Timestamp;
 
     fn rev(label: &str) -> Revision {
@@ -156,10 +165,13 @@ mod tests {
         revs: Vec<RevisionObservation>,
     ) -> Decision {
         let observed = Observed::new(revs, Default::default(), Traffic::ByReadyInstances);
+        let progress = Progress::default();
         s.plan(&PlanContext::new(
             target,
+            None,
             d,
             &observed,
+            &progress,
             Timestamp::from_millis(0),
         ))
     }
@@ -257,6 +269,7 @@ mod tests {
         assert_eq!(
             d,
             Decision::Abort {
+                cause: RollbackCause::FailFast,
                 reason: "3 of 3 new instances failed readiness: GET /health returned 503".into()
             }
         );

@@ -6,7 +6,7 @@ use deploykit_core::journal::{DeploymentSpec, JournalEntry, JournalEvent, Outcom
 use deploykit_core::store::{AuditAction, AuditRecord, StateStore};
 use deploykit_core::{
     Actor, DeploymentId, Digest, EnvironmentKind, EnvironmentName, EnvironmentSpec, Error,
-    Revision, ServiceId, ServiceSpec, StrategySpec, Timestamp,
+    Revision, ServiceId, ServiceSpec, Timestamp,
 };
 
 fn spec(id: &str, service: &str, environment: &str) -> DeploymentSpec {
@@ -27,7 +27,7 @@ fn spec(id: &str, service: &str, environment: &str) -> DeploymentSpec {
         .environment(env.name.clone())
         .target(target)
         .replicas(2)
-        .strategy(StrategySpec::Rolling(env.rollout.clone()))
+        .strategy(env.strategy.clone())
         .progress_deadline(Duration::from_secs(600))
         .requested_by(Actor::new("conformance"))
         .build()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use deploykit_core::{
     Actor, DeployRequest, DeploymentId, Digest, EnvironmentKind, EnvironmentSpec, HealthChecks,
     Orchestrator, OrchestratorConfig, Phase, Probe, ProbeAction, Quantity, RollingSpec,
-    ServiceSpec, StateStore,
+    ServiceSpec, StateStore, StrategySpec,
 };
 use deploykit_testing::SimCluster;
 
@@ -35,13 +35,13 @@ pub fn environment(replicas: u32, surge: Quantity, unavailable: Quantity) -> Env
         .name("production")
         .kind(EnvironmentKind::Production)
         .replicas(replicas)
-        .rollout(
+        .strategy(StrategySpec::Rolling(
             RollingSpec::builder()
                 .max_surge(surge)
                 .max_unavailable(unavailable)
                 .build()
                 .expect("rollout"),
-        )
+        ))
         .build()
         .expect("environment")
 }

@@ -1,0 +1,387 @@
+//! Canary: traffic moved to the new revision in steps, with pauses, analysis and approvals, as
+//! in Argo Rollouts. The stable revision keeps its full capacity until promotion.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use typed_builder::TypedBuilder;
+
+use crate::analysis::{AnalysisSpec, RunStatus, evaluate};
+use crate::environment::{
+    DesiredState, HeaderRoute, Mirror, RevisionObservation, RevisionTarget, Routes, Traffic,
+};
+use crate::error::{Error, Result};
+use crate::model::{Revision, Weight};
+use crate::time::duration_ms;
+
+use crate::journal::RollbackCause;
+
+use super::blue_green::{after_promotion, analysis_step, first_deployment};
+use super::rolling::fail_fast;
+use super::{AnalysisRequest, Decision, DeploymentStrategy, PlanContext};
+
+/// How many canary instances run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryScale {
+    /// Enough instances for the current weight: ⌈replicas × weight / 100⌉ (the default).
+    MatchWeight,
+    /// A fixed count.
+    Replicas(u32),
+    /// A percentage of the desired replicas, rounded up.
+    Percent(u32),
+}
+
+/// One canary step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CanaryStep {
+    /// Send this share of traffic to the canary.
+    SetWeight {
+        /// The share.
+        weight: Weight,
+    },
+    /// Wait this long, or (without a duration) until gate `step-<index>` is approved.
+    Pause {
+        /// How long; `None` waits for an approval.
+        #[serde(default, with = "option_ms", rename = "duration_ms")]
+        duration: Option<Duration>,
+    },
+    /// Run an analysis; move on when it succeeds, roll back when it fails.
+    Analysis {
+        /// The analysis.
+        analysis: AnalysisSpec,
+    },
+    /// Change how many canary instances run.
+    SetCanaryScale {
+        /// The scale.
+        scale: CanaryScale,
+    },
+    /// Route requests with header `name: value` to the canary.
+    SetHeaderRoute {
+        /// Header name.
+        name: String,
+        /// Header value.
+        value: String,
+    },
+    /// Copy this share of requests to the canary.
+    SetMirror {
+        /// The share.
+        percent: Weight,
+    },
+}
+
+impl CanaryStep {
+    /// `SetWeight` of `percent`; fails for a weight above 100.
+    pub fn weight(percent: u32) -> Result<Self> {
+        Ok(CanaryStep::SetWeight {
+            weight: Weight::new(percent)?,
+        })
+    }
+
+    /// A timed pause.
+    pub fn pause(duration: Duration) -> Self {
+        CanaryStep::Pause {
+            duration: Some(duration),
+        }
+    }
+
+    /// A pause until approved.
+    pub fn approval() -> Self {
+        CanaryStep::Pause { duration: None }
+    }
+
+    /// An analysis step.
+    pub fn analysis(analysis: AnalysisSpec) -> Self {
+        CanaryStep::Analysis { analysis }
+    }
+}
+
+mod option_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+/// Parameters of a canary rollout.
+///
+/// ```
+/// use std::time::Duration;
+/// use deploykit_core::strategy::{CanarySpec, CanaryStep};
+/// let spec = CanarySpec::builder()
+///     .steps(vec![
+///         CanaryStep::weight(10)?,
+///         CanaryStep::pause(Duration::from_secs(60)),
+///         CanaryStep::weight(50)?,
+///         CanaryStep::approval(),
+///     ])
+///     .build()?;
+/// assert_eq!(spec.steps.len(), 4);
+/// # Ok::<(), deploykit_core::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, TypedBuilder)]
+#[builder(build_method(into = Result<CanarySpec>))]
+#[non_exhaustive]
+pub struct CanarySpec {
+    /// The steps, in order. After the last one the canary is scaled to full size and promoted.
+    pub steps: Vec<CanaryStep>,
+    /// Analysis that runs through every step until promotion; its failure aborts the rollout.
+    #[builder(default, setter(strip_option))]
+    pub background_analysis: Option<AnalysisSpec>,
+    /// Keep the old revision running this long after promotion (default 30 s).
+    #[builder(default = Duration::from_secs(30))]
+    #[serde(with = "duration_ms", rename = "scale_down_delay_ms")]
+    pub scale_down_delay: Duration,
+}
+
+impl From<CanarySpec> for Result<CanarySpec> {
+    fn from(s: CanarySpec) -> Self {
+        s.validate("canary")?;
+        Ok(s)
+    }
+}
+
+impl CanarySpec {
+    pub(crate) fn validate(&self, field: &str) -> Result<()> {
+        if let Some(a) = &self.background_analysis {
+            a.validate(&format!("{field}.background_analysis"))?;
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            let f = format!("{field}.steps[{i}]");
+            match step {
+                CanaryStep::Pause { duration: Some(d) } if d.is_zero() => {
+                    return Err(Error::invalid(
+                        format!("{f}.duration"),
+                        "must be more than 0 (leave it out to wait for an approval)",
+                    ));
+                }
+                CanaryStep::Analysis { analysis } => analysis.validate(&format!("{f}.analysis"))?,
+                CanaryStep::SetCanaryScale {
+                    scale: CanaryScale::Percent(p),
+                } if *p > 100 => {
+                    return Err(Error::invalid(
+                        format!("{f}.scale"),
+                        format!("{p}% is outside 0-100%"),
+                    ));
+                }
+                CanaryStep::SetCanaryScale {
+                    scale: CanaryScale::Replicas(0),
+                } => {
+                    return Err(Error::invalid(
+                        format!("{f}.scale"),
+                        "0 canary instances could serve nothing; use at least 1",
+                    ));
+                }
+                CanaryStep::SetHeaderRoute { name, .. } if name.trim().is_empty() => {
+                    return Err(Error::invalid(
+                        format!("{f}.name"),
+                        "a header route needs a header name",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the canary looks like at one step: the effect of every set-step up to it.
+struct Shape {
+    weight: Weight,
+    scale: CanaryScale,
+    header: Option<(String, String)>,
+    mirror: Option<Weight>,
+}
+
+/// The canary planner. `Progress::step` indexes `steps`; each set-step takes effect when it is
+/// reached (instances first, then traffic once they are ready).
+#[derive(Clone, Debug)]
+pub struct CanaryStrategy {
+    spec: CanarySpec,
+}
+
+impl CanaryStrategy {
+    /// A planner for `spec`.
+    pub fn new(spec: CanarySpec) -> Self {
+        CanaryStrategy { spec }
+    }
+
+    fn shape(&self, step: usize) -> Shape {
+        let mut shape = Shape {
+            weight: Weight::clamped(0),
+            scale: CanaryScale::MatchWeight,
+            header: None,
+            mirror: None,
+        };
+        for s in self.spec.steps.iter().take(step + 1) {
+            match s {
+                CanaryStep::SetWeight { weight } => shape.weight = *weight,
+                CanaryStep::SetCanaryScale { scale } => shape.scale = *scale,
+                CanaryStep::SetHeaderRoute { name, value } => {
+                    shape.header = Some((name.clone(), value.clone()));
+                }
+                CanaryStep::SetMirror { percent } => shape.mirror = Some(*percent),
+                CanaryStep::Pause { .. } | CanaryStep::Analysis { .. } => {}
+            }
+        }
+        shape
+    }
+
+    fn background(&self, ctx: &PlanContext<'_>, stable: &Revision) -> Option<Decision> {
+        let spec = self.spec.background_analysis.as_ref()?;
+        match evaluate(spec, "background", &ctx.progress.measurements, ctx.now) {
+            RunStatus::Failed { reason } => Some(Decision::Abort {
+                cause: RollbackCause::AnalysisFailed,
+                reason,
+            }),
+            RunStatus::Inconclusive { reason } => {
+                let gate = "analysis:background".to_string();
+                (!ctx.progress.approved.contains(&gate))
+                    .then_some(Decision::AwaitApproval { gate, reason })
+            }
+            RunStatus::Running { due } if !due.is_empty() => {
+                Some(Decision::Analyze(AnalysisRequest {
+                    run: "background".into(),
+                    metrics: due.into_iter().map(|i| spec.metrics[i].clone()).collect(),
+                    revision: ctx.target.id.clone(),
+                    baseline: Some(stable.id.clone()),
+                }))
+            }
+            RunStatus::Running { .. } | RunStatus::Successful => None,
+        }
+    }
+}
+
+fn canary_instances(scale: CanaryScale, weight: Weight, replicas: u32) -> u32 {
+    let pct = |p: u32| (u64::from(replicas) * u64::from(p)).div_ceil(100) as u32;
+    let n = match scale {
+        CanaryScale::MatchWeight => pct(weight.percent()),
+        CanaryScale::Percent(p) => pct(p),
+        CanaryScale::Replicas(n) => n,
+    };
+    n.max(1)
+}
+
+impl DeploymentStrategy for CanaryStrategy {
+    fn plan(&self, ctx: &PlanContext<'_>) -> Decision {
+        let Some(stable) = ctx.stable else {
+            return first_deployment(ctx);
+        };
+        let d = ctx.replicas;
+        let canary = ctx.target;
+        let observed = ctx.observed;
+        let canary_obs = observed.revision(&canary.id);
+        if let Some(reason) = canary_obs.and_then(|o| fail_fast(o, super::DEFAULT_FAIL_FAST_AFTER))
+        {
+            return Decision::Abort {
+                cause: RollbackCause::FailFast,
+                reason,
+            };
+        }
+        if let Some(at) = ctx.progress.promoted_at {
+            return after_promotion(ctx, stable, at, self.spec.scale_down_delay);
+        }
+        if let Some(decision) = self.background(ctx, stable) {
+            return decision;
+        }
+        let ready = canary_obs.map_or(0, RevisionObservation::ready);
+        let step = ctx.progress.step;
+        let routing_now = match &observed.routing {
+            Traffic::Routed(_) => observed.routing.clone(),
+            _ => Traffic::Routed(Routes::all_to(&stable.id)),
+        };
+        let with = |n: u32, traffic: Traffic| {
+            DesiredState::new(
+                vec![
+                    RevisionTarget::new(stable.clone(), d),
+                    RevisionTarget::new(canary.clone(), n),
+                ],
+                traffic,
+            )
+        };
+
+        if step >= self.spec.steps.len() {
+            // Promotion: full size under the current routes, then the switch.
+            let desired = with(d, routing_now);
+            if !observed.matches(&desired) {
+                return Decision::Apply(desired);
+            }
+            if ready < d {
+                return Decision::Wait {
+                    reason: format!("scaling {} to full size ({ready}/{d} ready)", canary.label),
+                };
+            }
+            return Decision::Promote;
+        }
+
+        let shape = self.shape(step);
+        let n = canary_instances(shape.scale, shape.weight, d);
+        if ready < n {
+            let desired = with(n, routing_now);
+            if !observed.matches(&desired) {
+                return Decision::Apply(desired);
+            }
+            return Decision::Wait {
+                reason: format!(
+                    "waiting for {} canary instances ({ready}/{n} ready)",
+                    canary.label
+                ),
+            };
+        }
+        let mut routes = Routes::split(&stable.id, &canary.id, shape.weight);
+        routes.header = shape
+            .header
+            .map(|(name, value)| HeaderRoute::new(name, value, canary.id.clone()));
+        routes.mirror = shape.mirror.map(|p| Mirror::new(canary.id.clone(), p));
+        let desired = with(n, Traffic::Routed(routes));
+        if !observed.matches(&desired) {
+            return Decision::Apply(desired);
+        }
+        match &self.spec.steps[step] {
+            CanaryStep::Pause {
+                duration: Some(duration),
+            } => {
+                let until = ctx.progress.step_started_at.plus(*duration);
+                if ctx.now >= until {
+                    Decision::Advance { step: step + 1 }
+                } else {
+                    Decision::Wait {
+                        reason: format!("paused until {until}"),
+                    }
+                }
+            }
+            CanaryStep::Pause { duration: None } => {
+                let gate = format!("step-{step}");
+                if ctx.progress.approved.contains(&gate) {
+                    Decision::Advance { step: step + 1 }
+                } else {
+                    Decision::AwaitApproval {
+                        gate,
+                        reason: format!(
+                            "{} takes {}% of traffic; approve to continue",
+                            canary.label,
+                            shape.weight.percent()
+                        ),
+                    }
+                }
+            }
+            CanaryStep::Analysis { analysis } => {
+                analysis_step(ctx, analysis, &format!("step-{step}"), stable, step + 1)
+            }
+            _ => Decision::Advance { step: step + 1 },
+        }
+    }
+}
