@@ -558,6 +558,15 @@ impl Orchestrator {
         self.shared.status(id).await
     }
 
+    /// The whole journal of a deployment, oldest entry first.
+    pub async fn journal(&self, id: &DeploymentId) -> Result<Vec<JournalEntry>> {
+        self.shared
+            .store
+            .load(id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("deployment {id}")))
+    }
+
     /// Wait until a deployment ends and return its final status. It ends only if some
     /// orchestrator drives it (one that has its environment configured); wrap the call in a
     /// timeout if that may not be so.

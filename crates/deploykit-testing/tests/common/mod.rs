@@ -92,3 +92,36 @@ pub async fn deploy_and_wait(orch: &Orchestrator, label: &str) -> (DeploymentId,
     let status = orch.wait(&id).await.expect("wait");
     (id, status.phase)
 }
+
+/// The revision the orchestrator computes for `label` in `env` (to script metrics for it).
+pub fn revision_in(env: &EnvironmentSpec, label: &str) -> deploykit_core::Revision {
+    deploykit_core::Revision::new(&service(), env, artifact(label), label).expect("revision")
+}
+
+/// An environment named production with `strategy`.
+pub fn environment_with(replicas: u32, strategy: StrategySpec) -> EnvironmentSpec {
+    EnvironmentSpec::builder()
+        .name("production")
+        .kind(EnvironmentKind::Production)
+        .replicas(replicas)
+        .strategy(strategy)
+        .build()
+        .expect("environment")
+}
+
+/// An orchestrator whose environment's monitor is the simulated cluster.
+pub async fn open_monitored(
+    store: Arc<dyn StateStore>,
+    sim: &SimCluster,
+    env: EnvironmentSpec,
+    owner: &str,
+) -> Orchestrator {
+    Orchestrator::builder_shared(store)
+        .environment_with_monitor(env, Arc::new(sim.clone()), Arc::new(sim.clone()))
+        .clock(Arc::new(sim.clock()))
+        .owner(owner)
+        .config(config())
+        .open()
+        .await
+        .expect("open orchestrator")
+}
