@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use typed_builder::TypedBuilder;
 
-use crate::analysis::{AnalysisSpec, RunStatus, evaluate};
+use crate::analysis::{AnalysisSpec, MeasurementOutcome, RunStatus, evaluate};
 use crate::environment::{
     DesiredState, HeaderRoute, Mirror, RevisionObservation, RevisionTarget, Routes, Traffic,
 };
@@ -265,6 +265,29 @@ impl CanaryStrategy {
     }
 }
 
+impl CanaryStrategy {
+    /// No data never passes: before promotion, the latest background measurement of every
+    /// metric must be a success. `Some(reason)` while that is not so.
+    fn background_unproven(&self, ctx: &PlanContext<'_>) -> Option<String> {
+        let spec = self.spec.background_analysis.as_ref()?;
+        for metric in &spec.metrics {
+            let latest = ctx
+                .progress
+                .measurements
+                .iter()
+                .rev()
+                .find(|m| m.run == "background" && m.metric == metric.name);
+            if latest.is_none_or(|m| m.outcome != MeasurementOutcome::Successful) {
+                return Some(format!(
+                    "promotion waits for a successful background measurement of {}",
+                    metric.name
+                ));
+            }
+        }
+        None
+    }
+}
+
 fn canary_instances(scale: CanaryScale, weight: Weight, replicas: u32) -> u32 {
     let pct = |p: u32| (u64::from(replicas) * u64::from(p)).div_ceil(100) as u32;
     let n = match scale {
@@ -323,6 +346,9 @@ impl DeploymentStrategy for CanaryStrategy {
                 return Decision::Wait {
                     reason: format!("scaling {} to full size ({ready}/{d} ready)", canary.label),
                 };
+            }
+            if let Some(waiting) = self.background_unproven(ctx) {
+                return Decision::Wait { reason: waiting };
             }
             return Decision::Promote;
         }
