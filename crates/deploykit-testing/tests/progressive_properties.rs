@@ -264,7 +264,7 @@ fn run(case: Case) -> Result<(), TestCaseError> {
         }
 
         // 5. Broken canaries never succeed.
-        let bad_metric = !(case.metric < 0.05);
+        let bad_metric = case.metric.is_nan() || case.metric >= 0.05;
         if case.broken || (bad_metric && analysed(&case)) {
             prop_assert_ne!(status.phase, Phase::Succeeded);
         }
