@@ -23,6 +23,7 @@ mod error;
 pub mod journal;
 pub mod model;
 pub mod monitor;
+pub mod notify;
 mod orchestrator;
 pub mod store;
 pub mod strategy;
@@ -38,6 +39,7 @@ pub use error::{BoxError, Error, Result};
 pub use journal::{Actor, DeploymentStatus, Outcome, Phase};
 pub use model::*;
 pub use monitor::{MetricQuery, Monitor, MonitorExt, Sample};
+pub use notify::{Notification, Notifier};
 pub use orchestrator::{
     DeployRequest, Event, Orchestrator, OrchestratorBuilder, OrchestratorConfig,
 };

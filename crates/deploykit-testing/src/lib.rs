@@ -8,13 +8,16 @@
 //!   errors ([`Fault`]), on tokio's clock.
 //! - [`MemoryStore`]: an in-memory [`deploykit_core::StateStore`].
 //! - [`SimClock`]: wall-clock time that follows tokio's (paused) clock.
+//! - [`RecordingNotifier`]: a [`deploykit_core::Notifier`] that keeps what it is sent.
 //! - [`conformance`]: the suites every backend's tests run.
 
 mod clock;
 pub mod conformance;
+mod notify;
 mod sim;
 mod store;
 
 pub use clock::SimClock;
+pub use notify::RecordingNotifier;
 pub use sim::{Behavior, Fault, Op, SimCluster, SimConfig, Snapshot};
 pub use store::MemoryStore;

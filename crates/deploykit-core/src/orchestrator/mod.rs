@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 use typed_builder::TypedBuilder;
@@ -27,6 +27,7 @@ use crate::model::{
     ServiceId, ServiceSpec,
 };
 use crate::monitor::Monitor;
+use crate::notify::Notifier;
 use crate::store::{AuditAction, AuditRecord, Lease, StateStore};
 use crate::strategy::{BlueGreenSpec, StrategySpec};
 use crate::time::{Clock, SystemClock};
@@ -108,6 +109,8 @@ pub(crate) struct Shared {
     owner: String,
     config: OrchestratorConfig,
     events: broadcast::Sender<Event>,
+    /// Queues of the notification dispatchers; emptied by `shutdown` so they drain and stop.
+    notifiers: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
     wakers: Mutex<HashMap<DeploymentId, Arc<Notify>>>,
     /// Leases held by this orchestrator's drivers, so `shutdown` can hand them back.
     leases: Mutex<HashMap<DeploymentId, Lease>>,
@@ -119,6 +122,7 @@ pub(crate) struct Shared {
 pub struct OrchestratorBuilder {
     store: Arc<dyn StateStore>,
     targets: BTreeMap<EnvironmentName, Target>,
+    notifiers: Vec<Arc<dyn Notifier>>,
     clock: Arc<dyn Clock>,
     owner: Option<String>,
     config: OrchestratorConfig,
@@ -152,6 +156,12 @@ impl OrchestratorBuilder {
         self
     }
 
+    /// Send every event to `notifier` (in order, from its own task).
+    pub fn notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
+        self.notifiers.push(notifier);
+        self
+    }
+
     /// Read time from `clock` instead of the system clock.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -180,6 +190,23 @@ impl OrchestratorBuilder {
         }
         let owner = self.owner.unwrap_or_else(default_owner);
         let (events, _) = broadcast::channel(1024);
+        let mut tasks = JoinSet::new();
+        let mut notifiers = Vec::new();
+        for notifier in self.notifiers {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+            notifiers.push(tx);
+            tasks.spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    if let Err(e) = notifier.notify(&event).await {
+                        tracing::warn!(
+                            deployment = %event.deployment,
+                            error = %e.chain(),
+                            "notification not delivered"
+                        );
+                    }
+                }
+            });
+        }
         let shared = Arc::new(Shared {
             store: self.store,
             targets: self.targets,
@@ -187,6 +214,7 @@ impl OrchestratorBuilder {
             owner,
             config: self.config,
             events,
+            notifiers: Mutex::new(notifiers),
             wakers: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
@@ -194,6 +222,7 @@ impl OrchestratorBuilder {
         let orchestrator = Orchestrator {
             shared,
             tasks: Mutex::new(JoinSet::new()),
+            notifiers: tasks,
         };
         for id in orchestrator.shared.store.list_active().await? {
             let status = orchestrator.status(&id).await?;
@@ -255,6 +284,8 @@ fn default_owner() -> String {
 pub struct Orchestrator {
     shared: Arc<Shared>,
     tasks: Mutex<JoinSet<()>>,
+    /// Notification dispatchers (stopped with the orchestrator).
+    notifiers: JoinSet<()>,
 }
 
 impl Orchestrator {
@@ -268,16 +299,17 @@ impl Orchestrator {
         OrchestratorBuilder {
             store,
             targets: BTreeMap::new(),
+            notifiers: Vec::new(),
             clock: Arc::new(SystemClock),
             owner: None,
             config: OrchestratorConfig::default(),
         }
     }
 
-    /// Stop every driver and release the leases they hold. In-flight deployments stay as they
-    /// are in the journal; another orchestrator (or this process, restarted) resumes them
-    /// without waiting for leases to expire.
-    pub async fn shutdown(self) -> Result<()> {
+    /// Stop every driver, release the leases they hold, and deliver the notifications already
+    /// queued. In-flight deployments stay as they are in the journal; another orchestrator (or
+    /// this process, restarted) resumes them without waiting for leases to expire.
+    pub async fn shutdown(mut self) -> Result<()> {
         let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
@@ -288,6 +320,12 @@ impl Orchestrator {
         for lease in leases {
             self.shared.store.release_lease(&lease).await?;
         }
+        self.shared
+            .notifiers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        while self.notifiers.join_next().await.is_some() {}
         Ok(())
     }
 
@@ -697,6 +735,15 @@ impl Shared {
             "{}",
             event.description()
         );
+        for notifier in self
+            .notifiers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            // A closed queue means the orchestrator is shutting down.
+            let _ = notifier.send(event.clone());
+        }
         // No subscribers is fine.
         let _ = self.events.send(event);
     }
