@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploykit_core::{
-    Actor, DeployRequest, Digest, Environment, EnvironmentKind, EnvironmentSpec, Event,
-    HealthChecks, Orchestrator, Phase, Probe, ProbeAction, ServiceSpec, SqliteStore, Timestamp,
+    Actor, DeployRequest, Digest, Environment, EnvironmentKind, EnvironmentSpec, HealthChecks,
+    Orchestrator, Phase, Probe, ProbeAction, ServiceSpec, SqliteStore,
 };
+use deploykit_examples::Timeline;
 use deploykit_testing::{Behavior, SimCluster};
-use tokio::sync::broadcast;
 
 type Error = Box<dyn std::error::Error>;
 
@@ -27,27 +27,6 @@ async fn main() -> ExitCode {
             eprintln!("quickstart failed: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn elapsed(start: Timestamp, at: Timestamp) -> String {
-    let ms = at.since(start).as_millis();
-    format!(
-        "{:02}:{:02}.{:03}",
-        ms / 60_000,
-        (ms / 1000) % 60,
-        ms % 1000
-    )
-}
-
-fn print_events(start: Timestamp, events: &mut broadcast::Receiver<Event>) {
-    while let Ok(e) = events.try_recv() {
-        println!(
-            "{}  {:<18} {}",
-            elapsed(start, e.entry.at),
-            format!("{}/{} {}", e.service, e.environment, e.revision),
-            e.description()
-        );
     }
 }
 
@@ -83,8 +62,7 @@ async fn run() -> Result<bool, Error> {
         .clock(Arc::new(cluster.clock()))
         .open()
         .await?;
-    let mut events = orchestrator.subscribe();
-    let start = cluster.clock().start();
+    let mut timeline = Timeline::new(cluster.clock().start(), orchestrator.subscribe());
     println!(
         "deploykit quickstart: service web, environment production, 3 replicas, rolling update"
     );
@@ -110,7 +88,7 @@ async fn run() -> Result<bool, Error> {
             .build();
         let id = orchestrator.deploy(request).await?;
         let status = orchestrator.wait(&id).await?;
-        print_events(start, &mut events);
+        timeline.print();
         println!();
         last = Some(status);
     }

@@ -38,17 +38,51 @@ impl DesiredState {
             .map_or(0, |t| t.replicas)
     }
 
-    /// `v2=3 v1=1`: labels and counts, for messages.
+    /// `v2=3 v1=1`: labels and counts, then explicit routes if any
+    /// (`; traffic v1 75% v2 25%, header x-canary: true -> v2`), for messages.
     pub fn summary(&self) -> String {
         if self.revisions.is_empty() {
             return "no revisions".to_string();
         }
+        let label = |id: &RevisionId| {
+            self.revisions
+                .iter()
+                .find(|t| &t.revision.id == id)
+                .map_or_else(|| id.to_string(), |t| t.revision.label.clone())
+        };
         let parts: Vec<String> = self
             .revisions
             .iter()
             .map(|t| format!("{}={}", t.revision.label, t.replicas))
             .collect();
-        parts.join(" ")
+        let mut out = parts.join(" ");
+        if let Traffic::Routed(routes) = &self.traffic {
+            let weights: Vec<String> = routes
+                .weights
+                .iter()
+                .map(|(id, w)| format!("{} {}%", label(id), w.percent()))
+                .collect();
+            out.push_str(&format!("; traffic {}", weights.join(" ")));
+            if let Some(h) = &routes.header {
+                out.push_str(&format!(
+                    ", header {}: {} -> {}",
+                    h.name,
+                    h.value,
+                    label(&h.revision)
+                ));
+            }
+            if let Some(m) = &routes.mirror {
+                out.push_str(&format!(
+                    ", mirror {}% -> {}",
+                    m.percent.percent(),
+                    label(&m.revision)
+                ));
+            }
+            if let Some(p) = &routes.preview {
+                out.push_str(&format!(", preview -> {}", label(p)));
+            }
+        }
+        out
     }
 }
 

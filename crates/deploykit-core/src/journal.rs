@@ -347,6 +347,8 @@ pub struct DeploymentStatus {
     pub phase: Phase,
     /// The revision to return to on rollback (known once started).
     pub previous: Option<Revision>,
+    /// When it took the service's lease and started, if it did.
+    pub started_at: Option<Timestamp>,
     /// Set while an operator holds the rollout.
     pub paused: Option<OperatorFlag>,
     /// Set once an operator asked for an abort.
@@ -390,6 +392,7 @@ impl DeploymentStatus {
             spec: spec.clone(),
             phase: Phase::Pending,
             previous: None,
+            started_at: None,
             paused: None,
             abort: None,
             awaiting: None,
@@ -497,6 +500,7 @@ impl DeploymentStatus {
             JournalEvent::Created { .. } => {}
             JournalEvent::Started { previous } => {
                 self.previous = previous.clone();
+                self.started_at = Some(entry.at);
                 self.phase = Phase::Progressing;
                 self.last_progress_at = entry.at;
             }

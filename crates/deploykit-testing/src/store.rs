@@ -12,8 +12,6 @@ use deploykit_core::{DeploymentId, EnvironmentName, Error, Result, ServiceId, Ti
 #[derive(Debug)]
 struct Journal {
     id: DeploymentId,
-    service: ServiceId,
-    environment: EnvironmentName,
     entries: Vec<JournalEntry>,
     active: bool,
 }
@@ -22,6 +20,7 @@ struct Journal {
 struct Inner {
     journals: Vec<Journal>,
     index: HashMap<DeploymentId, usize>,
+    by_service: HashMap<(ServiceId, EnvironmentName), Vec<usize>>,
     leases: HashMap<String, Lease>,
     audit: Vec<AuditRecord>,
 }
@@ -57,12 +56,15 @@ impl StateStore for MemoryStore {
                 let at = inner.journals.len();
                 inner.journals.push(Journal {
                     id: deployment.clone(),
-                    service: spec.service.clone(),
-                    environment: spec.environment.clone(),
                     entries: vec![entry.clone()],
                     active: true,
                 });
                 inner.index.insert(deployment.clone(), at);
+                inner
+                    .by_service
+                    .entry((spec.service.clone(), spec.environment.clone()))
+                    .or_default()
+                    .push(at);
                 Ok(())
             }
             (JournalEvent::Created { .. }, Some(_)) => Err(Error::AlreadyExists {
@@ -112,13 +114,13 @@ impl StateStore for MemoryStore {
         environment: &EnvironmentName,
     ) -> Result<Vec<DeploymentId>> {
         let inner = self.lock();
-        Ok(inner
-            .journals
-            .iter()
-            .rev()
-            .filter(|j| &j.service == service && &j.environment == environment)
-            .map(|j| j.id.clone())
-            .collect())
+        let key = (service.clone(), environment.clone());
+        Ok(inner.by_service.get(&key).map_or_else(Vec::new, |ats| {
+            ats.iter()
+                .rev()
+                .map(|&at| inner.journals[at].id.clone())
+                .collect()
+        }))
     }
 
     async fn acquire_lease(

@@ -413,16 +413,23 @@ impl Driver {
 
     /// Whether an older deployment of the same service and environment is still active:
     /// deployments of one service in one environment run in the order they were requested.
+    ///
+    /// Walks older deployments newest first and stops at the first that started and ended:
+    /// it could only start once everything before it had ended.
     async fn queued_behind_older(&self, st: &DeploymentStatus) -> Result<bool> {
-        for id in self.shared.store.list_active().await? {
-            if id == st.spec.id {
-                return Ok(false);
-            }
-            let other = self.shared.status(&id).await?;
-            if other.spec.service == st.spec.service
-                && other.spec.environment == st.spec.environment
-            {
+        let ids = self
+            .shared
+            .store
+            .list_deployments(&st.spec.service, &st.spec.environment)
+            .await?;
+        let older = ids.iter().skip_while(|id| **id != st.spec.id).skip(1);
+        for id in older {
+            let other = self.shared.status(id).await?;
+            if !other.phase.is_terminal() {
                 return Ok(true);
+            }
+            if other.started_at.is_some() {
+                return Ok(false);
             }
         }
         Ok(false)
