@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -91,15 +92,18 @@ impl DesiredState {
 #[non_exhaustive]
 pub struct RevisionTarget {
     /// The revision (its full spec, so the environment can create instances of it).
-    pub revision: Revision,
+    pub revision: Arc<Revision>,
     /// Desired instances.
     pub replicas: u32,
 }
 
 impl RevisionTarget {
     /// `replicas` instances of `revision`.
-    pub fn new(revision: Revision, replicas: u32) -> Self {
-        RevisionTarget { revision, replicas }
+    pub fn new(revision: impl Into<Arc<Revision>>, replicas: u32) -> Self {
+        RevisionTarget {
+            revision: revision.into(),
+            replicas,
+        }
     }
 }
 
@@ -313,7 +317,7 @@ impl Observed {
 #[non_exhaustive]
 pub struct RevisionObservation {
     /// The revision.
-    pub revision: Revision,
+    pub revision: Arc<Revision>,
     /// The instance count last applied for it.
     pub desired: u32,
     /// Its instances.
@@ -322,9 +326,13 @@ pub struct RevisionObservation {
 
 impl RevisionObservation {
     /// An observation of one revision.
-    pub fn new(revision: Revision, desired: u32, instances: Vec<InstanceObservation>) -> Self {
+    pub fn new(
+        revision: impl Into<Arc<Revision>>,
+        desired: u32,
+        instances: Vec<InstanceObservation>,
+    ) -> Self {
         RevisionObservation {
-            revision,
+            revision: revision.into(),
             desired,
             instances,
         }

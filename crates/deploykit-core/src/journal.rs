@@ -18,6 +18,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -80,7 +81,8 @@ pub struct DeploymentSpec {
     /// The environment.
     pub environment: EnvironmentName,
     /// The revision to roll out.
-    pub target: Revision,
+    #[builder(setter(into))]
+    pub target: Arc<Revision>,
     /// Desired instances of it.
     pub replicas: u32,
     /// How to roll out.
@@ -158,13 +160,13 @@ pub enum JournalEvent {
     /// The deployment was requested (always entry 0).
     Created {
         /// What was asked.
-        spec: DeploymentSpec,
+        spec: Arc<DeploymentSpec>,
     },
     /// The orchestrator took the service's lease and began; `previous` is the last good
     /// revision to return to on rollback.
     Started {
         /// The last good revision, if any.
-        previous: Option<Revision>,
+        previous: Option<Arc<Revision>>,
     },
     /// A desired state is about to be applied.
     Applied {
@@ -342,11 +344,11 @@ pub struct OperatorFlag {
 #[non_exhaustive]
 pub struct DeploymentStatus {
     /// What was asked.
-    pub spec: DeploymentSpec,
+    pub spec: Arc<DeploymentSpec>,
     /// The current phase.
     pub phase: Phase,
     /// The revision to return to on rollback (known once started).
-    pub previous: Option<Revision>,
+    pub previous: Option<Arc<Revision>>,
     /// When it took the service's lease and started, if it did.
     pub started_at: Option<Timestamp>,
     /// Set while an operator holds the rollout.
@@ -485,14 +487,14 @@ impl DeploymentStatus {
         }
     }
 
-    /// This status with one more entry applied (the entry must be the next one).
-    pub(crate) fn advanced(&self, entry: &JournalEntry) -> Result<Self> {
-        let mut next = self.clone();
-        next.apply(entry)?;
-        Ok(next)
-    }
-
-    fn apply(&mut self, entry: &JournalEntry) -> Result<()> {
+    /// Apply the next entry, checking the transition.
+    pub(crate) fn apply(&mut self, entry: &JournalEntry) -> Result<()> {
+        if entry.seq != self.next_seq {
+            return Err(corrupt(
+                &format!("journal of {}", self.spec.id),
+                &format!("expected entry {}, found {}", self.next_seq, entry.seq),
+            ));
+        }
         self.check(&entry.event)?;
         self.updated_at = entry.at;
         self.next_seq = entry.seq + 1;
@@ -584,7 +586,7 @@ impl DeploymentStatus {
     }
 
     /// The revision serving once this deployment ended, if it ended well.
-    pub fn serving_revision(&self) -> Option<&Revision> {
+    pub fn serving_revision(&self) -> Option<&Arc<Revision>> {
         match self.outcome {
             Some(Outcome::Succeeded) => Some(&self.spec.target),
             Some(Outcome::RolledBack { .. }) => self.previous.as_ref(),

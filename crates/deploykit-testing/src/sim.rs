@@ -74,12 +74,16 @@ pub enum Fault {
 pub struct SimConfig {
     /// How long a healthy instance takes to become ready (default 2 s).
     pub start_latency: Duration,
+    /// Record a [`Snapshot`] after every change for [`SimCluster::history`] (default true;
+    /// benchmarks with many services turn it off to measure the orchestrator, not the log).
+    pub record_history: bool,
 }
 
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             start_latency: Duration::from_secs(2),
+            record_history: true,
         }
     }
 }
@@ -118,7 +122,7 @@ struct SimInstance {
 
 #[derive(Debug)]
 struct SimRevision {
-    revision: Revision,
+    revision: Arc<Revision>,
     desired: u32,
     instances: Vec<SimInstance>,
 }
@@ -322,12 +326,11 @@ impl SimCluster {
 
 /// How one instance looks at `now`.
 fn instance_state(
-    config: &SimConfig,
+    latency: Duration,
     behavior: &Behavior,
     revision: &Revision,
     elapsed: Duration,
 ) -> (bool, u32, Option<InstanceFailure>) {
-    let latency = config.start_latency;
     let health = &revision.config.health;
     match behavior {
         Behavior::Healthy => (elapsed >= latency, 0, None),
@@ -380,7 +383,7 @@ impl State {
                 .iter()
                 .map(|i| {
                     let (ready, restarts, failure) = instance_state(
-                        &self.config,
+                        self.config.start_latency,
                         behavior,
                         &rev.revision,
                         now.duration_since(i.started),
@@ -487,16 +490,8 @@ impl State {
             while rev.instances.len() as u32 > target.replicas {
                 // Prefer removing instances that are not ready, newest first.
                 let ready = |i: &SimInstance| {
-                    let config = SimConfig {
-                        start_latency: latency,
-                    };
-                    instance_state(
-                        &config,
-                        &behavior,
-                        &rev.revision,
-                        now.duration_since(i.started),
-                    )
-                    .0
+                    let elapsed = now.duration_since(i.started);
+                    instance_state(latency, &behavior, &rev.revision, elapsed).0
                 };
                 let victim = rev
                     .instances
@@ -541,7 +536,9 @@ impl Environment for SimCluster {
         }
         if state.apply(service, desired, now) {
             state.applies += 1;
-            state.snapshot(service, now, at);
+            if state.config.record_history {
+                state.snapshot(service, now, at);
+            }
         }
         match fault {
             Some(f) => Err(Self::fault_error(Op::Apply, service, f)),

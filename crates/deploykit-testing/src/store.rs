@@ -84,6 +84,7 @@ impl StateStore for MemoryStore {
                 journal.entries.push(entry.clone());
                 if entry.event.is_terminal() {
                     journal.active = false;
+                    journal.entries.shrink_to_fit();
                 }
                 Ok(())
             }
@@ -91,11 +92,19 @@ impl StateStore for MemoryStore {
     }
 
     async fn load(&self, deployment: &DeploymentId) -> Result<Option<Vec<JournalEntry>>> {
+        self.load_from(deployment, 0).await
+    }
+
+    async fn load_from(
+        &self,
+        deployment: &DeploymentId,
+        from: u64,
+    ) -> Result<Option<Vec<JournalEntry>>> {
         let inner = self.lock();
-        Ok(inner
-            .index
-            .get(deployment)
-            .map(|&at| inner.journals[at].entries.clone()))
+        Ok(inner.index.get(deployment).map(|&at| {
+            let entries = &inner.journals[at].entries;
+            entries[(from as usize).min(entries.len())..].to_vec()
+        }))
     }
 
     async fn list_active(&self) -> Result<Vec<DeploymentId>> {

@@ -57,6 +57,9 @@ impl StateStore for CrashingStore {
     async fn load(&self, d: &DeploymentId) -> Result<Option<Vec<JournalEntry>>> {
         self.inner.load(d).await
     }
+    async fn load_from(&self, d: &DeploymentId, from: u64) -> Result<Option<Vec<JournalEntry>>> {
+        self.inner.load_from(d, from).await
+    }
     async fn list_active(&self) -> Result<Vec<DeploymentId>> {
         self.inner.list_active().await
     }

@@ -50,7 +50,7 @@ async fn rolling_deploys_replace_the_serving_revision() {
         .await
         .expect("history")
         .into_iter()
-        .map(|r| r.label)
+        .map(|r| r.label.clone())
         .collect();
     assert_eq!(history, ["v2", "v1"]);
 }
@@ -229,7 +229,7 @@ async fn history_is_bounded_by_the_limit() {
         .await
         .expect("history")
         .into_iter()
-        .map(|r| r.label)
+        .map(|r| r.label.clone())
         .collect();
     assert_eq!(labels, ["v5", "v4", "v3"]);
 }

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::journal::{DeploymentStatus, JournalEvent, Outcome, Phase, RollbackCause};
 use crate::model::{DeploymentId, FailurePolicy};
 use crate::store::Lease;
-use crate::strategy::{AnalysisRequest, Decision, PlanContext};
+use crate::strategy::{AnalysisRequest, Decision, DeploymentStrategy, PlanContext};
 
 /// What the loop does after a step.
 enum Next {
@@ -52,6 +52,10 @@ struct Driver {
     reapplied: bool,
     backoff: Backoff,
     last_error: Option<String>,
+    /// The status as of the last step, caught up incrementally from the store.
+    cached: Option<DeploymentStatus>,
+    /// The planner of the current leg (forward or rollback), built once per leg.
+    planner: Option<(bool, Box<dyn DeploymentStrategy>)>,
 }
 
 /// Drive deployment `id` until it ends. While another orchestrator holds the service's lease,
@@ -69,9 +73,12 @@ pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
             current: None,
         },
         last_error: None,
+        cached: None,
+        planner: None,
     };
     loop {
-        match driver.step().await {
+        // Boxed: a resting driver then holds only its own state, not the largest step's.
+        match Box::pin(driver.step()).await {
             Ok(Next::Done) => break,
             Ok(Next::Now) => driver.backoff.reset(),
             Ok(Next::After(d)) => {
@@ -125,8 +132,36 @@ impl Driver {
         self.shared.config.poll_interval
     }
 
+    /// The deployment's status: the cached one caught up with new journal entries, or a full
+    /// load the first time.
+    async fn refresh(&mut self) -> Result<DeploymentStatus> {
+        match self.cached.take() {
+            Some(mut st) => {
+                let new = self
+                    .shared
+                    .store
+                    .load_from(&self.id, st.next_seq)
+                    .await?
+                    .ok_or_else(|| Error::not_found(format!("deployment {}", self.id)))?;
+                for entry in &new {
+                    st.apply(entry)?;
+                }
+                Ok(st)
+            }
+            None => self.shared.status(&self.id).await,
+        }
+    }
+
+    /// One round of the loop. The status is kept between rounds (with this driver's own
+    /// appends applied), so a round reads only what others appended since.
     async fn step(&mut self) -> Result<Next> {
-        let st = self.shared.status(&self.id).await?;
+        let mut st = self.refresh().await?;
+        let next = self.step_with(&mut st).await;
+        self.cached = Some(st);
+        next
+    }
+
+    async fn step_with(&mut self, st: &mut DeploymentStatus) -> Result<Next> {
         if st.phase.is_terminal() {
             return Ok(Next::Done);
         }
@@ -138,10 +173,10 @@ impl Driver {
                     "aborted by {} before it started: {}",
                     abort.by, abort.reason
                 );
-                self.finish(&st, Outcome::Failed { reason }).await?;
+                self.finish(st, Outcome::Failed { reason }).await?;
                 return Ok(Next::Now);
             }
-            if self.queued_behind_older(&st).await? || !self.hold_lease(&st).await? {
+            if self.queued_behind_older(st).await? || !self.hold_lease(st).await? {
                 return Ok(Next::After(self.poll()));
             }
             let previous = self
@@ -151,12 +186,12 @@ impl Driver {
                 .into_iter()
                 .next();
             self.shared
-                .append(&st, JournalEvent::Started { previous })
+                .append(st, JournalEvent::Started { previous })
                 .await?;
             return Ok(Next::Now);
         }
 
-        if !self.hold_lease(&st).await? {
+        if !self.hold_lease(st).await? {
             // Another orchestrator holds the lease: it drives the deployment while it lives.
             // Keep watching, and take over once its lease lapses.
             return Ok(Next::After(self.poll()));
@@ -165,7 +200,7 @@ impl Driver {
             && matches!(st.phase, Phase::Progressing | Phase::Paused)
         {
             let reason = format!("aborted by {}: {}", abort.by, abort.reason);
-            return self.give_up(&st, RollbackCause::Aborted, reason).await;
+            return self.give_up(st, RollbackCause::Aborted, reason).await;
         }
         if st.phase == Phase::Paused {
             return Ok(Next::After(self.poll()));
@@ -182,15 +217,15 @@ impl Driver {
                 reason.push_str(&format!("; last error: {e}"));
             }
             return self
-                .give_up(&st, RollbackCause::ProgressDeadline, reason)
+                .give_up(st, RollbackCause::ProgressDeadline, reason)
                 .await;
         }
 
         // After a restart, finish the action the last process journaled but may not have
         // carried out. Applying a desired state is idempotent, so this is safe either way.
         if !self.reapplied {
-            if let Some(desired) = &st.last_applied
-                && let Some(next) = self.apply(&st, desired).await?
+            if let Some(desired) = st.last_applied.clone()
+                && let Some(next) = self.apply(st, &desired).await?
             {
                 return Ok(next);
             }
@@ -199,18 +234,28 @@ impl Driver {
 
         let leg_target = match (st.phase, &st.previous) {
             (Phase::RollingBack, Some(previous)) => previous.clone(),
-            (Phase::RollingBack, None) => return self.remove_first_revision(&st).await,
+            (Phase::RollingBack, None) => return self.remove_first_revision(st).await,
             _ => st.spec.target.clone(),
         };
-        let observed = match self.target(&st)?.env.observe(&st.spec.service).await {
+        let observed = match self.target(st)?.env.observe(&st.spec.service).await {
             Ok(o) => o,
-            Err(e) => return self.environment_error(&st, "observe", e).await,
+            Err(e) => return self.environment_error(st, "observe", e).await,
         };
         let rolling_back = st.phase == Phase::RollingBack;
-        let planner = if rolling_back {
-            st.spec.strategy.rollback_planner()
-        } else {
-            st.spec.strategy.planner()
+        if self
+            .planner
+            .as_ref()
+            .is_none_or(|(leg, _)| *leg != rolling_back)
+        {
+            let planner = if rolling_back {
+                st.spec.strategy.rollback_planner()
+            } else {
+                st.spec.strategy.planner()
+            };
+            self.planner = Some((rolling_back, planner));
+        }
+        let Some((_, planner)) = &self.planner else {
+            return Ok(Next::Now);
         };
         let stable = if rolling_back {
             None
@@ -227,16 +272,14 @@ impl Driver {
         );
         let next = match planner.plan(&ctx) {
             Decision::Apply(desired) => {
-                let st = if st.last_applied.as_ref() != Some(&desired) {
+                if st.last_applied.as_ref() != Some(&desired) {
                     let event = JournalEvent::Applied {
                         desired: desired.clone(),
                         observed: observed.summary(),
                     };
-                    self.shared.append(&st, event).await?
-                } else {
-                    st
-                };
-                if let Some(next) = self.apply(&st, &desired).await? {
+                    self.shared.append(st, event).await?;
+                }
+                if let Some(next) = self.apply(st, &desired).await? {
                     return Ok(next);
                 }
                 Next::After(self.poll())
@@ -247,21 +290,21 @@ impl Driver {
             }
             Decision::Advance { step } => {
                 self.shared
-                    .append(&st, JournalEvent::StepReached { step })
+                    .append(st, JournalEvent::StepReached { step })
                     .await?;
                 Next::Now
             }
             Decision::Analyze(request) => {
-                self.analyze(&st, request).await?;
+                self.analyze(st, request).await?;
                 Next::Now
             }
             Decision::AwaitApproval { gate, reason } => {
                 let event = JournalEvent::ApprovalRequested { gate, reason };
-                self.shared.append(&st, event).await?;
+                self.shared.append(st, event).await?;
                 Next::Now
             }
             Decision::Promote => {
-                self.shared.append(&st, JournalEvent::Promoted).await?;
+                self.shared.append(st, JournalEvent::Promoted).await?;
                 Next::Now
             }
             Decision::Complete if rolling_back => {
@@ -275,30 +318,30 @@ impl Driver {
                     "{} {ready}/{} ready, {weight}% of traffic",
                     leg_target.label, st.spec.replicas
                 );
-                self.finish(&st, Outcome::RolledBack { verification })
+                self.finish(st, Outcome::RolledBack { verification })
                     .await?;
                 Next::Now
             }
             Decision::Complete => {
-                self.finish(&st, Outcome::Succeeded).await?;
+                self.finish(st, Outcome::Succeeded).await?;
                 Next::Now
             }
-            Decision::Abort { cause, reason } => self.give_up(&st, cause, reason).await?,
+            Decision::Abort { cause, reason } => self.give_up(st, cause, reason).await?,
         };
         self.last_error = None;
         Ok(next)
     }
 
     /// Take the measurements `request` asks for, journaling each.
-    async fn analyze(&mut self, st: &DeploymentStatus, request: AnalysisRequest) -> Result<()> {
+    async fn analyze(&mut self, st: &mut DeploymentStatus, request: AnalysisRequest) -> Result<()> {
         let target = self.target(st)?;
+        let (service, environment) = (st.spec.service.clone(), st.spec.environment.clone());
         let subject = Subject {
-            service: &st.spec.service,
-            environment: &st.spec.environment,
+            service: &service,
+            environment: &environment,
             revision: &request.revision,
             baseline: request.baseline.as_ref(),
         };
-        let mut st = st.clone();
         for metric in &request.metrics {
             let now = self.shared.clock.now();
             let measurement = match &target.monitor {
@@ -307,9 +350,8 @@ impl Driver {
                 }
                 None => Measurement::no_monitor(&request.run, &metric.name, now),
             };
-            st = self
-                .shared
-                .append(&st, JournalEvent::Measured { measurement })
+            self.shared
+                .append(st, JournalEvent::Measured { measurement })
                 .await?;
         }
         Ok(())
@@ -319,7 +361,7 @@ impl Driver {
     /// started a rollback, or failed one); transient errors are returned for a retry.
     async fn apply(
         &mut self,
-        st: &DeploymentStatus,
+        st: &mut DeploymentStatus,
         desired: &DesiredState,
     ) -> Result<Option<Next>> {
         match self.target(st)?.env.apply(&st.spec.service, desired).await {
@@ -330,7 +372,7 @@ impl Driver {
 
     async fn environment_error(
         &mut self,
-        st: &DeploymentStatus,
+        st: &mut DeploymentStatus,
         op: &str,
         e: Error,
     ) -> Result<Next> {
@@ -346,7 +388,7 @@ impl Driver {
     /// operator's abort always rolls back); if this already is a rollback, fail.
     async fn give_up(
         &mut self,
-        st: &DeploymentStatus,
+        st: &mut DeploymentStatus,
         cause: RollbackCause,
         reason: String,
     ) -> Result<Next> {
@@ -378,18 +420,16 @@ impl Driver {
 
     /// A first deployment that must roll back has nothing to return to: remove what it started
     /// and fail.
-    async fn remove_first_revision(&mut self, st: &DeploymentStatus) -> Result<Next> {
+    async fn remove_first_revision(&mut self, st: &mut DeploymentStatus) -> Result<Next> {
         let empty = DesiredState::default();
-        let st = if st.last_applied.as_ref() != Some(&empty) {
+        if st.last_applied.as_ref() != Some(&empty) {
             let event = JournalEvent::Applied {
                 desired: empty.clone(),
                 observed: "first deployment rolled back".into(),
             };
-            self.shared.append(st, event).await?
-        } else {
-            st.clone()
-        };
-        if let Some(next) = self.apply(&st, &empty).await? {
+            self.shared.append(st, event).await?;
+        }
+        if let Some(next) = self.apply(st, &empty).await? {
             return Ok(next);
         }
         let why = st
@@ -400,11 +440,11 @@ impl Driver {
             "{why}; there is no earlier revision to return to, so {} was removed",
             st.spec.target.label
         );
-        self.finish(&st, Outcome::Failed { reason }).await?;
+        self.finish(st, Outcome::Failed { reason }).await?;
         Ok(Next::Now)
     }
 
-    async fn finish(&mut self, st: &DeploymentStatus, outcome: Outcome) -> Result<()> {
+    async fn finish(&mut self, st: &mut DeploymentStatus, outcome: Outcome) -> Result<()> {
         self.shared
             .append(st, JournalEvent::Finished { outcome })
             .await?;

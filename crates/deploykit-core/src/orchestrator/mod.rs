@@ -390,7 +390,7 @@ impl Orchestrator {
                 .find(|r| &r.id == id)
                 .cloned()
                 .ok_or_else(|| {
-                    let kept: Vec<String> = history.iter().map(Revision::describe).collect();
+                    let kept: Vec<String> = history.iter().map(|r| r.describe()).collect();
                     Error::not_found(format!(
                         "revision {id} in the history of {service}/{environment} (kept: {})",
                         if kept.is_empty() {
@@ -428,11 +428,12 @@ impl Orchestrator {
     async fn create(
         &self,
         environment: &EnvironmentName,
-        revision: Revision,
+        revision: impl Into<Arc<Revision>>,
         plan: Plan,
         by: Actor,
         action: AuditAction,
     ) -> Result<DeploymentId> {
+        let revision: Arc<Revision> = revision.into();
         let target = self.target(environment)?;
         let now = self.shared.clock.now();
         let n = self.shared.counter.fetch_add(1, Ordering::Relaxed);
@@ -455,7 +456,13 @@ impl Orchestrator {
             .requested_by(by.clone())
             .target(revision)
             .build();
-        let entry = JournalEntry::new(0, now, JournalEvent::Created { spec: spec.clone() });
+        let entry = JournalEntry::new(
+            0,
+            now,
+            JournalEvent::Created {
+                spec: Arc::new(spec),
+            },
+        );
         self.shared.store.append(&id, &entry).await?;
         let status = DeploymentStatus::from_journal(std::slice::from_ref(&entry))?;
         self.shared.emit(&status, entry);
@@ -560,9 +567,9 @@ impl Orchestrator {
         // A driver may append concurrently; retry on a sequence conflict.
         let mut attempts = 0;
         let status = loop {
-            let status = self.status(id).await?;
-            match self.shared.append(&status, event.clone()).await {
-                Ok(status) => break status,
+            let mut status = self.status(id).await?;
+            match self.shared.append(&mut status, event.clone()).await {
+                Ok(()) => break status,
                 Err(Error::Conflict { .. }) if attempts < 10 => attempts += 1,
                 Err(e) => return Err(e),
             }
@@ -636,7 +643,7 @@ impl Orchestrator {
         &self,
         service: &ServiceId,
         environment: &EnvironmentName,
-    ) -> Result<Vec<Revision>> {
+    ) -> Result<Vec<Arc<Revision>>> {
         let limit = self.target(environment)?.spec.revision_history_limit as usize + 1;
         self.shared.history(service, environment, limit).await
     }
@@ -713,17 +720,15 @@ impl Shared {
     }
 
     /// Check `event` against the state machine, journal it, and announce it.
-    async fn append(
-        &self,
-        status: &DeploymentStatus,
-        event: JournalEvent,
-    ) -> Result<DeploymentStatus> {
+    /// Check `event` against the state machine, journal it, apply it to `status`, and
+    /// announce it. On error `status` is unchanged.
+    async fn append(&self, status: &mut DeploymentStatus, event: JournalEvent) -> Result<()> {
         status.check(&event)?;
         let entry = JournalEntry::new(status.next_seq, self.clock.now(), event);
         self.store.append(&status.spec.id, &entry).await?;
-        let next = status.advanced(&entry)?;
-        self.emit(&next, entry);
-        Ok(next)
+        status.apply(&entry)?;
+        self.emit(status, entry);
+        Ok(())
     }
 
     fn emit(&self, status: &DeploymentStatus, entry: JournalEntry) {
@@ -776,8 +781,8 @@ impl Shared {
         service: &ServiceId,
         environment: &EnvironmentName,
         limit: usize,
-    ) -> Result<Vec<Revision>> {
-        let mut out: Vec<Revision> = Vec::new();
+    ) -> Result<Vec<Arc<Revision>>> {
+        let mut out: Vec<Arc<Revision>> = Vec::new();
         for id in self.store.list_deployments(service, environment).await? {
             if out.len() >= limit {
                 break;

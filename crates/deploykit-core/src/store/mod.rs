@@ -136,6 +136,14 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     /// The whole journal of `deployment`, or `None` if it does not exist.
     async fn load(&self, deployment: &DeploymentId) -> Result<Option<Vec<JournalEntry>>>;
 
+    /// The entries of `deployment`'s journal from sequence number `from` on (empty when there
+    /// are none yet), or `None` if it does not exist. Drivers use it to catch up cheaply.
+    async fn load_from(
+        &self,
+        deployment: &DeploymentId,
+        from: u64,
+    ) -> Result<Option<Vec<JournalEntry>>>;
+
     /// Every deployment that has not ended, oldest first.
     async fn list_active(&self) -> Result<Vec<DeploymentId>>;
 

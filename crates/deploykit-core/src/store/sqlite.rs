@@ -256,6 +256,14 @@ impl StateStore for SqliteStore {
     }
 
     async fn load(&self, deployment: &DeploymentId) -> Result<Option<Vec<JournalEntry>>> {
+        self.load_from(deployment, 0).await
+    }
+
+    async fn load_from(
+        &self,
+        deployment: &DeploymentId,
+        from: u64,
+    ) -> Result<Option<Vec<JournalEntry>>> {
         let id = deployment.to_string();
         self.with(move |conn| {
             let err = |e| store_err(&format!("load journal of {id}"), e);
@@ -269,10 +277,13 @@ impl StateStore for SqliteStore {
                 return Ok(None);
             }
             let mut stmt = conn
-                .prepare("SELECT seq, at_ms, body FROM journal WHERE deployment = ?1 ORDER BY seq")
+                .prepare(
+                    "SELECT seq, at_ms, body FROM journal WHERE deployment = ?1 AND seq >= ?2
+                     ORDER BY seq",
+                )
                 .map_err(err)?;
             let rows = stmt
-                .query_map([&id], |r| {
+                .query_map(params![&id, from as i64], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, i64>(1)?,

@@ -7,6 +7,7 @@ mod rolling;
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,9 +49,9 @@ pub struct Progress {
 #[non_exhaustive]
 pub struct PlanContext<'a> {
     /// The revision being rolled out (during a rollback: the revision being returned to).
-    pub target: &'a Revision,
+    pub target: &'a Arc<Revision>,
     /// The revision serving before this deployment (during a rollback: none).
-    pub stable: Option<&'a Revision>,
+    pub stable: Option<&'a Arc<Revision>>,
     /// How many instances should serve when done.
     pub replicas: u32,
     /// What the environment reports now.
@@ -64,8 +65,8 @@ pub struct PlanContext<'a> {
 impl<'a> PlanContext<'a> {
     /// A planning context.
     pub fn new(
-        target: &'a Revision,
-        stable: Option<&'a Revision>,
+        target: &'a Arc<Revision>,
+        stable: Option<&'a Arc<Revision>>,
         replicas: u32,
         observed: &'a Observed,
         progress: &'a Progress,

@@ -166,8 +166,9 @@ mod tests {
     ) -> Decision {
         let observed = Observed::new(revs, Default::default(), Traffic::ByReadyInstances);
         let progress = Progress::default();
+        let target = std::sync::Arc::new(target.clone());
         s.plan(&PlanContext::new(
-            target,
+            &target,
             None,
             d,
             &observed,

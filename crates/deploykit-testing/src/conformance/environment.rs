@@ -77,7 +77,7 @@ pub async fn apply_observe_and_idempotence(env: &dyn Environment, fx: &Environme
         "observed desired count must be the applied one"
     );
     assert_eq!(
-        obs_a.revision, *a,
+        *obs_a.revision, *a,
         "the observed revision must carry its full spec"
     );
     let observed = env

@@ -42,7 +42,7 @@ fn created(id: &str, service: &str, environment: &str) -> JournalEntry {
         0,
         at(0),
         JournalEvent::Created {
-            spec: spec(id, service, environment),
+            spec: spec(id, service, environment).into(),
         },
     )
 }
