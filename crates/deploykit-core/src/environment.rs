@@ -117,14 +117,19 @@ pub enum Traffic {
     #[default]
     ByReadyInstances,
     /// Explicit routes: weights per revision, and optionally a header route, a mirror and a
-    /// preview route.
-    Routed(Routes),
+    /// preview route. (Boxed: desired states are journaled many times, mostly without them.)
+    Routed(Box<Routes>),
 }
 
 impl Traffic {
+    /// Explicit routes.
+    pub fn routed(routes: Routes) -> Self {
+        Traffic::Routed(Box::new(routes))
+    }
+
     /// Weighted traffic with no other routes; the weights must sum to 100.
     pub fn weighted(weights: BTreeMap<RevisionId, Weight>) -> Result<Self> {
-        Ok(Traffic::Routed(Routes::new(weights)?))
+        Ok(Traffic::routed(Routes::new(weights)?))
     }
 
     /// The explicit routes, if any.
@@ -354,7 +359,7 @@ impl RevisionObservation {
 #[non_exhaustive]
 pub struct InstanceObservation {
     /// Instance name, unique within the service.
-    pub name: String,
+    pub name: Arc<str>,
     /// Whether it passes readiness now.
     pub ready: bool,
     /// How often it has been restarted.
@@ -365,9 +370,14 @@ pub struct InstanceObservation {
 
 impl InstanceObservation {
     /// An instance observation.
-    pub fn new(name: String, ready: bool, restarts: u32, failure: Option<InstanceFailure>) -> Self {
+    pub fn new(
+        name: impl Into<Arc<str>>,
+        ready: bool,
+        restarts: u32,
+        failure: Option<InstanceFailure>,
+    ) -> Self {
         InstanceObservation {
-            name,
+            name: name.into(),
             ready,
             restarts,
             failure,

@@ -116,7 +116,7 @@ impl Snapshot {
 
 #[derive(Debug)]
 struct SimInstance {
-    name: String,
+    name: Arc<str>,
     started: Instant,
 }
 
@@ -300,7 +300,7 @@ impl SimCluster {
         else {
             return false;
         };
-        inst.name = format!("{}-{}-{next}", service, rev.revision.label);
+        inst.name = format!("{}-{}-{next}", service, rev.revision.label).into();
         inst.started = now;
         state.next_instance += 1;
         true
@@ -502,7 +502,7 @@ impl State {
             }
             while (rev.instances.len() as u32) < target.replicas {
                 rev.instances.push(SimInstance {
-                    name: format!("{}-{}-{next_instance}", service, rev.revision.label),
+                    name: format!("{}-{}-{next_instance}", service, rev.revision.label).into(),
                     started: now,
                 });
                 next_instance += 1;

@@ -450,55 +450,61 @@ pub fn evaluate(
     let mut all_done = true;
     let mut inconclusive = None;
     for (i, metric) in spec.metrics.iter().enumerate() {
-        let taken: Vec<&Measurement> = measurements
-            .iter()
-            .filter(|m| m.run == run && m.metric == metric.name)
-            .collect();
-        let count = |o: MeasurementOutcome| taken.iter().filter(|m| m.outcome == o).count() as u32;
+        let taken = || {
+            measurements
+                .iter()
+                .filter(move |m| m.run == run && m.metric == metric.name)
+        };
+        let count = |o: MeasurementOutcome| taken().filter(|m| m.outcome == o).count() as u32;
+        let last_of = |o: MeasurementOutcome| {
+            taken()
+                .filter(|m| m.outcome == o)
+                .last()
+                .map_or(String::new(), |m| m.detail.clone())
+        };
         let failed = count(MeasurementOutcome::Failed);
         if failed > metric.failure_limit {
-            let last = taken
-                .iter()
-                .rev()
-                .find(|m| m.outcome == MeasurementOutcome::Failed)
-                .map_or(String::new(), |m| m.detail.clone());
             return RunStatus::Failed {
                 reason: format!(
-                    "analysis {run}: metric {} failed {failed} time(s), limit {}: {last}",
-                    metric.name, metric.failure_limit
+                    "analysis {run}: metric {} failed {failed} time(s), limit {}: {}",
+                    metric.name,
+                    metric.failure_limit,
+                    last_of(MeasurementOutcome::Failed)
                 ),
             };
         }
-        let errors_in_a_row = taken
-            .iter()
-            .rev()
-            .take_while(|m| m.outcome == MeasurementOutcome::Error)
-            .count() as u32;
+        let (mut errors_in_a_row, mut total, mut last) = (0u32, 0u32, None);
+        for m in taken() {
+            total += 1;
+            errors_in_a_row = if m.outcome == MeasurementOutcome::Error {
+                errors_in_a_row + 1
+            } else {
+                0
+            };
+            last = Some(m);
+        }
         if errors_in_a_row > metric.consecutive_error_limit {
-            let last = taken.last().map_or(String::new(), |m| m.detail.clone());
+            let detail = last.map_or(String::new(), |m| m.detail.clone());
             return RunStatus::Failed {
                 reason: format!(
-                    "analysis {run}: metric {} had no data {errors_in_a_row} times in a row, limit {}: {last}",
+                    "analysis {run}: metric {} had no data {errors_in_a_row} times in a row, limit {}: {detail}",
                     metric.name, metric.consecutive_error_limit
                 ),
             };
         }
         let inconclusives = count(MeasurementOutcome::Inconclusive);
         if inconclusives > metric.inconclusive_limit && inconclusive.is_none() {
-            let last = taken
-                .iter()
-                .rev()
-                .find(|m| m.outcome == MeasurementOutcome::Inconclusive)
-                .map_or(String::new(), |m| m.detail.clone());
             inconclusive = Some(format!(
-                "analysis {run}: metric {} inconclusive {inconclusives} time(s), limit {}: {last}",
-                metric.name, metric.inconclusive_limit
+                "analysis {run}: metric {} inconclusive {inconclusives} time(s), limit {}: {}",
+                metric.name,
+                metric.inconclusive_limit,
+                last_of(MeasurementOutcome::Inconclusive)
             ));
         }
-        let with_data = taken.len() as u32 - count(MeasurementOutcome::Error);
+        let with_data = total - count(MeasurementOutcome::Error);
         let done = metric.target_count().is_some_and(|n| with_data >= n);
         all_done &= done;
-        let next_at = match (taken.last(), metric.interval) {
+        let next_at = match (last, metric.interval) {
             (None, _) | (Some(_), None) => now,
             (Some(last), Some(interval)) => last.at.plus(interval),
         };

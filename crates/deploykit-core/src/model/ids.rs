@@ -1,6 +1,7 @@
 //! Validated identifiers: services, environments, revisions, deployments and content digests.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -91,14 +92,15 @@ label_id!(
 );
 
 /// The identity of a revision: the first 16 hex digits of a BLAKE3 hash over the artifact digest
-/// and the configuration hash, so identical inputs always give the same revision.
+/// and the configuration hash, so identical inputs always give the same revision. Cheap to clone
+/// (it is shared, not copied): routes and observations carry it everywhere.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct RevisionId(String);
+pub struct RevisionId(Arc<str>);
 
 impl RevisionId {
     pub(crate) fn from_hash(hash: &blake3::Hash) -> Self {
-        RevisionId(hash.to_hex()[..16].to_string())
+        RevisionId(hash.to_hex()[..16].into())
     }
 
     /// Parses a revision id as printed (16 lowercase hex digits).
@@ -107,7 +109,7 @@ impl RevisionId {
             && s.chars()
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         {
-            Ok(RevisionId(s.to_string()))
+            Ok(RevisionId(s.into()))
         } else {
             Err(Error::invalid(
                 "revision",

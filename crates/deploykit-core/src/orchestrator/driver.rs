@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 use super::{Shared, Target};
 use crate::analysis::{Measurement, Subject, measure};
 use crate::environment::DesiredState;
@@ -54,6 +56,8 @@ struct Driver {
     last_error: Option<String>,
     /// The status as of the last step, caught up incrementally from the store.
     cached: Option<DeploymentStatus>,
+    /// Woken when an operator acts on this deployment.
+    waker: Arc<Notify>,
     /// The planner of the current leg (forward or rollback), built once per leg.
     planner: Option<(bool, Box<dyn DeploymentStrategy>)>,
 }
@@ -62,7 +66,9 @@ struct Driver {
 /// only watch.
 pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
     let config = shared.config.clone();
+    let waker = shared.waker(&id);
     let mut driver = Driver {
+        waker,
         shared,
         id,
         lease: None,
@@ -114,10 +120,9 @@ pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
 
 impl Driver {
     async fn sleep(&self, d: Duration) {
-        let notify = self.shared.waker(&self.id);
         tokio::select! {
             _ = tokio::time::sleep(d) => {}
-            _ = notify.notified() => {}
+            _ = self.waker.notified() => {}
         }
     }
 

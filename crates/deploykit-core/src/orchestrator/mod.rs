@@ -623,12 +623,14 @@ impl Orchestrator {
                 return Ok(status);
             }
             let poll = self.shared.config.poll_interval;
+            // Re-read the journal when this deployment ends here, when events were missed, or
+            // now and then (another process may be driving it).
             let _ = tokio::time::timeout(poll * 10, async {
                 loop {
                     match events.recv().await {
-                        Ok(e) if &e.deployment == id => return,
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => return,
+                        Ok(e) if &e.deployment == id && e.phase.is_terminal() => return,
+                        Ok(_) => {}
+                        Err(_) => return,
                     }
                 }
             })

@@ -122,7 +122,7 @@ impl DeploymentStrategy for BlueGreenStrategy {
                 RevisionTarget::new(stable.clone(), d),
                 RevisionTarget::new(new.clone(), d),
             ],
-            Traffic::Routed(routes),
+            Traffic::routed(routes),
         );
         if !observed.matches(&desired) {
             return Decision::Apply(desired);
@@ -151,7 +151,7 @@ impl DeploymentStrategy for BlueGreenStrategy {
                     Decision::Promote
                 } else {
                     Decision::Wait {
-                        reason: format!("auto-promotion at {at}"),
+                        reason: format!("auto-promotion in {}s", at.since(ctx.now).as_secs()),
                     }
                 }
             }
@@ -213,7 +213,7 @@ pub(super) fn after_promotion(
     let d = ctx.replicas;
     let new = ctx.target;
     let observed = ctx.observed;
-    let all_new = Traffic::Routed(Routes::all_to(&new.id));
+    let all_new = Traffic::routed(Routes::all_to(&new.id));
     let warm_until = promoted_at.plus(delay);
     let mut revisions = vec![RevisionTarget::new(new.clone(), d)];
     let old = observed.revision(&stable.id).map_or(0, |o| o.desired);
@@ -264,7 +264,7 @@ pub(super) fn first_deployment(ctx: &PlanContext<'_>) -> Decision {
     }
     let desired = DesiredState::new(
         vec![RevisionTarget::new(target.clone(), d)],
-        Traffic::Routed(Routes::all_to(&target.id)),
+        Traffic::routed(Routes::all_to(&target.id)),
     );
     if !observed.matches(&desired) {
         return Decision::Apply(desired);

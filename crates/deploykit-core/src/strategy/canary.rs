@@ -324,7 +324,7 @@ impl DeploymentStrategy for CanaryStrategy {
         let step = ctx.progress.step;
         let routing_now = match &observed.routing {
             Traffic::Routed(_) => observed.routing.clone(),
-            _ => Traffic::Routed(Routes::all_to(&stable.id)),
+            _ => Traffic::routed(Routes::all_to(&stable.id)),
         };
         let with = |n: u32, traffic: Traffic| {
             DesiredState::new(
@@ -372,7 +372,7 @@ impl DeploymentStrategy for CanaryStrategy {
             .header
             .map(|(name, value)| HeaderRoute::new(name, value, canary.id.clone()));
         routes.mirror = shape.mirror.map(|p| Mirror::new(canary.id.clone(), p));
-        let desired = with(n, Traffic::Routed(routes));
+        let desired = with(n, Traffic::routed(routes));
         if !observed.matches(&desired) {
             return Decision::Apply(desired);
         }
@@ -385,7 +385,7 @@ impl DeploymentStrategy for CanaryStrategy {
                     Decision::Advance { step: step + 1 }
                 } else {
                     Decision::Wait {
-                        reason: format!("paused until {until}"),
+                        reason: format!("paused, {}s to go", until.since(ctx.now).as_secs()),
                     }
                 }
             }

@@ -32,7 +32,7 @@ impl DeploymentStrategy for SwitchBackStrategy {
             };
         }
         let ready = own.map_or(0, RevisionObservation::ready);
-        let all_back = Traffic::Routed(Routes::all_to(&stable.id));
+        let all_back = Traffic::routed(Routes::all_to(&stable.id));
         let others: Vec<RevisionTarget> = observed
             .revisions
             .iter()

@@ -36,7 +36,7 @@ fn state(targets: &[(&Revision, u32)]) -> DesiredState {
 fn names(observed: &Observed, revision: &Revision) -> Vec<String> {
     let mut names: Vec<String> = observed
         .revision(&revision.id)
-        .map(|r| r.instances.iter().map(|i| i.name.clone()).collect())
+        .map(|r| r.instances.iter().map(|i| i.name.to_string()).collect())
         .unwrap_or_default();
     names.sort();
     names
