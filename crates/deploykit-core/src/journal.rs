@@ -68,6 +68,15 @@ pub enum DeploymentKind {
     Deploy,
     /// A manual rollback to a kept revision.
     Rollback,
+    /// A preview environment created or updated for a branch.
+    Preview {
+        /// The branch or pull request.
+        branch: String,
+        /// When the preview is torn down unless updated.
+        expires_at: Timestamp,
+    },
+    /// Removal of everything the environment runs for the service (a preview's end).
+    Teardown,
 }
 
 /// What a deployment was asked to do; the first journal entry, fixed for its lifetime.
@@ -587,6 +596,9 @@ impl DeploymentStatus {
 
     /// The revision serving once this deployment ended, if it ended well.
     pub fn serving_revision(&self) -> Option<&Arc<Revision>> {
+        if self.spec.kind == DeploymentKind::Teardown {
+            return None;
+        }
         match self.outcome {
             Some(Outcome::Succeeded) => Some(&self.spec.target),
             Some(Outcome::RolledBack { .. }) => self.previous.as_ref(),

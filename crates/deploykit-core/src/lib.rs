@@ -41,7 +41,8 @@ pub use model::*;
 pub use monitor::{MetricQuery, Monitor, MonitorExt, Sample};
 pub use notify::{Notification, Notifier};
 pub use orchestrator::{
-    DeployRequest, Event, Orchestrator, OrchestratorBuilder, OrchestratorConfig,
+    DeployRequest, Event, Orchestrator, OrchestratorBuilder, OrchestratorConfig, Preview,
+    PreviewRequest, ScopedEnvironment, preview_name,
 };
 pub use store::{SqliteStore, StateStore};
 pub use strategy::{Decision, DeploymentStrategy, PlanContext, RollingStrategy, StrategySpec};

@@ -132,6 +132,10 @@ impl StateStore for MemoryStore {
         }))
     }
 
+    async fn list_environments(&self) -> Result<Vec<(ServiceId, EnvironmentName)>> {
+        Ok(self.lock().by_service.keys().cloned().collect())
+    }
+
     async fn acquire_lease(
         &self,
         key: &str,

@@ -70,6 +70,9 @@ impl StateStore for CrashingStore {
     ) -> Result<Vec<DeploymentId>> {
         self.inner.list_deployments(s, e).await
     }
+    async fn list_environments(&self) -> Result<Vec<(ServiceId, EnvironmentName)>> {
+        self.inner.list_environments().await
+    }
     async fn acquire_lease(
         &self,
         k: &str,

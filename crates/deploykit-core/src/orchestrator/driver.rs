@@ -9,7 +9,9 @@ use super::{Shared, Target};
 use crate::analysis::{Measurement, Subject, measure};
 use crate::environment::DesiredState;
 use crate::error::{Error, Result};
-use crate::journal::{DeploymentStatus, JournalEvent, Outcome, Phase, RollbackCause};
+use crate::journal::{
+    DeploymentKind, DeploymentStatus, JournalEvent, Outcome, Phase, RollbackCause,
+};
 use crate::model::{DeploymentId, FailurePolicy};
 use crate::store::Lease;
 use crate::strategy::{AnalysisRequest, Decision, DeploymentStrategy, PlanContext};
@@ -126,11 +128,8 @@ impl Driver {
         }
     }
 
-    fn target(&self, st: &DeploymentStatus) -> Result<&Target> {
-        self.shared
-            .targets
-            .get(&st.spec.environment)
-            .ok_or_else(|| Error::not_found(format!("environment {}", st.spec.environment)))
+    fn target(&self, st: &DeploymentStatus) -> Result<Arc<Target>> {
+        self.shared.target(&st.spec.environment)
     }
 
     fn poll(&self) -> Duration {
@@ -209,6 +208,20 @@ impl Driver {
         }
         if st.phase == Phase::Paused {
             return Ok(Next::After(self.poll()));
+        }
+        if st.spec.kind == DeploymentKind::Teardown && st.phase == Phase::Progressing {
+            return match self.target(st)?.env.teardown(&st.spec.service).await {
+                Ok(()) => {
+                    self.finish(st, Outcome::Succeeded).await?;
+                    Ok(Next::Now)
+                }
+                Err(e) if e.is_retryable() => Err(e),
+                Err(e) => {
+                    let reason = format!("teardown of {} failed: {}", st.spec.service, e.chain());
+                    self.finish(st, Outcome::Failed { reason }).await?;
+                    Ok(Next::Now)
+                }
+            };
         }
 
         let stalled = now.since(st.last_progress_at);

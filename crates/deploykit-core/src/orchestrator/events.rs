@@ -47,7 +47,7 @@ impl Event {
     pub fn description(&self) -> String {
         let previous = self.previous.as_deref().unwrap_or("nothing");
         match &self.entry.event {
-            JournalEvent::Created { spec } => match spec.kind {
+            JournalEvent::Created { spec } => match &spec.kind {
                 DeploymentKind::Deploy => {
                     format!(
                         "deploy requested by {} ({} replicas)",
@@ -57,6 +57,11 @@ impl Event {
                 DeploymentKind::Rollback => {
                     format!("manual rollback requested by {}", spec.requested_by)
                 }
+                DeploymentKind::Preview { branch, expires_at } => format!(
+                    "preview of {branch} requested by {} (expires {expires_at})",
+                    spec.requested_by
+                ),
+                DeploymentKind::Teardown => format!("teardown requested by {}", spec.requested_by),
             },
             JournalEvent::Started { previous } => match previous {
                 Some(p) => format!("started, replacing {}", p.label),

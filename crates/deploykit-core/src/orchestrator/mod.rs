@@ -4,10 +4,11 @@
 
 mod driver;
 mod events;
+mod preview;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, mpsc};
@@ -16,6 +17,7 @@ use tracing::Instrument;
 use typed_builder::TypedBuilder;
 
 pub use events::Event;
+pub use preview::{Preview, PreviewRequest, ScopedEnvironment, preview_name};
 
 use crate::environment::Environment;
 use crate::error::{Error, Result};
@@ -50,6 +52,9 @@ pub struct OrchestratorConfig {
     /// Longest retry delay (default 10 s).
     #[builder(default = Duration::from_secs(10))]
     pub retry_max: Duration,
+    /// How often expired preview environments are looked for (default 60 s).
+    #[builder(default = Duration::from_secs(60))]
+    pub preview_reap_interval: Duration,
 }
 
 impl Default for OrchestratorConfig {
@@ -104,7 +109,11 @@ pub(crate) struct Target {
 #[derive(Debug)]
 pub(crate) struct Shared {
     store: Arc<dyn StateStore>,
-    targets: BTreeMap<EnvironmentName, Target>,
+    /// Configured environments, plus preview environments created on demand.
+    targets: RwLock<BTreeMap<EnvironmentName, Arc<Target>>>,
+    previews: Option<preview::PreviewTemplate>,
+    /// Deployment drivers (aborted when the orchestrator is dropped or shut down).
+    drivers: Mutex<JoinSet<()>>,
     clock: Arc<dyn Clock>,
     owner: String,
     config: OrchestratorConfig,
@@ -121,7 +130,8 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub struct OrchestratorBuilder {
     store: Arc<dyn StateStore>,
-    targets: BTreeMap<EnvironmentName, Target>,
+    targets: BTreeMap<EnvironmentName, Arc<Target>>,
+    previews: Option<preview::PreviewTemplate>,
     notifiers: Vec<Arc<dyn Notifier>>,
     clock: Arc<dyn Clock>,
     owner: Option<String>,
@@ -136,7 +146,8 @@ impl OrchestratorBuilder {
             env,
             monitor: None,
         };
-        self.targets.insert(target.spec.name.clone(), target);
+        self.targets
+            .insert(target.spec.name.clone(), Arc::new(target));
         self
     }
 
@@ -152,7 +163,17 @@ impl OrchestratorBuilder {
             env,
             monitor: Some(monitor),
         };
-        self.targets.insert(target.spec.name.clone(), target);
+        self.targets
+            .insert(target.spec.name.clone(), Arc::new(target));
+        self
+    }
+
+    /// Enable preview environments: each branch or pull request gets its own environment,
+    /// `preview-<branch>`, shaped like `template` (its name is ignored) and run on `env`, where
+    /// its services are kept apart by name (`<service>-<preview>`). Expired previews are torn
+    /// down every `OrchestratorConfig::preview_reap_interval`.
+    pub fn previews(mut self, template: EnvironmentSpec, env: Arc<dyn Environment>) -> Self {
+        self.previews = Some(preview::PreviewTemplate::new(template, env));
         self
     }
 
@@ -188,6 +209,9 @@ impl OrchestratorBuilder {
         for t in self.targets.values() {
             t.spec.validate()?;
         }
+        if let Some(p) = &self.previews {
+            p.validate()?;
+        }
         let owner = self.owner.unwrap_or_else(default_owner);
         let (events, _) = broadcast::channel(1024);
         let mut tasks = JoinSet::new();
@@ -209,7 +233,9 @@ impl OrchestratorBuilder {
         }
         let shared = Arc::new(Shared {
             store: self.store,
-            targets: self.targets,
+            targets: RwLock::new(self.targets),
+            previews: self.previews,
+            drivers: Mutex::new(JoinSet::new()),
             clock: self.clock,
             owner,
             config: self.config,
@@ -219,20 +245,18 @@ impl OrchestratorBuilder {
             leases: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
         });
+        if shared.previews.is_some() {
+            tasks.spawn(preview::reap(Arc::downgrade(&shared)));
+        }
         let orchestrator = Orchestrator {
             shared,
-            tasks: Mutex::new(JoinSet::new()),
-            notifiers: tasks,
+            background: tasks,
         };
         for id in orchestrator.shared.store.list_active().await? {
             let status = orchestrator.status(&id).await?;
-            if orchestrator
-                .shared
-                .targets
-                .contains_key(&status.spec.environment)
-            {
+            if orchestrator.shared.target(&status.spec.environment).is_ok() {
                 tracing::info!(deployment = %id, phase = %status.phase, "resuming deployment");
-                orchestrator.spawn(&status);
+                orchestrator.shared.spawn(&status);
             } else {
                 tracing::warn!(
                     deployment = %id,
@@ -283,9 +307,18 @@ fn default_owner() -> String {
 #[derive(Debug)]
 pub struct Orchestrator {
     shared: Arc<Shared>,
-    tasks: Mutex<JoinSet<()>>,
-    /// Notification dispatchers (stopped with the orchestrator).
-    notifiers: JoinSet<()>,
+    /// Notification dispatchers and the preview reaper (stopped with the orchestrator).
+    background: JoinSet<()>,
+}
+
+impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        self.shared
+            .drivers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .abort_all();
+    }
 }
 
 impl Orchestrator {
@@ -299,6 +332,7 @@ impl Orchestrator {
         OrchestratorBuilder {
             store,
             targets: BTreeMap::new(),
+            previews: None,
             notifiers: Vec::new(),
             clock: Arc::new(SystemClock),
             owner: None,
@@ -310,7 +344,13 @@ impl Orchestrator {
     /// queued. In-flight deployments stay as they are in the journal; another orchestrator (or
     /// this process, restarted) resumes them without waiting for leases to expire.
     pub async fn shutdown(mut self) -> Result<()> {
-        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut tasks = std::mem::take(
+            &mut *self
+                .shared
+                .drivers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         let leases: Vec<Lease> = {
@@ -325,7 +365,15 @@ impl Orchestrator {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        while self.notifiers.join_next().await.is_some() {}
+        // Dispatchers end once their queues are drained; the reaper is stopped.
+        while let Some(done) = self.background.join_next().await {
+            if done.is_err() {
+                break;
+            }
+            if self.background.len() == usize::from(self.shared.previews.is_some()) {
+                self.background.abort_all();
+            }
+        }
         Ok(())
     }
 
@@ -338,7 +386,7 @@ impl Orchestrator {
     /// background (see [`Orchestrator::wait`]).
     pub async fn deploy(&self, request: DeployRequest) -> Result<DeploymentId> {
         let environment = EnvironmentName::new(request.environment.as_str())?;
-        let target = self.target(&environment)?;
+        let target = self.shared.target(&environment)?;
         let revision = Revision::new(
             &request.service,
             &target.spec,
@@ -364,14 +412,15 @@ impl Orchestrator {
             strategy,
             failure_policy: request.failure_policy.unwrap_or(target.spec.failure_policy),
         };
-        self.create(
-            &environment,
-            revision,
-            plan,
-            request.requested_by,
-            AuditAction::Deploy,
-        )
-        .await
+        self.shared
+            .create(
+                &environment,
+                revision,
+                plan,
+                request.requested_by,
+                AuditAction::Deploy,
+            )
+            .await
     }
 
     /// Roll `service` in `environment` back by hand to a kept revision: `to`, or the one before
@@ -409,7 +458,7 @@ impl Orchestrator {
         // A manual rollback skips canary steps and analysis: rolling environments roll back
         // with their own parameters; others bring the revision up beside the current one and
         // switch all traffic at once.
-        let strategy = match &self.target(environment)?.spec.strategy {
+        let strategy = match &self.shared.target(environment)?.spec.strategy {
             StrategySpec::Rolling(spec) => StrategySpec::Rolling(spec.clone()),
             _ => StrategySpec::BlueGreen(BlueGreenSpec {
                 scale_down_delay: Duration::ZERO,
@@ -421,55 +470,9 @@ impl Orchestrator {
             strategy,
             failure_policy: FailurePolicy::Rollback,
         };
-        self.create(environment, revision, plan, by, AuditAction::Rollback)
+        self.shared
+            .create(environment, revision, plan, by, AuditAction::Rollback)
             .await
-    }
-
-    async fn create(
-        &self,
-        environment: &EnvironmentName,
-        revision: impl Into<Arc<Revision>>,
-        plan: Plan,
-        by: Actor,
-        action: AuditAction,
-    ) -> Result<DeploymentId> {
-        let revision: Arc<Revision> = revision.into();
-        let target = self.target(environment)?;
-        let now = self.shared.clock.now();
-        let n = self.shared.counter.fetch_add(1, Ordering::Relaxed);
-        let id = deployment_id(
-            &self.shared.owner,
-            &revision,
-            environment,
-            now.as_millis(),
-            n,
-        );
-        let spec = DeploymentSpec::builder()
-            .id(id.clone())
-            .service(revision.service.clone())
-            .environment(environment.clone())
-            .replicas(target.spec.replicas)
-            .strategy(plan.strategy)
-            .failure_policy(plan.failure_policy)
-            .progress_deadline(target.spec.progress_deadline)
-            .kind(plan.kind)
-            .requested_by(by.clone())
-            .target(revision)
-            .build();
-        let entry = JournalEntry::new(
-            0,
-            now,
-            JournalEvent::Created {
-                spec: Arc::new(spec),
-            },
-        );
-        self.shared.store.append(&id, &entry).await?;
-        let status = DeploymentStatus::from_journal(std::slice::from_ref(&entry))?;
-        self.shared.emit(&status, entry);
-        self.audit(&status, by, action, status.spec.target.describe())
-            .await?;
-        self.spawn(&status);
-        Ok(id)
     }
 
     /// Hold a progressing deployment where it is. The progress deadline does not run while
@@ -574,28 +577,9 @@ impl Orchestrator {
                 Err(e) => return Err(e),
             }
         };
-        self.audit(&status, by, action, detail).await?;
+        self.shared.audit(&status, by, action, detail).await?;
         self.shared.wake(id);
         Ok(())
-    }
-
-    async fn audit(
-        &self,
-        status: &DeploymentStatus,
-        actor: Actor,
-        action: AuditAction,
-        detail: String,
-    ) -> Result<()> {
-        let record = AuditRecord::new(
-            self.shared.clock.now(),
-            actor,
-            action,
-            status.spec.id.clone(),
-            status.spec.service.clone(),
-            status.spec.environment.clone(),
-            detail,
-        );
-        self.shared.store.record_audit(&record).await
     }
 
     /// The current status of a deployment, computed from its journal.
@@ -646,39 +630,13 @@ impl Orchestrator {
         service: &ServiceId,
         environment: &EnvironmentName,
     ) -> Result<Vec<Arc<Revision>>> {
-        let limit = self.target(environment)?.spec.revision_history_limit as usize + 1;
+        let limit = self.shared.target(environment)?.spec.revision_history_limit as usize + 1;
         self.shared.history(service, environment, limit).await
     }
 
     /// Every audit record, oldest first.
     pub async fn audit_log(&self) -> Result<Vec<AuditRecord>> {
         self.shared.store.audit_log().await
-    }
-
-    fn target(&self, environment: &EnvironmentName) -> Result<&Target> {
-        self.shared.targets.get(environment).ok_or_else(|| {
-            let known: Vec<&str> = self.shared.targets.keys().map(|k| k.as_str()).collect();
-            Error::not_found(format!(
-                "environment {environment} (configured: {})",
-                known.join(", ")
-            ))
-        })
-    }
-
-    fn spawn(&self, status: &DeploymentStatus) {
-        let span = tracing::info_span!(
-            "deployment",
-            id = %status.spec.id,
-            service = %status.spec.service,
-            environment = %status.spec.environment,
-            revision = %status.spec.target.id,
-        );
-        let shared = self.shared.clone();
-        let id = status.spec.id.clone();
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        // Reap finished drivers so the set does not grow without bound.
-        while tasks.try_join_next().is_some() {}
-        tasks.spawn(driver::drive(shared, id).instrument(span));
     }
 }
 
@@ -712,6 +670,104 @@ fn deployment_id(
 }
 
 impl Shared {
+    fn spawn(self: &Arc<Self>, status: &DeploymentStatus) {
+        let span = tracing::info_span!(
+            "deployment",
+            id = %status.spec.id,
+            service = %status.spec.service,
+            environment = %status.spec.environment,
+            revision = %status.spec.target.id,
+        );
+        let id = status.spec.id.clone();
+        let mut drivers = self.drivers.lock().unwrap_or_else(|p| p.into_inner());
+        // Reap finished drivers so the set does not grow without bound.
+        while drivers.try_join_next().is_some() {}
+        drivers.spawn(driver::drive(self.clone(), id).instrument(span));
+    }
+
+    /// The environment `name`: a configured one, or a preview environment (created on first
+    /// use when previews are enabled).
+    fn target(&self, name: &EnvironmentName) -> Result<Arc<Target>> {
+        if let Some(t) = self
+            .targets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(t.clone());
+        }
+        if let Some(target) = self.previews.as_ref().and_then(|p| p.target(name)) {
+            let mut targets = self.targets.write().unwrap_or_else(|p| p.into_inner());
+            return Ok(targets.entry(name.clone()).or_insert(target).clone());
+        }
+        let targets = self.targets.read().unwrap_or_else(|p| p.into_inner());
+        let known: Vec<&str> = targets.keys().map(|k| k.as_str()).collect();
+        Err(Error::not_found(format!(
+            "environment {name} (configured: {})",
+            known.join(", ")
+        )))
+    }
+
+    async fn create(
+        self: &Arc<Self>,
+        environment: &EnvironmentName,
+        revision: impl Into<Arc<Revision>>,
+        plan: Plan,
+        by: Actor,
+        action: AuditAction,
+    ) -> Result<DeploymentId> {
+        let revision: Arc<Revision> = revision.into();
+        let target = self.target(environment)?;
+        let now = self.clock.now();
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let id = deployment_id(&self.owner, &revision, environment, now.as_millis(), n);
+        let spec = DeploymentSpec::builder()
+            .id(id.clone())
+            .service(revision.service.clone())
+            .environment(environment.clone())
+            .replicas(target.spec.replicas)
+            .strategy(plan.strategy)
+            .failure_policy(plan.failure_policy)
+            .progress_deadline(target.spec.progress_deadline)
+            .kind(plan.kind)
+            .requested_by(by.clone())
+            .target(revision)
+            .build();
+        let entry = JournalEntry::new(
+            0,
+            now,
+            JournalEvent::Created {
+                spec: Arc::new(spec),
+            },
+        );
+        self.store.append(&id, &entry).await?;
+        let status = DeploymentStatus::from_journal(std::slice::from_ref(&entry))?;
+        self.emit(&status, entry);
+        self.audit(&status, by, action, status.spec.target.describe())
+            .await?;
+        self.spawn(&status);
+        Ok(id)
+    }
+
+    async fn audit(
+        &self,
+        status: &DeploymentStatus,
+        actor: Actor,
+        action: AuditAction,
+        detail: String,
+    ) -> Result<()> {
+        let record = AuditRecord::new(
+            self.clock.now(),
+            actor,
+            action,
+            status.spec.id.clone(),
+            status.spec.service.clone(),
+            status.spec.environment.clone(),
+            detail,
+        );
+        self.store.record_audit(&record).await
+    }
+
     async fn status(&self, id: &DeploymentId) -> Result<DeploymentStatus> {
         let entries = self
             .store

@@ -58,6 +58,8 @@ pub enum AuditAction {
     Approve,
     /// Reject a gate (the deployment rolls back).
     Reject,
+    /// Tear a preview environment down.
+    Teardown,
 }
 
 impl fmt::Display for AuditAction {
@@ -70,6 +72,7 @@ impl fmt::Display for AuditAction {
             AuditAction::Resume => "resume",
             AuditAction::Approve => "approve",
             AuditAction::Reject => "reject",
+            AuditAction::Teardown => "teardown",
         })
     }
 }
@@ -153,6 +156,9 @@ pub trait StateStore: Send + Sync + fmt::Debug {
         service: &ServiceId,
         environment: &EnvironmentName,
     ) -> Result<Vec<DeploymentId>>;
+
+    /// Every (service, environment) pair that has deployments, in no particular order.
+    async fn list_environments(&self) -> Result<Vec<(ServiceId, EnvironmentName)>>;
 
     /// Take or renew the lease `key` for `owner` until `now + ttl`.
     async fn acquire_lease(

@@ -346,6 +346,32 @@ impl StateStore for SqliteStore {
         .await
     }
 
+    async fn list_environments(&self) -> Result<Vec<(ServiceId, EnvironmentName)>> {
+        self.with(|conn| {
+            let err = |e| store_err("list environments", e);
+            let mut stmt = conn
+                .prepare("SELECT DISTINCT service, environment FROM deployments")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (service, environment) = row.map_err(err)?;
+                let bad = |e: Error| Error::Corrupt {
+                    what: "deployments table".into(),
+                    source: Box::new(e),
+                };
+                out.push((
+                    ServiceId::new(service).map_err(bad)?,
+                    EnvironmentName::new(environment).map_err(bad)?,
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn acquire_lease(
         &self,
         key: &str,
