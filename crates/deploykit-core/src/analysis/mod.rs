@@ -458,8 +458,7 @@ pub fn evaluate(
         let count = |o: MeasurementOutcome| taken().filter(|m| m.outcome == o).count() as u32;
         let last_of = |o: MeasurementOutcome| {
             taken()
-                .filter(|m| m.outcome == o)
-                .last()
+                .rfind(|m| m.outcome == o)
                 .map_or(String::new(), |m| m.detail.clone())
         };
         let failed = count(MeasurementOutcome::Failed);
