@@ -108,6 +108,20 @@ pub struct DeploymentSpec {
     #[builder(default)]
     #[serde(default)]
     pub failure_policy: FailurePolicy,
+    /// The multi-service release this deployment belongs to, if any.
+    #[builder(default)]
+    #[serde(default)]
+    pub release: Option<ReleaseMembership>,
+}
+
+/// Membership of a multi-service release: the deployments that promote together or not at all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ReleaseMembership {
+    /// The release's id.
+    pub id: String,
+    /// Every deployment of the release, this one included.
+    pub deployments: Vec<DeploymentId>,
 }
 
 /// Why a rollback started.
@@ -124,6 +138,8 @@ pub enum RollbackCause {
     ProgressDeadline,
     /// The environment refused an operation for good.
     EnvironmentError,
+    /// Another service of the same multi-service release failed.
+    ReleaseFailed,
 }
 
 impl fmt::Display for RollbackCause {
@@ -134,6 +150,7 @@ impl fmt::Display for RollbackCause {
             RollbackCause::AnalysisFailed => "analysis failed",
             RollbackCause::ProgressDeadline => "progress deadline exceeded",
             RollbackCause::EnvironmentError => "environment error",
+            RollbackCause::ReleaseFailed => "another service of the release failed",
         })
     }
 }
@@ -210,6 +227,8 @@ pub enum JournalEvent {
         /// Why.
         reason: String,
     },
+    /// The rollout is ready to switch traffic and waits for the rest of its release.
+    ReadyToPromote,
     /// All traffic was switched to the new revision.
     Promoted,
     /// An operator paused the rollout.
@@ -256,6 +275,7 @@ impl JournalEvent {
             JournalEvent::Measured { .. } => "measured",
             JournalEvent::ApprovalRequested { .. } => "approval_requested",
             JournalEvent::Approved { .. } => "approved",
+            JournalEvent::ReadyToPromote => "ready_to_promote",
             JournalEvent::Promoted => "promoted",
             JournalEvent::Paused { .. } => "paused",
             JournalEvent::Resumed { .. } => "resumed",
@@ -446,6 +466,9 @@ impl DeploymentStatus {
             JournalEvent::StepReached { .. }
             | JournalEvent::Measured { .. }
             | JournalEvent::Promoted => p == Phase::Progressing && self.awaiting.is_none(),
+            JournalEvent::ReadyToPromote => {
+                p == Phase::Progressing && self.progress.ready_to_promote_at.is_none()
+            }
             JournalEvent::ApprovalRequested { .. } => {
                 p == Phase::Progressing && self.awaiting.is_none()
             }
@@ -479,6 +502,7 @@ impl DeploymentStatus {
                     JournalEvent::Measured { .. } => "record a measurement for",
                     JournalEvent::ApprovalRequested { .. } => "request an approval for",
                     JournalEvent::Approved { .. } => "approve",
+                    JournalEvent::ReadyToPromote => "mark ready to promote",
                     JournalEvent::Promoted => "promote",
                     JournalEvent::Paused { .. } => "pause",
                     JournalEvent::Resumed { .. } => "resume",
@@ -536,6 +560,10 @@ impl DeploymentStatus {
                 self.awaiting = None;
                 self.progress.approved.insert(gate.clone());
                 self.phase = self.unpaused_phase();
+                self.last_progress_at = entry.at;
+            }
+            JournalEvent::ReadyToPromote => {
+                self.progress.ready_to_promote_at = Some(entry.at);
                 self.last_progress_at = entry.at;
             }
             JournalEvent::Promoted => {

@@ -42,7 +42,7 @@ pub use monitor::{MetricQuery, Monitor, MonitorExt, Sample};
 pub use notify::{Notification, Notifier};
 pub use orchestrator::{
     DeployRequest, Event, Orchestrator, OrchestratorBuilder, OrchestratorConfig, Preview,
-    PreviewRequest, ScopedEnvironment, preview_name,
+    PreviewRequest, Release, ReleaseRequest, ReleaseService, ScopedEnvironment, preview_name,
 };
 pub use store::{SqliteStore, StateStore};
 pub use strategy::{Decision, DeploymentStrategy, PlanContext, RollingStrategy, StrategySpec};

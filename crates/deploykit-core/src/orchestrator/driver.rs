@@ -10,7 +10,8 @@ use crate::analysis::{Measurement, Subject, measure};
 use crate::environment::DesiredState;
 use crate::error::{Error, Result};
 use crate::journal::{
-    DeploymentKind, DeploymentStatus, JournalEvent, Outcome, Phase, RollbackCause,
+    DeploymentKind, DeploymentStatus, JournalEvent, Outcome, Phase, ReleaseMembership,
+    RollbackCause,
 };
 use crate::model::{DeploymentId, FailurePolicy};
 use crate::store::Lease;
@@ -206,6 +207,13 @@ impl Driver {
             let reason = format!("aborted by {}: {}", abort.by, abort.reason);
             return self.give_up(st, RollbackCause::Aborted, reason).await;
         }
+        // A release is all or nothing: a failed member rolls back the others, held or not.
+        if matches!(st.phase, Phase::Progressing | Phase::Paused)
+            && let Some(release) = &st.spec.release
+            && let Some(reason) = self.release_member_failed(st, release).await?
+        {
+            return self.give_up(st, RollbackCause::ReleaseFailed, reason).await;
+        }
         if st.phase == Phase::Paused {
             return Ok(Next::After(self.poll()));
         }
@@ -321,10 +329,20 @@ impl Driver {
                 self.shared.append(st, event).await?;
                 Next::Now
             }
-            Decision::Promote => {
-                self.shared.append(st, JournalEvent::Promoted).await?;
-                Next::Now
-            }
+            Decision::Promote => match st.spec.release.clone() {
+                // A release member promotes only once every member is ready to.
+                Some(_) if st.progress.ready_to_promote_at.is_none() => {
+                    self.shared.append(st, JournalEvent::ReadyToPromote).await?;
+                    Next::Now
+                }
+                Some(release) if !self.release_ready(st, &release).await? => {
+                    Next::After(self.poll())
+                }
+                _ => {
+                    self.shared.append(st, JournalEvent::Promoted).await?;
+                    Next::Now
+                }
+            },
             Decision::Complete if rolling_back => {
                 // Verify before calling it rolled back: alone, fully ready, all traffic.
                 let ready = observed.revision(&leg_target.id).map_or(0, |o| o.ready());
@@ -402,8 +420,8 @@ impl Driver {
             .await
     }
 
-    /// A rollback trigger fired: roll back, freeze or pause as the failure policy says (an
-    /// operator's abort always rolls back); if this already is a rollback, fail.
+    /// A rollback trigger fired: roll back, freeze or pause as the failure policy says; if this
+    /// already is a rollback, fail.
     async fn give_up(
         &mut self,
         st: &mut DeploymentStatus,
@@ -415,7 +433,8 @@ impl Driver {
             self.finish(st, Outcome::Failed { reason }).await?;
             return Ok(Next::Now);
         }
-        let policy = if cause == RollbackCause::Aborted {
+        // An operator's abort, and a release that must stay all-or-nothing, always roll back.
+        let policy = if matches!(cause, RollbackCause::Aborted | RollbackCause::ReleaseFailed) {
             FailurePolicy::Rollback
         } else {
             st.spec.failure_policy
@@ -467,6 +486,57 @@ impl Driver {
             .append(st, JournalEvent::Finished { outcome })
             .await?;
         Ok(())
+    }
+
+    /// Why another member of this deployment's release has failed, if one has.
+    async fn release_member_failed(
+        &self,
+        st: &DeploymentStatus,
+        release: &ReleaseMembership,
+    ) -> Result<Option<String>> {
+        for id in release.deployments.iter().filter(|id| **id != st.spec.id) {
+            let other = self.shared.status(id).await?;
+            let failed = matches!(
+                other.phase,
+                Phase::RollingBack | Phase::RolledBack | Phase::Failed | Phase::Frozen
+            );
+            if failed {
+                let why = other
+                    .rollback
+                    .as_ref()
+                    .map(|(_, r)| r.clone())
+                    .or_else(|| match &other.outcome {
+                        Some(Outcome::Failed { reason } | Outcome::Frozen { reason }) => {
+                            Some(reason.clone())
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                return Ok(Some(format!(
+                    "release {}: {} {}: {why}",
+                    release.id, other.spec.service, other.phase
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether every other member of the release is ready to promote (or has).
+    async fn release_ready(
+        &self,
+        st: &DeploymentStatus,
+        release: &ReleaseMembership,
+    ) -> Result<bool> {
+        for id in release.deployments.iter().filter(|id| **id != st.spec.id) {
+            let other = self.shared.status(id).await?;
+            let ready = other.progress.ready_to_promote_at.is_some()
+                || other.progress.promoted_at.is_some()
+                || other.phase == Phase::Succeeded;
+            if !ready {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Whether an older deployment of the same service and environment is still active:

@@ -82,6 +82,9 @@ impl Event {
             JournalEvent::Approved { gate, by, reason } => {
                 format!("{gate} approved by {by}: {reason}")
             }
+            JournalEvent::ReadyToPromote => {
+                "ready to promote; waiting for the rest of the release".to_string()
+            }
             JournalEvent::Promoted => format!("promoted: all traffic to {}", self.revision),
             JournalEvent::Paused { by, reason } => format!("paused by {by}: {reason}"),
             JournalEvent::Resumed { by } => format!("resumed by {by}"),

@@ -5,6 +5,7 @@
 mod driver;
 mod events;
 mod preview;
+mod release;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,11 +19,13 @@ use typed_builder::TypedBuilder;
 
 pub use events::Event;
 pub use preview::{Preview, PreviewRequest, ScopedEnvironment, preview_name};
+pub use release::{Release, ReleaseRequest, ReleaseService};
 
 use crate::environment::Environment;
 use crate::error::{Error, Result};
 use crate::journal::{
     Actor, DeploymentKind, DeploymentSpec, DeploymentStatus, JournalEntry, JournalEvent,
+    ReleaseMembership,
 };
 use crate::model::{
     DeploymentId, Digest, EnvironmentName, EnvironmentSpec, FailurePolicy, Revision, RevisionId,
@@ -411,6 +414,7 @@ impl Orchestrator {
             kind: DeploymentKind::Deploy,
             strategy,
             failure_policy: request.failure_policy.unwrap_or(target.spec.failure_policy),
+            release: None,
         };
         self.shared
             .create(
@@ -469,6 +473,7 @@ impl Orchestrator {
             kind: DeploymentKind::Rollback,
             strategy,
             failure_policy: FailurePolicy::Rollback,
+            release: None,
         };
         self.shared
             .create(environment, revision, plan, by, AuditAction::Rollback)
@@ -645,6 +650,8 @@ struct Plan {
     kind: DeploymentKind,
     strategy: StrategySpec,
     failure_policy: FailurePolicy,
+    /// Membership of a multi-service release, with this deployment's id chosen up front.
+    release: Option<(DeploymentId, ReleaseMembership)>,
 }
 
 fn deployment_id(
@@ -685,6 +692,21 @@ impl Shared {
         drivers.spawn(driver::drive(self.clone(), id).instrument(span));
     }
 
+    fn new_deployment_id(
+        &self,
+        revision: &Revision,
+        environment: &EnvironmentName,
+    ) -> DeploymentId {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        deployment_id(
+            &self.owner,
+            revision,
+            environment,
+            self.clock.now().as_millis(),
+            n,
+        )
+    }
+
     /// The environment `name`: a configured one, or a preview environment (created on first
     /// use when previews are enabled).
     fn target(&self, name: &EnvironmentName) -> Result<Arc<Target>> {
@@ -719,8 +741,10 @@ impl Shared {
         let revision: Arc<Revision> = revision.into();
         let target = self.target(environment)?;
         let now = self.clock.now();
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let id = deployment_id(&self.owner, &revision, environment, now.as_millis(), n);
+        let (id, release) = match plan.release {
+            Some((id, membership)) => (id, Some(membership)),
+            None => (self.new_deployment_id(&revision, environment), None),
+        };
         let spec = DeploymentSpec::builder()
             .id(id.clone())
             .service(revision.service.clone())
@@ -730,6 +754,7 @@ impl Shared {
             .failure_policy(plan.failure_policy)
             .progress_deadline(target.spec.progress_deadline)
             .kind(plan.kind)
+            .release(release)
             .requested_by(by.clone())
             .target(revision)
             .build();

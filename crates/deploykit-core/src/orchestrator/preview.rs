@@ -203,6 +203,7 @@ impl Orchestrator {
             },
             strategy: StrategySpec::default(),
             failure_policy: FailurePolicy::Rollback,
+            release: None,
         };
         let deployment = self
             .shared
@@ -278,6 +279,7 @@ impl Shared {
             kind: DeploymentKind::Teardown,
             strategy: StrategySpec::default(),
             failure_policy: FailurePolicy::Rollback,
+            release: None,
         };
         let revision = newest.spec.target.clone();
         let id = self

@@ -40,6 +40,9 @@ pub struct Progress {
     pub measurements: Vec<Measurement>,
     /// Approval gates passed.
     pub approved: BTreeSet<String>,
+    /// When the rollout was ready to switch traffic (multi-service releases wait here for
+    /// every member).
+    pub ready_to_promote_at: Option<Timestamp>,
     /// When traffic was switched to the new revision, if it was.
     pub promoted_at: Option<Timestamp>,
 }
@@ -200,6 +203,12 @@ impl StrategySpec {
             StrategySpec::Rolling(spec) => Some(spec),
             _ => None,
         }
+    }
+
+    /// Whether the strategy has a promotion (blue-green, canary): only those can join a
+    /// multi-service release, which promotes all its members together.
+    pub fn promotes(&self) -> bool {
+        !matches!(self, StrategySpec::Rolling(_))
     }
 
     /// Whether any step or background check needs a [`crate::Monitor`].
