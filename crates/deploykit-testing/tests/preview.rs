@@ -157,6 +157,7 @@ async fn expired_previews_are_torn_down_and_explicit_teardown_works() {
         .await
         .expect("teardown again");
     assert!(again.is_empty(), "already torn down");
+
     let audit = orch.audit_log().await.expect("audit");
     assert_eq!(
         audit
@@ -171,6 +172,11 @@ async fn expired_previews_are_torn_down_and_explicit_teardown_works() {
         .await
         .expect("history");
     assert_eq!(history.len(), 1, "the preview's v1, not a teardown");
+    // Shutting down stops the reaper too (it never ends by itself).
+    tokio::time::timeout(Duration::from_secs(60), orch.shutdown())
+        .await
+        .expect("shutdown finishes")
+        .expect("shutdown");
 }
 
 #[tokio::test(start_paused = true)]

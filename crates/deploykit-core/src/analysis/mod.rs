@@ -20,7 +20,7 @@ pub use mann_whitney::{MannWhitney, mann_whitney};
 use crate::error::{Error, Result};
 use crate::model::{EnvironmentName, RevisionId, ServiceId};
 use crate::monitor::{MetricQuery, Monitor, MonitorExt};
-use crate::time::{Timestamp, duration_ms};
+use crate::time::{Timestamp, duration_ms, option_duration_ms};
 
 /// A comparison operator for a [`Condition`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,24 +314,6 @@ impl MetricCheck {
             }
         }
         Ok(())
-    }
-}
-
-mod option_duration_ms {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }
 

@@ -109,6 +109,25 @@ pub(crate) struct Target {
     monitor: Option<Arc<dyn Monitor>>,
 }
 
+impl Target {
+    /// Whether `strategy` can run here: valid, and with a monitor if it analyses.
+    fn check_strategy(&self, strategy: &StrategySpec) -> Result<()> {
+        strategy.validate("strategy")?;
+        if strategy.needs_monitor() && self.monitor.is_none() {
+            return Err(Error::invalid(
+                "strategy",
+                format!(
+                    "the {} strategy runs analysis, but environment {} has no monitor \
+                     (add it with `environment_with_monitor`)",
+                    strategy.name(),
+                    self.spec.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     store: Arc<dyn StateStore>,
@@ -248,12 +267,14 @@ impl OrchestratorBuilder {
             leases: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
         });
-        if shared.previews.is_some() {
-            tasks.spawn(preview::reap(Arc::downgrade(&shared)));
-        }
+        let reaper = shared
+            .previews
+            .is_some()
+            .then(|| tokio::spawn(preview::reap(Arc::downgrade(&shared))));
         let orchestrator = Orchestrator {
             shared,
-            background: tasks,
+            dispatchers: tasks,
+            reaper,
         };
         for id in orchestrator.shared.store.list_active().await? {
             let status = orchestrator.status(&id).await?;
@@ -310,12 +331,17 @@ fn default_owner() -> String {
 #[derive(Debug)]
 pub struct Orchestrator {
     shared: Arc<Shared>,
-    /// Notification dispatchers and the preview reaper (stopped with the orchestrator).
-    background: JoinSet<()>,
+    /// Notification dispatchers (stopped with the orchestrator).
+    dispatchers: JoinSet<()>,
+    /// The preview reaper, if previews are enabled.
+    reaper: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Orchestrator {
     fn drop(&mut self) {
+        if let Some(reaper) = &self.reaper {
+            reaper.abort();
+        }
         self.shared
             .drivers
             .lock()
@@ -368,15 +394,11 @@ impl Orchestrator {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        // Dispatchers end once their queues are drained; the reaper is stopped.
-        while let Some(done) = self.background.join_next().await {
-            if done.is_err() {
-                break;
-            }
-            if self.background.len() == usize::from(self.shared.previews.is_some()) {
-                self.background.abort_all();
-            }
+        if let Some(reaper) = self.reaper.take() {
+            reaper.abort();
         }
+        // Dispatchers end once their queues are drained.
+        while self.dispatchers.join_next().await.is_some() {}
         Ok(())
     }
 
@@ -399,17 +421,7 @@ impl Orchestrator {
         let strategy = request
             .strategy
             .unwrap_or_else(|| target.spec.strategy.clone());
-        strategy.validate("strategy")?;
-        if strategy.needs_monitor() && target.monitor.is_none() {
-            return Err(Error::invalid(
-                "strategy",
-                format!(
-                    "the {} strategy runs analysis, but environment {environment} has no monitor \
-                     (add it with `environment_with_monitor`)",
-                    strategy.name()
-                ),
-            ));
-        }
+        target.check_strategy(&strategy)?;
         let plan = Plan {
             kind: DeploymentKind::Deploy,
             strategy,

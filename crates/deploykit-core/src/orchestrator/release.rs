@@ -66,15 +66,7 @@ impl Orchestrator {
                 ),
             ));
         }
-        if strategy.needs_monitor() && target.monitor.is_none() {
-            return Err(Error::invalid(
-                "strategy",
-                format!(
-                    "the {} strategy runs analysis, but environment {environment} has no monitor",
-                    strategy.name()
-                ),
-            ));
-        }
+        target.check_strategy(&strategy)?;
         if request.services.is_empty() {
             return Err(Error::invalid(
                 "release.services",

@@ -12,7 +12,7 @@ use crate::environment::{
 };
 use crate::error::{Error, Result};
 use crate::model::{Revision, Weight};
-use crate::time::duration_ms;
+use crate::time::{duration_ms, option_duration_ms};
 
 use crate::journal::RollbackCause;
 
@@ -45,7 +45,7 @@ pub enum CanaryStep {
     /// Wait this long, or (without a duration) until gate `step-<index>` is approved.
     Pause {
         /// How long; `None` waits for an approval.
-        #[serde(default, with = "option_ms", rename = "duration_ms")]
+        #[serde(default, with = "option_duration_ms", rename = "duration_ms")]
         duration: Option<Duration>,
     },
     /// Run an analysis; move on when it succeeds, roll back when it fails.
@@ -95,24 +95,6 @@ impl CanaryStep {
     /// An analysis step.
     pub fn analysis(analysis: AnalysisSpec) -> Self {
         CanaryStep::Analysis { analysis }
-    }
-}
-
-mod option_ms {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }
 
