@@ -853,8 +853,13 @@ impl Shared {
         wakers.entry(id.clone()).or_default().clone()
     }
 
+    /// Wake this process's driver of `id`, if it has one (a driver reads the journal when it
+    /// starts, so nothing is lost when it has none yet).
     fn wake(&self, id: &DeploymentId) {
-        self.waker(id).notify_one();
+        let wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(waker) = wakers.get(id) {
+            waker.notify_one();
+        }
     }
 
     fn forget(&self, id: &DeploymentId) {
