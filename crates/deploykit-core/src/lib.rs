@@ -32,8 +32,8 @@ mod time;
 pub use backup::{BackupTarget, ObjectMeta};
 pub use build::{Artifact, BuildContext, BuildStage};
 pub use environment::{
-    DesiredState, Environment, EnvironmentExt, FailureKind, InstanceFailure, InstanceObservation,
-    Observed, RevisionObservation, RevisionTarget, Traffic,
+    DesiredState, Environment, EnvironmentExt, FailureKind, HeaderRoute, InstanceFailure,
+    InstanceObservation, Mirror, Observed, RevisionObservation, RevisionTarget, Routes, Traffic,
 };
 pub use error::{BoxError, Error, Result};
 pub use journal::{Actor, DeploymentStatus, Outcome, Phase};

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use deploykit_core::environment::{HeaderRoute, Mirror, Routes};
 use deploykit_core::{
     DesiredState, Environment, EnvironmentExt, Observed, Revision, RevisionTarget, ServiceId,
-    Traffic,
+    Traffic, Weight,
 };
 
 /// What the suite deploys: a service name unused in the environment and two revisions of it
@@ -46,7 +47,43 @@ fn names(observed: &Observed, revision: &Revision) -> Vec<String> {
 pub async fn run_all(env: &dyn Environment, fx: &EnvironmentFixture) {
     unknown_service_observes_empty(env, fx).await;
     apply_observe_and_idempotence(env, fx).await;
+    routed_traffic(env, fx).await;
     teardown_removes_everything(env, fx).await;
+}
+
+/// Explicit routes are applied and reported back as applied; served weights follow them once
+/// both revisions are ready.
+pub async fn routed_traffic(env: &dyn Environment, fx: &EnvironmentFixture) {
+    let (a, b) = (&fx.first, &fx.second);
+    let mut routes = Routes::split(&a.id, &b.id, Weight::new(10).expect("weight"));
+    routes.header = Some(HeaderRoute::new("x-canary", "true", b.id.clone()));
+    routes.mirror = Some(Mirror::new(b.id.clone(), Weight::new(5).expect("weight")));
+    routes.preview = Some(b.id.clone());
+    let traffic = Traffic::routed(routes);
+    let desired = DesiredState::new(
+        vec![
+            RevisionTarget::new(a.clone(), 1),
+            RevisionTarget::new(b.clone(), 1),
+        ],
+        traffic.clone(),
+    );
+    env.apply(&fx.service, &desired)
+        .await
+        .expect("apply routes");
+    let observed = env
+        .wait_settled(&fx.service, fx.poll, fx.settle_timeout)
+        .await
+        .expect("both revisions settle");
+    assert_eq!(
+        observed.routing, traffic,
+        "the routing must be reported as applied"
+    );
+    assert_eq!(
+        observed.weight_of(&a.id),
+        90,
+        "served weights follow the routes"
+    );
+    assert_eq!(observed.weight_of(&b.id), 10);
 }
 
 /// Observing a service that was never applied gives an empty observation, not an error.
