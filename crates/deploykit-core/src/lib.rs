@@ -7,10 +7,14 @@
 //!   with validating builders, so an impossible spec is an [`Error::InvalidSpec`] naming the
 //!   field.
 //! - Traits: [`Environment`] (the actuator), [`DeploymentStrategy`] (a pure planner),
-//!   [`Monitor`] (the sensor), [`StateStore`] (journals, leases, audit), [`BuildStage`] and
-//!   [`BackupTarget`].
+//!   [`Monitor`] (the sensor), [`StateStore`] (journals, leases, audit), [`Notifier`],
+//!   [`BuildStage`] and [`BackupTarget`].
+//! - [`strategy`]: rolling, blue-green and canary planners, and the switch-back rollback.
+//! - [`analysis`]: metric checks with Argo Rollouts' semantics and a Mann-Whitney canary
+//!   judgement.
 //! - [`Orchestrator`]: runs the state machine of [`journal`], journaling every transition before
-//!   acting, so a new process on the same store resumes every in-flight deployment.
+//!   acting, so a new process on the same store resumes every in-flight deployment; approvals,
+//!   failure policies, preview environments and multi-service releases.
 //! - [`SqliteStore`]: the embedded default state store.
 //!
 //! In-memory backends, fault injection and conformance suites live in `deploykit-testing`.

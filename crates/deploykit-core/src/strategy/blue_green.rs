@@ -83,8 +83,9 @@ impl BlueGreenSpec {
 
 /// The blue-green planner. Stages (`Progress::step`): 0 — bring the new revision up beside the
 /// stable one, reachable only on the preview route; 1 — pre-promotion analysis; 2 — promotion
-/// (automatic after the delay, or on approval of gate `promotion`). After promotion, see
-/// [`after_promotion`].
+/// (automatic after the delay, or on approval of gate `promotion`). After promotion all traffic
+/// goes to the new revision while the old one stays warm for `scale_down_delay`, so an abort is
+/// an instant switch back; then the old one is removed.
 #[derive(Clone, Debug)]
 pub struct BlueGreenStrategy {
     spec: BlueGreenSpec,
