@@ -24,6 +24,7 @@ pub mod backup;
 pub mod build;
 pub mod environment;
 mod error;
+pub mod flags;
 pub mod journal;
 pub mod model;
 pub mod monitor;
