@@ -97,6 +97,14 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The audit log does not verify: `seq` is the first bad record.
+    #[error("audit log tampered with at record {seq}: {reason}")]
+    AuditTampered {
+        /// The first record that does not verify.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// Stored data could not be decoded.
     #[error("corrupt {what}")]
     Corrupt {

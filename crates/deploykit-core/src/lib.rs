@@ -20,6 +20,7 @@
 //! In-memory backends, fault injection and conformance suites live in `deploykit-testing`.
 
 pub mod analysis;
+pub mod audit;
 pub mod backup;
 pub mod build;
 pub mod environment;

@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use deploykit_core::audit::AuditEntry;
 use deploykit_core::journal::{JournalEntry, JournalEvent};
-use deploykit_core::store::{AuditRecord, Lease, StateStore};
+use deploykit_core::store::{Lease, StateStore};
 use deploykit_core::{DeploymentId, EnvironmentName, Error, Result, ServiceId, Timestamp};
 
 #[derive(Debug)]
@@ -22,7 +23,7 @@ struct Inner {
     index: HashMap<DeploymentId, usize>,
     by_service: HashMap<(ServiceId, EnvironmentName), Vec<usize>>,
     leases: HashMap<String, Lease>,
-    audit: Vec<AuditRecord>,
+    audit: Vec<AuditEntry>,
 }
 
 /// A [`StateStore`] in memory. Clones share data, so a test can "restart" an orchestrator by
@@ -171,12 +172,25 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
-    async fn record_audit(&self, record: &AuditRecord) -> Result<()> {
-        self.lock().audit.push(record.clone());
+    async fn record_audit(&self, entry: &AuditEntry) -> Result<()> {
+        let mut inner = self.lock();
+        let next = inner.audit.len() as u64;
+        if entry.seq != next {
+            return Err(Error::Conflict {
+                deployment: "audit log".into(),
+                expected: entry.seq,
+                actual: next,
+            });
+        }
+        inner.audit.push(entry.clone());
         Ok(())
     }
 
-    async fn audit_log(&self) -> Result<Vec<AuditRecord>> {
+    async fn last_audit(&self) -> Result<Option<AuditEntry>> {
+        Ok(self.lock().audit.last().cloned())
+    }
+
+    async fn audit_log(&self) -> Result<Vec<AuditEntry>> {
         Ok(self.lock().audit.clone())
     }
 }

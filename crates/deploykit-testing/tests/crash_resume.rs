@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploykit_core::analysis::{AnalysisSpec, Condition, MetricCheck};
+use deploykit_core::audit::AuditEntry;
 use deploykit_core::journal::{JournalEntry, JournalEvent};
-use deploykit_core::store::{AuditRecord, Lease, StateStore};
+use deploykit_core::store::{Lease, StateStore};
 use deploykit_core::strategy::{BlueGreenSpec, CanarySpec, CanaryStep};
 use deploykit_core::{
     Actor, DeploymentId, Environment, EnvironmentName, EnvironmentSpec, Orchestrator, Phase,
@@ -85,10 +86,13 @@ impl StateStore for CrashingStore {
     async fn release_lease(&self, l: &Lease) -> Result<()> {
         self.inner.release_lease(l).await
     }
-    async fn record_audit(&self, r: &AuditRecord) -> Result<()> {
+    async fn record_audit(&self, r: &AuditEntry) -> Result<()> {
         self.inner.record_audit(r).await
     }
-    async fn audit_log(&self) -> Result<Vec<AuditRecord>> {
+    async fn last_audit(&self) -> Result<Option<AuditEntry>> {
+        self.inner.last_audit().await
+    }
+    async fn audit_log(&self) -> Result<Vec<AuditEntry>> {
         self.inner.audit_log().await
     }
 }

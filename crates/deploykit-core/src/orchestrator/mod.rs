@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -21,6 +22,7 @@ pub use events::Event;
 pub use preview::{Preview, PreviewRequest, ScopedEnvironment, preview_name};
 pub use release::{Release, ReleaseRequest, ReleaseService};
 
+use crate::audit::{self, AuditEntry, SignedCheckpoint, Verified};
 use crate::environment::Environment;
 use crate::error::{Error, Result};
 use crate::journal::{
@@ -653,7 +655,34 @@ impl Orchestrator {
 
     /// Every audit record, oldest first.
     pub async fn audit_log(&self) -> Result<Vec<AuditRecord>> {
+        let entries = self.shared.store.audit_log().await?;
+        Ok(entries.into_iter().map(|e| e.record).collect())
+    }
+
+    /// The audit log with its hash chain, oldest first.
+    pub async fn audit_chain(&self) -> Result<Vec<AuditEntry>> {
         self.shared.store.audit_log().await
+    }
+
+    /// A checkpoint of the audit log as it is now (record count and head hash), signed with
+    /// `key`: keep it outside the log, and [`Orchestrator::verify_audit`] against it later.
+    pub async fn audit_checkpoint(&self, key: &SigningKey) -> Result<SignedCheckpoint> {
+        let entries = self.shared.store.audit_log().await?;
+        Ok(SignedCheckpoint::sign(
+            &entries,
+            self.shared.clock.now(),
+            key,
+        ))
+    }
+
+    /// Verify the audit log's hash chain and, if given, that it extends a signed checkpoint
+    /// (made with the trusted key). The error names the first bad record.
+    pub async fn verify_audit(
+        &self,
+        checkpoint: Option<(&SignedCheckpoint, &VerifyingKey)>,
+    ) -> Result<Verified> {
+        let entries = self.shared.store.audit_log().await?;
+        audit::verify(&entries, checkpoint)
     }
 }
 
@@ -802,7 +831,16 @@ impl Shared {
             status.spec.environment.clone(),
             detail,
         );
-        self.store.record_audit(&record).await
+        // Chain onto the last record; another writer may have appended first.
+        let mut attempts = 0;
+        loop {
+            let last = self.store.last_audit().await?;
+            let entry = AuditEntry::chain(last.as_ref(), record.clone());
+            match self.store.record_audit(&entry).await {
+                Err(Error::Conflict { .. }) if attempts < 20 => attempts += 1,
+                other => return other,
+            }
+        }
     }
 
     async fn status(&self, id: &DeploymentId) -> Result<DeploymentStatus> {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use sqlite::SqliteStore;
 
+use crate::audit::AuditEntry;
 use crate::error::Result;
 use crate::journal::{Actor, JournalEntry};
 use crate::model::{DeploymentId, EnvironmentName, ServiceId};
@@ -172,9 +173,13 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     /// Give up `lease` if its owner still holds it; otherwise do nothing.
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
 
-    /// Append an audit record.
-    async fn record_audit(&self, record: &AuditRecord) -> Result<()>;
+    /// Append a chained audit entry. Its `seq` must be the next one, or the append fails with
+    /// `Conflict` and writes nothing (so concurrent writers never fork the chain).
+    async fn record_audit(&self, entry: &AuditEntry) -> Result<()>;
 
-    /// Every audit record, oldest first.
-    async fn audit_log(&self) -> Result<Vec<AuditRecord>>;
+    /// The last audit entry, if any.
+    async fn last_audit(&self) -> Result<Option<AuditEntry>>;
+
+    /// Every audit entry, oldest first.
+    async fn audit_log(&self) -> Result<Vec<AuditEntry>>;
 }

@@ -7,14 +7,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
-use super::{AuditRecord, Lease, StateStore};
+use super::{Lease, StateStore};
+use crate::audit::AuditEntry;
 use crate::error::{Error, Result};
 use crate::journal::{JournalEntry, JournalEvent};
 use crate::model::{DeploymentId, EnvironmentName, ServiceId};
 use crate::time::Timestamp;
 
 /// Version of the on-disk schema, kept in the `meta` table.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -46,9 +47,10 @@ CREATE TABLE IF NOT EXISTS leases (
     expires_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
-    id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq   INTEGER PRIMARY KEY,
     at_ms INTEGER NOT NULL,
-    body TEXT NOT NULL
+    hash  TEXT NOT NULL,
+    body  TEXT NOT NULL
 );
 ";
 
@@ -429,33 +431,69 @@ impl StateStore for SqliteStore {
         .await
     }
 
-    async fn record_audit(&self, record: &AuditRecord) -> Result<()> {
-        let body = encode(record)?;
-        let at = record.at.as_millis() as i64;
+    async fn record_audit(&self, entry: &AuditEntry) -> Result<()> {
+        let body = encode(entry)?;
+        let (seq, at, hash) = (
+            entry.seq,
+            entry.record.at.as_millis() as i64,
+            entry.hash.clone(),
+        );
         self.with(move |conn| {
-            conn.execute(
-                "INSERT INTO audit (at_ms, body) VALUES (?1, ?2)",
-                params![at, body],
+            let err = |e| store_err("record audit", e);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err)?;
+            let next: i64 = tx
+                .query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit", [], |r| {
+                    r.get(0)
+                })
+                .map_err(err)?;
+            if next as u64 != seq {
+                return Err(Error::Conflict {
+                    deployment: "audit log".into(),
+                    expected: seq,
+                    actual: next as u64,
+                });
+            }
+            tx.execute(
+                "INSERT INTO audit (seq, at_ms, hash, body) VALUES (?1, ?2, ?3, ?4)",
+                params![seq as i64, at, hash, body],
             )
-            .map_err(|e| store_err("record audit", e))?;
-            Ok(())
+            .map_err(err)?;
+            tx.commit().map_err(err)
         })
         .await
     }
 
-    async fn audit_log(&self) -> Result<Vec<AuditRecord>> {
+    async fn last_audit(&self) -> Result<Option<AuditEntry>> {
+        self.with(|conn| {
+            let row: Option<(i64, String)> = conn
+                .query_row(
+                    "SELECT seq, body FROM audit ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(|e| store_err("read audit log", e))?;
+            row.map(|(seq, body)| decode(|| format!("audit record {seq}"), &body))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn audit_log(&self) -> Result<Vec<AuditEntry>> {
         self.with(|conn| {
             let err = |e| store_err("read audit log", e);
             let mut stmt = conn
-                .prepare("SELECT id, body FROM audit ORDER BY id")
+                .prepare("SELECT seq, body FROM audit ORDER BY seq")
                 .map_err(err)?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
                 .map_err(err)?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, body) = row.map_err(err)?;
-                out.push(decode(|| format!("audit record {id}"), &body)?);
+                let (seq, body) = row.map_err(err)?;
+                out.push(decode(|| format!("audit record {seq}"), &body)?);
             }
             Ok(out)
         })

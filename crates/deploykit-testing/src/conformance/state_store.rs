@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use deploykit_core::audit::AuditEntry;
 use deploykit_core::journal::{DeploymentSpec, JournalEntry, JournalEvent, Outcome};
 use deploykit_core::store::{AuditAction, AuditRecord, StateStore};
 use deploykit_core::{
@@ -217,24 +218,36 @@ pub async fn leases(store: &dyn StateStore) {
         .expect("leases are per key");
 }
 
-/// Audit records load back in order.
+/// Audit entries load back in order, and an entry out of sequence is refused.
 pub async fn audit_log(store: &dyn StateStore) {
-    let records: Vec<AuditRecord> = (0..3)
-        .map(|i| {
-            AuditRecord::new(
-                at(i),
-                Actor::new(format!("user{i}")),
-                [AuditAction::Deploy, AuditAction::Pause, AuditAction::Abort][i as usize],
-                DeploymentId::new("audit-1"),
-                ServiceId::new("web").expect("service"),
-                EnvironmentName::new("prod").expect("environment"),
-                format!("detail {i}"),
-            )
-        })
-        .collect();
-    for r in &records {
-        store.record_audit(r).await.expect("record audit");
+    assert!(store.last_audit().await.expect("last").is_none());
+    let mut entries: Vec<AuditEntry> = Vec::new();
+    for i in 0..3u64 {
+        let record = AuditRecord::new(
+            at(i),
+            Actor::new(format!("user{i}")),
+            [AuditAction::Deploy, AuditAction::Pause, AuditAction::Abort][i as usize],
+            DeploymentId::new("audit-1"),
+            ServiceId::new("web").expect("service"),
+            EnvironmentName::new("prod").expect("environment"),
+            format!("detail {i}"),
+        );
+        let entry = AuditEntry::chain(entries.last(), record);
+        store.record_audit(&entry).await.expect("record audit");
+        entries.push(entry);
     }
     let log = store.audit_log().await.expect("audit log");
-    assert_eq!(log, records, "audit records load back in order");
+    assert_eq!(log, entries, "audit entries load back in order");
+    assert_eq!(
+        store.last_audit().await.expect("last").as_ref(),
+        entries.last()
+    );
+    let stale = AuditEntry::chain(entries.get(1), entries[2].record.clone());
+    let err = store.record_audit(&stale).await;
+    assert!(
+        matches!(err, Err(Error::Conflict { .. })),
+        "an entry that does not extend the log must conflict, got {err:?}"
+    );
+    assert_eq!(store.audit_log().await.expect("log").len(), 3);
+    deploykit_core::audit::verify(&log, None).expect("the stored chain verifies");
 }

@@ -1,0 +1,214 @@
+//! The tamper-evident audit log: every record is hash-chained to the one before it, and signed
+//! checkpoints (record count + head hash, ed25519) can be kept outside the log.
+//!
+//! [`verify`] finds any edited, removed or reordered record and names the first bad one; given
+//! a checkpoint, it also finds a truncated tail and a rewritten history (same count, different
+//! head).
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::store::AuditRecord;
+use crate::time::Timestamp;
+
+/// The `prev_hash` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One record of the chained audit log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AuditEntry {
+    /// Position in the log, from 0.
+    pub seq: u64,
+    /// The hash of the record before (or [`GENESIS`]).
+    pub prev_hash: String,
+    /// BLAKE3 over `seq`, `prev_hash` and the record's canonical JSON.
+    pub hash: String,
+    /// What happened.
+    pub record: AuditRecord,
+}
+
+impl AuditEntry {
+    /// The entry that follows `prev` (or starts the log) with `record`.
+    pub fn chain(prev: Option<&AuditEntry>, record: AuditRecord) -> Self {
+        let (seq, prev_hash) = match prev {
+            Some(p) => (p.seq + 1, p.hash.clone()),
+            None => (0, GENESIS.to_string()),
+        };
+        let hash = digest(seq, &prev_hash, &record);
+        AuditEntry {
+            seq,
+            prev_hash,
+            hash,
+            record,
+        }
+    }
+}
+
+fn digest(seq: u64, prev_hash: &str, record: &AuditRecord) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(&seq.to_le_bytes());
+    h.update(prev_hash.as_bytes());
+    h.update(&serde_json::to_vec(record).unwrap_or_default());
+    h.finalize().to_hex().to_string()
+}
+
+/// How far the log went at one moment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Checkpoint {
+    /// Records in the log.
+    pub count: u64,
+    /// The hash of the last one.
+    pub head: String,
+    /// When the checkpoint was taken.
+    pub at: Timestamp,
+}
+
+/// A checkpoint signed with an ed25519 key, to keep outside the log (a ticket, another store,
+/// a printout).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SignedCheckpoint {
+    /// The checkpoint.
+    pub checkpoint: Checkpoint,
+    /// The signer's public key, hex.
+    pub public_key: String,
+    /// The signature over the checkpoint's canonical JSON, hex.
+    pub signature: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex<const N: usize>(s: &str, what: &str) -> Result<[u8; N]> {
+    let bad = || Error::invalid(what, format!("expected {} hex digits", N * 2));
+    if s.len() != N * 2 {
+        return Err(bad());
+    }
+    let mut out = [0u8; N];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        let text = std::str::from_utf8(chunk).map_err(|_| bad())?;
+        out[i] = u8::from_str_radix(text, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+impl SignedCheckpoint {
+    /// A checkpoint of `entries` (the whole log) at `at`, signed with `key`.
+    pub fn sign(entries: &[AuditEntry], at: Timestamp, key: &SigningKey) -> Self {
+        let checkpoint = Checkpoint {
+            count: entries.len() as u64,
+            head: entries
+                .last()
+                .map_or_else(|| GENESIS.to_string(), |e| e.hash.clone()),
+            at,
+        };
+        let message = serde_json::to_vec(&checkpoint).unwrap_or_default();
+        SignedCheckpoint {
+            public_key: hex(key.verifying_key().as_bytes()),
+            signature: hex(&key.sign(&message).to_bytes()),
+            checkpoint,
+        }
+    }
+
+    /// Check the signature against a key you trust (not the one carried in the checkpoint).
+    pub fn verify_signature(&self, trusted: &VerifyingKey) -> Result<()> {
+        let bad = |why: &str| Error::AuditTampered {
+            seq: self.checkpoint.count,
+            reason: format!("checkpoint: {why}"),
+        };
+        if self.public_key != hex(trusted.as_bytes()) {
+            return Err(bad("signed by another key"));
+        }
+        let signature =
+            Signature::from_bytes(&unhex::<64>(&self.signature, "checkpoint.signature")?);
+        let message = serde_json::to_vec(&self.checkpoint).unwrap_or_default();
+        trusted
+            .verify(&message, &signature)
+            .map_err(|_| bad("the signature does not match its content"))
+    }
+}
+
+/// What a successful verification saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Verified {
+    /// Records checked.
+    pub records: u64,
+    /// The hash of the last one.
+    pub head: String,
+}
+
+/// Check the chain of `entries` (the whole log, oldest first) and, if given, that it extends a
+/// signed checkpoint made with `trusted`'s key. The error names the first bad record.
+pub fn verify(
+    entries: &[AuditEntry],
+    checkpoint: Option<(&SignedCheckpoint, &VerifyingKey)>,
+) -> Result<Verified> {
+    let tampered = |seq: u64, reason: String| Error::AuditTampered { seq, reason };
+    for (i, e) in entries.iter().enumerate() {
+        let i = i as u64;
+        if e.seq != i {
+            return Err(tampered(
+                i,
+                format!(
+                    "record {i} is missing or out of order (found record {} there)",
+                    e.seq
+                ),
+            ));
+        }
+        let expected_prev = match i {
+            0 => GENESIS,
+            _ => entries[i as usize - 1].hash.as_str(),
+        };
+        if e.prev_hash != expected_prev {
+            return Err(tampered(
+                i,
+                format!("record {i} does not follow record {}", i.saturating_sub(1)),
+            ));
+        }
+        if digest(e.seq, &e.prev_hash, &e.record) != e.hash {
+            return Err(tampered(
+                i,
+                format!("record {i} was changed after it was written"),
+            ));
+        }
+    }
+    if let Some((signed, key)) = checkpoint {
+        signed.verify_signature(key)?;
+        let c = &signed.checkpoint;
+        let len = entries.len() as u64;
+        if len < c.count {
+            return Err(tampered(
+                len,
+                format!(
+                    "the log was truncated: the checkpoint of {} covers {} records, the log has {len}",
+                    c.at, c.count
+                ),
+            ));
+        }
+        let at = match c.count {
+            0 => GENESIS,
+            n => entries[n as usize - 1].hash.as_str(),
+        };
+        if at != c.head {
+            return Err(tampered(
+                c.count.saturating_sub(1),
+                format!(
+                    "history was rewritten: record {} no longer matches the checkpoint of {}",
+                    c.count.saturating_sub(1),
+                    c.at
+                ),
+            ));
+        }
+    }
+    Ok(Verified {
+        records: entries.len() as u64,
+        head: entries
+            .last()
+            .map_or_else(|| GENESIS.to_string(), |e| e.hash.clone()),
+    })
+}
