@@ -97,6 +97,14 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// An access policy refuses an operator action.
+    #[error("{principal} may not {permission}")]
+    PermissionDenied {
+        /// Who asked.
+        principal: String,
+        /// The missing permission: action on object, and the denying rule if one denied it.
+        permission: String,
+    },
     /// The audit log does not verify: `seq` is the first bad record.
     #[error("audit log tampered with at record {seq}: {reason}")]
     AuditTampered {

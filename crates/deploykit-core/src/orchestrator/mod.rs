@@ -22,6 +22,7 @@ pub use events::Event;
 pub use preview::{Preview, PreviewRequest, ScopedEnvironment, preview_name};
 pub use release::{Release, ReleaseRequest, ReleaseService};
 
+use crate::access::{AccessAction, AccessPolicy};
 use crate::audit::{self, AuditEntry, SignedCheckpoint, Verified};
 use crate::environment::Environment;
 use crate::error::{Error, Result};
@@ -30,8 +31,8 @@ use crate::journal::{
     ReleaseMembership,
 };
 use crate::model::{
-    DeploymentId, Digest, EnvironmentName, EnvironmentSpec, FailurePolicy, Revision, RevisionId,
-    ServiceId, ServiceSpec,
+    DeploymentId, Digest, EnvironmentKind, EnvironmentName, EnvironmentSpec, FailurePolicy,
+    Revision, RevisionId, ServiceId, ServiceSpec,
 };
 use crate::monitor::Monitor;
 use crate::notify::Notifier;
@@ -136,6 +137,8 @@ pub(crate) struct Shared {
     /// Configured environments, plus preview environments created on demand.
     targets: RwLock<BTreeMap<EnvironmentName, Arc<Target>>>,
     previews: Option<preview::PreviewTemplate>,
+    /// The access policy operator actions are checked against, if any.
+    access: Option<AccessPolicy>,
     /// Deployment drivers (aborted when the orchestrator is dropped or shut down).
     drivers: Mutex<JoinSet<()>>,
     clock: Arc<dyn Clock>,
@@ -156,6 +159,7 @@ pub struct OrchestratorBuilder {
     store: Arc<dyn StateStore>,
     targets: BTreeMap<EnvironmentName, Arc<Target>>,
     previews: Option<preview::PreviewTemplate>,
+    access: Option<AccessPolicy>,
     notifiers: Vec<Arc<dyn Notifier>>,
     clock: Arc<dyn Clock>,
     owner: Option<String>,
@@ -198,6 +202,14 @@ impl OrchestratorBuilder {
     /// down every `OrchestratorConfig::preview_reap_interval`.
     pub fn previews(mut self, template: EnvironmentSpec, env: Arc<dyn Environment>) -> Self {
         self.previews = Some(preview::PreviewTemplate::new(template, env));
+        self
+    }
+
+    /// Check every operator action (deploy, rollback, abort, pause, resume, approve, reject,
+    /// previews and their teardown) against `policy`; refusals are errors naming the missing
+    /// permission, and are audited. Without a policy every action is allowed.
+    pub fn access_policy(mut self, policy: AccessPolicy) -> Self {
+        self.access = Some(policy);
         self
     }
 
@@ -259,6 +271,7 @@ impl OrchestratorBuilder {
             store: self.store,
             targets: RwLock::new(self.targets),
             previews: self.previews,
+            access: self.access,
             drivers: Mutex::new(JoinSet::new()),
             clock: self.clock,
             owner,
@@ -364,6 +377,7 @@ impl Orchestrator {
             store,
             targets: BTreeMap::new(),
             previews: None,
+            access: None,
             notifiers: Vec::new(),
             clock: Arc::new(SystemClock),
             owner: None,
@@ -414,6 +428,15 @@ impl Orchestrator {
     pub async fn deploy(&self, request: DeployRequest) -> Result<DeploymentId> {
         let environment = EnvironmentName::new(request.environment.as_str())?;
         let target = self.shared.target(&environment)?;
+        self.shared
+            .authorize(
+                &request.requested_by,
+                AccessAction::Deploy,
+                &environment,
+                &request.service.name,
+                None,
+            )
+            .await?;
         let revision = Revision::new(
             &request.service,
             &target.spec,
@@ -450,6 +473,9 @@ impl Orchestrator {
         to: Option<&RevisionId>,
         by: Actor,
     ) -> Result<DeploymentId> {
+        self.shared
+            .authorize(&by, AccessAction::Rollback, environment, service, None)
+            .await?;
         let history = self.history(service, environment).await?;
         let revision = match to {
             Some(id) => history
@@ -507,14 +533,14 @@ impl Orchestrator {
             by: by.clone(),
             reason: reason.clone(),
         };
-        self.operator(id, event, by, AuditAction::Pause, reason)
+        self.operator(id, event, by, AccessAction::Pause, reason)
             .await
     }
 
     /// Let a paused deployment carry on.
     pub async fn resume(&self, id: &DeploymentId, by: Actor) -> Result<()> {
         let event = JournalEvent::Resumed { by: by.clone() };
-        self.operator(id, event, by, AuditAction::Resume, String::new())
+        self.operator(id, event, by, AccessAction::Resume, String::new())
             .await
     }
 
@@ -531,7 +557,7 @@ impl Orchestrator {
             by: by.clone(),
             reason: reason.clone(),
         };
-        self.operator(id, event, by, AuditAction::Abort, reason)
+        self.operator(id, event, by, AccessAction::Abort, reason)
             .await
     }
 
@@ -551,6 +577,39 @@ impl Orchestrator {
                 phase: format!("{} with nothing awaiting approval", status.phase),
             });
         };
+        // Four eyes: in production, whoever asked for a deployment may not approve it. (An
+        // environment this orchestrator does not run counts as production by its name.)
+        let production = || {
+            self.shared
+                .target(&status.spec.environment)
+                .map_or(status.spec.environment.as_str() == "production", |t| {
+                    t.spec.kind == EnvironmentKind::Production
+                })
+        };
+        if let Some(policy) = &self.shared.access
+            && policy.four_eyes_in_production
+            && by == status.spec.requested_by
+            && production()
+        {
+            let e = Error::PermissionDenied {
+                principal: by.to_string(),
+                permission: format!(
+                    "approve {gate} of their own deployment in production (a second person must)"
+                ),
+            };
+            let record = AuditRecord::new(
+                self.shared.clock.now(),
+                by,
+                AuditAction::Approve,
+                status.spec.id.clone(),
+                status.spec.service.clone(),
+                status.spec.environment.clone(),
+                e.to_string(),
+            )
+            .denied();
+            self.shared.record(record).await?;
+            return Err(e);
+        }
         let reason = reason.into();
         let detail = format!("{gate}: {reason}");
         let event = JournalEvent::Approved {
@@ -558,7 +617,7 @@ impl Orchestrator {
             by: by.clone(),
             reason,
         };
-        self.operator(id, event, by, AuditAction::Approve, detail)
+        self.operator(id, event, by, AccessAction::Approve, detail)
             .await
     }
 
@@ -574,7 +633,7 @@ impl Orchestrator {
             by: by.clone(),
             reason: format!("rejected: {reason}"),
         };
-        self.operator(id, event, by, AuditAction::Reject, reason)
+        self.operator(id, event, by, AccessAction::Reject, reason)
             .await
     }
 
@@ -583,9 +642,20 @@ impl Orchestrator {
         id: &DeploymentId,
         event: JournalEvent,
         by: Actor,
-        action: AuditAction,
+        access: AccessAction,
         detail: String,
     ) -> Result<()> {
+        let action = audit_action(access);
+        let status = self.status(id).await?;
+        self.shared
+            .authorize(
+                &by,
+                access,
+                &status.spec.environment,
+                &status.spec.service,
+                Some(id),
+            )
+            .await?;
         // A driver may append concurrently; retry on a sequence conflict.
         let mut attempts = 0;
         let status = loop {
@@ -686,6 +756,19 @@ impl Orchestrator {
     }
 }
 
+fn audit_action(action: AccessAction) -> AuditAction {
+    match action {
+        AccessAction::Deploy => AuditAction::Deploy,
+        AccessAction::Rollback => AuditAction::Rollback,
+        AccessAction::Abort => AuditAction::Abort,
+        AccessAction::Pause => AuditAction::Pause,
+        AccessAction::Resume => AuditAction::Resume,
+        AccessAction::Approve => AuditAction::Approve,
+        AccessAction::Reject => AuditAction::Reject,
+        AccessAction::Teardown => AuditAction::Teardown,
+    }
+}
+
 /// How a new deployment will run.
 struct Plan {
     kind: DeploymentKind,
@@ -731,6 +814,37 @@ impl Shared {
         // Reap finished drivers so the set does not grow without bound.
         while drivers.try_join_next().is_some() {}
         drivers.spawn(driver::drive(self.clone(), id).instrument(span));
+    }
+
+    /// Check `actor` may do `action` on `environment/service`; a refusal is audited and
+    /// returned.
+    async fn authorize(
+        &self,
+        actor: &Actor,
+        action: AccessAction,
+        environment: &EnvironmentName,
+        service: &ServiceId,
+        deployment: Option<&DeploymentId>,
+    ) -> Result<()> {
+        let Some(policy) = &self.access else {
+            return Ok(());
+        };
+        let Err(e) = policy.check(actor, action, environment, service) else {
+            return Ok(());
+        };
+        let mut record = AuditRecord::new(
+            self.clock.now(),
+            actor.clone(),
+            audit_action(action),
+            DeploymentId::new(""),
+            service.clone(),
+            environment.clone(),
+            e.to_string(),
+        )
+        .denied();
+        record.deployment = deployment.cloned();
+        self.record(record).await?;
+        Err(e)
     }
 
     fn new_deployment_id(
@@ -831,6 +945,11 @@ impl Shared {
             status.spec.environment.clone(),
             detail,
         );
+        self.record(record).await
+    }
+
+    /// Append `record` to the chained audit log.
+    async fn record(&self, record: AuditRecord) -> Result<()> {
         // Chain onto the last record; another writer may have appended first.
         let mut attempts = 0;
         loop {

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use typed_builder::TypedBuilder;
 
 use super::{Orchestrator, Plan, Shared, Target};
+use crate::access::AccessAction;
 use crate::environment::{DesiredState, Environment, Observed};
 use crate::error::{Error, Result};
 use crate::journal::{Actor, DeploymentKind};
@@ -180,6 +181,15 @@ impl Orchestrator {
     /// the preview environment, which also extends its time-to-live).
     pub async fn preview(&self, request: PreviewRequest) -> Result<Preview> {
         let environment = preview_name(&request.branch)?;
+        self.shared
+            .authorize(
+                &request.requested_by,
+                AccessAction::Deploy,
+                &environment,
+                &request.service.name,
+                None,
+            )
+            .await?;
         let target = self.shared.target(&environment).map_err(|_| {
             Error::invalid(
                 "previews",
@@ -238,9 +248,13 @@ impl Orchestrator {
         }
         let mut started = Vec::new();
         for (service, env) in self.shared.store.list_environments().await? {
-            if &env == environment
-                && let Some(id) = self.shared.teardown(&service, &env, by.clone()).await?
-            {
+            if &env != environment {
+                continue;
+            }
+            self.shared
+                .authorize(&by, AccessAction::Teardown, &env, &service, None)
+                .await?;
+            if let Some(id) = self.shared.teardown(&service, &env, by.clone()).await? {
                 started.push(id);
             }
         }

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use typed_builder::TypedBuilder;
 
 use super::{Orchestrator, Plan};
+use crate::access::AccessAction;
 use crate::error::{Error, Result};
 use crate::journal::{Actor, DeploymentKind, DeploymentStatus, ReleaseMembership};
 use crate::model::{DeploymentId, Digest, EnvironmentName, Revision, ServiceSpec};
@@ -76,6 +77,15 @@ impl Orchestrator {
         let mut seen = BTreeSet::new();
         let mut revisions = Vec::new();
         for s in request.services {
+            self.shared
+                .authorize(
+                    &request.requested_by,
+                    AccessAction::Deploy,
+                    &environment,
+                    &s.service.name,
+                    None,
+                )
+                .await?;
             if !seen.insert(s.service.name.clone()) {
                 return Err(Error::invalid(
                     "release.services",

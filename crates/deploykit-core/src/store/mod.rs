@@ -61,6 +61,8 @@ pub enum AuditAction {
     Reject,
     /// Tear a preview environment down.
     Teardown,
+    /// Grant a role.
+    Grant,
 }
 
 impl fmt::Display for AuditAction {
@@ -74,6 +76,7 @@ impl fmt::Display for AuditAction {
             AuditAction::Approve => "approve",
             AuditAction::Reject => "reject",
             AuditAction::Teardown => "teardown",
+            AuditAction::Grant => "grant",
         })
     }
 }
@@ -88,14 +91,28 @@ pub struct AuditRecord {
     pub actor: Actor,
     /// What.
     pub action: AuditAction,
-    /// Which deployment.
-    pub deployment: DeploymentId,
+    /// Whether it was carried out or refused by the access policy.
+    #[serde(default)]
+    pub outcome: AuditOutcome,
+    /// Which deployment (none for a refused request that created none).
+    pub deployment: Option<DeploymentId>,
     /// Its service.
     pub service: ServiceId,
     /// Its environment.
     pub environment: EnvironmentName,
     /// Free text: the revision, the reason.
     pub detail: String,
+}
+
+/// Whether an audited action went ahead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    /// Carried out.
+    #[default]
+    Allowed,
+    /// Refused by the access policy.
+    Denied,
 }
 
 impl AuditRecord {
@@ -113,11 +130,18 @@ impl AuditRecord {
             at,
             actor,
             action,
-            deployment,
+            outcome: AuditOutcome::Allowed,
+            deployment: Some(deployment),
             service,
             environment,
             detail: detail.into(),
         }
+    }
+
+    /// The same record, marked as refused by the access policy.
+    pub fn denied(mut self) -> Self {
+        self.outcome = AuditOutcome::Denied;
+        self
     }
 }
 

@@ -87,9 +87,14 @@ pub async fn open(
         .expect("open orchestrator")
 }
 
+/// Deploy `label` and wait for the end; a deployment that never ends fails the test (after six
+/// hours of tokio time, which a paused clock skips through at once) instead of hanging it.
 pub async fn deploy_and_wait(orch: &Orchestrator, label: &str) -> (DeploymentId, Phase) {
     let id = orch.deploy(request(label)).await.expect("deploy");
-    let status = orch.wait(&id).await.expect("wait");
+    let status = tokio::time::timeout(Duration::from_secs(6 * 3600), orch.wait(&id))
+        .await
+        .expect("the deployment ends")
+        .expect("wait");
     (id, status.phase)
 }
 
