@@ -24,6 +24,7 @@ pub mod analysis;
 pub mod audit;
 pub mod backup;
 pub mod build;
+pub mod config;
 pub mod environment;
 mod error;
 pub mod flags;
