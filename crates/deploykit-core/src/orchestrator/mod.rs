@@ -597,17 +597,16 @@ impl Orchestrator {
                     "approve {gate} of their own deployment in production (a second person must)"
                 ),
             };
-            let record = AuditRecord::new(
-                self.shared.clock.now(),
-                by,
-                AuditAction::Approve,
-                status.spec.id.clone(),
-                status.spec.service.clone(),
-                status.spec.environment.clone(),
-                e.to_string(),
-            )
-            .denied();
-            self.shared.record(record).await?;
+            self.shared
+                .refuse(
+                    &by,
+                    AccessAction::Approve,
+                    &status.spec.environment,
+                    &status.spec.service,
+                    Some(id),
+                    &e,
+                )
+                .await?;
             return Err(e);
         }
         let reason = reason.into();
@@ -832,6 +831,21 @@ impl Shared {
         let Err(e) = policy.check(actor, action, environment, service) else {
             return Ok(());
         };
+        self.refuse(actor, action, environment, service, deployment, &e)
+            .await?;
+        Err(e)
+    }
+
+    /// Audit a refused operator action.
+    async fn refuse(
+        &self,
+        actor: &Actor,
+        action: AccessAction,
+        environment: &EnvironmentName,
+        service: &ServiceId,
+        deployment: Option<&DeploymentId>,
+        why: &Error,
+    ) -> Result<()> {
         let mut record = AuditRecord::new(
             self.clock.now(),
             actor.clone(),
@@ -839,12 +853,11 @@ impl Shared {
             DeploymentId::new(""),
             service.clone(),
             environment.clone(),
-            e.to_string(),
+            why.to_string(),
         )
         .denied();
         record.deployment = deployment.cloned();
-        self.record(record).await?;
-        Err(e)
+        self.record(record).await
     }
 
     fn new_deployment_id(
