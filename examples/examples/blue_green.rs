@@ -15,21 +15,14 @@ use deploykit_core::{
     Actor, DeployRequest, Digest, Environment, EnvironmentKind, EnvironmentSpec, Orchestrator,
     Phase, Revision, ServiceSpec, SqliteStore, StrategySpec,
 };
-use deploykit_examples::Timeline;
+use deploykit_examples::{Timeline, exit_code};
 use deploykit_testing::SimCluster;
 
 type Error = Box<dyn std::error::Error>;
 
 #[tokio::main(flavor = "current_thread", start_paused = true)]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("blue-green example failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("blue-green", run().await)
 }
 
 async fn run() -> Result<bool, Error> {

@@ -13,21 +13,14 @@ use deploykit_core::{
     Actor, DeployRequest, Digest, Environment, EnvironmentKind, EnvironmentSpec, HealthChecks,
     Orchestrator, Phase, Probe, ProbeAction, ServiceSpec, SqliteStore,
 };
-use deploykit_examples::Timeline;
+use deploykit_examples::{Timeline, exit_code};
 use deploykit_testing::{Behavior, SimCluster};
 
 type Error = Box<dyn std::error::Error>;
 
 #[tokio::main(flavor = "current_thread", start_paused = true)]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("quickstart failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("quickstart", run().await)
 }
 
 async fn run() -> Result<bool, Error> {

@@ -2,6 +2,8 @@
 //! they share, and its doctests compile and run the README's library snippet.
 #![doc = include_str!("../../README.md")]
 
+use std::process::ExitCode;
+
 use deploykit_core::{Event, Timestamp};
 use tokio::sync::broadcast;
 
@@ -30,6 +32,18 @@ impl Timeline {
             );
             let who = format!("{}/{} {}", e.service, e.environment, e.revision);
             println!("{at}  {who:<18} {}", e.description());
+        }
+    }
+}
+
+/// The exit code of an example whose `run` returns whether what it printed holds.
+pub fn exit_code(name: &str, result: Result<bool, Box<dyn std::error::Error>>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("{name} example failed: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -150,12 +150,7 @@ fn analysed(case: &Case) -> bool {
 }
 
 fn run(case: Case) -> Result<(), TestCaseError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
+    common::paused_runtime().block_on(async move {
         let sim = SimCluster::new();
         let env = common::environment_with(case.replicas, strategy(&case));
         let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
@@ -272,15 +267,8 @@ fn run(case: Case) -> Result<(), TestCaseError> {
     })
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(256)))]
 
     #[test]
     fn progressive_rollouts_keep_their_invariants(case in case()) {

@@ -94,12 +94,7 @@ fn is_broken(b: &Behavior) -> bool {
 }
 
 fn run(case: Case) -> Result<(), TestCaseError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
+    common::paused_runtime().block_on(async move {
         let sim = SimCluster::new();
         let env = common::environment(case.replicas, case.surge, case.unavailable);
         let (surge, unavailable) = env
@@ -200,15 +195,8 @@ fn run(case: Case) -> Result<(), TestCaseError> {
     })
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(512)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(512)))]
 
     #[test]
     fn rolling_deploys_keep_their_invariants_under_faults(case in case()) {
