@@ -113,6 +113,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A secrets file cannot be opened or does not verify: truncated, edited, not for this
+    /// identity. No plaintext is ever returned from a file that fails.
+    #[error("secrets file {file}: {reason}")]
+    Secrets {
+        /// The file.
+        file: String,
+        /// What is wrong (never a secret value).
+        reason: String,
+    },
     /// Stored data could not be decoded.
     #[error("corrupt {what}")]
     Corrupt {

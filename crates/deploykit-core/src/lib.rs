@@ -33,6 +33,7 @@ pub mod model;
 pub mod monitor;
 pub mod notify;
 mod orchestrator;
+pub mod secrets;
 pub mod store;
 pub mod strategy;
 mod time;

@@ -162,6 +162,11 @@ pub struct EnvironmentSpec {
     /// Environment-specific variables, layered over the service's.
     #[builder(default)]
     pub variables: BTreeMap<String, String>,
+    /// Environment-specific secrets, layered over the service's: variable name → secret key
+    /// path. Only the reference is stored; see [`crate::secrets`].
+    #[builder(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
 }
 
 impl From<EnvironmentSpec> for Result<EnvironmentSpec> {
@@ -176,6 +181,7 @@ impl EnvironmentSpec {
         EnvironmentName::new(self.name.as_str())?;
         self.resources.validate("environment.resources")?;
         self.strategy.validate("environment.strategy")?;
+        super::service::check_secret_refs("environment.secrets", &self.secrets)?;
         if let Some(h) = &self.health {
             h.validate("environment.health")?;
             if self.replicas == 0 && h.gates_readiness() {

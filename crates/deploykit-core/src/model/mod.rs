@@ -10,6 +10,6 @@ mod service;
 pub use environment::{Autoscale, EnvironmentKind, EnvironmentSpec, Resources};
 pub use health::{HealthChecks, Probe, ProbeAction};
 pub use ids::{DeploymentId, Digest, EnvironmentName, RevisionId, ServiceId};
-pub use revision::{Revision, WorkloadConfig};
+pub use revision::{Revision, SecretRef, WorkloadConfig};
 pub use rollout::{FailurePolicy, Quantity, RollingSpec, Weight};
 pub use service::ServiceSpec;

@@ -8,7 +8,21 @@ use super::environment::{EnvironmentSpec, Resources, replicas_zero_with_gate};
 use super::health::HealthChecks;
 use super::ids::{Digest, RevisionId, ServiceId};
 use super::service::{ServiceSpec, check_variable_name};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::secrets::SecretProvider;
+
+/// A reference to a secret: its key path in the provider and, once pinned, the version the
+/// revision was made with. The value itself is never part of a revision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SecretRef {
+    /// Key path in the provider (`production.DATABASE_URL`).
+    pub key: String,
+    /// The value's version when the revision was made ([`Revision::pin_secrets`]); a new
+    /// value gives a new version and so a new revision to roll out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
 
 /// The effective configuration of one instance in one environment: everything besides the
 /// artifact that decides how an instance behaves.
@@ -21,6 +35,10 @@ pub struct WorkloadConfig {
     pub port: Option<u16>,
     /// Variables: the service's, overlaid by the environment's.
     pub variables: BTreeMap<String, String>,
+    /// Variables whose values are secrets: name → reference. The backend resolves them when
+    /// it starts an instance.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretRef>,
     /// Effective health checks (the environment's override, or the service's).
     pub health: HealthChecks,
     /// Effective resources.
@@ -90,24 +108,87 @@ impl Revision {
             check_variable_name("environment.variables", k)?;
             variables.insert(k.clone(), v.clone());
         }
+        let mut secrets = BTreeMap::new();
+        for (name, key) in service.secrets.iter().chain(&environment.secrets) {
+            secrets.insert(
+                name.clone(),
+                SecretRef {
+                    key: key.clone(),
+                    version: None,
+                },
+            );
+        }
+        if let Some(name) = secrets.keys().find(|n| variables.contains_key(*n)) {
+            return Err(Error::invalid(
+                format!("environment.secrets.{name}"),
+                format!("{name} is both a variable and a secret; it must be one or the other"),
+            ));
+        }
         let config = WorkloadConfig {
             command: service.command.clone(),
             port: service.port,
             variables,
+            secrets,
             health,
             resources: service.resources.overlay(&environment.resources),
         };
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(artifact.as_str().as_bytes());
-        hasher.update(&[0]);
-        hasher.update(config.hash().as_bytes());
         Ok(Revision {
-            id: RevisionId::from_hash(&hasher.finalize()),
+            id: Self::identity(&artifact, &config),
             service: service.name.clone(),
             label: label.into(),
             artifact,
             config,
         })
+    }
+
+    fn identity(artifact: &Digest, config: &WorkloadConfig) -> RevisionId {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(artifact.as_str().as_bytes());
+        hasher.update(&[0]);
+        hasher.update(config.hash().as_bytes());
+        RevisionId::from_hash(&hasher.finalize())
+    }
+
+    /// Pin every secret reference to the provider's current version, so that changing a
+    /// secret's value makes a new revision (which a deployment then rolls out like any other
+    /// change). Fails with [`Error::NotFound`] naming the first secret the provider lacks.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> deploykit_core::Result<()> {
+    /// use std::collections::BTreeMap;
+    /// use deploykit_core::secrets::{FileSecretProvider, Identity, SecretString, SecretsFile};
+    /// use deploykit_core::{Digest, EnvironmentKind, EnvironmentSpec, Revision, ServiceSpec};
+    /// let web = ServiceSpec::builder().name("web").build()?;
+    /// let prod = EnvironmentSpec::builder()
+    ///     .name("production")
+    ///     .kind(EnvironmentKind::Production)
+    ///     .secrets(BTreeMap::from([("API_TOKEN".into(), "production.api_token".into())]))
+    ///     .build()?;
+    /// let me = Identity::generate();
+    /// let mut file = SecretsFile::create(&[me.to_recipient()])?;
+    /// file.set("production.api_token", SecretString::from("tok-1"))?;
+    /// let provider = FileSecretProvider::new("secrets.toml", file);
+    ///
+    /// let v1 = Revision::new(&web, &prod, Digest::of_bytes(b"image"), "v1")?
+    ///     .pin_secrets(&provider)
+    ///     .await?;
+    /// assert!(!format!("{v1:?}").contains("tok-1"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn pin_secrets(mut self, provider: &dyn SecretProvider) -> Result<Self> {
+        for (name, reference) in &mut self.config.secrets {
+            let secret = provider.get(&reference.key).await.map_err(|e| match e {
+                Error::NotFound { what } => Error::NotFound {
+                    what: format!("{what} (referenced by variable {name})"),
+                },
+                other => other,
+            })?;
+            reference.version = Some(secret.version);
+        }
+        self.id = Self::identity(&self.artifact, &self.config);
+        Ok(self)
     }
 
     /// `label (id)`, for messages.

@@ -41,6 +41,12 @@ pub struct ServiceSpec {
     /// Variables common to every environment.
     #[builder(default)]
     pub variables: BTreeMap<String, String>,
+    /// Secrets common to every environment: variable name → secret key path
+    /// (`DATABASE_URL` → `common.DATABASE_URL`). Only the reference is stored; see
+    /// [`crate::secrets`].
+    #[builder(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
     /// Health checks.
     #[builder(default)]
     pub health: HealthChecks,
@@ -65,9 +71,32 @@ impl ServiceSpec {
         for key in self.variables.keys() {
             check_variable_name("service.variables", key)?;
         }
+        check_secret_refs("service.secrets", &self.secrets)?;
         self.health.validate("service.health")?;
         self.resources.validate("service.resources")
     }
+}
+
+/// Secret references: variable names that are names, key paths that are paths.
+pub(crate) fn check_secret_refs(field: &str, secrets: &BTreeMap<String, String>) -> Result<()> {
+    for (name, key) in secrets {
+        check_variable_name(field, name)?;
+        let ok = !key.is_empty()
+            && key.split('.').all(|s| {
+                !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            });
+        if !ok {
+            return Err(Error::invalid(
+                format!("{field}.{name}"),
+                format!(
+                    "{key:?} is not a secret key path: dot-separated segments of letters, digits, `_` and `-`"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn check_variable_name(field: &str, key: &str) -> Result<()> {
