@@ -420,6 +420,9 @@ pub enum FailureKind {
     CrashLoop,
     /// A named custom check failed.
     Custom(String),
+    /// The instance could not be given its configuration, e.g. a referenced secret is
+    /// missing (Kubernetes' `CreateContainerConfigError`).
+    Configuration,
 }
 
 impl fmt::Display for FailureKind {
@@ -430,6 +433,7 @@ impl fmt::Display for FailureKind {
             FailureKind::Startup => f.write_str("failed startup"),
             FailureKind::CrashLoop => f.write_str("are crash-looping"),
             FailureKind::Custom(name) => write!(f, "failed check {name}"),
+            FailureKind::Configuration => f.write_str("could not be configured"),
         }
     }
 }

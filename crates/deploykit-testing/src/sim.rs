@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploykit_core::environment::proportional_weights;
+use deploykit_core::secrets::{SecretProvider, SecretString};
 use deploykit_core::{
     Clock, DesiredState, Digest, Environment, Error, FailureKind, InstanceFailure,
     InstanceObservation, MetricQuery, Monitor, Observed, Probe, Result, Revision, RevisionId,
@@ -120,11 +121,15 @@ struct SimInstance {
     started: Instant,
 }
 
+/// The secret variables a revision's instances were started with, or why they could not be.
+type ResolvedSecrets = std::result::Result<Arc<BTreeMap<String, SecretString>>, String>;
+
 #[derive(Debug)]
 struct SimRevision {
     revision: Arc<Revision>,
     desired: u32,
     instances: Vec<SimInstance>,
+    secrets: ResolvedSecrets,
 }
 
 #[derive(Debug, Default)]
@@ -145,6 +150,7 @@ struct State {
     starts: BTreeMap<(ServiceId, RevisionId), u32>,
     applies: u64,
     next_instance: u64,
+    secret_provider: Option<Arc<dyn SecretProvider>>,
 }
 
 /// A simulated cluster. Clones share state, so a test can keep one handle and give another to
@@ -209,6 +215,83 @@ impl SimCluster {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolve revisions' secret references through `provider` when their instances start,
+    /// as a kubelet resolves `secretKeyRef`. Without a provider, or for a key the provider
+    /// lacks, the instances fail with [`FailureKind::Configuration`] naming the key.
+    pub fn set_secret_provider(&self, provider: Arc<dyn SecretProvider>) {
+        self.lock().secret_provider = Some(provider);
+    }
+
+    /// The secret variables the instances of `revision` were started with (what the
+    /// workload would see in its environment), or why they could not be resolved.
+    pub fn resolved_secrets(
+        &self,
+        service: &ServiceId,
+        revision: &RevisionId,
+    ) -> Option<std::result::Result<BTreeMap<String, SecretString>, String>> {
+        let state = self.lock();
+        let rev = state
+            .services
+            .get(service)?
+            .revisions
+            .iter()
+            .find(|r| &r.revision.id == revision)?;
+        Some(
+            rev.secrets
+                .as_ref()
+                .map(|s| (**s).clone())
+                .map_err(Clone::clone),
+        )
+    }
+
+    /// Resolve the secrets of the revisions in `desired` that this cluster is not running yet.
+    async fn resolve_secrets(
+        &self,
+        service: &ServiceId,
+        desired: &DesiredState,
+    ) -> HashMap<RevisionId, ResolvedSecrets> {
+        let (provider, new): (_, Vec<Arc<Revision>>) = {
+            let state = self.lock();
+            let running = state.services.get(service);
+            let new = desired
+                .revisions
+                .iter()
+                .filter(|t| !t.revision.config.secrets.is_empty())
+                .filter(|t| {
+                    !running
+                        .is_some_and(|s| s.revisions.iter().any(|r| r.revision.id == t.revision.id))
+                })
+                .map(|t| t.revision.clone())
+                .collect();
+            (state.secret_provider.clone(), new)
+        };
+        let mut resolved = HashMap::new();
+        for revision in new {
+            let mut values = BTreeMap::new();
+            let mut outcome = Ok(());
+            for (name, reference) in &revision.config.secrets {
+                let Some(provider) = &provider else {
+                    outcome = Err(format!(
+                        "variable {name}: no secret provider to resolve {}",
+                        reference.key
+                    ));
+                    break;
+                };
+                match provider.get(&reference.key).await {
+                    Ok(secret) => {
+                        values.insert(name.clone(), secret.value);
+                    }
+                    Err(e) => {
+                        outcome = Err(format!("variable {name}: {e}"));
+                        break;
+                    }
+                }
+            }
+            resolved.insert(revision.id.clone(), outcome.map(|()| Arc::new(values)));
+        }
+        resolved
     }
 
     /// Make every instance of `artifact` behave as `behavior` (existing instances too).
@@ -382,12 +465,19 @@ impl State {
                 .instances
                 .iter()
                 .map(|i| {
-                    let (ready, restarts, failure) = instance_state(
-                        self.config.start_latency,
-                        behavior,
-                        &rev.revision,
-                        now.duration_since(i.started),
-                    );
+                    let (ready, restarts, failure) = match &rev.secrets {
+                        Err(reason) => (
+                            false,
+                            0,
+                            Some(InstanceFailure::new(FailureKind::Configuration, reason)),
+                        ),
+                        Ok(_) => instance_state(
+                            self.config.start_latency,
+                            behavior,
+                            &rev.revision,
+                            now.duration_since(i.started),
+                        ),
+                    };
                     InstanceObservation::new(i.name.clone(), ready, restarts, failure)
                 })
                 .collect();
@@ -450,7 +540,13 @@ impl State {
             .push(snapshot);
     }
 
-    fn apply(&mut self, service: &ServiceId, desired: &DesiredState, now: Instant) -> bool {
+    fn apply(
+        &mut self,
+        service: &ServiceId,
+        desired: &DesiredState,
+        mut secrets: HashMap<RevisionId, ResolvedSecrets>,
+        now: Instant,
+    ) -> bool {
         let latency = self.config.start_latency;
         let behaviors = self.behaviors.clone();
         let mut next_instance = self.next_instance;
@@ -474,10 +570,18 @@ impl State {
                 .iter()
                 .position(|r| r.revision.id == target.revision.id);
             let index = position.unwrap_or_else(|| {
+                let resolved = secrets.remove(&target.revision.id).unwrap_or_else(|| {
+                    if target.revision.config.secrets.is_empty() {
+                        Ok(Arc::default())
+                    } else {
+                        Err("secrets changed while being resolved; apply again".to_string())
+                    }
+                });
                 svc.revisions.push(SimRevision {
                     revision: target.revision.clone(),
                     desired: 0,
                     instances: Vec::new(),
+                    secrets: resolved,
                 });
                 svc.revisions.len() - 1
             });
@@ -527,6 +631,7 @@ impl State {
 #[async_trait]
 impl Environment for SimCluster {
     async fn apply(&self, service: &ServiceId, desired: &DesiredState) -> Result<()> {
+        let secrets = self.resolve_secrets(service, desired).await;
         let now = Instant::now();
         let at = self.clock.now();
         let mut state = self.lock();
@@ -534,7 +639,7 @@ impl Environment for SimCluster {
         if let Some(f @ (Fault::Transient | Fault::Permanent)) = fault {
             return Err(Self::fault_error(Op::Apply, service, f));
         }
-        if state.apply(service, desired, now) {
+        if state.apply(service, desired, secrets, now) {
             state.applies += 1;
             if state.config.record_history {
                 state.snapshot(service, now, at);

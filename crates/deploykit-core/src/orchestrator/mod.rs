@@ -36,6 +36,7 @@ use crate::model::{
 };
 use crate::monitor::Monitor;
 use crate::notify::Notifier;
+use crate::secrets::SecretProvider;
 use crate::store::{AuditAction, AuditRecord, Lease, StateStore};
 use crate::strategy::{BlueGreenSpec, StrategySpec};
 use crate::time::{Clock, SystemClock};
@@ -139,6 +140,8 @@ pub(crate) struct Shared {
     previews: Option<preview::PreviewTemplate>,
     /// The access policy operator actions are checked against, if any.
     access: Option<AccessPolicy>,
+    /// Where secret references are pinned to versions when a revision is made.
+    secrets: Option<Arc<dyn SecretProvider>>,
     /// Deployment drivers (aborted when the orchestrator is dropped or shut down).
     drivers: Mutex<JoinSet<()>>,
     clock: Arc<dyn Clock>,
@@ -160,6 +163,7 @@ pub struct OrchestratorBuilder {
     targets: BTreeMap<EnvironmentName, Arc<Target>>,
     previews: Option<preview::PreviewTemplate>,
     access: Option<AccessPolicy>,
+    secrets: Option<Arc<dyn SecretProvider>>,
     notifiers: Vec<Arc<dyn Notifier>>,
     clock: Arc<dyn Clock>,
     owner: Option<String>,
@@ -210,6 +214,15 @@ impl OrchestratorBuilder {
     /// permission, and are audited. Without a policy every action is allowed.
     pub fn access_policy(mut self, policy: AccessPolicy) -> Self {
         self.access = Some(policy);
+        self
+    }
+
+    /// Pin the secret references of every new revision to `provider`'s current versions
+    /// ([`Revision::pin_secrets`]): a changed secret value makes a new revision, and a
+    /// reference to a secret the provider lacks refuses the deployment before anything
+    /// starts. Values are never read into the journal; the backends resolve them.
+    pub fn secrets(mut self, provider: Arc<dyn SecretProvider>) -> Self {
+        self.secrets = Some(provider);
         self
     }
 
@@ -272,6 +285,7 @@ impl OrchestratorBuilder {
             targets: RwLock::new(self.targets),
             previews: self.previews,
             access: self.access,
+            secrets: self.secrets,
             drivers: Mutex::new(JoinSet::new()),
             clock: self.clock,
             owner,
@@ -378,6 +392,7 @@ impl Orchestrator {
             targets: BTreeMap::new(),
             previews: None,
             access: None,
+            secrets: None,
             notifiers: Vec::new(),
             clock: Arc::new(SystemClock),
             owner: None,
@@ -437,12 +452,15 @@ impl Orchestrator {
                 None,
             )
             .await?;
-        let revision = Revision::new(
-            &request.service,
-            &target.spec,
-            request.artifact,
-            request.label,
-        )?;
+        let revision = self
+            .shared
+            .revision(
+                &request.service,
+                &target.spec,
+                request.artifact,
+                request.label,
+            )
+            .await?;
         let strategy = request
             .strategy
             .unwrap_or_else(|| target.spec.strategy.clone());
@@ -800,6 +818,22 @@ fn deployment_id(
 }
 
 impl Shared {
+    /// The revision of `service` running `artifact` in the environment `spec`, its secret
+    /// references pinned if there is a provider.
+    async fn revision(
+        &self,
+        service: &ServiceSpec,
+        spec: &EnvironmentSpec,
+        artifact: Digest,
+        label: String,
+    ) -> Result<Revision> {
+        let revision = Revision::new(service, spec, artifact, label)?;
+        match &self.secrets {
+            Some(provider) => revision.pin_secrets(provider.as_ref()).await,
+            None => Ok(revision),
+        }
+    }
+
     fn spawn(self: &Arc<Self>, status: &DeploymentStatus) {
         let span = tracing::info_span!(
             "deployment",

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::journal::{Actor, DeploymentKind};
 use crate::model::{
     DeploymentId, Digest, EnvironmentKind, EnvironmentName, EnvironmentSpec, FailurePolicy,
-    Revision, ServiceId, ServiceSpec,
+    ServiceId, ServiceSpec,
 };
 use crate::store::AuditAction;
 use crate::strategy::StrategySpec;
@@ -199,12 +199,15 @@ impl Orchestrator {
         if request.ttl.is_zero() {
             return Err(Error::invalid("preview.ttl", "must be more than 0"));
         }
-        let revision = Revision::new(
-            &request.service,
-            &target.spec,
-            request.artifact,
-            request.label,
-        )?;
+        let revision = self
+            .shared
+            .revision(
+                &request.service,
+                &target.spec,
+                request.artifact,
+                request.label,
+            )
+            .await?;
         let expires_at = self.shared.clock.now().plus(request.ttl);
         let plan = Plan {
             kind: DeploymentKind::Preview {

@@ -9,7 +9,7 @@ use super::{Orchestrator, Plan};
 use crate::access::AccessAction;
 use crate::error::{Error, Result};
 use crate::journal::{Actor, DeploymentKind, DeploymentStatus, ReleaseMembership};
-use crate::model::{DeploymentId, Digest, EnvironmentName, Revision, ServiceSpec};
+use crate::model::{DeploymentId, Digest, EnvironmentName, ServiceSpec};
 use crate::store::AuditAction;
 
 /// One service of a release and the artifact it moves to.
@@ -92,12 +92,11 @@ impl Orchestrator {
                     format!("service {} appears twice", s.service.name),
                 ));
             }
-            revisions.push(Revision::new(
-                &s.service,
-                &target.spec,
-                s.artifact,
-                s.label,
-            )?);
+            revisions.push(
+                self.shared
+                    .revision(&s.service, &target.spec, s.artifact, s.label)
+                    .await?,
+            );
         }
         let ids: Vec<DeploymentId> = revisions
             .iter()

@@ -1,0 +1,259 @@
+//! Deploy with secrets, rotate one, refuse a missing one, fail an instance on one — then
+//! search every log line, event, notification, journal row (and the raw SQLite files), audit
+//! record, error, `Debug` output and panic message for the secret values: none may appear.
+//! The workload itself must have received them, or the search would prove nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deploykit_core::secrets::{
+    ExposeSecret, FileSecretProvider, Identity, SecretString, SecretsFile,
+};
+use deploykit_core::{
+    Actor, DeployRequest, DesiredState, Environment, Error, FailureKind, Phase, Revision,
+    RevisionTarget, ServiceSpec, SqliteStore, StateStore, Traffic,
+};
+use deploykit_testing::{RecordingNotifier, SimCluster};
+
+const DB_PASSWORD: &str = "postgres://app:Xq7-db-pass-91f3@db/shop";
+const TOKEN_V1: &str = "tok-live-5b2e0c7d";
+const TOKEN_V2: &str = "tok-live-rotated-a41f";
+
+/// Log lines, kept in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn service_with_secrets(extra: Option<(&str, &str)>) -> ServiceSpec {
+    let mut secrets = BTreeMap::from([(
+        "DATABASE_URL".to_string(),
+        "production.database_url".to_string(),
+    )]);
+    if let Some((name, key)) = extra {
+        secrets.insert(name.to_string(), key.to_string());
+    }
+    let mut service = common::service();
+    service.secrets = secrets;
+    service
+}
+
+fn request(service: ServiceSpec, label: &str) -> DeployRequest {
+    DeployRequest::builder()
+        .service(service)
+        .environment("production")
+        .artifact(common::artifact(label))
+        .label(label)
+        .requested_by(Actor::new("alice"))
+        .build()
+}
+
+#[tokio::test(start_paused = true)]
+async fn secret_values_never_leave_the_workload() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("one subscriber per test binary");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secrets_path = dir.path().join("secrets.toml");
+    let ci = Identity::generate();
+    let mut file = SecretsFile::create(&[ci.to_recipient()]).expect("create");
+    file.set("production.database_url", SecretString::from(DB_PASSWORD))
+        .expect("set");
+    file.set("production.api_token", SecretString::from(TOKEN_V1))
+        .expect("set");
+    file.save(&secrets_path).expect("save");
+    let provider = FileSecretProvider::open(&secrets_path, &ci).expect("open secrets");
+
+    let db_path = dir.path().join("state.db");
+    let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&db_path).await.expect("store"));
+    let sim = SimCluster::new();
+    sim.set_secret_provider(Arc::new(provider.clone()));
+    let mut env = common::production();
+    env.secrets = BTreeMap::from([("API_TOKEN".to_string(), "production.api_token".to_string())]);
+    let notifier = RecordingNotifier::new();
+    let orch = deploykit_core::Orchestrator::builder_shared(store.clone())
+        .environment(env.clone(), Arc::new(sim.clone()))
+        .clock(Arc::new(sim.clock()))
+        .owner("o1")
+        .config(common::config())
+        .secrets(Arc::new(provider.clone()))
+        .notifier(Arc::new(notifier.clone()))
+        .open()
+        .await
+        .expect("orchestrator");
+    let mut events = orch.subscribe();
+    let mut haystack: Vec<String> = Vec::new();
+    let wait = |id| {
+        let orch = &orch;
+        async move {
+            tokio::time::timeout(Duration::from_secs(6 * 3600), orch.wait(&id))
+                .await
+                .expect("ends")
+                .expect("wait")
+        }
+    };
+
+    // 1. Deploy with two secrets; the workload gets both values.
+    let service = service_with_secrets(None);
+    let first = orch
+        .deploy(request(service.clone(), "v1"))
+        .await
+        .expect("deploy");
+    let status = wait(first.clone()).await;
+    assert_eq!(status.phase, Phase::Succeeded);
+    let v1 = status.spec.target.clone();
+    let seen = sim
+        .resolved_secrets(&service.name, &v1.id)
+        .expect("running")
+        .expect("resolved");
+    assert_eq!(seen["DATABASE_URL"].expose_secret(), DB_PASSWORD);
+    assert_eq!(seen["API_TOKEN"].expose_secret(), TOKEN_V1);
+
+    // 2. Rotate the token: the same artifact makes a new revision, which rolls out.
+    file.set("production.api_token", SecretString::from(TOKEN_V2))
+        .expect("rotate");
+    file.save(&secrets_path).expect("save");
+    provider.reload(SecretsFile::open(&secrets_path, &ci).expect("reopen"));
+    let rotated = orch
+        .deploy(request(service.clone(), "v1"))
+        .await
+        .expect("deploy");
+    let status = wait(rotated.clone()).await;
+    assert_eq!(status.phase, Phase::Succeeded);
+    assert_ne!(
+        status.spec.target.id, v1.id,
+        "a new secret value is a new revision"
+    );
+    let seen = sim
+        .resolved_secrets(&service.name, &status.spec.target.id)
+        .expect("running")
+        .expect("resolved");
+    assert_eq!(seen["API_TOKEN"].expose_secret(), TOKEN_V2);
+
+    // 3. A reference to a secret nobody has is refused before anything starts.
+    let missing = service_with_secrets(Some(("STRIPE_KEY", "production.stripe_key")));
+    let err = orch.deploy(request(missing, "v2")).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "secret production.stripe_key in {} (referenced by variable STRIPE_KEY) not found",
+            secrets_path.display()
+        )
+    );
+    haystack.push(err.chain());
+    haystack.push(format!("{err:?}"));
+
+    // 4. A backend that cannot resolve a secret fails the instances, naming the key only.
+    let orphan = SimCluster::new();
+    let revision = Revision::new(&service, &env, common::artifact("v9"), "v9").expect("revision");
+    orphan
+        .apply(
+            &service.name,
+            &DesiredState::new(
+                vec![RevisionTarget::new(revision.clone(), 1)],
+                Traffic::ByReadyInstances,
+            ),
+        )
+        .await
+        .expect("apply");
+    let observed = orphan.observe(&service.name).await.expect("observe");
+    let failure = observed.revisions[0].instances[0]
+        .failure
+        .clone()
+        .expect("fails");
+    assert_eq!(failure.kind, FailureKind::Configuration);
+    assert_eq!(
+        failure.reason,
+        "variable API_TOKEN: no secret provider to resolve production.api_token"
+    );
+    haystack.push(format!("{observed:?}"));
+
+    // Everything deploykit wrote or said.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while let Ok(event) = events.try_recv() {
+        haystack.push(format!("{event:?}"));
+    }
+    for event in notifier.events() {
+        haystack.push(format!("{event:?}"));
+        haystack.push(
+            serde_json::to_string(&deploykit_core::Notification::from(&event))
+                .expect("notification json"),
+        );
+    }
+    for id in [&first, &rotated] {
+        for entry in orch.journal(id).await.expect("journal") {
+            haystack.push(serde_json::to_string(&entry).expect("entry json"));
+            haystack.push(format!("{entry:?}"));
+        }
+    }
+    haystack.push(format!("{:?}", orch.audit_log().await.expect("audit")));
+    haystack.push(format!("{:?}", orch.audit_chain().await.expect("chain")));
+    haystack.push(format!("{sim:?}"));
+    haystack.push(format!("{:?}", sim.history(&service.name)));
+    haystack.push(format!("{:?}", sim.resolved_secrets(&service.name, &v1.id)));
+    haystack.push(format!("{file:?} {provider:?} {ci:?}"));
+    haystack.push(format!("{:?}", provider.versions()));
+    haystack.push(file.to_toml());
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let panic = std::panic::catch_unwind(|| {
+        let value = file.get("production.database_url").expect("there");
+        panic!("refusing to start with {value:?}");
+    })
+    .expect_err("panics");
+    std::panic::set_hook(hook);
+    haystack.push(panic.downcast_ref::<String>().cloned().expect("message"));
+    orch.shutdown().await.expect("shutdown");
+    drop(store);
+    for suffix in ["", "-wal", "-shm"] {
+        let path = dir.path().join(format!("state.db{suffix}"));
+        if let Ok(bytes) = std::fs::read(&path) {
+            haystack.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+    }
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).expect("utf-8 logs");
+    assert!(logs.lines().count() > 10, "logging was captured:\n{logs}");
+    assert!(
+        logs.contains("API_TOKEN") || logs.contains("deployment"),
+        "{logs}"
+    );
+    haystack.push(logs);
+
+    for needle in [DB_PASSWORD, "Xq7-db-pass-91f3", TOKEN_V1, TOKEN_V2] {
+        for (i, hay) in haystack.iter().enumerate() {
+            assert!(
+                !hay.contains(needle),
+                "secret {needle:?} leaked into item {i}:\n{hay}"
+            );
+        }
+    }
+    // The references are recorded, pinned to a version, so reviewers see which secrets (and
+    // which versions of them) a revision runs with.
+    let pinned = serde_json::to_string(&*status.spec.target).expect("revision json");
+    let version = provider.versions()["production.api_token"].clone();
+    assert!(
+        pinned.contains(&format!(
+            r#"{{"key":"production.api_token","version":"{version}"}}"#
+        )),
+        "{pinned}"
+    );
+}
