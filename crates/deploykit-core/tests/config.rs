@@ -1,7 +1,7 @@
 //! The configuration file: a full sample, layered variables with their origin, errors that
 //! point at the place, and a fuzz of the loader.
 
-use deploykit_core::config::Config;
+use deploykit_core::config::{Config, Setting};
 use deploykit_core::{EnvironmentKind, Error, Quantity, StrategySpec};
 use proptest::prelude::*;
 
@@ -39,6 +39,9 @@ variables = { LOG_LEVEL = "warn" }
 [overrides.production]
 REGION = "eu-central-1"
 "#;
+
+/// The sample the `config_tour` example ships: canary steps, analyses, secrets.
+const TOUR: &str = include_str!("../../../examples/config/deploykit.toml");
 
 fn error(text: &str) -> String {
     match Config::from_toml_str("deploykit.toml", text) {
@@ -78,18 +81,27 @@ fn a_full_file_loads_into_validated_types() {
 #[test]
 fn variables_layer_and_explain_where_they_came_from() {
     let config = Config::from_toml_str("deploykit.toml", SAMPLE).expect("sample loads");
-    let (v, o) = config.explain("production", "LOG_LEVEL").expect("set");
+    let explain = |env: &str, name: &str| {
+        let (v, o) = config.explain(env, name).expect("set");
+        (v.to_string(), o.layer.clone(), o.line)
+    };
     assert_eq!(
-        (v, o.layer.as_str(), o.line),
-        ("warn", "environments.production.variables", 30)
+        explain("production", "LOG_LEVEL"),
+        (
+            "warn".into(),
+            "environments.production.variables".into(),
+            30
+        )
     );
-    let (v, o) = config.explain("production", "REGION").expect("set");
     assert_eq!(
-        (v, o.layer.as_str(), o.line),
-        ("eu-central-1", "overrides.production", 33)
+        explain("production", "REGION"),
+        ("eu-central-1".into(), "overrides.production".into(), 33)
     );
-    let (v, o) = config.explain("staging", "REGION").expect("set");
-    assert_eq!((v, o.layer.as_str(), o.line), ("eu-west-1", "variables", 5));
+    assert_eq!(
+        explain("staging", "REGION"),
+        ("eu-west-1".into(), "variables".into(), 5)
+    );
+    let (_, o) = config.explain("staging", "REGION").expect("set");
     assert_eq!(o.to_string(), "variables (deploykit.toml:5)");
     assert!(config.explain("staging", "NOPE").is_none());
     let prod = config.environment("production").expect("production");
@@ -160,6 +172,177 @@ fn errors_point_at_the_place() {
     assert!(e.starts_with("deploykit.toml:1:"), "{e}");
 }
 
+#[test]
+fn strategies_analyses_and_secrets_load() {
+    let config = Config::from_toml_str("deploykit.toml", TOUR).expect("the tour's sample loads");
+    let prod = config.environment("production").expect("production");
+    let StrategySpec::Canary(canary) = &prod.strategy else {
+        panic!("{:?}", prod.strategy)
+    };
+    assert_eq!(canary.steps.len(), 8);
+    assert_eq!(canary.scale_down_delay.as_secs(), 60);
+    let steps: Vec<String> = canary
+        .steps
+        .iter()
+        .map(|s| {
+            serde_json::to_value(s).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "set_canary_scale",
+            "set_header_route",
+            "set_weight",
+            "pause",
+            "set_weight",
+            "analysis",
+            "set_weight",
+            "pause"
+        ]
+    );
+    assert_eq!(
+        canary.background_analysis.as_ref(),
+        Some(config.analysis("errors").unwrap())
+    );
+    let errors = &config.analysis("errors").unwrap().metrics[0];
+    assert_eq!(
+        (errors.count, errors.interval.map(|d| d.as_secs())),
+        (Some(3), Some(60))
+    );
+    let autoscale = prod.autoscale.as_ref().expect("autoscale");
+    assert_eq!(
+        (
+            autoscale.min_replicas,
+            autoscale.max_replicas,
+            autoscale.target_cpu_percent
+        ),
+        (6, 20, 70)
+    );
+    assert_eq!(prod.resources.cpu_limit_millis, Some(1000));
+    assert_eq!(prod.progress_deadline.as_secs(), 900);
+    let staging = config.environment("staging").expect("staging");
+    assert!(matches!(&staging.strategy, StrategySpec::BlueGreen(b)
+        if b.pre_promotion_analysis.is_some() && b.auto_promotion_delay.as_secs() == 120));
+    let worker = config.service("worker").expect("worker");
+    assert_eq!(
+        worker.health.startup.as_ref().unwrap().failure_threshold,
+        15
+    );
+
+    // Secrets are references, layered like values, and kept apart from them.
+    assert_eq!(prod.secrets["DATABASE_URL"], "production.database_url");
+    assert_eq!(prod.secrets["SENTRY_DSN"], "common.sentry_dsn");
+    assert!(!prod.variables.contains_key("DATABASE_URL"));
+    let (setting, origin) = config.explain("production", "PAYMENT_API_KEY").unwrap();
+    assert_eq!(
+        setting,
+        &Setting::Secret("production.payment_api_key".into())
+    );
+    assert_eq!(origin.layer, "environments.production.secrets");
+    assert_eq!(
+        config.secrets_file(),
+        Some(std::path::Path::new("deploykit.secrets.toml"))
+    );
+    let names: Vec<&str> = config.settings("development").map(|(n, _, _)| n).collect();
+    assert_eq!(
+        names,
+        ["FEATURE_FLAGS_FILE", "LOG_LEVEL", "REGION", "SENTRY_DSN"]
+    );
+}
+
+#[test]
+fn strategy_errors_point_at_the_step() {
+    let cases = [
+        (
+            TOUR.replace("{ weight = 10 },", "{ weight = 10, pause = \"1m\" },"),
+            "deploykit.toml:68:3: environments.production.strategy.canary.steps[2]: a step has exactly one of",
+        ),
+        (
+            TOUR.replace("{ weight = 25 },", "{ weight = 250 },"),
+            "deploykit.toml:70:3: environments.production.strategy.canary.steps[4].weight:",
+        ),
+        (
+            TOUR.replace("{ analysis = \"latency\" }", "{ analysis = \"latncy\" }"),
+            "environments.production.strategy.canary.steps[5].analysis: no analysis named \"latncy\" (defined: errors, latency)",
+        ),
+        (
+            TOUR.replace("{ approval = true }", "{ approval = false }"),
+            "steps[7].approval: `approval = false` is not a step",
+        ),
+        (
+            TOUR.replace("below = 0.01, ", ""),
+            "analyses.errors.metrics[0]: a threshold metric needs exactly one of `below` or `above`",
+        ),
+        (
+            TOUR.replace("bad = \"increase\"", "bad = \"up\""),
+            "analyses.latency.metrics[0].judgement.metrics[0].bad: \"up\": expected \"increase\", \"decrease\" or \"either\"",
+        ),
+        (
+            TOUR.replace(
+                "failure_policy = \"rollback\"",
+                "failure_policy = \"retry\"",
+            ),
+            "environments.production.failure_policy: \"retry\": expected \"rollback\", \"freeze\" or \"pause\"",
+        ),
+        (
+            TOUR.replace(
+                "strategy.blue_green",
+                "strategy.canary = { steps = [] }\nstrategy.blue_green",
+            ),
+            "environments.staging.strategy: expected exactly one of `rolling`, `blue_green` or `canary`",
+        ),
+        (
+            TOUR.replace(
+                "\"production.database_url\"",
+                "\"production..database_url\"",
+            ),
+            "environments.production: invalid environment.secrets.DATABASE_URL: \"production..database_url\" is not a secret key path",
+        ),
+        (
+            TOUR.replace(
+                "variables = { LOG_LEVEL = \"warn\" }",
+                "variables = { LOG_LEVEL = \"warn\", DATABASE_URL = \"x\" }",
+            ),
+            "environments.production.variables.DATABASE_URL: DATABASE_URL is also in environments.production.secrets; a setting is a value or a secret, not both",
+        ),
+        (
+            TOUR.replace("steps = [\n", "stepz = [\n"),
+            "unknown field `stepz`",
+        ),
+    ];
+    for (text, expected) in cases {
+        let e = error(&text);
+        assert!(e.contains(expected), "expected {expected:?} in\n{e}");
+    }
+}
+
+#[tokio::test]
+async fn check_secrets_names_the_missing_reference() {
+    use deploykit_core::secrets::{FileSecretProvider, Identity, SecretString, SecretsFile};
+    let config = Config::from_toml_str("deploykit.toml", TOUR).expect("loads");
+    let me = Identity::generate();
+    let mut file = SecretsFile::create(&[me.to_recipient()]).unwrap();
+    for key in [
+        "common.sentry_dsn",
+        "staging.database_url",
+        "production.database_url",
+    ] {
+        file.set(key, SecretString::from("value")).unwrap();
+    }
+    let provider = FileSecretProvider::new("deploykit.secrets.toml", file);
+    let err = config.check_secrets(&provider).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "secret production.payment_api_key in deploykit.secrets.toml (referenced as \
+         PAYMENT_API_KEY in environment production at environments.production.secrets \
+         (deploykit.toml:60)) not found"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -171,9 +354,10 @@ proptest! {
 
     #[test]
     fn mutations_of_a_valid_file_never_panic(
-        edits in prop::collection::vec((0usize..SAMPLE.len(), 0usize..4, any::<char>()), 1..6)
+        tour in any::<bool>(),
+        edits in prop::collection::vec((0usize..TOUR.len(), 0usize..4, any::<char>()), 1..6)
     ) {
-        let mut text: Vec<char> = SAMPLE.chars().collect();
+        let mut text: Vec<char> = if tour { TOUR } else { SAMPLE }.chars().collect();
         for (at, op, c) in edits {
             let at = at % (text.len() + 1);
             match op {

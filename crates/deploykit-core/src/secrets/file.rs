@@ -471,10 +471,10 @@ impl SecretsFile {
                 format!("{key:?} would nest with the existing key {existing:?}"),
             ));
         }
-        if let Some(entry) = self.values.get(key) {
-            if entry.value.expose_secret() == value.expose_secret() {
-                return Ok(());
-            }
+        if let Some(entry) = self.values.get(key)
+            && entry.value.expose_secret() == value.expose_secret()
+        {
+            return Ok(());
         }
         let cipher = self.cipher();
         let ciphertext = encrypt_value(&cipher, key, value.expose_secret())?;
