@@ -514,3 +514,48 @@ fn saving_is_atomic_and_leaves_no_temporary_files() {
     let err = SecretsFile::open(&dir.path().join("absent.toml"), &alice).unwrap_err();
     assert!(matches!(err, Error::Secrets { ref reason, .. } if reason.starts_with("cannot read")));
 }
+
+#[test]
+fn identities_load_from_age_key_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = Identity::generate();
+    let key = me.secret_key().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let good = write(
+        "me.agekey",
+        &format!(
+            "# created: today\n# public key: {}\n{}\n",
+            me.to_recipient().label(),
+            key.expose_secret()
+        ),
+    );
+    let loaded = Identity::from_key_file(&good).unwrap();
+    assert_eq!(loaded.to_recipient().label(), me.to_recipient().label());
+
+    let cases = [
+        ("empty.agekey", "# nothing\n".to_string(), "holds no identity"),
+        (
+            "two.agekey",
+            format!("{}\n{}\n", key.expose_secret(), key.expose_secret()),
+            "holds more than one identity",
+        ),
+        (
+            "bad.agekey",
+            "AGE-SECRET-KEY-1NOTAKEY\n".to_string(),
+            "its key line is not an age X25519 identity",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let err = Identity::from_key_file(&write(name, &text))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{name}: {err}");
+        assert!(!err.contains(key.expose_secret()), "{err}");
+    }
+    let missing = Identity::from_key_file(&dir.path().join("absent")).unwrap_err();
+    assert!(missing.to_string().contains("cannot read"), "{missing}");
+}

@@ -165,6 +165,30 @@ impl Identity {
             })
     }
 
+    /// The X25519 identity in an age key file (as `age-keygen` writes it: `#` comment lines
+    /// and one `AGE-SECRET-KEY-1…` line). Errors name the file, never its content.
+    pub fn from_key_file(path: &Path) -> Result<Self> {
+        let fail =
+            |reason: String| Error::invalid(format!("identity file {}", path.display()), reason);
+        let text = SecretString::from(
+            std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?,
+        );
+        let mut keys = text
+            .expose_secret()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'));
+        match (keys.next(), keys.next()) {
+            (Some(key), None) => Self::x25519(&SecretString::from(key)).map_err(|_| {
+                fail("its key line is not an age X25519 identity (AGE-SECRET-KEY-1…)".into())
+            }),
+            (None, _) => Err(fail("holds no identity".into())),
+            (Some(_), Some(_)) => Err(fail(
+                "holds more than one identity; give one per file".into(),
+            )),
+        }
+    }
+
     /// A passphrase identity accepting work factors up to [`MAX_WORK_FACTOR`].
     pub fn passphrase(passphrase: SecretString) -> Self {
         Identity::Passphrase {
