@@ -49,6 +49,18 @@ async fn run() -> Result<bool, BoxError> {
         config.application,
         names.join(", ")
     );
+    for service in config.services() {
+        let stages: Vec<String> = config
+            .pipeline(service.name.as_str())?
+            .stage_names()
+            .map(str::to_string)
+            .collect();
+        println!(
+            "   service {}: build stages [{}]",
+            service.name,
+            stages.join(", ")
+        );
+    }
     let identity = Identity::from_key_file(&dir.join("demo.agekey"))?;
     let secrets_path = config
         .secrets_file()

@@ -16,6 +16,9 @@
 //!   acting, so a new process on the same store resumes every in-flight deployment; approvals,
 //!   failure policies, preview environments and multi-service releases.
 //! - [`SqliteStore`]: the embedded default state store.
+//! - [`config`]: the `deploykit.toml` loader; [`secrets`]: the encrypted secrets file and
+//!   [`secrets::SecretProvider`]; [`build`]: build pipelines of command stages; [`flags`],
+//!   [`access`] and [`audit`]: feature flags, access control and the tamper-evident audit log.
 //!
 //! In-memory backends, fault injection and conformance suites live in `deploykit-testing`.
 

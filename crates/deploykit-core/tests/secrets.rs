@@ -537,7 +537,11 @@ fn identities_load_from_age_key_files() {
     assert_eq!(loaded.to_recipient().label(), me.to_recipient().label());
 
     let cases = [
-        ("empty.agekey", "# nothing\n".to_string(), "holds no identity"),
+        (
+            "empty.agekey",
+            "# nothing\n".to_string(),
+            "holds no identity",
+        ),
         (
             "two.agekey",
             format!("{}\n{}\n", key.expose_secret(), key.expose_secret()),

@@ -51,12 +51,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::analysis::AnalysisSpec;
+use crate::build::{BuildStage, CommandStage, Pipeline};
 use crate::error::{Error, Result};
 use crate::model::{
     Autoscale, EnvironmentKind, EnvironmentSpec, FailurePolicy, HealthChecks, Probe, ProbeAction,
@@ -115,6 +117,21 @@ struct ServiceToml {
     secrets: BTreeMap<String, String>,
     health: Option<HealthToml>,
     resources: Option<ResourcesToml>,
+    #[serde(default)]
+    build: Vec<Spanned<BuildStageToml>>,
+}
+
+/// `[[services.<name>.build]]`: one build stage of commands.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildStageToml {
+    name: String,
+    steps: Vec<Vec<String>>,
+    #[serde(default)]
+    outputs: Vec<PathBuf>,
+    #[serde(default)]
+    cleanup: Vec<PathBuf>,
+    timeout: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -213,6 +230,7 @@ pub struct Config {
     secrets_file: Option<PathBuf>,
     analyses: BTreeMap<String, AnalysisSpec>,
     services: BTreeMap<String, ServiceSpec>,
+    build: BTreeMap<String, Vec<CommandStage>>,
     environments: BTreeMap<String, EnvironmentSpec>,
     /// Effective settings per environment, each with where it came from.
     settings: BTreeMap<String, BTreeMap<String, (Setting, Origin)>>,
@@ -311,6 +329,7 @@ impl Config {
         })?;
         let analyses = rollout::analyses(&at, &parsed.analyses)?;
         let mut services = BTreeMap::new();
+        let mut build = BTreeMap::new();
         for (name, spanned) in &parsed.services {
             let span = spanned.span();
             let path = format!("services.{name}");
@@ -336,6 +355,28 @@ impl Config {
             spec.port = s.port;
             spec.validate()
                 .map_err(|e| at.error(span.clone(), &path, e))?;
+            let mut stages = Vec::new();
+            for (i, stage) in s.build.iter().enumerate() {
+                let stage_path = format!("{path}.build[{i}]");
+                let b = stage.get_ref();
+                let mut command = CommandStage::builder()
+                    .name(b.name.clone())
+                    .steps(b.steps.clone())
+                    .outputs(b.outputs.clone())
+                    .cleanup(b.cleanup.clone())
+                    .build()
+                    .map_err(|e| at.error(stage.span(), &stage_path, e))?;
+                if let Some(t) = &b.timeout {
+                    command.timeout =
+                        duration(&at, stage.span(), &format!("{stage_path}.timeout"), t)?;
+                }
+                stages.push(Arc::new(command.clone()) as Arc<dyn BuildStage>);
+                build
+                    .entry(name.clone())
+                    .or_insert_with(Vec::new)
+                    .push(command);
+            }
+            Pipeline::new(stages).map_err(|e| at.error(span.clone(), &path, e))?;
             services.insert(name.clone(), spec);
         }
         let mut environments = BTreeMap::new();
@@ -465,6 +506,7 @@ impl Config {
             secrets_file,
             analyses,
             services,
+            build,
             environments,
             settings,
         })
@@ -567,6 +609,20 @@ impl Config {
     /// Every environment, by name.
     pub fn environments(&self) -> impl Iterator<Item = &EnvironmentSpec> {
         self.environments.values()
+    }
+
+    /// The build pipeline of `service` from its `[[services.<name>.build]]` stages (empty if it
+    /// has none).
+    pub fn pipeline(&self, service: &str) -> Result<Pipeline> {
+        self.service(service)?;
+        let stages = self
+            .build
+            .get(service)
+            .into_iter()
+            .flatten()
+            .map(|s| Arc::new(s.clone()) as Arc<dyn BuildStage>)
+            .collect();
+        Pipeline::new(stages)
     }
 
     /// A named analysis from `[analyses.<name>]`.
