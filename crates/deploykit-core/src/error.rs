@@ -1,6 +1,8 @@
 //! The one error type of `deploykit-core`, and the one place that decides whether an error is
 //! worth retrying.
 
+use std::fmt;
+
 use crate::time::Timestamp;
 
 /// A boxed error from a backend, kept as the `source` of an [`Error`].
@@ -168,6 +170,17 @@ impl Error {
     /// An [`Error::NotFound`].
     pub fn not_found(what: impl Into<String>) -> Self {
         Error::NotFound { what: what.into() }
+    }
+
+    /// A [`Error::NotFound`] with `note` added to what was not found (`secret x (referenced
+    /// by y)`); any other error unchanged.
+    pub(crate) fn noting(self, note: impl fmt::Display) -> Self {
+        match self {
+            Error::NotFound { what } => Error::NotFound {
+                what: format!("{what} ({note})"),
+            },
+            other => other,
+        }
     }
 
     /// The message of this error followed by every `source` in its chain, separated by `: `.

@@ -661,24 +661,21 @@ impl Config {
         for (env, settings) in &self.settings {
             for (name, (setting, origin)) in settings {
                 if let Setting::Secret(key) = setting {
-                    provider.get(key).await.map_err(|e| match e {
-                        Error::NotFound { what } => Error::NotFound {
-                            what: format!(
-                                "{what} (referenced as {name} in environment {env} at {origin})"
-                            ),
-                        },
-                        other => other,
+                    provider.get(key).await.map_err(|e| {
+                        e.noting(format_args!(
+                            "referenced as {name} in environment {env} at {origin}"
+                        ))
                     })?;
                 }
             }
         }
         for service in self.services.values() {
             for (name, key) in &service.secrets {
-                provider.get(key).await.map_err(|e| match e {
-                    Error::NotFound { what } => Error::NotFound {
-                        what: format!("{what} (referenced as {name} by service {})", service.name),
-                    },
-                    other => other,
+                provider.get(key).await.map_err(|e| {
+                    e.noting(format_args!(
+                        "referenced as {name} by service {}",
+                        service.name
+                    ))
                 })?;
             }
         }

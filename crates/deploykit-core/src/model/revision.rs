@@ -179,12 +179,10 @@ impl Revision {
     /// ```
     pub async fn pin_secrets(mut self, provider: &dyn SecretProvider) -> Result<Self> {
         for (name, reference) in &mut self.config.secrets {
-            let secret = provider.get(&reference.key).await.map_err(|e| match e {
-                Error::NotFound { what } => Error::NotFound {
-                    what: format!("{what} (referenced by variable {name})"),
-                },
-                other => other,
-            })?;
+            let secret = provider
+                .get(&reference.key)
+                .await
+                .map_err(|e| e.noting(format_args!("referenced by variable {name}")))?;
             reference.version = Some(secret.version);
         }
         self.id = Self::identity(&self.artifact, &self.config);
