@@ -257,3 +257,44 @@ async fn secret_values_never_leave_the_workload() {
         "{pinned}"
     );
 }
+
+/// Without pinning (no provider in the orchestrator), a secret the backend cannot resolve
+/// fails the new instances with a configuration failure naming the key, and the rollout rolls
+/// back fast instead of waiting for its deadline.
+#[tokio::test(start_paused = true)]
+async fn an_unresolvable_secret_fails_the_rollout_fast() {
+    let store: Arc<dyn StateStore> = Arc::new(deploykit_testing::MemoryStore::new());
+    let sim = SimCluster::new();
+    let me = Identity::generate();
+    let mut file = SecretsFile::create(&[me.to_recipient()]).expect("create");
+    file.set(
+        "production.database_url",
+        SecretString::from("postgres://x"),
+    )
+    .expect("set");
+    sim.set_secret_provider(Arc::new(FileSecretProvider::new("secrets.toml", file)));
+    let orch = common::open(store, &sim, common::production(), "o1").await;
+    let (_, phase) = common::deploy_and_wait(&orch, "v1").await;
+    assert_eq!(phase, Phase::Succeeded);
+
+    let broken = service_with_secrets(Some(("STRIPE_KEY", "production.stripe_key")));
+    let id = orch.deploy(request(broken, "v2")).await.expect("deploy");
+    let status = orch.wait(&id).await.expect("wait");
+    assert_eq!(status.phase, Phase::RolledBack);
+    let reason = status
+        .rollback
+        .as_ref()
+        .map(|(_, reason)| reason.clone())
+        .unwrap_or_default();
+    assert!(
+        reason.contains(
+            "new instances could not be configured: variable STRIPE_KEY: secret production.stripe_key in secrets.toml not found"
+        ),
+        "{reason}"
+    );
+    assert!(
+        status.updated_at.since(status.created_at) < Duration::from_secs(60),
+        "rolled back in {:?}",
+        status.updated_at.since(status.created_at)
+    );
+}
