@@ -41,7 +41,7 @@ pub mod store;
 pub mod strategy;
 mod time;
 
-pub use backup::{BackupTarget, ObjectMeta};
+pub use backup::{BackupTarget, LocalTarget, ObjectMeta};
 pub use build::{Artifact, BuildContext, BuildStage};
 pub use environment::{
     DesiredState, Environment, EnvironmentExt, FailureKind, HeaderRoute, InstanceFailure,

@@ -9,6 +9,8 @@
 //! - [`MemoryStore`]: an in-memory [`deploykit_core::StateStore`].
 //! - [`SimClock`]: wall-clock time that follows tokio's (paused) clock.
 //! - [`RecordingNotifier`]: a [`deploykit_core::Notifier`] that keeps what it is sent.
+//! - [`MemoryTarget`]: an in-memory [`deploykit_core::BackupTarget`] with injected write
+//!   faults and corruption helpers.
 //! - [`conformance`]: the suites every backend's tests run.
 
 mod clock;
@@ -16,8 +18,10 @@ pub mod conformance;
 mod notify;
 mod sim;
 mod store;
+mod target;
 
 pub use clock::SimClock;
 pub use notify::RecordingNotifier;
 pub use sim::{Behavior, Fault, Op, SimCluster, SimConfig, Snapshot};
 pub use store::MemoryStore;
+pub use target::MemoryTarget;
