@@ -249,6 +249,9 @@ impl Saver {
     }
 }
 
+/// A file's stored content: blob ids, BLAKE3 of the whole, size.
+type Saved = (Vec<String>, String, u64);
+
 /// What one worker reads.
 enum JobSource {
     Path(PathBuf),
@@ -399,11 +402,7 @@ impl Walk<'_> {
 }
 
 /// Fill content from job results and store every directory's tree, bottom-up.
-fn finish_entry(
-    saver: &Saver,
-    mut entry: Entry,
-    results: &mut [Option<(Vec<String>, String, u64)>],
-) -> Result<Node> {
+fn finish_entry(saver: &Saver, mut entry: Entry, results: &mut [Option<Saved>]) -> Result<Node> {
     if let Some(job) = entry.job {
         let (content, hash, size) = results[job].take().expect("every job has a result");
         entry.node.content = content;
@@ -580,7 +579,6 @@ impl Repository {
         let request_paths = request.paths.clone();
         let sources = request.sources.clone();
         let walked = {
-            let parent_trees = parent_trees;
             tokio::task::spawn_blocking(move || -> Result<_> {
                 let mut walk = Walk {
                     parent_trees: &parent_trees,
@@ -651,7 +649,7 @@ impl Repository {
         });
         let work = tokio::task::spawn_blocking(move || -> Result<(String, u64)> {
             let next = AtomicU64::new(0);
-            let results: Mutex<Vec<Option<(Vec<String>, String, u64)>>> =
+            let results: Mutex<Vec<Option<Saved>>> =
                 Mutex::new((0..jobs.len()).map(|_| None).collect());
             let failure: Mutex<Option<Error>> = Mutex::new(None);
             let workers = std::thread::available_parallelism()

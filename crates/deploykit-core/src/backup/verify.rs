@@ -90,7 +90,7 @@ fn selected(pack: &str, read: ReadData) -> bool {
         ReadData::Subset(n, t) => {
             let t = t.max(1);
             let bucket = u32::from_str_radix(&pack[..8.min(pack.len())], 16).unwrap_or(0);
-            (u64::from(bucket) * u64::from(t) >> 32) as u32 + 1 == n
+            ((u64::from(bucket) * u64::from(t)) >> 32) as u32 + 1 == n
         }
         ReadData::Percent(p) => {
             let mut raw = [0u8; 1];
