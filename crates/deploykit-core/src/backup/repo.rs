@@ -324,7 +324,12 @@ impl Repository {
             .keys
             .open(sealed, kind.as_bytes())
             .map_err(|()| corrupt(&what, "it does not decrypt"))?;
-        let json = zstd::bulk::decompress(&compressed, 1 << 30)
+        // Streamed, and bounded: a hostile object cannot make us allocate without limit.
+        let mut json = Vec::new();
+        zstd::stream::read::Decoder::new(compressed.as_slice())
+            .and_then(|d| {
+                std::io::Read::read_to_end(&mut std::io::Read::take(d, 1 << 30), &mut json)
+            })
             .map_err(|e| corrupt(&what, format!("it does not decompress: {e}")))?;
         serde_json::from_slice(&json)
             .map_err(|e| corrupt(&what, format!("not a {kind} object: {e}")))

@@ -101,6 +101,8 @@ fn selected(include: &[String], rel: &str) -> (bool, bool) {
 }
 
 struct Plan {
+    /// Nodes selected by an include path (not just created on the way to one).
+    matched: u64,
     files: Vec<(PathBuf, Node)>,
     /// Directories with their node, deepest last.
     dirs: Vec<(PathBuf, Node)>,
@@ -129,6 +131,9 @@ fn plan(
         let (wanted, ancestor) = selected(include, &rel);
         if !wanted && !ancestor {
             continue;
+        }
+        if wanted {
+            out.matched += 1;
         }
         match node.kind {
             NodeKind::Dir => {
@@ -187,6 +192,7 @@ impl Repository {
         std::fs::create_dir_all(target)
             .map_err(|e| Error::backend(format!("create {}", target.display()), e.to_string()))?;
         let mut out = Plan {
+            matched: 0,
             files: Vec::new(),
             dirs: Vec::new(),
             symlinks: 0,
@@ -199,11 +205,7 @@ impl Repository {
             &options.include,
             &mut out,
         )?;
-        if !options.include.is_empty()
-            && out.files.is_empty()
-            && out.dirs.is_empty()
-            && out.symlinks == 0
-        {
+        if !options.include.is_empty() && out.matched == 0 {
             return Err(Error::not_found(format!(
                 "paths {} in snapshot {}",
                 options.include.join(", "),

@@ -487,8 +487,11 @@ impl Repository {
             }
         }
         if request.kind == BackupKind::Snapshot {
-            run_hooks(&request.pre_hooks).await?;
-            let result = self.backup_locked(&request).await;
+            // Post hooks run whatever happens: a half-done freeze must be thawed too.
+            let result = match run_hooks(&request.pre_hooks).await {
+                Ok(()) => self.backup_locked(&request).await,
+                Err(e) => Err(e),
+            };
             let post = run_hooks(&request.post_hooks).await;
             let taken = result?;
             post?;
