@@ -100,6 +100,19 @@ async fn run() -> Result<bool, BoxError> {
             println!("   background analysis: {}", metrics.join(", "));
         }
     }
+    if let Some(backup) = &prod.backup {
+        let runs: Vec<String> = backup
+            .rotation
+            .iter()
+            .map(|r| format!("{} at \"{}\"", r.kind, r.cron))
+            .collect();
+        println!(
+            "   backup: {}; RTO {:?}, RPO {:?}",
+            runs.join(", "),
+            backup.targets.rto,
+            backup.targets.rpo
+        );
+    }
     println!("   settings:");
     for (name, setting, origin) in config.settings("production") {
         let shown = match setting {

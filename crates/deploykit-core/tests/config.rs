@@ -320,6 +320,39 @@ fn strategy_errors_point_at_the_step() {
     }
 }
 
+#[test]
+fn backup_policies_load_and_bad_ones_are_named() {
+    use deploykit_core::backup::BackupKind;
+    let config = Config::from_toml_str("deploykit.toml", TOUR).expect("loads");
+    let policy = config
+        .environment("production")
+        .unwrap()
+        .backup
+        .clone()
+        .expect("production has a backup policy");
+    assert_eq!(policy.rotation.len(), 2);
+    assert_eq!(policy.rotation[0].kind, BackupKind::Full);
+    assert_eq!(policy.rotation[1].cron, "*/5 * * * *");
+    assert_eq!(policy.retention.keep_daily, Some(7));
+    assert_eq!(policy.targets.rpo.as_secs(), 300);
+    assert!(policy.prune);
+    assert!(config.environment("staging").unwrap().backup.is_none());
+
+    let bad_cron = TOUR.replace("incremental */5 * * * *", "incremental every five minutes");
+    assert!(error(&bad_cron).contains("environments.production.backup.rotation[1]: invalid backup.rotation: \"every five minutes\" is not a cron expression"), "{}", error(&bad_cron));
+    let bad_kind = TOUR.replace("full 0 2 * * SUN", "weekly 0 2 * * SUN");
+    assert!(
+        error(&bad_kind)
+            .contains("\"weekly\": expected full, incremental, differential or snapshot")
+    );
+    let zero = TOUR.replace("keep_daily = 7", "keep_daily = 0");
+    assert!(
+        error(&zero).contains("backup.retention.keep_daily"),
+        "{}",
+        error(&zero)
+    );
+}
+
 #[tokio::test]
 async fn check_secrets_names_the_missing_reference() {
     use deploykit_core::secrets::{FileSecretProvider, Identity, SecretString, SecretsFile};

@@ -717,6 +717,7 @@ async fn the_scheduler_rotates_kinds_and_applies_retention() {
             ..Default::default()
         },
         prune: true,
+        targets: DrillTargets::default(),
     };
     let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = ran.clone();

@@ -12,13 +12,23 @@ use crate::error::{Error, Result};
 use crate::time::Timestamp;
 
 /// Recovery objectives a drill is measured against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct DrillTargets {
     /// Longest acceptable time to restore (default 1 h).
+    #[serde(with = "crate::time::duration_ms", rename = "rto_ms")]
     pub rto: Duration,
     /// Oldest acceptable newest snapshot (default 5 min).
+    #[serde(with = "crate::time::duration_ms", rename = "rpo_ms")]
     pub rpo: Duration,
+}
+
+impl DrillTargets {
+    /// Targets of `rto` and `rpo`.
+    pub fn new(rto: Duration, rpo: Duration) -> Self {
+        DrillTargets { rto, rpo }
+    }
 }
 
 impl Default for DrillTargets {

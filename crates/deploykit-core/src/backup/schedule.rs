@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::drill::DrillTargets;
 use super::format::BackupKind;
 use super::prune::PruneOptions;
 use super::repo::Repository;
@@ -36,6 +37,7 @@ pub struct ScheduledRun {
 ///     ],
 ///     retention: RetentionPolicy { keep_daily: Some(7), ..Default::default() },
 ///     prune: true,
+///     targets: Default::default(),
 /// };
 /// policy.validate()?;
 /// // Sunday 2026-11-29 02:00 UTC: the full backup wins over the incremental due then too.
@@ -55,6 +57,9 @@ pub struct BackupPolicy {
     /// Prune after applying retention.
     #[serde(default)]
     pub prune: bool,
+    /// Recovery objectives drills are measured against.
+    #[serde(default)]
+    pub targets: DrillTargets,
 }
 
 fn parse(field: &str, expr: &str) -> Result<croner::Cron> {

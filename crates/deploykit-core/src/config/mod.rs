@@ -58,6 +58,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::analysis::AnalysisSpec;
+use crate::backup::{BackupPolicy, DrillTargets, RetentionPolicy, ScheduledRun};
 use crate::build::{BuildStage, CommandStage, Pipeline};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -201,6 +202,35 @@ struct EnvironmentToml {
     #[serde(default)]
     secrets: BTreeMap<String, Spanned<String>>,
     strategy: Option<rollout::StrategyToml>,
+    backup: Option<BackupToml>,
+}
+
+/// `[environments.<name>.backup]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupToml {
+    /// `"<kind> <cron>"` entries, e.g. `"full 0 2 * * SUN"`.
+    rotation: Vec<String>,
+    #[serde(default)]
+    retention: RetentionToml,
+    #[serde(default)]
+    prune: bool,
+    rto: Option<String>,
+    rpo: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionToml {
+    keep_last: Option<u32>,
+    keep_hourly: Option<u32>,
+    keep_daily: Option<u32>,
+    keep_weekly: Option<u32>,
+    keep_monthly: Option<u32>,
+    keep_yearly: Option<u32>,
+    keep_within: Option<String>,
+    #[serde(default)]
+    keep_tags: std::collections::BTreeSet<String>,
 }
 
 /// An effective setting of an environment: a plain value, or a reference to a secret (whose
@@ -445,6 +475,14 @@ impl Config {
             if let Some(st) = &e.strategy {
                 spec.strategy = rollout::strategy(&at, span.clone(), &path, st, &analyses)?;
             }
+            if let Some(b) = &e.backup {
+                spec.backup = Some(Self::backup(
+                    &at,
+                    span.clone(),
+                    &format!("{path}.backup"),
+                    b,
+                )?);
+            }
             spec.validate()
                 .map_err(|err| at.error(span.clone(), &path, err))?;
             // Layered settings: common, then the environment's, then overrides; a later layer
@@ -521,6 +559,58 @@ impl Config {
             )
         })?;
         Self::from_toml_str(&path.display().to_string(), &text)
+    }
+
+    fn backup(
+        at: &Located<'_>,
+        span: Range<usize>,
+        path: &str,
+        b: &BackupToml,
+    ) -> Result<BackupPolicy> {
+        let mut rotation = Vec::new();
+        for (i, entry) in b.rotation.iter().enumerate() {
+            rotation.push(
+                entry
+                    .parse::<ScheduledRun>()
+                    .map_err(|e| at.error(span.clone(), &format!("{path}.rotation[{i}]"), e))?,
+            );
+        }
+        let r = &b.retention;
+        let keep_within = match &r.keep_within {
+            Some(d) => Some(duration(
+                at,
+                span.clone(),
+                &format!("{path}.retention.keep_within"),
+                d,
+            )?),
+            None => None,
+        };
+        let retention = RetentionPolicy {
+            keep_last: r.keep_last,
+            keep_hourly: r.keep_hourly,
+            keep_daily: r.keep_daily,
+            keep_weekly: r.keep_weekly,
+            keep_monthly: r.keep_monthly,
+            keep_yearly: r.keep_yearly,
+            keep_within,
+            keep_tags: r.keep_tags.clone(),
+            only_tags: Default::default(),
+        };
+        let mut targets = DrillTargets::default();
+        if let Some(d) = &b.rto {
+            targets.rto = duration(at, span.clone(), &format!("{path}.rto"), d)?;
+        }
+        if let Some(d) = &b.rpo {
+            targets.rpo = duration(at, span.clone(), &format!("{path}.rpo"), d)?;
+        }
+        let policy = BackupPolicy {
+            rotation,
+            retention,
+            prune: b.prune,
+            targets,
+        };
+        policy.validate().map_err(|e| at.error(span, path, e))?;
+        Ok(policy)
     }
 
     fn health(

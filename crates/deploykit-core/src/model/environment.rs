@@ -167,6 +167,11 @@ pub struct EnvironmentSpec {
     #[builder(default)]
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
+    /// How this environment's data is backed up, if it is: schedule, retention, recovery
+    /// objectives (see [`crate::backup`]).
+    #[builder(default, setter(strip_option))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::backup::BackupPolicy>,
 }
 
 impl From<EnvironmentSpec> for Result<EnvironmentSpec> {
@@ -182,6 +187,9 @@ impl EnvironmentSpec {
         self.resources.validate("environment.resources")?;
         self.strategy.validate("environment.strategy")?;
         super::service::check_secret_refs("environment.secrets", &self.secrets)?;
+        if let Some(b) = &self.backup {
+            b.validate()?;
+        }
         if let Some(h) = &self.health {
             h.validate("environment.health")?;
             if self.replicas == 0 && h.gates_readiness() {
