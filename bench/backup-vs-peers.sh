@@ -294,6 +294,12 @@ if __name__ == "__main__":
     {"generate": generate, "change": change}[sys.argv[1]](sys.argv[2], int(sys.argv[3]))
 PY
 
+# Other processes on the machine skew every timing: say so.
+LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
+if awk -v l="${LOAD_AT_START%% *}" -v n="$(nproc)" 'BEGIN {exit !(l > n / 4)}'; then
+    echo "warning: load average $LOAD_AT_START on $(nproc) CPUs: timings will be noisy" >&2
+fi
+
 SRC=$WORK/src
 rm -rf "$SRC" "$WORK/repos"/* "$WORK/restore"/*
 echo "generating $SIZE_MB MiB under $SRC…" >&2
@@ -425,7 +431,8 @@ echo
 echo "## backup engines: deploykit vs restic vs borg"
 echo
 echo "machine: $(nproc) CPUs ($cpu_model), $mem_total memory, $(uname -sr);" \
-    "work dir on $(df -T "$WORK" | awk 'NR == 2 {print $2}')"
+    "work dir on $(df -T "$WORK" | awk 'NR == 2 {print $2}');" \
+    "load average $LOAD_AT_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 echo "versions: deploykit $deploykit_version ($deploykit_rev, release build)," \
     "$(restic version | awk '{print $1, $2}'), borg $BORG_VERSION"
 echo "tree: $SIZE_MB MiB generated, $((FULL_BYTES / 1048576)) MiB before the change," \

@@ -188,6 +188,30 @@ async fn full_then_incremental_restores_bit_for_bit_with_metadata() {
 }
 
 #[tokio::test]
+async fn progress_is_reported_after_every_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("app");
+    sample_tree(&source);
+    let repo = repo_on(Arc::new(MemoryTarget::new())).await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let request = BackupRequest::builder()
+        .paths(vec![source.clone()])
+        .kind(BackupKind::Full)
+        .progress(Arc::new(move |p: &deploykit_core::backup::Progress| {
+            sink.lock().unwrap().push(p.clone())
+        }))
+        .build();
+    repo.backup(request).await.unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 5);
+    let last = seen.iter().max_by_key(|p| p.files_done).unwrap();
+    assert_eq!((last.files_done, last.files_total), (5, 5));
+    assert_eq!(last.bytes_done, last.bytes_total);
+    assert!(seen.iter().all(|p| p.bytes_done <= p.bytes_total));
+}
+
+#[tokio::test]
 async fn differential_compares_with_the_last_full_and_dedup_stores_once() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("app");
