@@ -382,7 +382,20 @@ impl Repository {
 
     /// Seal one blob for a pack: compressed if that helps, encrypted, bound to its id.
     pub(super) fn seal_blob(&self, id: &str, plain: &[u8]) -> Result<(Vec<u8>, bool)> {
-        let compressed = zstd::bulk::compress(plain, self.config.compression_level)
+        thread_local! {
+            static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let level = self.config.compression_level;
+        // One compression context per thread, not one per blob.
+        let compressed = COMPRESSOR
+            .with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                    *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+                }
+                slot.as_mut().expect("just set").1.compress(plain)
+            })
             .map_err(|e| Error::backend("compress", e.to_string()))?;
         // Skip compression that saves less than 1/32.
         let (body, is_compressed) = if compressed.len() + plain.len() / 32 < plain.len() {

@@ -151,6 +151,50 @@ impl PackWriter {
     }
 }
 
+/// Cut `reader` into content-defined chunks and hand each to `f`.
+///
+/// FastCDC runs over a window of `buf` (reused across files, so no per-file allocation); a
+/// chunk that reaches the window's end before the stream's end is cut again with more data,
+/// so the cut points are exactly those of chunking the whole stream at once.
+fn for_each_chunk(
+    mut reader: impl std::io::Read,
+    buf: &mut Vec<u8>,
+    (min, avg, max): (u32, u32, u32),
+    mut f: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let window = (4 * max as usize).max(8 << 20);
+    buf.resize(window, 0);
+    let mut len = 0;
+    let mut eof = false;
+    loop {
+        while !eof && len < window {
+            match reader.read(&mut buf[len..window]) {
+                Ok(0) => eof = true,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let mut consumed = 0;
+        for chunk in fastcdc::v2020::FastCDC::new(&buf[..len], min, avg, max) {
+            let end = chunk.offset + chunk.length;
+            if end == len && !eof {
+                break; // cut short by the window: cut again with more data
+            }
+            f(&buf[chunk.offset..end])?;
+            consumed = end;
+        }
+        buf.copy_within(consumed..len, 0);
+        len -= consumed;
+        if eof && len == 0 {
+            return Ok(());
+        }
+    }
+}
+
 /// State shared by the workers of one backup.
 struct Saver {
     repo: Repository,
@@ -200,30 +244,28 @@ impl Saver {
     }
 
     /// Chunk and store one stream; returns (content ids, BLAKE3 of the whole, size).
-    fn save_stream(
-        &self,
-        mut reader: impl std::io::Read,
-    ) -> std::io::Result<(Vec<String>, String, u64)> {
+    /// Chunk and store one stream; returns its content ids, BLAKE3 and size.
+    fn save_stream(&self, reader: impl std::io::Read, buf: &mut Vec<u8>) -> std::io::Result<Saved> {
         let c = &self.repo.config;
         let mut hasher = blake3::Hasher::new();
         let mut content = Vec::new();
         let mut size = 0u64;
-        let chunker =
-            fastcdc::v2020::StreamCDC::new(&mut reader, c.chunk_min, c.chunk_avg, c.chunk_max);
-        for chunk in chunker {
-            let chunk = chunk.map_err(|e| match e {
-                fastcdc::v2020::Error::IoError(e) => e,
-                other => std::io::Error::other(other.to_string()),
-            })?;
-            hasher.update(&chunk.data);
-            size += chunk.data.len() as u64;
-            self.bytes_read
-                .fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
-            let id = self
-                .add_blob(BlobKind::Data, &chunk.data)
-                .map_err(|e| std::io::Error::other(e.chain()))?;
-            content.push(id);
-        }
+        for_each_chunk(
+            reader,
+            buf,
+            (c.chunk_min, c.chunk_avg, c.chunk_max),
+            |data| {
+                hasher.update(data);
+                size += data.len() as u64;
+                self.bytes_read
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                let id = self
+                    .add_blob(BlobKind::Data, data)
+                    .map_err(|e| std::io::Error::other(e.chain()))?;
+                content.push(id);
+                Ok(())
+            },
+        )?;
         Ok((content, hasher.finalize().to_hex().to_string(), size))
     }
 
@@ -661,6 +703,7 @@ impl Repository {
             std::thread::scope(|scope| {
                 for _ in 0..workers {
                     scope.spawn(|| {
+                        let mut buf = Vec::new();
                         loop {
                             if failure.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
                                 return;
@@ -669,12 +712,7 @@ impl Repository {
                             let Some(job) = jobs.get(i) else { return };
                             let outcome = match job {
                                 JobSource::Path(p) => std::fs::File::open(p)
-                                    .and_then(|f| {
-                                        saver.save_stream(std::io::BufReader::with_capacity(
-                                            1 << 20,
-                                            f,
-                                        ))
-                                    })
+                                    .and_then(|f| saver.save_stream(f, &mut buf))
                                     .map_err(|e| {
                                         Error::backend(
                                             format!("read {}", p.display()),
@@ -682,7 +720,7 @@ impl Repository {
                                         )
                                     }),
                                 JobSource::Stream(s) => s.open().and_then(|r| {
-                                    saver.save_stream(r).map_err(|e| {
+                                    saver.save_stream(r, &mut buf).map_err(|e| {
                                         Error::backend(
                                             format!("backup source {}", s.name()),
                                             e.to_string(),
@@ -781,5 +819,67 @@ impl Repository {
             "backup finished"
         );
         Ok((id, snapshot))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader handing out a few bytes at a time, in uneven amounts.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            self.1 = (self.1 * 7 + 3) % 100_003 + 1;
+            let n = self.1.min(out.len()).min(self.0.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn windowed_chunking_cuts_where_whole_stream_chunking_does() {
+        let mut x = 88172645463325252u64;
+        let data: Vec<u8> = (0..21_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let params = (256 * 1024, 1024 * 1024, 4 * 1024 * 1024);
+        let whole: Vec<usize> = fastcdc::v2020::FastCDC::new(&data, params.0, params.1, params.2)
+            .map(|c| c.length)
+            .collect();
+        let stream: Vec<usize> =
+            fastcdc::v2020::StreamCDC::new(data.as_slice(), params.0, params.1, params.2)
+                .map(|c| c.unwrap().length)
+                .collect();
+        let mut windowed = Vec::new();
+        let mut buf = Vec::new();
+        for_each_chunk(Trickle(&data, 1), &mut buf, params, |c| {
+            windowed.push(c.len());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(windowed, whole);
+        assert_eq!(windowed, stream, "compatible with fastcdc's own streaming");
+        assert!(windowed.len() > 10);
+        // Empty and tiny streams.
+        let mut n = 0;
+        for_each_chunk(&[][..], &mut buf, params, |_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 0);
+        for_each_chunk(&b"tiny"[..], &mut buf, params, |c| {
+            assert_eq!(c, b"tiny");
+            Ok(())
+        })
+        .unwrap();
     }
 }
