@@ -51,7 +51,7 @@ impl fmt::Display for Timestamp {
 }
 
 /// Howard Hinnant's days-to-civil conversion (proleptic Gregorian calendar).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

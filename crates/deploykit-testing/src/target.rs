@@ -100,7 +100,7 @@ impl MemoryTarget {
         key: &str,
         apply: impl FnOnce(&mut BTreeMap<String, Arc<Vec<u8>>>) -> Result<T>,
     ) -> Result<T> {
-        validate_key(key)?;
+        deploykit_core::backup::check_key(key)?;
         let mut inner = self.lock();
         if inner.writes_left == Some(0) {
             return Err(Error::transient(format!("{op} {key}"), "injected fault"));
@@ -113,50 +113,13 @@ impl MemoryTarget {
     }
 
     fn object(&self, key: &str) -> Result<Arc<Vec<u8>>> {
-        validate_key(key)?;
+        deploykit_core::backup::check_key(key)?;
         self.lock()
             .objects
             .get(key)
             .cloned()
             .ok_or_else(|| Error::not_found(format!("object {key}")))
     }
-}
-
-/// The key rules of `LocalTarget`: a `/`-separated relative path of plain names.
-fn validate_key(key: &str) -> Result<()> {
-    let bad = |reason: &str| {
-        Err(Error::invalid(
-            "backup.key",
-            format!("key {key:?} {reason}"),
-        ))
-    };
-    if key.is_empty() {
-        return bad("is empty");
-    }
-    if key.starts_with('/') {
-        return bad("must not start with `/`");
-    }
-    if key.contains('\\') {
-        return bad("must not contain a backslash");
-    }
-    if key.contains('\0') {
-        return bad("must not contain NUL");
-    }
-    for segment in key.split('/') {
-        match segment {
-            "" => return bad("must not contain empty segments (`//` or a trailing `/`)"),
-            "." | ".." => return bad("must not contain `.` or `..` segments"),
-            _ => {}
-        }
-    }
-    if key
-        .rsplit('/')
-        .next()
-        .is_some_and(|name| name.starts_with(".tmp-"))
-    {
-        return bad("must not end in a name starting with `.tmp-` (reserved for temporary files)");
-    }
-    Ok(())
 }
 
 #[async_trait]

@@ -102,43 +102,6 @@ impl LocalTarget {
     }
 }
 
-/// Rejects keys that are not `/`-separated relative paths of plain names.
-fn validate_key(key: &str) -> Result<()> {
-    let bad = |reason: &str| {
-        Err(Error::invalid(
-            "backup.key",
-            format!("key {key:?} {reason}"),
-        ))
-    };
-    if key.is_empty() {
-        return bad("is empty");
-    }
-    if key.starts_with('/') {
-        return bad("must not start with `/`");
-    }
-    if key.contains('\\') {
-        return bad("must not contain a backslash");
-    }
-    if key.contains('\0') {
-        return bad("must not contain NUL");
-    }
-    for segment in key.split('/') {
-        match segment {
-            "" => return bad("must not contain empty segments (`//` or a trailing `/`)"),
-            "." | ".." => return bad("must not contain `.` or `..` segments"),
-            _ => {}
-        }
-    }
-    if key
-        .rsplit('/')
-        .next()
-        .is_some_and(|name| name.starts_with(TMP_PREFIX))
-    {
-        return bad("must not end in a name starting with `.tmp-` (reserved for temporary files)");
-    }
-    Ok(())
-}
-
 /// Runs `f` on the blocking pool; a panic in `f` resumes in the caller.
 async fn blocking<T, F>(operation: String, f: F) -> Result<T>
 where
@@ -377,7 +340,7 @@ fn walk(dir: &Path, dir_key: &str, prefix: &str, out: &mut Vec<ObjectMeta>) -> i
         } else if file_type.is_file()
             && !name.starts_with(TMP_PREFIX)
             && key.starts_with(prefix)
-            && validate_key(&key).is_ok()
+            && super::check_key(&key).is_ok()
         {
             let size = match entry.metadata() {
                 Ok(meta) => meta.len(),
@@ -394,7 +357,7 @@ fn walk(dir: &Path, dir_key: &str, prefix: &str, out: &mut Vec<ObjectMeta>) -> i
 #[async_trait]
 impl BackupTarget for LocalTarget {
     async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
-        validate_key(key)?;
+        super::check_key(key)?;
         let root = self.root.clone();
         let key = key.to_owned();
         blocking(format!("put {key}"), move || {
@@ -404,7 +367,7 @@ impl BackupTarget for LocalTarget {
     }
 
     async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> Result<()> {
-        validate_key(key)?;
+        super::check_key(key)?;
         let root = self.root.clone();
         let key = key.to_owned();
         blocking(format!("put_if_absent {key}"), move || {
@@ -414,7 +377,7 @@ impl BackupTarget for LocalTarget {
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>> {
-        validate_key(key)?;
+        super::check_key(key)?;
         let path = self.path_of(key);
         let key = key.to_owned();
         blocking(format!("get {key}"), move || {
@@ -428,7 +391,7 @@ impl BackupTarget for LocalTarget {
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
-        validate_key(key)?;
+        super::check_key(key)?;
         let path = self.path_of(key);
         let key = key.to_owned();
         blocking(format!("get_range {key}"), move || {
@@ -451,7 +414,7 @@ impl BackupTarget for LocalTarget {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        validate_key(key)?;
+        super::check_key(key)?;
         let path = self.path_of(key);
         let key = key.to_owned();
         blocking(format!("delete {key}"), move || {
@@ -476,13 +439,13 @@ mod tests {
             ".tmp-dir/x",
             "a b/c",
         ] {
-            assert!(validate_key(good).is_ok(), "{good:?} should be valid");
+            assert!(crate::backup::check_key(good).is_ok(), "{good:?} should be valid");
         }
         for bad in [
             "", "/a", "a/", "a//b", "a/../b", "..", ".", "./a", "a\\b", "a\0b", ".tmp-x",
             "a/.tmp-1",
         ] {
-            match validate_key(bad) {
+            match crate::backup::check_key(bad) {
                 Err(Error::InvalidSpec { field, reason }) => {
                     assert_eq!(field, "backup.key");
                     assert!(reason.contains(&format!("{bad:?}")), "{reason}");

@@ -57,6 +57,46 @@ pub struct ObjectMeta {
     pub size: u64,
 }
 
+/// The key rules every [`BackupTarget`] enforces: a `/`-separated relative path of plain
+/// names — not empty, no leading `/`, no empty, `.` or `..` segments, no backslash or NUL, and
+/// no last name starting with `.tmp-` (reserved for targets' temporary files). Errors are
+/// [`crate::Error::InvalidSpec`] naming the key.
+pub fn check_key(key: &str) -> Result<()> {
+    let bad = |reason: &str| {
+        Err(crate::Error::invalid(
+            "backup.key",
+            format!("key {key:?} {reason}"),
+        ))
+    };
+    if key.is_empty() {
+        return bad("is empty");
+    }
+    if key.starts_with('/') {
+        return bad("must not start with `/`");
+    }
+    if key.contains('\\') {
+        return bad("must not contain a backslash");
+    }
+    if key.contains('\0') {
+        return bad("must not contain NUL");
+    }
+    for segment in key.split('/') {
+        match segment {
+            "" => return bad("must not contain empty segments (`//` or a trailing `/`)"),
+            "." | ".." => return bad("must not contain `.` or `..` segments"),
+            _ => {}
+        }
+    }
+    if key
+        .rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with(".tmp-"))
+    {
+        return bad("must not end in a name starting with `.tmp-` (reserved for temporary files)");
+    }
+    Ok(())
+}
+
 impl ObjectMeta {
     /// The metadata of the object `key` of `size` bytes.
     pub fn new(key: impl Into<String>, size: u64) -> Self {
