@@ -439,7 +439,10 @@ mod tests {
             ".tmp-dir/x",
             "a b/c",
         ] {
-            assert!(crate::backup::check_key(good).is_ok(), "{good:?} should be valid");
+            assert!(
+                crate::backup::check_key(good).is_ok(),
+                "{good:?} should be valid"
+            );
         }
         for bad in [
             "", "/a", "a/", "a//b", "a/../b", "..", ".", "./a", "a\\b", "a\0b", ".tmp-x",

@@ -1,0 +1,508 @@
+//! The S3 calls deploykit makes, with one retry policy and one error mapping.
+
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ServerSideEncryption, StorageClass};
+use bytes::Bytes;
+use deploykit_core::Error;
+
+/// How failed S3 calls are retried: throttling (503 SlowDown, 429), other 5xx, timeouts and
+/// dropped connections, with exponential backoff and full jitter, bounded in attempts and in
+/// time. Other failures are not retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Most attempts per call, the first included (default 8).
+    pub max_attempts: u32,
+    /// Give up once this much time has passed since the first attempt (default 60 s).
+    pub max_elapsed: Duration,
+    /// First backoff ceiling; doubles per attempt (default 100 ms).
+    pub base_delay: Duration,
+    /// Largest backoff ceiling (default 10 s).
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 8,
+            max_elapsed: Duration::from_secs(60),
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Server-side encryption of stored objects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sse {
+    /// SSE-S3 (AES256, keys managed by S3).
+    S3,
+    /// SSE-KMS with this key id or ARN.
+    Kms(String),
+}
+
+/// What went wrong with one call, classified.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// 404 / NoSuchKey.
+    NotFound,
+    /// 412 PreconditionFailed or 409 ConditionalRequestConflict: a conditional write lost.
+    Precondition,
+    /// 403.
+    Denied(String),
+    /// 416: a range past the object's end.
+    InvalidRange,
+    /// Worth retrying.
+    Transient(String),
+    /// Not worth retrying.
+    Other(String),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::NotFound => f.write_str("not found"),
+            Failure::Precondition => f.write_str("precondition failed"),
+            Failure::InvalidRange => f.write_str("range not satisfiable"),
+            Failure::Denied(m) | Failure::Transient(m) | Failure::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+pub(crate) fn classify<E>(err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().unwrap_or("");
+            let message = format!(
+                "{status} {code}{}",
+                se.err()
+                    .message()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            );
+            match (status, code) {
+                (404, _) | (_, "NoSuchKey") | (_, "NotFound") => Failure::NotFound,
+                (412, _) | (409, "ConditionalRequestConflict") => Failure::Precondition,
+                (403, _) => Failure::Denied(message),
+                (416, _) | (_, "InvalidRange") => Failure::InvalidRange,
+                (429, _) | (500..=599, _) => Failure::Transient(message),
+                (_, "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable") => {
+                    Failure::Transient(message)
+                }
+                _ => Failure::Other(message),
+            }
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            let mut text = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            Failure::Transient(text)
+        }
+        _ => Failure::Other(format!("{err}: {:?}", std::error::Error::source(&err))),
+    }
+}
+
+/// A little randomness for jitter, without a dependency.
+fn jitter(ceiling: Duration, attempt: u32) -> Duration {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0) as u64
+        ^ (u64::from(attempt) << 32);
+    let mut x = seed | 1;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    ceiling.mul_f64((x % 10_000) as f64 / 10_000.0)
+}
+
+/// The bucket, key prefix and settings every call shares.
+#[derive(Clone)]
+pub(crate) struct S3 {
+    pub(crate) client: Client,
+    pub(crate) bucket: String,
+    pub(crate) prefix: String,
+    pub(crate) storage_class: Option<StorageClass>,
+    pub(crate) sse: Option<Sse>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) multipart_threshold: usize,
+    pub(crate) part_size: usize,
+    pub(crate) concurrency: usize,
+}
+
+impl fmt::Debug for S3 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a conditional write requires.
+#[derive(Clone, Debug)]
+pub(crate) enum Condition {
+    None,
+    Absent,
+    Matches(String),
+}
+
+impl S3 {
+    pub(crate) fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    pub(crate) fn describe(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.full_key(key))
+    }
+
+    /// Run `call` with the retry policy; map the final failure to deploykit's error.
+    pub(crate) async fn retrying<T, F, Fut>(
+        &self,
+        op: &str,
+        key: &str,
+        mut call: F,
+    ) -> Result<T, (Failure, Error)>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let failure = match call().await {
+                Ok(v) => return Ok(v),
+                Err(f) => f,
+            };
+            let ceiling = self
+                .retry
+                .base_delay
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(self.retry.max_delay);
+            let delay = jitter(ceiling, attempt);
+            let in_budget = attempt < self.retry.max_attempts
+                && started.elapsed() + delay < self.retry.max_elapsed;
+            if matches!(failure, Failure::Transient(_)) && in_budget {
+                tracing::debug!(op, key, attempt, error = %failure, "retrying S3 call");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            let what = format!("S3 {op} {}", self.describe(key));
+            let error = match &failure {
+                Failure::NotFound => Error::not_found(self.describe(key)),
+                Failure::Precondition => Error::AlreadyExists {
+                    what: self.describe(key),
+                },
+                Failure::Denied(m) => Error::PermissionDenied {
+                    principal: "the configured AWS identity".into(),
+                    permission: format!("{op} on {} ({m})", self.describe(key)),
+                },
+                Failure::Transient(m) => Error::transient(
+                    what,
+                    format!(
+                        "{m} (gave up after {attempt} attempts in {:.1?})",
+                        started.elapsed()
+                    ),
+                ),
+                Failure::Other(m) => Error::backend(what, m.clone()),
+                Failure::InvalidRange => Error::backend(what, "range not satisfiable"),
+            };
+            return Err((failure, error));
+        }
+    }
+
+    /// GET the object (or a range of it) with its ETag.
+    pub(crate) async fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<(Vec<u8>, Option<String>), Error> {
+        let full = self.full_key(key);
+        self.retrying("GetObject", key, || async {
+            let mut req = self.client.get_object().bucket(&self.bucket).key(&full);
+            if let Some((start, end)) = range {
+                req = req.range(format!("bytes={start}-{}", end - 1));
+            }
+            let out = match req.send().await.map_err(classify) {
+                // A range past the end is an empty read for deploykit.
+                Err(Failure::InvalidRange) => return Ok((Vec::new(), None)),
+                other => other?,
+            };
+            let etag = out.e_tag().map(str::to_string);
+            let body = out
+                .body
+                .collect()
+                .await
+                .map_err(|e| Failure::Transient(format!("reading the body: {e}")))?;
+            Ok((body.into_bytes().to_vec(), etag))
+        })
+        .await
+        .map_err(|(_, e)| e)
+    }
+
+    /// PUT `data` under `key` if `condition` holds. A write whose response was lost and that
+    /// then sees its own object in place counts as done.
+    pub(crate) async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        condition: Condition,
+    ) -> Result<(), Error> {
+        if data.len() > self.multipart_threshold {
+            return self.put_multipart(key, data, condition).await;
+        }
+        let full = self.full_key(key);
+        let mut attempts = 0;
+        let result = self
+            .retrying("PutObject", key, || {
+                attempts += 1;
+                let mut req = self
+                    .client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .body(ByteStream::from(data.clone()))
+                    .set_storage_class(self.storage_class.clone());
+                req = match &self.sse {
+                    Some(Sse::S3) => req.server_side_encryption(ServerSideEncryption::Aes256),
+                    Some(Sse::Kms(id)) => req
+                        .server_side_encryption(ServerSideEncryption::AwsKms)
+                        .ssekms_key_id(id),
+                    None => req,
+                };
+                req = match &condition {
+                    Condition::None => req,
+                    Condition::Absent => req.if_none_match("*"),
+                    Condition::Matches(etag) => req.if_match(etag),
+                };
+                async move { req.send().await.map(|_| ()).map_err(classify) }
+            })
+            .await;
+        self.settle(key, &data, attempts > 1, result).await
+    }
+
+    /// After a conditional write lost on a retry, see whether the object there is ours.
+    async fn settle(
+        &self,
+        key: &str,
+        data: &[u8],
+        retried: bool,
+        result: Result<(), (Failure, Error)>,
+    ) -> Result<(), Error> {
+        match result {
+            Ok(()) => Ok(()),
+            Err((Failure::Precondition, e)) if retried => match self.get(key, None).await {
+                Ok((existing, _)) if existing == data => Ok(()),
+                _ => Err(e),
+            },
+            Err((_, e)) => Err(e),
+        }
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        data: Bytes,
+        condition: Condition,
+    ) -> Result<(), Error> {
+        let full = self.full_key(key);
+        let upload_id = self
+            .retrying("CreateMultipartUpload", key, || {
+                let mut req = self
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .set_storage_class(self.storage_class.clone());
+                req = match &self.sse {
+                    Some(Sse::S3) => req.server_side_encryption(ServerSideEncryption::Aes256),
+                    Some(Sse::Kms(id)) => req
+                        .server_side_encryption(ServerSideEncryption::AwsKms)
+                        .ssekms_key_id(id),
+                    None => req,
+                };
+                async move {
+                    let out = req.send().await.map_err(classify)?;
+                    out.upload_id()
+                        .map(str::to_string)
+                        .ok_or_else(|| Failure::Other("no upload id in the response".into()))
+                }
+            })
+            .await
+            .map_err(|(_, e)| e)?;
+        let result = self
+            .upload_parts_and_complete(key, &full, &upload_id, &data, &condition)
+            .await;
+        if result.is_err() {
+            // Leave no orphaned parts behind.
+            let abort = self
+                .retrying("AbortMultipartUpload", key, || {
+                    let req = self
+                        .client
+                        .abort_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(&full)
+                        .upload_id(&upload_id);
+                    async move { req.send().await.map(|_| ()).map_err(classify) }
+                })
+                .await;
+            if let Err((_, e)) = abort {
+                tracing::warn!(key, error = %e.chain(), "could not abort a failed multipart upload");
+            }
+        }
+        result
+    }
+
+    async fn upload_parts_and_complete(
+        &self,
+        key: &str,
+        full: &str,
+        upload_id: &str,
+        data: &Bytes,
+        condition: &Condition,
+    ) -> Result<(), Error> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let parts: Vec<(i32, Bytes)> = data
+            .chunks(self.part_size)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let start = chunk.as_ptr() as usize - data.as_ptr() as usize;
+                ((i + 1) as i32, data.slice(start..start + chunk.len()))
+            })
+            .collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut done: Vec<CompletedPart> = Vec::new();
+        let mut queue = parts.into_iter();
+        let mut failure = None;
+        loop {
+            while tasks.len() < self.concurrency.max(1) && failure.is_none() {
+                let Some((number, body)) = queue.next() else {
+                    break;
+                };
+                let s3 = self.clone();
+                let (key, full, upload_id) =
+                    (key.to_string(), full.to_string(), upload_id.to_string());
+                tasks.spawn(async move {
+                    s3.retrying("UploadPart", &key, || {
+                        let req = s3
+                            .client
+                            .upload_part()
+                            .bucket(&s3.bucket)
+                            .key(&full)
+                            .upload_id(&upload_id)
+                            .part_number(number)
+                            .body(ByteStream::from(body.clone()));
+                        async move {
+                            let out = req.send().await.map_err(classify)?;
+                            Ok(CompletedPart::builder()
+                                .part_number(number)
+                                .set_e_tag(out.e_tag().map(str::to_string))
+                                .build())
+                        }
+                    })
+                    .await
+                    .map_err(|(_, e)| e)
+                });
+            }
+            match tasks.join_next().await {
+                None => break,
+                Some(Ok(Ok(part))) => done.push(part),
+                Some(Ok(Err(e))) => {
+                    failure.get_or_insert(e);
+                }
+                Some(Err(e)) => {
+                    failure.get_or_insert(Error::backend("UploadPart", e.to_string()));
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        done.sort_by_key(|p| p.part_number());
+        let completed = CompletedMultipartUpload::builder()
+            .set_parts(Some(done))
+            .build();
+        let mut attempts = 0;
+        let result = self
+            .retrying("CompleteMultipartUpload", key, || {
+                attempts += 1;
+                let mut req = self
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(full)
+                    .upload_id(upload_id)
+                    .multipart_upload(completed.clone());
+                req = match condition {
+                    Condition::None => req,
+                    Condition::Absent => req.if_none_match("*"),
+                    Condition::Matches(etag) => req.if_match(etag),
+                };
+                async move { req.send().await.map(|_| ()).map_err(classify) }
+            })
+            .await;
+        self.settle(key, data, attempts > 1, result).await
+    }
+
+    /// Every key under `prefix` (relative to the target's prefix) with its size, in order;
+    /// follows continuation tokens past 1,000 keys.
+    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, Error> {
+        let full = self.full_key(prefix);
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .retrying("ListObjectsV2", prefix, || {
+                    let req = self
+                        .client
+                        .list_objects_v2()
+                        .bucket(&self.bucket)
+                        .prefix(&full)
+                        .set_continuation_token(token.clone());
+                    async move { req.send().await.map_err(classify) }
+                })
+                .await
+                .map_err(|(_, e)| e)?;
+            for object in page.contents() {
+                if let Some(key) = object.key().and_then(|k| k.strip_prefix(&self.prefix)) {
+                    out.push((key.to_string(), object.size().unwrap_or(0).max(0) as u64));
+                }
+            }
+            token = page.next_continuation_token().map(str::to_string);
+            if !page.is_truncated().unwrap_or(false) || token.is_none() {
+                break;
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), Error> {
+        let full = self.full_key(key);
+        self.retrying("DeleteObject", key, || {
+            let req = self.client.delete_object().bucket(&self.bucket).key(&full);
+            async move {
+                match req.send().await.map_err(classify) {
+                    Ok(_) | Err(Failure::NotFound) => Ok(()),
+                    Err(f) => Err(f),
+                }
+            }
+        })
+        .await
+        .map_err(|(_, e)| e)
+    }
+}
