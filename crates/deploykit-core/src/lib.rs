@@ -32,6 +32,7 @@ pub mod environment;
 mod error;
 pub mod flags;
 pub mod journal;
+pub mod metrics;
 pub mod model;
 pub mod monitor;
 pub mod notify;

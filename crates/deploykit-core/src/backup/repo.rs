@@ -98,6 +98,8 @@ pub struct Repository {
     pub(super) keys: Arc<MasterKeys>,
     pub(super) config: RepoConfig,
     pub(super) clock: Arc<dyn Clock>,
+    /// Where backups and restores are counted, and the environment label they carry.
+    pub(super) metrics: Option<(Arc<crate::metrics::Metrics>, String)>,
 }
 
 impl fmt::Debug for Repository {
@@ -185,6 +187,7 @@ impl Repository {
             keys: Arc::new(keys),
             config,
             clock,
+            metrics: None,
         })
     }
 
@@ -250,12 +253,24 @@ impl Repository {
             keys: Arc::new(keys),
             config,
             clock: Arc::new(SystemClock),
+            metrics: None,
         })
     }
 
     /// Read time from `clock` (snapshot times, locks, retention) instead of the system clock.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Count backups and restores in `metrics`, labelled with `environment` (bytes, durations,
+    /// dedup ratio, the time of the last successful backup).
+    pub fn with_metrics(
+        mut self,
+        metrics: Arc<crate::metrics::Metrics>,
+        environment: impl Into<String>,
+    ) -> Self {
+        self.metrics = Some((metrics, environment.into()));
         self
     }
 

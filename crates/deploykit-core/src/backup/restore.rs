@@ -186,6 +186,7 @@ impl Repository {
         target: &Path,
         options: &RestoreOptions,
     ) -> Result<RestoreSummary> {
+        let started = std::time::Instant::now();
         let (_, snapshot) = self.snapshot(id).await?;
         let index = Arc::new(self.load_index().await?);
         let trees = self.load_trees(&index, &snapshot.tree).await?;
@@ -257,6 +258,9 @@ impl Repository {
         })
         .await
         .map_err(|e| Error::backend("restore", e.to_string()))??;
+        if let Some((metrics, environment)) = &self.metrics {
+            metrics.observe_restore(environment, bytes, started.elapsed());
+        }
         Ok(RestoreSummary {
             files,
             dirs: count,

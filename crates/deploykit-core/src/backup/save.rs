@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use typed_builder::TypedBuilder;
 
 use super::crypto::{hex, random_id};
@@ -528,19 +529,28 @@ impl Repository {
                 ));
             }
         }
-        if request.kind == BackupKind::Snapshot {
-            // Post hooks run whatever happens: a half-done freeze must be thawed too.
-            let result = match run_hooks(&request.pre_hooks).await {
-                Ok(()) => self.backup_locked(&request).await,
-                Err(e) => Err(e),
-            };
-            let post = run_hooks(&request.post_hooks).await;
-            let taken = result?;
-            post?;
-            Ok(taken)
-        } else {
-            self.backup_locked(&request).await
+        let span = tracing::info_span!("backup", repository = %&self.config.id[..12], kind = %request.kind);
+        let taken = async {
+            if request.kind == BackupKind::Snapshot {
+                // Post hooks run whatever happens: a half-done freeze must be thawed too.
+                let result = match run_hooks(&request.pre_hooks).await {
+                    Ok(()) => self.backup_locked(&request).await,
+                    Err(e) => Err(e),
+                };
+                let post = run_hooks(&request.post_hooks).await;
+                let taken = result?;
+                post?;
+                Ok(taken)
+            } else {
+                self.backup_locked(&request).await
+            }
         }
+        .instrument(span)
+        .await?;
+        if let Some((metrics, environment)) = &self.metrics {
+            metrics.observe_backup(environment, &taken.1);
+        }
+        Ok(taken)
     }
 
     async fn backup_locked(&self, request: &BackupRequest) -> Result<(String, Snapshot)> {

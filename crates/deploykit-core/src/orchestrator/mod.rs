@@ -30,6 +30,7 @@ use crate::journal::{
     Actor, DeploymentKind, DeploymentSpec, DeploymentStatus, JournalEntry, JournalEvent,
     ReleaseMembership,
 };
+use crate::metrics::Metrics;
 use crate::model::{
     DeploymentId, Digest, EnvironmentKind, EnvironmentName, EnvironmentSpec, FailurePolicy,
     Revision, RevisionId, ServiceId, ServiceSpec,
@@ -142,6 +143,8 @@ pub(crate) struct Shared {
     access: Option<AccessPolicy>,
     /// Where secret references are pinned to versions when a revision is made.
     secrets: Option<Arc<dyn SecretProvider>>,
+    /// Where journal writes and events are counted.
+    metrics: Option<Arc<Metrics>>,
     /// Deployment drivers (aborted when the orchestrator is dropped or shut down).
     drivers: Mutex<JoinSet<()>>,
     clock: Arc<dyn Clock>,
@@ -164,6 +167,7 @@ pub struct OrchestratorBuilder {
     previews: Option<preview::PreviewTemplate>,
     access: Option<AccessPolicy>,
     secrets: Option<Arc<dyn SecretProvider>>,
+    metrics: Option<Arc<Metrics>>,
     notifiers: Vec<Arc<dyn Notifier>>,
     clock: Arc<dyn Clock>,
     owner: Option<String>,
@@ -223,6 +227,13 @@ impl OrchestratorBuilder {
     /// starts. Values are never read into the journal; the backends resolve them.
     pub fn secrets(mut self, provider: Arc<dyn SecretProvider>) -> Self {
         self.secrets = Some(provider);
+        self
+    }
+
+    /// Count deployments, steps, analysis results, rollback latency and journal writes in
+    /// `metrics` (see [`crate::metrics`]).
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -286,6 +297,7 @@ impl OrchestratorBuilder {
             previews: self.previews,
             access: self.access,
             secrets: self.secrets,
+            metrics: self.metrics,
             drivers: Mutex::new(JoinSet::new()),
             clock: self.clock,
             owner,
@@ -393,6 +405,7 @@ impl Orchestrator {
             previews: None,
             access: None,
             secrets: None,
+            metrics: None,
             notifiers: Vec::new(),
             clock: Arc::new(SystemClock),
             owner: None,
@@ -967,7 +980,7 @@ impl Shared {
                 spec: Arc::new(spec),
             },
         );
-        self.store.append(&id, &entry).await?;
+        self.journal(&id, &entry).await?;
         let status = DeploymentStatus::from_journal(std::slice::from_ref(&entry))?;
         self.emit(&status, entry);
         self.audit(&status, by, action, status.spec.target.describe())
@@ -1024,13 +1037,26 @@ impl Shared {
     async fn append(&self, status: &mut DeploymentStatus, event: JournalEvent) -> Result<()> {
         status.check(&event)?;
         let entry = JournalEntry::new(status.next_seq, self.clock.now(), event);
-        self.store.append(&status.spec.id, &entry).await?;
+        self.journal(&status.spec.id, &entry).await?;
         status.apply(&entry)?;
         self.emit(status, entry);
         Ok(())
     }
 
+    /// Write one journal entry, timed.
+    async fn journal(&self, id: &DeploymentId, entry: &JournalEntry) -> Result<()> {
+        let started = std::time::Instant::now();
+        let written = self.store.append(id, entry).await;
+        if let Some(m) = &self.metrics {
+            m.observe_journal_write(started.elapsed());
+        }
+        written
+    }
+
     fn emit(&self, status: &DeploymentStatus, entry: JournalEntry) {
+        if let Some(m) = &self.metrics {
+            m.observe(status, &entry);
+        }
         let event = Event::new(status, entry);
         tracing::info!(
             deployment = %event.deployment,
