@@ -592,6 +592,39 @@ impl Orchestrator {
             .await
     }
 
+    /// Abort every in-flight deployment of `service` in `environment` that rolls out
+    /// `revision` — what an alert-driven rollback trigger calls when an alert fires for a
+    /// revision. Returns the deployments aborted. The abort is an operator action by `by`
+    /// (e.g. `alert:canary-errors`), checked against the access policy and audited.
+    pub async fn abort_revision(
+        &self,
+        service: &ServiceId,
+        environment: &EnvironmentName,
+        revision: &RevisionId,
+        by: Actor,
+        reason: impl Into<String>,
+    ) -> Result<Vec<DeploymentId>> {
+        let reason = reason.into();
+        let mut aborted = Vec::new();
+        for id in self
+            .shared
+            .store
+            .list_deployments(service, environment)
+            .await?
+        {
+            let status = self.status(&id).await?;
+            if status.phase.is_terminal()
+                || &status.spec.target.id != revision
+                || status.abort.is_some()
+            {
+                continue;
+            }
+            self.abort(&id, by.clone(), reason.clone()).await?;
+            aborted.push(id);
+        }
+        Ok(aborted)
+    }
+
     /// Approve the gate a deployment waits at (a pause-until-approved step, a manual
     /// promotion, an inconclusive analysis, or a failure held by the `pause` policy).
     pub async fn approve(
