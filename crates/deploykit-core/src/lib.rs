@@ -37,6 +37,8 @@ pub mod model;
 pub mod monitor;
 pub mod notify;
 mod orchestrator;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 pub mod secrets;
 pub mod store;
 pub mod strategy;
