@@ -23,6 +23,7 @@
 //! In-memory backends, fault injection and conformance suites live in `deploykit-testing`.
 
 pub mod access;
+pub mod alerting;
 pub mod analysis;
 pub mod audit;
 pub mod backup;

@@ -119,7 +119,24 @@ mod webhook {
             self
         }
 
-        async fn attempt(&self, body: &Notification) -> Result<()> {
+        /// POST `body` as JSON, with the same retries and back-off as events (used, e.g., to
+        /// deliver alert notifications).
+        pub async fn post_json<T: serde::Serialize + Sync + ?Sized>(&self, body: &T) -> Result<()> {
+            let mut delay = Duration::from_millis(200);
+            let mut attempt = 0;
+            loop {
+                match self.attempt(body).await {
+                    Err(e) if e.is_retryable() && attempt < self.retries => {
+                        attempt += 1;
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                    other => return other,
+                }
+            }
+        }
+
+        async fn attempt<T: serde::Serialize + Sync + ?Sized>(&self, body: &T) -> Result<()> {
             let op = || format!("POST {}", self.url);
             let response = self
                 .client
@@ -145,19 +162,7 @@ mod webhook {
     #[async_trait]
     impl Notifier for WebhookNotifier {
         async fn notify(&self, event: &Event) -> Result<()> {
-            let body = Notification::from(event);
-            let mut delay = Duration::from_millis(200);
-            let mut attempt = 0;
-            loop {
-                match self.attempt(&body).await {
-                    Err(e) if e.is_retryable() && attempt < self.retries => {
-                        attempt += 1;
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
-                    }
-                    other => return other,
-                }
-            }
+            self.post_json(&Notification::from(event)).await
         }
     }
 }

@@ -9,10 +9,13 @@
 //! - [`MemoryStore`]: an in-memory [`deploykit_core::StateStore`].
 //! - [`SimClock`]: wall-clock time that follows tokio's (paused) clock.
 //! - [`RecordingNotifier`]: a [`deploykit_core::Notifier`] that keeps what it is sent.
+//! - [`RecordingAlertSink`]: a [`deploykit_core::alerting::AlertSink`] that keeps the alert
+//!   notifications it is sent, and can fail on demand.
 //! - [`MemoryTarget`]: an in-memory [`deploykit_core::BackupTarget`] with injected write
 //!   faults and corruption helpers.
 //! - [`conformance`]: the suites every backend's tests run.
 
+mod alerts;
 mod clock;
 pub mod conformance;
 mod notify;
@@ -20,6 +23,7 @@ mod sim;
 mod store;
 mod target;
 
+pub use alerts::RecordingAlertSink;
 pub use clock::SimClock;
 pub use notify::RecordingNotifier;
 pub use sim::{Behavior, Fault, Op, SimCluster, SimConfig, Snapshot};
