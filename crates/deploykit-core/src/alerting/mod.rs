@@ -108,6 +108,7 @@ mod inhibit;
 mod route;
 mod rule;
 mod silence;
+mod trigger;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -127,6 +128,7 @@ pub use route::{
 };
 pub use rule::{AlertRule, RESERVED_LABELS};
 pub use silence::Silence;
+pub use trigger::rollback_on_alerts;
 
 use crate::error::{Error, Result};
 use crate::model::{EnvironmentName, RevisionId, ServiceId};
