@@ -14,6 +14,11 @@ Two revisions of service "web". Each series carries `revision` ("good" / "bad") 
     good: every observation in the bucket (0.1, 0.25]  => histogram_quantile(0.99) = 0.2485
     bad:  every observation in the bucket (1.0, 1.5]   => histogram_quantile(0.99) = 1.495
     (histogram_quantile interpolates linearly inside the bucket: lower + 0.99 * width)
+
+More revisions can be registered at run time, e.g. by the `alerting` example:
+`POST /revisions?id=<revision id>&behaviour=good|bad` serves the same series for that
+revision (labels revision="<id>", revision_id="<id>"), counting from the moment it is
+registered.
 """
 
 import sys
@@ -32,8 +37,13 @@ OBSERVATIONS_PER_SECOND = 10.0
 OBSERVED_VALUE = {"good": 0.2, "bad": 1.25}
 
 
+# Registered at run time: revision id -> (behaviour, registration time).
+EXTRA = {}
+
+
 def render() -> str:
-    t = time.monotonic() - START
+    now = time.monotonic()
+    t = now - START
     out = [
         "# HELP deploykit_test_requests_total Requests served.",
         "# TYPE deploykit_test_requests_total counter",
@@ -42,6 +52,11 @@ def render() -> str:
         labels = f'service="web",revision="{rev}",revision_id="{rev_id}"'
         out.append(f'deploykit_test_requests_total{{{labels},status="200"}} {ok * t:.6f}')
         out.append(f'deploykit_test_requests_total{{{labels},status="500"}} {err * t:.6f}')
+    for rev_id, (behaviour, since) in list(EXTRA.items()):
+        _, ok, err, _ = REVISIONS[behaviour]
+        labels = f'service="web",revision="{rev_id}",revision_id="{rev_id}"'
+        out.append(f'deploykit_test_requests_total{{{labels},status="200"}} {ok * (now - since):.6f}')
+        out.append(f'deploykit_test_requests_total{{{labels},status="500"}} {err * (now - since):.6f}')
     out += [
         "# HELP deploykit_test_latency_seconds Request latency.",
         "# TYPE deploykit_test_latency_seconds histogram",
@@ -58,6 +73,20 @@ def render() -> str:
 
 
 class Handler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        from urllib.parse import parse_qs, urlparse
+
+        url = urlparse(self.path)
+        query = parse_qs(url.query)
+        rev_id = query.get("id", [""])[0]
+        behaviour = query.get("behaviour", [""])[0]
+        if url.path != "/revisions" or not rev_id.isalnum() or behaviour not in REVISIONS:
+            self.send_error(400)
+            return
+        EXTRA.setdefault(rev_id, (behaviour, time.monotonic()))
+        self.send_response(204)
+        self.end_headers()
+
     def do_GET(self) -> None:
         if self.path.split("?")[0] != "/metrics":
             self.send_error(404)
