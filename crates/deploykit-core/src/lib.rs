@@ -38,6 +38,8 @@ pub mod model;
 pub mod monitor;
 pub mod notify;
 mod orchestrator;
+#[cfg(feature = "otel")]
+pub mod otel;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 pub mod secrets;

@@ -15,7 +15,7 @@
 //! - [`Escalation`]s on a route: an unacknowledged firing group is also notified to the next
 //!   receiver of the policy, with a higher `escalation_level`; see [`Alerting::acknowledge`].
 //! - Notifications ([`AlertNotification`], serializable) are delivered to named
-//!   [`AlertSink`]s; with the `webhook` feature, [`crate::notify::WebhookNotifier`] is one
+//!   [`AlertSink`]s; with the `webhook` feature, `WebhookNotifier` is one
 //!   (it POSTs the notification as JSON).
 //!
 //! # Semantics and decisions
@@ -376,7 +376,7 @@ pub trait AlertSink: Send + Sync + fmt::Debug {
     async fn deliver(&self, notification: &AlertNotification) -> Result<()>;
 }
 
-/// With the `webhook` feature, a [`crate::notify::WebhookNotifier`] POSTs each notification as
+/// With the `webhook` feature, a `WebhookNotifier` POSTs each notification as
 /// JSON, with its retries.
 #[cfg(feature = "webhook")]
 #[async_trait]
