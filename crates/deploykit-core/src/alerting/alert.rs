@@ -173,7 +173,7 @@ impl Alert {
     }
 }
 
-/// A change of an alert's state, on [`Alerting::subscribe`]: to pending, to firing, to resolved,
+/// A change of an alert's state, on [`super::Alerting::subscribe`]: to pending, to firing, to resolved,
 /// or (for a pending alert whose condition stopped holding) to inactive.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -224,7 +224,7 @@ pub enum NotificationStatus {
 pub struct AlertNotification {
     /// The receiver it is for.
     pub receiver: String,
-    /// The group's key (give it to [`Alerting::acknowledge`]).
+    /// The group's key (give it to [`super::Alerting::acknowledge`]).
     pub group_key: String,
     /// The group's values of its route's `group_by` labels.
     pub group_labels: Labels,
@@ -269,7 +269,7 @@ pub struct Acknowledgement {
     pub at: Timestamp,
 }
 
-/// A group's current state, from [`Alerting::groups`].
+/// A group's current state, from [`super::Alerting::groups`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct AlertGroup {
