@@ -2,6 +2,8 @@
 //! retention, prune alongside backups, concurrent backups, crash consistency, damage
 //! detection, bad input, drills and the scheduler.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -795,7 +797,7 @@ fn tree_strategy() -> impl Strategy<Value = Vec<(String, Vec<u8>, bool)>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(24)))]
 
     /// restore(backup(tree)) == tree, for random trees (empty and large files, deep paths,
     /// unicode names, symlinks).
