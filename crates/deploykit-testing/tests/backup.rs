@@ -101,15 +101,19 @@ fn describe(root: &Path) -> BTreeMap<PathBuf, String> {
             let path = entry.unwrap().path();
             let rel = path.strip_prefix(root).unwrap().to_path_buf();
             let meta = std::fs::symlink_metadata(&path).unwrap();
+            let owner = format!("{}:{}", meta.uid(), meta.gid());
             let what = if meta.file_type().is_symlink() {
-                format!("link -> {}", std::fs::read_link(&path).unwrap().display())
+                format!(
+                    "link -> {} {owner}",
+                    std::fs::read_link(&path).unwrap().display()
+                )
             } else if meta.is_dir() {
                 todo.push(path.clone());
-                format!("dir {:o} {}", meta.mode() & 0o7777, meta.mtime())
+                format!("dir {:o} {} {owner}", meta.mode() & 0o7777, meta.mtime())
             } else {
                 let content = std::fs::read(&path).unwrap();
                 format!(
-                    "file {:o} {}.{} {}",
+                    "file {:o} {}.{} {} {owner}",
                     meta.mode() & 0o7777,
                     meta.mtime(),
                     meta.mtime_nsec(),
@@ -127,6 +131,9 @@ async fn full_then_incremental_restores_bit_for_bit_with_metadata() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("app");
     sample_tree(&source);
+    // Another owner, where allowed (as root): restore gives it back.
+    let owned =
+        std::os::unix::fs::lchown(source.join("data/random.bin"), Some(1234), Some(5678)).is_ok();
     let target = Arc::new(LocalTarget::new(dir.path().join("repo")).unwrap());
     let repo = repo_on(target.clone()).await;
     let (full, s1) = repo
@@ -156,6 +163,10 @@ async fn full_then_incremental_restores_bit_for_bit_with_metadata() {
         .unwrap();
     assert_eq!(summary.files, 6);
     assert_eq!(describe(&out.join("app")), describe(&source));
+    if owned {
+        let meta = std::fs::metadata(out.join("app/data/random.bin")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
+    }
 
     // The full snapshot still restores on its own, to its own content.
     let old = dir.path().join("old");

@@ -195,6 +195,9 @@ pub(super) struct Node {
     pub(super) size: u64,
     #[serde(default)]
     pub(super) inode: u64,
+    /// Owner and group ids (absent in snapshots that predate them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) owner: Option<(u32, u32)>,
     /// Data blobs, in order (files).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) content: Vec<String>,

@@ -158,6 +158,7 @@ fn plan(
                 std::os::unix::fs::symlink(std::ffi::OsString::from_vec(target), &path).map_err(
                     |e| Error::backend(format!("symlink {}", path.display()), e.to_string()),
                 )?;
+                set_owner(&path, node)?;
                 out.symlinks += 1;
             }
             _ => {}
@@ -166,11 +167,28 @@ fn plan(
     Ok(())
 }
 
+/// Give `path` the recorded owner when allowed: as root it is restored, as anyone else a
+/// refusal is expected and ignored (files then belong to whoever restores, as with restic).
+fn set_owner(path: &Path, node: &Node) -> Result<()> {
+    let Some((uid, gid)) = node.owner else {
+        return Ok(());
+    };
+    match std::os::unix::fs::lchown(path, Some(uid), Some(gid)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
+        Err(e) => Err(Error::backend(
+            format!("set the owner of {}", path.display()),
+            e.to_string(),
+        )),
+    }
+}
+
 fn set_metadata(path: &Path, node: &Node) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let fail = |e: std::io::Error| {
         Error::backend(format!("set metadata of {}", path.display()), e.to_string())
     };
+    set_owner(path, node)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode)).map_err(fail)?;
     let file = std::fs::File::open(path).map_err(fail)?;
     file.set_modified(mtime(node)).map_err(fail)
@@ -342,6 +360,7 @@ impl Repository {
             });
         }
         use std::os::unix::fs::PermissionsExt;
+        set_owner(path, node)?;
         file.set_permissions(std::fs::Permissions::from_mode(node.mode))
             .map_err(fail)?;
         file.set_modified(mtime(node)).map_err(fail)?;

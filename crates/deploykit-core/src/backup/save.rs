@@ -333,6 +333,7 @@ fn metadata_node(name: &std::ffi::OsStr, meta: &std::fs::Metadata, kind: NodeKin
             0
         },
         inode: meta.ino(),
+        owner: Some((meta.uid(), meta.gid())),
         content: Vec::new(),
         hash: None,
         subtree: None,
@@ -665,6 +666,7 @@ impl Repository {
                             mtime_ns: 0,
                             size: 0,
                             inode: 0,
+                            owner: None,
                             content: Vec::new(),
                             hash: None,
                             subtree: None,
