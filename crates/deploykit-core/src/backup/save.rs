@@ -196,16 +196,10 @@ fn for_each_chunk(
     }
 }
 
-/// A new blob to compress, encrypt and pack.
-type SealJob = (String, BlobKind, Vec<u8>);
-
 /// State shared by the workers of one backup.
 struct Saver {
     repo: Repository,
     known: Mutex<HashSet<String>>,
-    /// Hands new blobs to the sealing threads (compression and encryption), so that reading
-    /// and chunking one large file is not held up by them; `None` seals on the caller's thread.
-    sealer: Mutex<Option<std::sync::mpsc::SyncSender<SealJob>>>,
     pack: Mutex<PackWriter>,
     uploads: mpsc::Sender<(PackEntry, Vec<u8>)>,
     bytes_read: AtomicU64,
@@ -229,34 +223,18 @@ impl Saver {
         {
             return Ok(id);
         }
-        let sealer = self
-            .sealer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match sealer {
-            Some(tx) => tx
-                .send((id.clone(), kind, plain.to_vec()))
-                .map_err(|_| Error::backend("backup", "sealing stopped (see the earlier error)"))?,
-            None => self.store_blob(id.clone(), kind, plain)?,
-        }
-        Ok(id)
-    }
-
-    /// Compress, encrypt and pack one new blob; hand a full pack to the uploader.
-    fn store_blob(&self, id: String, kind: BlobKind, plain: &[u8]) -> Result<()> {
         let (sealed, compressed) = self.repo.seal_blob(&id, plain)?;
         self.blobs_added.fetch_add(1, Ordering::Relaxed);
         let full = {
             let mut pack = self.pack.lock().unwrap_or_else(|e| e.into_inner());
-            pack.add(id, kind, sealed, plain.len() as u64, compressed);
+            pack.add(id.clone(), kind, sealed, plain.len() as u64, compressed);
             (pack.buf.len() as u64 >= self.repo.config.pack_size)
                 .then(|| std::mem::take(&mut *pack))
         };
         if let Some(pack) = full {
             self.send(pack)?;
         }
-        Ok(())
+        Ok(id)
     }
 
     fn send(&self, pack: PackWriter) -> Result<()> {
@@ -716,7 +694,6 @@ impl Repository {
         let saver = Arc::new(Saver {
             repo: self.clone(),
             known: Mutex::new(index.blobs.keys().cloned().collect()),
-            sealer: Mutex::new(None),
             pack: Mutex::new(PackWriter::default()),
             uploads: tx,
             bytes_read: AtomicU64::new(0),
@@ -735,116 +712,61 @@ impl Repository {
             let workers = std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .clamp(1, 4);
-            let (seal_tx, seal_rx) = std::sync::mpsc::sync_channel::<SealJob>(workers * 4);
-            let seal_rx = Mutex::new(seal_rx);
-            *saver.sealer.lock().unwrap_or_else(|e| e.into_inner()) = Some(seal_tx);
-            let fail = |e: Error| {
-                failure
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(e);
-            };
-            let failed = || failure.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-            let root = std::thread::scope(|scope| {
-                // Sealers: compress, encrypt and pack; after a failure, only drain.
+            std::thread::scope(|scope| {
                 for _ in 0..workers {
                     scope.spawn(|| {
+                        let mut buf = Vec::new();
                         loop {
-                            let job = seal_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                            let Ok((id, kind, plain)) = job else { return };
-                            if !failed()
-                                && let Err(e) = saver.store_blob(id, kind, &plain)
-                            {
-                                fail(e);
+                            if failure.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                                return;
+                            }
+                            let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                            let Some(job) = jobs.get(i) else { return };
+                            let outcome = match job {
+                                JobSource::Path(p) => std::fs::File::open(p)
+                                    .and_then(|f| saver.save_stream(f, &mut buf))
+                                    .map_err(|e| {
+                                        Error::backend(
+                                            format!("read {}", p.display()),
+                                            e.to_string(),
+                                        )
+                                    }),
+                                JobSource::Stream(s) => s.open().and_then(|r| {
+                                    saver.save_stream(r, &mut buf).map_err(|e| {
+                                        Error::backend(
+                                            format!("backup source {}", s.name()),
+                                            e.to_string(),
+                                        )
+                                    })
+                                }),
+                            };
+                            match outcome {
+                                Ok(r) => {
+                                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                                    saver.report();
+                                }
+                                Err(e) => {
+                                    failure
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .get_or_insert(e);
+                                    return;
+                                }
                             }
                         }
                     });
                 }
-                // Readers: chunk files and streams, and hand new blobs to the sealers.
-                let readers: Vec<_> = (0..workers)
-                    .map(|_| {
-                        scope.spawn(|| {
-                            let mut buf = Vec::new();
-                            loop {
-                                if failed() {
-                                    return;
-                                }
-                                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                                let Some(job) = jobs.get(i) else { return };
-                                let outcome = match job {
-                                    JobSource::Path(p) => std::fs::File::open(p)
-                                        .and_then(|f| saver.save_stream(f, &mut buf))
-                                        .map_err(|e| {
-                                            Error::backend(
-                                                format!("read {}", p.display()),
-                                                e.to_string(),
-                                            )
-                                        }),
-                                    JobSource::Stream(s) => s.open().and_then(|r| {
-                                        saver.save_stream(r, &mut buf).map_err(|e| {
-                                            Error::backend(
-                                                format!("backup source {}", s.name()),
-                                                e.to_string(),
-                                            )
-                                        })
-                                    }),
-                                };
-                                match outcome {
-                                    Ok(r) => {
-                                        results.lock().unwrap_or_else(|e| e.into_inner())[i] =
-                                            Some(r);
-                                        saver.report();
-                                    }
-                                    Err(e) => {
-                                        fail(e);
-                                        return;
-                                    }
-                                }
-                            }
-                        })
-                    })
-                    .collect();
-                for reader in readers {
-                    let _ = reader.join();
-                }
-                // Then the trees, bottom-up, while the sealers still run.
-                let root = if failed() {
-                    None
-                } else {
-                    let mut results =
-                        std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
-                    let mut nodes = Vec::new();
-                    let mut outcome = Ok(());
-                    for root in roots {
-                        match finish_entry(&saver, root, &mut results) {
-                            Ok(node) => nodes.push(node),
-                            Err(e) => {
-                                outcome = Err(e);
-                                break;
-                            }
-                        }
-                    }
-                    let tree = serde_json::to_vec(&Tree { nodes }).expect("trees serialise");
-                    match outcome.and_then(|()| saver.add_blob(BlobKind::Tree, &tree)) {
-                        Ok(id) => Some(id),
-                        Err(e) => {
-                            fail(e);
-                            None
-                        }
-                    }
-                };
-                // Closing the channel lets the sealers finish what is queued and stop.
-                saver
-                    .sealer
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take();
-                root
             });
             if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
                 return Err(e);
             }
-            let root = root.expect("no failure, so the root tree was stored");
+            let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+            let mut nodes = Vec::new();
+            for root in roots {
+                nodes.push(finish_entry(&saver, root, &mut results)?);
+            }
+            let tree = serde_json::to_vec(&Tree { nodes }).expect("trees serialise");
+            let root = saver.add_blob(BlobKind::Tree, &tree)?;
             let last = std::mem::take(&mut *saver.pack.lock().unwrap_or_else(|e| e.into_inner()));
             if !last.blobs.is_empty() {
                 saver.send(last)?;
