@@ -170,9 +170,15 @@ fn plan(
 /// Give `path` the recorded owner when allowed: as root it is restored, as anyone else a
 /// refusal is expected and ignored (files then belong to whoever restores, as with restic).
 fn set_owner(path: &Path, node: &Node) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let Some((uid, gid)) = node.owner else {
         return Ok(());
     };
+    // Usually the restoring user owned the files: a stat is much cheaper than a chown, which
+    // writes the inode.
+    if std::fs::symlink_metadata(path).is_ok_and(|m| (m.uid(), m.gid()) == (uid, gid)) {
+        return Ok(());
+    }
     match std::os::unix::fs::lchown(path, Some(uid), Some(gid)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
