@@ -32,23 +32,28 @@ fn endpoint() -> String {
 /// A fresh bucket for one test.
 async fn bucket(name: &str) -> String {
     let bucket = format!("dk-{name}-{}", std::process::id()).replace('_', "-");
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(endpoint())
-        .force_path_style(true)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .build();
-    let client = aws_sdk_s3::Client::from_conf(config);
-    client
+    target_client()
         .create_bucket()
         .bucket(&bucket)
         .send()
         .await
         .expect("create bucket");
     bucket
+}
+
+/// A state store on moto in `bucket`, under `prefix`.
+async fn state_store_on(bucket: &str, prefix: &str) -> S3StateStore {
+    S3StateStore::builder(bucket)
+        .prefix(prefix)
+        .configure(|b| {
+            b.endpoint_url(endpoint())
+                .force_path_style(true)
+                .region("us-east-1")
+                .credentials("testing", "testing")
+        })
+        .build()
+        .await
+        .expect("state store")
 }
 
 fn builder(bucket: &str, url: &str) -> deploykit_aws::S3Builder {
@@ -190,17 +195,7 @@ async fn s3_target_meets_the_backup_target_contract() {
 #[tokio::test]
 async fn s3_state_store_meets_the_state_store_contract() {
     let bucket = bucket("state").await;
-    let store = S3StateStore::builder(&bucket)
-        .prefix("state")
-        .configure(|b| {
-            b.endpoint_url(endpoint())
-                .force_path_style(true)
-                .region("us-east-1")
-                .credentials("testing", "testing")
-        })
-        .build()
-        .await
-        .expect("store");
+    let store = state_store_on(&bucket, "state").await;
     state_store::run_all(&store).await;
 }
 
@@ -505,18 +500,7 @@ async fn a_server_dying_mid_backup_is_a_clear_error_and_the_next_backup_succeeds
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_orchestrators_on_s3_never_drive_the_same_deployment() {
     let bucket = bucket("race").await;
-    let store: Arc<dyn StateStore> = Arc::new(
-        S3StateStore::builder(&bucket)
-            .configure(|b| {
-                b.endpoint_url(endpoint())
-                    .force_path_style(true)
-                    .region("us-east-1")
-                    .credentials("testing", "testing")
-            })
-            .build()
-            .await
-            .unwrap(),
-    );
+    let store: Arc<dyn StateStore> = Arc::new(state_store_on(&bucket, "").await);
     let sim = SimCluster::with_config({
         let mut c = SimConfig::default();
         c.start_latency = Duration::from_millis(200);
