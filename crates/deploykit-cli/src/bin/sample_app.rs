@@ -1,0 +1,394 @@
+//! `deploykit-sample-app`: the tiny HTTP/1.1 server deploykit's local demo and tests deploy.
+//!
+//! It is configured only through environment variables, so a "bad version" is the same binary
+//! started with different variables:
+//!
+//! | Variable         | Default | Meaning                                                              |
+//! |------------------|---------|----------------------------------------------------------------------|
+//! | `PORT`           | —       | Required. Port to listen on; the app binds `127.0.0.1:PORT`.         |
+//! | `VERSION`        | `dev`   | Version string returned in bodies, metrics and the `x-version` header. |
+//! | `ERROR_RATE`     | `0`     | Share (0.0–1.0) of `/` requests answered `500 injected error`. The spread is deterministic: request *n* (counting from 0) fails when `floor((n+1)*rate) > floor(n*rate)`, so `0.5` fails exactly every second request. |
+//! | `LATENCY_MS`     | `0`     | Milliseconds added to every `/` response.                            |
+//! | `START_DELAY_MS` | `0`     | Milliseconds to sleep before binding (a slow start).                 |
+//! | `CRASH_ON_START` | off     | `1`/`true`: print a message to stderr and exit 1 at once.            |
+//! | `IGNORE_SIGTERM` | off     | `1`/`true`: keep serving on SIGTERM. Otherwise SIGTERM stops accepting, lets in-flight requests finish and exits 0. |
+//! | `HEALTH_STATUS`  | `200`   | Status `/healthz` answers (100–599). For 301–308 a `Location: https://example.invalid/healthz` header is added. |
+//!
+//! Boolean variables accept `1`/`true`/`yes`/`on` and `0`/`false`/`no`/`off`/empty (any case).
+//! A missing or invalid `PORT`, or any invalid value, prints a message naming the variable and
+//! the value to stderr and exits with code 2.
+//!
+//! Routes (any method):
+//!
+//! - `/` → `200 hello from <VERSION>\n`, or `500 injected error\n` per `ERROR_RATE`.
+//! - `/healthz` → `HEALTH_STATUS` with body `ok\n`.
+//! - `/metrics` → Prometheus text with the counters `sample_requests_total{version="…"}` (requests
+//!   to `/` and `/slow`) and `sample_errors_total{version="…"}` (injected errors).
+//! - `/slow?ms=N` → sleeps `N` ms (capped at 30000; missing means 0), then `200 slept <N>ms\n`;
+//!   an unparsable `ms` gets `400`.
+//! - anything else → `404 not found\n`.
+//!
+//! Every response carries `x-version: <VERSION>`. On start the app prints one line to stdout:
+//! `sample-app <VERSION> listening on 127.0.0.1:<PORT>`.
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue, LOCATION};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Longest sleep `/slow?ms=N` honours.
+const MAX_SLOW_MS: u64 = 30_000;
+
+/// Settings read from the environment.
+#[derive(Debug)]
+struct Config {
+    port: u16,
+    version: String,
+    error_rate: f64,
+    latency_ms: u64,
+    start_delay_ms: u64,
+    ignore_sigterm: bool,
+    health_status: StatusCode,
+}
+
+/// A configuration problem: the message names the variable and the bad value.
+struct ConfigError(String);
+
+fn var(name: &str) -> Result<Option<String>, ConfigError> {
+    match std::env::var(name) {
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(raw)) => {
+            Err(ConfigError(format!("{name} is not valid UTF-8: {raw:?}")))
+        }
+    }
+}
+
+fn parse_bool(name: &str) -> Result<bool, ConfigError> {
+    let Some(value) = var(name)? else {
+        return Ok(false);
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError(format!(
+            "invalid {name}={value:?}: expected 1/true or 0/false"
+        ))),
+    }
+}
+
+fn parse_u64(name: &str, default: u64) -> Result<u64, ConfigError> {
+    match var(name)? {
+        None => Ok(default),
+        Some(value) => value.trim().parse().map_err(|_| {
+            ConfigError(format!(
+                "invalid {name}={value:?}: expected a non-negative integer"
+            ))
+        }),
+    }
+}
+
+impl Config {
+    fn from_env() -> Result<Config, ConfigError> {
+        let port = match var("PORT")? {
+            None => {
+                return Err(ConfigError(
+                    "PORT is required (the port to listen on)".into(),
+                ));
+            }
+            Some(value) => match value.trim().parse::<u16>() {
+                Ok(port) if port != 0 => port,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "invalid PORT={value:?}: expected a port number 1-65535"
+                    )));
+                }
+            },
+        };
+        let version = var("VERSION")?.unwrap_or_else(|| "dev".to_owned());
+        let error_rate = match var("ERROR_RATE")? {
+            None => 0.0,
+            Some(value) => match value.trim().parse::<f64>() {
+                Ok(rate) if (0.0..=1.0).contains(&rate) => rate,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "invalid ERROR_RATE={value:?}: expected a number between 0.0 and 1.0"
+                    )));
+                }
+            },
+        };
+        let latency_ms = parse_u64("LATENCY_MS", 0)?;
+        let start_delay_ms = parse_u64("START_DELAY_MS", 0)?;
+        let ignore_sigterm = parse_bool("IGNORE_SIGTERM")?;
+        let health_status = match var("HEALTH_STATUS")? {
+            None => StatusCode::OK,
+            Some(value) => match value.trim().parse::<u16>() {
+                Ok(code @ 100..=599) => StatusCode::from_u16(code)
+                    .map_err(|_| ConfigError(format!("invalid HEALTH_STATUS={value:?}")))?,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "invalid HEALTH_STATUS={value:?}: expected an HTTP status 100-599"
+                    )));
+                }
+            },
+        };
+        Ok(Config {
+            port,
+            version,
+            error_rate,
+            latency_ms,
+            start_delay_ms,
+            ignore_sigterm,
+            health_status,
+        })
+    }
+}
+
+/// Shared state of the running app.
+struct App {
+    version: String,
+    version_header: HeaderValue,
+    error_rate: f64,
+    latency: Duration,
+    health_status: StatusCode,
+    /// Requests to `/` so far (drives the deterministic error spread).
+    root_requests: AtomicU64,
+    /// Requests to `/` and `/slow`.
+    requests_total: AtomicU64,
+    /// Injected errors.
+    errors_total: AtomicU64,
+}
+
+impl App {
+    /// Whether the `n`th (0-based) request to `/` should fail.
+    fn should_fail(&self, n: u64) -> bool {
+        let rate = self.error_rate;
+        ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor()
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (status, body) = match req.uri().path() {
+            "/" => {
+                self.requests_total.fetch_add(1, Ordering::Relaxed);
+                let n = self.root_requests.fetch_add(1, Ordering::Relaxed);
+                if !self.latency.is_zero() {
+                    tokio::time::sleep(self.latency).await;
+                }
+                if self.should_fail(n) {
+                    self.errors_total.fetch_add(1, Ordering::Relaxed);
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "injected error\n".to_owned(),
+                    )
+                } else {
+                    (StatusCode::OK, format!("hello from {}\n", self.version))
+                }
+            }
+            "/healthz" => (self.health_status, "ok\n".to_owned()),
+            "/metrics" => (StatusCode::OK, self.metrics()),
+            "/slow" => {
+                self.requests_total.fetch_add(1, Ordering::Relaxed);
+                match slow_ms(req.uri().query()) {
+                    Some(ms) => {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        (StatusCode::OK, format!("slept {ms}ms\n"))
+                    }
+                    None => (StatusCode::BAD_REQUEST, "bad ms\n".to_owned()),
+                }
+            }
+            _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert("x-version", self.version_header.clone());
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if req.uri().path() == "/healthz" && (301..=308).contains(&status.as_u16()) {
+            headers.insert(
+                LOCATION,
+                HeaderValue::from_static("https://example.invalid/healthz"),
+            );
+        }
+        response
+    }
+
+    fn metrics(&self) -> String {
+        let version = self.version.replace('\\', "\\\\").replace('"', "\\\"");
+        let requests = self.requests_total.load(Ordering::Relaxed);
+        let errors = self.errors_total.load(Ordering::Relaxed);
+        format!(
+            "# HELP sample_requests_total Requests to / and /slow.\n\
+             # TYPE sample_requests_total counter\n\
+             sample_requests_total{{version=\"{version}\"}} {requests}\n\
+             # HELP sample_errors_total Injected errors (ERROR_RATE).\n\
+             # TYPE sample_errors_total counter\n\
+             sample_errors_total{{version=\"{version}\"}} {errors}\n"
+        )
+    }
+}
+
+/// The `ms` of `/slow?ms=N`, capped; `None` if it is not a number.
+fn slow_ms(query: Option<&str>) -> Option<u64> {
+    let value = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ms="));
+    match value {
+        None => Some(0),
+        Some(v) => v.parse::<u64>().ok().map(|ms| ms.min(MAX_SLOW_MS)),
+    }
+}
+
+fn main() -> ExitCode {
+    match parse_bool("CRASH_ON_START") {
+        Ok(true) => {
+            eprintln!("sample-app: crashing on start as asked (CRASH_ON_START)");
+            return ExitCode::from(1);
+        }
+        Ok(false) => {}
+        Err(ConfigError(message)) => {
+            eprintln!("sample-app: {message}");
+            return ExitCode::from(2);
+        }
+    }
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(ConfigError(message)) => {
+            eprintln!("sample-app: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("sample-app: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+/// Resolves when a SIGTERM arrives that should stop the app (never, with `IGNORE_SIGTERM`).
+async fn terminated(sigterm: &mut Signal, ignore_sigterm: bool) {
+    loop {
+        if sigterm.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+        if ignore_sigterm {
+            eprintln!("sample-app: ignoring SIGTERM (IGNORE_SIGTERM)");
+        } else {
+            return;
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    // Install the SIGTERM handler first so that SIGTERM never takes the default action.
+    let mut sigterm = match signal(SignalKind::terminate()) {
+        Ok(sigterm) => sigterm,
+        Err(err) => {
+            eprintln!("sample-app: cannot install the SIGTERM handler: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let ignore_sigterm = config.ignore_sigterm;
+
+    if config.start_delay_ms > 0 {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(config.start_delay_ms)) => {}
+            () = terminated(&mut sigterm, ignore_sigterm) => return ExitCode::SUCCESS,
+        }
+    }
+
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
+    let listener = match TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("sample-app: cannot listen on {addr}: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let version_header = match HeaderValue::from_str(&config.version) {
+        Ok(value) => value,
+        Err(_) => {
+            eprintln!(
+                "sample-app: invalid VERSION={:?}: not usable as a header value",
+                config.version
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let app = Arc::new(App {
+        version: config.version,
+        version_header,
+        error_rate: config.error_rate,
+        latency: Duration::from_millis(config.latency_ms),
+        health_status: config.health_status,
+        root_requests: AtomicU64::new(0),
+        requests_total: AtomicU64::new(0),
+        errors_total: AtomicU64::new(0),
+    });
+    println!("sample-app {} listening on {addr}", app.version);
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    eprintln!("sample-app: accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = terminated(&mut sigterm, ignore_sigterm) => break,
+        };
+        let app = Arc::clone(&app);
+        let mut shutdown = shutdown_rx.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |req| {
+                let app = Arc::clone(&app);
+                async move { Ok::<_, Infallible>(app.handle(req).await) }
+            });
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+
+    // Stop accepting, then let in-flight requests finish.
+    drop(listener);
+    let _ = shutdown_tx.send(true);
+    while connections.join_next().await.is_some() {}
+    eprintln!("sample-app: stopped after SIGTERM");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,583 @@
+//! Opening the configuration, the journal and the orchestrator, and running each command.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploykit_core::config::Config;
+use deploykit_core::secrets::{FileSecretProvider, Identity, SecretProvider};
+use deploykit_core::{
+    Actor, DeployRequest, DeploymentId, DeploymentStatus, Digest, EnvironmentKind, EnvironmentName,
+    Error, Orchestrator, OrchestratorConfig, Phase, PreviewRequest, Result, RevisionId, ServiceId,
+    ServiceSpec, SqliteStore, StateStore,
+};
+use deploykit_local::{LocalClient, LocalEnvironment, LocalOptions};
+use serde_json::json;
+
+use crate::progress::Follow;
+use crate::{AuditAction, Cli, Command, EXIT_ROLLED_BACK, Output, PreviewAction};
+
+/// Everything a command needs: the configuration, where state lives, who acts.
+pub(crate) struct Context {
+    pub(crate) config: Config,
+    pub(crate) config_dir: PathBuf,
+    pub(crate) state: PathBuf,
+    pub(crate) output: Output,
+    pub(crate) actor: Actor,
+}
+
+impl Context {
+    fn load(cli: &Cli) -> Result<Context> {
+        let config = Config::load(&cli.config)?;
+        let config_dir = cli
+            .config
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let state = cli
+            .state
+            .clone()
+            .unwrap_or_else(|| config_dir.join(".deploykit"));
+        std::fs::create_dir_all(&state)
+            .map_err(|e| Error::backend(format!("create {}", state.display()), e.to_string()))?;
+        let actor = cli
+            .actor
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "deploykit".into());
+        Ok(Context {
+            config,
+            config_dir,
+            state,
+            output: cli.output,
+            actor: Actor::new(actor),
+        })
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.state.join("daemon.sock")
+    }
+
+    fn client(&self) -> LocalClient {
+        LocalClient::new(self.socket())
+    }
+
+    async fn store(&self) -> Result<Arc<SqliteStore>> {
+        Ok(Arc::new(
+            SqliteStore::open(self.state.join("deploykit.db")).await?,
+        ))
+    }
+
+    /// The environment named on the command line, or the only one, or `production`.
+    fn environment(&self, name: Option<&str>) -> Result<EnvironmentName> {
+        if let Some(name) = name {
+            self.config.environment(name)?;
+            return EnvironmentName::new(name);
+        }
+        let all: Vec<_> = self
+            .config
+            .environments()
+            .filter(|e| e.kind != EnvironmentKind::Preview)
+            .collect();
+        match all.as_slice() {
+            [only] => Ok(only.name.clone()),
+            _ if all.iter().any(|e| e.name.as_str() == "production") => {
+                EnvironmentName::new("production")
+            }
+            _ => Err(Error::invalid(
+                "--env",
+                format!(
+                    "{} has several environments; name one with --env",
+                    self.config_dir.join("deploykit.toml").display()
+                ),
+            )),
+        }
+    }
+
+    /// The secrets file's provider, when the configuration names one and
+    /// `DEPLOYKIT_AGE_KEY_FILE` says where the identity is.
+    fn secrets(&self) -> Result<Option<Arc<dyn SecretProvider>>> {
+        let Some(file) = self.config.secrets_file() else {
+            return Ok(None);
+        };
+        let Ok(key) = std::env::var("DEPLOYKIT_AGE_KEY_FILE") else {
+            return Ok(None);
+        };
+        let identity = Identity::from_key_file(Path::new(&key))?;
+        Ok(Some(Arc::new(FileSecretProvider::open(file, &identity)?)))
+    }
+
+    /// An orchestrator over the daemon, for every environment in the configuration. It
+    /// resumes in-flight deployments as soon as their leases allow.
+    async fn orchestrator(&self) -> Result<Orchestrator> {
+        let client = Arc::new(self.client());
+        client.info().await?;
+        let mut builder = Orchestrator::builder_shared(self.store().await?).config(
+            OrchestratorConfig::builder()
+                .poll_interval(Duration::from_millis(250))
+                .lease_ttl(Duration::from_secs(10))
+                .build(),
+        );
+        for spec in self.config.environments() {
+            if spec.kind == EnvironmentKind::Preview {
+                builder = builder.previews(spec.clone(), client.clone());
+            } else {
+                builder =
+                    builder.environment_with_monitor(spec.clone(), client.clone(), client.clone());
+            }
+        }
+        if let Some(secrets) = self.secrets()? {
+            builder = builder.secrets(secrets);
+        }
+        builder.open().await
+    }
+
+    /// The service's spec with `--set` overrides, and its artifact digest: the build
+    /// pipeline's output if it has stages, else the content of the program it runs.
+    async fn service_and_artifact(
+        &self,
+        name: &str,
+        set: &[String],
+    ) -> Result<(ServiceSpec, Digest)> {
+        let mut spec = self.config.service(name)?.clone();
+        for kv in set {
+            let Some((k, v)) = kv.split_once('=') else {
+                return Err(Error::invalid("--set", format!("{kv:?} is not KEY=VALUE")));
+            };
+            spec.variables.insert(k.to_string(), v.to_string());
+        }
+        let pipeline = self.config.pipeline(name)?;
+        let artifacts = pipeline
+            .run(&deploykit_core::BuildContext::new(&self.config_dir))
+            .await?;
+        if let Some(a) = artifacts.first() {
+            return Ok((spec, a.digest.clone()));
+        }
+        let program = spec.command.first().ok_or_else(|| {
+            Error::invalid(
+                format!("services.{name}.command"),
+                "the local environment needs a command to run",
+            )
+        })?;
+        let path = if program.contains('/') {
+            self.config_dir.join(program)
+        } else {
+            PathBuf::from(program)
+        };
+        let digest = match std::fs::read(&path) {
+            Ok(bytes) => Digest::of_bytes(&bytes),
+            Err(_) => Digest::of_bytes(program.as_bytes()),
+        };
+        Ok((spec, digest))
+    }
+
+    fn print(&self, text: impl std::fmt::Display, value: serde_json::Value) {
+        match self.output {
+            Output::Text => println!("{text}"),
+            Output::Json => println!("{value}"),
+        }
+    }
+}
+
+/// The JSON summary of a deployment.
+pub(crate) fn status_json(s: &DeploymentStatus) -> serde_json::Value {
+    json!({
+        "id": s.spec.id.to_string(),
+        "service": s.spec.service.to_string(),
+        "environment": s.spec.environment.to_string(),
+        "revision": s.spec.target.id.to_string(),
+        "label": s.spec.target.label,
+        "phase": s.phase.to_string(),
+        "previous": s.previous.as_ref().map(|r| r.label.clone()),
+        "rollback_reason": s.rollback.as_ref().map(|(_, r)| r.clone()),
+        "awaiting": s.awaiting.as_ref().map(|(gate, what)| json!({"gate": gate, "asks": what})),
+    })
+}
+
+/// 0 for success, 3 for rolled back, aborted or failed.
+pub(crate) fn exit_for(phase: Phase) -> ExitCode {
+    match phase {
+        Phase::Succeeded => ExitCode::SUCCESS,
+        _ => ExitCode::from(EXIT_ROLLED_BACK),
+    }
+}
+
+async fn follow(ctx: &Context, orchestrator: &Orchestrator, id: &DeploymentId) -> Result<ExitCode> {
+    let client = ctx.client();
+    let status = Follow::new(ctx.output == Output::Text)
+        .run(orchestrator, &client, id)
+        .await?;
+    let text = match &status.rollback {
+        Some((_, reason)) if status.phase != Phase::Succeeded => format!(
+            "{} {}: {} ({reason})",
+            status.spec.service, status.spec.target.label, status.phase
+        ),
+        _ => format!(
+            "{} {}: {}",
+            status.spec.service, status.spec.target.label, status.phase
+        ),
+    };
+    ctx.print(text, status_json(&status));
+    Ok(exit_for(status.phase))
+}
+
+/// Run one command.
+pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::Demo(args) = &cli.command {
+        return crate::demo::run(args, cli.output).await;
+    }
+    let ctx = Context::load(&cli)?;
+    match cli.command {
+        Command::Demo(_) => unreachable!("handled above"),
+        Command::Daemon { env, listen } => daemon(&ctx, env.as_deref(), listen).await,
+        Command::Down { keep_instances } => {
+            ctx.client().shutdown(!keep_instances).await?;
+            ctx.print("daemon stopped", json!({ "stopped": true }));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deploy {
+            service,
+            env,
+            label,
+            set,
+            no_wait,
+        } => {
+            let environment = ctx.environment(env.as_deref())?;
+            let (spec, artifact) = ctx.service_and_artifact(&service, &set).await?;
+            let label = label.unwrap_or_else(|| {
+                let ts = deploykit_core::Clock::now(&deploykit_core::SystemClock);
+                format!("{}", ts.as_millis() / 1000)
+            });
+            let orchestrator = ctx.orchestrator().await?;
+            let id = orchestrator
+                .deploy(
+                    DeployRequest::builder()
+                        .service(spec)
+                        .environment(environment.as_str())
+                        .artifact(artifact)
+                        .label(label)
+                        .requested_by(ctx.actor.clone())
+                        .build(),
+                )
+                .await?;
+            if no_wait {
+                ctx.print(&id, json!({ "id": id.to_string() }));
+                orchestrator.shutdown().await?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let code = follow(&ctx, &orchestrator, &id).await?;
+            orchestrator.shutdown().await?;
+            Ok(code)
+        }
+        Command::Resume => {
+            let store = ctx.store().await?;
+            let active = store.list_active().await?;
+            let orchestrator = ctx.orchestrator().await?;
+            let mut code = ExitCode::SUCCESS;
+            if active.is_empty() {
+                ctx.print("nothing in flight", json!({ "resumed": [] }));
+            }
+            for id in active {
+                let c = follow(&ctx, &orchestrator, &id).await?;
+                if c != ExitCode::SUCCESS {
+                    code = c;
+                }
+            }
+            orchestrator.shutdown().await?;
+            Ok(code)
+        }
+        Command::Status { service, env, id } => status(&ctx, service, env, id).await,
+        Command::History { service, env } => {
+            let environment = ctx.environment(env.as_deref())?;
+            let service = ServiceId::new(&service)?;
+            let store = ctx.store().await?;
+            let mut rows = Vec::new();
+            for id in store.list_deployments(&service, &environment).await? {
+                if let Some(entries) = store.load(&id).await? {
+                    let s = DeploymentStatus::from_journal(&entries)?;
+                    rows.push(s);
+                }
+            }
+            let json: Vec<_> = rows.iter().map(status_json).collect();
+            let mut text = format!("{service} in {environment}, newest first:");
+            for s in &rows {
+                text.push_str(&format!(
+                    "\n  {}  {:<10} revision {}  {}  {}",
+                    s.spec.id, s.spec.target.label, s.spec.target.id, s.phase, s.created_at
+                ));
+            }
+            ctx.print(text, json!(json));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Promote { id } => approve(&ctx, &id, "promoted from the command line").await,
+        Command::Approve { id, reason } => approve(&ctx, &id, &reason).await,
+        Command::Abort { id, reason } => {
+            let orchestrator = ctx.orchestrator().await?;
+            let id = DeploymentId::new(id);
+            orchestrator.abort(&id, ctx.actor.clone(), reason).await?;
+            let code = follow(&ctx, &orchestrator, &id).await?;
+            orchestrator.shutdown().await?;
+            Ok(code)
+        }
+        Command::Rollback { service, env, to } => {
+            let environment = ctx.environment(env.as_deref())?;
+            let service = ServiceId::new(&service)?;
+            let to = to.as_deref().map(RevisionId::parse).transpose()?;
+            let orchestrator = ctx.orchestrator().await?;
+            let id = orchestrator
+                .rollback(&service, &environment, to.as_ref(), ctx.actor.clone())
+                .await?;
+            let code = follow(&ctx, &orchestrator, &id).await?;
+            orchestrator.shutdown().await?;
+            Ok(code)
+        }
+        Command::Preview { action } => preview(&ctx, action).await,
+        Command::Backup(args) => crate::backup::backup(&ctx, args).await,
+        Command::Restore(args) => crate::backup::restore(&ctx, args).await,
+        Command::Drill(args) => crate::backup::drill(&ctx, args).await,
+        Command::Audit {
+            action: AuditAction::Verify,
+        } => {
+            let store = ctx.store().await?;
+            let entries = store.audit_log().await?;
+            let verified = deploykit_core::audit::verify(&entries, None)?;
+            ctx.print(
+                format!(
+                    "audit log intact: {} records, head {}",
+                    verified.records, verified.head
+                ),
+                json!({ "records": verified.records, "head": verified.head }),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { instance, bytes } => {
+            let text = ctx.client().logs(&instance, bytes).await?;
+            match ctx.output {
+                Output::Text => print!("{text}"),
+                Output::Json => println!("{}", json!({ "instance": instance, "log": text })),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn daemon(
+    ctx: &Context,
+    env: Option<&str>,
+    listen: std::net::SocketAddr,
+) -> Result<ExitCode> {
+    let environment = ctx.environment(env)?;
+    let mut options = LocalOptions::new(ctx.state.join(environment.as_str()))
+        .listen(listen)
+        .workdir(&ctx.config_dir);
+    let services: Vec<_> = ctx.config.services().collect();
+    if let [only] = services.as_slice() {
+        options = options.default_service(only.name.clone());
+    }
+    let local = LocalEnvironment::open(options).await?;
+    if let Some(secrets) = ctx.secrets()? {
+        local.set_secret_provider(secrets);
+    }
+    ctx.print(
+        format!(
+            "deploykit daemon: environment {environment}, proxy on http://{}, socket {} (Ctrl-C \
+             stops routing; instances keep running for the next daemon)",
+            local.proxy_addr(),
+            ctx.socket().display()
+        ),
+        json!({ "proxy": local.proxy_addr().to_string(), "socket": ctx.socket() }),
+    );
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    deploykit_local::daemon::serve(local, &ctx.socket(), shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn approve(ctx: &Context, id: &str, reason: &str) -> Result<ExitCode> {
+    let orchestrator = ctx.orchestrator().await?;
+    let id = DeploymentId::new(id);
+    orchestrator
+        .approve(&id, ctx.actor.clone(), reason.to_string())
+        .await?;
+    let code = follow(ctx, &orchestrator, &id).await?;
+    orchestrator.shutdown().await?;
+    Ok(code)
+}
+
+async fn status(
+    ctx: &Context,
+    service: Option<String>,
+    env: Option<String>,
+    id: Option<String>,
+) -> Result<ExitCode> {
+    let store = ctx.store().await?;
+    let load = |id: DeploymentId| {
+        let store = store.clone();
+        async move {
+            let entries = store
+                .load(&id)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("deployment {id}")))?;
+            DeploymentStatus::from_journal(&entries)
+        }
+    };
+    if let Some(id) = id {
+        let s = load(DeploymentId::new(id)).await?;
+        ctx.print(describe(&s), status_json(&s));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let environment = ctx.environment(env.as_deref())?;
+    let services: Vec<ServiceId> = match service {
+        Some(s) => vec![ServiceId::new(s)?],
+        None => ctx.config.services().map(|s| s.name.clone()).collect(),
+    };
+    let client = ctx.client();
+    let mut text = String::new();
+    let mut out = Vec::new();
+    for service in services {
+        let latest = store.list_deployments(&service, &environment).await?;
+        let last = match latest.first() {
+            Some(id) => Some(load(id.clone()).await?),
+            None => None,
+        };
+        let observed = deploykit_core::Environment::observe(&client, &service).await;
+        let mut instances = BTreeMap::new();
+        if let Ok(o) = &observed {
+            for r in &o.revisions {
+                for i in &r.instances {
+                    instances.insert(
+                        i.name.to_string(),
+                        json!({
+                            "revision": r.revision.label,
+                            "ready": i.ready,
+                            "restarts": i.restarts,
+                            "failure": i.failure.as_ref().map(|f| format!("{}: {}", f.kind, f.reason)),
+                        }),
+                    );
+                }
+            }
+        }
+        text.push_str(&format!("{service} in {environment}\n"));
+        if let Some(s) = &last {
+            text.push_str(&format!("  last deployment: {}\n", describe(s)));
+        }
+        match &observed {
+            Ok(o) => {
+                text.push_str(&format!("  running: {}\n", o.summary()));
+                let traffic: Vec<String> = o
+                    .revisions
+                    .iter()
+                    .filter(|r| o.weight_of(&r.revision.id) > 0)
+                    .map(|r| format!("{} {}%", r.revision.label, o.weight_of(&r.revision.id)))
+                    .collect();
+                text.push_str(&format!("  traffic: {}\n", traffic.join(", ")));
+                for (name, i) in &instances {
+                    text.push_str(&format!("    {name}  {i}\n"));
+                }
+            }
+            Err(e) => text.push_str(&format!("  daemon: {e}\n")),
+        }
+        out.push(json!({
+            "service": service.to_string(),
+            "environment": environment.to_string(),
+            "last_deployment": last.as_ref().map(status_json),
+            "observed": observed.ok(),
+        }));
+    }
+    ctx.print(text.trim_end(), json!(out));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(s: &DeploymentStatus) -> String {
+    let mut text = format!(
+        "{} {} {} → {}",
+        s.spec.id, s.spec.service, s.spec.target.label, s.phase
+    );
+    if let Some((gate, what)) = &s.awaiting {
+        text.push_str(&format!(" (waiting for approval at {gate}: {what})"));
+    }
+    if let Some((_, reason)) = &s.rollback {
+        text.push_str(&format!(" (rollback: {reason})"));
+    }
+    text
+}
+
+async fn preview(ctx: &Context, action: PreviewAction) -> Result<ExitCode> {
+    match action {
+        PreviewAction::Create {
+            service,
+            branch,
+            label,
+        } => {
+            let (spec, artifact) = ctx.service_and_artifact(&service, &[]).await?;
+            let orchestrator = ctx.orchestrator().await?;
+            let preview = orchestrator
+                .preview(
+                    PreviewRequest::builder()
+                        .service(spec)
+                        .branch(branch)
+                        .artifact(artifact)
+                        .label(label.unwrap_or_else(|| "preview".into()))
+                        .requested_by(ctx.actor.clone())
+                        .build(),
+                )
+                .await?;
+            let code = follow(ctx, &orchestrator, &preview.deployment).await?;
+            let host = format!("{}-{}.localhost", service, preview.environment);
+            ctx.print(
+                format!("preview {} at http://{host}/", preview.environment),
+                json!({ "environment": preview.environment.to_string(), "host": host }),
+            );
+            orchestrator.shutdown().await?;
+            Ok(code)
+        }
+        PreviewAction::Delete { branch } => {
+            let environment = deploykit_core::preview_name(&branch)?;
+            let orchestrator = ctx.orchestrator().await?;
+            let ids = orchestrator
+                .teardown_preview(&environment, ctx.actor.clone())
+                .await?;
+            let mut code = ExitCode::SUCCESS;
+            for id in &ids {
+                code = follow(ctx, &orchestrator, id).await?;
+            }
+            orchestrator.shutdown().await?;
+            Ok(code)
+        }
+        PreviewAction::List => {
+            let store = ctx.store().await?;
+            let previews: Vec<(ServiceId, EnvironmentName)> = store
+                .list_environments()
+                .await?
+                .into_iter()
+                .filter(|(_, e)| e.as_str().starts_with("preview-"))
+                .collect();
+            let text = previews
+                .iter()
+                .map(|(s, e)| format!("{e}  {s}  http://{s}-{e}.localhost/"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let json: Vec<_> = previews
+                .iter()
+                .map(|(s, e)| json!({ "service": s.to_string(), "environment": e.to_string() }))
+                .collect();
+            ctx.print(
+                if text.is_empty() {
+                    "no previews".into()
+                } else {
+                    text
+                },
+                json!(json),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

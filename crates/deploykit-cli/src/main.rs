@@ -1,0 +1,232 @@
+//! `deploykit`: deploy, roll back and inspect services on this machine from `deploykit.toml`.
+//!
+//! `deploykit daemon` runs the local environment (supervised processes behind a proxy) and
+//! keeps running; every other command drives the orchestrator (journal in
+//! `<state>/deploykit.db`) against that daemon. `deploykit demo` needs no daemon and no config:
+//! it deploys the sample app three times, the last time a bad version that rolls back by
+//! itself.
+//!
+//! Exit codes: 0 success, 1 error, 2 bad usage, 3 the deployment was rolled back or failed.
+
+mod backup;
+mod context;
+mod demo;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit code: the deployment ended rolled back, aborted or failed.
+const EXIT_ROLLED_BACK: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "deploykit",
+    version,
+    about = "Safe deployments and recoverable data, on this machine"
+)]
+struct Cli {
+    /// The configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "deploykit.toml",
+        env = "DEPLOYKIT_CONFIG"
+    )]
+    config: PathBuf,
+    /// Where the journal, the daemon's state, its socket and instance logs live (default:
+    /// `.deploykit` beside the configuration file).
+    #[arg(long, global = true, env = "DEPLOYKIT_STATE")]
+    state: Option<PathBuf>,
+    /// Output for people (with progress) or JSON for tools.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Who is acting, for access control and the audit log (default: $USER).
+    #[arg(long, global = true, env = "DEPLOYKIT_ACTOR")]
+    actor: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Human-readable, with progress.
+    Text,
+    /// One JSON document on stdout.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the local environment: the proxy and the supervised instances (stays in the
+    /// foreground; instances keep running if it dies, and the next daemon adopts them).
+    Daemon {
+        /// The environment this machine runs (default: the only one, or `production`).
+        #[arg(long)]
+        env: Option<String>,
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+    /// Stop the daemon, and every instance unless `--keep-instances`.
+    Down {
+        /// Leave instances running for the next daemon to adopt.
+        #[arg(long)]
+        keep_instances: bool,
+    },
+    /// Deploy a service and follow the rollout to its end.
+    Deploy {
+        /// The service (from the configuration).
+        service: String,
+        /// The environment.
+        #[arg(long, short)]
+        env: Option<String>,
+        /// A label for humans (default: a timestamp).
+        #[arg(long, short)]
+        label: Option<String>,
+        /// Override a variable for this deployment (`KEY=VALUE`, repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Start it and return its id without following it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Finish every deployment a killed command left in flight.
+    Resume,
+    /// Deployments of a service (or one deployment) and what runs now.
+    Status {
+        /// The service (default: every service in the configuration).
+        service: Option<String>,
+        /// The environment.
+        #[arg(long, short)]
+        env: Option<String>,
+        /// One deployment by id.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Revisions of a service that were deployed, newest first.
+    History {
+        /// The service.
+        service: String,
+        /// The environment.
+        #[arg(long, short)]
+        env: Option<String>,
+    },
+    /// Promote a blue-green deployment (approve its promotion gate).
+    Promote {
+        /// The deployment id.
+        id: String,
+    },
+    /// Approve the gate a deployment waits at.
+    Approve {
+        /// The deployment id.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Abort a deployment: traffic returns to the previous revision at once.
+    Abort {
+        /// The deployment id.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "aborted from the command line")]
+        reason: String,
+    },
+    /// Roll a service back to its previous revision (or `--to` an earlier one).
+    Rollback {
+        /// The service.
+        service: String,
+        /// The environment.
+        #[arg(long, short)]
+        env: Option<String>,
+        /// The revision id to return to (see `history`).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Preview environments: one per branch, at `<service>-preview-<branch>.localhost`.
+    Preview {
+        #[command(subcommand)]
+        action: PreviewAction,
+    },
+    /// Back paths up into an encrypted repository (key from DEPLOYKIT_REPO_PASSWORD).
+    Backup(backup::BackupArgs),
+    /// Restore a snapshot from a repository.
+    Restore(backup::RestoreArgs),
+    /// Restore the newest snapshot into a scratch directory, verify it and report RTO/RPO.
+    Drill(backup::DrillArgs),
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+    /// The tail of an instance's log.
+    Logs {
+        /// The instance (see `status`).
+        instance: String,
+        /// How many bytes.
+        #[arg(long, default_value_t = 16 * 1024)]
+        bytes: usize,
+    },
+    /// Deploy the sample app on this machine: v1, v2 by canary, then a bad v3 that rolls back
+    /// by itself, under load, with no config, daemon or cluster.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum PreviewAction {
+    /// Create or update the preview of a branch.
+    Create {
+        /// The service.
+        service: String,
+        /// The branch.
+        #[arg(long)]
+        branch: String,
+        /// A label for humans.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Tear a branch's preview down.
+    Delete {
+        /// The branch.
+        branch: String,
+    },
+    /// List previews.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditAction {
+    /// Check the audit log's hash chain.
+    Verify,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("deploykit: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let output = cli.output;
+    match runtime.block_on(context::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            match output {
+                Output::Json => println!("{}", serde_json::json!({ "error": e.to_string() })),
+                Output::Text => eprintln!("deploykit: {e}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

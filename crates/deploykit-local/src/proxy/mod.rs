@@ -1,0 +1,485 @@
+//! The built-in reverse proxy: fronts the instances of one or more services and routes each
+//! request to a ready instance of a revision chosen by weights.
+//!
+//! The proxy runs inside the caller's tokio runtime (spawned tasks, no threads of its own) and
+//! speaks HTTP/1.1 on both sides (plus upgraded connections such as WebSocket, which are
+//! tunnelled byte for byte). Zero downtime is the point:
+//!
+//! - [`Proxy::set_table`] swaps the [`RoutingTable`] atomically; the next request sees the new
+//!   table.
+//! - Every request holds an in-flight guard on the instance serving it until the response body
+//!   (or the upgraded tunnel) is finished, and [`Proxy::drain`] waits for those guards. A request
+//!   that picked an instance from an old table re-checks the current table after taking its
+//!   guard, so once an instance is out of the table and `drain` has returned, no request reaches
+//!   it.
+//! - A request whose upstream refuses the connection (no byte sent) is retried once on another
+//!   instance when its body is small enough to have been buffered.
+
+mod forward;
+mod route;
+mod stats;
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use self::forward::ProxyBody;
+use self::route::Snapshot;
+use self::stats::Stats;
+
+/// Limits and timeouts of the [`Proxy`].
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Largest request body forwarded (default 10 MiB). A larger `Content-Length` is answered
+    /// with 413 at once; a streamed body that grows past it aborts the upstream request and is
+    /// answered with 413 when the client is still listening.
+    pub max_body_bytes: u64,
+    /// Time a client has to send the request headers (default 10 s).
+    pub header_timeout: Duration,
+    /// Time the upstream has to send its response headers (default 60 s); otherwise 504. Also
+    /// bounds how long [`Proxy::shutdown`] waits for in-flight requests.
+    pub upstream_timeout: Duration,
+    /// Time allowed to connect to an upstream (default 2 s).
+    pub connect_timeout: Duration,
+    /// Name of the sticky-revision cookie (none by default). When set, a response routed by
+    /// weights sets `<cookie>=<group>`, and a request carrying it goes to that group while the
+    /// group has a weight above 0 and ready instances.
+    pub sticky_cookie: Option<String>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            max_body_bytes: 10 * 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            upstream_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(2),
+            sticky_cookie: None,
+        }
+    }
+}
+
+/// Where the proxy sends requests: a [`Route`] per host, and a default route for other hosts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoutingTable {
+    /// Exact host (lowercase, without port, e.g. `web.localhost`) → route.
+    pub hosts: BTreeMap<String, Route>,
+    /// Route for any other host; `None` answers those with 503.
+    pub default: Option<Route>,
+}
+
+impl RoutingTable {
+    /// Adds (or replaces) the route of `host` (lowercased).
+    pub fn with_host(mut self, host: impl Into<String>, route: Route) -> Self {
+        self.hosts.insert(host.into().to_ascii_lowercase(), route);
+        self
+    }
+
+    /// Sets the route for hosts without an entry of their own.
+    pub fn with_default(mut self, route: Route) -> Self {
+        self.default = Some(route);
+        self
+    }
+}
+
+/// How the requests of one host are spread over revisions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    /// The revisions. Weights sum to 100 when any group has instances; a group with weight 0
+    /// receives no request routed by weight (nor by sticky cookie).
+    pub groups: Vec<Group>,
+    /// Requests carrying this header value go to its group regardless of weights.
+    pub header: Option<HeaderMatch>,
+}
+
+impl Route {
+    /// A route spreading requests over `groups` by their weights.
+    pub fn weighted(groups: impl IntoIterator<Item = Group>) -> Self {
+        Route {
+            groups: groups.into_iter().collect(),
+            header: None,
+        }
+    }
+
+    /// Sends requests whose header `name` equals `value` to group `group`.
+    pub fn with_header(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+        group: impl Into<String>,
+    ) -> Self {
+        self.header = Some(HeaderMatch {
+            name: name.into(),
+            value: value.into(),
+            group: group.into(),
+        });
+        self
+    }
+}
+
+/// A header-based route: requests whose header `name` equals `value` go to group `group`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderMatch {
+    /// Header name (case-insensitive).
+    pub name: String,
+    /// Exact header value.
+    pub value: String,
+    /// Name of the [`Group`] receiving the matching requests.
+    pub group: String,
+}
+
+/// One revision behind a [`Route`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    /// The revision id; names the group in [`Proxy::stats`] and in the sticky cookie.
+    pub name: String,
+    /// Share of the requests routed by weight, in percent.
+    pub weight: u32,
+    /// The ready instances of the revision.
+    pub upstreams: Vec<Upstream>,
+}
+
+impl Group {
+    /// A group of `weight` percent served by `upstreams`.
+    pub fn new(name: impl Into<String>, weight: u32, upstreams: Vec<Upstream>) -> Self {
+        Group {
+            name: name.into(),
+            weight,
+            upstreams,
+        }
+    }
+}
+
+/// One instance: a process listening on `addr`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// Instance name, unique across the proxy; keys [`Proxy::in_flight`] and [`Proxy::drain`].
+    pub id: String,
+    /// Where the instance listens (normally `127.0.0.1:<port>`).
+    pub addr: SocketAddr,
+}
+
+impl Upstream {
+    /// The instance `id` listening on `addr`.
+    pub fn new(id: impl Into<String>, addr: SocketAddr) -> Self {
+        Upstream {
+            id: id.into(),
+            addr,
+        }
+    }
+}
+
+/// Request statistics of one group over a time window (see [`Proxy::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GroupStats {
+    /// Responses in the window (counted when their headers were ready).
+    pub requests: u64,
+    /// Of those, 5xx responses from the upstream and the proxy's own 502/504.
+    pub errors: u64,
+    /// Median latency (request received → response headers ready), as the upper bound of a
+    /// log-spaced histogram bucket; `None` without requests.
+    pub latency_p50: Option<Duration>,
+    /// 99th percentile latency, like `latency_p50`.
+    pub latency_p99: Option<Duration>,
+}
+
+/// The reverse proxy. Cheap to clone; every clone drives the same listener.
+///
+/// It stops on [`Proxy::shutdown`], or gracefully once every clone is dropped.
+///
+/// ```
+/// use std::time::Duration;
+/// use deploykit_local::proxy::{Group, Proxy, ProxyConfig, Route, RoutingTable, Upstream};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap(), ProxyConfig::default()).await?;
+/// let v1 = Upstream::new("web-v1-0", "127.0.0.1:9001".parse().unwrap());
+/// let v2 = Upstream::new("web-v2-0", "127.0.0.1:9002".parse().unwrap());
+///
+/// // Canary: 10 % of the requests for web.localhost go to revision v2.
+/// proxy.set_table(RoutingTable::default().with_host(
+///     "web.localhost",
+///     Route::weighted([Group::new("v1", 90, vec![v1]), Group::new("v2", 10, vec![v2.clone()])]),
+/// ));
+///
+/// // Promote v2, then retire v1's instance: out of the table, drain, then stop the process.
+/// proxy.set_table(
+///     RoutingTable::default().with_host("web.localhost", Route::weighted([Group::new("v2", 100, vec![v2])])),
+/// );
+/// assert!(proxy.drain("web-v1-0", Duration::from_secs(30)).await);
+/// proxy.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+    _owner: Arc<Owner>,
+}
+
+/// Shared state of the proxy, also held by its tasks.
+struct Inner {
+    config: ProxyConfig,
+    local_addr: SocketAddr,
+    current: ArcSwap<Snapshot>,
+    /// In-flight counters per upstream id; see [`Proxy::set_table`] for their life cycle.
+    registry: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    stats: Stats,
+    client: Client<HttpConnector, ProxyBody>,
+    /// `RUNNING`, `GRACEFUL` or `FORCE`; every task holds a receiver.
+    shutdown: watch::Sender<u8>,
+}
+
+const RUNNING: u8 = 0;
+const GRACEFUL: u8 = 1;
+const FORCE: u8 = 2;
+
+/// Stops the proxy gracefully when the last [`Proxy`] clone goes away.
+struct Owner {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.inner.begin_shutdown();
+    }
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proxy")
+            .field("local_addr", &self.inner.local_addr)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// Binds the listener on `addr` (port 0 picks one) and spawns the accept loop on the
+    /// current tokio runtime. The table starts empty: every request gets 503 until
+    /// [`Proxy::set_table`].
+    pub async fn bind(addr: SocketAddr, config: ProxyConfig) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(30)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            // Shorter than common server keep-alive timeouts (e.g. Node's 5 s), so the pool
+            // rarely hands out a connection the upstream is closing.
+            .pool_idle_timeout(Duration::from_secs(4))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+
+        let (shutdown, shutdown_rx) = watch::channel(RUNNING);
+        let mut registry = HashMap::new();
+        let snapshot = Snapshot::new(Arc::new(RoutingTable::default()), &mut registry);
+        let inner = Arc::new(Inner {
+            config,
+            local_addr,
+            current: ArcSwap::from_pointee(snapshot),
+            registry: Mutex::new(registry),
+            stats: Stats::new(),
+            client,
+            shutdown,
+        });
+        tokio::spawn(accept_loop(inner.clone(), listener, shutdown_rx));
+        Ok(Proxy {
+            _owner: Arc::new(Owner {
+                inner: inner.clone(),
+            }),
+            inner,
+        })
+    }
+
+    /// The address the proxy listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// Swaps the routing table atomically; the next request is routed by `table`.
+    ///
+    /// To retire an instance, remove it with `set_table`, then [`drain`](Proxy::drain) it,
+    /// then stop its process.
+    pub fn set_table(&self, table: RoutingTable) {
+        let mut registry = lock(&self.inner.registry);
+        let snapshot = Snapshot::new(Arc::new(table), &mut registry);
+        let keep: Vec<String> = snapshot.upstream_ids().map(str::to_owned).collect();
+        self.inner.current.store(Arc::new(snapshot));
+        // Forget counters of instances that left the table and serve nothing. A request that
+        // still holds such a counter from an old table notices on its re-check.
+        registry.retain(|id, counter| keep.contains(id) || counter.load(Ordering::SeqCst) > 0);
+        drop(registry);
+        self.inner.stats.prune();
+    }
+
+    /// The current routing table.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.inner.current.load().table.clone()
+    }
+
+    /// Number of requests the instance `upstream` is serving right now (responses whose body
+    /// is not finished and upgraded tunnels included).
+    pub fn in_flight(&self, upstream: &str) -> usize {
+        self.inner.in_flight(upstream)
+    }
+
+    /// Waits until the instance `upstream` serves no request: `true`, or `false` once `timeout`
+    /// has passed. Remove the instance from the table first ([`Proxy::set_table`]); once this
+    /// returns `true`, no request reaches it any more.
+    pub async fn drain(&self, upstream: &str, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.inner.in_flight(upstream) == 0 {
+                let mut registry = lock(&self.inner.registry);
+                let in_table = self
+                    .inner
+                    .current
+                    .load()
+                    .upstream_ids()
+                    .any(|id| id == upstream);
+                if !in_table
+                    && registry
+                        .get(upstream)
+                        .is_some_and(|c| c.load(Ordering::SeqCst) == 0)
+                {
+                    registry.remove(upstream);
+                }
+                return true;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            tokio::time::sleep_until(deadline.min(now + Duration::from_millis(5))).await;
+        }
+    }
+
+    /// Statistics of group (revision) `group` over the last `window` (at most 600 s, rounded
+    /// up to whole seconds).
+    pub fn stats(&self, group: &str, window: Duration) -> GroupStats {
+        self.inner.stats.snapshot(group, window)
+    }
+
+    /// Stops accepting connections and lets in-flight requests finish, waiting at most
+    /// `upstream_timeout` before closing the remaining connections. Upgraded tunnels are left
+    /// to end on their own.
+    pub async fn shutdown(&self) {
+        self.inner.begin_shutdown();
+        let sender = &self.inner.shutdown;
+        if tokio::time::timeout(self.inner.config.upstream_timeout, sender.closed())
+            .await
+            .is_err()
+        {
+            sender.send_replace(FORCE);
+            let _ = tokio::time::timeout(Duration::from_secs(1), sender.closed()).await;
+        }
+    }
+}
+
+impl Inner {
+    fn in_flight(&self, upstream: &str) -> usize {
+        lock(&self.registry)
+            .get(upstream)
+            .map_or(0, |c| c.load(Ordering::SeqCst))
+    }
+
+    fn begin_shutdown(&self) {
+        self.shutdown.send_if_modified(|state| {
+            let running = *state == RUNNING;
+            if running {
+                *state = GRACEFUL;
+            }
+            running
+        });
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, mut shutdown: watch::Receiver<u8>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|s| *s != RUNNING) => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tokio::spawn(serve_connection(
+                    inner.clone(),
+                    stream,
+                    peer,
+                    shutdown.clone(),
+                ));
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "proxy: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::debug!(addr = %inner.local_addr, "proxy: stopped accepting");
+}
+
+async fn serve_connection(
+    inner: Arc<Inner>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<u8>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(inner.config.header_timeout)
+        .keep_alive(true);
+    let service = {
+        let inner = inner.clone();
+        service_fn(move |req| {
+            let inner = inner.clone();
+            async move { Ok::<_, Infallible>(forward::handle(inner, req, peer).await) }
+        })
+    };
+    let mut conn = pin!(
+        builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades()
+    );
+    let stopping = tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "proxy: connection ended with an error");
+            }
+            false
+        }
+        _ = shutdown.wait_for(|s| *s != RUNNING) => true,
+    };
+    if stopping {
+        conn.as_mut().graceful_shutdown();
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = shutdown.wait_for(|s| *s == FORCE) => {}
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The routing table as the request path uses it: per-upstream in-flight counters attached, and
+//! the weighted, header and sticky-cookie choice of a group and an instance.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use http::header::{COOKIE, HeaderMap, HeaderName};
+
+use super::{Route, RoutingTable, Upstream};
+
+/// An immutable routing table plus what routing needs at run time.
+pub(super) struct Snapshot {
+    pub(super) table: Arc<RoutingTable>,
+    hosts: HashMap<String, CompiledRoute>,
+    default: Option<CompiledRoute>,
+    /// The in-flight counter of every upstream in the table.
+    counters: HashMap<String, Arc<AtomicUsize>>,
+}
+
+impl Snapshot {
+    /// Compiles `table`, taking (or creating) the counters of its upstreams from `registry`.
+    pub(super) fn new(
+        table: Arc<RoutingTable>,
+        registry: &mut HashMap<String, Arc<AtomicUsize>>,
+    ) -> Self {
+        let mut counters = HashMap::new();
+        let mut compile = |route: &Route| CompiledRoute::new(route, registry, &mut counters);
+        let hosts = table
+            .hosts
+            .iter()
+            .map(|(host, route)| (host.to_ascii_lowercase(), compile(route)))
+            .collect();
+        let default = table.default.as_ref().map(&mut compile);
+        Snapshot {
+            table,
+            hosts,
+            default,
+            counters,
+        }
+    }
+
+    /// The route serving `host` (lowercase, without port).
+    pub(super) fn route(&self, host: &str) -> Option<&CompiledRoute> {
+        self.hosts.get(host).or(self.default.as_ref())
+    }
+
+    /// Ids of all upstreams in the table.
+    pub(super) fn upstream_ids(&self) -> impl Iterator<Item = &str> {
+        self.counters.keys().map(String::as_str)
+    }
+
+    /// Whether `id` is in this table with exactly this counter (a counter forgotten and
+    /// re-created in between does not count).
+    pub(super) fn holds(&self, id: &str, counter: &Arc<AtomicUsize>) -> bool {
+        self.counters
+            .get(id)
+            .is_some_and(|c| Arc::ptr_eq(c, counter))
+    }
+}
+
+pub(super) struct CompiledRoute {
+    groups: Vec<CompiledGroup>,
+    header: Option<(HeaderName, String, usize)>,
+    /// Requests routed by weight so far; drives the deterministic spread.
+    next: AtomicU64,
+}
+
+struct CompiledGroup {
+    name: Arc<str>,
+    weight: u32,
+    upstreams: Vec<(Upstream, Arc<AtomicUsize>)>,
+    /// Round-robin start among equally loaded upstreams.
+    rr: AtomicUsize,
+}
+
+/// The outcome of routing one request.
+pub(super) struct Pick {
+    pub(super) group: Arc<str>,
+    pub(super) upstream: Upstream,
+    pub(super) counter: Arc<AtomicUsize>,
+    /// Chosen by weight (rather than by header, cookie or retry preference).
+    pub(super) by_weight: bool,
+}
+
+/// What to avoid and prefer when picking again after a failed connection attempt.
+pub(super) struct Retry<'a> {
+    pub(super) group: &'a str,
+    pub(super) exclude: &'a str,
+}
+
+impl CompiledRoute {
+    fn new(
+        route: &Route,
+        registry: &mut HashMap<String, Arc<AtomicUsize>>,
+        counters: &mut HashMap<String, Arc<AtomicUsize>>,
+    ) -> Self {
+        let groups: Vec<CompiledGroup> = route
+            .groups
+            .iter()
+            .map(|g| CompiledGroup {
+                name: g.name.as_str().into(),
+                weight: g.weight,
+                upstreams: g
+                    .upstreams
+                    .iter()
+                    .map(|u| {
+                        let counter = registry.entry(u.id.clone()).or_default().clone();
+                        counters.insert(u.id.clone(), counter.clone());
+                        (u.clone(), counter)
+                    })
+                    .collect(),
+                rr: AtomicUsize::new(0),
+            })
+            .collect();
+        let header = route.header.as_ref().and_then(|h| {
+            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+            let index = groups.iter().position(|g| *g.name == *h.group)?;
+            Some((name, h.value.clone(), index))
+        });
+        CompiledRoute {
+            groups,
+            header,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// Picks a group and an instance for a request with `headers`: header route, then sticky
+    /// cookie, then weights. With `retry`, the failed instance is excluded and its group is
+    /// tried first.
+    pub(super) fn pick(
+        &self,
+        headers: &HeaderMap,
+        sticky_cookie: Option<&str>,
+        retry: Option<&Retry<'_>>,
+    ) -> Option<Pick> {
+        let exclude = retry.map(|r| r.exclude);
+        let chosen = |index: usize, by_weight: bool| {
+            let group = &self.groups[index];
+            group.pick(exclude).map(|(upstream, counter)| Pick {
+                group: group.name.clone(),
+                upstream: upstream.clone(),
+                counter: counter.clone(),
+                by_weight,
+            })
+        };
+        if let Some(retry) = retry
+            && let Some(index) = self.groups.iter().position(|g| *g.name == *retry.group)
+            && let Some(pick) = chosen(index, false)
+        {
+            return Some(pick);
+        }
+        if let Some((name, value, index)) = &self.header
+            && headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.as_bytes() == value.as_bytes())
+            && let Some(pick) = chosen(*index, false)
+        {
+            return Some(pick);
+        }
+        if let Some(cookie) = sticky_cookie
+            && let Some(wanted) = cookie_value(headers, cookie)
+            && let Some(index) = self
+                .groups
+                .iter()
+                .position(|g| g.weight > 0 && *g.name == *wanted)
+            && let Some(pick) = chosen(index, false)
+        {
+            return Some(pick);
+        }
+        chosen(self.weighted(exclude)?, true)
+    }
+
+    /// The group whose cumulative weight range contains the next point of the spread, over the
+    /// groups with a weight and an instance.
+    fn weighted(&self, exclude: Option<&str>) -> Option<usize> {
+        let eligible = |g: &CompiledGroup| g.weight > 0 && g.has_upstream(exclude);
+        let total: u64 = self
+            .groups
+            .iter()
+            .filter(|g| eligible(g))
+            .map(|g| u64::from(g.weight))
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        // 37 is coprime with 100: every 100 consecutive requests visit each point of 0..100
+        // once, in an order that interleaves the groups.
+        let k = (n % 100) * 37 % 100 * total / 100;
+        let mut cumulative = 0;
+        for (index, group) in self.groups.iter().enumerate() {
+            if !eligible(group) {
+                continue;
+            }
+            cumulative += u64::from(group.weight);
+            if k < cumulative {
+                return Some(index);
+            }
+        }
+        None
+    }
+}
+
+impl CompiledGroup {
+    fn has_upstream(&self, exclude: Option<&str>) -> bool {
+        self.upstreams
+            .iter()
+            .any(|(u, _)| Some(u.id.as_str()) != exclude)
+    }
+
+    /// The least loaded instance; ties go round-robin.
+    fn pick(&self, exclude: Option<&str>) -> Option<&(Upstream, Arc<AtomicUsize>)> {
+        let len = self.upstreams.len();
+        if len == 0 {
+            return None;
+        }
+        let start = self.rr.fetch_add(1, Ordering::Relaxed) % len;
+        let mut best = None;
+        let mut best_load = usize::MAX;
+        for i in 0..len {
+            let entry = &self.upstreams[(start + i) % len];
+            if Some(entry.0.id.as_str()) == exclude {
+                continue;
+            }
+            let load = entry.1.load(Ordering::Relaxed);
+            if load < best_load {
+                best = Some(entry);
+                best_load = load;
+            }
+        }
+        best
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}

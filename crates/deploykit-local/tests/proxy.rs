@@ -1,0 +1,774 @@
+//! End-to-end tests of the built-in reverse proxy: real HTTP on 127.0.0.1 between a client,
+//! the proxy and tiny upstream servers that answer with their own name.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use deploykit_local::proxy::{Group, Proxy, ProxyConfig, Route, RoutingTable, Upstream};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type TestBody = UnsyncBoxBody<Bytes, BoxError>;
+type TestClient = Client<HttpConnector, TestBody>;
+
+/// A test upstream. Paths: `/fail` → 500, `/headers` → the request headers (and hop-by-hop
+/// response headers), `/echo` → the request body, `/count` → counts the body bytes as they
+/// arrive, `/gate` → waits for a permit of `gate`; an `Upgrade` request → 101 and an echo of
+/// the upgraded bytes; anything else → the upstream's name.
+struct TestUpstream {
+    name: String,
+    addr: SocketAddr,
+    hits: AtomicUsize,
+    body_bytes: AtomicU64,
+    gate: Semaphore,
+    entered: Notify,
+    answered: AtomicUsize,
+}
+
+impl TestUpstream {
+    fn upstream(&self, id: &str) -> Upstream {
+        Upstream::new(id, self.addr)
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn upstream(name: &str) -> Arc<TestUpstream> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let state = Arc::new(TestUpstream {
+        name: name.to_owned(),
+        addr: listener.local_addr().unwrap(),
+        hits: AtomicUsize::new(0),
+        body_bytes: AtomicU64::new(0),
+        gate: Semaphore::new(0),
+        entered: Notify::new(),
+        answered: AtomicUsize::new(0),
+    });
+    let server = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let state = server.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(answer(state, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    state
+}
+
+async fn answer(state: Arc<TestUpstream>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let reply = |status: StatusCode, body: Vec<u8>| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response
+    };
+    if req.headers().contains_key(http::header::UPGRADE) {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+                let _ = write.shutdown().await;
+            }
+        });
+        let mut response = reply(StatusCode::SWITCHING_PROTOCOLS, Vec::new());
+        response
+            .headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        response
+            .headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        return response;
+    }
+    match req.uri().path() {
+        "/fail" => reply(StatusCode::INTERNAL_SERVER_ERROR, state.name.clone().into()),
+        "/headers" => {
+            let mut text = String::new();
+            for (name, value) in req.headers() {
+                text.push_str(&format!("{name}: {}\n", value.to_str().unwrap()));
+            }
+            let mut response = reply(StatusCode::OK, text.into());
+            let headers = response.headers_mut();
+            headers.insert("connection", "x-resp".parse().unwrap());
+            headers.insert("x-resp", "1".parse().unwrap());
+            headers.insert("keep-alive", "timeout=5".parse().unwrap());
+            response
+        }
+        "/echo" => match req.into_body().collect().await {
+            Ok(body) => reply(StatusCode::OK, body.to_bytes().to_vec()),
+            Err(_) => reply(StatusCode::BAD_REQUEST, Vec::new()),
+        },
+        "/count" => {
+            let mut body = req.into_body();
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    state
+                        .body_bytes
+                        .fetch_add(data.len() as u64, Ordering::SeqCst);
+                }
+            }
+            let count = state.body_bytes.load(Ordering::SeqCst);
+            reply(StatusCode::OK, count.to_string().into())
+        }
+        "/gate" => {
+            state.entered.notify_one();
+            state.gate.acquire().await.unwrap().forget();
+            state.answered.fetch_add(1, Ordering::SeqCst);
+            reply(StatusCode::OK, state.name.clone().into())
+        }
+        _ => reply(StatusCode::OK, state.name.clone().into()),
+    }
+}
+
+/// An upstream that accepts connections and never answers.
+async fn silent_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// An address with nothing listening.
+async fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+async fn proxy(config: ProxyConfig) -> Proxy {
+    Proxy::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap()
+}
+
+fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+fn bytes_body(bytes: impl Into<Bytes>) -> TestBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+async fn send(
+    client: &TestClient,
+    proxy: &Proxy,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: TestBody,
+) -> Result<Reply, BoxError> {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", proxy.local_addr()))
+        .header("host", host);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client.request(request.body(body)?).await?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+async fn get(
+    client: &TestClient,
+    proxy: &Proxy,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    send(client, proxy, "GET", host, path, headers, bytes_body(""))
+        .await
+        .unwrap()
+}
+
+/// Sends `n` GETs and counts the responding upstreams by body.
+async fn tally(
+    client: &TestClient,
+    proxy: &Proxy,
+    n: usize,
+    headers: &[(&str, &str)],
+) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let reply = get(client, proxy, "web.localhost", "/", headers).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        *counts.entry(reply.body).or_default() += 1;
+    }
+    counts
+}
+
+fn only(group: &str, upstream: Upstream) -> RoutingTable {
+    RoutingTable::default().with_default(Route::weighted([Group::new(group, 100, vec![upstream])]))
+}
+
+/// Reads an HTTP response head from a raw stream.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).await.unwrap();
+        assert_eq!(n, 1, "connection closed inside the response head: {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test]
+async fn weights_spread_exactly() {
+    let (a, b, c) = (
+        upstream("a").await,
+        upstream("b").await,
+        upstream("c").await,
+    );
+    let proxy = proxy(ProxyConfig::default()).await;
+    proxy.set_table(RoutingTable::default().with_default(Route::weighted([
+        Group::new("a", 75, vec![a.upstream("a1")]),
+        Group::new("b", 25, vec![b.upstream("b1")]),
+        Group::new("c", 0, vec![c.upstream("c1")]),
+    ])));
+    let counts = tally(&client(), &proxy, 1000, &[]).await;
+    assert_eq!(counts.get("a"), Some(&750));
+    assert_eq!(counts.get("b"), Some(&250));
+    assert_eq!(counts.get("c"), None);
+    assert_eq!(c.hits(), 0);
+}
+
+#[tokio::test]
+async fn header_route_overrides_weights() {
+    let (stable, canary) = (upstream("stable").await, upstream("canary").await);
+    let proxy = proxy(ProxyConfig::default()).await;
+    proxy.set_table(
+        RoutingTable::default().with_default(
+            Route::weighted([
+                Group::new("stable", 100, vec![stable.upstream("s1")]),
+                Group::new("canary", 0, vec![canary.upstream("c1")]),
+            ])
+            .with_header("X-Canary", "yes", "canary"),
+        ),
+    );
+    let client = client();
+    let matching = tally(&client, &proxy, 20, &[("x-canary", "yes")]).await;
+    assert_eq!(matching, HashMap::from([("canary".to_owned(), 20)]));
+    let other = tally(&client, &proxy, 20, &[("x-canary", "no")]).await;
+    assert_eq!(other, HashMap::from([("stable".to_owned(), 20)]));
+    let none = tally(&client, &proxy, 20, &[]).await;
+    assert_eq!(none, HashMap::from([("stable".to_owned(), 20)]));
+}
+
+#[tokio::test]
+async fn sticky_cookie_sticks_until_weight_zero() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let config = ProxyConfig {
+        sticky_cookie: Some("dk_rev".into()),
+        ..ProxyConfig::default()
+    };
+    let proxy = proxy(config).await;
+    let table = |weight_b: u32| {
+        RoutingTable::default().with_default(Route::weighted([
+            Group::new("a", 100 - weight_b, vec![a.upstream("a1")]),
+            Group::new("b", weight_b, vec![b.upstream("b1")]),
+        ]))
+    };
+    proxy.set_table(table(50));
+    let client = client();
+
+    // Routed by weight: the response names the group that served it.
+    for _ in 0..4 {
+        let reply = get(&client, &proxy, "web.localhost", "/", &[]).await;
+        let cookie = reply.headers["set-cookie"].to_str().unwrap();
+        assert_eq!(
+            cookie,
+            format!("dk_rev={}; Path=/; HttpOnly; SameSite=Lax", reply.body)
+        );
+    }
+
+    // Carrying the cookie: always that group, and no new cookie.
+    for _ in 0..20 {
+        let reply = get(
+            &client,
+            &proxy,
+            "web.localhost",
+            "/",
+            &[("cookie", "theme=dark; dk_rev=b")],
+        )
+        .await;
+        assert_eq!(reply.body, "b");
+        assert!(!reply.headers.contains_key("set-cookie"));
+    }
+
+    // Rolled back: weight 0 wins over the cookie.
+    proxy.set_table(table(0));
+    let counts = tally(&client, &proxy, 20, &[("cookie", "dk_rev=b")]).await;
+    assert_eq!(counts, HashMap::from([("a".to_owned(), 20)]));
+    let reply = get(
+        &client,
+        &proxy,
+        "web.localhost",
+        "/",
+        &[("cookie", "dk_rev=b")],
+    )
+    .await;
+    assert_eq!(
+        reply.headers["set-cookie"],
+        "dk_rev=a; Path=/; HttpOnly; SameSite=Lax"
+    );
+}
+
+#[tokio::test]
+async fn host_routes_and_default() {
+    let (web, other) = (upstream("web").await, upstream("other").await);
+    let proxy = proxy(ProxyConfig::default()).await;
+    let client = client();
+
+    let reply = get(&client, &proxy, "web.localhost", "/", &[]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let web_route = Route::weighted([Group::new("web", 100, vec![web.upstream("w1")])]);
+    let other_route = Route::weighted([Group::new("other", 100, vec![other.upstream("o1")])]);
+    proxy.set_table(
+        RoutingTable::default()
+            .with_host("web.localhost", web_route.clone())
+            .with_default(other_route),
+    );
+    for host in ["web.localhost:8080", "WEB.localhost", "web.localhost"] {
+        assert_eq!(get(&client, &proxy, host, "/", &[]).await.body, "web");
+    }
+    for host in ["api.localhost", "preview.web.localhost:8080", "127.0.0.1"] {
+        assert_eq!(get(&client, &proxy, host, "/", &[]).await.body, "other");
+    }
+
+    proxy.set_table(RoutingTable::default().with_host("web.localhost", web_route));
+    assert_eq!(
+        get(&client, &proxy, "web.localhost:8080", "/", &[])
+            .await
+            .body,
+        "web"
+    );
+    let reply = get(&client, &proxy, "api.localhost:8080", "/", &[]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reply.body.contains("api.localhost"), "{}", reply.body);
+
+    // A route whose groups have no instances.
+    proxy.set_table(
+        RoutingTable::default().with_default(Route::weighted([Group::new("web", 100, Vec::new())])),
+    );
+    let reply = get(&client, &proxy, "web.localhost", "/", &[]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reply.body.contains("web.localhost"), "{}", reply.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atomic_swap_under_load() {
+    const TOTAL: usize = 2000;
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let proxy = proxy(ProxyConfig::default()).await;
+    let table_a = only("a", a.upstream("a1"));
+    let table_b = only("b", b.upstream("b1"));
+    proxy.set_table(table_a.clone());
+
+    let issued = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let (drained_tx, drained_rx) = watch::channel(false);
+    let client = client();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (proxy, client, issued, failures) = (
+            proxy.clone(),
+            client.clone(),
+            issued.clone(),
+            failures.clone(),
+        );
+        let mut drained = drained_rx.clone();
+        clients.push(tokio::spawn(async move {
+            loop {
+                let n = issued.fetch_add(1, Ordering::SeqCst);
+                if n >= TOTAL {
+                    break;
+                }
+                // The last quarter goes out only after A was swapped out and drained.
+                if n >= TOTAL * 3 / 4 {
+                    drained.wait_for(|d| *d).await.unwrap();
+                }
+                let reply = send(
+                    &client,
+                    &proxy,
+                    "GET",
+                    "web.localhost",
+                    "/",
+                    &[],
+                    bytes_body(""),
+                )
+                .await;
+                if !matches!(
+                    reply,
+                    Ok(Reply {
+                        status: StatusCode::OK,
+                        ..
+                    })
+                ) {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+
+    let mut on_a = true;
+    while issued.load(Ordering::SeqCst) < TOTAL / 2 {
+        on_a = !on_a;
+        proxy.set_table(if on_a {
+            table_a.clone()
+        } else {
+            table_b.clone()
+        });
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    proxy.set_table(table_b);
+    assert!(proxy.drain("a1", Duration::from_secs(30)).await);
+    let a_hits_at_drain = a.hits();
+    drained_tx.send_replace(true);
+
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert_eq!(failures.load(Ordering::SeqCst), 0);
+    assert_eq!(a.hits(), a_hits_at_drain, "a request reached A after drain");
+    assert_eq!(a.hits() + b.hits(), TOTAL);
+    assert!(a.hits() > 0 && b.hits() > 0);
+    assert_eq!(proxy.in_flight("a1"), 0);
+    assert_eq!(proxy.in_flight("b1"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_slow_request() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let proxy = proxy(ProxyConfig::default()).await;
+    proxy.set_table(only("a", a.upstream("a1")));
+    let client = client();
+
+    let slow = {
+        let (client, proxy) = (client.clone(), proxy.clone());
+        tokio::spawn(async move { get(&client, &proxy, "web.localhost", "/gate", &[]).await })
+    };
+    a.entered.notified().await;
+    assert_eq!(proxy.in_flight("a1"), 1);
+
+    proxy.set_table(only("b", b.upstream("b1")));
+    assert_eq!(
+        get(&client, &proxy, "web.localhost", "/", &[]).await.body,
+        "b"
+    );
+    // The upstream cannot answer before the gate opens.
+    assert!(!proxy.drain("a1", Duration::from_millis(50)).await);
+    let drain = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.drain("a1", Duration::from_secs(30)).await })
+    };
+    tokio::task::yield_now().await;
+    assert!(!drain.is_finished());
+    assert_eq!(a.answered.load(Ordering::SeqCst), 0);
+
+    a.gate.add_permits(1);
+    assert!(drain.await.unwrap());
+    assert_eq!(a.answered.load(Ordering::SeqCst), 1);
+    let reply = slow.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "a");
+    assert_eq!(proxy.in_flight("a1"), 0);
+}
+
+#[tokio::test]
+async fn body_limits() {
+    let up = upstream("up").await;
+    let proxy = proxy(ProxyConfig::default()).await;
+    proxy.set_table(only("up", up.upstream("u1")));
+    let limit = ProxyConfig::default().max_body_bytes;
+    let eleven_mib = 11 * 1024 * 1024;
+
+    // Declared too large: refused before reading the body or contacting the upstream.
+    let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST /count HTTP/1.1\r\nHost: web.localhost\r\nContent-Length: {eleven_mib}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert_eq!(up.hits(), 0);
+
+    // Chunked and too large: cut off, never forwarded in full.
+    let chunked = Chunks {
+        chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+        remaining: eleven_mib / (64 * 1024),
+    };
+    let result = send(
+        &client(),
+        &proxy,
+        "POST",
+        "web.localhost",
+        "/count",
+        &[],
+        chunked.boxed_unsync(),
+    )
+    .await;
+    if let Ok(reply) = &result {
+        assert_eq!(
+            reply.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{}",
+            reply.body
+        );
+    }
+    assert!(up.body_bytes.load(Ordering::SeqCst) <= limit);
+
+    // 1 MiB is forwarded intact.
+    let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let request = Request::post(format!("http://{}/echo", proxy.local_addr()))
+        .header("host", "web.localhost")
+        .body(bytes_body(payload.clone()))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let echoed = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(echoed == payload, "echoed body differs");
+}
+
+/// A chunked body of `remaining` copies of `chunk`.
+struct Chunks {
+    chunk: Bytes,
+    remaining: usize,
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        self.remaining -= 1;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.clone()))))
+    }
+}
+
+#[tokio::test]
+async fn hop_by_hop_and_forwarded_headers() {
+    let up = upstream("up").await;
+    let proxy = proxy(ProxyConfig::default()).await;
+    proxy.set_table(only("up", up.upstream("u1")));
+    let reply = get(
+        &client(),
+        &proxy,
+        "web.localhost:8080",
+        "/headers?x=1",
+        &[
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-kept", "yes"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen: HashMap<&str, &str> = reply
+        .body
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .collect();
+    for name in [
+        "connection",
+        "x-secret",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+    ] {
+        assert!(!seen.contains_key(name), "upstream saw {name}: {seen:?}");
+    }
+    assert_eq!(seen["x-kept"], "yes");
+    assert_eq!(seen["host"], "web.localhost:8080");
+    assert_eq!(seen["x-forwarded-host"], "web.localhost:8080");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    // And on the way back.
+    assert!(!reply.headers.contains_key("x-resp"));
+    assert!(!reply.headers.contains_key("keep-alive"));
+}
+
+#[tokio::test]
+async fn connect_failure_is_retried() {
+    let live = upstream("live").await;
+    let proxy = proxy(ProxyConfig::default()).await;
+    proxy.set_table(
+        RoutingTable::default().with_default(Route::weighted([Group::new(
+            "g",
+            100,
+            vec![
+                Upstream::new("dead1", dead_addr().await),
+                live.upstream("live1"),
+            ],
+        )])),
+    );
+    let client = client();
+    let counts = tally(&client, &proxy, 20, &[]).await;
+    assert_eq!(counts, HashMap::from([("live".to_owned(), 20)]));
+    // Small bodies are buffered and resent too.
+    for _ in 0..10 {
+        let reply = send(
+            &client,
+            &proxy,
+            "POST",
+            "web.localhost",
+            "/echo",
+            &[],
+            bytes_body("payload"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.body, "payload");
+    }
+    assert_eq!(proxy.in_flight("dead1"), 0);
+    assert_eq!(proxy.stats("g", Duration::from_secs(60)).errors, 0);
+
+    // No other instance: 502 naming the dead one.
+    proxy.set_table(only("g", Upstream::new("dead1", dead_addr().await)));
+    let reply = get(&client, &proxy, "web.localhost", "/", &[]).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(reply.body.contains("dead1"), "{}", reply.body);
+}
+
+#[tokio::test]
+async fn upstream_timeout_gives_504() {
+    let config = ProxyConfig {
+        upstream_timeout: Duration::from_millis(200),
+        ..ProxyConfig::default()
+    };
+    let proxy = proxy(config).await;
+    proxy.set_table(only("slow", Upstream::new("s1", silent_upstream().await)));
+    let reply = get(&client(), &proxy, "web.localhost", "/", &[]).await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(proxy.in_flight("s1"), 0);
+    let stats = proxy.stats("slow", Duration::from_secs(60));
+    assert_eq!((stats.requests, stats.errors), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_tunnel_holds_in_flight() {
+    let up = upstream("ws").await;
+    let proxy = proxy(ProxyConfig::default()).await;
+    proxy.set_table(only("ws", up.upstream("ws1")));
+
+    let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    stream
+        .write_all(
+            b"GET /socket HTTP/1.1\r\nHost: web.localhost\r\nConnection: Upgrade\r\n\
+              Upgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+
+    for message in [&b"hello"[..], b"second message"] {
+        stream.write_all(message).await.unwrap();
+        let mut echoed = vec![0; message.len()];
+        stream.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, message);
+        assert_eq!(proxy.in_flight("ws1"), 1);
+    }
+
+    drop(stream);
+    assert!(proxy.drain("ws1", Duration::from_secs(30)).await);
+    assert_eq!(proxy.in_flight("ws1"), 0);
+}
+
+#[tokio::test]
+async fn stats_count_requests_and_errors() {
+    let up = upstream("s").await;
+    let proxy = proxy(ProxyConfig::default()).await;
+    proxy.set_table(only("rev-1", up.upstream("s1")));
+    let client = client();
+    for i in 0..10u32 {
+        let path = if i.is_multiple_of(3) { "/fail" } else { "/" };
+        get(&client, &proxy, "web.localhost", path, &[]).await;
+    }
+    let stats = proxy.stats("rev-1", Duration::from_secs(60));
+    assert_eq!(stats.requests, 10);
+    assert_eq!(stats.errors, 4);
+    assert!(stats.latency_p50.is_some());
+    assert!(stats.latency_p99 >= stats.latency_p50);
+    assert_eq!(
+        proxy.stats("other", Duration::from_secs(60)),
+        Default::default()
+    );
+}
+
+#[tokio::test]
+async fn shutdown_stops_listening() {
+    let up = upstream("up").await;
+    let proxy = proxy(ProxyConfig::default()).await;
+    proxy.set_table(only("up", up.upstream("u1")));
+    assert_eq!(
+        get(&client(), &proxy, "web.localhost", "/", &[]).await.body,
+        "up"
+    );
+    proxy.shutdown().await;
+    assert!(TcpStream::connect(proxy.local_addr()).await.is_err());
+}
