@@ -21,7 +21,9 @@ use tokio::task::JoinHandle;
 use crate::logs::{InstanceLog, LogPolicy};
 use crate::probe::{HealthWatcher, ProbeTarget};
 use crate::process::{ProcessSpec, ProcessState, RestartPolicy, Supervised};
-use crate::proxy::{Group, HeaderMatch, Proxy, ProxyConfig, Route, RoutingTable, Upstream};
+use crate::proxy::{
+    Group, HeaderMatch, MirrorMatch, Proxy, ProxyConfig, Route, RoutingTable, Upstream,
+};
 use crate::state::{InstanceRow, LocalState};
 
 /// How a [`LocalEnvironment`] runs: where it keeps state and logs, where its proxy listens, and
@@ -592,6 +594,7 @@ impl Inner {
                             upstreams,
                         }],
                         header: None,
+                        mirror: None,
                     },
                 );
             }
@@ -674,6 +677,10 @@ fn route_of(st: &ServiceState) -> Route {
                 value: h.value.clone(),
                 group: h.revision.to_string(),
             }),
+            mirror: routes.mirror.as_ref().map(|m| MirrorMatch {
+                group: m.revision.to_string(),
+                percent: m.percent.percent(),
+            }),
         },
         _ => {
             let counts: Vec<(RevisionId, u32)> = groups
@@ -691,6 +698,7 @@ fn route_of(st: &ServiceState) -> Route {
                     })
                     .collect(),
                 header: None,
+                mirror: None,
             }
         }
     }
@@ -811,14 +819,6 @@ impl LocalEnvironment {
 #[async_trait]
 impl Environment for LocalEnvironment {
     async fn apply(&self, service: &ServiceId, desired: &DesiredState) -> Result<()> {
-        if let Some(routes) = desired.traffic.routes()
-            && routes.mirror.is_some()
-        {
-            return Err(Error::invalid(
-                "traffic.mirror",
-                "the local proxy does not mirror traffic; use a header route or a weight instead",
-            ));
-        }
         let _apply = self.inner.apply_lock.lock().await;
         // Secrets of revisions that need new instances, resolved before anything changes.
         let mut resolved = BTreeMap::new();

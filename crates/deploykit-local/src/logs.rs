@@ -178,10 +178,10 @@ impl InstanceLog {
             let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
                 continue;
             };
-            if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
-                if let Ok(k) = rest.parse::<u32>() {
-                    files.push((k, entry.path()));
-                }
+            if rest.bytes().all(|b| b.is_ascii_digit())
+                && let Ok(k) = rest.parse::<u32>()
+            {
+                files.push((k, entry.path()));
             }
         }
         Ok(files)

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,14 +29,19 @@ type TestBody = UnsyncBoxBody<Bytes, BoxError>;
 type TestClient = Client<HttpConnector, TestBody>;
 
 /// A test upstream. Paths: `/fail` → 500, `/headers` → the request headers (and hop-by-hop
-/// response headers), `/echo` → the request body, `/count` → counts the body bytes as they
-/// arrive, `/gate` → waits for a permit of `gate`; an `Upgrade` request → 101 and an echo of
-/// the upgraded bytes; anything else → the upstream's name.
+/// response headers), `/echo` → the request body (also kept in `bodies`), `/count` → counts the
+/// body bytes as they arrive, `/gate` → waits for a permit of `gate`; an `Upgrade` request →
+/// 101 and an echo of the upgraded bytes; anything else → the upstream's name. With
+/// `gate_all`, every request waits for a permit of `gate` first.
 struct TestUpstream {
     name: String,
     addr: SocketAddr,
     hits: AtomicUsize,
+    /// Requests carrying `x-deploykit-mirror: 1`.
+    mirrored: AtomicUsize,
+    bodies: Mutex<Vec<Bytes>>,
     body_bytes: AtomicU64,
+    gate_all: bool,
     gate: Semaphore,
     entered: Notify,
     answered: AtomicUsize,
@@ -50,15 +55,35 @@ impl TestUpstream {
     fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
+
+    fn mirrored(&self) -> usize {
+        self.mirrored.load(Ordering::SeqCst)
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(Ordering::SeqCst)
+    }
 }
 
 async fn upstream(name: &str) -> Arc<TestUpstream> {
+    spawn_upstream(name, false).await
+}
+
+/// An upstream answering nothing before the test adds permits to its `gate`.
+async fn gated_upstream(name: &str) -> Arc<TestUpstream> {
+    spawn_upstream(name, true).await
+}
+
+async fn spawn_upstream(name: &str, gate_all: bool) -> Arc<TestUpstream> {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let state = Arc::new(TestUpstream {
         name: name.to_owned(),
         addr: listener.local_addr().unwrap(),
         hits: AtomicUsize::new(0),
+        mirrored: AtomicUsize::new(0),
+        bodies: Mutex::new(Vec::new()),
         body_bytes: AtomicU64::new(0),
+        gate_all,
         gate: Semaphore::new(0),
         entered: Notify::new(),
         answered: AtomicUsize::new(0),
@@ -87,6 +112,18 @@ async fn upstream(name: &str) -> Arc<TestUpstream> {
 
 async fn answer(state: Arc<TestUpstream>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     state.hits.fetch_add(1, Ordering::SeqCst);
+    if req
+        .headers()
+        .get("x-deploykit-mirror")
+        .is_some_and(|v| v == "1")
+    {
+        state.mirrored.fetch_add(1, Ordering::SeqCst);
+    }
+    if state.gate_all {
+        state.entered.notify_one();
+        state.gate.acquire().await.unwrap().forget();
+        state.answered.fetch_add(1, Ordering::SeqCst);
+    }
     let reply = |status: StatusCode, body: Vec<u8>| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
@@ -125,7 +162,11 @@ async fn answer(state: Arc<TestUpstream>, mut req: Request<Incoming>) -> Respons
             response
         }
         "/echo" => match req.into_body().collect().await {
-            Ok(body) => reply(StatusCode::OK, body.to_bytes().to_vec()),
+            Ok(body) => {
+                let body = body.to_bytes();
+                state.bodies.lock().unwrap().push(body.clone());
+                reply(StatusCode::OK, body.to_vec())
+            }
             Err(_) => reply(StatusCode::BAD_REQUEST, Vec::new()),
         },
         "/count" => {
@@ -771,4 +812,202 @@ async fn shutdown_stops_listening() {
     );
     proxy.shutdown().await;
     assert!(TcpStream::connect(proxy.local_addr()).await.is_err());
+}
+
+/// Group "stable" (weight 100) on `primary`, mirrored at `percent` to group "shadow" (weight 0)
+/// on `shadow`.
+fn mirrored(primary: Upstream, shadow: Vec<Upstream>, percent: u32) -> RoutingTable {
+    RoutingTable::default().with_default(
+        Route::weighted([
+            Group::new("stable", 100, vec![primary]),
+            Group::new("shadow", 0, shadow),
+        ])
+        .with_mirror("shadow", percent),
+    )
+}
+
+#[tokio::test]
+async fn mirror_copies_an_exact_share() {
+    let (a, m) = (upstream("a").await, upstream("m").await);
+    let proxy = proxy(ProxyConfig::default()).await;
+    proxy.set_table(mirrored(a.upstream("a1"), vec![m.upstream("m1")], 10));
+    let client = client();
+    let window = Duration::from_secs(60);
+
+    let counts = tally(&client, &proxy, 1000, &[]).await;
+    assert_eq!(counts, HashMap::from([("a".to_owned(), 1000)]));
+    assert!(proxy.drain("m1", Duration::from_secs(10)).await);
+    assert_eq!(m.hits(), 100);
+    assert_eq!(m.mirrored(), 100);
+    assert_eq!((a.hits(), a.mirrored()), (1000, 0));
+    assert_eq!(proxy.mirror_skipped(), 0);
+    // Copies count for the mirror group only; the primary is counted once per request.
+    let shadow = proxy.stats("shadow", window);
+    assert_eq!((shadow.requests, shadow.errors), (100, 0));
+    assert!(shadow.latency_p50.is_some());
+    assert_eq!(proxy.stats("stable", window).requests, 1000);
+
+    // 0 %: never.
+    proxy.set_table(mirrored(a.upstream("a1"), vec![m.upstream("m1")], 0));
+    tally(&client, &proxy, 100, &[]).await;
+    assert!(proxy.drain("m1", Duration::from_secs(10)).await);
+    assert_eq!(m.hits(), 100);
+
+    // A mirror group without instances: no copy, clients unaffected.
+    proxy.set_table(mirrored(a.upstream("a1"), Vec::new(), 100));
+    let counts = tally(&client, &proxy, 20, &[]).await;
+    assert_eq!(counts, HashMap::from([("a".to_owned(), 20)]));
+
+    // Requests routed to the mirror group by weight are not copied to it again.
+    proxy.set_table(
+        RoutingTable::default().with_default(
+            Route::weighted([
+                Group::new("stable", 50, vec![a.upstream("a1")]),
+                Group::new("shadow", 50, vec![m.upstream("m1")]),
+            ])
+            .with_mirror("shadow", 100),
+        ),
+    );
+    let counts = tally(&client, &proxy, 200, &[]).await;
+    assert_eq!(
+        counts,
+        HashMap::from([("a".to_owned(), 100), ("m".to_owned(), 100)])
+    );
+    assert!(proxy.drain("m1", Duration::from_secs(10)).await);
+    assert_eq!(m.hits(), 100 + 200);
+    assert_eq!(m.mirrored(), 100 + 100);
+    assert_eq!(proxy.stats("shadow", window).requests, 100 + 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_never_delays_clients_and_is_bounded() {
+    let (a, m) = (upstream("a").await, gated_upstream("m").await);
+    let proxy = proxy(ProxyConfig::default()).await;
+    proxy.set_table(mirrored(a.upstream("a1"), vec![m.upstream("m1")], 100));
+    let client = client();
+
+    for _ in 0..70 {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            get(&client, &proxy, "web.localhost", "/", &[]),
+        )
+        .await
+        .expect("a client request waited for its mirror copy");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body, "a");
+    }
+    // Every client was answered while all copies were still held at the mirror's gate; 64 of
+    // them at most, the rest skipped.
+    assert_eq!(m.answered(), 0);
+    assert_eq!(proxy.in_flight("m1"), 64);
+    assert_eq!(proxy.mirror_skipped(), 6);
+    assert_eq!(proxy.stats("shadow", Duration::from_secs(60)).requests, 0);
+
+    m.gate.add_permits(64);
+    assert!(proxy.drain("m1", Duration::from_secs(10)).await);
+    assert_eq!((m.hits(), m.answered(), m.mirrored()), (64, 64, 64));
+    assert_eq!(proxy.stats("shadow", Duration::from_secs(60)).requests, 64);
+    assert_eq!(proxy.stats("stable", Duration::from_secs(60)).requests, 70);
+}
+
+#[tokio::test]
+async fn mirror_copy_times_out() {
+    let a = upstream("a").await;
+    let config = ProxyConfig {
+        upstream_timeout: Duration::from_millis(500),
+        ..ProxyConfig::default()
+    };
+    let proxy = proxy(config).await;
+    let silent = Upstream::new("s1", silent_upstream().await);
+    proxy.set_table(mirrored(a.upstream("a1"), vec![silent], 100));
+    let counts = tally(&client(), &proxy, 10, &[]).await;
+    assert_eq!(counts, HashMap::from([("a".to_owned(), 10)]));
+    assert!(proxy.drain("s1", Duration::from_secs(10)).await);
+    let shadow = proxy.stats("shadow", Duration::from_secs(60));
+    assert_eq!((shadow.requests, shadow.errors), (10, 10));
+    let stable = proxy.stats("stable", Duration::from_secs(60));
+    assert_eq!((stable.requests, stable.errors), (10, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_copies_small_bodies_only() {
+    let (a, m) = (upstream("a").await, upstream("m").await);
+    let proxy = proxy(ProxyConfig::default()).await;
+    proxy.set_table(mirrored(a.upstream("a1"), vec![m.upstream("m1")], 100));
+    let client = client();
+    let post = |path: &'static str, body: TestBody| {
+        send(&client, &proxy, "POST", "web.localhost", path, &[], body)
+    };
+
+    let reply = post("/echo", bytes_body("payload")).await.unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::OK, "payload")
+    );
+    assert!(proxy.drain("m1", Duration::from_secs(10)).await);
+    assert_eq!(*m.bodies.lock().unwrap(), [Bytes::from("payload")]);
+    assert_eq!(m.mirrored(), 1);
+
+    // Larger than the buffering limit, and chunked: streamed, not copied.
+    let big = vec![b'x'; 100 * 1024];
+    let reply = post("/echo", bytes_body(big.clone())).await.unwrap();
+    assert_eq!(reply.body.len(), big.len());
+    let chunks = Chunks {
+        chunk: Bytes::from_static(b"chunk"),
+        remaining: 4,
+    };
+    let reply = post("/count", chunks.boxed_unsync()).await.unwrap();
+    assert_eq!(reply.body, "20");
+
+    // Upgrade requests are not copied either.
+    let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    stream
+        .write_all(
+            b"GET /socket HTTP/1.1\r\nHost: web.localhost\r\nConnection: Upgrade\r\n\
+              Upgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    drop(stream);
+
+    assert!(proxy.drain("m1", Duration::from_secs(10)).await);
+    assert_eq!(m.hits(), 1);
+    assert_eq!(a.hits(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_mirror_copy() {
+    let (a, m) = (upstream("a").await, gated_upstream("m").await);
+    let proxy = proxy(ProxyConfig::default()).await;
+    proxy.set_table(mirrored(a.upstream("a1"), vec![m.upstream("m1")], 100));
+    let client = client();
+
+    assert_eq!(
+        get(&client, &proxy, "web.localhost", "/", &[]).await.body,
+        "a"
+    );
+    m.entered.notified().await;
+    assert_eq!(proxy.in_flight("m1"), 1);
+
+    // Out of the table, the mirror instance is drained like any other.
+    proxy.set_table(only("stable", a.upstream("a1")));
+    assert_eq!(
+        get(&client, &proxy, "web.localhost", "/", &[]).await.body,
+        "a"
+    );
+    assert!(!proxy.drain("m1", Duration::from_millis(50)).await);
+    let drain = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.drain("m1", Duration::from_secs(30)).await })
+    };
+    tokio::task::yield_now().await;
+    assert!(!drain.is_finished());
+
+    m.gate.add_permits(1);
+    assert!(drain.await.unwrap());
+    assert_eq!((m.hits(), m.answered()), (1, 1));
+    assert_eq!(proxy.in_flight("m1"), 0);
+    assert_eq!(proxy.stats("shadow", Duration::from_secs(60)).requests, 1);
 }

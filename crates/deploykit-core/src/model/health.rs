@@ -15,7 +15,9 @@ use crate::time::duration_ms;
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ProbeAction {
-    /// An HTTP GET; healthy when the status is 200–399.
+    /// An HTTP GET. Kubernetes counts 200–399 as healthy; deploykit's local backend counts
+    /// only 2xx, since a redirect from a health path is nearly always a misconfiguration (an
+    /// HTTPS or login redirect) that would otherwise pass unnoticed.
     Http {
         /// Request path, starting with `/`.
         path: String,

@@ -1,5 +1,6 @@
 //! Forwarding one request: body limit, choice of an instance under an in-flight guard, header
-//! rewriting, retry after a failed connection, upgraded tunnels.
+//! rewriting, retry after a failed connection, upgraded tunnels; small requests are handed to
+//! [mirroring](super::mirror) once their instance is chosen.
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::Inner;
-use super::route::{Pick, Retry};
+use super::route::{Pick, Retry, Snapshot};
 
 /// Boxed error of the bodies the proxy passes on.
 pub(super) type BoxError = Box<dyn StdError + Send + Sync>;
@@ -42,7 +43,7 @@ const BODY_TOO_LARGE: u8 = 1;
 const BODY_FAILED: u8 = 2;
 
 /// Counts one request in its upstream's in-flight counter until dropped.
-struct InFlightGuard(Arc<AtomicUsize>);
+pub(super) struct InFlightGuard(Arc<AtomicUsize>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
@@ -51,9 +52,9 @@ impl Drop for InFlightGuard {
 }
 
 /// An instance chosen for a request, with the request counted in its in-flight counter.
-struct Lease {
-    pick: Pick,
-    guard: InFlightGuard,
+pub(super) struct Lease {
+    pub(super) pick: Pick,
+    pub(super) guard: InFlightGuard,
 }
 
 impl Inner {
@@ -66,9 +67,15 @@ impl Inner {
     /// request that goes on to that instance.
     fn acquire(&self, host: &str, headers: &HeaderMap, retry: Option<&Retry<'_>>) -> Option<Lease> {
         let sticky = self.config.sticky_cookie.as_deref();
+        self.lease(|snapshot| snapshot.route(host)?.pick(headers, sticky, retry))
+    }
+
+    /// Takes the in-flight guard of the instance `choose` picks from the current table, with
+    /// the re-check described at [`Inner::acquire`].
+    pub(super) fn lease(&self, choose: impl Fn(&Snapshot) -> Option<Pick>) -> Option<Lease> {
         let mut snapshot = self.current.load_full();
         loop {
-            let pick = snapshot.route(host)?.pick(headers, sticky, retry)?;
+            let pick = choose(&snapshot)?;
             pick.counter.fetch_add(1, Ordering::SeqCst);
             let guard = InFlightGuard(pick.counter.clone());
             let fresh = self.current.load_full();
@@ -134,6 +141,9 @@ pub(super) async fn handle(
             format!("no instance available for host {host}\n"),
         );
     };
+    if !upgrade && let Payload::Buffered(bytes) = &payload {
+        inner.mirror(&host, &lease.pick.group, &parts, bytes, peer);
+    }
     let by_weight = lease.pick.by_weight;
     let timeout = inner.config.upstream_timeout;
     let deadline = started + timeout;
@@ -342,7 +352,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// The request to send to the upstream at `addr`.
-fn upstream_request(
+pub(super) fn upstream_request(
     parts: &request::Parts,
     body: ProxyBody,
     addr: SocketAddr,
@@ -393,13 +403,13 @@ fn upstream_request(
     Ok(request)
 }
 
-fn is_idempotent(method: &Method) -> bool {
+pub(super) fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 /// Whether the upstream closed or reset the connection before sending any response (e.g. a
 /// pooled connection it was closing as the request went out).
-fn closed_early(error: &(dyn StdError + 'static)) -> bool {
+pub(super) fn closed_early(error: &(dyn StdError + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(e) = source {
         if let Some(e) = e.downcast_ref::<hyper::Error>()
@@ -418,7 +428,7 @@ fn closed_early(error: &(dyn StdError + 'static)) -> bool {
 }
 
 /// An error and its sources, `: `-separated.
-fn describe(error: &(dyn StdError + 'static)) -> String {
+pub(super) fn describe(error: &(dyn StdError + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
@@ -446,13 +456,13 @@ fn too_large(max: u64) -> Response<ProxyBody> {
     )
 }
 
-fn full(bytes: Bytes) -> ProxyBody {
+pub(super) fn full(bytes: Bytes) -> ProxyBody {
     Full::new(bytes)
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
-fn empty() -> ProxyBody {
+pub(super) fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 

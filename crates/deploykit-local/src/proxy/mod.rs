@@ -14,8 +14,14 @@
 //!   it.
 //! - A request whose upstream refuses the connection (no byte sent) is retried once on another
 //!   instance when its body is small enough to have been buffered.
+//!
+//! A [`Route`] may also mirror a share of its requests to a group ([`Route::with_mirror`],
+//! shadow traffic): the copy is sent in the background, its response is discarded and only
+//! counted in the mirror group's [`Proxy::stats`]; the client's request is neither delayed nor
+//! failed by it.
 
 mod forward;
+mod mirror;
 mod route;
 mod stats;
 
@@ -24,7 +30,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -35,7 +41,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use self::forward::ProxyBody;
 use self::route::Snapshot;
@@ -104,6 +110,8 @@ pub struct Route {
     pub groups: Vec<Group>,
     /// Requests carrying this header value go to its group regardless of weights.
     pub header: Option<HeaderMatch>,
+    /// A share of requests copied to a group; its responses are discarded.
+    pub mirror: Option<MirrorMatch>,
 }
 
 impl Route {
@@ -112,6 +120,7 @@ impl Route {
         Route {
             groups: groups.into_iter().collect(),
             header: None,
+            mirror: None,
         }
     }
 
@@ -129,6 +138,38 @@ impl Route {
         });
         self
     }
+
+    /// Copies `percent` percent of the requests to group `group` (see [`MirrorMatch`]).
+    pub fn with_mirror(mut self, group: impl Into<String>, percent: u32) -> Self {
+        self.mirror = Some(MirrorMatch {
+            group: group.into(),
+            percent,
+        });
+        self
+    }
+}
+
+/// Traffic mirroring (shadow traffic): a share of a route's requests is also sent to group
+/// `group`, whose responses are discarded.
+///
+/// - The share is spread deterministically, like the weights: of every 100 eligible requests,
+///   exactly `percent` are copied (`0` never, `100` or more always). Eligible are requests whose
+///   body was buffered (none, or a `Content-Length` of at most 64 KiB), that are no upgrade
+///   (WebSocket) request, and that were not themselves routed to `group`.
+/// - The copy goes to the least loaded instance of `group` (a group without instances gets no
+///   copy) with the header `x-deploykit-mirror: 1`, in a background task: the client's request
+///   proceeds at once, and its response never depends on the copy's. A copy counts in its
+///   instance's [`Proxy::in_flight`] (so [`Proxy::drain`] waits for it) and in the group's
+///   [`Proxy::stats`], and is bounded by [`ProxyConfig::upstream_timeout`].
+/// - At most 64 copies are in flight at once across the proxy; further copies are skipped and
+///   counted in [`Proxy::mirror_skipped`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorMatch {
+    /// Name of the [`Group`] receiving the copies; a name not among the route's groups
+    /// disables mirroring.
+    pub group: String,
+    /// Share of the eligible requests copied, in percent.
+    pub percent: u32,
 }
 
 /// A header-based route: requests whose header `name` equals `value` go to group `group`.
@@ -241,6 +282,10 @@ struct Inner {
     registry: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     stats: Stats,
     client: Client<HttpConnector, ProxyBody>,
+    /// Permits for mirror copies in flight; see [`mirror::MIRROR_LIMIT`].
+    mirror_permits: Arc<Semaphore>,
+    /// Mirror copies skipped for want of a permit.
+    mirror_skipped: AtomicU64,
     /// `RUNNING`, `GRACEFUL` or `FORCE`; every task holds a receiver.
     shutdown: watch::Sender<u8>,
 }
@@ -299,6 +344,8 @@ impl Proxy {
             registry: Mutex::new(registry),
             stats: Stats::new(),
             client,
+            mirror_permits: Arc::new(Semaphore::new(mirror::MIRROR_LIMIT)),
+            mirror_skipped: AtomicU64::new(0),
             shutdown,
         });
         tokio::spawn(accept_loop(inner.clone(), listener, shutdown_rx));
@@ -379,9 +426,15 @@ impl Proxy {
         self.inner.stats.snapshot(group, window)
     }
 
-    /// Stops accepting connections and lets in-flight requests finish, waiting at most
-    /// `upstream_timeout` before closing the remaining connections. Upgraded tunnels are left
-    /// to end on their own.
+    /// Number of mirror copies (see [`MirrorMatch`]) skipped since the proxy started because 64
+    /// copies were already in flight.
+    pub fn mirror_skipped(&self) -> u64 {
+        self.inner.mirror_skipped.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting connections and lets in-flight requests (and mirror copies) finish,
+    /// waiting at most `upstream_timeout` before closing the remaining connections and
+    /// abandoning the copies. Upgraded tunnels are left to end on their own.
     pub async fn shutdown(&self) {
         self.inner.begin_shutdown();
         let sender = &self.inner.shutdown;

@@ -1,5 +1,6 @@
 //! The routing table as the request path uses it: per-upstream in-flight counters attached, and
-//! the weighted, header and sticky-cookie choice of a group and an instance.
+//! the weighted, header and sticky-cookie choice of a group and an instance, and the mirror
+//! choice.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,6 +65,10 @@ pub(super) struct CompiledRoute {
     header: Option<(HeaderName, String, usize)>,
     /// Requests routed by weight so far; drives the deterministic spread.
     next: AtomicU64,
+    /// Index of the mirror group and the share copied to it, in percent.
+    mirror: Option<(usize, u32)>,
+    /// Requests eligible for a mirror copy so far; drives the spread of the copies.
+    mirror_next: AtomicU64,
 }
 
 struct CompiledGroup {
@@ -118,11 +123,47 @@ impl CompiledRoute {
             let index = groups.iter().position(|g| *g.name == *h.group)?;
             Some((name, h.value.clone(), index))
         });
+        let mirror = route.mirror.as_ref().and_then(|m| {
+            let index = groups.iter().position(|g| *g.name == *m.group)?;
+            Some((index, m.percent))
+        });
         CompiledRoute {
             groups,
             header,
             next: AtomicU64::new(0),
+            mirror,
+            mirror_next: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a request served by group `primary` gets a mirror copy: the mirror group's name
+    /// if so. Only requests that could be copied (a mirror with a share above 0, served by
+    /// another group) advance the spread, so of every 100 of them exactly `percent` are copied.
+    pub(super) fn mirror_due(&self, primary: &str) -> Option<Arc<str>> {
+        let (index, percent) = self.mirror?;
+        let group = &self.groups[index];
+        if percent == 0 || *group.name == *primary {
+            return None;
+        }
+        let n = self.mirror_next.fetch_add(1, Ordering::Relaxed);
+        // The same coprime stride as the weighted spread.
+        ((n % 100) * 37 % 100 < u64::from(percent)).then(|| group.name.clone())
+    }
+
+    /// An instance of group `name` (the least loaded, other than `exclude`).
+    pub(super) fn pick_in(&self, name: &str, exclude: Option<&str>) -> Option<Pick> {
+        let index = self.groups.iter().position(|g| *g.name == *name)?;
+        self.pick_at(index, exclude, false)
+    }
+
+    fn pick_at(&self, index: usize, exclude: Option<&str>, by_weight: bool) -> Option<Pick> {
+        let group = &self.groups[index];
+        group.pick(exclude).map(|(upstream, counter)| Pick {
+            group: group.name.clone(),
+            upstream: upstream.clone(),
+            counter: counter.clone(),
+            by_weight,
+        })
     }
 
     /// Picks a group and an instance for a request with `headers`: header route, then sticky
@@ -135,15 +176,7 @@ impl CompiledRoute {
         retry: Option<&Retry<'_>>,
     ) -> Option<Pick> {
         let exclude = retry.map(|r| r.exclude);
-        let chosen = |index: usize, by_weight: bool| {
-            let group = &self.groups[index];
-            group.pick(exclude).map(|(upstream, counter)| Pick {
-                group: group.name.clone(),
-                upstream: upstream.clone(),
-                counter: counter.clone(),
-                by_weight,
-            })
-        };
+        let chosen = |index: usize, by_weight: bool| self.pick_at(index, exclude, by_weight);
         if let Some(retry) = retry
             && let Some(index) = self.groups.iter().position(|g| *g.name == *retry.group)
             && let Some(pick) = chosen(index, false)

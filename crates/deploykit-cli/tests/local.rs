@@ -1,0 +1,260 @@
+//! The local environment's hard cases, with the real sample app behind the real proxy: a
+//! health endpoint that redirects, an app that never binds its port, a crash loop, adoption
+//! after the controller restarts, and the `Environment` conformance suite.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{APP, Rig};
+use deploykit_core::journal::RollbackCause;
+use deploykit_core::{
+    Digest, Environment, EnvironmentExt, EnvironmentKind, EnvironmentSpec, HealthChecks, Phase,
+    Probe, ProbeAction, Revision, ServiceId, ServiceSpec,
+};
+use deploykit_local::loadgen::{self, LoadConfig};
+use deploykit_local::{LocalEnvironment, LocalOptions};
+use deploykit_testing::conformance::environment::{self as conformance, EnvironmentFixture};
+
+const CONFIG: &str = r#"
+application = "hard-cases"
+
+[services.web]
+command = ["{APP}"]
+port = 8080
+health.readiness = { http = "/healthz", period = "200ms", timeout = "150ms", failure_threshold = 2 }
+
+[environments.production]
+kind = "production"
+replicas = 2
+progress_deadline = "6s"
+
+[environments.patient]
+kind = "staging"
+replicas = 2
+progress_deadline = "60s"
+"#;
+
+/// Deploy v1, then `vars` as v2 under light load; v2 must end rolled back for `cause` with a
+/// reason containing `expect`, and every request must have been answered by v1.
+async fn bad_revision_keeps_stable(
+    env: &str,
+    vars: &[(&str, &str)],
+    cause: RollbackCause,
+    expect: &str,
+) {
+    let rig = Rig::new(CONFIG).await;
+    let v1 = rig
+        .orchestrator
+        .deploy(rig.request("web", env, "v1", &[]))
+        .await
+        .expect("deploy v1");
+    assert_eq!(
+        rig.orchestrator.wait(&v1).await.expect("v1").phase,
+        Phase::Succeeded
+    );
+
+    let mut load = LoadConfig::new(rig.local.proxy_addr(), 1_000_000);
+    load.rate_per_sec = Some(100);
+    load.concurrency = 4;
+    let load = tokio::spawn(loadgen::run(load, None));
+    let started = std::time::Instant::now();
+    let v2 = rig
+        .orchestrator
+        .deploy(rig.request("web", env, "v2", vars))
+        .await
+        .expect("deploy v2");
+    let status = rig.orchestrator.wait(&v2).await.expect("v2");
+    let took = started.elapsed();
+    load.abort();
+
+    assert_eq!(status.phase, Phase::RolledBack, "{vars:?}");
+    let (got, reason) = status.rollback.expect("a rollback reason");
+    assert_eq!(got, cause, "{reason}");
+    assert!(
+        reason.contains(expect),
+        "{reason:?} should contain {expect:?}"
+    );
+    let observed = rig
+        .local
+        .observe(&ServiceId::new("web").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(observed.revisions.len(), 1, "{}", observed.summary());
+    assert_eq!(observed.revisions[0].revision.label, "v1");
+    assert_eq!(observed.weight_of(&observed.revisions[0].revision.id), 100);
+    let v2_stats = rig
+        .local
+        .proxy()
+        .stats(status.spec.target.id.as_str(), Duration::from_secs(600));
+    assert_eq!(
+        v2_stats.requests, 0,
+        "no request may reach a revision that never became ready"
+    );
+    println!("{vars:?}: rolled back after {took:?}: {reason}");
+    rig.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_check_answering_301_fails_and_stable_keeps_all_traffic() {
+    bad_revision_keeps_stable(
+        "production",
+        &[("HEALTH_STATUS", "301")],
+        RollbackCause::FailFast,
+        "301 Moved Permanently",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_that_never_binds_its_port_fails_and_stable_keeps_all_traffic() {
+    bad_revision_keeps_stable(
+        "production",
+        &[("START_DELAY_MS", "600000")],
+        RollbackCause::FailFast,
+        "connection refused",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_revision_is_rolled_back_before_its_deadline() {
+    // The deadline is 60 s; the crash loop is detected from the process's exits long before.
+    bad_revision_keeps_stable(
+        "patient",
+        &[("CRASH_ON_START", "1")],
+        RollbackCause::FailFast,
+        "crashing on start as asked",
+    )
+    .await;
+}
+
+fn web_revision(env: &EnvironmentSpec, version: &str) -> Revision {
+    let web = ServiceSpec::builder()
+        .name("conformance")
+        .command(vec![APP.to_string()])
+        .port(8080)
+        .variables([("VERSION".to_string(), version.to_string())].into())
+        .health(
+            HealthChecks::builder()
+                .readiness(
+                    Probe::builder()
+                        .action(ProbeAction::http("/healthz"))
+                        .period(Duration::from_millis(200))
+                        .timeout(Duration::from_millis(150))
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .build()
+        .unwrap();
+    Revision::new(&web, env, Digest::of_bytes(APP.as_bytes()), version).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_environment_passes_the_environment_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalEnvironment::open(
+        LocalOptions::new(dir.path()).listen("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let env = EnvironmentSpec::builder()
+        .name("production")
+        .kind(EnvironmentKind::Production)
+        .build()
+        .unwrap();
+    let fx = EnvironmentFixture {
+        service: ServiceId::new("conformance").unwrap(),
+        first: web_revision(&env, "a"),
+        second: web_revision(&env, "b"),
+        poll: Duration::from_millis(50),
+        settle_timeout: Duration::from_secs(20),
+    };
+    conformance::run_all(&local, &fx).await;
+    local.shutdown(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_adopts_running_instances_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        LocalOptions::new(dir.path())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .grace(Duration::from_secs(3))
+    };
+    let env = EnvironmentSpec::builder()
+        .name("production")
+        .kind(EnvironmentKind::Production)
+        .build()
+        .unwrap();
+    let service = ServiceId::new("conformance").unwrap();
+    let rev = web_revision(&env, "a");
+    let desired = deploykit_core::DesiredState::new(
+        vec![deploykit_core::RevisionTarget::new(rev.clone(), 2)],
+        deploykit_core::Traffic::ByReadyInstances,
+    );
+
+    let first = LocalEnvironment::open(options()).await.unwrap();
+    first.apply(&service, &desired).await.unwrap();
+    let before = first
+        .wait_settled(&service, Duration::from_millis(50), Duration::from_secs(20))
+        .await
+        .unwrap();
+    let pids: Vec<u32> = instance_pids(dir.path());
+    assert_eq!(pids.len(), 2, "two instances recorded with their pids");
+    // The controller goes away without stopping its instances (as if it had crashed).
+    first.shutdown(false).await;
+    for pid in &pids {
+        assert!(
+            deploykit_local::process::alive(*pid),
+            "instance {pid} outlives its controller"
+        );
+    }
+
+    let second = LocalEnvironment::open(options()).await.unwrap();
+    let after = second
+        .wait_settled(&service, Duration::from_millis(50), Duration::from_secs(20))
+        .await
+        .unwrap();
+    let names = |o: &deploykit_core::Observed| {
+        let mut n: Vec<String> = o.revisions[0]
+            .instances
+            .iter()
+            .map(|i| i.name.to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&before), names(&after), "the same instances, adopted");
+    assert_eq!(
+        instance_pids(dir.path()),
+        pids,
+        "the same processes, not restarted"
+    );
+    let report = loadgen::run(LoadConfig::new(second.proxy_addr(), 200), None).await;
+    assert_eq!(report.failures, 0, "{:?}", report.failure_samples);
+    assert_eq!(report.by_version.get("a"), Some(&200));
+    // Applying the same state again changes nothing.
+    second.apply(&service, &desired).await.unwrap();
+    assert_eq!(instance_pids(dir.path()), pids);
+    second.shutdown(true).await;
+    for pid in &pids {
+        assert!(
+            !deploykit_local::process::alive(*pid),
+            "instance {pid} stopped"
+        );
+    }
+}
+
+fn instance_pids(dir: &std::path::Path) -> Vec<u32> {
+    let db = rusqlite::Connection::open(dir.join("local.db")).unwrap();
+    let mut stmt = db
+        .prepare("SELECT pid FROM instances ORDER BY name")
+        .unwrap();
+    stmt.query_map([], |r| r.get::<_, u32>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
