@@ -104,11 +104,11 @@ pub(crate) async fn backup(ctx: &Context, args: BackupArgs) -> Result<ExitCode> 
         )
         .await?;
     let mut forgotten = 0;
-    if let Some(env) = args.env.as_deref() {
-        if let Some(policy) = &ctx.config.environment(env)?.backup {
-            let decisions = repo.forget(&policy.retention, false).await?;
-            forgotten = decisions.iter().filter(|d| !d.keep).count();
-        }
+    if let Some(env) = args.env.as_deref()
+        && let Some(policy) = &ctx.config.environment(env)?.backup
+    {
+        let decisions = repo.forget(&policy.retention, false).await?;
+        forgotten = decisions.iter().filter(|d| !d.keep).count();
     }
     let s = &saved.summary;
     ctx_print(
