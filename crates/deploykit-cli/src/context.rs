@@ -1,6 +1,7 @@
 //! Opening the configuration, the journal and the orchestrator, and running each command.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::{AuditAction, Cli, Command, EXIT_ROLLED_BACK, Output, PreviewAction};
 /// Everything a command needs: the configuration, where state lives, who acts.
 pub(crate) struct Context {
     pub(crate) config: Config,
+    pub(crate) config_path: PathBuf,
     pub(crate) config_dir: PathBuf,
     pub(crate) state: PathBuf,
     pub(crate) output: Output,
@@ -49,6 +51,7 @@ impl Context {
             .unwrap_or_else(|| "deploykit".into());
         Ok(Context {
             config,
+            config_path: cli.config.clone(),
             config_dir,
             state,
             output: cli.output,
@@ -173,6 +176,34 @@ impl Context {
         Ok((spec, digest))
     }
 
+    /// Start `deploykit resume` detached from this terminal, logging to `<state>/resume.log`.
+    fn resume_in_background(&self) -> Result<()> {
+        let fail = |e: std::io::Error| {
+            Error::backend("start `deploykit resume` in the background", e.to_string())
+        };
+        let exe = std::env::current_exe().map_err(fail)?;
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.state.join("resume.log"))
+            .map_err(fail)?;
+        std::process::Command::new(exe)
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--actor")
+            .arg(self.actor.to_string())
+            .arg("resume")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(fail)?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(fail)?;
+        Ok(())
+    }
+
     fn print(&self, text: impl std::fmt::Display, value: serde_json::Value) {
         match self.output {
             Output::Text => println!("{text}"),
@@ -263,8 +294,11 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 )
                 .await?;
             if no_wait {
-                ctx.print(&id, json!({ "id": id.to_string() }));
+                // Hand the rollout to a background `deploykit resume`, which takes the lease
+                // as soon as this process lets go of it.
                 orchestrator.shutdown().await?;
+                ctx.resume_in_background()?;
+                ctx.print(&id, json!({ "id": id.to_string() }));
                 return Ok(ExitCode::SUCCESS);
             }
             let code = follow(&ctx, &orchestrator, &id).await?;

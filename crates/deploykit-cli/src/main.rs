@@ -91,7 +91,8 @@ enum Command {
         /// Override a variable for this deployment (`KEY=VALUE`, repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// Start it and return its id without following it.
+        /// Print its id and return; a background `deploykit resume` drives it (its output goes to
+        /// `<state>/resume.log`).
         #[arg(long)]
         no_wait: bool,
     },

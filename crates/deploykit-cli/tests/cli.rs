@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{APP, CLI};
+use common::{APP, deploykit, free_port, json, run, start_daemon};
 use deploykit_core::{Environment, ServiceId};
 use deploykit_local::LocalClient;
 use deploykit_local::loadgen::{self, Completed, LoadConfig};
@@ -43,73 +42,6 @@ steps = [
   { pause = "1s" },
 ]
 "#;
-
-fn deploykit(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(CLI);
-    cmd.current_dir(dir)
-        .args(args)
-        .env("DEPLOYKIT_ACTOR", "test")
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    deploykit(dir, args).output().expect("run deploykit")
-}
-
-/// The daemon; when the test ends however it ends, it is told to stop its instances, then
-/// killed.
-struct Daemon(Child, std::path::PathBuf);
-
-impl Daemon {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = run(&self.1, &["down"]);
-        }
-        self.kill();
-    }
-}
-
-fn start_daemon(dir: &Path, listen: &str) -> Daemon {
-    let log = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(dir.join("daemon.log"))
-        .unwrap();
-    let child = deploykit(dir, &["daemon", "--listen", listen])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start the daemon");
-    let daemon = Daemon(child, dir.to_path_buf());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(dir.join(".deploykit/daemon.sock")).is_err() {
-        assert!(Instant::now() < deadline, "the daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    daemon
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("{e}: {text} / {}", String::from_utf8_lossy(&out.stderr)))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_killed_mid_rollout_resumes_with_no_dropped_request() {

@@ -404,3 +404,40 @@ proptest! {
         let _ = Config::from_toml_str("fuzz.toml", &text);
     }
 }
+
+#[test]
+fn http_probes_take_headers_such_as_host() {
+    let text = r#"application = "a"
+[services.web]
+command = ["./web"]
+health.readiness = { http = "/healthz", headers = { Host = "shop.example.com" } }
+"#;
+    let config = Config::from_toml_str("deploykit.toml", text).expect("loads");
+    let readiness = config
+        .service("web")
+        .unwrap()
+        .health
+        .readiness
+        .clone()
+        .unwrap();
+    match readiness.action {
+        deploykit_core::ProbeAction::Http { headers, .. } => {
+            assert_eq!(
+                headers.get("Host").map(String::as_str),
+                Some("shop.example.com")
+            );
+        }
+        other => panic!("expected an HTTP probe, got {other:?}"),
+    }
+    let err = error(
+        r#"application = "a"
+[services.web]
+command = ["./web"]
+health.readiness = { tcp = 8080, headers = { Host = "x" } }
+"#,
+    );
+    assert!(
+        err.contains("`headers` only applies to an `http` probe"),
+        "{err}"
+    );
+}

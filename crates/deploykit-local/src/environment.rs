@@ -613,6 +613,9 @@ impl Inner {
     }
 
     fn observe(&self, service: &ServiceId) -> Observed {
+        // Bring the routes up to date first, so the traffic reported matches the readiness
+        // reported (the router task might not have run since the last health change).
+        self.update_routes();
         let services = lock(&self.services);
         let Some(st) = services.get(service) else {
             return Observed::default();

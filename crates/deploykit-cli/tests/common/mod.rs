@@ -3,8 +3,10 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deploykit_core::config::Config;
 use deploykit_core::{
@@ -99,4 +101,71 @@ impl Rig {
         self.orchestrator.shutdown().await.expect("shutdown");
         self.local.shutdown(true).await;
     }
+}
+
+pub fn deploykit(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(CLI);
+    cmd.current_dir(dir)
+        .args(args)
+        .env("DEPLOYKIT_ACTOR", "test")
+        .stdin(Stdio::null());
+    cmd
+}
+
+pub fn run(dir: &Path, args: &[&str]) -> Output {
+    deploykit(dir, args).output().expect("run deploykit")
+}
+
+/// The daemon; when the test ends however it ends, it is told to stop its instances, then
+/// killed.
+pub struct Daemon(pub Child, pub std::path::PathBuf);
+
+impl Daemon {
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = run(&self.1, &["down"]);
+        }
+        self.kill();
+    }
+}
+
+pub fn start_daemon(dir: &Path, listen: &str) -> Daemon {
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))
+        .unwrap();
+    let child = deploykit(dir, &["daemon", "--listen", listen])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start the daemon");
+    let daemon = Daemon(child, dir.to_path_buf());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(dir.join(".deploykit/daemon.sock")).is_err() {
+        assert!(Instant::now() < deadline, "the daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn json(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {text} / {}", String::from_utf8_lossy(&out.stderr)))
 }

@@ -147,6 +147,8 @@ struct HealthToml {
 #[serde(deny_unknown_fields)]
 struct ProbeToml {
     http: Option<String>,
+    /// Request headers of an HTTP probe, e.g. `{ Host = "shop.example.com" }`.
+    headers: Option<BTreeMap<String, String>>,
     tcp: Option<u16>,
     exec: Option<Vec<String>>,
     port: Option<u16>,
@@ -638,11 +640,14 @@ impl Config {
     }
 
     fn probe(at: &Located<'_>, span: Range<usize>, path: &str, p: &ProbeToml) -> Result<Probe> {
+        if p.headers.is_some() && p.http.is_none() {
+            return Err(at.error(span, path, "`headers` only applies to an `http` probe"));
+        }
         let action = match (&p.http, p.tcp, &p.exec) {
             (Some(path_), None, None) => ProbeAction::Http {
                 path: path_.clone(),
                 port: p.port,
-                headers: BTreeMap::new(),
+                headers: p.headers.clone().unwrap_or_default(),
             },
             (None, Some(port), None) => ProbeAction::Tcp { port: Some(port) },
             (None, None, Some(argv)) => ProbeAction::Command { argv: argv.clone() },
