@@ -262,7 +262,25 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     let ctx = Context::load(&cli)?;
     match cli.command {
         Command::Demo(_) => unreachable!("handled above"),
-        Command::Daemon { env, listen } => daemon(&ctx, env.as_deref(), listen).await,
+        Command::Daemon {
+            env,
+            listen,
+            sticky_cookie,
+            max_body_bytes,
+            drain_timeout,
+            grace,
+        } => {
+            let mut proxy = deploykit_local::proxy::ProxyConfig::default();
+            proxy.sticky_cookie = sticky_cookie;
+            proxy.max_body_bytes = max_body_bytes;
+            let options = LocalOptions::new(&ctx.state)
+                .listen(listen)
+                .workdir(&ctx.config_dir)
+                .proxy(proxy)
+                .drain_timeout(Duration::from_secs(drain_timeout))
+                .grace(Duration::from_secs(grace));
+            daemon(&ctx, env.as_deref(), options).await
+        }
         Command::Down { keep_instances } => {
             ctx.client().shutdown(!keep_instances).await?;
             ctx.print("daemon stopped", json!({ "stopped": true }));
@@ -397,23 +415,17 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-async fn daemon(
-    ctx: &Context,
-    env: Option<&str>,
-    listen: std::net::SocketAddr,
-) -> Result<ExitCode> {
+async fn daemon(ctx: &Context, env: Option<&str>, mut options: LocalOptions) -> Result<ExitCode> {
     let environment = ctx.environment(env)?;
-    let mut options = LocalOptions::new(ctx.state.join(environment.as_str()))
-        .listen(listen)
-        .workdir(&ctx.config_dir);
+    options.state_dir = ctx.state.join(environment.as_str());
     let services: Vec<_> = ctx.config.services().collect();
     if let [only] = services.as_slice() {
         options = options.default_service(only.name.clone());
     }
-    let local = LocalEnvironment::open(options).await?;
     if let Some(secrets) = ctx.secrets()? {
-        local.set_secret_provider(secrets);
+        options = options.secrets(secrets);
     }
+    let local = LocalEnvironment::open(options).await?;
     ctx.print(
         format!(
             "deploykit daemon: environment {environment}, proxy on http://{}, socket {} (Ctrl-C \
@@ -423,9 +435,9 @@ async fn daemon(
         ),
         json!({ "proxy": local.proxy_addr().to_string(), "socket": ctx.socket() }),
     );
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::backend("handle SIGTERM", e.to_string()))?;
+    let shutdown = async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

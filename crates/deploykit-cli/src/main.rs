@@ -71,6 +71,19 @@ enum Command {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Keep each client on the revision it first reached, with this cookie (never on a
+        /// revision whose weight dropped to 0).
+        #[arg(long)]
+        sticky_cookie: Option<String>,
+        /// Largest request body the proxy accepts, in bytes (default 10 MiB).
+        #[arg(long, default_value_t = 10 * 1024 * 1024)]
+        max_body_bytes: u64,
+        /// Seconds a removed instance may finish in-flight requests before it is stopped.
+        #[arg(long, default_value_t = 30)]
+        drain_timeout: u64,
+        /// Seconds between SIGTERM and SIGKILL when an instance stops.
+        #[arg(long, default_value_t = 10)]
+        grace: u64,
     },
     /// Stop the daemon, and every instance unless `--keep-instances`.
     Down {

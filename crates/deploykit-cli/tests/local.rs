@@ -258,3 +258,88 @@ fn instance_pids(dir: &std::path::Path) -> Vec<u32> {
         .map(Result::unwrap)
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_reach_the_instance_and_never_the_state_files_or_logs() {
+    use deploykit_core::secrets::{FileSecretProvider, Identity, SecretString, SecretsFile};
+    let dir = tempfile::tempdir().unwrap();
+    let value = "s3cr3t-t0ken-7f2a";
+    let mut file = SecretsFile::create(&[Identity::generate().to_recipient()]).unwrap();
+    file.set("production.api_token", SecretString::from(value))
+        .unwrap();
+    let local = LocalEnvironment::open(
+        LocalOptions::new(dir.path().join("state"))
+            .listen("127.0.0.1:0".parse().unwrap())
+            .workdir(dir.path())
+            .secrets(std::sync::Arc::new(FileSecretProvider::new(
+                "secrets.toml",
+                file,
+            ))),
+    )
+    .await
+    .unwrap();
+    let env = EnvironmentSpec::builder()
+        .name("production")
+        .kind(EnvironmentKind::Production)
+        .build()
+        .unwrap();
+    // The instance writes the variable where the test can read it, then runs the sample app.
+    let mut web = ServiceSpec::builder()
+        .name("web")
+        .command(vec![
+            "sh".into(),
+            "-c".into(),
+            "printf %s \"$API_TOKEN\" > token.out; exec \"$0\"".into(),
+            APP.into(),
+        ])
+        .port(8080)
+        .build()
+        .unwrap();
+    web.secrets
+        .insert("API_TOKEN".into(), "production.api_token".into());
+    let rev = Revision::new(&web, &env, Digest::of_bytes(b"app"), "v1").unwrap();
+    let service = ServiceId::new("web").unwrap();
+    local
+        .apply(
+            &service,
+            &deploykit_core::DesiredState::new(
+                vec![deploykit_core::RevisionTarget::new(rev, 1)],
+                deploykit_core::Traffic::ByReadyInstances,
+            ),
+        )
+        .await
+        .unwrap();
+    local
+        .wait_settled(&service, Duration::from_millis(50), Duration::from_secs(20))
+        .await
+        .unwrap();
+    let observed = local.observe(&service).await.unwrap();
+    assert_eq!(observed.total_ready(), 1, "{observed:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("token.out")).unwrap(),
+        value
+    );
+    local.shutdown(true).await;
+    // Neither the state file nor any log holds the value.
+    let mut leaked = Vec::new();
+    for entry in walk(&dir.path().join("state")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        if bytes.windows(value.len()).any(|w| w == value.as_bytes()) {
+            leaked.push(entry);
+        }
+    }
+    assert!(leaked.is_empty(), "the secret leaked into {leaked:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

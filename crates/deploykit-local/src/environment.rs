@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::logs::{InstanceLog, LogPolicy};
 use crate::probe::{HealthWatcher, ProbeTarget};
-use crate::process::{ProcessSpec, ProcessState, RestartPolicy, Supervised};
+use crate::process::{Exit, ProcessSpec, ProcessState, RestartPolicy, Supervised};
 use crate::proxy::{
     Group, HeaderMatch, MirrorMatch, Proxy, ProxyConfig, Route, RoutingTable, Upstream,
 };
@@ -52,6 +52,10 @@ pub struct LocalOptions {
     pub log: LogPolicy,
     /// Proxy limits and timeouts.
     pub proxy: ProxyConfig,
+    /// Where revisions' secret references are resolved when instances start (as a kubelet
+    /// resolves `secretKeyRef`); without one, a revision with secrets fails to start with a
+    /// configuration error naming the variable.
+    pub secrets: Option<Arc<dyn SecretProvider>>,
 }
 
 impl LocalOptions {
@@ -67,7 +71,14 @@ impl LocalOptions {
             restart: RestartPolicy::default(),
             log: LogPolicy::default(),
             proxy: ProxyConfig::default(),
+            secrets: None,
         }
+    }
+
+    /// Resolve secret references through `provider`.
+    pub fn secrets(mut self, provider: Arc<dyn SecretProvider>) -> Self {
+        self.secrets = Some(provider);
+        self
     }
 
     /// Where the proxy listens (`127.0.0.1:0` picks a free port).
@@ -155,7 +166,6 @@ struct Inner {
     state: Arc<LocalState>,
     services: Mutex<BTreeMap<ServiceId, ServiceState>>,
     apply_lock: tokio::sync::Mutex<()>,
-    secrets: Mutex<Option<Arc<dyn SecretProvider>>>,
     changed: Arc<Notify>,
     stopping: Mutex<Vec<JoinHandle<()>>>,
     router: Mutex<Option<JoinHandle<()>>>,
@@ -213,11 +223,29 @@ impl Instance {
                     ProcessState::Failed { reason } => {
                         Some(InstanceFailure::new(FailureKind::Configuration, reason))
                     }
-                    _ => r
-                        .health
-                        .health()
-                        .failure
-                        .map(|(kind, reason)| InstanceFailure::new(kind, reason)),
+                    ProcessState::Running { .. } => {
+                        let failure = r.health.health().failure;
+                        match r.process.last_exit() {
+                            // Probes failing on a process that keeps exiting by itself: the
+                            // exit is the reason, not the refused connection.
+                            Some(exit @ Exit::Code(code))
+                                if failure.is_some() && code != 0 && r.process.restarts() > 0 =>
+                            {
+                                let output = r.process.log().last_line().unwrap_or_default();
+                                Some(InstanceFailure::new(
+                                    FailureKind::CrashLoop,
+                                    format!(
+                                        "{exit}, restarted {} times; last output: {output}",
+                                        r.process.restarts()
+                                    ),
+                                ))
+                            }
+                            _ => failure.map(|(kind, reason)| InstanceFailure::new(kind, reason)),
+                        }
+                    }
+                    // Between an exit and its restart, failing probes only echo the exit;
+                    // repeated exits become a crash loop with the exit's own reason.
+                    ProcessState::BackingOff { .. } | ProcessState::Stopped { .. } => None,
                 };
                 (r.process.restarts(), failure)
             }
@@ -253,22 +281,16 @@ impl LocalEnvironment {
                 state,
                 services: Mutex::new(BTreeMap::new()),
                 apply_lock: tokio::sync::Mutex::new(()),
-                secrets: Mutex::new(None),
                 changed: Arc::new(Notify::new()),
                 stopping: Mutex::new(Vec::new()),
                 router: Mutex::new(None),
             }),
         };
-        env.adopt()?;
+        env.adopt().await?;
         let router = tokio::spawn(route_on_change(Arc::downgrade(&env.inner)));
         *lock(&env.inner.router) = Some(router);
         env.inner.update_routes();
         Ok(env)
-    }
-
-    /// Resolve revisions' secret references through `provider` when their instances start.
-    pub fn set_secret_provider(&self, provider: Arc<dyn SecretProvider>) {
-        *lock(&self.inner.secrets) = Some(provider);
     }
 
     /// Where the proxy listens.
@@ -338,12 +360,23 @@ impl LocalEnvironment {
         self.inner.proxy.shutdown().await;
     }
 
-    /// Rebuild the in-memory state from the state file, adopting live processes.
-    fn adopt(&self) -> Result<()> {
+    /// Rebuild the in-memory state from the state file: adopt the processes still running,
+    /// restart those that are gone, and stop those no longer wanted.
+    async fn adopt(&self) -> Result<()> {
         let inner = &self.inner;
         let rows = inner.state.instances()?;
+        let saved = inner.state.services()?;
+        let mut resolved = BTreeMap::new();
+        for (_, desired) in &saved {
+            for target in &desired.revisions {
+                if !target.revision.config.secrets.is_empty() {
+                    let secrets = self.resolve_secrets(&target.revision).await;
+                    resolved.insert(target.revision.id.clone(), secrets);
+                }
+            }
+        }
         let mut services = lock(&inner.services);
-        for (service, desired) in inner.state.services()? {
+        for (service, desired) in saved {
             let mut st = ServiceState {
                 traffic: desired.traffic.clone(),
                 ..ServiceState::default()
@@ -373,7 +406,7 @@ impl LocalEnvironment {
                         &row.name,
                         row.port,
                         row.pid,
-                        None,
+                        resolved.get(&row.revision).cloned(),
                     );
                     rev.instances.push(instance);
                 }
@@ -389,9 +422,19 @@ impl LocalEnvironment {
                 }
             }
         }
+        // Instances the state file lost track of are started again.
+        for (service, st) in services.iter_mut() {
+            for idx in 0..st.revisions.len() {
+                let secrets = resolved.get(&st.revisions[idx].revision.id).cloned();
+                inner.scale_up(service, st, idx, secrets)?;
+            }
+        }
         Ok(())
     }
 }
+
+/// A revision's secret variables, or why they could not be resolved.
+type Resolved = std::result::Result<BTreeMap<String, String>, String>;
 
 fn instance_number(name: &str) -> Option<u64> {
     name.rsplit('-').next()?.parse().ok()
@@ -401,8 +444,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A free loopback port, as the OS hands it out.
+/// A free loopback port for an instance, below Linux's default ephemeral range (32768–60999)
+/// so that no outgoing connection can take it while the instance starts, nor connect to
+/// itself on it; the OS's choice if none of a few random picks is free.
 fn free_port() -> std::io::Result<u16> {
+    use std::hash::{BuildHasher, RandomState};
+    let random = RandomState::new();
+    for attempt in 0..64u32 {
+        let port = 20_000 + (random.hash_one(attempt) % 12_000) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())
@@ -480,12 +533,12 @@ impl Inner {
         name: &str,
         port: u16,
         pid: Option<u32>,
-        secrets: Option<std::result::Result<BTreeMap<String, String>, String>>,
+        secrets: Option<Resolved>,
     ) -> Instance {
         let name: Arc<str> = name.into();
         let secrets = match secrets {
             Some(s) => s,
-            None if revision.config.secrets.is_empty() || pid.is_some() => Ok(BTreeMap::new()),
+            None if revision.config.secrets.is_empty() => Ok(BTreeMap::new()),
             None => Err("secrets were not resolved".to_string()),
         };
         let run = secrets
@@ -539,6 +592,39 @@ impl Inner {
                 }
             });
         Instance { name, port, run }
+    }
+
+    /// Start instances of `st.revisions[idx]` until it has its desired count.
+    fn scale_up(
+        &self,
+        service: &ServiceId,
+        st: &mut ServiceState,
+        idx: usize,
+        secrets: Option<Resolved>,
+    ) -> Result<()> {
+        let mut used: BTreeSet<u16> = st
+            .revisions
+            .iter()
+            .flat_map(|r| r.instances.iter().map(|i| i.port))
+            .collect();
+        let revision = st.revisions[idx].revision.clone();
+        while (st.revisions[idx].instances.len() as u32) < st.revisions[idx].desired {
+            let n = st.next_instance;
+            st.next_instance += 1;
+            let name = format!("{service}-{}-{n}", &revision.id.as_str()[..8]);
+            let port = loop {
+                let p = free_port().map_err(|e| {
+                    Error::backend("allocate a port for an instance", e.to_string())
+                })?;
+                if used.insert(p) {
+                    break p;
+                }
+            };
+            let instance =
+                self.start_instance(service, &revision, &name, port, None, secrets.clone());
+            st.revisions[idx].instances.push(instance);
+        }
+        Ok(())
     }
 
     /// Drain `name` out of the proxy, then stop its process and forget it, in the background.
@@ -733,6 +819,7 @@ fn local_checks(checks: &HealthChecks, service_port: Option<u16>) -> HealthCheck
         checks.readiness = deploykit_core::Probe::builder()
             .action(ProbeAction::Tcp { port: None })
             .period(Duration::from_millis(500))
+            .timeout(Duration::from_millis(250))
             .success_threshold(1)
             .failure_threshold(1)
             .build()
@@ -800,7 +887,7 @@ impl LocalEnvironment {
         if revision.config.secrets.is_empty() {
             return Ok(values);
         }
-        let provider = lock(&self.inner.secrets).clone();
+        let provider = self.inner.options.secrets.clone();
         for (name, reference) in &revision.config.secrets {
             let Some(provider) = &provider else {
                 return Err(format!(
@@ -878,30 +965,8 @@ impl Environment for LocalEnvironment {
                         st.revisions.len() - 1
                     }
                 };
-                let used: BTreeSet<u16> = st
-                    .revisions
-                    .iter()
-                    .flat_map(|r| r.instances.iter().map(|i| i.port))
-                    .collect();
-                let mut used = used;
-                while (st.revisions[idx].instances.len() as u32) < target.replicas {
-                    let n = st.next_instance;
-                    st.next_instance += 1;
-                    let short = &target.revision.id.as_str()[..8];
-                    let name = format!("{service}-{short}-{n}");
-                    let port = loop {
-                        let p = free_port().map_err(|e| {
-                            Error::backend("allocate a port for an instance", e.to_string())
-                        })?;
-                        if used.insert(p) {
-                            break p;
-                        }
-                    };
-                    let secrets = resolved.get(&target.revision.id).cloned();
-                    let instance =
-                        inner.start_instance(service, &target.revision, &name, port, None, secrets);
-                    st.revisions[idx].instances.push(instance);
-                }
+                let resolved = resolved.get(&target.revision.id).cloned();
+                inner.scale_up(service, st, idx, resolved)?;
             }
         }
         for instance in removed {
@@ -1025,4 +1090,51 @@ fn parse_metric(expr: &str, range: Option<Duration>) -> Result<(&str, Duration)>
         return Err(bad());
     }
     Ok((name.trim(), window))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_with_a_port_and_no_readiness_probe_gets_a_tcp_one() {
+        let checks = local_checks(&HealthChecks::default(), Some(8080));
+        let readiness = checks.readiness.expect("an implicit readiness probe");
+        assert_eq!(readiness.action, ProbeAction::Tcp { port: None });
+        assert!(
+            local_checks(&HealthChecks::default(), None)
+                .readiness
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn probes_on_the_service_port_go_to_the_instance_port() {
+        let mut checks = HealthChecks::default();
+        checks.liveness = deploykit_core::Probe::builder()
+            .action(ProbeAction::Tcp { port: Some(8080) })
+            .build()
+            .ok();
+        let checks = local_checks(&checks, Some(8080));
+        assert_eq!(
+            checks.liveness.expect("liveness").action,
+            ProbeAction::Tcp { port: None }
+        );
+    }
+
+    #[test]
+    fn metric_windows_parse_and_bad_ones_are_named() {
+        assert_eq!(
+            parse_metric("error_rate", None).unwrap(),
+            ("error_rate", Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_metric("error_rate[2m]", None).unwrap(),
+            ("error_rate", Duration::from_secs(120))
+        );
+        let err = parse_metric("error_rate[2h]", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[30s] or [2m]"), "{err}");
+    }
 }

@@ -103,6 +103,9 @@ async fn check_http(
                 os_message(&e)
             ));
         }
+        Ok(Ok(stream)) if is_self_connected(&stream) => {
+            return Err(format!("{what}: connection refused on port {port}"));
+        }
         Ok(Ok(stream)) => stream,
     };
     let (mut sender, connection) = match timeout_at(
@@ -193,9 +196,17 @@ fn http_request(
         .map_err(|_| format!("invalid path {path:?}"))
 }
 
+/// Whether a loopback connection is connected to itself: with nothing listening on a port in
+/// the ephemeral range, Linux may pick that same port as the source and complete a TCP
+/// "simultaneous open" with itself, which would pass a probe with no server at all.
+fn is_self_connected(stream: &TcpStream) -> bool {
+    matches!((stream.local_addr(), stream.peer_addr()), (Ok(l), Ok(p)) if l == p)
+}
+
 async fn check_tcp(port: u16, limit: Duration) -> Result<(), String> {
     let what = format!("TCP connect to port {port}");
     match timeout(limit, TcpStream::connect(("127.0.0.1", port))).await {
+        Ok(Ok(stream)) if is_self_connected(&stream) => Err(format!("{what}: connection refused")),
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
             Err(format!("{what}: connection refused"))
