@@ -270,9 +270,11 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             drain_timeout,
             grace,
         } => {
-            let mut proxy = deploykit_local::proxy::ProxyConfig::default();
-            proxy.sticky_cookie = sticky_cookie;
-            proxy.max_body_bytes = max_body_bytes;
+            let proxy = deploykit_local::proxy::ProxyConfig {
+                sticky_cookie,
+                max_body_bytes,
+                ..Default::default()
+            };
             let options = LocalOptions::new(&ctx.state)
                 .listen(listen)
                 .workdir(&ctx.config_dir)
