@@ -62,8 +62,8 @@ struct Row {
     requests: u64,
     dropped: u64,
     app_errors: u64,
-    p50: Duration,
-    p99: Duration,
+    fast: (Duration, Duration),
+    slow: (Duration, Duration),
     rollback_latency: Option<Duration>,
     versions: Vec<String>,
 }
@@ -121,8 +121,15 @@ async fn scenario(name: &'static str, env: &str, to_vars: &[(&str, &str)], expec
     let mut last_v2_sent = None;
     let mut last_done = None;
     let mut samples = Vec::new();
+    let (mut fast, mut slow) = (Vec::new(), Vec::new());
     while let Ok(c) = rx.try_recv() {
         last_done = last_done.max(Some(c.done_at));
+        let took = c.done_at.saturating_duration_since(c.sent_at);
+        if c.path_slow {
+            slow.push(took);
+        } else {
+            fast.push(took);
+        }
         match &c.version {
             None => {
                 dropped += 1;
@@ -158,11 +165,22 @@ async fn scenario(name: &'static str, env: &str, to_vars: &[(&str, &str)], expec
         requests: report.requests,
         dropped,
         app_errors,
-        p50: report.latency_p50,
-        p99: report.latency_p99,
+        fast: percentiles(&mut fast),
+        slow: percentiles(&mut slow),
         rollback_latency,
         versions,
     }
+}
+
+/// p50 and p99 of `d`.
+fn percentiles(d: &mut [Duration]) -> (Duration, Duration) {
+    d.sort();
+    let at = |q: f64| {
+        d.get(((d.len() as f64 * q) as usize).min(d.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    (at(0.50), at(0.99))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,22 +197,22 @@ async fn no_request_is_dropped_during_canary_blue_green_and_rollback() {
         .await,
     ];
     println!(
-        "\n| scenario | requests | dropped | app 500s | p50 | p99 | rollback latency | versions served |"
+        "\n| scenario | requests | dropped | app 500s | `/` p50 | `/` p99 | `/slow` (200 ms) p50 | `/slow` p99 | rollback latency | versions served |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
     for r in &rows {
         println!(
-            "| {} | {} | {} | {} | {:.1} ms | {:.1} ms | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.requests,
             r.dropped,
             r.app_errors,
-            r.p50.as_secs_f64() * 1000.0,
-            r.p99.as_secs_f64() * 1000.0,
-            r.rollback_latency.map_or("-".into(), |d| format!(
-                "{:.0} ms",
-                d.as_secs_f64() * 1000.0
-            )),
+            ms(r.fast.0),
+            ms(r.fast.1),
+            ms(r.slow.0),
+            ms(r.slow.1),
+            r.rollback_latency.map_or("-".into(), ms),
             r.versions.join(" ")
         );
     }

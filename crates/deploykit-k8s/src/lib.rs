@@ -1,0 +1,3 @@
+//! deploykit on Kubernetes (being written).
+
+pub mod render;
