@@ -520,13 +520,10 @@ async fn status(
         match &observed {
             Ok(o) => {
                 text.push_str(&format!("  running: {}\n", o.summary()));
-                let traffic: Vec<String> = o
-                    .revisions
-                    .iter()
-                    .filter(|r| o.weight_of(&r.revision.id) > 0)
-                    .map(|r| format!("{} {}%", r.revision.label, o.weight_of(&r.revision.id)))
-                    .collect();
-                text.push_str(&format!("  traffic: {}\n", traffic.join(", ")));
+                text.push_str(&format!(
+                    "  traffic: {}\n",
+                    crate::progress::traffic_summary(o)
+                ));
                 for (name, i) in &instances {
                     text.push_str(&format!("    {name}  {i}\n"));
                 }

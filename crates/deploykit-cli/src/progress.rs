@@ -65,16 +65,10 @@ impl Follow {
                 _ = tick.tick() => {
                     phase = orchestrator.status(id).await?.phase;
                     if let Ok(observed) = client.observe(&service).await {
-                        let traffic: Vec<String> = observed
-                            .revisions
-                            .iter()
-                            .filter(|r| observed.weight_of(&r.revision.id) > 0)
-                            .map(|r| format!("{} {}%", r.revision.label, observed.weight_of(&r.revision.id)))
-                            .collect();
                         bar.set_message(format!(
                             "{phase}: {} | traffic {}",
                             observed.summary(),
-                            traffic.join(" ")
+                            traffic_summary(&observed)
                         ));
                     }
                 }
@@ -83,4 +77,21 @@ impl Follow {
         bar.finish_and_clear();
         orchestrator.wait(id).await
     }
+}
+
+/// `v2 25%, v1 75%`: the traffic each revision is served, for people.
+pub(crate) fn traffic_summary(observed: &deploykit_core::Observed) -> String {
+    let parts: Vec<String> = observed
+        .revisions
+        .iter()
+        .filter(|r| observed.weight_of(&r.revision.id) > 0)
+        .map(|r| {
+            format!(
+                "{} {}%",
+                r.revision.label,
+                observed.weight_of(&r.revision.id)
+            )
+        })
+        .collect();
+    parts.join(", ")
 }
