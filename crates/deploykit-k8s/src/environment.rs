@@ -1,0 +1,1045 @@
+//! [`KubeEnvironment`]: deploykit's [`Environment`] and [`Monitor`] for one Kubernetes
+//! namespace, over kube-rs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use deploykit_core::environment::{
+    FailureKind, InstanceFailure, InstanceObservation, RevisionObservation, proportional_weights,
+};
+use deploykit_core::secrets::SecretProvider;
+use deploykit_core::{
+    DesiredState, Environment, Error, MetricQuery, Monitor, Observed, Result, Revision, RevisionId,
+    Sample, ServiceId, Traffic,
+};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, ResourceExt,
+};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::Value;
+
+use crate::render::{
+    self, ANNOTATION_REVISION_SPEC, ANNOTATION_TRAFFIC, LABEL_MANAGED_BY, LABEL_NAME,
+    LABEL_REVISION, Object, RenderOptions, Router, SecretValues,
+};
+use crate::retry::{KeyedBackoff, RetryPolicy, is_transient};
+
+/// The field manager of deploykit's server-side applies, and the value of its
+/// `app.kubernetes.io/managed-by` label.
+const MANAGER: &str = "deploykit";
+
+/// Settings of a [`KubeEnvironment`] beyond rendering.
+///
+/// ```
+/// use deploykit_k8s::{KubeOptions, RetryPolicy};
+/// let options = KubeOptions::default()
+///     .retry(RetryPolicy::none())
+///     .force_conflicts(false);
+/// assert!(!options.force_conflicts);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KubeOptions {
+    /// How API calls are retried (see [`RetryPolicy`]).
+    pub retry: RetryPolicy,
+    /// Whether server-side applies take over fields another field manager owns (`force=true`).
+    /// Off by default: a conflict is then an error naming the object and the API's message.
+    pub force_conflicts: bool,
+}
+
+impl KubeOptions {
+    /// These options with `policy` for retries.
+    #[must_use]
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// These options with forcing of apply conflicts on or off.
+    #[must_use]
+    pub fn force_conflicts(mut self, force: bool) -> Self {
+        self.force_conflicts = force;
+        self
+    }
+}
+
+/// deploykit's [`Environment`] and [`Monitor`] for one Kubernetes namespace.
+///
+/// **apply** renders the desired state with [`render::plan`] (one Deployment per revision,
+/// its ConfigMap and Secret, the stable/canary/preview Services, the route of the configured
+/// [`Router`], …) and server-side applies each object in order with field manager `deploykit`,
+/// skipping objects whose rendered JSON is the one last applied successfully by this
+/// environment (so a canary step sends exactly one PATCH, to the route). Then it deletes what
+/// it manages for the service (label selector `app.kubernetes.io/name=<service>,
+/// app.kubernetes.io/managed-by=deploykit`) that the plan no longer has, Deployments last, so
+/// traffic has moved away from a revision before its Deployment goes. A revision's secret
+/// references are resolved through the [`SecretProvider`] given to
+/// [`with_secrets`](Self::with_secrets) when its Secret is rendered.
+///
+/// Apply conflicts (another field manager owns a field deploykit sets) are errors unless
+/// [`KubeOptions::force_conflicts`] is set. API calls are retried per [`RetryPolicy`]: on
+/// 429 (respecting the Status' `retryAfterSeconds`), 5xx and connection failures, never on
+/// other 4xx; each object has its own backoff, which grows while that object keeps failing
+/// (also across calls) and resets on its first success.
+///
+/// **observe** reads the service's Deployments (one per revision, rebuilt from their
+/// `deploykit.dev/revision-spec` annotation, in creation order), their Pods (readiness,
+/// restarts, crash loops and configuration failures) and the stable Service's
+/// `deploykit.dev/traffic` annotation (the routing last applied). Pods come from a watch-fed
+/// cache while [`start_watching`](Self::start_watching) (or a stream from
+/// [`watch_pods`](Self::watch_pods)) runs and has listed once; otherwise from a LIST per call.
+///
+/// **teardown** deletes everything with the service's labels, kind by kind.
+///
+/// What was applied is remembered in memory only (Secrets as a keyed hash, never their values):
+/// an object deleted by someone else shows up missing in the next apply's listing and is
+/// applied again; one edited by someone else is re-applied only once its rendering changes, or
+/// by another `KubeEnvironment` (e.g. after a restart).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use deploykit_core::{Environment, Orchestrator, SqliteStore};
+/// use deploykit_k8s::KubeEnvironment;
+/// use deploykit_k8s::render::RenderOptions;
+///
+/// let client = kube::Client::try_default().await?;
+/// let options = RenderOptions::new("shop").image("web", "ghcr.io/acme/web");
+/// let env = KubeEnvironment::new(client, options);
+/// env.ensure_namespace_objects().await?; // LimitRange and ResourceQuota
+/// let _watch = env.start_watching(); // observe from a watch-fed cache
+///
+/// let web = deploykit_core::ServiceId::new("web")?;
+/// println!("{}", env.observe(&web).await?.summary());
+/// # let production: deploykit_core::EnvironmentSpec = todo!();
+/// let orchestrator = Orchestrator::builder(SqliteStore::open("deploykit.db").await?)
+///     .environment(production, Arc::new(env))
+///     .open()
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct KubeEnvironment {
+    client: kube::Client,
+    options: Arc<RenderOptions>,
+    settings: KubeOptions,
+    secrets: Option<Arc<dyn SecretProvider>>,
+    backoff: Arc<KeyedBackoff>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for KubeEnvironment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeEnvironment")
+            .field("namespace", &self.options.namespace)
+            .field("settings", &self.settings)
+            .field("secrets", &self.secrets)
+            .field("watching", &self.shared.cache().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// State shared by the clones of one environment.
+struct Shared {
+    /// What was last applied successfully, per object key `Kind/namespace/name`.
+    applied: Mutex<HashMap<String, Applied>>,
+    /// Keys the fingerprints of Secrets, so that no secret value is kept in memory.
+    hasher: std::hash::RandomState,
+    /// The pod cache of a running watch, if any.
+    pods: Mutex<Option<PodCache>>,
+    generation: AtomicU64,
+}
+
+impl Shared {
+    fn applied(&self) -> std::sync::MutexGuard<'_, HashMap<String, Applied>> {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cache(&self) -> Option<PodCache> {
+        self.pods.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The rendered object's fingerprint: its JSON, or for a Secret a keyed hash of it.
+    fn fingerprint(&self, object: &Object, json: &Value) -> Fingerprint {
+        if object.kind() == "Secret" {
+            let mut h = self.hasher.build_hasher();
+            h.write(json.to_string().as_bytes());
+            Fingerprint::Hash(h.finish())
+        } else {
+            Fingerprint::Json(json.clone())
+        }
+    }
+}
+
+/// One object as last applied.
+#[derive(Clone, Debug)]
+struct Applied {
+    /// The service it belongs to (`None` for namespace objects).
+    service: Option<ServiceId>,
+    fingerprint: Fingerprint,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Fingerprint {
+    Json(Value),
+    Hash(u64),
+}
+
+/// The pod cache of a watch: usable once the first LIST completed.
+#[derive(Clone)]
+struct PodCache {
+    store: Store<Pod>,
+    ready: Arc<AtomicBool>,
+    generation: u64,
+}
+
+/// Removes a watch's cache when its stream is dropped.
+struct CacheGuard {
+    shared: Arc<Shared>,
+    generation: u64,
+}
+
+impl Drop for CacheGuard {
+    fn drop(&mut self) {
+        let mut pods = self.shared.pods.lock().unwrap_or_else(|e| e.into_inner());
+        if pods
+            .as_ref()
+            .is_some_and(|c| c.generation == self.generation)
+        {
+            *pods = None;
+        }
+    }
+}
+
+/// A kind deploykit manages per service.
+struct Kind {
+    resource: ApiResource,
+    /// Whether `deletecollection` may be used on it (not on Services, which long lacked it).
+    collection_delete: bool,
+}
+
+fn kind<K: kube::Resource<DynamicType = ()>>(collection_delete: bool) -> Kind {
+    Kind {
+        resource: ApiResource::erase::<K>(&()),
+        collection_delete,
+    }
+}
+
+fn http_route() -> ApiResource {
+    ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "HTTPRoute".into(),
+        plural: "httproutes".into(),
+    }
+}
+
+fn virtual_service() -> ApiResource {
+    ApiResource {
+        group: "networking.istio.io".into(),
+        version: "v1".into(),
+        api_version: "networking.istio.io/v1".into(),
+        kind: "VirtualService".into(),
+        plural: "virtualservices".into(),
+    }
+}
+
+impl KubeEnvironment {
+    /// An environment for the namespace `options.namespace`, talking to the cluster through
+    /// `client`, with default [`KubeOptions`].
+    pub fn new(client: kube::Client, options: RenderOptions) -> Self {
+        let settings = KubeOptions::default();
+        KubeEnvironment {
+            client,
+            options: Arc::new(options),
+            backoff: Arc::new(KeyedBackoff::new(settings.retry)),
+            settings,
+            secrets: None,
+            shared: Arc::new(Shared {
+                applied: Mutex::new(HashMap::new()),
+                hasher: std::hash::RandomState::new(),
+                pods: Mutex::new(None),
+                generation: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// This environment resolving revisions' secret references through `provider` when it
+    /// renders their Secrets. Without one, applying a revision with secrets fails.
+    #[must_use]
+    pub fn with_secrets(mut self, provider: Arc<dyn SecretProvider>) -> Self {
+        self.secrets = Some(provider);
+        self
+    }
+
+    /// This environment retrying API calls per `policy` (the per-object backoff starts over).
+    #[must_use]
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.settings.retry = policy;
+        self.backoff = Arc::new(KeyedBackoff::new(policy));
+        self
+    }
+
+    /// This environment with `options` (retries and conflict forcing).
+    #[must_use]
+    pub fn with_options(self, options: KubeOptions) -> Self {
+        let force = options.force_conflicts;
+        let mut env = self.with_retry(options.retry);
+        env.settings.force_conflicts = force;
+        env
+    }
+
+    /// This environment forcing server-side apply conflicts (taking over fields other field
+    /// managers own) or not (the default).
+    #[must_use]
+    pub fn force_conflicts(mut self, force: bool) -> Self {
+        self.settings.force_conflicts = force;
+        self
+    }
+
+    /// The rendering options (and the namespace).
+    pub fn options(&self) -> &RenderOptions {
+        &self.options
+    }
+
+    fn namespace(&self) -> &str {
+        &self.options.namespace
+    }
+
+    /// Applies the namespace-wide objects ([`render::namespace_plan`]: LimitRange,
+    /// ResourceQuota), skipping those unchanged since this environment last applied them.
+    pub async fn ensure_namespace_objects(&self) -> Result<()> {
+        for object in render::namespace_plan(&self.options) {
+            self.apply_object(None, &object).await?;
+        }
+        Ok(())
+    }
+
+    /// A stream that watches the namespace's deploykit Pods (label
+    /// `app.kubernetes.io/managed-by=deploykit`) into a cache that [`observe`] and
+    /// [`instance_health`] use, instead of a LIST per call, from the end of the first LIST on,
+    /// for as long as the stream lives. It must be polled: [`start_watching`] does that on a
+    /// task. Like any informer cache it may lag the API server briefly (deploykit's callers
+    /// poll observations until they settle).
+    ///
+    /// The [`watcher()`] resumes interrupted watches from the last resource version and re-lists
+    /// when the API server answers `410 Gone` (the version is too old); errors are yielded and
+    /// followed by [`WatchStreamExt::default_backoff`] (800 ms growing to 30 s, reset after
+    /// 120 s of success) so a failing API server is not hammered.
+    ///
+    /// [`observe`]: Environment::observe
+    /// [`instance_health`]: Monitor::instance_health
+    /// [`start_watching`]: Self::start_watching
+    pub fn watch_pods(&self) -> BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), self.namespace());
+        let config = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
+        let (reader, writer) = reflector::store();
+        let ready = Arc::new(AtomicBool::new(false));
+        let generation = self.shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.shared.pods.lock().unwrap_or_else(|e| e.into_inner()) = Some(PodCache {
+            store: reader,
+            ready: ready.clone(),
+            generation,
+        });
+        let guard = CacheGuard {
+            shared: self.shared.clone(),
+            generation,
+        };
+        reflector::reflector(writer, watcher::watcher(api, config))
+            .default_backoff()
+            .map(move |event| {
+                let _alive = &guard;
+                if let Ok(watcher::Event::InitDone) = &event {
+                    ready.store(true, Ordering::Release);
+                }
+                event
+            })
+            .boxed()
+    }
+
+    /// Runs [`watch_pods`](Self::watch_pods) on a tokio task (logging its errors) until the
+    /// returned handle is aborted; [`observe`](Environment::observe) then reads Pods from the
+    /// cache instead of listing them.
+    pub fn start_watching(&self) -> tokio::task::JoinHandle<()> {
+        let mut stream = self.watch_pods();
+        let namespace = self.namespace().to_string();
+        tokio::spawn(async move {
+            while let Some(event) = stream.next().await {
+                if let Err(e) = event {
+                    tracing::warn!(namespace, error = %e, "pod watch failed; backing off");
+                }
+            }
+        })
+    }
+
+    fn selector(service: &ServiceId) -> String {
+        format!("{LABEL_NAME}={service},{LABEL_MANAGED_BY}={MANAGER}")
+    }
+
+    fn dynamic(&self, resource: &ApiResource) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), self.namespace(), resource)
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{kind}/{}/{name}", self.namespace())
+    }
+
+    /// The kinds deploykit manages per service; Deployments last.
+    fn kinds(&self) -> Vec<Kind> {
+        let mut kinds = vec![
+            kind::<Service>(false),
+            kind::<ConfigMap>(true),
+            kind::<Secret>(true),
+            kind::<HorizontalPodAutoscaler>(true),
+            kind::<PodDisruptionBudget>(true),
+            kind::<NetworkPolicy>(true),
+        ];
+        match &self.options.router {
+            Router::GatewayApi { .. } => kinds.insert(
+                0,
+                Kind {
+                    resource: http_route(),
+                    collection_delete: true,
+                },
+            ),
+            Router::Istio { .. } => kinds.insert(
+                0,
+                Kind {
+                    resource: virtual_service(),
+                    collection_delete: true,
+                },
+            ),
+            _ => {}
+        }
+        kinds.push(kind::<Deployment>(true));
+        kinds
+    }
+
+    async fn resolve_secrets(&self, desired: &DesiredState) -> Result<SecretValues> {
+        let mut out = SecretValues::new();
+        for target in &desired.revisions {
+            let revision = &target.revision;
+            if revision.config.secrets.is_empty() {
+                continue;
+            }
+            let provider = self.secrets.as_ref().ok_or_else(|| {
+                Error::invalid(
+                    "secrets",
+                    format!(
+                        "revision {} references secrets but the KubeEnvironment has no \
+                         SecretProvider: use KubeEnvironment::with_secrets",
+                        revision.describe()
+                    ),
+                )
+            })?;
+            let mut values = BTreeMap::new();
+            for (name, reference) in &revision.config.secrets {
+                let secret = provider.get(&reference.key).await?;
+                if reference
+                    .version
+                    .as_ref()
+                    .is_some_and(|v| *v != secret.version)
+                {
+                    tracing::warn!(
+                        revision = %revision.id,
+                        variable = %name,
+                        key = %reference.key,
+                        "secret changed since the revision was made; using its current value"
+                    );
+                }
+                values.insert(name.clone(), secret.value);
+            }
+            out.insert(revision.id.clone(), values);
+        }
+        Ok(out)
+    }
+
+    /// Server-side applies one object unless it is unchanged since last applied.
+    async fn apply_object(&self, service: Option<&ServiceId>, object: &Object) -> Result<()> {
+        let json = object.to_json();
+        let key = self.key(object.kind(), object.name());
+        let fingerprint = self.shared.fingerprint(object, &json);
+        if self
+            .shared
+            .applied()
+            .get(&key)
+            .is_some_and(|a| a.fingerprint == fingerprint)
+        {
+            tracing::trace!(key, "unchanged; not applied");
+            return Ok(());
+        }
+        let api = self.dynamic(&object.api_resource());
+        let mut params = PatchParams::apply(MANAGER);
+        params.force = self.settings.force_conflicts;
+        let name = object.name().to_string();
+        let patch = Patch::Apply(&json);
+        let result = self
+            .backoff
+            .run(&key, || api.patch(&name, &params, &patch))
+            .await;
+        let operation = format!(
+            "apply {}/{} in namespace {}",
+            object.kind(),
+            object.name(),
+            self.namespace()
+        );
+        match result {
+            Ok(_) => {
+                tracing::debug!(key, "applied");
+                self.shared.applied().insert(
+                    key,
+                    Applied {
+                        service: service.cloned(),
+                        fingerprint,
+                    },
+                );
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 || status.reason == "Conflict" => {
+                Err(Error::backend(
+                    operation,
+                    format!(
+                        "conflict: another field manager owns a field that field manager \
+                         {MANAGER} sets (not forcing; KubeOptions::force_conflicts takes the \
+                         fields over): {}",
+                        status.message
+                    ),
+                ))
+            }
+            Err(e) => Err(kube_error(operation, e)),
+        }
+    }
+
+    async fn delete_object(&self, resource: &ApiResource, name: &str) -> Result<()> {
+        let key = self.key(&resource.kind, name);
+        let api = self.dynamic(resource);
+        let params = DeleteParams::background();
+        let result = self.backoff.run(&key, || api.delete(name, &params)).await;
+        self.shared.applied().remove(&key);
+        match result {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(kube_error(
+                format!(
+                    "delete {}/{name} in namespace {}",
+                    resource.kind,
+                    self.namespace()
+                ),
+                e,
+            )),
+        }
+    }
+
+    /// The names of the service's objects of one kind (`None` if the kind is not installed).
+    async fn list_names(
+        &self,
+        service: &ServiceId,
+        resource: &ApiResource,
+    ) -> Result<Option<Vec<String>>> {
+        let api = self.dynamic(resource);
+        let params = ListParams::default().labels(&Self::selector(service));
+        let key = format!("list {}/{}", resource.kind, self.namespace());
+        match self.backoff.run(&key, || api.list_metadata(&params)).await {
+            Ok(list) => Ok(Some(list.items.iter().map(|o| o.name_any()).collect())),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+            Err(e) => Err(kube_error(
+                format!("list {} of {service}", resource.plural),
+                e,
+            )),
+        }
+    }
+
+    /// Deletes the service's managed objects that `objects` lacks, kind by kind, Deployments
+    /// last; then re-applies objects of `objects` that the listing shows missing although they
+    /// were skipped as unchanged (deleted behind deploykit's back).
+    async fn prune(&self, service: &ServiceId, objects: &[Object]) -> Result<()> {
+        let keep: BTreeSet<String> = objects
+            .iter()
+            .map(|o| self.key(o.kind(), o.name()))
+            .collect();
+        let mut missing = Vec::new();
+        for kind in self.kinds() {
+            let Some(names) = self.list_names(service, &kind.resource).await? else {
+                continue;
+            };
+            for name in &names {
+                if !keep.contains(&self.key(&kind.resource.kind, name)) {
+                    tracing::info!(kind = %kind.resource.kind, name, "deleting, no longer desired");
+                    self.delete_object(&kind.resource, name).await?;
+                }
+            }
+            missing.extend(objects.iter().filter(|o| {
+                o.kind() == kind.resource.kind && !names.iter().any(|n| n == o.name())
+            }));
+        }
+        for object in missing {
+            tracing::warn!(
+                kind = object.kind(),
+                name = object.name(),
+                "missing; applying it again"
+            );
+            self.shared
+                .applied()
+                .remove(&self.key(object.kind(), object.name()));
+            self.apply_object(Some(service), object).await?;
+        }
+        Ok(())
+    }
+
+    async fn list_typed<K>(&self, params: &ListParams, what: &str) -> Result<Vec<K>>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace());
+        let key = format!("list {}/{}", K::kind(&()), self.namespace());
+        self.backoff
+            .run(&key, || api.list(params))
+            .await
+            .map(|l| l.items)
+            .map_err(|e| kube_error(format!("list {what}"), e))
+    }
+
+    /// The pods of `service` (of one revision if given): from the watch cache when it is
+    /// ready, else listed.
+    async fn pods(&self, service: &ServiceId, revision: Option<&RevisionId>) -> Result<Vec<Pod>> {
+        let matches = |pod: &Pod| {
+            let labels = pod.labels();
+            labels.get(LABEL_NAME).map(String::as_str) == Some(service.as_str())
+                && labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGER)
+                && revision.is_none_or(|r| {
+                    labels.get(LABEL_REVISION).map(String::as_str) == Some(r.as_str())
+                })
+        };
+        if let Some(cache) = self.shared.cache()
+            && cache.ready.load(Ordering::Acquire)
+        {
+            return Ok(cache
+                .store
+                .state()
+                .iter()
+                .filter(|p| matches(p))
+                .map(|p| (**p).clone())
+                .collect());
+        }
+        let mut selector = Self::selector(service);
+        if let Some(r) = revision {
+            selector.push_str(&format!(",{LABEL_REVISION}={r}"));
+        }
+        let pods: Vec<Pod> = self
+            .list_typed(
+                &ListParams::default().labels(&selector),
+                &format!("pods of {service}"),
+            )
+            .await?;
+        Ok(pods.into_iter().filter(|p| matches(p)).collect())
+    }
+
+    /// The routing last applied: the [`ANNOTATION_TRAFFIC`] annotation of the route (or of the
+    /// stable Service without a router), see [`render::traffic_holder`].
+    async fn routing(&self, service: &ServiceId) -> Result<Traffic> {
+        let resource = match render::traffic_holder(&self.options.router) {
+            "HTTPRoute" => http_route(),
+            "VirtualService" => virtual_service(),
+            _ => ApiResource::erase::<Service>(&()),
+        };
+        let api = self.dynamic(&resource);
+        let key = self.key(&resource.kind, service.as_str());
+        let found = self
+            .backoff
+            .run(&key, || api.get_opt(service.as_str()))
+            .await
+            .map_err(|e| kube_error(format!("get {} {service}", resource.kind), e))?;
+        let Some(annotation) = found
+            .as_ref()
+            .and_then(|o| o.annotations().get(ANNOTATION_TRAFFIC))
+        else {
+            return Ok(Traffic::default());
+        };
+        serde_json::from_str(annotation).map_err(|e| Error::Corrupt {
+            what: format!(
+                "annotation {ANNOTATION_TRAFFIC} of {} {service}",
+                resource.kind
+            ),
+            source: Box::new(e),
+        })
+    }
+}
+
+/// A kube error as a deploykit error: transient ones (429, 5xx, connection) are retryable.
+fn kube_error(operation: String, e: kube::Error) -> Error {
+    if is_transient(&e) {
+        Error::Transient {
+            operation,
+            source: Box::new(e),
+        }
+    } else {
+        Error::Backend {
+            operation,
+            source: Box::new(e),
+        }
+    }
+}
+
+/// The replicas a Deployment's JSON asks for.
+fn replicas_of(json: &Value) -> Option<u64> {
+    json.pointer("/spec/replicas").and_then(Value::as_u64)
+}
+
+/// An instance as observed from its pod.
+fn instance(pod: &Pod) -> InstanceObservation {
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let containers: Vec<&ContainerStatus> = status
+        .into_iter()
+        .flat_map(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+        })
+        .collect();
+    let restarts: i64 = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .map_or(0, |cs| cs.iter().map(|c| i64::from(c.restart_count)).sum());
+    let failure = containers.iter().find_map(|c| container_failure(c));
+    InstanceObservation::new(
+        pod.name_any(),
+        ready,
+        u32::try_from(restarts.max(0)).unwrap_or(u32::MAX),
+        failure,
+    )
+}
+
+/// Why a container failed, from its waiting state.
+fn container_failure(c: &ContainerStatus) -> Option<InstanceFailure> {
+    let waiting = c.state.as_ref()?.waiting.as_ref()?;
+    let reason = waiting.reason.as_deref()?;
+    let message = waiting.message.as_deref().unwrap_or("");
+    let kind = match reason {
+        "CrashLoopBackOff" => FailureKind::CrashLoop,
+        "CreateContainerConfigError" | "ImagePullBackOff" | "ErrImagePull" | "InvalidImageName" => {
+            FailureKind::Configuration
+        }
+        _ => return None,
+    };
+    let mut text = format!("{}: {reason}", c.name);
+    if !message.is_empty() {
+        text.push_str(&format!(": {message}"));
+    }
+    if kind == FailureKind::CrashLoop
+        && let Some(t) = c.last_state.as_ref().and_then(|s| s.terminated.as_ref())
+    {
+        text.push_str(&format!(" (last exit code {}", t.exit_code));
+        if let Some(r) = &t.reason {
+            text.push_str(&format!(", {r}"));
+        }
+        text.push(')');
+    }
+    Some(InstanceFailure::new(kind, text))
+}
+
+/// Pods that count as instances: not being deleted, not finished.
+fn live(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && !matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+fn instances(pods: &[Pod], revision: &RevisionId) -> Vec<InstanceObservation> {
+    let mut out: Vec<InstanceObservation> = pods
+        .iter()
+        .filter(|p| live(p))
+        .filter(|p| p.labels().get(LABEL_REVISION).map(String::as_str) == Some(revision.as_str()))
+        .map(instance)
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+#[async_trait]
+impl Environment for KubeEnvironment {
+    async fn apply(&self, service: &ServiceId, desired: &DesiredState) -> Result<()> {
+        let secrets = self.resolve_secrets(desired).await?;
+        let objects = render::plan(service, desired, &secrets, &self.options)?.objects;
+        drop(secrets);
+
+        // Scale-downs before scale-ups: reorder the Deployments among their own slots so
+        // that those asking for fewer replicas than last applied go first.
+        let mut order: Vec<usize> = (0..objects.len()).collect();
+        let slots: Vec<usize> = (0..objects.len())
+            .filter(|i| objects[*i].kind() == "Deployment")
+            .collect();
+        if slots.len() > 1 {
+            let applied = self.shared.applied().clone();
+            let shrinking = |o: &Object| {
+                let before =
+                    applied
+                        .get(&self.key(o.kind(), o.name()))
+                        .and_then(|a| match &a.fingerprint {
+                            Fingerprint::Json(j) => replicas_of(j),
+                            Fingerprint::Hash(_) => None,
+                        });
+                matches!((before, replicas_of(&o.to_json())), (Some(b), Some(n)) if n < b)
+            };
+            let mut sorted = slots.clone();
+            sorted.sort_by_key(|i| !shrinking(&objects[*i]));
+            for (slot, i) in slots.into_iter().zip(sorted) {
+                order[slot] = i;
+            }
+        }
+
+        for i in order {
+            self.apply_object(Some(service), &objects[i]).await?;
+        }
+        self.prune(service, &objects).await
+    }
+
+    async fn observe(&self, service: &ServiceId) -> Result<Observed> {
+        let params = ListParams::default().labels(&Self::selector(service));
+        let mut deployments: Vec<Deployment> = self
+            .list_typed(&params, &format!("deployments of {service}"))
+            .await?;
+        if deployments.is_empty() {
+            return Ok(Observed::default());
+        }
+        deployments.sort_by(|a, b| {
+            let ts = |d: &Deployment| d.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            ts(a)
+                .cmp(&ts(b))
+                .then_with(|| a.name_any().cmp(&b.name_any()))
+        });
+        let pods = self.pods(service, None).await?;
+        let routing = self.routing(service).await?;
+
+        let mut revisions = Vec::new();
+        for d in &deployments {
+            if d.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let Some(spec) = d.annotations().get(ANNOTATION_REVISION_SPEC) else {
+                tracing::warn!(deployment = %d.name_any(), "no {ANNOTATION_REVISION_SPEC} annotation; ignored");
+                continue;
+            };
+            let revision: Revision = serde_json::from_str(spec).map_err(|e| Error::Corrupt {
+                what: format!(
+                    "annotation {ANNOTATION_REVISION_SPEC} of Deployment {}",
+                    d.name_any()
+                ),
+                source: Box::new(e),
+            })?;
+            let desired = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .map_or(1, |r| u32::try_from(r.max(0)).unwrap_or(0));
+            let instances = instances(&pods, &revision.id);
+            revisions.push(RevisionObservation::new(
+                Arc::new(revision),
+                desired,
+                instances,
+            ));
+        }
+
+        let counts: Vec<(RevisionId, u32)> = match &routing {
+            Traffic::Routed(routes) => revisions
+                .iter()
+                .filter(|r| r.ready() > 0)
+                .map(|r| (r.revision.id.clone(), routes.weight_of(&r.revision.id)))
+                .collect(),
+            _ => revisions
+                .iter()
+                .map(|r| (r.revision.id.clone(), r.ready()))
+                .collect(),
+        };
+        let traffic = proportional_weights(&counts);
+        Ok(Observed::new(revisions, traffic, routing))
+    }
+
+    async fn teardown(&self, service: &ServiceId) -> Result<()> {
+        let selector = Self::selector(service);
+        for kind in self.kinds() {
+            let api = self.dynamic(&kind.resource);
+            if kind.collection_delete {
+                let key = format!(
+                    "deletecollection {}/{}",
+                    kind.resource.kind,
+                    self.namespace()
+                );
+                let params = ListParams::default().labels(&selector);
+                let delete = DeleteParams::background();
+                let result = self
+                    .backoff
+                    .run(&key, || api.delete_collection(&delete, &params))
+                    .await;
+                match result {
+                    Ok(_) => continue,
+                    Err(kube::Error::Api(s)) if s.code == 404 => continue,
+                    // No deletecollection verb for this kind: delete one by one.
+                    Err(kube::Error::Api(s)) if s.code == 405 => {}
+                    Err(e) => {
+                        return Err(kube_error(
+                            format!("delete {} of {service}", kind.resource.plural),
+                            e,
+                        ));
+                    }
+                }
+            }
+            for name in self
+                .list_names(service, &kind.resource)
+                .await?
+                .unwrap_or_default()
+            {
+                self.delete_object(&kind.resource, &name).await?;
+            }
+        }
+        self.shared
+            .applied()
+            .retain(|_, a| a.service.as_ref() != Some(service));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Monitor for KubeEnvironment {
+    async fn instance_health(
+        &self,
+        service: &ServiceId,
+        revision: &RevisionId,
+    ) -> Result<Vec<InstanceObservation>> {
+        let pods = self.pods(service, Some(revision)).await?;
+        Ok(instances(&pods, revision))
+    }
+
+    async fn query(&self, _query: &MetricQuery) -> Result<Vec<Sample>> {
+        Err(Error::invalid(
+            "query",
+            "KubeEnvironment has no metrics: use deploykit_core::prometheus::PrometheusMonitor \
+             against the cluster's Prometheus",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateTerminated, ContainerStateWaiting, PodCondition, PodStatus,
+    };
+
+    use super::*;
+
+    fn pod(statuses: Vec<ContainerStatus>, ready: bool) -> Pod {
+        Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some("web-1234abcd-x".into()),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
+                container_statuses: Some(statuses),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn waiting(reason: &str, message: &str, restarts: i32) -> ContainerStatus {
+        ContainerStatus {
+            name: "app".into(),
+            restart_count: restarts,
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.into()),
+                    message: Some(message.into()),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn crash_loop_names_container_and_last_exit() {
+        let mut c = waiting(
+            "CrashLoopBackOff",
+            "back-off 40s restarting failed container",
+            4,
+        );
+        c.last_state = Some(ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: 1,
+                reason: Some("Error".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let i = instance(&pod(vec![c], false));
+        assert!(!i.ready);
+        assert_eq!(i.restarts, 4);
+        let f = i.failure.unwrap();
+        assert_eq!(f.kind, FailureKind::CrashLoop);
+        assert_eq!(
+            f.reason,
+            "app: CrashLoopBackOff: back-off 40s restarting failed container (last exit code 1, Error)"
+        );
+    }
+
+    #[test]
+    fn configuration_failures() {
+        for reason in [
+            "CreateContainerConfigError",
+            "ImagePullBackOff",
+            "ErrImagePull",
+            "InvalidImageName",
+        ] {
+            let i = instance(&pod(
+                vec![waiting(reason, "secret \"x\" not found", 0)],
+                false,
+            ));
+            let f = i.failure.unwrap();
+            assert_eq!(f.kind, FailureKind::Configuration);
+            assert_eq!(f.reason, format!("app: {reason}: secret \"x\" not found"));
+        }
+        let i = instance(&pod(vec![waiting("ContainerCreating", "", 0)], false));
+        assert_eq!(i.failure, None);
+    }
+
+    #[test]
+    fn ready_from_condition() {
+        let ok = ContainerStatus {
+            name: "app".into(),
+            restart_count: 1,
+            ready: true,
+            ..Default::default()
+        };
+        let i = instance(&pod(vec![ok], true));
+        assert!(i.ready);
+        assert_eq!(i.restarts, 1);
+        assert_eq!(i.failure, None);
+        assert_eq!(&*i.name, "web-1234abcd-x");
+    }
+}

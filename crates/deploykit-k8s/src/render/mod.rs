@@ -1,0 +1,754 @@
+//! Rendering: the Kubernetes objects deploykit applies for one service to reach a
+//! [`DesiredState`], computed with no cluster and no IO.
+//!
+//! [`plan`] turns a desired state into a [`Plan`]: an ordered list of [`Object`]s that the
+//! environment applies with server-side apply (field manager `deploykit`) and whose absent
+//! members it deletes. [`namespace_plan`] gives the namespace-wide objects.
+//!
+//! # What is rendered
+//!
+//! For service `web` and each revision (`<rev8>` = the first 8 hex digits of its id):
+//!
+//! | object | name | notes |
+//! | --- | --- | --- |
+//! | ConfigMap | `web-<rev8>-env` | immutable; the revision's variables |
+//! | Secret | `web-<rev8>-secrets` | immutable, Opaque; only when the revision has secrets |
+//! | Deployment | `web-<rev8>` | its pod template never changes; the orchestrator sets replicas |
+//!
+//! and for the service:
+//!
+//! | object | name | notes |
+//! | --- | --- | --- |
+//! | Service | `web`, `web-canary`, `web-preview` | port 80 `http` → container port `http` |
+//! | HorizontalPodAutoscaler | `web` | with [`RenderOptions::autoscale`] and exactly one revision |
+//! | PodDisruptionBudget | `web` | `maxUnavailable` [`RenderOptions::pdb_max_unavailable`] |
+//! | NetworkPolicy | `web` | default deny, see [`NetworkOptions`] |
+//! | HTTPRoute / VirtualService | `web` (and HTTPRoute `web-preview`) | see [`Router`] |
+//!
+//! Every object carries [`LABEL_NAME`] and [`LABEL_MANAGED_BY`]; per-revision objects also carry
+//! [`LABEL_REVISION`] and `app.kubernetes.io/version` (the revision's label made a valid label
+//! value). The Deployment carries [`ANNOTATION_REVISION_SPEC`] (the [`Revision`] as JSON) and
+//! [`ANNOTATION_TRAFFIC`] (the applied [`Traffic`] as JSON) on the route, or on the stable
+//! Service without a router (see [`traffic_holder`]).
+//!
+//! # Which Service selects what
+//!
+//! With [`Traffic::ByReadyInstances`] the stable Service selects every pod of the service (a
+//! plain rolling update) and there is no canary or preview Service. With [`Traffic::Routed`]
+//! the stable Service selects the revision with the largest weight (ties: the first listed in
+//! [`DesiredState::revisions`]); the canary Service selects the other revision that has weight,
+//! else the header route's target, else the mirror's target, else (so that it outlives an
+//! abort) the first other revision that is not the preview target; the preview Service selects
+//! [`Routes::preview`]. At most two revisions may have weight, and the header route and mirror
+//! must target the stable or canary revision.
+//!
+//! Services and the route need a port: if any revision has no port, neither is rendered (and
+//! so neither is the [`ANNOTATION_TRAFFIC`] annotation), and missing probes cannot be derived.
+//! Without a [`Router`], weights cannot be honoured: ordinary traffic reaches the stable
+//! Service's revision only, and the others are reachable through their own Services.
+//!
+//! # Security
+//!
+//! With [`RenderOptions::restricted`] (the default) pods meet the *restricted* Pod Security
+//! Standard: non-root, read-only root filesystem (an `emptyDir` is mounted at `/tmp`), no
+//! privilege escalation, every capability dropped, the `RuntimeDefault` seccomp profile, and all
+//! three probes (a missing one is derived as a TCP probe on the port). The service-account
+//! token is not mounted unless [`RenderOptions::service_account_token`] asks for it. Requests
+//! and limits are always set. Images are pinned by digest when the artifact is a `sha256:`
+//! digest (`<repository>@sha256:…`), else tagged with the revision's label.
+
+mod names;
+mod network;
+mod routes;
+mod workload;
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use deploykit_core::secrets::SecretString;
+use deploykit_core::{Autoscale, DesiredState, Error, Resources, Result, RevisionId, ServiceId};
+#[cfg(doc)]
+use deploykit_core::{Revision, Routes, Traffic};
+use k8s_openapi::Resource as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, ResourceQuota, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use serde_json::Value;
+
+/// The value of [`LABEL_MANAGED_BY`] on every object deploykit manages.
+pub const MANAGED_BY: &str = "deploykit";
+/// Label naming the service an object belongs to.
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+/// Label marking objects deploykit manages (value [`MANAGED_BY`]).
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Label carrying the revision id on per-revision objects and their pods.
+pub const LABEL_REVISION: &str = "deploykit.dev/revision";
+/// Deployment annotation holding the full [`Revision`] as JSON, so that observing a cluster can
+/// rebuild it.
+pub const ANNOTATION_REVISION_SPEC: &str = "deploykit.dev/revision-spec";
+/// Stable-Service annotation holding the applied [`Traffic`] as JSON.
+pub const ANNOTATION_TRAFFIC: &str = "deploykit.dev/traffic";
+/// Label carrying the revision's human label (sanitised).
+pub(crate) const LABEL_VERSION: &str = "app.kubernetes.io/version";
+/// The port every rendered Service listens on.
+pub(crate) const SERVICE_PORT: i32 = 80;
+
+/// How objects are rendered: namespace, images, routing, security and sizing.
+///
+/// ```
+/// use deploykit_k8s::render::{RenderOptions, Router};
+/// let options = RenderOptions::new("shop")
+///     .image("web", "registry.example.com/shop/web")
+///     .router(Router::None);
+/// assert!(options.restricted);
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RenderOptions {
+    /// The namespace every object goes in.
+    pub namespace: String,
+    /// Image repository per service name; rendering a service without one fails naming
+    /// `images.<service>`.
+    pub images: BTreeMap<String, String>,
+    /// How traffic reaches the Services.
+    pub router: Router,
+    /// Meet the restricted Pod Security Standard (default true).
+    pub restricted: bool,
+    /// Mount the service-account token in pods (default false).
+    pub service_account_token: bool,
+    /// Requests and limits for values a revision leaves unset (default cpu 100m/500m, memory
+    /// 128/256 MiB); also the namespace's LimitRange defaults. A default limit below a
+    /// revision's request is raised to the request (and a default request above a revision's
+    /// limit lowered to it).
+    pub default_resources: Resources,
+    /// `priorityClassName` of the pods.
+    pub priority_class: Option<String>,
+    /// A HorizontalPodAutoscaler (`autoscaling/v2`) per service targeting the revision's
+    /// Deployment. Rendered only when exactly one revision exists: during a rollout the
+    /// orchestrator owns replica counts. When it is rendered the Deployment omits
+    /// `spec.replicas`, so that the autoscaler owns it under server-side apply.
+    pub autoscale: Option<Autoscale>,
+    /// `maxUnavailable` of the service's PodDisruptionBudget (`policy/v1`, default 1); 0
+    /// renders no budget (one with 0 would block node drains for good).
+    pub pdb_max_unavailable: u32,
+    /// The service's NetworkPolicy.
+    pub network: NetworkOptions,
+    /// A ResourceQuota for the namespace (see [`namespace_plan`]).
+    pub quota: Option<Quota>,
+}
+
+impl RenderOptions {
+    /// Defaults for `namespace`: no images, no router, restricted, no token, default
+    /// resources, no autoscaling, a PodDisruptionBudget of 1, DNS-only egress, no quota.
+    pub fn new(namespace: impl Into<String>) -> Self {
+        RenderOptions {
+            namespace: namespace.into(),
+            images: BTreeMap::new(),
+            router: Router::None,
+            restricted: true,
+            service_account_token: false,
+            default_resources: workload::builtin_resources(),
+            priority_class: None,
+            autoscale: None,
+            pdb_max_unavailable: 1,
+            network: NetworkOptions::default(),
+            quota: None,
+        }
+    }
+
+    /// Use image repository `repository` (no tag or digest) for `service`.
+    #[must_use]
+    pub fn image(mut self, service: impl Into<String>, repository: impl Into<String>) -> Self {
+        self.images.insert(service.into(), repository.into());
+        self
+    }
+
+    /// Route traffic with `router`.
+    #[must_use]
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// Meet the restricted Pod Security Standard, or not.
+    #[must_use]
+    pub fn restricted(mut self, restricted: bool) -> Self {
+        self.restricted = restricted;
+        self
+    }
+
+    /// Mount the service-account token, or not.
+    #[must_use]
+    pub fn service_account_token(mut self, mount: bool) -> Self {
+        self.service_account_token = mount;
+        self
+    }
+
+    /// Requests and limits for values revisions leave unset.
+    #[must_use]
+    pub fn default_resources(mut self, resources: Resources) -> Self {
+        self.default_resources = resources;
+        self
+    }
+
+    /// Autoscale each service within `autoscale`'s bounds.
+    #[must_use]
+    pub fn autoscale(mut self, autoscale: Autoscale) -> Self {
+        self.autoscale = Some(autoscale);
+        self
+    }
+
+    /// Give pods the priority class `name`.
+    #[must_use]
+    pub fn priority_class(mut self, name: impl Into<String>) -> Self {
+        self.priority_class = Some(name.into());
+        self
+    }
+
+    /// `maxUnavailable` of each service's PodDisruptionBudget (0: none).
+    #[must_use]
+    pub fn pdb_max_unavailable(mut self, max_unavailable: u32) -> Self {
+        self.pdb_max_unavailable = max_unavailable;
+        self
+    }
+
+    /// Cap the namespace with `quota`.
+    #[must_use]
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.quota = Some(quota);
+        self
+    }
+
+    /// Network policy options.
+    #[must_use]
+    pub fn network(mut self, network: NetworkOptions) -> Self {
+        self.network = network;
+        self
+    }
+}
+
+/// How traffic reaches a service's Services.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Router {
+    /// No router: only the Services. Weights cannot be honoured (ordinary traffic reaches the
+    /// stable Service's revision).
+    #[default]
+    None,
+    /// Gateway API: an `HTTPRoute` (`gateway.networking.k8s.io/v1`) named `<service>` attached
+    /// to `parent`, with a header-match rule to the header route's Service, a rule with
+    /// weighted backends (stable, canary) and a `RequestMirror` filter with `percent`; and for
+    /// a preview an `HTTPRoute` `<service>-preview` for hostname `preview.<first hostname>`
+    /// (a leading `*.` dropped) to the preview Service. TLS terminates at the Gateway listener
+    /// named by [`ParentRef::section_name`].
+    GatewayApi {
+        /// The Gateway to attach to.
+        parent: ParentRef,
+        /// Hostnames the route serves (empty: every hostname of the listener).
+        hostnames: Vec<String>,
+    },
+    /// Istio: a `VirtualService` (`networking.istio.io/v1`) named `<service>` with the same
+    /// routes: a preview route matching authority `preview.<first host>` (added to the hosts),
+    /// a header route (`match.headers.<name>.exact`), and a weighted route with `mirror` and
+    /// `mirrorPercentage`.
+    Istio {
+        /// Gateways (`namespace/name`) the VirtualService binds to (empty: the mesh).
+        gateways: Vec<String>,
+        /// Hosts it serves; at least one.
+        hosts: Vec<String>,
+    },
+}
+
+/// A Gateway an `HTTPRoute` attaches to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentRef {
+    /// The Gateway's name.
+    pub name: String,
+    /// Its namespace (default: the route's).
+    pub namespace: Option<String>,
+    /// The listener to attach to (e.g. the HTTPS listener, where TLS terminates).
+    pub section_name: Option<String>,
+}
+
+impl ParentRef {
+    /// The Gateway `name` in the route's namespace, every listener.
+    pub fn new(name: impl Into<String>) -> Self {
+        ParentRef {
+            name: name.into(),
+            namespace: None,
+            section_name: None,
+        }
+    }
+
+    /// The Gateway lives in `namespace`.
+    #[must_use]
+    pub fn in_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Attach to the listener `section_name` only.
+    #[must_use]
+    pub fn section(mut self, section_name: impl Into<String>) -> Self {
+        self.section_name = Some(section_name.into());
+        self
+    }
+}
+
+/// What the service's NetworkPolicy allows besides ingress from the service's own pods; with
+/// nothing else allowed it denies everything (a default deny for the app).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkOptions {
+    /// Namespaces whose pods may reach the app port (e.g. the gateway's), selected by
+    /// `kubernetes.io/metadata.name`.
+    pub allow_from_namespaces: Vec<String>,
+    /// Egress allowed to CIDRs.
+    pub allow_egress: Vec<EgressRule>,
+    /// Allow DNS: egress UDP and TCP 53 to `kube-dns` in `kube-system` (default true).
+    pub allow_dns: bool,
+}
+
+impl Default for NetworkOptions {
+    fn default() -> Self {
+        NetworkOptions {
+            allow_from_namespaces: Vec::new(),
+            allow_egress: Vec::new(),
+            allow_dns: true,
+        }
+    }
+}
+
+/// Egress allowed to one CIDR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressRule {
+    /// Destination network, e.g. `10.0.0.0/16`.
+    pub cidr: String,
+    /// TCP ports (empty: every port).
+    pub ports: Vec<u16>,
+}
+
+impl EgressRule {
+    /// Egress to `cidr` on TCP `ports` (empty: all).
+    pub fn new(cidr: impl Into<String>, ports: Vec<u16>) -> Self {
+        EgressRule {
+            cidr: cidr.into(),
+            ports,
+        }
+    }
+}
+
+/// A namespace ResourceQuota: caps on the sum of limits and on the pod count. Leave room for
+/// rollouts, when two revisions run side by side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// Total CPU limit in millicores.
+    pub cpu_millis: u32,
+    /// Total memory limit in MiB.
+    pub memory_mib: u32,
+    /// Most pods.
+    pub pods: u32,
+}
+
+/// Resolved secret values per revision (variable name → value); never printed by Debug.
+pub type SecretValues = BTreeMap<RevisionId, BTreeMap<String, SecretString>>;
+
+/// One Kubernetes object deploykit applies.
+// Unboxed so callers can match and build variants directly; plans hold a handful of objects.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+pub enum Object {
+    /// A revision's variables.
+    ConfigMap(ConfigMap),
+    /// A revision's secret values (never printed by `Debug` nor [`Plan::to_yaml`]).
+    Secret(Secret),
+    /// A revision's pods.
+    Deployment(Deployment),
+    /// The stable, canary or preview Service.
+    Service(Service),
+    /// The service's autoscaler.
+    HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+    /// The service's disruption budget.
+    PodDisruptionBudget(PodDisruptionBudget),
+    /// The service's network policy.
+    NetworkPolicy(NetworkPolicy),
+    /// The namespace's quota.
+    ResourceQuota(ResourceQuota),
+    /// The namespace's default requests and limits.
+    LimitRange(LimitRange),
+    /// A Gateway API `HTTPRoute`.
+    HttpRoute(DynamicObject),
+    /// An Istio `VirtualService`.
+    VirtualService(DynamicObject),
+}
+
+impl fmt::Debug for Object {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Object::ConfigMap(o) => f.debug_tuple("ConfigMap").field(o).finish(),
+            Object::Secret(s) => {
+                let keys: Vec<&String> = s.data.iter().flat_map(|d| d.keys()).collect();
+                f.debug_struct("Secret")
+                    .field("metadata", &s.metadata)
+                    .field("type", &s.type_)
+                    .field("immutable", &s.immutable)
+                    .field("keys", &keys)
+                    .field("data", &"<redacted>")
+                    .finish()
+            }
+            Object::Deployment(o) => f.debug_tuple("Deployment").field(o).finish(),
+            Object::Service(o) => f.debug_tuple("Service").field(o).finish(),
+            Object::HorizontalPodAutoscaler(o) => {
+                f.debug_tuple("HorizontalPodAutoscaler").field(o).finish()
+            }
+            Object::PodDisruptionBudget(o) => {
+                f.debug_tuple("PodDisruptionBudget").field(o).finish()
+            }
+            Object::NetworkPolicy(o) => f.debug_tuple("NetworkPolicy").field(o).finish(),
+            Object::ResourceQuota(o) => f.debug_tuple("ResourceQuota").field(o).finish(),
+            Object::LimitRange(o) => f.debug_tuple("LimitRange").field(o).finish(),
+            Object::HttpRoute(o) => f.debug_tuple("HttpRoute").field(o).finish(),
+            Object::VirtualService(o) => f.debug_tuple("VirtualService").field(o).finish(),
+        }
+    }
+}
+
+/// `kind`, `apiVersion` and `ApiResource` of a typed object.
+macro_rules! typed {
+    ($self:expr, $t:ident => $e:expr, $dynamic:ident => $d:expr) => {
+        match $self {
+            Object::ConfigMap(_) => {
+                type $t = ConfigMap;
+                $e
+            }
+            Object::Secret(_) => {
+                type $t = Secret;
+                $e
+            }
+            Object::Deployment(_) => {
+                type $t = Deployment;
+                $e
+            }
+            Object::Service(_) => {
+                type $t = Service;
+                $e
+            }
+            Object::HorizontalPodAutoscaler(_) => {
+                type $t = HorizontalPodAutoscaler;
+                $e
+            }
+            Object::PodDisruptionBudget(_) => {
+                type $t = PodDisruptionBudget;
+                $e
+            }
+            Object::NetworkPolicy(_) => {
+                type $t = NetworkPolicy;
+                $e
+            }
+            Object::ResourceQuota(_) => {
+                type $t = ResourceQuota;
+                $e
+            }
+            Object::LimitRange(_) => {
+                type $t = LimitRange;
+                $e
+            }
+            Object::HttpRoute(_) => {
+                let $dynamic = routes::HTTP_ROUTE;
+                $d
+            }
+            Object::VirtualService(_) => {
+                let $dynamic = routes::VIRTUAL_SERVICE;
+                $d
+            }
+        }
+    };
+}
+
+impl Object {
+    /// The object's kind, e.g. `Deployment` or `HTTPRoute`.
+    pub fn kind(&self) -> &str {
+        typed!(self, T => T::KIND, d => d.kind)
+    }
+
+    /// The object's `apiVersion`, e.g. `apps/v1`.
+    pub fn api_version(&self) -> &str {
+        typed!(self, T => T::API_VERSION, d => d.api_version)
+    }
+
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        self.metadata().name.as_deref().unwrap_or_default()
+    }
+
+    /// The object's metadata.
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Object::ConfigMap(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
+            Object::Deployment(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::HorizontalPodAutoscaler(o) => &o.metadata,
+            Object::PodDisruptionBudget(o) => &o.metadata,
+            Object::NetworkPolicy(o) => &o.metadata,
+            Object::ResourceQuota(o) => &o.metadata,
+            Object::LimitRange(o) => &o.metadata,
+            Object::HttpRoute(o) | Object::VirtualService(o) => &o.metadata,
+        }
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Object::ConfigMap(o) => &mut o.metadata,
+            Object::Secret(o) => &mut o.metadata,
+            Object::Deployment(o) => &mut o.metadata,
+            Object::Service(o) => &mut o.metadata,
+            Object::HorizontalPodAutoscaler(o) => &mut o.metadata,
+            Object::PodDisruptionBudget(o) => &mut o.metadata,
+            Object::NetworkPolicy(o) => &mut o.metadata,
+            Object::ResourceQuota(o) => &mut o.metadata,
+            Object::LimitRange(o) => &mut o.metadata,
+            Object::HttpRoute(o) | Object::VirtualService(o) => &mut o.metadata,
+        }
+    }
+
+    /// The full object with `apiVersion` and `kind`, as applied: Secret data included
+    /// (base64 in `data`).
+    pub fn to_json(&self) -> Value {
+        let value = match self {
+            Object::ConfigMap(o) => serde_json::to_value(o),
+            Object::Secret(o) => serde_json::to_value(o),
+            Object::Deployment(o) => serde_json::to_value(o),
+            Object::Service(o) => serde_json::to_value(o),
+            Object::HorizontalPodAutoscaler(o) => serde_json::to_value(o),
+            Object::PodDisruptionBudget(o) => serde_json::to_value(o),
+            Object::NetworkPolicy(o) => serde_json::to_value(o),
+            Object::ResourceQuota(o) => serde_json::to_value(o),
+            Object::LimitRange(o) => serde_json::to_value(o),
+            Object::HttpRoute(o) | Object::VirtualService(o) => serde_json::to_value(o),
+        };
+        // Serialising these types to a JSON value cannot fail: every map key is a string.
+        value.unwrap_or(Value::Null)
+    }
+
+    /// [`Object::to_json`] with every Secret `data` and `stringData` value replaced by
+    /// `"<redacted>"`, for showing.
+    pub fn to_redacted_json(&self) -> Value {
+        let mut value = self.to_json();
+        if let Object::Secret(_) = self {
+            for field in ["data", "stringData"] {
+                if let Some(Value::Object(map)) = value.get_mut(field) {
+                    for v in map.values_mut() {
+                        *v = Value::String("<redacted>".into());
+                    }
+                }
+            }
+        }
+        value
+    }
+
+    /// The API resource, for applying every object through one `Api<DynamicObject>` path.
+    pub fn api_resource(&self) -> ApiResource {
+        typed!(self, T => ApiResource::erase::<T>(&()), d => d.api_resource())
+    }
+}
+
+/// Everything deploykit applies for a service, in apply order: ConfigMaps, Secrets,
+/// Deployments, Services, HorizontalPodAutoscaler, PodDisruptionBudget, NetworkPolicy, route.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// The objects, in apply order.
+    pub objects: Vec<Object>,
+}
+
+impl Plan {
+    /// The objects as multi-document YAML (documents separated by `---`, keys sorted after
+    /// `apiVersion`, `kind` and `metadata`), Secret values redacted.
+    pub fn to_yaml(&self) -> String {
+        yaml::to_yaml(self.objects.iter().map(Object::to_redacted_json))
+    }
+
+    /// The object of `kind` named `name`, if any.
+    pub fn get(&self, kind: &str, name: &str) -> Option<&Object> {
+        self.objects
+            .iter()
+            .find(|o| o.kind() == kind && o.name() == name)
+    }
+}
+
+/// Everything deploykit applies for `service` to reach `desired`: the per-revision ConfigMaps,
+/// Secrets and Deployments, then the Services, autoscaler, disruption budget, network policy
+/// and route. Replica counts come from `desired`; everything else from the revisions and
+/// `options` (autoscaling included). `secrets` holds the resolved values of each revision's
+/// secret variables. A desired state with no revisions gives an empty plan.
+///
+/// Fails with [`Error::InvalidSpec`] naming the field on input that cannot be rendered: no
+/// image for the service (`images.<service>`), a custom probe, a missing probe that cannot be
+/// derived (no port, restricted), routes that do not fit stable/canary/preview, invalid
+/// hostnames, a label that cannot be made a label value, a missing secret value.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use deploykit_core::{
+///     DesiredState, Digest, EnvironmentKind, EnvironmentSpec, Revision, RevisionTarget,
+///     ServiceSpec, Traffic,
+/// };
+/// use deploykit_k8s::render::{plan, RenderOptions};
+///
+/// let web = ServiceSpec::builder().name("web").port(8080).build()?;
+/// let prod = EnvironmentSpec::builder()
+///     .name("production")
+///     .kind(EnvironmentKind::Production)
+///     .build()?;
+/// let v1 = Revision::new(&web, &prod, Digest::of_bytes(b"image v1"), "v1")?;
+/// let desired = DesiredState::new(vec![RevisionTarget::new(v1, 3)], Traffic::ByReadyInstances);
+/// let options = RenderOptions::new("shop").image("web", "registry.example.com/web");
+///
+/// let plan = plan(&web.name, &desired, &BTreeMap::new(), &options)?;
+/// let kinds: Vec<&str> = plan.objects.iter().map(|o| o.kind()).collect();
+/// assert_eq!(
+///     kinds,
+///     ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"]
+/// );
+/// assert!(plan.to_yaml().contains("image: registry.example.com/web:v1"));
+/// # Ok::<(), deploykit_core::Error>(())
+/// ```
+pub fn plan(
+    service: &ServiceId,
+    desired: &DesiredState,
+    secrets: &SecretValues,
+    options: &RenderOptions,
+) -> Result<Plan> {
+    names::check_options(service, options)?;
+    if desired.revisions.is_empty() {
+        return Ok(Plan::default());
+    }
+    let layout = network::Layout::of(service, desired)?;
+    let repository = options.images.get(service.as_str()).ok_or_else(|| {
+        Error::invalid(
+            format!("images.{service}"),
+            format!("no image repository for service {service}: set RenderOptions::image"),
+        )
+    })?;
+    names::check_repository(service, repository)?;
+
+    let mut config_maps = Vec::new();
+    let mut secret_objects = Vec::new();
+    let mut deployments = Vec::new();
+    let single = desired.revisions.len() == 1;
+    let hpa = options.autoscale.as_ref().filter(|_| single);
+    for target in &desired.revisions {
+        let rev = workload::RevisionObjects::render(
+            service,
+            target,
+            repository,
+            secrets,
+            options,
+            hpa.is_some(),
+        )?;
+        config_maps.push(Object::ConfigMap(rev.config_map));
+        if let Some(secret) = rev.secret {
+            secret_objects.push(Object::Secret(secret));
+        }
+        deployments.push(Object::Deployment(rev.deployment));
+    }
+
+    let mut objects = config_maps;
+    objects.append(&mut secret_objects);
+    objects.append(&mut deployments);
+    let routable = desired
+        .revisions
+        .iter()
+        .all(|t| t.revision.config.port.is_some());
+    if routable {
+        objects.extend(
+            layout
+                .services(service, options)?
+                .into_iter()
+                .map(Object::Service),
+        );
+    }
+    if let (Some(autoscale), Some(target)) = (hpa, desired.revisions.first()) {
+        objects.push(Object::HorizontalPodAutoscaler(workload::autoscaler(
+            service,
+            &target.revision,
+            autoscale,
+            options,
+        )?));
+    }
+    if options.pdb_max_unavailable > 0 {
+        objects.push(Object::PodDisruptionBudget(workload::disruption_budget(
+            service, options,
+        )?));
+    }
+    let any_port = desired
+        .revisions
+        .iter()
+        .any(|t| t.revision.config.port.is_some());
+    objects.push(Object::NetworkPolicy(network::network_policy(
+        service, any_port, options,
+    )?));
+    if routable {
+        objects.extend(routes::render(service, &layout, options)?);
+    }
+    // The applied traffic rides on the object that carries it — the route, or the stable
+    // Service without a router — so a weight change is exactly one patch.
+    let traffic = serde_json::to_string(&desired.traffic)
+        .map_err(|e| Error::invalid("traffic", format!("cannot be written as JSON: {e}")))?;
+    let holder = traffic_holder(&options.router);
+    if let Some(object) = objects
+        .iter_mut()
+        .find(|o| o.kind() == holder && o.name() == service.as_str())
+    {
+        object
+            .metadata_mut()
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(ANNOTATION_TRAFFIC.to_string(), traffic);
+    }
+    Ok(Plan { objects })
+}
+
+/// The kind of the object named after the service that carries [`ANNOTATION_TRAFFIC`]:
+/// `HTTPRoute` or `VirtualService` with a router, the stable `Service` without one.
+pub fn traffic_holder(router: &Router) -> &'static str {
+    match router {
+        Router::None => "Service",
+        Router::GatewayApi { .. } => "HTTPRoute",
+        Router::Istio { .. } => "VirtualService",
+    }
+}
+
+/// Namespace-wide objects: a LimitRange `deploykit-defaults` giving containers the default
+/// requests and limits, and the ResourceQuota `deploykit-quota` if one is configured.
+pub fn namespace_plan(options: &RenderOptions) -> Vec<Object> {
+    let mut objects = vec![Object::LimitRange(workload::limit_range(options))];
+    if let Some(quota) = &options.quota {
+        objects.push(Object::ResourceQuota(workload::resource_quota(
+            quota, options,
+        )));
+    }
+    objects
+}
+
+/// The group, version, kind and plural of a custom resource rendered as a [`DynamicObject`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CustomKind {
+    pub(crate) group: &'static str,
+    pub(crate) version: &'static str,
+    pub(crate) api_version: &'static str,
+    pub(crate) kind: &'static str,
+    pub(crate) plural: &'static str,
+}
+
+impl CustomKind {
+    pub(crate) fn api_resource(&self) -> ApiResource {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(self.group, self.version, self.kind),
+            self.plural,
+        )
+    }
+}

@@ -1,0 +1,304 @@
+//! The route in front of the Services: a Gateway API `HTTPRoute` or an Istio `VirtualService`,
+//! both rendered as [`DynamicObject`]s.
+
+use deploykit_core::{Error, Result, ServiceId};
+use kube::core::DynamicObject;
+use serde_json::{Map, Value, json};
+
+use super::names::{app_labels, is_dns_label, is_dns_subdomain, is_hostname};
+use super::network::{Layout, canary_name, preview_name, stable_name};
+use super::{CustomKind, Object, RenderOptions, Router, SERVICE_PORT};
+
+/// Gateway API `HTTPRoute`, `gateway.networking.k8s.io/v1`.
+pub(crate) const HTTP_ROUTE: CustomKind = CustomKind {
+    group: "gateway.networking.k8s.io",
+    version: "v1",
+    api_version: "gateway.networking.k8s.io/v1",
+    kind: "HTTPRoute",
+    plural: "httproutes",
+};
+
+/// Istio `VirtualService`, `networking.istio.io/v1`.
+pub(crate) const VIRTUAL_SERVICE: CustomKind = CustomKind {
+    group: "networking.istio.io",
+    version: "v1",
+    api_version: "networking.istio.io/v1",
+    kind: "VirtualService",
+    plural: "virtualservices",
+};
+
+/// Checks the router's names and hostnames.
+pub(crate) fn check_router(router: &Router) -> Result<()> {
+    match router {
+        Router::GatewayApi { parent, hostnames } => {
+            if !is_dns_subdomain(&parent.name) {
+                return Err(Error::invalid(
+                    "router.parent.name",
+                    format!("{:?} is not a Gateway name", parent.name),
+                ));
+            }
+            if let Some(ns) = &parent.namespace
+                && !is_dns_label(ns)
+            {
+                return Err(Error::invalid(
+                    "router.parent.namespace",
+                    format!("{ns:?} is not a namespace name"),
+                ));
+            }
+            if let Some(section) = &parent.section_name
+                && !is_dns_subdomain(section)
+            {
+                return Err(Error::invalid(
+                    "router.parent.section_name",
+                    format!("{section:?} is not a listener name"),
+                ));
+            }
+            check_hosts("router.hostnames", hostnames)
+        }
+        Router::Istio { gateways, hosts } => {
+            for gateway in gateways {
+                let ok = match gateway.split_once('/') {
+                    Some((ns, name)) => is_dns_label(ns) && is_dns_subdomain(name),
+                    None => is_dns_subdomain(gateway),
+                };
+                if !ok {
+                    return Err(Error::invalid(
+                        "router.gateways",
+                        format!("{gateway:?} is not a gateway: use <namespace>/<name> or mesh"),
+                    ));
+                }
+            }
+            if hosts.is_empty() {
+                return Err(Error::invalid(
+                    "router.hosts",
+                    "a VirtualService needs at least one host",
+                ));
+            }
+            let named: Vec<String> = hosts.iter().filter(|h| *h != "*").cloned().collect();
+            check_hosts("router.hosts", &named)
+        }
+        Router::None => Ok(()),
+    }
+}
+
+fn check_hosts(field: &str, hosts: &[String]) -> Result<()> {
+    for host in hosts {
+        if !is_hostname(host) {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{host:?} is not a hostname: lowercase DNS labels separated by dots, \
+                     optionally starting with *."
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `preview.<first host>`, a leading `*.` dropped.
+fn preview_host(field: &str, hosts: &[String]) -> Result<String> {
+    let first = hosts.first().map(|h| h.strip_prefix("*.").unwrap_or(h));
+    match first {
+        Some(host) if host != "*" => Ok(format!("preview.{host}")),
+        _ => Err(Error::invalid(
+            field,
+            "a preview route needs a first hostname to put preview. in front of",
+        )),
+    }
+}
+
+fn object(
+    kind: &CustomKind,
+    name: &str,
+    service: &ServiceId,
+    options: &RenderOptions,
+    spec: Value,
+) -> DynamicObject {
+    let mut obj = DynamicObject::new(name, &kind.api_resource())
+        .within(&options.namespace)
+        .data(json!({ "spec": spec }));
+    obj.metadata.labels = Some(app_labels(service));
+    obj
+}
+
+/// The route objects for `layout` under `options.router`.
+pub(crate) fn render(
+    service: &ServiceId,
+    layout: &Layout<'_>,
+    options: &RenderOptions,
+) -> Result<Vec<Object>> {
+    match &options.router {
+        Router::None => Ok(Vec::new()),
+        Router::GatewayApi { parent, hostnames } => {
+            let mut parent_ref = Map::new();
+            parent_ref.insert("group".into(), json!("gateway.networking.k8s.io"));
+            parent_ref.insert("kind".into(), json!("Gateway"));
+            parent_ref.insert("name".into(), json!(parent.name));
+            if let Some(ns) = &parent.namespace {
+                parent_ref.insert("namespace".into(), json!(ns));
+            }
+            if let Some(section) = &parent.section_name {
+                parent_ref.insert("sectionName".into(), json!(section));
+            }
+            let parent_refs = json!([parent_ref]);
+            let backend = |name: String, weight: Option<u32>| {
+                let mut b = json!({ "name": name, "port": SERVICE_PORT });
+                if let Some(w) = weight {
+                    b["weight"] = json!(w);
+                }
+                b
+            };
+
+            let mut rules = Vec::new();
+            let mut default_rule = Map::new();
+            match (layout.routes, layout.stable) {
+                (Some(routes), Some(stable)) => {
+                    if let Some(h) = &routes.header {
+                        rules.push(json!({
+                            "matches": [{
+                                "headers": [{
+                                    "type": "Exact",
+                                    "name": h.name.to_ascii_lowercase(),
+                                    "value": h.value,
+                                }],
+                            }],
+                            "backendRefs": [backend(layout.service_of(service, &h.revision), None)],
+                        }));
+                    }
+                    let mut backends = vec![backend(
+                        stable_name(service),
+                        Some(routes.weight_of(&stable.id)),
+                    )];
+                    if let Some(canary) = layout.canary {
+                        let w = routes.weight_of(&canary.id);
+                        if w > 0 {
+                            backends.push(backend(canary_name(service), Some(w)));
+                        }
+                    }
+                    default_rule.insert("backendRefs".into(), json!(backends));
+                    if let Some(m) = &routes.mirror {
+                        default_rule.insert(
+                            "filters".into(),
+                            json!([{
+                                "type": "RequestMirror",
+                                "requestMirror": {
+                                    "backendRef": backend(layout.service_of(service, &m.revision), None),
+                                    "percent": m.percent.percent(),
+                                },
+                            }]),
+                        );
+                    }
+                }
+                _ => {
+                    default_rule.insert(
+                        "backendRefs".into(),
+                        json!([backend(stable_name(service), None)]),
+                    );
+                }
+            }
+            rules.push(Value::Object(default_rule));
+            let mut spec = json!({ "parentRefs": parent_refs, "rules": rules });
+            if !hostnames.is_empty() {
+                spec["hostnames"] = json!(hostnames);
+            }
+            let mut out = vec![Object::HttpRoute(object(
+                &HTTP_ROUTE,
+                service.as_str(),
+                service,
+                options,
+                spec,
+            ))];
+            if layout.preview.is_some() {
+                let host = preview_host("router.hostnames", hostnames)?;
+                let spec = json!({
+                    "parentRefs": parent_refs,
+                    "hostnames": [host],
+                    "rules": [{ "backendRefs": [backend(preview_name(service), None)] }],
+                });
+                out.push(Object::HttpRoute(object(
+                    &HTTP_ROUTE,
+                    &preview_name(service),
+                    service,
+                    options,
+                    spec,
+                )));
+            }
+            Ok(out)
+        }
+        Router::Istio { gateways, hosts } => {
+            let destination =
+                |name: String| json!({ "host": name, "port": { "number": SERVICE_PORT } });
+            let mut all_hosts = hosts.clone();
+            let mut http = Vec::new();
+            if layout.preview.is_some() {
+                let host = preview_host("router.hosts", hosts)?;
+                http.push(json!({
+                    "name": "preview",
+                    "match": [{ "authority": { "exact": host } }],
+                    "route": [{ "destination": destination(preview_name(service)) }],
+                }));
+                all_hosts.push(host);
+            }
+            let mut primary = Map::new();
+            primary.insert("name".into(), json!("primary"));
+            match (layout.routes, layout.stable) {
+                (Some(routes), Some(stable)) => {
+                    if let Some(h) = &routes.header {
+                        let mut headers = Map::new();
+                        headers.insert(h.name.to_ascii_lowercase(), json!({ "exact": h.value }));
+                        http.push(json!({
+                            "name": "header",
+                            "match": [{ "headers": headers }],
+                            "route": [{ "destination": destination(layout.service_of(service, &h.revision)) }],
+                        }));
+                    }
+                    let canary_weight = layout.canary.map_or(0, |c| routes.weight_of(&c.id));
+                    let route = if canary_weight > 0 {
+                        json!([
+                            {
+                                "destination": destination(stable_name(service)),
+                                "weight": routes.weight_of(&stable.id),
+                            },
+                            {
+                                "destination": destination(canary_name(service)),
+                                "weight": canary_weight,
+                            },
+                        ])
+                    } else {
+                        json!([{ "destination": destination(stable_name(service)) }])
+                    };
+                    primary.insert("route".into(), route);
+                    if let Some(m) = &routes.mirror {
+                        primary.insert(
+                            "mirror".into(),
+                            destination(layout.service_of(service, &m.revision)),
+                        );
+                        primary.insert(
+                            "mirrorPercentage".into(),
+                            json!({ "value": f64::from(m.percent.percent()) }),
+                        );
+                    }
+                }
+                _ => {
+                    primary.insert(
+                        "route".into(),
+                        json!([{ "destination": destination(stable_name(service)) }]),
+                    );
+                }
+            }
+            http.push(Value::Object(primary));
+            let mut spec = json!({ "hosts": all_hosts, "http": http });
+            if !gateways.is_empty() {
+                spec["gateways"] = json!(gateways);
+            }
+            Ok(vec![Object::VirtualService(object(
+                &VIRTUAL_SERVICE,
+                service.as_str(),
+                service,
+                options,
+                spec,
+            ))])
+        }
+    }
+}

@@ -1,0 +1,1055 @@
+//! Rendering tests: golden YAML per strategy, schema round trips, restricted pod security,
+//! minimal diffs between canary steps, errors, and secret redaction.
+//!
+//! Golden files live in `tests/golden/<name>.yaml`; `UPDATE_GOLDEN=1 cargo test -p
+//! deploykit-k8s --test render` rewrites them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploykit_core::secrets::SecretString;
+use deploykit_core::{
+    Autoscale, DesiredState, Digest, EnvironmentKind, EnvironmentSpec, HeaderRoute, HealthChecks,
+    Mirror, Probe, ProbeAction, Resources, Revision, RevisionTarget, Routes, ServiceSpec, Traffic,
+    Weight,
+};
+use deploykit_k8s::render::{
+    self, ANNOTATION_REVISION_SPEC, ANNOTATION_TRAFFIC, EgressRule, LABEL_MANAGED_BY, LABEL_NAME,
+    LABEL_REVISION, MANAGED_BY, NetworkOptions, Object, ParentRef, Plan, Quota, RenderOptions,
+    Router, SecretValues,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, ResourceQuota, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+const SECRET_VALUE: &str = "postgres://app:hunter2-sekrit@db/shop";
+
+fn sha(c: char) -> Digest {
+    Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
+}
+
+fn http_probe(path: &str) -> Probe {
+    Probe::builder()
+        .action(ProbeAction::http(path))
+        .period(Duration::from_secs(5))
+        .timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap()
+}
+
+fn web() -> ServiceSpec {
+    ServiceSpec::builder()
+        .name("web")
+        .port(8080)
+        .command(vec!["/app/server".into(), "--listen=:8080".into()])
+        .variables(BTreeMap::from([("LOG_LEVEL".into(), "info".into())]))
+        .secrets(BTreeMap::from([(
+            "DATABASE_URL".into(),
+            "production.database_url".into(),
+        )]))
+        .health(
+            HealthChecks::builder()
+                .readiness(http_probe("/ready"))
+                .liveness(http_probe("/live"))
+                .build(),
+        )
+        .resources(
+            Resources::builder()
+                .cpu_request_millis(250)
+                .cpu_limit_millis(1000)
+                .memory_request_mib(256)
+                .memory_limit_mib(512)
+                .build(),
+        )
+        .build()
+        .unwrap()
+}
+
+fn production() -> EnvironmentSpec {
+    EnvironmentSpec::builder()
+        .name("production")
+        .kind(EnvironmentKind::Production)
+        .replicas(3)
+        .variables(BTreeMap::from([("REGION".into(), "eu-west-1".into())]))
+        .build()
+        .unwrap()
+}
+
+fn revisions() -> (Arc<Revision>, Arc<Revision>) {
+    let v1 = Revision::new(&web(), &production(), sha('a'), "v1").unwrap();
+    let v2 = Revision::new(&web(), &production(), sha('b'), "v2").unwrap();
+    (Arc::new(v1), Arc::new(v2))
+}
+
+fn secrets_for(revs: &[&Arc<Revision>]) -> SecretValues {
+    revs.iter()
+        .map(|r| {
+            (
+                r.id.clone(),
+                BTreeMap::from([("DATABASE_URL".to_string(), SecretString::from(SECRET_VALUE))]),
+            )
+        })
+        .collect()
+}
+
+fn gateway() -> Router {
+    Router::GatewayApi {
+        parent: ParentRef::new("public-gateway")
+            .in_namespace("gateway")
+            .section("https"),
+        hostnames: vec!["shop.example.com".into()],
+    }
+}
+
+fn istio() -> Router {
+    Router::Istio {
+        gateways: vec!["istio-ingress/public-gateway".into()],
+        hosts: vec!["shop.example.com".into()],
+    }
+}
+
+fn options(router: Router) -> RenderOptions {
+    RenderOptions::new("shop")
+        .image("web", "registry.example.com/shop/web")
+        .router(router)
+        .network(NetworkOptions {
+            allow_from_namespaces: vec!["gateway".into()],
+            allow_egress: vec![EgressRule::new("10.20.0.0/16", vec![5432])],
+            allow_dns: true,
+        })
+}
+
+fn canary_routes(percent: u32) -> Routes {
+    let (v1, v2) = revisions();
+    let mut routes = Routes::split(&v1.id, &v2.id, Weight::new(percent).unwrap());
+    routes.header = Some(HeaderRoute::new("x-canary", "always", v2.id.clone()));
+    routes
+}
+
+fn two(traffic: Traffic) -> DesiredState {
+    let (v1, v2) = revisions();
+    DesiredState::new(
+        vec![RevisionTarget::new(v1, 3), RevisionTarget::new(v2, 1)],
+        traffic,
+    )
+}
+
+fn render(desired: &DesiredState, options: &RenderOptions) -> Plan {
+    let (v1, v2) = revisions();
+    let secrets = secrets_for(&[&v1, &v2]);
+    render::plan(&web().name, desired, &secrets, options).unwrap()
+}
+
+/// The plans the golden files hold.
+fn scenarios() -> Vec<(&'static str, Plan)> {
+    let (v1, v2) = revisions();
+    let autoscale = Autoscale::builder().min_replicas(2).max_replicas(6).build();
+    let rolling = options(gateway()).autoscale(autoscale);
+    let one = DesiredState::new(
+        vec![RevisionTarget::new(v1.clone(), 3)],
+        Traffic::ByReadyInstances,
+    );
+    let mut blue_green = Routes::all_to(&v1.id);
+    blue_green.preview = Some(v2.id.clone());
+    let mut preview = Routes::all_to(&v1.id);
+    preview.preview = Some(v2.id.clone());
+    vec![
+        ("rolling_one", render(&one, &rolling)),
+        (
+            "rolling_two",
+            render(&two(Traffic::ByReadyInstances), &rolling),
+        ),
+        (
+            "blue_green",
+            render(&two(Traffic::routed(blue_green)), &options(gateway())),
+        ),
+        (
+            "canary_gateway",
+            render(
+                &two(Traffic::routed(canary_routes(25))),
+                &options(gateway()),
+            ),
+        ),
+        (
+            "canary_istio",
+            render(&two(Traffic::routed(canary_routes(25))), &options(istio())),
+        ),
+        (
+            "preview_istio",
+            render(&two(Traffic::routed(preview)), &options(istio())),
+        ),
+    ]
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.yaml"));
+    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run with UPDATE_GOLDEN=1 to create it",
+            path.display()
+        )
+    });
+    if expected != actual {
+        let line = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{} differs from the rendering at line {}:\n  golden:   {:?}\n  rendered: {:?}\n\
+             rerun with UPDATE_GOLDEN=1 and review the diff if the change is intended",
+            path.display(),
+            line + 1,
+            expected.lines().nth(line),
+            actual.lines().nth(line)
+        );
+    }
+}
+
+#[test]
+fn golden_plans() {
+    for (name, plan) in scenarios() {
+        golden(name, &plan.to_yaml());
+    }
+    let namespace = RenderOptions::new("shop").quota(Quota {
+        cpu_millis: 8000,
+        memory_mib: 16384,
+        pods: 40,
+    });
+    let yaml = Plan {
+        objects: render::namespace_plan(&namespace),
+    }
+    .to_yaml();
+    golden("namespace", &yaml);
+}
+
+fn kinds(plan: &Plan) -> Vec<String> {
+    plan.objects
+        .iter()
+        .map(|o| format!("{}/{}", o.kind(), o.name()))
+        .collect()
+}
+
+#[test]
+fn objects_come_in_apply_order() {
+    let plans: BTreeMap<&str, Plan> = scenarios().into_iter().collect();
+    let (v1, v2) = revisions();
+    let (r1, r2) = (&v1.id.as_str()[..8], &v2.id.as_str()[..8]);
+    assert_eq!(
+        kinds(&plans["rolling_one"]),
+        [
+            format!("ConfigMap/web-{r1}-env"),
+            format!("Secret/web-{r1}-secrets"),
+            format!("Deployment/web-{r1}"),
+            "Service/web".into(),
+            "HorizontalPodAutoscaler/web".into(),
+            "PodDisruptionBudget/web".into(),
+            "NetworkPolicy/web".into(),
+            "HTTPRoute/web".into(),
+        ]
+    );
+    assert_eq!(
+        kinds(&plans["canary_gateway"]),
+        [
+            format!("ConfigMap/web-{r1}-env"),
+            format!("ConfigMap/web-{r2}-env"),
+            format!("Secret/web-{r1}-secrets"),
+            format!("Secret/web-{r2}-secrets"),
+            format!("Deployment/web-{r1}"),
+            format!("Deployment/web-{r2}"),
+            "Service/web".into(),
+            "Service/web-canary".into(),
+            "PodDisruptionBudget/web".into(),
+            "NetworkPolicy/web".into(),
+            "HTTPRoute/web".into(),
+        ]
+    );
+    let blue_green = kinds(&plans["blue_green"]);
+    assert!(blue_green.contains(&"Service/web-preview".to_string()));
+    assert!(!blue_green.contains(&"Service/web-canary".to_string()));
+    assert!(blue_green.ends_with(&["HTTPRoute/web".into(), "HTTPRoute/web-preview".into()]));
+    assert!(kinds(&plans["canary_istio"]).ends_with(&["VirtualService/web".into()]));
+}
+
+/// `T` must hold every field of `json`: serde drops unknown ones, so a difference after the
+/// round trip is a field the schema does not have.
+fn round_trip<T: DeserializeOwned + Serialize>(json: &Value) {
+    let typed: T = serde_json::from_value(json.clone()).unwrap_or_else(|e| {
+        panic!(
+            "{} does not parse: {e}\n{json:#}",
+            std::any::type_name::<T>()
+        )
+    });
+    let back = serde_json::to_value(&typed).unwrap();
+    assert_eq!(&back, json, "{} lost fields", std::any::type_name::<T>());
+}
+
+#[test]
+fn every_object_fits_its_schema() {
+    let mut plans: Vec<Plan> = scenarios().into_iter().map(|(_, p)| p).collect();
+    plans.push(Plan {
+        objects: render::namespace_plan(&RenderOptions::new("shop").quota(Quota {
+            cpu_millis: 1000,
+            memory_mib: 1024,
+            pods: 10,
+        })),
+    });
+    let mut seen = BTreeMap::<String, usize>::new();
+    for plan in &plans {
+        for object in &plan.objects {
+            let json = object.to_json();
+            assert_eq!(json["kind"], object.kind());
+            assert_eq!(json["apiVersion"], object.api_version());
+            assert_eq!(json["metadata"]["name"], object.name());
+            let labels = &json["metadata"]["labels"];
+            assert_eq!(labels[LABEL_MANAGED_BY], MANAGED_BY, "{}", object.name());
+            let resource = object.api_resource();
+            assert_eq!(resource.kind, object.kind());
+            assert_eq!(resource.api_version, object.api_version());
+            match object {
+                Object::ConfigMap(_) => round_trip::<ConfigMap>(&json),
+                Object::Secret(_) => round_trip::<Secret>(&json),
+                Object::Deployment(_) => round_trip::<Deployment>(&json),
+                Object::Service(_) => round_trip::<Service>(&json),
+                Object::HorizontalPodAutoscaler(_) => round_trip::<HorizontalPodAutoscaler>(&json),
+                Object::PodDisruptionBudget(_) => round_trip::<PodDisruptionBudget>(&json),
+                Object::NetworkPolicy(_) => round_trip::<NetworkPolicy>(&json),
+                Object::ResourceQuota(_) => round_trip::<ResourceQuota>(&json),
+                Object::LimitRange(_) => round_trip::<LimitRange>(&json),
+                Object::HttpRoute(_) => {
+                    assert_eq!(resource.plural, "httproutes");
+                    round_trip::<gateway_api::HttpRoute>(&json)
+                }
+                Object::VirtualService(_) => {
+                    assert_eq!(resource.plural, "virtualservices");
+                    round_trip::<istio::VirtualService>(&json)
+                }
+            }
+            *seen.entry(object.kind().to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), 11, "every kind is covered: {seen:?}");
+}
+
+#[test]
+fn pods_meet_the_restricted_standard() {
+    for (name, plan) in scenarios() {
+        for object in &plan.objects {
+            let Object::Deployment(d) = object else {
+                continue;
+            };
+            let spec = d.spec.as_ref().unwrap();
+            let pod = spec.template.spec.as_ref().unwrap();
+            let ctx = pod.security_context.as_ref().unwrap();
+            assert_eq!(ctx.run_as_non_root, Some(true), "{name}");
+            assert_eq!(
+                ctx.seccomp_profile.as_ref().unwrap().type_,
+                "RuntimeDefault"
+            );
+            assert_eq!(pod.automount_service_account_token, Some(false));
+            assert_eq!(pod.containers.len(), 1);
+            let c = &pod.containers[0];
+            assert_eq!(c.name, "app");
+            let sc = c.security_context.as_ref().unwrap();
+            assert_eq!(sc.run_as_non_root, Some(true));
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            assert_eq!(
+                sc.capabilities.as_ref().unwrap().drop,
+                Some(vec!["ALL".to_string()])
+            );
+            let mounts = c.volume_mounts.as_ref().unwrap();
+            assert!(mounts.iter().any(|m| m.mount_path == "/tmp"));
+            let res = c.resources.as_ref().unwrap();
+            for set in [&res.requests, &res.limits] {
+                let set = set.as_ref().unwrap();
+                assert!(set.contains_key("cpu") && set.contains_key("memory"));
+            }
+            assert!(c.readiness_probe.is_some());
+            assert!(c.liveness_probe.is_some());
+            assert!(c.startup_probe.is_some());
+            let image = c.image.as_deref().unwrap();
+            let labels = d.metadata.labels.as_ref().unwrap();
+            let expected_digest = if labels["app.kubernetes.io/version"] == "v1" {
+                sha('a')
+            } else {
+                sha('b')
+            };
+            assert_eq!(
+                image,
+                format!("registry.example.com/shop/web@{expected_digest}")
+            );
+            let ports = c.ports.as_ref().unwrap();
+            assert_eq!(ports[0].name.as_deref(), Some("http"));
+            assert_eq!(ports[0].container_port, 8080);
+        }
+    }
+}
+
+#[test]
+fn deployments_carry_labels_annotations_and_replicas() {
+    let plans: BTreeMap<&str, Plan> = scenarios().into_iter().collect();
+    let (v1, _) = revisions();
+    let deployment = |plan: &Plan, i: usize| -> Deployment {
+        let deployments: Vec<&Deployment> = plan
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::Deployment(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        deployments[i].clone()
+    };
+    // One revision with autoscaling: the HPA owns replicas.
+    let d = deployment(&plans["rolling_one"], 0);
+    assert_eq!(d.spec.as_ref().unwrap().replicas, None);
+    let spec = &d.metadata.annotations.as_ref().unwrap()[ANNOTATION_REVISION_SPEC];
+    let parsed: Revision = serde_json::from_str(spec).unwrap();
+    assert_eq!(parsed, *v1);
+    let labels = d.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels[LABEL_NAME], "web");
+    assert_eq!(labels[LABEL_REVISION], v1.id.as_str());
+    let hpa = plans["rolling_one"]
+        .get("HorizontalPodAutoscaler", "web")
+        .unwrap()
+        .to_json();
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["name"],
+        format!("web-{}", &v1.id.as_str()[..8])
+    );
+    // Two revisions: no HPA, the orchestrator's counts.
+    let plan = &plans["rolling_two"];
+    assert!(plan.get("HorizontalPodAutoscaler", "web").is_none());
+    assert_eq!(deployment(plan, 0).spec.unwrap().replicas, Some(3));
+    assert_eq!(deployment(plan, 1).spec.unwrap().replicas, Some(1));
+    // By ready instances the stable Service selects every pod.
+    let svc = plan.get("Service", "web").unwrap().to_json();
+    assert_eq!(
+        svc["spec"]["selector"],
+        serde_json::json!({ LABEL_NAME: "web" })
+    );
+    // The route carries the routing applied (the stable Service does without a router).
+    let holder = plan
+        .objects
+        .iter()
+        .find(|o| matches!(o, Object::HttpRoute(_) | Object::VirtualService(_)))
+        .map_or_else(|| svc.clone(), Object::to_json);
+    let traffic: Traffic = serde_json::from_str(
+        holder["metadata"]["annotations"][ANNOTATION_TRAFFIC]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(traffic, Traffic::ByReadyInstances);
+    // Probes: the HTTP probes as given, the startup probe derived on the named port.
+    let c = &deployment(plan, 0)
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0];
+    let ready = c.readiness_probe.as_ref().unwrap();
+    let get = ready.http_get.as_ref().unwrap();
+    assert_eq!(get.path.as_deref(), Some("/ready"));
+    assert_eq!(get.port, IntOrString::String("http".into()));
+    assert_eq!(ready.timeout_seconds, Some(2), "1.5 s rounds up");
+    assert_eq!(ready.period_seconds, Some(5));
+    let startup = c.startup_probe.as_ref().unwrap();
+    assert_eq!(
+        startup.tcp_socket.as_ref().unwrap().port,
+        IntOrString::String("http".into())
+    );
+}
+
+#[test]
+fn routed_services_select_stable_and_canary() {
+    let (v1, v2) = revisions();
+    let plan = render(
+        &two(Traffic::routed(canary_routes(25))),
+        &options(gateway()),
+    );
+    let selector =
+        |name: &str| plan.get("Service", name).unwrap().to_json()["spec"]["selector"].clone();
+    assert_eq!(selector("web")[LABEL_REVISION], v1.id.as_str());
+    assert_eq!(selector("web-canary")[LABEL_REVISION], v2.id.as_str());
+    let route = plan.get("HTTPRoute", "web").unwrap().to_json();
+    let rules = route["spec"]["rules"].as_array().unwrap();
+    assert_eq!(rules[0]["matches"][0]["headers"][0]["name"], "x-canary");
+    assert_eq!(rules[0]["backendRefs"][0]["name"], "web-canary");
+    assert_eq!(rules[1]["backendRefs"][0]["weight"], 75);
+    assert_eq!(rules[1]["backendRefs"][1]["weight"], 25);
+    assert_eq!(route["spec"]["parentRefs"][0]["sectionName"], "https");
+}
+
+#[test]
+fn mirrors_render_for_both_routers() {
+    let (_, v2) = revisions();
+    let mut routes = canary_routes(10);
+    routes.mirror = Some(Mirror::new(v2.id.clone(), Weight::new(20).unwrap()));
+    let desired = two(Traffic::routed(routes));
+    let plan = render(&desired, &options(gateway()));
+    let route = plan.get("HTTPRoute", "web").unwrap().to_json();
+    round_trip::<gateway_api::HttpRoute>(&route);
+    let filter = &route["spec"]["rules"][1]["filters"][0];
+    assert_eq!(filter["type"], "RequestMirror");
+    assert_eq!(filter["requestMirror"]["backendRef"]["name"], "web-canary");
+    assert_eq!(filter["requestMirror"]["percent"], 20);
+
+    let plan = render(&desired, &options(istio()));
+    let vs = plan.get("VirtualService", "web").unwrap().to_json();
+    round_trip::<istio::VirtualService>(&vs);
+    let primary = &vs["spec"]["http"][1];
+    assert_eq!(primary["mirror"]["host"], "web-canary");
+    assert_eq!(primary["mirrorPercentage"]["value"], 20.0);
+    assert_eq!(primary["route"][0]["weight"], 90);
+}
+
+/// The objects of `a` and `b` whose JSON differs, by kind/name.
+fn changed(a: &Plan, b: &Plan) -> Vec<String> {
+    assert_eq!(kinds(a), kinds(b), "the same objects exist");
+    a.objects
+        .iter()
+        .zip(&b.objects)
+        .filter(|(x, y)| x.to_json() != y.to_json())
+        .map(|(x, _)| format!("{}/{}", x.kind(), x.name()))
+        .collect()
+}
+
+#[test]
+fn canary_steps_and_abort_change_only_the_route() {
+    for router in [gateway(), istio()] {
+        let route = if matches!(router, Router::Istio { .. }) {
+            "VirtualService/web"
+        } else {
+            "HTTPRoute/web"
+        };
+        let options = options(router);
+        let at25 = render(&two(Traffic::routed(canary_routes(25))), &options);
+        let at50 = render(&two(Traffic::routed(canary_routes(50))), &options);
+        assert_eq!(changed(&at25, &at50), [route]);
+        // Abort: all traffic back to stable; the canary revision and its Service remain.
+        let (v1, _) = revisions();
+        let aborted = render(&two(Traffic::routed(Routes::all_to(&v1.id))), &options);
+        assert_eq!(changed(&at25, &aborted), [route]);
+        assert!(aborted.get("Service", "web-canary").is_some());
+        // The route records the routing applied, so the step is one object.
+        let (kind, name) = route.split_once('/').unwrap();
+        let annotation = |plan: &Plan| {
+            plan.get(kind, name).unwrap().to_json()["metadata"]["annotations"][ANNOTATION_TRAFFIC]
+                .clone()
+        };
+        assert!(annotation(&at25).is_string());
+        assert_ne!(annotation(&at25), annotation(&at50));
+    }
+}
+
+fn message(result: deploykit_core::Result<Plan>) -> String {
+    result.unwrap_err().to_string()
+}
+
+#[test]
+fn errors_name_the_field() {
+    let (v1, _) = revisions();
+    let one = DesiredState::new(vec![RevisionTarget::new(v1.clone(), 1)], Traffic::default());
+    let secrets = secrets_for(&[&v1]);
+    let name = web().name;
+
+    let no_image = RenderOptions::new("shop");
+    let err = message(render::plan(&name, &one, &secrets, &no_image));
+    assert_eq!(
+        err,
+        "invalid images.web: no image repository for service web: set RenderOptions::image"
+    );
+
+    // A custom probe.
+    let custom = ServiceSpec::builder()
+        .name("web")
+        .port(8080)
+        .health(
+            HealthChecks::builder()
+                .readiness(
+                    Probe::builder()
+                        .action(ProbeAction::Custom {
+                            name: "warm-cache".into(),
+                        })
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .build()
+        .unwrap();
+    let rev = Revision::new(&custom, &production(), sha('c'), "v3").unwrap();
+    let desired = DesiredState::new(vec![RevisionTarget::new(rev, 1)], Traffic::default());
+    let err = message(render::plan(&name, &desired, &secrets, &options(gateway())));
+    assert_eq!(
+        err,
+        "invalid health.readiness: custom probe warm-cache cannot run on Kubernetes: use http, \
+         tcp or exec"
+    );
+
+    // No port, no probes, restricted: nothing to derive probes from.
+    let worker = ServiceSpec::builder().name("web").build().unwrap();
+    let rev = Revision::new(&worker, &production(), sha('d'), "v4").unwrap();
+    let desired = DesiredState::new(vec![RevisionTarget::new(rev, 1)], Traffic::default());
+    let err = message(render::plan(&name, &desired, &secrets, &options(gateway())));
+    assert!(
+        err.starts_with(
+            "invalid health.readiness: service web has no port, so its missing readiness probe \
+             cannot be derived"
+        ),
+        "{err}"
+    );
+    // Not restricted: it renders, without Services, route or probes.
+    let plan = render::plan(
+        &name,
+        &desired,
+        &secrets,
+        &options(gateway()).restricted(false),
+    )
+    .unwrap();
+    assert_eq!(
+        kinds(&plan)
+            .iter()
+            .map(|k| k.split('/').next().unwrap())
+            .collect::<Vec<_>>(),
+        [
+            "ConfigMap",
+            "Deployment",
+            "PodDisruptionBudget",
+            "NetworkPolicy"
+        ]
+    );
+    let Some(Object::Deployment(d)) = plan.objects.get(1) else {
+        panic!("a Deployment");
+    };
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert!(pod.security_context.is_none());
+    assert!(pod.containers[0].readiness_probe.is_none());
+    assert!(pod.containers[0].ports.is_none());
+
+    // A missing secret value.
+    let err = message(render::plan(
+        &name,
+        &one,
+        &BTreeMap::new(),
+        &options(gateway()),
+    ));
+    assert!(
+        err.starts_with(&format!("invalid secrets.{}.DATABASE_URL: no value", v1.id)),
+        "{err}"
+    );
+
+    // Routes that do not fit.
+    let bad_host = options(Router::GatewayApi {
+        parent: ParentRef::new("gw"),
+        hostnames: vec!["Shop.Example.com".into()],
+    });
+    assert!(
+        message(render::plan(&name, &one, &secrets, &bad_host))
+            .starts_with("invalid router.hostnames")
+    );
+    let no_hosts = options(Router::Istio {
+        gateways: vec![],
+        hosts: vec![],
+    });
+    assert!(
+        message(render::plan(&name, &one, &secrets, &no_hosts)).starts_with("invalid router.hosts")
+    );
+    let (_, v2) = revisions();
+    let mut preview = Routes::all_to(&v1.id);
+    preview.preview = Some(v2.id.clone());
+    let no_preview_host = options(Router::GatewayApi {
+        parent: ParentRef::new("gw"),
+        hostnames: vec![],
+    });
+    let err = message(render::plan(
+        &name,
+        &two(Traffic::routed(preview)),
+        &secrets_for(&[&v1, &v2]),
+        &no_preview_host,
+    ));
+    assert!(
+        err.starts_with("invalid router.hostnames: a preview route"),
+        "{err}"
+    );
+    let stray = Routes::all_to(
+        &Revision::new(&web(), &production(), sha('e'), "v9")
+            .unwrap()
+            .id,
+    );
+    let err = message(render::plan(
+        &name,
+        &DesiredState::new(
+            vec![RevisionTarget::new(v1.clone(), 1)],
+            Traffic::routed(stray),
+        ),
+        &secrets,
+        &options(gateway()),
+    ));
+    assert!(
+        err.starts_with("invalid traffic.weights: revision"),
+        "{err}"
+    );
+
+    // A label that cannot be made a label value.
+    let odd = Revision::new(&web(), &production(), sha('f'), "🚀").unwrap();
+    let err = message(render::plan(
+        &name,
+        &DesiredState::new(
+            vec![RevisionTarget::new(odd.clone(), 1)],
+            Traffic::default(),
+        ),
+        &secrets_for(&[&Arc::new(odd)]),
+        &options(gateway()),
+    ));
+    assert!(err.starts_with("invalid revision.label"), "{err}");
+
+    // Bad options.
+    let mut bad = options(gateway());
+    bad.network.allow_egress = vec![EgressRule::new("10.0.0.0/40", vec![])];
+    assert!(
+        message(render::plan(&name, &one, &secrets, &bad))
+            .starts_with("invalid network.allow_egress[0].cidr")
+    );
+    let mut bad = options(gateway());
+    bad.namespace = "Shop".into();
+    assert!(message(render::plan(&name, &one, &secrets, &bad)).starts_with("invalid namespace"));
+}
+
+#[test]
+fn secret_values_stay_out_of_yaml_and_debug() {
+    let plan = render(
+        &two(Traffic::routed(canary_routes(25))),
+        &options(gateway()),
+    );
+    let yaml = plan.to_yaml();
+    let debug = format!("{plan:?}");
+    let encoded =
+        serde_json::to_value(k8s_openapi::ByteString(SECRET_VALUE.as_bytes().to_vec())).unwrap();
+    let encoded = encoded.as_str().unwrap();
+    for shown in [&yaml, &debug] {
+        assert!(!shown.contains(SECRET_VALUE));
+        assert!(!shown.contains(encoded));
+        assert!(!shown.contains("hunter2"));
+    }
+    assert!(yaml.contains("DATABASE_URL: <redacted>"), "{yaml}");
+    assert!(debug.contains("DATABASE_URL"), "Debug names the keys");
+    let secrets: Vec<&Object> = plan
+        .objects
+        .iter()
+        .filter(|o| matches!(o, Object::Secret(_)))
+        .collect();
+    assert_eq!(secrets.len(), 2);
+    for secret in secrets {
+        let json = secret.to_json();
+        assert_eq!(json["data"]["DATABASE_URL"], encoded);
+        assert_eq!(json["immutable"], true);
+        assert_eq!(json["type"], "Opaque");
+        assert_eq!(
+            secret.to_redacted_json()["data"]["DATABASE_URL"],
+            "<redacted>"
+        );
+    }
+}
+
+#[test]
+fn network_policy_denies_by_default() {
+    let (v1, _) = revisions();
+    let one = DesiredState::new(vec![RevisionTarget::new(v1.clone(), 1)], Traffic::default());
+    let mut quiet = options(Router::None);
+    quiet.network = NetworkOptions {
+        allow_dns: false,
+        ..NetworkOptions::default()
+    };
+    let plan = render(&one, &quiet);
+    let policy = plan.get("NetworkPolicy", "web").unwrap().to_json();
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    assert!(policy["spec"].get("egress").is_none(), "no egress at all");
+    let ingress = &policy["spec"]["ingress"];
+    assert_eq!(ingress.as_array().unwrap().len(), 1);
+    assert_eq!(
+        ingress[0]["from"].as_array().unwrap().len(),
+        1,
+        "own pods only"
+    );
+    assert_eq!(ingress[0]["ports"][0]["port"], "http");
+    assert!(NetworkOptions::default().allow_dns);
+
+    let plan = render(&one, &options(Router::None));
+    let policy = plan.get("NetworkPolicy", "web").unwrap().to_json();
+    let egress = policy["spec"]["egress"].as_array().unwrap();
+    assert_eq!(egress.len(), 2, "DNS and the CIDR");
+    assert_eq!(
+        egress[0]["ports"][0],
+        serde_json::json!({"port": 53, "protocol": "UDP"})
+    );
+    assert_eq!(egress[1]["to"][0]["ipBlock"]["cidr"], "10.20.0.0/16");
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"][1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "gateway"
+    );
+    assert!(plan.objects.iter().all(|o| !o.kind().contains("Route")));
+}
+
+#[test]
+fn an_empty_desired_state_renders_nothing() {
+    let plan = render(&DesiredState::default(), &options(gateway()));
+    assert!(plan.objects.is_empty());
+    assert_eq!(plan.to_yaml(), "");
+}
+
+/// The parts of Gateway API v1 `HTTPRoute` deploykit renders, no more.
+mod gateway_api {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(crate) struct HttpRoute {
+        api_version: String,
+        kind: String,
+        metadata: ObjectMeta,
+        spec: Spec,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Spec {
+        parent_refs: Vec<ParentReference>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hostnames: Option<Vec<String>>,
+        rules: Vec<Rule>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct ParentReference {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        namespace: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        section_name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Rule {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        matches: Option<Vec<Match>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filters: Option<Vec<Filter>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backend_refs: Option<Vec<BackendRef>>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Match {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        headers: Option<Vec<HeaderMatch>>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    enum HeaderMatchType {
+        Exact,
+        RegularExpression,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct HeaderMatch {
+        #[serde(rename = "type")]
+        type_: HeaderMatchType,
+        name: String,
+        value: String,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, tag = "type")]
+    enum Filter {
+        RequestMirror {
+            #[serde(rename = "requestMirror")]
+            request_mirror: RequestMirror,
+        },
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct RequestMirror {
+        backend_ref: BackendRef,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        percent: Option<u8>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct BackendRef {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        namespace: Option<String>,
+        port: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weight: Option<u32>,
+    }
+}
+
+/// The parts of Istio `networking.istio.io/v1` `VirtualService` deploykit renders, no more.
+mod istio {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(crate) struct VirtualService {
+        api_version: String,
+        kind: String,
+        metadata: ObjectMeta,
+        spec: Spec,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Spec {
+        hosts: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gateways: Option<Vec<String>>,
+        http: Vec<HttpRoute>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct HttpRoute {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+        match_: Option<Vec<MatchRequest>>,
+        route: Vec<RouteDestination>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mirror: Option<Destination>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mirror_percentage: Option<Percent>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct MatchRequest {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        headers: Option<BTreeMap<String, StringMatch>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        authority: Option<StringMatch>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    enum StringMatch {
+        Exact(String),
+        Prefix(String),
+        Regex(String),
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct RouteDestination {
+        destination: Destination,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weight: Option<i32>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Destination {
+        host: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subset: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<PortSelector>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct PortSelector {
+        number: u32,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Percent {
+        value: f64,
+    }
+}
+
+#[test]
+fn labels_become_label_values_and_tags() {
+    let odd = Revision::new(&web(), &production(), sha('c'), "feature/Login_v2!").unwrap();
+    let id = odd.id.clone();
+    let one = DesiredState::new(vec![RevisionTarget::new(odd, 1)], Traffic::default());
+    let plan = render::plan(
+        &web().name,
+        &one,
+        &BTreeMap::from([(
+            id,
+            BTreeMap::from([("DATABASE_URL".to_string(), SecretString::from("x"))]),
+        )]),
+        &options(Router::None),
+    )
+    .unwrap();
+    let Some(Object::Deployment(d)) = plan.objects.iter().find(|o| o.kind() == "Deployment") else {
+        panic!("a Deployment");
+    };
+    let labels = d.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["app.kubernetes.io/version"], "feature-Login_v2");
+
+    // A non-sha256 artifact is tagged with the label, which must then be a valid tag.
+    let blake = Revision::new(&web(), &production(), Digest::of_bytes(b"x"), "v7").unwrap();
+    let secrets = secrets_for(&[&Arc::new(blake.clone())]);
+    let one = DesiredState::new(vec![RevisionTarget::new(blake, 1)], Traffic::default());
+    let yaml = render::plan(&web().name, &one, &secrets, &options(Router::None))
+        .unwrap()
+        .to_yaml();
+    assert!(
+        yaml.contains("image: registry.example.com/shop/web:v7"),
+        "{yaml}"
+    );
+    let bad = Revision::new(&web(), &production(), Digest::of_bytes(b"y"), "feature/x").unwrap();
+    let secrets = secrets_for(&[&Arc::new(bad.clone())]);
+    let one = DesiredState::new(vec![RevisionTarget::new(bad, 1)], Traffic::default());
+    let err = message(render::plan(
+        &web().name,
+        &one,
+        &secrets,
+        &options(Router::None),
+    ));
+    assert!(err.starts_with("invalid revision.label"), "{err}");
+}
