@@ -1,11 +1,57 @@
-//! deploykit on Kubernetes (being written).
+//! deploykit on Kubernetes, on kube-rs and k8s-openapi (API version 1.33): every deployment
+//! strategy of `deploykit-core` runs against a namespace unchanged.
+//!
+//! - [`render`]: the exact objects deploykit applies, as typed k8s-openapi values, with no
+//!   cluster: one Deployment per revision with its ConfigMap and Secret, stable, canary and
+//!   preview Services, a Gateway API `HTTPRoute` or an Istio `VirtualService` with weights,
+//!   header routes and mirroring, an HPA, a PodDisruptionBudget, a default-deny
+//!   NetworkPolicy with allow rules, and the namespace's LimitRange and ResourceQuota; pods
+//!   follow the restricted Pod Security Standard unless asked otherwise.
+//! - [`KubeEnvironment`]: an `Environment` and `Monitor` for one namespace. It applies with
+//!   server-side apply (field manager `deploykit`), patching only objects whose rendering
+//!   changed (a canary step is one patch of the route), retries 429 and 5xx with a backoff
+//!   per object that resets on success, observes pods by watching them, and reports crash
+//!   loops and configuration errors with the container's reason.
+//! - [`store::KubeStateStore`]: the orchestrator's journal, audit log and leases in
+//!   ConfigMaps and `coordination.k8s.io` Leases, so orchestrators on several machines share
+//!   deployments through the cluster.
+//! - [`backup`]: exports the app's objects, cleaned of server-set fields, as a `BackupSource`,
+//!   and restores them into another namespace or cluster.
+//! - `fake` (feature `fake`): an in-memory API server for tests.
+//!
+//! ```no_run
+//! # async fn f() -> deploykit_core::Result<()> {
+//! use std::sync::Arc;
+//! use deploykit_core::*;
+//! use deploykit_k8s::render::{ParentRef, RenderOptions, Router};
+//! use deploykit_k8s::KubeEnvironment;
+//!
+//! let client = kube::Client::try_default()
+//!     .await
+//!     .map_err(|e| Error::backend("connect to the cluster", e.to_string()))?;
+//! let options = RenderOptions::new("shop")
+//!     .image("web", "registry.example.com/shop/web")
+//!     .router(Router::GatewayApi {
+//!         parent: ParentRef::new("public-gateway").in_namespace("gateway"),
+//!         hostnames: vec!["shop.example.com".into()],
+//!     });
+//! let cluster = Arc::new(KubeEnvironment::new(client, options));
+//! let production = EnvironmentSpec::builder()
+//!     .name("production").kind(EnvironmentKind::Production).replicas(3).build()?;
+//! let orchestrator = Orchestrator::builder(SqliteStore::open("deploykit.db").await?)
+//!     .environment(production, cluster)
+//!     .open()
+//!     .await?;
+//! # let _ = orchestrator; Ok(()) }
+//! ```
 
-pub mod render;
-mod environment;
-mod retry;
-pub use environment::{KubeEnvironment, KubeOptions};
-pub use retry::RetryPolicy;
 pub mod backup;
+mod environment;
 #[cfg(feature = "fake")]
 pub mod fake;
+pub mod render;
+mod retry;
 pub mod store;
+
+pub use environment::{KubeEnvironment, KubeOptions};
+pub use retry::RetryPolicy;
