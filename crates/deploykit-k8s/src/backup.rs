@@ -196,21 +196,6 @@ fn policy() -> RetryPolicy {
     )
 }
 
-fn backend_error(operation: impl Into<String>, e: kube::Error) -> Error {
-    let operation = operation.into();
-    if crate::retry::is_transient(&e) {
-        Error::Transient {
-            operation,
-            source: Box::new(e),
-        }
-    } else {
-        Error::Backend {
-            operation,
-            source: Box::new(e),
-        }
-    }
-}
-
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
@@ -293,7 +278,7 @@ pub async fn export(
                 );
                 continue;
             }
-            Err(e) => return Err(backend_error(op, e)),
+            Err(e) => return Err(crate::retry::kube_error(op, e)),
         };
         let mut found: Vec<Value> = Vec::new();
         for item in list.items {
@@ -430,7 +415,7 @@ pub async fn restore(client: &kube::Client, bytes: &[u8], namespace: &str) -> Re
                     ),
                 ));
             }
-            Err(e) => return Err(backend_error(op, e)),
+            Err(e) => return Err(crate::retry::kube_error(op, e)),
         }
     }
     Ok(restored)

@@ -34,7 +34,7 @@ use crate::render::{
     self, ANNOTATION_REVISION_SPEC, ANNOTATION_TRAFFIC, LABEL_MANAGED_BY, LABEL_NAME,
     LABEL_REVISION, Object, RenderOptions, Router, SecretValues,
 };
-use crate::retry::{KeyedBackoff, RetryPolicy, is_transient};
+use crate::retry::{KeyedBackoff, RetryPolicy, kube_error};
 
 /// The field manager of deploykit's server-side applies, and the value of its
 /// `app.kubernetes.io/managed-by` label.
@@ -679,21 +679,6 @@ impl KubeEnvironment {
             ),
             source: Box::new(e),
         })
-    }
-}
-
-/// A kube error as a deploykit error: transient ones (429, 5xx, connection) are retryable.
-fn kube_error(operation: String, e: kube::Error) -> Error {
-    if is_transient(&e) {
-        Error::Transient {
-            operation,
-            source: Box::new(e),
-        }
-    } else {
-        Error::Backend {
-            operation,
-            source: Box::new(e),
-        }
     }
 }
 

@@ -215,6 +215,24 @@ impl KeyedBackoff {
     }
 }
 
+/// A kube error as a deploykit error: transient ones (429, 5xx, connection) as
+/// [`Error::Transient`](deploykit_core::Error::Transient), so callers retry them; anything
+/// else as [`Error::Backend`](deploykit_core::Error::Backend).
+pub(crate) fn kube_error(operation: impl Into<String>, e: kube::Error) -> deploykit_core::Error {
+    let operation = operation.into();
+    if is_transient(&e) {
+        deploykit_core::Error::Transient {
+            operation,
+            source: Box::new(e),
+        }
+    } else {
+        deploykit_core::Error::Backend {
+            operation,
+            source: Box::new(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
