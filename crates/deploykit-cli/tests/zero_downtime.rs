@@ -82,9 +82,9 @@ async fn scenario(name: &'static str, env: &str, to_vars: &[(&str, &str)], expec
     );
 
     let total = requests();
-    // Paced so the load outlasts the rollout (about 4 s) with room to spare.
+    // Paced so the load (12 s) outlasts the rollout (about 4 s) with room to spare on a slow machine.
     let mut load = LoadConfig::new(rig.local.proxy_addr(), total);
-    load.rate_per_sec = Some((total / 8).max(100) as u32);
+    load.rate_per_sec = Some((total / 12).max(100) as u32);
     load.concurrency = 16;
     let (tx, mut rx) = mpsc::unbounded_channel::<Completed>();
     let load = tokio::spawn(loadgen::run(load, Some(tx)));
