@@ -82,7 +82,15 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors, say: wait instead of spinning on the error.
+                        tracing::warn!(error = %e, "daemon: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let env = env.clone();
                 let stop = stop.clone();
                 let stop_instances = stop_instances.clone();
