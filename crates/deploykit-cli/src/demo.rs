@@ -237,11 +237,15 @@ pub(crate) async fn run(args: &DemoArgs, output: Output) -> Result<ExitCode> {
                 tally.app_errors,
                 tally.dropped
             );
-            if let Some(latency) = rollback_latency {
-                println!(
-                    "rollback: the last request to reach v3 was sent {:.0} ms after the rollback decision",
+            match rollback_latency {
+                Some(latency) if latency > Duration::ZERO => println!(
+                    "rollback: the last request to reach v3 was sent {:.2} ms after the rollback decision",
                     latency.as_secs_f64() * 1000.0
-                );
+                ),
+                Some(_) => {
+                    println!("rollback: no request sent after the rollback decision reached v3")
+                }
+                None => {}
             }
             for s in &tally.dropped_samples {
                 println!("  dropped: {s}");
@@ -260,7 +264,7 @@ pub(crate) async fn run(args: &DemoArgs, output: Output) -> Result<ExitCode> {
                 "by_version": tally.by_version,
                 "app_errors": tally.app_errors,
                 "dropped": tally.dropped,
-                "rollback_latency_ms": rollback_latency.map(|d| d.as_millis() as u64),
+                "rollback_latency_ms": rollback_latency.map(|d| d.as_secs_f64() * 1000.0),
                 "ok": ok,
             })
         ),
