@@ -123,7 +123,11 @@ impl KubeOptions {
 ///
 /// let web = deploykit_core::ServiceId::new("web")?;
 /// println!("{}", env.observe(&web).await?.summary());
-/// # let production: deploykit_core::EnvironmentSpec = todo!();
+/// let production = deploykit_core::EnvironmentSpec::builder()
+///     .name("production")
+///     .kind(deploykit_core::EnvironmentKind::Production)
+///     .replicas(3)
+///     .build()?;
 /// let orchestrator = Orchestrator::builder(SqliteStore::open("deploykit.db").await?)
 ///     .environment(production, Arc::new(env))
 ///     .open()
