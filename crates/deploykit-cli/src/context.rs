@@ -224,6 +224,7 @@ pub(crate) fn status_json(s: &DeploymentStatus) -> serde_json::Value {
         "previous": s.previous.as_ref().map(|r| r.label.clone()),
         "rollback_reason": s.rollback.as_ref().map(|(_, r)| r.clone()),
         "awaiting": s.awaiting.as_ref().map(|(gate, what)| json!({"gate": gate, "asks": what})),
+        "waits_until": s.waits_until().map(|t| t.to_string()),
     })
 }
 
@@ -252,6 +253,22 @@ async fn follow(ctx: &Context, orchestrator: &Orchestrator, id: &DeploymentId) -
     };
     ctx.print(text, status_json(&status));
     Ok(exit_for(status.phase))
+}
+
+/// A deployment's line in `history`: what it was (a manual rollback is marked) and how it
+/// ended, with the revision a rollback returned to.
+fn history_outcome(s: &DeploymentStatus) -> String {
+    let kind = match s.spec.kind {
+        deploykit_core::journal::DeploymentKind::Rollback => "manual rollback, ",
+        _ => "",
+    };
+    let ended = match (&s.outcome, &s.previous) {
+        (Some(deploykit_core::Outcome::RolledBack { .. }), Some(previous)) => {
+            format!("rolled back to {}", previous.label)
+        }
+        _ => s.phase.to_string(),
+    };
+    format!("{kind}{ended}")
 }
 
 /// Run one command.
@@ -359,7 +376,11 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             for s in &rows {
                 text.push_str(&format!(
                     "\n  {}  {:<10} revision {}  {}  {}",
-                    s.spec.id, s.spec.target.label, s.spec.target.id, s.phase, s.created_at
+                    s.spec.id,
+                    s.spec.target.label,
+                    s.spec.target.id,
+                    history_outcome(s),
+                    s.created_at
                 ));
             }
             ctx.print(text, json!(json));
@@ -548,6 +569,14 @@ fn describe(s: &DeploymentStatus) -> String {
     );
     if let Some((gate, what)) = &s.awaiting {
         text.push_str(&format!(" (waiting for approval at {gate}: {what})"));
+    }
+    let now = deploykit_core::Clock::now(&deploykit_core::SystemClock);
+    if let Some(until) = s.waits_until().filter(|until| *until > now) {
+        let left = Duration::from_secs(until.since(now).as_secs());
+        text.push_str(&format!(
+            " (waiting {} more, until {until})",
+            humantime::format_duration(left)
+        ));
     }
     if let Some((_, reason)) = &s.rollback {
         text.push_str(&format!(" (rollback: {reason})"));

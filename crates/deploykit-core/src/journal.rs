@@ -622,6 +622,32 @@ impl DeploymentStatus {
         }
     }
 
+    /// Until when a progressing rollout deliberately waits (a timed pause, a delayed
+    /// auto-promotion, the warm window after promotion), if it does now: see
+    /// [`StrategySpec::waits_until`]. Status displays show the time left from it.
+    pub fn waits_until(&self) -> Option<Timestamp> {
+        if self.phase != Phase::Progressing || self.redeploys_serving() {
+            return None;
+        }
+        self.spec.strategy.waits_until(&self.progress)
+    }
+
+    /// The time from which the progress deadline counts: the last progress, or the end of a
+    /// deliberate wait if that is later.
+    pub fn deadline_counts_from(&self) -> Timestamp {
+        match self.waits_until() {
+            Some(t) if t > self.last_progress_at => t,
+            _ => self.last_progress_at,
+        }
+    }
+
+    /// Whether this deployment asks for the revision that already served when it started.
+    pub fn redeploys_serving(&self) -> bool {
+        self.previous
+            .as_ref()
+            .is_some_and(|p| p.id == self.spec.target.id)
+    }
+
     /// The revision serving once this deployment ended, if it ended well.
     pub fn serving_revision(&self) -> Option<&Arc<Revision>> {
         if self.spec.kind == DeploymentKind::Teardown {

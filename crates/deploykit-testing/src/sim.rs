@@ -151,6 +151,7 @@ struct State {
     applies: u64,
     next_instance: u64,
     secret_provider: Option<Arc<dyn SecretProvider>>,
+    unreachable: bool,
 }
 
 /// A simulated cluster. Clones share state, so a test can keep one handle and give another to
@@ -387,6 +388,39 @@ impl SimCluster {
         inst.started = now;
         state.next_instance += 1;
         true
+    }
+
+    /// Make the cluster's API unreachable (`true`) or reachable again (`false`). While it is
+    /// unreachable every [`Environment`] and [`Monitor`] call fails with a retryable error
+    /// (`connection refused`), has no effect and is not counted in [`SimCluster::calls`];
+    /// instances keep running and serving as they were, as a workload does when its control
+    /// plane is down.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.lock().unreachable = unreachable;
+    }
+
+    /// Whether the cluster's API is unreachable (see [`SimCluster::set_unreachable`]).
+    pub fn is_unreachable(&self) -> bool {
+        self.lock().unreachable
+    }
+
+    /// What runs for `service` now, as [`Environment::observe`] would report it, but without
+    /// making a call: no fault, no outage and no call count apply. For test oracles that must
+    /// see the truth while the API is down.
+    pub fn peek(&self, service: &ServiceId) -> Observed {
+        self.lock().observe(service, Instant::now())
+    }
+
+    /// The error of a call made while the API is unreachable, if it is.
+    fn outage(state: &State, op: Op, service: &ServiceId) -> Result<()> {
+        if state.unreachable {
+            let what = format!("{op:?} {service}").to_lowercase();
+            return Err(Error::transient(
+                what,
+                "simulated outage: connection refused (the cluster API is unreachable)",
+            ));
+        }
+        Ok(())
     }
 
     fn fault(state: &mut State, op: Op) -> Option<Fault> {
@@ -635,6 +669,7 @@ impl Environment for SimCluster {
         let now = Instant::now();
         let at = self.clock.now();
         let mut state = self.lock();
+        Self::outage(&state, Op::Apply, service)?;
         let fault = Self::fault(&mut state, Op::Apply);
         if let Some(f @ (Fault::Transient | Fault::Permanent)) = fault {
             return Err(Self::fault_error(Op::Apply, service, f));
@@ -653,6 +688,7 @@ impl Environment for SimCluster {
 
     async fn observe(&self, service: &ServiceId) -> Result<Observed> {
         let mut state = self.lock();
+        Self::outage(&state, Op::Observe, service)?;
         if let Some(f) = Self::fault(&mut state, Op::Observe) {
             return Err(Self::fault_error(Op::Observe, service, f));
         }
@@ -661,6 +697,7 @@ impl Environment for SimCluster {
 
     async fn teardown(&self, service: &ServiceId) -> Result<()> {
         let mut state = self.lock();
+        Self::outage(&state, Op::Teardown, service)?;
         if let Some(f) = Self::fault(&mut state, Op::Teardown) {
             return Err(Self::fault_error(Op::Teardown, service, f));
         }
@@ -677,6 +714,7 @@ impl Monitor for SimCluster {
         revision: &RevisionId,
     ) -> Result<Vec<InstanceObservation>> {
         let mut state = self.lock();
+        Self::outage(&state, Op::Monitor, service)?;
         if let Some(f) = Self::fault(&mut state, Op::Monitor) {
             return Err(Self::fault_error(Op::Monitor, service, f));
         }
@@ -690,6 +728,7 @@ impl Monitor for SimCluster {
     async fn query(&self, query: &MetricQuery) -> Result<Vec<Sample>> {
         let now = self.clock.now();
         let mut state = self.lock();
+        Self::outage(&state, Op::Monitor, &query.service)?;
         if let Some(f) = Self::fault(&mut state, Op::Monitor) {
             return Err(Self::fault_error(Op::Monitor, &query.service, f));
         }

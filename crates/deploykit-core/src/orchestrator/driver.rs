@@ -25,6 +25,9 @@ enum Next {
     After(Duration),
     /// Stop driving: the deployment has ended.
     Done,
+    /// Stop driving: another live orchestrator holds the service's lease and drives it. If
+    /// that one dies, the adoption scan starts a driver here again.
+    Leave,
 }
 
 /// Exponential backoff that resets after every successful step, per deployment.
@@ -68,6 +71,11 @@ struct Driver {
 /// Drive deployment `id` until it ends. While another orchestrator holds the service's lease,
 /// only watch.
 pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
+    // However the driver ends (even aborted), the deployment may be adopted again.
+    let _driving = Driving {
+        shared: shared.clone(),
+        id: id.clone(),
+    };
     let config = shared.config.clone();
     let waker = shared.waker(&id);
     let mut driver = Driver {
@@ -88,7 +96,7 @@ pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
     loop {
         // Boxed: a resting driver then holds only its own state, not the largest step's.
         match Box::pin(driver.step()).await {
-            Ok(Next::Done) => break,
+            Ok(Next::Done | Next::Leave) => break,
             Ok(Next::Now) => driver.backoff.reset(),
             Ok(Next::After(d)) => {
                 driver.backoff.reset();
@@ -119,6 +127,32 @@ pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
         }
     }
     driver.shared.forget(&driver.id);
+}
+
+/// Marks a deployment as driven here for as long as its driver lives.
+struct Driving {
+    shared: Arc<Shared>,
+    id: DeploymentId,
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        self.shared
+            .driving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// Who holds a service's lease.
+enum LeaseState {
+    /// This driver: it may act.
+    Held,
+    /// Another driver of this orchestrator (an older deployment about to let go): wait.
+    Busy,
+    /// Another orchestrator, alive: leave the deployment to it.
+    Elsewhere,
 }
 
 impl Driver {
@@ -181,8 +215,13 @@ impl Driver {
                 self.finish(st, Outcome::Failed { reason }).await?;
                 return Ok(Next::Now);
             }
-            if self.queued_behind_older(st).await? || !self.hold_lease(st).await? {
+            if self.queued_behind_older(st).await? {
                 return Ok(Next::After(self.poll()));
+            }
+            match self.hold_lease(st).await? {
+                LeaseState::Held => {}
+                LeaseState::Busy => return Ok(Next::After(self.poll())),
+                LeaseState::Elsewhere => return Ok(Next::Leave),
             }
             let previous = self
                 .shared
@@ -196,10 +235,12 @@ impl Driver {
             return Ok(Next::Now);
         }
 
-        if !self.hold_lease(st).await? {
-            // Another orchestrator holds the lease: it drives the deployment while it lives.
-            // Keep watching, and take over once its lease lapses.
-            return Ok(Next::After(self.poll()));
+        match self.hold_lease(st).await? {
+            LeaseState::Held => {}
+            LeaseState::Busy => return Ok(Next::After(self.poll())),
+            // Another orchestrator drives it while it lives; the adoption scan takes over once
+            // its lease lapses.
+            LeaseState::Elsewhere => return Ok(Next::Leave),
         }
         if let Some(abort) = &st.abort
             && matches!(st.phase, Phase::Progressing | Phase::Paused)
@@ -232,8 +273,11 @@ impl Driver {
             };
         }
 
-        let stalled = now.since(st.last_progress_at);
-        if stalled > st.spec.progress_deadline {
+        // The deadline does not run during a deliberate wait (a timed pause, the warm window
+        // after promotion) nor during a rollback, which never gives up: it retries until the
+        // previous revision serves alone, verified.
+        let stalled = now.since(st.deadline_counts_from());
+        if st.phase == Phase::Progressing && stalled > st.spec.progress_deadline {
             let mut reason = format!(
                 "no progress for {}s (progress deadline {}s)",
                 stalled.as_secs(),
@@ -268,26 +312,26 @@ impl Driver {
             Err(e) => return self.environment_error(st, "observe", e).await,
         };
         let rolling_back = st.phase == Phase::RollingBack;
+        // Deploying the revision that already serves is no canary of itself: the rollout only
+        // converges on it (full size, all traffic, nothing else running) with the rollback
+        // planner, which completes at once when that is already so.
+        let converge = rolling_back || st.redeploys_serving();
         if self
             .planner
             .as_ref()
-            .is_none_or(|(leg, _)| *leg != rolling_back)
+            .is_none_or(|(leg, _)| *leg != converge)
         {
-            let planner = if rolling_back {
+            let planner = if converge {
                 st.spec.strategy.rollback_planner()
             } else {
                 st.spec.strategy.planner()
             };
-            self.planner = Some((rolling_back, planner));
+            self.planner = Some((converge, planner));
         }
         let Some((_, planner)) = &self.planner else {
             return Ok(Next::Now);
         };
-        let stable = if rolling_back {
-            None
-        } else {
-            st.previous.as_ref()
-        };
+        let stable = if converge { None } else { st.previous.as_ref() };
         let ctx = PlanContext::new(
             &leg_target,
             stable,
@@ -429,9 +473,10 @@ impl Driver {
         reason: String,
     ) -> Result<Next> {
         if st.phase == Phase::RollingBack {
-            let reason = format!("rollback failed: {reason}");
-            self.finish(st, Outcome::Failed { reason }).await?;
-            return Ok(Next::Now);
+            // Ending here could leave traffic on the revision being rolled back: keep trying
+            // (with back-off) until the previous revision serves alone, verified. A newer
+            // deployment or manual rollback of the service takes over from a stalled one.
+            return Err(Error::backend("rollback", reason));
         }
         // An operator's abort, and a release that must stay all-or-nothing, always roll back.
         let policy = if matches!(cause, RollbackCause::Aborted | RollbackCause::ReleaseFailed) {
@@ -468,6 +513,15 @@ impl Driver {
         }
         if let Some(next) = self.apply(st, &empty).await? {
             return Ok(next);
+        }
+        // Failed is only said once nothing of it runs (so nothing of it takes traffic).
+        match self.target(st)?.env.observe(&st.spec.service).await {
+            Ok(observed) if observed.revisions.is_empty() => {}
+            Ok(observed) => {
+                tracing::debug!(observed = %observed.summary(), "waiting for the removal");
+                return Ok(Next::After(self.poll()));
+            }
+            Err(e) => return self.environment_error(st, "observe", e).await,
         }
         let why = st
             .rollback
@@ -552,8 +606,9 @@ impl Driver {
             .await?;
         let older = ids.iter().skip_while(|id| **id != st.spec.id).skip(1);
         for id in older {
-            let other = self.shared.status(id).await?;
+            let mut other = self.shared.status(id).await?;
             if !other.phase.is_terminal() {
+                self.supersede_stalled_rollback(&mut other, st).await?;
                 return Ok(true);
             }
             if other.started_at.is_some() {
@@ -563,14 +618,51 @@ impl Driver {
         Ok(false)
     }
 
-    /// Take or renew the service's lease; `false` if someone else holds it.
-    async fn hold_lease(&mut self, st: &DeploymentStatus) -> Result<bool> {
+    /// A rollback never gives up on its own, so one that cannot finish (its revision broken
+    /// too, a backend refusing) would block the service forever. When it has made no progress
+    /// for its progress deadline, the next deployment of the service (a fix, or a manual
+    /// rollback to another revision) ends it and takes charge of the traffic.
+    async fn supersede_stalled_rollback(
+        &self,
+        older: &mut DeploymentStatus,
+        st: &DeploymentStatus,
+    ) -> Result<()> {
+        let stalled = self.shared.clock.now().since(older.last_progress_at);
+        if older.phase != Phase::RollingBack || stalled <= older.spec.progress_deadline {
+            return Ok(());
+        }
+        let why = older.rollback.as_ref().map_or("", |(_, r)| r.as_str());
+        let reason = format!(
+            "superseded by {} ({}): the rollback made no progress for {}s ({why})",
+            st.spec.id,
+            st.spec.target.label,
+            stalled.as_secs()
+        );
+        tracing::warn!(deployment = %older.spec.id, %reason, "superseding a stalled rollback");
+        match self
+            .shared
+            .append(
+                older,
+                JournalEvent::Finished {
+                    outcome: Outcome::Failed { reason },
+                },
+            )
+            .await
+        {
+            // Its driver wrote first; look again next round.
+            Err(Error::Conflict { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Take or renew the service's lease, or say who holds it.
+    async fn hold_lease(&mut self, st: &DeploymentStatus) -> Result<LeaseState> {
         let now = self.shared.clock.now();
         let ttl = self.shared.config.lease_ttl;
         if let Some(lease) = &self.lease
             && now.plus(ttl / 2) < lease.expires_at
         {
-            return Ok(true);
+            return Ok(LeaseState::Held);
         }
         let key = format!("{}/{}", st.spec.service, st.spec.environment);
         let owner = format!("{}/{}", self.shared.owner, st.spec.id);
@@ -581,9 +673,12 @@ impl Driver {
             .await
         {
             Ok(lease) => {
+                if self.lease.is_none() && st.phase != Phase::Pending {
+                    tracing::info!(phase = %st.phase, "took over the deployment");
+                }
                 self.shared.held(&self.id, Some(&lease));
                 self.lease = Some(lease);
-                Ok(true)
+                Ok(LeaseState::Held)
             }
             Err(Error::LeaseHeld {
                 owner, expires_at, ..
@@ -591,7 +686,14 @@ impl Driver {
                 tracing::debug!(%owner, %expires_at, "lease held elsewhere");
                 self.shared.held(&self.id, None);
                 self.lease = None;
-                Ok(false)
+                let ours = owner
+                    .strip_prefix(self.shared.owner.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'));
+                Ok(if ours {
+                    LeaseState::Busy
+                } else {
+                    LeaseState::Elsewhere
+                })
             }
             Err(e) => Err(e),
         }

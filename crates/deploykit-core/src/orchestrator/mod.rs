@@ -7,7 +7,7 @@ mod events;
 mod preview;
 mod release;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -63,6 +63,12 @@ pub struct OrchestratorConfig {
     /// How often expired preview environments are looked for (default 60 s).
     #[builder(default = Duration::from_secs(60))]
     pub preview_reap_interval: Duration,
+    /// How often the store is scanned for active deployments that no live orchestrator drives
+    /// (default 10 s): those requested through another orchestrator, or left by one that died.
+    /// This orchestrator adopts them once their lease has lapsed, so an orphaned deployment is
+    /// taken over within about `lease_ttl + adopt_interval`.
+    #[builder(default = Duration::from_secs(10))]
+    pub adopt_interval: Duration,
 }
 
 impl Default for OrchestratorConfig {
@@ -147,6 +153,8 @@ pub(crate) struct Shared {
     metrics: Option<Arc<Metrics>>,
     /// Deployment drivers (aborted when the orchestrator is dropped or shut down).
     drivers: Mutex<JoinSet<()>>,
+    /// The deployments this orchestrator has a driver for, so that none gets two.
+    driving: Mutex<HashSet<DeploymentId>>,
     clock: Arc<dyn Clock>,
     owner: String,
     config: OrchestratorConfig,
@@ -299,6 +307,7 @@ impl OrchestratorBuilder {
             secrets: self.secrets,
             metrics: self.metrics,
             drivers: Mutex::new(JoinSet::new()),
+            driving: Mutex::new(HashSet::new()),
             clock: self.clock,
             owner,
             config: self.config,
@@ -312,25 +321,32 @@ impl OrchestratorBuilder {
             .previews
             .is_some()
             .then(|| tokio::spawn(preview::reap(Arc::downgrade(&shared))));
-        let orchestrator = Orchestrator {
+        shared.adopt().await?;
+        let adopter = tokio::spawn(adopt(Arc::downgrade(&shared)));
+        Ok(Orchestrator {
             shared,
             dispatchers: tasks,
             reaper,
+            adopter,
+        })
+    }
+}
+
+/// Every `adopt_interval`, look for active deployments nobody here drives and adopt them (the
+/// Kubernetes controller model: every replica watches, one leads per object). Stops when the
+/// orchestrator is gone.
+async fn adopt(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(interval) = shared.upgrade().map(|s| s.config.adopt_interval) else {
+            return;
         };
-        for id in orchestrator.shared.store.list_active().await? {
-            let status = orchestrator.status(&id).await?;
-            if orchestrator.shared.target(&status.spec.environment).is_ok() {
-                tracing::info!(deployment = %id, phase = %status.phase, "resuming deployment");
-                orchestrator.shared.spawn(&status);
-            } else {
-                tracing::warn!(
-                    deployment = %id,
-                    environment = %status.spec.environment,
-                    "not resuming: environment not configured in this orchestrator"
-                );
-            }
+        tokio::time::sleep(interval).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Err(e) = shared.adopt().await {
+            tracing::warn!(error = %e.chain(), "scan for orphaned deployments failed; retrying");
         }
-        Ok(orchestrator)
     }
 }
 
@@ -376,6 +392,8 @@ pub struct Orchestrator {
     dispatchers: JoinSet<()>,
     /// The preview reaper, if previews are enabled.
     reaper: Option<tokio::task::JoinHandle<()>>,
+    /// The scan that adopts orphaned deployments.
+    adopter: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Orchestrator {
@@ -383,6 +401,7 @@ impl Drop for Orchestrator {
         if let Some(reaper) = &self.reaper {
             reaper.abort();
         }
+        self.adopter.abort();
         self.shared
             .drivers
             .lock()
@@ -417,6 +436,7 @@ impl Orchestrator {
     /// queued. In-flight deployments stay as they are in the journal; another orchestrator (or
     /// this process, restarted) resumes them without waiting for leases to expire.
     pub async fn shutdown(mut self) -> Result<()> {
+        self.adopter.abort();
         let mut tasks = std::mem::take(
             &mut *self
                 .shared
@@ -524,6 +544,15 @@ impl Orchestrator {
                         }
                     ))
                 })?,
+            // Back to the last verified revision if anything else holds traffic or runs (a
+            // rollout in flight, a frozen or failed one), else to the one before it.
+            None if self.disturbed(service, environment, &history).await? => {
+                history.first().cloned().ok_or_else(|| {
+                    Error::not_found(format!(
+                        "a verified revision of {service}/{environment} to roll back to"
+                    ))
+                })?
+            }
             None => history.get(1).cloned().ok_or_else(|| {
                 Error::not_found(format!(
                     "an earlier revision of {service}/{environment} to roll back to"
@@ -549,6 +578,42 @@ impl Orchestrator {
         self.shared
             .create(environment, revision, plan, by, AuditAction::Rollback)
             .await
+    }
+
+    /// Whether something other than the last verified revision (`history[0]`) runs or takes
+    /// traffic: the newest deployment has not ended well, or the environment shows it.
+    async fn disturbed(
+        &self,
+        service: &ServiceId,
+        environment: &EnvironmentName,
+        history: &[Arc<Revision>],
+    ) -> Result<bool> {
+        let Some(current) = history.first() else {
+            return Ok(false);
+        };
+        if let Some(newest) = self
+            .shared
+            .store
+            .list_deployments(service, environment)
+            .await?
+            .first()
+        {
+            let newest = self.status(newest).await?;
+            if newest.serving_revision().is_none_or(|r| r.id != current.id) {
+                return Ok(true);
+            }
+        }
+        let observed = self
+            .shared
+            .target(environment)?
+            .env
+            .observe(service)
+            .await?;
+        Ok(observed.weight_of(&current.id) != 100
+            || observed
+                .revisions
+                .iter()
+                .any(|r| r.revision.id != current.id))
     }
 
     /// Hold a progressing deployment where it is. The progress deadline does not run while
@@ -880,7 +945,55 @@ impl Shared {
         }
     }
 
+    /// Start a driver for every active deployment that has none here and whose environment
+    /// this orchestrator runs. A driver that finds the service's lease held by another live
+    /// orchestrator stops, so only orphans end up driven here.
+    async fn adopt(self: &Arc<Self>) -> Result<()> {
+        for id in self.store.list_active().await? {
+            if self.is_driving(&id) {
+                continue;
+            }
+            let status = match self.status(&id).await {
+                Ok(status) => status,
+                // It ended (or vanished) since it was listed.
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            if status.phase.is_terminal() {
+                continue;
+            }
+            if self.target(&status.spec.environment).is_ok() {
+                tracing::debug!(deployment = %id, phase = %status.phase, "adopting deployment");
+                self.spawn(&status);
+            } else {
+                tracing::debug!(
+                    deployment = %id,
+                    environment = %status.spec.environment,
+                    "not adopting: environment not configured in this orchestrator"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn is_driving(&self, id: &DeploymentId) -> bool {
+        self.driving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+
+    /// Start driving `status`'s deployment, unless a driver here already does.
     fn spawn(self: &Arc<Self>, status: &DeploymentStatus) {
+        let id = status.spec.id.clone();
+        if !self
+            .driving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone())
+        {
+            return;
+        }
         let span = tracing::info_span!(
             "deployment",
             id = %status.spec.id,
@@ -888,7 +1001,6 @@ impl Shared {
             environment = %status.spec.environment,
             revision = %status.spec.target.id,
         );
-        let id = status.spec.id.clone();
         let mut drivers = self.drivers.lock().unwrap_or_else(|p| p.into_inner());
         // Reap finished drivers so the set does not grow without bound.
         while drivers.try_join_next().is_some() {}

@@ -211,6 +211,32 @@ impl StrategySpec {
         !matches!(self, StrategySpec::Rolling(_))
     }
 
+    /// Until when the rollout deliberately waits at its current point, if it does: a timed
+    /// canary pause, a delayed blue-green auto-promotion, or the window after promotion in
+    /// which the old revision stays warm. The progress deadline does not run before then (as
+    /// Argo Rollouts does not apply `progressDeadlineSeconds` while a step pauses), so a pause
+    /// of hours or days is not taken for a stuck rollout.
+    pub fn waits_until(&self, progress: &Progress) -> Option<Timestamp> {
+        let (promoted_delay, step_wait) = match self {
+            StrategySpec::Rolling(_) => return None,
+            StrategySpec::Canary(spec) => (
+                spec.scale_down_delay,
+                match spec.steps.get(progress.step) {
+                    Some(CanaryStep::Pause { duration: Some(d) }) => Some(*d),
+                    _ => None,
+                },
+            ),
+            StrategySpec::BlueGreen(spec) => (
+                spec.scale_down_delay,
+                (spec.auto_promote && progress.step >= 2).then_some(spec.auto_promotion_delay),
+            ),
+        };
+        match progress.promoted_at {
+            Some(at) => Some(at.plus(promoted_delay)),
+            None => step_wait.map(|d| progress.step_started_at.plus(d)),
+        }
+    }
+
     /// Whether any step or background check needs a [`crate::Monitor`].
     pub fn needs_monitor(&self) -> bool {
         match self {
