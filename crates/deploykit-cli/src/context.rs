@@ -417,10 +417,15 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let store = ctx.store().await?;
             let entries = store.audit_log().await?;
-            let verified = deploykit_core::audit::verify(&entries, None)?;
+            // The largest log verified here before: a log rolled back to an older copy fails.
+            let mut witness =
+                deploykit_core::audit::Witness::open(ctx.state.join("audit-witness.json"))?;
+            let now = deploykit_core::Clock::now(&deploykit_core::SystemClock);
+            let verified = witness.check(&entries, None, now)?;
             ctx.print(
                 format!(
-                    "audit log intact: {} records, head {}",
+                    "audit log intact: {} records, head {} (extends every log verified here \
+                     before)",
                     verified.records, verified.head
                 ),
                 json!({ "records": verified.records, "head": verified.head }),

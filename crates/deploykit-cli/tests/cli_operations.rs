@@ -110,7 +110,21 @@ fn approve_abort_rollback_preview_logs_and_backups() {
     ]);
     let v2 = v2["id"].as_str().unwrap().to_string();
     wait_awaiting(dir, &v2);
-    let approved = ok(&["approve", &v2, "--reason", "looks good", "-o", "json"]);
+    // In production nobody approves their own deployment (four eyes, on by default).
+    let own = run(dir, &["approve", &v2, "--reason", "mine"]);
+    assert!(!own.status.success());
+    let err = String::from_utf8_lossy(&own.stderr);
+    assert!(err.contains("a second person must"), "{err}");
+    let approved = ok(&[
+        "approve",
+        &v2,
+        "--reason",
+        "looks good",
+        "--actor",
+        "qa-lead",
+        "-o",
+        "json",
+    ]);
     assert_eq!(approved["phase"], "succeeded");
     assert_eq!(version_at(port, "localhost"), "v2");
 

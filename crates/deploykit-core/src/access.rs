@@ -132,7 +132,54 @@ fn check_pattern(field: &str, object: &str) -> Result<()> {
             ),
         ));
     }
+    // Names are lowercase letters, digits and '-': a segment with anything else can never
+    // match, and a rule that can never match (a deny above all) is a mistake, not a no-op.
+    for (segment, what) in segments.iter().zip(["environment", "service"]) {
+        if let Some(c) = segment
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '*'))
+        {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{object:?} can never match: {what} names are lowercase letters, digits \
+                     and '-', and {c:?} is none of them"
+                ),
+            ));
+        }
+    }
     Ok(())
+}
+
+fn check_action(field: &str, action: &str) -> Result<()> {
+    if action != "*" && serde_json::from_value::<AccessAction>(serde_json::json!(action)).is_err() {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{action:?} is not an action (deploy, rollback, abort, pause, resume, approve, \
+                 reject, teardown or *)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_subject(field: &str, subject: &str, what: &str) -> Result<()> {
+    if subject.trim().is_empty() {
+        return Err(Error::invalid(field, format!("{what} must not be empty")));
+    }
+    Ok(())
+}
+
+impl PolicyRule {
+    /// Check the rule: a known action (or `*`), a non-empty role, and an object pattern of
+    /// exactly `<environment>/<service>` that can match some name. `field` names the rule in
+    /// errors (`access.rules[2]`).
+    pub fn validate(&self, field: &str) -> Result<()> {
+        check_subject(&format!("{field}.role"), &self.role, "the role")?;
+        check_action(&format!("{field}.action"), &self.action)?;
+        check_pattern(&format!("{field}.object"), &self.object)
+    }
 }
 
 /// Does `wide` (a granter's pattern) cover everything `narrow` (a pattern being granted)
@@ -176,6 +223,39 @@ fn objects_overlap(a: &str, b: &str) -> bool {
     }
 }
 
+/// The serialised form of a policy, validated into an [`AccessPolicy`] on the way in.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    rules: Vec<PolicyRule>,
+    #[serde(default)]
+    bindings: BTreeMap<String, BTreeSet<String>>,
+    #[serde(default)]
+    groups: BTreeMap<String, BTreeSet<String>>,
+    #[serde(default = "four_eyes_default")]
+    four_eyes_in_production: bool,
+}
+
+fn four_eyes_default() -> bool {
+    true
+}
+
+impl TryFrom<RawPolicy> for AccessPolicy {
+    type Error = Error;
+
+    fn try_from(raw: RawPolicy) -> Result<Self> {
+        let policy = AccessPolicy {
+            rules: raw.rules,
+            bindings: raw.bindings,
+            groups: raw.groups,
+            four_eyes_in_production: raw.four_eyes_in_production,
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+}
+
 /// An access policy. [`AccessPolicy::default`] holds deploykit's defaults:
 ///
 /// - `role:everyone` (every principal) may do anything in `preview-*` and `development`
@@ -183,7 +263,13 @@ fn objects_overlap(a: &str, b: &str) -> bool {
 /// - `role:release` may do anything anywhere, production included;
 /// - approvals in production also need a second person: the orchestrator refuses an approval
 ///   by whoever requested the deployment.
+///
+/// However it is built — [`AccessPolicy::rule`] and [`AccessPolicy::bind`], deserialised with
+/// serde (any format), or its public fields edited and handed to
+/// [`crate::OrchestratorBuilder::access_policy`] — it goes through the same
+/// [`AccessPolicy::validate`], so a rule that cannot match is refused, never silently ignored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawPolicy")]
 #[non_exhaustive]
 pub struct AccessPolicy {
     /// Rules by role.
@@ -232,36 +318,47 @@ impl AccessPolicy {
         }
     }
 
-    /// Add a rule (checked: the object must be `<environment>/<service>`).
-    pub fn rule(&mut self, role: &str, action: &str, object: &str, effect: Effect) -> Result<()> {
-        check_pattern("access.rule.object", object)?;
-        if action != "*"
-            && serde_json::from_value::<AccessAction>(serde_json::json!(action)).is_err()
-        {
-            return Err(Error::invalid(
-                "access.rule.action",
-                format!(
-                    "{action:?} is not an action (deploy, rollback, abort, pause, resume, approve, reject, teardown or *)"
-                ),
-            ));
+    /// Check every rule, binding and group membership; errors name the entry
+    /// (`access.rules[3].object`, `access.bindings["alice"]`).
+    pub fn validate(&self) -> Result<()> {
+        for (i, rule) in self.rules.iter().enumerate() {
+            rule.validate(&format!("access.rules[{i}]"))?;
         }
-        self.rules.push(PolicyRule {
+        for (subject, roles) in &self.bindings {
+            let field = format!("access.bindings[{subject:?}]");
+            check_subject(&field, subject, "the subject")?;
+            for role in roles {
+                check_subject(&field, role, "a role")?;
+            }
+        }
+        for (principal, groups) in &self.groups {
+            let field = format!("access.groups[{principal:?}]");
+            check_subject(&field, principal, "the principal")?;
+            for group in groups {
+                check_subject(&field, group, "a group")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Add a rule, checked as [`PolicyRule::validate`] checks it.
+    pub fn rule(&mut self, role: &str, action: &str, object: &str, effect: Effect) -> Result<()> {
+        let rule = PolicyRule {
             role: role.into(),
             action: action.into(),
             object: object.into(),
             effect,
-        });
+        };
+        rule.validate(&format!("access.rules[{}]", self.rules.len()))?;
+        self.rules.push(rule);
         Ok(())
     }
 
     /// Give `subject` (a principal or a group) `role`.
     pub fn bind(&mut self, subject: &str, role: &str) -> Result<()> {
-        if subject.trim().is_empty() || role.trim().is_empty() {
-            return Err(Error::invalid(
-                "access.binding",
-                "subject and role must not be empty",
-            ));
-        }
+        let field = format!("access.bindings[{subject:?}]");
+        check_subject(&field, subject, "the subject")?;
+        check_subject(&field, role, "a role")?;
         self.bindings
             .entry(subject.into())
             .or_default()

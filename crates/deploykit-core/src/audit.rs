@@ -142,8 +142,45 @@ pub struct Verified {
     pub head: String,
 }
 
+/// Check that `entries` (a verified chain) extend checkpoint `c`: at least as long, and the same
+/// record at its head. `what` names the checkpoint in errors.
+fn extends(entries: &[AuditEntry], c: &Checkpoint, what: &str) -> Result<()> {
+    let tampered = |seq: u64, reason: String| Error::AuditTampered { seq, reason };
+    let len = entries.len() as u64;
+    if len < c.count {
+        return Err(tampered(
+            len,
+            format!(
+                "the log was truncated or rolled back: {what} of {} covers {} records, the log \
+                 has {len}",
+                c.at, c.count
+            ),
+        ));
+    }
+    let at = match c.count {
+        0 => GENESIS,
+        n => entries[n as usize - 1].hash.as_str(),
+    };
+    if at != c.head {
+        return Err(tampered(
+            c.count.saturating_sub(1),
+            format!(
+                "history was rewritten: record {} no longer matches {what} of {}",
+                c.count.saturating_sub(1),
+                c.at
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Check the chain of `entries` (the whole log, oldest first) and, if given, that it extends a
 /// signed checkpoint made with `trusted`'s key. The error names the first bad record.
+///
+/// On its own this cannot tell an old copy of the log from the current one: an attacker who
+/// swaps in an older log together with an older checkpoint passes. Verifiers that come back
+/// should keep a [`Witness`], as Certificate Transparency clients keep the largest tree head
+/// they have seen.
 pub fn verify(
     entries: &[AuditEntry],
     checkpoint: Option<(&SignedCheckpoint, &VerifyingKey)>,
@@ -179,31 +216,7 @@ pub fn verify(
     }
     if let Some((signed, key)) = checkpoint {
         signed.verify_signature(key)?;
-        let c = &signed.checkpoint;
-        let len = entries.len() as u64;
-        if len < c.count {
-            return Err(tampered(
-                len,
-                format!(
-                    "the log was truncated: the checkpoint of {} covers {} records, the log has {len}",
-                    c.at, c.count
-                ),
-            ));
-        }
-        let at = match c.count {
-            0 => GENESIS,
-            n => entries[n as usize - 1].hash.as_str(),
-        };
-        if at != c.head {
-            return Err(tampered(
-                c.count.saturating_sub(1),
-                format!(
-                    "history was rewritten: record {} no longer matches the checkpoint of {}",
-                    c.count.saturating_sub(1),
-                    c.at
-                ),
-            ));
-        }
+        extends(entries, &signed.checkpoint, "the checkpoint")?;
     }
     Ok(Verified {
         records: entries.len() as u64,
@@ -211,4 +224,89 @@ pub fn verify(
             .last()
             .map_or_else(|| GENESIS.to_string(), |e| e.hash.clone()),
     })
+}
+
+/// The largest audit log a verifier has seen, kept in a file between verifications, so that a
+/// log rolled back to an older copy (with its older, genuinely signed checkpoint) is caught:
+/// every later log must extend it. The same idea as a Certificate Transparency client keeping
+/// the largest signed tree head it has seen.
+///
+/// ```
+/// use deploykit_core::audit::{AuditEntry, Witness};
+/// # fn main() -> deploykit_core::Result<()> {
+/// let dir = tempfile::tempdir().expect("temp dir");
+/// let mut witness = Witness::open(dir.path().join("audit-witness.json"))?;
+/// let log: Vec<AuditEntry> = Vec::new(); // the log, as a store returns it
+/// let verified = witness.check(&log, None, deploykit_core::Timestamp::from_millis(0))?;
+/// assert_eq!(verified.records, 0);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Witness {
+    path: std::path::PathBuf,
+    largest: Option<Checkpoint>,
+}
+
+impl Witness {
+    /// The witness kept in `path` (none seen yet if the file does not exist).
+    pub fn open(path: impl Into<std::path::PathBuf>) -> Result<Self> {
+        let path = path.into();
+        let largest = match std::fs::read(&path) {
+            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                Error::invalid(
+                    path.display().to_string(),
+                    format!("not an audit witness file: {e}"),
+                )
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(Error::backend(
+                    format!("read {}", path.display()),
+                    e.to_string(),
+                ));
+            }
+        };
+        Ok(Witness { path, largest })
+    }
+
+    /// The largest log seen so far.
+    pub fn largest(&self) -> Option<&Checkpoint> {
+        self.largest.as_ref()
+    }
+
+    /// [`verify`] `entries` (and the signed checkpoint, if given), check they extend the
+    /// largest log seen before, then remember this one (written to a temporary file and renamed
+    /// over the witness, so a crash never leaves half a file).
+    pub fn check(
+        &mut self,
+        entries: &[AuditEntry],
+        checkpoint: Option<(&SignedCheckpoint, &VerifyingKey)>,
+        now: Timestamp,
+    ) -> Result<Verified> {
+        let verified = verify(entries, checkpoint)?;
+        if let Some(largest) = &self.largest {
+            extends(entries, largest, "the largest log seen before")?;
+        }
+        let grew = self
+            .largest
+            .as_ref()
+            .is_none_or(|l| verified.records > l.count);
+        if grew {
+            let seen = Checkpoint {
+                count: verified.records,
+                head: verified.head.clone(),
+                at: now,
+            };
+            let bytes = serde_json::to_vec_pretty(&seen)
+                .map_err(|e| Error::backend("encode the audit witness", e.to_string()))?;
+            let tmp = self.path.with_extension("tmp");
+            let io = |what: &str, e: std::io::Error| {
+                Error::backend(format!("{what} {}", self.path.display()), e.to_string())
+            };
+            std::fs::write(&tmp, bytes).map_err(|e| io("write", e))?;
+            std::fs::rename(&tmp, &self.path).map_err(|e| io("replace", e))?;
+            self.largest = Some(seen);
+        }
+        Ok(verified)
+    }
 }

@@ -241,3 +241,186 @@ async fn the_orchestrator_refuses_and_audits() {
         .await
         .expect("the chain holds refusals too");
 }
+
+/// Every way of building a policy validates the same way: a rule that can never match (one
+/// segment, an uppercase name, an unknown action) is refused by `rule()`, by serde (JSON and
+/// TOML) and by the orchestrator for a policy edited through its public fields, with the
+/// rule's path in the error.
+#[tokio::test(start_paused = true)]
+async fn a_policy_is_validated_however_it_is_built() {
+    let bad = [
+        ("prod*", "deploy", "is not <environment>/<service>"),
+        ("Production/*", "deploy", "can never match"),
+        ("production/Web", "deploy", "can never match"),
+        ("production/*", "delete", "is not an action"),
+    ];
+    for (object, action, why) in bad {
+        let mut policy = AccessPolicy::default();
+        let err = policy
+            .rule("role:release", action, object, Effect::Deny)
+            .expect_err(object);
+        assert!(err.to_string().contains(why), "{err}");
+        assert!(err.to_string().contains("access.rules[3]"), "{err}");
+
+        let json = serde_json::json!({
+            "rules": [
+                { "role": "role:release", "action": "*", "object": "*/*", "effect": "allow" },
+                { "role": "role:release", "action": action, "object": object, "effect": "deny" },
+            ],
+            "bindings": { "carol": ["role:release"] },
+        });
+        let err = serde_json::from_value::<AccessPolicy>(json).expect_err(object);
+        assert!(err.to_string().contains(why), "{err}");
+        assert!(err.to_string().contains("access.rules[1]"), "{err}");
+        let toml = format!(
+            "[[rules]]\nrole = \"role:release\"\naction = \"{action}\"\nobject = \"{object}\"\n\
+             effect = \"deny\"\n"
+        );
+        let err = toml::from_str::<AccessPolicy>(&toml).expect_err(object);
+        assert!(err.to_string().contains(why), "{err}");
+
+        // Fields are public: the orchestrator validates what it is given.
+        let mut policy = AccessPolicy::default();
+        policy.rules.push(
+            serde_json::from_value(serde_json::json!({
+                "role": "role:release", "action": action, "object": object, "effect": "deny"
+            }))
+            .expect("a rule on its own is plain data"),
+        );
+        let err = Orchestrator::builder(MemoryStore::new())
+            .access_policy(policy)
+            .open()
+            .await
+            .expect_err(object);
+        assert!(err.to_string().contains(why), "{err}");
+    }
+    // A valid policy round-trips through serde unchanged, and four eyes stays on unless said.
+    let mut policy = AccessPolicy::default();
+    policy
+        .rule("role:release", "deploy", "prod*/pay*", Effect::Deny)
+        .expect("rule");
+    policy.bind("carol", "role:release").expect("bind");
+    let back: AccessPolicy =
+        serde_json::from_str(&serde_json::to_string(&policy).expect("json")).expect("load");
+    assert_eq!(back, policy);
+    let minimal: AccessPolicy = serde_json::from_str("{}").expect("empty policy");
+    assert!(minimal.four_eyes_in_production);
+}
+
+/// Four eyes on production approvals is the default without any policy, and is switched off
+/// only explicitly.
+#[tokio::test(start_paused = true)]
+async fn four_eyes_hold_without_a_policy_unless_switched_off() {
+    for four_eyes in [None, Some(false)] {
+        let sim = SimCluster::new();
+        let spec = BlueGreenSpec::builder()
+            .auto_promote(false)
+            .build()
+            .expect("bg");
+        let production = common::environment_with(2, StrategySpec::BlueGreen(spec));
+        let mut builder = Orchestrator::builder(MemoryStore::new())
+            .environment(production, Arc::new(sim.clone()))
+            .clock(Arc::new(sim.clock()))
+            .config(common::config());
+        if let Some(on) = four_eyes {
+            builder = builder.four_eyes_in_production(on);
+        }
+        let orch = builder.open().await.expect("open");
+        let v1 = orch.deploy(common::request("v1")).await.expect("deploy");
+        orch.wait(&v1).await.expect("wait");
+        let v2 = orch.deploy(common::request("v2")).await.expect("deploy");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let own = orch
+            .approve(&v2, Actor::new("alice"), "my own change")
+            .await;
+        match four_eyes {
+            None => {
+                let err = own.expect_err("alice requested v2");
+                assert!(err.to_string().contains("a second person must"), "{err}");
+            }
+            _ => own.expect("switched off explicitly"),
+        }
+    }
+}
+
+mod random_policies {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("*".to_string()),
+            "[a-z][a-z0-9-]{0,6}".prop_map(String::from),
+            "[a-z]{1,3}\\*".prop_map(String::from),
+            "\\*[a-z]{1,3}".prop_map(String::from),
+            "[A-Za-z/ é]{0,5}".prop_map(String::from),
+        ]
+    }
+
+    fn rule() -> impl Strategy<Value = (String, String, String, bool)> {
+        (
+            prop_oneof![Just("role:release"), Just("role:ops"), Just("")],
+            prop_oneof![Just("*"), Just("deploy"), Just("approve"), Just("delete")],
+            (segment(), segment(), any::<bool>()).prop_map(|(e, s, slash)| {
+                if slash {
+                    format!("{e}/{s}")
+                } else {
+                    format!("{e}{s}")
+                }
+            }),
+            any::<bool>(),
+        )
+            .prop_map(|(r, a, o, deny)| (r.to_string(), a.to_string(), o, deny))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(common::cases(256)))]
+
+        /// Random policies never panic; `rule()` and serde accept exactly the same rules; an
+        /// accepted policy decides every query the same after a save and load.
+        #[test]
+        fn builders_and_serde_agree_and_round_trip(
+            rules in proptest::collection::vec(rule(), 0..6),
+            queries in proptest::collection::vec(
+                (prop_oneof![Just("carol"), Just("dave")],
+                 prop_oneof![Just(AccessAction::Deploy), Just(AccessAction::Approve)],
+                 prop_oneof![Just("production"), Just("prod-eu"), Just("preview-x")],
+                 prop_oneof![Just("web"), Just("payments")]),
+                1..8),
+        ) {
+            let mut built = AccessPolicy::empty();
+            built.bind("carol", "role:release").expect("bind");
+            let mut by_builder = Ok(());
+            for (role, action, object, deny) in &rules {
+                let effect = if *deny { Effect::Deny } else { Effect::Allow };
+                if let Err(e) = built.rule(role, action, object, effect) {
+                    by_builder = Err(e);
+                    break;
+                }
+            }
+            let json = serde_json::json!({
+                "rules": rules.iter().map(|(role, action, object, deny)| serde_json::json!({
+                    "role": role, "action": action, "object": object,
+                    "effect": if *deny { "deny" } else { "allow" },
+                })).collect::<Vec<_>>(),
+                "bindings": { "carol": ["role:release"] },
+                "four_eyes_in_production": true,
+            });
+            let by_serde = serde_json::from_value::<AccessPolicy>(json);
+            prop_assert_eq!(by_builder.is_ok(), by_serde.is_ok(), "{:?} vs {:?}", by_builder, by_serde.as_ref().err());
+            if let Ok(loaded) = by_serde {
+                prop_assert_eq!(&loaded, &built);
+                let again: AccessPolicy = serde_json::from_str(
+                    &serde_json::to_string(&loaded).expect("save"),
+                ).expect("load");
+                for (who, action, e, s) in &queries {
+                    let (actor, e, s) = (Actor::new(*who), env(e), svc(s));
+                    prop_assert_eq!(
+                        built.check(&actor, *action, &e, &s).is_ok(),
+                        again.check(&actor, *action, &e, &s).is_ok()
+                    );
+                }
+            }
+        }
+    }
+}

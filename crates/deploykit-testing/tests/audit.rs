@@ -138,3 +138,61 @@ async fn edits_truncation_and_rewrites_are_caught() {
     let (_, reason) = tampered_at(verify(&rewritten, Some((&forged_checkpoint, &trusted))));
     assert!(reason.contains("signed by another key"), "{reason}");
 }
+
+/// An older copy of the log, replayed together with its older (genuinely signed) checkpoint,
+/// verifies on its own; a verifier that keeps a witness of the largest log it has seen catches
+/// the rollback, and a forged history of the same or greater length too.
+#[tokio::test(start_paused = true)]
+async fn a_log_rolled_back_with_its_old_checkpoint_is_caught_by_the_witness() {
+    use deploykit_core::audit::Witness;
+    let sim = SimCluster::new();
+    let store: Arc<dyn StateStore> = Arc::new(deploykit_testing::MemoryStore::new());
+    let orch = common::open(store.clone(), &sim, common::production(), "o1").await;
+    common::deploy_and_wait(&orch, "v1").await;
+    let trusted = key(1).verifying_key();
+    let old_log = store.audit_log().await.expect("log");
+    let old_checkpoint = orch.audit_checkpoint(&key(1)).await.expect("checkpoint");
+    common::deploy_and_wait(&orch, "v2").await;
+    let new_log = store.audit_log().await.expect("log");
+    assert!(new_log.len() > old_log.len());
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit-witness.json");
+    let now = deploykit_core::Timestamp::from_millis(1);
+    let mut witness = Witness::open(&path).expect("witness");
+    witness.check(&new_log, None, now).expect("the current log");
+    assert_eq!(
+        witness.largest().expect("remembered").count,
+        new_log.len() as u64
+    );
+
+    // The replay passes the plain check ...
+    verify(&old_log, Some((&old_checkpoint, &trusted))).expect("an old log with its checkpoint");
+    // ... but not a witness that saw more, even one opened afresh from its file.
+    let mut witness = Witness::open(&path).expect("witness");
+    let (seq, reason) =
+        tampered_at(witness.check(&old_log, Some((&old_checkpoint, &trusted)), now));
+    assert_eq!(seq, old_log.len() as u64);
+    assert!(reason.contains("rolled back"), "{reason}");
+
+    // A rewritten history as long as the real one does not extend what was seen either.
+    let mut forged: Vec<AuditEntry> = Vec::new();
+    for e in &new_log {
+        let mut record = e.record.clone();
+        record.detail = format!("{} (edited)", record.detail);
+        forged.push(AuditEntry::chain(forged.last(), record));
+    }
+    let (_, reason) = tampered_at(witness.check(&forged, None, now));
+    assert!(reason.contains("history was rewritten"), "{reason}");
+
+    // The real log, grown, still passes and moves the witness on.
+    common::deploy_and_wait(&orch, "v3").await;
+    let grown = store.audit_log().await.expect("log");
+    witness.check(&grown, None, now).expect("the grown log");
+    assert_eq!(witness.largest().expect("seen").count, grown.len() as u64);
+
+    // A witness file that is not one is an error naming the file, never "nothing seen".
+    std::fs::write(&path, b"garbage").expect("write");
+    let err = Witness::open(&path).expect_err("garbage");
+    assert!(err.to_string().contains("audit-witness.json"), "{err}");
+}

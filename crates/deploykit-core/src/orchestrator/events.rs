@@ -5,7 +5,7 @@ use std::fmt;
 use crate::journal::{
     DeploymentKind, DeploymentStatus, JournalEntry, JournalEvent, Outcome, Phase,
 };
-use crate::model::{DeploymentId, EnvironmentName, ServiceId};
+use crate::model::{DeploymentId, EnvironmentName, RevisionId, ServiceId};
 
 /// Something that happened to a deployment: a journal entry with its context.
 ///
@@ -22,6 +22,8 @@ pub struct Event {
     pub environment: EnvironmentName,
     /// The label of the revision it rolls out.
     pub revision: String,
+    /// The id of the revision it rolls out.
+    pub revision_id: RevisionId,
     /// The phase after this entry.
     pub phase: Phase,
     /// The journal entry.
@@ -37,6 +39,7 @@ impl Event {
             service: status.spec.service.clone(),
             environment: status.spec.environment.clone(),
             revision: status.spec.target.label.clone(),
+            revision_id: status.spec.target.id.clone(),
             phase: status.phase,
             entry,
             previous: status.previous.as_ref().map(|r| r.label.clone()),
@@ -64,6 +67,11 @@ impl Event {
                 DeploymentKind::Teardown => format!("teardown requested by {}", spec.requested_by),
             },
             JournalEvent::Started { previous } => match previous {
+                Some(p) if p.id == self.revision_id => format!(
+                    "{} already serves: nothing to roll out, only checking it runs at full size \
+                     with all traffic",
+                    p.label
+                ),
                 Some(p) => format!("started, replacing {}", p.label),
                 None => "started (first deployment)".to_string(),
             },

@@ -24,7 +24,7 @@ pub use release::{Release, ReleaseRequest, ReleaseService};
 
 use crate::access::{AccessAction, AccessPolicy};
 use crate::audit::{self, AuditEntry, SignedCheckpoint, Verified};
-use crate::environment::Environment;
+use crate::environment::{Environment, TrafficSplit};
 use crate::error::{Error, Result};
 use crate::journal::{
     Actor, DeploymentKind, DeploymentSpec, DeploymentStatus, JournalEntry, JournalEvent,
@@ -121,9 +121,23 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// Whether `strategy` can run here: valid, and with a monitor if it analyses.
+    /// Whether `strategy` can run here: valid, with a monitor if it analyses, and with a
+    /// backend that splits traffic by weight if it needs a split.
     fn check_strategy(&self, strategy: &StrategySpec) -> Result<()> {
         strategy.validate("strategy")?;
+        if let (Some(step), TrafficSplit::WholeSwitch { reason }) =
+            (strategy.weighted_step(), self.env.traffic_split())
+        {
+            return Err(Error::invalid(
+                "strategy",
+                format!(
+                    "the {} strategy splits traffic by weight ({step}), but environment {} \
+                     cannot: {reason}",
+                    strategy.name(),
+                    self.spec.name
+                ),
+            ));
+        }
         if strategy.needs_monitor() && self.monitor.is_none() {
             return Err(Error::invalid(
                 "strategy",
@@ -147,6 +161,8 @@ pub(crate) struct Shared {
     previews: Option<preview::PreviewTemplate>,
     /// The access policy operator actions are checked against, if any.
     access: Option<AccessPolicy>,
+    /// Whether a production approval by the deployment's requester is refused.
+    four_eyes: bool,
     /// Where secret references are pinned to versions when a revision is made.
     secrets: Option<Arc<dyn SecretProvider>>,
     /// Where journal writes and events are counted.
@@ -174,6 +190,7 @@ pub struct OrchestratorBuilder {
     targets: BTreeMap<EnvironmentName, Arc<Target>>,
     previews: Option<preview::PreviewTemplate>,
     access: Option<AccessPolicy>,
+    four_eyes: Option<bool>,
     secrets: Option<Arc<dyn SecretProvider>>,
     metrics: Option<Arc<Metrics>>,
     notifiers: Vec<Arc<dyn Notifier>>,
@@ -223,9 +240,19 @@ impl OrchestratorBuilder {
 
     /// Check every operator action (deploy, rollback, abort, pause, resume, approve, reject,
     /// previews and their teardown) against `policy`; refusals are errors naming the missing
-    /// permission, and are audited. Without a policy every action is allowed.
+    /// permission, and are audited. Without a policy every action is allowed. The policy is
+    /// validated when the orchestrator opens ([`AccessPolicy::validate`]).
     pub fn access_policy(mut self, policy: AccessPolicy) -> Self {
         self.access = Some(policy);
+        self
+    }
+
+    /// Whether an approval in a production environment by the person who requested the
+    /// deployment is refused (four eyes). On by default, with or without an access policy;
+    /// this setting wins over the policy's `four_eyes_in_production`. Switch it off only where
+    /// one person may deploy and approve alone (a test harness, a one-person team).
+    pub fn four_eyes_in_production(mut self, on: bool) -> Self {
+        self.four_eyes = Some(on);
         self
     }
 
@@ -277,6 +304,14 @@ impl OrchestratorBuilder {
         for t in self.targets.values() {
             t.spec.validate()?;
         }
+        if let Some(policy) = &self.access {
+            policy.validate()?;
+        }
+        let four_eyes = self.four_eyes.unwrap_or_else(|| {
+            self.access
+                .as_ref()
+                .is_none_or(|p| p.four_eyes_in_production)
+        });
         if let Some(p) = &self.previews {
             p.validate()?;
         }
@@ -304,6 +339,7 @@ impl OrchestratorBuilder {
             targets: RwLock::new(self.targets),
             previews: self.previews,
             access: self.access,
+            four_eyes,
             secrets: self.secrets,
             metrics: self.metrics,
             drivers: Mutex::new(JoinSet::new()),
@@ -423,6 +459,7 @@ impl Orchestrator {
             targets: BTreeMap::new(),
             previews: None,
             access: None,
+            four_eyes: None,
             secrets: None,
             metrics: None,
             notifiers: Vec::new(),
@@ -715,10 +752,7 @@ impl Orchestrator {
                     t.spec.kind == EnvironmentKind::Production
                 })
         };
-        if let Some(policy) = &self.shared.access
-            && policy.four_eyes_in_production
-            && by == status.spec.requested_by
-            && production()
+        if self.shared.four_eyes && by == status.spec.requested_by && production()
         {
             let e = Error::PermissionDenied {
                 principal: by.to_string(),
@@ -802,6 +836,16 @@ impl Orchestrator {
     /// The current status of a deployment, computed from its journal.
     pub async fn status(&self, id: &DeploymentId) -> Result<DeploymentStatus> {
         self.shared.status(id).await
+    }
+
+    /// The status of every deployment in the store that has not ended (pending ones too),
+    /// oldest first, whichever orchestrator drives it.
+    pub async fn active_deployments(&self) -> Result<Vec<DeploymentStatus>> {
+        let mut out = Vec::new();
+        for id in self.shared.store.list_active().await? {
+            out.push(self.shared.status(&id).await?);
+        }
+        Ok(out)
     }
 
     /// The whole journal of a deployment, oldest entry first.
