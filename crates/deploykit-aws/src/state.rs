@@ -295,6 +295,13 @@ impl StateStore for S3StateStore {
             .collect()
     }
 
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        Ok(self
+            .get_json::<Lease>(&format!("leases/{key}"))
+            .await?
+            .map(|(lease, _)| lease))
+    }
+
     async fn acquire_lease(
         &self,
         key: &str,

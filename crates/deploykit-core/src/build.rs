@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use typed_builder::TypedBuilder;
 
 use crate::error::{Error, Result};
@@ -338,8 +339,10 @@ impl Pipeline {
         let mut outcome = Ok(());
         for stage in &self.stages {
             ran.push(stage);
-            let _span = tracing::info_span!("build stage", stage = stage.name()).entered();
-            match stage.run(&ctx).await {
+            // `instrument`, not `entered()`: an entered span guard held across an await would
+            // make this future `!Send` (and attach the span to whatever else the thread polls).
+            let span = tracing::info_span!("build stage", stage = stage.name());
+            match stage.run(&ctx).instrument(span).await {
                 Ok(artifacts) => {
                     ctx.inputs.extend(artifacts.iter().cloned());
                     produced.extend(artifacts);

@@ -133,6 +133,15 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// Nothing drives a deployment that has not ended: no orchestrator that runs its
+    /// environment is alive (see [`crate::Orchestrator::wait`]).
+    #[error("nobody drives deployment {deployment}: {reason}")]
+    Undriven {
+        /// The deployment.
+        deployment: String,
+        /// Why it is known that nobody does, and what would.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -160,6 +160,10 @@ impl StateStore for MemoryStore {
         Ok(lease)
     }
 
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        Ok(self.lock().leases.get(key).cloned())
+    }
+
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
         let mut inner = self.lock();
         if inner

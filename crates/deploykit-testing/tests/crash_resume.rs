@@ -86,6 +86,9 @@ impl StateStore for CrashingStore {
     async fn release_lease(&self, l: &Lease) -> Result<()> {
         self.inner.release_lease(l).await
     }
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        self.inner.lease(key).await
+    }
     async fn record_audit(&self, r: &AuditEntry) -> Result<()> {
         self.inner.record_audit(r).await
     }

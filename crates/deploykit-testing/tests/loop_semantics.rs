@@ -420,3 +420,65 @@ async fn a_manual_rollback_after_a_frozen_rollout_returns_to_the_serving_revisio
     );
     assert_eq!(serving(&sim), vec![("v2".to_string(), 100)]);
 }
+
+/// `wait` on an orchestrator that does not run the deployment's environment follows a live
+/// peer to the end, and returns an error naming the reason (instead of hanging) once nobody
+/// can drive it.
+#[tokio::test(start_paused = true)]
+async fn wait_returns_when_nothing_can_drive_the_deployment() {
+    let sim = SimCluster::new();
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let strategy = canary(vec![
+        CanaryStep::weight(25).expect("w"),
+        CanaryStep::pause(Duration::from_secs(120)),
+    ]);
+    let driver = open(&store, &sim, &strategy, "driver").await;
+    // An orchestrator that runs only staging: it cannot drive production's deployments.
+    let staging = deploykit_core::EnvironmentSpec::builder()
+        .name("staging")
+        .kind(deploykit_core::EnvironmentKind::Staging)
+        .replicas(1)
+        .build()
+        .expect("staging");
+    let watcher = Orchestrator::builder_shared(store.clone())
+        .environment(staging, Arc::new(SimCluster::new()))
+        .clock(Arc::new(sim.clock()))
+        .owner("watcher")
+        .config(config())
+        .open()
+        .await
+        .expect("open");
+    let v1 = driver.deploy(request("v1")).await.expect("deploy");
+    assert_eq!(
+        wait_for(&watcher, &v1, Duration::from_secs(600)).await,
+        Phase::Succeeded
+    );
+
+    let v2 = driver.deploy(request("v2")).await.expect("deploy");
+    until(&watcher, &v2, |events| {
+        events
+            .iter()
+            .any(|e| matches!(e, JournalEvent::StepReached { step: 1 }))
+    })
+    .await;
+    drop(driver);
+    let err = tokio::time::timeout(Duration::from_secs(3600), watcher.wait(&v2))
+        .await
+        .expect("wait returns")
+        .expect_err("nobody drives it");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("nobody drives deployment {v2}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("not configured in this orchestrator"),
+        "{text}"
+    );
+    // A new orchestrator that runs production carries it on.
+    let again = open(&store, &sim, &strategy, "again").await;
+    assert_eq!(
+        wait_for(&again, &v2, Duration::from_secs(3600)).await,
+        Phase::Succeeded
+    );
+}

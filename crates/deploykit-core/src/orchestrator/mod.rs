@@ -40,7 +40,7 @@ use crate::notify::Notifier;
 use crate::secrets::SecretProvider;
 use crate::store::{AuditAction, AuditRecord, Lease, StateStore};
 use crate::strategy::{BlueGreenSpec, StrategySpec};
-use crate::time::{Clock, SystemClock};
+use crate::time::{Clock, SystemClock, Timestamp};
 
 /// Timing knobs of an orchestrator. The defaults suit real environments.
 #[derive(Clone, Debug, PartialEq, Eq, TypedBuilder)]
@@ -857,15 +857,44 @@ impl Orchestrator {
             .ok_or_else(|| Error::not_found(format!("deployment {id}")))
     }
 
-    /// Wait until a deployment ends and return its final status. It ends only if some
-    /// orchestrator drives it (one that has its environment configured); wrap the call in a
-    /// timeout if that may not be so.
+    /// Wait until a deployment ends and return its final status.
+    ///
+    /// This orchestrator drives (or adopts) every deployment of the environments it runs, so
+    /// for those the wait ends when the deployment does. For a deployment of an environment it
+    /// does not run, it waits while another orchestrator holds the service's lease, and
+    /// returns [`Error::Undriven`] once nobody has held it for `lease_ttl + adopt_interval`
+    /// (every orchestrator that runs the environment would have adopted it by then): the
+    /// deployment would otherwise never end, and the wait would hang.
     pub async fn wait(&self, id: &DeploymentId) -> Result<DeploymentStatus> {
         let mut events = self.subscribe();
+        let grace = self.shared.config.lease_ttl + self.shared.config.adopt_interval;
+        let mut undriven_since = None;
         loop {
             let status = self.status(id).await?;
             if status.phase.is_terminal() {
                 return Ok(status);
+            }
+            let now = self.shared.clock.now();
+            match self.shared.driven(&status, now).await? {
+                true => undriven_since = None,
+                false => {
+                    let since = *undriven_since.get_or_insert(now);
+                    if now.since(since) >= grace {
+                        return Err(Error::Undriven {
+                            deployment: id.to_string(),
+                            reason: format!(
+                                "its environment {} is not configured in this orchestrator, \
+                                 and no orchestrator has held the lease of {}/{} for {}s; open \
+                                 one that runs {} on the same store to carry it on",
+                                status.spec.environment,
+                                status.spec.service,
+                                status.spec.environment,
+                                now.since(since).as_secs(),
+                                status.spec.environment
+                            ),
+                        });
+                    }
+                }
             }
             let poll = self.shared.config.poll_interval;
             // Re-read the journal when this deployment ends here, when events were missed, or
@@ -1018,6 +1047,20 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// Whether `status`'s deployment is driven, or will be: this orchestrator runs its
+    /// environment (so it drives or adopts it), or another holds its service's lease.
+    async fn driven(&self, status: &DeploymentStatus, now: Timestamp) -> Result<bool> {
+        if self.target(&status.spec.environment).is_ok() {
+            return Ok(true);
+        }
+        let key = format!("{}/{}", status.spec.service, status.spec.environment);
+        Ok(self
+            .store
+            .lease(&key)
+            .await?
+            .is_some_and(|lease| lease.expires_at > now))
     }
 
     fn is_driving(&self, id: &DeploymentId) -> bool {

@@ -197,6 +197,10 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     /// Give up `lease` if its owner still holds it; otherwise do nothing.
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
 
+    /// The lease `key` as last written (held, or expired but not yet taken over), or `None` if
+    /// there is none (never taken, or released). Read-only: it never takes the lease.
+    async fn lease(&self, key: &str) -> Result<Option<Lease>>;
+
     /// Append a chained audit entry. Its `seq` must be the next one, or the append fails with
     /// `Conflict` and writes nothing (so concurrent writers never fork the chain).
     async fn record_audit(&self, entry: &AuditEntry) -> Result<()>;

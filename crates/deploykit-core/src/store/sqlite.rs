@@ -374,6 +374,25 @@ impl StateStore for SqliteStore {
         .await
     }
 
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        let key = key.to_string();
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT owner, expires_ms FROM leases WHERE key = ?1",
+                [&key],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()
+            .map_err(|e| store_err(&format!("read lease {key}"), e))
+            .map(|held| {
+                held.map(|(owner, expires)| {
+                    Lease::new(key.clone(), owner, Timestamp::from_millis(expires as u64))
+                })
+            })
+        })
+        .await
+    }
+
     async fn acquire_lease(
         &self,
         key: &str,

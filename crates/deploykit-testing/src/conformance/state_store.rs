@@ -182,11 +182,18 @@ pub async fn active_and_listing(store: &dyn StateStore) {
 /// a release by a former owner does nothing.
 pub async fn leases(store: &dyn StateStore) {
     let ttl = Duration::from_secs(30);
+    let none = store.lease("web/prod").await.expect("read lease");
+    assert_eq!(none, None, "no lease was ever taken");
     let a = store
         .acquire_lease("web/prod", "a", at(0), ttl)
         .await
         .expect("free lease");
     assert_eq!((a.owner.as_str(), a.expires_at), ("a", at(30_000)));
+    let read = store.lease("web/prod").await.expect("read lease");
+    assert_eq!(
+        read.as_ref().map(|l| (l.owner.as_str(), l.expires_at)),
+        Some(("a", at(30_000)))
+    );
     let held = store.acquire_lease("web/prod", "b", at(10_000), ttl).await;
     assert!(
         matches!(&held, Err(Error::LeaseHeld { owner, .. }) if owner == "a"),
@@ -208,6 +215,14 @@ pub async fn leases(store: &dyn StateStore) {
         "a release by a former owner must not free the lease"
     );
     store.release_lease(&b).await.expect("release");
+    let released = store.lease("web/prod").await.expect("read lease");
+    assert!(
+        released.is_none()
+            || released
+                .as_ref()
+                .is_some_and(|l| l.expires_at <= at(50_003)),
+        "a released lease reads as gone (or lapsed), got {released:?}"
+    );
     store
         .acquire_lease("web/prod", "c", at(50_003), ttl)
         .await
