@@ -1,5 +1,5 @@
 //! Quickstart: three rolling deploys of a sample service on the in-memory cluster, the last of
-//! which fails readiness and is rolled back automatically.
+//! which never passes readiness and is rolled back automatically at its progress deadline.
 //!
 //! Run it with `cargo run -p deploykit-examples --example quickstart`. It runs on tokio's
 //! paused clock, so the simulated minutes pass in milliseconds; the journal is a real SQLite
@@ -41,11 +41,14 @@ async fn run() -> Result<bool, Error> {
         )
         .build()?;
     // Production: 3 replicas, rolling update with the defaults (maxSurge and maxUnavailable
-    // 25 %, progress deadline 600 s).
+    // 25 %), and a progress deadline of 60 s: failing readiness means "not ready yet" (a slow
+    // start looks the same) until then, so that is when a revision that never gets ready is
+    // rolled back.
     let production = EnvironmentSpec::builder()
         .name("production")
         .kind(EnvironmentKind::Production)
         .replicas(3)
+        .progress_deadline(Duration::from_secs(60))
         .build()?;
 
     let cluster = SimCluster::new();

@@ -1,13 +1,14 @@
 //! The local environment's hard cases, with the real sample app behind the real proxy: a
-//! health endpoint that redirects, an app that never binds its port, a crash loop, adoption
-//! after the controller restarts, and the `Environment` conformance suite.
+//! health endpoint that redirects, an app that never binds its port, a crash loop, an app that
+//! crashes seconds after it became ready (and was promoted), an app slow to bind its port,
+//! adoption after the controller restarts, and the `Environment` conformance suite.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{APP, Rig};
-use deploykit_core::journal::RollbackCause;
+use deploykit_core::journal::{JournalEvent, RollbackCause};
 use deploykit_core::{
     Digest, Environment, EnvironmentExt, EnvironmentKind, EnvironmentSpec, HealthChecks, Phase,
     Probe, ProbeAction, Revision, ServiceId, ServiceSpec,
@@ -24,10 +25,34 @@ command = ["{APP}"]
 port = 8080
 health.readiness = { http = "/healthz", period = "200ms", timeout = "150ms", failure_threshold = 2 }
 
+[services.slow]
+command = ["{APP}"]
+port = 8080
+
 [environments.production]
 kind = "production"
 replicas = 2
 progress_deadline = "6s"
+
+[environments.watched-canary]
+kind = "staging"
+replicas = 2
+progress_deadline = "30s"
+
+[environments.watched-canary.strategy.canary]
+scale_down_delay = "4s"
+steps = [{ weight = 50 }]
+
+[environments.watched-bluegreen]
+kind = "staging"
+replicas = 2
+progress_deadline = "30s"
+strategy.blue_green = { auto_promote = true, scale_down_delay = "4s" }
+
+[environments.slowstart]
+kind = "staging"
+replicas = 2
+progress_deadline = "30s"
 
 [environments.patient]
 kind = "staging"
@@ -95,26 +120,149 @@ async fn bad_revision_keeps_stable(
     rig.close().await;
 }
 
+// Readiness failures mean "not ready yet": these two wait for the (short) progress deadline,
+// whose reason carries the last readiness failure and says when a startup probe would help.
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_health_check_answering_301_fails_and_stable_keeps_all_traffic() {
+async fn a_health_check_answering_301_fails_at_the_deadline_and_stable_keeps_all_traffic() {
     bad_revision_keeps_stable(
         "production",
         &[("HEALTH_STATUS", "301")],
-        RollbackCause::FailFast,
-        "301 Moved Permanently",
+        RollbackCause::ProgressDeadline,
+        "failed readiness: GET /healthz returned 301 Moved Permanently",
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revision_that_never_binds_its_port_fails_and_stable_keeps_all_traffic() {
+async fn a_revision_that_never_binds_its_port_fails_at_the_deadline_and_stable_keeps_all_traffic() {
     bad_revision_keeps_stable(
         "production",
         &[("START_DELAY_MS", "600000")],
-        RollbackCause::FailFast,
-        "connection refused",
+        RollbackCause::ProgressDeadline,
+        "connection refused; if v2 is only slow to start, a startup probe",
     )
     .await;
+}
+
+/// Deploy v1 in `env` (a canary or blue-green with a 4 s scale-down delay), then a v2 that
+/// passes readiness, is promoted, and exits 2 s after binding its port (restarted each time,
+/// so between crashes it passes readiness again): v2 must be rolled back, after its
+/// promotion and inside the scale-down delay, with the warm v1 instances taking all traffic
+/// back — never `succeeded`.
+async fn a_crash_after_promotion_rolls_back(env: &str) {
+    let rig = Rig::new(CONFIG).await;
+    let web = ServiceId::new("web").unwrap();
+    let v1 = rig
+        .orchestrator
+        .deploy(rig.request("web", env, "v1", &[]))
+        .await
+        .expect("deploy v1");
+    assert_eq!(
+        rig.orchestrator.wait(&v1).await.expect("v1").phase,
+        Phase::Succeeded
+    );
+    let v1_instances = instance_names(&rig.local.observe(&web).await.unwrap());
+
+    let v2 = rig
+        .orchestrator
+        .deploy(rig.request("web", env, "v2", &[("CRASH_AFTER_MS", "2000")]))
+        .await
+        .expect("deploy v2");
+    let status = rig.orchestrator.wait(&v2).await.expect("v2");
+    assert_eq!(
+        status.phase,
+        Phase::RolledBack,
+        "{env}: {:?}",
+        status.outcome
+    );
+    let (cause, reason) = status.rollback.clone().expect("a rollback reason");
+    assert_eq!(cause, RollbackCause::FailFast, "{reason}");
+    assert!(
+        reason.contains("are crash-looping: exited with code 1 after running")
+            && reason.contains("crashing 2000ms after binding as asked (CRASH_AFTER_MS)"),
+        "{reason}"
+    );
+    // Caught by the post-promotion check: promoted first, rolled back inside the delay.
+    let journal = rig.orchestrator.journal(&v2).await.unwrap();
+    let at = |f: fn(&JournalEvent) -> bool| journal.iter().find(|e| f(&e.event)).map(|e| e.at);
+    let promoted = at(|e| matches!(e, JournalEvent::Promoted)).expect("v2 was promoted");
+    let rolled = at(|e| matches!(e, JournalEvent::RollbackStarted { .. })).expect("rollback");
+    let after = rolled.since(promoted);
+    assert!(
+        after < Duration::from_secs(4),
+        "{env}: rolled back {after:?} after promotion"
+    );
+
+    let observed = rig.local.observe(&web).await.unwrap();
+    assert_eq!(observed.revisions.len(), 1, "{}", observed.summary());
+    assert_eq!(observed.revisions[0].revision.label, "v1");
+    assert_eq!(observed.weight_of(&observed.revisions[0].revision.id), 100);
+    assert_eq!(
+        instance_names(&observed),
+        v1_instances,
+        "{env}: the warm v1 instances took the traffic back; none was started again"
+    );
+    println!("{env}: {reason} ({after:?} after promotion)");
+    rig.close().await;
+}
+
+fn instance_names(observed: &deploykit_core::Observed) -> Vec<String> {
+    let mut names: Vec<String> = observed
+        .revisions
+        .iter()
+        .flat_map(|r| r.instances.iter().map(|i| i.name.to_string()))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_crashes_after_promotion_is_rolled_back_not_succeeded() {
+    a_crash_after_promotion_rolls_back("watched-canary").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_that_crashes_after_promotion_is_rolled_back_not_succeeded() {
+    a_crash_after_promotion_rolls_back("watched-bluegreen").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_slow_to_bind_its_port_is_waited_for_not_rolled_back() {
+    // 2 s before the port is bound, no explicit probe (the implicit TCP readiness probe fails
+    // with `connection refused` meanwhile), a 30 s progress deadline: not ready yet, not
+    // broken. A first deployment and an update, rolling and canary.
+    let slow = [("START_DELAY_MS", "2000")];
+    for env in ["slowstart", "watched-canary"] {
+        let rig = Rig::new(CONFIG).await;
+        for label in ["v1", "v2"] {
+            let started = std::time::Instant::now();
+            let id = rig
+                .orchestrator
+                .deploy(rig.request("slow", env, label, &slow))
+                .await
+                .expect("deploy");
+            let status = rig.orchestrator.wait(&id).await.expect("wait");
+            assert_eq!(
+                status.phase,
+                Phase::Succeeded,
+                "{env} {label}: {:?}",
+                status.rollback
+            );
+            let took = started.elapsed();
+            assert!(took >= Duration::from_secs(2), "{env} {label}: {took:?}");
+            println!("{env} {label}: succeeded after {took:?}");
+        }
+        let observed = rig
+            .local
+            .observe(&ServiceId::new("slow").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(observed.revisions.len(), 1, "{}", observed.summary());
+        assert_eq!(observed.revisions[0].revision.label, "v2");
+        assert_eq!(observed.total_ready(), 2);
+        rig.close().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

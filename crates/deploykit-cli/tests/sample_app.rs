@@ -226,6 +226,29 @@ fn crash_on_start_exits_1() {
 }
 
 #[test]
+fn crash_after_ms_serves_then_exits_1() {
+    let started = Instant::now();
+    let mut app = App::start(&[("CRASH_AFTER_MS", "700")]);
+    // Ready and serving first, as a revision that passes readiness would be.
+    assert_eq!(app.get("/healthz").status, 200);
+    assert_eq!(app.get("/").status, 200);
+    let status = app.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert_eq!(status.code(), Some(1));
+    assert!(started.elapsed() >= Duration::from_millis(700));
+
+    let port = free_port().to_string();
+    let out = run_to_end(&[("PORT", &port), ("CRASH_AFTER_MS", "100")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sample-app: crashing 100ms after binding as asked (CRASH_AFTER_MS)"),
+        "{stderr}"
+    );
+    let out = run_to_end(&[("PORT", &port), ("CRASH_AFTER_MS", "soon")]);
+    assert_eq!(out.status.code(), Some(2), "an invalid value is refused");
+}
+
+#[test]
 fn bad_configuration_exits_2() {
     let out = run_to_end(&[]);
     assert_eq!(out.status.code(), Some(2));

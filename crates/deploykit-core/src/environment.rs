@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{Revision, RevisionId, ServiceId, Weight};
+use crate::model::{Autoscale, Revision, RevisionId, ServiceId, Weight};
 
 /// The whole desired state of one service in one environment: not a diff, so applying it twice,
 /// or again after a crash, is always safe.
@@ -23,12 +23,29 @@ pub struct DesiredState {
     pub revisions: Vec<RevisionTarget>,
     /// How traffic is spread across them.
     pub traffic: Traffic,
+    /// The environment's autoscaling bounds, if the service is autoscaled (the orchestrator
+    /// copies them from [`EnvironmentSpec::autoscale`](crate::EnvironmentSpec::autoscale)).
+    /// Backends with an autoscaler (Kubernetes: a HorizontalPodAutoscaler on the serving
+    /// revision) keep it running with these bounds; others ignore them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
 }
 
 impl DesiredState {
-    /// A desired state with the given revisions and traffic.
+    /// A desired state with the given revisions and traffic, not autoscaled.
     pub fn new(revisions: Vec<RevisionTarget>, traffic: Traffic) -> Self {
-        DesiredState { revisions, traffic }
+        DesiredState {
+            revisions,
+            traffic,
+            autoscale: None,
+        }
+    }
+
+    /// This desired state with autoscaling bounds `autoscale` (or none).
+    #[must_use]
+    pub fn with_autoscale(mut self, autoscale: Option<Autoscale>) -> Self {
+        self.autoscale = autoscale;
+        self
     }
 
     /// The desired instance count of `revision` (0 if absent).
@@ -253,6 +270,12 @@ pub struct Observed {
     pub traffic: BTreeMap<RevisionId, Weight>,
     /// The traffic configuration last applied.
     pub routing: Traffic,
+    /// For an autoscaled service, the instance count its autoscaler wants now (Kubernetes: the
+    /// replicas of the HorizontalPodAutoscaler's target, within its bounds; while a rolling
+    /// update has suspended the autoscaler, the count it wanted when the update began).
+    /// `None` when the service is not autoscaled. See [`Observed::replicas_for`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaled: Option<u32>,
 }
 
 impl Observed {
@@ -266,7 +289,23 @@ impl Observed {
             revisions,
             traffic,
             routing,
+            autoscaled: None,
         }
+    }
+
+    /// This observation with the autoscaler's current count (see [`Observed::autoscaled`]).
+    #[must_use]
+    pub fn with_autoscaled(mut self, replicas: u32) -> Self {
+        self.autoscaled = Some(replicas);
+        self
+    }
+
+    /// How many instances a rollout should size the serving revision (and so the stable and
+    /// canary) to: the autoscaler's live count when the service is autoscaled, else
+    /// `configured` (the environment's static `replicas`). A deploy under load therefore never
+    /// shrinks what the autoscaler scaled up.
+    pub fn replicas_for(&self, configured: u32) -> u32 {
+        self.autoscaled.unwrap_or(configured)
     }
 
     /// The share of ordinary traffic `revision` receives, in percent.
@@ -458,6 +497,32 @@ pub trait Environment: Send + Sync + fmt::Debug {
 
     /// Remove everything this environment created for `service`. Idempotent.
     async fn teardown(&self, service: &ServiceId) -> Result<()>;
+
+    /// Whether this environment can split ordinary traffic between revisions by weight (and
+    /// honour header routes and mirrors). The orchestrator refuses, at deploy time, a strategy
+    /// that needs a split (a canary with a weight strictly between 0 and 100, a header route or
+    /// a mirror) on an environment answering [`TrafficSplit::WholeSwitch`], since analysis and
+    /// promotion would judge traffic that never moved. The default is
+    /// [`TrafficSplit::Weighted`].
+    fn traffic_split(&self) -> TrafficSplit {
+        TrafficSplit::Weighted
+    }
+}
+
+/// What an environment does with the weights, header routes and mirrors of
+/// [`Traffic::Routed`] (see [`Environment::traffic_split`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TrafficSplit {
+    /// Ordinary traffic is split by the weights; header routes and mirrors are honoured (a
+    /// proxy, a service mesh, a Gateway API route).
+    Weighted,
+    /// Ordinary traffic reaches one revision at a time (the one with the largest weight), so
+    /// only whole switches are served as asked: rolling, blue-green, rollbacks.
+    WholeSwitch {
+        /// Why, and which setting of the backend would enable weights (for error messages).
+        reason: String,
+    },
 }
 
 /// Conveniences over any [`Environment`].

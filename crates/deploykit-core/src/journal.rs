@@ -132,7 +132,7 @@ pub enum RollbackCause {
     Aborted,
     /// New instances failed (crash loop, startup or readiness failures).
     FailFast,
-    /// An analysis failed (or had no data too often).
+    /// An analysis failed (or its queries failed too often in a row).
     AnalysisFailed,
     /// No progress within the progress deadline.
     ProgressDeadline,
@@ -540,6 +540,9 @@ impl DeploymentStatus {
                 self.last_progress_at = entry.at;
             }
             JournalEvent::Applied { desired, .. } => {
+                if self.last_applied.as_ref().map(|d| &d.traffic) != Some(&desired.traffic) {
+                    self.progress.traffic_changed_at = Some(entry.at);
+                }
                 self.last_applied = Some(desired.clone());
                 self.last_progress_at = entry.at;
             }

@@ -52,6 +52,7 @@ pub use build::{Artifact, BuildContext, BuildStage};
 pub use environment::{
     DesiredState, Environment, EnvironmentExt, FailureKind, HeaderRoute, InstanceFailure,
     InstanceObservation, Mirror, Observed, RevisionObservation, RevisionTarget, Routes, Traffic,
+    TrafficSplit,
 };
 pub use error::{BoxError, Error, Result};
 pub use journal::{Actor, DeploymentStatus, Outcome, Phase};

@@ -271,6 +271,7 @@ impl Metrics {
                     MeasurementOutcome::Failed => "failed",
                     MeasurementOutcome::Inconclusive => "inconclusive",
                     MeasurementOutcome::Error => "error",
+                    MeasurementOutcome::NoData => "no_data",
                 };
                 self.measurements
                     .get_or_create(&Measured {

@@ -13,8 +13,8 @@ use deploykit_core::environment::{
 };
 use deploykit_core::secrets::SecretProvider;
 use deploykit_core::{
-    DesiredState, Environment, Error, MetricQuery, Monitor, Observed, Result, Revision, RevisionId,
-    Sample, ServiceId, Traffic,
+    Autoscale, DesiredState, Environment, Error, MetricQuery, Monitor, Observed, Result, Revision,
+    RevisionId, Sample, ServiceId, Traffic, TrafficSplit, Weight,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -31,14 +31,20 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 
 use crate::render::{
-    self, ANNOTATION_REVISION_SPEC, ANNOTATION_TRAFFIC, LABEL_MANAGED_BY, LABEL_NAME,
-    LABEL_REVISION, Object, RenderOptions, Router, SecretValues,
+    self, ANNOTATION_AUTOSCALE, ANNOTATION_AUTOSCALED_REPLICAS, ANNOTATION_REVISION_SPEC,
+    ANNOTATION_TRAFFIC, LABEL_MANAGED_BY, LABEL_NAME, LABEL_REVISION, Object, RenderOptions,
+    Router, SecretValues,
 };
 use crate::retry::{KeyedBackoff, RetryPolicy, kube_error};
 
 /// The field manager of deploykit's server-side applies, and the value of its
 /// `app.kubernetes.io/managed-by` label.
 const MANAGER: &str = "deploykit";
+
+/// The field manager that sets the replicas of autoscaled Deployments: not [`MANAGER`], so
+/// that deploykit's apply never owns `spec.replicas` of an autoscaled Deployment (dropping a
+/// field one owns alone resets it) and the HorizontalPodAutoscaler can take it over.
+const SCALE_MANAGER: &str = "deploykit-scale";
 
 /// Settings of a [`KubeEnvironment`] beyond rendering.
 ///
@@ -528,6 +534,36 @@ impl KubeEnvironment {
         }
     }
 
+    /// Applies an autoscaled Deployment (rendered without replicas) and sets its replicas to
+    /// `want` apart, with [`Self::scale`]: for an existing one first, also when deploykit's
+    /// apply still owns them (autoscaling just turned on), so that the apply dropping them does
+    /// not reset them; for a new one after creating it. The HorizontalPodAutoscaler's target
+    /// (`hpa_target`) is only ever scaled up: scaling it down is the autoscaler's decision.
+    async fn apply_autoscaled(
+        &self,
+        service: &ServiceId,
+        object: &Object,
+        want: u32,
+        live: Option<&Deployment>,
+        hpa_target: bool,
+    ) -> Result<()> {
+        let Some(live) = live else {
+            // Not in the cluster: apply it even if it is unchanged since this environment last
+            // did (deleted behind its back), so that the scale never creates it.
+            self.shared
+                .applied()
+                .remove(&self.key(object.kind(), object.name()));
+            self.apply_object(Some(service), object).await?;
+            return self.scale(object.name(), want).await;
+        };
+        let current = replicas_of_deployment(live);
+        let target = if hpa_target { want.max(current) } else { want };
+        if target != current || applies_replicas(live) {
+            self.scale(object.name(), target).await?;
+        }
+        self.apply_object(Some(service), object).await
+    }
+
     async fn delete_object(&self, resource: &ApiResource, name: &str) -> Result<()> {
         let key = self.key(&resource.kind, name);
         let api = self.dynamic(resource);
@@ -655,9 +691,10 @@ impl KubeEnvironment {
         Ok(pods.into_iter().filter(|p| matches(p)).collect())
     }
 
-    /// The routing last applied: the [`ANNOTATION_TRAFFIC`] annotation of the route (or of the
-    /// stable Service without a router), see [`render::traffic_holder`].
-    async fn routing(&self, service: &ServiceId) -> Result<Traffic> {
+    /// The object that routes the service's ordinary traffic and carries
+    /// [`ANNOTATION_TRAFFIC`]: the route, or the stable Service without a router (see
+    /// [`render::traffic_holder`]), if it exists.
+    async fn traffic_holder(&self, service: &ServiceId) -> Result<Option<DynamicObject>> {
         let resource = match render::traffic_holder(&self.options.router) {
             "HTTPRoute" => http_route(),
             "VirtualService" => virtual_service(),
@@ -665,25 +702,198 @@ impl KubeEnvironment {
         };
         let api = self.dynamic(&resource);
         let key = self.key(&resource.kind, service.as_str());
-        let found = self
+        self.backoff
+            .run(&key, || api.get_opt(service.as_str()))
+            .await
+            .map_err(|e| kube_error(format!("get {} {service}", resource.kind), e))
+    }
+
+    /// The count the service's autoscaler wants now, within its bounds: the replicas of the
+    /// HorizontalPodAutoscaler's target, else (the HPA suspended by a rolling update) the count
+    /// recorded on the Deployments ([`ANNOTATION_AUTOSCALED_REPLICAS`]). `None` unless the
+    /// Deployments are marked autoscaled ([`ANNOTATION_AUTOSCALE`]; only then is the HPA read).
+    async fn live_scale(
+        &self,
+        service: &ServiceId,
+        deployments: &[Deployment],
+    ) -> Result<Option<u32>> {
+        let live: Vec<&Deployment> = deployments
+            .iter()
+            .filter(|d| d.metadata.deletion_timestamp.is_none())
+            .collect();
+        let Some(bounds) = live
+            .iter()
+            .rev()
+            .find_map(|d| d.annotations().get(ANNOTATION_AUTOSCALE))
+        else {
+            return Ok(None);
+        };
+        let bounds: Autoscale = serde_json::from_str(bounds).map_err(|e| Error::Corrupt {
+            what: format!("annotation {ANNOTATION_AUTOSCALE} of the Deployments of {service}"),
+            source: Box::new(e),
+        })?;
+        let api: Api<HorizontalPodAutoscaler> =
+            Api::namespaced(self.client.clone(), self.namespace());
+        let key = self.key("HorizontalPodAutoscaler", service.as_str());
+        let hpa = self
             .backoff
             .run(&key, || api.get_opt(service.as_str()))
             .await
-            .map_err(|e| kube_error(format!("get {} {service}", resource.kind), e))?;
-        let Some(annotation) = found
-            .as_ref()
-            .and_then(|o| o.annotations().get(ANNOTATION_TRAFFIC))
-        else {
-            return Ok(Traffic::default());
-        };
-        serde_json::from_str(annotation).map_err(|e| Error::Corrupt {
-            what: format!(
-                "annotation {ANNOTATION_TRAFFIC} of {} {service}",
-                resource.kind
-            ),
-            source: Box::new(e),
-        })
+            .map_err(|e| kube_error(format!("get HorizontalPodAutoscaler {service}"), e))?;
+        let target = hpa.and_then(|h| h.spec).map(|s| s.scale_target_ref.name);
+        let scaled = target
+            .and_then(|name| live.iter().find(|d| d.name_any() == name).copied())
+            .map(replicas_of_deployment);
+        let recorded = live
+            .iter()
+            .filter_map(|d| {
+                d.annotations()
+                    .get(ANNOTATION_AUTOSCALED_REPLICAS)?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .max();
+        Ok(scaled
+            .or(recorded)
+            .map(|n| n.max(bounds.min_replicas).min(bounds.max_replicas)))
     }
+
+    /// Sets the replicas of Deployment `name` as [`SCALE_MANAGER`]: a server-side apply of that
+    /// one field, forced (deploykit decides the count during a rollout, as `kubectl scale`
+    /// would, taking the field over from the HorizontalPodAutoscaler).
+    async fn scale(&self, name: &str, replicas: u32) -> Result<()> {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), self.namespace());
+        let body = serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": { "name": name },
+            "spec": { "replicas": replicas },
+        });
+        let params = PatchParams::apply(SCALE_MANAGER).force();
+        let patch = Patch::Apply(&body);
+        let key = format!("{}/replicas", self.key("Deployment", name));
+        self.backoff
+            .run(&key, || api.patch(name, &params, &patch))
+            .await
+            .map(|_| tracing::debug!(name, replicas, "scaled"))
+            .map_err(|e| {
+                kube_error(
+                    format!(
+                        "scale Deployment/{name} in namespace {} to {replicas}",
+                        self.namespace()
+                    ),
+                    e,
+                )
+            })
+    }
+}
+
+/// The routing last applied: the holder's [`ANNOTATION_TRAFFIC`] annotation.
+fn routing(service: &ServiceId, holder: Option<&DynamicObject>) -> Result<Traffic> {
+    let Some(annotation) = holder.and_then(|o| o.annotations().get(ANNOTATION_TRAFFIC)) else {
+        return Ok(Traffic::default());
+    };
+    serde_json::from_str(annotation).map_err(|e| Error::Corrupt {
+        what: format!(
+            "annotation {ANNOTATION_TRAFFIC} of {} {service}",
+            holder
+                .and_then(|o| o.types.as_ref())
+                .map_or("", |t| t.kind.as_str())
+        ),
+        source: Box::new(e),
+    })
+}
+
+/// The share of ordinary traffic each revision really receives, from the objects that route
+/// it (never from what deploykit meant to apply):
+///
+/// - without a router, the revisions the stable Service's selector reaches: under routed
+///   traffic one revision, whatever the weights say; else every revision, by ready pods;
+/// - with a router, the route's weights over the revisions with ready pods, or nothing at all
+///   while its Gateway rejects it (see [`rejected`]).
+fn served(
+    router: &Router,
+    holder: Option<&DynamicObject>,
+    routing: &Traffic,
+    revisions: &[RevisionObservation],
+) -> BTreeMap<RevisionId, Weight> {
+    let counts: Vec<(RevisionId, u32)> = match (router, routing) {
+        (Router::None, Traffic::Routed(_)) => {
+            let selected = holder.and_then(|s| {
+                s.data
+                    .get("spec")?
+                    .get("selector")?
+                    .get(LABEL_REVISION)?
+                    .as_str()
+            });
+            revisions
+                .iter()
+                .filter(|r| selected.is_none_or(|id| r.revision.id.as_str() == id))
+                .map(|r| (r.revision.id.clone(), r.ready()))
+                .collect()
+        }
+        (_, Traffic::Routed(_)) if holder.is_some_and(rejected) => Vec::new(),
+        (_, Traffic::Routed(routes)) => revisions
+            .iter()
+            .filter(|r| r.ready() > 0)
+            .map(|r| (r.revision.id.clone(), routes.weight_of(&r.revision.id)))
+            .collect(),
+        _ => revisions
+            .iter()
+            .map(|r| (r.revision.id.clone(), r.ready()))
+            .collect(),
+    };
+    proportional_weights(&counts)
+}
+
+/// Whether every parent of a Gateway API route has rejected its current generation (condition
+/// `Accepted` = `False` in `status.parents`): then the route serves nothing.
+fn rejected(route: &DynamicObject) -> bool {
+    let generation = route.metadata.generation;
+    let parents = route
+        .data
+        .pointer("/status/parents")
+        .and_then(Value::as_array);
+    parents.is_some_and(|parents| {
+        !parents.is_empty()
+            && parents.iter().all(|parent| {
+                parent
+                    .get("conditions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|c| {
+                        c.get("type").and_then(Value::as_str) == Some("Accepted")
+                            && c.get("status").and_then(Value::as_str) == Some("False")
+                            && c.get("observedGeneration").and_then(Value::as_i64) == generation
+                    })
+            })
+    })
+}
+
+/// Whether deploykit's apply ([`MANAGER`]) owns `spec.replicas` of `deployment` (so that
+/// applying it without them would reset them).
+fn applies_replicas(deployment: &Deployment) -> bool {
+    deployment
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .any(|m| {
+            m.manager.as_deref() == Some(MANAGER)
+                && m.operation.as_deref() == Some("Apply")
+                && m.fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+        })
+}
+
+/// The replicas a live Deployment asks for (1 when unset, as the API server defaults them).
+fn replicas_of_deployment(d: &Deployment) -> u32 {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .map_or(1, |r| u32::try_from(r.max(0)).unwrap_or(0))
 }
 
 /// The replicas a Deployment's JSON asks for.
@@ -770,27 +980,74 @@ fn instances(pods: &[Pod], revision: &RevisionId) -> Vec<InstanceObservation> {
 impl Environment for KubeEnvironment {
     async fn apply(&self, service: &ServiceId, desired: &DesiredState) -> Result<()> {
         let secrets = self.resolve_secrets(desired).await?;
-        let objects = render::plan(service, desired, &secrets, &self.options)?.objects;
+        let mut objects = render::plan(service, desired, &secrets, &self.options)?.objects;
         drop(secrets);
 
+        // Autoscaled: Deployments carry no replicas; they are set apart (`apply_autoscaled`),
+        // from what runs now.
+        let autoscaled = desired.autoscale.is_some();
+        let mut live: Vec<Deployment> = Vec::new();
+        let mut hpa_target: Option<String> = None;
+        if autoscaled {
+            let params = ListParams::default().labels(&Self::selector(service));
+            live = self
+                .list_typed(&params, &format!("deployments of {service}"))
+                .await?;
+            let scale = self.live_scale(service, &live).await?;
+            hpa_target = objects
+                .iter()
+                .find(|o| o.kind() == "HorizontalPodAutoscaler")
+                .and_then(|o| {
+                    let json = o.to_json();
+                    Some(
+                        json.pointer("/spec/scaleTargetRef/name")?
+                            .as_str()?
+                            .to_string(),
+                    )
+                });
+            // A rolling update suspends the HPA: remember the count it wanted meanwhile.
+            if hpa_target.is_none()
+                && let Some(n) = scale
+            {
+                for o in objects.iter_mut().filter(|o| o.kind() == "Deployment") {
+                    o.metadata_mut()
+                        .annotations
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(ANNOTATION_AUTOSCALED_REPLICAS.to_string(), n.to_string());
+                }
+            }
+        }
+        let wanted = |o: &Object| {
+            desired
+                .revisions
+                .iter()
+                .find(|t| render::revision_name(service, &t.revision) == o.name())
+                .map(|t| t.replicas)
+        };
+        let running = |name: &str| live.iter().find(|d| d.name_any() == name);
+
         // Scale-downs before scale-ups: reorder the Deployments among their own slots so
-        // that those asking for fewer replicas than last applied go first.
+        // that those asking for fewer replicas than they have go first.
         let mut order: Vec<usize> = (0..objects.len()).collect();
         let slots: Vec<usize> = (0..objects.len())
             .filter(|i| objects[*i].kind() == "Deployment")
             .collect();
         if slots.len() > 1 {
             let applied = self.shared.applied().clone();
-            let shrinking = |o: &Object| {
-                let before =
+            let before = |o: &Object| {
+                if autoscaled {
+                    running(o.name()).map(replicas_of_deployment)
+                } else {
                     applied
                         .get(&self.key(o.kind(), o.name()))
                         .and_then(|a| match &a.fingerprint {
-                            Fingerprint::Json(j) => replicas_of(j),
+                            Fingerprint::Json(j) => replicas_of(j).map(|n| n as u32),
                             Fingerprint::Hash(_) => None,
-                        });
-                matches!((before, replicas_of(&o.to_json())), (Some(b), Some(n)) if n < b)
+                        })
+                }
             };
+            let shrinking =
+                |o: &Object| matches!((before(o), wanted(o)), (Some(b), Some(n)) if n < b);
             let mut sorted = slots.clone();
             sorted.sort_by_key(|i| !shrinking(&objects[*i]));
             for (slot, i) in slots.into_iter().zip(sorted) {
@@ -799,7 +1056,15 @@ impl Environment for KubeEnvironment {
         }
 
         for i in order {
-            self.apply_object(Some(service), &objects[i]).await?;
+            let object = &objects[i];
+            match wanted(object) {
+                Some(want) if autoscaled && object.kind() == "Deployment" => {
+                    let is_target = hpa_target.as_deref() == Some(object.name());
+                    self.apply_autoscaled(service, object, want, running(object.name()), is_target)
+                        .await?;
+                }
+                _ => self.apply_object(Some(service), object).await?,
+            }
         }
         self.prune(service, &objects).await
     }
@@ -819,7 +1084,9 @@ impl Environment for KubeEnvironment {
                 .then_with(|| a.name_any().cmp(&b.name_any()))
         });
         let pods = self.pods(service, None).await?;
-        let routing = self.routing(service).await?;
+        let holder = self.traffic_holder(service).await?;
+        let routing = routing(service, holder.as_ref())?;
+        let scale = self.live_scale(service, &deployments).await?;
 
         let mut revisions = Vec::new();
         for d in &deployments {
@@ -850,19 +1117,29 @@ impl Environment for KubeEnvironment {
             ));
         }
 
-        let counts: Vec<(RevisionId, u32)> = match &routing {
-            Traffic::Routed(routes) => revisions
-                .iter()
-                .filter(|r| r.ready() > 0)
-                .map(|r| (r.revision.id.clone(), routes.weight_of(&r.revision.id)))
-                .collect(),
-            _ => revisions
-                .iter()
-                .map(|r| (r.revision.id.clone(), r.ready()))
-                .collect(),
-        };
-        let traffic = proportional_weights(&counts);
-        Ok(Observed::new(revisions, traffic, routing))
+        let traffic = served(&self.options.router, holder.as_ref(), &routing, &revisions);
+        let observed = Observed::new(revisions, traffic, routing);
+        Ok(match scale {
+            Some(n) => observed.with_autoscaled(n),
+            None => observed,
+        })
+    }
+
+    /// Without a [`Router`] only whole switches are served: the stable Service selects one
+    /// revision.
+    fn traffic_split(&self) -> TrafficSplit {
+        match self.options.router {
+            Router::None => TrafficSplit::WholeSwitch {
+                reason: format!(
+                    "its KubeEnvironment (namespace {}) has no router (RenderOptions::router is \
+                     Router::None), so ordinary traffic reaches only the stable Service's \
+                     revision; set RenderOptions::router to Router::GatewayApi or Router::Istio, \
+                     or use the rolling or blue-green strategy",
+                    self.namespace()
+                ),
+            },
+            Router::GatewayApi { .. } | Router::Istio { .. } => TrafficSplit::Weighted,
+        }
     }
 
     async fn teardown(&self, service: &ServiceId) -> Result<()> {

@@ -711,6 +711,17 @@ impl StateStore for KubeStateStore {
             .collect()
     }
 
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        let op = format!("read lease {key}");
+        Ok(self
+            .read_lease(&self.lease_name(key), &op)
+            .await?
+            .and_then(|object| match holder(&object) {
+                (Some(owner), expires_at) => Some(Lease::new(key, owner, expires_at)),
+                (None, _) => None,
+            }))
+    }
+
     async fn acquire_lease(
         &self,
         key: &str,

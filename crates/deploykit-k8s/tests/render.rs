@@ -16,9 +16,9 @@ use deploykit_core::{
     Weight,
 };
 use deploykit_k8s::render::{
-    self, ANNOTATION_REVISION_SPEC, ANNOTATION_TRAFFIC, EgressRule, LABEL_MANAGED_BY, LABEL_NAME,
-    LABEL_REVISION, MANAGED_BY, NetworkOptions, Object, ParentRef, Plan, Quota, RenderOptions,
-    Router, SecretValues,
+    self, ANNOTATION_AUTOSCALE, ANNOTATION_REVISION_SPEC, ANNOTATION_TRAFFIC, EgressRule,
+    LABEL_MANAGED_BY, LABEL_NAME, LABEL_REVISION, MANAGED_BY, NetworkOptions, Object, ParentRef,
+    Plan, Quota, RenderOptions, Router, SecretValues,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -152,11 +152,12 @@ fn render(desired: &DesiredState, options: &RenderOptions) -> Plan {
 fn scenarios() -> Vec<(&'static str, Plan)> {
     let (v1, v2) = revisions();
     let autoscale = Autoscale::builder().min_replicas(2).max_replicas(6).build();
-    let rolling = options(gateway()).autoscale(autoscale);
+    let rolling = options(gateway());
     let one = DesiredState::new(
         vec![RevisionTarget::new(v1.clone(), 3)],
         Traffic::ByReadyInstances,
-    );
+    )
+    .with_autoscale(Some(autoscale.clone()));
     let mut blue_green = Routes::all_to(&v1.id);
     blue_green.preview = Some(v2.id.clone());
     let mut preview = Routes::all_to(&v1.id);
@@ -165,7 +166,10 @@ fn scenarios() -> Vec<(&'static str, Plan)> {
         ("rolling_one", render(&one, &rolling)),
         (
             "rolling_two",
-            render(&two(Traffic::ByReadyInstances), &rolling),
+            render(
+                &two(Traffic::ByReadyInstances).with_autoscale(Some(autoscale)),
+                &rolling,
+            ),
         ),
         (
             "blue_green",
@@ -433,10 +437,28 @@ fn deployments_carry_labels_annotations_and_replicas() {
         format!("web-{}", &v1.id.as_str()[..8])
     );
     // Two revisions: no HPA, the orchestrator's counts.
+    // Two revisions by ready instances (a rolling update): no revision serves alone, so no
+    // HPA; the environment sets the counts apart, and the Deployments are marked autoscaled.
     let plan = &plans["rolling_two"];
     assert!(plan.get("HorizontalPodAutoscaler", "web").is_none());
-    assert_eq!(deployment(plan, 0).spec.unwrap().replicas, Some(3));
-    assert_eq!(deployment(plan, 1).spec.unwrap().replicas, Some(1));
+    for i in 0..2 {
+        let d = deployment(plan, i);
+        assert_eq!(d.spec.unwrap().replicas, None);
+        let bounds = &d.metadata.annotations.as_ref().unwrap()[ANNOTATION_AUTOSCALE];
+        let parsed: Autoscale = serde_json::from_str(bounds).unwrap();
+        assert_eq!((parsed.min_replicas, parsed.max_replicas), (2, 6));
+    }
+    // Without autoscaling, the orchestrator's counts.
+    let plain = render(&two(Traffic::ByReadyInstances), &options(gateway()));
+    assert_eq!(deployment(&plain, 0).spec.unwrap().replicas, Some(3));
+    assert_eq!(deployment(&plain, 1).spec.unwrap().replicas, Some(1));
+    assert!(
+        !deployment(&plain, 0)
+            .metadata
+            .annotations
+            .unwrap()
+            .contains_key(ANNOTATION_AUTOSCALE)
+    );
     // By ready instances the stable Service selects every pod.
     let svc = plan.get("Service", "web").unwrap().to_json();
     assert_eq!(
@@ -1052,4 +1074,38 @@ fn labels_become_label_values_and_tags() {
         &options(Router::None),
     ));
     assert!(err.starts_with("invalid revision.label"), "{err}");
+}
+
+/// With autoscaling, the HPA scales the serving revision: under routed traffic the stable
+/// Service's (largest weight), so a canary keeps the stable revision autoscaled and promotion
+/// moves the HPA to the new revision; a rolling update of two revisions has none.
+#[test]
+fn autoscaler_follows_the_serving_revision() {
+    let (v1, v2) = revisions();
+    let autoscale = Some(Autoscale::builder().min_replicas(2).max_replicas(6).build());
+    let target = |traffic: Traffic| {
+        let plan = render(
+            &two(traffic).with_autoscale(autoscale.clone()),
+            &options(gateway()),
+        );
+        plan.get("HorizontalPodAutoscaler", "web")
+            .map(|h| h.to_json()["spec"]["scaleTargetRef"]["name"].clone())
+    };
+    let name = |r: &Revision| serde_json::json!(format!("web-{}", &r.id.as_str()[..8]));
+    assert_eq!(target(Traffic::routed(canary_routes(25))), Some(name(&v1)));
+    assert_eq!(
+        target(Traffic::routed(Routes::all_to(&v2.id))),
+        Some(name(&v2))
+    );
+    assert_eq!(target(Traffic::ByReadyInstances), None);
+    let bad = DesiredState::new(vec![RevisionTarget::new(v1, 3)], Traffic::ByReadyInstances)
+        .with_autoscale(Some(
+            Autoscale::builder().min_replicas(0).max_replicas(6).build(),
+        ));
+    let err =
+        render::plan(&web().name, &bad, &SecretValues::new(), &options(gateway())).unwrap_err();
+    assert!(
+        err.to_string().contains("desired.autoscale.min_replicas"),
+        "{err}"
+    );
 }

@@ -23,7 +23,14 @@
 //! | `GET /v1/logs/{instance}?bytes=N` | the log's tail, as text |
 //! | `POST /v1/shutdown?stop_instances=true` | `204`, then the daemon exits |
 //!
-//! Errors are `{"error": "…"}` with status 400 (bad request or spec), 404 or 500.
+//! Errors are `{"error": "…"}` with status 400 (bad request or spec), 404, 503 (a transient
+//! failure: retry) or 500.
+//!
+//! The daemon not answering is never final for [`LocalClient`]: a missing socket, a refused,
+//! reset or dropped connection and a `503` are all [`Error::Transient`], so an orchestrator
+//! retries them (a daemon killed mid-rollout and started again adopts the instances it left,
+//! and the rollout goes on). Only a daemon that answers and refuses makes an
+//! [`Error::Backend`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -142,6 +149,7 @@ fn error_response(e: &Error) -> Response<Full<Bytes>> {
     let status = match e {
         Error::InvalidSpec { .. } => StatusCode::BAD_REQUEST,
         Error::NotFound { .. } => StatusCode::NOT_FOUND,
+        e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e.to_string())
@@ -257,18 +265,14 @@ impl LocalClient {
 
     async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes> {
         let op = format!("{method} {path} on the deploykit daemon");
-        let stream = UnixStream::connect(&*self.socket).await.map_err(|e| {
-            Error::backend(
-                &op,
-                format!(
-                    "cannot reach the daemon at {}: {e} (is `deploykit daemon` running?)",
-                    self.socket.display()
-                ),
-            )
-        })?;
+        let stream = UnixStream::connect(&*self.socket)
+            .await
+            .map_err(|e| self.connect_error(&op, &e))?;
+        // From here on every failure to exchange a request and its answer means the daemon
+        // went away (killed, restarting) mid-call: retryable.
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| Error::backend(&op, e.to_string()))?;
+            .map_err(|e| self.lost(&op, &e))?;
         tokio::spawn(conn);
         let req = Request::builder()
             .method(method)
@@ -280,13 +284,13 @@ impl LocalClient {
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| Error::transient(&op, e.to_string()))?;
+            .map_err(|e| self.lost(&op, &e))?;
         let status = resp.status();
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| Error::transient(&op, e.to_string()))?
+            .map_err(|e| self.lost(&op, &e))?
             .to_bytes();
         if status.is_success() {
             return Ok(bytes);
@@ -295,7 +299,46 @@ impl LocalClient {
             .ok()
             .and_then(|v| v.get("error")?.as_str().map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            return Err(Error::transient(op, message));
+        }
         Err(Error::backend(op, message))
+    }
+
+    /// A failed connect: [`Error::Transient`] when it means the daemon is not reachable now
+    /// (no socket file, nobody listening on it, a connection reset or refused, a timeout), as
+    /// while it is down or restarting; [`Error::Backend`] otherwise (e.g. no permission on
+    /// the socket), which retrying would not change.
+    fn connect_error(&self, op: &str, e: &std::io::Error) -> Error {
+        use std::io::ErrorKind as K;
+        let message = format!(
+            "cannot reach the daemon at {}: {e} (is `deploykit daemon` running?)",
+            self.socket.display()
+        );
+        match e.kind() {
+            K::NotFound
+            | K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::BrokenPipe
+            | K::TimedOut
+            | K::Interrupted
+            | K::WouldBlock
+            | K::UnexpectedEof => Error::transient(op, message),
+            _ => Error::backend(op, message),
+        }
+    }
+
+    /// The connection to the daemon broke during a call: retryable.
+    fn lost(&self, op: &str, e: &hyper::Error) -> Error {
+        Error::transient(
+            op,
+            format!(
+                "the daemon at {} closed the connection: {e}",
+                self.socket.display()
+            ),
+        )
     }
 
     async fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T> {

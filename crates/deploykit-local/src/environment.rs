@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::logs::{InstanceLog, LogPolicy};
 use crate::probe::{HealthWatcher, ProbeTarget};
-use crate::process::{Exit, ProcessSpec, ProcessState, RestartPolicy, Supervised};
+use crate::process::{ProcessSpec, ProcessState, RestartPolicy, Supervised};
 use crate::proxy::{
     Group, HeaderMatch, MirrorMatch, Proxy, ProxyConfig, Route, RoutingTable, Upstream,
 };
@@ -209,6 +209,12 @@ impl Instance {
         }
     }
 
+    /// What the instance looks like to a planner. Evidence of a broken revision comes first: a
+    /// crash loop, a process that could not start, or any run that ended without being asked
+    /// to within the crash window (an exit, a restart for failing liveness) — reported from
+    /// the first one, so an instance that exits seconds after passing readiness is seen at once
+    /// and for the whole window, not only once it has exited three times. Then the probes'
+    /// findings (readiness failing means "not ready yet").
     fn observation(&self) -> InstanceObservation {
         let (restarts, failure) = match &self.run {
             Err(reason) => (
@@ -216,36 +222,34 @@ impl Instance {
                 Some(InstanceFailure::new(FailureKind::Configuration, reason)),
             ),
             Ok(r) => {
-                let failure = match r.process.state() {
+                let state = r.process.state();
+                let failure = match state {
                     ProcessState::CrashLooping { reason, .. } => {
                         Some(InstanceFailure::new(FailureKind::CrashLoop, reason))
                     }
                     ProcessState::Failed { reason } => {
                         Some(InstanceFailure::new(FailureKind::Configuration, reason))
                     }
-                    ProcessState::Running { .. } => {
-                        let failure = r.health.health().failure;
-                        match r.process.last_exit() {
-                            // Probes failing on a process that keeps exiting by itself: the
-                            // exit is the reason, not the refused connection.
-                            Some(exit @ Exit::Code(code))
-                                if failure.is_some() && code != 0 && r.process.restarts() > 0 =>
-                            {
-                                let output = r.process.log().last_line().unwrap_or_default();
-                                Some(InstanceFailure::new(
-                                    FailureKind::CrashLoop,
-                                    format!(
-                                        "{exit}, restarted {} times; last output: {output}",
-                                        r.process.restarts()
-                                    ),
-                                ))
-                            }
-                            _ => failure.map(|(kind, reason)| InstanceFailure::new(kind, reason)),
+                    ProcessState::Stopped { .. } => None,
+                    ProcessState::Running { .. } | ProcessState::BackingOff { .. } => {
+                        match r.process.unplanned_ends() {
+                            Some(ends) if ends.unhealthy => Some(InstanceFailure::new(
+                                FailureKind::Liveness,
+                                ends.to_string(),
+                            )),
+                            Some(ends) => Some(InstanceFailure::new(
+                                FailureKind::CrashLoop,
+                                ends.to_string(),
+                            )),
+                            // Between an exit and its restart the probes only echo the exit.
+                            None if matches!(state, ProcessState::BackingOff { .. }) => None,
+                            None => r
+                                .health
+                                .health()
+                                .failure
+                                .map(|(kind, reason)| InstanceFailure::new(kind, reason)),
                         }
                     }
-                    // Between an exit and its restart, failing probes only echo the exit;
-                    // repeated exits become a crash loop with the exit's own reason.
-                    ProcessState::BackingOff { .. } | ProcessState::Stopped { .. } => None,
                 };
                 (r.process.restarts(), failure)
             }
@@ -567,9 +571,12 @@ impl Inner {
                 let health = HealthWatcher::start(
                     local_checks(&revision.config.health, revision.config.port),
                     target,
-                    Arc::new(move || {
+                    Arc::new(move |reason: String| {
                         let restart = restart.clone();
-                        Box::pin(async move { restart.restart(grace).await })
+                        Box::pin(async move {
+                            let why = format!("restarted after failing liveness: {reason}");
+                            restart.restart_unhealthy(grace, why).await;
+                        })
                     }),
                 );
                 let link = tokio::spawn(link_instance(

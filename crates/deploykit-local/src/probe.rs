@@ -332,9 +332,11 @@ pub struct Health {
     pub failure: Option<(FailureKind, String)>,
 }
 
-/// Called when liveness fails `failure_threshold` times in a row (typically restarts the
-/// process); probing of liveness waits for it.
-pub type LivenessCallback = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+/// Called with the probe's last reason (`GET /healthz returned 503 Service Unavailable`) when
+/// liveness fails `failure_threshold` times in a row (typically restarts the process); probing
+/// of liveness waits for it.
+pub type LivenessCallback =
+    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Probes one instance's [`HealthChecks`] in the background and keeps its [`Health`].
 ///
@@ -676,8 +678,8 @@ async fn liveness_loop(context: Arc<Context>, generation: u64, probe: Probe, beg
                 if failures >= probe.failure_threshold {
                     failures = 0;
                     tracing::warn!(%reason, "liveness failed");
+                    let callback = (context.on_liveness_failure)(reason.clone());
                     context.update(generation, |t| t.liveness_failure = Some(reason));
-                    let callback = (context.on_liveness_failure)();
                     let _ = tokio::spawn(callback).await;
                     ticks.reset();
                 }

@@ -53,10 +53,11 @@ pub struct RestartPolicy {
     pub initial_backoff: Duration,
     /// Longest delay between restarts (default 10 s); also the delay while crash-looping.
     pub max_backoff: Duration,
-    /// This many exits within [`crash_window`](Self::crash_window) mean the instance is
-    /// crash-looping (default 3).
+    /// This many unplanned ends (exits, restarts for failing a check) within
+    /// [`crash_window`](Self::crash_window) mean the instance is crash-looping (default 3).
     pub crash_loop_after: u32,
-    /// Window for counting exits (default 60 s).
+    /// Window for counting unplanned ends (default 60 s); each is reported by
+    /// [`Supervised::unplanned_ends`] for this long.
     pub crash_window: Duration,
     /// A run at least this long resets the backoff to `initial_backoff` (default 30 s).
     pub reset_after: Duration,
@@ -189,6 +190,8 @@ struct Inner {
 struct Shared {
     state: watch::Sender<ProcessState>,
     run: Mutex<RunInfo>,
+    /// The policy's window for counting unplanned ends.
+    crash_window: Duration,
 }
 
 #[derive(Default)]
@@ -196,6 +199,75 @@ struct RunInfo {
     restarts: u32,
     started_at: Option<Instant>,
     last_exit: Option<Exit>,
+    /// When runs ended without being asked to, within the crash window, oldest first.
+    ends: VecDeque<Instant>,
+    /// The last such end: what happened, whether it was a restart for failing a check, and
+    /// the last line of output before it.
+    last_end: Option<(String, bool, Option<String>)>,
+}
+
+impl RunInfo {
+    /// Records an unplanned end at `now`, forgetting those older than `window`; returns how
+    /// many remain (this one included).
+    fn record_end(
+        &mut self,
+        now: Instant,
+        window: Duration,
+        what: String,
+        unhealthy: bool,
+        output: Option<String>,
+    ) -> usize {
+        self.ends.push_back(now);
+        while self
+            .ends
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
+            self.ends.pop_front();
+        }
+        self.last_end = Some((what, unhealthy, output));
+        self.ends.len()
+    }
+}
+
+/// Runs that ended without being asked to within the crash window: the process exited by
+/// itself, or it was restarted because it failed a check ([`Supervised::restart_unhealthy`]).
+///
+/// One such end is already evidence that a revision may be broken (an instance that exits two
+/// seconds after passing readiness passes every probe in between), so it is reported at once
+/// and for the whole window, not only once the exits amount to a crash loop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnplannedEnds {
+    /// How many fall within the window (at least 1).
+    pub count: u32,
+    /// The last one, e.g. `exited with code 1 after running 2s` or `restarted after failing
+    /// liveness: GET /healthz returned 503`.
+    pub last: String,
+    /// Whether the last one was a restart for failing a check, rather than an exit.
+    pub unhealthy: bool,
+    /// The instance's last line of output before the last exit (none for restarts).
+    pub output: Option<String>,
+    /// The window they were counted over.
+    pub window: Duration,
+}
+
+impl fmt::Display for UnplannedEnds {
+    /// `exited with code 1 after running 2s (1 time in the last 60s); last output: panic: boom`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let times = if self.count == 1 { "time" } else { "times" };
+        write!(
+            f,
+            "{} ({} {times} in the last {})",
+            self.last,
+            self.count,
+            human_duration(self.window)
+        )?;
+        if let Some(line) = &self.output {
+            write!(f, "; last output: {line}")?;
+        }
+        Ok(())
+    }
 }
 
 impl Shared {
@@ -211,6 +283,8 @@ enum Control {
     },
     Restart {
         grace: Duration,
+        /// Why, when the restart is for a failure (it then counts as an unplanned end).
+        failure: Option<String>,
         reply: oneshot::Sender<()>,
     },
     Detach,
@@ -263,6 +337,7 @@ impl Supervised {
         let shared = Arc::new(Shared {
             state: watch::Sender::new(ProcessState::Stopped { last_exit: None }),
             run: Mutex::new(RunInfo::default()),
+            crash_window: policy.crash_window,
         });
         let task = Task {
             spec: spec.clone(),
@@ -270,7 +345,6 @@ impl Supervised {
             policy,
             shared: shared.clone(),
             control: control_rx,
-            exits: VecDeque::new(),
             started_once: false,
         };
         let inner = Inner {
@@ -331,15 +405,51 @@ impl Supervised {
         self.inner.shared.run().last_exit.clone()
     }
 
+    /// The runs that ended without being asked to within the crash window (exits of the
+    /// process by itself, restarts for failing a check), if there were any.
+    pub fn unplanned_ends(&self) -> Option<UnplannedEnds> {
+        let window = self.inner.shared.crash_window;
+        let run = self.inner.shared.run();
+        let now = Instant::now();
+        let count = run
+            .ends
+            .iter()
+            .filter(|t| now.duration_since(**t) <= window)
+            .count();
+        let (last, unhealthy, output) = run.last_end.clone()?;
+        (count > 0).then_some(UnplannedEnds {
+            count: count as u32,
+            last,
+            unhealthy,
+            output,
+            window,
+        })
+    }
+
     /// Stops the current run gracefully (as [`stop`](Self::stop) does) and starts a new one at
-    /// once, e.g. after a liveness failure; counts as a restart. While backing off, starts at
-    /// once. Does nothing once stopped.
+    /// once; counts as a restart. While backing off, starts at once. Does nothing once stopped.
     pub async fn restart(&self, grace: Duration) {
+        self.send_restart(grace, None).await;
+    }
+
+    /// [`restart`](Self::restart) because the instance failed a check, e.g. liveness: the
+    /// restart also counts as an unplanned end (see [`unplanned_ends`](Self::unplanned_ends)
+    /// and crash-loop detection), described by `why` (`restarted after failing liveness: GET
+    /// /healthz returned 503`).
+    pub async fn restart_unhealthy(&self, grace: Duration, why: impl Into<String>) {
+        self.send_restart(grace, Some(why.into())).await;
+    }
+
+    async fn send_restart(&self, grace: Duration, failure: Option<String>) {
         let (reply, done) = oneshot::channel();
         if self
             .inner
             .control
-            .send(Control::Restart { grace, reply })
+            .send(Control::Restart {
+                grace,
+                failure,
+                reply,
+            })
             .is_ok()
         {
             let _ = done.await;
@@ -385,8 +495,6 @@ struct Task {
     shared: Arc<Shared>,
     control: mpsc::UnboundedReceiver<Control>,
     next_backoff: Duration,
-    /// Times of recent exits, for crash-loop detection.
-    exits: VecDeque<Instant>,
     started_once: bool,
 }
 
@@ -548,10 +656,21 @@ impl Task {
                     let _ = reply.send(Some(exit));
                     return Phase::Done;
                 }
-                Event::Control(Some(Control::Restart { grace, reply })) => {
+                Event::Control(Some(Control::Restart {
+                    grace,
+                    failure,
+                    reply,
+                })) => {
                     let exit = terminate(current, grace).await;
                     tracing::info!(instance = %self.spec.name, %exit, "restarting");
-                    self.shared.run().last_exit = Some(exit);
+                    {
+                        let mut run = self.shared.run();
+                        run.last_exit = Some(exit);
+                        if let Some(why) = failure {
+                            let window = self.policy.crash_window;
+                            run.record_end(Instant::now(), window, why, true, None);
+                        }
+                    }
                     let phase = self.start();
                     let _ = reply.send(());
                     return phase;
@@ -565,27 +684,23 @@ impl Task {
     fn exited(&mut self, current: &Current, exit: Exit) -> Phase {
         kill_leftovers(current.pid);
         let now = Instant::now();
-        {
+        let ran = now.duration_since(current.started);
+        let output = self.spec.log.last_line();
+        let (count, span) = {
             let mut run = self.shared.run();
             run.last_exit = Some(exit.clone());
             run.started_at = None;
-        }
-        if now.duration_since(current.started) >= self.policy.reset_after {
+            let what = format!("{exit} after running {}", human_duration(ran));
+            let window = self.policy.crash_window;
+            let count = run.record_end(now, window, what, false, output.clone());
+            (count, run.ends.front().map_or(Duration::ZERO, |t| now - *t))
+        };
+        if ran >= self.policy.reset_after {
             self.next_backoff = self.policy.initial_backoff;
         }
-        self.exits.push_back(now);
-        while self
-            .exits
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.policy.crash_window)
-        {
-            self.exits.pop_front();
-        }
-        let count = self.exits.len();
         if count >= self.policy.crash_loop_after.max(1) as usize {
-            let span = self.exits.front().map_or(Duration::ZERO, |t| now - *t);
             let mut reason = format!("{exit} {count} times in {}", human_duration(span));
-            if let Some(line) = self.spec.log.last_line() {
+            if let Some(line) = output {
                 reason.push_str("; last output: ");
                 reason.push_str(&line);
             }
@@ -622,7 +737,13 @@ impl Task {
                 let _ = reply.send(last_exit);
                 Phase::Done
             }
-            Event::Control(Some(Control::Restart { reply, .. })) => {
+            Event::Control(Some(Control::Restart { failure, reply, .. })) => {
+                if let Some(why) = failure {
+                    let window = self.policy.crash_window;
+                    self.shared
+                        .run()
+                        .record_end(Instant::now(), window, why, true, None);
+                }
                 let phase = self.start();
                 let _ = reply.send(());
                 phase

@@ -315,7 +315,7 @@ fn probe(action: ProbeAction, success: u32, failure: u32) -> Probe {
 }
 
 fn no_callback() -> LivenessCallback {
-    Arc::new(|| Box::pin(async {}))
+    Arc::new(|_| Box::pin(async {}))
 }
 
 async fn wait_health(
@@ -439,11 +439,11 @@ async fn liveness_failure_calls_back() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let callback: LivenessCallback = {
         let calls = calls.clone();
-        Arc::new(move || {
+        Arc::new(move |reason: String| {
             calls.fetch_add(1, Ordering::SeqCst);
             let tx = tx.clone();
             Box::pin(async move {
-                let _ = tx.send(());
+                let _ = tx.send(reason);
             })
         })
     };
@@ -451,11 +451,16 @@ async fn liveness_failure_calls_back() {
         .liveness(probe(ProbeAction::Tcp { port: None }, 1, 3))
         .build();
     let watcher = HealthWatcher::start(checks, target(port), callback);
-    tokio::time::timeout(PATIENCE, rx.recv())
+    let reason = tokio::time::timeout(PATIENCE, rx.recv())
         .await
         .expect("the callback was called")
         .unwrap();
     assert!(calls.load(Ordering::SeqCst) >= 1);
+    assert_eq!(
+        reason,
+        format!("TCP connect to port {port}: connection refused"),
+        "the callback is told why"
+    );
     let health = watcher.health();
     assert_eq!(
         health.failure,

@@ -505,3 +505,86 @@ fn last_line_is_trimmed_to_200_chars() {
     assert_eq!(line.chars().count(), 200);
     assert!(line.starts_with("yyy") && line.ends_with('…'));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_exit_after_running_is_reported_at_once_and_for_the_crash_window() {
+    let dir = tempfile::tempdir().unwrap();
+    // Runs 300 ms, exits 1, and is restarted each time: a revision that crashes after it
+    // passed readiness. Far from a crash loop (3 exits in the window) at its first exit.
+    let script = "echo serving; sleep 0.3; echo 'fatal: lost the database' >&2; exit 1";
+    let process = Supervised::spawn(spec(dir.path(), "flaky", script), fast());
+    let first = running(&process).await;
+    assert_eq!(process.unplanned_ends(), None, "nothing ended yet");
+    let ends = eventually("the first exit", || process.unplanned_ends()).await;
+    assert_eq!(ends.count, 1);
+    assert!(!ends.unhealthy);
+    // `exited with code 1 after running 301ms`
+    let ran: u64 = ends
+        .last
+        .strip_prefix("exited with code 1 after running ")
+        .and_then(|rest| rest.strip_suffix("ms"))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("{ends:?}"));
+    assert!((300..1000).contains(&ran), "{ends:?}");
+    assert_eq!(
+        ends.output.as_deref(),
+        Some("fatal: lost the database"),
+        "the last output before the exit"
+    );
+    assert_eq!(
+        ends.to_string(),
+        format!(
+            "{} (1 time in the last 60s); last output: fatal: lost the database",
+            ends.last
+        )
+    );
+    // Still reported once it runs again (restarted) and has printed more, and not as a crash
+    // loop yet.
+    let again = eventually("the restart", || process.pid().filter(|pid| *pid != first)).await;
+    assert!(alive(again));
+    eventually("new output", || {
+        (process.log().last_line().as_deref() == Some("serving")).then_some(())
+    })
+    .await;
+    assert_eq!(process.unplanned_ends(), Some(ends));
+    process.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unplanned_ends_expire_with_the_window_and_planned_restarts_do_not_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = RestartPolicy {
+        crash_window: Duration::from_millis(800),
+        ..fast()
+    };
+    let process = Supervised::spawn(spec(dir.path(), "steady", "sleep 1000"), policy);
+    running(&process).await;
+    process.restart(Duration::from_secs(5)).await;
+    running(&process).await;
+    assert_eq!(process.restarts(), 1);
+    assert_eq!(
+        process.unplanned_ends(),
+        None,
+        "an operator's restart is planned"
+    );
+
+    process
+        .restart_unhealthy(
+            Duration::from_secs(5),
+            "restarted after failing liveness: GET /healthz returned 503",
+        )
+        .await;
+    running(&process).await;
+    let ends = process
+        .unplanned_ends()
+        .expect("a restart for failing counts");
+    assert!(ends.unhealthy);
+    assert_eq!(
+        ends.to_string(),
+        "restarted after failing liveness: GET /healthz returned 503 (1 time in the last 800ms)"
+    );
+    // After the window without another end, it is no longer reported.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(process.unplanned_ends(), None);
+    process.stop(Duration::from_secs(5)).await;
+}

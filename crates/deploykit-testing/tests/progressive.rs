@@ -177,9 +177,12 @@ async fn no_data_never_passes_an_analysis() {
     let svc = common::service().name;
     sim.set_metric(&svc, Some(&v2.id), "error_rate", vec![f64::NAN]);
     let id = orch.deploy(request("v2")).await.expect("deploy");
-    let status = orch.wait(&id).await.expect("wait");
-    assert_eq!(status.phase, Phase::RolledBack);
-    let reason = status.rollback.expect("rollback").1;
+    // No data is inconclusive: the rollout waits for a human, however long.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let status = orch.status(&id).await.expect("status");
+    assert_eq!(status.phase, Phase::Paused, "{:?}", status.rollback);
+    let (gate, reason) = status.awaiting.clone().expect("awaiting");
+    assert_eq!(gate, "analysis:step-1");
     assert!(
         reason.contains("no data 5 times in a row, limit 4"),
         "{reason}"
@@ -189,8 +192,12 @@ async fn no_data_never_passes_an_analysis() {
             .progress
             .measurements
             .iter()
-            .all(|m| m.outcome == deploykit_core::analysis::MeasurementOutcome::Error)
+            .all(|m| m.outcome == deploykit_core::analysis::MeasurementOutcome::NoData)
     );
+    orch.reject(&id, Actor::new("dana"), "no evidence")
+        .await
+        .expect("reject");
+    assert_eq!(orch.wait(&id).await.expect("wait").phase, Phase::RolledBack);
 }
 
 #[tokio::test(start_paused = true)]

@@ -192,6 +192,28 @@ fn run(case: Case) -> Result<(), TestCaseError> {
                 let _ = orch.abort(&id, Actor::new("prop"), "random abort").await;
             });
         }
+        // No data is inconclusive: the rollout pauses at an analysis gate, and the human here
+        // rejects it (approving would promote a canary nothing was measured of).
+        let gated = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        {
+            let (orch, id, gated) = (orch.clone(), id.clone(), gated.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    let Ok(s) = orch.status(&id).await else {
+                        continue;
+                    };
+                    if s.phase.is_terminal() {
+                        break;
+                    }
+                    if let Some((gate, _)) = s.awaiting.filter(|(g, _)| g.starts_with("analysis:"))
+                    {
+                        gated.lock().expect("gates").push(gate);
+                        let _ = orch.reject(&id, Actor::new("prop"), "no evidence").await;
+                    }
+                }
+            });
+        }
         let status = tokio::time::timeout(Duration::from_secs(6 * 3600), orch.wait(&id))
             .await
             .map_err(|_| TestCaseError::fail("rollout did not reach a terminal state"))?
@@ -257,6 +279,15 @@ fn run(case: Case) -> Result<(), TestCaseError> {
             ),
             other => prop_assert!(false, "unexpected end {:?}", other),
         }
+
+        // Only missing data is inconclusive (these thresholds have no inconclusive band).
+        let gated = gated.lock().expect("gates").clone();
+        prop_assert!(
+            gated.is_empty() || case.metric.is_nan(),
+            "paused at {:?} with metric {}",
+            gated,
+            case.metric
+        );
 
         // 5. Broken canaries never succeed.
         let bad_metric = case.metric.is_nan() || case.metric >= 0.05;

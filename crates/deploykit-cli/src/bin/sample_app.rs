@@ -11,6 +11,7 @@
 //! | `LATENCY_MS`     | `0`     | Milliseconds added to every `/` response.                            |
 //! | `START_DELAY_MS` | `0`     | Milliseconds to sleep before binding (a slow start).                 |
 //! | `CRASH_ON_START` | off     | `1`/`true`: print a message to stderr and exit 1 at once.            |
+//! | `CRASH_AFTER_MS` | off     | Milliseconds after binding (so after it would pass readiness) to print a message to stderr and exit 1 at once, dropping open connections: a revision that crashes after becoming ready. |
 //! | `IGNORE_SIGTERM` | off     | `1`/`true`: keep serving on SIGTERM. Otherwise SIGTERM stops accepting, lets in-flight requests finish and exits 0. |
 //! | `HEALTH_STATUS`  | `200`   | Status `/healthz` answers (100–599). For 301–308 a `Location: https://example.invalid/healthz` header is added. |
 //!
@@ -62,6 +63,7 @@ struct Config {
     error_rate: f64,
     latency_ms: u64,
     start_delay_ms: u64,
+    crash_after_ms: Option<u64>,
     ignore_sigterm: bool,
     health_status: StatusCode,
 }
@@ -134,6 +136,10 @@ impl Config {
         };
         let latency_ms = parse_u64("LATENCY_MS", 0)?;
         let start_delay_ms = parse_u64("START_DELAY_MS", 0)?;
+        let crash_after_ms = match var("CRASH_AFTER_MS")? {
+            None => None,
+            Some(_) => Some(parse_u64("CRASH_AFTER_MS", 0)?),
+        };
         let ignore_sigterm = parse_bool("IGNORE_SIGTERM")?;
         let health_status = match var("HEALTH_STATUS")? {
             None => StatusCode::OK,
@@ -153,6 +159,7 @@ impl Config {
             error_rate,
             latency_ms,
             start_delay_ms,
+            crash_after_ms,
             ignore_sigterm,
             health_status,
         })
@@ -350,6 +357,13 @@ async fn serve(config: Config) -> ExitCode {
         errors_total: AtomicU64::new(0),
     });
     println!("sample-app {} listening on {addr}", app.version);
+    if let Some(ms) = config.crash_after_ms {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            eprintln!("sample-app: crashing {ms}ms after binding as asked (CRASH_AFTER_MS)");
+            std::process::exit(1);
+        });
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut connections = JoinSet::new();

@@ -67,6 +67,7 @@ use crate::model::{
 };
 use crate::secrets::SecretProvider;
 
+mod flags;
 mod rollout;
 
 /// Where a value was found: the layer (`variables`, `environments.<env>.variables`,
@@ -104,6 +105,8 @@ struct FileToml {
     environments: BTreeMap<String, Spanned<EnvironmentToml>>,
     #[serde(default)]
     overrides: BTreeMap<String, BTreeMap<String, Spanned<String>>>,
+    /// A flagd flag file's name, or the flag document inline.
+    flags: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -266,6 +269,7 @@ pub struct Config {
     environments: BTreeMap<String, EnvironmentSpec>,
     /// Effective settings per environment, each with where it came from.
     settings: BTreeMap<String, BTreeMap<String, (Setting, Origin)>>,
+    flags: Option<crate::flags::FlagSet>,
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -537,6 +541,11 @@ impl Config {
                 ));
             }
         }
+        let flags = parsed
+            .flags
+            .as_ref()
+            .map(|f| flags::load(&at, f, &environments))
+            .transpose()?;
         let secrets_file = parsed.secrets_file.map(|f| {
             let relative_to = Path::new(file).parent().unwrap_or(Path::new(""));
             relative_to.join(f)
@@ -549,6 +558,7 @@ impl Config {
             build,
             environments,
             settings,
+            flags,
         })
     }
 
@@ -725,6 +735,12 @@ impl Config {
         self.analyses
             .get(name)
             .ok_or_else(|| Error::not_found(format!("analysis {name} in the configuration")))
+    }
+
+    /// The feature flags: the flagd file named by `flags` (relative to the configuration
+    /// file) or the inline `[flags]` document; `None` when the configuration has neither.
+    pub fn flags(&self) -> Option<&crate::flags::FlagSet> {
+        self.flags.as_ref()
     }
 
     /// The secrets file named by `secrets_file`, relative to the configuration file.

@@ -1,5 +1,12 @@
 //! The `strategy` of an environment and the named `analyses` its canary steps use, from TOML
 //! into the strategy types.
+//!
+//! A metric of `[analyses.<name>]` is a threshold check (`query` with `below` or `above`, and
+//! optionally `fail_above` or `fail_below`) or a `judgement`, with Argo's knobs `interval`,
+//! `count`, `failure_limit`, `inconclusive_limit` and `consecutive_error_limit`, and
+//! `min_samples = { query = "requests[1m]", count = 20 }`: judge only once the revision under
+//! test has that many underlying samples (e.g. requests); until then a measurement is no data
+//! (see [`crate::analysis`]).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -10,6 +17,7 @@ use toml::Spanned;
 use super::{Located, duration, quantity};
 use crate::analysis::{
     AnalysisSpec, BadDirection, Condition, JudgedMetric, JudgementSpec, MetricCheck, MetricKind,
+    MinSamples,
 };
 use crate::error::Result;
 use crate::model::{RollingSpec, Weight};
@@ -93,6 +101,16 @@ struct MetricToml {
     failure_limit: Option<u32>,
     inconclusive_limit: Option<u32>,
     consecutive_error_limit: Option<u32>,
+    /// Judge only once the revision has this much traffic:
+    /// `min_samples = { query = "requests[1m]", count = 20 }`.
+    min_samples: Option<MinSamplesToml>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MinSamplesToml {
+    query: String,
+    count: u64,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +235,10 @@ fn metric(at: &Located<'_>, span: Range<usize>, path: &str, m: &MetricToml) -> R
     if let Some(n) = m.consecutive_error_limit {
         check.consecutive_error_limit = n;
     }
+    check.min_samples = m
+        .min_samples
+        .as_ref()
+        .map(|min| MinSamples::new(min.query.clone(), min.count));
     AnalysisSpec::new(vec![check.clone()]).map_err(|e| at.error(span, path, e))?;
     Ok(check)
 }

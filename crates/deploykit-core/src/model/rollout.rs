@@ -78,8 +78,10 @@ pub struct RollingSpec {
     /// (default 25 %, rounded down).
     #[builder(default = Quantity::Percent(25))]
     pub max_unavailable: Quantity,
-    /// Roll back without waiting for the deadline once this many new instances have failed
-    /// (crash loop, startup or readiness failures), or once every new instance has (default 3).
+    /// Roll back without waiting for the deadline once this many new instances show evidence
+    /// of a broken revision (exits and crash loops, liveness, startup or configuration
+    /// failures; failing readiness only means "not ready yet"), or once every new instance
+    /// does (default 3).
     #[builder(default = 3)]
     pub fail_fast_after: u32,
 }

@@ -332,16 +332,12 @@ impl Driver {
             return Ok(Next::Now);
         };
         let stable = if converge { None } else { st.previous.as_ref() };
-        let ctx = PlanContext::new(
-            &leg_target,
-            stable,
-            st.spec.replicas,
-            &observed,
-            &st.progress,
-            now,
-        );
+        // An autoscaled service is sized from its autoscaler's live count (issue 14 K).
+        let replicas = observed.replicas_for(st.spec.replicas);
+        let ctx = PlanContext::new(&leg_target, stable, replicas, &observed, &st.progress, now);
         let next = match planner.plan(&ctx) {
             Decision::Apply(desired) => {
+                let desired = desired.with_autoscale(self.target(st)?.spec.autoscale.clone());
                 if st.last_applied.as_ref() != Some(&desired) {
                     let event = JournalEvent::Applied {
                         desired: desired.clone(),
@@ -391,12 +387,12 @@ impl Driver {
                 // Verify before calling it rolled back: alone, fully ready, all traffic.
                 let ready = observed.revision(&leg_target.id).map_or(0, |o| o.ready());
                 let weight = observed.weight_of(&leg_target.id);
-                if ready < st.spec.replicas || weight != 100 || observed.revisions.len() != 1 {
+                if ready < replicas || weight != 100 || observed.revisions.len() != 1 {
                     return Ok(Next::After(self.poll()));
                 }
                 let verification = format!(
-                    "{} {ready}/{} ready, {weight}% of traffic",
-                    leg_target.label, st.spec.replicas
+                    "{} {ready}/{replicas} ready, {weight}% of traffic",
+                    leg_target.label
                 );
                 self.finish(st, Outcome::RolledBack { verification })
                     .await?;

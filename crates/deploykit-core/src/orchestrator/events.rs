@@ -80,7 +80,7 @@ impl Event {
             }
             JournalEvent::StepReached { step } => format!("step {step} reached"),
             JournalEvent::Measured { measurement: m } => format!(
-                "analysis {}: {} {:?}: {}",
+                "analysis {}: {} {}: {}",
                 m.run, m.metric, m.outcome, m.detail
             )
             .to_lowercase(),

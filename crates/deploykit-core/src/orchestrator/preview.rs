@@ -9,7 +9,7 @@ use typed_builder::TypedBuilder;
 
 use super::{Orchestrator, Plan, Shared, Target};
 use crate::access::AccessAction;
-use crate::environment::{DesiredState, Environment, Observed};
+use crate::environment::{DesiredState, Environment, Observed, TrafficSplit};
 use crate::error::{Error, Result};
 use crate::journal::{Actor, DeploymentKind};
 use crate::model::{
@@ -106,6 +106,10 @@ impl Environment for ScopedEnvironment {
 
     async fn teardown(&self, service: &ServiceId) -> Result<()> {
         self.inner.teardown(&self.scoped(service)?).await
+    }
+
+    fn traffic_split(&self) -> TrafficSplit {
+        self.inner.traffic_split()
     }
 }
 

@@ -7,14 +7,16 @@ use serde::{Deserialize, Serialize};
 use typed_builder::TypedBuilder;
 
 use crate::analysis::{AnalysisSpec, RunStatus, evaluate};
-use crate::environment::{DesiredState, RevisionObservation, RevisionTarget, Routes, Traffic};
+use crate::environment::{
+    DesiredState, Observed, RevisionObservation, RevisionTarget, Routes, Traffic,
+};
 use crate::error::{Error, Result};
 use crate::model::Revision;
 use crate::time::{Timestamp, duration_ms};
 
 use crate::journal::RollbackCause;
 
-use super::rolling::fail_fast;
+use super::rolling::{fail_fast, healthy, not_ready};
 use super::{AnalysisRequest, Decision, DeploymentStrategy, PlanContext};
 
 /// Parameters of a blue-green rollout, with Argo Rollouts' defaults.
@@ -168,8 +170,17 @@ impl DeploymentStrategy for BlueGreenStrategy {
     }
 }
 
+/// When the traffic an analysis judges was applied: the last change of the traffic split (the
+/// step's start, for a journal without one).
+pub(super) fn traffic_at(ctx: &PlanContext<'_>) -> Timestamp {
+    ctx.progress
+        .traffic_changed_at
+        .unwrap_or(ctx.progress.step_started_at)
+}
+
 /// One analysis run as a step: measure what is due, move to `next` on success, abort on
-/// failure, ask a human when inconclusive (gate `analysis:<run>`).
+/// failure, ask a human when inconclusive (gate `analysis:<run>`) — which is what no data
+/// (a revision that has received no traffic) comes to: never a pass, never a failure.
 pub(super) fn analysis_step(
     ctx: &PlanContext<'_>,
     spec: &AnalysisSpec,
@@ -177,13 +188,14 @@ pub(super) fn analysis_step(
     stable: &Revision,
     next: usize,
 ) -> Decision {
-    match evaluate(spec, run, &ctx.progress.measurements, ctx.now) {
+    let measurements = &ctx.progress.measurements;
+    match evaluate(spec, run, measurements, traffic_at(ctx), ctx.now) {
         RunStatus::Successful => Decision::Advance { step: next },
         RunStatus::Failed { reason } => Decision::Abort {
             cause: RollbackCause::AnalysisFailed,
             reason,
         },
-        RunStatus::Inconclusive { reason } => {
+        RunStatus::Inconclusive { reason, .. } => {
             let gate = format!("analysis:{run}");
             if ctx.progress.approved.contains(&gate) {
                 Decision::Advance { step: next }
@@ -203,8 +215,14 @@ pub(super) fn analysis_step(
     }
 }
 
-/// After the traffic switch: keep the old revision warm for `delay` (so an abort is an instant
-/// switch back with no new instances), then remove it and complete.
+/// After the traffic switch: keep the old revision warm for `delay`, so an abort is an instant
+/// switch back with no new instances, and remove it only once the delay has passed **and** the
+/// new revision is healthy (every instance ready, none reporting an exit, restart or failing
+/// check). Until the old revision is gone, every round is a post-promotion health check: the
+/// callers run [`fail_fast`] on the new revision first, so a crash loop (or exits and restarts
+/// of enough instances) rolls back while the old revision can still take all traffic at once.
+/// `Complete` therefore means the new revision was healthy when the old one was removed, and
+/// still is.
 pub(super) fn after_promotion(
     ctx: &PlanContext<'_>,
     stable: &Revision,
@@ -214,50 +232,69 @@ pub(super) fn after_promotion(
     let d = ctx.replicas;
     let new = ctx.target;
     let observed = ctx.observed;
+    let own = observed.revision(&new.id);
     let all_new = Traffic::routed(Routes::all_to(&new.id));
     let warm_until = promoted_at.plus(delay);
-    let mut revisions = vec![RevisionTarget::new(new.clone(), d)];
     let old = observed.revision(&stable.id).map_or(0, |o| o.desired);
-    if ctx.now < warm_until && old > 0 {
+    let warming = ctx.now < warm_until;
+    let keep_old = old > 0 && (warming || !healthy(own, d));
+    let mut revisions = vec![RevisionTarget::new(new.clone(), d)];
+    if keep_old {
         revisions.push(RevisionTarget::new(stable.clone(), old));
     }
     let desired = DesiredState::new(revisions, all_new);
     if !observed.matches(&desired) {
         return Decision::Apply(desired);
     }
-    if ctx.now < warm_until && old > 0 {
-        return Decision::Wait {
-            reason: format!(
-                "keeping {} warm for a rollback until {warm_until}",
-                stable.label
-            ),
+    if keep_old {
+        let reason = if warming {
+            format!(
+                "keeping {} warm for a rollback until {warm_until} while {} is watched",
+                stable.label, new.label
+            )
+        } else {
+            format!(
+                "keeping {} until {} is healthy ({})",
+                stable.label,
+                new.label,
+                unhealthy_summary(own, observed)
+            )
         };
+        return Decision::Wait { reason };
     }
-    let own = observed.revision(&new.id);
-    let (ready, instances) = own.map_or((0, 0), |o| (o.ready(), o.instances.len() as u32));
-    if ready == d && instances == d && observed.revisions.len() == 1 {
+    if observed.revisions.len() == 1 && healthy(own, d) {
         Decision::Complete
     } else {
         Decision::Wait {
             reason: format!(
                 "waiting for {} to serve alone ({})",
                 new.label,
-                observed.summary()
+                unhealthy_summary(own, observed)
             ),
         }
     }
 }
 
+/// What keeps `own` from being healthy, for wait reasons: its first failure, or the counts.
+fn unhealthy_summary(own: Option<&RevisionObservation>, observed: &Observed) -> String {
+    own.and_then(|o| {
+        o.failed()
+            .find_map(|i| i.failure.as_ref())
+            .map(|f| format!("{} {}: {}", o.revision.label, f.kind, f.reason))
+            .or_else(|| not_ready(o))
+    })
+    .unwrap_or_else(|| observed.summary())
+}
+
 /// With nothing running before, a blue-green or canary rollout just starts the revision at full
-/// size with all traffic.
+/// size with all traffic, and completes once it is healthy (every instance ready, none
+/// reporting a failure).
 pub(super) fn first_deployment(ctx: &PlanContext<'_>) -> Decision {
     let d = ctx.replicas;
     let target = ctx.target;
     let observed = ctx.observed;
-    if let Some(reason) = observed
-        .revision(&target.id)
-        .and_then(|o| fail_fast(o, super::DEFAULT_FAIL_FAST_AFTER))
-    {
+    let own = observed.revision(&target.id);
+    if let Some(reason) = own.and_then(|o| fail_fast(o, super::DEFAULT_FAIL_FAST_AFTER)) {
         return Decision::Abort {
             cause: RollbackCause::FailFast,
             reason,
@@ -270,14 +307,143 @@ pub(super) fn first_deployment(ctx: &PlanContext<'_>) -> Decision {
     if !observed.matches(&desired) {
         return Decision::Apply(desired);
     }
-    let ready = observed
-        .revision(&target.id)
-        .map_or(0, RevisionObservation::ready);
-    if ready == d {
+    if healthy(own, d) {
         Decision::Complete
     } else {
         Decision::Wait {
-            reason: format!("waiting for {} ({ready}/{d} ready)", target.label),
+            reason: format!(
+                "waiting for {} ({})",
+                target.label,
+                unhealthy_summary(own, observed)
+            ),
         }
+    }
+}
+
+#[cfg(test)]
+mod after_promotion_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::environment::{FailureKind, InstanceFailure, InstanceObservation};
+    use crate::model::{Digest, EnvironmentKind, EnvironmentSpec, ServiceSpec};
+    use crate::strategy::Progress;
+
+    fn rev(label: &str) -> Arc<Revision> {
+        let svc = ServiceSpec::builder().name("web").build().unwrap();
+        let env = EnvironmentSpec::builder()
+            .name("prod")
+            .kind(EnvironmentKind::Production)
+            .build()
+            .unwrap();
+        Arc::new(Revision::new(&svc, &env, Digest::of_bytes(label.as_bytes()), label).unwrap())
+    }
+
+    /// `desired` instances of `r`, all ready; the first `crashed` report a recent exit.
+    fn obs(r: &Arc<Revision>, desired: u32, crashed: usize) -> RevisionObservation {
+        let instances = (0..desired)
+            .map(|i| {
+                let failure = ((i as usize) < crashed).then(|| {
+                    InstanceFailure::new(
+                        FailureKind::CrashLoop,
+                        "exited with code 1 after running 2s (1 time in the last 60s)",
+                    )
+                });
+                InstanceObservation::new(format!("{}-{i}", r.label), true, 0, failure)
+            })
+            .collect();
+        RevisionObservation::new(r.clone(), desired, instances)
+    }
+
+    const PROMOTED: u64 = 10_000;
+    const DELAY: Duration = Duration::from_secs(30);
+
+    /// Plan the blue-green rollout of v2 over v1, promoted at 10 s, at `now_ms`.
+    fn plan(now_ms: u64, revisions: Vec<RevisionObservation>) -> Decision {
+        let (v1, v2) = (rev("v1"), rev("v2"));
+        let observed = Observed::new(
+            revisions,
+            Default::default(),
+            Traffic::routed(Routes::all_to(&v2.id)),
+        );
+        let progress = Progress {
+            step: 2,
+            promoted_at: Some(Timestamp::from_millis(PROMOTED)),
+            ..Progress::default()
+        };
+        let spec = BlueGreenSpec::builder()
+            .scale_down_delay(DELAY)
+            .build()
+            .unwrap();
+        BlueGreenStrategy::new(spec).plan(&PlanContext::new(
+            &v2,
+            Some(&v1),
+            2,
+            &observed,
+            &progress,
+            Timestamp::from_millis(now_ms),
+        ))
+    }
+
+    fn revisions_of(d: &Decision) -> Vec<(String, u32)> {
+        match d {
+            Decision::Apply(s) => s
+                .revisions
+                .iter()
+                .map(|t| (t.revision.label.clone(), t.replicas))
+                .collect(),
+            other => panic!("expected Apply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_crash_inside_the_warm_window_rolls_back() {
+        let (v1, v2) = (rev("v1"), rev("v2"));
+        // One exit of two: not yet a verdict, but the old revision stays.
+        let d = plan(PROMOTED + 2_000, vec![obs(&v1, 2, 0), obs(&v2, 2, 1)]);
+        assert!(matches!(d, Decision::Wait { .. }), "{d:?}");
+        let d = plan(PROMOTED + 2_300, vec![obs(&v1, 2, 0), obs(&v2, 2, 2)]);
+        assert!(
+            matches!(&d, Decision::Abort { cause: RollbackCause::FailFast, reason }
+                if reason.starts_with("2 of 2 new instances are crash-looping: exited with code 1")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn the_old_revision_goes_only_once_the_new_one_is_healthy() {
+        let (v1, v2) = (rev("v1"), rev("v2"));
+        let after = PROMOTED + DELAY.as_millis() as u64 + 1;
+        // The delay has passed, but an instance exited lately: keep the old revision.
+        let d = plan(after, vec![obs(&v1, 2, 0), obs(&v2, 2, 1)]);
+        assert!(
+            matches!(&d, Decision::Wait { reason } if reason.starts_with("keeping v1 until v2 is healthy")),
+            "{d:?}"
+        );
+        // Healthy: now the old revision goes, and the rollout completes once v2 serves alone.
+        let d = plan(after, vec![obs(&v1, 2, 0), obs(&v2, 2, 0)]);
+        assert_eq!(revisions_of(&d), vec![("v2".into(), 2)]);
+        assert_eq!(plan(after, vec![obs(&v2, 2, 0)]), Decision::Complete);
+        // A recent exit after the old revision went: no success yet.
+        let d = plan(after, vec![obs(&v2, 2, 1)]);
+        assert!(matches!(d, Decision::Wait { .. }), "{d:?}");
+    }
+
+    #[test]
+    fn a_first_deployment_completes_only_when_healthy() {
+        let v1 = rev("v1");
+        let observed = |crashed| {
+            Observed::new(
+                vec![obs(&v1, 2, crashed)],
+                Default::default(),
+                Traffic::routed(Routes::all_to(&v1.id)),
+            )
+        };
+        let progress = Progress::default();
+        let now = Timestamp::from_millis(0);
+        let plan =
+            |o: &Observed| first_deployment(&PlanContext::new(&v1, None, 2, o, &progress, now));
+        assert!(matches!(plan(&observed(1)), Decision::Wait { .. }));
+        assert_eq!(plan(&observed(0)), Decision::Complete);
     }
 }

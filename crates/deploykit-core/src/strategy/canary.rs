@@ -16,7 +16,7 @@ use crate::time::{duration_ms, option_duration_ms};
 
 use crate::journal::RollbackCause;
 
-use super::blue_green::{after_promotion, analysis_step, first_deployment};
+use super::blue_green::{after_promotion, analysis_step, first_deployment, traffic_at};
 use super::rolling::fail_fast;
 use super::{AnalysisRequest, Decision, DeploymentStrategy, PlanContext};
 
@@ -222,36 +222,76 @@ impl CanaryStrategy {
         shape
     }
 
+    /// The background analysis: abort when it fails; ask a human (gate
+    /// `analysis:background`) when it is inconclusive — as no data from a canary that receives
+    /// no traffic is — and, once approved, go on measuring. It measures what is due only while
+    /// every canary instance is ready and the canary is served traffic (or is about to be
+    /// promoted): never while it has none, and never while the rollout waits for instances, so
+    /// measurements (which are progress) cannot keep a canary that never gets ready from
+    /// meeting its progress deadline.
     fn background(&self, ctx: &PlanContext<'_>, stable: &Revision) -> Option<Decision> {
         let spec = self.spec.background_analysis.as_ref()?;
-        match evaluate(spec, "background", &ctx.progress.measurements, ctx.now) {
-            RunStatus::Failed { reason } => Some(Decision::Abort {
-                cause: RollbackCause::AnalysisFailed,
-                reason,
-            }),
-            RunStatus::Inconclusive { reason } => {
-                let gate = "analysis:background".to_string();
-                (!ctx.progress.approved.contains(&gate))
-                    .then_some(Decision::AwaitApproval { gate, reason })
+        let measurements = &ctx.progress.measurements;
+        let due = match evaluate(spec, "background", measurements, traffic_at(ctx), ctx.now) {
+            RunStatus::Failed { reason } => {
+                return Some(Decision::Abort {
+                    cause: RollbackCause::AnalysisFailed,
+                    reason,
+                });
             }
-            RunStatus::Running { due } if !due.is_empty() => {
-                Some(Decision::Analyze(AnalysisRequest {
-                    run: "background".into(),
-                    metrics: due.into_iter().map(|i| spec.metrics[i].clone()).collect(),
-                    revision: ctx.target.id.clone(),
-                    baseline: Some(stable.id.clone()),
-                }))
+            RunStatus::Inconclusive { reason, due } => {
+                if !ctx.progress.approved.contains(BACKGROUND_GATE) {
+                    return Some(Decision::AwaitApproval {
+                        gate: BACKGROUND_GATE.into(),
+                        reason,
+                    });
+                }
+                due
             }
-            RunStatus::Running { .. } | RunStatus::Successful => None,
+            RunStatus::Running { due } => due,
+            RunStatus::Successful => return None,
+        };
+        let promoting = ctx.progress.step >= self.spec.steps.len();
+        let ready = ctx
+            .observed
+            .revision(&ctx.target.id)
+            .is_some_and(|o| o.desired > 0 && o.ready() >= o.desired);
+        if due.is_empty() || !ready || !(promoting || serves_canary(ctx)) {
+            return None;
         }
+        Some(Decision::Analyze(AnalysisRequest {
+            run: "background".into(),
+            metrics: due.into_iter().map(|i| spec.metrics[i].clone()).collect(),
+            revision: ctx.target.id.clone(),
+            baseline: Some(stable.id.clone()),
+        }))
     }
+}
+
+/// The gate an inconclusive background analysis waits at.
+const BACKGROUND_GATE: &str = "analysis:background";
+
+/// Whether the environment routes any traffic to the canary: a weight, a header route or a
+/// mirror.
+fn serves_canary(ctx: &PlanContext<'_>) -> bool {
+    let canary = &ctx.target.id;
+    ctx.observed.weight_of(canary) > 0
+        || ctx.observed.routing.routes().is_some_and(|r| {
+            r.header.as_ref().is_some_and(|h| &h.revision == canary)
+                || r.mirror
+                    .as_ref()
+                    .is_some_and(|m| &m.revision == canary && m.percent.percent() > 0)
+        })
 }
 
 impl CanaryStrategy {
     /// No data never passes: before promotion, the latest background measurement of every
-    /// metric must be a success. `Some(reason)` while that is not so.
+    /// metric must be a success — or, once a human accepted an inconclusive background
+    /// analysis (gate `analysis:background`), at least not a failed query. `Some(reason)` while
+    /// that is not so.
     fn background_unproven(&self, ctx: &PlanContext<'_>) -> Option<String> {
         let spec = self.spec.background_analysis.as_ref()?;
+        let accepted = ctx.progress.approved.contains(BACKGROUND_GATE);
         for metric in &spec.metrics {
             let latest = ctx
                 .progress
@@ -259,7 +299,12 @@ impl CanaryStrategy {
                 .iter()
                 .rev()
                 .find(|m| m.run == "background" && m.metric == metric.name);
-            if latest.is_none_or(|m| m.outcome != MeasurementOutcome::Successful) {
+            let proven = latest.is_some_and(|m| match m.outcome {
+                MeasurementOutcome::Successful => true,
+                MeasurementOutcome::Inconclusive | MeasurementOutcome::NoData => accepted,
+                MeasurementOutcome::Failed | MeasurementOutcome::Error => false,
+            });
+            if !proven {
                 return Some(format!(
                     "promotion waits for a successful background measurement of {}",
                     metric.name

@@ -36,6 +36,10 @@ pub struct Progress {
     pub step: usize,
     /// When the current step was reached.
     pub step_started_at: Timestamp,
+    /// When the applied traffic split last changed: analysis judges traffic only once it has
+    /// had one interval to arrive after this.
+    #[serde(default)]
+    pub traffic_changed_at: Option<Timestamp>,
     /// Every analysis measurement taken so far.
     pub measurements: Vec<Measurement>,
     /// Approval gates passed.
@@ -183,7 +187,7 @@ impl StrategySpec {
     /// action that sends all traffic back, then the new revision's removal.
     pub fn rollback_planner(&self) -> Box<dyn DeploymentStrategy> {
         match self {
-            StrategySpec::Rolling(spec) => Box::new(RollingStrategy::new(spec.clone())),
+            StrategySpec::Rolling(spec) => Box::new(RollingStrategy::converging(spec.clone())),
             StrategySpec::BlueGreen(_) | StrategySpec::Canary(_) => Box::new(SwitchBackStrategy),
         }
     }
@@ -250,6 +254,26 @@ impl StrategySpec {
                         .any(|s| matches!(s, CanaryStep::Analysis { .. }))
             }
         }
+    }
+
+    /// The first step that needs traffic split by weight (a weight strictly between 0 and
+    /// 100, a header route or a mirror), as `steps[i]: …` for messages; `None` if the strategy
+    /// only ever sends all traffic to one revision (rolling, blue-green).
+    pub fn weighted_step(&self) -> Option<String> {
+        let StrategySpec::Canary(spec) = self else {
+            return None;
+        };
+        spec.steps.iter().enumerate().find_map(|(i, step)| {
+            let what = match step {
+                CanaryStep::SetWeight { weight } if (1..100).contains(&weight.percent()) => {
+                    format!("set_weight {}", weight.percent())
+                }
+                CanaryStep::SetHeaderRoute { name, .. } => format!("set_header_route {name}"),
+                CanaryStep::SetMirror { percent } => format!("set_mirror {}%", percent.percent()),
+                _ => return None,
+            };
+            Some(format!("steps[{i}]: {what}"))
+        })
     }
 
     pub(crate) fn validate(&self, field: &str) -> Result<()> {

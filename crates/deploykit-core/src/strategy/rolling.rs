@@ -1,6 +1,8 @@
 //! The rolling update planner, with Kubernetes' surge and unavailability semantics.
 
-use crate::environment::{DesiredState, RevisionObservation, RevisionTarget, Traffic};
+use crate::environment::{
+    DesiredState, FailureKind, InstanceFailure, RevisionObservation, RevisionTarget, Traffic,
+};
 use crate::model::RollingSpec;
 
 use crate::journal::RollbackCause;
@@ -15,27 +17,80 @@ use super::{Decision, DeploymentStrategy, PlanContext};
 ///   ones only while at least `D − U` instances stay ready across all revisions;
 /// - the target scales up while the instances of all revisions, after those removals, stay at
 ///   or below `D + S`;
-/// - once every new instance has failed, or `fail_fast_after` of them have, the planner aborts
-///   with the backend's reason instead of waiting for the progress deadline.
+/// - once every new instance shows evidence of a broken revision (exits, crash loops, liveness,
+///   startup or configuration failures), or `fail_fast_after` of them do, the planner aborts
+///   with the backend's reason instead of waiting for the progress deadline; failing readiness
+///   only means "not ready yet";
+/// - it completes once the target runs alone at full size, every instance ready and none
+///   reporting a failure.
 ///
 /// Traffic follows ready instances, as a Kubernetes Service over a rolling update does.
 #[derive(Clone, Debug)]
 pub struct RollingStrategy {
     spec: RollingSpec,
+    fail_fast: bool,
 }
 
 impl RollingStrategy {
     /// A planner for `spec`.
     pub fn new(spec: RollingSpec) -> Self {
-        RollingStrategy { spec }
+        RollingStrategy {
+            spec,
+            fail_fast: true,
+        }
+    }
+
+    /// A planner that returns to a revision (a rollback, or converging on the revision that
+    /// already serves): the same budgets, but it never aborts. There is nothing further to
+    /// fall back to, and an instance of that revision that exited lately must not hold back
+    /// the removal of the revision being rolled back; a rollback that cannot finish is the
+    /// driver's to handle.
+    pub fn converging(spec: RollingSpec) -> Self {
+        RollingStrategy {
+            spec,
+            fail_fast: false,
+        }
     }
 }
 
-/// The fail-fast rule: once every instance of `target` has failed, or `threshold` of them
-/// have, the reason to abort, e.g. `3 of 3 new instances failed readiness: GET /health
-/// returned 503`.
+/// Whether a failure of this kind is evidence that the revision is broken, rather than that it
+/// is not ready yet.
+///
+/// Readiness and custom-check failures mean "not ready yet", as in Kubernetes: a slow start
+/// fails them for a while and then passes, so only the progress deadline ends the wait. Exits
+/// and crash loops, liveness failures (the instance is restarted), startup-probe failures (the
+/// start-up budget the service declared has run out) and configuration errors are evidence of
+/// a broken revision, on which a rollout fails fast.
+pub(crate) fn is_broken(kind: &FailureKind) -> bool {
+    match kind {
+        FailureKind::CrashLoop
+        | FailureKind::Liveness
+        | FailureKind::Startup
+        | FailureKind::Configuration => true,
+        FailureKind::Readiness | FailureKind::Custom(_) => false,
+    }
+}
+
+/// Whether every one of the `d` instances `target` should have runs, passes readiness and
+/// reports no failure at all (no recent exit, restart or failing check): what a revision must
+/// be before the one it replaces goes, and before a rollout is called successful.
+pub(crate) fn healthy(target: Option<&RevisionObservation>, d: u32) -> bool {
+    target.is_some_and(|t| {
+        t.instances.len() as u32 == d && t.ready() == d && t.failed().next().is_none()
+    })
+}
+
+/// The fail-fast rule: once every instance of `target` shows evidence of a broken revision
+/// ([`is_broken`]: exits, crash loops, liveness, startup or configuration failures), or
+/// `threshold` of them do, the reason to abort, e.g. `2 of 2 new instances are crash-looping:
+/// exited with code 1 after running 2s (1 time in the last 60s)`. Readiness failures never
+/// count: see [`not_ready`] for what the progress deadline says about them.
 pub(crate) fn fail_fast(target: &RevisionObservation, threshold: u32) -> Option<String> {
-    let failed: Vec<_> = target.failed().filter_map(|i| i.failure.as_ref()).collect();
+    let failed: Vec<_> = target
+        .failed()
+        .filter_map(|i| i.failure.as_ref())
+        .filter(|f| is_broken(&f.kind))
+        .collect();
     let total = target.instances.len();
     let n = failed.len();
     if n == 0 || (n < threshold as usize && n < total) {
@@ -50,6 +105,59 @@ pub(crate) fn fail_fast(target: &RevisionObservation, threshold: u32) -> Option<
     if same < n {
         reason.push_str(&format!(" ({} more failed otherwise)", n - same));
     }
+    if first.kind == FailureKind::Liveness && target.revision.config.health.startup.is_none() {
+        reason.push_str(&format!(
+            "; a startup probe would help if {} is only slow to start: liveness is not \
+             checked until it passes",
+            target.revision.label
+        ));
+    }
+    Some(reason)
+}
+
+/// Why `target` is not (fully) ready, for the progress deadline's reason: `None` when every
+/// desired instance runs and is ready. Carries the last failure the backend reported, and, when
+/// instances are failing readiness with no startup probe configured, says that a startup probe
+/// would help a revision that is only slow to start, e.g. `v2 not ready (0/2 ready): 2 of 2
+/// instances failed readiness: TCP connect to port 20417: connection refused; if v2 is only
+/// slow to start, a startup probe (health.startup) covering its start-up time would tell a slow
+/// start from a broken one`.
+pub(crate) fn not_ready(target: &RevisionObservation) -> Option<String> {
+    let label = &target.revision.label;
+    let (ready, desired) = (target.ready(), target.desired);
+    let total = target.instances.len();
+    if ready >= desired && total as u32 == desired {
+        return None;
+    }
+    let mut reason = format!("{label} not ready ({ready}/{desired} ready)");
+    let failures: Vec<&InstanceFailure> =
+        target.failed().filter_map(|i| i.failure.as_ref()).collect();
+    match failures.first() {
+        Some(first) => {
+            let same = failures.iter().filter(|f| f.kind == first.kind).count();
+            reason.push_str(&format!(
+                ": {same} of {total} instances {}: {}",
+                first.kind, first.reason
+            ));
+        }
+        None if (total as u32) < desired => reason.push_str(&format!(
+            ": {} of {desired} instances not started",
+            desired - total as u32
+        )),
+        None => reason.push_str(": no failure reported, readiness has not passed yet"),
+    }
+    let slow_start_symptom = failures.iter().any(|f| {
+        matches!(
+            f.kind,
+            FailureKind::Readiness | FailureKind::Liveness | FailureKind::Custom(_)
+        )
+    });
+    if slow_start_symptom && target.revision.config.health.startup.is_none() {
+        reason.push_str(&format!(
+            "; if {label} is only slow to start, a startup probe (health.startup) covering its \
+             start-up time would tell a slow start from a broken one"
+        ));
+    }
     Some(reason)
 }
 
@@ -59,7 +167,10 @@ impl DeploymentStrategy for RollingStrategy {
         let (surge, unavailable) = self.spec.budgets(d);
         let observed = ctx.observed;
         let target = observed.revision(&ctx.target.id);
-        if let Some(reason) = target.and_then(|t| fail_fast(t, self.spec.fail_fast_after)) {
+        if let Some(reason) = target
+            .filter(|_| self.fail_fast)
+            .and_then(|t| fail_fast(t, self.spec.fail_fast_after))
+        {
             return Decision::Abort {
                 cause: RollbackCause::FailFast,
                 reason,
@@ -70,10 +181,9 @@ impl DeploymentStrategy for RollingStrategy {
             .iter()
             .filter(|r| r.revision.id != ctx.target.id)
             .collect();
-        let (t_desired, t_ready, t_instances) = target.map_or((0, 0, 0), |t| {
-            (t.desired, t.ready(), t.instances.len() as u32)
-        });
-        if t_desired == d && t_ready == d && t_instances == d && others.is_empty() {
+        let (t_desired, t_instances) =
+            target.map_or((0, 0), |t| (t.desired, t.instances.len() as u32));
+        if t_desired == d && others.is_empty() && healthy(target, d) {
             return Decision::Complete;
         }
 
@@ -103,13 +213,11 @@ impl DeploymentStrategy for RollingStrategy {
         revisions.extend(kept);
         let desired = DesiredState::new(revisions, Traffic::ByReadyInstances);
         if observed.matches(&desired) {
-            return Decision::Wait {
-                reason: format!(
-                    "waiting for {} to become ready ({})",
-                    ctx.target.label,
-                    observed.summary()
-                ),
+            let reason = match target.and_then(not_ready) {
+                Some(why) => format!("waiting: {why}"),
+                None => format!("waiting for {} ({})", ctx.target.label, observed.summary()),
             };
+            return Decision::Wait { reason };
         }
         Decision::Apply(desired)
     }
@@ -250,30 +358,171 @@ mod tests {
         assert_eq!(counts(&d), vec![("v2".into(), 3)]);
     }
 
+    fn failing(r: &Revision, n: u32, kind: FailureKind, reason: &str) -> RevisionObservation {
+        let mut o = obs(r, 3, 0, 3);
+        for i in o.instances.iter_mut().take(n as usize) {
+            i.failure = Some(InstanceFailure::new(kind.clone(), reason));
+        }
+        o
+    }
+
     #[test]
     fn fails_fast_with_the_backend_reason() {
         let (v1, v2) = (rev("v1"), rev("v2"));
         let s = spec(Quantity::Count(3), Quantity::Count(0));
-        let failing = |n: u32| {
-            let mut o = obs(&v2, 3, 0, 3);
-            for i in o.instances.iter_mut().take(n as usize) {
-                i.failure = Some(InstanceFailure::new(
-                    FailureKind::Readiness,
-                    "GET /health returned 503",
-                ));
-            }
-            o
-        };
-        let d = plan(&s, &v2, 3, vec![obs(&v1, 3, 3, 0), failing(2)]);
+        let crash = "exited with code 1 after running 2s (1 time in the last 60s)";
+        let d = plan(
+            &s,
+            &v2,
+            3,
+            vec![
+                obs(&v1, 3, 3, 0),
+                failing(&v2, 2, FailureKind::CrashLoop, crash),
+            ],
+        );
         assert!(matches!(d, Decision::Wait { .. }), "{d:?}");
-        let d = plan(&s, &v2, 3, vec![obs(&v1, 3, 3, 0), failing(3)]);
+        let d = plan(
+            &s,
+            &v2,
+            3,
+            vec![
+                obs(&v1, 3, 3, 0),
+                failing(&v2, 3, FailureKind::CrashLoop, crash),
+            ],
+        );
         assert_eq!(
             d,
             Decision::Abort {
                 cause: RollbackCause::FailFast,
-                reason: "3 of 3 new instances failed readiness: GET /health returned 503".into()
+                reason: format!("3 of 3 new instances are crash-looping: {crash}")
             }
         );
+    }
+
+    #[test]
+    fn readiness_failures_mean_not_ready_yet() {
+        let (v1, v2) = (rev("v1"), rev("v2"));
+        let s = spec(Quantity::Count(3), Quantity::Count(0));
+        for kind in [FailureKind::Readiness, FailureKind::Custom("db".into())] {
+            let v2_obs = failing(
+                &v2,
+                3,
+                kind,
+                "TCP connect to port 20417: connection refused",
+            );
+            let d = plan(&s, &v2, 3, vec![obs(&v1, 3, 3, 0), v2_obs]);
+            assert!(matches!(d, Decision::Wait { .. }), "{d:?}");
+        }
+        // Evidence of a broken revision fails fast, whatever the probe.
+        for kind in [
+            FailureKind::CrashLoop,
+            FailureKind::Liveness,
+            FailureKind::Startup,
+            FailureKind::Configuration,
+        ] {
+            let v2_obs = failing(&v2, 3, kind, "boom");
+            let d = plan(&s, &v2, 3, vec![obs(&v1, 3, 3, 0), v2_obs]);
+            assert!(matches!(d, Decision::Abort { .. }), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn liveness_failures_suggest_a_startup_probe() {
+        let v2 = rev("v2");
+        let reason = fail_fast(
+            &failing(&v2, 3, FailureKind::Liveness, "GET /live returned 503"),
+            3,
+        )
+        .expect("fails fast");
+        assert_eq!(
+            reason,
+            "3 of 3 new instances failed liveness: GET /live returned 503; a startup probe \
+             would help if v2 is only slow to start: liveness is not checked until it passes"
+        );
+    }
+
+    #[test]
+    fn not_ready_carries_the_last_failure_and_when_a_startup_probe_helps() {
+        let v2 = rev("v2");
+        assert_eq!(not_ready(&obs(&v2, 3, 3, 0)), None);
+        assert_eq!(
+            not_ready(&failing(
+                &v2,
+                2,
+                FailureKind::Readiness,
+                "TCP connect to port 20417: connection refused"
+            ))
+            .as_deref(),
+            Some(
+                "v2 not ready (0/3 ready): 2 of 3 instances failed readiness: TCP connect to \
+                 port 20417: connection refused; if v2 is only slow to start, a startup probe \
+                 (health.startup) covering its start-up time would tell a slow start from a \
+                 broken one"
+            )
+        );
+        assert_eq!(
+            not_ready(&obs(&v2, 3, 1, 2)).as_deref(),
+            Some("v2 not ready (1/3 ready): no failure reported, readiness has not passed yet")
+        );
+        assert_eq!(
+            not_ready(&obs(&v2, 3, 1, 0)).as_deref(),
+            Some("v2 not ready (1/3 ready): 2 of 3 instances not started")
+        );
+        // With a startup probe configured, the hint is not given.
+        let svc = ServiceSpec::builder()
+            .name("web")
+            .health(
+                crate::model::HealthChecks::builder()
+                    .startup(
+                        crate::model::Probe::builder()
+                            .action(crate::model::ProbeAction::http("/started"))
+                            .build()
+                            .unwrap(),
+                    )
+                    .build(),
+            )
+            .build()
+            .unwrap();
+        let env = EnvironmentSpec::builder()
+            .name("prod")
+            .kind(EnvironmentKind::Production)
+            .build()
+            .unwrap();
+        let v3 = Revision::new(&svc, &env, Digest::of_bytes(b"v3"), "v3").unwrap();
+        let text = not_ready(&failing(&v3, 3, FailureKind::Readiness, "503")).unwrap();
+        assert!(!text.contains("startup probe"), "{text}");
+    }
+
+    #[test]
+    fn completes_only_once_no_new_instance_reports_a_failure() {
+        let v2 = rev("v2");
+        let s = RollingStrategy::new(RollingSpec::default());
+        let mut o = obs(&v2, 3, 3, 0);
+        o.instances[1].failure = Some(InstanceFailure::new(
+            FailureKind::CrashLoop,
+            "exited with code 1 after running 2s (1 time in the last 60s)",
+        ));
+        let d = plan(&s, &v2, 3, vec![o]);
+        assert!(matches!(d, Decision::Wait { .. }), "{d:?}");
+    }
+
+    #[test]
+    fn a_rollback_never_aborts_on_the_revision_it_returns_to() {
+        let (v1, v2) = (rev("v1"), rev("v2"));
+        // v1's only instance exited a moment ago (and runs again); v2 failed. Going back to v1
+        // still removes v2 at once instead of aborting the rollback.
+        let mut back = obs(&v1, 1, 1, 0);
+        back.instances[0].failure = Some(InstanceFailure::new(
+            FailureKind::CrashLoop,
+            "exited with code 137 after running 3h (1 time in the last 60s)",
+        ));
+        let broken = failing(&v2, 3, FailureKind::CrashLoop, "exited with code 1");
+        let converging = RollingStrategy::converging(RollingSpec::default());
+        let d = plan(&converging, &v1, 1, vec![back.clone(), broken.clone()]);
+        assert_eq!(counts(&d), vec![("v1".into(), 1)]);
+        let forward = RollingStrategy::new(RollingSpec::default());
+        let d = plan(&forward, &v1, 1, vec![back, broken]);
+        assert!(matches!(d, Decision::Abort { .. }), "{d:?}");
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! | object | name | notes |
 //! | --- | --- | --- |
 //! | Service | `web`, `web-canary`, `web-preview` | port 80 `http` → container port `http` |
-//! | HorizontalPodAutoscaler | `web` | with [`RenderOptions::autoscale`] and exactly one revision |
+//! | HorizontalPodAutoscaler | `web` | when [`DesiredState::autoscale`] is set and one revision serves, see below |
 //! | PodDisruptionBudget | `web` | `maxUnavailable` [`RenderOptions::pdb_max_unavailable`] |
 //! | NetworkPolicy | `web` | default deny, see [`NetworkOptions`] |
 //! | HTTPRoute / VirtualService | `web` (and HTTPRoute `web-preview`) | see [`Router`] |
@@ -45,7 +45,21 @@
 //! Services and the route need a port: if any revision has no port, neither is rendered (and
 //! so neither is the [`ANNOTATION_TRAFFIC`] annotation), and missing probes cannot be derived.
 //! Without a [`Router`], weights cannot be honoured: ordinary traffic reaches the stable
-//! Service's revision only, and the others are reachable through their own Services.
+//! Service's revision only, and the others are reachable through their own Services (so the
+//! environment refuses strategies that need a split, see [`Router::None`]).
+//!
+//! # Autoscaling
+//!
+//! With [`DesiredState::autoscale`] set, every Deployment omits `spec.replicas` and carries
+//! [`ANNOTATION_AUTOSCALE`] (the bounds): replica counts are then written by the environment
+//! under their own field manager, so that deploykit's apply never owns them and the
+//! HorizontalPodAutoscaler and deploykit never conflict over them. The HPA targets the serving
+//! revision: the only one, or under [`Traffic::Routed`] the stable Service's (a canary or a
+//! blue-green rollout keeps the stable revision autoscaled until promotion, then the HPA moves
+//! to the new revision). Under [`Traffic::ByReadyInstances`] with several revisions (a rolling
+//! update in progress) no single revision serves and no HPA is rendered; the environment
+//! records the count the HPA wanted on the Deployments ([`ANNOTATION_AUTOSCALED_REPLICAS`])
+//! until it is back.
 //!
 //! # Security
 //!
@@ -59,6 +73,8 @@
 
 mod names;
 mod network;
+
+pub(crate) use names::revision_name;
 mod routes;
 mod workload;
 mod yaml;
@@ -67,9 +83,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use deploykit_core::secrets::SecretString;
-use deploykit_core::{Autoscale, DesiredState, Error, Resources, Result, RevisionId, ServiceId};
 #[cfg(doc)]
-use deploykit_core::{Revision, Routes, Traffic};
+use deploykit_core::{Autoscale, Routes, Traffic};
+use deploykit_core::{DesiredState, Error, Resources, Result, Revision, RevisionId, ServiceId};
 use k8s_openapi::Resource as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -93,6 +109,13 @@ pub const LABEL_REVISION: &str = "deploykit.dev/revision";
 pub const ANNOTATION_REVISION_SPEC: &str = "deploykit.dev/revision-spec";
 /// Stable-Service annotation holding the applied [`Traffic`] as JSON.
 pub const ANNOTATION_TRAFFIC: &str = "deploykit.dev/traffic";
+/// Deployment annotation marking an autoscaled revision, with the autoscaling bounds
+/// ([`Autoscale`]) as JSON.
+pub const ANNOTATION_AUTOSCALE: &str = "deploykit.dev/autoscale";
+/// Deployment annotation holding the replica count the HorizontalPodAutoscaler wanted when a
+/// rolling update suspended it; the environment reports it as the live count until the HPA is
+/// back.
+pub const ANNOTATION_AUTOSCALED_REPLICAS: &str = "deploykit.dev/autoscaled-replicas";
 /// Label carrying the revision's human label (sanitised).
 pub(crate) const LABEL_VERSION: &str = "app.kubernetes.io/version";
 /// The port every rendered Service listens on.
@@ -128,11 +151,6 @@ pub struct RenderOptions {
     pub default_resources: Resources,
     /// `priorityClassName` of the pods.
     pub priority_class: Option<String>,
-    /// A HorizontalPodAutoscaler (`autoscaling/v2`) per service targeting the revision's
-    /// Deployment. Rendered only when exactly one revision exists: during a rollout the
-    /// orchestrator owns replica counts. When it is rendered the Deployment omits
-    /// `spec.replicas`, so that the autoscaler owns it under server-side apply.
-    pub autoscale: Option<Autoscale>,
     /// `maxUnavailable` of the service's PodDisruptionBudget (`policy/v1`, default 1); 0
     /// renders no budget (one with 0 would block node drains for good).
     pub pdb_max_unavailable: u32,
@@ -144,7 +162,8 @@ pub struct RenderOptions {
 
 impl RenderOptions {
     /// Defaults for `namespace`: no images, no router, restricted, no token, default
-    /// resources, no autoscaling, a PodDisruptionBudget of 1, DNS-only egress, no quota.
+    /// resources, a PodDisruptionBudget of 1, DNS-only egress, no quota. (Autoscaling comes
+    /// with the desired state: [`DesiredState::autoscale`].)
     pub fn new(namespace: impl Into<String>) -> Self {
         RenderOptions {
             namespace: namespace.into(),
@@ -154,7 +173,6 @@ impl RenderOptions {
             service_account_token: false,
             default_resources: workload::builtin_resources(),
             priority_class: None,
-            autoscale: None,
             pdb_max_unavailable: 1,
             network: NetworkOptions::default(),
             quota: None,
@@ -196,13 +214,6 @@ impl RenderOptions {
         self
     }
 
-    /// Autoscale each service within `autoscale`'s bounds.
-    #[must_use]
-    pub fn autoscale(mut self, autoscale: Autoscale) -> Self {
-        self.autoscale = Some(autoscale);
-        self
-    }
-
     /// Give pods the priority class `name`.
     #[must_use]
     pub fn priority_class(mut self, name: impl Into<String>) -> Self {
@@ -236,7 +247,10 @@ impl RenderOptions {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Router {
     /// No router: only the Services. Weights cannot be honoured (ordinary traffic reaches the
-    /// stable Service's revision).
+    /// stable Service's revision), so the environment answers
+    /// [`TrafficSplit::WholeSwitch`](deploykit_core::TrafficSplit) and the orchestrator refuses
+    /// strategies that need a split (canary weights, header routes, mirrors); rolling and
+    /// blue-green work. Observed traffic is what the stable Service's selector really reaches.
     #[default]
     None,
     /// Gateway API: an `HTTPRoute` (`gateway.networking.k8s.io/v1`) named `<service>` attached
@@ -500,7 +514,7 @@ impl Object {
         }
     }
 
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+    pub(crate) fn metadata_mut(&mut self) -> &mut ObjectMeta {
         match self {
             Object::ConfigMap(o) => &mut o.metadata,
             Object::Secret(o) => &mut o.metadata,
@@ -581,8 +595,8 @@ impl Plan {
 
 /// Everything deploykit applies for `service` to reach `desired`: the per-revision ConfigMaps,
 /// Secrets and Deployments, then the Services, autoscaler, disruption budget, network policy
-/// and route. Replica counts come from `desired`; everything else from the revisions and
-/// `options` (autoscaling included). `secrets` holds the resolved values of each revision's
+/// and route. Replica counts come from `desired` (unless it is autoscaled: then Deployments
+/// omit them, see the module docs); everything else from the revisions and `options`. `secrets` holds the resolved values of each revision's
 /// secret variables. A desired state with no revisions gives an empty plan.
 ///
 /// Fails with [`Error::InvalidSpec`] naming the field on input that cannot be rendered: no
@@ -638,16 +652,13 @@ pub fn plan(
     let mut config_maps = Vec::new();
     let mut secret_objects = Vec::new();
     let mut deployments = Vec::new();
-    let single = desired.revisions.len() == 1;
-    let hpa = options.autoscale.as_ref().filter(|_| single);
+    let autoscale = desired.autoscale.as_ref();
+    if let Some(a) = autoscale {
+        names::check_autoscale(a)?;
+    }
     for target in &desired.revisions {
         let rev = workload::RevisionObjects::render(
-            service,
-            target,
-            repository,
-            secrets,
-            options,
-            hpa.is_some(),
+            service, target, repository, secrets, options, autoscale,
         )?;
         config_maps.push(Object::ConfigMap(rev.config_map));
         if let Some(secret) = rev.secret {
@@ -671,12 +682,9 @@ pub fn plan(
                 .map(Object::Service),
         );
     }
-    if let (Some(autoscale), Some(target)) = (hpa, desired.revisions.first()) {
+    if let (Some(autoscale), Some(serving)) = (autoscale, serving_revision(desired, &layout)) {
         objects.push(Object::HorizontalPodAutoscaler(workload::autoscaler(
-            service,
-            &target.revision,
-            autoscale,
-            options,
+            service, serving, autoscale, options,
         )?));
     }
     if options.pdb_max_unavailable > 0 {
@@ -710,6 +718,18 @@ pub fn plan(
             .insert(ANNOTATION_TRAFFIC.to_string(), traffic);
     }
     Ok(Plan { objects })
+}
+
+/// The revision an autoscaler scales: the only one, or under routed traffic the stable
+/// Service's (the largest weight). `None` while a rolling update runs several revisions.
+fn serving_revision<'a>(
+    desired: &'a DesiredState,
+    layout: &network::Layout<'a>,
+) -> Option<&'a Revision> {
+    match desired.revisions.as_slice() {
+        [only] => Some(&only.revision),
+        _ => layout.stable,
+    }
 }
 
 /// The kind of the object named after the service that carries [`ANNOTATION_TRAFFIC`]:

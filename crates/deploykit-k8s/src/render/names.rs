@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use deploykit_core::{Error, Result, Revision, ServiceId};
+use deploykit_core::{Autoscale, Error, Result, Revision, ServiceId};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{
@@ -172,23 +172,6 @@ pub(crate) fn check_options(service: &ServiceId, options: &RenderOptions) -> Res
             format!("{class:?} is not a PriorityClass name"),
         ));
     }
-    if let Some(a) = &options.autoscale {
-        if a.min_replicas == 0 || a.min_replicas > a.max_replicas {
-            return Err(Error::invalid(
-                "autoscale.min_replicas",
-                format!(
-                    "{} must be at least 1 and at most max_replicas {}",
-                    a.min_replicas, a.max_replicas
-                ),
-            ));
-        }
-        if !(1..=100).contains(&a.target_cpu_percent) {
-            return Err(Error::invalid(
-                "autoscale.target_cpu_percent",
-                format!("{} is outside 1-100", a.target_cpu_percent),
-            ));
-        }
-    }
     let net = &options.network;
     for ns in &net.allow_from_namespaces {
         if !is_dns_label(ns) {
@@ -261,4 +244,24 @@ mod tests {
         assert!(!is_image_tag("-v1"));
         assert!(!is_image_tag("v1/2"));
     }
+}
+
+/// Checks autoscaling bounds (those of a desired state; `EnvironmentSpec` checks them too).
+pub(crate) fn check_autoscale(a: &Autoscale) -> Result<()> {
+    if a.min_replicas == 0 || a.min_replicas > a.max_replicas {
+        return Err(Error::invalid(
+            "desired.autoscale.min_replicas",
+            format!(
+                "{} must be at least 1 and at most max_replicas {}",
+                a.min_replicas, a.max_replicas
+            ),
+        ));
+    }
+    if !(1..=100).contains(&a.target_cpu_percent) {
+        return Err(Error::invalid(
+            "desired.autoscale.target_cpu_percent",
+            format!("{} is outside 1-100", a.target_cpu_percent),
+        ));
+    }
+    Ok(())
 }

@@ -23,7 +23,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::names::{
     app_labels, app_selector, meta, revision_labels, revision_name, revision_selector,
 };
-use super::{ANNOTATION_REVISION_SPEC, LABEL_MANAGED_BY, MANAGED_BY, Quota, RenderOptions};
+use super::{
+    ANNOTATION_AUTOSCALE, ANNOTATION_REVISION_SPEC, LABEL_MANAGED_BY, MANAGED_BY, Quota,
+    RenderOptions,
+};
 use super::{SecretValues, names};
 
 /// The name of the container in every pod.
@@ -45,7 +48,7 @@ impl RevisionObjects {
         repository: &str,
         secrets: &SecretValues,
         options: &RenderOptions,
-        autoscaled: bool,
+        autoscale: Option<&Autoscale>,
     ) -> Result<Self> {
         let rev = &*target.revision;
         if rev.service != *service {
@@ -193,14 +196,20 @@ impl RevisionObjects {
         let spec_json = serde_json::to_string(rev)
             .map_err(|e| Error::invalid("revision", format!("cannot be written as JSON: {e}")))?;
         let mut metadata = meta(&name, options, labels.clone());
-        metadata.annotations = Some(BTreeMap::from([(
-            ANNOTATION_REVISION_SPEC.to_string(),
-            spec_json,
-        )]));
+        let mut annotations = BTreeMap::from([(ANNOTATION_REVISION_SPEC.to_string(), spec_json)]);
+        if let Some(a) = autoscale {
+            let bounds = serde_json::to_string(a).map_err(|e| {
+                Error::invalid("autoscale", format!("cannot be written as JSON: {e}"))
+            })?;
+            annotations.insert(ANNOTATION_AUTOSCALE.to_string(), bounds);
+        }
+        metadata.annotations = Some(annotations);
         let deployment = Deployment {
             metadata,
             spec: Some(DeploymentSpec {
-                replicas: if autoscaled {
+                // Autoscaled: the environment sets replicas through field manager
+                // `deploykit-scale`, so deploykit's apply never owns (or resets) them.
+                replicas: if autoscale.is_some() {
                     None
                 } else {
                     Some(to_i32(target.replicas, "desired.revisions.replicas")?)
