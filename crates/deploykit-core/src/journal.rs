@@ -80,7 +80,12 @@ pub enum DeploymentKind {
 }
 
 /// What a deployment was asked to do; the first journal entry, fixed for its lifetime.
+///
+/// A journal's spec is validated as it loads, with the same checks as the environment and
+/// strategy it was made from, so a hand-edited or foreign journal cannot smuggle in what the
+/// builders refuse.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, TypedBuilder)]
+#[serde(remote = "Self")]
 #[non_exhaustive]
 pub struct DeploymentSpec {
     /// The deployment's id.
@@ -112,6 +117,21 @@ pub struct DeploymentSpec {
     #[builder(default)]
     #[serde(default)]
     pub release: Option<ReleaseMembership>,
+}
+
+crate::validate::validated_serde!(DeploymentSpec, DeploymentSpec::validate);
+
+impl DeploymentSpec {
+    /// The checks a spec made from a valid environment and strategy passes: replicas and
+    /// progress deadline in range, a valid strategy.
+    pub fn validate(&self) -> Result<()> {
+        crate::model::check_replicas("deployment.replicas", self.replicas)?;
+        crate::model::check_progress_deadline(
+            "deployment.progress_deadline",
+            self.progress_deadline,
+        )?;
+        self.strategy.validate("deployment.strategy")
+    }
 }
 
 /// Membership of a multi-service release: the deployments that promote together or not at all.

@@ -46,6 +46,7 @@ pub mod secrets;
 pub mod store;
 pub mod strategy;
 mod time;
+mod validate;
 
 pub use backup::{BackupTarget, LocalTarget, ObjectMeta};
 pub use build::{Artifact, BuildContext, BuildStage};

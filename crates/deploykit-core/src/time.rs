@@ -86,13 +86,58 @@ impl Clock for SystemClock {
     }
 }
 
-/// Serde helpers that write a [`Duration`] as whole milliseconds.
+/// An hour.
+pub(crate) const HOUR: Duration = Duration::from_secs(3600);
+/// A day.
+pub(crate) const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// The one check every duration of every spec goes through: a whole number of milliseconds
+/// (what the journal stores, so nothing is rounded away) within `min..=max`. The error names
+/// the field and the range.
+pub(crate) fn check_duration(
+    field: &str,
+    d: Duration,
+    min: Duration,
+    max: Duration,
+) -> crate::error::Result<()> {
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(crate::error::Error::invalid(
+            field,
+            format!("{d:?} is not a whole number of milliseconds"),
+        ));
+    }
+    if d < min || d > max {
+        let min = if min.is_zero() {
+            "0".to_string()
+        } else {
+            show(min)
+        };
+        return Err(crate::error::Error::invalid(
+            field,
+            format!("{} is outside {min} to {}", show(d), show(max)),
+        ));
+    }
+    Ok(())
+}
+
+/// `d` in whole milliseconds, or why it cannot be stored as such (never wrapped or rounded).
+fn exact_millis(d: &Duration) -> Result<u64, String> {
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!("{d:?} is not a whole number of milliseconds"));
+    }
+    u64::try_from(d.as_millis()).map_err(|_| format!("{d:?} is too long to store"))
+}
+
+/// Serde helpers that write a [`Duration`] as whole milliseconds; a duration that is not a
+/// whole number of milliseconds, or longer than `u64::MAX` of them, is an error (never wrapped:
+/// validation refuses such values first, with the field's range).
 pub(crate) mod duration_ms {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
     pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
+        s.serialize_u64(super::exact_millis(d).map_err(serde::ser::Error::custom)?)
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -107,7 +152,9 @@ pub(crate) mod option_duration_ms {
 
     pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
-            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            Some(d) => {
+                s.serialize_some(&super::exact_millis(d).map_err(serde::ser::Error::custom)?)
+            }
             None => s.serialize_none(),
         }
     }
@@ -134,6 +181,47 @@ mod tests {
             Timestamp(951_782_400_000).to_string(),
             "2000-02-29T00:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn durations_are_stored_exactly_or_refused() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct S {
+            #[serde(with = "duration_ms")]
+            d: Duration,
+        }
+        let huge = S {
+            d: Duration::from_secs(u64::MAX),
+        };
+        let err = serde_json::to_string(&huge).expect_err("no wrap");
+        assert!(err.to_string().contains("too long to store"), "{err}");
+        let tiny = S {
+            d: Duration::from_nanos(1),
+        };
+        let err = serde_json::to_string(&tiny).expect_err("no rounding to 0");
+        assert!(
+            err.to_string().contains("whole number of milliseconds"),
+            "{err}"
+        );
+        let fine = S {
+            d: Duration::from_millis(u64::MAX),
+        };
+        let back: S =
+            serde_json::from_str(&serde_json::to_string(&fine).expect("json")).expect("load");
+        assert_eq!(back, fine);
+
+        let err = check_duration(
+            "x.pause",
+            Duration::from_secs(40 * 24 * 3600),
+            Duration::from_secs(60),
+            30 * DAY,
+        )
+        .expect_err("too long");
+        assert_eq!(
+            err.to_string(),
+            "invalid x.pause: 1month 9days 13h 26m 24s is outside 1m to 30days"
+        );
+        check_duration("x", Duration::ZERO, Duration::ZERO, HOUR).expect("0 is in 0..");
     }
 
     #[test]

@@ -278,6 +278,9 @@ impl From<MetricCheck> for Result<MetricCheck> {
 pub type MetricCheckBuilderWithKind =
     MetricCheckBuilder<((String,), (MetricKind,), (), (), (), (), (), ())>;
 
+/// The most measurements (and the largest limit) one metric of an analysis may have.
+pub const MAX_MEASUREMENTS: u32 = 100_000;
+
 impl MetricCheck {
     /// A threshold check: `query`'s newest value must satisfy `success`.
     pub fn threshold(
@@ -312,20 +315,37 @@ impl MetricCheck {
 
     pub(crate) fn validate(&self, field: &str) -> Result<()> {
         let field = format!("{field}.{}", self.name);
+        if let MetricKind::Judgement(spec) = &self.kind {
+            crate::time::check_duration(
+                &format!("{field}.range"),
+                spec.range,
+                Duration::from_secs(1),
+                crate::time::DAY * 30,
+            )?;
+        }
         if self.name.trim().is_empty() {
             return Err(Error::invalid(field, "a metric needs a name"));
         }
-        if self.interval.is_some_and(|d| d.is_zero()) {
-            return Err(Error::invalid(
-                format!("{field}.interval"),
-                "must be more than 0",
-            ));
+        if let Some(interval) = self.interval {
+            crate::time::check_duration(
+                &format!("{field}.interval"),
+                interval,
+                Duration::from_millis(1),
+                crate::time::DAY,
+            )?;
         }
-        if self.count == Some(0) {
-            return Err(Error::invalid(
-                format!("{field}.count"),
-                "must be at least 1",
-            ));
+        for (name, n, min) in [
+            ("count", self.count.unwrap_or(1), 1),
+            ("failure_limit", self.failure_limit, 0),
+            ("inconclusive_limit", self.inconclusive_limit, 0),
+            ("consecutive_error_limit", self.consecutive_error_limit, 0),
+        ] {
+            if !(min..=MAX_MEASUREMENTS).contains(&n) {
+                return Err(Error::invalid(
+                    format!("{field}.{name}"),
+                    format!("{n} is outside {min}-{MAX_MEASUREMENTS}"),
+                ));
+            }
         }
         if let Some(min) = &self.min_samples {
             if min.query.trim().is_empty() {

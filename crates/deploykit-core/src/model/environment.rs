@@ -97,8 +97,17 @@ impl Resources {
     }
 }
 
-/// Horizontal autoscaling bounds. Backends that autoscale (Kubernetes' HPA) use them; a rollout
-/// sizes the new revision to the replicas currently desired.
+/// Horizontal autoscaling bounds (`autoscale = { min_replicas, max_replicas,
+/// target_cpu_percent }` under `[environments.<env>]` in `deploykit.toml`).
+///
+/// The orchestrator passes them on with every desired state it applies
+/// ([`DesiredState::autoscale`](crate::DesiredState::autoscale)); a backend with an autoscaler
+/// (Kubernetes: a HorizontalPodAutoscaler on the serving revision) keeps it running with them,
+/// and reports the count it wants ([`Observed::autoscaled`](crate::Observed::autoscaled)).
+/// Rollouts are then sized from that live count instead of the environment's `replicas`
+/// (which still sizes a rollout before the autoscaler has a count, such as the first one), so
+/// a deploy under load never shrinks the stable revision. Backends without an autoscaler
+/// ignore them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
 #[non_exhaustive]
 pub struct Autoscale {
@@ -125,7 +134,10 @@ pub struct Autoscale {
 /// assert_eq!(prod.revision_history_limit, 10);
 /// # Ok::<(), deploykit_core::Error>(())
 /// ```
+///
+/// Deserialised specs are validated exactly as built ones are.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, TypedBuilder)]
+#[serde(remote = "Self")]
 #[builder(build_method(into = Result<EnvironmentSpec>))]
 #[non_exhaustive]
 pub struct EnvironmentSpec {
@@ -174,6 +186,8 @@ pub struct EnvironmentSpec {
     pub backup: Option<crate::backup::BackupPolicy>,
 }
 
+crate::validate::validated_serde!(EnvironmentSpec, EnvironmentSpec::validate);
+
 impl From<EnvironmentSpec> for Result<EnvironmentSpec> {
     fn from(spec: EnvironmentSpec) -> Self {
         spec.validate()?;
@@ -192,9 +206,6 @@ impl EnvironmentSpec {
         }
         if let Some(h) = &self.health {
             h.validate("environment.health")?;
-            if self.replicas == 0 && h.gates_readiness() {
-                return Err(replicas_zero_with_gate());
-            }
         }
         if let Some(a) = &self.autoscale {
             if a.min_replicas == 0 {
@@ -228,23 +239,51 @@ impl EnvironmentSpec {
                 ));
             }
         }
-        if self.progress_deadline.is_zero() {
+        check_progress_deadline("environment.progress_deadline", self.progress_deadline)?;
+        check_replicas("environment.replicas", self.replicas)?;
+        if self.revision_history_limit > MAX_REVISION_HISTORY {
             return Err(Error::invalid(
-                "environment.progress_deadline",
-                "must be more than 0",
+                "environment.revision_history_limit",
+                format!(
+                    "{} is above {MAX_REVISION_HISTORY}",
+                    self.revision_history_limit
+                ),
             ));
         }
         Ok(())
     }
 }
 
-pub(crate) fn replicas_zero_with_gate() -> Error {
-    Error::invalid(
-        "environment.replicas",
-        "0 replicas can never pass a readiness gate; set replicas >= 1 or remove the readiness, \
-         startup and custom checks",
+/// The most instances one revision may ask for in one environment.
+pub const MAX_REPLICAS: u32 = 10_000;
+
+/// Replicas are 1 to [`MAX_REPLICAS`]: with none, a deployment would "succeed" with nothing
+/// serving.
+pub(crate) fn check_replicas(field: &str, replicas: u32) -> Result<()> {
+    if !(1..=MAX_REPLICAS).contains(&replicas) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{replicas} is outside 1-{MAX_REPLICAS}: a deployment with no instances would \
+                 \"succeed\" with nothing serving (tear the service down instead)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A progress deadline is 1 s to 7 days.
+pub(crate) fn check_progress_deadline(field: &str, deadline: Duration) -> Result<()> {
+    crate::time::check_duration(
+        field,
+        deadline,
+        Duration::from_secs(1),
+        crate::time::DAY * 7,
     )
 }
+
+/// The most earlier revisions an environment keeps for rollback.
+pub const MAX_REVISION_HISTORY: u32 = 1_000;
 
 #[cfg(test)]
 mod tests {
@@ -301,7 +340,7 @@ mod tests {
         };
         assert_eq!(
             field(base!().strategy(StrategySpec::Rolling(rollout)).build()),
-            "environment.strategy.max_surge"
+            "environment.strategy.rolling.max_surge"
         );
         let res = Resources::builder()
             .cpu_request_millis(500)

@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 use typed_builder::TypedBuilder;
 
 use crate::error::{Error, Result};
-use crate::time::duration_ms;
+use crate::time::{HOUR, check_duration, duration_ms};
+
+/// The largest success or failure threshold a probe accepts.
+const MAX_THRESHOLD: u32 = 1_000;
 
 /// What a probe does to decide whether an instance is healthy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +129,7 @@ fn check_port(field: &str, port: Option<u16>) -> Result<()> {
 /// # Ok::<(), deploykit_core::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
+#[serde(remote = "Self")]
 #[builder(build_method(into = Result<Probe>))]
 #[non_exhaustive]
 pub struct Probe {
@@ -151,6 +155,8 @@ pub struct Probe {
     pub failure_threshold: u32,
 }
 
+crate::validate::validated_serde!(Probe, |p| p.validate("probe"));
+
 impl From<Probe> for Result<Probe> {
     fn from(p: Probe) -> Self {
         p.validate("probe")?;
@@ -166,18 +172,15 @@ impl Probe {
 
     pub(crate) fn validate(&self, field: &str) -> Result<()> {
         self.action.validate(&format!("{field}.action"))?;
-        if self.period.is_zero() {
-            return Err(Error::invalid(
-                format!("{field}.period"),
-                "must be more than 0",
-            ));
-        }
-        if self.timeout.is_zero() {
-            return Err(Error::invalid(
-                format!("{field}.timeout"),
-                "must be more than 0",
-            ));
-        }
+        let ms = Duration::from_millis(1);
+        check_duration(
+            &format!("{field}.initial_delay"),
+            self.initial_delay,
+            Duration::ZERO,
+            HOUR,
+        )?;
+        check_duration(&format!("{field}.period"), self.period, ms, HOUR)?;
+        check_duration(&format!("{field}.timeout"), self.timeout, ms, HOUR)?;
         if self.timeout > self.period {
             return Err(Error::invalid(
                 format!("{field}.timeout"),
@@ -198,6 +201,17 @@ impl Probe {
                 format!("{field}.failure_threshold"),
                 "must be at least 1",
             ));
+        }
+        for (name, n) in [
+            ("success_threshold", self.success_threshold),
+            ("failure_threshold", self.failure_threshold),
+        ] {
+            if n > MAX_THRESHOLD {
+                return Err(Error::invalid(
+                    format!("{field}.{name}"),
+                    format!("{n} is above {MAX_THRESHOLD}"),
+                ));
+            }
         }
         Ok(())
     }

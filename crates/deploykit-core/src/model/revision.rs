@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::environment::{EnvironmentSpec, Resources, replicas_zero_with_gate};
+use super::environment::{EnvironmentSpec, Resources};
 use super::health::HealthChecks;
 use super::ids::{Digest, RevisionId, ServiceId};
 use super::service::{ServiceSpec, check_variable_name};
@@ -100,9 +100,6 @@ impl Revision {
             .health
             .clone()
             .unwrap_or_else(|| service.health.clone());
-        if environment.replicas == 0 && health.gates_readiness() {
-            return Err(replicas_zero_with_gate());
-        }
         let mut variables = service.variables.clone();
         for (k, v) in &environment.variables {
             check_variable_name("environment.variables", k)?;
@@ -198,7 +195,6 @@ impl Revision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Error;
     use crate::model::environment::EnvironmentKind;
     use crate::model::health::{Probe, ProbeAction};
 
@@ -257,13 +253,5 @@ mod tests {
         );
         assert_eq!(a.config.variables["MODE"], "prod");
         assert_eq!(a.config.variables["LOG"], "info");
-    }
-
-    #[test]
-    fn zero_replicas_with_a_readiness_gate_is_rejected() {
-        let err = Revision::new(&web(80), &env(0), Digest::of_bytes(b"x"), "v1").unwrap_err();
-        assert!(
-            matches!(&err, Error::InvalidSpec { field, .. } if field == "environment.replicas")
-        );
     }
 }

@@ -67,6 +67,7 @@ impl fmt::Display for Quantity {
 /// # Ok::<(), deploykit_core::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
+#[serde(remote = "Self")]
 #[builder(build_method(into = Result<RollingSpec>))]
 #[non_exhaustive]
 pub struct RollingSpec {
@@ -85,6 +86,8 @@ pub struct RollingSpec {
     #[builder(default = 3)]
     pub fail_fast_after: u32,
 }
+
+crate::validate::validated_serde!(RollingSpec, |r| r.validate("rolling"));
 
 impl Default for RollingSpec {
     fn default() -> Self {

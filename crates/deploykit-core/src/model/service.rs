@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 /// # Ok::<(), deploykit_core::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
+#[serde(remote = "Self")]
 #[builder(build_method(into = Result<ServiceSpec>))]
 #[non_exhaustive]
 pub struct ServiceSpec {
@@ -54,6 +55,8 @@ pub struct ServiceSpec {
     #[builder(default)]
     pub resources: Resources,
 }
+
+crate::validate::validated_serde!(ServiceSpec, ServiceSpec::validate);
 
 impl From<ServiceSpec> for Result<ServiceSpec> {
     fn from(spec: ServiceSpec) -> Self {

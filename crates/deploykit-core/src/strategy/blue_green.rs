@@ -10,9 +10,9 @@ use crate::analysis::{AnalysisSpec, RunStatus, evaluate};
 use crate::environment::{
     DesiredState, Observed, RevisionObservation, RevisionTarget, Routes, Traffic,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::Revision;
-use crate::time::{Timestamp, duration_ms};
+use crate::time::{DAY, Timestamp, check_duration, duration_ms};
 
 use crate::journal::RollbackCause;
 
@@ -29,6 +29,7 @@ use super::{AnalysisRequest, Decision, DeploymentStrategy, PlanContext};
 /// # Ok::<(), deploykit_core::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, TypedBuilder)]
+#[serde(remote = "Self")]
 #[builder(build_method(into = Result<BlueGreenSpec>))]
 #[non_exhaustive]
 pub struct BlueGreenSpec {
@@ -61,6 +62,8 @@ impl Default for BlueGreenSpec {
     }
 }
 
+crate::validate::validated_serde!(BlueGreenSpec, |s| s.validate("blue_green"));
+
 impl From<BlueGreenSpec> for Result<BlueGreenSpec> {
     fn from(s: BlueGreenSpec) -> Self {
         s.validate("blue_green")?;
@@ -73,12 +76,19 @@ impl BlueGreenSpec {
         if let Some(a) = &self.pre_promotion_analysis {
             a.validate(&format!("{field}.pre_promotion_analysis"))?;
         }
-        if self.scale_down_delay > Duration::from_secs(24 * 3600) {
-            return Err(Error::invalid(
-                format!("{field}.scale_down_delay"),
-                "more than a day: the old revision would hold capacity for too long",
-            ));
-        }
+        // More than a day would hold the old revision's capacity for too long.
+        check_duration(
+            &format!("{field}.scale_down_delay"),
+            self.scale_down_delay,
+            Duration::ZERO,
+            DAY,
+        )?;
+        check_duration(
+            &format!("{field}.auto_promotion_delay"),
+            self.auto_promotion_delay,
+            Duration::ZERO,
+            DAY * 7,
+        )?;
         Ok(())
     }
 }

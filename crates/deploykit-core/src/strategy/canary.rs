@@ -12,7 +12,14 @@ use crate::environment::{
 };
 use crate::error::{Error, Result};
 use crate::model::{Revision, Weight};
-use crate::time::{duration_ms, option_duration_ms};
+use crate::time::{DAY, check_duration, duration_ms, option_duration_ms};
+
+/// The longest timed pause (a bake of up to 30 days; "until approved" is a pause without a
+/// duration, never a huge number).
+pub const MAX_PAUSE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The most steps a canary may have.
+pub const MAX_STEPS: usize = 1_000;
 
 use crate::journal::RollbackCause;
 
@@ -115,6 +122,7 @@ impl CanaryStep {
 /// # Ok::<(), deploykit_core::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, TypedBuilder)]
+#[serde(remote = "Self")]
 #[builder(build_method(into = Result<CanarySpec>))]
 #[non_exhaustive]
 pub struct CanarySpec {
@@ -129,6 +137,8 @@ pub struct CanarySpec {
     pub scale_down_delay: Duration,
 }
 
+crate::validate::validated_serde!(CanarySpec, |s| s.validate("canary"));
+
 impl From<CanarySpec> for Result<CanarySpec> {
     fn from(s: CanarySpec) -> Self {
         s.validate("canary")?;
@@ -141,15 +151,34 @@ impl CanarySpec {
         if let Some(a) = &self.background_analysis {
             a.validate(&format!("{field}.background_analysis"))?;
         }
+        if self.steps.is_empty() {
+            return Err(Error::invalid(
+                format!("{field}.steps"),
+                "a canary needs at least one step (to switch all traffic at once, use the \
+                 blue-green strategy)",
+            ));
+        }
+        if self.steps.len() > MAX_STEPS {
+            return Err(Error::invalid(
+                format!("{field}.steps"),
+                format!("{} steps is more than {MAX_STEPS}", self.steps.len()),
+            ));
+        }
+        check_duration(
+            &format!("{field}.scale_down_delay"),
+            self.scale_down_delay,
+            Duration::ZERO,
+            DAY,
+        )?;
         for (i, step) in self.steps.iter().enumerate() {
             let f = format!("{field}.steps[{i}]");
             match step {
-                CanaryStep::Pause { duration: Some(d) } if d.is_zero() => {
-                    return Err(Error::invalid(
-                        format!("{f}.duration"),
-                        "must be more than 0 (leave it out to wait for an approval)",
-                    ));
-                }
+                CanaryStep::Pause { duration: Some(d) } => check_duration(
+                    &format!("{f}.pause"),
+                    *d,
+                    Duration::from_millis(1),
+                    MAX_PAUSE,
+                )?,
                 CanaryStep::Analysis { analysis } => analysis.validate(&format!("{f}.analysis"))?,
                 CanaryStep::SetCanaryScale {
                     scale: CanaryScale::Percent(p),
@@ -157,6 +186,14 @@ impl CanarySpec {
                     return Err(Error::invalid(
                         format!("{f}.scale"),
                         format!("{p}% is outside 0-100%"),
+                    ));
+                }
+                CanaryStep::SetCanaryScale {
+                    scale: CanaryScale::Replicas(n),
+                } if *n > crate::model::MAX_REPLICAS => {
+                    return Err(Error::invalid(
+                        format!("{f}.scale"),
+                        format!("{n} instances is above {}", crate::model::MAX_REPLICAS),
                     ));
                 }
                 CanaryStep::SetCanaryScale {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use blue_green::{BlueGreenSpec, BlueGreenStrategy};
-pub use canary::{CanaryScale, CanarySpec, CanaryStep, CanaryStrategy};
+pub use canary::{CanaryScale, CanarySpec, CanaryStep, CanaryStrategy, MAX_PAUSE, MAX_STEPS};
 pub use rollback::SwitchBackStrategy;
 pub use rolling::RollingStrategy;
 
@@ -278,9 +278,9 @@ impl StrategySpec {
 
     pub(crate) fn validate(&self, field: &str) -> Result<()> {
         match self {
-            StrategySpec::Rolling(spec) => spec.validate(field),
-            StrategySpec::BlueGreen(spec) => spec.validate(field),
-            StrategySpec::Canary(spec) => spec.validate(field),
+            StrategySpec::Rolling(spec) => spec.validate(&format!("{field}.rolling")),
+            StrategySpec::BlueGreen(spec) => spec.validate(&format!("{field}.blue_green")),
+            StrategySpec::Canary(spec) => spec.validate(&format!("{field}.canary")),
         }
     }
 }
