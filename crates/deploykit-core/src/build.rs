@@ -129,9 +129,12 @@ impl CommandStage {
                 "a step needs a program",
             ));
         }
-        if self.timeout.is_zero() {
-            return Err(Error::invalid(field("timeout"), "must be more than 0"));
-        }
+        crate::time::check_duration(
+            &field("timeout"),
+            self.timeout,
+            Duration::from_millis(1),
+            crate::time::DAY,
+        )?;
         for path in self.outputs.iter().chain(&self.cleanup) {
             if path.is_absolute()
                 || path

@@ -468,16 +468,13 @@ impl RouteTree {
             }
             GroupBy::Labels(settings.group_by.clone())
         };
-        for (name, d) in [
-            ("group_interval", settings.group_interval),
-            ("repeat_interval", settings.repeat_interval),
+        let ms = Duration::from_millis(1);
+        for (name, d, min) in [
+            ("group_wait", settings.group_wait, Duration::ZERO),
+            ("group_interval", settings.group_interval, ms),
+            ("repeat_interval", settings.repeat_interval, ms),
         ] {
-            if d.is_zero() {
-                return Err(Error::invalid(
-                    format!("{field}.{name}"),
-                    "must be greater than zero",
-                ));
-            }
+            crate::time::check_duration(&format!("{field}.{name}"), d, min, crate::time::DAY * 30)?;
         }
         let mut previous = Duration::ZERO;
         for (i, e) in settings.escalations.iter().enumerate() {
@@ -490,6 +487,7 @@ impl RouteTree {
                 ));
             }
             previous = e.after;
+            crate::time::check_duration(&format!("{f}.after"), e.after, ms, crate::time::DAY * 30)?;
             if !known(&e.receiver) {
                 return Err(Error::invalid(
                     format!("{f}.receiver"),

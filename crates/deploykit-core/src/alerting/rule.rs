@@ -110,6 +110,17 @@ impl AlertRule {
         }
         render(&self.expr, |v| EXPR_VARS.contains(&v).then(String::new))
             .map_err(|e| Error::invalid("alert.expr", e))?;
+        for (name, d) in [
+            ("for", self.for_),
+            ("keep_firing_for", self.keep_firing_for),
+        ] {
+            crate::time::check_duration(
+                &format!("alert.{name}"),
+                d,
+                std::time::Duration::ZERO,
+                crate::time::DAY * 30,
+            )?;
+        }
         if !self.condition.threshold.is_finite() {
             return Err(Error::invalid(
                 "alert.condition",
