@@ -332,9 +332,10 @@ async fn background_measurements_do_not_keep_a_canary_that_never_gets_ready_aliv
             .build()
             .expect("metric"),
     );
-    // No steps: the canary goes straight to full size for promotion, where the background
-    // analysis measures even without a weight — but only once its instances are ready.
-    let (orch, env) = start(&sim, canary(vec![], Some(background))).await;
+    // The background analysis measures once the canary takes traffic — which a canary whose
+    // instances never get ready never does.
+    let steps = vec![CanaryStep::weight(50).expect("w")];
+    let (orch, env) = start(&sim, canary(steps, Some(background))).await;
     sim.set_behavior(
         &common::artifact("v2"),
         deploykit_testing::Behavior::FailReadiness {

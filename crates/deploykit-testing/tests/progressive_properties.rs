@@ -70,7 +70,7 @@ fn case() -> impl Strategy<Value = Case> {
             1u32..=5,
             any::<bool>(),
             any::<bool>(),
-            prop::collection::vec(step(), 0..6),
+            prop::collection::vec(step(), 1..6),
         ),
         (
             any::<bool>(),
