@@ -283,6 +283,15 @@ impl Driver {
                 stalled.as_secs(),
                 st.spec.progress_deadline.as_secs()
             );
+            // Say why: readiness failures are waited for until now, so the reason is the last
+            // observation of the target (best effort: the backend may be what is failing).
+            if let Ok(observed) = self.target(st)?.env.observe(&st.spec.service).await
+                && let Some(why) = observed
+                    .revision(&st.spec.target.id)
+                    .and_then(crate::strategy::not_ready)
+            {
+                reason.push_str(&format!("; {why}"));
+            }
             if let Some(e) = &self.last_error {
                 reason.push_str(&format!("; last error: {e}"));
             }

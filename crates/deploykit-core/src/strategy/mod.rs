@@ -15,6 +15,7 @@ pub use blue_green::{BlueGreenSpec, BlueGreenStrategy};
 pub use canary::{CanaryScale, CanarySpec, CanaryStep, CanaryStrategy, MAX_PAUSE, MAX_STEPS};
 pub use rollback::SwitchBackStrategy;
 pub use rolling::RollingStrategy;
+pub(crate) use rolling::not_ready;
 
 use crate::analysis::{Measurement, MetricCheck};
 use crate::environment::{DesiredState, Observed};
