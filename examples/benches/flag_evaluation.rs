@@ -8,22 +8,26 @@ use std::time::Instant;
 use deploykit_core::flags::{EvaluationContext, FlagSet};
 
 const FLAGS: &str = r##"{
-  "static": { "variants": { "on": true, "off": false }, "default_variant": "on" },
-  "split": {
-    "variants": { "red": "#FF0000", "blue": "#0000FF", "green": "#00FF00", "yellow": "#FFFF00" },
-    "default_variant": "red",
-    "targeting": [ { "fractional": [["red", 25], ["blue", 25], ["green", 25], ["yellow", 25]] } ]
-  },
-  "targeted": {
-    "variants": { "on": true, "off": false },
-    "default_variant": "off",
-    "targeting": [
-      { "when": { "equals": { "attribute": "plan", "value": "internal" } }, "variant": "on" },
-      { "when": { "all": [
-          { "sem_ver": { "attribute": "appVersion", "op": ">=", "version": "2.3.0" } },
-          { "not": { "in": { "attribute": "country", "values": ["DE", "FR"] } } }
-        ] }, "variant": "on" }
-    ]
+  "flags": {
+    "static": { "state": "ENABLED", "variants": { "on": true, "off": false }, "defaultVariant": "on" },
+    "split": {
+      "state": "ENABLED",
+      "variants": { "red": "#FF0000", "blue": "#0000FF", "green": "#00FF00", "yellow": "#FFFF00" },
+      "defaultVariant": "red",
+      "targeting": { "fractional": [["red", 25], ["blue", 25], ["green", 25], ["yellow", 25]] }
+    },
+    "targeted": {
+      "state": "ENABLED",
+      "variants": { "on": true, "off": false },
+      "defaultVariant": "off",
+      "targeting": { "if": [
+        { "==": [{ "var": "plan" }, "internal"] }, "on",
+        { "and": [
+          { "sem_ver": [{ "var": "appVersion" }, ">=", "2.3.0"] },
+          { "!": { "in": [{ "var": "country" }, ["DE", "FR"]] } }
+        ] }, "on"
+      ] }
+    }
   }
 }"##;
 

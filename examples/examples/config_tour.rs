@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use deploykit_core::access::AccessPolicy;
 use deploykit_core::config::{Config, Setting};
-use deploykit_core::flags::{EvaluationContext, FlagSet};
+use deploykit_core::flags::{EvaluationContext, FlagSet, Reason};
 use deploykit_core::secrets::{FileSecretProvider, Identity};
 use deploykit_core::strategy::CanaryStep;
 use deploykit_core::{
@@ -129,8 +129,14 @@ async fn run() -> Result<bool, BoxError> {
     }
     println!();
 
-    // 3. A feature flag for a few users.
-    let flags = FlagSet::from_json(&std::fs::read_to_string(dir.join("flags.json"))?)?;
+    // 3. A feature flag for a few users: the [flags] of deploykit.toml, which flags.json
+    //    beside it holds as a flagd file.
+    let flags = config.flags().ok_or("the sample defines flags")?;
+    let flagd_file = FlagSet::load(&dir.join("flags.json"))?;
+    if &flagd_file != flags {
+        println!("!! flags.json and the [flags] of deploykit.toml differ");
+        holds = false;
+    }
     println!(
         "== flag newCheckout in production (internal → on; DE/FR → off; app ≥ 2.3.0 → 20 % split)"
     );
@@ -160,14 +166,23 @@ async fn run() -> Result<bool, BoxError> {
         Some("production"),
     );
     println!(
-        "   {:<20} {:<5} reason {}, error {} (the caller's default: a split needs a targeting key)\n",
-        "(no targeting key)",
-        anonymous.value,
-        anonymous.reason,
-        anonymous
-            .error_code
-            .map_or("-".to_string(), |c| c.to_string())
+        "   {:<20} {:<5} reason {} (as in flagd, a split without a targeting key chooses nobody)",
+        "(no targeting key)", anonymous.value, anonymous.reason,
     );
+    let staging = flags.boolean("newCheckout", false, &users[4], Some("staging"));
+    println!(
+        "   {:<20} {:<5} reason {} in staging, whose default variant is on\n",
+        "dan@shop.example", staging.value, staging.reason,
+    );
+    if !users.iter().all(|u| {
+        let d = flags.boolean("newCheckout", false, u, Some("production"));
+        d.error_code.is_none() && d.variant.is_some()
+    }) || anonymous.reason != Reason::Default
+        || !staging.value
+    {
+        println!("!! the flag did not evaluate as the tour says");
+        holds = false;
+    }
 
     // 4. Access control: only the release role deploys to production.
     let cluster = SimCluster::new();

@@ -432,6 +432,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Flags { action } => crate::flags::run(&ctx, action),
         Command::Logs { instance, bytes } => {
             let text = ctx.client().logs(&instance, bytes).await?;
             match ctx.output {

@@ -11,6 +11,7 @@
 mod backup;
 mod context;
 mod demo;
+mod flags;
 mod progress;
 
 use std::path::PathBuf;
@@ -177,6 +178,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         action: AuditAction,
+    },
+    /// Feature flags from the configuration (`flags = "flags.json"` or `[flags]`).
+    Flags {
+        #[command(subcommand)]
+        action: flags::FlagsAction,
     },
     /// The tail of an instance's log.
     Logs {

@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::{APP, Rig};
 use deploykit_core::journal::{JournalEvent, RollbackCause};
 use deploykit_core::{
-    Digest, Environment, EnvironmentExt, EnvironmentKind, EnvironmentSpec, HealthChecks, Phase,
-    Probe, ProbeAction, Revision, ServiceId, ServiceSpec,
+    Digest, Environment, EnvironmentExt, EnvironmentKind, EnvironmentSpec, FailureKind,
+    HealthChecks, Phase, Probe, ProbeAction, Revision, ServiceId, ServiceSpec,
 };
 use deploykit_local::loadgen::{self, LoadConfig};
 use deploykit_local::{LocalEnvironment, LocalOptions};
@@ -61,12 +61,12 @@ progress_deadline = "60s"
 "#;
 
 /// Deploy v1, then `vars` as v2 under light load; v2 must end rolled back for `cause` with a
-/// reason containing `expect`, and every request must have been answered by v1.
+/// reason containing each of `expect`, and every request must have been answered by v1.
 async fn bad_revision_keeps_stable(
     env: &str,
     vars: &[(&str, &str)],
     cause: RollbackCause,
-    expect: &str,
+    expect: &[&str],
 ) {
     let rig = Rig::new(CONFIG).await;
     let v1 = rig
@@ -96,10 +96,12 @@ async fn bad_revision_keeps_stable(
     assert_eq!(status.phase, Phase::RolledBack, "{vars:?}");
     let (got, reason) = status.rollback.expect("a rollback reason");
     assert_eq!(got, cause, "{reason}");
-    assert!(
-        reason.contains(expect),
-        "{reason:?} should contain {expect:?}"
-    );
+    for expect in expect {
+        assert!(
+            reason.contains(expect),
+            "{reason:?} should contain {expect:?}"
+        );
+    }
     let observed = rig
         .local
         .observe(&ServiceId::new("web").unwrap())
@@ -129,7 +131,7 @@ async fn a_health_check_answering_301_fails_at_the_deadline_and_stable_keeps_all
         "production",
         &[("HEALTH_STATUS", "301")],
         RollbackCause::ProgressDeadline,
-        "failed readiness: GET /healthz returned 301 Moved Permanently",
+        &["failed readiness: GET /healthz returned 301 Moved Permanently"],
     )
     .await;
 }
@@ -140,7 +142,10 @@ async fn a_revision_that_never_binds_its_port_fails_at_the_deadline_and_stable_k
         "production",
         &[("START_DELAY_MS", "600000")],
         RollbackCause::ProgressDeadline,
-        "connection refused; if v2 is only slow to start, a startup probe",
+        &[
+            "failed readiness: GET /healthz: connection refused on port",
+            "if v2 is only slow to start, a startup probe (health.startup)",
+        ],
     )
     .await;
 }
@@ -272,7 +277,10 @@ async fn a_crash_looping_revision_is_rolled_back_before_its_deadline() {
         "patient",
         &[("CRASH_ON_START", "1")],
         RollbackCause::FailFast,
-        "crashing on start as asked",
+        &[
+            "are crash-looping: exited with code 1",
+            "crashing on start as asked",
+        ],
     )
     .await;
 }
@@ -298,6 +306,101 @@ fn web_revision(env: &EnvironmentSpec, version: &str) -> Revision {
         .build()
         .unwrap();
     Revision::new(&web, env, Digest::of_bytes(APP.as_bytes()), version).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exits_and_liveness_restarts_are_reported_from_the_first_one() {
+    // What the planners' fail-fast rule sees: an instance that exited (or was restarted for
+    // failing liveness) within the crash window is failing, from the first time, even while
+    // it runs and passes readiness again in between.
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalEnvironment::open(
+        LocalOptions::new(dir.path()).listen("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let env = EnvironmentSpec::builder()
+        .name("production")
+        .kind(EnvironmentKind::Production)
+        .build()
+        .unwrap();
+    let service = ServiceId::new("conformance").unwrap();
+    // Probes start once the app has bound its port, so the liveness failure is the 503.
+    let probe = |path: &str| {
+        Probe::builder()
+            .action(ProbeAction::http(path))
+            .initial_delay(Duration::from_millis(300))
+            .period(Duration::from_millis(100))
+            .timeout(Duration::from_millis(90))
+            .failure_threshold(1)
+            .build()
+            .unwrap()
+    };
+    let revision = |vars: &[(&str, &str)], health: HealthChecks| {
+        let spec = ServiceSpec::builder()
+            .name("conformance")
+            .command(vec![APP.to_string()])
+            .port(8080)
+            .variables(
+                vars.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+            .health(health)
+            .build()
+            .unwrap();
+        let artifact = Digest::of_bytes(format!("{vars:?}").as_bytes());
+        Revision::new(&spec, &env, artifact, "x").unwrap()
+    };
+    let cases = [
+        (
+            revision(
+                &[("CRASH_AFTER_MS", "600")],
+                HealthChecks::builder().readiness(probe("/healthz")).build(),
+            ),
+            FailureKind::CrashLoop,
+            "exited with code 1 after running",
+        ),
+        (
+            revision(
+                &[("HEALTH_STATUS", "503")],
+                HealthChecks::builder().liveness(probe("/healthz")).build(),
+            ),
+            FailureKind::Liveness,
+            "restarted after failing liveness: GET /healthz returned 503 Service Unavailable",
+        ),
+    ];
+    for (rev, kind, expect) in cases {
+        let desired = deploykit_core::DesiredState::new(
+            vec![deploykit_core::RevisionTarget::new(rev, 1)],
+            deploykit_core::Traffic::ByReadyInstances,
+        );
+        local.apply(&service, &desired).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let failure = loop {
+            let observed = local.observe(&service).await.unwrap();
+            let instance = &observed.revisions[0].instances.first().cloned();
+            if let Some(f) = instance.as_ref().and_then(|i| i.failure.clone()) {
+                break f;
+            }
+            assert!(std::time::Instant::now() < deadline, "no failure reported");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(failure.kind, kind, "{failure:?}");
+        assert!(failure.reason.starts_with(expect), "{failure:?}");
+        assert!(
+            failure.reason.contains("(1 time in the last 60s)"),
+            "{failure:?}"
+        );
+        // Still reported once it runs (and, for the crash, passes readiness) again.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let observed = local.observe(&service).await.unwrap();
+        let i = &observed.revisions[0].instances[0];
+        assert!(i.restarts >= 1, "{i:?}");
+        assert_eq!(i.failure.as_ref().map(|f| &f.kind), Some(&kind), "{i:?}");
+        local.teardown(&service).await.unwrap();
+    }
+    local.shutdown(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

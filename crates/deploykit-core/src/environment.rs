@@ -266,7 +266,9 @@ pub struct Observed {
     /// Every revision that exists, in the order they were first created.
     pub revisions: Vec<RevisionObservation>,
     /// The share of ordinary traffic each revision actually receives (revisions receiving
-    /// none are absent). Empty when nothing is ready.
+    /// none are absent), as the backend's routing really is — never the weights it was told if
+    /// it cannot serve them (see [`Environment::traffic_split`]). Empty when nothing is ready or
+    /// nothing routes.
     pub traffic: BTreeMap<RevisionId, Weight>,
     /// The traffic configuration last applied.
     pub routing: Traffic,

@@ -102,10 +102,31 @@ impl KubeOptions {
 ///
 /// **observe** reads the service's Deployments (one per revision, rebuilt from their
 /// `deploykit.dev/revision-spec` annotation, in creation order), their Pods (readiness,
-/// restarts, crash loops and configuration failures) and the stable Service's
-/// `deploykit.dev/traffic` annotation (the routing last applied). Pods come from a watch-fed
+/// restarts, crash loops and configuration failures) and the object that routes the service's
+/// traffic (the route, or the stable Service without a router), whose
+/// `deploykit.dev/traffic` annotation is the routing last applied. Pods come from a watch-fed
 /// cache while [`start_watching`](Self::start_watching) (or a stream from
 /// [`watch_pods`](Self::watch_pods)) runs and has listed once; otherwise from a LIST per call.
+/// The traffic it reports as served is what that object really routes, over revisions with
+/// ready pods: without a router, the revision the stable Service's selector picks (whatever
+/// the weights say); with a router, the route's weights, or nothing while every parent Gateway
+/// rejects the route (condition `Accepted` = `False` for its current generation).
+///
+/// **Traffic split.** Without a [`Router`] ([`Router::None`]) only whole switches are served,
+/// and [`Environment::traffic_split`] says so, naming `RenderOptions::router`: the
+/// orchestrator then refuses canaries that need weights, header routes or mirrors.
+///
+/// **Autoscaling.** When the desired state carries [`DesiredState::autoscale`], Deployments
+/// are applied without `spec.replicas` and marked with their bounds; replica counts are set by
+/// a forced server-side apply of that one field under field manager `deploykit-scale` (before
+/// the Deployment's own apply, so that turning autoscaling on never resets them), and the
+/// HorizontalPodAutoscaler's target is only ever scaled up. The HPA follows the serving
+/// revision (see [`render`]); observe reports the replicas of its target, within its bounds, as
+/// [`Observed::autoscaled`], and while a rolling update has suspended it, the count it wanted
+/// then (recorded on the Deployments). Turning autoscaling off again leaves the HPA's
+/// ownership of `spec.replicas` on the Deployments; an apply that conflicts on that field
+/// alone, with the HPA's controller or `deploykit-scale`, takes it back the same way (forced,
+/// under `deploykit-scale`) and applies again. Other conflicts stay errors.
 ///
 /// **teardown** deletes everything with the service's labels, kind by kind.
 ///
@@ -497,10 +518,28 @@ impl KubeEnvironment {
         params.force = self.settings.force_conflicts;
         let name = object.name().to_string();
         let patch = Patch::Apply(&json);
-        let result = self
-            .backoff
-            .run(&key, || api.patch(&name, &params, &patch))
-            .await;
+        let mut taken_back = false;
+        let result = loop {
+            let result = self
+                .backoff
+                .run(&key, || api.patch(&name, &params, &patch))
+                .await;
+            match (&result, replicas_of(&json)) {
+                (Err(kube::Error::Api(status)), Some(n))
+                    if !taken_back
+                        && object.kind() == "Deployment"
+                        && (status.code == 409 || status.reason == "Conflict")
+                        && autoscaler_replicas_conflict(&status.message) =>
+                {
+                    // Replicas an autoscaler (or `deploykit-scale`) set while the service was
+                    // autoscaled: take them back, then apply.
+                    self.scale(&name, u32::try_from(n).unwrap_or(u32::MAX))
+                        .await?;
+                    taken_back = true;
+                }
+                _ => break result,
+            }
+        };
         let operation = format!(
             "apply {}/{} in namespace {}",
             object.kind(),
@@ -869,6 +908,30 @@ fn rejected(route: &DynamicObject) -> bool {
                     })
             })
     })
+}
+
+/// The field manager of the HorizontalPodAutoscaler's writes (its controller runs in the
+/// controller manager).
+const HPA_MANAGER: &str = "kube-controller-manager";
+
+/// Whether an apply conflict (`Apply failed with 1 conflict: conflict with "…" using apps/v1:
+/// .spec.replicas`) is about `spec.replicas` alone, held by the HorizontalPodAutoscaler or
+/// [`SCALE_MANAGER`]: what autoscaling leaves behind. Anyone else's (`kubectl edit`, say) stays
+/// a conflict.
+fn autoscaler_replicas_conflict(message: &str) -> bool {
+    let mut paths = message
+        .split_whitespace()
+        .filter(|w| w.starts_with('.'))
+        .peekable();
+    let mut managers = message
+        .split(" with \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .peekable();
+    paths.peek().is_some()
+        && paths.all(|p| p == ".spec.replicas")
+        && managers.peek().is_some()
+        && managers.all(|m| m == HPA_MANAGER || m == SCALE_MANAGER)
 }
 
 /// Whether deploykit's apply ([`MANAGER`]) owns `spec.replicas` of `deployment` (so that
@@ -1292,6 +1355,25 @@ mod tests {
         }
         let i = instance(&pod(vec![waiting("ContainerCreating", "", 0)], false));
         assert_eq!(i.failure, None);
+    }
+
+    #[test]
+    fn only_autoscaler_replicas_conflicts_are_taken_back() {
+        let hpa = "Apply failed with 1 conflict: conflict with \"kube-controller-manager\" \
+                   using apps/v1: .spec.replicas";
+        assert!(autoscaler_replicas_conflict(hpa));
+        let ours = "Apply failed with 1 conflict: conflict with \"deploykit-scale\" using \
+                    apps/v1: .spec.replicas";
+        assert!(autoscaler_replicas_conflict(ours));
+        let human = "Apply failed with 1 conflict: conflict with \"kubectl-edit\" using \
+                     apps/v1: .spec.replicas";
+        assert!(!autoscaler_replicas_conflict(human));
+        let two = "Apply failed with 2 conflicts: conflicts with \"kube-controller-manager\" \
+                   using apps/v1:\n- .spec.replicas\n- .spec.template.spec.containers[name=\"app\"].image";
+        assert!(!autoscaler_replicas_conflict(two));
+        assert!(!autoscaler_replicas_conflict(
+            "Operation cannot be fulfilled"
+        ));
     }
 
     #[test]

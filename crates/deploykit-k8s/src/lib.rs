@@ -12,6 +12,17 @@
 //!   changed (a canary step is one patch of the route), retries 429 and 5xx with a backoff
 //!   per object that resets on success, observes pods by watching them, and reports crash
 //!   loops and configuration errors with the container's reason.
+//!   - *Traffic.* Weights, header routes and mirrors need a [`render::Router`]: without one
+//!     the stable Service selects one revision, so the environment reports
+//!     `TrafficSplit::WholeSwitch` and the orchestrator refuses canaries that split traffic
+//!     at deploy time (rolling and blue-green run). Observed traffic is read from the objects
+//!     that route it (the stable Service's selector, or the route), never from what was meant.
+//!   - *Autoscaling.* With the environment's `autoscale` (in the desired state), a
+//!     HorizontalPodAutoscaler scales the serving revision — kept on the stable revision
+//!     through a canary or blue-green rollout, moved to the new one at promotion, suspended
+//!     only while a rolling update runs several revisions — and observe reports its count,
+//!     which the orchestrator sizes rollouts with. Replicas of autoscaled Deployments are
+//!     written under field manager `deploykit-scale`, never by deploykit's apply.
 //! - [`store::KubeStateStore`]: the orchestrator's journal, audit log and leases in
 //!   ConfigMaps and `coordination.k8s.io` Leases, so orchestrators on several machines share
 //!   deployments through the cluster.

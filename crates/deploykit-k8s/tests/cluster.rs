@@ -1,12 +1,13 @@
 //! Against a real cluster: `KUBECONFIG=… cargo test -p deploykit-k8s --test cluster --
-//! --ignored`. Creates a namespace, canaries `nginxinc/nginx-unprivileged` from one tag to
-//! another through the orchestrator, and deletes the namespace again.
+//! --ignored`. Creates a namespace, rolls `nginxinc/nginx-unprivileged` from one tag to another
+//! blue-green through the orchestrator (there is no router, which serves whole switches only: a
+//! canary would be refused), and deletes the namespace again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use deploykit_core::strategy::{CanarySpec, CanaryStep};
+use deploykit_core::strategy::BlueGreenSpec;
 use deploykit_core::{
     Actor, DeployRequest, Digest, Environment, EnvironmentKind, EnvironmentSpec, Orchestrator,
     Phase, ServiceSpec, SqliteStore, StrategySpec,
@@ -21,7 +22,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs cluster"]
-async fn canary_of_nginx_through_the_orchestrator() {
+async fn blue_green_of_nginx_through_the_orchestrator() {
     if std::env::var_os("KUBECONFIG").is_none() {
         eprintln!("KUBECONFIG is not set; skipping");
         return;
@@ -46,7 +47,7 @@ async fn canary_of_nginx_through_the_orchestrator() {
         .delete(&namespace, &DeleteParams::background())
         .await
         .expect("delete namespace");
-    outcome.expect("canary through the orchestrator");
+    outcome.expect("blue-green through the orchestrator");
 }
 
 async fn run(client: kube::Client, namespace: &str) -> Result<(), BoxError> {
@@ -67,14 +68,14 @@ async fn run(client: kube::Client, namespace: &str) -> Result<(), BoxError> {
                 .build(),
         )
         .build()?;
-    let canary = CanarySpec::builder()
-        .steps(vec![CanaryStep::weight(25)?, CanaryStep::weight(50)?])
+    let blue_green = BlueGreenSpec::builder()
+        .scale_down_delay(Duration::from_secs(5))
         .build()?;
     let production = EnvironmentSpec::builder()
         .name("production")
         .kind(EnvironmentKind::Production)
         .replicas(2)
-        .strategy(StrategySpec::Canary(canary))
+        .strategy(StrategySpec::BlueGreen(blue_green))
         .build()?;
 
     let options = RenderOptions::new(namespace)

@@ -425,6 +425,7 @@ async fn a_canary_is_sized_from_the_autoscaler_and_leaves_it_in_place() {
 
     // v3 bakes at 50 % for a minute; meanwhile the HPA keeps scaling stable, and the canary
     // follows.
+    server.clear_requests();
     let mut held = request("v3");
     held.strategy = Some(canary(vec![
         CanaryStep::weight(50).unwrap(),
@@ -513,9 +514,9 @@ async fn a_rolling_update_keeps_the_autoscaler_count_while_it_is_suspended() {
 
 /// The environment reports the HPA's count within its bounds; turning autoscaling on for a
 /// running revision keeps its replicas (deploykit's apply drops them only once another field
-/// manager holds them).
+/// manager holds them), and turning it off takes them back from the HPA.
 #[tokio::test]
-async fn autoscaling_turned_on_keeps_the_replicas_and_observe_reports_the_live_count() {
+async fn autoscaling_on_and_off_keeps_the_replicas_and_observe_reports_the_live_count() {
     let server = FakeApiServer::new();
     let cluster = kube(&server, gateway());
     let spec = environment(StrategySpec::default(), None);
@@ -548,6 +549,14 @@ async fn autoscaling_turned_on_keeps_the_replicas_and_observe_reports_the_live_c
     // Applying again does not fight the HPA over its target.
     cluster.apply(&service(), &autoscaled).await.unwrap();
     assert_eq!(replicas(&server, &d1), Some(12));
+
+    // Off again: the HPA goes and deploykit's count is back, although the HPA's controller
+    // still owns the field.
+    cluster.apply(&service(), &plain).await.unwrap();
+    assert_eq!(hpa(&server), None);
+    assert_eq!(replicas(&server, &d1), Some(3));
+    let observed = cluster.observe(&service()).await.unwrap();
+    assert_eq!((observed.autoscaled, observed.total_ready()), (None, 3));
 }
 
 /// `autoscale` in deploykit.toml reaches the cluster: the HPA carries its bounds.

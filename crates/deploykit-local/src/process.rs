@@ -432,10 +432,11 @@ impl Supervised {
         self.send_restart(grace, None).await;
     }
 
-    /// [`restart`](Self::restart) because the instance failed a check, e.g. liveness: the
-    /// restart also counts as an unplanned end (see [`unplanned_ends`](Self::unplanned_ends)
-    /// and crash-loop detection), described by `why` (`restarted after failing liveness: GET
-    /// /healthz returned 503`).
+    /// Stops the current run gracefully because the instance failed a check, e.g. liveness,
+    /// and starts it again after the back-off, as if it had exited: an unplanned end (see
+    /// [`unplanned_ends`](Self::unplanned_ends)) that counts toward crash-loop detection,
+    /// described by `why` (`restarted after failing liveness: GET /healthz returned 503`).
+    /// Does nothing while backing off (nothing runs to be restarted) or once stopped.
     pub async fn restart_unhealthy(&self, grace: Duration, why: impl Into<String>) {
         self.send_restart(grace, Some(why.into())).await;
     }
@@ -661,17 +662,18 @@ impl Task {
                     failure,
                     reply,
                 })) => {
+                    let started = current.started;
                     let exit = terminate(current, grace).await;
                     tracing::info!(instance = %self.spec.name, %exit, "restarting");
-                    {
-                        let mut run = self.shared.run();
-                        run.last_exit = Some(exit);
-                        if let Some(why) = failure {
-                            let window = self.policy.crash_window;
-                            run.record_end(Instant::now(), window, why, true, None);
+                    let phase = match failure {
+                        // A restart for failing a check is an unplanned end: the same
+                        // back-off and crash-loop detection as an exit.
+                        Some(why) => self.ended(started, exit, Some(why)),
+                        None => {
+                            self.shared.run().last_exit = Some(exit);
+                            self.start()
                         }
-                    }
-                    let phase = self.start();
+                    };
                     let _ = reply.send(());
                     return phase;
                 }
@@ -683,23 +685,40 @@ impl Task {
     /// Records an exit and decides how long to wait before the next run.
     fn exited(&mut self, current: &Current, exit: Exit) -> Phase {
         kill_leftovers(current.pid);
+        self.ended(current.started, exit, None)
+    }
+
+    /// Records an unplanned end of the run started at `started` (an exit, or with `failure`
+    /// a restart for failing a check) and decides how long to wait before the next run.
+    fn ended(&mut self, started: Instant, exit: Exit, failure: Option<String>) -> Phase {
         let now = Instant::now();
-        let ran = now.duration_since(current.started);
-        let output = self.spec.log.last_line();
+        let ran = now.duration_since(started);
+        let unhealthy = failure.is_some();
+        let output = if unhealthy {
+            None
+        } else {
+            self.spec.log.last_line()
+        };
+        let what =
+            failure.unwrap_or_else(|| format!("{exit} after running {}", human_duration(ran)));
         let (count, span) = {
             let mut run = self.shared.run();
             run.last_exit = Some(exit.clone());
             run.started_at = None;
-            let what = format!("{exit} after running {}", human_duration(ran));
             let window = self.policy.crash_window;
-            let count = run.record_end(now, window, what, false, output.clone());
+            let count = run.record_end(now, window, what.clone(), unhealthy, output.clone());
             (count, run.ends.front().map_or(Duration::ZERO, |t| now - *t))
         };
         if ran >= self.policy.reset_after {
             self.next_backoff = self.policy.initial_backoff;
         }
         if count >= self.policy.crash_loop_after.max(1) as usize {
-            let mut reason = format!("{exit} {count} times in {}", human_duration(span));
+            let span = human_duration(span);
+            let mut reason = if unhealthy {
+                format!("{what} ({count} unplanned ends in {span})")
+            } else {
+                format!("{exit} {count} times in {span}")
+            };
             if let Some(line) = output {
                 reason.push_str("; last output: ");
                 reason.push_str(&line);
@@ -722,33 +741,43 @@ impl Task {
         }
     }
 
-    /// Waits out a backoff, unless a command arrives first.
+    /// Waits out a backoff, unless a command arrives first. A restart for failing a check
+    /// changes nothing while nothing runs (the back-off stands); a plain restart starts at once.
     async fn wait(&mut self, delay: Duration) -> Phase {
-        let event = tokio::select! {
-            _ = tokio::time::sleep(delay) => Event::Elapsed,
-            control = self.control.recv() => Event::Control(control),
-        };
-        match event {
-            Event::Elapsed => self.start(),
-            Event::Control(None | Some(Control::Detach)) => Phase::Done,
-            Event::Control(Some(Control::Stop { reply, .. })) => {
-                let last_exit = self.shared.run().last_exit.clone();
-                self.finish(last_exit.clone());
-                let _ = reply.send(last_exit);
-                Phase::Done
-            }
-            Event::Control(Some(Control::Restart { failure, reply, .. })) => {
-                if let Some(why) = failure {
-                    let window = self.policy.crash_window;
-                    self.shared
-                        .run()
-                        .record_end(Instant::now(), window, why, true, None);
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            let event = tokio::select! {
+                _ = tokio::time::sleep_until(until) => Event::Elapsed,
+                control = self.control.recv() => Event::Control(control),
+            };
+            return match event {
+                Event::Elapsed => self.start(),
+                Event::Control(None | Some(Control::Detach)) => Phase::Done,
+                Event::Control(Some(Control::Stop { reply, .. })) => {
+                    let last_exit = self.shared.run().last_exit.clone();
+                    self.finish(last_exit.clone());
+                    let _ = reply.send(last_exit);
+                    Phase::Done
                 }
-                let phase = self.start();
-                let _ = reply.send(());
-                phase
-            }
-            Event::Exited(_) | Event::Rotate => unreachable!("not selected while waiting"),
+                Event::Control(Some(Control::Restart {
+                    failure: Some(_),
+                    reply,
+                    ..
+                })) => {
+                    let _ = reply.send(());
+                    continue;
+                }
+                Event::Control(Some(Control::Restart {
+                    failure: None,
+                    reply,
+                    ..
+                })) => {
+                    let phase = self.start();
+                    let _ = reply.send(());
+                    phase
+                }
+                Event::Exited(_) | Event::Rotate => unreachable!("not selected while waiting"),
+            };
         }
     }
 

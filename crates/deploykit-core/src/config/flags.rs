@@ -32,9 +32,8 @@ pub(super) fn load(
             (FlagSet::load(&path)?, format!("{}: ", path.display()))
         }
         table @ toml::Value::Table(_) => {
-            let doc = json(table, "flags", 0).map_err(|(path, reason)| {
-                at.error(span.clone(), &path, reason)
-            })?;
+            let doc = json(table, "flags", 0)
+                .map_err(|(path, reason)| at.error(span.clone(), &path, reason))?;
             let set = FlagSet::from_value(&doc).map_err(|e| match e {
                 Error::InvalidSpec { field, reason } => {
                     at.error(span.clone(), &format!("flags.{field}"), reason)
@@ -70,17 +69,28 @@ pub(super) fn load(
 /// A TOML value as JSON; TOML's dates have no JSON form.
 fn json(v: &toml::Value, path: &str, depth: usize) -> std::result::Result<Value, (String, String)> {
     if depth > MAX_DEPTH {
-        return Err((path.into(), format!("nested deeper than {MAX_DEPTH} levels")));
+        return Err((
+            path.into(),
+            format!("nested deeper than {MAX_DEPTH} levels"),
+        ));
     }
     Ok(match v {
         toml::Value::String(s) => Value::String(s.clone()),
         toml::Value::Integer(i) => Value::from(*i),
         toml::Value::Float(f) => serde_json::Number::from_f64(*f)
             .map(Value::Number)
-            .ok_or_else(|| (path.to_string(), format!("{f} is not a number JSON can hold")))?,
+            .ok_or_else(|| {
+                (
+                    path.to_string(),
+                    format!("{f} is not a number JSON can hold"),
+                )
+            })?,
         toml::Value::Boolean(b) => Value::Bool(*b),
         toml::Value::Datetime(d) => {
-            return Err((path.into(), format!("{d}: a date has no place in a flag file")));
+            return Err((
+                path.into(),
+                format!("{d}: a date has no place in a flag file"),
+            ));
         }
         toml::Value::Array(items) => Value::Array(
             items
@@ -91,7 +101,12 @@ fn json(v: &toml::Value, path: &str, depth: usize) -> std::result::Result<Value,
         ),
         toml::Value::Table(t) => Value::Object(
             t.iter()
-                .map(|(k, x)| Ok::<_, (String, String)>((k.clone(), json(x, &format!("{path}.{k}"), depth + 1)?)))
+                .map(|(k, x)| {
+                    Ok::<_, (String, String)>((
+                        k.clone(),
+                        json(x, &format!("{path}.{k}"), depth + 1)?,
+                    ))
+                })
                 .collect::<std::result::Result<_, _>>()?,
         ),
     })

@@ -118,11 +118,7 @@ fn metadata(v: &Value, path: &str) -> Result<BTreeMap<String, Value>> {
     Ok(out)
 }
 
-fn variant_of(
-    v: &Value,
-    path: &str,
-    variants: &BTreeMap<String, Value>,
-) -> Result<Option<String>> {
+fn variant_of(v: &Value, path: &str, variants: &BTreeMap<String, Value>) -> Result<Option<String>> {
     match v {
         Value::Null => Ok(None),
         Value::String(name) if variants.contains_key(name) => Ok(Some(name.clone())),
@@ -186,7 +182,10 @@ fn flag(raw: &Value, path: &str, compiler: &Compiler<'_>, listed: bool) -> Resul
     };
     let variants_at = key(path, "variants");
     let Some(raw_variants) = map.get("variants") else {
-        return Err(Error::invalid(variants_at, "missing: a flag needs variants"));
+        return Err(Error::invalid(
+            variants_at,
+            "missing: a flag needs variants",
+        ));
     };
     let mut variants = BTreeMap::new();
     let mut kind: Option<(&str, &String)> = None;

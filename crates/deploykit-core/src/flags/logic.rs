@@ -213,7 +213,11 @@ pub(crate) struct Compiler<'a> {
 }
 
 fn arg_path(at: &str, i: usize, wrapped: bool) -> String {
-    if wrapped { index(at, i) } else { at.to_string() }
+    if wrapped {
+        index(at, i)
+    } else {
+        at.to_string()
+    }
 }
 
 impl Compiler<'_> {
@@ -330,9 +334,7 @@ fn check(op: Op, args: &[Expr], at: &str, wrapped: bool) -> Result<()> {
         }
     };
     match op {
-        Op::Eq | Op::StrictEq | Op::Ne | Op::StrictNe | Op::In | Op::Div | Op::Mod => {
-            arity(2, 2)
-        }
+        Op::Eq | Op::StrictEq | Op::Ne | Op::StrictNe | Op::In | Op::Div | Op::Mod => arity(2, 2),
         Op::Lt | Op::Le | Op::Gt | Op::Ge => arity(2, 3),
         Op::Sub => arity(1, 2),
         Op::Substr => arity(2, 3),
@@ -355,22 +357,22 @@ fn check(op: Op, args: &[Expr], at: &str, wrapped: bool) -> Result<()> {
         }
         Op::SemVer => {
             arity(3, 3)?;
-            if let Some(Expr::Literal(v)) = args.get(1) {
-                if v.as_str().and_then(SemVerOp::parse).is_none() {
-                    return Err(Error::invalid(
-                        arg_path(at, 1, wrapped),
-                        format!("{v} is not a sem_ver operator (= != < <= > >= ^ ~)"),
-                    ));
-                }
+            if let Some(Expr::Literal(v)) = args.get(1)
+                && v.as_str().and_then(SemVerOp::parse).is_none()
+            {
+                return Err(Error::invalid(
+                    arg_path(at, 1, wrapped),
+                    format!("{v} is not a sem_ver operator (= != < <= > >= ^ ~)"),
+                ));
             }
             for i in [0, 2] {
-                if let Some(Expr::Literal(v)) = args.get(i) {
-                    if version_text(v).is_none() {
-                        return Err(Error::invalid(
-                            arg_path(at, i, wrapped),
-                            format!("{v} is not a semantic version"),
-                        ));
-                    }
+                if let Some(Expr::Literal(v)) = args.get(i)
+                    && version_text(v).is_none()
+                {
+                    return Err(Error::invalid(
+                        arg_path(at, i, wrapped),
+                        format!("{v} is not a semantic version"),
+                    ));
                 }
             }
             Ok(())
@@ -512,7 +514,9 @@ pub(crate) fn check_results(
             let names: Vec<&String> = variants.keys().collect();
             Err(Error::invalid(
                 at,
-                format!("the rule yields {name:?}, which is not one of the flag's variants {names:?}"),
+                format!(
+                    "the rule yields {name:?}, which is not one of the flag's variants {names:?}"
+                ),
             ))
         }
     };
@@ -544,19 +548,19 @@ pub(crate) fn check_results(
                     }
                     Ok(())
                 }
-                Op::Or | Op::And => {
-                    for (i, operand) in args.iter().enumerate() {
-                        check_results(operand, variants, &arg_path(&at, i, *wrapped))?;
-                    }
-                    Ok(())
-                }
+                // `or` and `and` yield an operand before the last only when it is truthy (or
+                // falsy): only the last one is always a possible result.
+                Op::Or | Op::And => match args.len() {
+                    0 => Ok(()),
+                    n => check_results(&args[n - 1], variants, &arg_path(&at, n - 1, *wrapped)),
+                },
                 Op::Fractional => {
                     for (i, bucket) in args.iter().enumerate().skip(buckets_start(args)) {
-                        if let Expr::Array(items) = bucket {
-                            if let Some(first) = items.first() {
-                                let bucket_at = arg_path(&at, i, *wrapped);
-                                check_results(first, variants, &index(&bucket_at, 0))?;
-                            }
+                        if let Expr::Array(items) = bucket
+                            && let Some(first) = items.first()
+                        {
+                            let bucket_at = arg_path(&at, i, *wrapped);
+                            check_results(first, variants, &index(&bucket_at, 0))?;
                         }
                     }
                     Ok(())
@@ -694,13 +698,14 @@ pub(crate) fn evaluate(e: &Expr, env: &Env<'_>) -> (Value, bool) {
                 i += 2;
             }
             match args.len() % 2 {
-                1 => args.last().map_or((Value::Null, false), |e| evaluate(e, env)),
+                1 => args
+                    .last()
+                    .map_or((Value::Null, false), |e| evaluate(e, env)),
                 _ => (Value::Null, false),
             }
         }
         Expr::Op {
-            op: Op::Fractional,
-            ..
+            op: Op::Fractional, ..
         } => (eval(e, Data::Root, env), true),
         Expr::Ref(_, inner) => evaluate(inner, env),
         other => (eval(other, Data::Root, env), false),
@@ -871,7 +876,11 @@ fn operate(op: Op, args: &[Expr], data: Data<'_>, env: &Env<'_>) -> Value {
             if start.is_nan() {
                 return Value::Null;
             }
-            let from = clamp(if start < 0.0 { len + start.trunc() } else { start.trunc() });
+            let from = clamp(if start < 0.0 {
+                len + start.trunc()
+            } else {
+                start.trunc()
+            });
             let to = match args.get(2) {
                 None => chars.len(),
                 Some(_) => {
@@ -940,7 +949,9 @@ fn operate(op: Op, args: &[Expr], data: Data<'_>, env: &Env<'_>) -> Value {
                 Op::Some => Value::Bool(items.iter().any(|x| truthy(&test(x)))),
                 Op::None => Value::Bool(!items.iter().any(|x| truthy(&test(x)))),
                 Op::Map => Value::Array(items.iter().map(test).collect()),
-                Op::Filter => Value::Array(items.into_iter().filter(|x| truthy(&test(x))).collect()),
+                Op::Filter => {
+                    Value::Array(items.into_iter().filter(|x| truthy(&test(x))).collect())
+                }
                 _ => {
                     let mut acc = arg(2);
                     for current in items {
@@ -998,7 +1009,9 @@ fn fractional_op(args: &[Expr], data: Data<'_>, env: &Env<'_>) -> Value {
         Some((first, rest)) => {
             let buckets = if first.is_null() { rest } else { &values[..] };
             match env.lookup(Data::Root, "targetingKey") {
-                Some(Value::String(tk)) if !tk.is_empty() => (format!("{}{tk}", env.flag_key), buckets),
+                Some(Value::String(tk)) if !tk.is_empty() => {
+                    (format!("{}{tk}", env.flag_key), buckets)
+                }
                 _ => return Value::Null,
             }
         }
@@ -1086,9 +1099,15 @@ mod tests {
             (json!({"<": [1, {"var": "age"}, 100]}), json!(true)),
             (json!({"<=": ["b", "a"]}), json!(false)),
             (json!({">=": [{"var": "age"}, 42]}), json!(true)),
-            (json!({"in": ["example.com", {"var": "email"}]}), json!(true)),
+            (
+                json!({"in": ["example.com", {"var": "email"}]}),
+                json!(true),
+            ),
             (json!({"in": ["c", {"var": "tags"}]}), json!(false)),
-            (json!({"cat": [{"var": "$flagd.flagKey"}, "-", {"var": "user.name"}]}), json!("flag-ana")),
+            (
+                json!({"cat": [{"var": "$flagd.flagKey"}, "-", {"var": "user.name"}]}),
+                json!("flag-ana"),
+            ),
             (json!({"var": "user.langs.1"}), json!("fr")),
             (json!({"var": ["nope", "fallback"]}), json!("fallback")),
             (json!({"var": "targetingKey"}), json!("user-1")),
@@ -1107,15 +1126,33 @@ mod tests {
             (json!({"merge": [[1], 2, [3, 4]]}), json!([1, 2, 3, 4])),
             (json!({"missing": ["age", "nope"]}), json!(["nope"])),
             (json!({"missing_some": [1, ["age", "nope"]]}), json!([])),
-            (json!({"some": [{"var": "user.langs"}, {"==": [{"var": ""}, "fr"]}]}), json!(true)),
+            (
+                json!({"some": [{"var": "user.langs"}, {"==": [{"var": ""}, "fr"]}]}),
+                json!(true),
+            ),
             (json!({"all": [[], true]}), json!(false)),
-            (json!({"map": [[1, 2], {"*": [{"var": ""}, 2]}]}), json!([2.0, 4.0])),
-            (json!({"reduce": [[1, 2, 3], {"+": [{"var": "current"}, {"var": "accumulator"}]}, 0]}), json!(6.0)),
-            (json!({"starts_with": [{"var": "email"}, "ana"]}), json!(true)),
+            (
+                json!({"map": [[1, 2], {"*": [{"var": ""}, 2]}]}),
+                json!([2.0, 4.0]),
+            ),
+            (
+                json!({"reduce": [[1, 2, 3], {"+": [{"var": "current"}, {"var": "accumulator"}]}, 0]}),
+                json!(6.0),
+            ),
+            (
+                json!({"starts_with": [{"var": "email"}, "ana"]}),
+                json!(true),
+            ),
             (json!({"ends_with": [{"var": "age"}, "2"]}), Value::Null),
             (json!({"sem_ver": ["1.2", ">", "1.1.9"]}), json!(true)),
-            (json!({"sem_ver": [{"var": "age"}, "^", "42.9.9"]}), json!(true)),
-            (json!({"sem_ver": [{"var": "v"}, "=", "2.0.0"]}), Value::Null),
+            (
+                json!({"sem_ver": [{"var": "age"}, "^", "42.9.9"]}),
+                json!(true),
+            ),
+            (
+                json!({"sem_ver": [{"var": "v"}, "=", "2.0.0"]}),
+                Value::Null,
+            ),
         ] {
             assert_eq!(run(rule.clone(), &ctx), want, "{rule}");
         }
@@ -1123,21 +1160,24 @@ mod tests {
 
     #[test]
     fn static_mistakes_are_refused_with_their_path() {
-        let refuse = |rule: Value| {
-            match (Compiler { evaluators: None }).compile(&rule, "t") {
-                Err(Error::InvalidSpec { field, reason }) => format!("{field}: {reason}"),
-                other => panic!("{rule} compiled: {other:?}"),
-            }
+        let refuse = |rule: Value| match (Compiler { evaluators: None }).compile(&rule, "t") {
+            Err(Error::InvalidSpec { field, reason }) => format!("{field}: {reason}"),
+            other => panic!("{rule} compiled: {other:?}"),
         };
         assert!(refuse(json!({"nope": [1]})).starts_with("t.nope: unknown operation"));
-        assert!(refuse(json!({"if": [true, {"==": [1]}]})).starts_with("t.if[1][\"==\"]: `==` takes 2"));
+        assert!(
+            refuse(json!({"if": [true, {"==": [1]}]})).starts_with("t.if[1][\"==\"]: `==` takes 2")
+        );
         assert!(refuse(json!({"a": 1, "b": 2})).contains("one key"));
         assert!(refuse(json!({"sem_ver": ["1.0.0", "===", "1.0.0"]})).starts_with("t.sem_ver[1]"));
         assert!(refuse(json!({"sem_ver": [{"var": "v"}, "=", "x"]})).starts_with("t.sem_ver[2]"));
         assert!(refuse(json!({"starts_with": ["abc"]})).contains("takes 2"));
         assert!(refuse(json!({"$ref": "x"})).contains("nested $ref"));
         assert!(refuse(json!({"fractional": [["a", 1.5]]})).starts_with("t.fractional[0][1]"));
-        assert!(refuse(json!({"fractional": ["k", ["a", 2147483648u64]]})).starts_with("t.fractional[1][1]"));
+        assert!(
+            refuse(json!({"fractional": ["k", ["a", 2147483648u64]]}))
+                .starts_with("t.fractional[1][1]")
+        );
         assert!(
             refuse(json!({"fractional": [["a", 2147483647u64], ["b", 1]]}))
                 .starts_with("t.fractional[1]: the split's weights add up to 2147483648")

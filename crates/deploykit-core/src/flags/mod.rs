@@ -265,7 +265,10 @@ impl FlagSet {
     /// whatever its environments say), `false` enables it again. Returns whether the flag
     /// exists.
     pub fn kill(&mut self, key: &str, killed: bool) -> bool {
-        self.flags.get_mut(key).map(|f| f.enabled = !killed).is_some()
+        self.flags
+            .get_mut(key)
+            .map(|f| f.enabled = !killed)
+            .is_some()
     }
 
     fn outcome<'a>(
@@ -429,8 +432,9 @@ impl FlagSet {
             v.as_i64().or_else(|| {
                 let f = v.as_f64()?;
                 // Whole and inside i64's range (2^63 itself is not): exact.
-                (f.fract() == 0.0 && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f))
-                    .then_some(f as i64)
+                (f.fract() == 0.0
+                    && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f))
+                .then_some(f as i64)
             })
         })
     }

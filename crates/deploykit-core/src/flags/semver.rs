@@ -144,27 +144,29 @@ impl Ord for Version<'_> {
         compare_numbers(self.major, other.major)
             .then_with(|| compare_numbers(self.minor, other.minor))
             .then_with(|| compare_numbers(self.patch, other.patch))
-            .then_with(|| match (self.prerelease.is_empty(), other.prerelease.is_empty()) {
-                (true, true) => Ordering::Equal,
-                (true, false) => Ordering::Greater,
-                (false, true) => Ordering::Less,
-                (false, false) => {
-                    for (a, b) in self.prerelease.iter().zip(&other.prerelease) {
-                        let a_num = a.bytes().all(|c| c.is_ascii_digit());
-                        let b_num = b.bytes().all(|c| c.is_ascii_digit());
-                        let ord = match (a_num, b_num) {
-                            (true, true) => compare_numbers(a, b),
-                            (true, false) => Ordering::Less,
-                            (false, true) => Ordering::Greater,
-                            (false, false) => a.cmp(b),
-                        };
-                        if ord != Ordering::Equal {
-                            return ord;
+            .then_with(
+                || match (self.prerelease.is_empty(), other.prerelease.is_empty()) {
+                    (true, true) => Ordering::Equal,
+                    (true, false) => Ordering::Greater,
+                    (false, true) => Ordering::Less,
+                    (false, false) => {
+                        for (a, b) in self.prerelease.iter().zip(&other.prerelease) {
+                            let a_num = a.bytes().all(|c| c.is_ascii_digit());
+                            let b_num = b.bytes().all(|c| c.is_ascii_digit());
+                            let ord = match (a_num, b_num) {
+                                (true, true) => compare_numbers(a, b),
+                                (true, false) => Ordering::Less,
+                                (false, true) => Ordering::Greater,
+                                (false, false) => a.cmp(b),
+                            };
+                            if ord != Ordering::Equal {
+                                return ord;
+                            }
                         }
+                        self.prerelease.len().cmp(&other.prerelease.len())
                     }
-                    self.prerelease.len().cmp(&other.prerelease.len())
-                }
-            })
+                },
+            )
     }
 }
 
@@ -185,14 +187,35 @@ mod tests {
     #[test]
     fn accepts_what_go_semver_accepts() {
         for ok in [
-            "v1", "v1.2", "v1.2.3", "v0.0.0", "v1.2.3-rc.1", "v1.2.3-0.a-b", "v1.2.3+b.1",
-            "v1.2.3-rc+build", "v10.20.30",
+            "v1",
+            "v1.2",
+            "v1.2.3",
+            "v0.0.0",
+            "v1.2.3-rc.1",
+            "v1.2.3-0.a-b",
+            "v1.2.3+b.1",
+            "v1.2.3-rc+build",
+            "v10.20.30",
         ] {
             assert!(v(ok).is_some(), "{ok}");
         }
         for bad in [
-            "", "v", "1.2.3", "v1.2.3.4", "v01.2.3", "v1.02.3", "v1.2-rc", "v1-rc", "v1.2.3-",
-            "v1.2.3-01", "v1.2.3-a..b", "v1.2.3+", "v1.2.3+a..b", "v1.2.3 ", "v1.2.3_x", "v1..2",
+            "",
+            "v",
+            "1.2.3",
+            "v1.2.3.4",
+            "v01.2.3",
+            "v1.02.3",
+            "v1.2-rc",
+            "v1-rc",
+            "v1.2.3-",
+            "v1.2.3-01",
+            "v1.2.3-a..b",
+            "v1.2.3+",
+            "v1.2.3+a..b",
+            "v1.2.3 ",
+            "v1.2.3_x",
+            "v1..2",
         ] {
             assert!(v(bad).is_none(), "{bad}");
         }
@@ -201,8 +224,17 @@ mod tests {
     #[test]
     fn orders_as_semver_does() {
         let chain = [
-            "v1.0.0-alpha", "v1.0.0-alpha.1", "v1.0.0-alpha.beta", "v1.0.0-beta", "v1.0.0-beta.2",
-            "v1.0.0-beta.11", "v1.0.0-rc.1", "v1.0.0", "v1.2", "v2", "v10.0.0",
+            "v1.0.0-alpha",
+            "v1.0.0-alpha.1",
+            "v1.0.0-alpha.beta",
+            "v1.0.0-beta",
+            "v1.0.0-beta.2",
+            "v1.0.0-beta.11",
+            "v1.0.0-rc.1",
+            "v1.0.0",
+            "v1.2",
+            "v2",
+            "v10.0.0",
         ];
         for w in chain.windows(2) {
             assert_eq!(v(w[0]).cmp(&v(w[1])), Ordering::Less, "{} < {}", w[0], w[1]);
