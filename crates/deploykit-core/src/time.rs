@@ -101,7 +101,7 @@ pub(crate) fn check_duration(
     max: Duration,
 ) -> crate::error::Result<()> {
     let show = |d: Duration| humantime::format_duration(d).to_string();
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         return Err(crate::error::Error::invalid(
             field,
             format!("{d:?} is not a whole number of milliseconds"),
@@ -123,7 +123,7 @@ pub(crate) fn check_duration(
 
 /// `d` in whole milliseconds, or why it cannot be stored as such (never wrapped or rounded).
 fn exact_millis(d: &Duration) -> Result<u64, String> {
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         return Err(format!("{d:?} is not a whole number of milliseconds"));
     }
     u64::try_from(d.as_millis()).map_err(|_| format!("{d:?} is too long to store"))

@@ -140,8 +140,10 @@ async fn until_step(orch: &Orchestrator, id: &DeploymentId, step: usize) {
 /// scale subresource, as field manager `kube-controller-manager`.
 async fn autoscaler_scales(server: &FakeApiServer, name: &str, replicas: u32) {
     let api: Api<Deployment> = Api::namespaced(server.client(), NS);
-    let mut params = PatchParams::default();
-    params.field_manager = Some("kube-controller-manager".into());
+    let params = PatchParams {
+        field_manager: Some("kube-controller-manager".into()),
+        ..PatchParams::default()
+    };
     api.patch_scale(
         name,
         &params,

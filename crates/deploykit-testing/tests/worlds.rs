@@ -1127,16 +1127,16 @@ impl Evidence<'_> {
         holder
     }
 
-    /// Sampled every second: a service with an active deployment and a live orchestrator must
-    /// not stay without a live lease holder for longer than 2 lease TTLs + 2 polls.
+    /// A service with an active deployment and a live orchestrator must not stay without a
+    /// live lease holder for longer than 2 lease TTLs + 2 polls. The state only changes at a
+    /// logged event, a deployment's creation or end, or a grant's expiry plus the longest
+    /// back-off, so it is evaluated exactly at those instants.
     fn check_adoption(&self, v: &mut Vec<(Prop, String)>) {
         let bound = self.world.ttl() * 2 + POLL * 2;
-        let Some(first) = self.events.first().map(|e| e.at) else {
-            return;
-        };
         // Active intervals per service, from the journals.
         let mut active: HashMap<ServiceId, Vec<(Timestamp, Timestamp, DeploymentId)>> =
             HashMap::new();
+        let mut instants: BTreeSet<Timestamp> = self.events.iter().map(|e| e.at).collect();
         for (id, journal) in &self.journals {
             let st = &self.statuses[id];
             let created = journal[0].at;
@@ -1144,17 +1144,25 @@ impl Evidence<'_> {
                 .iter()
                 .find(|e| e.event.is_terminal())
                 .map_or(Timestamp::from_millis(u64::MAX), |e| e.at);
+            instants.insert(created);
+            instants.insert(ended.min(self.end));
             active
                 .entry(st.spec.service.clone())
                 .or_default()
                 .push((created, ended, id.clone()));
         }
+        for e in &self.events {
+            if let Ev::Grant { expires, .. } = e.ev {
+                instants.insert(expires.plus(RETRY_MAX).plus(Duration::from_millis(1)));
+            }
+        }
+        instants.insert(self.end);
         let mut live: BTreeSet<usize> = BTreeSet::new();
         let mut grants: HashMap<String, (usize, String, Timestamp)> = HashMap::new();
-        let mut orphaned: HashMap<ServiceId, (Timestamp, bool)> = HashMap::new();
+        // Per service: since when it has been orphaned, and the deployments then active.
+        let mut orphaned: HashMap<ServiceId, (Timestamp, Vec<DeploymentId>)> = HashMap::new();
         let mut i = 0;
-        let mut t = first;
-        while t <= self.end {
+        for t in instants.into_iter().filter(|t| *t <= self.end) {
             while i < self.events.len() && self.events[i].at <= t {
                 match &self.events[i].ev {
                     Ev::Open { who } => {
@@ -1182,48 +1190,48 @@ impl Evidence<'_> {
                 i += 1;
             }
             for (service, intervals) in &active {
-                let needed: Vec<&DeploymentId> = intervals
+                let needed: Vec<DeploymentId> = intervals
                     .iter()
                     .filter(|(s, e, _)| *s <= t && t < *e)
-                    .map(|(_, _, id)| id)
+                    .map(|(_, _, id)| id.clone())
                     .collect();
                 let key = format!("{service}/{ENV}");
                 let covered = grants.get(&key).is_some_and(|(who, _, expires)| {
                     live.contains(who) && t <= expires.plus(RETRY_MAX)
                 });
-                if needed.is_empty() || live.is_empty() || covered {
-                    orphaned.remove(service);
-                    continue;
-                }
-                let (since, reported) = orphaned.entry(service.clone()).or_insert((t, false));
-                if !*reported && t.since(*since) > bound {
-                    *reported = true;
-                    let ids: Vec<String> = needed.iter().map(|id| self.label(id)).collect();
-                    v.push((
-                        Prop::Adoption,
-                        format!(
-                            "{service}: {} active with orchestrators {:?} alive, but no live \
-                             lease holder from t={}s to t={}s (> {}s); lease last granted to \
-                             {}",
-                            ids.join(", "),
-                            live.iter()
-                                .map(|w| format!("#{w} {}", self.names[*w]))
-                                .collect::<Vec<_>>(),
-                            self.secs(*since),
-                            self.secs(t),
-                            bound.as_secs(),
-                            grants
-                                .get(&key)
-                                .map_or("nobody".into(), |(w, _, e)| format!(
-                                    "#{w} {} (expired t={}s)",
-                                    self.names[*w],
-                                    self.secs(*e)
-                                )),
-                        ),
-                    ));
+                let is_orphan = !needed.is_empty() && !live.is_empty() && !covered;
+                let last = t == self.end;
+                match orphaned.get(service) {
+                    None if is_orphan && !last => {
+                        orphaned.insert(service.clone(), (t, needed));
+                    }
+                    Some((since, ids)) if !is_orphan || last => {
+                        if t.since(*since) > bound {
+                            let ids: Vec<String> = ids.iter().map(|id| self.label(id)).collect();
+                            v.push((
+                                Prop::Adoption,
+                                format!(
+                                    "{service}: {} active with orchestrators {:?} alive, but no \
+                                     live lease holder from t={}s to t={}s (> {}s); the lease \
+                                     then: {}",
+                                    ids.join(", "),
+                                    live.iter()
+                                        .map(|w| format!("#{w} {}", self.names[*w]))
+                                        .collect::<Vec<_>>(),
+                                    self.secs(*since),
+                                    self.secs(t),
+                                    bound.as_secs(),
+                                    grants.get(&key).map_or("free".into(), |(w, o, e)| {
+                                        format!("#{w} as {o} until t={}s", self.secs(*e))
+                                    }),
+                                ),
+                            ));
+                        }
+                        orphaned.remove(service);
+                    }
+                    _ => {}
                 }
             }
-            t = t.plus(Duration::from_secs(1));
         }
     }
 
@@ -1709,10 +1717,25 @@ fn run_with(world: &World, config: OrchestratorConfig) -> Verdict {
         let mut trace = std::mem::take(&mut run.trace);
         let mut last = String::new();
         for e in &evidence.events {
-            if let Ev::Grant { who, owner, expires, .. } = &e.ev {
-                if *owner != last { trace.push(format!("GRANT t={} #{who} {owner} until {}", evidence.secs(e.at), evidence.secs(*expires))); last = owner.clone(); }
+            if let Ev::Grant {
+                who,
+                owner,
+                expires,
+                ..
+            } = &e.ev
+            {
+                if *owner != last {
+                    trace.push(format!(
+                        "GRANT t={} #{who} {owner} until {}",
+                        evidence.secs(e.at),
+                        evidence.secs(*expires)
+                    ));
+                    last = owner.clone();
+                }
             }
-            if let Ev::Crash { who } = &e.ev { trace.push(format!("GRANT crash #{who} t={}", evidence.secs(e.at))); }
+            if let Ev::Crash { who } = &e.ev {
+                trace.push(format!("GRANT crash #{who} t={}", evidence.secs(e.at)));
+            }
         }
         for id in &evidence.order {
             let st = &evidence.statuses[id];
@@ -1982,7 +2005,12 @@ fn tmp_supersede() {
             world.ttl = ttl;
             world.schedule[1].0 = 30_000 + k * 1000 + 50;
             let v = run(&world);
-            let grants: Vec<String> = v.trace.iter().filter(|l| l.contains("GRANT")).cloned().collect();
+            let grants: Vec<String> = v
+                .trace
+                .iter()
+                .filter(|l| l.contains("GRANT"))
+                .cloned()
+                .collect();
             println!("ttl {ttl} crash at +{k}: {:?} {:?}", v.violations, grants);
         }
     }

@@ -222,6 +222,26 @@ pub(crate) fn check_repository(service: &ServiceId, repository: &str) -> Result<
     Ok(())
 }
 
+/// Checks autoscaling bounds (those of a desired state; `EnvironmentSpec` checks them too).
+pub(crate) fn check_autoscale(a: &Autoscale) -> Result<()> {
+    if a.min_replicas == 0 || a.min_replicas > a.max_replicas {
+        return Err(Error::invalid(
+            "desired.autoscale.min_replicas",
+            format!(
+                "{} must be at least 1 and at most max_replicas {}",
+                a.min_replicas, a.max_replicas
+            ),
+        ));
+    }
+    if !(1..=100).contains(&a.target_cpu_percent) {
+        return Err(Error::invalid(
+            "desired.autoscale.target_cpu_percent",
+            format!("{} is outside 1-100", a.target_cpu_percent),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,24 +264,4 @@ mod tests {
         assert!(!is_image_tag("-v1"));
         assert!(!is_image_tag("v1/2"));
     }
-}
-
-/// Checks autoscaling bounds (those of a desired state; `EnvironmentSpec` checks them too).
-pub(crate) fn check_autoscale(a: &Autoscale) -> Result<()> {
-    if a.min_replicas == 0 || a.min_replicas > a.max_replicas {
-        return Err(Error::invalid(
-            "desired.autoscale.min_replicas",
-            format!(
-                "{} must be at least 1 and at most max_replicas {}",
-                a.min_replicas, a.max_replicas
-            ),
-        ));
-    }
-    if !(1..=100).contains(&a.target_cpu_percent) {
-        return Err(Error::invalid(
-            "desired.autoscale.target_cpu_percent",
-            format!("{} is outside 1-100", a.target_cpu_percent),
-        ));
-    }
-    Ok(())
 }
