@@ -1167,11 +1167,7 @@ impl Environment for KubeEnvironment {
                 ),
                 source: Box::new(e),
             })?;
-            let desired = d
-                .spec
-                .as_ref()
-                .and_then(|s| s.replicas)
-                .map_or(1, |r| u32::try_from(r.max(0)).unwrap_or(0));
+            let desired = replicas_of_deployment(d);
             let instances = instances(&pods, &revision.id);
             revisions.push(RevisionObservation::new(
                 Arc::new(revision),
