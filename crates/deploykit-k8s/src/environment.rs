@@ -964,8 +964,14 @@ fn replicas_of(json: &Value) -> Option<u64> {
     json.pointer("/spec/replicas").and_then(Value::as_u64)
 }
 
-/// An instance as observed from its pod.
-fn instance(pod: &Pod) -> InstanceObservation {
+/// How long after a container ended on its own (a crash, an OOM kill, a liveness restart) its
+/// pod still counts as failing, as the local backend does: between restarts Kubernetes reports
+/// the container running again, and a revision that crashes a while after becoming ready must
+/// still be caught while the old revision is warm.
+const RECENT_EXIT_MS: i64 = 60_000;
+
+/// An instance as observed from its pod at `now` (Unix milliseconds).
+fn instance(pod: &Pod, now: i64) -> InstanceObservation {
     let status = pod.status.as_ref();
     let ready = status
         .and_then(|s| s.conditions.as_ref())
@@ -982,7 +988,7 @@ fn instance(pod: &Pod) -> InstanceObservation {
     let restarts: i64 = status
         .and_then(|s| s.container_statuses.as_ref())
         .map_or(0, |cs| cs.iter().map(|c| i64::from(c.restart_count)).sum());
-    let failure = containers.iter().find_map(|c| container_failure(c));
+    let failure = containers.iter().find_map(|c| container_failure(c, now));
     InstanceObservation::new(
         pod.name_any(),
         ready,
@@ -991,8 +997,34 @@ fn instance(pod: &Pod) -> InstanceObservation {
     )
 }
 
+/// Why a container failed: its waiting state (a crash loop, a configuration error), or else a
+/// termination within the last [`RECENT_EXIT_MS`] before `now`.
+fn container_failure(c: &ContainerStatus, now: i64) -> Option<InstanceFailure> {
+    waiting_failure(c).or_else(|| recent_exit(c, now))
+}
+
+/// A container that ended on its own less than a minute ago, though running again now.
+fn recent_exit(c: &ContainerStatus, now: i64) -> Option<InstanceFailure> {
+    let t = c.last_state.as_ref()?.terminated.as_ref()?;
+    let finished = t.finished_at.as_ref()?.0.as_millisecond();
+    if now.saturating_sub(finished) > RECENT_EXIT_MS {
+        return None;
+    }
+    let mut text = format!(
+        "{}: exited with code {} {}s ago",
+        c.name,
+        t.exit_code,
+        now.saturating_sub(finished).max(0) / 1000
+    );
+    if let Some(r) = &t.reason {
+        text.push_str(&format!(" ({r})"));
+    }
+    text.push_str(&format!(", restarted {} time(s)", c.restart_count));
+    Some(InstanceFailure::new(FailureKind::CrashLoop, text))
+}
+
 /// Why a container failed, from its waiting state.
-fn container_failure(c: &ContainerStatus) -> Option<InstanceFailure> {
+fn waiting_failure(c: &ContainerStatus) -> Option<InstanceFailure> {
     let waiting = c.state.as_ref()?.waiting.as_ref()?;
     let reason = waiting.reason.as_deref()?;
     let message = waiting.message.as_deref().unwrap_or("");
@@ -1029,11 +1061,13 @@ fn live(pod: &Pod) -> bool {
 }
 
 fn instances(pods: &[Pod], revision: &RevisionId) -> Vec<InstanceObservation> {
+    let now = i64::try_from(deploykit_core::Clock::now(&deploykit_core::SystemClock).as_millis())
+        .unwrap_or(i64::MAX);
     let mut out: Vec<InstanceObservation> = pods
         .iter()
         .filter(|p| live(p))
         .filter(|p| p.labels().get(LABEL_REVISION).map(String::as_str) == Some(revision.as_str()))
-        .map(instance)
+        .map(|p| instance(p, now))
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
@@ -1322,7 +1356,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        let i = instance(&pod(vec![c], false));
+        let i = instance(&pod(vec![c], false), NOW);
         assert!(!i.ready);
         assert_eq!(i.restarts, 4);
         let f = i.failure.unwrap();
@@ -1341,15 +1375,15 @@ mod tests {
             "ErrImagePull",
             "InvalidImageName",
         ] {
-            let i = instance(&pod(
-                vec![waiting(reason, "secret \"x\" not found", 0)],
-                false,
-            ));
+            let i = instance(
+                &pod(vec![waiting(reason, "secret \"x\" not found", 0)], false),
+                NOW,
+            );
             let f = i.failure.unwrap();
             assert_eq!(f.kind, FailureKind::Configuration);
             assert_eq!(f.reason, format!("app: {reason}: secret \"x\" not found"));
         }
-        let i = instance(&pod(vec![waiting("ContainerCreating", "", 0)], false));
+        let i = instance(&pod(vec![waiting("ContainerCreating", "", 0)], false), NOW);
         assert_eq!(i.failure, None);
     }
 
@@ -1380,10 +1414,45 @@ mod tests {
             ready: true,
             ..Default::default()
         };
-        let i = instance(&pod(vec![ok], true));
+        let i = instance(&pod(vec![ok], true), NOW);
         assert!(i.ready);
         assert_eq!(i.restarts, 1);
         assert_eq!(i.failure, None);
         assert_eq!(&*i.name, "web-1234abcd-x");
+    }
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    /// A container running and ready again after it crashed: failing for a minute after the
+    /// crash (so a revision crashing after promotion is rolled back while the old one is warm),
+    /// healthy after.
+    #[test]
+    fn a_recent_exit_counts_as_a_failure_for_a_minute() {
+        let crashed = |ago_ms: i64| ContainerStatus {
+            name: "app".into(),
+            restart_count: 2,
+            ready: true,
+            last_state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: 1,
+                    reason: Some("Error".into()),
+                    finished_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::from_millisecond(NOW - ago_ms).expect("time"),
+                    )),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let i = instance(&pod(vec![crashed(5_000)], true), NOW);
+        let f = i.failure.expect("a recent crash");
+        assert_eq!(f.kind, FailureKind::CrashLoop);
+        assert_eq!(
+            f.reason,
+            "app: exited with code 1 5s ago (Error), restarted 2 time(s)"
+        );
+        let i = instance(&pod(vec![crashed(61_000)], true), NOW);
+        assert_eq!(i.failure, None);
     }
 }
