@@ -218,11 +218,11 @@ proptest! {
                 prop_assert!(field.starts_with("environment."), "{field}");
                 // If the strategy itself was at fault, serde refuses it too (or cannot even
                 // write it, for a duration that is not whole milliseconds or too long).
-                if field.starts_with("environment.strategy") {
-                    if let Ok(json) = strategy_json {
-                        let back = serde_json::from_str::<StrategySpec>(&json);
-                        prop_assert!(back.is_err(), "{field} refused by the builder, accepted by serde");
-                    }
+                if field.starts_with("environment.strategy")
+                    && let Ok(json) = strategy_json
+                {
+                    let back = serde_json::from_str::<StrategySpec>(&json);
+                    prop_assert!(back.is_err(), "{field} refused by the builder, accepted by serde");
                 }
             }
             Err(other) => prop_assert!(false, "unexpected error {other}"),

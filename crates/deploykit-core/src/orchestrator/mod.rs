@@ -752,8 +752,7 @@ impl Orchestrator {
                     t.spec.kind == EnvironmentKind::Production
                 })
         };
-        if self.shared.four_eyes && by == status.spec.requested_by && production()
-        {
+        if self.shared.four_eyes && by == status.spec.requested_by && production() {
             let e = Error::PermissionDenied {
                 principal: by.to_string(),
                 permission: format!(
