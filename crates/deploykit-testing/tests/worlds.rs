@@ -9,7 +9,9 @@
 //!
 //! Every service first runs a verified `v0`. After the schedule the API comes back, an
 //! orchestrator is alive (one is opened if none is), and an operator resumes every hold and
-//! approves every gate, for up to three simulated hours. Then the suite checks, from the
+//! approves every gate, for up to three simulated hours (plus the world's timed canary pauses).
+//! Actions fall at arbitrary milliseconds, between polls, lease renewals and adoption scans.
+//! Then the suite checks, from the
 //! journals, the cluster's history and a log of every lease grant, environment apply and journal
 //! write together with the orchestrator that made it:
 //!
@@ -32,15 +34,19 @@
 //! - **journal**: every journal has contiguous sequence numbers from 0 and loads with
 //!   `DeploymentStatus::from_journal`; the store's active list is exactly the unfinished ones.
 //! - **single driver**: every environment apply, and every journal entry a driver writes, comes
-//!   from the orchestrator holding the service's unexpired lease for that deployment.
+//!   from the orchestrator holding the service's unexpired lease (for that deployment, except
+//!   a deployment's end, which the service's next deployment may write).
 //! - **justified**: every rollback has a cause in the world: an abort or rejection; fail-fast
 //!   only for a broken revision; the progress deadline only for a broken revision, an outage,
 //!   or a time with no live orchestrator during the deployment; never an environment error.
 //!
 //! One test per group of properties, so each shrinks to its own minimal world. The
-//! `minimal_*` tests replay the smallest worlds found, one per failure class.
+//! `minimal_*` tests replay the smallest worlds found, one per failure class; the `the_*` tests
+//! show that the adoption and single-driver checks catch what they are for.
 //!
-//! `PROPTEST_CASES` sets the number of worlds per test (default 64).
+//! `PROPTEST_CASES` sets the number of worlds per test (default 48; five tests). To look past a known
+//! failure, `WORLDS_IGNORE` (comma-separated substrings) ignores violations whose text contains
+//! one, e.g. `WORLDS_IGNORE=superseded`.
 
 mod common;
 
@@ -1179,11 +1185,11 @@ impl Evidence<'_> {
                     } => {
                         grants.insert(key.clone(), (*who, owner.clone(), *expires));
                     }
-                    Ev::Release { key, owner } => {
-                        // A release takes effect only if the releaser still held the lease.
-                        if grants.get(key).is_some_and(|(_, o, _)| o == owner) {
-                            grants.remove(key);
-                        }
+                    // A release takes effect only if the releaser still held the lease.
+                    Ev::Release { key, owner }
+                        if grants.get(key).is_some_and(|(_, o, _)| o == owner) =>
+                    {
+                        grants.remove(key);
                     }
                     _ => {}
                 }
@@ -1792,7 +1798,7 @@ fn check(world: &World, props: &[Prop]) -> std::result::Result<(), TestCaseError
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(common::cases(64)))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(48)))]
 
     #[test]
     fn worlds_end_and_orphans_are_adopted(world in world()) {
@@ -2032,10 +2038,11 @@ fn rollback_stalled_by_an_outage(via: usize) -> World {
     )
 }
 
-/// New: a rollback stalled only by an outage longer than the progress deadline is "superseded"
-/// by the queued deployment and ends `failed` while v1 still takes 50 % of the traffic (seen:
-/// `failed` at t=623 s with v0 50 %, v1 50 %; expected: the rollback keeps retrying, as an
-/// unreachable backend is never terminal, and ends rolled back once the API is back).
+/// B, still open: a rollback stalled only by an outage longer than the progress deadline is
+/// "superseded" by the queued deployment and ends `failed` while v1 still takes 50 % of the
+/// traffic (seen: `failed` at t=623 s with v0 50 %, v1 50 %; before the supersede rule it ended
+/// `failed` by its own deadline). Expected: an unreachable backend is never terminal; the
+/// rollback keeps retrying and ends rolled back, verified, once the API is back.
 #[test]
 fn minimal_a_rollback_stalled_by_an_outage_never_ends_failed_with_split_traffic() {
     let world = rollback_stalled_by_an_outage(0);

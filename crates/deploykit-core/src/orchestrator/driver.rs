@@ -60,6 +60,9 @@ struct Driver {
     reapplied: bool,
     backoff: Backoff,
     last_error: Option<String>,
+    /// Whether this driver's last call to the environment got an answer (false until one
+    /// does, and after a retryable failure: the backend may be unreachable).
+    reachable: bool,
     /// The status as of the last step, caught up incrementally from the store.
     cached: Option<DeploymentStatus>,
     /// Woken when an operator acts on this deployment.
@@ -90,6 +93,7 @@ pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
             current: None,
         },
         last_error: None,
+        reachable: false,
         cached: None,
         planner: None,
     };
@@ -273,6 +277,10 @@ impl Driver {
             };
         }
 
+        if let Some(next) = self.supersede_if_stalled(st).await? {
+            return Ok(next);
+        }
+
         // The deadline does not run during a deliberate wait (a timed pause, the warm window
         // after promotion) nor during a rollback, which never gives up: it retries until the
         // previous revision serves alone, verified.
@@ -320,6 +328,7 @@ impl Driver {
             Ok(o) => o,
             Err(e) => return self.environment_error(st, "observe", e).await,
         };
+        self.reachable = true;
         let rolling_back = st.phase == Phase::RollingBack;
         // Deploying the revision that already serves is no canary of itself: the rollout only
         // converges on it (full size, all traffic, nothing else running) with the rollback
@@ -461,6 +470,8 @@ impl Driver {
         op: &str,
         e: Error,
     ) -> Result<Next> {
+        // A refusal is an answer; a retryable error may mean nobody is there.
+        self.reachable = !e.is_retryable();
         if e.is_retryable() {
             return Err(e);
         }
@@ -611,9 +622,8 @@ impl Driver {
             .await?;
         let older = ids.iter().skip_while(|id| **id != st.spec.id).skip(1);
         for id in older {
-            let mut other = self.shared.status(id).await?;
+            let other = self.shared.status(id).await?;
             if !other.phase.is_terminal() {
-                self.supersede_stalled_rollback(&mut other, st).await?;
                 return Ok(true);
             }
             if other.started_at.is_some() {
@@ -623,41 +633,47 @@ impl Driver {
         Ok(false)
     }
 
-    /// A rollback never gives up on its own, so one that cannot finish (its revision broken
-    /// too, a backend refusing) would block the service forever. When it has made no progress
-    /// for its progress deadline, the next deployment of the service (a fix, or a manual
-    /// rollback to another revision) ends it and takes charge of the traffic.
-    async fn supersede_stalled_rollback(
-        &self,
-        older: &mut DeploymentStatus,
-        st: &DeploymentStatus,
-    ) -> Result<()> {
-        let stalled = self.shared.clock.now().since(older.last_progress_at);
-        if older.phase != Phase::RollingBack || stalled <= older.spec.progress_deadline {
-            return Ok(());
+    /// A rollback never gives up on its own, so one that cannot finish (the revision it
+    /// returns to broken too, a backend refusing) would block the service for ever. Once it has
+    /// made no progress for its progress deadline while the backend answered (an outage is
+    /// waited out, never a reason) and a newer deployment of the service waits (a fix, or a
+    /// manual rollback to another revision), it ends as `failed`, superseded, and the newer one
+    /// takes charge of the traffic. Its own driver — the lease holder — writes that, so no
+    /// second driver ever acts on it. `Some(next)` if it was superseded.
+    async fn supersede_if_stalled(&mut self, st: &mut DeploymentStatus) -> Result<Option<Next>> {
+        let stalled = self.shared.clock.now().since(st.last_progress_at);
+        if st.phase != Phase::RollingBack || stalled <= st.spec.progress_deadline || !self.reachable
+        {
+            return Ok(None);
         }
-        let why = older.rollback.as_ref().map_or("", |(_, r)| r.as_str());
-        let reason = format!(
+        let ids = self
+            .shared
+            .store
+            .list_deployments(&st.spec.service, &st.spec.environment)
+            .await?;
+        let mut waiting = None;
+        for id in ids.iter().take_while(|id| **id != st.spec.id) {
+            let newer = self.shared.status(id).await?;
+            if !newer.phase.is_terminal() {
+                waiting = Some(newer);
+            }
+        }
+        let Some(newer) = waiting else {
+            return Ok(None);
+        };
+        let why = st.rollback.as_ref().map_or("", |(_, r)| r.as_str());
+        let mut reason = format!(
             "superseded by {} ({}): the rollback made no progress for {}s ({why})",
-            st.spec.id,
-            st.spec.target.label,
+            newer.spec.id,
+            newer.spec.target.label,
             stalled.as_secs()
         );
-        tracing::warn!(deployment = %older.spec.id, %reason, "superseding a stalled rollback");
-        match self
-            .shared
-            .append(
-                older,
-                JournalEvent::Finished {
-                    outcome: Outcome::Failed { reason },
-                },
-            )
-            .await
-        {
-            // Its driver wrote first; look again next round.
-            Err(Error::Conflict { .. }) => Ok(()),
-            other => other,
+        if let Some(e) = &self.last_error {
+            reason.push_str(&format!("; last error: {e}"));
         }
+        tracing::warn!(%reason, "a newer deployment takes over from a stalled rollback");
+        self.finish(st, Outcome::Failed { reason }).await?;
+        Ok(Some(Next::Now))
     }
 
     /// Take or renew the service's lease, or say who holds it.

@@ -63,12 +63,21 @@ pub struct OrchestratorConfig {
     /// How often expired preview environments are looked for (default 60 s).
     #[builder(default = Duration::from_secs(60))]
     pub preview_reap_interval: Duration,
-    /// How often the store is scanned for active deployments that no live orchestrator drives
-    /// (default 10 s): those requested through another orchestrator, or left by one that died.
-    /// This orchestrator adopts them once their lease has lapsed, so an orphaned deployment is
-    /// taken over within about `lease_ttl + adopt_interval`.
-    #[builder(default = Duration::from_secs(10))]
-    pub adopt_interval: Duration,
+    /// How often the store is scanned for active deployments that no live orchestrator drives:
+    /// those requested through another orchestrator, or left by one that died. This
+    /// orchestrator adopts them once their lease has lapsed. By default every 10 s or half the
+    /// lease TTL, whichever is shorter, so an orphaned deployment is taken over within one and
+    /// a half lease TTLs at most.
+    #[builder(default, setter(strip_option))]
+    pub adopt_interval: Option<Duration>,
+}
+
+impl OrchestratorConfig {
+    /// The adoption scan's period: `adopt_interval` if set, else 10 s or half the lease TTL.
+    fn adopt_every(&self) -> Duration {
+        self.adopt_interval
+            .unwrap_or_else(|| Duration::from_secs(10).min(self.lease_ttl / 2))
+    }
 }
 
 impl Default for OrchestratorConfig {
@@ -373,7 +382,7 @@ impl OrchestratorBuilder {
 /// orchestrator is gone.
 async fn adopt(shared: std::sync::Weak<Shared>) {
     loop {
-        let Some(interval) = shared.upgrade().map(|s| s.config.adopt_interval) else {
+        let Some(interval) = shared.upgrade().map(|s| s.config.adopt_every()) else {
             return;
         };
         tokio::time::sleep(interval).await;
@@ -640,12 +649,13 @@ impl Orchestrator {
                 return Ok(true);
             }
         }
-        let observed = self
-            .shared
-            .target(environment)?
-            .env
-            .observe(service)
-            .await?;
+        // An unreachable backend (an outage is when one rolls back by hand) leaves the journal
+        // to judge: the newest deployment ended well, so nothing else should run.
+        let observed = match self.shared.target(environment)?.env.observe(service).await {
+            Ok(observed) => observed,
+            Err(e) if e.is_retryable() => return Ok(false),
+            Err(e) => return Err(e),
+        };
         Ok(observed.weight_of(&current.id) != 100
             || observed
                 .revisions
@@ -866,7 +876,7 @@ impl Orchestrator {
     /// deployment would otherwise never end, and the wait would hang.
     pub async fn wait(&self, id: &DeploymentId) -> Result<DeploymentStatus> {
         let mut events = self.subscribe();
-        let grace = self.shared.config.lease_ttl + self.shared.config.adopt_interval;
+        let grace = self.shared.config.lease_ttl + self.shared.config.adopt_every();
         let mut undriven_since = None;
         loop {
             let status = self.status(id).await?;
