@@ -482,3 +482,62 @@ async fn wait_returns_when_nothing_can_drive_the_deployment() {
         Phase::Succeeded
     );
 }
+
+/// B: an outage longer than the progress deadline during a rollback, with a newer deployment
+/// queued behind it, is waited out: once the backend answers again the rollback finishes,
+/// verified, instead of being superseded for the time the backend was away (a case the
+/// randomised worlds found).
+#[tokio::test(start_paused = true)]
+async fn an_outage_during_a_rollback_is_waited_out_not_superseded() {
+    let sim = SimCluster::new();
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let manual = BlueGreenSpec::builder()
+        .auto_promote(false)
+        .build()
+        .expect("bg");
+    let strategy = StrategySpec::BlueGreen(manual);
+    let orch = open(&store, &sim, &strategy, "a").await;
+    assert_eq!(
+        common::deploy_and_wait(&orch, "v1").await.1,
+        Phase::Succeeded
+    );
+    let v2 = orch.deploy(request("v2")).await.expect("deploy");
+    until(&orch, &v2, |events| {
+        events
+            .iter()
+            .any(|e| matches!(e, JournalEvent::ApprovalRequested { .. }))
+    })
+    .await;
+    // The rollback journals its first action, whose apply never lands: the API goes away.
+    sim.fail_next(Op::Apply, 10_000, Fault::Transient);
+    orch.abort(&v2, Actor::new("bob"), "not today")
+        .await
+        .expect("abort");
+    until(&orch, &v2, |events| {
+        events
+            .iter()
+            .skip_while(|e| !matches!(e, JournalEvent::RollbackStarted { .. }))
+            .any(|e| matches!(e, JournalEvent::Applied { .. }))
+    })
+    .await;
+    sim.set_unreachable(true);
+    sim.clear_faults();
+    let v3 = orch.deploy(request("v3")).await.expect("deploy");
+    tokio::time::sleep(Duration::from_secs(1500)).await;
+    assert_eq!(
+        orch.status(&v2).await.expect("status").phase,
+        Phase::RollingBack
+    );
+    sim.set_unreachable(false);
+    assert_eq!(
+        wait_for(&orch, &v2, Duration::from_secs(600)).await,
+        Phase::RolledBack
+    );
+    // v3 waits for it, then runs (to its own approval gate).
+    until(&orch, &v3, |events| {
+        events
+            .iter()
+            .any(|e| matches!(e, JournalEvent::ApprovalRequested { .. }))
+    })
+    .await;
+}

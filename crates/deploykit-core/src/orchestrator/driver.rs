@@ -16,6 +16,7 @@ use crate::journal::{
 use crate::model::{DeploymentId, FailurePolicy};
 use crate::store::Lease;
 use crate::strategy::{AnalysisRequest, Decision, DeploymentStrategy, PlanContext};
+use crate::time::Timestamp;
 
 /// What the loop does after a step.
 enum Next {
@@ -60,9 +61,9 @@ struct Driver {
     reapplied: bool,
     backoff: Backoff,
     last_error: Option<String>,
-    /// Whether this driver's last call to the environment got an answer (false until one
-    /// does, and after a retryable failure: the backend may be unreachable).
-    reachable: bool,
+    /// Since when this driver's calls to the environment have been answered without a break
+    /// (`None` until one is, and after a retryable failure: the backend may be unreachable).
+    reachable_since: Option<Timestamp>,
     /// The status as of the last step, caught up incrementally from the store.
     cached: Option<DeploymentStatus>,
     /// Woken when an operator acts on this deployment.
@@ -93,7 +94,7 @@ pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
             current: None,
         },
         last_error: None,
-        reachable: false,
+        reachable_since: None,
         cached: None,
         planner: None,
     };
@@ -328,7 +329,7 @@ impl Driver {
             Ok(o) => o,
             Err(e) => return self.environment_error(st, "observe", e).await,
         };
-        self.reachable = true;
+        self.reachable_since.get_or_insert(self.shared.clock.now());
         let rolling_back = st.phase == Phase::RollingBack;
         // Deploying the revision that already serves is no canary of itself: the rollout only
         // converges on it (full size, all traffic, nothing else running) with the rollback
@@ -471,7 +472,11 @@ impl Driver {
         e: Error,
     ) -> Result<Next> {
         // A refusal is an answer; a retryable error may mean nobody is there.
-        self.reachable = !e.is_retryable();
+        if e.is_retryable() {
+            self.reachable_since = None;
+        } else {
+            self.reachable_since.get_or_insert(self.shared.clock.now());
+        }
         if e.is_retryable() {
             return Err(e);
         }
@@ -636,14 +641,21 @@ impl Driver {
     /// A rollback never gives up on its own, so one that cannot finish (the revision it
     /// returns to broken too, a backend refusing) would block the service for ever. Once it has
     /// made no progress for its progress deadline while the backend answered (an outage is
-    /// waited out, never a reason) and a newer deployment of the service waits (a fix, or a
+    /// waited out, never a reason: the stall counts from when the backend last came back) and
+    /// a newer deployment of the service waits (a fix, or a
     /// manual rollback to another revision), it ends as `failed`, superseded, and the newer one
     /// takes charge of the traffic. Its own driver — the lease holder — writes that, so no
     /// second driver ever acts on it. `Some(next)` if it was superseded.
     async fn supersede_if_stalled(&mut self, st: &mut DeploymentStatus) -> Result<Option<Next>> {
-        let stalled = self.shared.clock.now().since(st.last_progress_at);
-        if st.phase != Phase::RollingBack || stalled <= st.spec.progress_deadline || !self.reachable
-        {
+        let Some(answered_since) = self.reachable_since else {
+            return Ok(None);
+        };
+        let stalled = self
+            .shared
+            .clock
+            .now()
+            .since(st.last_progress_at.max(answered_since));
+        if st.phase != Phase::RollingBack || stalled <= st.spec.progress_deadline {
             return Ok(None);
         }
         let ids = self
