@@ -68,8 +68,9 @@ struct Driver {
     cached: Option<DeploymentStatus>,
     /// Woken when an operator acts on this deployment.
     waker: Arc<Notify>,
-    /// The planner of the current leg (forward or rollback), built once per leg.
-    planner: Option<(bool, Box<dyn DeploymentStrategy>)>,
+    /// The planner of the current leg, built once per leg: whether the leg converges on its
+    /// target (a rollback, or a redeploy of the serving revision), and the planner.
+    planner: Option<(Phase, bool, Box<dyn DeploymentStrategy>)>,
 }
 
 /// Drive deployment `id` until it ends. While another orchestrator holds the service's lease,
@@ -285,8 +286,13 @@ impl Driver {
         // The deadline does not run during a deliberate wait (a timed pause, the warm window
         // after promotion) nor during a rollback, which never gives up: it retries until the
         // previous revision serves alone, verified.
-        let stalled = now.since(st.deadline_counts_from());
-        if st.phase == Phase::Progressing && stalled > st.spec.progress_deadline {
+        let deadline = st.spec.progress_deadline;
+        // (The cheap test first: the deadline counts from no earlier than the last progress.)
+        if st.phase == Phase::Progressing
+            && now.since(st.last_progress_at) > deadline
+            && now.since(st.deadline_counts_from()) > deadline
+        {
+            let stalled = now.since(st.deadline_counts_from());
             let mut reason = format!(
                 "no progress for {}s (progress deadline {}s)",
                 stalled.as_secs(),
@@ -329,28 +335,35 @@ impl Driver {
             Ok(o) => o,
             Err(e) => return self.environment_error(st, "observe", e).await,
         };
-        self.reachable_since.get_or_insert(self.shared.clock.now());
+        if self.reachable_since.is_none() {
+            self.reachable_since = Some(now);
+        }
         let rolling_back = st.phase == Phase::RollingBack;
-        // Deploying the revision that already serves is no canary of itself: the rollout only
-        // converges on it (full size, all traffic, nothing else running) with the rollback
-        // planner, which completes at once when that is already so.
-        let converge = rolling_back || st.redeploys_serving();
-        if self
-            .planner
-            .as_ref()
-            .is_none_or(|(leg, _)| *leg != converge)
-        {
+        let leg = if rolling_back {
+            Phase::RollingBack
+        } else {
+            Phase::Progressing
+        };
+        if self.planner.as_ref().is_none_or(|(l, _, _)| *l != leg) {
+            // Deploying the revision that already serves is no canary of itself: the rollout
+            // only converges on it (full size, all traffic, nothing else running) with the
+            // rollback planner, which completes at once when that is already so.
+            let converge = rolling_back || st.redeploys_serving();
             let planner = if converge {
                 st.spec.strategy.rollback_planner()
             } else {
                 st.spec.strategy.planner()
             };
-            self.planner = Some((converge, planner));
+            self.planner = Some((leg, converge, planner));
         }
-        let Some((_, planner)) = &self.planner else {
+        let Some((_, converge, planner)) = &self.planner else {
             return Ok(Next::Now);
         };
-        let stable = if converge { None } else { st.previous.as_ref() };
+        let stable = if *converge {
+            None
+        } else {
+            st.previous.as_ref()
+        };
         // An autoscaled service is sized from its autoscaler's live count (issue 14 K).
         let replicas = observed.replicas_for(st.spec.replicas);
         let ctx = PlanContext::new(&leg_target, stable, replicas, &observed, &st.progress, now);
