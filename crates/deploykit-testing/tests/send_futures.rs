@@ -8,7 +8,6 @@
 
 use std::path::Path;
 
-use deploykit_core::access::AccessPolicy;
 use deploykit_core::alerting::Alerting;
 use deploykit_core::analysis::{MetricCheck, Subject, measure};
 use deploykit_core::backup::{
@@ -19,8 +18,8 @@ use deploykit_core::build::Pipeline;
 use deploykit_core::secrets::SecretProvider;
 use deploykit_core::{
     Actor, BuildContext, DeployRequest, DeploymentId, Environment, EnvironmentExt, EnvironmentName,
-    EnvironmentSpec, Monitor, Orchestrator, OrchestratorBuilder, PreviewRequest, ReleaseRequest,
-    Revision, RevisionId, ServiceId, SqliteStore, Timestamp,
+    Monitor, Orchestrator, OrchestratorBuilder, PreviewRequest, ReleaseRequest, Revision,
+    RevisionId, ServiceId, SqliteStore, Timestamp,
 };
 
 fn send<T: Send>(_: T) {}
@@ -66,6 +65,7 @@ fn orchestrator_futures(
     spawnable(owned.shutdown());
 }
 
+#[allow(clippy::too_many_arguments)]
 fn library_futures(
     pipeline: &Pipeline,
     ctx: &BuildContext,
@@ -80,8 +80,6 @@ fn library_futures(
     subject: &Subject<'_>,
     secrets: &dyn SecretProvider,
     revision: Revision,
-    _policy: AccessPolicy,
-    _spec: EnvironmentSpec,
 ) {
     send(pipeline.run(ctx));
     send(repo.backup(backup));
