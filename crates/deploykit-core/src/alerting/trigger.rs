@@ -21,7 +21,7 @@ use crate::orchestrator::{Event, Orchestrator};
 /// set of watched revisions does not depend on having seen each deployment's `started` event:
 ///
 /// - on start, the task reads the active deployments from the store, so deployments resumed
-///   by [`Orchestrator::open`] (or driven by another orchestrator on the same store) are
+///   by [`crate::OrchestratorBuilder::open`] (or driven by another orchestrator on the same store) are
 ///   watched, and acts on the named alerts already firing;
 /// - any event of a deployment it does not watch yet (an adopted one, say) makes it look the
 ///   deployment up;
