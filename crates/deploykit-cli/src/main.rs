@@ -48,6 +48,10 @@ struct Cli {
     /// Who is acting, for access control and the audit log (default: $USER).
     #[arg(long, global = true, env = "DEPLOYKIT_ACTOR")]
     actor: Option<String>,
+    /// Log more of what deploykit does, on stderr: warnings always, `-v` every journal event,
+    /// `-vv` debug, `-vvv` trace. `RUST_LOG` (e.g. `deploykit_core=debug,kube=info`) overrides.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -225,8 +229,37 @@ enum AuditAction {
     Verify,
 }
 
+/// Send deploykit's own log (retries, lost leases, backends refusing) to stderr, so it reaches
+/// the user instead of being dropped: warnings by default, more with `-v`, or as `RUST_LOG` says.
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    // Other crates (hyper, kube, the AWS SDK) stay at warnings unless RUST_LOG asks for more.
+    let ours = [
+        "deploykit_core",
+        "deploykit_local",
+        "deploykit_k8s",
+        "deploykit_aws",
+        "deploykit",
+    ]
+    .map(|c| format!("{c}={level}"))
+    .join(",");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,{ours}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(verbose > 1)
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

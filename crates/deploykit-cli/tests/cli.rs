@@ -54,14 +54,31 @@ async fn a_deploy_killed_mid_rollout_resumes_with_no_dropped_request() {
     let client = LocalClient::new(dir.join(".deploykit/daemon.sock"));
     let web = ServiceId::new("web").unwrap();
 
+    // `-v` puts deploykit's own log (every journal event) on stderr, out of stdout's way.
     let out = run(
         dir,
-        &["deploy", "web", "--label", "v1", "--set", "VERSION=v1"],
+        &[
+            "deploy",
+            "web",
+            "--label",
+            "v1",
+            "--set",
+            "VERSION=v1",
+            "-v",
+            "-o",
+            "json",
+        ],
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("INFO") && stderr.contains("started (first deployment)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        json(&out)["phase"],
+        "succeeded",
+        "stdout is the JSON document alone"
     );
 
     // Traffic through the proxy for the rest of the test.
