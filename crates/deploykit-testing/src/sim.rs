@@ -732,6 +732,18 @@ impl Monitor for SimCluster {
         if let Some(f) = Self::fault(&mut state, Op::Monitor) {
             return Err(Self::fault_error(Op::Monitor, &query.service, f));
         }
+        // Series names are scripted by `set_metric`; a blank one or an unrendered `{{…}}`
+        // placeholder is a broken query, not a series that happens to have no data.
+        let expr = query.expr.trim();
+        if expr.is_empty() || expr.contains("{{") || expr.contains("}}") {
+            return Err(Error::invalid(
+                "query",
+                format!(
+                    "{:?} is not a series name (blank, or an unrendered {{{{…}}}} placeholder)",
+                    query.expr
+                ),
+            ));
+        }
         let key = (
             query.service.clone(),
             query.revision.clone(),

@@ -14,13 +14,12 @@ use deploykit_core::alerting::{
     AlertRule, AlertTarget, Alerting, NotificationStatus, Route, rollback_on_alerts,
 };
 use deploykit_core::analysis::Condition;
-use deploykit_core::audit::AuditEntry;
 use deploykit_core::journal::JournalEntry;
-use deploykit_core::store::{Lease, StateStore};
+use deploykit_core::store::{StateStore, StateStoreLayer};
 use deploykit_core::strategy::{CanarySpec, CanaryStep};
 use deploykit_core::{
     Actor, DeploymentId, EnvironmentName, EnvironmentSpec, Orchestrator, Phase, Result, ServiceId,
-    StrategySpec, Timestamp,
+    StrategySpec,
 };
 use deploykit_testing::{MemoryStore, RecordingAlertSink, SimCluster};
 use tokio::sync::Notify;
@@ -380,9 +379,9 @@ impl GatedStore {
 }
 
 #[async_trait]
-impl StateStore for GatedStore {
-    async fn append(&self, deployment: &DeploymentId, entry: &JournalEntry) -> Result<()> {
-        self.inner.append(deployment, entry).await
+impl StateStoreLayer for GatedStore {
+    fn inner(&self) -> &dyn StateStore {
+        &self.inner
     }
 
     async fn load(&self, deployment: &DeploymentId) -> Result<Option<Vec<JournalEntry>>> {
@@ -394,59 +393,5 @@ impl StateStore for GatedStore {
             }
         }
         self.inner.load(deployment).await
-    }
-
-    async fn load_from(
-        &self,
-        deployment: &DeploymentId,
-        from: u64,
-    ) -> Result<Option<Vec<JournalEntry>>> {
-        self.inner.load_from(deployment, from).await
-    }
-
-    async fn list_active(&self) -> Result<Vec<DeploymentId>> {
-        self.inner.list_active().await
-    }
-
-    async fn list_deployments(
-        &self,
-        service: &ServiceId,
-        environment: &EnvironmentName,
-    ) -> Result<Vec<DeploymentId>> {
-        self.inner.list_deployments(service, environment).await
-    }
-
-    async fn list_environments(&self) -> Result<Vec<(ServiceId, EnvironmentName)>> {
-        self.inner.list_environments().await
-    }
-
-    async fn acquire_lease(
-        &self,
-        key: &str,
-        owner: &str,
-        now: Timestamp,
-        ttl: Duration,
-    ) -> Result<Lease> {
-        self.inner.acquire_lease(key, owner, now, ttl).await
-    }
-
-    async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        self.inner.release_lease(lease).await
-    }
-
-    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
-        self.inner.lease(key).await
-    }
-
-    async fn record_audit(&self, entry: &AuditEntry) -> Result<()> {
-        self.inner.record_audit(entry).await
-    }
-
-    async fn last_audit(&self) -> Result<Option<AuditEntry>> {
-        self.inner.last_audit().await
-    }
-
-    async fn audit_log(&self) -> Result<Vec<AuditEntry>> {
-        self.inner.audit_log().await
     }
 }

@@ -2,10 +2,12 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use deploykit_core::{Revision, SqliteStore};
-use deploykit_testing::conformance::{environment, state_store};
+use async_trait::async_trait;
+use deploykit_core::{Clock, Revision, RevisionId, ServiceId, SqliteStore, Timestamp};
+use deploykit_testing::conformance::{environment, monitor, state_store};
 use deploykit_testing::{MemoryStore, SimCluster};
 
 #[tokio::test(start_paused = true)]
@@ -21,6 +23,59 @@ async fn sim_cluster_meets_the_environment_contract() {
         settle_timeout: Duration::from_secs(60),
     };
     environment::run_all(&sim, &fixture).await;
+}
+
+/// Scripts the simulated cluster's metrics with `set_metric`, one fresh series per call.
+struct SimScript<'a> {
+    sim: &'a SimCluster,
+    series: AtomicU32,
+}
+
+#[async_trait]
+impl monitor::MetricScript for SimScript<'_> {
+    async fn script(&self, service: &ServiceId, values: &[(RevisionId, f64)]) -> Option<String> {
+        let expr = format!("conf_{}", self.series.fetch_add(1, Ordering::Relaxed));
+        for (revision, value) in values {
+            self.sim
+                .set_metric(service, Some(revision), &expr, vec![0.0, *value]);
+        }
+        Some(expr)
+    }
+
+    fn absent(&self) -> String {
+        "conf_never_set".to_string()
+    }
+
+    fn malformed(&self) -> String {
+        "error_rate{{revison}}".to_string()
+    }
+
+    fn now(&self) -> Timestamp {
+        self.sim.clock().now()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sim_cluster_meets_the_monitor_contract() {
+    let sim = SimCluster::new();
+    let env = common::production();
+    let svc = common::service();
+    let revision = |label| {
+        Revision::new(&svc, &env, common::artifact(label), label)
+            .expect("revision")
+            .id
+    };
+    let fixture = monitor::MonitorFixture {
+        service: svc.name.clone(),
+        first: revision("v1"),
+        second: revision("v2"),
+        slack: Duration::ZERO,
+    };
+    let script = SimScript {
+        sim: &sim,
+        series: AtomicU32::new(0),
+    };
+    monitor::run_all(&sim, &fixture, &script).await;
 }
 
 #[tokio::test]

@@ -12,13 +12,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploykit_core::analysis::{AnalysisSpec, Condition, MetricCheck};
-use deploykit_core::audit::AuditEntry;
 use deploykit_core::journal::{JournalEntry, JournalEvent};
-use deploykit_core::store::{Lease, StateStore};
+use deploykit_core::store::{StateStore, StateStoreLayer};
 use deploykit_core::strategy::{BlueGreenSpec, CanarySpec, CanaryStep};
 use deploykit_core::{
-    Actor, DeploymentId, Environment, EnvironmentName, EnvironmentSpec, Orchestrator, Phase,
-    Quantity, Result, ServiceId, SqliteStore, StrategySpec, Timestamp,
+    Actor, DeploymentId, Environment, EnvironmentSpec, Orchestrator, Phase, Quantity, Result,
+    SqliteStore, StrategySpec,
 };
 use deploykit_testing::{Behavior, SimCluster};
 use tokio::sync::Notify;
@@ -36,7 +35,10 @@ struct CrashingStore {
 }
 
 #[async_trait]
-impl StateStore for CrashingStore {
+impl StateStoreLayer for CrashingStore {
+    fn inner(&self) -> &dyn StateStore {
+        &self.inner
+    }
     async fn append(&self, deployment: &DeploymentId, entry: &JournalEntry) -> Result<()> {
         if self.crashed.load(Ordering::SeqCst) {
             return std::future::pending().await;
@@ -54,49 +56,6 @@ impl StateStore for CrashingStore {
             return std::future::pending().await;
         }
         Ok(())
-    }
-    async fn load(&self, d: &DeploymentId) -> Result<Option<Vec<JournalEntry>>> {
-        self.inner.load(d).await
-    }
-    async fn load_from(&self, d: &DeploymentId, from: u64) -> Result<Option<Vec<JournalEntry>>> {
-        self.inner.load_from(d, from).await
-    }
-    async fn list_active(&self) -> Result<Vec<DeploymentId>> {
-        self.inner.list_active().await
-    }
-    async fn list_deployments(
-        &self,
-        s: &ServiceId,
-        e: &EnvironmentName,
-    ) -> Result<Vec<DeploymentId>> {
-        self.inner.list_deployments(s, e).await
-    }
-    async fn list_environments(&self) -> Result<Vec<(ServiceId, EnvironmentName)>> {
-        self.inner.list_environments().await
-    }
-    async fn acquire_lease(
-        &self,
-        k: &str,
-        o: &str,
-        now: Timestamp,
-        ttl: Duration,
-    ) -> Result<Lease> {
-        self.inner.acquire_lease(k, o, now, ttl).await
-    }
-    async fn release_lease(&self, l: &Lease) -> Result<()> {
-        self.inner.release_lease(l).await
-    }
-    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
-        self.inner.lease(key).await
-    }
-    async fn record_audit(&self, r: &AuditEntry) -> Result<()> {
-        self.inner.record_audit(r).await
-    }
-    async fn last_audit(&self) -> Result<Option<AuditEntry>> {
-        self.inner.last_audit().await
-    }
-    async fn audit_log(&self) -> Result<Vec<AuditEntry>> {
-        self.inner.audit_log().await
     }
 }
 

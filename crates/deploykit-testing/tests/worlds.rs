@@ -56,9 +56,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deploykit_core::audit::AuditEntry;
 use deploykit_core::journal::{JournalEntry, JournalEvent, RollbackCause};
-use deploykit_core::store::Lease;
+use deploykit_core::store::{Lease, StateStoreLayer};
 use deploykit_core::strategy::{BlueGreenSpec, CanarySpec, CanaryStep};
 use deploykit_core::{
     Actor, Clock, DeployRequest, DeploymentId, DeploymentStatus, DesiredState, Digest, Environment,
@@ -435,7 +434,10 @@ struct Tracked {
 }
 
 #[async_trait]
-impl StateStore for Tracked {
+impl StateStoreLayer for Tracked {
+    fn inner(&self) -> &dyn StateStore {
+        self.inner.as_ref()
+    }
     async fn append(&self, deployment: &DeploymentId, entry: &JournalEntry) -> Result<()> {
         self.inner.append(deployment, entry).await?;
         let service = {
@@ -470,25 +472,6 @@ impl StateStore for Tracked {
         });
         Ok(())
     }
-    async fn load(&self, d: &DeploymentId) -> Result<Option<Vec<JournalEntry>>> {
-        self.inner.load(d).await
-    }
-    async fn load_from(&self, d: &DeploymentId, from: u64) -> Result<Option<Vec<JournalEntry>>> {
-        self.inner.load_from(d, from).await
-    }
-    async fn list_active(&self) -> Result<Vec<DeploymentId>> {
-        self.inner.list_active().await
-    }
-    async fn list_deployments(
-        &self,
-        s: &ServiceId,
-        e: &EnvironmentName,
-    ) -> Result<Vec<DeploymentId>> {
-        self.inner.list_deployments(s, e).await
-    }
-    async fn list_environments(&self) -> Result<Vec<(ServiceId, EnvironmentName)>> {
-        self.inner.list_environments().await
-    }
     async fn acquire_lease(
         &self,
         key: &str,
@@ -512,18 +495,6 @@ impl StateStore for Tracked {
             owner: lease.owner.clone(),
         });
         Ok(())
-    }
-    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
-        self.inner.lease(key).await
-    }
-    async fn record_audit(&self, r: &AuditEntry) -> Result<()> {
-        self.inner.record_audit(r).await
-    }
-    async fn last_audit(&self) -> Result<Option<AuditEntry>> {
-        self.inner.last_audit().await
-    }
-    async fn audit_log(&self) -> Result<Vec<AuditEntry>> {
-        self.inner.audit_log().await
     }
 }
 

@@ -211,3 +211,165 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     /// Every audit entry, oldest first.
     async fn audit_log(&self) -> Result<Vec<AuditEntry>>;
 }
+
+/// A [`StateStore`] that wraps another and changes only some of its behaviour: implement
+/// `inner` and override the methods that differ; every other method delegates to the inner
+/// store. Every `StateStoreLayer` is a `StateStore`.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use deploykit_core::journal::JournalEntry;
+/// use deploykit_core::store::{StateStore, StateStoreLayer};
+/// use deploykit_core::{DeploymentId, Result};
+///
+/// /// Counts journal writes; everything else is the inner store's.
+/// #[derive(Debug)]
+/// struct Counting<S> {
+///     inner: S,
+///     appends: std::sync::atomic::AtomicU64,
+/// }
+///
+/// #[async_trait]
+/// impl<S: StateStore> StateStoreLayer for Counting<S> {
+///     fn inner(&self) -> &dyn StateStore {
+///         &self.inner
+///     }
+///     async fn append(&self, deployment: &DeploymentId, entry: &JournalEntry) -> Result<()> {
+///         self.appends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+///         self.inner.append(deployment, entry).await
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait StateStoreLayer: Send + Sync + fmt::Debug {
+    /// The store this one wraps.
+    fn inner(&self) -> &dyn StateStore;
+
+    /// See [`StateStore::append`].
+    async fn append(&self, deployment: &DeploymentId, entry: &JournalEntry) -> Result<()> {
+        self.inner().append(deployment, entry).await
+    }
+
+    /// See [`StateStore::load`].
+    async fn load(&self, deployment: &DeploymentId) -> Result<Option<Vec<JournalEntry>>> {
+        self.inner().load(deployment).await
+    }
+
+    /// See [`StateStore::load_from`].
+    async fn load_from(
+        &self,
+        deployment: &DeploymentId,
+        from: u64,
+    ) -> Result<Option<Vec<JournalEntry>>> {
+        self.inner().load_from(deployment, from).await
+    }
+
+    /// See [`StateStore::list_active`].
+    async fn list_active(&self) -> Result<Vec<DeploymentId>> {
+        self.inner().list_active().await
+    }
+
+    /// See [`StateStore::list_deployments`].
+    async fn list_deployments(
+        &self,
+        service: &ServiceId,
+        environment: &EnvironmentName,
+    ) -> Result<Vec<DeploymentId>> {
+        self.inner().list_deployments(service, environment).await
+    }
+
+    /// See [`StateStore::list_environments`].
+    async fn list_environments(&self) -> Result<Vec<(ServiceId, EnvironmentName)>> {
+        self.inner().list_environments().await
+    }
+
+    /// See [`StateStore::acquire_lease`].
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        owner: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Lease> {
+        self.inner().acquire_lease(key, owner, now, ttl).await
+    }
+
+    /// See [`StateStore::release_lease`].
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        self.inner().release_lease(lease).await
+    }
+
+    /// See [`StateStore::lease`].
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        self.inner().lease(key).await
+    }
+
+    /// See [`StateStore::record_audit`].
+    async fn record_audit(&self, entry: &AuditEntry) -> Result<()> {
+        self.inner().record_audit(entry).await
+    }
+
+    /// See [`StateStore::last_audit`].
+    async fn last_audit(&self) -> Result<Option<AuditEntry>> {
+        self.inner().last_audit().await
+    }
+
+    /// See [`StateStore::audit_log`].
+    async fn audit_log(&self) -> Result<Vec<AuditEntry>> {
+        self.inner().audit_log().await
+    }
+}
+
+#[async_trait]
+impl<T: StateStoreLayer> StateStore for T {
+    async fn append(&self, deployment: &DeploymentId, entry: &JournalEntry) -> Result<()> {
+        StateStoreLayer::append(self, deployment, entry).await
+    }
+    async fn load(&self, deployment: &DeploymentId) -> Result<Option<Vec<JournalEntry>>> {
+        StateStoreLayer::load(self, deployment).await
+    }
+    async fn load_from(
+        &self,
+        deployment: &DeploymentId,
+        from: u64,
+    ) -> Result<Option<Vec<JournalEntry>>> {
+        StateStoreLayer::load_from(self, deployment, from).await
+    }
+    async fn list_active(&self) -> Result<Vec<DeploymentId>> {
+        StateStoreLayer::list_active(self).await
+    }
+    async fn list_deployments(
+        &self,
+        service: &ServiceId,
+        environment: &EnvironmentName,
+    ) -> Result<Vec<DeploymentId>> {
+        StateStoreLayer::list_deployments(self, service, environment).await
+    }
+    async fn list_environments(&self) -> Result<Vec<(ServiceId, EnvironmentName)>> {
+        StateStoreLayer::list_environments(self).await
+    }
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        owner: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Lease> {
+        StateStoreLayer::acquire_lease(self, key, owner, now, ttl).await
+    }
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        StateStoreLayer::release_lease(self, lease).await
+    }
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        StateStoreLayer::lease(self, key).await
+    }
+    async fn record_audit(&self, entry: &AuditEntry) -> Result<()> {
+        StateStoreLayer::record_audit(self, entry).await
+    }
+    async fn last_audit(&self) -> Result<Option<AuditEntry>> {
+        StateStoreLayer::last_audit(self).await
+    }
+    async fn audit_log(&self) -> Result<Vec<AuditEntry>> {
+        StateStoreLayer::audit_log(self).await
+    }
+}

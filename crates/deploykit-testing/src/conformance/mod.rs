@@ -6,7 +6,9 @@
 //! - [`state_store`]: [`deploykit_core::StateStore`] backends.
 //! - [`backup_target`]: [`deploykit_core::BackupTarget`] backends (filesystem, in-memory,
 //!   object stores).
+//! - [`monitor`]: [`deploykit_core::Monitor`] backends, scripted by the caller.
 
 pub mod backup_target;
 pub mod environment;
+pub mod monitor;
 pub mod state_store;
