@@ -72,6 +72,20 @@ async fn until(orch: &Orchestrator, id: &DeploymentId, pred: impl Fn(&[JournalEv
     panic!("condition on the journal of {id} never held");
 }
 
+/// The journal shows a gate waiting for approval.
+fn asks_approval(events: &[JournalEvent]) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(e, JournalEvent::ApprovalRequested { .. }))
+}
+
+/// The journal shows the rollout reached step 1.
+fn reached_step_1(events: &[JournalEvent]) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(e, JournalEvent::StepReached { step: 1 }))
+}
+
 /// Who takes ordinary traffic now, by label, with every revision that runs accounted for.
 fn serving(sim: &SimCluster) -> Vec<(String, u32)> {
     let observed = sim.peek(&common::service().name);
@@ -105,12 +119,7 @@ async fn a_live_orchestrator_adopts_a_rollout_orphaned_by_a_dead_peer() {
 
     let b = open(&store, &sim, &strategy, "b").await;
     let id = b.deploy(request("v2")).await.expect("deploy");
-    until(&a, &id, |events| {
-        events
-            .iter()
-            .any(|e| matches!(e, JournalEvent::ApprovalRequested { .. }))
-    })
-    .await;
+    until(&a, &id, asks_approval).await;
     drop(b); // a crash: B's lease stays until it expires
 
     let died = tokio::time::Instant::now();
@@ -183,12 +192,7 @@ async fn a_pause_longer_than_the_progress_deadline_is_honoured() {
     let orch = open(&store, &sim, &strategy, "a").await;
     common::deploy_and_wait(&orch, "v1").await;
     let id = orch.deploy(request("v2")).await.expect("deploy");
-    until(&orch, &id, |events| {
-        events
-            .iter()
-            .any(|e| matches!(e, JournalEvent::StepReached { step: 1 }))
-    })
-    .await;
+    until(&orch, &id, reached_step_1).await;
     let status = orch.status(&id).await.expect("status");
     let until = status.waits_until().expect("a timed wait");
     let left = until.since(deploykit_core::Clock::now(&sim.clock()));
@@ -245,12 +249,7 @@ async fn a_rollback_through_a_refusing_backend_waits_and_then_completes() {
     let orch = open(&store, &sim, &strategy, "a").await;
     common::deploy_and_wait(&orch, "v1").await;
     let id = orch.deploy(request("v2")).await.expect("deploy");
-    until(&orch, &id, |events| {
-        events
-            .iter()
-            .any(|e| matches!(e, JournalEvent::ApprovalRequested { .. }))
-    })
-    .await;
+    until(&orch, &id, asks_approval).await;
     sim.fail_next(Op::Apply, 10_000, Fault::Permanent);
     sim.fail_next(Op::Observe, 10_000, Fault::Permanent);
     orch.abort(&id, Actor::new("bob"), "bad")
@@ -389,12 +388,7 @@ async fn a_manual_rollback_after_a_frozen_rollout_returns_to_the_serving_revisio
     let mut frozen = request("v3");
     frozen.failure_policy = Some(FailurePolicy::Freeze);
     let v3 = orch.deploy(frozen).await.expect("deploy");
-    until(&orch, &v3, |events| {
-        events
-            .iter()
-            .any(|e| matches!(e, JournalEvent::StepReached { step: 1 }))
-    })
-    .await;
+    until(&orch, &v3, reached_step_1).await;
     // A permanent refusal freezes it where it is: 75/25.
     sim.fail_next(Op::Observe, 1, Fault::Permanent);
     assert_eq!(
@@ -455,12 +449,7 @@ async fn wait_returns_when_nothing_can_drive_the_deployment() {
     );
 
     let v2 = driver.deploy(request("v2")).await.expect("deploy");
-    until(&watcher, &v2, |events| {
-        events
-            .iter()
-            .any(|e| matches!(e, JournalEvent::StepReached { step: 1 }))
-    })
-    .await;
+    until(&watcher, &v2, reached_step_1).await;
     drop(driver);
     let err = tokio::time::timeout(Duration::from_secs(3600), watcher.wait(&v2))
         .await
@@ -502,12 +491,7 @@ async fn an_outage_during_a_rollback_is_waited_out_not_superseded() {
         Phase::Succeeded
     );
     let v2 = orch.deploy(request("v2")).await.expect("deploy");
-    until(&orch, &v2, |events| {
-        events
-            .iter()
-            .any(|e| matches!(e, JournalEvent::ApprovalRequested { .. }))
-    })
-    .await;
+    until(&orch, &v2, asks_approval).await;
     // The rollback journals its first action, whose apply never lands: the API goes away.
     sim.fail_next(Op::Apply, 10_000, Fault::Transient);
     orch.abort(&v2, Actor::new("bob"), "not today")
@@ -534,10 +518,5 @@ async fn an_outage_during_a_rollback_is_waited_out_not_superseded() {
         Phase::RolledBack
     );
     // v3 waits for it, then runs (to its own approval gate).
-    until(&orch, &v3, |events| {
-        events
-            .iter()
-            .any(|e| matches!(e, JournalEvent::ApprovalRequested { .. }))
-    })
-    .await;
+    until(&orch, &v3, asks_approval).await;
 }
