@@ -228,13 +228,15 @@ fn crash_on_start_exits_1() {
 #[test]
 fn crash_after_ms_serves_then_exits_1() {
     let started = Instant::now();
-    let mut app = App::start(&[("CRASH_AFTER_MS", "700")]);
+    // Long enough that a loaded machine (CI runs every test binary at once on
+    // two cores) still reaches the app before it crashes: 700 ms was not.
+    let mut app = App::start(&[("CRASH_AFTER_MS", "3000")]);
     // Ready and serving first, as a revision that passes readiness would be.
     assert_eq!(app.get("/healthz").status, 200);
     assert_eq!(app.get("/").status, 200);
     let status = app.wait_exit(Duration::from_secs(10)).expect("exited");
     assert_eq!(status.code(), Some(1));
-    assert!(started.elapsed() >= Duration::from_millis(700));
+    assert!(started.elapsed() >= Duration::from_millis(3000));
 
     let port = free_port().to_string();
     let out = run_to_end(&[("PORT", &port), ("CRASH_AFTER_MS", "100")]);
