@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A scrape target for deploykit's Prometheus tests: serves /metrics in the Prometheus text
 format on 127.0.0.1:<port> (first argument) with series whose rates are exact functions of
-real time, so PromQL results are predictable (see crates/deploykit-testing/tests/prometheus.rs).
+real time, so PromQL results are predictable (see deploykit-testing/tests/prometheus.rs).
 
 Two revisions of service "web". Each series carries `revision` ("good" / "bad") and
 `revision_id` (a valid deploykit RevisionId, for queries rendered with `{{revision}}`):

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use crate::Output;
 
 /// The sample configuration, also in `examples/local/deploykit.toml`.
-const SAMPLE_CONFIG: &str = include_str!("../../../examples/local/deploykit.toml");
+const SAMPLE_CONFIG: &str = include_str!("../../examples/local/deploykit.toml");
 const SAMPLE_COMMAND: &str = "../../target/debug/deploykit-sample-app";
 
 /// Arguments of `deploykit demo`.

@@ -185,7 +185,7 @@ async fn missing_outputs_timeouts_and_bad_stages_are_errors() {
 
 #[test]
 fn the_configuration_describes_build_stages() {
-    let text = include_str!("../../../examples/config/deploykit.toml");
+    let text = include_str!("../../examples/config/deploykit.toml");
     let config = Config::from_toml_str("deploykit.toml", text).expect("loads");
     let pipeline = config.pipeline("web").expect("web");
     assert_eq!(

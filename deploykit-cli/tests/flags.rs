@@ -12,7 +12,7 @@ use deploykit_core::flags::{EvaluationContext, FlagSet};
 use serde_json::json;
 
 fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/config")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config")
 }
 
 /// `deploykit --config <config> --state <dir>/state -o json flags eval ...`.

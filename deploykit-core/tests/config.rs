@@ -41,7 +41,7 @@ REGION = "eu-central-1"
 "#;
 
 /// The sample the `config_tour` example ships: canary steps, analyses, secrets.
-const TOUR: &str = include_str!("../../../examples/config/deploykit.toml");
+const TOUR: &str = include_str!("../../examples/config/deploykit.toml");
 
 fn error(text: &str) -> String {
     match Config::from_toml_str("deploykit.toml", text) {
