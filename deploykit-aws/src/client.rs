@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -10,31 +10,17 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ServerSideEncryption, StorageClass};
 use bytes::Bytes;
 use deploykit_core::Error;
+use deploykit_core::retry::{Retry, RetryPolicy};
 
-/// How failed S3 calls are retried: throttling (503 SlowDown, 429), other 5xx, timeouts and
-/// dropped connections, with exponential backoff and full jitter, bounded in attempts and in
-/// time. Other failures are not retried.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Most attempts per call, the first included (default 8).
-    pub max_attempts: u32,
-    /// Give up once this much time has passed since the first attempt (default 60 s).
-    pub max_elapsed: Duration,
-    /// First backoff ceiling; doubles per attempt (default 100 ms).
-    pub base_delay: Duration,
-    /// Largest backoff ceiling (default 10 s).
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 8,
-            max_elapsed: Duration::from_secs(60),
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(10),
-        }
-    }
+/// How S3 calls are retried unless the builder is given another policy: at most 8 attempts in
+/// 60 s, 100 ms doubling up to 10 s, with full jitter. Throttling (503 SlowDown, 429), other
+/// 5xx, timeouts and dropped connections are retried ([`Failure::retry`]); nothing else.
+pub(crate) fn default_policy() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_backoff(Duration::from_millis(100), Duration::from_secs(10))
+        .and_then(|p| p.with_max_attempts(8))
+        .and_then(|p| p.with_max_elapsed(Duration::from_secs(60)))
+        .expect("a valid policy")
 }
 
 /// Server-side encryption of stored objects.
@@ -70,6 +56,18 @@ impl fmt::Display for Failure {
             Failure::Precondition => f.write_str("precondition failed"),
             Failure::InvalidRange => f.write_str("range not satisfiable"),
             Failure::Denied(m) | Failure::Transient(m) | Failure::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl Failure {
+    /// Whether another attempt may help: only for [`Failure::Transient`].
+    pub(crate) fn retry(&self) -> Retry {
+        match self {
+            Failure::Transient(_) => Retry::Yes,
+            _ => Retry::No,
         }
     }
 }
@@ -115,20 +113,6 @@ where
     }
 }
 
-/// A little randomness for jitter, without a dependency.
-fn jitter(ceiling: Duration, attempt: u32) -> Duration {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0) as u64
-        ^ (u64::from(attempt) << 32);
-    let mut x = seed | 1;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    ceiling.mul_f64((x % 10_000) as f64 / 10_000.0)
-}
-
 /// The bucket, key prefix and settings every call shares.
 #[derive(Clone)]
 pub(crate) struct S3 {
@@ -169,60 +153,33 @@ impl S3 {
         format!("s3://{}/{}", self.bucket, self.full_key(key))
     }
 
-    /// Run `call` with the retry policy; map the final failure to deploykit's error.
-    pub(crate) async fn retrying<T, F, Fut>(
-        &self,
-        op: &str,
-        key: &str,
-        mut call: F,
-    ) -> Result<T, (Failure, Error)>
+    /// Run `call` under the retry policy; map the final failure to deploykit's error (used-up
+    /// retries to [`Error::Persistent`]; a lost conditional write to
+    /// [`Error::AlreadyExists`]).
+    pub(crate) async fn retrying<T, F, Fut>(&self, op: &str, key: &str, call: F) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
-        let started = Instant::now();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let failure = match call().await {
-                Ok(v) => return Ok(v),
-                Err(f) => f,
-            };
-            let ceiling = self
-                .retry
-                .base_delay
-                .saturating_mul(1 << (attempt - 1).min(16))
-                .min(self.retry.max_delay);
-            let delay = jitter(ceiling, attempt);
-            let in_budget = attempt < self.retry.max_attempts
-                && started.elapsed() + delay < self.retry.max_elapsed;
-            if matches!(failure, Failure::Transient(_)) && in_budget {
-                tracing::debug!(op, key, attempt, error = %failure, "retrying S3 call");
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-            let what = format!("S3 {op} {}", self.describe(key));
-            let error = match &failure {
-                Failure::NotFound => Error::not_found(self.describe(key)),
-                Failure::Precondition => Error::AlreadyExists {
-                    what: self.describe(key),
-                },
-                Failure::Denied(m) => Error::PermissionDenied {
-                    principal: "the configured AWS identity".into(),
-                    permission: format!("{op} on {} ({m})", self.describe(key)),
-                },
-                Failure::Transient(m) => Error::transient(
-                    what,
-                    format!(
-                        "{m} (gave up after {attempt} attempts in {:.1?})",
-                        started.elapsed()
-                    ),
-                ),
-                Failure::Other(m) => Error::backend(what, m.clone()),
-                Failure::InvalidRange => Error::backend(what, "range not satisfiable"),
-            };
-            return Err((failure, error));
-        }
+        let what = format!("S3 {op} {}", self.describe(key));
+        self.retry
+            .run(&what, Failure::retry, call)
+            .await
+            .map_err(|e| {
+                e.into_error(what.clone(), |failure| match failure {
+                    Failure::NotFound => Error::not_found(self.describe(key)),
+                    Failure::Precondition => Error::AlreadyExists {
+                        what: self.describe(key),
+                    },
+                    Failure::Denied(m) => Error::PermissionDenied {
+                        principal: "the configured AWS identity".into(),
+                        permission: format!("{op} on {} ({m})", self.describe(key)),
+                    },
+                    Failure::Transient(m) => Error::transient(what, m),
+                    Failure::Other(m) => Error::backend(what, m),
+                    Failure::InvalidRange => Error::backend(what, "range not satisfiable"),
+                })
+            })
     }
 
     /// GET the object (or a range of it) with its ETag.
@@ -251,7 +208,6 @@ impl S3 {
             Ok((body.into_bytes().to_vec(), etag))
         })
         .await
-        .map_err(|(_, e)| e)
     }
 
     /// PUT `data` under `key` if `condition` holds. A write whose response was lost and that
@@ -295,21 +251,21 @@ impl S3 {
         self.settle(key, &data, attempts > 1, result).await
     }
 
-    /// After a conditional write lost on a retry, see whether the object there is ours.
+    /// After a conditional write lost on a retry, see whether the object there is ours (the
+    /// response to an earlier attempt that took effect was lost).
     async fn settle(
         &self,
         key: &str,
         data: &[u8],
         retried: bool,
-        result: Result<(), (Failure, Error)>,
+        result: Result<(), Error>,
     ) -> Result<(), Error> {
         match result {
-            Ok(()) => Ok(()),
-            Err((Failure::Precondition, e)) if retried => match self.get(key, None).await {
+            Err(e @ Error::AlreadyExists { .. }) if retried => match self.get(key, None).await {
                 Ok((existing, _)) if existing == data => Ok(()),
                 _ => Err(e),
             },
-            Err((_, e)) => Err(e),
+            other => other,
         }
     }
 
@@ -342,8 +298,7 @@ impl S3 {
                         .ok_or_else(|| Failure::Other("no upload id in the response".into()))
                 }
             })
-            .await
-            .map_err(|(_, e)| e)?;
+            .await?;
         let result = self
             .upload_parts_and_complete(key, &full, &upload_id, &data, &condition)
             .await;
@@ -360,7 +315,7 @@ impl S3 {
                     async move { req.send().await.map(|_| ()).map_err(classify) }
                 })
                 .await;
-            if let Err((_, e)) = abort {
+            if let Err(e) = abort {
                 tracing::warn!(key, error = %e.chain(), "could not abort a failed multipart upload");
             }
         }
@@ -415,7 +370,6 @@ impl S3 {
                         }
                     })
                     .await
-                    .map_err(|(_, e)| e)
                 });
             }
             match tasks.join_next().await {
@@ -475,8 +429,7 @@ impl S3 {
                         .set_continuation_token(token.clone());
                     async move { req.send().await.map_err(classify) }
                 })
-                .await
-                .map_err(|(_, e)| e)?;
+                .await?;
             for object in page.contents() {
                 if let Some(key) = object.key().and_then(|k| k.strip_prefix(&self.prefix)) {
                     out.push((key.to_string(), object.size().unwrap_or(0).max(0) as u64));
@@ -503,6 +456,5 @@ impl S3 {
             }
         })
         .await
-        .map_err(|(_, e)| e)
     }
 }

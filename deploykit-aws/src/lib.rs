@@ -17,6 +17,8 @@ mod client;
 mod state;
 mod target;
 
-pub use client::{RetryPolicy, Sse};
+pub use client::Sse;
+/// How S3 calls are retried: deploykit's one [`deploykit_core::retry::RetryPolicy`].
+pub use deploykit_core::retry::RetryPolicy;
 pub use state::{S3StateStore, S3StateStoreBuilder};
 pub use target::{S3Builder, S3Target};

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use deploykit_core::audit::AuditEntry;
 use deploykit_core::journal::{JournalEntry, JournalEvent};
+use deploykit_core::retry::on_conflict;
 use deploykit_core::store::{Lease, StateStore};
 use deploykit_core::{DeploymentId, EnvironmentName, Error, Result, ServiceId, Timestamp};
 use serde::Serialize;
@@ -312,7 +313,8 @@ impl StateStore for S3StateStore {
         let object = format!("leases/{key}");
         let lease = Lease::new(key, owner, now.plus(ttl));
         // A lost compare-and-swap means someone else wrote in between: look again.
-        for _ in 0..3 {
+        let lost = |e: &Error| matches!(e, Error::AlreadyExists { .. });
+        let acquired = on_conflict(&format!("acquire lease {key}"), lost, || async {
             let condition = match self.get_json::<Lease>(&object).await? {
                 Some((held, _)) if held.owner != owner && held.expires_at > now => {
                     return Err(Error::LeaseHeld {
@@ -330,12 +332,15 @@ impl StateStore for S3StateStore {
                 }
                 None => Condition::Absent,
             };
-            match self.put_json(&object, &lease, condition).await {
-                Ok(()) => return Ok(lease),
-                Err(Error::AlreadyExists { .. }) => continue,
-                Err(e) => return Err(e),
-            }
+            self.put_json(&object, &lease, condition)
+                .await
+                .map(|()| lease.clone())
+        })
+        .await;
+        if !matches!(&acquired, Err(e) if lost(e)) {
+            return acquired;
         }
+        // Lost every time: say who holds it now.
         match self.get_json::<Lease>(&object).await? {
             Some((held, _)) => Err(Error::LeaseHeld {
                 key: key.to_string(),

@@ -8,9 +8,10 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::types::StorageClass;
 use bytes::Bytes;
 use deploykit_core::backup::{BackupTarget, ObjectMeta, check_key};
+use deploykit_core::retry::RetryPolicy;
 use deploykit_core::{Error, Result};
 
-use crate::client::{Condition, RetryPolicy, S3, Sse};
+use crate::client::{Condition, S3, Sse, default_policy};
 
 /// A [`BackupTarget`] on an S3 bucket, under an optional key prefix.
 ///
@@ -67,7 +68,7 @@ impl S3Builder {
             credentials: None,
             storage_class: None,
             sse: None,
-            retry: RetryPolicy::default(),
+            retry: default_policy(),
             multipart_threshold: 16 << 20,
             part_size: 8 << 20,
             concurrency: 4,
@@ -128,7 +129,9 @@ impl S3Builder {
         self
     }
 
-    /// How failed calls are retried.
+    /// How failed calls are retried (default: at most 8 attempts in 60 s, 100 ms doubling up
+    /// to 10 s, jittered). Calls that use up their retries fail with
+    /// [`Error::Persistent`](deploykit_core::Error::Persistent).
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self

@@ -9,10 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deploykit_aws::{RetryPolicy, S3StateStore, S3Target};
-use deploykit_core::backup::{
-    BackupKind, BackupRequest, BackupTarget, PruneOptions, ReadData, RepoKey, RepoOptions,
-    Repository, RestoreOptions,
-};
+use deploykit_core::backup::BackupTarget;
+use deploykit_backup::{BackupKind, BackupRequest, PruneOptions, ReadData, RepoKey, RepoOptions, Repository, RestoreOptions};
 use deploykit_core::{
     Actor, DeployRequest, Digest, EnvironmentKind, EnvironmentSpec, Error, Orchestrator,
     OrchestratorConfig, Phase, ServiceSpec, StateStore,
@@ -302,10 +300,9 @@ async fn throttling_is_retried_until_it_passes_and_then_named() {
         }
     }))
     .await;
-    let fast = RetryPolicy {
-        base_delay: Duration::from_millis(20),
-        ..RetryPolicy::default()
-    };
+    let fast = RetryPolicy::default()
+        .with_initial_backoff(Duration::from_millis(20))
+        .expect("valid policy");
     let target = builder(&bucket, &url).retry(fast).build().await.unwrap();
     target
         .put("x", b"hello".to_vec())
@@ -315,14 +312,13 @@ async fn throttling_is_retried_until_it_passes_and_then_named() {
 
     // Always throttled: bounded attempts, then a clear, retryable error naming the call.
     let url = proxy(Arc::new(|_, _: &str| Verdict::Fail(503, "SlowDown"))).await;
-    let bounded = RetryPolicy {
-        max_attempts: 4,
-        base_delay: Duration::from_millis(10),
-        ..RetryPolicy::default()
-    };
+    let bounded = RetryPolicy::default()
+        .with_max_attempts(4)
+        .and_then(|p| p.with_initial_backoff(Duration::from_millis(10)))
+        .expect("valid policy");
     let target = builder(&bucket, &url).retry(bounded).build().await.unwrap();
     let err = target.get("x").await.unwrap_err();
-    assert!(err.is_retryable());
+    assert!(err.is_retryable() && err.is_persistent(), "{err:?}");
     let text = err.chain();
     assert!(
         text.contains(&format!("S3 GetObject s3://{bucket}/x"))
@@ -447,12 +443,11 @@ async fn a_server_dying_mid_backup_is_a_clear_error_and_the_next_backup_succeeds
         }
     }))
     .await;
-    let quick = RetryPolicy {
-        max_attempts: 3,
-        base_delay: Duration::from_millis(20),
-        max_elapsed: Duration::from_secs(5),
-        ..RetryPolicy::default()
-    };
+    let quick = RetryPolicy::default()
+        .with_max_attempts(3)
+        .and_then(|p| p.with_initial_backoff(Duration::from_millis(20)))
+        .and_then(|p| p.with_max_elapsed(Duration::from_secs(5)))
+        .expect("valid policy");
     let dying: Arc<dyn BackupTarget> =
         Arc::new(builder(&bucket, &url).retry(quick).build().await.unwrap());
     let doomed = Repository::open(dying, &RepoKey::passphrase("pw"))

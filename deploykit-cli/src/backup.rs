@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use deploykit_core::backup::{
+use deploykit_backup::{
     BackupKind, BackupRequest, DrillTargets, LocalTarget, RepoKey, RepoOptions, Repository,
     RestoreOptions,
 };
@@ -105,7 +105,7 @@ pub(crate) async fn backup(ctx: &Context, args: BackupArgs) -> Result<ExitCode> 
         .await?;
     let mut forgotten = 0;
     if let Some(env) = args.env.as_deref()
-        && let Some(policy) = &ctx.config.environment(env)?.backup
+        && let Some(policy) = ctx.config.backup_policy(env)?
     {
         let decisions = repo.forget(&policy.retention, false).await?;
         forgotten = decisions.iter().filter(|d| !d.keep).count();
@@ -155,9 +155,7 @@ pub(crate) async fn drill(ctx: &Context, args: DrillArgs) -> Result<ExitCode> {
     let targets = match args.env.as_deref() {
         Some(env) => ctx
             .config
-            .environment(env)?
-            .backup
-            .as_ref()
+            .backup_policy(env)?
             .map(|p| p.targets)
             .unwrap_or_default(),
         None => DrillTargets::default(),

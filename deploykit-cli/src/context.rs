@@ -1,24 +1,23 @@
-//! Opening the configuration, the journal and the orchestrator, and running each command.
+//! Opening the configuration, the journal and the orchestrator that every command works on.
 
-use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploykit_core::config::Config;
-use deploykit_core::secrets::{FileSecretProvider, Identity, SecretProvider};
+use deploykit_config::Config;
+use deploykit_core::secrets::SecretProvider;
 use deploykit_core::{
-    Actor, DeployRequest, DeploymentId, DeploymentStatus, Digest, EnvironmentKind, EnvironmentName,
-    Error, Orchestrator, OrchestratorConfig, Phase, PreviewRequest, Result, RevisionId, ServiceId,
-    ServiceSpec, SqliteStore, StateStore,
+    Actor, DeploymentStatus, Digest, EnvironmentKind, EnvironmentName, Error, Orchestrator,
+    OrchestratorConfig, Phase, Result, ServiceSpec,
 };
-use deploykit_local::{LocalClient, LocalEnvironment, LocalOptions};
+use deploykit_local::LocalClient;
+use deploykit_secrets::{FileSecretProvider, Identity};
+use deploykit_sqlite::SqliteStore;
 use serde_json::json;
 
-use crate::progress::Follow;
-use crate::{AuditAction, Cli, Command, EXIT_ROLLED_BACK, Output, PreviewAction};
+use crate::{Cli, EXIT_ROLLED_BACK, Output};
 
 /// Everything a command needs: the configuration, where state lives, who acts.
 pub(crate) struct Context {
@@ -31,7 +30,7 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    fn load(cli: &Cli) -> Result<Context> {
+    pub(crate) fn load(cli: &Cli) -> Result<Context> {
         let config = Config::load(&cli.config)?;
         let config_dir = cli
             .config
@@ -59,22 +58,22 @@ impl Context {
         })
     }
 
-    fn socket(&self) -> PathBuf {
+    pub(crate) fn socket(&self) -> PathBuf {
         self.state.join("daemon.sock")
     }
 
-    fn client(&self) -> LocalClient {
+    pub(crate) fn client(&self) -> LocalClient {
         LocalClient::new(self.socket())
     }
 
-    async fn store(&self) -> Result<Arc<SqliteStore>> {
+    pub(crate) async fn store(&self) -> Result<Arc<SqliteStore>> {
         Ok(Arc::new(
             SqliteStore::open(self.state.join("deploykit.db")).await?,
         ))
     }
 
     /// The environment named on the command line, or the only one, or `production`.
-    fn environment(&self, name: Option<&str>) -> Result<EnvironmentName> {
+    pub(crate) fn environment(&self, name: Option<&str>) -> Result<EnvironmentName> {
         if let Some(name) = name {
             self.config.environment(name)?;
             return EnvironmentName::new(name);
@@ -101,7 +100,7 @@ impl Context {
 
     /// The secrets file's provider, when the configuration names one and
     /// `DEPLOYKIT_AGE_KEY_FILE` says where the identity is.
-    fn secrets(&self) -> Result<Option<Arc<dyn SecretProvider>>> {
+    pub(crate) fn secrets(&self) -> Result<Option<Arc<dyn SecretProvider>>> {
         let Some(file) = self.config.secrets_file() else {
             return Ok(None);
         };
@@ -114,7 +113,7 @@ impl Context {
 
     /// An orchestrator over the daemon, for every environment in the configuration. It
     /// resumes in-flight deployments as soon as their leases allow.
-    async fn orchestrator(&self) -> Result<Orchestrator> {
+    pub(crate) async fn orchestrator(&self) -> Result<Orchestrator> {
         let client = Arc::new(self.client());
         client.info().await?;
         let mut builder = Orchestrator::builder_shared(self.store().await?).config(
@@ -139,7 +138,7 @@ impl Context {
 
     /// The service's spec with `--set` overrides, and its artifact digest: the build
     /// pipeline's output if it has stages, else the content of the program it runs.
-    async fn service_and_artifact(
+    pub(crate) async fn service_and_artifact(
         &self,
         name: &str,
         set: &[String],
@@ -177,7 +176,7 @@ impl Context {
     }
 
     /// Start `deploykit resume` detached from this terminal, logging to `<state>/resume.log`.
-    fn resume_in_background(&self) -> Result<()> {
+    pub(crate) fn resume_in_background(&self) -> Result<()> {
         let fail = |e: std::io::Error| {
             Error::backend("start `deploykit resume` in the background", e.to_string())
         };
@@ -204,7 +203,7 @@ impl Context {
         Ok(())
     }
 
-    fn print(&self, text: impl std::fmt::Display, value: serde_json::Value) {
+    pub(crate) fn print(&self, text: impl std::fmt::Display, value: serde_json::Value) {
         match self.output {
             Output::Text => println!("{text}"),
             Output::Json => println!("{value}"),
@@ -233,431 +232,5 @@ pub(crate) fn exit_for(phase: Phase) -> ExitCode {
     match phase {
         Phase::Succeeded => ExitCode::SUCCESS,
         _ => ExitCode::from(EXIT_ROLLED_BACK),
-    }
-}
-
-async fn follow(ctx: &Context, orchestrator: &Orchestrator, id: &DeploymentId) -> Result<ExitCode> {
-    let client = ctx.client();
-    let status = Follow::new(ctx.output == Output::Text)
-        .run(orchestrator, &client, id)
-        .await?;
-    let text = match &status.rollback {
-        Some((_, reason)) if status.phase != Phase::Succeeded => format!(
-            "{} {}: {} ({reason})",
-            status.spec.service, status.spec.target.label, status.phase
-        ),
-        _ => format!(
-            "{} {}: {}",
-            status.spec.service, status.spec.target.label, status.phase
-        ),
-    };
-    ctx.print(text, status_json(&status));
-    Ok(exit_for(status.phase))
-}
-
-/// A deployment's line in `history`: what it was (a manual rollback is marked) and how it
-/// ended, with the revision a rollback returned to.
-fn history_outcome(s: &DeploymentStatus) -> String {
-    let kind = match s.spec.kind {
-        deploykit_core::journal::DeploymentKind::Rollback => "manual rollback, ",
-        _ => "",
-    };
-    let ended = match (&s.outcome, &s.previous) {
-        (Some(deploykit_core::Outcome::RolledBack { .. }), Some(previous)) => {
-            format!("rolled back to {}", previous.label)
-        }
-        _ => s.phase.to_string(),
-    };
-    format!("{kind}{ended}")
-}
-
-/// Run one command.
-pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
-    if let Command::Demo(args) = &cli.command {
-        return crate::demo::run(args, cli.output).await;
-    }
-    let ctx = Context::load(&cli)?;
-    match cli.command {
-        Command::Demo(_) => unreachable!("handled above"),
-        Command::Daemon {
-            env,
-            listen,
-            sticky_cookie,
-            max_body_bytes,
-            drain_timeout,
-            grace,
-        } => {
-            let proxy = deploykit_local::proxy::ProxyConfig {
-                sticky_cookie,
-                max_body_bytes,
-                ..Default::default()
-            };
-            let options = LocalOptions::new(&ctx.state)
-                .listen(listen)
-                .workdir(&ctx.config_dir)
-                .proxy(proxy)
-                .drain_timeout(Duration::from_secs(drain_timeout))
-                .grace(Duration::from_secs(grace));
-            daemon(&ctx, env.as_deref(), options).await
-        }
-        Command::Down { keep_instances } => {
-            ctx.client().shutdown(!keep_instances).await?;
-            ctx.print("daemon stopped", json!({ "stopped": true }));
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Deploy {
-            service,
-            env,
-            label,
-            set,
-            no_wait,
-        } => {
-            let environment = ctx.environment(env.as_deref())?;
-            let (spec, artifact) = ctx.service_and_artifact(&service, &set).await?;
-            let label = label.unwrap_or_else(|| {
-                let ts = deploykit_core::Clock::now(&deploykit_core::SystemClock);
-                format!("{}", ts.as_millis() / 1000)
-            });
-            let orchestrator = ctx.orchestrator().await?;
-            let id = orchestrator
-                .deploy(
-                    DeployRequest::builder()
-                        .service(spec)
-                        .environment(environment.as_str())
-                        .artifact(artifact)
-                        .label(label)
-                        .requested_by(ctx.actor.clone())
-                        .build(),
-                )
-                .await?;
-            if no_wait {
-                // Hand the rollout to a background `deploykit resume`, which takes the lease
-                // as soon as this process lets go of it.
-                orchestrator.shutdown().await?;
-                ctx.resume_in_background()?;
-                ctx.print(&id, json!({ "id": id.to_string() }));
-                return Ok(ExitCode::SUCCESS);
-            }
-            let code = follow(&ctx, &orchestrator, &id).await?;
-            orchestrator.shutdown().await?;
-            Ok(code)
-        }
-        Command::Resume => {
-            let store = ctx.store().await?;
-            let active = store.list_active().await?;
-            let orchestrator = ctx.orchestrator().await?;
-            let mut code = ExitCode::SUCCESS;
-            if active.is_empty() {
-                ctx.print("nothing in flight", json!({ "resumed": [] }));
-            }
-            for id in active {
-                let c = follow(&ctx, &orchestrator, &id).await?;
-                if c != ExitCode::SUCCESS {
-                    code = c;
-                }
-            }
-            orchestrator.shutdown().await?;
-            Ok(code)
-        }
-        Command::Status { service, env, id } => status(&ctx, service, env, id).await,
-        Command::History { service, env } => {
-            let environment = ctx.environment(env.as_deref())?;
-            let service = ServiceId::new(&service)?;
-            let store = ctx.store().await?;
-            let mut rows = Vec::new();
-            for id in store.list_deployments(&service, &environment).await? {
-                if let Some(entries) = store.load(&id).await? {
-                    let s = DeploymentStatus::from_journal(&entries)?;
-                    rows.push(s);
-                }
-            }
-            let json: Vec<_> = rows.iter().map(status_json).collect();
-            let mut text = format!("{service} in {environment}, newest first:");
-            for s in &rows {
-                text.push_str(&format!(
-                    "\n  {}  {:<10} revision {}  {}  {}",
-                    s.spec.id,
-                    s.spec.target.label,
-                    s.spec.target.id,
-                    history_outcome(s),
-                    s.created_at
-                ));
-            }
-            ctx.print(text, json!(json));
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Promote { id } => approve(&ctx, &id, "promoted from the command line").await,
-        Command::Approve { id, reason } => approve(&ctx, &id, &reason).await,
-        Command::Abort { id, reason } => {
-            let orchestrator = ctx.orchestrator().await?;
-            let id = DeploymentId::new(id);
-            orchestrator.abort(&id, ctx.actor.clone(), reason).await?;
-            let code = follow(&ctx, &orchestrator, &id).await?;
-            orchestrator.shutdown().await?;
-            Ok(code)
-        }
-        Command::Rollback { service, env, to } => {
-            let environment = ctx.environment(env.as_deref())?;
-            let service = ServiceId::new(&service)?;
-            let to = to.as_deref().map(RevisionId::parse).transpose()?;
-            let orchestrator = ctx.orchestrator().await?;
-            let id = orchestrator
-                .rollback(&service, &environment, to.as_ref(), ctx.actor.clone())
-                .await?;
-            let code = follow(&ctx, &orchestrator, &id).await?;
-            orchestrator.shutdown().await?;
-            Ok(code)
-        }
-        Command::Preview { action } => preview(&ctx, action).await,
-        Command::Backup(args) => crate::backup::backup(&ctx, args).await,
-        Command::Restore(args) => crate::backup::restore(&ctx, args).await,
-        Command::Drill(args) => crate::backup::drill(&ctx, args).await,
-        Command::Audit {
-            action: AuditAction::Verify,
-        } => {
-            let store = ctx.store().await?;
-            let entries = store.audit_log().await?;
-            // The largest log verified here before: a log rolled back to an older copy fails.
-            let mut witness =
-                deploykit_core::audit::Witness::open(ctx.state.join("audit-witness.json"))?;
-            let now = deploykit_core::Clock::now(&deploykit_core::SystemClock);
-            let verified = witness.check(&entries, None, now)?;
-            ctx.print(
-                format!(
-                    "audit log intact: {} records, head {} (extends every log verified here \
-                     before)",
-                    verified.records, verified.head
-                ),
-                json!({ "records": verified.records, "head": verified.head }),
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Flags { action } => crate::flags::run(&ctx, action),
-        Command::Logs { instance, bytes } => {
-            let text = ctx.client().logs(&instance, bytes).await?;
-            match ctx.output {
-                Output::Text => print!("{text}"),
-                Output::Json => println!("{}", json!({ "instance": instance, "log": text })),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
-async fn daemon(ctx: &Context, env: Option<&str>, mut options: LocalOptions) -> Result<ExitCode> {
-    let environment = ctx.environment(env)?;
-    options.state_dir = ctx.state.join(environment.as_str());
-    let services: Vec<_> = ctx.config.services().collect();
-    if let [only] = services.as_slice() {
-        options = options.default_service(only.name.clone());
-    }
-    if let Some(secrets) = ctx.secrets()? {
-        options = options.secrets(secrets);
-    }
-    let local = LocalEnvironment::open(options).await?;
-    ctx.print(
-        format!(
-            "deploykit daemon: environment {environment}, proxy on http://{}, socket {} (Ctrl-C \
-             stops routing; instances keep running for the next daemon)",
-            local.proxy_addr(),
-            ctx.socket().display()
-        ),
-        json!({ "proxy": local.proxy_addr().to_string(), "socket": ctx.socket() }),
-    );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Error::backend("handle SIGTERM", e.to_string()))?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
-    deploykit_local::daemon::serve(local, &ctx.socket(), shutdown).await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn approve(ctx: &Context, id: &str, reason: &str) -> Result<ExitCode> {
-    let orchestrator = ctx.orchestrator().await?;
-    let id = DeploymentId::new(id);
-    orchestrator
-        .approve(&id, ctx.actor.clone(), reason.to_string())
-        .await?;
-    let code = follow(ctx, &orchestrator, &id).await?;
-    orchestrator.shutdown().await?;
-    Ok(code)
-}
-
-async fn status(
-    ctx: &Context,
-    service: Option<String>,
-    env: Option<String>,
-    id: Option<String>,
-) -> Result<ExitCode> {
-    let store = ctx.store().await?;
-    let load = |id: DeploymentId| {
-        let store = store.clone();
-        async move {
-            let entries = store
-                .load(&id)
-                .await?
-                .ok_or_else(|| Error::not_found(format!("deployment {id}")))?;
-            DeploymentStatus::from_journal(&entries)
-        }
-    };
-    if let Some(id) = id {
-        let s = load(DeploymentId::new(id)).await?;
-        ctx.print(describe(&s), status_json(&s));
-        return Ok(ExitCode::SUCCESS);
-    }
-    let environment = ctx.environment(env.as_deref())?;
-    let services: Vec<ServiceId> = match service {
-        Some(s) => vec![ServiceId::new(s)?],
-        None => ctx.config.services().map(|s| s.name.clone()).collect(),
-    };
-    let client = ctx.client();
-    let mut text = String::new();
-    let mut out = Vec::new();
-    for service in services {
-        let latest = store.list_deployments(&service, &environment).await?;
-        let last = match latest.first() {
-            Some(id) => Some(load(id.clone()).await?),
-            None => None,
-        };
-        let observed = deploykit_core::Environment::observe(&client, &service).await;
-        let mut instances = BTreeMap::new();
-        if let Ok(o) = &observed {
-            for r in &o.revisions {
-                for i in &r.instances {
-                    instances.insert(
-                        i.name.to_string(),
-                        json!({
-                            "revision": r.revision.label,
-                            "ready": i.ready,
-                            "restarts": i.restarts,
-                            "failure": i.failure.as_ref().map(|f| format!("{}: {}", f.kind, f.reason)),
-                        }),
-                    );
-                }
-            }
-        }
-        text.push_str(&format!("{service} in {environment}\n"));
-        if let Some(s) = &last {
-            text.push_str(&format!("  last deployment: {}\n", describe(s)));
-        }
-        match &observed {
-            Ok(o) => {
-                text.push_str(&format!("  running: {}\n", o.summary()));
-                text.push_str(&format!(
-                    "  traffic: {}\n",
-                    crate::progress::traffic_summary(o)
-                ));
-                for (name, i) in &instances {
-                    text.push_str(&format!("    {name}  {i}\n"));
-                }
-            }
-            Err(e) => text.push_str(&format!("  daemon: {e}\n")),
-        }
-        out.push(json!({
-            "service": service.to_string(),
-            "environment": environment.to_string(),
-            "last_deployment": last.as_ref().map(status_json),
-            "observed": observed.ok(),
-        }));
-    }
-    ctx.print(text.trim_end(), json!(out));
-    Ok(ExitCode::SUCCESS)
-}
-
-fn describe(s: &DeploymentStatus) -> String {
-    let mut text = format!(
-        "{} {} {} → {}",
-        s.spec.id, s.spec.service, s.spec.target.label, s.phase
-    );
-    if let Some((gate, what)) = &s.awaiting {
-        text.push_str(&format!(" (waiting for approval at {gate}: {what})"));
-    }
-    let now = deploykit_core::Clock::now(&deploykit_core::SystemClock);
-    if let Some(until) = s.waits_until().filter(|until| *until > now) {
-        let left = Duration::from_secs(until.since(now).as_secs());
-        text.push_str(&format!(
-            " (waiting {} more, until {until})",
-            humantime::format_duration(left)
-        ));
-    }
-    if let Some((_, reason)) = &s.rollback {
-        text.push_str(&format!(" (rollback: {reason})"));
-    }
-    text
-}
-
-async fn preview(ctx: &Context, action: PreviewAction) -> Result<ExitCode> {
-    match action {
-        PreviewAction::Create {
-            service,
-            branch,
-            label,
-        } => {
-            let (spec, artifact) = ctx.service_and_artifact(&service, &[]).await?;
-            let orchestrator = ctx.orchestrator().await?;
-            let preview = orchestrator
-                .preview(
-                    PreviewRequest::builder()
-                        .service(spec)
-                        .branch(branch)
-                        .artifact(artifact)
-                        .label(label.unwrap_or_else(|| "preview".into()))
-                        .requested_by(ctx.actor.clone())
-                        .build(),
-                )
-                .await?;
-            let code = follow(ctx, &orchestrator, &preview.deployment).await?;
-            let host = format!("{}-{}.localhost", service, preview.environment);
-            ctx.print(
-                format!("preview {} at http://{host}/", preview.environment),
-                json!({ "environment": preview.environment.to_string(), "host": host }),
-            );
-            orchestrator.shutdown().await?;
-            Ok(code)
-        }
-        PreviewAction::Delete { branch } => {
-            let environment = deploykit_core::preview_name(&branch)?;
-            let orchestrator = ctx.orchestrator().await?;
-            let ids = orchestrator
-                .teardown_preview(&environment, ctx.actor.clone())
-                .await?;
-            let mut code = ExitCode::SUCCESS;
-            for id in &ids {
-                code = follow(ctx, &orchestrator, id).await?;
-            }
-            orchestrator.shutdown().await?;
-            Ok(code)
-        }
-        PreviewAction::List => {
-            let store = ctx.store().await?;
-            let previews: Vec<(ServiceId, EnvironmentName)> = store
-                .list_environments()
-                .await?
-                .into_iter()
-                .filter(|(_, e)| e.as_str().starts_with("preview-"))
-                .collect();
-            let text = previews
-                .iter()
-                .map(|(s, e)| format!("{e}  {s}  http://{s}-{e}.localhost/"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            let json: Vec<_> = previews
-                .iter()
-                .map(|(s, e)| json!({ "service": s.to_string(), "environment": e.to_string() }))
-                .collect();
-            ctx.print(
-                if text.is_empty() {
-                    "no previews".into()
-                } else {
-                    text
-                },
-                json!(json),
-            );
-            Ok(ExitCode::SUCCESS)
-        }
     }
 }

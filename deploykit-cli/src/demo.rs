@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use deploykit_core::config::Config;
+use deploykit_config::Config;
 use deploykit_core::{
     Actor, DeployRequest, Digest, Error, Orchestrator, OrchestratorConfig, Phase, Result,
-    SqliteStore,
 };
 use deploykit_local::loadgen::{self, Completed, LoadConfig};
 use deploykit_local::{LocalEnvironment, LocalOptions};
+use deploykit_sqlite::SqliteStore;
 use serde_json::json;
 use tokio::sync::mpsc;
 

@@ -5,8 +5,8 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use deploykit_core::flags::{EvaluationContext, Reason};
 use deploykit_core::{Error, Result};
+use deploykit_flags::{EvaluationContext, Reason};
 use serde_json::{Map, Value, json};
 
 use crate::Output;

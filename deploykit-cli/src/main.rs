@@ -9,6 +9,7 @@
 //! Exit codes: 0 success, 1 error, 2 bad usage, 3 the deployment was rolled back or failed.
 
 mod backup;
+mod commands;
 mod context;
 mod demo;
 mod flags;
@@ -272,7 +273,7 @@ fn main() -> ExitCode {
         }
     };
     let output = cli.output;
-    match runtime.block_on(context::run(cli)) {
+    match runtime.block_on(commands::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             match output {

@@ -7,8 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{json, run};
-use deploykit_core::config::Config;
-use deploykit_core::flags::{EvaluationContext, FlagSet};
+use deploykit_config::Config;
+use deploykit_flags::{EvaluationContext, FlagSet};
 use serde_json::json;
 
 fn examples() -> PathBuf {

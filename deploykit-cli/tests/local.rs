@@ -512,7 +512,8 @@ fn instance_pids(dir: &std::path::Path) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_reach_the_instance_and_never_the_state_files_or_logs() {
-    use deploykit_core::secrets::{FileSecretProvider, Identity, SecretString, SecretsFile};
+    use deploykit_core::secrets::SecretString;
+    use deploykit_secrets::{FileSecretProvider, Identity, SecretsFile};
     let dir = tempfile::tempdir().unwrap();
     let value = "s3cr3t-t0ken-7f2a";
     let mut file = SecretsFile::create(&[Identity::generate().to_recipient()]).unwrap();

@@ -5,12 +5,120 @@
 //! a checkpoint, it also finds a truncated tail and a rewritten history (same count, different
 //! head).
 
+use std::fmt;
+
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::store::AuditRecord;
+use crate::journal::Actor;
+use crate::model::{DeploymentId, EnvironmentName, ServiceId};
 use crate::time::Timestamp;
+
+/// An operator action, for the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AuditAction {
+    /// Deploy a revision.
+    Deploy,
+    /// Roll back by hand to a kept revision.
+    Rollback,
+    /// Abort a deployment.
+    Abort,
+    /// Pause a deployment.
+    Pause,
+    /// Resume a paused deployment.
+    Resume,
+    /// Approve a gate.
+    Approve,
+    /// Reject a gate (the deployment rolls back).
+    Reject,
+    /// Tear a preview environment down.
+    Teardown,
+    /// Grant a role.
+    Grant,
+}
+
+impl fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuditAction::Deploy => "deploy",
+            AuditAction::Rollback => "rollback",
+            AuditAction::Abort => "abort",
+            AuditAction::Pause => "pause",
+            AuditAction::Resume => "resume",
+            AuditAction::Approve => "approve",
+            AuditAction::Reject => "reject",
+            AuditAction::Teardown => "teardown",
+            AuditAction::Grant => "grant",
+        })
+    }
+}
+
+/// Who did what to which deployment, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AuditRecord {
+    /// When.
+    pub at: Timestamp,
+    /// Who.
+    pub actor: Actor,
+    /// What.
+    pub action: AuditAction,
+    /// Whether it was carried out or refused by the access policy.
+    #[serde(default)]
+    pub outcome: AuditOutcome,
+    /// Which deployment (none for a refused request that created none).
+    pub deployment: Option<DeploymentId>,
+    /// Its service.
+    pub service: ServiceId,
+    /// Its environment.
+    pub environment: EnvironmentName,
+    /// Free text: the revision, the reason.
+    pub detail: String,
+}
+
+/// Whether an audited action went ahead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    /// Carried out.
+    #[default]
+    Allowed,
+    /// Refused by the access policy.
+    Denied,
+}
+
+impl AuditRecord {
+    /// An audit record.
+    pub fn new(
+        at: Timestamp,
+        actor: Actor,
+        action: AuditAction,
+        deployment: DeploymentId,
+        service: ServiceId,
+        environment: EnvironmentName,
+        detail: impl Into<String>,
+    ) -> Self {
+        AuditRecord {
+            at,
+            actor,
+            action,
+            outcome: AuditOutcome::Allowed,
+            deployment: Some(deployment),
+            service,
+            environment,
+            detail: detail.into(),
+        }
+    }
+
+    /// The same record, marked as refused by the access policy.
+    pub fn denied(mut self) -> Self {
+        self.outcome = AuditOutcome::Denied;
+        self
+    }
+}
 
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -81,6 +81,23 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A temporary failure that persisted: the operation was retried under a
+    /// [`RetryPolicy`](crate::retry::RetryPolicy) until its attempts or its time budget were
+    /// used up (OpenDAL's `Persistent` status). It may still succeed later, so it
+    /// [is retryable](Error::is_retryable), but not at once: whoever gave up has already
+    /// retried ([`Error::is_persistent`]).
+    #[error("{operation}: gave up after {} in {elapsed:.1?}", crate::retry::attempts(*.attempts))]
+    Persistent {
+        /// What was being done.
+        operation: String,
+        /// The attempts made, the first included.
+        attempts: u32,
+        /// The time from the first attempt to giving up.
+        elapsed: std::time::Duration,
+        /// The last attempt's failure.
+        #[source]
+        source: BoxError,
+    },
     /// A backend (environment, monitor, target) refused an operation for good.
     #[error("{operation} failed")]
     Backend {
@@ -145,11 +162,32 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the operation that produced this error may succeed if tried again unchanged.
+    /// Whether the operation that produced this error may succeed if tried again unchanged:
+    /// a transient failure (at once, with backoff: see [`Error::retry`]), a conflict (after
+    /// re-reading), or a persistent failure (later: its retries are used up).
     ///
-    /// This is the single place where retryability is decided.
+    /// This and [`Error::retry`] are the single place where retryability is decided.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Transient { .. } | Error::Conflict { .. })
+        matches!(
+            self,
+            Error::Transient { .. } | Error::Conflict { .. } | Error::Persistent { .. }
+        )
+    }
+
+    /// Whether this is a failure that was already retried until a retry policy was used up
+    /// ([`Error::Persistent`]): try it again later, not at once.
+    pub fn is_persistent(&self) -> bool {
+        matches!(self, Error::Persistent { .. })
+    }
+
+    /// Whether a [retry loop](crate::retry::RetryPolicy::run) should try the operation again:
+    /// only a [`Error::Transient`] failure. A conflict needs a re-read first (see
+    /// [`crate::retry::on_conflict`]), and a persistent failure has been retried already.
+    pub fn retry(&self) -> crate::retry::Retry {
+        match self {
+            Error::Transient { .. } => crate::retry::Retry::Yes,
+            _ => crate::retry::Retry::No,
+        }
     }
 
     /// An [`Error::InvalidSpec`] for `field`.
@@ -183,7 +221,7 @@ impl Error {
 
     /// A [`Error::NotFound`] with `note` added to what was not found (`secret x (referenced
     /// by y)`); any other error unchanged.
-    pub(crate) fn noting(self, note: impl fmt::Display) -> Self {
+    pub fn noting(self, note: impl fmt::Display) -> Self {
         match self {
             Error::NotFound { what } => Error::NotFound {
                 what: format!("{what} ({note})"),
@@ -215,6 +253,34 @@ mod tests {
         assert!(!Error::backend("apply", "forbidden").is_retryable());
         assert!(!Error::invalid("replicas", "zero").is_retryable());
         assert!(!Error::not_found("deployment d-1").is_retryable());
+    }
+
+    #[test]
+    fn a_persistent_failure_is_retryable_later_but_not_at_once() {
+        let e = Error::Persistent {
+            operation: "apply web".into(),
+            attempts: 4,
+            elapsed: std::time::Duration::from_millis(1500),
+            source: "503 service unavailable".into(),
+        };
+        assert!(e.is_retryable() && e.is_persistent());
+        assert_eq!(e.retry(), crate::retry::Retry::No);
+        assert_eq!(
+            e.chain(),
+            "apply web: gave up after 4 attempts in 1.5s: 503 service unavailable"
+        );
+        let t = Error::transient("observe", "503");
+        assert!(!t.is_persistent());
+        assert_eq!(t.retry(), crate::retry::Retry::Yes);
+        assert_eq!(
+            Error::Conflict {
+                deployment: "d-1".into(),
+                expected: 2,
+                actual: 3
+            }
+            .retry(),
+            crate::retry::Retry::No
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //!      └──Finished(Failed)──► Failed ◄───────────┘─────────┘
 //! ```
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,12 +25,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use typed_builder::TypedBuilder;
 
-use crate::analysis::Measurement;
 use crate::environment::DesiredState;
 use crate::error::{Error, Result};
-use crate::model::{DeploymentId, EnvironmentName, FailurePolicy, Revision, ServiceId};
-use crate::strategy::Progress;
-use crate::strategy::StrategySpec;
+use crate::model::{
+    CanaryStep, DeploymentId, EnvironmentName, FailurePolicy, Measurement, Revision, ServiceId,
+    StrategySpec,
+};
 use crate::time::{Timestamp, duration_ms};
 
 /// Who did something: a person, a CI job, or deploykit itself (`system`).
@@ -328,6 +329,30 @@ impl JournalEntry {
     pub fn new(seq: u64, at: Timestamp, event: JournalEvent) -> Self {
         JournalEntry { seq, at, event }
     }
+}
+
+/// Journaled progress of a rollout, folded from its journal: what the planner remembers
+/// between rounds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Progress {
+    /// The current step (canary step index; blue-green stage).
+    pub step: usize,
+    /// When the current step was reached.
+    pub step_started_at: Timestamp,
+    /// When the applied traffic split last changed: analysis judges traffic only once it has
+    /// had one interval to arrive after this.
+    #[serde(default)]
+    pub traffic_changed_at: Option<Timestamp>,
+    /// Every analysis measurement taken so far.
+    pub measurements: Vec<Measurement>,
+    /// Approval gates passed.
+    pub approved: BTreeSet<String>,
+    /// When the rollout was ready to switch traffic (multi-service releases wait here for
+    /// every member).
+    pub ready_to_promote_at: Option<Timestamp>,
+    /// When traffic was switched to the new revision, if it was.
+    pub promoted_at: Option<Timestamp>,
 }
 
 /// The phase of a deployment, derived from its journal.
@@ -645,14 +670,35 @@ impl DeploymentStatus {
         }
     }
 
-    /// Until when a progressing rollout deliberately waits (a timed pause, a delayed
-    /// auto-promotion, the warm window after promotion), if it does now: see
-    /// [`StrategySpec::waits_until`]. Status displays show the time left from it.
+    /// Until when a progressing rollout deliberately waits at its current point, if it does
+    /// now: a timed canary pause, a delayed blue-green auto-promotion, or the window after
+    /// promotion in which the old revision stays warm. The progress deadline does not run
+    /// before then (as Argo Rollouts does not apply `progressDeadlineSeconds` while a step
+    /// pauses), so a pause of hours or days is not taken for a stuck rollout. Status displays
+    /// show the time left from it.
     pub fn waits_until(&self) -> Option<Timestamp> {
         if self.phase != Phase::Progressing || self.redeploys_serving() {
             return None;
         }
-        self.spec.strategy.waits_until(&self.progress)
+        let progress = &self.progress;
+        let (promoted_delay, step_wait) = match &self.spec.strategy {
+            StrategySpec::Rolling(_) => return None,
+            StrategySpec::Canary(spec) => (
+                spec.scale_down_delay,
+                match spec.steps.get(progress.step) {
+                    Some(CanaryStep::Pause { duration: Some(d) }) => Some(*d),
+                    _ => None,
+                },
+            ),
+            StrategySpec::BlueGreen(spec) => (
+                spec.scale_down_delay,
+                (spec.auto_promote && progress.step >= 2).then_some(spec.auto_promotion_delay),
+            ),
+        };
+        match progress.promoted_at {
+            Some(at) => Some(at.plus(promoted_delay)),
+            None => step_wait.map(|d| progress.step_started_at.plus(d)),
+        }
     }
 
     /// The time from which the progress deadline counts: the last progress, or the end of a
@@ -688,5 +734,59 @@ fn corrupt(what: &str, why: &str) -> Error {
     Error::Corrupt {
         what: what.to_string(),
         source: why.to_string().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MeasurementOutcome;
+
+    /// Journals hold measurements, and a status (with its progress) is what status displays
+    /// read: the serialised form of [`Progress`] does not change.
+    #[test]
+    fn the_serialised_form_of_progress_does_not_change() {
+        let outcomes = [
+            MeasurementOutcome::Successful,
+            MeasurementOutcome::Failed,
+            MeasurementOutcome::Inconclusive,
+            MeasurementOutcome::Error,
+            MeasurementOutcome::NoData,
+        ];
+        let measurements = outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| Measurement {
+                run: "step-3".into(),
+                metric: "error-rate".into(),
+                at: Timestamp::from_millis(1_000 + i as u64),
+                value: (i % 2 == 0).then_some(0.25 * i as f64),
+                outcome: *o,
+                detail: format!("detail {i}"),
+            })
+            .collect();
+        let progress = Progress {
+            step: 4,
+            step_started_at: Timestamp::from_millis(900),
+            traffic_changed_at: Some(Timestamp::from_millis(950)),
+            measurements,
+            approved: BTreeSet::from(["step-2".to_string(), "analysis:background".to_string()]),
+            ready_to_promote_at: None,
+            promoted_at: Some(Timestamp::from_millis(2_000)),
+        };
+        let json = concat!(
+            r#"{"step":4,"step_started_at":900,"traffic_changed_at":950,"#,
+            r#""measurements":[{"run":"step-3","metric":"error-rate","at":1000,"value":0.0,"#,
+            r#""outcome":"successful","detail":"detail 0"},{"run":"step-3","metric":"error-rate","#,
+            r#""at":1001,"value":null,"outcome":"failed","detail":"detail 1"},{"run":"step-3","#,
+            r#""metric":"error-rate","at":1002,"value":0.5,"outcome":"inconclusive","#,
+            r#""detail":"detail 2"},{"run":"step-3","metric":"error-rate","at":1003,"value":null,"#,
+            r#""outcome":"error","detail":"detail 3"},{"run":"step-3","metric":"error-rate","#,
+            r#""at":1004,"value":1.0,"outcome":"no_data","detail":"detail 4"}],"#,
+            r#""approved":["analysis:background","step-2"],"ready_to_promote_at":null,"#,
+            r#""promoted_at":2000}"#,
+        );
+        assert_eq!(serde_json::to_string(&progress).unwrap(), json);
+        assert_eq!(serde_json::from_str::<Progress>(json).unwrap(), progress);
     }
 }

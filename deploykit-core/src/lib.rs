@@ -15,7 +15,6 @@
 //! - [`Orchestrator`]: runs the state machine of [`journal`], journaling every transition before
 //!   acting, so a new process on the same store resumes every in-flight deployment; approvals,
 //!   failure policies, preview environments and multi-service releases.
-//! - [`SqliteStore`]: the embedded default state store.
 //! - [`config`]: the `deploykit.toml` loader; [`secrets`]: the encrypted secrets file and
 //!   [`secrets::SecretProvider`]; [`build`]: build pipelines of command stages; [`flags`],
 //!   [`access`] and [`audit`]: feature flags, access control and the tamper-evident audit log.
@@ -23,32 +22,27 @@
 //! In-memory backends, fault injection and conformance suites live in `deploykit-testing`.
 
 pub mod access;
-pub mod alerting;
+
 pub mod analysis;
 pub mod audit;
 pub mod backup;
 pub mod build;
-pub mod config;
 pub mod environment;
+pub mod event;
 mod error;
-pub mod flags;
 pub mod journal;
-pub mod metrics;
 pub mod model;
 pub mod monitor;
 pub mod notify;
 mod orchestrator;
-#[cfg(feature = "otel")]
-pub mod otel;
-#[cfg(feature = "prometheus")]
-pub mod prometheus;
+pub mod retry;
 pub mod secrets;
 pub mod store;
 pub mod strategy;
-mod time;
-mod validate;
+pub mod time;
+pub mod validate;
 
-pub use backup::{BackupTarget, LocalTarget, ObjectMeta};
+pub use backup::{BackupTarget, ObjectMeta};
 pub use build::{Artifact, BuildContext, BuildStage};
 pub use environment::{
     DesiredState, Environment, EnvironmentExt, FailureKind, HeaderRoute, InstanceFailure,
@@ -56,14 +50,15 @@ pub use environment::{
     TrafficSplit,
 };
 pub use error::{BoxError, Error, Result};
+pub use event::Event;
 pub use journal::{Actor, DeploymentStatus, Outcome, Phase};
 pub use model::*;
 pub use monitor::{MetricQuery, Monitor, MonitorExt, Sample};
 pub use notify::{Notification, Notifier};
 pub use orchestrator::{
-    DeployRequest, Event, Orchestrator, OrchestratorBuilder, OrchestratorConfig, Preview,
+    DeployRequest, Orchestrator, OrchestratorBuilder, OrchestratorConfig, Preview,
     PreviewRequest, Release, ReleaseRequest, ReleaseService, ScopedEnvironment, preview_name,
 };
-pub use store::{SqliteStore, StateStore};
+pub use store::StateStore;
 pub use strategy::{Decision, DeploymentStrategy, PlanContext, RollingStrategy, StrategySpec};
 pub use time::{Clock, SystemClock, Timestamp};

@@ -17,8 +17,7 @@ use kube::api::{
 };
 use serde_json::{Map, Value};
 
-use crate::RetryPolicy;
-use crate::store::retrying;
+use crate::retry::{api_policy, classify, kube_error, status_code};
 
 /// One kind of object that [`export`] looks for.
 struct Kind {
@@ -188,18 +187,6 @@ fn kind_and_name(o: &Value) -> String {
     )
 }
 
-fn policy() -> RetryPolicy {
-    RetryPolicy::new(
-        std::time::Duration::from_millis(100),
-        std::time::Duration::from_secs(2),
-        5,
-    )
-}
-
-fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
-}
-
 /// Drops what the API server set: identity and bookkeeping metadata, `status`, a Service's
 /// allocated cluster IPs, and tool annotations.
 fn clean(object: &mut Value) {
@@ -240,7 +227,7 @@ fn clean(object: &mut Value) {
 /// retried.
 ///
 /// ```no_run
-/// # async fn f(repo: &deploykit_core::backup::Repository) -> deploykit_core::Result<()> {
+/// # async fn f(repo: &deploykit_backup::Repository) -> deploykit_core::Result<()> {
 /// let client = kube::Client::try_default().await.map_err(|e| {
 ///     deploykit_core::Error::backend("connect to Kubernetes", e.to_string())
 /// })?;
@@ -259,7 +246,7 @@ pub async fn export(
     let selector =
         format!("app.kubernetes.io/name={service},app.kubernetes.io/managed-by=deploykit");
     let lp = ListParams::default().labels(&selector);
-    let policy = policy();
+    let policy = api_policy();
     let mut objects = Vec::new();
     for kind in KINDS {
         let api: Api<DynamicObject> =
@@ -268,9 +255,9 @@ pub async fn export(
             "export the {} objects of {service} from {namespace}",
             kind.kind
         );
-        let list = match retrying(&policy, &op, || api.list(&lp)).await.result {
+        let list = match policy.run(&op, classify, || api.list(&lp)).await {
             Ok(list) => list,
-            Err(e) if is_not_found(&e) => {
+            Err(e) if status_code(e.error()) == Some(404) => {
                 tracing::debug!(
                     api = %kind.api_version(),
                     "API not installed; no {} to export",
@@ -278,7 +265,7 @@ pub async fn export(
                 );
                 continue;
             }
-            Err(e) => return Err(crate::retry::kube_error(op, e)),
+            Err(e) => return Err(kube_error(op, e)),
         };
         let mut found: Vec<Value> = Vec::new();
         for item in list.items {
@@ -379,7 +366,7 @@ pub async fn restore(client: &kube::Client, bytes: &[u8], namespace: &str) -> Re
         .enumerate()
         .map(|(i, v)| check(i, v))
         .collect::<Result<Vec<_>>>()?;
-    let policy = policy();
+    let policy = api_policy();
     let params = PatchParams::apply("deploykit").force();
     let mut restored = Vec::with_capacity(checked.len());
     for item in checked {
@@ -396,12 +383,12 @@ pub async fn restore(client: &kube::Client, bytes: &[u8], namespace: &str) -> Re
             &item.kind.resource(&item.version),
         );
         let patch = Patch::Apply(&object);
-        match retrying(&policy, &op, || api.patch(&item.name, &params, &patch))
+        match policy
+            .run(&op, classify, || api.patch(&item.name, &params, &patch))
             .await
-            .result
         {
             Ok(_) => restored.push(label),
-            Err(e) if is_not_found(&e) => {
+            Err(e) if status_code(e.error()) == Some(404) => {
                 return Err(Error::backend(
                     op,
                     format!(
@@ -415,7 +402,7 @@ pub async fn restore(client: &kube::Client, bytes: &[u8], namespace: &str) -> Re
                     ),
                 ));
             }
-            Err(e) => return Err(crate::retry::kube_error(op, e)),
+            Err(e) => return Err(kube_error(op, e)),
         }
     }
     Ok(restored)

@@ -11,11 +11,9 @@ use async_trait::async_trait;
 use deploykit_core::environment::{
     FailureKind, InstanceFailure, InstanceObservation, RevisionObservation, proportional_weights,
 };
+use deploykit_core::retry::{KeyedBackoff, RetryError, RetryPolicy};
 use deploykit_core::secrets::SecretProvider;
-use deploykit_core::{
-    Autoscale, DesiredState, Environment, Error, MetricQuery, Monitor, Observed, Result, Revision,
-    RevisionId, Sample, ServiceId, Traffic, TrafficSplit, Weight,
-};
+use deploykit_core::{Autoscale, DesiredState, Environment, Error, MetricQuery, Monitor, Observed, Result, Revision, RevisionId, Sample, ServiceId, Traffic, TrafficSplit, Weight};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -35,7 +33,7 @@ use crate::render::{
     ANNOTATION_TRAFFIC, LABEL_MANAGED_BY, LABEL_NAME, LABEL_REVISION, Object, RenderOptions,
     Router, SecretValues,
 };
-use crate::retry::{KeyedBackoff, RetryPolicy, kube_error};
+use crate::retry::{classify, kube_error, status_code};
 
 /// The field manager of deploykit's server-side applies, and the value of its
 /// `app.kubernetes.io/managed-by` label.
@@ -98,7 +96,8 @@ impl KubeOptions {
 /// [`KubeOptions::force_conflicts`] is set. API calls are retried per [`RetryPolicy`]: on
 /// 429 (respecting the Status' `retryAfterSeconds`), 5xx and connection failures, never on
 /// other 4xx; each object has its own backoff, which grows while that object keeps failing
-/// (also across calls) and resets on its first success.
+/// (also across calls) and resets on its first success. A call whose retries are used up fails
+/// with [`Error::Persistent`].
 ///
 /// **observe** reads the service's Deployments (one per revision, rebuilt from their
 /// `deploykit.dev/revision-spec` annotation, in creation order), their Pods (readiness,
@@ -138,7 +137,8 @@ impl KubeOptions {
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
-/// use deploykit_core::{Environment, Orchestrator, SqliteStore};
+/// use deploykit_core::{Environment, Orchestrator};
+/// use deploykit_sqlite::SqliteStore;
 /// use deploykit_k8s::KubeEnvironment;
 /// use deploykit_k8s::render::RenderOptions;
 ///
@@ -522,9 +522,12 @@ impl KubeEnvironment {
         let result = loop {
             let result = self
                 .backoff
-                .run(&key, || api.patch(&name, &params, &patch))
+                .run(&key, classify, || api.patch(&name, &params, &patch))
                 .await;
-            match (&result, replicas_of(&json)) {
+            match (
+                result.as_ref().map_err(RetryError::error),
+                replicas_of(&json),
+            ) {
                 (Err(kube::Error::Api(status)), Some(n))
                     if !taken_back
                         && object.kind() == "Deployment"
@@ -558,18 +561,20 @@ impl KubeEnvironment {
                 );
                 Ok(())
             }
-            Err(kube::Error::Api(status)) if status.code == 409 || status.reason == "Conflict" => {
-                Err(Error::backend(
-                    operation,
-                    format!(
-                        "conflict: another field manager owns a field that field manager \
-                         {MANAGER} sets (not forcing; KubeOptions::force_conflicts takes the \
-                         fields over): {}",
-                        status.message
-                    ),
-                ))
-            }
-            Err(e) => Err(kube_error(operation, e)),
+            Err(e) => match e.error() {
+                kube::Error::Api(status) if status.code == 409 || status.reason == "Conflict" => {
+                    Err(Error::backend(
+                        operation,
+                        format!(
+                            "conflict: another field manager owns a field that field manager \
+                             {MANAGER} sets (not forcing; KubeOptions::force_conflicts takes \
+                             the fields over): {}",
+                            status.message
+                        ),
+                    ))
+                }
+                _ => Err(kube_error(operation, e)),
+            },
         }
     }
 
@@ -607,11 +612,14 @@ impl KubeEnvironment {
         let key = self.key(&resource.kind, name);
         let api = self.dynamic(resource);
         let params = DeleteParams::background();
-        let result = self.backoff.run(&key, || api.delete(name, &params)).await;
+        let result = self
+            .backoff
+            .run(&key, classify, || api.delete(name, &params))
+            .await;
         self.shared.applied().remove(&key);
         match result {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) if status_code(e.error()) == Some(404) => Ok(()),
             Err(e) => Err(kube_error(
                 format!(
                     "delete {}/{name} in namespace {}",
@@ -632,9 +640,13 @@ impl KubeEnvironment {
         let api = self.dynamic(resource);
         let params = ListParams::default().labels(&Self::selector(service));
         let key = format!("list {}/{}", resource.kind, self.namespace());
-        match self.backoff.run(&key, || api.list_metadata(&params)).await {
+        match self
+            .backoff
+            .run(&key, classify, || api.list_metadata(&params))
+            .await
+        {
             Ok(list) => Ok(Some(list.items.iter().map(|o| o.name_any()).collect())),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+            Err(e) if status_code(e.error()) == Some(404) => Ok(None),
             Err(e) => Err(kube_error(
                 format!("list {} of {service}", resource.plural),
                 e,
@@ -689,7 +701,7 @@ impl KubeEnvironment {
         let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace());
         let key = format!("list {}/{}", K::kind(&()), self.namespace());
         self.backoff
-            .run(&key, || api.list(params))
+            .run(&key, classify, || api.list(params))
             .await
             .map(|l| l.items)
             .map_err(|e| kube_error(format!("list {what}"), e))
@@ -742,7 +754,7 @@ impl KubeEnvironment {
         let api = self.dynamic(&resource);
         let key = self.key(&resource.kind, service.as_str());
         self.backoff
-            .run(&key, || api.get_opt(service.as_str()))
+            .run(&key, classify, || api.get_opt(service.as_str()))
             .await
             .map_err(|e| kube_error(format!("get {} {service}", resource.kind), e))
     }
@@ -776,7 +788,7 @@ impl KubeEnvironment {
         let key = self.key("HorizontalPodAutoscaler", service.as_str());
         let hpa = self
             .backoff
-            .run(&key, || api.get_opt(service.as_str()))
+            .run(&key, classify, || api.get_opt(service.as_str()))
             .await
             .map_err(|e| kube_error(format!("get HorizontalPodAutoscaler {service}"), e))?;
         let target = hpa.and_then(|h| h.spec).map(|s| s.scale_target_ref.name);
@@ -812,7 +824,7 @@ impl KubeEnvironment {
         let patch = Patch::Apply(&body);
         let key = format!("{}/replicas", self.key("Deployment", name));
         self.backoff
-            .run(&key, || api.patch(name, &params, &patch))
+            .run(&key, classify, || api.patch(name, &params, &patch))
             .await
             .map(|_| tracing::debug!(name, replicas, "scaled"))
             .map_err(|e| {
@@ -1249,13 +1261,13 @@ impl Environment for KubeEnvironment {
                 let delete = DeleteParams::background();
                 let result = self
                     .backoff
-                    .run(&key, || api.delete_collection(&delete, &params))
+                    .run(&key, classify, || api.delete_collection(&delete, &params))
                     .await;
                 match result {
                     Ok(_) => continue,
-                    Err(kube::Error::Api(s)) if s.code == 404 => continue,
+                    Err(e) if status_code(e.error()) == Some(404) => continue,
                     // No deletecollection verb for this kind: delete one by one.
-                    Err(kube::Error::Api(s)) if s.code == 405 => {}
+                    Err(e) if status_code(e.error()) == Some(405) => {}
                     Err(e) => {
                         return Err(kube_error(
                             format!("delete {} of {service}", kind.resource.plural),
@@ -1293,7 +1305,7 @@ impl Monitor for KubeEnvironment {
     async fn query(&self, _query: &MetricQuery) -> Result<Vec<Sample>> {
         Err(Error::invalid(
             "query",
-            "KubeEnvironment has no metrics: use deploykit_core::prometheus::PrometheusMonitor \
+            "KubeEnvironment has no metrics: use deploykit_telemetry::prometheus::PrometheusMonitor \
              against the cluster's Prometheus",
         ))
     }

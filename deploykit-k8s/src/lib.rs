@@ -28,7 +28,9 @@
 //!   deployments through the cluster.
 //! - [`backup`]: exports the app's objects, cleaned of server-set fields, as a `BackupSource`,
 //!   and restores them into another namespace or cluster.
-//! - `fake` (feature `fake`): an in-memory API server for tests.
+//!
+//! Tests of code on this crate run it against `deploykit_testing::k8s::FakeApiServer` (feature
+//! `k8s` of `deploykit-testing`), an in-memory API server that a `kube::Client` talks to.
 //!
 //! ```no_run
 //! # async fn f() -> deploykit_core::Result<()> {
@@ -36,6 +38,7 @@
 //! use deploykit_core::*;
 //! use deploykit_k8s::render::{ParentRef, RenderOptions, Router};
 //! use deploykit_k8s::KubeEnvironment;
+//! use deploykit_sqlite::SqliteStore;
 //!
 //! let client = kube::Client::try_default()
 //!     .await
@@ -58,11 +61,10 @@
 
 pub mod backup;
 mod environment;
-#[cfg(feature = "fake")]
-pub mod fake;
 pub mod render;
 mod retry;
 pub mod store;
 
 pub use environment::{KubeEnvironment, KubeOptions};
-pub use retry::RetryPolicy;
+/// How API calls are retried: deploykit's one [`deploykit_core::retry::RetryPolicy`].
+pub use deploykit_core::retry::RetryPolicy;

@@ -3,11 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deploykit_core::audit::AuditEntry;
 use deploykit_core::journal::{JournalEntry, JournalEvent};
+use deploykit_core::retry::{Retry, RetryError, RetryPolicy, on_conflict};
 use deploykit_core::store::{Lease, StateStore};
 use deploykit_core::{DeploymentId, EnvironmentName, Error, Result, ServiceId, Timestamp};
 use k8s_openapi::api::coordination::v1::{Lease as KubeLease, LeaseSpec};
@@ -17,7 +19,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::RetryPolicy;
+use crate::retry::{api_policy, classify, status_code};
 
 /// The most a ConfigMap's `data` may hold: Kubernetes refuses a ConfigMap whose keys and
 /// values add up to more than 1 MiB (etcd's object size limit is close above it).
@@ -151,59 +153,52 @@ fn corrupt(what: impl Into<String>, e: impl std::fmt::Display) -> Error {
     }
 }
 
-fn status_code(e: &kube::Error) -> Option<u16> {
-    match e {
-        kube::Error::Api(s) => Some(s.code),
-        _ => None,
-    }
+/// The HTTP status of a failed call's last error.
+fn code(e: &RetryError<kube::Error>) -> Option<u16> {
+    status_code(e.error())
 }
 
-/// A kube error as a deploykit error: transient ones (429, 5xx, connection) as
-/// [`Error::Transient`], anything else as [`Error::Store`].
-pub(crate) fn store_error(operation: impl Into<String>, e: kube::Error) -> Error {
+/// A failed, retried call as a deploykit error: [`Error::Persistent`] if its retries were
+/// used up, anything else as [`Error::Store`].
+fn store_error(operation: impl Into<String>, e: RetryError<kube::Error>) -> Error {
     let operation = operation.into();
-    if crate::retry::is_transient(&e) {
-        Error::Transient {
-            operation,
-            source: Box::new(e),
-        }
-    } else {
-        Error::Store {
-            operation,
-            source: Box::new(e),
-        }
-    }
+    e.into_error(operation.clone(), |e| Error::Store {
+        operation,
+        source: Box::new(e),
+    })
 }
 
 /// The result of a retried call, and whether an earlier attempt may have taken effect
 /// although it failed (a 5xx or a lost connection, not a 429).
-pub(crate) struct Attempted<T> {
-    pub(crate) result: std::result::Result<T, kube::Error>,
-    pub(crate) ambiguous: bool,
+struct Attempted<T> {
+    result: std::result::Result<T, RetryError<kube::Error>>,
+    ambiguous: bool,
 }
 
-/// Runs `op`, retrying 429, 5xx and connection failures with exponential backoff (jittered)
-/// under `policy`; never retries anything else, notably a 409.
-pub(crate) async fn retrying<T, F, Fut>(policy: &RetryPolicy, what: &str, mut op: F) -> Attempted<T>
+/// Runs `op` under `policy` (retrying what [`classify`] calls transient, never a 409), and
+/// notes whether a failed attempt may have taken effect.
+async fn attempted<T, F, Fut>(policy: &RetryPolicy, what: &str, op: F) -> Attempted<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::result::Result<T, kube::Error>>,
 {
-    let attempts = policy.attempts.max(1);
-    let mut delay = policy.initial;
-    let mut ambiguous = false;
-    let mut attempt = 1;
-    loop {
-        match op().await {
-            Err(e) if attempt < attempts && crate::retry::is_transient(&e) => {
-                ambiguous |= status_code(&e) != Some(429);
-                tracing::debug!(what, error = %e, attempt, "transient Kubernetes API failure; retrying");
-                tokio::time::sleep(crate::retry::jitter(delay)).await;
-                delay = delay.saturating_mul(2).min(policy.max);
-                attempt += 1;
-            }
-            result => return Attempted { result, ambiguous },
-        }
+    let ambiguous = AtomicBool::new(false);
+    let result = policy
+        .run(
+            what,
+            |e| {
+                let verdict = classify(e);
+                if verdict != Retry::No && status_code(e) != Some(429) {
+                    ambiguous.store(true, Ordering::Relaxed);
+                }
+                verdict
+            },
+            op,
+        )
+        .await;
+    Attempted {
+        result,
+        ambiguous: ambiguous.into_inner(),
     }
 }
 
@@ -219,7 +214,7 @@ impl KubeStateStore {
             client,
             namespace: namespace.into(),
             prefix: "deploykit".to_string(),
-            retry: RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(2), 5),
+            retry: api_policy(),
         }
     }
 
@@ -310,18 +305,18 @@ impl KubeStateStore {
 
     async fn get_configmap(&self, name: &str, op: &str) -> Result<Option<ConfigMap>> {
         let api = self.configmaps();
-        retrying(&self.retry, op, || api.get_opt(name))
+        self.retry
+            .run(op, classify, || api.get_opt(name))
             .await
-            .result
             .map_err(|e| store_error(op, e))
     }
 
     async fn list_configmaps(&self, selector: &str, op: &str) -> Result<Vec<ConfigMap>> {
         let api = self.configmaps();
         let lp = ListParams::default().labels(selector);
-        retrying(&self.retry, op, || api.list(&lp))
+        self.retry
+            .run(op, classify, || api.list(&lp))
             .await
-            .result
             .map(|l| l.items)
             .map_err(|e| store_error(op, e))
     }
@@ -379,14 +374,14 @@ impl KubeStateStore {
     async fn create_configmap(&self, cm: &ConfigMap, op: &str) -> Attempted<ConfigMap> {
         let api = self.configmaps();
         let pp = PostParams::default();
-        retrying(&self.retry, op, || api.create(&pp, cm)).await
+        attempted(&self.retry, op, || api.create(&pp, cm)).await
     }
 
     async fn replace_configmap(&self, cm: &ConfigMap, op: &str) -> Attempted<ConfigMap> {
         let api = self.configmaps();
         let pp = PostParams::default();
         let name = cm.metadata.name.clone().unwrap_or_default();
-        retrying(&self.retry, op, || api.replace(&name, &pp, cm)).await
+        attempted(&self.retry, op, || api.replace(&name, &pp, cm)).await
     }
 
     async fn create_journal(
@@ -428,7 +423,7 @@ impl KubeStateStore {
         let attempted = self.create_configmap(&cm, op).await;
         match attempted.result {
             Ok(_) => Ok(()),
-            Err(e) if status_code(&e) == Some(409) => {
+            Err(e) if code(&e) == Some(409) => {
                 if attempted.ambiguous
                     && let Some(existing) = self.get_configmap(&name, op).await?
                     && existing.data.and_then(|mut d| d.remove(&seq_key(0))) == Some(json)
@@ -457,13 +452,14 @@ impl KubeStateStore {
         touch: impl Fn(&mut ConfigMap),
     ) -> Result<Appended> {
         let key = seq_key(seq);
-        let mut ambiguous = false;
-        for _ in 0..5 {
+        let ambiguous = AtomicBool::new(false);
+        let appended = on_conflict(op, Cas::lost, || async {
             let Some(mut cm) = self.get_configmap(name, op).await? else {
                 return Ok(Appended::Missing);
             };
             let mut data = cm.data.take().unwrap_or_default();
-            if ambiguous && data.get(&key).map(String::as_str) == Some(json) {
+            if ambiguous.load(Ordering::Relaxed) && data.get(&key).map(String::as_str) == Some(json)
+            {
                 // Our own write, whose response was lost.
                 return Ok(Appended::Done);
             }
@@ -477,18 +473,25 @@ impl KubeStateStore {
             cm.metadata.managed_fields = None;
             touch(&mut cm);
             let attempted = self.replace_configmap(&cm, op).await;
-            ambiguous |= attempted.ambiguous;
-            match attempted.result {
-                Ok(_) => return Ok(Appended::Done),
-                // Someone wrote in between: read again and judge.
-                Err(e) if status_code(&e) == Some(409) => continue,
-                Err(e) => return Err(store_error(op, e)),
+            if attempted.ambiguous {
+                ambiguous.store(true, Ordering::Relaxed);
             }
+            match attempted.result {
+                Ok(_) => Ok(Appended::Done),
+                // Someone wrote in between: read again and judge.
+                Err(e) if code(&e) == Some(409) => Err(Cas::Lost),
+                Err(e) => Err(store_error(op, e).into()),
+            }
+        })
+        .await;
+        match appended {
+            Ok(appended) => Ok(appended),
+            Err(Cas::Failed(e)) => Err(e),
+            Err(Cas::Lost) => Err(Error::transient(
+                op,
+                format!("{} keeps changing under us; try again", self.describe(name)),
+            )),
         }
-        Err(Error::transient(
-            op,
-            format!("{} keeps changing under us; try again", self.describe(name)),
-        ))
     }
 
     async fn audit_chunks(&self, op: &str) -> Result<Vec<(u64, ConfigMap)>> {
@@ -550,10 +553,39 @@ impl KubeStateStore {
 
     async fn read_lease(&self, name: &str, op: &str) -> Result<Option<KubeLease>> {
         let api = self.leases();
-        retrying(&self.retry, op, || api.get_opt(name))
+        self.retry
+            .run(op, classify, || api.get_opt(name))
             .await
-            .result
             .map_err(|e| store_error(op, e))
+    }
+}
+
+/// Why a read-judge-write attempt failed: it lost the compare-and-swap to another writer (read
+/// again and judge: [`on_conflict`]), or something else went wrong.
+#[derive(Debug)]
+enum Cas {
+    Lost,
+    Failed(Error),
+}
+
+impl Cas {
+    fn lost(&self) -> bool {
+        matches!(self, Cas::Lost)
+    }
+}
+
+impl From<Error> for Cas {
+    fn from(e: Error) -> Self {
+        Cas::Failed(e)
+    }
+}
+
+impl std::fmt::Display for Cas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cas::Lost => f.write_str("lost a compare-and-swap to another writer"),
+            Cas::Failed(e) => e.fmt(f),
+        }
     }
 }
 
@@ -734,7 +766,7 @@ impl StateStore for KubeStateStore {
         let lease = Lease::new(key, owner, now.plus(ttl));
         let duration = i32::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i32::MAX);
         let api = self.leases();
-        let mut annotations = BTreeMap::from([
+        let annotations = BTreeMap::from([
             (LEASE_KEY.to_string(), key.to_string()),
             (
                 EXPIRES_AT.to_string(),
@@ -742,7 +774,7 @@ impl StateStore for KubeStateStore {
             ),
         ]);
         // A lost compare-and-swap means someone else wrote in between: look again.
-        for _ in 0..3 {
+        let acquired = on_conflict(&op, Cas::lost, || async {
             match self.read_lease(&name, &op).await? {
                 None => {
                     let object = KubeLease {
@@ -763,13 +795,14 @@ impl StateStore for KubeStateStore {
                         }),
                     };
                     let pp = PostParams::default();
-                    match retrying(&self.retry, &op, || api.create(&pp, &object))
+                    match self
+                        .retry
+                        .run(&op, classify, || api.create(&pp, &object))
                         .await
-                        .result
                     {
-                        Ok(_) => return Ok(lease),
-                        Err(e) if status_code(&e) == Some(409) => continue,
-                        Err(e) => return Err(store_error(&op, e)),
+                        Ok(_) => Ok(lease.clone()),
+                        Err(e) if code(&e) == Some(409) => Err(Cas::Lost),
+                        Err(e) => Err(store_error(&op, e).into()),
                     }
                 }
                 Some(mut object) => {
@@ -778,11 +811,11 @@ impl StateStore for KubeStateStore {
                         && held_by != owner
                         && expires_at > now
                     {
-                        return Err(Error::LeaseHeld {
+                        return Err(Cas::Failed(Error::LeaseHeld {
                             key: key.to_string(),
                             owner: held_by.clone(),
                             expires_at,
-                        });
+                        }));
                     }
                     let mut spec = object.spec.take().unwrap_or_default();
                     if held_by.as_deref() != Some(owner) {
@@ -796,23 +829,32 @@ impl StateStore for KubeStateStore {
                     spec.renew_time = micro_time(now);
                     object.spec = Some(spec);
                     object.metadata.managed_fields = None;
+                    let mut annotations = annotations.clone();
                     annotations.extend(object.metadata.annotations.take().unwrap_or_default());
                     annotations.insert(
                         EXPIRES_AT.to_string(),
                         lease.expires_at.as_millis().to_string(),
                     );
-                    object.metadata.annotations = Some(annotations.clone());
+                    object.metadata.annotations = Some(annotations);
                     let pp = PostParams::default();
-                    match retrying(&self.retry, &op, || api.replace(&name, &pp, &object))
+                    match self
+                        .retry
+                        .run(&op, classify, || api.replace(&name, &pp, &object))
                         .await
-                        .result
                     {
-                        Ok(_) => return Ok(lease),
-                        Err(e) if status_code(&e) == Some(409) => continue,
-                        Err(e) => return Err(store_error(&op, e)),
+                        Ok(_) => Ok(lease.clone()),
+                        Err(e) if code(&e) == Some(409) => Err(Cas::Lost),
+                        Err(e) => Err(store_error(&op, e).into()),
                     }
                 }
             }
+        })
+        .await;
+        match acquired {
+            Ok(lease) => return Ok(lease),
+            Err(Cas::Failed(e)) => return Err(e),
+            // Lost every time: say who holds it now.
+            Err(Cas::Lost) => {}
         }
         match self.read_lease(&name, &op).await?.map(|l| holder(&l)) {
             Some((Some(held_by), expires_at)) if held_by != owner => Err(Error::LeaseHeld {
@@ -845,13 +887,14 @@ impl StateStore for KubeStateStore {
         object.metadata.managed_fields = None;
         let api = self.leases();
         let pp = PostParams::default();
-        match retrying(&self.retry, &op, || api.replace(&name, &pp, &object))
+        match self
+            .retry
+            .run(&op, classify, || api.replace(&name, &pp, &object))
             .await
-            .result
         {
             Ok(_) => Ok(()),
             // Renewed or taken over in between, or gone: it is not ours to release any more.
-            Err(e) if matches!(status_code(&e), Some(409 | 404)) => Ok(()),
+            Err(e) if matches!(code(&e), Some(409 | 404)) => Ok(()),
             Err(e) => Err(store_error(&op, e)),
         }
     }
@@ -898,7 +941,7 @@ impl StateStore for KubeStateStore {
             let attempted = self.create_configmap(&cm, &op).await;
             return match attempted.result {
                 Ok(_) => Ok(()),
-                Err(e) if status_code(&e) == Some(409) => {
+                Err(e) if code(&e) == Some(409) => {
                     if attempted.ambiguous
                         && let Some(existing) = self.get_configmap(&name, &op).await?
                         && existing

@@ -1,13 +1,20 @@
-//! Export of a service's objects and their restore elsewhere, over the in-memory API server.
+//! Export of a service's objects and their restore elsewhere: round trips over the in-memory
+//! API server, and the exact requests a restore sends (or does not send) over a mocked one, in
+//! kube-rs' `ApiServerVerifier` style.
 
 use std::io::Read;
+use std::time::Duration;
 
 use deploykit_core::Error;
-use deploykit_core::backup::BackupSource;
+use deploykit_backup::BackupSource;
 use deploykit_k8s::backup::{export, restore};
-use deploykit_k8s::fake::FakeApiServer;
+use deploykit_testing::k8s::{FakeApiServer, RecordedRequest};
+use http::{Request, Response};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::client::Body;
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tower_test::mock::{Handle, SendResponse};
 
 fn labels() -> Value {
     json!({
@@ -113,6 +120,58 @@ async fn seed(server: &FakeApiServer, namespace: &str) {
     }
 }
 
+/// A client over a `tower_test` mock service, and the mock's other end, on which a verifier
+/// task receives each request and answers it.
+fn mock() -> (kube::Client, Handle<Request<Body>, Response<Body>>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (kube::Client::new(service, "default"), handle)
+}
+
+fn answer(send: SendResponse<Response<Body>>, code: u16, body: &Value) {
+    send.send_response(
+        Response::builder()
+            .status(code)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Body::from(serde_json::to_vec(body).unwrap()))
+            .unwrap(),
+    );
+}
+
+/// Awaits a verifier task, failing the test if it does not end within 5 s (a request it
+/// waits for was never sent).
+async fn finish<T>(verifier: JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), verifier)
+        .await
+        .expect("the verifier saw every request it expected")
+        .expect("the verifier's assertions held")
+}
+
+/// Asserts that `r` is the server-side apply (field manager `deploykit`, forced) of `name` at
+/// `collection`, cleaned of server-set fields and moved into `shop-dr`.
+fn assert_restore_apply(r: &RecordedRequest, collection: &str, name: &str) {
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("PATCH", format!("{collection}/{name}").as_str())
+    );
+    assert_eq!(
+        r.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
+    assert_eq!(r.param("fieldManager").as_deref(), Some("deploykit"));
+    assert_eq!(
+        r.param("force").as_deref(),
+        Some("true"),
+        "a restore takes over fields"
+    );
+    let body = r.body.as_ref().expect("a JSON body");
+    assert_eq!(body["metadata"]["name"], json!(name));
+    assert_eq!(body["metadata"]["namespace"], json!("shop-dr"));
+    assert!(
+        body["metadata"].get("uid").is_none() && body.get("status").is_none(),
+        "server-set fields are not sent: {body}"
+    );
+}
+
 fn walk_keys(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
@@ -205,18 +264,6 @@ async fn export_cleans_server_fields_and_restore_reapplies_elsewhere() {
         .object("secrets", "shop-dr", "web-0123abcd-secrets")
         .unwrap();
     assert_eq!(secret["data"]["TOKEN"], "czNjcmV0");
-    let applies: Vec<_> = server
-        .requests()
-        .into_iter()
-        .filter(|r| r.path.contains("/namespaces/shop-dr/"))
-        .collect();
-    assert_eq!(applies.len(), 4);
-    assert!(
-        applies
-            .iter()
-            .all(|r| r.param("fieldManager").as_deref() == Some("deploykit")
-                && r.content_type.as_deref() == Some("application/apply-patch+yaml"))
-    );
     // Restoring again over the restored objects is harmless.
     restore(&client, &bytes, "shop-dr").await.unwrap();
     let exported_copy = export(&client, "shop-dr", "web").await.unwrap();
@@ -227,10 +274,61 @@ async fn export_cleans_server_fields_and_restore_reapplies_elsewhere() {
     assert_eq!(a, parsed, "the copy exports like the original");
 }
 
+/// A restore sends one forced server-side apply per object, in the snapshot's order, into the
+/// target namespace, cleaned of what the source cluster set.
+#[tokio::test]
+async fn restore_applies_each_object_server_side() {
+    let snapshot = json!([
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": { "name": "web-0123abcd-env", "namespace": "shop", "uid": "u-1" },
+            "data": { "GREETING": "hello" },
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": { "name": "web-0123abcd", "namespace": "shop", "resourceVersion": "7" },
+            "spec": { "replicas": 2 },
+            "status": { "replicas": 2 },
+        },
+    ]);
+    let (client, mut handle) = mock();
+    let verifier = tokio::spawn(async move {
+        for (collection, name) in [
+            ("/api/v1/namespaces/shop-dr/configmaps", "web-0123abcd-env"),
+            (
+                "/apis/apps/v1/namespaces/shop-dr/deployments",
+                "web-0123abcd",
+            ),
+        ] {
+            let (request, send) = handle.next_request().await.expect("a request");
+            let r = RecordedRequest::read(request).await.unwrap();
+            assert_restore_apply(&r, collection, name);
+            assert!(r.body.as_ref().unwrap()["metadata"]["resourceVersion"].is_null());
+            answer(send, 200, r.body.as_ref().unwrap());
+        }
+    });
+    let restored = restore(&client, &serde_json::to_vec(&snapshot).unwrap(), "shop-dr")
+        .await
+        .unwrap();
+    finish(verifier).await;
+    assert_eq!(
+        restored,
+        ["ConfigMap/web-0123abcd-env", "Deployment/web-0123abcd"]
+    );
+}
+
 #[tokio::test]
 async fn a_malformed_snapshot_is_refused_before_anything_is_applied() {
-    let server = FakeApiServer::new();
-    let client = server.client();
+    let (client, mut handle) = mock();
+    let verifier = tokio::spawn(async move {
+        let mut sent = Vec::new();
+        while let Some((request, _unanswered)) = handle.next_request().await {
+            sent.push(format!("{} {}", request.method(), request.uri()));
+        }
+        sent
+    });
     for (bytes, expect) in [
         (&b"not json"[..], "not JSON"),
         (br#"{"kind": "ConfigMap"}"#, "JSON array"),
@@ -248,26 +346,43 @@ async fn a_malformed_snapshot_is_refused_before_anything_is_applied() {
         assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
         assert!(err.chain().contains(expect), "{}", err.chain());
     }
-    assert!(server.requests().is_empty(), "nothing was sent");
+    // The mock's end closes when the last client is dropped.
+    drop(client);
+    let sent = finish(verifier).await;
+    assert!(sent.is_empty(), "nothing was sent: {sent:?}");
 }
 
+/// The API server answers 404 to a resource whose API group is not installed.
 #[tokio::test]
 async fn restoring_into_a_cluster_without_an_api_says_so() {
-    let server = FakeApiServer::new();
-    server.hide_api_group("networking.istio.io");
+    let (client, mut handle) = mock();
+    let verifier = tokio::spawn(async move {
+        let (request, send) = handle.next_request().await.expect("a request");
+        let r = RecordedRequest::read(request).await.unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str()),
+            (
+                "PATCH",
+                "/apis/networking.istio.io/v1/namespaces/shop/virtualservices/web"
+            )
+        );
+        let status = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "the server could not find the requested resource",
+            "reason": "NotFound", "code": 404,
+        });
+        answer(send, 404, &status);
+    });
     let snapshot = json!([{
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
         "metadata": { "name": "web" },
         "spec": { "hosts": ["web"] },
     }]);
-    let err = restore(
-        &server.client(),
-        &serde_json::to_vec(&snapshot).unwrap(),
-        "shop",
-    )
-    .await
-    .unwrap_err();
+    let err = restore(&client, &serde_json::to_vec(&snapshot).unwrap(), "shop")
+        .await
+        .unwrap_err();
+    finish(verifier).await;
     assert!(matches!(err, Error::Backend { .. }), "{err:?}");
     assert!(
         err.chain()

@@ -14,6 +14,7 @@ use deploykit_core::{
 };
 use deploykit_k8s::render::{self, ParentRef, RenderOptions, Router};
 use deploykit_k8s::{KubeEnvironment, RetryPolicy};
+use deploykit_testing::k8s::RecordedRequest;
 use futures::TryStreamExt;
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
@@ -138,6 +139,8 @@ const PRUNE_ORDER: [&str; 8] = [
 fn collection(kind: &str) -> String {
     let (prefix, plural) = match kind {
         "ConfigMap" => ("/api/v1", "configmaps"),
+        "LimitRange" => ("/api/v1", "limitranges"),
+        "ResourceQuota" => ("/api/v1", "resourcequotas"),
         "Secret" => ("/api/v1", "secrets"),
         "Service" => ("/api/v1", "services"),
         "Pod" => ("/api/v1", "pods"),
@@ -167,25 +170,6 @@ impl Recorded {
     fn is_delete_of(&self, kind: &str, name: &str) -> bool {
         self.method == Method::DELETE && self.path == format!("{}/{name}", collection(kind))
     }
-}
-
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
-                out.push(u8::from_str_radix(hex, 16).unwrap());
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
 }
 
 /// What one `apply` should send.
@@ -228,6 +212,8 @@ enum Scenario {
     ObserveUnknown,
     /// A `teardown`: collection deletes per kind, Services one by one.
     Teardown { services: Vec<String> },
+    /// `ensure_namespace_objects`: one server-side apply per object, nothing else.
+    NamespaceObjects(Vec<Obj>),
 }
 
 struct ApiServerVerifier {
@@ -314,6 +300,25 @@ impl ApiServerVerifier {
                     respond(send, StatusCode::OK, &list("Deployment", vec![], "1"));
                 }
                 Scenario::Teardown { services } => self.handle_teardown(services).await,
+                Scenario::NamespaceObjects(objects) => {
+                    for (kind, name) in objects {
+                        let (r, send) = self.next().await;
+                        assert_eq!(
+                            (&r.method, r.path.as_str()),
+                            (
+                                &Method::PATCH,
+                                format!("{}/{name}", collection(&kind)).as_str()
+                            ),
+                        );
+                        assert_eq!(
+                            r.query.get("fieldManager").map(String::as_str),
+                            Some("deploykit")
+                        );
+                        assert_eq!(r.body["kind"], json!(kind));
+                        assert_eq!(r.body["metadata"]["namespace"], json!(NS));
+                        respond(send, StatusCode::OK, &r.body);
+                    }
+                }
             }
         })
     }
@@ -325,36 +330,19 @@ impl ApiServerVerifier {
             .next_request()
             .await
             .expect("the environment stopped calling the API server too early");
-        let (parts, body) = request.into_parts();
-        let bytes = body.collect_bytes().await.unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        let query = parts
-            .uri
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (decode(k), decode(v))
-            })
-            .collect();
-        if parts.method == Method::PATCH {
+        let request = RecordedRequest::read(request).await.unwrap();
+        if request.method == "PATCH" {
             assert_eq!(
-                parts.headers[http::header::CONTENT_TYPE],
-                "application/apply-patch+yaml",
+                request.content_type.as_deref(),
+                Some("application/apply-patch+yaml"),
                 "server-side apply"
             );
         }
         let recorded = Recorded {
-            method: parts.method,
-            path: parts.uri.path().to_string(),
-            query,
-            body,
+            method: request.method.parse().unwrap(),
+            query: request.params(),
+            path: request.path,
+            body: request.body.unwrap_or(Value::Null),
         };
         self.recorded.push(recorded.clone());
         (recorded, send)
@@ -937,14 +925,18 @@ async fn throttled_apply_is_retried() {
     assert_eq!(deployments, 2, "refused once, then accepted");
 }
 
-/// 6b. Retries give up after the policy's attempts with a retryable error, and the failing
+/// 6b. Retries give up after the policy's attempts with a persistent error, and the failing
 ///     object's next attempt (in the next `apply`) waits its grown backoff.
 #[tokio::test]
-async fn exhausted_retries_are_transient_and_back_off_across_calls() {
+async fn exhausted_retries_are_persistent_and_back_off_across_calls() {
     let (mock_service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let env = KubeEnvironment::new(kube::Client::new(mock_service, NS), options()).with_retry(
-        RetryPolicy::new(Duration::from_millis(300), Duration::from_secs(10), 2),
-    );
+    let policy = RetryPolicy::default()
+        .with_backoff(Duration::from_millis(300), Duration::from_secs(10))
+        .and_then(|p| p.with_max_attempts(2))
+        .expect("valid policy")
+        .with_jitter(false);
+    let env =
+        KubeEnvironment::new(kube::Client::new(mock_service, NS), options()).with_retry(policy);
     let v1 = revision("v1");
     let state = desired(&[(&v1, 1)], Traffic::ByReadyInstances);
     let verifier = tokio::spawn(async move {
@@ -968,9 +960,14 @@ async fn exhausted_retries_are_transient_and_back_off_across_calls() {
         times
     });
     let err = env.apply(&service(), &state).await.unwrap_err();
-    assert!(err.is_retryable(), "{}", err.chain());
+    assert!(err.is_retryable() && err.is_persistent(), "{}", err.chain());
     assert!(err.chain().contains("ConfigMap/web-"), "{}", err.chain());
-    // The next apply's first attempt already waits (jittered 600 ms: at least 300 ms).
+    assert!(
+        err.chain().contains("gave up after 2 attempts"),
+        "{}",
+        err.chain()
+    );
+    // The next apply's first attempt already waits (600 ms: the delay after 2 failures).
     let _ = tokio::time::timeout(Duration::from_secs(3), env.apply(&service(), &state)).await;
     let times = tokio::time::timeout(Duration::from_secs(5), verifier)
         .await
@@ -1207,7 +1204,7 @@ fn fixture() -> deploykit_testing::conformance::environment::EnvironmentFixture 
 /// `KubeEnvironment` meets the `Environment` contract, observing by LIST.
 #[tokio::test]
 async fn conformance_over_the_fake_api_server() {
-    let server = deploykit_k8s::fake::FakeApiServer::new();
+    let server = deploykit_testing::k8s::FakeApiServer::new();
     let env = KubeEnvironment::new(server.client(), options());
     deploykit_testing::conformance::environment::run_all(&env, &fixture()).await;
     assert!(
@@ -1219,7 +1216,7 @@ async fn conformance_over_the_fake_api_server() {
 /// The same, observing Pods through the watch-fed cache.
 #[tokio::test]
 async fn conformance_over_the_fake_api_server_with_a_pod_watch() {
-    let server = deploykit_k8s::fake::FakeApiServer::new();
+    let server = deploykit_testing::k8s::FakeApiServer::new();
     let env = KubeEnvironment::new(server.client(), options());
     let watch = env.start_watching();
     deploykit_testing::conformance::environment::run_all(&env, &fixture()).await;
@@ -1253,7 +1250,8 @@ async fn conformance_over_the_fake_api_server_with_a_pod_watch() {
 /// no PATCH for it (nor for anything else unchanged).
 #[tokio::test]
 async fn secrets_are_resolved_into_the_revision_secret() {
-    use deploykit_core::secrets::{FileSecretProvider, Identity, SecretString, SecretsFile};
+    use deploykit_core::secrets::SecretString;
+    use deploykit_secrets::{FileSecretProvider, Identity, SecretsFile};
     let me = Identity::generate();
     let mut file = SecretsFile::create(&[me.to_recipient()]).unwrap();
     file.set("production.api_token", SecretString::from("tok-1"))
@@ -1273,7 +1271,7 @@ async fn secrets_are_resolved_into_the_revision_secret() {
         .pin_secrets(&provider)
         .await
         .unwrap();
-    let server = deploykit_k8s::fake::FakeApiServer::new();
+    let server = deploykit_testing::k8s::FakeApiServer::new();
     let env = KubeEnvironment::new(server.client(), options())
         .with_secrets(std::sync::Arc::new(provider));
     let state = desired(&[(&rev, 1)], Traffic::ByReadyInstances);
@@ -1302,7 +1300,7 @@ async fn secrets_are_resolved_into_the_revision_secret() {
 /// applied again.
 #[tokio::test]
 async fn objects_deleted_behind_its_back_are_applied_again() {
-    let server = deploykit_k8s::fake::FakeApiServer::new();
+    let server = deploykit_testing::k8s::FakeApiServer::new();
     let env = KubeEnvironment::new(server.client(), options());
     let v1 = revision("v1");
     let state = desired(&[(&v1, 1)], Traffic::routed(Routes::all_to(&v1.id)));
@@ -1316,18 +1314,25 @@ async fn objects_deleted_behind_its_back_are_applied_again() {
     assert!(server.object("configmaps", NS, &name).is_some());
 }
 
-/// The namespace objects are applied once, and not again while unchanged.
+/// The namespace objects (the LimitRange, and the ResourceQuota when there is a quota) are
+/// applied once, and not again while unchanged: the second call runs after the verifier has
+/// finished, when any request would fail on the closed mock.
 #[tokio::test]
 async fn namespace_objects_are_applied_once() {
-    let server = deploykit_k8s::fake::FakeApiServer::new();
-    let env = KubeEnvironment::new(server.client(), options());
+    let (mock_service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let options = options().quota(render::Quota {
+        cpu_millis: 8000,
+        memory_mib: 16384,
+        pods: 40,
+    });
+    let env = KubeEnvironment::new(kube::Client::new(mock_service, NS), options);
+    let verifier = ApiServerVerifier::new(handle).run(Scenario::NamespaceObjects(vec![
+        obj("LimitRange", "deploykit-defaults"),
+        obj("ResourceQuota", "deploykit-quota"),
+    ]));
     env.ensure_namespace_objects().await.unwrap();
-    env.ensure_namespace_objects().await.unwrap();
-    assert_eq!(server.objects("limitranges").len(), 1);
-    let patches = server
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PATCH")
-        .count();
-    assert_eq!(patches, 1);
+    finish(verifier).await;
+    env.ensure_namespace_objects()
+        .await
+        .expect("unchanged namespace objects are not sent again");
 }

@@ -11,12 +11,15 @@ use deploykit_core::{
     Timestamp,
 };
 use deploykit_k8s::RetryPolicy;
-use deploykit_k8s::fake::FakeApiServer;
 use deploykit_k8s::store::{CONFIGMAP_DATA_LIMIT, KubeStateStore};
 use deploykit_testing::conformance::state_store;
+use deploykit_testing::k8s::FakeApiServer;
 
 fn fast() -> RetryPolicy {
-    RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(5), 5)
+    RetryPolicy::default()
+        .with_backoff(Duration::from_millis(1), Duration::from_millis(5))
+        .and_then(|p| p.with_max_attempts(5))
+        .expect("valid policy")
 }
 
 fn store(server: &FakeApiServer) -> KubeStateStore {
@@ -259,11 +262,19 @@ async fn throttling_is_retried_with_backoff() {
     s.append(&id, &paused(1, "x".into())).await.unwrap();
     assert_eq!(s.load(&id).await.unwrap().unwrap().len(), 2);
 
-    // Throttled past the attempts: a transient (retryable) error.
+    // Throttled past the attempts: a persistent (retryable later, not at once) error.
     server.fail_next("GET", "/api/v1/namespaces/deploykit/configmaps/", 429, 5);
     let err = s.load(&id).await.unwrap_err();
-    assert!(matches!(err, Error::Transient { .. }), "{err:?}");
-    assert!(err.is_retryable());
+    assert!(
+        matches!(err, Error::Persistent { attempts: 5, .. }),
+        "{err:?}"
+    );
+    assert!(err.is_retryable() && err.is_persistent());
+    assert!(
+        err.chain().contains("gave up after 5 attempts"),
+        "{}",
+        err.chain()
+    );
     // Something permanent is not retried.
     server.clear_requests();
     server.fail_next("GET", "/api/v1/namespaces/deploykit/configmaps/", 403, 1);
@@ -299,7 +310,7 @@ async fn a_journal_that_would_pass_1_mib_is_refused() {
 #[tokio::test]
 async fn the_audit_log_spills_into_more_configmaps() {
     use deploykit_core::audit::AuditEntry;
-    use deploykit_core::store::{AuditAction, AuditRecord};
+    use deploykit_core::audit::{AuditAction, AuditRecord};
     use deploykit_core::{EnvironmentName, ServiceId};
 
     let server = FakeApiServer::new();

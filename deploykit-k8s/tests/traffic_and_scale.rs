@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploykit_core::config::Config;
+use deploykit_config::Config;
 use deploykit_core::environment::Routes;
 use deploykit_core::journal::JournalEvent;
 use deploykit_core::strategy::{BlueGreenSpec, CanarySpec, CanaryStep};
@@ -15,9 +15,9 @@ use deploykit_core::{
     RevisionTarget, ServiceId, ServiceSpec, StrategySpec, Traffic, TrafficSplit, Weight,
 };
 use deploykit_k8s::KubeEnvironment;
-use deploykit_k8s::fake::FakeApiServer;
 use deploykit_k8s::render::{ParentRef, RenderOptions, Router};
 use deploykit_testing::MemoryStore;
+use deploykit_testing::k8s::FakeApiServer;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};

@@ -10,11 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deploykit_core::environment::proportional_weights;
 use deploykit_core::secrets::{ExposeSecret, SecretProvider};
-use deploykit_core::{
-    Clock, DesiredState, Environment, Error, FailureKind, HealthChecks, InstanceFailure,
-    InstanceObservation, MetricQuery, Monitor, Observed, ProbeAction, Result, Revision, RevisionId,
-    RevisionObservation, Sample, ServiceId, SystemClock, Traffic,
-};
+use deploykit_core::{Clock, DesiredState, Environment, Error, FailureKind, HealthChecks, InstanceFailure, InstanceObservation, MetricQuery, Monitor, Observed, ProbeAction, Result, Revision, RevisionId, RevisionObservation, Sample, ServiceId, SystemClock, Traffic};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -141,7 +137,8 @@ impl LocalOptions {
 /// ```no_run
 /// # async fn f() -> deploykit_core::Result<()> {
 /// use std::sync::Arc;
-/// use deploykit_core::{EnvironmentKind, EnvironmentSpec, Orchestrator, SqliteStore};
+/// use deploykit_core::{EnvironmentKind, EnvironmentSpec, Orchestrator};
+/// use deploykit_sqlite::SqliteStore;
 /// use deploykit_local::{LocalEnvironment, LocalOptions};
 ///
 /// let local = LocalEnvironment::open(LocalOptions::new(".deploykit")).await?;

@@ -20,6 +20,7 @@
 //! use std::sync::Arc;
 //! use deploykit_core::*;
 //! use deploykit_local::{LocalEnvironment, LocalOptions};
+//! use deploykit_sqlite::SqliteStore;
 //!
 //! let local = LocalEnvironment::open(LocalOptions::new(".deploykit/production")).await?;
 //! let production = EnvironmentSpec::builder()

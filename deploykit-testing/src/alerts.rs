@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use deploykit_core::alerting::{AlertNotification, AlertSink};
+use deploykit_alerting::{AlertNotification, AlertSink};
 use deploykit_core::{Error, Result};
 
 #[derive(Debug, Default)]
@@ -16,7 +16,7 @@ struct Inner {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use deploykit_core::alerting::{Alerting, Route};
+/// use deploykit_alerting::{Alerting, Route};
 /// use deploykit_testing::RecordingAlertSink;
 /// let pager = RecordingAlertSink::new();
 /// let alerting = Alerting::builder()

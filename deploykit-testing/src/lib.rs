@@ -9,15 +9,19 @@
 //! - [`MemoryStore`]: an in-memory [`deploykit_core::StateStore`].
 //! - [`SimClock`]: wall-clock time that follows tokio's (paused) clock.
 //! - [`RecordingNotifier`]: a [`deploykit_core::Notifier`] that keeps what it is sent.
-//! - [`RecordingAlertSink`]: a [`deploykit_core::alerting::AlertSink`] that keeps the alert
+//! - [`RecordingAlertSink`]: a [`deploykit_alerting::AlertSink`] that keeps the alert
 //!   notifications it is sent, and can fail on demand.
 //! - [`MemoryTarget`]: an in-memory [`deploykit_core::BackupTarget`] with injected write
 //!   faults and corruption helpers.
 //! - [`conformance`]: the suites every backend's tests run.
+//! - `k8s` (feature `k8s`): `k8s::FakeApiServer`, an in-memory Kubernetes API server that a
+//!   `kube::Client` talks to, for tests of code on kube-rs.
 
 mod alerts;
 mod clock;
 pub mod conformance;
+#[cfg(feature = "k8s")]
+pub mod k8s;
 mod notify;
 mod sim;
 mod store;

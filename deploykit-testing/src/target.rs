@@ -15,7 +15,7 @@ struct Inner {
 }
 
 /// A [`BackupTarget`] in memory, with the key rules and errors of
-/// [`deploykit_core::LocalTarget`]. Clones share data.
+/// `deploykit_backup::LocalTarget`. Clones share data.
 ///
 /// For crash-consistency tests it can fail writes ([`MemoryTarget::fail_after`]) and damage
 /// stored objects ([`MemoryTarget::corrupt`], [`MemoryTarget::truncate`]).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploykit_core::access::{AccessAction, AccessPolicy, Effect};
-use deploykit_core::store::{AuditAction, AuditOutcome};
+use deploykit_core::audit::{AuditAction, AuditOutcome};
 use deploykit_core::strategy::BlueGreenSpec;
 use deploykit_core::{Actor, EnvironmentName, Error, Orchestrator, Phase, ServiceId, StrategySpec};
 use deploykit_testing::{MemoryStore, SimCluster};

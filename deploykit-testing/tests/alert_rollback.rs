@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deploykit_core::alerting::{
+use deploykit_alerting::{
     AlertRule, AlertTarget, Alerting, NotificationStatus, Route, rollback_on_alerts,
 };
 use deploykit_core::analysis::Condition;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploykit_core::alerting::{
+use deploykit_alerting::{
     AlertEvent, AlertRule, AlertState, AlertTarget, Alerting, AlertingBuilder, Escalation,
     InhibitRule, Matcher, NotificationStatus, Route, Silence, labels,
 };

@@ -18,7 +18,7 @@ use deploykit_core::analysis::{
     AnalysisSpec, Condition, JudgedMetric, JudgementSpec, MeasurementOutcome, MetricCheck,
     MinSamples,
 };
-use deploykit_core::config::Config;
+use deploykit_config::Config;
 use deploykit_core::journal::JournalEvent;
 use deploykit_core::strategy::{CanarySpec, CanaryStep};
 use deploykit_core::{

@@ -5,7 +5,8 @@ mod common;
 use std::sync::Arc;
 
 use deploykit_core::audit::{AuditEntry, SignedCheckpoint, verify};
-use deploykit_core::{Actor, Error, SqliteStore, StateStore};
+use deploykit_core::{Actor, Error, StateStore};
+use deploykit_sqlite::SqliteStore;
 use deploykit_testing::SimCluster;
 use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, params};

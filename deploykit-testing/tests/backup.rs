@@ -11,11 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use deploykit_core::Error;
-use deploykit_core::backup::{
-    BackupKind, BackupPolicy, BackupRequest, BackupTarget, CommandSource, DrillTargets,
-    LocalTarget, PruneOptions, ReadData, RepoKey, RepoOptions, Repository, RestoreOptions,
-    RetentionPolicy, ScheduledRun, Scheduler,
-};
+use deploykit_core::backup::BackupTarget;
+use deploykit_backup::{BackupKind, BackupPolicy, BackupRequest, CommandSource, DrillTargets, LocalTarget, PruneOptions, ReadData, RepoKey, RepoOptions, Repository, RestoreOptions, RetentionPolicy, ScheduledRun, Scheduler};
 use deploykit_testing::MemoryTarget;
 use proptest::prelude::*;
 
@@ -211,7 +208,7 @@ async fn progress_is_reported_after_every_file() {
     let request = BackupRequest::builder()
         .paths(vec![source.clone()])
         .kind(BackupKind::Full)
-        .progress(Arc::new(move |p: &deploykit_core::backup::Progress| {
+        .progress(Arc::new(move |p: &deploykit_backup::Progress| {
             sink.lock().unwrap().push(p.clone())
         }))
         .build();

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deploykit_core::{Clock, Revision, RevisionId, ServiceId, SqliteStore, Timestamp};
+use deploykit_core::{Clock, Revision, RevisionId, ServiceId, Timestamp};
+use deploykit_sqlite::SqliteStore;
 use deploykit_testing::conformance::{environment, monitor, state_store};
 use deploykit_testing::{MemoryStore, SimCluster};
 

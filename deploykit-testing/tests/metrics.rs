@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploykit_core::analysis::{AnalysisSpec, Condition, MetricCheck};
-use deploykit_core::backup::{BackupKind, BackupRequest, RepoKey, RepoOptions, Repository};
-use deploykit_core::metrics::{Metrics, serve};
+use deploykit_backup::{BackupKind, BackupRequest, RepoKey, RepoOptions, Repository};
+use deploykit_telemetry::metrics::{MeteredStore, Metrics, serve};
 use deploykit_core::strategy::{CanarySpec, CanaryStep};
 use deploykit_core::{Orchestrator, Phase, StrategySpec};
 use deploykit_testing::{MemoryStore, MemoryTarget, SimCluster};
@@ -44,11 +44,12 @@ async fn a_canary_and_its_rollback_are_counted() {
     let env = common::environment_with(4, StrategySpec::Canary(canary));
     let sim = SimCluster::new();
     let metrics = Arc::new(Metrics::new());
-    let orch = Orchestrator::builder_shared(Arc::new(MemoryStore::new()))
+    // Fed, not called: the event stream counts rollouts, the store wrapper journal writes.
+    let orch = Orchestrator::builder(MeteredStore::new(MemoryStore::new(), metrics.clone()))
         .environment_with_monitor(env.clone(), Arc::new(sim.clone()), Arc::new(sim.clone()))
         .clock(Arc::new(sim.clock()))
         .config(common::config())
-        .metrics(metrics.clone())
+        .notifier(metrics.clone())
         .open()
         .await
         .unwrap();
@@ -65,6 +66,14 @@ async fn a_canary_and_its_rollback_are_counted() {
         Phase::RolledBack
     );
 
+    // Notifiers are fed through their own queue: wait until the last event has been counted.
+    let finished = r#"deploykit_deployments_finished_total{environment="production",strategy="canary",outcome="rolled_back"}"#;
+    for _ in 0..1000 {
+        if sample(&metrics.encode(), finished).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let text = metrics.encode();
     let labels = r#"{environment="production",strategy="canary"}"#;
     assert_eq!(

@@ -12,7 +12,7 @@ use deploykit_core::analysis::{
     AnalysisSpec, Condition, JudgedMetric, JudgementSpec, MeasurementOutcome, MetricCheck,
     RunStatus, Subject, evaluate, measure,
 };
-use deploykit_core::prometheus::PrometheusMonitor;
+use deploykit_telemetry::prometheus::PrometheusMonitor;
 use deploykit_core::{
     Clock, EnvironmentName, Error, MetricQuery, Monitor, MonitorExt, RevisionId, Sample, ServiceId,
     SystemClock,

@@ -10,13 +10,10 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deploykit_core::secrets::{
-    ExposeSecret, FileSecretProvider, Identity, SecretString, SecretsFile,
-};
-use deploykit_core::{
-    Actor, DeployRequest, DesiredState, Environment, Error, FailureKind, Phase, Revision,
-    RevisionTarget, ServiceSpec, SqliteStore, StateStore, Traffic,
-};
+use deploykit_core::secrets::{ExposeSecret, SecretString};
+use deploykit_secrets::{FileSecretProvider, Identity, SecretsFile};
+use deploykit_core::{Actor, DeployRequest, DesiredState, Environment, Error, FailureKind, Phase, Revision, RevisionTarget, ServiceSpec, StateStore, Traffic};
+use deploykit_sqlite::SqliteStore;
 use deploykit_testing::{RecordingNotifier, SimCluster};
 
 const DB_PASSWORD: &str = "postgres://app:Xq7-db-pass-91f3@db/shop";

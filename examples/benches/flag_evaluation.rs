@@ -5,7 +5,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use deploykit_core::flags::{EvaluationContext, FlagSet};
+use deploykit_flags::{EvaluationContext, FlagSet};
 
 const FLAGS: &str = r##"{
   "flags": {

@@ -14,16 +14,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploykit_core::alerting::{
+use deploykit_alerting::{
     AlertRule, Alerting, Matcher, NotificationStatus, Route, rollback_on_alerts,
 };
 use deploykit_core::analysis::{AnalysisSpec, Condition, MetricCheck};
-use deploykit_core::prometheus::PrometheusMonitor;
+use deploykit_telemetry::prometheus::PrometheusMonitor;
 use deploykit_core::strategy::{CanarySpec, CanaryStep};
-use deploykit_core::{
-    Actor, DeployRequest, Digest, EnvironmentKind, EnvironmentSpec, Monitor, Orchestrator,
-    OrchestratorConfig, Phase, Revision, ServiceSpec, SqliteStore, StrategySpec,
-};
+use deploykit_core::{Actor, DeployRequest, Digest, EnvironmentKind, EnvironmentSpec, Monitor, Orchestrator, OrchestratorConfig, Phase, Revision, ServiceSpec, StrategySpec};
+use deploykit_sqlite::SqliteStore;
 use deploykit_examples::{Timeline, exit_code};
 use deploykit_testing::{RecordingAlertSink, SimCluster};
 
@@ -149,8 +147,8 @@ async fn run() -> Result<bool, Error> {
         .expr(queries.error_ratio)
         .condition(Condition::above(0.05))
         .for_(Duration::from_secs(10))
-        .labels(deploykit_core::alerting::labels([("severity", "page")]))
-        .annotations(deploykit_core::alerting::labels([(
+        .labels(deploykit_alerting::labels([("severity", "page")]))
+        .annotations(deploykit_alerting::labels([(
             "summary",
             "{{service}} revision {{revision}} answers {{value}} of requests with errors",
         )]))

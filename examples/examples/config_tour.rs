@@ -15,13 +15,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use deploykit_core::access::AccessPolicy;
-use deploykit_core::config::{Config, Setting};
-use deploykit_core::flags::{EvaluationContext, FlagSet, Reason};
-use deploykit_core::secrets::{FileSecretProvider, Identity};
+use deploykit_config::{Config, Setting};
+use deploykit_flags::{EvaluationContext, FlagSet, Reason};
+use deploykit_secrets::{FileSecretProvider, Identity};
 use deploykit_core::strategy::CanaryStep;
-use deploykit_core::{
-    Actor, DeployRequest, Digest, Error, Orchestrator, Phase, SqliteStore, StateStore, StrategySpec,
-};
+use deploykit_core::{Actor, DeployRequest, Digest, Error, Orchestrator, Phase, StateStore, StrategySpec};
+use deploykit_sqlite::SqliteStore;
 use deploykit_examples::exit_code;
 use deploykit_testing::SimCluster;
 use ed25519_dalek::SigningKey;
@@ -100,7 +99,7 @@ async fn run() -> Result<bool, BoxError> {
             println!("   background analysis: {}", metrics.join(", "));
         }
     }
-    if let Some(backup) = &prod.backup {
+    if let Some(backup) = config.backup_policy("production")? {
         let runs: Vec<String> = backup
             .rotation
             .iter()

@@ -8,10 +8,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deploykit_core::config::Config;
-use deploykit_core::{
-    Actor, DeployRequest, Digest, Orchestrator, OrchestratorConfig, ServiceSpec, SqliteStore,
-};
+use deploykit_config::Config;
+use deploykit_core::{Actor, DeployRequest, Digest, Orchestrator, OrchestratorConfig, ServiceSpec};
+use deploykit_sqlite::SqliteStore;
 use deploykit_local::{LocalEnvironment, LocalOptions};
 
 /// The sample app binary cargo built for these tests.

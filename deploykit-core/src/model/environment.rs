@@ -9,9 +9,9 @@ use typed_builder::TypedBuilder;
 
 use super::health::HealthChecks;
 use super::ids::EnvironmentName;
-use super::rollout::FailurePolicy;
+use super::rollout::{FailurePolicy, check_replicas};
+use super::strategy::StrategySpec;
 use crate::error::{Error, Result};
-use crate::strategy::StrategySpec;
 use crate::time::duration_ms;
 
 /// The kind of an environment. Kinds carry no behaviour by themselves; policies (approvals,
@@ -179,11 +179,6 @@ pub struct EnvironmentSpec {
     #[builder(default)]
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
-    /// How this environment's data is backed up, if it is: schedule, retention, recovery
-    /// objectives (see [`crate::backup`]).
-    #[builder(default, setter(strip_option))]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup: Option<crate::backup::BackupPolicy>,
 }
 
 crate::validate::validated_serde!(EnvironmentSpec, EnvironmentSpec::validate);
@@ -196,14 +191,13 @@ impl From<EnvironmentSpec> for Result<EnvironmentSpec> {
 }
 
 impl EnvironmentSpec {
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Check the spec as its builder and deserialiser do (for a spec edited after building);
+    /// the error names the field (`environment.replicas`).
+    pub fn validate(&self) -> Result<()> {
         EnvironmentName::new(self.name.as_str())?;
         self.resources.validate("environment.resources")?;
         self.strategy.validate("environment.strategy")?;
-        super::service::check_secret_refs("environment.secrets", &self.secrets)?;
-        if let Some(b) = &self.backup {
-            b.validate()?;
-        }
+        super::ids::check_secret_refs("environment.secrets", &self.secrets)?;
         if let Some(h) = &self.health {
             h.validate("environment.health")?;
         }
@@ -254,27 +248,9 @@ impl EnvironmentSpec {
     }
 }
 
-/// The most instances one revision may ask for in one environment.
-pub const MAX_REPLICAS: u32 = 10_000;
-
-/// Replicas are 1 to [`MAX_REPLICAS`]: with none, a deployment would "succeed" with nothing
-/// serving.
-pub(crate) fn check_replicas(field: &str, replicas: u32) -> Result<()> {
-    if !(1..=MAX_REPLICAS).contains(&replicas) {
-        return Err(Error::invalid(
-            field,
-            format!(
-                "{replicas} is outside 1-{MAX_REPLICAS}: a deployment with no instances would \
-                 \"succeed\" with nothing serving (tear the service down instead)"
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// A progress deadline is 1 s to 7 days.
 pub(crate) fn check_progress_deadline(field: &str, deadline: Duration) -> Result<()> {
-    crate::time::check_duration(
+    crate::validate::check_duration(
         field,
         deadline,
         Duration::from_secs(1),

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use typed_builder::TypedBuilder;
 
 use crate::error::{Error, Result};
-use crate::time::{HOUR, check_duration, duration_ms};
+use crate::validate::check_duration;
+use crate::time::{HOUR, duration_ms};
 
 /// The largest success or failure threshold a probe accepts.
 const MAX_THRESHOLD: u32 = 1_000;
@@ -170,7 +171,8 @@ impl Probe {
         self.initial_delay + self.period * self.failure_threshold
     }
 
-    pub(crate) fn validate(&self, field: &str) -> Result<()> {
+    /// Check the probe as its builder does; errors name `field` and the part of the probe.
+    pub fn validate(&self, field: &str) -> Result<()> {
         self.action.validate(&format!("{field}.action"))?;
         let ms = Duration::from_millis(1);
         check_duration(

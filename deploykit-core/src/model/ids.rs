@@ -1,5 +1,6 @@
 //! Validated identifiers: services, environments, revisions, deployments and content digests.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -215,6 +216,42 @@ impl TryFrom<String> for Digest {
 impl From<Digest> for String {
     fn from(d: Digest) -> String {
         d.0
+    }
+}
+
+/// Secret references: variable names that are names, key paths that are paths.
+pub(crate) fn check_secret_refs(field: &str, secrets: &BTreeMap<String, String>) -> Result<()> {
+    for (name, key) in secrets {
+        check_variable_name(field, name)?;
+        let ok = !key.is_empty()
+            && key.split('.').all(|s| {
+                !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            });
+        if !ok {
+            return Err(Error::invalid(
+                format!("{field}.{name}"),
+                format!(
+                    "{key:?} is not a secret key path: dot-separated segments of letters, digits, `_` and `-`"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_variable_name(field: &str, key: &str) -> Result<()> {
+    let ok = !key.is_empty()
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            format!("{field}.{key}"),
+            "variable names are letters, digits and '_', not starting with a digit",
+        ))
     }
 }
 

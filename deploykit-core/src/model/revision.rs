@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::environment::{EnvironmentSpec, Resources};
 use super::health::HealthChecks;
 use super::ids::{Digest, RevisionId, ServiceId};
-use super::service::{ServiceSpec, check_variable_name};
+use super::ids::check_variable_name;
+use super::service::ServiceSpec;
 use crate::error::{Error, Result};
 use crate::secrets::SecretProvider;
 
@@ -154,18 +155,23 @@ impl Revision {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> deploykit_core::Result<()> {
     /// use std::collections::BTreeMap;
-    /// use deploykit_core::secrets::{FileSecretProvider, Identity, SecretString, SecretsFile};
+    /// use deploykit_core::secrets::{Secret, SecretProvider, SecretString};
     /// use deploykit_core::{Digest, EnvironmentKind, EnvironmentSpec, Revision, ServiceSpec};
+    /// # #[derive(Debug)]
+    /// # struct Vault;
+    /// # #[async_trait::async_trait]
+    /// # impl SecretProvider for Vault {
+    /// #     async fn get(&self, key: &str) -> deploykit_core::Result<Secret> {
+    /// #         Ok(Secret::new(SecretString::from("tok-1"), "v1"))
+    /// #     }
+    /// # }
     /// let web = ServiceSpec::builder().name("web").build()?;
     /// let prod = EnvironmentSpec::builder()
     ///     .name("production")
     ///     .kind(EnvironmentKind::Production)
     ///     .secrets(BTreeMap::from([("API_TOKEN".into(), "production.api_token".into())]))
     ///     .build()?;
-    /// let me = Identity::generate();
-    /// let mut file = SecretsFile::create(&[me.to_recipient()])?;
-    /// file.set("production.api_token", SecretString::from("tok-1"))?;
-    /// let provider = FileSecretProvider::new("secrets.toml", file);
+    /// let provider = Vault; // e.g. `deploykit_secrets::FileSecretProvider`
     ///
     /// let v1 = Revision::new(&web, &prod, Digest::of_bytes(b"image"), "v1")?
     ///     .pin_secrets(&provider)

@@ -1,4 +1,4 @@
-//! Rollout parameters: surge and unavailability budgets, traffic weights.
+//! Rollout parameters: instance counts, surge and unavailability budgets, traffic weights.
 
 use std::fmt;
 
@@ -195,6 +195,24 @@ impl From<Weight> for u32 {
     fn from(w: Weight) -> u32 {
         w.percent()
     }
+}
+
+/// The most instances one revision may ask for in one environment.
+pub const MAX_REPLICAS: u32 = 10_000;
+
+/// Replicas are 1 to [`MAX_REPLICAS`]: with none, a deployment would "succeed" with nothing
+/// serving.
+pub(crate) fn check_replicas(field: &str, replicas: u32) -> Result<()> {
+    if !(1..=MAX_REPLICAS).contains(&replicas) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{replicas} is outside 1-{MAX_REPLICAS}: a deployment with no instances would \
+                 \"succeed\" with nothing serving (tear the service down instead)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

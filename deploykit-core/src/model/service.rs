@@ -7,7 +7,7 @@ use typed_builder::TypedBuilder;
 
 use super::environment::Resources;
 use super::health::HealthChecks;
-use super::ids::ServiceId;
+use super::ids::{ServiceId, check_secret_refs, check_variable_name};
 use crate::error::{Error, Result};
 
 /// What a service is: how to run one instance of it and how to tell whether it is healthy.
@@ -66,7 +66,9 @@ impl From<ServiceSpec> for Result<ServiceSpec> {
 }
 
 impl ServiceSpec {
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Check the spec as its builder and deserialiser do (for a spec edited after building);
+    /// the error names the field (`service.port`).
+    pub fn validate(&self) -> Result<()> {
         ServiceId::new(self.name.as_str())?;
         if self.port == Some(0) {
             return Err(Error::invalid("service.port", "port 0 is not a port"));
@@ -80,41 +82,6 @@ impl ServiceSpec {
     }
 }
 
-/// Secret references: variable names that are names, key paths that are paths.
-pub(crate) fn check_secret_refs(field: &str, secrets: &BTreeMap<String, String>) -> Result<()> {
-    for (name, key) in secrets {
-        check_variable_name(field, name)?;
-        let ok = !key.is_empty()
-            && key.split('.').all(|s| {
-                !s.is_empty()
-                    && s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            });
-        if !ok {
-            return Err(Error::invalid(
-                format!("{field}.{name}"),
-                format!(
-                    "{key:?} is not a secret key path: dot-separated segments of letters, digits, `_` and `-`"
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn check_variable_name(field: &str, key: &str) -> Result<()> {
-    let ok = !key.is_empty()
-        && !key.starts_with(|c: char| c.is_ascii_digit())
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            format!("{field}.{key}"),
-            "variable names are letters, digits and '_', not starting with a digit",
-        ))
-    }
-}
 
 #[cfg(test)]
 mod tests {

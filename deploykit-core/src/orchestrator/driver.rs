@@ -5,15 +5,16 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::release::{self, Promotion};
 use super::{Shared, Target};
 use crate::analysis::{Measurement, Subject, measure};
-use crate::environment::DesiredState;
+use crate::environment::{DesiredState, Observed};
 use crate::error::{Error, Result};
+use crate::retry::{Backoff, RetryPolicy};
 use crate::journal::{
-    DeploymentKind, DeploymentStatus, JournalEvent, Outcome, Phase, ReleaseMembership,
-    RollbackCause,
+    DeploymentKind, DeploymentStatus, JournalEvent, Outcome, Phase, RollbackCause,
 };
-use crate::model::{DeploymentId, FailurePolicy};
+use crate::model::{DeploymentId, FailurePolicy, Revision};
 use crate::store::Lease;
 use crate::strategy::{AnalysisRequest, Decision, DeploymentStrategy, PlanContext};
 use crate::time::Timestamp;
@@ -29,28 +30,6 @@ enum Next {
     /// Stop driving: another live orchestrator holds the service's lease and drives it. If
     /// that one dies, the adoption scan starts a driver here again.
     Leave,
-}
-
-/// Exponential backoff that resets after every successful step, per deployment.
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    current: Option<Duration>,
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let next = match self.current {
-            None => self.initial,
-            Some(d) => (d * 2).min(self.max),
-        };
-        self.current = Some(next);
-        next
-    }
-
-    fn reset(&mut self) {
-        self.current = None;
-    }
 }
 
 struct Driver {
@@ -82,6 +61,7 @@ pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
         id: id.clone(),
     };
     let config = shared.config.clone();
+    let retry_max = config.retry_max.max(config.retry_initial);
     let waker = shared.waker(&id);
     let mut driver = Driver {
         waker,
@@ -89,11 +69,13 @@ pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
         id,
         lease: None,
         reapplied: false,
-        backoff: Backoff {
-            initial: config.retry_initial,
-            max: config.retry_max,
-            current: None,
-        },
+        // Exponential, not jittered, reset after every successful step.
+        backoff: Backoff::new(
+            &RetryPolicy::default()
+                .with_backoff(config.retry_initial, retry_max)
+                .expect("the initial delay is at most the longest")
+                .with_jitter(false),
+        ),
         last_error: None,
         reachable_since: None,
         cached: None,
@@ -119,7 +101,13 @@ pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
                 tracing::debug!("journal moved on; re-planning");
             }
             Err(e) => {
-                let delay = driver.backoff.next();
+                // A backend that has used up its own retries is not retried fast again: the
+                // driver comes back after its longest delay.
+                let delay = if e.is_persistent() {
+                    retry_max
+                } else {
+                    driver.backoff.next()
+                };
                 tracing::warn!(error = %e.chain(), retry_in = ?delay, "step failed; retrying");
                 driver.last_error = Some(e.chain());
                 driver.sleep(delay).await;
@@ -206,126 +194,207 @@ impl Driver {
         next
     }
 
+    /// One round of the control loop: the named steps below, in order, each owning one concern.
+    /// A step that decides the round (`Some(next)`) ends it; one that does not hands it on.
+    ///
+    /// The order is part of the semantics: an operator's abort wins over a failed release
+    /// member, and both win over a pause (a paused deployment still rolls back with its
+    /// release); the deadline is judged before a restarted driver re-applies anything.
     async fn step_with(&mut self, st: &mut DeploymentStatus) -> Result<Next> {
         if st.phase.is_terminal() {
             return Ok(Next::Done);
         }
+        // One reading of the clock serves the whole round.
         let now = self.shared.clock.now();
-
-        if st.phase == Phase::Pending {
-            if let Some(abort) = &st.abort {
-                let reason = format!(
-                    "aborted by {} before it started: {}",
-                    abort.by, abort.reason
-                );
-                self.finish(st, Outcome::Failed { reason }).await?;
-                return Ok(Next::Now);
-            }
-            if self.queued_behind_older(st).await? {
-                return Ok(Next::After(self.poll()));
-            }
-            match self.hold_lease(st).await? {
-                LeaseState::Held => {}
-                LeaseState::Busy => return Ok(Next::After(self.poll())),
-                LeaseState::Elsewhere => return Ok(Next::Leave),
-            }
-            let previous = self
-                .shared
-                .history(&st.spec.service, &st.spec.environment, 1)
-                .await?
-                .into_iter()
-                .next();
-            self.shared
-                .append(st, JournalEvent::Started { previous })
-                .await?;
-            return Ok(Next::Now);
+        if let Some(next) = self.start_if_pending(st).await? {
+            return Ok(next);
         }
-
-        match self.hold_lease(st).await? {
-            LeaseState::Held => {}
-            LeaseState::Busy => return Ok(Next::After(self.poll())),
-            // Another orchestrator drives it while it lives; the adoption scan takes over once
-            // its lease lapses.
-            LeaseState::Elsewhere => return Ok(Next::Leave),
+        if let Some(next) = self.keep_lease(st).await? {
+            return Ok(next);
         }
-        if let Some(abort) = &st.abort
-            && matches!(st.phase, Phase::Progressing | Phase::Paused)
-        {
-            let reason = format!("aborted by {}: {}", abort.by, abort.reason);
-            return self.give_up(st, RollbackCause::Aborted, reason).await;
+        if let Some(next) = self.honour_abort(st).await? {
+            return Ok(next);
         }
-        // A release is all or nothing: a failed member rolls back the others, held or not.
-        if matches!(st.phase, Phase::Progressing | Phase::Paused)
-            && let Some(release) = &st.spec.release
-            && let Some(reason) = self.release_member_failed(st, release).await?
-        {
-            return self.give_up(st, RollbackCause::ReleaseFailed, reason).await;
+        if let Some(next) = self.coordinate_release(st).await? {
+            return Ok(next);
         }
-        if st.phase == Phase::Paused {
-            return Ok(Next::After(self.poll()));
+        if let Some(next) = self.honour_pause(st) {
+            return Ok(next);
         }
-        if st.spec.kind == DeploymentKind::Teardown && st.phase == Phase::Progressing {
-            return match self.target(st)?.env.teardown(&st.spec.service).await {
-                Ok(()) => {
-                    self.finish(st, Outcome::Succeeded).await?;
-                    Ok(Next::Now)
-                }
-                Err(e) if e.is_retryable() => Err(e),
-                Err(e) => {
-                    let reason = format!("teardown of {} failed: {}", st.spec.service, e.chain());
-                    self.finish(st, Outcome::Failed { reason }).await?;
-                    Ok(Next::Now)
-                }
-            };
+        if let Some(next) = self.tear_down(st).await? {
+            return Ok(next);
         }
-
         if let Some(next) = self.supersede_if_stalled(st).await? {
             return Ok(next);
         }
+        if let Some(next) = self.check_deadline(st, now).await? {
+            return Ok(next);
+        }
+        if let Some(next) = self.reapply_after_restart(st).await? {
+            return Ok(next);
+        }
+        self.plan_and_act(st, now).await
+    }
 
-        // The deadline does not run during a deliberate wait (a timed pause, the warm window
-        // after promotion) nor during a rollback, which never gives up: it retries until the
-        // previous revision serves alone, verified.
+    /// Start a pending deployment once it may: one aborted before it started fails; one queued
+    /// behind an older deployment of its service waits; otherwise it takes the service's lease
+    /// and journals its start with the revision it replaces. Decides every round of a pending
+    /// deployment.
+    async fn start_if_pending(&mut self, st: &mut DeploymentStatus) -> Result<Option<Next>> {
+        if st.phase != Phase::Pending {
+            return Ok(None);
+        }
+        if let Some(abort) = &st.abort {
+            let reason = format!(
+                "aborted by {} before it started: {}",
+                abort.by, abort.reason
+            );
+            self.finish(st, Outcome::Failed { reason }).await?;
+            return Ok(Some(Next::Now));
+        }
+        if self.queued_behind_older(st).await? {
+            return Ok(Some(Next::After(self.poll())));
+        }
+        if let Some(next) = self.keep_lease(st).await? {
+            return Ok(Some(next));
+        }
+        let previous = self
+            .shared
+            .history(&st.spec.service, &st.spec.environment, 1)
+            .await?
+            .into_iter()
+            .next();
+        self.shared
+            .append(st, JournalEvent::Started { previous })
+            .await?;
+        Ok(Some(Next::Now))
+    }
+
+    /// Take or renew the service's lease: undecided while this driver holds it. While another
+    /// driver of this orchestrator holds it (an older deployment about to let go), wait; while
+    /// another live orchestrator does, leave the deployment to it (the adoption scan starts a
+    /// driver here again once its lease lapses).
+    async fn keep_lease(&mut self, st: &DeploymentStatus) -> Result<Option<Next>> {
+        Ok(match self.hold_lease(st).await? {
+            LeaseState::Held => None,
+            LeaseState::Busy => Some(Next::After(self.poll())),
+            LeaseState::Elsewhere => Some(Next::Leave),
+        })
+    }
+
+    /// An operator's abort (or rejection) of a running or paused deployment: roll it back,
+    /// whatever its failure policy.
+    async fn honour_abort(&mut self, st: &mut DeploymentStatus) -> Result<Option<Next>> {
+        let Some(abort) = &st.abort else {
+            return Ok(None);
+        };
+        if !matches!(st.phase, Phase::Progressing | Phase::Paused) {
+            return Ok(None);
+        }
+        let reason = format!("aborted by {}: {}", abort.by, abort.reason);
+        self.give_up(st, RollbackCause::Aborted, reason)
+            .await
+            .map(Some)
+    }
+
+    /// A release is all or nothing: once another member has failed, roll this one back too,
+    /// running or paused (see [`release::member_failed`]).
+    async fn coordinate_release(&mut self, st: &mut DeploymentStatus) -> Result<Option<Next>> {
+        if !matches!(st.phase, Phase::Progressing | Phase::Paused) {
+            return Ok(None);
+        }
+        let Some(reason) = release::member_failed(&self.shared, st).await? else {
+            return Ok(None);
+        };
+        self.give_up(st, RollbackCause::ReleaseFailed, reason)
+            .await
+            .map(Some)
+    }
+
+    /// An operator's pause holds the deployment where it is until resumed (the progress
+    /// deadline does not run meanwhile).
+    fn honour_pause(&self, st: &DeploymentStatus) -> Option<Next> {
+        (st.phase == Phase::Paused).then(|| Next::After(self.poll()))
+    }
+
+    /// A teardown (a preview's service going away) removes the service and ends: succeeded, or
+    /// failed if the backend refuses (a transient error is retried).
+    async fn tear_down(&mut self, st: &mut DeploymentStatus) -> Result<Option<Next>> {
+        if st.spec.kind != DeploymentKind::Teardown || st.phase != Phase::Progressing {
+            return Ok(None);
+        }
+        let outcome = match self.target(st)?.env.teardown(&st.spec.service).await {
+            Ok(()) => Outcome::Succeeded,
+            Err(e) if e.is_retryable() => return Err(e),
+            Err(e) => Outcome::Failed {
+                reason: format!("teardown of {} failed: {}", st.spec.service, e.chain()),
+            },
+        };
+        self.finish(st, outcome).await?;
+        Ok(Some(Next::Now))
+    }
+
+    /// The progress deadline: a rollout that made no progress for that long gives up, saying
+    /// why (the target's last readiness failure, the last error). The deadline does not run
+    /// during a deliberate wait (a timed pause, the warm window after promotion) nor during a
+    /// rollback, which never gives up: it retries until the previous revision serves alone,
+    /// verified.
+    async fn check_deadline(
+        &mut self,
+        st: &mut DeploymentStatus,
+        now: Timestamp,
+    ) -> Result<Option<Next>> {
         let deadline = st.spec.progress_deadline;
         // (The cheap test first: the deadline counts from no earlier than the last progress.)
-        if st.phase == Phase::Progressing
+        let overdue = st.phase == Phase::Progressing
             && now.since(st.last_progress_at) > deadline
-            && now.since(st.deadline_counts_from()) > deadline
+            && now.since(st.deadline_counts_from()) > deadline;
+        if !overdue {
+            return Ok(None);
+        }
+        let stalled = now.since(st.deadline_counts_from());
+        let mut reason = format!(
+            "no progress for {}s (progress deadline {}s)",
+            stalled.as_secs(),
+            deadline.as_secs()
+        );
+        // Say why: readiness failures are waited for until now, so the reason is the last
+        // observation of the target (best effort: the backend may be what is failing).
+        if let Ok(observed) = self.target(st)?.env.observe(&st.spec.service).await
+            && let Some(why) = observed
+                .revision(&st.spec.target.id)
+                .and_then(crate::strategy::not_ready)
         {
-            let stalled = now.since(st.deadline_counts_from());
-            let mut reason = format!(
-                "no progress for {}s (progress deadline {}s)",
-                stalled.as_secs(),
-                st.spec.progress_deadline.as_secs()
-            );
-            // Say why: readiness failures are waited for until now, so the reason is the last
-            // observation of the target (best effort: the backend may be what is failing).
-            if let Ok(observed) = self.target(st)?.env.observe(&st.spec.service).await
-                && let Some(why) = observed
-                    .revision(&st.spec.target.id)
-                    .and_then(crate::strategy::not_ready)
-            {
-                reason.push_str(&format!("; {why}"));
-            }
-            if let Some(e) = &self.last_error {
-                reason.push_str(&format!("; last error: {e}"));
-            }
-            return self
-                .give_up(st, RollbackCause::ProgressDeadline, reason)
-                .await;
+            reason.push_str(&format!("; {why}"));
         }
-
-        // After a restart, finish the action the last process journaled but may not have
-        // carried out. Applying a desired state is idempotent, so this is safe either way.
-        if !self.reapplied {
-            if let Some(desired) = st.last_applied.clone()
-                && let Some(next) = self.apply(st, &desired).await?
-            {
-                return Ok(next);
-            }
-            self.reapplied = true;
+        if let Some(e) = &self.last_error {
+            reason.push_str(&format!("; last error: {e}"));
         }
+        self.give_up(st, RollbackCause::ProgressDeadline, reason)
+            .await
+            .map(Some)
+    }
 
+    /// After a restart, finish the action the last process journaled but may not have carried
+    /// out. Applying a desired state is idempotent, so this is safe either way; it happens once
+    /// per driver.
+    async fn reapply_after_restart(&mut self, st: &mut DeploymentStatus) -> Result<Option<Next>> {
+        if self.reapplied {
+            return Ok(None);
+        }
+        if let Some(desired) = st.last_applied.clone()
+            && let Some(next) = self.apply(st, &desired).await?
+        {
+            return Ok(Some(next));
+        }
+        self.reapplied = true;
+        Ok(None)
+    }
+
+    /// Observe the environment, ask the current leg's planner what to do, and do it: the step
+    /// that moves a rollout (or a rollback) along. A rollback of a first deployment, which has
+    /// nothing to return to, removes it instead.
+    async fn plan_and_act(&mut self, st: &mut DeploymentStatus, now: Timestamp) -> Result<Next> {
         let leg_target = match (st.phase, &st.previous) {
             (Phase::RollingBack, Some(previous)) => previous.clone(),
             (Phase::RollingBack, None) => return self.remove_first_revision(st).await,
@@ -338,46 +407,70 @@ impl Driver {
         if self.reachable_since.is_none() {
             self.reachable_since = Some(now);
         }
+        // An autoscaled service is sized from its autoscaler's live count (issue 14 K).
+        let replicas = observed.replicas_for(st.spec.replicas);
+        let decision = self.plan(st, &leg_target, &observed, replicas, now);
+        self.act(st, decision, &leg_target, &observed, replicas)
+            .await
+    }
+
+    /// What the current leg's planner decides on what the environment shows. The planner is
+    /// built once per leg (the rollout, then perhaps the rollback).
+    fn plan(
+        &mut self,
+        st: &DeploymentStatus,
+        leg_target: &Arc<Revision>,
+        observed: &Observed,
+        replicas: u32,
+        now: Timestamp,
+    ) -> Decision {
         let rolling_back = st.phase == Phase::RollingBack;
         let leg = if rolling_back {
             Phase::RollingBack
         } else {
             Phase::Progressing
         };
-        if self.planner.as_ref().is_none_or(|(l, _, _)| *l != leg) {
-            // Deploying the revision that already serves is no canary of itself: the rollout
-            // only converges on it (full size, all traffic, nothing else running) with the
-            // rollback planner, which completes at once when that is already so.
-            let converge = rolling_back || st.redeploys_serving();
-            let planner = if converge {
-                st.spec.strategy.rollback_planner()
-            } else {
-                st.spec.strategy.planner()
-            };
-            self.planner = Some((leg, converge, planner));
-        }
-        let Some((_, converge, planner)) = &self.planner else {
-            return Ok(Next::Now);
+        let (_, converge, planner) = match &mut self.planner {
+            Some(current) if current.0 == leg => current,
+            slot => {
+                // Deploying the revision that already serves is no canary of itself: the
+                // rollout only converges on it (full size, all traffic, nothing else running)
+                // with the rollback planner, which completes at once when that is already so.
+                let converge = rolling_back || st.redeploys_serving();
+                let planner = if converge {
+                    st.spec.strategy.rollback_planner()
+                } else {
+                    st.spec.strategy.planner()
+                };
+                slot.insert((leg, converge, planner))
+            }
         };
         let stable = if *converge {
             None
         } else {
             st.previous.as_ref()
         };
-        // An autoscaled service is sized from its autoscaler's live count (issue 14 K).
-        let replicas = observed.replicas_for(st.spec.replicas);
-        let ctx = PlanContext::new(&leg_target, stable, replicas, &observed, &st.progress, now);
-        let next = match planner.plan(&ctx) {
+        let ctx = PlanContext::new(leg_target, stable, replicas, observed, &st.progress, now);
+        planner.plan(&ctx)
+    }
+
+    /// Carry out the planner's `decision`: journal it, and do what it asks of the environment.
+    /// A round that got this far without a refusal clears the last error.
+    async fn act(
+        &mut self,
+        st: &mut DeploymentStatus,
+        decision: Decision,
+        leg_target: &Revision,
+        observed: &Observed,
+        replicas: u32,
+    ) -> Result<Next> {
+        let next = match decision {
             Decision::Apply(desired) => {
                 let desired = desired.with_autoscale(self.target(st)?.spec.autoscale.clone());
-                if st.last_applied.as_ref() != Some(&desired) {
-                    let event = JournalEvent::Applied {
-                        desired: desired.clone(),
-                        observed: observed.summary(),
-                    };
-                    self.shared.append(st, event).await?;
-                }
-                if let Some(next) = self.apply(st, &desired).await? {
+                if let Some(next) = self
+                    .journal_and_apply(st, &desired, || observed.summary())
+                    .await?
+                {
                     return Ok(next);
                 }
                 Next::After(self.poll())
@@ -401,31 +494,12 @@ impl Driver {
                 self.shared.append(st, event).await?;
                 Next::Now
             }
-            Decision::Promote => match st.spec.release.clone() {
-                // A release member promotes only once every member is ready to.
-                Some(_) if st.progress.ready_to_promote_at.is_none() => {
-                    self.shared.append(st, JournalEvent::ReadyToPromote).await?;
-                    Next::Now
-                }
-                Some(release) if !self.release_ready(st, &release).await? => {
-                    Next::After(self.poll())
-                }
-                _ => {
-                    self.shared.append(st, JournalEvent::Promoted).await?;
-                    Next::Now
-                }
-            },
-            Decision::Complete if rolling_back => {
+            Decision::Promote => self.promote(st).await?,
+            Decision::Complete if st.phase == Phase::RollingBack => {
                 // Verify before calling it rolled back: alone, fully ready, all traffic.
-                let ready = observed.revision(&leg_target.id).map_or(0, |o| o.ready());
-                let weight = observed.weight_of(&leg_target.id);
-                if ready < replicas || weight != 100 || observed.revisions.len() != 1 {
+                let Some(verification) = rollback_verified(leg_target, observed, replicas) else {
                     return Ok(Next::After(self.poll()));
-                }
-                let verification = format!(
-                    "{} {ready}/{replicas} ready, {weight}% of traffic",
-                    leg_target.label
-                );
+                };
                 self.finish(st, Outcome::RolledBack { verification })
                     .await?;
                 Next::Now
@@ -438,6 +512,38 @@ impl Driver {
         };
         self.last_error = None;
         Ok(next)
+    }
+
+    /// Switch all traffic to the new revision, once release coordination lets it: a member of
+    /// a release first says it is ready, then waits for every other member (see
+    /// [`release::promotion`]).
+    async fn promote(&mut self, st: &mut DeploymentStatus) -> Result<Next> {
+        let event = match release::promotion(&self.shared, st).await? {
+            Promotion::Announce => JournalEvent::ReadyToPromote,
+            Promotion::Wait => return Ok(Next::After(self.poll())),
+            Promotion::Go => JournalEvent::Promoted,
+        };
+        self.shared.append(st, event).await?;
+        Ok(Next::Now)
+    }
+
+    /// Journal `desired` (with what was observed, `observed()`, for humans) unless it is what
+    /// was applied last, then apply it. `Some(next)` if the environment refused it and the
+    /// journal moved on (see [`Driver::apply`]).
+    async fn journal_and_apply(
+        &mut self,
+        st: &mut DeploymentStatus,
+        desired: &DesiredState,
+        observed: impl FnOnce() -> String,
+    ) -> Result<Option<Next>> {
+        if st.last_applied.as_ref() != Some(desired) {
+            let event = JournalEvent::Applied {
+                desired: desired.clone(),
+                observed: observed(),
+            };
+            self.shared.append(st, event).await?;
+        }
+        self.apply(st, desired).await
     }
 
     /// Take the measurements `request` asks for, journaling each.
@@ -538,14 +644,8 @@ impl Driver {
     /// and fail.
     async fn remove_first_revision(&mut self, st: &mut DeploymentStatus) -> Result<Next> {
         let empty = DesiredState::default();
-        if st.last_applied.as_ref() != Some(&empty) {
-            let event = JournalEvent::Applied {
-                desired: empty.clone(),
-                observed: "first deployment rolled back".into(),
-            };
-            self.shared.append(st, event).await?;
-        }
-        if let Some(next) = self.apply(st, &empty).await? {
+        let why = || "first deployment rolled back".to_string();
+        if let Some(next) = self.journal_and_apply(st, &empty, why).await? {
             return Ok(next);
         }
         // Failed is only said once nothing of it runs (so nothing of it takes traffic).
@@ -574,57 +674,6 @@ impl Driver {
             .append(st, JournalEvent::Finished { outcome })
             .await?;
         Ok(())
-    }
-
-    /// Why another member of this deployment's release has failed, if one has.
-    async fn release_member_failed(
-        &self,
-        st: &DeploymentStatus,
-        release: &ReleaseMembership,
-    ) -> Result<Option<String>> {
-        for id in release.deployments.iter().filter(|id| **id != st.spec.id) {
-            let other = self.shared.status(id).await?;
-            let failed = matches!(
-                other.phase,
-                Phase::RollingBack | Phase::RolledBack | Phase::Failed | Phase::Frozen
-            );
-            if failed {
-                let why = other
-                    .rollback
-                    .as_ref()
-                    .map(|(_, r)| r.clone())
-                    .or_else(|| match &other.outcome {
-                        Some(Outcome::Failed { reason } | Outcome::Frozen { reason }) => {
-                            Some(reason.clone())
-                        }
-                        _ => None,
-                    })
-                    .unwrap_or_default();
-                return Ok(Some(format!(
-                    "release {}: {} {}: {why}",
-                    release.id, other.spec.service, other.phase
-                )));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Whether every other member of the release is ready to promote (or has).
-    async fn release_ready(
-        &self,
-        st: &DeploymentStatus,
-        release: &ReleaseMembership,
-    ) -> Result<bool> {
-        for id in release.deployments.iter().filter(|id| **id != st.spec.id) {
-            let other = self.shared.status(id).await?;
-            let ready = other.progress.ready_to_promote_at.is_some()
-                || other.progress.promoted_at.is_some()
-                || other.phase == Phase::Succeeded;
-            if !ready {
-                return Ok(false);
-            }
-        }
-        Ok(true)
     }
 
     /// Whether an older deployment of the same service and environment is still active:
@@ -743,5 +792,85 @@ impl Driver {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// How a finished rollback was verified (`v1 3/3 ready, 100% of traffic`), or `None` while
+/// `target` does not yet serve alone, with `replicas` ready instances and all the traffic.
+fn rollback_verified(target: &Revision, observed: &Observed, replicas: u32) -> Option<String> {
+    let ready = observed.revision(&target.id).map_or(0, |o| o.ready());
+    let weight = observed.weight_of(&target.id);
+    if ready < replicas || weight != 100 || observed.revisions.len() != 1 {
+        return None;
+    }
+    Some(format!(
+        "{} {ready}/{replicas} ready, {weight}% of traffic",
+        target.label
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::environment::{InstanceObservation, RevisionObservation, Traffic};
+    use crate::model::{Digest, EnvironmentKind, EnvironmentSpec, ServiceSpec, Weight};
+
+    fn revision(label: &str) -> Arc<Revision> {
+        let service = ServiceSpec::builder().name("web").build().unwrap();
+        let environment = EnvironmentSpec::builder()
+            .name("production")
+            .kind(EnvironmentKind::Production)
+            .replicas(2)
+            .build()
+            .unwrap();
+        let artifact = Digest::of_bytes(label.as_bytes());
+        Arc::new(Revision::new(&service, &environment, artifact, label).unwrap())
+    }
+
+    /// `revisions` running with their ready flags per instance, and traffic by percent.
+    fn observed(revisions: &[(&Arc<Revision>, &[bool], u32)]) -> Observed {
+        let running = revisions
+            .iter()
+            .map(|(r, ready, _)| {
+                let instances = ready
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ready)| InstanceObservation::new(format!("web-{i}"), *ready, 0, None))
+                    .collect();
+                RevisionObservation::new(Arc::clone(r), ready.len() as u32, instances)
+            })
+            .collect();
+        let traffic = revisions
+            .iter()
+            .filter(|(_, _, percent)| *percent > 0)
+            .map(|(r, _, percent)| (r.id.clone(), Weight::new(*percent).unwrap()))
+            .collect::<BTreeMap<_, _>>();
+        Observed::new(running, traffic, Traffic::ByReadyInstances)
+    }
+
+    #[test]
+    fn a_rollback_is_verified_once_its_target_serves_alone_ready_with_all_traffic() {
+        let v1 = revision("v1");
+        let done = observed(&[(&v1, &[true, true], 100)]);
+        assert_eq!(
+            rollback_verified(&v1, &done, 2).as_deref(),
+            Some("v1 2/2 ready, 100% of traffic")
+        );
+    }
+
+    #[test]
+    fn a_rollback_is_not_verified_while_anything_falls_short() {
+        let (v1, v2) = (revision("v1"), revision("v2"));
+        let not_ready = observed(&[(&v1, &[true, false], 100)]);
+        assert_eq!(rollback_verified(&v1, &not_ready, 2), None);
+        let split = observed(&[(&v1, &[true, true], 90), (&v2, &[true], 10)]);
+        assert_eq!(rollback_verified(&v1, &split, 2), None);
+        let not_alone = observed(&[(&v1, &[true, true], 100), (&v2, &[false], 0)]);
+        assert_eq!(rollback_verified(&v1, &not_alone, 2), None);
+        let too_few = observed(&[(&v1, &[true, true], 100)]);
+        assert_eq!(rollback_verified(&v1, &too_few, 3), None);
+        assert_eq!(rollback_verified(&v2, &too_few, 2), None);
     }
 }

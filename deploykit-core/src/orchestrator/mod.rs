@@ -2,10 +2,13 @@
 //! in-flight deployments after a restart, and serialises deployments of one service in one
 //! environment with an expiring lease.
 
+mod access_gate;
+mod audit_trail;
 mod driver;
-mod events;
+
 mod preview;
 mod release;
+mod secret_pins;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,19 +21,23 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 use typed_builder::TypedBuilder;
 
-pub use events::Event;
+use crate::event::Event;
 pub use preview::{Preview, PreviewRequest, ScopedEnvironment, preview_name};
 pub use release::{Release, ReleaseRequest, ReleaseService};
 
+use access_gate::AccessGate;
+use audit_trail::{AuditTrail, audit_action};
+use secret_pins::SecretPins;
+
 use crate::access::{AccessAction, AccessPolicy};
-use crate::audit::{self, AuditEntry, SignedCheckpoint, Verified};
+use crate::audit::{AuditEntry, SignedCheckpoint, Verified};
 use crate::environment::{Environment, TrafficSplit};
 use crate::error::{Error, Result};
+use crate::retry;
 use crate::journal::{
     Actor, DeploymentKind, DeploymentSpec, DeploymentStatus, JournalEntry, JournalEvent,
     ReleaseMembership,
 };
-use crate::metrics::Metrics;
 use crate::model::{
     DeploymentId, Digest, EnvironmentKind, EnvironmentName, EnvironmentSpec, FailurePolicy,
     Revision, RevisionId, ServiceId, ServiceSpec,
@@ -162,20 +169,20 @@ impl Target {
     }
 }
 
+/// What the orchestrator's handle, its deployment drivers and its background tasks share.
+/// Access checks, the audit trail and secret pinning are each their own small type.
 #[derive(Debug)]
 pub(crate) struct Shared {
     store: Arc<dyn StateStore>,
     /// Configured environments, plus preview environments created on demand.
     targets: RwLock<BTreeMap<EnvironmentName, Arc<Target>>>,
     previews: Option<preview::PreviewTemplate>,
-    /// The access policy operator actions are checked against, if any.
-    access: Option<AccessPolicy>,
-    /// Whether a production approval by the deployment's requester is refused.
-    four_eyes: bool,
+    /// Whether an actor may do an operator action.
+    gate: AccessGate,
+    /// Where operator actions, carried out or refused, are recorded.
+    audit: AuditTrail,
     /// Where secret references are pinned to versions when a revision is made.
-    secrets: Option<Arc<dyn SecretProvider>>,
-    /// Where journal writes and events are counted.
-    metrics: Option<Arc<Metrics>>,
+    pins: SecretPins,
     /// Deployment drivers (aborted when the orchestrator is dropped or shut down).
     drivers: Mutex<JoinSet<()>>,
     /// The deployments this orchestrator has a driver for, so that none gets two.
@@ -201,7 +208,6 @@ pub struct OrchestratorBuilder {
     access: Option<AccessPolicy>,
     four_eyes: Option<bool>,
     secrets: Option<Arc<dyn SecretProvider>>,
-    metrics: Option<Arc<Metrics>>,
     notifiers: Vec<Arc<dyn Notifier>>,
     clock: Arc<dyn Clock>,
     owner: Option<String>,
@@ -274,13 +280,6 @@ impl OrchestratorBuilder {
         self
     }
 
-    /// Count deployments, steps, analysis results, rollback latency and journal writes in
-    /// `metrics` (see [`crate::metrics`]).
-    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
-        self
-    }
-
     /// Send every event to `notifier` (in order, from its own task).
     pub fn notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
         self.notifiers.push(notifier);
@@ -313,14 +312,7 @@ impl OrchestratorBuilder {
         for t in self.targets.values() {
             t.spec.validate()?;
         }
-        if let Some(policy) = &self.access {
-            policy.validate()?;
-        }
-        let four_eyes = self.four_eyes.unwrap_or_else(|| {
-            self.access
-                .as_ref()
-                .is_none_or(|p| p.four_eyes_in_production)
-        });
+        let gate = AccessGate::new(self.access, self.four_eyes)?;
         if let Some(p) = &self.previews {
             p.validate()?;
         }
@@ -343,14 +335,14 @@ impl OrchestratorBuilder {
                 }
             });
         }
+        let audit = AuditTrail::new(self.store.clone(), self.clock.clone());
         let shared = Arc::new(Shared {
             store: self.store,
             targets: RwLock::new(self.targets),
             previews: self.previews,
-            access: self.access,
-            four_eyes,
-            secrets: self.secrets,
-            metrics: self.metrics,
+            gate,
+            audit,
+            pins: SecretPins::new(self.secrets),
             drivers: Mutex::new(JoinSet::new()),
             driving: Mutex::new(HashSet::new()),
             clock: self.clock,
@@ -409,11 +401,15 @@ fn default_owner() -> String {
 /// orchestrator can take over at once.
 ///
 /// ```no_run
-/// # async fn demo(env: std::sync::Arc<dyn deploykit_core::Environment>) -> deploykit_core::Result<()> {
+/// # async fn demo(
+/// #     env: std::sync::Arc<dyn deploykit_core::Environment>,
+/// #     store: impl deploykit_core::StateStore + 'static,
+/// # ) -> deploykit_core::Result<()> {
 /// use deploykit_core::*;
 /// let production = EnvironmentSpec::builder()
 ///     .name("production").kind(EnvironmentKind::Production).replicas(3).build()?;
-/// let orchestrator = Orchestrator::builder(SqliteStore::open("deploykit.db").await?)
+/// // `store`: e.g. `deploykit_sqlite::SqliteStore::open("deploykit.db").await?`
+/// let orchestrator = Orchestrator::builder(store)
 ///     .environment(production, env)
 ///     .open()
 ///     .await?;
@@ -470,7 +466,6 @@ impl Orchestrator {
             access: None,
             four_eyes: None,
             secrets: None,
-            metrics: None,
             notifiers: Vec::new(),
             clock: Arc::new(SystemClock),
             owner: None,
@@ -762,15 +757,14 @@ impl Orchestrator {
                     t.spec.kind == EnvironmentKind::Production
                 })
         };
-        if self.shared.four_eyes && by == status.spec.requested_by && production() {
-            let e = Error::PermissionDenied {
-                principal: by.to_string(),
-                permission: format!(
-                    "approve {gate} of their own deployment in production (a second person must)"
-                ),
-            };
+        if let Err(e) =
             self.shared
-                .refuse(
+                .gate
+                .check_approval(&by, &status.spec.requested_by, &gate, production)
+        {
+            self.shared
+                .audit
+                .refused(
                     &by,
                     AccessAction::Approve,
                     &status.spec.environment,
@@ -827,17 +821,17 @@ impl Orchestrator {
                 Some(id),
             )
             .await?;
-        // A driver may append concurrently; retry on a sequence conflict.
-        let mut attempts = 0;
-        let status = loop {
+        // A driver may append concurrently: on a sequence conflict, re-read and append again.
+        let status = retry::on_conflict("journal an operator's action", is_conflict, || async {
             let mut status = self.status(id).await?;
-            match self.shared.append(&mut status, event.clone()).await {
-                Ok(()) => break status,
-                Err(Error::Conflict { .. }) if attempts < 10 => attempts += 1,
-                Err(e) => return Err(e),
-            }
-        };
-        self.shared.audit(&status, by, action, detail).await?;
+            self.shared.append(&mut status, event.clone()).await?;
+            Ok(status)
+        })
+        .await?;
+        self.shared
+            .audit
+            .record(&status, by, action, detail)
+            .await?;
         self.shared.wake(id);
         Ok(())
     }
@@ -935,24 +929,19 @@ impl Orchestrator {
 
     /// Every audit record, oldest first.
     pub async fn audit_log(&self) -> Result<Vec<AuditRecord>> {
-        let entries = self.shared.store.audit_log().await?;
+        let entries = self.shared.audit.log().await?;
         Ok(entries.into_iter().map(|e| e.record).collect())
     }
 
     /// The audit log with its hash chain, oldest first.
     pub async fn audit_chain(&self) -> Result<Vec<AuditEntry>> {
-        self.shared.store.audit_log().await
+        self.shared.audit.log().await
     }
 
     /// A checkpoint of the audit log as it is now (record count and head hash), signed with
     /// `key`: keep it outside the log, and [`Orchestrator::verify_audit`] against it later.
     pub async fn audit_checkpoint(&self, key: &SigningKey) -> Result<SignedCheckpoint> {
-        let entries = self.shared.store.audit_log().await?;
-        Ok(SignedCheckpoint::sign(
-            &entries,
-            self.shared.clock.now(),
-            key,
-        ))
+        self.shared.audit.checkpoint(key).await
     }
 
     /// Verify the audit log's hash chain and, if given, that it extends a signed checkpoint
@@ -961,22 +950,14 @@ impl Orchestrator {
         &self,
         checkpoint: Option<(&SignedCheckpoint, &VerifyingKey)>,
     ) -> Result<Verified> {
-        let entries = self.shared.store.audit_log().await?;
-        audit::verify(&entries, checkpoint)
+        self.shared.audit.verify(checkpoint).await
     }
 }
 
-fn audit_action(action: AccessAction) -> AuditAction {
-    match action {
-        AccessAction::Deploy => AuditAction::Deploy,
-        AccessAction::Rollback => AuditAction::Rollback,
-        AccessAction::Abort => AuditAction::Abort,
-        AccessAction::Pause => AuditAction::Pause,
-        AccessAction::Resume => AuditAction::Resume,
-        AccessAction::Approve => AuditAction::Approve,
-        AccessAction::Reject => AuditAction::Reject,
-        AccessAction::Teardown => AuditAction::Teardown,
-    }
+/// Whether a journal or audit append lost its compare-and-swap to another writer (re-read
+/// and try again: [`retry::on_conflict`]).
+fn is_conflict(e: &Error) -> bool {
+    matches!(e, Error::Conflict { .. })
 }
 
 /// How a new deployment will run.
@@ -1020,11 +1001,9 @@ impl Shared {
         artifact: Digest,
         label: String,
     ) -> Result<Revision> {
-        let revision = Revision::new(service, spec, artifact, label)?;
-        match &self.secrets {
-            Some(provider) => revision.pin_secrets(provider.as_ref()).await,
-            None => Ok(revision),
-        }
+        self.pins
+            .pin(Revision::new(service, spec, artifact, label)?)
+            .await
     }
 
     /// Start a driver for every active deployment that has none here and whose environment
@@ -1113,39 +1092,13 @@ impl Shared {
         service: &ServiceId,
         deployment: Option<&DeploymentId>,
     ) -> Result<()> {
-        let Some(policy) = &self.access else {
+        let Err(e) = self.gate.check(actor, action, environment, service) else {
             return Ok(());
         };
-        let Err(e) = policy.check(actor, action, environment, service) else {
-            return Ok(());
-        };
-        self.refuse(actor, action, environment, service, deployment, &e)
+        self.audit
+            .refused(actor, action, environment, service, deployment, &e)
             .await?;
         Err(e)
-    }
-
-    /// Audit a refused operator action.
-    async fn refuse(
-        &self,
-        actor: &Actor,
-        action: AccessAction,
-        environment: &EnvironmentName,
-        service: &ServiceId,
-        deployment: Option<&DeploymentId>,
-        why: &Error,
-    ) -> Result<()> {
-        let mut record = AuditRecord::new(
-            self.clock.now(),
-            actor.clone(),
-            audit_action(action),
-            DeploymentId::new(""),
-            service.clone(),
-            environment.clone(),
-            why.to_string(),
-        )
-        .denied();
-        record.deployment = deployment.cloned();
-        self.record(record).await
     }
 
     fn new_deployment_id(
@@ -1224,43 +1177,11 @@ impl Shared {
         self.journal(&id, &entry).await?;
         let status = DeploymentStatus::from_journal(std::slice::from_ref(&entry))?;
         self.emit(&status, entry);
-        self.audit(&status, by, action, status.spec.target.describe())
+        self.audit
+            .record(&status, by, action, status.spec.target.describe())
             .await?;
         self.spawn(&status);
         Ok(id)
-    }
-
-    async fn audit(
-        &self,
-        status: &DeploymentStatus,
-        actor: Actor,
-        action: AuditAction,
-        detail: String,
-    ) -> Result<()> {
-        let record = AuditRecord::new(
-            self.clock.now(),
-            actor,
-            action,
-            status.spec.id.clone(),
-            status.spec.service.clone(),
-            status.spec.environment.clone(),
-            detail,
-        );
-        self.record(record).await
-    }
-
-    /// Append `record` to the chained audit log.
-    async fn record(&self, record: AuditRecord) -> Result<()> {
-        // Chain onto the last record; another writer may have appended first.
-        let mut attempts = 0;
-        loop {
-            let last = self.store.last_audit().await?;
-            let entry = AuditEntry::chain(last.as_ref(), record.clone());
-            match self.store.record_audit(&entry).await {
-                Err(Error::Conflict { .. }) if attempts < 20 => attempts += 1,
-                other => return other,
-            }
-        }
     }
 
     async fn status(&self, id: &DeploymentId) -> Result<DeploymentStatus> {
@@ -1284,20 +1205,12 @@ impl Shared {
         Ok(())
     }
 
-    /// Write one journal entry, timed.
+    /// Write one journal entry.
     async fn journal(&self, id: &DeploymentId, entry: &JournalEntry) -> Result<()> {
-        let started = std::time::Instant::now();
-        let written = self.store.append(id, entry).await;
-        if let Some(m) = &self.metrics {
-            m.observe_journal_write(started.elapsed());
-        }
-        written
+        self.store.append(id, entry).await
     }
 
     fn emit(&self, status: &DeploymentStatus, entry: JournalEntry) {
-        if let Some(m) = &self.metrics {
-            m.observe(status, &entry);
-        }
         let event = Event::new(status, entry);
         tracing::info!(
             deployment = %event.deployment,

@@ -3,95 +3,16 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use typed_builder::TypedBuilder;
-
-use crate::analysis::{AnalysisSpec, RunStatus, evaluate};
+use crate::analysis::{RunStatus, evaluate};
 use crate::environment::{
     DesiredState, Observed, RevisionObservation, RevisionTarget, Routes, Traffic,
 };
-use crate::error::Result;
-use crate::model::Revision;
-use crate::time::{DAY, Timestamp, check_duration, duration_ms};
-
 use crate::journal::RollbackCause;
+use crate::model::{AnalysisSpec, BlueGreenSpec, Revision};
+use crate::time::Timestamp;
 
 use super::rolling::{fail_fast, healthy, not_ready};
 use super::{AnalysisRequest, Decision, DeploymentStrategy, PlanContext};
-
-/// Parameters of a blue-green rollout, with Argo Rollouts' defaults.
-///
-/// ```
-/// use std::time::Duration;
-/// use deploykit_core::strategy::BlueGreenSpec;
-/// let spec = BlueGreenSpec::builder().auto_promote(false).build()?;
-/// assert_eq!(spec.scale_down_delay, Duration::from_secs(30));
-/// # Ok::<(), deploykit_core::Error>(())
-/// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, TypedBuilder)]
-#[serde(remote = "Self")]
-#[builder(build_method(into = Result<BlueGreenSpec>))]
-#[non_exhaustive]
-pub struct BlueGreenSpec {
-    /// Promote on its own once ready (and analysed); otherwise wait for an approval of gate
-    /// `promotion` (default true).
-    #[builder(default = true)]
-    pub auto_promote: bool,
-    /// With auto-promotion, wait this long after the new revision is ready (default 0).
-    #[builder(default)]
-    #[serde(with = "duration_ms", rename = "auto_promotion_delay_ms")]
-    pub auto_promotion_delay: Duration,
-    /// Keep the old revision running this long after promotion, so a rollback is an instant
-    /// traffic switch (default 30 s).
-    #[builder(default = Duration::from_secs(30))]
-    #[serde(with = "duration_ms", rename = "scale_down_delay_ms")]
-    pub scale_down_delay: Duration,
-    /// Analysis of the new revision on the preview route before promotion.
-    #[builder(default, setter(strip_option))]
-    pub pre_promotion_analysis: Option<AnalysisSpec>,
-}
-
-impl Default for BlueGreenSpec {
-    fn default() -> Self {
-        BlueGreenSpec {
-            auto_promote: true,
-            auto_promotion_delay: Duration::ZERO,
-            scale_down_delay: Duration::from_secs(30),
-            pre_promotion_analysis: None,
-        }
-    }
-}
-
-crate::validate::validated_serde!(BlueGreenSpec, |s| s.validate("blue_green"));
-
-impl From<BlueGreenSpec> for Result<BlueGreenSpec> {
-    fn from(s: BlueGreenSpec) -> Self {
-        s.validate("blue_green")?;
-        Ok(s)
-    }
-}
-
-impl BlueGreenSpec {
-    pub(crate) fn validate(&self, field: &str) -> Result<()> {
-        if let Some(a) = &self.pre_promotion_analysis {
-            a.validate(&format!("{field}.pre_promotion_analysis"))?;
-        }
-        // More than a day would hold the old revision's capacity for too long.
-        check_duration(
-            &format!("{field}.scale_down_delay"),
-            self.scale_down_delay,
-            Duration::ZERO,
-            DAY,
-        )?;
-        check_duration(
-            &format!("{field}.auto_promotion_delay"),
-            self.auto_promotion_delay,
-            Duration::ZERO,
-            DAY * 7,
-        )?;
-        Ok(())
-    }
-}
 
 /// The blue-green planner. Stages (`Progress::step`): 0 — bring the new revision up beside the
 /// stable one, reachable only on the preview route; 1 — pre-promotion analysis; 2 — promotion

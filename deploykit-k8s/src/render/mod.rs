@@ -637,6 +637,7 @@ pub fn plan(
     options: &RenderOptions,
 ) -> Result<Plan> {
     names::check_options(service, options)?;
+    routes::check_router(&options.router)?;
     if desired.revisions.is_empty() {
         return Ok(Plan::default());
     }

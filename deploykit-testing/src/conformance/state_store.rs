@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use deploykit_core::audit::AuditEntry;
 use deploykit_core::journal::{DeploymentSpec, JournalEntry, JournalEvent, Outcome};
-use deploykit_core::store::{AuditAction, AuditRecord, StateStore};
+use deploykit_core::audit::{AuditAction, AuditRecord};
+use deploykit_core::store::StateStore;
 use deploykit_core::{
     Actor, DeploymentId, Digest, EnvironmentKind, EnvironmentName, EnvironmentSpec, Error,
     Revision, ServiceId, ServiceSpec, Timestamp,

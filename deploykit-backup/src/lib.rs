@@ -1,0 +1,43 @@
+//! Backups: a deduplicated, compressed, encrypted [`Repository`] over any [`BackupTarget`]
+//! (a blob store in the manner of the `object_store` crate: [`LocalTarget`] here, in-memory in
+//! `deploykit-testing`, S3 in `deploykit-aws`).
+//!
+//! - Content-defined chunking (FastCDC, 1 MiB average), chunk ids keyed BLAKE3 (not
+//!   fingerprintable without the repository's key), zstd (skipped where it does not pay),
+//!   XChaCha20-Poly1305 on everything; chunks grouped into 16 MiB packs.
+//! - A random master key, wrapped by Argon2id passphrases and raw key files.
+//! - Full, incremental, differential and snapshot (hooked) backups of directories and of
+//!   byte streams ([`BackupSource`], e.g. a database dump); every snapshot restores alone.
+//! - Retention ([`RetentionPolicy`]) with a dry run, prune that is safe alongside backups,
+//!   verify (metadata, all data, or a sample), parallel restore, and DR drills.
+//!
+//! The layout is in `docs/ARCHITECTURE.md` ("Backup repository").
+
+mod crypto;
+mod drill;
+mod format;
+pub mod local;
+mod prune;
+mod repo;
+mod restore;
+pub mod retention;
+mod save;
+mod schedule;
+mod source;
+mod verify;
+
+pub use crypto::RepoKey;
+pub use drill::{DrillReport, DrillTargets};
+pub use format::{BackupKind, BackupSummary, REPO_VERSION, Snapshot};
+pub use local::LocalTarget;
+pub use prune::{PruneOptions, PruneReport};
+pub use repo::{RepoOptions, Repository};
+pub use restore::{RestoreOptions, RestoreSummary};
+pub use retention::{Candidate, Decision, RetentionPolicy};
+pub use save::{BackupRequest, Progress, ProgressFn};
+pub use schedule::{BackupPolicy, RunReport, ScheduledRun, Scheduler};
+pub use source::CommandSource;
+pub use verify::{Problem, ReadData, VerifyReport};
+
+
+pub use deploykit_core::backup::{BackupSource, BackupTarget, ObjectMeta, check_key};

@@ -1,0 +1,907 @@
+//! Taking a backup: walk the sources, chunk what changed, store new chunks in packs, then the
+//! index, then — last, so no partial snapshot is ever listed — the snapshot.
+
+use deploykit_telemetry::metrics::BackupRecord;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::Instrument;
+use typed_builder::TypedBuilder;
+
+use super::crypto::{hex, random_id};
+use super::format::{
+    BackupKind, BackupSummary, BlobEntry, BlobKind, IndexFile, LockFile, Node, NodeKind, PackEntry,
+    Snapshot, Tree,
+};
+use super::repo::{Repository, pack_key};
+use crate::BackupSource;
+use deploykit_core::{Error, Result};
+
+/// How long a backup's lock lives without a refresh; a crashed backup's lock is ignored after.
+pub(super) const LOCK_TTL: Duration = Duration::from_secs(300);
+const LOCK_REFRESH: Duration = Duration::from_secs(60);
+
+/// Progress of a running backup, reported through [`BackupRequest::progress`] and `tracing`.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Files (and streams) finished.
+    pub files_done: u64,
+    /// Files (and streams) to read.
+    pub files_total: u64,
+    /// Bytes read so far.
+    pub bytes_done: u64,
+    /// Bytes to read (streams count as they are read).
+    pub bytes_total: u64,
+    /// Bytes per second so far.
+    pub rate: f64,
+    /// Estimated time left, once the rate is known.
+    pub eta: Option<Duration>,
+}
+
+/// Called with progress after every file.
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// What to back up and how.
+#[derive(Clone, TypedBuilder)]
+#[non_exhaustive]
+pub struct BackupRequest {
+    /// Directories (or files) to back up; each becomes an entry at the snapshot's root, named
+    /// by its last path component.
+    #[builder(default)]
+    pub paths: Vec<PathBuf>,
+    /// Byte streams (database dumps, exports), each a file at the snapshot's root.
+    #[builder(default)]
+    pub sources: Vec<Arc<dyn BackupSource>>,
+    /// Full, incremental, differential or snapshot (default incremental).
+    #[builder(default = BackupKind::Incremental)]
+    pub kind: BackupKind,
+    /// Labels for retention and search.
+    #[builder(default)]
+    pub tags: BTreeSet<String>,
+    /// The host recorded (default: the `HOSTNAME` environment variable, else `localhost`).
+    #[builder(default, setter(strip_option, into))]
+    pub host: Option<String>,
+    /// Commands run before a [`BackupKind::Snapshot`] backup (quiesce); a failure aborts it.
+    #[builder(default)]
+    pub pre_hooks: Vec<Vec<String>>,
+    /// Commands run after a [`BackupKind::Snapshot`] backup, whether it succeeded or not.
+    #[builder(default)]
+    pub post_hooks: Vec<Vec<String>>,
+    /// Called with progress after every file.
+    #[builder(default, setter(strip_option))]
+    pub progress: Option<ProgressFn>,
+}
+
+impl fmt::Debug for BackupRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackupRequest")
+            .field("paths", &self.paths)
+            .field("sources", &self.sources)
+            .field("kind", &self.kind)
+            .field("tags", &self.tags)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackupRequest {
+    /// What the snapshot's `paths` record: directory paths, then stream names.
+    fn labels(&self) -> Vec<String> {
+        self.paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .chain(self.sources.iter().map(|s| format!("stream:{}", s.name())))
+            .collect()
+    }
+}
+
+/// Builds packs of sealed blobs.
+#[derive(Default)]
+pub(super) struct PackWriter {
+    buf: Vec<u8>,
+    blobs: Vec<BlobEntry>,
+}
+
+impl PackWriter {
+    pub(super) fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    pub(super) fn add(
+        &mut self,
+        id: String,
+        kind: BlobKind,
+        sealed: Vec<u8>,
+        raw: u64,
+        compressed: bool,
+    ) {
+        self.blobs.push(BlobEntry {
+            id,
+            kind,
+            offset: self.buf.len() as u64,
+            length: sealed.len() as u64,
+            raw_length: raw,
+            compressed,
+        });
+        self.buf.extend_from_slice(&sealed);
+    }
+
+    /// The pack's bytes (blobs, sealed header, header length) and its entry.
+    pub(super) fn finish(mut self, repo: &Repository) -> Result<(PackEntry, Vec<u8>)> {
+        let header = serde_json::to_vec(&self.blobs).expect("entries serialise");
+        let sealed = repo.keys.seal(&header, b"pack header")?;
+        self.buf.extend_from_slice(&sealed);
+        self.buf
+            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        let id = blake3::hash(&self.buf).to_hex().to_string();
+        let entry = PackEntry {
+            id,
+            size: self.buf.len() as u64,
+            blobs: self.blobs,
+        };
+        Ok((entry, self.buf))
+    }
+}
+
+/// Cut `reader` into content-defined chunks and hand each to `f`.
+///
+/// FastCDC runs over a window of `buf` (reused across files, so no per-file allocation); a
+/// chunk that reaches the window's end before the stream's end is cut again with more data,
+/// so the cut points are exactly those of chunking the whole stream at once.
+fn for_each_chunk(
+    mut reader: impl std::io::Read,
+    buf: &mut Vec<u8>,
+    (min, avg, max): (u32, u32, u32),
+    mut f: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let window = (4 * max as usize).max(8 << 20);
+    buf.resize(window, 0);
+    let mut len = 0;
+    let mut eof = false;
+    loop {
+        while !eof && len < window {
+            match reader.read(&mut buf[len..window]) {
+                Ok(0) => eof = true,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let mut consumed = 0;
+        for chunk in fastcdc::v2020::FastCDC::new(&buf[..len], min, avg, max) {
+            let end = chunk.offset + chunk.length;
+            if end == len && !eof {
+                break; // cut short by the window: cut again with more data
+            }
+            f(&buf[chunk.offset..end])?;
+            consumed = end;
+        }
+        buf.copy_within(consumed..len, 0);
+        len -= consumed;
+        if eof && len == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// State shared by the workers of one backup.
+struct Saver {
+    repo: Repository,
+    known: Mutex<HashSet<String>>,
+    pack: Mutex<PackWriter>,
+    uploads: mpsc::Sender<(PackEntry, Vec<u8>)>,
+    bytes_read: AtomicU64,
+    files_done: AtomicU64,
+    blobs_added: AtomicU64,
+    files_total: u64,
+    bytes_total: u64,
+    started: Instant,
+    progress: Option<ProgressFn>,
+}
+
+impl Saver {
+    /// Store `plain` as a blob unless the repository has it; returns its id.
+    fn add_blob(&self, kind: BlobKind, plain: &[u8]) -> Result<String> {
+        let id = self.repo.keys.blob_id(plain);
+        if !self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone())
+        {
+            return Ok(id);
+        }
+        let (sealed, compressed) = self.repo.seal_blob(&id, plain)?;
+        self.blobs_added.fetch_add(1, Ordering::Relaxed);
+        let full = {
+            let mut pack = self.pack.lock().unwrap_or_else(|e| e.into_inner());
+            pack.add(id.clone(), kind, sealed, plain.len() as u64, compressed);
+            (pack.buf.len() as u64 >= self.repo.config.pack_size)
+                .then(|| std::mem::take(&mut *pack))
+        };
+        if let Some(pack) = full {
+            self.send(pack)?;
+        }
+        Ok(id)
+    }
+
+    fn send(&self, pack: PackWriter) -> Result<()> {
+        let finished = pack.finish(&self.repo)?;
+        self.uploads.blocking_send(finished).map_err(|_| {
+            Error::backend("backup", "the pack upload stopped (see the earlier error)")
+        })
+    }
+
+    /// Chunk and store one stream; returns (content ids, BLAKE3 of the whole, size).
+    /// Chunk and store one stream; returns its content ids, BLAKE3 and size.
+    fn save_stream(&self, reader: impl std::io::Read, buf: &mut Vec<u8>) -> std::io::Result<Saved> {
+        let c = &self.repo.config;
+        let mut hasher = blake3::Hasher::new();
+        let mut content = Vec::new();
+        let mut size = 0u64;
+        for_each_chunk(
+            reader,
+            buf,
+            (c.chunk_min, c.chunk_avg, c.chunk_max),
+            |data| {
+                hasher.update(data);
+                size += data.len() as u64;
+                self.bytes_read
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                let id = self
+                    .add_blob(BlobKind::Data, data)
+                    .map_err(|e| std::io::Error::other(e.chain()))?;
+                content.push(id);
+                Ok(())
+            },
+        )?;
+        Ok((content, hasher.finalize().to_hex().to_string(), size))
+    }
+
+    fn report(&self) {
+        let done = self.files_done.fetch_add(1, Ordering::Relaxed) + 1;
+        let bytes = self.bytes_read.load(Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
+        let eta = (rate > 0.0 && self.bytes_total >= bytes)
+            .then(|| Duration::from_secs_f64((self.bytes_total - bytes) as f64 / rate));
+        let progress = Progress {
+            files_done: done,
+            files_total: self.files_total,
+            bytes_done: bytes,
+            bytes_total: self.bytes_total,
+            rate,
+            eta,
+        };
+        tracing::trace!(files = done, bytes, rate, "backup progress");
+        if let Some(f) = &self.progress {
+            f(&progress);
+        }
+    }
+}
+
+/// A file's stored content: blob ids, BLAKE3 of the whole, size.
+type Saved = (Vec<String>, String, u64);
+
+/// What one worker reads.
+enum JobSource {
+    Path(PathBuf),
+    Stream(Arc<dyn BackupSource>),
+}
+
+/// A node of the walked tree, before its content or subtree id is known.
+struct Entry {
+    node: Node,
+    children: Vec<Entry>,
+    job: Option<usize>,
+}
+
+fn node_name(name: &std::ffi::OsStr) -> (Option<String>, Option<String>) {
+    match name.to_str() {
+        Some(s) => (Some(s.to_string()), None),
+        None => {
+            use std::os::unix::ffi::OsStrExt;
+            (None, Some(hex(name.as_bytes())))
+        }
+    }
+}
+
+fn metadata_node(name: &std::ffi::OsStr, meta: &std::fs::Metadata, kind: NodeKind) -> Node {
+    use std::os::unix::fs::MetadataExt;
+    let (name, raw_name) = node_name(name);
+    Node {
+        name,
+        raw_name,
+        kind,
+        mode: meta.mode() & 0o7777,
+        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        size: if kind == NodeKind::File {
+            meta.len()
+        } else {
+            0
+        },
+        inode: meta.ino(),
+        owner: Some((meta.uid(), meta.gid())),
+        content: Vec::new(),
+        hash: None,
+        subtree: None,
+        target: None,
+    }
+}
+
+struct Walk<'a> {
+    parent_trees: &'a HashMap<String, Tree>,
+    jobs: Vec<JobSource>,
+    /// Bytes of the files to read.
+    bytes: u64,
+    /// Bytes of every file.
+    all_bytes: u64,
+    dirs: u64,
+    files: u64,
+    skipped: u64,
+}
+
+impl Walk<'_> {
+    fn entry(
+        &mut self,
+        path: &Path,
+        name: &std::ffi::OsStr,
+        parent: Option<&Node>,
+    ) -> Result<Option<Entry>> {
+        let io =
+            |e: std::io::Error| Error::backend(format!("read {}", path.display()), e.to_string());
+        let meta = std::fs::symlink_metadata(path).map_err(io)?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            use std::os::unix::ffi::OsStrExt;
+            let mut node = metadata_node(name, &meta, NodeKind::Symlink);
+            node.target = Some(hex(std::fs::read_link(path)
+                .map_err(io)?
+                .as_os_str()
+                .as_bytes()));
+            return Ok(Some(Entry {
+                node,
+                children: Vec::new(),
+                job: None,
+            }));
+        }
+        if ft.is_file() {
+            self.files += 1;
+            let mut node = metadata_node(name, &meta, NodeKind::File);
+            self.all_bytes += node.size;
+            let unchanged = parent.filter(|p| {
+                p.kind == NodeKind::File
+                    && p.size == node.size
+                    && p.mtime_ns == node.mtime_ns
+                    && p.inode == node.inode
+                    && p.hash.is_some()
+            });
+            let job = match unchanged {
+                Some(p) => {
+                    node.content = p.content.clone();
+                    node.hash = p.hash.clone();
+                    None
+                }
+                None => {
+                    self.bytes += node.size;
+                    self.jobs.push(JobSource::Path(path.to_path_buf()));
+                    Some(self.jobs.len() - 1)
+                }
+            };
+            return Ok(Some(Entry {
+                node,
+                children: Vec::new(),
+                job,
+            }));
+        }
+        if ft.is_dir() {
+            self.dirs += 1;
+            let node = metadata_node(name, &meta, NodeKind::Dir);
+            let parent_children: HashMap<&str, &Node> = parent
+                .and_then(|p| p.subtree.as_ref())
+                .and_then(|id| self.parent_trees.get(id))
+                .map(|t| {
+                    t.nodes
+                        .iter()
+                        .filter_map(|n| n.name.as_deref().map(|name| (name, n)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(path)
+                .map_err(io)?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<std::io::Result<_>>()
+                .map_err(io)?;
+            names.sort();
+            let mut children = Vec::new();
+            for child in names {
+                let previous = child.to_str().and_then(|n| parent_children.get(n).copied());
+                if let Some(e) = self.entry(&path.join(&child), &child, previous)? {
+                    children.push(e);
+                }
+            }
+            return Ok(Some(Entry {
+                node,
+                children,
+                job: None,
+            }));
+        }
+        // Sockets, FIFOs and devices are not backed up.
+        self.skipped += 1;
+        tracing::warn!(path = %path.display(), "skipping a special file");
+        Ok(None)
+    }
+}
+
+/// Fill content from job results and store every directory's tree, bottom-up.
+fn finish_entry(saver: &Saver, mut entry: Entry, results: &mut [Option<Saved>]) -> Result<Node> {
+    if let Some(job) = entry.job {
+        let (content, hash, size) = results[job].take().expect("every job has a result");
+        entry.node.content = content;
+        entry.node.hash = Some(hash);
+        entry.node.size = size;
+    }
+    if entry.node.kind == NodeKind::Dir {
+        let mut nodes = Vec::with_capacity(entry.children.len());
+        for child in entry.children {
+            nodes.push(finish_entry(saver, child, results)?);
+        }
+        let tree = serde_json::to_vec(&Tree { nodes }).expect("trees serialise");
+        entry.node.subtree = Some(saver.add_blob(BlobKind::Tree, &tree)?);
+    }
+    Ok(entry.node)
+}
+
+fn run_hook(argv: &[String]) -> Result<()> {
+    let what = format!("backup hook {}", argv.join(" "));
+    let Some((program, args)) = argv.split_first() else {
+        return Err(Error::invalid("backup.hook", "a hook needs a program"));
+    };
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Error::backend(&what, format!("cannot start: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::backend(
+            what,
+            format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn run_hooks(hooks: &[Vec<String>]) -> Result<()> {
+    for hook in hooks {
+        let hook = hook.clone();
+        tokio::task::spawn_blocking(move || run_hook(&hook))
+            .await
+            .map_err(|e| Error::backend("backup hook", e.to_string()))??;
+    }
+    Ok(())
+}
+
+impl Repository {
+    /// Take a backup and return the new snapshot's id and the snapshot.
+    ///
+    /// Only new objects are added (packs, an index, the snapshot, last), so concurrent backups
+    /// into one repository both succeed, and a backup that fails or is killed leaves no
+    /// snapshot and nothing a later backup trips over.
+    pub async fn backup(&self, request: BackupRequest) -> Result<(String, Snapshot)> {
+        if request.paths.is_empty() && request.sources.is_empty() {
+            return Err(Error::invalid(
+                "backup.paths",
+                "nothing to back up: give paths or sources",
+            ));
+        }
+        let mut names = HashSet::new();
+        for name in request
+            .paths
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .chain(request.sources.iter().map(|s| s.name().to_string()))
+        {
+            if name.is_empty() || !names.insert(name.clone()) {
+                return Err(Error::invalid(
+                    "backup.paths",
+                    format!(
+                        "{name:?}: every path and source needs a distinct, non-empty last component"
+                    ),
+                ));
+            }
+        }
+        let span = tracing::info_span!("backup", repository = %&self.config.id[..12], kind = %request.kind);
+        let taken = async {
+            if request.kind == BackupKind::Snapshot {
+                // Post hooks run whatever happens: a half-done freeze must be thawed too.
+                let result = match run_hooks(&request.pre_hooks).await {
+                    Ok(()) => self.backup_locked(&request).await,
+                    Err(e) => Err(e),
+                };
+                let post = run_hooks(&request.post_hooks).await;
+                let taken = result?;
+                post?;
+                Ok(taken)
+            } else {
+                self.backup_locked(&request).await
+            }
+        }
+        .instrument(span)
+        .await?;
+        if let Some((metrics, environment)) = &self.metrics {
+            let snapshot = &taken.1;
+            metrics.observe_backup(&BackupRecord {
+                environment,
+                kind: snapshot.kind.as_str(),
+                bytes_read: snapshot.summary.bytes_read,
+                bytes_stored: snapshot.summary.bytes_stored,
+                bytes_total: snapshot.summary.bytes_total,
+                started: snapshot.time,
+                finished: snapshot.finished,
+            });
+        }
+        Ok(taken)
+    }
+
+    async fn backup_locked(&self, request: &BackupRequest) -> Result<(String, Snapshot)> {
+        let started = self.clock.now();
+        let host = request
+            .host
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "localhost".to_string());
+        let lock_key = format!("locks/{}", random_id());
+        let lock = |refreshed| {
+            serde_json::to_vec(&LockFile {
+                started,
+                refreshed,
+                host: host.clone(),
+            })
+            .expect("locks serialise")
+        };
+        self.target.put(&lock_key, lock(started)).await?;
+        let refresh = async {
+            loop {
+                tokio::time::sleep(LOCK_REFRESH).await;
+                if let Err(e) = self.target.put(&lock_key, lock(self.clock.now())).await {
+                    tracing::warn!(error = %e.chain(), "could not refresh the backup lock");
+                }
+            }
+        };
+        let result = tokio::select! {
+            r = self.save(request, started, &host) => r,
+            () = refresh => unreachable!("the refresh loop never ends"),
+        };
+        if let Err(e) = self.target.delete(&lock_key).await {
+            tracing::warn!(error = %e.chain(), "could not remove the backup lock; it expires");
+        }
+        result
+    }
+
+    async fn save(
+        &self,
+        request: &BackupRequest,
+        started: deploykit_core::Timestamp,
+        host: &str,
+    ) -> Result<(String, Snapshot)> {
+        let paths = request.labels();
+        let mut index = self.load_index().await?;
+        // Blobs in packs a prune marked are treated as absent, so this backup never refers
+        // to a pack that may be deleted.
+        for (_, mark) in self.load_marks().await? {
+            for pack in mark.packs {
+                if let Some(p) = index.packs.remove(&pack) {
+                    for b in p.blobs {
+                        index.blobs.remove(&b.id);
+                    }
+                }
+            }
+        }
+        let parent = match request.kind {
+            BackupKind::Full => None,
+            kind => self.snapshots().await?.into_iter().rev().find(|(_, s)| {
+                s.paths == paths
+                    && s.host == host
+                    && (kind != BackupKind::Differential || s.kind == BackupKind::Full)
+            }),
+        };
+        let parent_trees = match &parent {
+            Some((_, s)) => self.load_trees(&index, &s.tree).await?,
+            None => HashMap::new(),
+        };
+        let parent_root: HashMap<String, Node> = parent
+            .as_ref()
+            .and_then(|(_, s)| parent_trees.get(&s.tree))
+            .map(|t| {
+                t.nodes
+                    .iter()
+                    .filter_map(|n| n.name.clone().map(|name| (name, n.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        // Walk (blocking), then read changed files on a few threads while packs upload here.
+        let request_paths = request.paths.clone();
+        let sources = request.sources.clone();
+        let walked = {
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let mut walk = Walk {
+                    parent_trees: &parent_trees,
+                    jobs: Vec::new(),
+                    bytes: 0,
+                    all_bytes: 0,
+                    dirs: 0,
+                    files: 0,
+                    skipped: 0,
+                };
+                let mut roots = Vec::new();
+                for path in &request_paths {
+                    let name = path.file_name().expect("checked above");
+                    let previous = parent_root.get(&*name.to_string_lossy());
+                    if let Some(e) = walk.entry(path, name, previous)? {
+                        roots.push(e);
+                    }
+                }
+                for source in sources {
+                    let (name, raw_name) = node_name(std::ffi::OsStr::new(source.name()));
+                    walk.jobs.push(JobSource::Stream(source));
+                    walk.files += 1;
+                    roots.push(Entry {
+                        node: Node {
+                            name,
+                            raw_name,
+                            kind: NodeKind::File,
+                            mode: 0o600,
+                            mtime_ns: 0,
+                            size: 0,
+                            inode: 0,
+                            owner: None,
+                            content: Vec::new(),
+                            hash: None,
+                            subtree: None,
+                            target: None,
+                        },
+                        children: Vec::new(),
+                        job: Some(walk.jobs.len() - 1),
+                    });
+                }
+                Ok((
+                    roots,
+                    walk.jobs,
+                    walk.bytes,
+                    walk.all_bytes,
+                    walk.dirs,
+                    walk.files,
+                ))
+            })
+            .await
+            .map_err(|e| Error::backend("backup walk", e.to_string()))??
+        };
+        let (roots, jobs, bytes_total, all_bytes, dirs, files) = walked;
+        let files_read = jobs.len() as u64;
+        let (tx, mut rx) = mpsc::channel::<(PackEntry, Vec<u8>)>(2);
+        let saver = Arc::new(Saver {
+            repo: self.clone(),
+            known: Mutex::new(index.blobs.keys().cloned().collect()),
+            pack: Mutex::new(PackWriter::default()),
+            uploads: tx,
+            bytes_read: AtomicU64::new(0),
+            files_done: AtomicU64::new(0),
+            blobs_added: AtomicU64::new(0),
+            files_total: files_read,
+            bytes_total,
+            started: Instant::now(),
+            progress: request.progress.clone(),
+        });
+        let work = tokio::task::spawn_blocking(move || -> Result<(String, u64)> {
+            let next = AtomicU64::new(0);
+            let results: Mutex<Vec<Option<Saved>>> =
+                Mutex::new((0..jobs.len()).map(|_| None).collect());
+            let failure: Mutex<Option<Error>> = Mutex::new(None);
+            let workers = std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(1, 4);
+            std::thread::scope(|scope| {
+                for _ in 0..workers {
+                    scope.spawn(|| {
+                        let mut buf = Vec::new();
+                        loop {
+                            if failure.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                                return;
+                            }
+                            let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                            let Some(job) = jobs.get(i) else { return };
+                            let outcome = match job {
+                                JobSource::Path(p) => std::fs::File::open(p)
+                                    .and_then(|f| saver.save_stream(f, &mut buf))
+                                    .map_err(|e| {
+                                        Error::backend(
+                                            format!("read {}", p.display()),
+                                            e.to_string(),
+                                        )
+                                    }),
+                                JobSource::Stream(s) => s.open().and_then(|r| {
+                                    saver.save_stream(r, &mut buf).map_err(|e| {
+                                        Error::backend(
+                                            format!("backup source {}", s.name()),
+                                            e.to_string(),
+                                        )
+                                    })
+                                }),
+                            };
+                            match outcome {
+                                Ok(r) => {
+                                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                                    saver.report();
+                                }
+                                Err(e) => {
+                                    failure
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .get_or_insert(e);
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+            if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                return Err(e);
+            }
+            let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+            let mut nodes = Vec::new();
+            for root in roots {
+                nodes.push(finish_entry(&saver, root, &mut results)?);
+            }
+            let tree = serde_json::to_vec(&Tree { nodes }).expect("trees serialise");
+            let root = saver.add_blob(BlobKind::Tree, &tree)?;
+            let last = std::mem::take(&mut *saver.pack.lock().unwrap_or_else(|e| e.into_inner()));
+            if !last.blobs.is_empty() {
+                saver.send(last)?;
+            }
+            // Dropping the saver closes the upload channel.
+            Ok((root, saver.bytes_read.load(Ordering::Relaxed)))
+        });
+        let target = self.target.clone();
+        let upload = async move {
+            let mut packs = Vec::new();
+            let mut stored = 0u64;
+            while let Some((entry, bytes)) = rx.recv().await {
+                stored += bytes.len() as u64;
+                match target.put_if_absent(&pack_key(&entry.id), bytes).await {
+                    Ok(()) | Err(Error::AlreadyExists { .. }) => packs.push(entry),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok((packs, stored))
+        };
+        let (work, upload) = tokio::join!(work, upload);
+        // An upload failure explains a worker's failure to hand over a pack: report it first.
+        let (packs, stored) = upload?;
+        let (root, bytes_read) = work.map_err(|e| Error::backend("backup", e.to_string()))??;
+        let blobs_added: u64 = packs.iter().map(|p| p.blobs.len() as u64).sum();
+        if !packs.is_empty() {
+            self.put_object(
+                "index",
+                &IndexFile {
+                    packs,
+                    supersedes: Vec::new(),
+                },
+            )
+            .await?;
+        }
+        let snapshot = Snapshot {
+            time: started,
+            finished: self.clock.now(),
+            host: host.to_string(),
+            paths,
+            tags: request.tags.clone(),
+            kind: request.kind,
+            parent: parent.map(|(id, _)| id),
+            tree: root,
+            summary: BackupSummary {
+                files,
+                dirs,
+                files_read,
+                bytes_total: all_bytes + bytes_read.saturating_sub(bytes_total),
+                bytes_read,
+                blobs_added,
+                bytes_stored: stored,
+            },
+        };
+        let id = self.put_object("snapshots", &snapshot).await?;
+        tracing::info!(
+            snapshot = %id,
+            kind = %snapshot.kind,
+            files,
+            files_read,
+            bytes_stored = stored,
+            "backup finished"
+        );
+        Ok((id, snapshot))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader handing out a few bytes at a time, in uneven amounts.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            self.1 = (self.1 * 7 + 3) % 100_003 + 1;
+            let n = self.1.min(out.len()).min(self.0.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn windowed_chunking_cuts_where_whole_stream_chunking_does() {
+        let mut x = 88172645463325252u64;
+        let data: Vec<u8> = (0..21_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let params = (256 * 1024, 1024 * 1024, 4 * 1024 * 1024);
+        let whole: Vec<usize> = fastcdc::v2020::FastCDC::new(&data, params.0, params.1, params.2)
+            .map(|c| c.length)
+            .collect();
+        let stream: Vec<usize> =
+            fastcdc::v2020::StreamCDC::new(data.as_slice(), params.0, params.1, params.2)
+                .map(|c| c.unwrap().length)
+                .collect();
+        let mut windowed = Vec::new();
+        let mut buf = Vec::new();
+        for_each_chunk(Trickle(&data, 1), &mut buf, params, |c| {
+            windowed.push(c.len());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(windowed, whole);
+        assert_eq!(windowed, stream, "compatible with fastcdc's own streaming");
+        assert!(windowed.len() > 10);
+        // Empty and tiny streams.
+        let mut n = 0;
+        for_each_chunk(&[][..], &mut buf, params, |_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 0);
+        for_each_chunk(&b"tiny"[..], &mut buf, params, |c| {
+            assert_eq!(c, b"tiny");
+            Ok(())
+        })
+        .unwrap();
+    }
+}

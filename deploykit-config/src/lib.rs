@@ -1,0 +1,804 @@
+//! The declarative configuration file, `deploykit.toml`: an application's services and
+//! environments — resources, scaling, health checks, strategy (rolling, blue-green, canary
+//! with its steps), the analyses that watch a rollout, failure policy — deserialized into the
+//! same validated types the builders make, with layered settings whose origin can be
+//! explained.
+//!
+//! Settings layer common → environment → overrides. A setting is a plain value
+//! (`[variables]`) or a reference to a secret in the encrypted secrets file (`[secrets]`,
+//! see [`deploykit_core::secrets`]); the configuration never holds a secret's value.
+//!
+//! Errors point at the place — file, line, column, the key path and what was expected — and
+//! unknown keys are errors, not silently ignored.
+//!
+//! ```
+//! use deploykit_config::{Config, Setting};
+//! use deploykit_core::StrategySpec;
+//! let config = Config::from_toml_str("deploykit.toml", r#"
+//! application = "shop"
+//! secrets_file = "deploykit.secrets.toml"
+//! [variables]
+//! LOG_LEVEL = "info"
+//!
+//! [analyses.errors]
+//! metrics = [{ name = "error-rate", query = "errors{app='shop'}", below = 0.01, count = 3, interval = "1m" }]
+//!
+//! [services.web]
+//! command = ["./web"]
+//! port = 8080
+//! health.readiness = { http = "/health", period = "5s" }
+//!
+//! [environments.production]
+//! kind = "production"
+//! replicas = 4
+//! variables = { LOG_LEVEL = "warn" }
+//! secrets = { DATABASE_URL = "production.database_url" }
+//! [environments.production.strategy.canary]
+//! steps = [{ weight = 10 }, { analysis = "errors" }, { weight = 50 }, { approval = true }]
+//! "#)?;
+//! let prod = config.environment("production")?;
+//! assert_eq!(prod.replicas, 4);
+//! assert!(matches!(&prod.strategy, StrategySpec::Canary(c) if c.steps.len() == 4));
+//! let (value, origin) = config.explain("production", "LOG_LEVEL").unwrap();
+//! assert_eq!(value, &Setting::Value("warn".into()));
+//! assert_eq!(origin.layer, "environments.production.variables");
+//! let (secret, _) = config.explain("production", "DATABASE_URL").unwrap();
+//! assert_eq!(secret.to_string(), "<secret production.database_url>");
+//! # Ok::<(), deploykit_core::Error>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use deploykit_core::analysis::AnalysisSpec;
+use deploykit_backup::{BackupPolicy, DrillTargets, RetentionPolicy, ScheduledRun};
+use crate::build::{CommandStage, Pipeline};
+use deploykit_core::build::BuildStage;
+use deploykit_core::{Error, Result};
+use deploykit_core::model::{
+    Autoscale, EnvironmentKind, EnvironmentSpec, FailurePolicy, HealthChecks, Probe, ProbeAction,
+    Quantity, Resources, ServiceSpec,
+};
+use deploykit_core::secrets::SecretProvider;
+
+pub mod build;
+mod flags;
+mod rollout;
+
+/// Where a value was found: the layer (`variables`, `environments.<env>.variables`,
+/// `overrides.<env>`), the file and the line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The layer that set the value.
+    pub layer: String,
+    /// The file.
+    pub file: String,
+    /// The 1-based line.
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}:{})", self.layer, self.file, self.line)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToml {
+    application: String,
+    secrets_file: Option<String>,
+    #[serde(default)]
+    variables: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    secrets: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    analyses: BTreeMap<String, Spanned<rollout::AnalysisToml>>,
+    #[serde(default)]
+    services: BTreeMap<String, Spanned<ServiceToml>>,
+    #[serde(default)]
+    environments: BTreeMap<String, Spanned<EnvironmentToml>>,
+    #[serde(default)]
+    overrides: BTreeMap<String, BTreeMap<String, Spanned<String>>>,
+    /// A flagd flag file's name, or the flag document inline.
+    flags: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceToml {
+    #[serde(default)]
+    command: Vec<String>,
+    port: Option<u16>,
+    #[serde(default)]
+    variables: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+    health: Option<HealthToml>,
+    resources: Option<ResourcesToml>,
+    #[serde(default)]
+    build: Vec<Spanned<BuildStageToml>>,
+}
+
+/// `[[services.<name>.build]]`: one build stage of commands.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildStageToml {
+    name: String,
+    steps: Vec<Vec<String>>,
+    #[serde(default)]
+    outputs: Vec<PathBuf>,
+    #[serde(default)]
+    cleanup: Vec<PathBuf>,
+    timeout: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthToml {
+    readiness: Option<ProbeToml>,
+    liveness: Option<ProbeToml>,
+    startup: Option<ProbeToml>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeToml {
+    http: Option<String>,
+    /// Request headers of an HTTP probe, e.g. `{ Host = "shop.example.com" }`.
+    headers: Option<BTreeMap<String, String>>,
+    tcp: Option<u16>,
+    exec: Option<Vec<String>>,
+    port: Option<u16>,
+    period: Option<String>,
+    timeout: Option<String>,
+    initial_delay: Option<String>,
+    success_threshold: Option<u32>,
+    failure_threshold: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourcesToml {
+    cpu_request_millis: Option<u32>,
+    cpu_limit_millis: Option<u32>,
+    memory_request_mib: Option<u32>,
+    memory_limit_mib: Option<u32>,
+}
+
+impl ResourcesToml {
+    fn to_resources(&self) -> Resources {
+        let mut resources = Resources::default();
+        resources.cpu_request_millis = self.cpu_request_millis;
+        resources.cpu_limit_millis = self.cpu_limit_millis;
+        resources.memory_request_mib = self.memory_request_mib;
+        resources.memory_limit_mib = self.memory_limit_mib;
+        resources
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AutoscaleToml {
+    min_replicas: u32,
+    max_replicas: u32,
+    target_cpu_percent: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvironmentToml {
+    kind: String,
+    #[serde(default)]
+    replicas: Option<u32>,
+    autoscale: Option<AutoscaleToml>,
+    resources: Option<ResourcesToml>,
+    health: Option<HealthToml>,
+    failure_policy: Option<String>,
+    progress_deadline: Option<String>,
+    revision_history_limit: Option<u32>,
+    #[serde(default)]
+    variables: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    secrets: BTreeMap<String, Spanned<String>>,
+    strategy: Option<rollout::StrategyToml>,
+    backup: Option<BackupToml>,
+}
+
+/// `[environments.<name>.backup]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupToml {
+    /// `"<kind> <cron>"` entries, e.g. `"full 0 2 * * SUN"`.
+    rotation: Vec<String>,
+    #[serde(default)]
+    retention: RetentionToml,
+    #[serde(default)]
+    prune: bool,
+    rto: Option<String>,
+    rpo: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionToml {
+    keep_last: Option<u32>,
+    keep_hourly: Option<u32>,
+    keep_daily: Option<u32>,
+    keep_weekly: Option<u32>,
+    keep_monthly: Option<u32>,
+    keep_yearly: Option<u32>,
+    keep_within: Option<String>,
+    #[serde(default)]
+    keep_tags: std::collections::BTreeSet<String>,
+}
+
+/// An effective setting of an environment: a plain value, or a reference to a secret (whose
+/// value the configuration never holds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Setting {
+    /// A plain value.
+    Value(String),
+    /// A secret, by its key path in the secrets file.
+    Secret(String),
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Setting::Value(v) => f.write_str(v),
+            Setting::Secret(key) => write!(f, "<secret {key}>"),
+        }
+    }
+}
+
+/// A loaded, validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The application's name.
+    pub application: String,
+    secrets_file: Option<PathBuf>,
+    analyses: BTreeMap<String, AnalysisSpec>,
+    services: BTreeMap<String, ServiceSpec>,
+    build: BTreeMap<String, Vec<CommandStage>>,
+    environments: BTreeMap<String, EnvironmentSpec>,
+    /// Backup policies, by environment.
+    backups: BTreeMap<String, BackupPolicy>,
+    /// Effective settings per environment, each with where it came from.
+    settings: BTreeMap<String, BTreeMap<String, (Setting, Origin)>>,
+    flags: Option<deploykit_flags::FlagSet>,
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, column)
+}
+
+struct Located<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Located<'_> {
+    fn error(&self, span: Range<usize>, path: &str, message: impl fmt::Display) -> Error {
+        let (line, column) = position(self.text, span.start);
+        let place = format!("{}:{line}:{column}", self.file);
+        let field = if path.is_empty() {
+            place
+        } else {
+            format!("{place}: {path}")
+        };
+        Error::invalid(field, message.to_string())
+    }
+
+    fn origin(&self, layer: &str, span: &Range<usize>) -> Origin {
+        Origin {
+            layer: layer.to_string(),
+            file: self.file.to_string(),
+            line: position(self.text, span.start).0,
+        }
+    }
+}
+
+fn duration(at: &Located<'_>, span: Range<usize>, path: &str, text: &str) -> Result<Duration> {
+    humantime::parse_duration(text).map_err(|e| {
+        at.error(
+            span,
+            path,
+            format!("{text:?} is not a duration like \"30s\" or \"10m\": {e}"),
+        )
+    })
+}
+
+fn quantity(at: &Located<'_>, span: Range<usize>, path: &str, v: &toml::Value) -> Result<Quantity> {
+    match v {
+        toml::Value::Integer(n) if *n >= 0 => Ok(Quantity::Count(*n as u32)),
+        toml::Value::String(s) if s.ends_with('%') => s[..s.len() - 1]
+            .trim()
+            .parse::<u32>()
+            .map(Quantity::Percent)
+            .map_err(|_| {
+                at.error(
+                    span,
+                    path,
+                    format!("{s:?} is not a percentage like \"25%\""),
+                )
+            }),
+        other => Err(at.error(
+            span,
+            path,
+            format!("expected a count or a percentage like \"25%\", found {other:?}"),
+        )),
+    }
+}
+
+impl Config {
+    /// Parse and validate `text`, reporting errors against `file`.
+    pub fn from_toml_str(file: &str, text: &str) -> Result<Self> {
+        let at = Located { file, text };
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            at.error(span, "", e.message())
+        })?;
+        let parsed: FileToml = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            // The key path, without the wrapper `Spanned` adds.
+            let path: Vec<String> = e
+                .path()
+                .to_string()
+                .split('.')
+                .filter(|segment| !segment.starts_with("$__"))
+                .map(str::to_string)
+                .collect();
+            let path = path.join(".");
+            let inner = e.into_inner();
+            let span = inner.span().unwrap_or(0..0);
+            at.error(span, if path == "." { "" } else { &path }, inner.message())
+        })?;
+        let analyses = rollout::analyses(&at, &parsed.analyses)?;
+        let mut services = BTreeMap::new();
+        let mut build = BTreeMap::new();
+        for (name, spanned) in &parsed.services {
+            let span = spanned.span();
+            let path = format!("services.{name}");
+            let s = spanned.get_ref();
+            let health = match &s.health {
+                Some(h) => Self::health(&at, span.clone(), &format!("{path}.health"), h)?,
+                None => HealthChecks::default(),
+            };
+            let mut spec = ServiceSpec::builder()
+                .name(name.as_str())
+                .command(s.command.clone())
+                .variables(s.variables.clone())
+                .secrets(s.secrets.clone())
+                .health(health)
+                .resources(
+                    s.resources
+                        .as_ref()
+                        .map(ResourcesToml::to_resources)
+                        .unwrap_or_default(),
+                )
+                .build()
+                .map_err(|e| at.error(span.clone(), &path, e))?;
+            spec.port = s.port;
+            spec.validate()
+                .map_err(|e| at.error(span.clone(), &path, e))?;
+            let mut stages = Vec::new();
+            for (i, stage) in s.build.iter().enumerate() {
+                let stage_path = format!("{path}.build[{i}]");
+                let b = stage.get_ref();
+                let mut command = CommandStage::builder()
+                    .name(b.name.clone())
+                    .steps(b.steps.clone())
+                    .outputs(b.outputs.clone())
+                    .cleanup(b.cleanup.clone())
+                    .build()
+                    .map_err(|e| at.error(stage.span(), &stage_path, e))?;
+                if let Some(t) = &b.timeout {
+                    command.timeout =
+                        duration(&at, stage.span(), &format!("{stage_path}.timeout"), t)?;
+                }
+                stages.push(Arc::new(command.clone()) as Arc<dyn BuildStage>);
+                build
+                    .entry(name.clone())
+                    .or_insert_with(Vec::new)
+                    .push(command);
+            }
+            Pipeline::new(stages).map_err(|e| at.error(span.clone(), &path, e))?;
+            services.insert(name.clone(), spec);
+        }
+        let mut environments = BTreeMap::new();
+        let mut backups = BTreeMap::new();
+        let mut settings = BTreeMap::new();
+        for (name, spanned) in &parsed.environments {
+            let span = spanned.span();
+            let path = format!("environments.{name}");
+            let e = spanned.get_ref();
+            let kind = match e.kind.as_str() {
+                "development" => EnvironmentKind::Development,
+                "staging" => EnvironmentKind::Staging,
+                "production" => EnvironmentKind::Production,
+                "preview" => EnvironmentKind::Preview,
+                other => EnvironmentKind::Custom(other.to_string()),
+            };
+            let mut spec = EnvironmentSpec::builder()
+                .name(name.as_str())
+                .kind(kind)
+                .build()
+                .map_err(|err| at.error(span.clone(), &path, err))?;
+            if let Some(r) = e.replicas {
+                spec.replicas = r;
+            }
+            if let Some(a) = &e.autoscale {
+                let mut autoscale = Autoscale::builder()
+                    .min_replicas(a.min_replicas)
+                    .max_replicas(a.max_replicas)
+                    .build();
+                if let Some(t) = a.target_cpu_percent {
+                    autoscale.target_cpu_percent = t;
+                }
+                spec.autoscale = Some(autoscale);
+            }
+            if let Some(r) = &e.resources {
+                spec.resources = r.to_resources();
+            }
+            if let Some(h) = &e.health {
+                spec.health = Some(Self::health(
+                    &at,
+                    span.clone(),
+                    &format!("{path}.health"),
+                    h,
+                )?);
+            }
+            if let Some(p) = &e.failure_policy {
+                spec.failure_policy = match p.as_str() {
+                    "rollback" => FailurePolicy::Rollback,
+                    "freeze" => FailurePolicy::Freeze,
+                    "pause" => FailurePolicy::Pause,
+                    other => {
+                        return Err(at.error(
+                            span.clone(),
+                            &format!("{path}.failure_policy"),
+                            format!("{other:?}: expected \"rollback\", \"freeze\" or \"pause\""),
+                        ));
+                    }
+                };
+            }
+            if let Some(d) = &e.progress_deadline {
+                spec.progress_deadline =
+                    duration(&at, span.clone(), &format!("{path}.progress_deadline"), d)?;
+            }
+            if let Some(n) = e.revision_history_limit {
+                spec.revision_history_limit = n;
+            }
+            if let Some(st) = &e.strategy {
+                spec.strategy = rollout::strategy(&at, span.clone(), &path, st, &analyses)?;
+            }
+            if let Some(b) = &e.backup {
+                let policy = Self::backup(&at, span.clone(), &format!("{path}.backup"), b)?;
+                backups.insert(name.clone(), policy);
+            }
+            spec.validate()
+                .map_err(|err| at.error(span.clone(), &path, err))?;
+            // Layered settings: common, then the environment's, then overrides; a later layer
+            // replaces an earlier one whether it holds a value or a secret.
+            let mut effective: BTreeMap<String, (Setting, Origin)> = BTreeMap::new();
+            let layers = [
+                ("variables".to_string(), &parsed.variables, &parsed.secrets),
+                (format!("{path}.variables"), &e.variables, &e.secrets),
+            ];
+            for (layer, vars, secrets) in layers {
+                let secrets_layer = layer.replace("variables", "secrets");
+                for (k, v) in secrets {
+                    if let Some(plain) = vars.get(k) {
+                        return Err(at.error(
+                            plain.span(),
+                            &format!("{layer}.{k}"),
+                            format!("{k} is also in {secrets_layer}; a setting is a value or a secret, not both"),
+                        ));
+                    }
+                    let origin = at.origin(&secrets_layer, &v.span());
+                    effective.insert(k.clone(), (Setting::Secret(v.get_ref().clone()), origin));
+                }
+                for (k, v) in vars {
+                    let origin = at.origin(&layer, &v.span());
+                    effective.insert(k.clone(), (Setting::Value(v.get_ref().clone()), origin));
+                }
+            }
+            if let Some(o) = parsed.overrides.get(name) {
+                for (k, v) in o {
+                    let origin = at.origin(&format!("overrides.{name}"), &v.span());
+                    effective.insert(k.clone(), (Setting::Value(v.get_ref().clone()), origin));
+                }
+            }
+            for (k, (setting, _)) in &effective {
+                match setting {
+                    Setting::Value(v) => spec.variables.insert(k.clone(), v.clone()),
+                    Setting::Secret(key) => spec.secrets.insert(k.clone(), key.clone()),
+                };
+            }
+            spec.validate()
+                .map_err(|err| at.error(span.clone(), &path, err))?;
+            settings.insert(name.clone(), effective);
+            environments.insert(name.clone(), spec);
+        }
+        for name in parsed.overrides.keys() {
+            if !environments.contains_key(name) {
+                return Err(Error::invalid(
+                    format!("{file}: overrides.{name}"),
+                    "overrides an environment that is not defined",
+                ));
+            }
+        }
+        let flags = parsed
+            .flags
+            .as_ref()
+            .map(|f| flags::load(&at, f, &environments))
+            .transpose()?;
+        let secrets_file = parsed.secrets_file.map(|f| {
+            let relative_to = Path::new(file).parent().unwrap_or(Path::new(""));
+            relative_to.join(f)
+        });
+        Ok(Config {
+            application: parsed.application,
+            secrets_file,
+            analyses,
+            services,
+            build,
+            environments,
+            backups,
+            settings,
+            flags,
+        })
+    }
+
+    /// Read and load the file at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::invalid(
+                path.display().to_string(),
+                format!("cannot read the configuration: {e}"),
+            )
+        })?;
+        Self::from_toml_str(&path.display().to_string(), &text)
+    }
+
+    fn backup(
+        at: &Located<'_>,
+        span: Range<usize>,
+        path: &str,
+        b: &BackupToml,
+    ) -> Result<BackupPolicy> {
+        let mut rotation = Vec::new();
+        for (i, entry) in b.rotation.iter().enumerate() {
+            rotation.push(
+                entry
+                    .parse::<ScheduledRun>()
+                    .map_err(|e| at.error(span.clone(), &format!("{path}.rotation[{i}]"), e))?,
+            );
+        }
+        let r = &b.retention;
+        let keep_within = match &r.keep_within {
+            Some(d) => Some(duration(
+                at,
+                span.clone(),
+                &format!("{path}.retention.keep_within"),
+                d,
+            )?),
+            None => None,
+        };
+        let retention = RetentionPolicy {
+            keep_last: r.keep_last,
+            keep_hourly: r.keep_hourly,
+            keep_daily: r.keep_daily,
+            keep_weekly: r.keep_weekly,
+            keep_monthly: r.keep_monthly,
+            keep_yearly: r.keep_yearly,
+            keep_within,
+            keep_tags: r.keep_tags.clone(),
+            only_tags: Default::default(),
+        };
+        let mut targets = DrillTargets::default();
+        if let Some(d) = &b.rto {
+            targets.rto = duration(at, span.clone(), &format!("{path}.rto"), d)?;
+        }
+        if let Some(d) = &b.rpo {
+            targets.rpo = duration(at, span.clone(), &format!("{path}.rpo"), d)?;
+        }
+        let policy = BackupPolicy {
+            rotation,
+            retention,
+            prune: b.prune,
+            targets,
+        };
+        policy.validate().map_err(|e| at.error(span, path, e))?;
+        Ok(policy)
+    }
+
+    fn health(
+        at: &Located<'_>,
+        span: Range<usize>,
+        path: &str,
+        h: &HealthToml,
+    ) -> Result<HealthChecks> {
+        let mut health = HealthChecks::default();
+        for (kind, probe) in [
+            ("readiness", &h.readiness),
+            ("liveness", &h.liveness),
+            ("startup", &h.startup),
+        ] {
+            if let Some(p) = probe {
+                let probe = Self::probe(at, span.clone(), &format!("{path}.{kind}"), p)?;
+                match kind {
+                    "readiness" => health.readiness = Some(probe),
+                    "liveness" => health.liveness = Some(probe),
+                    _ => health.startup = Some(probe),
+                }
+            }
+        }
+        Ok(health)
+    }
+
+    fn probe(at: &Located<'_>, span: Range<usize>, path: &str, p: &ProbeToml) -> Result<Probe> {
+        if p.headers.is_some() && p.http.is_none() {
+            return Err(at.error(span, path, "`headers` only applies to an `http` probe"));
+        }
+        let action = match (&p.http, p.tcp, &p.exec) {
+            (Some(path_), None, None) => ProbeAction::Http {
+                path: path_.clone(),
+                port: p.port,
+                headers: p.headers.clone().unwrap_or_default(),
+            },
+            (None, Some(port), None) => ProbeAction::Tcp { port: Some(port) },
+            (None, None, Some(argv)) => ProbeAction::Command { argv: argv.clone() },
+            _ => {
+                return Err(at.error(
+                    span,
+                    path,
+                    "expected exactly one of `http`, `tcp` or `exec`",
+                ));
+            }
+        };
+        let mut probe = Probe::builder()
+            .action(action)
+            .build()
+            .map_err(|e| at.error(span.clone(), path, e))?;
+        if let Some(d) = &p.period {
+            probe.period = duration(at, span.clone(), &format!("{path}.period"), d)?;
+        }
+        if let Some(d) = &p.timeout {
+            probe.timeout = duration(at, span.clone(), &format!("{path}.timeout"), d)?;
+        }
+        if let Some(d) = &p.initial_delay {
+            probe.initial_delay = duration(at, span.clone(), &format!("{path}.initial_delay"), d)?;
+        }
+        if let Some(n) = p.success_threshold {
+            probe.success_threshold = n;
+        }
+        if let Some(n) = p.failure_threshold {
+            probe.failure_threshold = n;
+        }
+        probe.validate(path).map_err(|e| at.error(span, path, e))?;
+        Ok(probe)
+    }
+
+    /// A service by name.
+    pub fn service(&self, name: &str) -> Result<&ServiceSpec> {
+        self.services
+            .get(name)
+            .ok_or_else(|| Error::not_found(format!("service {name} in the configuration")))
+    }
+
+    /// An environment by name, with its effective variables.
+    pub fn environment(&self, name: &str) -> Result<&EnvironmentSpec> {
+        self.environments
+            .get(name)
+            .ok_or_else(|| Error::not_found(format!("environment {name} in the configuration")))
+    }
+
+    /// How environment `name`'s data is backed up (`[environments.<name>.backup]`), if it is:
+    /// schedule, retention, recovery objectives. Fails if there is no such environment.
+    pub fn backup_policy(&self, name: &str) -> Result<Option<&BackupPolicy>> {
+        self.environment(name)?;
+        Ok(self.backups.get(name))
+    }
+
+    /// Every service, by name.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceSpec> {
+        self.services.values()
+    }
+
+    /// Every environment, by name.
+    pub fn environments(&self) -> impl Iterator<Item = &EnvironmentSpec> {
+        self.environments.values()
+    }
+
+    /// The build pipeline of `service` from its `[[services.<name>.build]]` stages (empty if it
+    /// has none).
+    pub fn pipeline(&self, service: &str) -> Result<Pipeline> {
+        self.service(service)?;
+        let stages = self
+            .build
+            .get(service)
+            .into_iter()
+            .flatten()
+            .map(|s| Arc::new(s.clone()) as Arc<dyn BuildStage>)
+            .collect();
+        Pipeline::new(stages)
+    }
+
+    /// A named analysis from `[analyses.<name>]`.
+    pub fn analysis(&self, name: &str) -> Result<&AnalysisSpec> {
+        self.analyses
+            .get(name)
+            .ok_or_else(|| Error::not_found(format!("analysis {name} in the configuration")))
+    }
+
+    /// The feature flags: the flagd file named by `flags` (relative to the configuration
+    /// file) or the inline `[flags]` document; `None` when the configuration has neither.
+    pub fn flags(&self) -> Option<&deploykit_flags::FlagSet> {
+        self.flags.as_ref()
+    }
+
+    /// The secrets file named by `secrets_file`, relative to the configuration file.
+    pub fn secrets_file(&self) -> Option<&Path> {
+        self.secrets_file.as_deref()
+    }
+
+    /// The effective setting of `name` in `environment` — a value, or a secret reference —
+    /// and where it came from.
+    pub fn explain(&self, environment: &str, name: &str) -> Option<(&Setting, &Origin)> {
+        self.settings
+            .get(environment)?
+            .get(name)
+            .map(|(s, o)| (s, o))
+    }
+
+    /// Every effective setting of `environment`, by name, with its origin.
+    pub fn settings(&self, environment: &str) -> impl Iterator<Item = (&str, &Setting, &Origin)> {
+        self.settings
+            .get(environment)
+            .into_iter()
+            .flatten()
+            .map(|(k, (s, o))| (k.as_str(), s, o))
+    }
+
+    /// Check that `provider` has every secret the services and environments reference; the
+    /// error names the first missing one and where it is referenced.
+    pub async fn check_secrets(&self, provider: &dyn SecretProvider) -> Result<()> {
+        for (env, settings) in &self.settings {
+            for (name, (setting, origin)) in settings {
+                if let Setting::Secret(key) = setting {
+                    provider.get(key).await.map_err(|e| {
+                        e.noting(format_args!(
+                            "referenced as {name} in environment {env} at {origin}"
+                        ))
+                    })?;
+                }
+            }
+        }
+        for service in self.services.values() {
+            for (name, key) in &service.secrets {
+                provider.get(key).await.map_err(|e| {
+                    e.noting(format_args!(
+                        "referenced as {name} by service {}",
+                        service.name
+                    ))
+                })?;
+            }
+        }
+        Ok(())
+    }
+}

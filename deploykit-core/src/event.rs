@@ -1,0 +1,139 @@
+//! The event stream: one [`Event`] per journal entry, for timelines, notifications and metrics.
+
+use std::fmt;
+
+use crate::journal::{
+    DeploymentKind, DeploymentStatus, JournalEntry, JournalEvent, Outcome, Phase,
+};
+use crate::model::{DeploymentId, EnvironmentName, RevisionId, ServiceId, StrategySpec};
+use crate::time::Timestamp;
+
+/// Something that happened to a deployment: a journal entry with its context.
+///
+/// Subscribe with [`crate::Orchestrator::subscribe`]. `Display` renders one timeline line:
+/// `web/production v3: rolling back to v2: 3 of 3 new instances failed readiness: …`.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Event {
+    /// The deployment.
+    pub deployment: DeploymentId,
+    /// Its service.
+    pub service: ServiceId,
+    /// Its environment.
+    pub environment: EnvironmentName,
+    /// The label of the revision it rolls out.
+    pub revision: String,
+    /// The id of the revision it rolls out.
+    pub revision_id: RevisionId,
+    /// The phase after this entry.
+    pub phase: Phase,
+    /// The journal entry.
+    pub entry: JournalEntry,
+    /// The revision being returned to on rollback, if known.
+    pub previous: Option<String>,
+    /// The deployment's strategy: `rolling`, `blue_green` or `canary`.
+    pub strategy: &'static str,
+    /// When the deployment was created (for durations measured from its start).
+    pub created_at: Timestamp,
+}
+
+impl Event {
+    pub(crate) fn new(status: &DeploymentStatus, entry: JournalEntry) -> Self {
+        Event {
+            deployment: status.spec.id.clone(),
+            service: status.spec.service.clone(),
+            environment: status.spec.environment.clone(),
+            revision: status.spec.target.label.clone(),
+            revision_id: status.spec.target.id.clone(),
+            phase: status.phase,
+            entry,
+            previous: status.previous.as_ref().map(|r| r.label.clone()),
+            strategy: match status.spec.strategy {
+                StrategySpec::Rolling(_) => "rolling",
+                StrategySpec::BlueGreen(_) => "blue_green",
+                StrategySpec::Canary(_) => "canary",
+            },
+            created_at: status.created_at,
+        }
+    }
+
+    /// What happened, without the service prefix.
+    pub fn description(&self) -> String {
+        let previous = self.previous.as_deref().unwrap_or("nothing");
+        match &self.entry.event {
+            JournalEvent::Created { spec } => match &spec.kind {
+                DeploymentKind::Deploy => {
+                    format!(
+                        "deploy requested by {} ({} replicas)",
+                        spec.requested_by, spec.replicas
+                    )
+                }
+                DeploymentKind::Rollback => {
+                    format!("manual rollback requested by {}", spec.requested_by)
+                }
+                DeploymentKind::Preview { branch, expires_at } => format!(
+                    "preview of {branch} requested by {} (expires {expires_at})",
+                    spec.requested_by
+                ),
+                DeploymentKind::Teardown => format!("teardown requested by {}", spec.requested_by),
+            },
+            JournalEvent::Started { previous } => match previous {
+                Some(p) if p.id == self.revision_id => format!(
+                    "{} already serves: nothing to roll out, only checking it runs at full size \
+                     with all traffic",
+                    p.label
+                ),
+                Some(p) => format!("started, replacing {}", p.label),
+                None => "started (first deployment)".to_string(),
+            },
+            JournalEvent::Applied { desired, observed } => {
+                format!("scale to {} (was: {observed})", desired.summary())
+            }
+            JournalEvent::StepReached { step } => format!("step {step} reached"),
+            JournalEvent::Measured { measurement: m } => format!(
+                "analysis {}: {} {}: {}",
+                m.run, m.metric, m.outcome, m.detail
+            )
+            .to_lowercase(),
+            JournalEvent::ApprovalRequested { gate, reason } => {
+                format!("waiting for approval of {gate}: {reason}")
+            }
+            JournalEvent::Approved { gate, by, reason } => {
+                format!("{gate} approved by {by}: {reason}")
+            }
+            JournalEvent::ReadyToPromote => {
+                "ready to promote; waiting for the rest of the release".to_string()
+            }
+            JournalEvent::Promoted => format!("promoted: all traffic to {}", self.revision),
+            JournalEvent::Paused { by, reason } => format!("paused by {by}: {reason}"),
+            JournalEvent::Resumed { by } => format!("resumed by {by}"),
+            JournalEvent::AbortRequested { by, reason } => {
+                format!("abort requested by {by}: {reason}")
+            }
+            JournalEvent::RollbackStarted { reason, .. } => {
+                format!("rolling back to {previous}: {reason}")
+            }
+            JournalEvent::Finished { outcome } => match outcome {
+                Outcome::Succeeded => format!("succeeded: {} serving", self.revision),
+                Outcome::RolledBack { verification } => {
+                    format!("rolled back, verified: {verification}")
+                }
+                Outcome::Frozen { reason } => format!("frozen where it stands: {reason}"),
+                Outcome::Failed { reason } => format!("failed: {reason}"),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} {}: {}",
+            self.service,
+            self.environment,
+            self.revision,
+            self.description()
+        )
+    }
+}

@@ -1,0 +1,199 @@
+//! The simulated Deployment controller: the Pods a Deployment's ReplicaSet would keep, and the
+//! Deployment's status from them.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::patch::{meta_str, now_rfc3339};
+use super::store::{Key, State, Stored};
+
+impl State {
+    pub(super) fn reconcile_deployment(&mut self, namespace: &str, name: &str) {
+        let key = Key {
+            group: "apps".into(),
+            plural: "deployments".into(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        let Some(deployment) = self.objects.get(&key).map(|s| s.object.clone()) else {
+            return;
+        };
+        let uid = meta_str(&deployment, "uid").unwrap_or_default().to_string();
+        let replicas = deployment
+            .pointer("/spec/replicas")
+            .and_then(Value::as_u64)
+            .unwrap_or(1) as usize;
+        let template = deployment
+            .pointer("/spec/template")
+            .cloned()
+            .unwrap_or(json!({}));
+        let prefix = format!("{name}-");
+        let owned = |objects: &BTreeMap<Key, Stored>| -> Vec<(usize, Key)> {
+            let mut pods: Vec<(usize, Key)> = objects
+                .iter()
+                .filter(|(k, s)| {
+                    k.group.is_empty()
+                        && k.plural == "pods"
+                        && k.namespace == namespace
+                        && s.object
+                            .pointer("/metadata/ownerReferences")
+                            .and_then(Value::as_array)
+                            .is_some_and(|refs| {
+                                refs.iter().any(|r| {
+                                    r.get("uid").and_then(Value::as_str) == Some(uid.as_str())
+                                })
+                            })
+                })
+                .map(|(k, _)| {
+                    let n = k
+                        .name
+                        .strip_prefix(&prefix)
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(usize::MAX);
+                    (n, k.clone())
+                })
+                .collect();
+            pods.sort();
+            pods
+        };
+        if self.templates.get(&key) != Some(&template) {
+            for (_, k) in owned(&self.objects) {
+                self.remove(&k, false);
+            }
+            self.templates.insert(key.clone(), template.clone());
+        }
+        let mut pods = owned(&self.objects);
+        while pods.len() > replicas {
+            let (_, k) = pods.pop().expect("more pods than replicas");
+            self.remove(&k, false);
+        }
+        let mut n = 0;
+        while pods.len() < replicas {
+            while pods.iter().any(|(i, _)| *i == n) {
+                n += 1;
+            }
+            let pod_key = Key {
+                group: String::new(),
+                plural: "pods".into(),
+                namespace: namespace.to_string(),
+                name: format!("{name}-{n}"),
+            };
+            let pod = self.new_pod(&pod_key, &deployment, &template);
+            self.store_raw(&pod_key, pod, "ADDED");
+            pods.push((n, pod_key));
+            pods.sort();
+        }
+        let ready = pods
+            .iter()
+            .filter(|(_, k)| {
+                self.objects[k]
+                    .object
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .is_some_and(|cs| {
+                        cs.iter().any(|c| {
+                            c.get("type").and_then(Value::as_str) == Some("Ready")
+                                && c.get("status").and_then(Value::as_str) == Some("True")
+                        })
+                    })
+            })
+            .count();
+        let available = ready >= replicas;
+        let mut status = json!({
+            "observedGeneration": deployment.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),
+            "replicas": pods.len(),
+            "updatedReplicas": pods.len(),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "conditions": [
+                {
+                    "type": "Available",
+                    "status": if available { "True" } else { "False" },
+                    "reason": if available { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
+                },
+                {
+                    "type": "Progressing",
+                    "status": "True",
+                    "reason": "NewReplicaSetAvailable",
+                },
+            ],
+        });
+        if pods.len() > ready {
+            status["unavailableReplicas"] = json!(pods.len() - ready);
+        }
+        if deployment.get("status") != Some(&status) {
+            let mut updated = deployment;
+            updated["status"] = status;
+            self.store_raw(&key, updated, "MODIFIED");
+        }
+    }
+
+    fn new_pod(&mut self, key: &Key, deployment: &Value, template: &Value) -> Value {
+        let serial = self.next_serial();
+        let now = now_rfc3339();
+        let mut meta = json!({
+            "name": key.name,
+            "namespace": key.namespace,
+            "uid": format!("00000000-0000-4000-8000-{serial:012x}"),
+            "creationTimestamp": now,
+            "labels": template.pointer("/metadata/labels").cloned().unwrap_or(json!({})),
+            "ownerReferences": [{
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": meta_str(deployment, "name").unwrap_or_default(),
+                "uid": meta_str(deployment, "uid").unwrap_or_default(),
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        });
+        if let Some(a) = template.pointer("/metadata/annotations") {
+            meta["annotations"] = a.clone();
+        }
+        let spec = template.get("spec").cloned().unwrap_or(json!({}));
+        let containers: Vec<Value> = spec
+            .get("containers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.get("name").cloned().unwrap_or(json!("app")),
+                    "image": c.get("image").cloned().unwrap_or(json!("")),
+                    "imageID": "",
+                    "ready": true,
+                    "started": true,
+                    "restartCount": 0,
+                    "state": { "running": { "startedAt": now } },
+                })
+            })
+            .collect();
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": meta,
+            "spec": spec,
+            "status": {
+                "phase": "Running",
+                "podIP": format!("10.244.{}.{}", (serial / 250) % 250, serial % 250 + 1),
+                "startTime": now,
+                "conditions": [
+                    { "type": "Initialized", "status": "True" },
+                    { "type": "Ready", "status": "True" },
+                    { "type": "ContainersReady", "status": "True" },
+                    { "type": "PodScheduled", "status": "True" },
+                ],
+                "containerStatuses": containers,
+            },
+        })
+    }
+}
+
+pub(super) fn owner_deployment(pod: &Value) -> Option<String> {
+    pod.pointer("/metadata/ownerReferences")?
+        .as_array()?
+        .iter()
+        .find(|r| r.get("kind").and_then(Value::as_str) == Some("Deployment"))
+        .and_then(|r| r.get("name")?.as_str().map(str::to_string))
+}
