@@ -132,11 +132,11 @@ pub use rule::{AlertRule, RESERVED_LABELS};
 pub use silence::Silence;
 pub use trigger::rollback_on_alerts;
 
-use deploykit_core::{Error, Result};
+use alert::render_labels;
 use deploykit_core::model::{RevisionId, ServiceId};
 use deploykit_core::monitor::{Monitor, MonitorExt};
 use deploykit_core::time::{Clock, SystemClock, Timestamp};
-use alert::render_labels;
+use deploykit_core::{Error, Result};
 use inhibit::CompiledInhibit;
 use route::RouteTree;
 use silence::SilenceEntry;

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use typed_builder::TypedBuilder;
 
 use super::Labels;
-use deploykit_core::{Error, Result};
 use deploykit_core::time::{duration_ms, option_duration_ms};
+use deploykit_core::{Error, Result};
 
 /// Alertmanager's default `group_wait`.
 pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_secs(30);
@@ -474,7 +474,12 @@ impl RouteTree {
             ("group_interval", settings.group_interval, ms),
             ("repeat_interval", settings.repeat_interval, ms),
         ] {
-            deploykit_core::validate::check_duration(&format!("{field}.{name}"), d, min, deploykit_core::time::DAY * 30)?;
+            deploykit_core::validate::check_duration(
+                &format!("{field}.{name}"),
+                d,
+                min,
+                deploykit_core::time::DAY * 30,
+            )?;
         }
         let mut previous = Duration::ZERO;
         for (i, e) in settings.escalations.iter().enumerate() {
@@ -487,7 +492,12 @@ impl RouteTree {
                 ));
             }
             previous = e.after;
-            deploykit_core::validate::check_duration(&format!("{f}.after"), e.after, ms, deploykit_core::time::DAY * 30)?;
+            deploykit_core::validate::check_duration(
+                &format!("{f}.after"),
+                e.after,
+                ms,
+                deploykit_core::time::DAY * 30,
+            )?;
             if !known(&e.receiver) {
                 return Err(Error::invalid(
                     format!("{f}.receiver"),

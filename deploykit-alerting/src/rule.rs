@@ -8,9 +8,9 @@ use typed_builder::TypedBuilder;
 use super::route::check_label_name;
 use super::{AlertTarget, Labels};
 use deploykit_core::analysis::Condition;
-use deploykit_core::{Error, Result};
 use deploykit_core::monitor::MetricQuery;
 use deploykit_core::time::duration_ms;
+use deploykit_core::{Error, Result};
 
 /// The labels the engine sets on every alert; a rule's own labels may not use them.
 pub const RESERVED_LABELS: [&str; 4] = ["alertname", "service", "environment", "revision"];

@@ -5,8 +5,8 @@ use typed_builder::TypedBuilder;
 
 use super::Labels;
 use super::route::{CompiledMatcher, Matcher, compile_all, matches_all};
-use deploykit_core::{Error, Result};
 use deploykit_core::time::Timestamp;
+use deploykit_core::{Error, Result};
 
 /// A silence, as in Alertmanager: from `starts_at` until `ends_at`, alerts matching all of
 /// `matchers` are not notified. They stay in the engine's state, listing the silence in

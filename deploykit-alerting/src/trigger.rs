@@ -7,10 +7,10 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
 use super::{Alert, AlertState, AlertTarget, Alerting};
+use deploykit_core::Orchestrator;
+use deploykit_core::event::Event;
 use deploykit_core::journal::{Actor, DeploymentStatus, Phase};
 use deploykit_core::model::{DeploymentId, EnvironmentName, RevisionId, ServiceId};
-use deploykit_core::event::Event;
-use deploykit_core::Orchestrator;
 
 /// Watch every revision the orchestrator rolls out with `alerting`'s rules, and abort (so roll
 /// back, under the default failure policy) a deployment when one of `alerts` fires for its

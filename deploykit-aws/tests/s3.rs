@@ -9,8 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deploykit_aws::{RetryPolicy, S3StateStore, S3Target};
+use deploykit_backup::{
+    BackupKind, BackupRequest, PruneOptions, ReadData, RepoKey, RepoOptions, Repository,
+    RestoreOptions,
+};
 use deploykit_core::backup::BackupTarget;
-use deploykit_backup::{BackupKind, BackupRequest, PruneOptions, ReadData, RepoKey, RepoOptions, Repository, RestoreOptions};
 use deploykit_core::{
     Actor, DeployRequest, Digest, EnvironmentKind, EnvironmentSpec, Error, Orchestrator,
     OrchestratorConfig, Phase, ServiceSpec, StateStore,

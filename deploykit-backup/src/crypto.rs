@@ -12,8 +12,8 @@ use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
 
-use deploykit_core::{Error, Result};
 use deploykit_core::time::Timestamp;
+use deploykit_core::{Error, Result};
 
 const NONCE: usize = 24;
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use super::format::{NodeKind, Tree};
 use super::repo::Repository;
 use super::restore::{RestoreOptions, node_os_name};
-use deploykit_core::{Error, Result};
 use deploykit_core::time::Timestamp;
+use deploykit_core::{Error, Result};
 
 /// Recovery objectives a drill is measured against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -39,5 +39,4 @@ pub use schedule::{BackupPolicy, RunReport, ScheduledRun, Scheduler};
 pub use source::CommandSource;
 pub use verify::{Problem, ReadData, VerifyReport};
 
-
 pub use deploykit_core::backup::{BackupSource, BackupTarget, ObjectMeta, check_key};

@@ -470,10 +470,7 @@ mod tests {
             ".tmp-dir/x",
             "a b/c",
         ] {
-            assert!(
-                crate::check_key(good).is_ok(),
-                "{good:?} should be valid"
-            );
+            assert!(crate::check_key(good).is_ok(), "{good:?} should be valid");
         }
         for bad in [
             "", "/a", "a/", "a//b", "a/../b", "..", ".", "./a", "a\\b", "a\0b", ".tmp-x",

@@ -65,7 +65,9 @@ impl Repository {
                 && now.since(lock.refreshed) < LOCK_TTL
             {
                 oldest_running = Some(
-                    oldest_running.map_or(lock.started, |o: deploykit_core::Timestamp| o.min(lock.started)),
+                    oldest_running.map_or(lock.started, |o: deploykit_core::Timestamp| {
+                        o.min(lock.started)
+                    }),
                 );
             }
         }

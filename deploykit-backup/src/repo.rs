@@ -14,8 +14,8 @@ use super::format::{
     BlobEntry, IndexFile, MarkFile, PackEntry, REPO_VERSION, RepoConfig, Snapshot, Tree,
 };
 use super::retention::{Candidate, Decision, RetentionPolicy};
-use deploykit_core::{Error, Result};
 use deploykit_core::time::{Clock, SystemClock};
+use deploykit_core::{Error, Result};
 
 /// Parameters of a new repository.
 #[derive(Clone, Debug, TypedBuilder)]

@@ -52,8 +52,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use deploykit_core::{Error, Result};
 use deploykit_core::time::{Timestamp, civil_from_days};
+use deploykit_core::{Error, Result};
 
 const MS_PER_HOUR: u64 = 3_600_000;
 const MS_PER_DAY: u64 = 24 * MS_PER_HOUR;

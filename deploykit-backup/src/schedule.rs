@@ -12,8 +12,8 @@ use super::prune::PruneOptions;
 use super::repo::Repository;
 use super::retention::RetentionPolicy;
 use super::save::BackupRequest;
-use deploykit_core::{Error, Result};
 use deploykit_core::time::Timestamp;
+use deploykit_core::{Error, Result};
 
 /// One entry of a policy's rotation: when (a cron expression, UTC, five fields or six with
 /// seconds) and which kind.

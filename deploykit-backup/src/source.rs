@@ -7,7 +7,6 @@ use std::process::{Child, Command, Stdio};
 use deploykit_core::backup::BackupSource;
 use deploykit_core::{Error, Result};
 
-
 /// The standard output of a command, e.g. `pg_dump --format=custom shop`.
 ///
 /// ```

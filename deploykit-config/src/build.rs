@@ -305,4 +305,3 @@ impl Pipeline {
         outcome.map(|()| produced)
     }
 }
-

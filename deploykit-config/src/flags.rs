@@ -10,9 +10,9 @@ use serde_json::Value;
 use toml::Spanned;
 
 use super::Located;
+use deploykit_core::model::EnvironmentSpec;
 use deploykit_core::{Error, Result};
 use deploykit_flags::FlagSet;
-use deploykit_core::model::EnvironmentSpec;
 
 /// Nesting past this in a `[flags]` table is refused before it is converted.
 const MAX_DEPTH: usize = 128;

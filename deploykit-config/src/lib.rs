@@ -57,16 +57,16 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use deploykit_core::analysis::AnalysisSpec;
-use deploykit_backup::{BackupPolicy, DrillTargets, RetentionPolicy, ScheduledRun};
 use crate::build::{CommandStage, Pipeline};
+use deploykit_backup::{BackupPolicy, DrillTargets, RetentionPolicy, ScheduledRun};
+use deploykit_core::analysis::AnalysisSpec;
 use deploykit_core::build::BuildStage;
-use deploykit_core::{Error, Result};
 use deploykit_core::model::{
     Autoscale, EnvironmentKind, EnvironmentSpec, FailurePolicy, HealthChecks, Probe, ProbeAction,
     Quantity, Resources, ServiceSpec,
 };
 use deploykit_core::secrets::SecretProvider;
+use deploykit_core::{Error, Result};
 
 pub mod build;
 mod flags;

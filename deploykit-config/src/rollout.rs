@@ -15,11 +15,11 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Located, duration, quantity};
+use deploykit_core::Result;
 use deploykit_core::analysis::{
     AnalysisSpec, BadDirection, Condition, JudgedMetric, JudgementSpec, MetricCheck, MetricKind,
     MinSamples,
 };
-use deploykit_core::Result;
 use deploykit_core::model::{RollingSpec, Weight};
 use deploykit_core::strategy::{BlueGreenSpec, CanaryScale, CanarySpec, CanaryStep, StrategySpec};
 

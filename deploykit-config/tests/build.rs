@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use deploykit_config::Config;
 use deploykit_config::build::{CommandStage, Pipeline};
 use deploykit_core::build::{BuildContext, BuildStage};
-use deploykit_config::Config;
 use deploykit_core::{Digest, Error};
 
 fn sh(script: &str) -> Vec<String> {

@@ -336,7 +336,10 @@ fn backup_policies_load_and_bad_ones_are_named() {
     assert_eq!(policy.targets.rpo.as_secs(), 300);
     assert!(policy.prune);
     assert!(config.backup_policy("staging").unwrap().is_none());
-    assert!(config.backup_policy("nowhere").is_err(), "an unknown environment is an error");
+    assert!(
+        config.backup_policy("nowhere").is_err(),
+        "an unknown environment is an error"
+    );
 
     let bad_cron = TOUR.replace("incremental */5 * * * *", "incremental every five minutes");
     assert!(error(&bad_cron).contains("environments.production.backup.rotation[1]: invalid backup.rotation: \"every five minutes\" is not a cron expression"), "{}", error(&bad_cron));

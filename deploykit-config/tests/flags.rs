@@ -3,8 +3,8 @@
 //! kill switch, errors that name the field, `[flags]` in deploykit.toml, and random flag files
 //! that never panic and evaluate the same after a save and load.
 
-use deploykit_core::Error;
 use deploykit_config::Config;
+use deploykit_core::Error;
 use deploykit_flags::{ErrorCode, EvaluationContext, FlagSet, Reason, fractional};
 use proptest::prelude::*;
 use serde_json::{Value, json};

@@ -2,22 +2,26 @@
 //!
 //! The domain model, the traits every backend implements, and the journaled orchestrator of
 //! deploykit, an embeddable SDK that deploys applications safely and keeps them recoverable.
+//! It depends on no other deploykit crate; the engines and backends depend on it (the crate
+//! map is at the top of `docs/ARCHITECTURE.md`; the `deploykit` facade re-exports it all).
 //!
-//! - [`model`]: services, environments, revisions, health checks, rollout parameters — built
-//!   with validating builders, so an impossible spec is an [`Error::InvalidSpec`] naming the
-//!   field.
+//! - [`model`]: services, environments, revisions, health checks, rollout parameters, and the
+//!   strategy and analysis specs — built with validating builders, so an impossible spec is an
+//!   [`Error::InvalidSpec`] naming the field.
 //! - Traits: [`Environment`] (the actuator), [`DeploymentStrategy`] (a pure planner),
 //!   [`Monitor`] (the sensor), [`StateStore`] (journals, leases, audit), [`Notifier`],
-//!   [`BuildStage`] and [`BackupTarget`].
+//!   [`secrets::SecretProvider`], [`BuildStage`], [`BackupTarget`] and
+//!   [`backup::BackupSource`]: contracts only; `deploykit-sqlite`, `deploykit-secrets`,
+//!   `deploykit-config` and `deploykit-backup` implement them.
 //! - [`strategy`]: rolling, blue-green and canary planners, and the switch-back rollback.
 //! - [`analysis`]: metric checks with Argo Rollouts' semantics and a Mann-Whitney canary
 //!   judgement.
 //! - [`Orchestrator`]: runs the state machine of [`journal`], journaling every transition before
 //!   acting, so a new process on the same store resumes every in-flight deployment; approvals,
-//!   failure policies, preview environments and multi-service releases.
-//! - [`config`]: the `deploykit.toml` loader; [`secrets`]: the encrypted secrets file and
-//!   [`secrets::SecretProvider`]; [`build`]: build pipelines of command stages; [`flags`],
-//!   [`access`] and [`audit`]: feature flags, access control and the tamper-evident audit log.
+//!   failure policies, preview environments and multi-service releases. Its [`Event`] stream
+//!   feeds notifiers, metrics and timelines.
+//! - [`access`] and [`audit`]: access control and the tamper-evident audit log; [`retry`]: the
+//!   one retry policy of every backend.
 //!
 //! In-memory backends, fault injection and conformance suites live in `deploykit-testing`.
 
@@ -28,8 +32,8 @@ pub mod audit;
 pub mod backup;
 pub mod build;
 pub mod environment;
-pub mod event;
 mod error;
+pub mod event;
 pub mod journal;
 pub mod model;
 pub mod monitor;
@@ -56,8 +60,8 @@ pub use model::*;
 pub use monitor::{MetricQuery, Monitor, MonitorExt, Sample};
 pub use notify::{Notification, Notifier};
 pub use orchestrator::{
-    DeployRequest, Orchestrator, OrchestratorBuilder, OrchestratorConfig, Preview,
-    PreviewRequest, Release, ReleaseRequest, ReleaseService, ScopedEnvironment, preview_name,
+    DeployRequest, Orchestrator, OrchestratorBuilder, OrchestratorConfig, Preview, PreviewRequest,
+    Release, ReleaseRequest, ReleaseService, ScopedEnvironment, preview_name,
 };
 pub use store::StateStore;
 pub use strategy::{Decision, DeploymentStrategy, PlanContext, RollingStrategy, StrategySpec};

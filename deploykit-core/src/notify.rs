@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::journal::Phase;
 use crate::event::Event;
+use crate::journal::Phase;
 use crate::time::Timestamp;
 
 /// Receives the orchestrator's events (created, started, step reached, analysis results,
@@ -281,7 +281,9 @@ mod webhook {
         #[tokio::test]
         async fn a_retry_after_is_waited_before_posting_again() {
             let (url, count) = server(vec![(503, Some(1))]).await;
-            let hook = WebhookNotifier::new(&url).expect("url").with_retry(quick(3));
+            let hook = WebhookNotifier::new(&url)
+                .expect("url")
+                .with_retry(quick(3));
             let start = Instant::now();
             hook.post_json(&"hello").await.expect("delivered");
             assert_eq!(count.load(Ordering::SeqCst), 2);
@@ -295,7 +297,9 @@ mod webhook {
         #[tokio::test]
         async fn used_up_retries_are_a_persistent_error_and_client_errors_are_not_retried() {
             let (url, count) = server(vec![(503, None); 10]).await;
-            let hook = WebhookNotifier::new(&url).expect("url").with_retry(quick(3));
+            let hook = WebhookNotifier::new(&url)
+                .expect("url")
+                .with_retry(quick(3));
             let err = hook.post_json(&"hello").await.unwrap_err();
             assert_eq!(count.load(Ordering::SeqCst), 3);
             assert!(err.is_persistent() && err.is_retryable(), "{err:?}");

@@ -271,7 +271,7 @@ pub enum Retry {
 ///     .with_backoff(Duration::from_millis(100), Duration::from_millis(500))?
 ///     .with_jitter(false);
 /// let mut backoff = Backoff::new(&policy);
-/// let delays: Vec<u128> = (0..4).map(|_| backoff.next().as_millis()).collect();
+/// let delays: Vec<u128> = (0..4).map(|_| backoff.next_delay().as_millis()).collect();
 /// assert_eq!(delays, [100, 200, 400, 500]);
 /// # Ok::<(), deploykit_core::Error>(())
 /// ```
@@ -299,7 +299,7 @@ impl Backoff {
     }
 
     /// The wait after one more failure.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let next = match self.current {
             None => self.initial,
             Some(d) => Duration::try_from_secs_f64(d.as_secs_f64() * self.multiplier)
@@ -555,7 +555,7 @@ where
             Retry::Yes => Duration::ZERO,
             Retry::After(d) => d.min(policy.max_backoff),
         };
-        let delay = backoff.next().max(floor);
+        let delay = backoff.next_delay().max(floor);
         let elapsed = started.elapsed();
         if attempt >= policy.max_attempts || elapsed.saturating_add(delay) > policy.max_elapsed {
             tracing::debug!(what, attempt, ?elapsed, %error, "giving up");
@@ -641,16 +641,16 @@ mod tests {
     #[test]
     fn delays_grow_by_the_multiplier_up_to_the_max_and_reset() {
         let mut b = Backoff::new(&exact(10));
-        let delays: Vec<u64> = (0..6).map(|_| b.next().as_millis() as u64).collect();
+        let delays: Vec<u64> = (0..6).map(|_| b.next_delay().as_millis() as u64).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(b.current(), Some(ms(1000)));
         b.reset();
         assert_eq!(b.current(), None);
-        assert_eq!(b.next(), ms(100), "starts over");
+        assert_eq!(b.next_delay(), ms(100), "starts over");
 
         let tripling = exact(10).with_multiplier(3.0).unwrap();
         let mut b = Backoff::new(&tripling);
-        let delays: Vec<u64> = (0..4).map(|_| b.next().as_millis() as u64).collect();
+        let delays: Vec<u64> = (0..4).map(|_| b.next_delay().as_millis() as u64).collect();
         assert_eq!(delays, [100, 300, 900, 1000]);
 
         let huge = RetryPolicy::default()
@@ -660,8 +660,12 @@ mod tests {
             .unwrap()
             .with_jitter(false);
         let mut b = Backoff::new(&huge);
-        b.next();
-        assert_eq!(b.next(), Duration::MAX, "an overflowing delay is the max");
+        b.next_delay();
+        assert_eq!(
+            b.next_delay(),
+            Duration::MAX,
+            "an overflowing delay is the max"
+        );
     }
 
     #[test]
@@ -670,7 +674,7 @@ mod tests {
         let (mut low, mut high) = (0, 0);
         for _ in 0..1000 {
             let mut b = Backoff::new(&policy);
-            let d = b.next();
+            let d = b.next_delay();
             assert!(d <= ms(100), "{d:?}");
             if d < ms(50) {
                 low += 1;

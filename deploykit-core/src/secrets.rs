@@ -37,12 +37,10 @@
 //! # }
 //! ```
 
-
 use std::fmt;
 
 use async_trait::async_trait;
 pub use secrecy::{ExposeSecret, SecretString};
-
 
 use crate::error::Result;
 
@@ -70,10 +68,9 @@ impl Secret {
 /// backends add their own (Kubernetes Secrets, AWS Secrets Manager).
 ///
 /// `key` is a dotted key path (`production.DATABASE_URL`). A missing key is
-/// [`Error::NotFound`] naming the key.
+/// [`crate::Error::NotFound`] naming the key.
 #[async_trait]
 pub trait SecretProvider: Send + Sync + fmt::Debug {
     /// The current value and version of `key`.
     async fn get(&self, key: &str) -> Result<Secret>;
 }
-

@@ -8,9 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-
-pub use crate::audit::{AuditAction, AuditOutcome, AuditRecord};
 use crate::audit::AuditEntry;
+pub use crate::audit::{AuditAction, AuditOutcome, AuditRecord};
 use crate::error::Result;
 use crate::journal::JournalEntry;
 use crate::model::{DeploymentId, EnvironmentName, ServiceId};

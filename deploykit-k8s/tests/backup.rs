@@ -5,8 +5,8 @@
 use std::io::Read;
 use std::time::Duration;
 
-use deploykit_core::Error;
 use deploykit_backup::BackupSource;
+use deploykit_core::Error;
 use deploykit_k8s::backup::{export, restore};
 use deploykit_testing::k8s::{FakeApiServer, RecordedRequest};
 use http::{Request, Response};

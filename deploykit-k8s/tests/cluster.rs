@@ -8,11 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deploykit_core::strategy::BlueGreenSpec;
-use deploykit_core::{Actor, DeployRequest, Digest, Environment, EnvironmentKind, EnvironmentSpec, Orchestrator, Phase, ServiceSpec, StrategySpec};
-use deploykit_sqlite::SqliteStore;
+use deploykit_core::{
+    Actor, DeployRequest, Digest, Environment, EnvironmentKind, EnvironmentSpec, Orchestrator,
+    Phase, ServiceSpec, StrategySpec,
+};
 use deploykit_core::{HealthChecks, Probe, ProbeAction};
 use deploykit_k8s::KubeEnvironment;
 use deploykit_k8s::render::{RenderOptions, Router};
+use deploykit_sqlite::SqliteStore;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, PostParams};
 

@@ -28,7 +28,6 @@
 //! # }
 //! ```
 
-
 mod file;
 
 use std::collections::BTreeMap;

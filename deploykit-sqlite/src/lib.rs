@@ -10,12 +10,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
-use deploykit_core::store::{Lease, StateStore};
 use deploykit_core::audit::AuditEntry;
-use deploykit_core::{Error, Result};
 use deploykit_core::journal::{JournalEntry, JournalEvent};
 use deploykit_core::model::{DeploymentId, EnvironmentName, ServiceId};
+use deploykit_core::store::{Lease, StateStore};
 use deploykit_core::time::Timestamp;
+use deploykit_core::{Error, Result};
 
 /// Version of the on-disk schema, kept in the `meta` table.
 const SCHEMA_VERSION: i64 = 2;
@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS audit (
 ///
 /// ```no_run
 /// # async fn demo() -> deploykit_core::Result<()> {
-/// let store = deploykit_core::SqliteStore::open("deploykit.db").await?;
+/// let store = deploykit_sqlite::SqliteStore::open("deploykit.db").await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]

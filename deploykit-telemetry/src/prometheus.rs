@@ -46,10 +46,10 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
 use deploykit_core::environment::InstanceObservation;
-use deploykit_core::{Error, Result};
 use deploykit_core::model::{RevisionId, ServiceId};
 use deploykit_core::monitor::{MetricQuery, Monitor, Sample};
 use deploykit_core::time::{Clock, SystemClock, Timestamp};
+use deploykit_core::{Error, Result};
 
 /// The most points per series Prometheus returns from a range query; a longer range gets a
 /// coarser step instead of an error.

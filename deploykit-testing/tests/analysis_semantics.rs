@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{open_monitored, request, revision_in};
+use deploykit_config::Config;
 use deploykit_core::analysis::{
     AnalysisSpec, Condition, JudgedMetric, JudgementSpec, MeasurementOutcome, MetricCheck,
     MinSamples,
 };
-use deploykit_config::Config;
 use deploykit_core::journal::JournalEvent;
 use deploykit_core::strategy::{CanarySpec, CanaryStep};
 use deploykit_core::{

@@ -10,9 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use deploykit_backup::{
+    BackupKind, BackupPolicy, BackupRequest, CommandSource, DrillTargets, LocalTarget,
+    PruneOptions, ReadData, RepoKey, RepoOptions, Repository, RestoreOptions, RetentionPolicy,
+    ScheduledRun, Scheduler,
+};
 use deploykit_core::Error;
 use deploykit_core::backup::BackupTarget;
-use deploykit_backup::{BackupKind, BackupPolicy, BackupRequest, CommandSource, DrillTargets, LocalTarget, PruneOptions, ReadData, RepoKey, RepoOptions, Repository, RestoreOptions, RetentionPolicy, ScheduledRun, Scheduler};
 use deploykit_testing::MemoryTarget;
 use proptest::prelude::*;
 

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use deploykit_core::{BackupTarget, Error};
 use deploykit_backup::LocalTarget;
+use deploykit_core::{BackupTarget, Error};
 use deploykit_testing::MemoryTarget;
 use deploykit_testing::conformance::backup_target;
 

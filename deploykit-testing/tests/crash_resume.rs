@@ -15,7 +15,10 @@ use deploykit_core::analysis::{AnalysisSpec, Condition, MetricCheck};
 use deploykit_core::journal::{JournalEntry, JournalEvent};
 use deploykit_core::store::{StateStore, StateStoreLayer};
 use deploykit_core::strategy::{BlueGreenSpec, CanarySpec, CanaryStep};
-use deploykit_core::{Actor, DeploymentId, Environment, EnvironmentSpec, Orchestrator, Phase, Quantity, Result, StrategySpec};
+use deploykit_core::{
+    Actor, DeploymentId, Environment, EnvironmentSpec, Orchestrator, Phase, Quantity, Result,
+    StrategySpec,
+};
 use deploykit_sqlite::SqliteStore;
 use deploykit_testing::{Behavior, SimCluster};
 use tokio::sync::Notify;

@@ -6,11 +6,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploykit_core::analysis::{AnalysisSpec, Condition, MetricCheck};
 use deploykit_backup::{BackupKind, BackupRequest, RepoKey, RepoOptions, Repository};
-use deploykit_telemetry::metrics::{MeteredStore, Metrics, serve};
+use deploykit_core::analysis::{AnalysisSpec, Condition, MetricCheck};
 use deploykit_core::strategy::{CanarySpec, CanaryStep};
 use deploykit_core::{Orchestrator, Phase, StrategySpec};
+use deploykit_telemetry::metrics::{MeteredStore, Metrics, serve};
 use deploykit_testing::{MemoryStore, MemoryTarget, SimCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{deploy_and_wait, open, production, request};
-use deploykit_core::journal::{JournalEvent, RollbackCause};
 use deploykit_core::audit::AuditAction;
+use deploykit_core::journal::{JournalEvent, RollbackCause};
 use deploykit_core::{Actor, Environment, Error, Outcome, Phase, Quantity, RevisionId, StateStore};
 use deploykit_sqlite::SqliteStore;
 use deploykit_testing::{Behavior, Fault, MemoryStore, Op, SimCluster};

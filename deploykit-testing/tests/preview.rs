@@ -5,8 +5,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploykit_core::journal::DeploymentKind;
 use deploykit_core::audit::AuditAction;
+use deploykit_core::journal::DeploymentKind;
 use deploykit_core::{
     Actor, Environment, EnvironmentKind, EnvironmentSpec, Error, Orchestrator, Phase,
     PreviewRequest, ServiceId, StateStore, preview_name,

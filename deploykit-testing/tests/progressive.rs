@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{environment_with, open_monitored, request, revision_in};
 use deploykit_core::analysis::{AnalysisSpec, Condition, JudgedMetric, JudgementSpec, MetricCheck};
-use deploykit_core::journal::{JournalEvent, RollbackCause};
 use deploykit_core::audit::AuditAction;
+use deploykit_core::journal::{JournalEvent, RollbackCause};
 use deploykit_core::strategy::{BlueGreenSpec, CanarySpec, CanaryStep};
 use deploykit_core::{
     Actor, Error, FailurePolicy, Orchestrator, Outcome, Phase, StateStore, StrategySpec, Traffic,

@@ -12,11 +12,11 @@ use deploykit_core::analysis::{
     AnalysisSpec, Condition, JudgedMetric, JudgementSpec, MeasurementOutcome, MetricCheck,
     RunStatus, Subject, evaluate, measure,
 };
-use deploykit_telemetry::prometheus::PrometheusMonitor;
 use deploykit_core::{
     Clock, EnvironmentName, Error, MetricQuery, Monitor, MonitorExt, RevisionId, Sample, ServiceId,
     SystemClock,
 };
+use deploykit_telemetry::prometheus::PrometheusMonitor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

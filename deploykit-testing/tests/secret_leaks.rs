@@ -11,8 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deploykit_core::secrets::{ExposeSecret, SecretString};
+use deploykit_core::{
+    Actor, DeployRequest, DesiredState, Environment, Error, FailureKind, Phase, Revision,
+    RevisionTarget, ServiceSpec, StateStore, Traffic,
+};
 use deploykit_secrets::{FileSecretProvider, Identity, SecretsFile};
-use deploykit_core::{Actor, DeployRequest, DesiredState, Environment, Error, FailureKind, Phase, Revision, RevisionTarget, ServiceSpec, StateStore, Traffic};
 use deploykit_sqlite::SqliteStore;
 use deploykit_testing::{RecordingNotifier, SimCluster};
 

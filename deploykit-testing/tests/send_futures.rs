@@ -9,11 +9,18 @@
 use std::path::Path;
 
 use deploykit_alerting::Alerting;
-use deploykit_core::analysis::{MetricCheck, Subject, measure};
-use deploykit_backup::{BackupRequest, DrillTargets, PruneOptions, ReadData, Repository, RestoreOptions, RetentionPolicy};
+use deploykit_backup::{
+    BackupRequest, DrillTargets, PruneOptions, ReadData, Repository, RestoreOptions,
+    RetentionPolicy,
+};
 use deploykit_config::build::Pipeline;
+use deploykit_core::analysis::{MetricCheck, Subject, measure};
 use deploykit_core::secrets::SecretProvider;
-use deploykit_core::{Actor, BuildContext, DeployRequest, DeploymentId, Environment, EnvironmentExt, EnvironmentName, Monitor, Orchestrator, OrchestratorBuilder, PreviewRequest, ReleaseRequest, Revision, RevisionId, ServiceId, Timestamp};
+use deploykit_core::{
+    Actor, BuildContext, DeployRequest, DeploymentId, Environment, EnvironmentExt, EnvironmentName,
+    Monitor, Orchestrator, OrchestratorBuilder, PreviewRequest, ReleaseRequest, Revision,
+    RevisionId, ServiceId, Timestamp,
+};
 use deploykit_sqlite::SqliteStore;
 
 fn send<T: Send>(_: T) {}

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use deploykit_core::journal::{DeploymentSpec, JournalEntry, JournalEvent};
 use deploykit_core::strategy::{BlueGreenSpec, CanaryScale, CanarySpec, CanaryStep};
-use deploykit_core::{Actor, DeploymentId, EnvironmentKind, EnvironmentSpec, Error, Revision, StateStore, StrategySpec, Timestamp};
+use deploykit_core::{
+    Actor, DeploymentId, EnvironmentKind, EnvironmentSpec, Error, Revision, StateStore,
+    StrategySpec, Timestamp,
+};
 use deploykit_sqlite::SqliteStore;
 use deploykit_testing::MemoryStore;
 use proptest::prelude::*;

@@ -59,7 +59,12 @@ use async_trait::async_trait;
 use deploykit_core::journal::{JournalEntry, JournalEvent, RollbackCause};
 use deploykit_core::store::{Lease, StateStoreLayer};
 use deploykit_core::strategy::{BlueGreenSpec, CanarySpec, CanaryStep};
-use deploykit_core::{Actor, Clock, DeployRequest, DeploymentId, DeploymentStatus, DesiredState, Digest, Environment, EnvironmentKind, EnvironmentName, EnvironmentSpec, HealthChecks, Observed, Orchestrator, OrchestratorConfig, Outcome, Phase, Probe, ProbeAction, Quantity, Result, RevisionId, RevisionTarget, RollingSpec, ServiceId, ServiceSpec, StateStore, StrategySpec, Timestamp};
+use deploykit_core::{
+    Actor, Clock, DeployRequest, DeploymentId, DeploymentStatus, DesiredState, Digest, Environment,
+    EnvironmentKind, EnvironmentName, EnvironmentSpec, HealthChecks, Observed, Orchestrator,
+    OrchestratorConfig, Outcome, Phase, Probe, ProbeAction, Quantity, Result, RevisionId,
+    RevisionTarget, RollingSpec, ServiceId, ServiceSpec, StateStore, StrategySpec, Timestamp,
+};
 use deploykit_sqlite::SqliteStore;
 use deploykit_testing::{Behavior, MemoryStore, SimCluster, Snapshot};
 use proptest::prelude::*;

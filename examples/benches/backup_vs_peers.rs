@@ -18,7 +18,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use deploykit_backup::{BackupKind, BackupRequest, LocalTarget, RepoKey, RepoOptions, Repository, RestoreOptions};
+use deploykit_backup::{
+    BackupKind, BackupRequest, LocalTarget, RepoKey, RepoOptions, Repository, RestoreOptions,
+};
 
 const USAGE: &str = "usage: backup_vs_peers init <repo-dir>
        backup_vs_peers backup <repo-dir> <source-dir> <full|incremental>

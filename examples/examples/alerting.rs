@@ -18,11 +18,14 @@ use deploykit_alerting::{
     AlertRule, Alerting, Matcher, NotificationStatus, Route, rollback_on_alerts,
 };
 use deploykit_core::analysis::{AnalysisSpec, Condition, MetricCheck};
-use deploykit_telemetry::prometheus::PrometheusMonitor;
 use deploykit_core::strategy::{CanarySpec, CanaryStep};
-use deploykit_core::{Actor, DeployRequest, Digest, EnvironmentKind, EnvironmentSpec, Monitor, Orchestrator, OrchestratorConfig, Phase, Revision, ServiceSpec, StrategySpec};
-use deploykit_sqlite::SqliteStore;
+use deploykit_core::{
+    Actor, DeployRequest, Digest, EnvironmentKind, EnvironmentSpec, Monitor, Orchestrator,
+    OrchestratorConfig, Phase, Revision, ServiceSpec, StrategySpec,
+};
 use deploykit_examples::{Timeline, exit_code};
+use deploykit_sqlite::SqliteStore;
+use deploykit_telemetry::prometheus::PrometheusMonitor;
 use deploykit_testing::{RecordingAlertSink, SimCluster};
 
 type Error = Box<dyn std::error::Error>;

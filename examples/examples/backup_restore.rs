@@ -12,7 +12,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use deploykit_backup::{BackupKind, BackupRequest, CommandSource, DrillTargets, LocalTarget, PruneOptions, ReadData, RepoKey, RepoOptions, Repository, RestoreOptions, RetentionPolicy};
+use deploykit_backup::{
+    BackupKind, BackupRequest, CommandSource, DrillTargets, LocalTarget, PruneOptions, ReadData,
+    RepoKey, RepoOptions, Repository, RestoreOptions, RetentionPolicy,
+};
 use deploykit_examples::exit_code;
 
 type Error = Box<dyn std::error::Error>;

@@ -11,9 +11,12 @@ use std::time::Duration;
 use deploykit_core::analysis::{AnalysisSpec, Condition, MetricCheck};
 use deploykit_core::journal::JournalEvent;
 use deploykit_core::strategy::{CanarySpec, CanaryStep};
-use deploykit_core::{Actor, DeployRequest, Digest, Environment, EnvironmentKind, EnvironmentSpec, Orchestrator, Phase, Revision, ServiceSpec, StrategySpec};
-use deploykit_sqlite::SqliteStore;
+use deploykit_core::{
+    Actor, DeployRequest, Digest, Environment, EnvironmentKind, EnvironmentSpec, Orchestrator,
+    Phase, Revision, ServiceSpec, StrategySpec,
+};
 use deploykit_examples::{Timeline, exit_code};
+use deploykit_sqlite::SqliteStore;
 use deploykit_testing::SimCluster;
 
 type Error = Box<dyn std::error::Error>;

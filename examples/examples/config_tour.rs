@@ -14,14 +14,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use deploykit_core::access::AccessPolicy;
 use deploykit_config::{Config, Setting};
+use deploykit_core::access::AccessPolicy;
+use deploykit_core::strategy::CanaryStep;
+use deploykit_core::{
+    Actor, DeployRequest, Digest, Error, Orchestrator, Phase, StateStore, StrategySpec,
+};
+use deploykit_examples::exit_code;
 use deploykit_flags::{EvaluationContext, FlagSet, Reason};
 use deploykit_secrets::{FileSecretProvider, Identity};
-use deploykit_core::strategy::CanaryStep;
-use deploykit_core::{Actor, DeployRequest, Digest, Error, Orchestrator, Phase, StateStore, StrategySpec};
 use deploykit_sqlite::SqliteStore;
-use deploykit_examples::exit_code;
 use deploykit_testing::SimCluster;
 use ed25519_dalek::SigningKey;
 

@@ -9,9 +9,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploykit_core::{Actor, DeployRequest, Digest, Environment, EnvironmentKind, EnvironmentSpec, HealthChecks, Orchestrator, Phase, Probe, ProbeAction, ServiceSpec};
-use deploykit_sqlite::SqliteStore;
+use deploykit_core::{
+    Actor, DeployRequest, Digest, Environment, EnvironmentKind, EnvironmentSpec, HealthChecks,
+    Orchestrator, Phase, Probe, ProbeAction, ServiceSpec,
+};
 use deploykit_examples::{Timeline, exit_code};
+use deploykit_sqlite::SqliteStore;
 use deploykit_testing::{Behavior, SimCluster};
 
 type Error = Box<dyn std::error::Error>;

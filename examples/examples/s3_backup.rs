@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use deploykit_aws::S3Target;
-use deploykit_backup::{BackupKind, BackupRequest, ReadData, RepoKey, RepoOptions, Repository, RestoreOptions};
+use deploykit_backup::{
+    BackupKind, BackupRequest, ReadData, RepoKey, RepoOptions, Repository, RestoreOptions,
+};
 use deploykit_examples::exit_code;
 
 type Error = Box<dyn std::error::Error>;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use deploykit_config::Config;
 use deploykit_core::{Actor, DeployRequest, Digest, Orchestrator, OrchestratorConfig, ServiceSpec};
-use deploykit_sqlite::SqliteStore;
 use deploykit_local::{LocalEnvironment, LocalOptions};
+use deploykit_sqlite::SqliteStore;
 
 /// The sample app binary cargo built for these tests.
 pub const APP: &str = env!("CARGO_BIN_EXE_deploykit-sample-app");

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use typed_builder::TypedBuilder;
 
 use crate::error::{Error, Result};
-use crate::validate::check_duration;
 use crate::time::{HOUR, duration_ms};
+use crate::validate::check_duration;
 
 /// The largest success or failure threshold a probe accepts.
 const MAX_THRESHOLD: u32 = 1_000;

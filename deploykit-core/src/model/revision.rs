@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::environment::{EnvironmentSpec, Resources};
 use super::health::HealthChecks;
-use super::ids::{Digest, RevisionId, ServiceId};
 use super::ids::check_variable_name;
+use super::ids::{Digest, RevisionId, ServiceId};
 use super::service::ServiceSpec;
 use crate::error::{Error, Result};
 use crate::secrets::SecretProvider;

@@ -82,7 +82,6 @@ impl ServiceSpec {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,11 +10,11 @@ use super::{Shared, Target};
 use crate::analysis::{Measurement, Subject, measure};
 use crate::environment::{DesiredState, Observed};
 use crate::error::{Error, Result};
-use crate::retry::{Backoff, RetryPolicy};
 use crate::journal::{
     DeploymentKind, DeploymentStatus, JournalEvent, Outcome, Phase, RollbackCause,
 };
 use crate::model::{DeploymentId, FailurePolicy, Revision};
+use crate::retry::{Backoff, RetryPolicy};
 use crate::store::Lease;
 use crate::strategy::{AnalysisRequest, Decision, DeploymentStrategy, PlanContext};
 use crate::time::Timestamp;
@@ -106,7 +106,7 @@ pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
                 let delay = if e.is_persistent() {
                     retry_max
                 } else {
-                    driver.backoff.next()
+                    driver.backoff.next_delay()
                 };
                 tracing::warn!(error = %e.chain(), retry_in = ?delay, "step failed; retrying");
                 driver.last_error = Some(e.chain());

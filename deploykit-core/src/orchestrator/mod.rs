@@ -33,7 +33,6 @@ use crate::access::{AccessAction, AccessPolicy};
 use crate::audit::{AuditEntry, SignedCheckpoint, Verified};
 use crate::environment::{Environment, TrafficSplit};
 use crate::error::{Error, Result};
-use crate::retry;
 use crate::journal::{
     Actor, DeploymentKind, DeploymentSpec, DeploymentStatus, JournalEntry, JournalEvent,
     ReleaseMembership,
@@ -44,6 +43,7 @@ use crate::model::{
 };
 use crate::monitor::Monitor;
 use crate::notify::Notifier;
+use crate::retry;
 use crate::secrets::SecretProvider;
 use crate::store::{AuditAction, AuditRecord, Lease, StateStore};
 use crate::strategy::{BlueGreenSpec, StrategySpec};
@@ -64,7 +64,8 @@ pub struct OrchestratorConfig {
     /// resets after a success.
     #[builder(default = Duration::from_millis(100))]
     pub retry_initial: Duration,
-    /// Longest retry delay (default 10 s).
+    /// Longest retry delay (default 10 s); also the wait, at once, after an error whose
+    /// retries a backend has already used up ([`Error::Persistent`]).
     #[builder(default = Duration::from_secs(10))]
     pub retry_max: Duration,
     /// How often expired preview environments are looked for (default 60 s).

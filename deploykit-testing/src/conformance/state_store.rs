@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use deploykit_core::audit::AuditEntry;
-use deploykit_core::journal::{DeploymentSpec, JournalEntry, JournalEvent, Outcome};
 use deploykit_core::audit::{AuditAction, AuditRecord};
+use deploykit_core::journal::{DeploymentSpec, JournalEntry, JournalEvent, Outcome};
 use deploykit_core::store::StateStore;
 use deploykit_core::{
     Actor, DeploymentId, Digest, EnvironmentKind, EnvironmentName, EnvironmentSpec, Error,
