@@ -253,7 +253,7 @@ pub trait AlertSink: Send + Sync + fmt::Debug {
 /// JSON, with its retries.
 #[cfg(feature = "webhook")]
 #[async_trait]
-impl AlertSink for deploykit_core::notify::WebhookNotifier {
+impl AlertSink for crate::webhook::WebhookNotifier {
     async fn deliver(&self, notification: &AlertNotification) -> Result<()> {
         self.post_json(notification).await
     }

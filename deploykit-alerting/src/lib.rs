@@ -110,6 +110,8 @@ mod route;
 mod rule;
 mod silence;
 mod trigger;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};

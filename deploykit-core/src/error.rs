@@ -86,7 +86,7 @@ pub enum Error {
     /// used up (OpenDAL's `Persistent` status). It may still succeed later, so it
     /// [is retryable](Error::is_retryable), but not at once: whoever gave up has already
     /// retried ([`Error::is_persistent`]).
-    #[error("{operation}: gave up after {} in {elapsed:.1?}", crate::retry::attempts(*.attempts))]
+    #[error("{operation}: gave up after {} in {elapsed:.1?}", crate::error::attempts(*.attempts))]
     Persistent {
         /// What was being done.
         operation: String,
@@ -180,16 +180,6 @@ impl Error {
         matches!(self, Error::Persistent { .. })
     }
 
-    /// Whether a [retry loop](crate::retry::RetryPolicy::run) should try the operation again:
-    /// only a [`Error::Transient`] failure. A conflict needs a re-read first (see
-    /// [`crate::retry::on_conflict`]), and a persistent failure has been retried already.
-    pub fn retry(&self) -> crate::retry::Retry {
-        match self {
-            Error::Transient { .. } => crate::retry::Retry::Yes,
-            _ => crate::retry::Retry::No,
-        }
-    }
-
     /// An [`Error::InvalidSpec`] for `field`.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidSpec {
@@ -240,6 +230,15 @@ impl Error {
             source = s.source();
         }
         out
+    }
+}
+
+/// `n attempts`, or `1 attempt`.
+pub(crate) fn attempts(n: u32) -> String {
+    if n == 1 {
+        "1 attempt".to_string()
+    } else {
+        format!("{n} attempts")
     }
 }
 

@@ -408,7 +408,7 @@ impl<E: fmt::Display> fmt::Display for RetryError<E> {
             write!(
                 f,
                 "gave up after {} in {:.1?}: {}",
-                attempts(self.attempts),
+                crate::error::attempts(self.attempts),
                 self.elapsed,
                 self.error
             )
@@ -418,12 +418,15 @@ impl<E: fmt::Display> fmt::Display for RetryError<E> {
     }
 }
 
-/// `n attempts`, or `1 attempt`.
-pub(crate) fn attempts(n: u32) -> String {
-    if n == 1 {
-        "1 attempt".to_string()
-    } else {
-        format!("{n} attempts")
+impl Error {
+    /// Whether a [retry loop](RetryPolicy::run) should try the operation again: only a
+    /// [`Error::Transient`] failure. A conflict needs a re-read first (see [`on_conflict`]),
+    /// and a persistent failure has been retried already.
+    pub fn retry(&self) -> Retry {
+        match self {
+            Error::Transient { .. } => Retry::Yes,
+            _ => Retry::No,
+        }
     }
 }
 

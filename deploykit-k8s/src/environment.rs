@@ -13,7 +13,10 @@ use deploykit_core::environment::{
 };
 use deploykit_core::retry::{KeyedBackoff, RetryError, RetryPolicy};
 use deploykit_core::secrets::SecretProvider;
-use deploykit_core::{Autoscale, DesiredState, Environment, Error, MetricQuery, Monitor, Observed, Result, Revision, RevisionId, Sample, ServiceId, Traffic, TrafficSplit, Weight};
+use deploykit_core::{
+    Autoscale, DesiredState, Environment, Error, MetricQuery, Monitor, Observed, Result, Revision,
+    RevisionId, Sample, ServiceId, Traffic, TrafficSplit, Weight,
+};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::apps::v1::Deployment;

@@ -65,6 +65,6 @@ pub mod render;
 mod retry;
 pub mod store;
 
-pub use environment::{KubeEnvironment, KubeOptions};
 /// How API calls are retried: deploykit's one [`deploykit_core::retry::RetryPolicy`].
 pub use deploykit_core::retry::RetryPolicy;
+pub use environment::{KubeEnvironment, KubeOptions};

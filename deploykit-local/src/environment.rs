@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploykit_core::environment::proportional_weights;
-use deploykit_core::secrets::{ExposeSecret, SecretProvider};
+use deploykit_core::secrets::{self, ExposeSecret, ResolvedSecrets, SecretProvider};
 use deploykit_core::{Clock, DesiredState, Environment, Error, FailureKind, HealthChecks, InstanceFailure, InstanceObservation, MetricQuery, Monitor, Observed, ProbeAction, Result, Revision, RevisionId, RevisionObservation, Sample, ServiceId, SystemClock, Traffic};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -180,6 +180,8 @@ struct RevisionState {
     revision: Arc<Revision>,
     desired: u32,
     instances: Vec<Instance>,
+    /// Its secret variables, resolved once for all its instances (`None`: not yet).
+    secrets: Option<Resolved>,
 }
 
 #[derive(Debug)]
@@ -387,6 +389,7 @@ impl LocalEnvironment {
                     revision: target.revision.clone(),
                     desired: target.replicas,
                     instances: Vec::new(),
+                    secrets: resolved.remove(&target.revision.id),
                 });
             }
             services.insert(service, st);
@@ -407,7 +410,7 @@ impl LocalEnvironment {
                         &row.name,
                         row.port,
                         row.pid,
-                        resolved.get(&row.revision).cloned(),
+                        rev.secrets.clone(),
                     );
                     rev.instances.push(instance);
                 }
@@ -426,16 +429,16 @@ impl LocalEnvironment {
         // Instances the state file lost track of are started again.
         for (service, st) in services.iter_mut() {
             for idx in 0..st.revisions.len() {
-                let secrets = resolved.get(&st.revisions[idx].revision.id).cloned();
-                inner.scale_up(service, st, idx, secrets)?;
+                inner.scale_up(service, st, idx)?;
             }
         }
         Ok(())
     }
 }
 
-/// A revision's secret variables, or why they could not be resolved.
-type Resolved = std::result::Result<BTreeMap<String, String>, String>;
+/// A revision's secret variables (values are exposed only into an instance's environment), or
+/// why they could not be resolved.
+type Resolved = std::result::Result<Arc<ResolvedSecrets>, String>;
 
 fn instance_number(name: &str) -> Option<u64> {
     name.rsplit('-').next()?.parse().ok()
@@ -486,7 +489,7 @@ impl Inner {
         revision: &Revision,
         name: &str,
         port: u16,
-        secrets: BTreeMap<String, String>,
+        secrets: &ResolvedSecrets,
     ) -> std::result::Result<ProcessSpec, String> {
         let Some((program, args)) = revision.config.command.split_first() else {
             return Err(format!(
@@ -496,7 +499,11 @@ impl Inner {
         let log = InstanceLog::open(&self.log_dir(), name, self.options.log.clone())
             .map_err(|e| format!("cannot open the log of {name}: {e}"))?;
         let mut env = revision.config.variables.clone();
-        env.extend(secrets);
+        env.extend(
+            secrets
+                .iter()
+                .map(|(name, value)| (name.clone(), value.expose_secret().to_string())),
+        );
         env.insert("PORT".into(), port.to_string());
         env.insert("DEPLOYKIT_SERVICE".into(), service.to_string());
         env.insert("DEPLOYKIT_REVISION".into(), revision.id.to_string());
@@ -539,11 +546,11 @@ impl Inner {
         let name: Arc<str> = name.into();
         let secrets = match secrets {
             Some(s) => s,
-            None if revision.config.secrets.is_empty() => Ok(BTreeMap::new()),
+            None if revision.config.secrets.is_empty() => Ok(Arc::default()),
             None => Err("secrets were not resolved".to_string()),
         };
         let run = secrets
-            .and_then(|secrets| self.process_spec(service, revision, &name, port, secrets))
+            .and_then(|secrets| self.process_spec(service, revision, &name, port, &secrets))
             .map(|spec| {
                 let env = spec.env.clone();
                 let process = match pid {
@@ -599,13 +606,7 @@ impl Inner {
     }
 
     /// Start instances of `st.revisions[idx]` until it has its desired count.
-    fn scale_up(
-        &self,
-        service: &ServiceId,
-        st: &mut ServiceState,
-        idx: usize,
-        secrets: Option<Resolved>,
-    ) -> Result<()> {
+    fn scale_up(&self, service: &ServiceId, st: &mut ServiceState, idx: usize) -> Result<()> {
         let mut used: BTreeSet<u16> = st
             .revisions
             .iter()
@@ -624,8 +625,8 @@ impl Inner {
                     break p;
                 }
             };
-            let instance =
-                self.start_instance(service, &revision, &name, port, None, secrets.clone());
+            let secrets = st.revisions[idx].secrets.clone();
+            let instance = self.start_instance(service, &revision, &name, port, None, secrets);
             st.revisions[idx].instances.push(instance);
         }
         Ok(())
@@ -883,30 +884,16 @@ async fn route_on_change(inner: std::sync::Weak<Inner>) {
 }
 
 impl LocalEnvironment {
-    async fn resolve_secrets(
-        &self,
-        revision: &Revision,
-    ) -> std::result::Result<BTreeMap<String, String>, String> {
-        let mut values = BTreeMap::new();
-        if revision.config.secrets.is_empty() {
-            return Ok(values);
-        }
-        let provider = self.inner.options.secrets.clone();
-        for (name, reference) in &revision.config.secrets {
-            let Some(provider) = &provider else {
-                return Err(format!(
-                    "variable {name}: no secret provider to resolve {}",
-                    reference.key
-                ));
-            };
-            match provider.get(&reference.key).await {
-                Ok(secret) => {
-                    values.insert(name.clone(), secret.value.expose_secret().to_string());
-                }
-                Err(e) => return Err(format!("variable {name}: {e}")),
-            }
-        }
-        Ok(values)
+    /// The secret variables of `revision`, by [`secrets::resolve`]'s rules.
+    async fn resolve_secrets(&self, revision: &Revision) -> Resolved {
+        secrets::resolve(
+            self.inner.options.secrets.as_deref(),
+            &revision.config.secrets,
+            "set LocalOptions::secrets (with the CLI: `secrets_file` in deploykit.toml)",
+        )
+        .await
+        .map(Arc::new)
+        .map_err(|e| e.chain())
     }
 }
 
@@ -914,15 +901,28 @@ impl LocalEnvironment {
 impl Environment for LocalEnvironment {
     async fn apply(&self, service: &ServiceId, desired: &DesiredState) -> Result<()> {
         let _apply = self.inner.apply_lock.lock().await;
-        // Secrets of revisions that need new instances, resolved before anything changes.
+        // Secrets of revisions about to start their first instances, resolved before anything
+        // changes; a revision keeps the values it was resolved with for all its instances.
+        let unresolved: Vec<Arc<Revision>> = {
+            let services = lock(&self.inner.services);
+            let resolved = |id: &RevisionId| {
+                services.get(service).is_some_and(|st| {
+                    st.revisions
+                        .iter()
+                        .any(|r| r.revision.id == *id && matches!(r.secrets, Some(Ok(_))))
+                })
+            };
+            desired
+                .revisions
+                .iter()
+                .filter(|t| t.replicas > 0 && !t.revision.config.secrets.is_empty())
+                .filter(|t| !resolved(&t.revision.id))
+                .map(|t| t.revision.clone())
+                .collect()
+        };
         let mut resolved = BTreeMap::new();
-        for target in &desired.revisions {
-            if !target.revision.config.secrets.is_empty() && target.replicas > 0 {
-                resolved.insert(
-                    target.revision.id.clone(),
-                    self.resolve_secrets(&target.revision).await,
-                );
-            }
+        for revision in unresolved {
+            resolved.insert(revision.id.clone(), self.resolve_secrets(&revision).await);
         }
         self.inner.state.set_desired(service, Some(desired))?;
         let inner = &self.inner;
@@ -965,12 +965,15 @@ impl Environment for LocalEnvironment {
                             revision: target.revision.clone(),
                             desired: target.replicas,
                             instances: Vec::new(),
+                            secrets: None,
                         });
                         st.revisions.len() - 1
                     }
                 };
-                let resolved = resolved.get(&target.revision.id).cloned();
-                inner.scale_up(service, st, idx, resolved)?;
+                if let Some(secrets) = resolved.remove(&target.revision.id) {
+                    st.revisions[idx].secrets = Some(secrets);
+                }
+                inner.scale_up(service, st, idx)?;
             }
         }
         for instance in removed {

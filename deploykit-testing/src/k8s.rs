@@ -108,11 +108,17 @@
 //!
 //! # Layout
 //!
-//! This module holds the server's face (the knobs, the request log, the [`tower::Service`]);
-//! `request` parses what a request asks for, `routes` maps verbs and paths to handlers,
-//! `store` keeps the objects and applies writes, `patch` merges patches and tracks field
-//! ownership, `select` matches label and field selectors, `watch` streams events, and
-//! `controller` simulates the Deployment controller.
+//! This module holds the server's face (the knobs, the request log, the [`tower::Service`])
+//! and owns its state. Below it, in layers, each importing only the layers under it:
+//!
+//! 1. `request` parses what a request asks for (pure);
+//! 2. `patch` merges patches and tracks field ownership, `select` matches label and field
+//!    selectors (pure helpers over JSON);
+//! 3. `store` keeps the objects, the resourceVersion and the history of changes, and applies
+//!    writes; it calls nothing above it, but tells registered observers of each change;
+//! 4. `watch` streams events (each open watch observes the store), `controller` simulates the
+//!    Deployment controller (run on the store after each write it reacts to);
+//! 5. `routes` maps verbs and paths to handlers, running the controller after their writes.
 
 mod controller;
 mod patch;
@@ -122,7 +128,7 @@ mod select;
 mod store;
 mod watch;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -136,10 +142,10 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
 use serde_json::{Value, json};
 
-use self::controller::owner_deployment;
-use self::request::{Fail, Params};
-use self::routes::Reply;
-use self::store::{Key, State};
+use self::controller::Controller;
+use self::request::{Fail, Key, Params};
+use self::routes::{Api, Reply};
+use self::store::Store;
 
 /// The response body type of [`FakeApiServer`].
 pub type FakeBody = BoxBody<Bytes, Infallible>;
@@ -156,8 +162,8 @@ impl fmt::Debug for FakeApiServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.lock();
         f.debug_struct("FakeApiServer")
-            .field("objects", &state.objects.len())
-            .field("resource_version", &state.rv)
+            .field("objects", &state.store.objects.len())
+            .field("resource_version", &state.store.rv)
             .finish()
     }
 }
@@ -214,6 +220,27 @@ impl RecordedRequest {
     /// Every query parameter, decoded.
     pub fn params(&self) -> BTreeMap<String, String> {
         Params::parse(&self.query).0
+    }
+}
+
+/// What a [`FakeApiServer`] holds behind its lock.
+#[derive(Default)]
+struct State {
+    store: Store,
+    controller: Controller,
+    failures: Vec<Failure>,
+    hooks: Vec<PendingHook>,
+    requests: Vec<RecordedRequest>,
+    hidden_groups: BTreeSet<String>,
+}
+
+impl State {
+    /// Stores `object` at `key` as a write behind the client's back (new resourceVersion, a
+    /// watch event) and lets the controller react.
+    fn edit(&mut self, key: &Key, object: Value) {
+        self.store.store_raw(key, object, "MODIFIED");
+        let stored = self.store.objects[key].object.clone();
+        self.controller.react(&mut self.store, key, &stored);
     }
 }
 
@@ -314,22 +341,15 @@ impl FakeApiServer {
     ) {
         let mut state = self.lock();
         let key = state
+            .store
             .objects
             .keys()
             .find(|k| k.plural == plural && k.namespace == namespace && k.name == name)
             .cloned()
             .unwrap_or_else(|| panic!("the fake API server has no {plural} {namespace}/{name}"));
-        let mut object = state.objects[&key].object.clone();
+        let mut object = state.store.objects[&key].object.clone();
         f(&mut object);
-        state.store_raw(&key, object, "MODIFIED");
-        if key.group == "apps" && key.plural == "deployments" {
-            state.reconcile_deployment(&key.namespace, &key.name);
-        } else if key.group.is_empty()
-            && key.plural == "pods"
-            && let Some(owner) = owner_deployment(&state.objects[&key].object)
-        {
-            state.reconcile_deployment(&key.namespace, &owner);
-        }
+        state.edit(&key, object);
     }
 
     /// Edit the `status` of the pod `name` (in whichever namespace has it), e.g. to make it
@@ -343,22 +363,20 @@ impl FakeApiServer {
     pub fn set_pod_status(&self, name: &str, f: impl FnOnce(&mut Value)) {
         let mut state = self.lock();
         let key = state
+            .store
             .objects
             .keys()
             .find(|k| k.group.is_empty() && k.plural == "pods" && k.name == name)
             .cloned()
             .unwrap_or_else(|| panic!("the fake API server has no pod named {name:?}"));
-        let mut object = state.objects[&key].object.clone();
+        let mut object = state.store.objects[&key].object.clone();
         let status = object
             .as_object_mut()
             .expect("stored objects are JSON objects")
             .entry("status")
             .or_insert_with(|| json!({}));
         f(status);
-        state.store_raw(&key, object, "MODIFIED");
-        if let Some(owner) = owner_deployment(&state.objects[&key].object) {
-            state.reconcile_deployment(&key.namespace, &owner);
-        }
+        state.edit(&key, object);
     }
 
     /// Every request received so far, oldest first.
@@ -376,6 +394,7 @@ impl FakeApiServer {
     pub fn objects(&self, plural: &str) -> Vec<Value> {
         let state = self.lock();
         let mut out: Vec<(&Key, &Value)> = state
+            .store
             .objects
             .iter()
             .filter(|(k, _)| k.plural == plural)
@@ -389,6 +408,7 @@ impl FakeApiServer {
     pub fn object(&self, plural: &str, namespace: &str, name: &str) -> Option<Value> {
         let state = self.lock();
         state
+            .store
             .objects
             .iter()
             .find(|(k, _)| k.plural == plural && k.namespace == namespace && k.name == name)
@@ -403,7 +423,7 @@ impl FakeApiServer {
 
     /// The current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
-        self.lock().rv
+        self.lock().store.rv
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -449,7 +469,13 @@ impl FakeApiServer {
                 )));
             }
         };
-        let reply = state.dispatch(method, path, &params, content_type.as_deref(), body);
+        let state = &mut *state;
+        let reply = Api {
+            store: &mut state.store,
+            controller: &mut state.controller,
+            hidden_groups: &state.hidden_groups,
+        }
+        .dispatch(method, path, &params, content_type.as_deref(), body);
         if let Some(code) = state.take_failure(method.as_str(), path, true) {
             return fail_response(&Fail::for_code(
                 code,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploykit_core::environment::proportional_weights;
-use deploykit_core::secrets::{SecretProvider, SecretString};
+use deploykit_core::secrets::{self, ResolvedSecrets, SecretProvider, SecretString};
 use deploykit_core::{
     Clock, DesiredState, Digest, Environment, Error, FailureKind, InstanceFailure,
     InstanceObservation, MetricQuery, Monitor, Observed, Probe, Result, Revision, RevisionId,
@@ -122,14 +122,14 @@ struct SimInstance {
 }
 
 /// The secret variables a revision's instances were started with, or why they could not be.
-type ResolvedSecrets = std::result::Result<Arc<BTreeMap<String, SecretString>>, String>;
+type Resolved = std::result::Result<Arc<ResolvedSecrets>, String>;
 
 #[derive(Debug)]
 struct SimRevision {
     revision: Arc<Revision>,
     desired: u32,
     instances: Vec<SimInstance>,
-    secrets: ResolvedSecrets,
+    secrets: Resolved,
 }
 
 #[derive(Debug, Default)]
@@ -218,9 +218,11 @@ impl SimCluster {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Resolve revisions' secret references through `provider` when their instances start,
-    /// as a kubelet resolves `secretKeyRef`. Without a provider, or for a key the provider
-    /// lacks, the instances fail with [`FailureKind::Configuration`] naming the key.
+    /// Resolve revisions' secret references through `provider` when their instances first
+    /// start, as a kubelet resolves `secretKeyRef`, by [`secrets::resolve`]'s rules. Without a
+    /// provider, for a key the provider lacks, or for a secret whose version is no longer the
+    /// one the revision pinned, the instances fail with [`FailureKind::Configuration`] naming
+    /// the variable and the key.
     pub fn set_secret_provider(&self, provider: Arc<dyn SecretProvider>) {
         self.lock().secret_provider = Some(provider);
     }
@@ -252,7 +254,7 @@ impl SimCluster {
         &self,
         service: &ServiceId,
         desired: &DesiredState,
-    ) -> HashMap<RevisionId, ResolvedSecrets> {
+    ) -> HashMap<RevisionId, Resolved> {
         let (provider, new): (_, Vec<Arc<Revision>>) = {
             let state = self.lock();
             let running = state.services.get(service);
@@ -270,27 +272,15 @@ impl SimCluster {
         };
         let mut resolved = HashMap::new();
         for revision in new {
-            let mut values = BTreeMap::new();
-            let mut outcome = Ok(());
-            for (name, reference) in &revision.config.secrets {
-                let Some(provider) = &provider else {
-                    outcome = Err(format!(
-                        "variable {name}: no secret provider to resolve {}",
-                        reference.key
-                    ));
-                    break;
-                };
-                match provider.get(&reference.key).await {
-                    Ok(secret) => {
-                        values.insert(name.clone(), secret.value);
-                    }
-                    Err(e) => {
-                        outcome = Err(format!("variable {name}: {e}"));
-                        break;
-                    }
-                }
-            }
-            resolved.insert(revision.id.clone(), outcome.map(|()| Arc::new(values)));
+            let outcome = secrets::resolve(
+                provider.as_deref(),
+                &revision.config.secrets,
+                "use SimCluster::set_secret_provider",
+            )
+            .await
+            .map(Arc::new)
+            .map_err(|e| e.chain());
+            resolved.insert(revision.id.clone(), outcome);
         }
         resolved
     }
@@ -578,7 +568,7 @@ impl State {
         &mut self,
         service: &ServiceId,
         desired: &DesiredState,
-        mut secrets: HashMap<RevisionId, ResolvedSecrets>,
+        mut secrets: HashMap<RevisionId, Resolved>,
         now: Instant,
     ) -> bool {
         let latency = self.config.start_latency;

@@ -934,7 +934,7 @@ async fn webhook_server() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
 #[tokio::test]
 async fn the_webhook_notifier_is_an_alert_sink() {
     let (url, bodies) = webhook_server().await;
-    let hook = deploykit_core::notify::WebhookNotifier::new(&url).unwrap();
+    let hook = deploykit_alerting::webhook::WebhookNotifier::new(&url).unwrap();
     let w = World::new();
     let alerting = engine(
         &w,

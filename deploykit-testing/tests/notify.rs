@@ -6,8 +6,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use deploykit_alerting::webhook::WebhookNotifier;
 use deploykit_core::analysis::{AnalysisSpec, Condition, MetricCheck};
-use deploykit_core::notify::WebhookNotifier;
 use deploykit_core::strategy::{CanarySpec, CanaryStep};
 use deploykit_core::{Orchestrator, OrchestratorConfig, Phase, StrategySpec};
 use deploykit_testing::{MemoryStore, RecordingNotifier, SimCluster, SimConfig};

@@ -11,19 +11,7 @@ use super::ids::{Digest, RevisionId, ServiceId};
 use super::service::ServiceSpec;
 use crate::error::{Error, Result};
 use crate::secrets::SecretProvider;
-
-/// A reference to a secret: its key path in the provider and, once pinned, the version the
-/// revision was made with. The value itself is never part of a revision.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct SecretRef {
-    /// Key path in the provider (`production.DATABASE_URL`).
-    pub key: String,
-    /// The value's version when the revision was made ([`Revision::pin_secrets`]); a new
-    /// value gives a new version and so a new revision to roll out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-}
+pub use crate::secrets::SecretRef;
 
 /// The effective configuration of one instance in one environment: everything besides the
 /// artifact that decides how an instance behaves.

@@ -1,11 +1,10 @@
-//! What a request asks for: its query parameters, the resource its path names, and the
-//! `Status` a failed request answers.
+//! What a request asks for: its query parameters, the resource its path names (and the key of
+//! the object it names), and the `Status` a failed request answers. Pure parsing: this layer
+//! imports no other module of the server.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
-
-use super::store::Key;
 
 /// The decoded query parameters of a request.
 pub(super) struct Params(pub(super) BTreeMap<String, String>);
@@ -57,6 +56,16 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Where an object is stored: objects are keyed by group, resource, namespace (`""` for
+/// cluster-scoped) and name, not by version.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Key {
+    pub(super) group: String,
+    pub(super) plural: String,
+    pub(super) namespace: String,
+    pub(super) name: String,
+}
+
 /// Where a request points.
 #[derive(Clone, Debug)]
 pub(super) struct Target {
@@ -88,6 +97,17 @@ impl Target {
 
     pub(super) fn is(&self, group: &str, plural: &str) -> bool {
         self.group == group && self.plural == plural
+    }
+
+    /// Whether the object at `key` is of this resource and, for a namespaced request, in its
+    /// namespace (the name is not compared: this is for collections).
+    pub(super) fn covers(&self, key: &Key) -> bool {
+        key.group == self.group
+            && key.plural == self.plural
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| *ns == key.namespace)
     }
 }
 

@@ -1,24 +1,39 @@
-//! The HTTP routing: which verb on which path does what to the store.
+//! The HTTP routing: which verb on which path does what to the store, with the simulated
+//! controller run after every write. The top layer: it imports every other.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use http::Method;
 use serde_json::{Value, json};
 
 use super::FakeBody;
+use super::controller::Controller;
 use super::patch::{
     FieldPath, Manager, apply_merge, get_path, merge_patch, meta_str, metadata_mut, now_rfc3339,
     overlapping, owned_leaves, remove_path, set_status, strip_nulls, update_ownership,
 };
-use super::request::{Fail, Params, Target, parse_target};
-use super::store::{Key, State, Stored};
+use super::request::{Fail, Key, Params, Target, parse_target};
+use super::store::{Store, Stored};
+use super::watch::watch;
 
+/// What a request that did not fail answers.
 pub(super) enum Reply {
+    /// A status code and a JSON body.
     Json(u16, Value),
+    /// A watch's stream of events.
     Stream(FakeBody),
 }
 
-impl State {
+/// The API as the routes serve it: the objects, the controller that reacts to writes, and the
+/// API groups that answer 404.
+pub(super) struct Api<'a> {
+    pub(super) store: &'a mut Store,
+    pub(super) controller: &'a mut Controller,
+    pub(super) hidden_groups: &'a BTreeSet<String>,
+}
+
+impl Api<'_> {
+    /// Answers request `method` `path` with query `q`.
     pub(super) fn dispatch(
         &mut self,
         method: &Method,
@@ -42,14 +57,16 @@ impl State {
         }
         let name = t.name.clone();
         match (method.clone(), name, t.sub.as_deref()) {
-            (Method::GET, None, _) if q.flag("watch") => self.watch(&t, q),
+            (Method::GET, None, _) if q.flag("watch") => {
+                watch(self.store, &t, q).map(Reply::Stream)
+            }
             (Method::GET, None, _) => self.list(&t, q).map(|v| Reply::Json(200, v)),
             (Method::GET, Some(name), None | Some("status")) => {
-                let stored = self.get(&t, &name)?;
-                Ok(Reply::Json(200, self.present(&t, &stored)))
+                let stored = self.store.get(&t, &name)?;
+                Ok(Reply::Json(200, self.store.present(&t, &stored)))
             }
             (Method::GET, Some(name), Some("scale")) => {
-                let stored = self.get(&t, &name)?;
+                let stored = self.store.get(&t, &name)?;
                 Ok(Reply::Json(200, scale_of(&stored)))
             }
             (Method::POST, None, None) => self.create(&t, q, body),
@@ -69,11 +86,12 @@ impl State {
 
     fn list(&self, t: &Target, q: &Params) -> Result<Value, Fail> {
         let items = self
+            .store
             .matching(t, q)?
             .into_iter()
-            .map(|(_, v)| self.present(t, &v))
+            .map(|(_, v)| self.store.present(t, &v))
             .collect();
-        Ok(self.list_value(t, items))
+        Ok(self.store.list_value(t, items))
     }
 
     fn body_object(body: Option<Value>) -> Result<Value, Fail> {
@@ -123,7 +141,7 @@ impl State {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => match meta_str(&object, "generateName") {
                 Some(prefix) if !prefix.is_empty() => {
-                    let name = format!("{prefix}{:05x}", self.next_serial());
+                    let name = format!("{prefix}{:05x}", self.store.next_serial());
                     metadata_mut(&mut object).insert("name".into(), Value::String(name.clone()));
                     name
                 }
@@ -134,14 +152,14 @@ impl State {
                         format!(
                             "{} is invalid: metadata.name: Required value: name or \
                              generateName is required",
-                            self.kind_for(t)
+                            self.store.kind_for(t)
                         ),
                     ));
                 }
             },
         };
         let key = t.key(&name);
-        if self.objects.contains_key(&key) {
+        if self.store.objects.contains_key(&key) {
             return Err(Fail::new(
                 409,
                 "AlreadyExists",
@@ -152,7 +170,7 @@ impl State {
         let manager = q.get("fieldManager").unwrap_or("unknown").to_string();
         let mut managers = BTreeMap::new();
         update_ownership(&mut managers, &manager, &t.api_version(), None, &object);
-        let out = self.write(t, key, object, managers, q.get("dryRun").is_some())?;
+        let out = self.commit(t, key, object, managers, q.get("dryRun").is_some())?;
         Ok(Reply::Json(201, out))
     }
 
@@ -167,6 +185,7 @@ impl State {
         let mut object = Self::body_object(body)?;
         let key = t.key(name);
         let stored = self
+            .store
             .objects
             .get(&key)
             .cloned()
@@ -185,7 +204,7 @@ impl State {
                 check_precondition(t, name, &object, &stored.object)?;
                 let mut new = stored.object.clone();
                 set_status(&mut new, object.get("status").cloned());
-                let out = self.write(t, key, new, stored.managers, dry_run)?;
+                let out = self.commit(t, key, new, stored.managers, dry_run)?;
                 return Ok(Reply::Json(200, out));
             }
             Some(other) => {
@@ -206,7 +225,7 @@ impl State {
             Some(&stored.object),
             &object,
         );
-        let out = self.write(t, key, object, managers, dry_run)?;
+        let out = self.commit(t, key, object, managers, dry_run)?;
         Ok(Reply::Json(200, out))
     }
 
@@ -222,7 +241,7 @@ impl State {
         let patch = Self::body_object(body)?;
         let media = content_type.split(';').next().unwrap_or("").trim();
         let key = t.key(name);
-        let stored = self.objects.get(&key).cloned();
+        let stored = self.store.objects.get(&key).cloned();
         let dry_run = q.get("dryRun").is_some();
         match media {
             "application/apply-patch+yaml" => {
@@ -258,7 +277,7 @@ impl State {
                         merge_patch(&mut merged, &patch);
                         let mut new = stored.object.clone();
                         set_status(&mut new, merged.get("status").cloned());
-                        let out = self.write(t, key, new, stored.managers, dry_run)?;
+                        let out = self.commit(t, key, new, stored.managers, dry_run)?;
                         Ok(Reply::Json(200, out))
                     }
                     Some(other) => Err(Fail::no_route_msg(format!("no subresource {other:?}"))),
@@ -276,7 +295,7 @@ impl State {
                             Some(&stored.object),
                             &new,
                         );
-                        let out = self.write(t, key, new, managers, dry_run)?;
+                        let out = self.commit(t, key, new, managers, dry_run)?;
                         Ok(Reply::Json(200, out))
                     }
                 }
@@ -322,7 +341,7 @@ impl State {
                     fields: owned_leaves(&applied),
                 },
             );
-            let out = self.write(t, key, applied, managers, dry_run)?;
+            let out = self.commit(t, key, applied, managers, dry_run)?;
             return Ok(Reply::Json(201, out));
         };
         check_precondition(t, name, &applied, &stored.object)?;
@@ -344,7 +363,7 @@ impl State {
                     apply_merge(&mut merged, status);
                     set_status(&mut new, Some(merged));
                 }
-                let out = self.write(t, key, new, stored.managers, dry_run)?;
+                let out = self.commit(t, key, new, stored.managers, dry_run)?;
                 return Ok(Reply::Json(200, out));
             }
             Some(other) => return Err(Fail::no_route_msg(format!("no subresource {other:?}"))),
@@ -415,7 +434,7 @@ impl State {
                 fields: leaves,
             },
         );
-        let out = self.write(t, key, new, managers, dry_run)?;
+        let out = self.commit(t, key, new, managers, dry_run)?;
         Ok(Reply::Json(200, out))
     }
 
@@ -444,7 +463,7 @@ impl State {
             Some(&stored.object),
             &new,
         );
-        let out = self.write(t, key, new, managers, q.get("dryRun").is_some())?;
+        let out = self.commit(t, key, new, managers, q.get("dryRun").is_some())?;
         Ok(Reply::Json(200, scale_of(&out)))
     }
 
@@ -456,7 +475,7 @@ impl State {
         body: Option<&Value>,
     ) -> Result<Reply, Fail> {
         let key = t.key(name);
-        let stored = self.get(t, name)?;
+        let stored = self.store.get(t, name)?;
         if let Some(pre) = body.and_then(|b| b.get("preconditions")) {
             for (field, label) in [("resourceVersion", "ResourceVersion"), ("uid", "UID")] {
                 if let Some(want) = pre.get(field).and_then(Value::as_str) {
@@ -482,21 +501,47 @@ impl State {
                 .and_then(Value::as_array)
                 .is_some_and(|a| !a.is_empty());
         if dry_run {
-            return Ok(Reply::Json(200, self.present(t, &stored)));
+            return Ok(Reply::Json(200, self.store.present(t, &stored)));
         }
-        let removed = self.remove(&key, true).unwrap_or(stored);
-        Ok(Reply::Json(200, self.present(t, &removed)))
+        let removed = self.remove(&key).unwrap_or(stored);
+        Ok(Reply::Json(200, self.store.present(t, &removed)))
     }
 
     fn delete_collection(&mut self, t: &Target, q: &Params) -> Result<Reply, Fail> {
-        let matches = self.matching(t, q)?;
+        let matches = self.store.matching(t, q)?;
         let mut items = Vec::new();
         for (key, _) in matches {
-            if let Some(v) = self.remove(&key, true) {
-                items.push(self.present(t, &v));
+            if let Some(v) = self.remove(&key) {
+                items.push(self.store.present(t, &v));
             }
         }
-        Ok(Reply::Json(200, self.list_value(t, items)))
+        Ok(Reply::Json(200, self.store.list_value(t, items)))
+    }
+
+    /// Writes `object` at `key` (see [`Store::write`]) and lets the controller react. Answers
+    /// the object as `t` asks for it, as it is after the controller ran.
+    fn commit(
+        &mut self,
+        t: &Target,
+        key: Key,
+        object: Value,
+        managers: BTreeMap<String, Manager>,
+        dry_run: bool,
+    ) -> Result<Value, Fail> {
+        let mut out = self.store.write(t, &key, object, managers, dry_run)?;
+        if !dry_run {
+            self.controller.react(self.store, &key, &out);
+            out = self.store.objects[&key].object.clone();
+        }
+        Ok(self.store.present(t, &out))
+    }
+
+    /// Removes the object at `key` and what it owns (see [`Store::remove`]) and lets the
+    /// controller react (a removed pod of a Deployment is replaced). Answers the removed object.
+    fn remove(&mut self, key: &Key) -> Option<Value> {
+        let removed = self.store.remove(key)?;
+        self.controller.react(self.store, key, &removed);
+        Some(removed)
     }
 }
 

@@ -1,12 +1,34 @@
-//! Label and field selectors (`labelSelector`, `fieldSelector`).
+//! Label and field selectors (`labelSelector`, `fieldSelector`): pure matching over JSON.
 
 use serde_json::Value;
 
 use super::patch::get_path;
-use super::request::Fail;
+use super::request::{Fail, Params};
+
+/// The `labelSelector` and `fieldSelector` of a list, watch or collection delete, parsed.
+#[derive(Clone, Debug)]
+pub(super) struct Selector {
+    labels: Vec<LabelReq>,
+    fields: Vec<FieldReq>,
+}
+
+impl Selector {
+    /// The selectors of query `q` (none selects everything).
+    pub(super) fn from_params(q: &Params) -> Result<Self, Fail> {
+        Ok(Selector {
+            labels: parse_label_selector(q.get("labelSelector").unwrap_or(""))?,
+            fields: parse_field_selector(q.get("fieldSelector").unwrap_or(""))?,
+        })
+    }
+
+    /// Whether `object` has the labels and fields selected.
+    pub(super) fn matches(&self, object: &Value) -> bool {
+        labels_match(object, &self.labels) && fields_match(object, &self.fields)
+    }
+}
 
 #[derive(Clone, Debug)]
-pub(super) enum LabelReq {
+enum LabelReq {
     Eq(String, String),
     NotEq(String, String),
     In(String, Vec<String>),
@@ -40,7 +62,7 @@ fn split_top_level(s: &str) -> Vec<String> {
         .collect()
 }
 
-fn parse_set(key: &str, rest: &str) -> std::result::Result<(String, Vec<String>), Fail> {
+fn parse_set(key: &str, rest: &str) -> Result<(String, Vec<String>), Fail> {
     let rest = rest.trim();
     let inner = rest
         .strip_prefix('(')
@@ -52,7 +74,7 @@ fn parse_set(key: &str, rest: &str) -> std::result::Result<(String, Vec<String>)
     ))
 }
 
-pub(super) fn parse_label_selector(s: &str) -> std::result::Result<Vec<LabelReq>, Fail> {
+fn parse_label_selector(s: &str) -> Result<Vec<LabelReq>, Fail> {
     split_top_level(s)
         .into_iter()
         .map(|term| {
@@ -83,7 +105,7 @@ pub(super) fn parse_label_selector(s: &str) -> std::result::Result<Vec<LabelReq>
         .collect()
 }
 
-pub(super) fn labels_match(object: &Value, reqs: &[LabelReq]) -> bool {
+fn labels_match(object: &Value, reqs: &[LabelReq]) -> bool {
     let labels = object
         .pointer("/metadata/labels")
         .and_then(Value::as_object);
@@ -99,13 +121,13 @@ pub(super) fn labels_match(object: &Value, reqs: &[LabelReq]) -> bool {
 }
 
 #[derive(Clone, Debug)]
-pub(super) struct FieldReq {
+struct FieldReq {
     path: Vec<String>,
     value: String,
     equal: bool,
 }
 
-pub(super) fn parse_field_selector(s: &str) -> std::result::Result<Vec<FieldReq>, Fail> {
+fn parse_field_selector(s: &str) -> Result<Vec<FieldReq>, Fail> {
     split_top_level(s)
         .into_iter()
         .map(|term| {
@@ -127,7 +149,7 @@ pub(super) fn parse_field_selector(s: &str) -> std::result::Result<Vec<FieldReq>
         .collect()
 }
 
-pub(super) fn fields_match(object: &Value, reqs: &[FieldReq]) -> bool {
+fn fields_match(object: &Value, reqs: &[FieldReq]) -> bool {
     reqs.iter().all(|r| {
         let actual = get_path(object, &r.path).map(|v| match v {
             Value::String(s) => s.clone(),

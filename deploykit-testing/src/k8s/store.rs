@@ -1,53 +1,68 @@
-//! The object store: every object by group, resource, namespace and name, and the writes
-//! that change it (server-set fields, defaulting, validation, the garbage collector).
+//! The object store: every object by group, resource, namespace and name, the writes that
+//! change it (server-set fields, defaulting, validation, the garbage collector), the global
+//! `resourceVersion`, and the history of changes. It calls no layer above it: whoever wants to
+//! hear of changes (a watch) registers an [`Observer`], and whatever reacts to a write (the
+//! simulated controller) is run by the caller after the write.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::controller::owner_deployment;
 use super::patch::{Manager, fields_v1, meta_str, metadata_mut, now_rfc3339, spec_changed};
-use super::request::{Fail, Params, Target, kind_of_plural};
-use super::select::{fields_match, labels_match, parse_field_selector, parse_label_selector};
-use super::watch::{Event, Watcher};
-use super::{Failure, PendingHook, RecordedRequest};
+use super::request::{Fail, Key, Params, Target, kind_of_plural};
+use super::select::Selector;
 
+/// How many changes are remembered for watches that resume from a `resourceVersion`.
+const HISTORY: usize = 256;
+
+/// The stored objects and everything that changes with them.
 #[derive(Default)]
-pub(super) struct State {
+pub(super) struct Store {
+    /// The global `resourceVersion`: bumped by every change.
     pub(super) rv: u64,
-    pub(super) serial: u64,
+    /// The counter behind generated uids, names and IPs.
+    serial: u64,
     pub(super) objects: BTreeMap<Key, Stored>,
-    pub(super) templates: BTreeMap<Key, Value>,
-    pub(super) failures: Vec<Failure>,
-    pub(super) hooks: Vec<PendingHook>,
-    pub(super) requests: Vec<RecordedRequest>,
-    pub(super) hidden_groups: BTreeSet<String>,
-    pub(super) watchers: Vec<Watcher>,
-    pub(super) history: VecDeque<Event>,
-    pub(super) history_floor: u64,
+    /// The last [`HISTORY`] changes, oldest first.
+    history: VecDeque<Event>,
+    /// The `resourceVersion` of the newest change that has left the history.
+    history_floor: u64,
+    observers: Vec<Box<dyn Observer>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct Key {
-    pub(super) group: String,
-    pub(super) plural: String,
-    pub(super) namespace: String,
-    pub(super) name: String,
-}
-
+/// One stored object and the field managers that own its fields.
 #[derive(Clone, Debug)]
 pub(super) struct Stored {
     pub(super) object: Value,
     pub(super) managers: BTreeMap<String, Manager>,
 }
 
-impl State {
+/// One change to the store: what a watch event reports.
+pub(super) struct Event {
+    /// The `resourceVersion` the change made.
+    pub(super) rv: u64,
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    pub(super) kind: &'static str,
+    pub(super) key: Key,
+    /// The object after the change (before it, for `DELETED`, with the new `resourceVersion`).
+    pub(super) object: Value,
+}
+
+/// Hears of every change to the store as it is made, in order.
+pub(super) trait Observer: Send {
+    /// Takes in `event`; answers false once the observer is gone, to be dropped.
+    fn observe(&mut self, event: &Event) -> bool;
+}
+
+impl Store {
+    /// A new number, for uids, generated names and IPs.
     pub(super) fn next_serial(&mut self) -> u64 {
         self.serial += 1;
         self.serial
     }
 
+    /// The `kind` of the objects of `t`'s resource: known, stored, or guessed from the plural.
     pub(super) fn kind_for(&self, t: &Target) -> String {
         if let Some(k) = kind_of_plural(&t.plural) {
             return k.to_string();
@@ -68,6 +83,7 @@ impl State {
             .unwrap_or_default()
     }
 
+    /// `object` as `t` asks for it: in `t`'s API version, with its `kind`.
     pub(super) fn present(&self, t: &Target, object: &Value) -> Value {
         let mut v = object.clone();
         if let Some(o) = v.as_object_mut() {
@@ -79,6 +95,7 @@ impl State {
         v
     }
 
+    /// The stored object `name` of `t`'s resource, or 404.
     pub(super) fn get(&self, t: &Target, name: &str) -> Result<Value, Fail> {
         self.objects
             .get(&t.key(name))
@@ -86,22 +103,18 @@ impl State {
             .ok_or_else(|| Fail::not_found(t, name))
     }
 
+    /// The stored objects of collection `t` that query `q`'s selectors select.
     pub(super) fn matching(&self, t: &Target, q: &Params) -> Result<Vec<(Key, Value)>, Fail> {
-        let labels = parse_label_selector(q.get("labelSelector").unwrap_or(""))?;
-        let fields = parse_field_selector(q.get("fieldSelector").unwrap_or(""))?;
+        let selector = Selector::from_params(q)?;
         Ok(self
             .objects
             .iter()
-            .filter(|(k, _)| {
-                k.group == t.group
-                    && k.plural == t.plural
-                    && t.namespace.as_ref().is_none_or(|ns| *ns == k.namespace)
-            })
-            .filter(|(_, s)| labels_match(&s.object, &labels) && fields_match(&s.object, &fields))
+            .filter(|(k, s)| t.covers(k) && selector.matches(&s.object))
             .map(|(k, s)| (k.clone(), s.object.clone()))
             .collect())
     }
 
+    /// A `List` of `t`'s kind holding `items`, at the current `resourceVersion`.
     pub(super) fn list_value(&self, t: &Target, items: Vec<Value>) -> Value {
         json!({
             "apiVersion": t.api_version(),
@@ -111,17 +124,18 @@ impl State {
         })
     }
 
-    /// Stores `object` at `key` as a user write: server fields, validation, managed fields, a
-    /// watch event and the simulated controller. Answers the object as stored.
+    /// Stores `object` at `key` as a user write: server fields, validation, managed fields and
+    /// the change event. Answers the object as stored (as it would be stored, when `dry_run`).
+    /// What reacts to the write (the simulated controller) is the caller's to run.
     pub(super) fn write(
         &mut self,
         t: &Target,
-        key: Key,
+        key: &Key,
         mut object: Value,
         managers: BTreeMap<String, Manager>,
         dry_run: bool,
     ) -> Result<Value, Fail> {
-        let old = self.objects.get(&key).map(|s| s.object.clone());
+        let old = self.objects.get(key).map(|s| s.object.clone());
         let kind = object
             .get("kind")
             .and_then(Value::as_str)
@@ -199,27 +213,18 @@ impl State {
                         .to_string(),
                 ),
             );
-            return Ok(self.present(t, &object));
+            return Ok(object);
         }
         let event = if old.is_some() { "MODIFIED" } else { "ADDED" };
-        let existing_managers = managers;
         self.objects.insert(
             key.clone(),
             Stored {
                 object: object.clone(),
-                managers: existing_managers,
+                managers,
             },
         );
-        self.store_raw(&key, object, event);
-        if t.is("apps", "deployments") {
-            self.reconcile_deployment(&key.namespace, &key.name);
-        } else if t.is("", "pods")
-            && let Some(owner) = owner_deployment(&self.objects[&key].object)
-        {
-            self.reconcile_deployment(&key.namespace, &owner);
-        }
-        let stored = self.objects[&key].object.clone();
-        Ok(self.present(t, &stored))
+        self.store_raw(key, object, event);
+        Ok(self.objects[key].object.clone())
     }
 
     /// Imitates the defaulting and validation of a few kinds.
@@ -299,8 +304,8 @@ impl State {
         Ok(())
     }
 
-    /// Bumps the resourceVersion, stores `object` at `key` (keeping its managers) and sends
-    /// the watch event.
+    /// Bumps the resourceVersion, stores `object` at `key` (keeping its managers) and records
+    /// the change.
     pub(super) fn store_raw(&mut self, key: &Key, mut object: Value, event: &'static str) {
         self.rv += 1;
         metadata_mut(&mut object)
@@ -320,15 +325,14 @@ impl State {
         self.emit(event, key, object);
     }
 
-    /// Removes an object as a write (new resourceVersion, `DELETED` event), then what it owns.
-    /// A removed pod whose Deployment still exists is replaced when `respawn`.
-    pub(super) fn remove(&mut self, key: &Key, respawn: bool) -> Option<Value> {
+    /// Removes an object as a write (new resourceVersion, `DELETED` event), then what it owns,
+    /// as the garbage collector would. Answers the removed object.
+    pub(super) fn remove(&mut self, key: &Key) -> Option<Value> {
         let mut stored = self.objects.remove(key)?.object;
         self.rv += 1;
         metadata_mut(&mut stored)
             .insert("resourceVersion".into(), Value::String(self.rv.to_string()));
         self.emit("DELETED", key, stored.clone());
-        self.templates.remove(key);
         if let Some(uid) = meta_str(&stored, "uid") {
             let owned: Vec<Key> = self
                 .objects
@@ -345,16 +349,40 @@ impl State {
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in owned {
-                self.remove(&k, false);
+                self.remove(&k);
             }
         }
-        if respawn
-            && key.group.is_empty()
-            && key.plural == "pods"
-            && let Some(owner) = owner_deployment(&stored)
-        {
-            self.reconcile_deployment(&key.namespace, &owner);
-        }
         Some(stored)
+    }
+
+    /// Records a change at the current resourceVersion: tells the observers, and remembers it.
+    fn emit(&mut self, kind: &'static str, key: &Key, object: Value) {
+        let event = Event {
+            rv: self.rv,
+            kind,
+            key: key.clone(),
+            object,
+        };
+        self.observers.retain_mut(|o| o.observe(&event));
+        self.history.push_back(event);
+        while self.history.len() > HISTORY {
+            if let Some(e) = self.history.pop_front() {
+                self.history_floor = e.rv;
+            }
+        }
+    }
+
+    /// From now on, tell `observer` of every change.
+    pub(super) fn observe(&mut self, observer: Box<dyn Observer>) {
+        self.observers.push(observer);
+    }
+
+    /// The remembered changes after resourceVersion `rv`, oldest first; or, if some of them
+    /// have been forgotten, `Err` with the oldest resourceVersion still served.
+    pub(super) fn changes_since(&self, rv: u64) -> Result<impl Iterator<Item = &Event>, u64> {
+        if rv < self.history_floor {
+            return Err(self.history_floor + 1);
+        }
+        Ok(self.history.iter().filter(move |e| e.rv > rv))
     }
 }

@@ -1,5 +1,6 @@
-//! Watches: the stream of events a `?watch=true` request answers, and the history that
-//! watches resuming from a `resourceVersion` replay.
+//! Watches: the stream of events a `?watch=true` request answers, first from the store's
+//! history (for a watch that resumes from a `resourceVersion`), then live, each open watch
+//! being an [`Observer`] of the store.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -8,153 +9,107 @@ use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 
+use super::FakeBody;
 use super::request::{Fail, Params, Target};
-use super::routes::Reply;
-use super::select::{
-    FieldReq, LabelReq, fields_match, labels_match, parse_field_selector, parse_label_selector,
-};
-use super::store::{Key, State};
+use super::select::Selector;
+use super::store::{Event, Observer, Store};
 
-/// How many watch events are remembered for watches that resume from a `resourceVersion`.
-const HISTORY: usize = 256;
-
-pub(super) struct Event {
-    pub(super) rv: u64,
-    pub(super) kind: &'static str,
-    pub(super) key: Key,
-    pub(super) object: Value,
+/// One open watch: sends the changes to the collection it watches down its response stream.
+struct Watcher {
+    target: Target,
+    selector: Selector,
+    tx: tokio::sync::mpsc::UnboundedSender<Bytes>,
 }
 
-pub(super) struct Watcher {
-    pub(super) group: String,
-    pub(super) plural: String,
-    pub(super) namespace: Option<String>,
-    pub(super) api_version: String,
-    pub(super) labels: Vec<LabelReq>,
-    pub(super) fields: Vec<FieldReq>,
-    pub(super) tx: tokio::sync::mpsc::UnboundedSender<Bytes>,
-}
-
-impl State {
-    pub(super) fn emit(&mut self, kind: &'static str, key: &Key, object: Value) {
-        let rv = self.rv;
-        self.watchers.retain(|w| {
-            if w.group != key.group
-                || w.plural != key.plural
-                || w.namespace.as_ref().is_some_and(|ns| *ns != key.namespace)
-                || !labels_match(&object, &w.labels)
-                || !fields_match(&object, &w.fields)
-            {
-                return !w.tx.is_closed();
-            }
-            let mut v = object.clone();
-            v["apiVersion"] = Value::String(w.api_version.clone());
-            w.tx.send(event_line(kind, &v)).is_ok()
-        });
-        self.history.push_back(Event {
-            rv,
-            kind,
-            key: key.clone(),
-            object,
-        });
-        while self.history.len() > HISTORY {
-            if let Some(e) = self.history.pop_front() {
-                self.history_floor = e.rv;
-            }
+impl Observer for Watcher {
+    fn observe(&mut self, event: &Event) -> bool {
+        if !self.target.covers(&event.key) || !self.selector.matches(&event.object) {
+            return !self.tx.is_closed();
         }
+        let mut v = event.object.clone();
+        v["apiVersion"] = Value::String(self.target.api_version());
+        self.tx.send(event_line(event.kind, &v)).is_ok()
     }
+}
 
-    pub(super) fn watch(&mut self, t: &Target, q: &Params) -> Result<Reply, Fail> {
-        let labels = parse_label_selector(q.get("labelSelector").unwrap_or(""))?;
-        let fields = parse_field_selector(q.get("fieldSelector").unwrap_or(""))?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
-        let from: Option<u64> = q
-            .get("resourceVersion")
-            .filter(|v| !v.is_empty())
-            .and_then(|v| v.parse().ok());
-        let in_scope = |k: &Key| {
-            k.group == t.group
-                && k.plural == t.plural
-                && t.namespace.as_ref().is_none_or(|ns| *ns == k.namespace)
-        };
-        let mut register = true;
-        let initial = q.flag("sendInitialEvents");
-        if initial || from.is_none_or(|rv| rv == 0) {
-            for (_, v) in self.matching(t, q)? {
-                let _ = tx.send(event_line("ADDED", &self.present(t, &v)));
-            }
-            if initial {
-                let bookmark = json!({
-                    "apiVersion": t.api_version(),
-                    "kind": self.kind_for(t),
-                    "metadata": {
-                        "resourceVersion": self.rv.to_string(),
-                        "annotations": { "k8s.io/initial-events-end": "true" },
-                    },
-                });
-                let _ = tx.send(event_line("BOOKMARK", &bookmark));
-            }
-        } else if let Some(rv) = from {
-            if rv < self.history_floor {
+/// Answers watch request `q` on collection `t`: the events it asks for up to now, then every
+/// change `store` makes, until `timeoutSeconds` pass or the client hangs up.
+pub(super) fn watch(store: &mut Store, t: &Target, q: &Params) -> Result<FakeBody, Fail> {
+    let selector = Selector::from_params(q)?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let from: Option<u64> = q
+        .get("resourceVersion")
+        .filter(|v| !v.is_empty())
+        .and_then(|v| v.parse().ok());
+    let mut register = true;
+    let initial = q.flag("sendInitialEvents");
+    if initial || from.is_none_or(|rv| rv == 0) {
+        for (_, v) in store.matching(t, q)? {
+            let _ = tx.send(event_line("ADDED", &store.present(t, &v)));
+        }
+        if initial {
+            let bookmark = json!({
+                "apiVersion": t.api_version(),
+                "kind": store.kind_for(t),
+                "metadata": {
+                    "resourceVersion": store.rv.to_string(),
+                    "annotations": { "k8s.io/initial-events-end": "true" },
+                },
+            });
+            let _ = tx.send(event_line("BOOKMARK", &bookmark));
+        }
+    } else if let Some(rv) = from {
+        match store.changes_since(rv) {
+            Err(oldest) => {
                 let gone = Fail::new(
                     410,
                     "Expired",
-                    format!(
-                        "too old resource version: {rv} ({})",
-                        self.history_floor + 1
-                    ),
+                    format!("too old resource version: {rv} ({oldest})"),
                 );
                 let _ = tx.send(event_line("ERROR", &gone.status()));
                 register = false;
-            } else {
-                for e in self
-                    .history
-                    .iter()
-                    .filter(|e| e.rv > rv && in_scope(&e.key))
-                {
-                    if labels_match(&e.object, &labels) && fields_match(&e.object, &fields) {
-                        let _ = tx.send(event_line(e.kind, &self.present(t, &e.object)));
+            }
+            Ok(changes) => {
+                for e in changes {
+                    if t.covers(&e.key) && selector.matches(&e.object) {
+                        let _ = tx.send(event_line(e.kind, &store.present(t, &e.object)));
                     }
                 }
             }
         }
-        if register {
-            self.watchers.push(Watcher {
-                group: t.group.clone(),
-                plural: t.plural.clone(),
-                namespace: t.namespace.clone(),
-                api_version: t.api_version(),
-                labels,
-                fields,
-                tx,
-            });
-        } else {
-            drop(tx);
-        }
-        let timeout = q
-            .get("timeoutSeconds")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(1800u64);
-        let (mut sender, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(64);
-        tokio::spawn(async move {
-            let deadline = tokio::time::sleep(Duration::from_secs(timeout));
-            tokio::pin!(deadline);
-            loop {
-                tokio::select! {
-                    _ = &mut deadline => break,
-                    line = rx.recv() => match line {
-                        Some(line) => {
-                            if sender.send_data(line).await.is_err() {
-                                break;
-                            }
-                        }
-                        None => break,
-                    },
-                }
-            }
-        });
-        Ok(Reply::Stream(body.boxed()))
     }
+    if register {
+        store.observe(Box::new(Watcher {
+            target: t.clone(),
+            selector,
+            tx,
+        }));
+    } else {
+        drop(tx);
+    }
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1800u64);
+    let (mut sender, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(64);
+    tokio::spawn(async move {
+        let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                line = rx.recv() => match line {
+                    Some(line) => {
+                        if sender.send_data(line).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+    });
+    Ok(body.boxed())
 }
 
 fn event_line(kind: &str, object: &Value) -> Bytes {
