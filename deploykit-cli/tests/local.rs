@@ -583,6 +583,127 @@ async fn secrets_reach_the_instance_and_never_the_state_files_or_logs() {
     assert!(leaked.is_empty(), "the secret leaked into {leaked:?}");
 }
 
+/// Secrets are resolved once per revision, by `secrets::resolve`'s rules: after a rotation a
+/// running revision's new instances get the value it was pinned to, and a revision still
+/// pinned to the old version that starts now fails to start, naming variable, key and both
+/// versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_keeps_running_revisions_and_refuses_a_stale_pin() {
+    use deploykit_core::secrets::SecretString;
+    use deploykit_secrets::{FileSecretProvider, Identity, SecretsFile};
+    let dir = tempfile::tempdir().unwrap();
+    let me = Identity::generate();
+    let file = |value: &str| {
+        let mut file = SecretsFile::create(&[me.to_recipient()]).unwrap();
+        file.set("production.api_token", SecretString::from(value))
+            .unwrap();
+        file
+    };
+    let provider = FileSecretProvider::new("secrets.toml", file("tok-old"));
+    let local = LocalEnvironment::open(
+        LocalOptions::new(dir.path().join("state"))
+            .listen("127.0.0.1:0".parse().unwrap())
+            .workdir(dir.path())
+            .secrets(std::sync::Arc::new(provider.clone())),
+    )
+    .await
+    .unwrap();
+    let env = EnvironmentSpec::builder()
+        .name("production")
+        .kind(EnvironmentKind::Production)
+        .build()
+        .unwrap();
+    // Each instance writes the variable where the test can read it, then runs the sample app.
+    let mut web = ServiceSpec::builder()
+        .name("web")
+        .command(vec![
+            "sh".into(),
+            "-c".into(),
+            "printf %s \"$API_TOKEN\" > \"$DEPLOYKIT_INSTANCE.out\"; exec \"$0\"".into(),
+            APP.into(),
+        ])
+        .port(8080)
+        .build()
+        .unwrap();
+    web.secrets
+        .insert("API_TOKEN".into(), "production.api_token".into());
+    let pinned = |label: &'static str| {
+        let revision = Revision::new(&web, &env, Digest::of_bytes(label.as_bytes()), label);
+        let provider = provider.clone();
+        async move { revision.unwrap().pin_secrets(&provider).await.unwrap() }
+    };
+    let v1 = pinned("v1").await;
+    let stale = pinned("v1-hotfix").await;
+    let old_version = provider.versions()["production.api_token"].clone();
+    let service = ServiceId::new("web").unwrap();
+    let desired = |targets: &[(&Revision, u32)]| {
+        deploykit_core::DesiredState::new(
+            targets
+                .iter()
+                .map(|(r, n)| deploykit_core::RevisionTarget::new((*r).clone(), *n))
+                .collect(),
+            deploykit_core::Traffic::ByReadyInstances,
+        )
+    };
+    let settle = |targets: Vec<(&Revision, u32)>| {
+        let state = desired(&targets);
+        let (local, service) = (&local, &service);
+        async move {
+            local.apply(service, &state).await.unwrap();
+            local
+                .wait_settled(service, Duration::from_millis(50), Duration::from_secs(20))
+                .await
+                .unwrap()
+        }
+    };
+    let tokens = || {
+        let mut out: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "out"))
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect();
+        out.sort();
+        out
+    };
+    let observed = settle(vec![(&v1, 1)]).await;
+    assert_eq!(observed.total_ready(), 1, "{observed:?}");
+    assert_eq!(tokens(), ["tok-old"]);
+
+    provider.reload(file("tok-new"));
+    let new_version = provider.versions()["production.api_token"].clone();
+    assert_ne!(new_version, old_version);
+    let observed = settle(vec![(&v1, 2)]).await;
+    assert_eq!(observed.total_ready(), 2, "{observed:?}");
+    assert_eq!(
+        tokens(),
+        ["tok-old", "tok-old"],
+        "v1's new instance gets the value v1 started with"
+    );
+
+    let with_stale = desired(&[(&v1, 2), (&stale, 1)]);
+    local.apply(&service, &with_stale).await.unwrap();
+    let observed = local.observe(&service).await.unwrap();
+    let stale_obs = observed
+        .revisions
+        .iter()
+        .find(|r| r.revision.id == stale.id)
+        .expect("the stale revision");
+    let failure = stale_obs.instances[0].failure.clone().expect("fails");
+    assert_eq!(failure.kind, FailureKind::Configuration);
+    assert!(
+        failure.reason.contains(&format!(
+            "secret production.api_token of variable API_TOKEN changed since the revision was \
+             made (pinned version {old_version}, current version {new_version})"
+        )),
+        "{}",
+        failure.reason
+    );
+    assert!(!failure.reason.contains("tok-"), "{}", failure.reason);
+    assert_eq!(tokens().len(), 2, "the stale revision started nothing");
+    local.shutdown(true).await;
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {

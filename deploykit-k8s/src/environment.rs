@@ -12,7 +12,7 @@ use deploykit_core::environment::{
     FailureKind, InstanceFailure, InstanceObservation, RevisionObservation, proportional_weights,
 };
 use deploykit_core::retry::{KeyedBackoff, RetryError, RetryPolicy};
-use deploykit_core::secrets::SecretProvider;
+use deploykit_core::secrets::{self, SecretProvider};
 use deploykit_core::{
     Autoscale, DesiredState, Environment, Error, MetricQuery, Monitor, Observed, Result, Revision,
     RevisionId, Sample, ServiceId, Traffic, TrafficSplit, Weight,
@@ -93,7 +93,9 @@ impl KubeOptions {
 /// app.kubernetes.io/managed-by=deploykit`) that the plan no longer has, Deployments last, so
 /// traffic has moved away from a revision before its Deployment goes. A revision's secret
 /// references are resolved through the [`SecretProvider`] given to
-/// [`with_secrets`](Self::with_secrets) when its Secret is rendered.
+/// [`with_secrets`](Self::with_secrets), by [`secrets::resolve`]'s rules, into its immutable
+/// Secret, once: by the apply that first starts the revision. Later applies leave that Secret
+/// as it is, so a rotated value reaches only a revision pinned to it.
 ///
 /// Apply conflicts (another field manager owns a field deploykit sets) are errors unless
 /// [`KubeOptions::force_conflicts`] is set. API calls are retried per [`RetryPolicy`]: on
@@ -313,7 +315,7 @@ impl KubeEnvironment {
     }
 
     /// This environment resolving revisions' secret references through `provider` when it
-    /// renders their Secrets. Without one, applying a revision with secrets fails.
+    /// makes their Secrets. Without one, applying a revision with secrets fails.
     #[must_use]
     pub fn with_secrets(mut self, provider: Arc<dyn SecretProvider>) -> Self {
         self.secrets = Some(provider);
@@ -463,43 +465,43 @@ impl KubeEnvironment {
         kinds
     }
 
-    async fn resolve_secrets(&self, desired: &DesiredState) -> Result<SecretValues> {
-        let mut out = SecretValues::new();
-        for target in &desired.revisions {
-            let revision = &target.revision;
-            if revision.config.secrets.is_empty() {
+    /// The secret values of the revisions in `desired` whose Secret does not exist yet, by
+    /// [`secrets::resolve`]'s rules, and the revisions whose Secret exists already: it is
+    /// immutable and holds the values the revision was first started with, so it is kept.
+    async fn resolve_secrets(
+        &self,
+        service: &ServiceId,
+        desired: &DesiredState,
+    ) -> Result<(SecretValues, BTreeSet<RevisionId>)> {
+        let mut values = SecretValues::new();
+        let mut kept = BTreeSet::new();
+        let revisions: Vec<&Revision> = desired
+            .revisions
+            .iter()
+            .map(|t| &*t.revision)
+            .filter(|r| !r.config.secrets.is_empty())
+            .collect();
+        if revisions.is_empty() {
+            return Ok((values, kept));
+        }
+        let existing = self
+            .list_names(service, &ApiResource::erase::<Secret>(&()))
+            .await?
+            .unwrap_or_default();
+        for revision in revisions {
+            if existing.contains(&render::secret_name(service, revision)) {
+                kept.insert(revision.id.clone());
                 continue;
             }
-            let provider = self.secrets.as_ref().ok_or_else(|| {
-                Error::invalid(
-                    "secrets",
-                    format!(
-                        "revision {} references secrets but the KubeEnvironment has no \
-                         SecretProvider: use KubeEnvironment::with_secrets",
-                        revision.describe()
-                    ),
-                )
-            })?;
-            let mut values = BTreeMap::new();
-            for (name, reference) in &revision.config.secrets {
-                let secret = provider.get(&reference.key).await?;
-                if reference
-                    .version
-                    .as_ref()
-                    .is_some_and(|v| *v != secret.version)
-                {
-                    tracing::warn!(
-                        revision = %revision.id,
-                        variable = %name,
-                        key = %reference.key,
-                        "secret changed since the revision was made; using its current value"
-                    );
-                }
-                values.insert(name.clone(), secret.value);
-            }
-            out.insert(revision.id.clone(), values);
+            let resolved = secrets::resolve(
+                self.secrets.as_deref(),
+                &revision.config.secrets,
+                "use KubeEnvironment::with_secrets",
+            )
+            .await?;
+            values.insert(revision.id.clone(), resolved);
         }
-        Ok(out)
+        Ok((values, kept))
     }
 
     /// Server-side applies one object unless it is unchanged since last applied.
@@ -657,14 +659,21 @@ impl KubeEnvironment {
         }
     }
 
-    /// Deletes the service's managed objects that `objects` lacks, kind by kind, Deployments
-    /// last; then re-applies objects of `objects` that the listing shows missing although they
-    /// were skipped as unchanged (deleted behind deploykit's back).
-    async fn prune(&self, service: &ServiceId, objects: &[Object]) -> Result<()> {
-        let keep: BTreeSet<String> = objects
+    /// Deletes the service's managed objects that `objects` lacks and `kept` (object keys) does
+    /// not name, kind by kind, Deployments last; then re-applies objects of `objects` that the
+    /// listing shows missing although they were skipped as unchanged (deleted behind
+    /// deploykit's back).
+    async fn prune(
+        &self,
+        service: &ServiceId,
+        objects: &[Object],
+        kept: &BTreeSet<String>,
+    ) -> Result<()> {
+        let mut keep: BTreeSet<String> = objects
             .iter()
             .map(|o| self.key(o.kind(), o.name()))
             .collect();
+        keep.extend(kept.iter().cloned());
         let mut missing = Vec::new();
         for kind in self.kinds() {
             let Some(names) = self.list_names(service, &kind.resource).await? else {
@@ -1091,9 +1100,16 @@ fn instances(pods: &[Pod], revision: &RevisionId) -> Vec<InstanceObservation> {
 #[async_trait]
 impl Environment for KubeEnvironment {
     async fn apply(&self, service: &ServiceId, desired: &DesiredState) -> Result<()> {
-        let secrets = self.resolve_secrets(desired).await?;
-        let mut objects = render::plan(service, desired, &secrets, &self.options)?.objects;
+        let (secrets, kept) = self.resolve_secrets(service, desired).await?;
+        let mut objects =
+            render::plan_keeping_secrets(service, desired, &secrets, &kept, &self.options)?.objects;
         drop(secrets);
+        let kept: BTreeSet<String> = desired
+            .revisions
+            .iter()
+            .filter(|t| kept.contains(&t.revision.id))
+            .map(|t| self.key("Secret", &render::secret_name(service, &t.revision)))
+            .collect();
 
         // Autoscaled: Deployments carry no replicas; they are set apart (`apply_autoscaled`),
         // from what runs now.
@@ -1178,7 +1194,7 @@ impl Environment for KubeEnvironment {
                 _ => self.apply_object(Some(service), object).await?,
             }
         }
-        self.prune(service, &objects).await
+        self.prune(service, &objects, &kept).await
     }
 
     async fn observe(&self, service: &ServiceId) -> Result<Observed> {

@@ -1163,10 +1163,12 @@ async fn monitor_has_no_metrics() {
     assert!(err.to_string().contains("PrometheusMonitor"), "{err}");
 }
 
-/// A revision with secrets needs a provider.
+/// A revision with secrets needs a provider: the error names the variable and the key, and
+/// says how to give one.
 #[tokio::test]
 async fn secrets_need_a_provider() {
-    let (env, _fake) = test_context();
+    let server = deploykit_testing::k8s::FakeApiServer::new();
+    let env = KubeEnvironment::new(server.client(), options());
     let prod = EnvironmentSpec::builder()
         .name("production")
         .kind(EnvironmentKind::Production)
@@ -1184,7 +1186,12 @@ async fn secrets_need_a_provider() {
         )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("with_secrets"), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "invalid secrets.API_TOKEN: variable API_TOKEN refers to secret production.api_token, \
+         but no secret provider is configured to resolve it: use KubeEnvironment::with_secrets"
+    );
+    assert!(server.objects("deployments").is_empty(), "nothing applied");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1293,6 +1300,106 @@ async fn secrets_are_resolved_into_the_revision_secret() {
     assert!(
         !server.requests().iter().any(|r| r.method == "PATCH"),
         "nothing changed, nothing applied"
+    );
+}
+
+/// A revision's Secret is made once, by the apply that first starts it: after the value is
+/// rotated, the running revision keeps its Secret (no PATCH), a revision pinned to the new
+/// version gets the new value, and one still pinned to the old version that has no Secret yet
+/// is refused (`secrets::resolve`'s rule), naming variable, key and both versions, never a value.
+#[tokio::test]
+async fn a_rotated_secret_leaves_running_revisions_alone_and_refuses_a_stale_pin() {
+    use deploykit_core::secrets::SecretString;
+    use deploykit_secrets::{FileSecretProvider, Identity, SecretsFile};
+    let me = Identity::generate();
+    let file = |value: &str| {
+        let mut file = SecretsFile::create(&[me.to_recipient()]).unwrap();
+        file.set("production.api_token", SecretString::from(value))
+            .unwrap();
+        file
+    };
+    let provider = FileSecretProvider::new("secrets.toml", file("tok-1"));
+    let prod = EnvironmentSpec::builder()
+        .name("production")
+        .kind(EnvironmentKind::Production)
+        .secrets(BTreeMap::from([(
+            "API_TOKEN".into(),
+            "production.api_token".into(),
+        )]))
+        .build()
+        .unwrap();
+    let pinned = |label: &'static str, provider: FileSecretProvider| {
+        let prod = prod.clone();
+        async move {
+            Revision::new(&web(), &prod, Digest::of_bytes(label.as_bytes()), label)
+                .unwrap()
+                .pin_secrets(&provider)
+                .await
+                .unwrap()
+        }
+    };
+    let v1 = pinned("v1", provider.clone()).await;
+    let stale = pinned("v1-hotfix", provider.clone()).await;
+    let old_version = provider.versions()["production.api_token"].clone();
+    let server = deploykit_testing::k8s::FakeApiServer::new();
+    let env = KubeEnvironment::new(server.client(), options())
+        .with_secrets(std::sync::Arc::new(provider.clone()));
+    let secret_of = |r: &Revision| {
+        server
+            .object("secrets", NS, &format!("web-{}-secrets", rev8(r)))
+            .map(|s| s["data"]["API_TOKEN"].clone())
+    };
+    env.apply(&service(), &desired(&[(&v1, 1)], Traffic::ByReadyInstances))
+        .await
+        .unwrap();
+    assert_eq!(secret_of(&v1), Some(json!("dG9rLTE=")), "base64 of tok-1");
+
+    provider.reload(file("tok-2"));
+    let new_version = provider.versions()["production.api_token"].clone();
+    assert_ne!(new_version, old_version);
+    let v2 = pinned("v1", provider.clone()).await;
+    assert_ne!(v2.id, v1.id, "a new value is a new revision");
+    server.clear_requests();
+    let both = desired(&[(&v1, 1), (&v2, 1)], Traffic::ByReadyInstances);
+    env.apply(&service(), &both).await.unwrap();
+    assert_eq!(secret_of(&v1), Some(json!("dG9rLTE=")), "v1 keeps tok-1");
+    assert_eq!(secret_of(&v2), Some(json!("dG9rLTI=")), "base64 of tok-2");
+    let v1_secret = format!("web-{}-secrets", rev8(&v1));
+    assert!(
+        !server
+            .requests()
+            .iter()
+            .any(|r| r.method != "GET" && r.path.ends_with(&v1_secret)),
+        "v1's Secret is left as it is"
+    );
+    env.apply(&service(), &both).await.unwrap();
+
+    let err = env
+        .apply(
+            &service(),
+            &desired(&[(&v2, 1), (&stale, 1)], Traffic::ByReadyInstances),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, deploykit_core::Error::InvalidSpec { .. }),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    for part in [
+        "invalid secrets.API_TOKEN: secret production.api_token of variable API_TOKEN changed",
+        &format!("pinned version {old_version}, current version {new_version}"),
+    ] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+    assert!(
+        !format!("{} {err:?}", err.chain()).contains("tok-"),
+        "{err:?}"
+    );
+    assert_eq!(
+        secret_of(&stale),
+        None,
+        "nothing of the stale revision was made"
     );
 }
 

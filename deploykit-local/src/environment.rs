@@ -10,7 +10,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deploykit_core::environment::proportional_weights;
 use deploykit_core::secrets::{self, ExposeSecret, ResolvedSecrets, SecretProvider};
-use deploykit_core::{Clock, DesiredState, Environment, Error, FailureKind, HealthChecks, InstanceFailure, InstanceObservation, MetricQuery, Monitor, Observed, ProbeAction, Result, Revision, RevisionId, RevisionObservation, Sample, ServiceId, SystemClock, Traffic};
+use deploykit_core::{
+    Clock, DesiredState, Environment, Error, FailureKind, HealthChecks, InstanceFailure,
+    InstanceObservation, MetricQuery, Monitor, Observed, ProbeAction, Result, Revision, RevisionId,
+    RevisionObservation, Sample, ServiceId, SystemClock, Traffic,
+};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -48,9 +52,11 @@ pub struct LocalOptions {
     pub log: LogPolicy,
     /// Proxy limits and timeouts.
     pub proxy: ProxyConfig,
-    /// Where revisions' secret references are resolved when instances start (as a kubelet
-    /// resolves `secretKeyRef`); without one, a revision with secrets fails to start with a
-    /// configuration error naming the variable.
+    /// Where revisions' secret references are resolved, once per revision when its first
+    /// instance starts (as a kubelet resolves `secretKeyRef`), by
+    /// [`deploykit_core::secrets::resolve`]'s rules: without a provider, for a missing key, or
+    /// for a version that no longer matches the revision's pin, its instances fail with a
+    /// configuration error naming the variable and the key.
     pub secrets: Option<Arc<dyn SecretProvider>>,
 }
 

@@ -1,6 +1,7 @@
-//! Deploy with secrets, rotate one, refuse a missing one, fail an instance on one — then
-//! search every log line, event, notification, journal row (and the raw SQLite files), audit
-//! record, error, `Debug` output and panic message for the secret values: none may appear.
+//! Deploy with secrets, rotate one, refuse a missing one, fail instances on them (no provider;
+//! a version that no longer matches the revision's pin) — then search every log line, event,
+//! notification, journal row (and the raw SQLite files), audit record, error, `Debug` output
+//! and panic message for the secret values: none may appear.
 //! The workload itself must have received them, or the search would prove nothing.
 
 mod common;
@@ -183,7 +184,52 @@ async fn secret_values_never_leave_the_workload() {
     assert_eq!(failure.kind, FailureKind::Configuration);
     assert_eq!(
         failure.reason,
-        "variable API_TOKEN: no secret provider to resolve production.api_token"
+        "invalid secrets.API_TOKEN: variable API_TOKEN refers to secret production.api_token, \
+         but no secret provider is configured to resolve it: use SimCluster::set_secret_provider"
+    );
+    haystack.push(format!("{observed:?}"));
+
+    // 5. A revision pinned to a version the provider no longer has is not started with the
+    // current value: its instances fail, naming variable, key and both versions. (The running
+    // `v1` above kept the values it started with while `rotated` rolled out.)
+    let elsewhere = SimCluster::new();
+    elsewhere.set_secret_provider(Arc::new(provider.clone()));
+    elsewhere
+        .apply(
+            &service.name,
+            &DesiredState::new(
+                vec![RevisionTarget::new(v1.clone(), 1)],
+                Traffic::ByReadyInstances,
+            ),
+        )
+        .await
+        .expect("apply");
+    let observed = elsewhere.observe(&service.name).await.expect("observe");
+    let failure = observed.revisions[0].instances[0]
+        .failure
+        .clone()
+        .expect("fails");
+    assert_eq!(failure.kind, FailureKind::Configuration);
+    let pinned = v1.config.secrets["API_TOKEN"]
+        .version
+        .clone()
+        .expect("pinned");
+    let current = provider.versions()["production.api_token"].clone();
+    assert_ne!(pinned, current);
+    assert!(
+        failure.reason.contains(&format!(
+            "secret production.api_token of variable API_TOKEN changed since the revision was \
+             made (pinned version {pinned}, current version {current})"
+        )),
+        "{}",
+        failure.reason
+    );
+    assert!(
+        elsewhere
+            .resolved_secrets(&service.name, &v1.id)
+            .expect("known")
+            .is_err(),
+        "nothing was resolved"
     );
     haystack.push(format!("{observed:?}"));
 
@@ -288,7 +334,8 @@ async fn an_unresolvable_secret_fails_the_rollout_fast() {
         .unwrap_or_default();
     assert!(
         reason.contains(
-            "new instances could not be configured: variable STRIPE_KEY: secret production.stripe_key in secrets.toml not found"
+            "new instances could not be configured: secret production.stripe_key in secrets.toml \
+             (referenced by variable STRIPE_KEY) not found"
         ),
         "{reason}"
     );

@@ -55,14 +55,9 @@ struct Driver {
 /// Drive deployment `id` until it ends. While another orchestrator holds the service's lease,
 /// only watch.
 pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
-    // However the driver ends (even aborted), the deployment may be adopted again.
-    let _driving = Driving {
-        shared: shared.clone(),
-        id: id.clone(),
-    };
     let config = shared.config.clone();
     let retry_max = config.retry_max.max(config.retry_initial);
-    let waker = shared.waker(&id);
+    let waker = shared.drivers.waker(&id);
     let mut driver = Driver {
         waker,
         shared,
@@ -115,28 +110,12 @@ pub(super) async fn drive(shared: Arc<Shared>, id: DeploymentId) {
         }
     }
     if let Some(lease) = driver.lease.take() {
-        driver.shared.held(&driver.id, None);
+        driver.shared.drivers.forget_lease(&driver.id);
         if let Err(e) = driver.shared.store.release_lease(&lease).await {
             tracing::warn!(error = %e.chain(), "could not release lease; it will expire");
         }
     }
-    driver.shared.forget(&driver.id);
-}
-
-/// Marks a deployment as driven here for as long as its driver lives.
-struct Driving {
-    shared: Arc<Shared>,
-    id: DeploymentId,
-}
-
-impl Drop for Driving {
-    fn drop(&mut self) {
-        self.shared
-            .driving
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
-    }
+    driver.shared.drivers.forget_waker(&driver.id);
 }
 
 /// Who holds a service's lease.
@@ -771,7 +750,7 @@ impl Driver {
                 if self.lease.is_none() && st.phase != Phase::Pending {
                     tracing::info!(phase = %st.phase, "took over the deployment");
                 }
-                self.shared.held(&self.id, Some(&lease));
+                self.shared.drivers.remember_lease(&self.id, &lease);
                 self.lease = Some(lease);
                 Ok(LeaseState::Held)
             }
@@ -779,7 +758,7 @@ impl Driver {
                 owner, expires_at, ..
             }) => {
                 tracing::debug!(%owner, %expires_at, "lease held elsewhere");
-                self.shared.held(&self.id, None);
+                self.shared.drivers.forget_lease(&self.id);
                 self.lease = None;
                 let ours = owner
                     .strip_prefix(self.shared.owner.as_str())

@@ -145,11 +145,9 @@ mod tests {
 
     /// A driver that runs until `release` is sent or dropped, and drops `ended` when it stops
     /// (ends or is aborted).
-    fn parked(release: oneshot::Receiver<()>, ended: oneshot::Sender<()>) -> impl Future<Output = ()> {
-        async move {
-            let _ended = ended;
-            let _ = release.await;
-        }
+    async fn parked(release: oneshot::Receiver<()>, ended: oneshot::Sender<()>) {
+        let _ended = ended;
+        let _ = release.await;
     }
 
     /// Wait (at most a second) until `id` has no driver here.
@@ -247,7 +245,11 @@ mod tests {
         }
         assert!(!drivers.is_driving(&id("web-1")));
         assert!(!drivers.is_driving(&id("api-1")));
-        assert_eq!(drivers.stop().await, Vec::new(), "leases were handed back twice");
+        assert_eq!(
+            drivers.stop().await,
+            Vec::new(),
+            "leases were handed back twice"
+        );
         drop(releases);
     }
 

@@ -5,19 +5,20 @@
 mod access_gate;
 mod audit_trail;
 mod driver;
+mod drivers;
+mod event_bus;
 
 mod preview;
 mod release;
 mod secret_pins;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use tokio::sync::{Notify, broadcast, mpsc};
-use tokio::task::JoinSet;
+use tokio::sync::broadcast;
 use tracing::Instrument;
 use typed_builder::TypedBuilder;
 
@@ -27,9 +28,12 @@ pub use release::{Release, ReleaseRequest, ReleaseService};
 
 use access_gate::AccessGate;
 use audit_trail::{AuditTrail, audit_action};
+use drivers::Drivers;
+use event_bus::EventBus;
 use secret_pins::SecretPins;
 
 use crate::access::{AccessAction, AccessPolicy};
+use crate::audit::{AuditAction, AuditRecord};
 use crate::audit::{AuditEntry, SignedCheckpoint, Verified};
 use crate::environment::{Environment, TrafficSplit};
 use crate::error::{Error, Result};
@@ -45,7 +49,7 @@ use crate::monitor::Monitor;
 use crate::notify::Notifier;
 use crate::retry;
 use crate::secrets::SecretProvider;
-use crate::store::{AuditAction, AuditRecord, Lease, StateStore};
+use crate::store::StateStore;
 use crate::strategy::{BlueGreenSpec, StrategySpec};
 use crate::time::{Clock, SystemClock, Timestamp};
 
@@ -171,7 +175,8 @@ impl Target {
 }
 
 /// What the orchestrator's handle, its deployment drivers and its background tasks share.
-/// Access checks, the audit trail and secret pinning are each their own small type.
+/// Access checks, the audit trail, secret pinning, the driver registry and the event bus are
+/// each their own small type.
 #[derive(Debug)]
 pub(crate) struct Shared {
     store: Arc<dyn StateStore>,
@@ -184,19 +189,13 @@ pub(crate) struct Shared {
     audit: AuditTrail,
     /// Where secret references are pinned to versions when a revision is made.
     pins: SecretPins,
-    /// Deployment drivers (aborted when the orchestrator is dropped or shut down).
-    drivers: Mutex<JoinSet<()>>,
-    /// The deployments this orchestrator has a driver for, so that none gets two.
-    driving: Mutex<HashSet<DeploymentId>>,
+    /// Deployment drivers, at most one per deployment, with their wakers and leases.
+    drivers: Drivers,
+    /// Where every journal entry is announced, to subscribers and notifiers.
+    bus: EventBus,
     clock: Arc<dyn Clock>,
     owner: String,
     config: OrchestratorConfig,
-    events: broadcast::Sender<Event>,
-    /// Queues of the notification dispatchers; emptied by `shutdown` so they drain and stop.
-    notifiers: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
-    wakers: Mutex<HashMap<DeploymentId, Arc<Notify>>>,
-    /// Leases held by this orchestrator's drivers, so `shutdown` can hand them back.
-    leases: Mutex<HashMap<DeploymentId, Lease>>,
     counter: AtomicU64,
 }
 
@@ -318,24 +317,6 @@ impl OrchestratorBuilder {
             p.validate()?;
         }
         let owner = self.owner.unwrap_or_else(default_owner);
-        let (events, _) = broadcast::channel(1024);
-        let mut tasks = JoinSet::new();
-        let mut notifiers = Vec::new();
-        for notifier in self.notifiers {
-            let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-            notifiers.push(tx);
-            tasks.spawn(async move {
-                while let Some(event) = rx.recv().await {
-                    if let Err(e) = notifier.notify(&event).await {
-                        tracing::warn!(
-                            deployment = %event.deployment,
-                            error = %e.chain(),
-                            "notification not delivered"
-                        );
-                    }
-                }
-            });
-        }
         let audit = AuditTrail::new(self.store.clone(), self.clock.clone());
         let shared = Arc::new(Shared {
             store: self.store,
@@ -344,15 +325,11 @@ impl OrchestratorBuilder {
             gate,
             audit,
             pins: SecretPins::new(self.secrets),
-            drivers: Mutex::new(JoinSet::new()),
-            driving: Mutex::new(HashSet::new()),
+            drivers: Drivers::default(),
+            bus: EventBus::open(self.notifiers),
             clock: self.clock,
             owner,
             config: self.config,
-            events,
-            notifiers: Mutex::new(notifiers),
-            wakers: Mutex::new(HashMap::new()),
-            leases: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
         });
         let reaper = shared
@@ -363,7 +340,6 @@ impl OrchestratorBuilder {
         let adopter = tokio::spawn(adopt(Arc::downgrade(&shared)));
         Ok(Orchestrator {
             shared,
-            dispatchers: tasks,
             reaper,
             adopter,
         })
@@ -430,8 +406,6 @@ fn default_owner() -> String {
 #[derive(Debug)]
 pub struct Orchestrator {
     shared: Arc<Shared>,
-    /// Notification dispatchers (stopped with the orchestrator).
-    dispatchers: JoinSet<()>,
     /// The preview reaper, if previews are enabled.
     reaper: Option<tokio::task::JoinHandle<()>>,
     /// The scan that adopts orphaned deployments.
@@ -444,11 +418,8 @@ impl Drop for Orchestrator {
             reaper.abort();
         }
         self.adopter.abort();
-        self.shared
-            .drivers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .abort_all();
+        self.shared.drivers.abort_all();
+        self.shared.bus.abort();
     }
 }
 
@@ -479,38 +450,19 @@ impl Orchestrator {
     /// this process, restarted) resumes them without waiting for leases to expire.
     pub async fn shutdown(mut self) -> Result<()> {
         self.adopter.abort();
-        let mut tasks = std::mem::take(
-            &mut *self
-                .shared
-                .drivers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
-        let leases: Vec<Lease> = {
-            let mut held = self.shared.leases.lock().unwrap_or_else(|p| p.into_inner());
-            held.drain().map(|(_, lease)| lease).collect()
-        };
-        for lease in leases {
+        for lease in self.shared.drivers.stop().await {
             self.shared.store.release_lease(&lease).await?;
         }
-        self.shared
-            .notifiers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
         if let Some(reaper) = self.reaper.take() {
             reaper.abort();
         }
-        // Dispatchers end once their queues are drained.
-        while self.dispatchers.join_next().await.is_some() {}
+        self.shared.bus.close().await;
         Ok(())
     }
 
     /// Receive every event from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.shared.events.subscribe()
+        self.shared.bus.subscribe()
     }
 
     /// Deploy a new revision. Returns once the request is journaled; the rollout runs in the
@@ -833,7 +785,7 @@ impl Orchestrator {
             .audit
             .record(&status, by, action, detail)
             .await?;
-        self.shared.wake(id);
+        self.shared.drivers.wake(id);
         Ok(())
     }
 
@@ -1012,7 +964,7 @@ impl Shared {
     /// orchestrator stops, so only orphans end up driven here.
     async fn adopt(self: &Arc<Self>) -> Result<()> {
         for id in self.store.list_active().await? {
-            if self.is_driving(&id) {
+            if self.drivers.is_driving(&id) {
                 continue;
             }
             let status = match self.status(&id).await {
@@ -1052,35 +1004,19 @@ impl Shared {
             .is_some_and(|lease| lease.expires_at > now))
     }
 
-    fn is_driving(&self, id: &DeploymentId) -> bool {
-        self.driving
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
-    }
-
     /// Start driving `status`'s deployment, unless a driver here already does.
     fn spawn(self: &Arc<Self>, status: &DeploymentStatus) {
-        let id = status.spec.id.clone();
-        if !self
-            .driving
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone())
-        {
-            return;
-        }
-        let span = tracing::info_span!(
-            "deployment",
-            id = %status.spec.id,
-            service = %status.spec.service,
-            environment = %status.spec.environment,
-            revision = %status.spec.target.id,
-        );
-        let mut drivers = self.drivers.lock().unwrap_or_else(|p| p.into_inner());
-        // Reap finished drivers so the set does not grow without bound.
-        while drivers.try_join_next().is_some() {}
-        drivers.spawn(driver::drive(self.clone(), id).instrument(span));
+        let id = &status.spec.id;
+        self.drivers.start_unless_driven(id, || {
+            let span = tracing::info_span!(
+                "deployment",
+                id = %status.spec.id,
+                service = %status.spec.service,
+                environment = %status.spec.environment,
+                revision = %status.spec.target.id,
+            );
+            driver::drive(self.clone(), id.clone()).instrument(span)
+        });
     }
 
     /// Check `actor` may do `action` on `environment/service`; a refusal is audited and
@@ -1211,54 +1147,9 @@ impl Shared {
         self.store.append(id, entry).await
     }
 
+    /// Announce `entry`, just journaled, of `status`'s deployment.
     fn emit(&self, status: &DeploymentStatus, entry: JournalEntry) {
-        let event = Event::new(status, entry);
-        tracing::info!(
-            deployment = %event.deployment,
-            seq = event.entry.seq,
-            phase = %event.phase,
-            "{}",
-            event.description()
-        );
-        for notifier in self
-            .notifiers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            // A closed queue means the orchestrator is shutting down.
-            let _ = notifier.send(event.clone());
-        }
-        // No subscribers is fine.
-        let _ = self.events.send(event);
-    }
-
-    fn waker(&self, id: &DeploymentId) -> Arc<Notify> {
-        let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
-        wakers.entry(id.clone()).or_default().clone()
-    }
-
-    /// Wake this process's driver of `id`, if it has one (a driver reads the journal when it
-    /// starts, so nothing is lost when it has none yet).
-    fn wake(&self, id: &DeploymentId) {
-        let wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(waker) = wakers.get(id) {
-            waker.notify_one();
-        }
-    }
-
-    fn forget(&self, id: &DeploymentId) {
-        let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
-        wakers.remove(id);
-    }
-
-    /// Record (or, with `None`, forget) the lease a driver holds.
-    fn held(&self, id: &DeploymentId, lease: Option<&Lease>) {
-        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        match lease {
-            Some(l) => leases.insert(id.clone(), l.clone()),
-            None => leases.remove(id),
-        };
+        self.bus.publish(Event::new(status, entry));
     }
 
     async fn history(

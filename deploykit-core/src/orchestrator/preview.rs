@@ -9,6 +9,7 @@ use typed_builder::TypedBuilder;
 
 use super::{Orchestrator, Plan, Shared, Target};
 use crate::access::AccessAction;
+use crate::audit::AuditAction;
 use crate::environment::{DesiredState, Environment, Observed, TrafficSplit};
 use crate::error::{Error, Result};
 use crate::journal::{Actor, DeploymentKind};
@@ -16,7 +17,6 @@ use crate::model::{
     DeploymentId, Digest, EnvironmentKind, EnvironmentName, EnvironmentSpec, FailurePolicy,
     ServiceId, ServiceSpec,
 };
-use crate::store::AuditAction;
 use crate::strategy::StrategySpec;
 use crate::time::Timestamp;
 

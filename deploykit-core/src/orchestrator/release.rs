@@ -9,10 +9,10 @@ use typed_builder::TypedBuilder;
 
 use super::{Orchestrator, Plan, Shared};
 use crate::access::AccessAction;
+use crate::audit::AuditAction;
 use crate::error::{Error, Result};
 use crate::journal::{Actor, DeploymentKind, DeploymentStatus, Outcome, Phase, ReleaseMembership};
 use crate::model::{DeploymentId, Digest, EnvironmentName, ServiceSpec};
-use crate::store::AuditAction;
 
 /// One service of a release and the artifact it moves to.
 #[derive(Clone, Debug, TypedBuilder)]

@@ -74,12 +74,12 @@
 mod names;
 mod network;
 
-pub(crate) use names::revision_name;
+pub(crate) use names::{revision_name, secret_name};
 mod routes;
 mod workload;
 mod yaml;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use deploykit_core::secrets::SecretString;
@@ -636,6 +636,18 @@ pub fn plan(
     secrets: &SecretValues,
     options: &RenderOptions,
 ) -> Result<Plan> {
+    plan_keeping_secrets(service, desired, secrets, &BTreeSet::new(), options)
+}
+
+/// [`plan`] without the Secrets of the revisions in `kept`, whose immutable Secrets exist
+/// already (made by the apply that first started them), so they need no values.
+pub(crate) fn plan_keeping_secrets(
+    service: &ServiceId,
+    desired: &DesiredState,
+    secrets: &SecretValues,
+    kept: &BTreeSet<RevisionId>,
+    options: &RenderOptions,
+) -> Result<Plan> {
     names::check_options(service, options)?;
     routes::check_router(&options.router)?;
     if desired.revisions.is_empty() {
@@ -658,6 +670,7 @@ pub fn plan(
         names::check_autoscale(a)?;
     }
     for target in &desired.revisions {
+        let secrets = (!kept.contains(&target.revision.id)).then_some(secrets);
         let rev = workload::RevisionObjects::render(
             service, target, repository, secrets, options, autoscale,
         )?;

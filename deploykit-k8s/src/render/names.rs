@@ -19,6 +19,11 @@ pub(crate) fn revision_name(service: &ServiceId, revision: &Revision) -> String 
     format!("{service}-{}", &id[..id.len().min(8)])
 }
 
+/// `<revision name>-secrets`: the revision's Secret.
+pub(crate) fn secret_name(service: &ServiceId, revision: &Revision) -> String {
+    format!("{}-secrets", revision_name(service, revision))
+}
+
 /// Labels of every object of `service`.
 pub(crate) fn app_labels(service: &ServiceId) -> BTreeMap<String, String> {
     BTreeMap::from([

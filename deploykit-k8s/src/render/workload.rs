@@ -46,7 +46,7 @@ impl RevisionObjects {
         service: &ServiceId,
         target: &RevisionTarget,
         repository: &str,
-        secrets: &SecretValues,
+        secrets: Option<&SecretValues>,
         options: &RenderOptions,
         autoscale: Option<&Autoscale>,
     ) -> Result<Self> {
@@ -72,11 +72,12 @@ impl RevisionObjects {
             ..core::ConfigMap::default()
         };
 
-        let secret_name = format!("{name}-secrets");
-        let secret = if rev.config.secrets.is_empty() {
+        let secret_name = names::secret_name(service, rev);
+        // No `secrets`: the revision's Secret exists already and is kept as it is.
+        let secret = if rev.config.secrets.is_empty() || secrets.is_none() {
             None
         } else {
-            let values = secrets.get(&rev.id);
+            let values = secrets.and_then(|s| s.get(&rev.id));
             let mut data = BTreeMap::new();
             for variable in rev.config.secrets.keys() {
                 let value = values.and_then(|v| v.get(variable)).ok_or_else(|| {
