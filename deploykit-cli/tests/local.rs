@@ -377,27 +377,45 @@ async fn exits_and_liveness_restarts_are_reported_from_the_first_one() {
         );
         local.apply(&service, &desired).await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // On a loaded machine an observation can fall between the restart and the new
+        // process binding its port: the instance is then (rightly) not ready, with the
+        // connection refused. Such a moment is skipped; any other failure is a wrong answer.
+        let mut missed_the_first = false;
         let failure = loop {
             let observed = local.observe(&service).await.unwrap();
             let instance = &observed.revisions[0].instances.first().cloned();
-            if let Some(f) = instance.as_ref().and_then(|i| i.failure.clone()) {
-                break f;
+            match instance.as_ref().and_then(|i| i.failure.clone()) {
+                Some(f) if f.kind == FailureKind::Readiness && f.kind != kind => {
+                    assert!(f.reason.ends_with("connection refused"), "{f:?}");
+                    missed_the_first = true;
+                }
+                Some(f) => break f,
+                None => {}
             }
             assert!(std::time::Instant::now() < deadline, "no failure reported");
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         assert_eq!(failure.kind, kind, "{failure:?}");
         assert!(failure.reason.starts_with(expect), "{failure:?}");
-        assert!(
-            failure.reason.contains("(1 time in the last 60s)"),
-            "{failure:?}"
-        );
+        if !missed_the_first {
+            assert!(
+                failure.reason.contains("(1 time in the last 60s)"),
+                "{failure:?}"
+            );
+        }
         // Still reported once it runs (and, for the crash, passes readiness) again.
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let observed = local.observe(&service).await.unwrap();
-        let i = &observed.revisions[0].instances[0];
-        assert!(i.restarts >= 1, "{i:?}");
-        assert_eq!(i.failure.as_ref().map(|f| &f.kind), Some(&kind), "{i:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let observed = local.observe(&service).await.unwrap();
+            let i = &observed.revisions[0].instances[0];
+            assert!(i.restarts >= 1, "{i:?}");
+            if i.failure.as_ref().map(|f| &f.kind) == Some(&kind) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{i:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         local.teardown(&service).await.unwrap();
     }
     local.shutdown(true).await;
