@@ -105,14 +105,13 @@ pub(crate) async fn backup(ctx: &Context, args: BackupArgs) -> Result<ExitCode> 
         .await?;
     let mut forgotten = 0;
     if let Some(env) = args.env.as_deref()
-        && let Some(policy) = ctx.config.backup_policy(env)?
+        && let Some(policy) = ctx.config()?.backup_policy(env)?
     {
         let decisions = repo.forget(&policy.retention, false).await?;
         forgotten = decisions.iter().filter(|d| !d.keep).count();
     }
     let s = &saved.summary;
-    ctx_print(
-        ctx,
+    ctx.print(
         format!(
             "snapshot {id}: {} files, read {} bytes, stored {} bytes; {forgotten} snapshots forgotten by retention",
             s.files, s.bytes_read, s.bytes_stored
@@ -138,8 +137,7 @@ pub(crate) async fn restore(ctx: &Context, args: RestoreArgs) -> Result<ExitCode
     let summary = repo
         .restore(&id, &args.to, &RestoreOptions::default())
         .await?;
-    ctx_print(
-        ctx,
+    ctx.print(
         format!(
             "restored snapshot {id} to {}: {} files, {} bytes",
             args.to.display(),
@@ -154,7 +152,7 @@ pub(crate) async fn restore(ctx: &Context, args: RestoreArgs) -> Result<ExitCode
 pub(crate) async fn drill(ctx: &Context, args: DrillArgs) -> Result<ExitCode> {
     let targets = match args.env.as_deref() {
         Some(env) => ctx
-            .config
+            .config()?
             .backup_policy(env)?
             .map(|p| p.targets)
             .unwrap_or_default(),
@@ -163,8 +161,7 @@ pub(crate) async fn drill(ctx: &Context, args: DrillArgs) -> Result<ExitCode> {
     let repo = open(&args.repo, false).await?;
     let report = repo.drill(&args.scratch, targets).await?;
     let met = report.meets_targets();
-    ctx_print(
-        ctx,
+    ctx.print(
         format!(
             "drill of snapshot {}: RTO {:.2?} (target {:?}), RPO {:.2?} (target {:?}): {}",
             report.snapshot,
@@ -188,11 +185,4 @@ pub(crate) async fn drill(ctx: &Context, args: DrillArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-fn ctx_print(ctx: &Context, text: String, value: serde_json::Value) {
-    match ctx.output {
-        crate::Output::Text => println!("{text}"),
-        crate::Output::Json => println!("{value}"),
-    }
 }

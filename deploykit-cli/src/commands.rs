@@ -1,12 +1,11 @@
 //! The commands: `run` dispatches a parsed command line to its handler.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use deploykit_core::{
     DeployRequest, DeploymentId, DeploymentStatus, EnvironmentName, Error, Orchestrator, Phase,
-    PreviewRequest, Result, RevisionId, ServiceId, StateStore,
+    PreviewRequest, Result, ServiceId, StateStore,
 };
 use deploykit_local::{LocalEnvironment, LocalOptions};
 use serde_json::json;
@@ -17,8 +16,9 @@ use crate::{AuditAction, Cli, Command, Output, PreviewAction};
 
 async fn follow(ctx: &Context, orchestrator: &Orchestrator, id: &DeploymentId) -> Result<ExitCode> {
     let client = ctx.client();
+    let store = ctx.store().await?;
     let status = Follow::new(ctx.output == Output::Text)
-        .run(orchestrator, &client, id)
+        .run(orchestrator, store.as_ref(), &client, id)
         .await?;
     let text = match &status.rollback {
         Some((_, reason)) if status.phase != Phase::Succeeded => format!(
@@ -34,12 +34,16 @@ async fn follow(ctx: &Context, orchestrator: &Orchestrator, id: &DeploymentId) -
     Ok(exit_for(status.phase))
 }
 
-/// A deployment's line in `history`: what it was (a manual rollback is marked) and how it
-/// ended, with the revision a rollback returned to.
+/// A deployment's line in `history`: what it was (a manual rollback, a scale or a stop is
+/// marked) and how it ended, with the revision a rollback returned to.
 fn history_outcome(s: &DeploymentStatus) -> String {
-    let kind = match s.spec.kind {
-        deploykit_core::journal::DeploymentKind::Rollback => "manual rollback, ",
-        _ => "",
+    use deploykit_core::journal::DeploymentKind;
+    let kind = match &s.spec.kind {
+        DeploymentKind::Rollback => "manual rollback, ".to_string(),
+        DeploymentKind::Scale { replicas } => format!("scale to {replicas}, "),
+        DeploymentKind::Teardown => "stop, ".to_string(),
+        DeploymentKind::Preview { branch, .. } => format!("preview of {branch}, "),
+        DeploymentKind::Deploy => String::new(),
     };
     let ended = match (&s.outcome, &s.previous) {
         (Some(deploykit_core::Outcome::RolledBack { .. }), Some(previous)) => {
@@ -55,9 +59,9 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Demo(args) = &cli.command {
         return crate::demo::run(args, cli.output).await;
     }
-    let ctx = Context::load(&cli)?;
+    let ctx = Context::load(&cli);
     match cli.command {
-        Command::Demo(_) => unreachable!("handled above"),
+        Command::Demo(_) | Command::SampleApp => unreachable!("handled before"),
         Command::Daemon {
             env,
             listen,
@@ -71,7 +75,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 max_body_bytes,
                 ..Default::default()
             };
-            let options = LocalOptions::new(&ctx.state)
+            let options = LocalOptions::new(ctx.state_dir()?)
                 .listen(listen)
                 .workdir(&ctx.config_dir)
                 .proxy(proxy)
@@ -139,32 +143,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(code)
         }
         Command::Status { service, env, id } => status(&ctx, service, env, id).await,
-        Command::History { service, env } => {
-            let environment = ctx.environment(env.as_deref())?;
-            let service = ServiceId::new(&service)?;
-            let store = ctx.store().await?;
-            let mut rows = Vec::new();
-            for id in store.list_deployments(&service, &environment).await? {
-                if let Some(entries) = store.load(&id).await? {
-                    let s = DeploymentStatus::from_journal(&entries)?;
-                    rows.push(s);
-                }
-            }
-            let json: Vec<_> = rows.iter().map(status_json).collect();
-            let mut text = format!("{service} in {environment}, newest first:");
-            for s in &rows {
-                text.push_str(&format!(
-                    "\n  {}  {:<10} revision {}  {}  {}",
-                    s.spec.id,
-                    s.spec.target.label,
-                    s.spec.target.id,
-                    history_outcome(s),
-                    s.created_at
-                ));
-            }
-            ctx.print(text, json!(json));
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::History { service, env } => history(&ctx, &service, env.as_deref()).await,
         Command::Promote { id } => approve(&ctx, &id, "promoted from the command line").await,
         Command::Approve { id, reason } => approve(&ctx, &id, &reason).await,
         Command::Abort { id, reason } => {
@@ -177,9 +156,18 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Rollback { service, env, to } => {
             let environment = ctx.environment(env.as_deref())?;
-            let service = ServiceId::new(&service)?;
-            let to = to.as_deref().map(RevisionId::parse).transpose()?;
+            let service = ctx.service_id(&service)?;
             let orchestrator = ctx.orchestrator().await?;
+            let to = match to.as_deref() {
+                Some(query) => Some(
+                    orchestrator
+                        .find_revision(&service, &environment, query)
+                        .await?
+                        .id
+                        .clone(),
+                ),
+                None => None,
+            };
             let id = orchestrator
                 .rollback(&service, &environment, to.as_ref(), ctx.actor.clone())
                 .await?;
@@ -187,6 +175,42 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             orchestrator.shutdown().await?;
             Ok(code)
         }
+        Command::Scale {
+            service,
+            replicas,
+            env,
+        } => {
+            let environment = ctx.environment(env.as_deref())?;
+            let service = ctx.service_id(&service)?;
+            let orchestrator = ctx.orchestrator().await?;
+            let id = orchestrator
+                .scale(&service, &environment, replicas, ctx.actor.clone())
+                .await?;
+            let code = follow(&ctx, &orchestrator, &id).await?;
+            orchestrator.shutdown().await?;
+            Ok(code)
+        }
+        Command::Stop { service, env } => {
+            let environment = ctx.environment(env.as_deref())?;
+            let service = ctx.service_id(&service)?;
+            let orchestrator = ctx.orchestrator().await?;
+            let started = orchestrator
+                .stop(&service, &environment, ctx.actor.clone())
+                .await?;
+            let code = match started {
+                Some(id) => follow(&ctx, &orchestrator, &id).await?,
+                None => {
+                    ctx.print(
+                        format!("{service} runs nothing in {environment}"),
+                        json!({ "service": service.to_string(), "stopped": false }),
+                    );
+                    ExitCode::SUCCESS
+                }
+            };
+            orchestrator.shutdown().await?;
+            Ok(code)
+        }
+        Command::Validate => validate(&ctx).await,
         Command::Preview { action } => preview(&ctx, action).await,
         Command::Backup(args) => crate::backup::backup(&ctx, args).await,
         Command::Restore(args) => crate::backup::restore(&ctx, args).await,
@@ -212,21 +236,19 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Flags { action } => crate::flags::run(&ctx, action),
-        Command::Logs { instance, bytes } => {
-            let text = ctx.client().logs(&instance, bytes).await?;
-            match ctx.output {
-                Output::Text => print!("{text}"),
-                Output::Json => println!("{}", json!({ "instance": instance, "log": text })),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Logs {
+            name,
+            env,
+            follow,
+            bytes,
+        } => crate::logs::run(&ctx, &name, env.as_deref(), follow, bytes).await,
     }
 }
 
 async fn daemon(ctx: &Context, env: Option<&str>, mut options: LocalOptions) -> Result<ExitCode> {
     let environment = ctx.environment(env)?;
     options.state_dir = ctx.state.join(environment.as_str());
-    let services: Vec<_> = ctx.config.services().collect();
+    let services: Vec<_> = ctx.config()?.services().collect();
     if let [only] = services.as_slice() {
         options = options.default_service(only.name.clone());
     }
@@ -273,77 +295,221 @@ async fn status(
     id: Option<String>,
 ) -> Result<ExitCode> {
     let store = ctx.store().await?;
-    let load = |id: DeploymentId| {
-        let store = store.clone();
-        async move {
-            let entries = store
-                .load(&id)
-                .await?
-                .ok_or_else(|| Error::not_found(format!("deployment {id}")))?;
-            DeploymentStatus::from_journal(&entries)
-        }
-    };
     if let Some(id) = id {
-        let s = load(DeploymentId::new(id)).await?;
+        let s = load_status(store.as_ref(), &DeploymentId::new(id)).await?;
         ctx.print(describe(&s), status_json(&s));
         return Ok(ExitCode::SUCCESS);
     }
     let environment = ctx.environment(env.as_deref())?;
     let services: Vec<ServiceId> = match service {
-        Some(s) => vec![ServiceId::new(s)?],
-        None => ctx.config.services().map(|s| s.name.clone()).collect(),
+        Some(s) => vec![known_service(ctx, store.as_ref(), &s, &environment).await?],
+        None => ctx.config()?.services().map(|s| s.name.clone()).collect(),
     };
     let client = ctx.client();
     let mut text = String::new();
     let mut out = Vec::new();
+    let mut unreachable = None;
     for service in services {
         let latest = store.list_deployments(&service, &environment).await?;
         let last = match latest.first() {
-            Some(id) => Some(load(id.clone()).await?),
+            Some(id) => Some(load_status(store.as_ref(), id).await?),
             None => None,
         };
-        let observed = deploykit_core::Environment::observe(&client, &service).await;
-        let mut instances = BTreeMap::new();
-        if let Ok(o) = &observed {
+        let observed = match &unreachable {
+            Some(_) => None,
+            None => match deploykit_core::Environment::observe(&client, &service).await {
+                Ok(o) => Some(o),
+                Err(e) if e.is_retryable() => {
+                    unreachable = Some(ctx.daemon().await.err().unwrap_or(e));
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        text.push_str(&format!("{service} in {environment}\n"));
+        match &last {
+            Some(s) => text.push_str(&format!("  last deployment: {}\n", describe(s))),
+            None => text.push_str("  never deployed\n"),
+        }
+        if let Some(o) = &observed {
+            text.push_str(&format!("  running: {}\n", o.summary()));
+            text.push_str(&format!(
+                "  traffic: {}\n",
+                crate::progress::traffic_summary(o)
+            ));
             for r in &o.revisions {
                 for i in &r.instances {
-                    instances.insert(
-                        i.name.to_string(),
-                        json!({
-                            "revision": r.revision.label,
-                            "ready": i.ready,
-                            "restarts": i.restarts,
-                            "failure": i.failure.as_ref().map(|f| format!("{}: {}", f.kind, f.reason)),
-                        }),
-                    );
+                    text.push_str(&format!(
+                        "    {}  {}  {}\n",
+                        i.name,
+                        r.revision.label,
+                        instance_text(i)
+                    ));
                 }
             }
-        }
-        text.push_str(&format!("{service} in {environment}\n"));
-        if let Some(s) = &last {
-            text.push_str(&format!("  last deployment: {}\n", describe(s)));
-        }
-        match &observed {
-            Ok(o) => {
-                text.push_str(&format!("  running: {}\n", o.summary()));
-                text.push_str(&format!(
-                    "  traffic: {}\n",
-                    crate::progress::traffic_summary(o)
-                ));
-                for (name, i) in &instances {
-                    text.push_str(&format!("    {name}  {i}\n"));
-                }
-            }
-            Err(e) => text.push_str(&format!("  daemon: {e}\n")),
         }
         out.push(json!({
             "service": service.to_string(),
             "environment": environment.to_string(),
             "last_deployment": last.as_ref().map(status_json),
-            "observed": observed.ok(),
+            "observed": observed,
         }));
     }
+    if let Some(e) = unreachable {
+        // What the journal knows is still worth showing; the exit code says it is not all.
+        if ctx.output == Output::Text {
+            crate::out::line(text.trim_end());
+        }
+        return Err(e);
+    }
     ctx.print(text.trim_end(), json!(out));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ready, 0 restarts` or `not ready, 3 restarts, crash-looping: exited with code 1 …`.
+fn instance_text(i: &deploykit_core::InstanceObservation) -> String {
+    use deploykit_core::FailureKind;
+    let mut text = format!(
+        "{}, {} restart{}",
+        if i.ready { "ready" } else { "not ready" },
+        i.restarts,
+        if i.restarts == 1 { "" } else { "s" }
+    );
+    if let Some(f) = &i.failure {
+        let what = match &f.kind {
+            FailureKind::Readiness => "failing readiness".to_string(),
+            FailureKind::Liveness => "failing liveness".to_string(),
+            FailureKind::Startup => "failing its startup probe".to_string(),
+            FailureKind::CrashLoop => "crash-looping".to_string(),
+            FailureKind::Custom(name) => format!("failing check {name}"),
+            FailureKind::Configuration => "not configurable".to_string(),
+            other => other.to_string(),
+        };
+        text.push_str(&format!(", {what}: {}", f.reason));
+    }
+    text
+}
+
+async fn load_status(store: &dyn StateStore, id: &DeploymentId) -> Result<DeploymentStatus> {
+    let entries = store
+        .load(id)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("deployment {id}")))?;
+    DeploymentStatus::from_journal(&entries)
+}
+
+/// A service named on the command line: one of the configuration's, or one that has a history
+/// in this environment (removed from the configuration since).
+async fn known_service(
+    ctx: &Context,
+    store: &dyn StateStore,
+    name: &str,
+    environment: &EnvironmentName,
+) -> Result<ServiceId> {
+    match ctx.service_id(name) {
+        Ok(id) => Ok(id),
+        Err(unknown) => match ServiceId::new(name) {
+            Ok(id) if !store.list_deployments(&id, environment).await?.is_empty() => Ok(id),
+            _ => Err(unknown),
+        },
+    }
+}
+
+async fn history(ctx: &Context, service: &str, env: Option<&str>) -> Result<ExitCode> {
+    let environment = ctx.environment(env)?;
+    let store = ctx.store().await?;
+    let service = known_service(ctx, store.as_ref(), service, &environment).await?;
+    let mut rows = Vec::new();
+    for id in store.list_deployments(&service, &environment).await? {
+        rows.push(load_status(store.as_ref(), &id).await?);
+    }
+    let json: Vec<_> = rows
+        .iter()
+        .map(|s| {
+            let mut row = status_json(s);
+            row["requested_by"] = json!(s.spec.requested_by.to_string());
+            row["kind"] = json!(history_outcome(s));
+            row["created_at"] = json!(s.created_at.to_string());
+            row
+        })
+        .collect();
+    let mut text = format!("{service} in {environment}, newest first:");
+    if rows.is_empty() {
+        text.push_str("\n  never deployed");
+    }
+    for s in &rows {
+        text.push_str(&format!(
+            "\n  {}  {:<10} revision {}  {}  by {}  {}",
+            s.spec.id,
+            s.spec.target.label,
+            s.spec.target.id,
+            history_outcome(s),
+            s.spec.requested_by,
+            s.created_at
+        ));
+    }
+    ctx.print(text, json!(json));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `deploykit validate`: the configuration loads (every error names file:line:column), each
+/// service's build pipeline and artifact resolve, and, with `DEPLOYKIT_AGE_KEY_FILE`, the
+/// secrets file opens and holds every secret a service asks for. Nothing is deployed or built.
+async fn validate(ctx: &Context) -> Result<ExitCode> {
+    let config = ctx.config()?;
+    let mut checked = Vec::new();
+    for service in config.services() {
+        config.pipeline(service.name.as_str())?;
+        checked.push(service.name.to_string());
+    }
+    let secrets = match (config.secrets_file(), ctx.secrets()?) {
+        (None, _) => "no secrets file".to_string(),
+        (Some(file), None) => format!(
+            "secrets file {} not opened (set DEPLOYKIT_AGE_KEY_FILE to check it)",
+            file.display()
+        ),
+        (Some(file), Some(provider)) => {
+            let mut count = 0;
+            for environment in config.environments() {
+                for service in config.services() {
+                    // The revision a deploy would make: the environment's layers applied.
+                    let revision = deploykit_core::Revision::new(
+                        service,
+                        environment,
+                        deploykit_core::Digest::of_bytes(b"validate"),
+                        "validate",
+                    )?;
+                    deploykit_core::secrets::resolve(
+                        Some(provider.as_ref()),
+                        &revision.config.secrets,
+                        "set DEPLOYKIT_AGE_KEY_FILE",
+                    )
+                    .await
+                    .map_err(|e| {
+                        e.noting(format_args!(
+                            "service {} in environment {}",
+                            service.name, environment.name
+                        ))
+                    })?;
+                    count += revision.config.secrets.len();
+                }
+            }
+            format!(
+                "secrets file {} opened; {count} secret reference(s) resolved",
+                file.display()
+            )
+        }
+    };
+    let environments: Vec<String> = config.environments().map(|e| e.name.to_string()).collect();
+    ctx.print(
+        format!(
+            "{} is valid: services {}; environments {}; {secrets}",
+            ctx.config_path.display(),
+            checked.join(", "),
+            environments.join(", ")
+        ),
+        json!({ "valid": true, "services": checked, "environments": environments, "secrets": secrets }),
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,7 +10,7 @@ use deploykit_config::Config;
 use deploykit_core::secrets::SecretProvider;
 use deploykit_core::{
     Actor, DeploymentStatus, Digest, EnvironmentKind, EnvironmentName, Error, Orchestrator,
-    OrchestratorConfig, Phase, Result, ServiceSpec,
+    OrchestratorConfig, Phase, Result, ServiceId, ServiceSpec,
 };
 use deploykit_local::LocalClient;
 use deploykit_secrets::{FileSecretProvider, Identity};
@@ -21,7 +21,9 @@ use crate::{Cli, EXIT_ROLLED_BACK, Output};
 
 /// Everything a command needs: the configuration, where state lives, who acts.
 pub(crate) struct Context {
-    pub(crate) config: Config,
+    /// `None` when the file could not be loaded: only commands that need it fail, with the
+    /// loader's error (`backup --repo … PATH` needs no configuration).
+    config: Option<Config>,
     pub(crate) config_path: PathBuf,
     pub(crate) config_dir: PathBuf,
     pub(crate) state: PathBuf,
@@ -30,8 +32,10 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    pub(crate) fn load(cli: &Cli) -> Result<Context> {
-        let config = Config::load(&cli.config)?;
+    /// Read the configuration if it can be read; [`Context::config`] reports why not to the
+    /// commands that need it.
+    pub(crate) fn load(cli: &Cli) -> Context {
+        let config = Config::load(&cli.config).ok();
         let config_dir = cli
             .config
             .parent()
@@ -41,21 +45,59 @@ impl Context {
             .state
             .clone()
             .unwrap_or_else(|| config_dir.join(".deploykit"));
-        std::fs::create_dir_all(&state)
-            .map_err(|e| Error::backend(format!("create {}", state.display()), e.to_string()))?;
         let actor = cli
             .actor
             .clone()
             .or_else(|| std::env::var("USER").ok())
             .unwrap_or_else(|| "deploykit".into());
-        Ok(Context {
+        Context {
             config,
             config_path: cli.config.clone(),
             config_dir,
             state,
             output: cli.output,
             actor: Actor::new(actor),
+        }
+    }
+
+    /// The configuration, or the error that names what is wrong with it (file:line:column).
+    pub(crate) fn config(&self) -> Result<&Config> {
+        match &self.config {
+            Some(config) => Ok(config),
+            None => Err(Config::load(&self.config_path)
+                .err()
+                .unwrap_or_else(|| Error::backend("read the configuration", "it changed"))),
+        }
+    }
+
+    /// The state directory, created if missing.
+    pub(crate) fn state_dir(&self) -> Result<&Path> {
+        std::fs::create_dir_all(&self.state).map_err(|e| {
+            Error::backend(
+                format!("create the state directory {}", self.state.display()),
+                e.to_string(),
+            )
+        })?;
+        Ok(&self.state)
+    }
+
+    /// `name` as a service of the configuration; an unknown name lists the services and
+    /// suggests the closest.
+    pub(crate) fn service(&self, name: &str) -> Result<&ServiceSpec> {
+        let config = self.config()?;
+        config.service(name).map_err(|_| {
+            let known: Vec<String> = config.services().map(|s| s.name.to_string()).collect();
+            crate::names::unknown("service", "services", name, &known, &self.config_name())
         })
+    }
+
+    /// The service's id, checked against the configuration.
+    pub(crate) fn service_id(&self, name: &str) -> Result<ServiceId> {
+        Ok(self.service(name)?.name.clone())
+    }
+
+    fn config_name(&self) -> String {
+        self.config_path.display().to_string()
     }
 
     pub(crate) fn socket(&self) -> PathBuf {
@@ -68,18 +110,47 @@ impl Context {
 
     pub(crate) async fn store(&self) -> Result<Arc<SqliteStore>> {
         Ok(Arc::new(
-            SqliteStore::open(self.state.join("deploykit.db")).await?,
+            SqliteStore::open(self.state_dir()?.join("deploykit.db")).await?,
         ))
+    }
+
+    /// A client of the daemon, once it answered: an error that says the daemon is not running,
+    /// and how to start it, when nothing listens on its socket.
+    pub(crate) async fn daemon(&self) -> Result<LocalClient> {
+        let client = self.client();
+        match client.info().await {
+            Ok(_) => Ok(client),
+            Err(e) if e.is_retryable() => Err(Error::backend(
+                "reach the deploykit daemon",
+                format!(
+                    "it is not running (nothing answers on {}): start it with `deploykit daemon` \
+                     beside {}, in another terminal or in the background",
+                    self.socket().display(),
+                    self.config_name()
+                ),
+            )),
+            Err(e) => Err(e),
+        }
     }
 
     /// The environment named on the command line, or the only one, or `production`.
     pub(crate) fn environment(&self, name: Option<&str>) -> Result<EnvironmentName> {
+        let config = self.config()?;
         if let Some(name) = name {
-            self.config.environment(name)?;
+            if config.environment(name).is_err() {
+                let known: Vec<String> =
+                    config.environments().map(|e| e.name.to_string()).collect();
+                return Err(crate::names::unknown(
+                    "environment",
+                    "environments",
+                    name,
+                    &known,
+                    &self.config_name(),
+                ));
+            }
             return EnvironmentName::new(name);
         }
-        let all: Vec<_> = self
-            .config
+        let all: Vec<_> = config
             .environments()
             .filter(|e| e.kind != EnvironmentKind::Preview)
             .collect();
@@ -88,11 +159,20 @@ impl Context {
             _ if all.iter().any(|e| e.name.as_str() == "production") => {
                 EnvironmentName::new("production")
             }
-            _ => Err(Error::invalid(
+            [] => Err(Error::invalid(
+                "environments",
+                format!("{} has no environment to deploy to", self.config_name()),
+            )),
+            several => Err(Error::invalid(
                 "--env",
                 format!(
-                    "{} has several environments; name one with --env",
-                    self.config_dir.join("deploykit.toml").display()
+                    "{} has several environments ({}); name one with --env",
+                    self.config_name(),
+                    several
+                        .iter()
+                        .map(|e| e.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )),
         }
@@ -101,7 +181,7 @@ impl Context {
     /// The secrets file's provider, when the configuration names one and
     /// `DEPLOYKIT_AGE_KEY_FILE` says where the identity is.
     pub(crate) fn secrets(&self) -> Result<Option<Arc<dyn SecretProvider>>> {
-        let Some(file) = self.config.secrets_file() else {
+        let Some(file) = self.config()?.secrets_file() else {
             return Ok(None);
         };
         let Ok(key) = std::env::var("DEPLOYKIT_AGE_KEY_FILE") else {
@@ -114,15 +194,14 @@ impl Context {
     /// An orchestrator over the daemon, for every environment in the configuration. It
     /// resumes in-flight deployments as soon as their leases allow.
     pub(crate) async fn orchestrator(&self) -> Result<Orchestrator> {
-        let client = Arc::new(self.client());
-        client.info().await?;
+        let client = Arc::new(self.daemon().await?);
         let mut builder = Orchestrator::builder_shared(self.store().await?).config(
             OrchestratorConfig::builder()
                 .poll_interval(Duration::from_millis(250))
                 .lease_ttl(Duration::from_secs(10))
                 .build(),
         );
-        for spec in self.config.environments() {
+        for spec in self.config()?.environments() {
             if spec.kind == EnvironmentKind::Preview {
                 builder = builder.previews(spec.clone(), client.clone());
             } else {
@@ -143,14 +222,14 @@ impl Context {
         name: &str,
         set: &[String],
     ) -> Result<(ServiceSpec, Digest)> {
-        let mut spec = self.config.service(name)?.clone();
+        let mut spec = self.service(name)?.clone();
         for kv in set {
             let Some((k, v)) = kv.split_once('=') else {
                 return Err(Error::invalid("--set", format!("{kv:?} is not KEY=VALUE")));
             };
             spec.variables.insert(k.to_string(), v.to_string());
         }
-        let pipeline = self.config.pipeline(name)?;
+        let pipeline = self.config()?.pipeline(name)?;
         let artifacts = pipeline
             .run(&deploykit_core::BuildContext::new(&self.config_dir))
             .await?;
@@ -184,7 +263,7 @@ impl Context {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
-            .open(self.state.join("resume.log"))
+            .open(self.state_dir()?.join("resume.log"))
             .map_err(fail)?;
         std::process::Command::new(exe)
             .arg("--config")
@@ -205,8 +284,8 @@ impl Context {
 
     pub(crate) fn print(&self, text: impl std::fmt::Display, value: serde_json::Value) {
         match self.output {
-            Output::Text => println!("{text}"),
-            Output::Json => println!("{value}"),
+            Output::Text => crate::out::line(text),
+            Output::Json => crate::out::line(value),
         }
     }
 }

@@ -28,7 +28,9 @@ use crate::Output;
 
 /// The sample configuration, also in `examples/local/deploykit.toml`.
 const SAMPLE_CONFIG: &str = include_str!("../../examples/local/deploykit.toml");
-const SAMPLE_COMMAND: &str = "../../target/debug/deploykit-sample-app";
+/// The sample app's command in that configuration: `deploykit sample-app`, found on `PATH`.
+/// The demo runs this very binary instead, so it works wherever the binary is.
+const SAMPLE_COMMAND: &str = r#"command = ["deploykit", "sample-app"]"#;
 
 /// Arguments of `deploykit demo`.
 #[derive(Args, Debug)]
@@ -54,31 +56,29 @@ struct Tally {
     last_v3_sent: Option<Instant>,
 }
 
+/// This binary: `deploykit sample-app` is the sample app.
 fn sample_app() -> Result<PathBuf> {
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::backend("find the deploykit binary", e.to_string()))?;
-    let app = exe.with_file_name("deploykit-sample-app");
-    if app.exists() {
-        Ok(app)
-    } else {
-        Err(Error::not_found(format!(
-            "the sample app {} (build it with `cargo build -p deploykit-cli`)",
-            app.display()
-        )))
-    }
+    std::env::current_exe().map_err(|e| Error::backend("find the deploykit binary", e.to_string()))
 }
 
 pub(crate) async fn run(args: &DemoArgs, output: Output) -> Result<ExitCode> {
     let say = |line: String| {
         if output == Output::Text {
-            println!("{line}");
+            crate::outln!("{line}");
         }
     };
     let app = sample_app()?;
     let state = std::env::temp_dir().join(format!("deploykit-demo-{}", std::process::id()));
     std::fs::create_dir_all(&state)
         .map_err(|e| Error::backend(format!("create {}", state.display()), e.to_string()))?;
-    let text = SAMPLE_CONFIG.replace(SAMPLE_COMMAND, &app.to_string_lossy());
+    if !SAMPLE_CONFIG.contains(SAMPLE_COMMAND) {
+        return Err(Error::invalid(
+            "examples/local/deploykit.toml",
+            format!("the demo expects the sample service to say {SAMPLE_COMMAND}"),
+        ));
+    }
+    let command = serde_json::json!([app.to_string_lossy(), "sample-app"]);
+    let text = SAMPLE_CONFIG.replace(SAMPLE_COMMAND, &format!("command = {command}"));
     let config = Config::from_toml_str("examples/local/deploykit.toml", &text)?;
     let web = config.service("web")?.clone();
     let production = config.environment("production")?.clone();
@@ -123,7 +123,7 @@ pub(crate) async fn run(args: &DemoArgs, output: Output) -> Result<ExitCode> {
                     .get_or_insert(Instant::now());
             }
             if timeline_output == Output::Text {
-                println!(
+                crate::outln!(
                     "{:>6.2}s  {} {}  {}",
                     started.elapsed().as_secs_f64(),
                     event.service,
@@ -221,7 +221,7 @@ pub(crate) async fn run(args: &DemoArgs, output: Output) -> Result<ExitCode> {
         && tally.dropped == 0;
     match output {
         Output::Text => {
-            println!(
+            crate::outln!(
                 "\nv1 {}, v2 {}, v3 {}{}",
                 v1.phase,
                 v2.phase,
@@ -231,24 +231,26 @@ pub(crate) async fn run(args: &DemoArgs, output: Output) -> Result<ExitCode> {
                     .map(|(_, r)| format!(" ({r})"))
                     .unwrap_or_default()
             );
-            println!(
+            crate::outln!(
                 "load: {total} requests through the proxy; served by {}; {} injected 500s from v3; {} dropped by the proxy",
                 served.join(", "),
                 tally.app_errors,
                 tally.dropped
             );
             match rollback_latency {
-                Some(latency) if latency > Duration::ZERO => println!(
+                Some(latency) if latency > Duration::ZERO => crate::outln!(
                     "rollback: the last request to reach v3 was sent {:.2} ms after the rollback decision",
                     latency.as_secs_f64() * 1000.0
                 ),
                 Some(_) => {
-                    println!("rollback: no request sent after the rollback decision reached v3")
+                    crate::outln!(
+                        "rollback: no request sent after the rollback decision reached v3"
+                    )
                 }
                 None => {}
             }
             for s in &tally.dropped_samples {
-                println!("  dropped: {s}");
+                crate::outln!("  dropped: {s}");
             }
             if !ok {
                 eprintln!(
@@ -256,7 +258,7 @@ pub(crate) async fn run(args: &DemoArgs, output: Output) -> Result<ExitCode> {
                 );
             }
         }
-        Output::Json => println!(
+        Output::Json => crate::outln!(
             "{}",
             json!({
                 "phases": [v1.phase.to_string(), v2.phase.to_string(), v3.phase.to_string()],

@@ -122,7 +122,7 @@ fn eval(
     targeting_key: Option<String>,
     env: Option<&str>,
 ) -> Result<ExitCode> {
-    let flags = ctx.config.flags().ok_or_else(|| {
+    let flags = ctx.config()?.flags().ok_or_else(|| {
         Error::invalid(
             "flags",
             "the configuration defines no flags: add `flags = \"flags.json\"` (a flagd flag \
@@ -130,12 +130,12 @@ fn eval(
         )
     })?;
     if let Some(env) = env {
-        ctx.config.environment(env)?;
+        ctx.environment(Some(env))?;
     }
     let evaluation = evaluation_context(pairs, targeting_key)?;
     let d = flags.resolve(key, &evaluation, env);
     match ctx.output {
-        Output::Json => println!(
+        Output::Json => crate::outln!(
             "{}",
             json!({
                 "flag": key,
@@ -153,11 +153,11 @@ fn eval(
                 Some(v) => v.to_string(),
                 None => "(none: the caller's default applies)".to_string(),
             };
-            println!("{key} = {value}");
-            println!("  variant  {}", d.variant.as_deref().unwrap_or("-"));
-            println!("  reason   {}", d.reason);
+            crate::outln!("{key} = {value}");
+            crate::outln!("  variant  {}", d.variant.as_deref().unwrap_or("-"));
+            crate::outln!("  reason   {}", d.reason);
             if let Some(code) = d.error_code {
-                println!(
+                crate::outln!(
                     "  error    {code}: {}",
                     d.error_message.as_deref().unwrap_or("")
                 );

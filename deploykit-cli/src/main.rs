@@ -13,7 +13,12 @@ mod commands;
 mod context;
 mod demo;
 mod flags;
+mod logs;
+mod names;
+mod out;
 mod progress;
+#[path = "bin/sample_app.rs"]
+mod sample_app;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,11 +28,20 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// Exit code: the deployment ended rolled back, aborted or failed.
 const EXIT_ROLLED_BACK: u8 = 3;
 
+/// The exit codes, as `--help` shows them.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  error (the message on stderr says what and why; with -o json, {\"error\": ...} on stdout)
+  2  bad usage (unknown command, flag or value)
+  3  the deployment ended rolled back, aborted or failed";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "deploykit",
     version,
-    about = "Safe deployments and recoverable data, on this machine"
+    about = "Safe deployments and recoverable data, on this machine",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     /// The configuration file.
@@ -75,7 +89,7 @@ enum Command {
         #[arg(long)]
         env: Option<String>,
         /// Where the proxy listens.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, default_value = "127.0.0.1:8080", env = "DEPLOYKIT_LISTEN")]
         listen: std::net::SocketAddr,
         /// Keep each client on the revision it first reached, with this cookie (never on a
         /// revision whose weight dropped to 0).
@@ -164,7 +178,8 @@ enum Command {
         /// The environment.
         #[arg(long, short)]
         env: Option<String>,
-        /// The revision id to return to (see `history`).
+        /// The revision to return to: its label, its id or the start of its id (see
+        /// `history`).
         #[arg(long)]
         to: Option<String>,
     },
@@ -189,17 +204,50 @@ enum Command {
         #[command(subcommand)]
         action: flags::FlagsAction,
     },
-    /// The tail of an instance's log.
+    /// The output of a service's instances (or of one instance), `-f` to follow it.
     Logs {
-        /// The instance (see `status`).
-        instance: String,
-        /// How many bytes.
+        /// A service (every instance of it, each line prefixed with the instance) or an
+        /// instance (see `status`).
+        name: String,
+        /// The environment.
+        #[arg(long, short)]
+        env: Option<String>,
+        /// Keep printing new output as it is written (Ctrl-C stops).
+        #[arg(long, short)]
+        follow: bool,
+        /// How much of each log to show first, in bytes.
         #[arg(long, default_value_t = 16 * 1024)]
         bytes: usize,
+    },
+    /// Check deploykit.toml (and the secrets it names, when DEPLOYKIT_AGE_KEY_FILE is set)
+    /// without deploying anything.
+    Validate,
+    /// Run the serving revision of a service at another size (journaled; the next deploy
+    /// sizes from deploykit.toml again).
+    Scale {
+        /// The service.
+        service: String,
+        /// How many instances.
+        replicas: u32,
+        /// The environment.
+        #[arg(long, short)]
+        env: Option<String>,
+    },
+    /// Stop a service: remove its instances and routes (journaled; `deploy` starts it again).
+    Stop {
+        /// The service.
+        service: String,
+        /// The environment.
+        #[arg(long, short)]
+        env: Option<String>,
     },
     /// Deploy the sample app on this machine: v1, v2 by canary, then a bad v3 that rolls back
     /// by itself, under load, with no config, daemon or cluster.
     Demo(demo::DemoArgs),
+    /// The sample app the demo deploys (a tiny HTTP server configured by environment
+    /// variables; see `deploykit-sample-app`).
+    #[command(hide = true)]
+    SampleApp,
 }
 
 #[derive(Subcommand, Debug)]
@@ -260,6 +308,9 @@ fn init_logging(verbose: u8) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::SampleApp = cli.command {
+        return sample_app::main();
+    }
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -277,8 +328,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             match output {
-                Output::Json => println!("{}", serde_json::json!({ "error": e.to_string() })),
-                Output::Text => eprintln!("deploykit: {e}"),
+                Output::Json => out::line(out::report_json(&e)),
+                Output::Text => eprintln!("deploykit: {}", out::report(&e)),
             }
             ExitCode::FAILURE
         }

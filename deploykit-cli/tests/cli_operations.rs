@@ -174,13 +174,20 @@ fn approve_abort_rollback_preview_logs_and_backups() {
         .unwrap()
         .clone();
     let name = instances[0]["name"].as_str().unwrap();
-    let logs = ok(&["logs", name, "-o", "json"]);
+    let logs = run(dir, &["logs", name, "-o", "json"]);
+    assert!(logs.status.success(), "{logs:?}");
+    // One JSON document per line of output.
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&logs.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(
-        logs["log"]
-            .as_str()
-            .unwrap()
-            .contains("listening on 127.0.0.1:"),
-        "{logs}"
+        lines.iter().any(|l| l["instance"] == name
+            && l["line"]
+                .as_str()
+                .unwrap()
+                .contains("listening on 127.0.0.1:")),
+        "{lines:?}"
     );
 
     // A preview of a branch, reachable by its own host, listed, then deleted.

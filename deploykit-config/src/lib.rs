@@ -9,7 +9,11 @@
 //! see [`deploykit_core::secrets`]); the configuration never holds a secret's value.
 //!
 //! Errors point at the place — file, line, column, the key path and what was expected — and
-//! unknown keys are errors, not silently ignored.
+//! unknown keys are errors, not silently ignored. Type errors are worded in TOML's terms
+//! (`expected a whole number from 0 to 4294967295, found the string "two"`). A service with
+//! nothing to run — no `command`, no `image` repository (for Kubernetes), no
+//! `[[services.<name>.build]]` stage with `outputs` — is refused when the file loads, not at
+//! deploy time.
 //!
 //! ```
 //! use deploykit_config::{Config, Setting};
@@ -62,15 +66,17 @@ use deploykit_backup::{BackupPolicy, DrillTargets, RetentionPolicy, ScheduledRun
 use deploykit_core::analysis::AnalysisSpec;
 use deploykit_core::build::BuildStage;
 use deploykit_core::model::{
-    Autoscale, EnvironmentKind, EnvironmentSpec, FailurePolicy, HealthChecks, Probe, ProbeAction,
-    Quantity, Resources, ServiceSpec,
+    Autoscale, EnvironmentKind, EnvironmentSpec, FailurePolicy, Quantity, Resources, ServiceSpec,
 };
 use deploykit_core::secrets::SecretProvider;
 use deploykit_core::{Error, Result};
 
 pub mod build;
 mod flags;
+mod health;
 mod rollout;
+mod service;
+mod toml_words;
 
 /// Where a value was found: the layer (`variables`, `environments.<env>.variables`,
 /// `overrides.<env>`), the file and the line.
@@ -102,7 +108,7 @@ struct FileToml {
     #[serde(default)]
     analyses: BTreeMap<String, Spanned<rollout::AnalysisToml>>,
     #[serde(default)]
-    services: BTreeMap<String, Spanned<ServiceToml>>,
+    services: BTreeMap<String, Spanned<service::ServiceToml>>,
     #[serde(default)]
     environments: BTreeMap<String, Spanned<EnvironmentToml>>,
     #[serde(default)]
@@ -113,60 +119,7 @@ struct FileToml {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ServiceToml {
-    #[serde(default)]
-    command: Vec<String>,
-    port: Option<u16>,
-    #[serde(default)]
-    variables: BTreeMap<String, String>,
-    #[serde(default)]
-    secrets: BTreeMap<String, String>,
-    health: Option<HealthToml>,
-    resources: Option<ResourcesToml>,
-    #[serde(default)]
-    build: Vec<Spanned<BuildStageToml>>,
-}
-
-/// `[[services.<name>.build]]`: one build stage of commands.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BuildStageToml {
-    name: String,
-    steps: Vec<Vec<String>>,
-    #[serde(default)]
-    outputs: Vec<PathBuf>,
-    #[serde(default)]
-    cleanup: Vec<PathBuf>,
-    timeout: Option<String>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HealthToml {
-    readiness: Option<ProbeToml>,
-    liveness: Option<ProbeToml>,
-    startup: Option<ProbeToml>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProbeToml {
-    http: Option<String>,
-    /// Request headers of an HTTP probe, e.g. `{ Host = "shop.example.com" }`.
-    headers: Option<BTreeMap<String, String>>,
-    tcp: Option<u16>,
-    exec: Option<Vec<String>>,
-    port: Option<u16>,
-    period: Option<String>,
-    timeout: Option<String>,
-    initial_delay: Option<String>,
-    success_threshold: Option<u32>,
-    failure_threshold: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResourcesToml {
+pub(crate) struct ResourcesToml {
     cpu_request_millis: Option<u32>,
     cpu_limit_millis: Option<u32>,
     memory_request_mib: Option<u32>,
@@ -174,7 +127,7 @@ struct ResourcesToml {
 }
 
 impl ResourcesToml {
-    fn to_resources(&self) -> Resources {
+    pub(crate) fn to_resources(&self) -> Resources {
         let mut resources = Resources::default();
         resources.cpu_request_millis = self.cpu_request_millis;
         resources.cpu_limit_millis = self.cpu_limit_millis;
@@ -200,7 +153,7 @@ struct EnvironmentToml {
     replicas: Option<u32>,
     autoscale: Option<AutoscaleToml>,
     resources: Option<ResourcesToml>,
-    health: Option<HealthToml>,
+    health: Option<health::HealthToml>,
     failure_policy: Option<String>,
     progress_deadline: Option<String>,
     revision_history_limit: Option<u32>,
@@ -268,6 +221,8 @@ pub struct Config {
     analyses: BTreeMap<String, AnalysisSpec>,
     services: BTreeMap<String, ServiceSpec>,
     build: BTreeMap<String, Vec<CommandStage>>,
+    /// Image repositories, by service.
+    images: BTreeMap<String, String>,
     environments: BTreeMap<String, EnvironmentSpec>,
     /// Backup policies, by environment.
     backups: BTreeMap<String, BackupPolicy>,
@@ -304,6 +259,14 @@ impl Located<'_> {
         Error::invalid(field, message.to_string())
     }
 
+    /// A toml or serde error at `path`, its message in TOML words (see [`toml_words`]).
+    fn toml_error(&self, e: &toml::de::Error, path: &str) -> Error {
+        let span = e.span().unwrap_or(0..0);
+        let value_text = self.text.get(span.start..).unwrap_or_default();
+        let message = toml_words::rewrite(e.message(), value_text);
+        self.error(span, path, message)
+    }
+
     fn origin(&self, layer: &str, span: &Range<usize>) -> Origin {
         Origin {
             layer: layer.to_string(),
@@ -325,7 +288,13 @@ fn duration(at: &Located<'_>, span: Range<usize>, path: &str, text: &str) -> Res
 
 fn quantity(at: &Located<'_>, span: Range<usize>, path: &str, v: &toml::Value) -> Result<Quantity> {
     match v {
-        toml::Value::Integer(n) if *n >= 0 => Ok(Quantity::Count(*n as u32)),
+        toml::Value::Integer(n) => u32::try_from(*n).map(Quantity::Count).map_err(|_| {
+            at.error(
+                span,
+                path,
+                format!("{n} is not a whole number from 0 to {}", u32::MAX),
+            )
+        }),
         toml::Value::String(s) if s.ends_with('%') => s[..s.len() - 1]
             .trim()
             .parse::<u32>()
@@ -340,7 +309,10 @@ fn quantity(at: &Located<'_>, span: Range<usize>, path: &str, v: &toml::Value) -
         other => Err(at.error(
             span,
             path,
-            format!("expected a count or a percentage like \"25%\", found {other:?}"),
+            format!(
+                "expected a count or a percentage like \"25%\", found {}",
+                toml_words::describe(other)
+            ),
         )),
     }
 }
@@ -349,10 +321,7 @@ impl Config {
     /// Parse and validate `text`, reporting errors against `file`.
     pub fn from_toml_str(file: &str, text: &str) -> Result<Self> {
         let at = Located { file, text };
-        let deserializer = toml::Deserializer::parse(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            at.error(span, "", e.message())
-        })?;
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| at.toml_error(&e, ""))?;
         let parsed: FileToml = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             // The key path, without the wrapper `Spanned` adds.
             let path: Vec<String> = e
@@ -363,61 +332,21 @@ impl Config {
                 .map(str::to_string)
                 .collect();
             let path = path.join(".");
-            let inner = e.into_inner();
-            let span = inner.span().unwrap_or(0..0);
-            at.error(span, if path == "." { "" } else { &path }, inner.message())
+            at.toml_error(e.inner(), if path == "." { "" } else { &path })
         })?;
         let analyses = rollout::analyses(&at, &parsed.analyses)?;
         let mut services = BTreeMap::new();
         let mut build = BTreeMap::new();
+        let mut images = BTreeMap::new();
         for (name, spanned) in &parsed.services {
-            let span = spanned.span();
-            let path = format!("services.{name}");
-            let s = spanned.get_ref();
-            let health = match &s.health {
-                Some(h) => Self::health(&at, span.clone(), &format!("{path}.health"), h)?,
-                None => HealthChecks::default(),
-            };
-            let mut spec = ServiceSpec::builder()
-                .name(name.as_str())
-                .command(s.command.clone())
-                .variables(s.variables.clone())
-                .secrets(s.secrets.clone())
-                .health(health)
-                .resources(
-                    s.resources
-                        .as_ref()
-                        .map(ResourcesToml::to_resources)
-                        .unwrap_or_default(),
-                )
-                .build()
-                .map_err(|e| at.error(span.clone(), &path, e))?;
-            spec.port = s.port;
-            spec.validate()
-                .map_err(|e| at.error(span.clone(), &path, e))?;
-            let mut stages = Vec::new();
-            for (i, stage) in s.build.iter().enumerate() {
-                let stage_path = format!("{path}.build[{i}]");
-                let b = stage.get_ref();
-                let mut command = CommandStage::builder()
-                    .name(b.name.clone())
-                    .steps(b.steps.clone())
-                    .outputs(b.outputs.clone())
-                    .cleanup(b.cleanup.clone())
-                    .build()
-                    .map_err(|e| at.error(stage.span(), &stage_path, e))?;
-                if let Some(t) = &b.timeout {
-                    command.timeout =
-                        duration(&at, stage.span(), &format!("{stage_path}.timeout"), t)?;
-                }
-                stages.push(Arc::new(command.clone()) as Arc<dyn BuildStage>);
-                build
-                    .entry(name.clone())
-                    .or_insert_with(Vec::new)
-                    .push(command);
+            let loaded = service::load(&at, name, spanned)?;
+            if !loaded.build.is_empty() {
+                build.insert(name.clone(), loaded.build);
             }
-            Pipeline::new(stages).map_err(|e| at.error(span.clone(), &path, e))?;
-            services.insert(name.clone(), spec);
+            if let Some(image) = loaded.image {
+                images.insert(name.clone(), image);
+            }
+            services.insert(name.clone(), loaded.spec);
         }
         let mut environments = BTreeMap::new();
         let mut backups = BTreeMap::new();
@@ -455,12 +384,7 @@ impl Config {
                 spec.resources = r.to_resources();
             }
             if let Some(h) = &e.health {
-                spec.health = Some(Self::health(
-                    &at,
-                    span.clone(),
-                    &format!("{path}.health"),
-                    h,
-                )?);
+                spec.health = Some(health::checks(&at, &format!("{path}.health"), h)?);
             }
             if let Some(p) = &e.failure_policy {
                 spec.failure_policy = match p.as_str() {
@@ -557,6 +481,7 @@ impl Config {
             analyses,
             services,
             build,
+            images,
             environments,
             backups,
             settings,
@@ -627,73 +552,6 @@ impl Config {
         Ok(policy)
     }
 
-    fn health(
-        at: &Located<'_>,
-        span: Range<usize>,
-        path: &str,
-        h: &HealthToml,
-    ) -> Result<HealthChecks> {
-        let mut health = HealthChecks::default();
-        for (kind, probe) in [
-            ("readiness", &h.readiness),
-            ("liveness", &h.liveness),
-            ("startup", &h.startup),
-        ] {
-            if let Some(p) = probe {
-                let probe = Self::probe(at, span.clone(), &format!("{path}.{kind}"), p)?;
-                match kind {
-                    "readiness" => health.readiness = Some(probe),
-                    "liveness" => health.liveness = Some(probe),
-                    _ => health.startup = Some(probe),
-                }
-            }
-        }
-        Ok(health)
-    }
-
-    fn probe(at: &Located<'_>, span: Range<usize>, path: &str, p: &ProbeToml) -> Result<Probe> {
-        if p.headers.is_some() && p.http.is_none() {
-            return Err(at.error(span, path, "`headers` only applies to an `http` probe"));
-        }
-        let action = match (&p.http, p.tcp, &p.exec) {
-            (Some(path_), None, None) => ProbeAction::Http {
-                path: path_.clone(),
-                port: p.port,
-                headers: p.headers.clone().unwrap_or_default(),
-            },
-            (None, Some(port), None) => ProbeAction::Tcp { port: Some(port) },
-            (None, None, Some(argv)) => ProbeAction::Command { argv: argv.clone() },
-            _ => {
-                return Err(at.error(
-                    span,
-                    path,
-                    "expected exactly one of `http`, `tcp` or `exec`",
-                ));
-            }
-        };
-        let mut probe = Probe::builder()
-            .action(action)
-            .build()
-            .map_err(|e| at.error(span.clone(), path, e))?;
-        if let Some(d) = &p.period {
-            probe.period = duration(at, span.clone(), &format!("{path}.period"), d)?;
-        }
-        if let Some(d) = &p.timeout {
-            probe.timeout = duration(at, span.clone(), &format!("{path}.timeout"), d)?;
-        }
-        if let Some(d) = &p.initial_delay {
-            probe.initial_delay = duration(at, span.clone(), &format!("{path}.initial_delay"), d)?;
-        }
-        if let Some(n) = p.success_threshold {
-            probe.success_threshold = n;
-        }
-        if let Some(n) = p.failure_threshold {
-            probe.failure_threshold = n;
-        }
-        probe.validate(path).map_err(|e| at.error(span, path, e))?;
-        Ok(probe)
-    }
-
     /// A service by name.
     pub fn service(&self, name: &str) -> Result<&ServiceSpec> {
         self.services
@@ -713,6 +571,13 @@ impl Config {
     pub fn backup_policy(&self, name: &str) -> Result<Option<&BackupPolicy>> {
         self.environment(name)?;
         Ok(self.backups.get(name))
+    }
+
+    /// The container image repository (no tag or digest) service `name` runs on Kubernetes,
+    /// from its `image` key; `None` when it has none. Fails if there is no such service.
+    pub fn image(&self, name: &str) -> Result<Option<&str>> {
+        self.service(name)?;
+        Ok(self.images.get(name).map(String::as_str))
     }
 
     /// Every service, by name.

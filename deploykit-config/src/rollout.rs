@@ -6,7 +6,9 @@
 //! `count`, `failure_limit`, `inconclusive_limit` and `consecutive_error_limit`, and
 //! `min_samples = { query = "requests[1m]", count = 20 }`: judge only once the revision under
 //! test has that many underlying samples (e.g. requests); until then a measurement is no data
-//! (see [`deploykit_core::analysis`]).
+//! (see [`deploykit_core::analysis`]). `unit` says how values read in progress lines and
+//! reasons: `"%"` for a fraction shown as a percentage (`0.4667` → `46.7 %`), or a unit
+//! written after the number (`"ms"`).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -104,6 +106,8 @@ struct MetricToml {
     /// Judge only once the revision has this much traffic:
     /// `min_samples = { query = "requests[1m]", count = 20 }`.
     min_samples: Option<MinSamplesToml>,
+    /// How values read: `"%"` (a fraction, shown as a percentage) or a unit such as `"ms"`.
+    unit: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -239,6 +243,7 @@ fn metric(at: &Located<'_>, span: Range<usize>, path: &str, m: &MetricToml) -> R
         .min_samples
         .as_ref()
         .map(|min| MinSamples::new(min.query.clone(), min.count));
+    check.unit = m.unit.clone();
     AnalysisSpec::new(vec![check.clone()]).map_err(|e| at.error(span, path, e))?;
     Ok(check)
 }

@@ -76,6 +76,9 @@ impl Event {
                     spec.requested_by
                 ),
                 DeploymentKind::Teardown => format!("teardown requested by {}", spec.requested_by),
+                DeploymentKind::Scale { replicas } => {
+                    format!("scale to {replicas} requested by {}", spec.requested_by)
+                }
             },
             JournalEvent::Started { previous } => match previous {
                 Some(p) if p.id == self.revision_id => format!(
@@ -93,8 +96,7 @@ impl Event {
             JournalEvent::Measured { measurement: m } => format!(
                 "analysis {}: {} {}: {}",
                 m.run, m.metric, m.outcome, m.detail
-            )
-            .to_lowercase(),
+            ),
             JournalEvent::ApprovalRequested { gate, reason } => {
                 format!("waiting for approval of {gate}: {reason}")
             }

@@ -76,8 +76,16 @@ pub enum DeploymentKind {
         /// When the preview is torn down unless updated.
         expires_at: Timestamp,
     },
-    /// Removal of everything the environment runs for the service (a preview's end).
+    /// Removal of everything the environment runs for the service (a preview's end, or
+    /// [`Orchestrator::stop`](crate::Orchestrator::stop)).
     Teardown,
+    /// The serving revision at another size, by hand
+    /// ([`Orchestrator::scale`](crate::Orchestrator::scale)); the next deployment sizes from
+    /// the environment again.
+    Scale {
+        /// The instances asked for.
+        replicas: u32,
+    },
 }
 
 /// What a deployment was asked to do; the first journal entry, fixed for its lifetime.

@@ -569,6 +569,7 @@ async fn autoscale_from_deploykit_toml_reaches_the_cluster() {
         r#"application = "shop"
 
 [services.web]
+image = "registry.example.com/web"
 port = 8080
 
 [environments.production]

@@ -21,16 +21,21 @@
 //! | `GET /v1/services/{service}/revisions/{revision}/health` | instance observations |
 //! | `POST /v1/query` with a [`MetricQuery`] | samples |
 //! | `GET /v1/logs/{instance}?bytes=N` | the log's tail, as text |
+//! | `GET /v1/logs/{instance}/chunk?bytes=N[&from=OFFSET]` | a [`LogChunk`] |
 //! | `POST /v1/shutdown?stop_instances=true` | `204`, then the daemon exits |
 //!
 //! Errors are `{"error": "…"}` with status 400 (bad request or spec), 404, 503 (a transient
-//! failure: retry) or 500.
+//! failure: retry) or 500. A 404 also says what was not found, `{"error": "log of instance
+//! web-1 not found", "not_found": "log of instance web-1"}` (an unknown instance's log, or an
+//! unknown endpoint), which [`LocalClient`] returns as [`Error::NotFound`].
 //!
 //! The daemon not answering is never final for [`LocalClient`]: a missing socket, a refused,
 //! reset or dropped connection and a `503` are all [`Error::Transient`], so an orchestrator
 //! retries them (a daemon killed mid-rollout and started again adopts the instances it left,
 //! and the rollout goes on). Only a daemon that answers and refuses makes an
-//! [`Error::Backend`].
+//! [`Error::Backend`], or an [`Error::NotFound`] when it answers 404 (what it was asked about
+//! does not exist). An instance name no instance can have is refused before any call, as an
+//! [`Error::InvalidSpec`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -52,6 +57,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
 use crate::environment::LocalEnvironment;
+use crate::logs::LogChunk;
 
 /// What `GET /v1/info` answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +144,44 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>
     json(status, &serde_json::json!({ "error": message.into() }))
 }
 
+/// A 404 for `what` (`log of instance web-1`), in the words of [`Error::NotFound`].
+fn not_found(what: &str) -> Response<Full<Bytes>> {
+    json(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({
+            "error": Error::not_found(what).to_string(),
+            "not_found": what,
+        }),
+    )
+}
+
+/// A 404 for a request the daemon has no endpoint for.
+fn no_endpoint(method: &Method, path: &str) -> Response<Full<Bytes>> {
+    not_found(&format!("daemon endpoint {method} {path}"))
+}
+
+/// The value of query parameter `name`, if present; a value that does not parse is an
+/// [`Error::InvalidSpec`] naming the parameter.
+fn query_param<T: std::str::FromStr>(query: &str, name: &str, expected: &str) -> Result<Option<T>> {
+    let Some(value) = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    else {
+        return Ok(None);
+    };
+    value.parse().map(Some).map_err(|_| {
+        Error::invalid(
+            format!("query parameter {name}"),
+            format!("{value:?} is not {expected}"),
+        )
+    })
+}
+
+/// The `bytes` parameter of the log endpoints (default 64 KiB).
+fn log_bytes(query: &str) -> Result<usize> {
+    Ok(query_param(query, "bytes", "a number of bytes")?.unwrap_or(64 * 1024))
+}
+
 fn from_result<T: Serialize>(result: Result<T>) -> Response<Full<Bytes>> {
     match result {
         Ok(v) => json(StatusCode::OK, &v),
@@ -148,7 +192,7 @@ fn from_result<T: Serialize>(result: Result<T>) -> Response<Full<Bytes>> {
 fn error_response(e: &Error) -> Response<Full<Bytes>> {
     let status = match e {
         Error::InvalidSpec { .. } => StatusCode::BAD_REQUEST,
-        Error::NotFound { .. } => StatusCode::NOT_FOUND,
+        Error::NotFound { what } => return not_found(what),
         e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -212,10 +256,7 @@ async fn handle(
                         Err(e) => error_response(&e),
                     }
                 }
-                _ => error(
-                    StatusCode::NOT_FOUND,
-                    format!("no such endpoint: {method} {path}"),
-                ),
+                _ => no_endpoint(&method, &path),
             }
         }
         (&Method::POST, ["v1", "query"]) => match body_json::<MetricQuery>(req).await {
@@ -223,12 +264,7 @@ async fn handle(
             Err(e) => error_response(&e),
         },
         (&Method::GET, ["v1", "logs", instance]) => {
-            let bytes = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("bytes="))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(64 * 1024);
-            match env.logs(instance, bytes) {
+            match log_bytes(&query).and_then(|bytes| env.logs(instance, bytes)) {
                 Ok(text) => Response::builder()
                     .header("content-type", "text/plain; charset=utf-8")
                     .body(Full::new(Bytes::from(text)))
@@ -236,16 +272,21 @@ async fn handle(
                 Err(e) => error_response(&e),
             }
         }
+        (&Method::GET, ["v1", "logs", instance, "chunk"]) => from_result(
+            log_bytes(&query)
+                .and_then(|bytes| {
+                    let from = query_param(&query, "from", "a byte offset")?;
+                    Ok((from, bytes))
+                })
+                .and_then(|(from, bytes)| env.log_chunk(instance, from, bytes)),
+        ),
         (&Method::POST, ["v1", "shutdown"]) => {
             let stop_all = query.split('&').any(|kv| kv == "stop_instances=true");
             stop_instances.store(stop_all, std::sync::atomic::Ordering::SeqCst);
             stop.notify_one();
             no_content(Ok(()))
         }
-        _ => error(
-            StatusCode::NOT_FOUND,
-            format!("no such endpoint: {method} {path}"),
-        ),
+        _ => no_endpoint(&method, &path),
     }
 }
 
@@ -302,6 +343,9 @@ impl LocalClient {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             return Err(Error::transient(op, message));
         }
+        if status == StatusCode::NOT_FOUND {
+            return Err(Error::not_found(not_found_what(&bytes, &message)));
+        }
         Err(Error::backend(op, message))
     }
 
@@ -356,8 +400,10 @@ impl LocalClient {
         self.get("/v1/info").await
     }
 
-    /// The last `max_bytes` of an instance's log.
+    /// The last `max_bytes` of an instance's log (see [`LocalEnvironment::logs`]); an
+    /// instance with no log is [`Error::NotFound`].
     pub async fn logs(&self, instance: &str, max_bytes: usize) -> Result<String> {
+        check_instance(instance)?;
         let bytes = self
             .call(
                 Method::GET,
@@ -366,6 +412,25 @@ impl LocalClient {
             )
             .await?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// A piece of an instance's log file by byte offset, for `deploykit logs -f`: `from =
+    /// None` is its last `max_bytes`; `Some(offset)` reads at most `max_bytes` from `offset`,
+    /// or from 0 again with [`LogChunk::truncated`] set if the file is now shorter (it was
+    /// rotated). Read on from [`LogChunk::next`]. An instance with no log is
+    /// [`Error::NotFound`]; see [`InstanceLog::chunk`](crate::logs::InstanceLog::chunk).
+    pub async fn log_chunk(
+        &self,
+        instance: &str,
+        from: Option<u64>,
+        max_bytes: usize,
+    ) -> Result<LogChunk> {
+        check_instance(instance)?;
+        let mut path = format!("/v1/logs/{instance}/chunk?bytes={max_bytes}");
+        if let Some(from) = from {
+            path.push_str(&format!("&from={from}"));
+        }
+        self.get(&path).await
     }
 
     /// Ask the daemon to exit, stopping every instance first if `stop_instances`.
@@ -378,6 +443,25 @@ impl LocalClient {
         .await?;
         Ok(())
     }
+}
+
+/// What a 404 from the daemon says was not found: its `not_found` field, else its message
+/// without the ` not found` that [`Error::NotFound`] adds again.
+fn not_found_what(body: &[u8], message: &str) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("not_found")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| {
+            message
+                .strip_suffix(" not found")
+                .unwrap_or(message)
+                .to_string()
+        })
+}
+
+/// An instance name that can be put in a request path (the rules of log file names).
+fn check_instance(instance: &str) -> Result<()> {
+    crate::logs::validate_instance(instance).map_err(|e| Error::invalid("instance", e.to_string()))
 }
 
 #[async_trait]
@@ -420,5 +504,51 @@ impl Monitor for LocalClient {
         let bytes = self.call(Method::POST, "/v1/query", Some(body)).await?;
         serde_json::from_slice(&bytes)
             .map_err(|e| Error::backend("decode the daemon's samples", e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_parse_or_name_what_is_wrong() {
+        assert_eq!(
+            query_param::<u64>("bytes=10&from=42", "from", "a byte offset").unwrap(),
+            Some(42)
+        );
+        assert_eq!(
+            query_param::<u64>("bytes=10", "from", "a byte offset").unwrap(),
+            None
+        );
+        assert_eq!(
+            query_param::<u64>("fromage=1", "from", "a byte offset").unwrap(),
+            None
+        );
+        let e = query_param::<u64>("from=-1", "from", "a byte offset").unwrap_err();
+        assert!(matches!(e, Error::InvalidSpec { .. }), "{e:?}");
+        let message = e.to_string();
+        assert!(
+            message.contains("query parameter from") && message.contains("\"-1\""),
+            "{message}"
+        );
+        assert_eq!(log_bytes("").unwrap(), 64 * 1024);
+        assert!(log_bytes("bytes=lots").is_err());
+    }
+
+    #[test]
+    fn a_404_says_what_was_not_found() {
+        let body =
+            br#"{"error":"log of instance web-1 not found","not_found":"log of instance web-1"}"#;
+        assert_eq!(
+            not_found_what(body, "log of instance web-1 not found"),
+            "log of instance web-1"
+        );
+        // A daemon that gives only a message.
+        assert_eq!(
+            not_found_what(b"{}", "service web not found"),
+            "service web"
+        );
+        assert_eq!(not_found_what(b"", "no such thing"), "no such thing");
     }
 }

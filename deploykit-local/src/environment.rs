@@ -18,8 +18,8 @@ use deploykit_core::{
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::logs::{InstanceLog, LogPolicy};
-use crate::probe::{HealthWatcher, ProbeTarget};
+use crate::logs::{InstanceLog, LogChunk, LogPolicy};
+use crate::probe::{HealthWatcher, LivenessCallback, ProbeTarget};
 use crate::process::{ProcessSpec, ProcessState, RestartPolicy, Supervised};
 use crate::proxy::{
     Group, HeaderMatch, MirrorMatch, Proxy, ProxyConfig, Route, RoutingTable, Upstream,
@@ -204,12 +204,15 @@ struct Running {
     link: JoinHandle<()>,
 }
 
+/// Whether an instance may get requests: its process runs and its readiness checks pass.
+fn routable(process: &Supervised, health: &HealthWatcher) -> bool {
+    matches!(process.state(), ProcessState::Running { .. }) && health.health().ready
+}
+
 impl Instance {
     fn ready(&self) -> bool {
         match &self.run {
-            Ok(r) => {
-                matches!(r.process.state(), ProcessState::Running { .. }) && r.health.health().ready
-            }
+            Ok(r) => routable(&r.process, &r.health),
             Err(_) => false,
         }
     }
@@ -267,6 +270,11 @@ impl LocalEnvironment {
     /// Open the environment: create the state directory, bind the proxy, and adopt the
     /// instances an earlier `LocalEnvironment` on the same directory left running (those whose
     /// process is gone are started again; those no longer wanted are stopped).
+    ///
+    /// Traffic keeps flowing through the adoption: an adopted instance whose process is still
+    /// running and that was ready when last recorded is routed to from the start (its probes
+    /// then run as usual and take it out if they fail), and the proxy accepts connections only
+    /// once the adopted instances are in its table.
     pub async fn open(options: LocalOptions) -> Result<LocalEnvironment> {
         std::fs::create_dir_all(options.state_dir.join("logs")).map_err(|e| {
             Error::backend(
@@ -275,7 +283,9 @@ impl LocalEnvironment {
             )
         })?;
         let state = Arc::new(LocalState::open(&options.state_dir.join("local.db"))?);
-        let proxy = Proxy::bind(options.listen, options.proxy.clone())
+        // Paused until the adopted instances are in the table: a request arriving meanwhile
+        // waits instead of getting the empty table's 503.
+        let proxy = Proxy::bind_paused(options.listen, options.proxy.clone())
             .await
             .map_err(|e| {
                 Error::backend(
@@ -299,6 +309,7 @@ impl LocalEnvironment {
         let router = tokio::spawn(route_on_change(Arc::downgrade(&env.inner)));
         *lock(&env.inner.router) = Some(router);
         env.inner.update_routes();
+        env.inner.proxy.resume();
         Ok(env)
     }
 
@@ -312,19 +323,28 @@ impl LocalEnvironment {
         &self.inner.proxy
     }
 
-    /// The last `max_bytes` of an instance's log (stdout and stderr).
+    /// The last `max_bytes` of an instance's log (stdout and stderr; from the end of the last
+    /// rotated file too, if the current one holds fewer). An instance that has no log (no
+    /// such instance ever ran here) is [`Error::NotFound`].
     pub fn logs(&self, instance: &str, max_bytes: usize) -> Result<String> {
-        let log = InstanceLog::open(
-            &self.inner.log_dir(),
-            instance,
-            self.inner.options.log.clone(),
-        )
-        .map_err(|e| Error::invalid("instance", e.to_string()))?;
-        if !log.path().exists() {
-            return Err(Error::not_found(format!("logs of instance {instance}")));
-        }
+        let log = self.inner.existing_log(instance)?;
         log.tail(max_bytes)
-            .map_err(|e| Error::backend(format!("read {}", log.path().display()), e.to_string()))
+            .map_err(|e| read_error(instance, log.path(), &e))
+    }
+
+    /// A piece of an instance's log file by byte offset, for following it: see
+    /// [`InstanceLog::chunk`] (`from = None`: its last `max_bytes`; `Some(offset)`: from
+    /// `offset`, or from 0 again with `truncated` set if the file was rotated). An instance
+    /// that has no log (no such instance ever ran here) is [`Error::NotFound`].
+    pub fn log_chunk(
+        &self,
+        instance: &str,
+        from: Option<u64>,
+        max_bytes: usize,
+    ) -> Result<LogChunk> {
+        let log = self.inner.existing_log(instance)?;
+        log.chunk(from, max_bytes)
+            .map_err(|e| read_error(instance, log.path(), &e))
     }
 
     /// The services this environment runs.
@@ -356,8 +376,12 @@ impl LocalEnvironment {
             for state in services.into_values() {
                 for rev in state.revisions {
                     for instance in rev.instances {
+                        // Recorded for the next controller, which routes at once to those
+                        // that were ready (the link task records changes, but may lag).
+                        let ready = instance.ready();
                         if let Ok(run) = instance.run {
                             run.link.abort();
+                            let _ = self.inner.state.set_ready(&instance.name, ready);
                             run.health.stop();
                             run.process.detach();
                         }
@@ -415,7 +439,10 @@ impl LocalEnvironment {
                         &rev.revision,
                         &row.name,
                         row.port,
-                        row.pid,
+                        row.pid.map(|pid| Adopt {
+                            pid,
+                            was_ready: row.ready,
+                        }),
                         rev.secrets.clone(),
                     );
                     rev.instances.push(instance);
@@ -440,6 +467,14 @@ impl LocalEnvironment {
         }
         Ok(())
     }
+}
+
+/// A process left running by an earlier controller, as its state file recorded it.
+#[derive(Clone, Copy, Debug)]
+struct Adopt {
+    pid: u32,
+    /// It was ready for routing when last recorded.
+    was_ready: bool,
 }
 
 /// A revision's secret variables (values are exposed only into an instance's environment), or
@@ -471,9 +506,37 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// A log that could not be read: [`Error::NotFound`] if it is gone.
+fn read_error(instance: &str, path: &Path, e: &std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        return Error::not_found(format!("log of instance {instance}"));
+    }
+    Error::backend(format!("read {}", path.display()), e.to_string())
+}
+
 impl Inner {
     fn log_dir(&self) -> PathBuf {
         self.options.state_dir.join("logs")
+    }
+
+    /// The log of `instance`, which must exist: [`Error::NotFound`] naming the instance if it
+    /// does not, [`Error::InvalidSpec`] for a name no instance can have.
+    fn existing_log(&self, instance: &str) -> Result<InstanceLog> {
+        let dir = self.log_dir();
+        match InstanceLog::existing(&dir, instance, self.options.log.clone()) {
+            Ok(Some(log)) => Ok(log),
+            Ok(None) => Err(Error::not_found(format!("log of instance {instance}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                Err(Error::invalid("instance", e.to_string()))
+            }
+            Err(e) => Err(Error::backend(
+                format!(
+                    "look for the log of instance {instance} in {}",
+                    dir.display()
+                ),
+                e.to_string(),
+            )),
+        }
     }
 
     fn program(&self, program: &str) -> String {
@@ -537,16 +600,20 @@ impl Inner {
         })
     }
 
-    /// Start (or, with `pid`, adopt) one instance and its health watcher. `secrets` are the
+    /// Start (or, with `adopt`, adopt) one instance and its health watcher. `secrets` are the
     /// resolved secret variables (`None`: resolve nothing, the revision has none or they
     /// could not be resolved and `run` carries why).
+    ///
+    /// An adopted process that is still the one recorded, and was recorded ready, is routable
+    /// at once (its probes then go on as usual), so a restarted controller keeps serving
+    /// through adoption; one that is gone is started again, not ready until its probes pass.
     fn start_instance(
         &self,
         service: &ServiceId,
         revision: &Arc<Revision>,
         name: &str,
         port: u16,
-        pid: Option<u32>,
+        adopt: Option<Adopt>,
         secrets: Option<Resolved>,
     ) -> Instance {
         let name: Arc<str> = name.into();
@@ -559,17 +626,25 @@ impl Inner {
             .and_then(|secrets| self.process_spec(service, revision, &name, port, &secrets))
             .map(|spec| {
                 let env = spec.env.clone();
-                let process = match pid {
-                    Some(pid) => Supervised::adopt(spec, self.options.restart.clone(), pid),
+                let process = match adopt {
+                    Some(a) => Supervised::adopt(spec, self.options.restart.clone(), a.pid),
                     None => Supervised::spawn(spec, self.options.restart.clone()),
                 };
-                let _ = self.state.put_instance(&InstanceRow {
+                // `Supervised::adopt` starts a new process when the recorded one is gone.
+                let still_ready = adopt.is_some_and(|a| {
+                    a.was_ready
+                        && process.pid() == Some(a.pid)
+                        && matches!(process.state(), ProcessState::Running { .. })
+                });
+                let row = InstanceRow {
                     name: name.to_string(),
                     service: service.clone(),
                     revision: revision.id.clone(),
                     port,
                     pid: process.pid(),
-                });
+                    ready: still_ready,
+                };
+                let _ = self.state.put_instance(&row);
                 let target = ProbeTarget {
                     port,
                     host_header: None,
@@ -578,28 +653,24 @@ impl Inner {
                 };
                 let restart = process.clone();
                 let grace = self.options.grace;
-                let health = HealthWatcher::start(
-                    local_checks(&revision.config.health, revision.config.port),
-                    target,
-                    Arc::new(move |reason: String| {
-                        let restart = restart.clone();
-                        Box::pin(async move {
-                            let why = format!("restarted after failing liveness: {reason}");
-                            restart.restart_unhealthy(grace, why).await;
-                        })
-                    }),
-                );
+                let checks = local_checks(&revision.config.health, revision.config.port);
+                let on_liveness_failure: LivenessCallback = Arc::new(move |reason: String| {
+                    let restart = restart.clone();
+                    Box::pin(async move {
+                        let why = format!("restarted after failing liveness: {reason}");
+                        restart.restart_unhealthy(grace, why).await;
+                    })
+                });
+                let health = if still_ready {
+                    HealthWatcher::start_ready(checks, target, on_liveness_failure)
+                } else {
+                    HealthWatcher::start(checks, target, on_liveness_failure)
+                };
                 let link = tokio::spawn(link_instance(
                     process.clone(),
                     health.clone(),
                     self.changed.clone(),
-                    InstanceRow {
-                        name: name.to_string(),
-                        service: service.clone(),
-                        revision: revision.id.clone(),
-                        port,
-                        pid: None,
-                    },
+                    row,
                     self.state.clone(),
                 ));
                 Running {
@@ -840,7 +911,8 @@ fn local_checks(checks: &HealthChecks, service_port: Option<u16>) -> HealthCheck
 }
 
 /// Forward an instance's process and health changes to the router, reset its health probing
-/// when the process restarts, and keep its pid in the state file.
+/// when the process restarts, and keep its pid and readiness in the state file (`row`: as
+/// recorded), so that a restarted controller knows which instances it may route to at once.
 async fn link_instance(
     process: Supervised,
     health: HealthWatcher,
@@ -852,6 +924,7 @@ async fn link_instance(
     let mut health_rx = health.watch();
     let mut pid = process.pid();
     loop {
+        let mut new_pid = false;
         tokio::select! {
             r = process_rx.changed() => {
                 if r.is_err() { return; }
@@ -861,15 +934,21 @@ async fn link_instance(
                         health.reset();
                     }
                     pid = now;
-                    if now.is_some() {
-                        row.pid = now;
-                        let _ = state.put_instance(&row);
-                    }
+                    new_pid = now.is_some();
                 }
             }
             r = health_rx.changed() => {
                 if r.is_err() { return; }
             }
+        }
+        let ready = routable(&process, &health);
+        if new_pid {
+            row.pid = pid;
+            row.ready = ready;
+            let _ = state.put_instance(&row);
+        } else if ready != row.ready {
+            row.ready = ready;
+            let _ = state.set_ready(&row.name, ready);
         }
         changed.notify_one();
     }

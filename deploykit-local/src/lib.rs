@@ -61,3 +61,4 @@ mod state;
 
 pub use daemon::{DaemonInfo, LocalClient};
 pub use environment::{LOCAL_METRICS, LocalEnvironment, LocalOptions};
+pub use logs::LogChunk;

@@ -10,12 +10,38 @@
 //! truncated to zero. Writers opened with `O_APPEND` simply continue at the new end. As with
 //! logrotate, output written between the copy and the truncation is lost.
 //!
+//! [`InstanceLog::chunk`] reads the current file by byte offset, for following a log
+//! (`deploykit logs -f`): each [`LogChunk`] says where to read from next, and whether the file
+//! was rotated (truncated) since the last read.
+//!
 //! Unix only (tested on Linux).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+/// The longest UTF-8 encoding of one character, in bytes.
+const MAX_CHAR_BYTES: usize = 4;
+
+/// A piece of an instance's log file read from a byte offset, by [`InstanceLog::chunk`] (and
+/// `LocalClient::log_chunk` through the daemon).
+///
+/// To follow a log, read with `from = None` first, then each time from the last chunk's
+/// [`next`](Self::next).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// The bytes read, as UTF-8 (invalid bytes replaced by `U+FFFD`); it never ends inside a
+    /// character: an incomplete character at the end is left for the next chunk.
+    pub text: String,
+    /// The offset in the file to read from next time: just past `text`'s bytes.
+    pub next: u64,
+    /// The file had become shorter than the offset asked for (it was rotated or truncated), so
+    /// this chunk starts again at offset 0.
+    pub truncated: bool,
+}
 
 /// How large an instance's log may grow and how many rotated files are kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +91,29 @@ impl InstanceLog {
             policy,
             rotation: Arc::new(Mutex::new(())),
         })
+    }
+
+    /// The log of `instance` in `dir` if its file exists, without creating anything (`None`
+    /// when it does not: no instance of that name ever ran with this log directory).
+    ///
+    /// `instance` must be a valid name, as for [`open`](Self::open).
+    pub fn existing(
+        dir: &Path,
+        instance: &str,
+        policy: LogPolicy,
+    ) -> io::Result<Option<InstanceLog>> {
+        validate_instance(instance)?;
+        let path = dir.join(format!("{instance}.log"));
+        if !path.try_exists()? {
+            return Ok(None);
+        }
+        Ok(Some(InstanceLog {
+            dir: dir.to_path_buf(),
+            name: instance.to_string(),
+            path,
+            policy,
+            rotation: Arc::new(Mutex::new(())),
+        }))
     }
 
     /// The current log file.
@@ -145,6 +194,48 @@ impl InstanceLog {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// A piece of the current file, of at most `max_bytes` bytes (at least 4 unless 0, so that
+    /// a character always fits):
+    ///
+    /// - `from = None`: the file's last bytes (starting at a character, not inside one);
+    /// - `from = Some(offset)`: from `offset` on; if the file is now shorter than `offset` (it
+    ///   was rotated or truncated since), from 0 again, with [`LogChunk::truncated`] set.
+    ///
+    /// [`LogChunk::next`] is where to read from next time. `max_bytes = 0` reads nothing and
+    /// only tells that offset (the end of the file, for `None`).
+    ///
+    /// A rotation is seen as such only while the file is still shorter than `offset`: a file
+    /// rotated and then written past `offset` again between two reads is read on from
+    /// `offset`. The error is [`io::ErrorKind::NotFound`] if the file is gone.
+    pub fn chunk(&self, from: Option<u64>, max_bytes: usize) -> io::Result<LogChunk> {
+        let mut file = File::open(&self.path)?;
+        let len = file.metadata()?.len();
+        let max = match max_bytes {
+            0 => 0,
+            n => n.max(MAX_CHAR_BYTES),
+        };
+        let (start, truncated) = match from {
+            None => (len.saturating_sub(max as u64), false),
+            Some(offset) if offset > len => (0, true),
+            Some(offset) => (offset, false),
+        };
+        let mut bytes = Vec::with_capacity(max.min((len - start) as usize));
+        file.seek(SeekFrom::Start(start))?;
+        file.take(max as u64).read_to_end(&mut bytes)?;
+        // A tail may begin inside a character: start at the next one.
+        let skip = if from.is_none() && start > 0 {
+            continuation_bytes(&bytes)
+        } else {
+            0
+        };
+        let end = skip + complete_prefix(&bytes[skip..]);
+        Ok(LogChunk {
+            text: String::from_utf8_lossy(&bytes[skip..end]).into_owned(),
+            next: start + end as u64,
+            truncated,
+        })
+    }
+
     /// The last non-empty line of the log, trimmed and cut to 200 characters; for failure
     /// reasons (`last output: panic: boom`).
     pub fn last_line(&self) -> Option<String> {
@@ -188,7 +279,46 @@ impl InstanceLog {
     }
 }
 
-fn validate_instance(instance: &str) -> io::Result<()> {
+/// How many UTF-8 continuation bytes (at most 3) `bytes` starts with.
+fn continuation_bytes(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .take(MAX_CHAR_BYTES - 1)
+        .take_while(|b| is_continuation(**b))
+        .count()
+}
+
+fn is_continuation(byte: u8) -> bool {
+    byte & 0xC0 == 0x80
+}
+
+/// The length of `bytes` without a trailing incomplete character: a lead byte followed by
+/// fewer continuation bytes than it announces (more may still be written). Invalid bytes are
+/// kept (they are replaced when decoded), so only a character that could still complete is
+/// held back.
+fn complete_prefix(bytes: &[u8]) -> usize {
+    let window = bytes.len().saturating_sub(MAX_CHAR_BYTES);
+    let Some(lead) = (window..bytes.len())
+        .rev()
+        .find(|&i| !is_continuation(bytes[i]))
+    else {
+        return bytes.len();
+    };
+    let width = match bytes[lead] {
+        b if b < 0x80 => 1,
+        b if b & 0xE0 == 0xC0 => 2,
+        b if b & 0xF0 == 0xE0 => 3,
+        b if b & 0xF8 == 0xF0 => 4,
+        _ => return bytes.len(),
+    };
+    if bytes.len() - lead < width {
+        lead
+    } else {
+        bytes.len()
+    }
+}
+
+pub(crate) fn validate_instance(instance: &str) -> io::Result<()> {
     let problem = if instance.is_empty() {
         Some("must not be empty")
     } else if instance.starts_with('.') {
@@ -247,4 +377,28 @@ pub(crate) fn truncate_chars(s: &str, max: usize) -> String {
     let mut cut: String = s.chars().take(max.saturating_sub(1)).collect();
     cut.push('…');
     cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incomplete_trailing_character_is_held_back() {
+        let euro = "€".as_bytes(); // E2 82 AC
+        assert_eq!(complete_prefix(b""), 0);
+        assert_eq!(complete_prefix(b"abc"), 3);
+        assert_eq!(complete_prefix(euro), 3);
+        assert_eq!(complete_prefix(&[b'a', euro[0]]), 1);
+        assert_eq!(complete_prefix(&[b'a', euro[0], euro[1]]), 1);
+        let four = "😀".as_bytes();
+        assert_eq!(complete_prefix(&four[..3]), 0);
+        assert_eq!(complete_prefix(four), 4);
+        // Invalid bytes are not waited for: a stray continuation byte, a byte never valid.
+        assert_eq!(complete_prefix(&[b'a', 0x82]), 2);
+        assert_eq!(complete_prefix(&[b'a', 0xFF]), 2);
+        assert_eq!(complete_prefix(&[0x82, 0x82, 0x82, 0x82, 0x82]), 5);
+        assert_eq!(continuation_bytes(&euro[1..]), 2);
+        assert_eq!(continuation_bytes(b"abc"), 0);
+    }
 }

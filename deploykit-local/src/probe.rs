@@ -348,6 +348,10 @@ pub type LivenessCallback =
 /// ready after `failure_threshold` failures in a row. Probing stops when the watcher is
 /// stopped or its last clone is dropped.
 ///
+/// [`start_ready`](Self::start_ready) starts from the other end, for an instance already found
+/// ready by an earlier watcher (a process adopted by a restarted supervisor): started and ready
+/// at once, then probed as usual.
+///
 /// Cheap to clone: clones share the probing.
 #[derive(Clone)]
 pub struct HealthWatcher {
@@ -391,16 +395,32 @@ enum GateId {
     Custom(String),
 }
 
+/// Where probing starts from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Begin {
+    /// A process that just started: not started, not ready; the startup probe first, and each
+    /// probe's `initial_delay`.
+    Fresh,
+    /// A process an earlier watcher found ready: started and ready; no startup probe, and no
+    /// initial delays (the process is long past starting).
+    Ready,
+}
+
 impl Tracker {
-    fn initial(checks: &HealthChecks, generation: u64) -> Tracker {
+    fn initial(checks: &HealthChecks, generation: u64, begin: Begin) -> Tracker {
+        let ready = begin == Begin::Ready;
+        let gate = || Gate {
+            ready,
+            failure: None,
+        };
         Tracker {
             generation,
-            started: checks.startup.is_none(),
-            readiness: checks.readiness.as_ref().map(|_| Gate::default()),
+            started: ready || checks.startup.is_none(),
+            readiness: checks.readiness.as_ref().map(|_| gate()),
             custom: checks
                 .custom
                 .keys()
-                .map(|name| (name.clone(), Gate::default()))
+                .map(|name| (name.clone(), gate()))
                 .collect(),
             ..Tracker::default()
         }
@@ -470,10 +490,10 @@ impl Context {
     }
 
     /// Starts over: a new generation, initial health; returns the generation.
-    fn begin(&self) -> u64 {
+    fn begin(&self, begin: Begin) -> u64 {
         let mut tracker = self.tracker();
         let generation = tracker.generation + 1;
-        *tracker = Tracker::initial(&self.checks, generation);
+        *tracker = Tracker::initial(&self.checks, generation, begin);
         self.health.send_replace(tracker.health());
         generation
     }
@@ -500,6 +520,31 @@ impl HealthWatcher {
         target: ProbeTarget,
         on_liveness_failure: LivenessCallback,
     ) -> HealthWatcher {
+        HealthWatcher::launch(checks, target, on_liveness_failure, Begin::Fresh)
+    }
+
+    /// Like [`start`](Self::start), for an instance that an earlier watcher last found ready
+    /// (a process adopted from a supervisor that went away): its health starts out started and
+    /// ready, the startup probe is skipped, and readiness, liveness and custom checks are probed
+    /// as usual from now on, without their initial delays. `failure_threshold` failures in a
+    /// row take it out of ready as they would any instance; [`reset`](Self::reset) (the process
+    /// restarted) starts from not ready as usual.
+    ///
+    /// Must be called within a tokio runtime.
+    pub fn start_ready(
+        checks: HealthChecks,
+        target: ProbeTarget,
+        on_liveness_failure: LivenessCallback,
+    ) -> HealthWatcher {
+        HealthWatcher::launch(checks, target, on_liveness_failure, Begin::Ready)
+    }
+
+    fn launch(
+        checks: HealthChecks,
+        target: ProbeTarget,
+        on_liveness_failure: LivenessCallback,
+        begin: Begin,
+    ) -> HealthWatcher {
         let context = Arc::new(Context {
             checks,
             target,
@@ -513,7 +558,7 @@ impl HealthWatcher {
                 task: Mutex::new(None),
             }),
         };
-        watcher.reset();
+        watcher.probe_from(begin);
         watcher
     }
 
@@ -530,13 +575,22 @@ impl HealthWatcher {
     /// The process restarted: back to not started and not ready, probing from the beginning
     /// (initial delays included). Must be called within a tokio runtime.
     pub fn reset(&self) {
+        self.probe_from(Begin::Fresh);
+    }
+
+    /// Replaces the probing task with a new generation starting from `begin`.
+    fn probe_from(&self, begin: Begin) {
         let inner = &self.inner;
         let mut task = inner.task.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = task.take() {
             old.abort();
         }
-        let generation = inner.context.begin();
-        *task = Some(tokio::spawn(probe_all(inner.context.clone(), generation)));
+        let generation = inner.context.begin(begin);
+        *task = Some(tokio::spawn(probe_all(
+            inner.context.clone(),
+            generation,
+            begin,
+        )));
     }
 
     /// Stops probing (for every clone); the health stays as it was.
@@ -566,11 +620,16 @@ fn ticker(period: Duration) -> tokio::time::Interval {
     ticks
 }
 
-async fn probe_all(context: Arc<Context>, generation: u64) {
+async fn probe_all(context: Arc<Context>, generation: u64, begin: Begin) {
     let began = Instant::now();
     let checks = &context.checks;
     let target = &context.target;
-    if let Some(startup) = &checks.startup {
+    // When each probe first runs: after its initial delay, except for a process found ready.
+    let first = |probe: &Probe| match begin {
+        Begin::Fresh => began + probe.initial_delay,
+        Begin::Ready => began,
+    };
+    if let Some(startup) = checks.startup.as_ref().filter(|_| begin == Begin::Fresh) {
         tokio::time::sleep_until(began + startup.initial_delay).await;
         let mut ticks = ticker(startup.period);
         let mut failures = 0u32;
@@ -599,7 +658,7 @@ async fn probe_all(context: Arc<Context>, generation: u64) {
             generation,
             GateId::Readiness,
             probe.clone(),
-            began,
+            first(probe),
         ));
     }
     for (name, probe) in &checks.custom {
@@ -608,7 +667,7 @@ async fn probe_all(context: Arc<Context>, generation: u64) {
             generation,
             GateId::Custom(name.clone()),
             probe.clone(),
-            began,
+            first(probe),
         ));
     }
     if let Some(probe) = &checks.liveness {
@@ -616,7 +675,7 @@ async fn probe_all(context: Arc<Context>, generation: u64) {
             context.clone(),
             generation,
             probe.clone(),
-            began,
+            first(probe),
         ));
     }
     while loops.join_next().await.is_some() {}
@@ -627,9 +686,9 @@ async fn gate_loop(
     generation: u64,
     id: GateId,
     probe: Probe,
-    began: Instant,
+    first: Instant,
 ) {
-    tokio::time::sleep_until(began + probe.initial_delay).await;
+    tokio::time::sleep_until(first).await;
     let mut ticks = ticker(probe.period);
     let (mut successes, mut failures) = (0u32, 0u32);
     loop {
@@ -662,8 +721,8 @@ async fn gate_loop(
     }
 }
 
-async fn liveness_loop(context: Arc<Context>, generation: u64, probe: Probe, began: Instant) {
-    tokio::time::sleep_until(began + probe.initial_delay).await;
+async fn liveness_loop(context: Arc<Context>, generation: u64, probe: Probe, first: Instant) {
+    tokio::time::sleep_until(first).await;
     let mut ticks = ticker(probe.period);
     let mut failures = 0u32;
     loop {

@@ -1,6 +1,7 @@
 //! What the local environment remembers across restarts, in a SQLite file: each service's last
-//! applied desired state and which process runs which instance, so a restarted controller
-//! adopts running instances instead of starting them again.
+//! applied desired state and which process runs which instance (and whether it was ready for
+//! routing), so a restarted controller adopts running instances instead of starting them again,
+//! and keeps routing to those that were ready.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -16,6 +17,9 @@ pub(crate) struct InstanceRow {
     pub(crate) revision: RevisionId,
     pub(crate) port: u16,
     pub(crate) pid: Option<u32>,
+    /// Whether the instance was ready for routing when last recorded (its process running and
+    /// its readiness checks passing).
+    pub(crate) ready: bool,
 }
 
 /// The local environment's SQLite file.
@@ -26,6 +30,23 @@ pub(crate) struct LocalState {
 
 fn db_error(op: &str, e: impl std::fmt::Display) -> Error {
     Error::backend(format!("local state: {op}"), e.to_string())
+}
+
+/// Add the `ready` column to an `instances` table made before readiness was recorded (its rows
+/// then count as not ready, as before).
+fn add_ready_column(db: &Connection) -> Result<()> {
+    let has_ready: bool = db
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('instances') WHERE name = 'ready'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| db_error("inspect the instances table", e))?;
+    if !has_ready {
+        db.execute_batch("ALTER TABLE instances ADD COLUMN ready INTEGER NOT NULL DEFAULT 0")
+            .map_err(|e| db_error("add the ready column to the instances table", e))?;
+    }
+    Ok(())
 }
 
 impl LocalState {
@@ -45,10 +66,12 @@ impl LocalState {
                  service TEXT NOT NULL,
                  revision TEXT NOT NULL,
                  port INTEGER NOT NULL,
-                 pid INTEGER
+                 pid INTEGER,
+                 ready INTEGER NOT NULL DEFAULT 0
              );",
         )
         .map_err(|e| db_error("create tables", e))?;
+        add_ready_column(&db)?;
         Ok(LocalState { db: Mutex::new(db) })
     }
 
@@ -106,7 +129,9 @@ impl LocalState {
     pub(crate) fn instances(&self) -> Result<Vec<InstanceRow>> {
         let db = self.db();
         let mut stmt = db
-            .prepare("SELECT name, service, revision, port, pid FROM instances ORDER BY rowid")
+            .prepare(
+                "SELECT name, service, revision, port, pid, ready FROM instances ORDER BY rowid",
+            )
             .map_err(|e| db_error("read instances", e))?;
         let rows = stmt
             .query_map([], |r| {
@@ -116,12 +141,13 @@ impl LocalState {
                     r.get::<_, String>(2)?,
                     r.get::<_, u16>(3)?,
                     r.get::<_, Option<u32>>(4)?,
+                    r.get::<_, bool>(5)?,
                 ))
             })
             .map_err(|e| db_error("read instances", e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, service, revision, port, pid) =
+            let (name, service, revision, port, pid, ready) =
                 row.map_err(|e| db_error("read instances", e))?;
             out.push(InstanceRow {
                 name,
@@ -129,26 +155,42 @@ impl LocalState {
                 revision: RevisionId::parse(&revision)?,
                 port,
                 pid,
+                ready,
             });
         }
         Ok(out)
     }
 
-    /// Record an instance (or its new pid).
+    /// Record an instance (or its new pid and readiness).
     pub(crate) fn put_instance(&self, row: &InstanceRow) -> Result<()> {
         self.db()
             .execute(
-                "INSERT INTO instances (name, service, revision, port, pid) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(name) DO UPDATE SET pid = excluded.pid, port = excluded.port",
+                "INSERT INTO instances (name, service, revision, port, pid, ready)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(name) DO UPDATE
+                 SET pid = excluded.pid, port = excluded.port, ready = excluded.ready",
                 params![
                     row.name,
                     row.service.as_str(),
                     row.revision.as_str(),
                     row.port,
-                    row.pid
+                    row.pid,
+                    row.ready
                 ],
             )
             .map_err(|e| db_error(&format!("save instance {}", row.name), e))?;
+        Ok(())
+    }
+
+    /// Record whether the instance `name` is ready for routing (nothing if it is not recorded:
+    /// an instance being removed is not written back).
+    pub(crate) fn set_ready(&self, name: &str, ready: bool) -> Result<()> {
+        self.db()
+            .execute(
+                "UPDATE instances SET ready = ?2 WHERE name = ?1",
+                params![name, ready],
+            )
+            .map_err(|e| db_error(&format!("save the readiness of instance {name}"), e))?;
         Ok(())
     }
 
@@ -158,5 +200,55 @@ impl LocalState {
             .execute("DELETE FROM instances WHERE name = ?1", params![name])
             .map_err(|e| db_error(&format!("remove instance {name}"), e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_file_from_before_readiness_was_recorded_opens_with_nothing_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("local.db");
+        let revision = "a".repeat(16);
+        {
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(
+                "CREATE TABLE instances (
+                     name TEXT PRIMARY KEY, service TEXT NOT NULL, revision TEXT NOT NULL,
+                     port INTEGER NOT NULL, pid INTEGER
+                 );",
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO instances VALUES ('web-aaaaaaaa-0', 'web', ?1, 20000, 42)",
+                params![revision],
+            )
+            .unwrap();
+        }
+        let state = LocalState::open(&path).unwrap();
+        let rows = state.instances().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(!rows[0].ready, "rows of an older file are not ready");
+
+        state.set_ready("web-aaaaaaaa-0", true).unwrap();
+        assert!(state.instances().unwrap()[0].ready);
+        let mut row = rows[0].clone();
+        row.pid = Some(43);
+        row.ready = false;
+        state.put_instance(&row).unwrap();
+        assert_eq!(state.instances().unwrap(), vec![row]);
+        // Opening it again (the column is there now) changes nothing.
+        drop(state);
+        assert_eq!(
+            LocalState::open(&path).unwrap().instances().unwrap().len(),
+            1
+        );
+        // An instance no longer recorded is not written back.
+        let state = LocalState::open(&path).unwrap();
+        state.remove_instance("web-aaaaaaaa-0").unwrap();
+        state.set_ready("web-aaaaaaaa-0", true).unwrap();
+        assert!(state.instances().unwrap().is_empty());
     }
 }

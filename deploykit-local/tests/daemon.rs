@@ -166,3 +166,40 @@ async fn wait_for(client: &LocalClient) {
     }
     panic!("the daemon did not answer");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_is_not_found_with_the_daemons_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("daemon.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let server = tokio::spawn(async move {
+        for body in [
+            r#"{"error":"log of instance web-1 not found","not_found":"log of instance web-1"}"#,
+            // An older daemon: a message only.
+            r#"{"error":"no such endpoint: GET /v1/services/web"}"#,
+        ] {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let answer = format!(
+                "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(answer.as_bytes()).await.unwrap();
+            let _ = stream.shutdown().await;
+        }
+    });
+    let client = LocalClient::new(&socket);
+    let e = client.log_chunk("web-1", None, 10).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::NotFound { what } if what == "log of instance web-1"),
+        "{e:?}"
+    );
+    assert!(!e.is_retryable());
+    let e = client.observe(&web()).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::NotFound { what } if what == "no such endpoint: GET /v1/services/web"),
+        "{e:?}"
+    );
+    server.await.unwrap();
+}

@@ -473,3 +473,57 @@ async fn liveness_failure_calls_back() {
     assert!(health.started && health.ready);
     watcher.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_ready_it_stays_ready_while_probes_pass_and_leaves_when_they_fail() {
+    // An instance adopted from a supervisor that had found it ready: ready at once, with no
+    // startup probe and no initial delay, then probed as usual.
+    let healthy = Arc::new(AtomicBool::new(true));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let port = {
+        let (healthy, hits) = (healthy.clone(), hits.clone());
+        serve(move |_| {
+            hits.fetch_add(1, Ordering::SeqCst);
+            if healthy.load(Ordering::SeqCst) {
+                response("200 OK", "", "ok")
+            } else {
+                response("503 Service Unavailable", "", "draining")
+            }
+        })
+        .await
+    };
+    let mut readiness = probe(http("/ready"), 3, 2);
+    readiness.initial_delay = Duration::from_secs(3600);
+    let checks = HealthChecks::builder()
+        .startup(probe(ProbeAction::Tcp { port: Some(1) }, 1, 1))
+        .readiness(readiness)
+        .build();
+    let watcher = HealthWatcher::start_ready(checks, target(port), no_callback());
+    assert_eq!(
+        watcher.health(),
+        Health {
+            started: true,
+            ready: true,
+            failure: None
+        }
+    );
+    // Probed at once (the hour-long initial delay is for fresh starts), and still ready.
+    let until = std::time::Instant::now() + PATIENCE;
+    while hits.load(Ordering::SeqCst) < 3 {
+        assert!(std::time::Instant::now() < until, "readiness never probed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(watcher.health().ready);
+
+    healthy.store(false, Ordering::SeqCst);
+    let health = wait_health(&watcher, "not ready", |h| !h.ready).await;
+    assert_eq!(
+        health.failure.map(|(kind, _)| kind),
+        Some(FailureKind::Readiness)
+    );
+    // A restart starts from not started (the startup probe on port 1 never passes).
+    healthy.store(true, Ordering::SeqCst);
+    watcher.reset();
+    assert!(!watcher.health().started && !watcher.health().ready);
+    watcher.stop();
+}

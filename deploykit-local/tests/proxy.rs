@@ -1011,3 +1011,37 @@ async fn drain_waits_for_mirror_copy() {
     assert_eq!(proxy.in_flight("m1"), 0);
     assert_eq!(proxy.stats("shadow", Duration::from_secs(60)).requests, 1);
 }
+
+#[tokio::test]
+async fn a_paused_proxy_holds_requests_until_resumed() {
+    let up = upstream("up").await;
+    let proxy = Proxy::bind_paused("127.0.0.1:0".parse().unwrap(), ProxyConfig::default())
+        .await
+        .unwrap();
+    let request = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { get(&client(), &proxy, "web.localhost", "/", &[]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !request.is_finished(),
+        "answered (from the empty table) before resume"
+    );
+    proxy.set_table(only("up", up.upstream("u1")));
+    proxy.resume();
+    let reply = request.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body, "up");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_paused_proxy_shuts_down_without_resuming() {
+    let proxy = Proxy::bind_paused("127.0.0.1:0".parse().unwrap(), ProxyConfig::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), proxy.shutdown())
+        .await
+        .expect("shutdown of a paused proxy returns");
+    assert!(TcpStream::connect(proxy.local_addr()).await.is_err());
+}

@@ -484,7 +484,7 @@ async fn a_judgement_of_mostly_infinite_samples_fails() {
     );
     let reason = status.rollback.expect("rollback").1;
     assert!(
-        reason.contains("p99: 17 of 20 canary samples missing (NaN or ±Inf)"),
+        reason.contains("p99: 17 of 20 canary samples missing (not a number, or infinite)"),
         "{reason}"
     );
 }

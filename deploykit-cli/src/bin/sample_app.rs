@@ -264,7 +264,7 @@ fn slow_ms(query: Option<&str>) -> Option<u64> {
     }
 }
 
-fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     match parse_bool("CRASH_ON_START") {
         Ok(true) => {
             eprintln!("sample-app: crashing on start as asked (CRASH_ON_START)");

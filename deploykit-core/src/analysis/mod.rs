@@ -33,7 +33,7 @@ pub use mann_whitney::{MannWhitney, mann_whitney};
 pub use crate::model::{
     AnalysisSpec, BadDirection, Comparison, Condition, JudgedMetric, JudgementSpec,
     MAX_MEASUREMENTS, Measurement, MeasurementOutcome, MetricCheck, MetricCheckBuilderWithKind,
-    MetricKind, MinSamples,
+    MetricKind, MinSamples, format_value,
 };
 use crate::model::{EnvironmentName, RevisionId, ServiceId};
 use crate::monitor::{MetricQuery, Monitor, MonitorExt};
@@ -224,7 +224,10 @@ pub async fn measure(
                 query,
                 success,
                 failure,
-            } => threshold(monitor, query, *success, *failure, subject).await,
+            } => {
+                let unit = metric.unit.as_deref();
+                threshold(monitor, query, (*success, *failure), unit, subject).await
+            }
             MetricKind::Judgement(spec) => judge(monitor, spec, subject).await,
         },
     };
@@ -280,8 +283,8 @@ async fn enough_samples(
 async fn threshold(
     monitor: &dyn Monitor,
     query: &str,
-    success: Condition,
-    failure: Option<Condition>,
+    (success, failure): (Condition, Option<Condition>),
+    unit: Option<&str>,
     subject: &Subject<'_>,
 ) -> Judged {
     let q = MetricQuery::new(subject.service.clone(), render(query, subject))
@@ -293,28 +296,25 @@ async fn threshold(
             format!("query failed: {}", e.chain()),
         ),
         Ok(None) => no_data(
-            "no data (nothing, NaN or ±Inf): the canary has received no traffic yet, or too \
-             little to measure"
-                .to_string(),
+            "no data: the canary has received no traffic yet, or too little to measure".to_string(),
         ),
         Ok(Some(v)) => {
-            let (outcome, detail) = if failure.is_some_and(|f| f.holds(v)) {
+            let shown = format_value(v, unit);
+            let ok = success.describe(unit);
+            let (outcome, detail) = if let Some(f) = failure.filter(|f| f.holds(v)) {
                 (
                     MeasurementOutcome::Failed,
-                    format!(
-                        "{v} meets the failure condition {}",
-                        failure.map_or(String::new(), |f| f.to_string())
-                    ),
+                    format!("{shown} meets the failure condition {}", f.describe(unit)),
                 )
             } else if success.holds(v) {
-                (MeasurementOutcome::Successful, format!("{v} {success}"))
+                (MeasurementOutcome::Successful, format!("{shown} {ok}"))
             } else if failure.is_some() {
                 (
                     MeasurementOutcome::Inconclusive,
-                    format!("{v} is neither {success} nor failing"),
+                    format!("{shown} is neither {ok} nor failing"),
                 )
             } else {
-                (MeasurementOutcome::Failed, format!("{v} is not {success}"))
+                (MeasurementOutcome::Failed, format!("{shown} is not {ok}"))
             };
             (Some(v), outcome, detail)
         }
@@ -386,7 +386,7 @@ impl Series {
         let total = self.finite.len() + self.missing;
         if total >= MIN_JUDGED_SAMPLES && self.missing * 2 >= total {
             Some(Unusable::Missing(format!(
-                "{} of {total} {side} samples missing (NaN or ±Inf)",
+                "{} of {total} {side} samples missing (not a number, or infinite)",
                 self.missing
             )))
         } else if self.finite.len() < MIN_JUDGED_SAMPLES {
@@ -437,14 +437,15 @@ async fn judge(monitor: &dyn Monitor, spec: &JudgementSpec, subject: &Subject<'_
     // data.
     if series.iter().all(|(_, c, _)| c.served_nothing()) {
         return no_data(
-            "no data: the canary has received no traffic yet (no sample, or only NaN, for any \
+            "no data: the canary has received no traffic yet (no sample, or none with a value, for any \
              judged metric)"
                 .into(),
         );
     }
     if series.iter().all(|(_, _, b)| b.served_nothing()) {
         return no_data(
-            "no data for the baseline (no sample, or only NaN, for any judged metric)".into(),
+            "no data for the baseline (no sample, or none with a value, for any judged metric)"
+                .into(),
         );
     }
     let (mut total, mut passed, mut missing, mut too_few) = (0.0, 0.0, 0.0, 0.0);
@@ -759,7 +760,7 @@ mod tests {
         assert!(
             m.detail.contains("too much missing data")
                 && m.detail
-                    .contains("p99: 17 of 20 canary samples missing (NaN or ±Inf)"),
+                    .contains("p99: 17 of 20 canary samples missing (not a number, or infinite)"),
             "{m:?}"
         );
         // All +Inf is a measurement of something too: it fails.

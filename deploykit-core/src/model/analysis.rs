@@ -101,15 +101,66 @@ impl Condition {
     }
 }
 
-impl fmt::Display for Condition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Condition {
+    /// `< 2 %`: the condition with its threshold in `unit` (see [`format_value`]).
+    pub fn describe(&self, unit: Option<&str>) -> String {
         let op = match self.op {
             Comparison::Lt => "<",
             Comparison::Le => "<=",
             Comparison::Gt => ">",
             Comparison::Ge => ">=",
         };
-        write!(f, "{op} {}", self.threshold)
+        format!("{op} {}", format_value(self.threshold, unit))
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe(None))
+    }
+}
+
+/// A measured value for people: four significant digits (`0.4667`, `1235`), `no data` for NaN,
+/// `∞` for infinity, and the metric's unit: `%` shows a fraction as a percentage with three
+/// significant digits (`0.4667` → `46.7 %`), any other unit follows the number (`250 ms`).
+///
+/// ```
+/// use deploykit_core::analysis::format_value;
+/// assert_eq!(format_value(0.4666666666666667, None), "0.4667");
+/// assert_eq!(format_value(0.4666666666666667, Some("%")), "46.7 %");
+/// assert_eq!(format_value(0.02, Some("%")), "2 %");
+/// assert_eq!(format_value(1234.5678, Some("ms")), "1235 ms");
+/// assert_eq!(format_value(f64::NAN, Some("%")), "no data");
+/// ```
+pub fn format_value(v: f64, unit: Option<&str>) -> String {
+    if v.is_nan() {
+        return "no data".to_string();
+    }
+    let (v, digits, unit) = match unit {
+        Some("%") => (v * 100.0, 3, Some("%")),
+        other => (v, 4, other.filter(|u| !u.is_empty())),
+    };
+    let number = if v.is_infinite() {
+        if v > 0.0 {
+            "∞".to_string()
+        } else {
+            "-∞".to_string()
+        }
+    } else if v == 0.0 {
+        "0".to_string()
+    } else {
+        let magnitude = v.abs().log10().floor() as i32;
+        let decimals = (digits - 1 - magnitude).clamp(0, 12) as usize;
+        let text = format!("{v:.decimals$}");
+        if text.contains('.') {
+            text.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            text
+        }
+    };
+    match unit {
+        Some(unit) => format!("{number} {unit}"),
+        None => number,
     }
 }
 
@@ -232,6 +283,12 @@ pub struct MetricCheck {
     #[builder(default, setter(strip_option))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_samples: Option<MinSamples>,
+    /// How values read (default: plain numbers): `%` for a fraction shown as a percentage
+    /// (`0.4667` → `46.7 %`), or a unit written after the number (`ms`, `req/s`). See
+    /// [`format_value`].
+    #[builder(default, setter(strip_option, into))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 impl From<MetricCheck> for Result<MetricCheck> {
@@ -243,7 +300,7 @@ impl From<MetricCheck> for Result<MetricCheck> {
 
 /// The builder [`MetricCheck::threshold`] and [`MetricCheck::judgement`] start.
 pub type MetricCheckBuilderWithKind =
-    MetricCheckBuilder<((String,), (MetricKind,), (), (), (), (), (), ())>;
+    MetricCheckBuilder<((String,), (MetricKind,), (), (), (), (), (), (), ())>;
 
 /// The most measurements (and the largest limit) one metric of an analysis may have.
 pub const MAX_MEASUREMENTS: u32 = 100_000;
@@ -313,6 +370,17 @@ impl MetricCheck {
                     format!("{n} is outside {min}-{MAX_MEASUREMENTS}"),
                 ));
             }
+        }
+        if let Some(unit) = &self.unit
+            && (unit.trim().is_empty() || unit.len() > 16 || unit.chars().any(char::is_control))
+        {
+            return Err(Error::invalid(
+                format!("{field}.unit"),
+                format!(
+                    "{unit:?} is not a unit: write \"%\" for a fraction shown as a percentage, \
+                     or a short unit such as \"ms\" (at most 16 characters)"
+                ),
+            ));
         }
         if let Some(min) = &self.min_samples {
             if min.query.trim().is_empty() {

@@ -14,7 +14,7 @@ mod strategy;
 pub use analysis::{
     AnalysisSpec, BadDirection, Comparison, Condition, JudgedMetric, JudgementSpec,
     MAX_MEASUREMENTS, Measurement, MeasurementOutcome, MetricCheck, MetricCheckBuilderWithKind,
-    MetricKind, MinSamples,
+    MetricKind, MinSamples, format_value,
 };
 pub(crate) use environment::check_progress_deadline;
 pub use environment::{

@@ -38,7 +38,7 @@ use crate::audit::{AuditEntry, SignedCheckpoint, Verified};
 use crate::environment::{Environment, TrafficSplit};
 use crate::error::{Error, Result};
 use crate::journal::{
-    Actor, DeploymentKind, DeploymentSpec, DeploymentStatus, JournalEntry, JournalEvent,
+    Actor, DeploymentKind, DeploymentSpec, DeploymentStatus, JournalEntry, JournalEvent, Phase,
     ReleaseMembership,
 };
 use crate::model::{
@@ -880,6 +880,162 @@ impl Orchestrator {
         self.shared.history(service, environment, limit).await
     }
 
+    /// Stop `service` in `environment`: a journaled, audited teardown removes every instance and
+    /// route the environment runs for it (permission `teardown`). Returns the teardown
+    /// deployment, or `None` when the service runs nothing there (never deployed, or torn
+    /// down already). The next [`deploy`](Orchestrator::deploy) starts it again.
+    pub async fn stop(
+        &self,
+        service: &ServiceId,
+        environment: &EnvironmentName,
+        by: Actor,
+    ) -> Result<Option<DeploymentId>> {
+        self.shared.target(environment)?;
+        self.shared
+            .authorize(&by, AccessAction::Teardown, environment, service, None)
+            .await?;
+        self.shared.teardown(service, environment, by).await
+    }
+
+    /// Run the revision serving `service` in `environment` at `replicas` instances, as a
+    /// journaled, audited deployment of that revision (permission `deploy`; shown as a scale in
+    /// the history). It lasts until the next deployment, which sizes from the environment
+    /// again. Refused for an autoscaled environment (its autoscaler sets the size) and when
+    /// nothing verified serves.
+    pub async fn scale(
+        &self,
+        service: &ServiceId,
+        environment: &EnvironmentName,
+        replicas: u32,
+        by: Actor,
+    ) -> Result<DeploymentId> {
+        let target = self.shared.target(environment)?;
+        crate::model::check_replicas("replicas", replicas)?;
+        if let Some(a) = &target.spec.autoscale {
+            return Err(Error::invalid(
+                "replicas",
+                format!(
+                    "{environment} is autoscaled ({} to {} instances): change its autoscale \
+                     bounds instead",
+                    a.min_replicas, a.max_replicas
+                ),
+            ));
+        }
+        self.shared
+            .authorize(&by, AccessAction::Deploy, environment, service, None)
+            .await?;
+        let serving = self
+            .history(service, environment)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "a verified revision of {service}/{environment} to scale"
+                ))
+            })?;
+        let strategy = match &target.spec.strategy {
+            StrategySpec::Rolling(spec) => StrategySpec::Rolling(spec.clone()),
+            _ => StrategySpec::BlueGreen(BlueGreenSpec {
+                scale_down_delay: Duration::ZERO,
+                ..BlueGreenSpec::default()
+            }),
+        };
+        let plan = Plan {
+            kind: DeploymentKind::Scale { replicas },
+            strategy,
+            failure_policy: FailurePolicy::Rollback,
+            release: None,
+        };
+        self.shared
+            .create(environment, serving, plan, by, AuditAction::Deploy)
+            .await
+    }
+
+    /// The kept revision of `service` in `environment` that `query` names, for a manual
+    /// [`rollback`](Orchestrator::rollback): its label (the newest revision with that label),
+    /// its id, or a unique prefix of its id (at least 4 hex digits).
+    ///
+    /// A revision that was deployed but never verified (rolled back, failed, aborted) is not
+    /// kept, and the error says so and lists what is; so does an ambiguous prefix or an unknown
+    /// name.
+    pub async fn find_revision(
+        &self,
+        service: &ServiceId,
+        environment: &EnvironmentName,
+        query: &str,
+    ) -> Result<Arc<Revision>> {
+        let kept = self.history(service, environment).await?;
+        let kept_list = || {
+            if kept.is_empty() {
+                "none".to_string()
+            } else {
+                kept.iter()
+                    .map(|r| r.describe())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        let matches = |r: &Revision| {
+            r.label == query
+                || r.id.as_str() == query
+                || (query.len() >= 4 && r.id.as_str().starts_with(query))
+        };
+        if let Some(r) = kept
+            .iter()
+            .find(|r| r.label == query || r.id.as_str() == query)
+        {
+            return Ok(r.clone());
+        }
+        let by_prefix: Vec<_> = kept.iter().filter(|r| matches(r)).collect();
+        match by_prefix.as_slice() {
+            [one] => return Ok((*one).clone()),
+            [] => {}
+            several => {
+                let names: Vec<_> = several.iter().map(|r| r.describe()).collect();
+                return Err(Error::invalid(
+                    "revision",
+                    format!(
+                        "{query:?} is the start of several revision ids of \
+                         {service}/{environment}: {}; give more of the id",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+        // Deployed once but not kept: say how it ended.
+        for id in self
+            .shared
+            .store
+            .list_deployments(service, environment)
+            .await?
+        {
+            let status = self.status(&id).await?;
+            if !matches(&status.spec.target) || !status.phase.is_terminal() {
+                continue;
+            }
+            let why = if status.phase == Phase::Succeeded {
+                "is older than the revisions kept (the environment's revision_history_limit)"
+                    .to_string()
+            } else {
+                format!(
+                    "was {} (deployed {}) and never verified, so it is not kept for rollback",
+                    status.phase, status.created_at
+                )
+            };
+            return Err(Error::not_found(format!(
+                "a kept revision {query:?} of {service}/{environment}: {} {why} (kept: {})",
+                status.spec.target.describe(),
+                kept_list()
+            )));
+        }
+        Err(Error::not_found(format!(
+            "revision {query:?} of {service}/{environment} (no label, id or id prefix matches; \
+             kept: {})",
+            kept_list()
+        )))
+    }
+
     /// Every audit record, oldest first.
     pub async fn audit_log(&self) -> Result<Vec<AuditRecord>> {
         let entries = self.shared.audit.log().await?;
@@ -1095,7 +1251,10 @@ impl Shared {
             .id(id.clone())
             .service(revision.service.clone())
             .environment(environment.clone())
-            .replicas(target.spec.replicas)
+            .replicas(match plan.kind {
+                DeploymentKind::Scale { replicas } => replicas,
+                _ => target.spec.replicas,
+            })
             .strategy(plan.strategy)
             .failure_policy(plan.failure_policy)
             .progress_deadline(target.spec.progress_deadline)

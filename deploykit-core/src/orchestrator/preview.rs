@@ -277,7 +277,7 @@ impl Orchestrator {
 
 impl Shared {
     /// Start a teardown of `service` in `environment`, unless its newest deployment is one.
-    async fn teardown(
+    pub(super) async fn teardown(
         self: &Arc<Self>,
         service: &ServiceId,
         environment: &EnvironmentName,

@@ -288,6 +288,8 @@ struct Inner {
     mirror_skipped: AtomicU64,
     /// `RUNNING`, `GRACEFUL` or `FORCE`; every task holds a receiver.
     shutdown: watch::Sender<u8>,
+    /// Whether the accept loop accepts connections yet (see [`Proxy::bind_paused`]).
+    accepting: watch::Sender<bool>,
 }
 
 const RUNNING: u8 = 0;
@@ -319,6 +321,28 @@ impl Proxy {
     /// current tokio runtime. The table starts empty: every request gets 503 until
     /// [`Proxy::set_table`].
     pub async fn bind(addr: SocketAddr, config: ProxyConfig) -> std::io::Result<Proxy> {
+        Proxy::bind_accepting(addr, config, true).await
+    }
+
+    /// Like [`bind`](Proxy::bind), but connections are not accepted before
+    /// [`resume`](Proxy::resume): they wait in the listen backlog, so a caller that builds its
+    /// first table after binding (a restarted controller adopting its instances) answers no
+    /// request from the empty table. Clients connecting in between wait, they are not refused.
+    pub async fn bind_paused(addr: SocketAddr, config: ProxyConfig) -> std::io::Result<Proxy> {
+        Proxy::bind_accepting(addr, config, false).await
+    }
+
+    /// Starts accepting connections on a proxy bound with [`bind_paused`](Proxy::bind_paused)
+    /// (nothing on one that accepts already).
+    pub fn resume(&self) {
+        self.inner.accepting.send_replace(true);
+    }
+
+    async fn bind_accepting(
+        addr: SocketAddr,
+        config: ProxyConfig,
+        accepting: bool,
+    ) -> std::io::Result<Proxy> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
 
@@ -335,6 +359,7 @@ impl Proxy {
             .build(connector);
 
         let (shutdown, shutdown_rx) = watch::channel(RUNNING);
+        let (accepting, accepting_rx) = watch::channel(accepting);
         let mut registry = HashMap::new();
         let snapshot = Snapshot::new(Arc::new(RoutingTable::default()), &mut registry);
         let inner = Arc::new(Inner {
@@ -347,8 +372,14 @@ impl Proxy {
             mirror_permits: Arc::new(Semaphore::new(mirror::MIRROR_LIMIT)),
             mirror_skipped: AtomicU64::new(0),
             shutdown,
+            accepting,
         });
-        tokio::spawn(accept_loop(inner.clone(), listener, shutdown_rx));
+        tokio::spawn(accept_loop(
+            inner.clone(),
+            listener,
+            shutdown_rx,
+            accepting_rx,
+        ));
         Ok(Proxy {
             _owner: Arc::new(Owner {
                 inner: inner.clone(),
@@ -470,7 +501,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, mut shutdown: watch::Receiver<u8>) {
+async fn accept_loop(
+    inner: Arc<Inner>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<u8>,
+    mut accepting: watch::Receiver<bool>,
+) {
+    tokio::select! {
+        _ = shutdown.wait_for(|s| *s != RUNNING) => return,
+        _ = accepting.wait_for(|a| *a) => {}
+    }
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|s| *s != RUNNING) => break,
