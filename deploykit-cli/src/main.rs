@@ -6,7 +6,9 @@
 //! it deploys the sample app three times, the last time a bad version that rolls back by
 //! itself.
 //!
-//! Exit codes: 0 success, 1 error, 2 bad usage, 3 the deployment was rolled back or failed.
+//! Every command prints for people, or JSON with `-o json`; errors carry their causes and a
+//! hint; unknown names are refused with the closest known one. Exit codes (also in `--help`):
+//! 0 success, 1 error, 2 bad usage, 3 the deployment was rolled back, aborted or failed.
 
 mod backup;
 mod commands;
@@ -76,7 +78,7 @@ struct Cli {
 enum Output {
     /// Human-readable, with progress.
     Text,
-    /// One JSON document on stdout.
+    /// JSON on stdout: one document (for `logs`, one per line of output).
     Json,
 }
 
@@ -115,7 +117,7 @@ enum Command {
     Deploy {
         /// The service (from the configuration).
         service: String,
-        /// The environment.
+        /// The environment (default: the only one, or `production`).
         #[arg(long, short)]
         env: Option<String>,
         /// A label for humans (default: a timestamp).
@@ -131,22 +133,23 @@ enum Command {
     },
     /// Finish every deployment a killed command left in flight.
     Resume,
-    /// Deployments of a service (or one deployment) and what runs now.
+    /// What runs now, with each service's last deployment (or one deployment, by `--id`).
     Status {
         /// The service (default: every service in the configuration).
         service: Option<String>,
-        /// The environment.
+        /// The environment (default: the only one, or `production`).
         #[arg(long, short)]
         env: Option<String>,
         /// One deployment by id.
         #[arg(long)]
         id: Option<String>,
     },
-    /// Revisions of a service that were deployed, newest first.
+    /// A service's deployments, newest first: revision, how each ended (rollbacks, scales and
+    /// stops marked) and who asked for it.
     History {
         /// The service.
         service: String,
-        /// The environment.
+        /// The environment (default: the only one, or `production`).
         #[arg(long, short)]
         env: Option<String>,
     },
@@ -175,7 +178,7 @@ enum Command {
     Rollback {
         /// The service.
         service: String,
-        /// The environment.
+        /// The environment (default: the only one, or `production`).
         #[arg(long, short)]
         env: Option<String>,
         /// The revision to return to: its label, its id or the start of its id (see
@@ -209,7 +212,7 @@ enum Command {
         /// A service (every instance of it, each line prefixed with the instance) or an
         /// instance (see `status`).
         name: String,
-        /// The environment.
+        /// The environment (default: the only one, or `production`).
         #[arg(long, short)]
         env: Option<String>,
         /// Keep printing new output as it is written (Ctrl-C stops).
@@ -229,7 +232,7 @@ enum Command {
         service: String,
         /// How many instances.
         replicas: u32,
-        /// The environment.
+        /// The environment (default: the only one, or `production`).
         #[arg(long, short)]
         env: Option<String>,
     },
@@ -237,7 +240,7 @@ enum Command {
     Stop {
         /// The service.
         service: String,
-        /// The environment.
+        /// The environment (default: the only one, or `production`).
         #[arg(long, short)]
         env: Option<String>,
     },

@@ -27,7 +27,12 @@ pub(crate) fn unknown(
     known: &[String],
     place: &str,
 ) -> Error {
-    let mut reason = format!("{wanted:?} is not a {what} in {place}");
+    let article = if what.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    let mut reason = format!("{wanted:?} is not {article} {what} in {place}");
     if let Some(close) = closest(wanted, known.iter().map(String::as_str)) {
         reason.push_str(&format!(": did you mean {close:?}?"));
     }

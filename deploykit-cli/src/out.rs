@@ -95,7 +95,7 @@ fn hint(e: &Error) -> Option<String> {
     None
 }
 
-/// `println!` through [`line`]: a closed stdout ends the output, not the command.
+/// `println!` through [`line()`]: a closed stdout ends the output, not the command.
 #[macro_export]
 macro_rules! outln {
     ($($arg:tt)*) => {

@@ -287,6 +287,34 @@ fn validate_checks_the_configuration_without_deploying() {
         "{err}"
     );
 
+    // A startup probe with a short period and no timeout is fine; a written timeout longer
+    // than the period is refused where it is written.
+    let probe = "health.readiness = { http = \"/healthz\", period = \"200ms\", timeout = \"150ms\", failure_threshold = 2 }";
+    let with_startup = |startup: &str| {
+        CONFIG
+            .replace("{APP}", APP)
+            .replace(probe, &format!("{probe}\nhealth.startup = {startup}"))
+    };
+    std::fs::write(
+        dir.join("deploykit.toml"),
+        with_startup("{ http = \"/healthz\", period = \"200ms\", failure_threshold = 30 }"),
+    )
+    .unwrap();
+    let out = run(dir, &["validate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(
+        dir.join("deploykit.toml"),
+        with_startup("{ http = \"/healthz\", period = \"200ms\", timeout = \"2s\" }"),
+    )
+    .unwrap();
+    let out = run(dir, &["validate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("deploykit.toml:") && err.contains("services.web.health.startup.timeout"),
+        "{err}"
+    );
+
     // A service without a command is caught at load, not at deploy.
     let bad = CONFIG.replace("{APP}", APP).replace(
         "[services.worker]\ncommand = [\"{APP}\"]\n"

@@ -188,7 +188,7 @@ fn failures_and_errors_name_what_is_wrong() {
     let out = eval(dir.path(), &config, &["rollout", "--env", "staging"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("environment staging"),
+        String::from_utf8_lossy(&out.stderr).contains("\"staging\" is not an environment"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -339,8 +339,9 @@ async fn observe(client: &LocalClient) -> Option<Observed> {
 /// while the canary takes 25 % of the traffic, and started again 1.5 s later. An unreachable
 /// daemon is retryable, not a reason to give up: the rollout must go on by itself once the
 /// daemon is back and, v2 being healthy, succeed — not fail with traffic split, and not roll
-/// back for an outage either. Requests are dropped while the daemon (which runs the proxy) is
-/// down, until its adopted instances are ready again; none before or after.
+/// back for an outage either. Requests are dropped only while the daemon (which runs the proxy)
+/// is down: the new daemon accepts connections once its adopted instances, ready when the last
+/// daemon recorded them, are routed; none before or after.
 async fn daemon_killed_mid_canary() -> Row {
     let name = "daemon killed mid-canary (SIGKILL, back 1.5 s later)";
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -1,4 +1,5 @@
-//! `deploykit-sample-app`: the tiny HTTP/1.1 server deploykit's local demo and tests deploy.
+//! `deploykit sample-app` (also built alone as `deploykit-sample-app`): the tiny HTTP/1.1 server
+//! deploykit's local demo, the README's walkthrough and the tests deploy.
 //!
 //! It is configured only through environment variables, so a "bad version" is the same binary
 //! started with different variables:
