@@ -531,12 +531,27 @@ fn operating_a_service_reads_well_in_pipes() {
         "{status}"
     );
     assert!(stdout(&run(dir, &["history", "web"])).contains("stop, succeeded  by test"));
-    // And `deploy` starts it again.
-    let out = run(
+    // And `deploy` starts it again, followed to its end even when its reader went away.
+    let mut deploy = deploykit(
         dir,
         &["deploy", "web", "--label", "v5", "--set", "VERSION=v5"],
-    );
-    assert!(out.status.success(), "{} {}", stdout(&out), stderr(&out));
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    drop(deploy.stdout.take());
+    let mut err = String::new();
+    deploy
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(deploy.wait().unwrap().success(), "{err}");
+    let history = json(&run(dir, &["history", "web", "-o", "json"]));
+    assert_eq!(history[0]["label"], "v5", "{history}");
+    assert_eq!(history[0]["phase"], "succeeded", "{history}");
     stop_traffic.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 

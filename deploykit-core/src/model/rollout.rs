@@ -203,12 +203,20 @@ pub const MAX_REPLICAS: u32 = 10_000;
 /// Replicas are 1 to [`MAX_REPLICAS`]: with none, a deployment would "succeed" with nothing
 /// serving.
 pub(crate) fn check_replicas(field: &str, replicas: u32) -> Result<()> {
-    if !(1..=MAX_REPLICAS).contains(&replicas) {
+    if replicas == 0 {
         return Err(Error::invalid(
             field,
             format!(
-                "{replicas} is outside 1-{MAX_REPLICAS}: a deployment with no instances would \
+                "0 is outside 1-{MAX_REPLICAS}: a deployment with no instances would \
                  \"succeed\" with nothing serving (tear the service down instead)"
+            ),
+        ));
+    }
+    if replicas > MAX_REPLICAS {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{replicas} is outside 1-{MAX_REPLICAS}: more instances than one revision may ask for"
             ),
         ));
     }

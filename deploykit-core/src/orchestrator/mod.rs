@@ -924,6 +924,25 @@ impl Orchestrator {
         self.shared
             .authorize(&by, AccessAction::Deploy, environment, service, None)
             .await?;
+        if let Some(newest) = self
+            .shared
+            .store
+            .list_deployments(service, environment)
+            .await?
+            .first()
+        {
+            let newest = self.status(newest).await?;
+            if newest.spec.kind == DeploymentKind::Teardown && newest.phase == Phase::Succeeded {
+                return Err(Error::invalid(
+                    "replicas",
+                    format!(
+                        "{service} is stopped in {environment} (by {}, {}): deploy it to start \
+                         it again",
+                        newest.spec.requested_by, newest.created_at
+                    ),
+                ));
+            }
+        }
         let serving = self
             .history(service, environment)
             .await?
@@ -1273,9 +1292,13 @@ impl Shared {
         self.journal(&id, &entry).await?;
         let status = DeploymentStatus::from_journal(std::slice::from_ref(&entry))?;
         self.emit(&status, entry);
-        self.audit
-            .record(&status, by, action, status.spec.target.describe())
-            .await?;
+        let detail = match status.spec.kind {
+            DeploymentKind::Scale { replicas } => {
+                format!("{} scaled to {replicas}", status.spec.target.describe())
+            }
+            _ => status.spec.target.describe(),
+        };
+        self.audit.record(&status, by, action, detail).await?;
         self.spawn(&status);
         Ok(id)
     }
