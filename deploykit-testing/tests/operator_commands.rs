@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{artifact, environment_with, request};
+use common::{artifact, environment_with};
 use deploykit_core::journal::DeploymentKind;
 use deploykit_core::{
     Actor, Autoscale, Environment, EnvironmentName, EnvironmentSpec, Orchestrator, Phase,
