@@ -553,16 +553,8 @@ impl Orchestrator {
                 ))
             })?,
         };
-        // A manual rollback skips canary steps and analysis: rolling environments roll back
-        // with their own parameters; others bring the revision up beside the current one and
-        // switch all traffic at once.
-        let strategy = match &self.shared.target(environment)?.spec.strategy {
-            StrategySpec::Rolling(spec) => StrategySpec::Rolling(spec.clone()),
-            _ => StrategySpec::BlueGreen(BlueGreenSpec {
-                scale_down_delay: Duration::ZERO,
-                ..BlueGreenSpec::default()
-            }),
-        };
+        // A manual rollback skips canary steps and analysis.
+        let strategy = by_hand(&self.shared.target(environment)?.spec.strategy);
         let plan = Plan {
             kind: DeploymentKind::Rollback,
             strategy,
@@ -572,6 +564,24 @@ impl Orchestrator {
         self.shared
             .create(environment, revision, plan, by, AuditAction::Rollback)
             .await
+    }
+
+    /// The newest deployment of `service` in `environment`, if any.
+    async fn newest(
+        &self,
+        service: &ServiceId,
+        environment: &EnvironmentName,
+    ) -> Result<Option<DeploymentStatus>> {
+        match self
+            .shared
+            .store
+            .list_deployments(service, environment)
+            .await?
+            .first()
+        {
+            Some(id) => Ok(Some(self.status(id).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Whether something other than the last verified revision (`history[0]`) runs or takes
@@ -585,17 +595,10 @@ impl Orchestrator {
         let Some(current) = history.first() else {
             return Ok(false);
         };
-        if let Some(newest) = self
-            .shared
-            .store
-            .list_deployments(service, environment)
-            .await?
-            .first()
+        if let Some(newest) = self.newest(service, environment).await?
+            && newest.serving_revision().is_none_or(|r| r.id != current.id)
         {
-            let newest = self.status(newest).await?;
-            if newest.serving_revision().is_none_or(|r| r.id != current.id) {
-                return Ok(true);
-            }
+            return Ok(true);
         }
         // An unreachable backend (an outage is when one rolls back by hand) leaves the journal
         // to judge: the newest deployment ended well, so nothing else should run.
@@ -924,14 +927,7 @@ impl Orchestrator {
         self.shared
             .authorize(&by, AccessAction::Deploy, environment, service, None)
             .await?;
-        if let Some(newest) = self
-            .shared
-            .store
-            .list_deployments(service, environment)
-            .await?
-            .first()
-        {
-            let newest = self.status(newest).await?;
+        if let Some(newest) = self.newest(service, environment).await? {
             if newest.spec.kind == DeploymentKind::Teardown && newest.phase == Phase::Succeeded {
                 return Err(Error::invalid(
                     "replicas",
@@ -953,13 +949,7 @@ impl Orchestrator {
                     "a verified revision of {service}/{environment} to scale"
                 ))
             })?;
-        let strategy = match &target.spec.strategy {
-            StrategySpec::Rolling(spec) => StrategySpec::Rolling(spec.clone()),
-            _ => StrategySpec::BlueGreen(BlueGreenSpec {
-                scale_down_delay: Duration::ZERO,
-                ..BlueGreenSpec::default()
-            }),
-        };
+        let strategy = by_hand(&target.spec.strategy);
         let plan = Plan {
             kind: DeploymentKind::Scale { replicas },
             strategy,
@@ -1089,6 +1079,19 @@ fn is_conflict(e: &Error) -> bool {
 }
 
 /// How a new deployment will run.
+/// How a change made by hand (a manual rollback, a scale) rolls out: rolling environments with
+/// their own parameters; others bring the revision up beside the current one and switch all
+/// traffic at once, skipping canary steps and analysis.
+fn by_hand(strategy: &StrategySpec) -> StrategySpec {
+    match strategy {
+        StrategySpec::Rolling(spec) => StrategySpec::Rolling(spec.clone()),
+        _ => StrategySpec::BlueGreen(BlueGreenSpec {
+            scale_down_delay: Duration::ZERO,
+            ..BlueGreenSpec::default()
+        }),
+    }
+}
+
 struct Plan {
     kind: DeploymentKind,
     strategy: StrategySpec,
