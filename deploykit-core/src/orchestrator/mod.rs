@@ -927,17 +927,18 @@ impl Orchestrator {
         self.shared
             .authorize(&by, AccessAction::Deploy, environment, service, None)
             .await?;
-        if let Some(newest) = self.newest(service, environment).await? {
-            if newest.spec.kind == DeploymentKind::Teardown && newest.phase == Phase::Succeeded {
-                return Err(Error::invalid(
-                    "replicas",
-                    format!(
-                        "{service} is stopped in {environment} (by {}, {}): deploy it to start \
-                         it again",
-                        newest.spec.requested_by, newest.created_at
-                    ),
-                ));
-            }
+        if let Some(newest) = self.newest(service, environment).await?
+            && newest.spec.kind == DeploymentKind::Teardown
+            && newest.phase == Phase::Succeeded
+        {
+            return Err(Error::invalid(
+                "replicas",
+                format!(
+                    "{service} is stopped in {environment} (by {}, {}): deploy it to start it \
+                     again",
+                    newest.spec.requested_by, newest.created_at
+                ),
+            ));
         }
         let serving = self
             .history(service, environment)
