@@ -7,10 +7,12 @@ use std::time::Duration;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ServerSideEncryption, StorageClass};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ServerSideEncryption, StorageClass};
 use bytes::Bytes;
 use deploykit_core::Error;
 use deploykit_core::retry::{Retry, RetryPolicy};
+
+use crate::lock::{ObjectLock, Retention, format_time};
 
 /// How S3 calls are retried unless the builder is given another policy: at most 8 attempts in
 /// 60 s, 100 ms doubling up to 10 s, with full jitter. Throttling (503 SlowDown, 429), other
@@ -125,6 +127,8 @@ pub(crate) struct S3 {
     pub(crate) multipart_threshold: usize,
     pub(crate) part_size: usize,
     pub(crate) concurrency: usize,
+    /// Object Lock retention on written objects (targets only; never the state store).
+    pub(crate) lock: Option<ObjectLock>,
 }
 
 impl fmt::Debug for S3 {
@@ -240,6 +244,15 @@ impl S3 {
                         .ssekms_key_id(id),
                     None => req,
                 };
+                if let Some(lock) = self.lock_for(key) {
+                    // S3 wants an integrity checksum on every write with a retention.
+                    req = req
+                        .object_lock_mode(lock.mode().sdk())
+                        .object_lock_retain_until_date(
+                            lock.retain_until(std::time::SystemTime::now()),
+                        )
+                        .checksum_algorithm(ChecksumAlgorithm::Crc32);
+                }
                 req = match &condition {
                     Condition::None => req,
                     Condition::Absent => req.if_none_match("*"),
@@ -249,6 +262,11 @@ impl S3 {
             })
             .await;
         self.settle(key, &data, attempts > 1, result).await
+    }
+
+    /// The retention that applies to a write of `key`, if any.
+    fn lock_for(&self, key: &str) -> Option<&ObjectLock> {
+        self.lock.as_ref().filter(|l| l.applies_to(key))
     }
 
     /// After a conditional write lost on a retry, see whether the object there is ours (the
@@ -291,6 +309,14 @@ impl S3 {
                         .ssekms_key_id(id),
                     None => req,
                 };
+                if let Some(lock) = self.lock_for(key) {
+                    req = req
+                        .object_lock_mode(lock.mode().sdk())
+                        .object_lock_retain_until_date(
+                            lock.retain_until(std::time::SystemTime::now()),
+                        )
+                        .checksum_algorithm(ChecksumAlgorithm::Crc32);
+                }
                 async move {
                     let out = req.send().await.map_err(classify)?;
                     out.upload_id()
@@ -318,8 +344,44 @@ impl S3 {
             if let Err(e) = abort {
                 tracing::warn!(key, error = %e.chain(), "could not abort a failed multipart upload");
             }
+            return result;
         }
-        result
+        if let Some(lock) = self.lock_for(key) {
+            self.ensure_retention(key, lock).await?;
+        }
+        Ok(())
+    }
+
+    /// Make sure the object just completed under `key` carries `lock`'s retention: S3 sets it
+    /// from CreateMultipartUpload, but some S3-compatible stores (moto) drop it there, and a
+    /// locked target must not hold an unlocked object silently.
+    async fn ensure_retention(&self, key: &str, lock: &ObjectLock) -> Result<(), Error> {
+        if self.retention(key, None).await?.is_some() {
+            return Ok(());
+        }
+        let full = self.full_key(key);
+        let until = lock.retain_until(std::time::SystemTime::now());
+        self.retrying("PutObjectRetention", key, || {
+            let retention = aws_sdk_s3::types::ObjectLockRetention::builder()
+                .mode(match lock.mode() {
+                    crate::LockMode::Governance => {
+                        aws_sdk_s3::types::ObjectLockRetentionMode::Governance
+                    }
+                    crate::LockMode::Compliance => {
+                        aws_sdk_s3::types::ObjectLockRetentionMode::Compliance
+                    }
+                })
+                .retain_until_date(until)
+                .build();
+            let req = self
+                .client
+                .put_object_retention()
+                .bucket(&self.bucket)
+                .key(&full)
+                .retention(retention);
+            async move { req.send().await.map(|_| ()).map_err(classify) }
+        })
+        .await
     }
 
     async fn upload_parts_and_complete(
@@ -349,6 +411,7 @@ impl S3 {
                     break;
                 };
                 let s3 = self.clone();
+                let checksummed = self.lock_for(key).is_some();
                 let (key, full, upload_id) =
                     (key.to_string(), full.to_string(), upload_id.to_string());
                 tasks.spawn(async move {
@@ -361,11 +424,17 @@ impl S3 {
                             .upload_id(&upload_id)
                             .part_number(number)
                             .body(ByteStream::from(body.clone()));
+                        let req = if checksummed {
+                            req.checksum_algorithm(ChecksumAlgorithm::Crc32)
+                        } else {
+                            req
+                        };
                         async move {
                             let out = req.send().await.map_err(classify)?;
                             Ok(CompletedPart::builder()
                                 .part_number(number)
                                 .set_e_tag(out.e_tag().map(str::to_string))
+                                .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
                                 .build())
                         }
                     })
@@ -445,6 +514,9 @@ impl S3 {
     }
 
     pub(crate) async fn delete(&self, key: &str) -> Result<(), Error> {
+        if self.lock.is_some() {
+            return self.delete_versions(key).await;
+        }
         let full = self.full_key(key);
         self.retrying("DeleteObject", key, || {
             let req = self.client.delete_object().bucket(&self.bucket).key(&full);
@@ -456,5 +528,149 @@ impl S3 {
             }
         })
         .await
+    }
+}
+
+/// One stored version of a key in a versioned bucket.
+struct Version {
+    id: String,
+    delete_marker: bool,
+    latest: bool,
+}
+
+impl S3 {
+    /// The retention of `key`'s current version (or of `version`), from HeadObject's
+    /// Object Lock headers (which AWS shows to identities allowed `s3:GetObjectRetention`;
+    /// moto has no GetObjectRetention call but sends these headers); `None` when it has none.
+    pub(crate) async fn retention(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Retention>, Error> {
+        let full = self.full_key(key);
+        let out = self
+            .retrying("HeadObject", key, || {
+                let req = self
+                    .client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .set_version_id(version.map(str::to_string));
+                async move { req.send().await.map_err(classify) }
+            })
+            .await?;
+        Retention::from_sdk(
+            out.object_lock_mode().map(|m| m.as_str()),
+            out.object_lock_retain_until_date(),
+            &self.describe(key),
+        )
+    }
+
+    /// Every version and delete marker of exactly `key`.
+    async fn versions(&self, key: &str) -> Result<Vec<Version>, Error> {
+        let full = self.full_key(key);
+        let mut out = Vec::new();
+        let mut markers: (Option<String>, Option<String>) = (None, None);
+        loop {
+            let page = self
+                .retrying("ListObjectVersions", key, || {
+                    let req = self
+                        .client
+                        .list_object_versions()
+                        .bucket(&self.bucket)
+                        .prefix(&full)
+                        .set_key_marker(markers.0.clone())
+                        .set_version_id_marker(markers.1.clone());
+                    async move { req.send().await.map_err(classify) }
+                })
+                .await?;
+            for v in page.versions() {
+                if v.key() == Some(full.as_str())
+                    && let Some(id) = v.version_id()
+                {
+                    out.push(Version {
+                        id: id.to_string(),
+                        delete_marker: false,
+                        latest: v.is_latest().unwrap_or(false),
+                    });
+                }
+            }
+            for m in page.delete_markers() {
+                if m.key() == Some(full.as_str())
+                    && let Some(id) = m.version_id()
+                {
+                    out.push(Version {
+                        id: id.to_string(),
+                        delete_marker: true,
+                        latest: m.is_latest().unwrap_or(false),
+                    });
+                }
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                break;
+            }
+            markers = (
+                page.next_key_marker().map(str::to_string),
+                page.next_version_id_marker().map(str::to_string),
+            );
+            // Past our key: nothing more of it.
+            if markers.0.as_deref().is_some_and(|k| k > full.as_str()) || markers.0.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete `key` in a bucket with Object Lock: every version of it (so no older version
+    /// comes back as current) and its delete markers — or, while any version is retained,
+    /// nothing, failing with [`Error::PermissionDenied`] naming the key, mode and date. S3
+    /// enforces the same on its side (a legal hold, too): its 403 is a `PermissionDenied`.
+    async fn delete_versions(&self, key: &str) -> Result<(), Error> {
+        let versions = self.versions(key).await?;
+        let now = std::time::SystemTime::now();
+        for v in versions.iter().filter(|v| !v.delete_marker) {
+            if let Some(r) = self.retention(key, Some(&v.id)).await?
+                && r.holds_at(now)
+            {
+                return Err(Error::PermissionDenied {
+                    principal: "this S3 target".into(),
+                    permission: format!(
+                        "delete {}: S3 Object Lock ({}) retains {} until {}",
+                        self.describe(key),
+                        r.mode,
+                        if v.latest {
+                            "it".to_string()
+                        } else {
+                            format!("its earlier version {}", v.id)
+                        },
+                        format_time(r.retain_until)
+                    ),
+                });
+            }
+        }
+        let full = self.full_key(key);
+        // Older versions first, the current one last, delete markers after: a failure part
+        // way leaves the current version readable.
+        let mut order: Vec<&Version> = versions.iter().filter(|v| !v.delete_marker).collect();
+        order.sort_by_key(|v| v.latest);
+        order.extend(versions.iter().filter(|v| v.delete_marker));
+        for v in order {
+            self.retrying("DeleteObject", key, || {
+                let req = self
+                    .client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .version_id(&v.id);
+                async move {
+                    match req.send().await.map_err(classify) {
+                        Ok(_) | Err(Failure::NotFound) => Ok(()),
+                        Err(f) => Err(f),
+                    }
+                }
+            })
+            .await?;
+        }
+        Ok(())
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! - [`S3Target`]: a [`deploykit_core::backup::BackupTarget`], so the backup engine keeps its
 //!   repository in a bucket — multipart uploads with parallel parts (aborted on failure),
-//!   conditional creates, pagination, storage class and server-side encryption;
+//!   conditional creates, pagination, storage class and server-side encryption, and S3 Object
+//!   Lock retention ([`ObjectLock`]) so stolen credentials cannot delete backups early;
 //! - [`S3StateStore`]: a [`deploykit_core::StateStore`], so orchestrators on several machines
 //!   share deployments, leases and the audit log through conditional writes, with no database.
 //!
@@ -14,11 +15,13 @@
 //! conditional write), permission denied, transient.
 
 mod client;
+mod lock;
 mod state;
 mod target;
 
 pub use client::Sse;
 /// How S3 calls are retried: deploykit's one [`deploykit_core::retry::RetryPolicy`].
 pub use deploykit_core::retry::RetryPolicy;
+pub use lock::{LockMode, ObjectLock, Retention};
 pub use state::{S3StateStore, S3StateStoreBuilder};
 pub use target::{S3Builder, S3Target};

@@ -11,7 +11,8 @@ use deploykit_core::backup::{BackupTarget, ObjectMeta, check_key};
 use deploykit_core::retry::RetryPolicy;
 use deploykit_core::{Error, Result};
 
-use crate::client::{Condition, S3, Sse, default_policy};
+use crate::client::{Condition, S3, Sse, classify, default_policy};
+use crate::lock::{ObjectLock, Retention};
 
 /// A [`BackupTarget`] on an S3 bucket, under an optional key prefix.
 ///
@@ -22,6 +23,11 @@ use crate::client::{Condition, S3, Sse, default_policy};
 /// MinIO, R2 and moto ≥ 5.0.22. On a store without conditional writes, the backup engine is
 /// still safe: its pack, index and snapshot objects are content-addressed, so two writers of
 /// one key write the same bytes.
+///
+/// With [`S3Builder::object_lock`], every object is written with S3 Object Lock retention
+/// (GOVERNANCE or COMPLIANCE, until N days after the write), so credentials that leak cannot
+/// delete the backups early; a delete then fails with `PermissionDenied` naming the key, mode
+/// and date (see [`ObjectLock`]).
 ///
 /// ```no_run
 /// # async fn f() -> deploykit_core::Result<()> {
@@ -55,6 +61,7 @@ pub struct S3Builder {
     part_size: usize,
     concurrency: usize,
     timeout: Duration,
+    object_lock: Option<ObjectLock>,
 }
 
 impl S3Builder {
@@ -73,6 +80,7 @@ impl S3Builder {
             part_size: 8 << 20,
             concurrency: 4,
             timeout: Duration::from_secs(120),
+            object_lock: None,
         }
     }
 
@@ -161,6 +169,14 @@ impl S3Builder {
         self
     }
 
+    /// Write every object with S3 Object Lock retention (an [`S3Target`] only; the state
+    /// store ignores it). The bucket must have Object Lock enabled: [`S3Builder::build`]
+    /// checks, and fails naming the bucket if not. See [`ObjectLock`] for what deletes do.
+    pub fn object_lock(mut self, lock: ObjectLock) -> Self {
+        self.object_lock = Some(lock);
+        self
+    }
+
     pub(crate) async fn connect(self) -> Result<S3> {
         if self.bucket.is_empty() {
             return Err(Error::invalid("s3.bucket", "must not be empty"));
@@ -206,15 +222,60 @@ impl S3Builder {
             multipart_threshold: self.multipart_threshold,
             part_size: self.part_size,
             concurrency: self.concurrency,
+            lock: None,
         })
     }
 
-    /// An [`S3Target`].
-    pub async fn build(self) -> Result<S3Target> {
-        Ok(S3Target {
-            s3: self.connect().await?,
-        })
+    /// An [`S3Target`]. With [`S3Builder::object_lock`], fails with
+    /// [`Error::InvalidSpec`] on `s3.object_lock` if the bucket does not have Object Lock
+    /// enabled.
+    pub async fn build(mut self) -> Result<S3Target> {
+        let lock = self.object_lock.take();
+        let mut s3 = self.connect().await?;
+        if let Some(lock) = lock {
+            lock.validate()?;
+            check_lock_enabled(&s3).await?;
+            s3.lock = Some(lock);
+        }
+        Ok(S3Target { s3 })
     }
+}
+
+/// Fail unless `s3`'s bucket has Object Lock enabled.
+async fn check_lock_enabled(s3: &S3) -> Result<()> {
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    let out = s3
+        .retrying("GetObjectLockConfiguration", "", || {
+            let req = s3.client.get_object_lock_configuration().bucket(&s3.bucket);
+            async move {
+                match req.send().await {
+                    Ok(out) => Ok(Some(out)),
+                    Err(e)
+                        if e.as_service_error().and_then(ProvideErrorMetadata::code)
+                            == Some("ObjectLockConfigurationNotFoundError") =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(classify(e)),
+                }
+            }
+        })
+        .await?;
+    let enabled = out
+        .as_ref()
+        .and_then(|o| o.object_lock_configuration())
+        .and_then(|c| c.object_lock_enabled())
+        .is_some_and(|e| e.as_str() == "Enabled");
+    if !enabled {
+        return Err(Error::invalid(
+            "s3.object_lock",
+            format!(
+                "bucket {} does not have Object Lock enabled; create it with Object Lock (`aws s3api create-bucket --object-lock-enabled-for-bucket`) or write without retention",
+                s3.bucket
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl S3Target {
@@ -246,6 +307,18 @@ impl S3Target {
     /// The bucket.
     pub fn bucket(&self) -> &str {
         &self.s3.bucket
+    }
+
+    /// The Object Lock retention new objects get, if configured.
+    pub fn object_lock(&self) -> Option<&ObjectLock> {
+        self.s3.lock.as_ref()
+    }
+
+    /// The Object Lock retention of the object under `key` (its current version), read back
+    /// from S3; `None` if it has none. Fails with `NotFound` if there is no such object.
+    pub async fn retention(&self, key: &str) -> Result<Option<Retention>> {
+        check_key(key)?;
+        self.s3.retention(key, None).await
     }
 }
 

@@ -10,13 +10,20 @@
 //!   byte streams ([`BackupSource`], e.g. a database dump); every snapshot restores alone.
 //! - Retention ([`RetentionPolicy`]) with a dry run, prune that is safe alongside backups,
 //!   verify (metadata, all data, or a sample), parallel restore, and DR drills.
+//! - Mirrors ([`Repository::mirror_to`]): the same repository on a second target, copied
+//!   incrementally and verified, consistent at every moment of the copy.
+//! - The backup [`Agent`] ([`agent`]): every environment's [`BackupJob`] on its schedules, with
+//!   missed runs made up at start, retries, alerts, a run history, audit records and metrics.
 //!
 //! The layout is in `docs/ARCHITECTURE.md` ("Backup repository").
 
+pub mod agent;
+mod copy;
 mod crypto;
 mod drill;
 mod format;
 pub mod local;
+mod objects;
 mod prune;
 mod repo;
 mod restore;
@@ -26,16 +33,21 @@ mod schedule;
 mod source;
 mod verify;
 
+pub use agent::{
+    Agent, AgentBuilder, BackupJob, DrillSchedule, VerifySchedule, alert_rules, record_audit,
+};
+pub use copy::{KeptObject, MirrorOptions, MirrorReport, ObjectCount};
 pub use crypto::RepoKey;
 pub use drill::{DrillReport, DrillTargets};
 pub use format::{BackupKind, BackupSummary, REPO_VERSION, Snapshot};
 pub use local::LocalTarget;
+pub use objects::{NamedObject, NamedPut};
 pub use prune::{PruneOptions, PruneReport};
 pub use repo::{RepoOptions, Repository};
 pub use restore::{RestoreOptions, RestoreSummary};
 pub use retention::{Candidate, Decision, RetentionPolicy};
 pub use save::{BackupRequest, Progress, ProgressFn};
-pub use schedule::{BackupPolicy, RunReport, ScheduledRun, Scheduler};
+pub use schedule::{BackupPolicy, RunReport, ScheduledRun, Scheduler, check_cron, next_occurrence};
 pub use source::CommandSource;
 pub use verify::{Problem, ReadData, VerifyReport};
 

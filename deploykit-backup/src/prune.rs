@@ -55,7 +55,9 @@ impl Repository {
         let superseded = index.objects.clone();
         let marks = self.load_marks().await?;
         let snapshots = self.snapshots().await?;
-        let used = self.used_blobs(&index, &snapshots).await?;
+        let mut used = self.used_blobs(&index, &snapshots).await?;
+        // Named objects (`objects.rs`: WAL segments) use chunks too.
+        used.extend(self.named_blobs().await?);
         let mut oldest_running = None;
         for meta in self.target.list("locks/").await? {
             let Ok(raw) = self.target.get(&meta.key).await else {

@@ -74,6 +74,25 @@ fn parse(field: &str, expr: &str) -> Result<croner::Cron> {
     })
 }
 
+/// Checks that `expr` is a cron expression (UTC, five fields or six with seconds); `field`
+/// names it in the error.
+pub fn check_cron(field: &str, expr: &str) -> Result<()> {
+    parse(field, expr).map(|_| ())
+}
+
+/// The first time cron `expr` matches strictly after `after` (`None` if it never does again);
+/// `field` names the expression in errors.
+pub fn next_occurrence(field: &str, expr: &str, after: Timestamp) -> Result<Option<Timestamp>> {
+    let cron = parse(field, expr)?;
+    let start =
+        chrono::DateTime::<chrono::Utc>::from_timestamp((after.as_millis() / 1000) as i64, 0)
+            .ok_or_else(|| Error::invalid(field.to_string(), "time out of range"))?;
+    Ok(cron
+        .find_next_occurrence(&start, false)
+        .ok()
+        .map(|next| Timestamp::from_millis(next.timestamp_millis().max(0) as u64)))
+}
+
 impl BackupPolicy {
     /// Check every cron expression and the retention policy.
     pub fn validate(&self) -> Result<()> {
@@ -91,16 +110,12 @@ impl BackupPolicy {
 
     /// The next run strictly after `after`, and its kind.
     pub fn next_run(&self, after: Timestamp) -> Result<Option<(Timestamp, BackupKind)>> {
-        let start =
-            chrono::DateTime::<chrono::Utc>::from_timestamp((after.as_millis() / 1000) as i64, 0)
-                .ok_or_else(|| Error::invalid("backup.schedule", "time out of range"))?;
         let mut best: Option<(Timestamp, BackupKind)> = None;
         for (i, run) in self.rotation.iter().enumerate() {
-            let cron = parse(&format!("backup.rotation[{i}].cron"), &run.cron)?;
-            let Ok(next) = cron.find_next_occurrence(&start, false) else {
+            let field = format!("backup.rotation[{i}].cron");
+            let Some(at) = next_occurrence(&field, &run.cron, after)? else {
                 continue;
             };
-            let at = Timestamp::from_millis(next.timestamp_millis().max(0) as u64);
             if best.is_none_or(|(t, _)| at < t) {
                 best = Some((at, run.kind));
             }

@@ -11,6 +11,7 @@
 //! 0 success, 1 error, 2 bad usage, 3 the deployment was rolled back, aborted or failed.
 
 mod backup;
+mod backup_copy;
 mod commands;
 mod context;
 mod demo;
@@ -18,6 +19,7 @@ mod flags;
 mod logs;
 mod names;
 mod out;
+mod pg;
 mod progress;
 #[path = "bin/sample_app.rs"]
 mod sample_app;
@@ -36,7 +38,8 @@ Exit codes:
   0  success
   1  error (the message on stderr says what and why; with -o json, {\"error\": ...} on stdout)
   2  bad usage (unknown command, flag or value)
-  3  the deployment ended rolled back, aborted or failed";
+  3  the deployment ended rolled back, aborted or failed
+  4  backup status: a backup policy is overdue or its last run failed";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -191,12 +194,20 @@ enum Command {
         #[command(subcommand)]
         action: PreviewAction,
     },
-    /// Back paths up into an encrypted repository (key from DEPLOYKIT_REPO_PASSWORD).
+    /// Back paths up into an encrypted repository (key from DEPLOYKIT_REPO_PASSWORD); `backup
+    /// agent` runs every environment's backup policy, `backup status` shows how it goes.
     Backup(backup::BackupArgs),
     /// Restore a snapshot from a repository.
     Restore(backup::RestoreArgs),
     /// Restore the newest snapshot into a scratch directory, verify it and report RTO/RPO.
     Drill(backup::DrillArgs),
+    /// PostgreSQL continuous archiving and point-in-time recovery (key from
+    /// DEPLOYKIT_REPO_PASSWORD): wal-push and wal-fetch for archive_command and restore_command,
+    /// base backups, restores to a time, LSN or restore point, retention.
+    Pg {
+        #[command(subcommand)]
+        action: pg::PgAction,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -296,6 +307,7 @@ fn init_logging(verbose: u8) {
         "deploykit_local",
         "deploykit_k8s",
         "deploykit_aws",
+        "deploykit_backup",
         "deploykit",
     ]
     .map(|c| format!("{c}={level}"))

@@ -50,6 +50,51 @@
 //! assert_eq!(secret.to_string(), "<secret production.database_url>");
 //! # Ok::<(), deploykit_core::Error>(())
 //! ```
+//!
+//! # Backups
+//!
+//! `[environments.<env>.backup]` is the environment's backup policy ([`Config::backup_policy`])
+//! and what `deploykit backup agent` needs to run it ([`Config::backup_job`], a
+//! [`deploykit_backup::BackupJob`]). Paths are relative to the configuration file's
+//! directory; schedules are cron expressions in UTC, five fields or six with seconds first.
+//!
+//! | key | meaning | default |
+//! |---|---|---|
+//! | `rotation` | `"<kind> <cron>"` entries (`full`, `incremental`, `differential`, `snapshot`); when two fall due together the first listed wins | required |
+//! | `retention` | `{ keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within = "30d", keep_tags = [..] }`, applied after every backup | keep everything |
+//! | `prune` | prune unused data after retention | `false` |
+//! | `rto`, `rpo` | recovery objectives drills are measured against | `"1h"`, `"5m"` |
+//! | `repository` | the repository directory (created on first use) | required by the agent |
+//! | `password_env` | the environment variable holding its passphrase | `"DEPLOYKIT_REPO_PASSWORD"` |
+//! | `paths` | directories or files to back up; their last components must differ | `[]` |
+//! | `commands` | `[{ name = "shop.dump", command = ["pg_dump", "shop"] }]`: command outputs stored as files | `[]` |
+//! | `verify` | `{ subsets = 7, full = "0 3 * * SUN" }`: a 1/`subsets` slice of the data read back after each backup (0: none), everything read back on `full` (`"off"`: never) | as shown |
+//! | `drill` | `{ schedule = "0 4 1 * *", scratch = "dir" }`: restore the newest snapshot into `scratch` (default `<state>/drill/<env>`) and measure RTO/RPO (`"off"`: never) | monthly |
+//! | `retry` | `{ attempts = 3, backoff = "30s", max_backoff = "10m" }`: a failed run is tried again with exponential backoff before it counts as failed | as shown |
+//! | `alert_webhook` | URL the agent's alerts (failed, missed or overdue runs) are POSTed to, Alertmanager-style JSON | none (alerts on stderr only) |
+//!
+//! ```
+//! use deploykit_config::Config;
+//! let config = Config::from_toml_str("/srv/shop/deploykit.toml", r#"
+//! application = "shop"
+//! [environments.production]
+//! kind = "production"
+//! [environments.production.backup]
+//! repository = "backups/production"
+//! paths = ["data"]
+//! commands = [{ name = "shop.dump", command = ["pg_dump", "shop"] }]
+//! rotation = ["full 0 2 * * SUN", "incremental 0 * * * *"]
+//! retention = { keep_daily = 7, keep_weekly = 4 }
+//! prune = true
+//! rpo = "1h"
+//! verify = { subsets = 7, full = "0 3 * * SUN" }
+//! drill = { schedule = "0 4 1 * *" }
+//! "#)?;
+//! let job = config.backup_job("production")?.expect("production is backed up");
+//! assert_eq!(job.repository.as_deref(), Some(std::path::Path::new("/srv/shop/backups/production")));
+//! assert_eq!(job.policy.targets.rpo.as_secs(), 3600);
+//! # Ok::<(), deploykit_core::Error>(())
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -62,7 +107,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::build::{CommandStage, Pipeline};
-use deploykit_backup::{BackupPolicy, DrillTargets, RetentionPolicy, ScheduledRun};
+use deploykit_backup::{BackupJob, BackupPolicy};
 use deploykit_core::analysis::AnalysisSpec;
 use deploykit_core::build::BuildStage;
 use deploykit_core::model::{
@@ -71,6 +116,7 @@ use deploykit_core::model::{
 use deploykit_core::secrets::SecretProvider;
 use deploykit_core::{Error, Result};
 
+mod backup;
 pub mod build;
 mod flags;
 mod health;
@@ -162,35 +208,7 @@ struct EnvironmentToml {
     #[serde(default)]
     secrets: BTreeMap<String, Spanned<String>>,
     strategy: Option<rollout::StrategyToml>,
-    backup: Option<BackupToml>,
-}
-
-/// `[environments.<name>.backup]`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BackupToml {
-    /// `"<kind> <cron>"` entries, e.g. `"full 0 2 * * SUN"`.
-    rotation: Vec<String>,
-    #[serde(default)]
-    retention: RetentionToml,
-    #[serde(default)]
-    prune: bool,
-    rto: Option<String>,
-    rpo: Option<String>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RetentionToml {
-    keep_last: Option<u32>,
-    keep_hourly: Option<u32>,
-    keep_daily: Option<u32>,
-    keep_weekly: Option<u32>,
-    keep_monthly: Option<u32>,
-    keep_yearly: Option<u32>,
-    keep_within: Option<String>,
-    #[serde(default)]
-    keep_tags: std::collections::BTreeSet<String>,
+    backup: Option<backup::BackupToml>,
 }
 
 /// An effective setting of an environment: a plain value, or a reference to a secret (whose
@@ -224,8 +242,8 @@ pub struct Config {
     /// Image repositories, by service.
     images: BTreeMap<String, String>,
     environments: BTreeMap<String, EnvironmentSpec>,
-    /// Backup policies, by environment.
-    backups: BTreeMap<String, BackupPolicy>,
+    /// Backup policies with what the agent needs to run them, by environment.
+    backups: BTreeMap<String, BackupJob>,
     /// Effective settings per environment, each with where it came from.
     settings: BTreeMap<String, BTreeMap<String, (Setting, Origin)>>,
     flags: Option<deploykit_flags::FlagSet>,
@@ -411,8 +429,8 @@ impl Config {
                 spec.strategy = rollout::strategy(&at, span.clone(), &path, st, &analyses)?;
             }
             if let Some(b) = &e.backup {
-                let policy = Self::backup(&at, span.clone(), &format!("{path}.backup"), b)?;
-                backups.insert(name.clone(), policy);
+                let job = backup::load(&at, span.clone(), name, &format!("{path}.backup"), b)?;
+                backups.insert(name.clone(), job);
             }
             spec.validate()
                 .map_err(|err| at.error(span.clone(), &path, err))?;
@@ -500,58 +518,6 @@ impl Config {
         Self::from_toml_str(&path.display().to_string(), &text)
     }
 
-    fn backup(
-        at: &Located<'_>,
-        span: Range<usize>,
-        path: &str,
-        b: &BackupToml,
-    ) -> Result<BackupPolicy> {
-        let mut rotation = Vec::new();
-        for (i, entry) in b.rotation.iter().enumerate() {
-            rotation.push(
-                entry
-                    .parse::<ScheduledRun>()
-                    .map_err(|e| at.error(span.clone(), &format!("{path}.rotation[{i}]"), e))?,
-            );
-        }
-        let r = &b.retention;
-        let keep_within = match &r.keep_within {
-            Some(d) => Some(duration(
-                at,
-                span.clone(),
-                &format!("{path}.retention.keep_within"),
-                d,
-            )?),
-            None => None,
-        };
-        let retention = RetentionPolicy {
-            keep_last: r.keep_last,
-            keep_hourly: r.keep_hourly,
-            keep_daily: r.keep_daily,
-            keep_weekly: r.keep_weekly,
-            keep_monthly: r.keep_monthly,
-            keep_yearly: r.keep_yearly,
-            keep_within,
-            keep_tags: r.keep_tags.clone(),
-            only_tags: Default::default(),
-        };
-        let mut targets = DrillTargets::default();
-        if let Some(d) = &b.rto {
-            targets.rto = duration(at, span.clone(), &format!("{path}.rto"), d)?;
-        }
-        if let Some(d) = &b.rpo {
-            targets.rpo = duration(at, span.clone(), &format!("{path}.rpo"), d)?;
-        }
-        let policy = BackupPolicy {
-            rotation,
-            retention,
-            prune: b.prune,
-            targets,
-        };
-        policy.validate().map_err(|e| at.error(span, path, e))?;
-        Ok(policy)
-    }
-
     /// A service by name.
     pub fn service(&self, name: &str) -> Result<&ServiceSpec> {
         self.services
@@ -570,7 +536,21 @@ impl Config {
     /// schedule, retention, recovery objectives. Fails if there is no such environment.
     pub fn backup_policy(&self, name: &str) -> Result<Option<&BackupPolicy>> {
         self.environment(name)?;
+        Ok(self.backups.get(name).map(|job| &job.policy))
+    }
+
+    /// Everything `deploykit backup agent` needs to run environment `name`'s backups
+    /// (`[environments.<name>.backup]`: the policy, repository, paths and commands, verify and
+    /// drill schedules, retries, alert webhook), if it has a backup table. Fails if there is
+    /// no such environment.
+    pub fn backup_job(&self, name: &str) -> Result<Option<&BackupJob>> {
+        self.environment(name)?;
         Ok(self.backups.get(name))
+    }
+
+    /// Every environment's backup job, by environment name.
+    pub fn backup_jobs(&self) -> impl Iterator<Item = &BackupJob> {
+        self.backups.values()
     }
 
     /// The container image repository (no tag or digest) service `name` runs on Kubernetes,

@@ -38,6 +38,14 @@ pub enum AuditAction {
     Teardown,
     /// Grant a role.
     Grant,
+    /// Take a backup (by hand or by the backup agent).
+    Backup,
+    /// Restore a backup.
+    Restore,
+    /// Run a disaster-recovery drill.
+    Drill,
+    /// Forget snapshots by retention and prune the data no snapshot needs.
+    Prune,
 }
 
 impl fmt::Display for AuditAction {
@@ -52,6 +60,10 @@ impl fmt::Display for AuditAction {
             AuditAction::Reject => "reject",
             AuditAction::Teardown => "teardown",
             AuditAction::Grant => "grant",
+            AuditAction::Backup => "backup",
+            AuditAction::Restore => "restore",
+            AuditAction::Drill => "drill",
+            AuditAction::Prune => "prune",
         })
     }
 }

@@ -1,0 +1,241 @@
+//! What each duty does: a backup (then retention and prune), a read of the data, a drill —
+//! each retried by the job's policy and audited.
+
+use super::audit::record_audit;
+use super::state::MissRecord;
+use super::{Inner, Task};
+use crate::{BackupKind, PruneOptions, ReadData};
+use deploykit_core::audit::AuditAction;
+use deploykit_core::retry::{Retry, RetryPolicy};
+use deploykit_core::{Error, Result};
+
+/// What a run did: its label (kind), attempts made and outcome (detail, or why it failed).
+pub(super) struct Outcome {
+    pub(super) kind: String,
+    pub(super) attempts: u32,
+    pub(super) result: std::result::Result<String, String>,
+}
+
+/// Runs `op` under `policy`, retrying every error but a bad specification; returns the result
+/// and the attempts made.
+pub(super) async fn retried<T, F, Fut>(
+    policy: &RetryPolicy,
+    what: &str,
+    mut op: F,
+) -> (Result<T>, u32)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut attempts = 0;
+    let classify = |e: &Error| match e {
+        Error::InvalidSpec { .. } => Retry::No,
+        _ => Retry::Yes,
+    };
+    let result = policy
+        .run(what, classify, || {
+            attempts += 1;
+            op()
+        })
+        .await
+        .map_err(|e| e.into_inner());
+    (result, attempts)
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+impl Inner {
+    async fn audit(&self, action: AuditAction, env: &str, detail: String) {
+        if let Some((store, actor)) = &self.audit
+            && let Err(e) =
+                record_audit(store.as_ref(), actor, action, env, self.clock.now(), detail).await
+        {
+            tracing::error!(error = %e.chain(), "the backup agent cannot append to the audit log");
+        }
+    }
+
+    pub(super) async fn backup(
+        &self,
+        task: &Task,
+        kind: BackupKind,
+        caught_up: &Option<MissRecord>,
+    ) -> Outcome {
+        let env = &task.job.environment;
+        let request = task.job.request(kind);
+        let (taken, attempts) = retried(&task.job.retry, "scheduled backup", || {
+            task.repo.backup(request.clone())
+        })
+        .await;
+        let because = match caught_up {
+            Some(m) => format!(
+                " (catching up {} missed run{} due from {})",
+                m.runs,
+                if m.runs == 1 { "" } else { "s" },
+                m.first_due
+            ),
+            None => String::new(),
+        };
+        let (id, snapshot) = match taken {
+            Ok(taken) => taken,
+            Err(e) => {
+                let reason = e.chain();
+                self.audit(
+                    AuditAction::Backup,
+                    env,
+                    format!("{kind} backup{because} failed after {attempts} attempt(s): {reason}"),
+                )
+                .await;
+                return Outcome {
+                    kind: kind.to_string(),
+                    attempts,
+                    result: Err(reason),
+                };
+            }
+        };
+        let s = &snapshot.summary;
+        let mut detail = format!(
+            "snapshot {}{because}: {} files, {} bytes read, {} bytes stored",
+            short(&id),
+            s.files,
+            s.bytes_read,
+            s.bytes_stored
+        );
+        self.audit(AuditAction::Backup, env, format!("{kind} backup {detail}"))
+            .await;
+        let result = match self.retention(task).await {
+            Ok(Some(pruned)) => {
+                detail.push_str("; ");
+                detail.push_str(&pruned);
+                self.audit(AuditAction::Prune, env, pruned).await;
+                Ok(detail)
+            }
+            Ok(None) => Ok(detail),
+            Err(e) => {
+                let reason = format!(
+                    "snapshot {} was taken, but retention and prune failed: {}",
+                    short(&id),
+                    e.chain()
+                );
+                self.audit(AuditAction::Prune, env, format!("failed: {}", e.chain()))
+                    .await;
+                Err(reason)
+            }
+        };
+        Outcome {
+            kind: kind.to_string(),
+            attempts,
+            result,
+        }
+    }
+
+    /// Apply retention, then prune if the policy says so; what was done, if anything was.
+    async fn retention(&self, task: &Task) -> Result<Option<String>> {
+        let policy = &task.job.policy;
+        let mut done = Vec::new();
+        if !policy.retention.is_empty() {
+            let (decisions, _) = retried(&task.job.retry, "retention", || {
+                task.repo.forget(&policy.retention, false)
+            })
+            .await;
+            let forgot = decisions?.iter().filter(|d| !d.keep).count();
+            done.push(format!("retention forgot {forgot} snapshot(s)"));
+        }
+        if policy.prune {
+            let (report, _) = retried(&task.job.retry, "prune", || {
+                task.repo.prune(PruneOptions::default())
+            })
+            .await;
+            let r = report?;
+            done.push(format!(
+                "prune deleted {} pack(s) ({} bytes), repacked {}, marked {} for deletion",
+                r.deleted, r.bytes_deleted, r.repacked, r.marked
+            ));
+        }
+        Ok((!done.is_empty()).then(|| done.join(", ")))
+    }
+
+    pub(super) async fn verify(&self, task: &Task, read: ReadData, kind: String) -> Outcome {
+        let (report, attempts) =
+            retried(&task.job.retry, "verify", || task.repo.verify(read)).await;
+        let result = match report {
+            Ok(r) if r.is_ok() => Ok(format!(
+                "{} snapshot(s) sound; {} pack(s) read back ({} bytes)",
+                r.snapshots, r.packs_read, r.bytes_read
+            )),
+            Ok(r) => {
+                let shown: Vec<String> = r.problems.iter().take(3).map(|p| p.to_string()).collect();
+                Err(format!(
+                    "{} problem(s) found: {}{}",
+                    r.problems.len(),
+                    shown.join("; "),
+                    if r.problems.len() > 3 { "; …" } else { "" }
+                ))
+            }
+            Err(e) => Err(e.chain()),
+        };
+        Outcome {
+            kind,
+            attempts,
+            result,
+        }
+    }
+
+    pub(super) async fn drill(&self, task: &Task) -> Outcome {
+        let env = &task.job.environment;
+        let scratch = task
+            .job
+            .drill
+            .scratch
+            .clone()
+            .unwrap_or_else(|| self.scratch.join(env));
+        let targets = task.job.policy.targets;
+        let (report, attempts) = retried(&task.job.retry, "drill", || async {
+            std::fs::create_dir_all(&scratch).map_err(|e| {
+                Error::backend(format!("create {}", scratch.display()), e.to_string())
+            })?;
+            task.repo.drill(&scratch, targets).await
+        })
+        .await;
+        let result = match report {
+            Ok(r) => {
+                let detail = format!(
+                    "snapshot {}: {} files restored and checked; RTO {:.2?} (target {:?}), RPO {:.2?} (target {:?})",
+                    short(&r.snapshot),
+                    r.files,
+                    r.rto,
+                    r.targets.rto,
+                    r.rpo,
+                    r.targets.rpo
+                );
+                let met = r.meets_targets();
+                self.audit(
+                    AuditAction::Drill,
+                    env,
+                    format!("{detail}: {}", if met { "met" } else { "MISSED" }),
+                )
+                .await;
+                if met {
+                    Ok(detail)
+                } else {
+                    Err(format!("recovery objectives missed: {detail}"))
+                }
+            }
+            Err(e) => {
+                self.audit(
+                    AuditAction::Drill,
+                    env,
+                    format!("failed after {attempts} attempt(s): {}", e.chain()),
+                )
+                .await;
+                Err(e.chain())
+            }
+        };
+        Outcome {
+            kind: "drill".into(),
+            attempts,
+            result,
+        }
+    }
+}

@@ -1,0 +1,714 @@
+//! `deploykit pg` end to end on a real PostgreSQL (skipped, saying why, where its programs are
+//! not installed): a cluster archiving through `deploykit pg wal-push` (`archive_timeout = 1`),
+//! base backups with `deploykit pg backup` while it runs, restores with `deploykit pg restore`
+//! to a time between two commits and to the end of the archive, refusals (a target before
+//! the oldest base backup, a missing segment, a damaged one), wal-fetch's and wal-push's exit
+//! codes, and retention.
+//!
+//! As root (CI), PostgreSQL and every command that writes to the repository run as the
+//! `postgres` user, as on a server; `pg restore` runs as root and starts PostgreSQL as
+//! `postgres`.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use deploykit_postgres::tokio_postgres::Client;
+use deploykit_postgres::{
+    OsUser, PgBinaries, Server, ServerOptions, WalSegment, chown_tree, free_port, initdb,
+    simple_query,
+};
+use serde_json::{Value, json};
+
+const CLI: &str = env!("CARGO_BIN_EXE_deploykit");
+const PASSWORD: &str = "correct horse battery staple";
+const MIB16: u64 = 16 * 1024 * 1024;
+const ROWS: &str = "SELECT string_agg(id::text, ',' ORDER BY id) FROM events";
+
+fn bins() -> Option<PgBinaries> {
+    match PgBinaries::find() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("skipping: PostgreSQL is not installed here ({})", e.chain());
+            None
+        }
+    }
+}
+
+/// A cluster archiving into a repository, in a temporary directory.
+struct Rig {
+    dir: tempfile::TempDir,
+    run_as: Option<OsUser>,
+    /// The deploykit binary, where the server's user can run it.
+    exe: PathBuf,
+    repo: PathBuf,
+    /// A key file opening the repository (the server archives with it).
+    key_file: PathBuf,
+    port: u16,
+    server: Server,
+    db: Client,
+}
+
+impl Rig {
+    async fn start(bins: &PgBinaries) -> Rig {
+        let run_as = OsUser::for_server().expect("a user to run PostgreSQL as");
+        let dir = tempfile::tempdir().unwrap();
+        chown_tree(dir.path(), run_as.as_ref()).unwrap();
+        let exe = match &run_as {
+            Some(_) => {
+                let exe = dir.path().join("deploykit");
+                std::fs::copy(CLI, &exe).unwrap();
+                chown_tree(&exe, run_as.as_ref()).unwrap();
+                exe
+            }
+            None => PathBuf::from(CLI),
+        };
+        let repo = dir.path().join("repo");
+        // The server archives with a key file; the commands here use the passphrase.
+        let key_file = dir.path().join("repo.key");
+        let out = run(
+            &exe,
+            run_as.as_ref(),
+            None,
+            &["pg", "init", "--repo", s(&repo), "--key-file", s(&key_file)],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let data = dir.path().join("data");
+        initdb(bins, &data, "postgres", run_as.as_ref())
+            .await
+            .unwrap();
+        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        conf.push_str(&format!(
+            "\narchive_mode = on\narchive_command = '{} pg wal-push %p --repo {}'\n\
+             archive_timeout = 1\nwal_level = replica\nfsync = off\n",
+            exe.display(),
+            repo.display()
+        ));
+        std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+        let port = free_port().unwrap();
+        let options = ServerOptions::builder()
+            .port(port)
+            .socket_dir(dir.path())
+            .listen_tcp(true)
+            .run_as(run_as.clone())
+            .env(vec![(
+                "DEPLOYKIT_REPO_KEY_FILE".into(),
+                key_file.display().to_string(),
+            )])
+            .user("postgres")
+            .log_file(dir.path().join("primary.log"))
+            .build();
+        let server = Server::start(bins, &data, options).await.unwrap();
+        let db = server.connect().await.unwrap();
+        Rig {
+            dir,
+            run_as,
+            exe,
+            repo,
+            key_file,
+            port,
+            server,
+            db,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Run deploykit as the repository's owner (as the server's user).
+    fn dk(&self, args: &[&str]) -> Output {
+        run(&self.exe, self.run_as.as_ref(), None, args)
+    }
+
+    /// Run deploykit as the repository's owner with the key file instead of the passphrase.
+    fn dk_key(&self, args: &[&str]) -> Output {
+        run(&self.exe, self.run_as.as_ref(), Some(&self.key_file), args)
+    }
+
+    /// Run deploykit as this test's user (root in CI: `pg restore` then runs PostgreSQL as
+    /// `postgres`).
+    fn dk_here(&self, args: &[&str]) -> Output {
+        run(&self.exe, None, None, args)
+    }
+
+    /// `args` with `-o json`, which must succeed; its document.
+    fn json(&self, here: bool, args: &[&str]) -> Value {
+        let args: Vec<&str> = ["-o", "json"].iter().chain(args).copied().collect();
+        let out = if here {
+            self.dk_here(&args)
+        } else {
+            self.dk(&args)
+        };
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    async fn sql(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        simple_query(&self.db, sql).await.unwrap()
+    }
+
+    async fn one(&self, sql: &str) -> String {
+        self.sql(sql).await[0][0].clone().unwrap_or_default()
+    }
+
+    /// Commit row `id` (its own transaction), then wait a moment so commits are apart.
+    async fn insert(&self, id: u32) {
+        self.sql(&format!("INSERT INTO events (id) VALUES ({id})"))
+            .await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    /// The time of row `id`'s write, as RFC 3339.
+    async fn at(&self, id: u32) -> String {
+        self.one(&format!(
+            "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+             FROM events WHERE id = {id}"
+        ))
+        .await
+    }
+
+    /// Wait until the segment holding everything committed so far is in the repository.
+    async fn archive_everything(&self) -> Duration {
+        let segment = self
+            .one("SELECT pg_walfile_name(pg_current_wal_lsn() - 1)")
+            .await;
+        let started = Instant::now();
+        self.sql("SELECT pg_switch_wal()").await;
+        self.wait_archived(&segment, started).await
+    }
+
+    async fn wait_archived(&self, segment: &str, since: Instant) -> Duration {
+        let file = self.repo.join("named/wal").join(segment);
+        while !file.exists() {
+            assert!(
+                since.elapsed() < Duration::from_secs(60),
+                "{segment} not archived: {}",
+                std::fs::read_to_string(self.server.log_file()).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        since.elapsed()
+    }
+
+    /// A table, rows 1–3, a base backup, rows 4–8 with segment switches between, all archived.
+    /// The backup's first segment, and the WAL position just after row 8.
+    async fn history(&self) -> (String, String) {
+        self.sql(
+            "CREATE TABLE events (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        )
+        .await;
+        for id in 1..=3 {
+            self.insert(id).await;
+        }
+        let conn = format!("host=127.0.0.1 port={} user=postgres", self.port);
+        let backup = self.json(
+            false,
+            &[
+                "pg",
+                "backup",
+                "--repo",
+                s(&self.repo),
+                "--pgdata-connection",
+                &conn,
+            ],
+        );
+        for id in 4..=8 {
+            self.insert(id).await;
+            if id == 5 || id == 7 {
+                self.sql("SELECT pg_switch_wal()").await;
+            }
+        }
+        let lsn = self.one("SELECT pg_current_wal_lsn()::text").await;
+        self.archive_everything().await;
+        (backup["wal_start"].as_str().unwrap().to_string(), lsn)
+    }
+
+    /// `pg restore` into `to` from `repo` with `extra` arguments, as this test's user.
+    fn restore(&self, repo: &Path, to: &str, extra: &[&str]) -> Output {
+        let to = self.path(to);
+        let mut args = vec![
+            "-o",
+            "json",
+            "pg",
+            "restore",
+            "--repo",
+            s(repo),
+            "--to",
+            s(&to),
+        ];
+        if !extra.contains(&"--verify-query") {
+            args.extend(["--verify-query", ROWS]);
+        }
+        args.extend(extra);
+        self.dk_here(&args)
+    }
+
+    /// A copy of the repository (owners kept).
+    fn copy_repo(&self, name: &str) -> PathBuf {
+        let copy = self.path(name);
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&self.repo)
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        copy
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// Run deploykit with the passphrase, or with `key_file` when given.
+fn run(exe: &Path, run_as: Option<&OsUser>, key_file: Option<&Path>, args: &[&str]) -> Output {
+    let mut command = Command::new(exe);
+    command
+        .args(args)
+        .env("DEPLOYKIT_REPO_PASSWORD", PASSWORD)
+        .env_remove("DEPLOYKIT_REPO_KEY_FILE")
+        .env_remove("RUST_LOG");
+    if let Some(key) = key_file {
+        command.env("DEPLOYKIT_REPO_KEY_FILE", key);
+    }
+    if let Some(user) = run_as {
+        command.uid(user.uid).gid(user.gid).current_dir("/");
+    }
+    // A copy of the binary just written can be "busy" for a moment while a process another
+    // test forks still holds the writer's descriptor.
+    for _ in 0..50 {
+        match command.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("{} stayed busy", exe.display());
+}
+
+/// What a command said: stderr, then stdout (where `-o json` puts an error).
+fn stderr(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    )
+}
+
+fn next_segment(name: &str, by: u64) -> String {
+    let s = WalSegment::parse(name, MIB16).unwrap();
+    WalSegment {
+        timeline: s.timeline,
+        number: s.number + by,
+    }
+    .file_name(MIB16)
+}
+
+fn rows(report: &Value) -> Value {
+    report["rows"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_in_time_recovery_to_a_time_to_the_end_and_after_retention() {
+    let Some(bins) = bins() else { return };
+    let rig = Rig::start(&bins).await;
+    let (_, lsn) = rig.history().await;
+
+    // Between the commits of rows 5 and 6: exactly rows 1–5.
+    let target = rig
+        .one(
+            "SELECT to_char((a.at + (b.at - a.at) / 2) AT TIME ZONE 'UTC', \
+             'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM events a, events b \
+             WHERE a.id = 5 AND b.id = 6",
+        )
+        .await;
+    let out = rig.restore(&rig.repo, "at-time", &["--time", &target]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows(&report), json!([["1,2,3,4,5"]]), "{report}");
+    assert_eq!(report["timeline"], 2, "promoted onto a new timeline");
+    let restored = rig.path("at-time");
+    assert!(restored.join("PG_VERSION").is_file());
+    assert!(!restored.join("recovery.signal").exists(), "recovery ended");
+    assert!(
+        !restored.join("postmaster.pid").exists(),
+        "and the server stopped"
+    );
+
+    // The end of the archive: every row.
+    let out = rig.restore(&rig.repo, "latest", &["--latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows(&report), json!([["1,2,3,4,5,6,7,8"]]), "{report}");
+
+    // Before the oldest base backup: refused, nothing restored.
+    let before = rig.at(2).await;
+    let out = rig.restore(&rig.repo, "too-early", &["--time", &before]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is before the oldest base backup is consistent"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!rig.path("too-early").exists());
+    // An LSN target: the position just after row 8.
+    let out = rig.restore(&rig.repo, "at-lsn", &["--lsn", &lsn]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows(&report), json!([["1,2,3,4,5,6,7,8"]]), "{report}");
+    // A restore point before a second base backup: that backup cannot reach it, so the
+    // restore falls back to the first.
+    rig.insert(9).await;
+    rig.sql("SELECT pg_create_restore_point('after-9')").await;
+    let conn = format!("host=127.0.0.1 port={} user=postgres", rig.port);
+    let second = rig.json(
+        false,
+        &[
+            "pg",
+            "backup",
+            "--repo",
+            s(&rig.repo),
+            "--pgdata-connection",
+            &conn,
+        ],
+    );
+    rig.insert(10).await;
+    rig.archive_everything().await;
+    let out = rig.restore(&rig.repo, "at-name", &["--name", "after-9"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows(&report), json!([["1,2,3,4,5,6,7,8,9"]]), "{report}");
+    assert_ne!(report["snapshot"], second["snapshot"], "{report}");
+    // Retention: keep only the second base backup.
+    let before_prune = rig.json(false, &["pg", "list", "--repo", s(&rig.repo)]);
+    assert_eq!(before_prune["base_backups"].as_array().unwrap().len(), 2);
+    let pruned = rig.json(
+        false,
+        &["pg", "prune", "--repo", s(&rig.repo), "--keep", "1"],
+    );
+    assert_eq!(
+        pruned["backups_forgotten"].as_array().unwrap().len(),
+        1,
+        "{pruned}"
+    );
+    assert!(pruned["wal_deleted"].as_u64().unwrap() > 0, "{pruned}");
+    let after = rig.json(false, &["pg", "list", "--repo", s(&rig.repo)]);
+    assert_eq!(after["base_backups"][0]["snapshot"], second["snapshot"]);
+    assert_eq!(after["wal"][0]["first"], second["wal_start"], "{after}");
+    assert_eq!(after["wal"][0]["first_gap"], Value::Null);
+    // What is left restores to the end, and an LSN before the kept backup is refused.
+    let out = rig.restore(&rig.repo, "after-prune", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows(&report), json!([["1,2,3,4,5,6,7,8,9,10"]]), "{report}");
+    let out = rig.restore(&rig.repo, "lsn", &["--lsn", &lsn]);
+    assert!(
+        stderr(&out).contains("is before the oldest base backup"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_refuses_gaps_stops_at_damage_and_the_archive_commands_say_why() {
+    let Some(bins) = bins() else { return };
+    let rig = Rig::start(&bins).await;
+    let (start, _) = rig.history().await;
+    let listed = rig.json(false, &["pg", "list", "--repo", s(&rig.repo)]);
+    let last = listed["wal"][0]["last"].as_str().unwrap().to_string();
+    let middle = next_segment(&start, 1);
+    assert!(
+        last > next_segment(&start, 1),
+        "segments after the middle one: {listed}"
+    );
+
+    // A missing segment between the backup and the newest: refused before recovery, named.
+    let gap = rig.copy_repo("repo-gap");
+    std::fs::remove_file(gap.join("named/wal").join(&middle)).unwrap();
+    let out = rig.restore(&gap, "gap", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("WAL segment {middle}")) && err.contains("not found"),
+        "{err}"
+    );
+    assert!(
+        !rig.path("gap").exists(),
+        "refused before restoring anything"
+    );
+
+    // A damaged segment: recovery stops there (PostgreSQL exits) and the error names it.
+    let bad = rig.copy_repo("repo-bad");
+    let record = bad.join("named/wal").join(&middle);
+    let mut bytes = std::fs::read(&record).unwrap();
+    bytes[40] ^= 0xff;
+    std::fs::write(&record, bytes).unwrap();
+    let out = rig.restore(&bad, "bad", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("wal-fetch {middle} failed")), "{err}");
+    assert!(
+        err.contains(&format!("corrupt named object wal/{middle}")),
+        "{err}"
+    );
+
+    // wal-fetch: 0 with the file, 1 when not archived, 128 when it cannot deliver it.
+    let fetched = rig.path("fetched");
+    let out = rig.dk(&[
+        "pg",
+        "wal-fetch",
+        &middle,
+        s(&fetched),
+        "--repo",
+        s(&rig.repo),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::metadata(&fetched).unwrap().len(), MIB16);
+    let absent = next_segment(&last, 100);
+    let out = rig.dk(&[
+        "pg",
+        "wal-fetch",
+        &absent,
+        s(&fetched),
+        "--repo",
+        s(&rig.repo),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("{absent}: not in the archive")));
+    let out = rig.dk(&["pg", "wal-fetch", &middle, s(&fetched), "--repo", s(&bad)]);
+    assert_eq!(out.status.code(), Some(128), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&middle));
+    let gone = rig.path("unmounted");
+    let out = rig.dk(&["pg", "wal-fetch", &middle, s(&fetched), "--repo", s(&gone)]);
+    assert_eq!(
+        out.status.code(),
+        Some(128),
+        "an unreachable archive is not its end"
+    );
+    assert_eq!(
+        std::fs::metadata(&fetched).unwrap().len(),
+        MIB16,
+        "left as it was"
+    );
+
+    // wal-push of an archived segment again: a no-op; with other content: refused.
+    let again = rig.path("again");
+    std::fs::create_dir_all(&again).unwrap();
+    chown_tree(&again, rig.run_as.as_ref()).unwrap();
+    let copy = again.join(&middle);
+    std::fs::copy(&fetched, &copy).unwrap();
+    chown_tree(&copy, rig.run_as.as_ref()).unwrap();
+    let out = rig.dk(&["pg", "wal-push", s(&copy), "--repo", s(&rig.repo)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut changed = std::fs::read(&copy).unwrap();
+    changed[MIB16 as usize - 1] ^= 1;
+    std::fs::write(&copy, changed).unwrap();
+    let out = rig.dk(&["pg", "wal-push", s(&copy), "--repo", s(&rig.repo)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("archive {middle} failed")), "{err}");
+    assert!(err.contains("with other content"), "{err}");
+    // A target outage fails the push (PostgreSQL keeps the segment and retries).
+    let out = rig.dk(&["pg", "wal-push", s(&copy), "--repo", s(&gone)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("backup repository at"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The primary archived every segment without a failure.
+    let failed = rig.one("SELECT failed_count FROM pg_stat_archiver").await;
+    assert_eq!(
+        failed,
+        "0",
+        "{}",
+        std::fs::read_to_string(rig.path("primary.log")).unwrap()
+    );
+}
+
+/// The numbers in BENCHMARKS.md ("PostgreSQL archiving and point-in-time recovery"): a
+/// pgbench database at scale 10, its base backup, WAL push and fetch rates through the
+/// binary, RPO with `archive_timeout = 1`, and a restore to the end of the archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: cargo test -p deploykit-cli --release --test pg -- --ignored --nocapture"]
+async fn benchmark_archiving_and_recovery() {
+    let Some(bins) = bins() else { return };
+    let rig = Rig::start(&bins).await;
+    let pgbench = |args: &[&str]| {
+        let mut command = Command::new(bins.tool("pgbench"));
+        command
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &rig.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(args);
+        if let Some(user) = &rig.run_as {
+            command.uid(user.uid).gid(user.gid).current_dir("/");
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "pgbench: {}", stderr(&out));
+    };
+    let started = Instant::now();
+    pgbench(&["-i", "-s", "10", "-q", "postgres"]);
+    let init = started.elapsed();
+    let settle = rig.archive_everything().await;
+    let size = rig
+        .one("SELECT pg_database_size('postgres')")
+        .await
+        .parse::<u64>()
+        .unwrap();
+    println!(
+        "pgbench -i -s 10: {:.1} MiB database in {init:.1?}; archive caught up {settle:.1?} later",
+        size as f64 / 1048576.0
+    );
+
+    let conn = format!("host=127.0.0.1 port={} user=postgres", rig.port);
+    let backup = rig.json(
+        false,
+        &[
+            "pg",
+            "backup",
+            "--repo",
+            s(&rig.repo),
+            "--pgdata-connection",
+            &conn,
+        ],
+    );
+    println!(
+        "base backup: {} files, {:.1} MiB, {:.1} MiB stored, pg_basebackup {} ms, in all {} ms",
+        backup["files"],
+        backup["bytes"].as_u64().unwrap() as f64 / 1048576.0,
+        backup["bytes_stored"].as_u64().unwrap() as f64 / 1048576.0,
+        backup["copy_ms"],
+        backup["duration_ms"]
+    );
+
+    // RPO: a commit until its segment is in the repository, with no switch but the timeout.
+    let mut rpo = Vec::new();
+    for i in 0..5 {
+        rig.sql(&format!(
+            "CREATE TABLE IF NOT EXISTS beat (i int); INSERT INTO beat VALUES ({i})"
+        ))
+        .await;
+        let committed = Instant::now();
+        let segment = rig
+            .one("SELECT pg_walfile_name(pg_current_wal_lsn() - 1)")
+            .await;
+        rpo.push(rig.wait_archived(&segment, committed).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    rpo.sort();
+    println!(
+        "RPO (commit to segment in the repository): median {:.2?}, max {:.2?}",
+        rpo[2], rpo[4]
+    );
+
+    // Fetch every archived segment through the binary, then push them into a fresh repository.
+    let listed = rig.json(false, &["pg", "list", "--repo", s(&rig.repo)]);
+    let (first, last) = (
+        listed["wal"][0]["first"].as_str().unwrap(),
+        listed["wal"][0]["last"].as_str().unwrap(),
+    );
+    let (lo, hi) = (
+        WalSegment::parse(first, MIB16).unwrap().number,
+        WalSegment::parse(last, MIB16).unwrap().number,
+    );
+    let segments = rig.path("segments");
+    std::fs::create_dir_all(&segments).unwrap();
+    chown_tree(&segments, rig.run_as.as_ref()).unwrap();
+    let names: Vec<String> = (lo..=hi)
+        .map(|n| {
+            WalSegment {
+                timeline: 1,
+                number: n,
+            }
+            .file_name(MIB16)
+        })
+        .collect();
+    let fetch_started = Instant::now();
+    for name in &names {
+        let out = rig.dk(&[
+            "pg",
+            "wal-fetch",
+            name,
+            s(&segments.join(name)),
+            "--repo",
+            s(&rig.repo),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let fetch = fetch_started.elapsed();
+    let fetch_started = Instant::now();
+    for name in &names {
+        let out = rig.dk_key(&[
+            "pg",
+            "wal-fetch",
+            name,
+            s(&segments.join(name)),
+            "--repo",
+            s(&rig.repo),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let fetch_key = fetch_started.elapsed();
+    let n = names.len() as f64;
+    for (label, key) in [("passphrase", false), ("key file", true)] {
+        let fresh = rig.path(&format!("fresh-{key}"));
+        let init = ["pg", "init", "--repo", s(&fresh), "--key-file"];
+        let key_path = rig.path(&format!("fresh-{key}.key"));
+        let out = rig.dk(&[&init[..], &[s(&key_path)]].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        let push_started = Instant::now();
+        for name in &names {
+            let segment = segments.join(name);
+            let args = ["pg", "wal-push", s(&segment), "--repo", s(&fresh)];
+            let out = if key {
+                run(&rig.exe, rig.run_as.as_ref(), Some(&key_path), &args)
+            } else {
+                rig.dk(&args)
+            };
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        let push = push_started.elapsed();
+        println!(
+            "wal-push ({label}): {} segments in {push:.1?} ({:.1} segments/s, {:.0} MiB/s)",
+            names.len(),
+            n / push.as_secs_f64(),
+            n * 16.0 / push.as_secs_f64(),
+        );
+    }
+    println!(
+        "wal-fetch: {} segments, passphrase {fetch:.1?} ({:.1} segments/s), key file {fetch_key:.1?} ({:.1} segments/s)",
+        names.len(),
+        n / fetch.as_secs_f64(),
+        n / fetch_key.as_secs_f64()
+    );
+
+    let count = "SELECT count(*) FROM pgbench_accounts";
+    let out = rig.restore(
+        &rig.repo,
+        "restored",
+        &["--latest", "--verify-query", count],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows(&report), json!([["1000000"]]), "{report}");
+    println!(
+        "restore (latest, WAL {} to {}): files {} ms, recovery {} ms, in all {} ms",
+        report["wal_checked"][0],
+        report["wal_checked"][1],
+        report["files_ms"],
+        report["recovery_ms"],
+        report["duration_ms"]
+    );
+}

@@ -1,0 +1,505 @@
+//! Base backups: `pg_basebackup` of a running server (no WAL: the archive has it), stored as
+//! a snapshot whose tags record where its WAL starts and ends.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use typed_builder::TypedBuilder;
+
+use crate::archive::ClusterIdentity;
+use crate::server::{PgBinaries, command, pg_error, run, simple_query};
+use crate::wal::{Lsn, WalSegment, check_segment_size};
+use deploykit_backup::{BackupKind, BackupRequest, Repository, Snapshot};
+use deploykit_core::{Error, Result};
+
+/// The tag every base backup snapshot carries.
+pub const BASE_BACKUP_TAG: &str = "pg.base_backup";
+
+/// A base backup in the repository: a snapshot of a data directory and the WAL range that
+/// makes it consistent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BaseBackup {
+    /// The snapshot holding the data directory (its root entry is `pgdata`).
+    pub snapshot: String,
+    /// The timeline it was taken on.
+    pub timeline: u32,
+    /// Where its WAL starts (the checkpoint's redo point).
+    pub start_lsn: Lsn,
+    /// Where its WAL ends: recovery is consistent from here on.
+    pub stop_lsn: Lsn,
+    /// When `pg_basebackup` started.
+    pub start_time: DateTime<Utc>,
+    /// When it had finished (after the stop point was archived): a recovery target at or
+    /// after this time can start from this backup.
+    pub stop_time: DateTime<Utc>,
+    /// The cluster's WAL segment size.
+    pub wal_segment_size: u64,
+    /// The cluster's system identifier.
+    pub system_identifier: u64,
+}
+
+/// Now, to the microsecond (as recorded in tags and as PostgreSQL keeps time).
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn time_text(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+impl BaseBackup {
+    /// The first WAL segment it needs.
+    pub fn first_segment(&self) -> WalSegment {
+        WalSegment::containing(self.timeline, self.start_lsn, self.wal_segment_size)
+    }
+
+    /// The last WAL segment it needs to be consistent.
+    pub fn last_segment(&self) -> WalSegment {
+        let end = Lsn(self.stop_lsn.0.saturating_sub(1).max(self.start_lsn.0));
+        WalSegment::containing(self.timeline, end, self.wal_segment_size)
+    }
+
+    /// The tags recording it.
+    pub fn tags(&self) -> BTreeSet<String> {
+        let size = self.wal_segment_size;
+        [
+            BASE_BACKUP_TAG.to_string(),
+            format!("pg.timeline={}", self.timeline),
+            format!("pg.start_lsn={}", self.start_lsn),
+            format!("pg.stop_lsn={}", self.stop_lsn),
+            format!("pg.start_time={}", time_text(&self.start_time)),
+            format!("pg.stop_time={}", time_text(&self.stop_time)),
+            format!("pg.wal_segment_size={size}"),
+            format!("pg.system_identifier={}", self.system_identifier),
+            format!("pg.wal_start={}", self.first_segment().file_name(size)),
+            format!("pg.wal_stop={}", self.last_segment().file_name(size)),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    /// The base backup a snapshot holds: `None` if it is not one (no [`BASE_BACKUP_TAG`]), an
+    /// error naming the snapshot and tag if its tags are damaged.
+    pub fn from_snapshot(id: &str, snapshot: &Snapshot) -> Option<Result<Self>> {
+        if !snapshot.tags.contains(BASE_BACKUP_TAG) {
+            return None;
+        }
+        let tag = |name: &str| -> Result<&str> {
+            snapshot
+                .tags
+                .iter()
+                .find_map(|t| t.strip_prefix(name)?.strip_prefix('='))
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("snapshot {id} tag {name}"),
+                        "missing from a base backup",
+                    )
+                })
+        };
+        fn parse<T: FromStr>(id: &str, name: &str, text: &str) -> Result<T> {
+            text.parse().map_err(|_| {
+                Error::invalid(
+                    format!("snapshot {id} tag {name}"),
+                    format!("{text:?} does not parse"),
+                )
+            })
+        }
+        let time = |name: &str| -> Result<DateTime<Utc>> {
+            let text = tag(name)?;
+            DateTime::parse_from_rfc3339(text)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| Error::invalid(format!("snapshot {id} tag {name}"), e.to_string()))
+        };
+        let build = || -> Result<Self> {
+            let backup = BaseBackup {
+                snapshot: id.to_string(),
+                timeline: parse(id, "pg.timeline", tag("pg.timeline")?)?,
+                start_lsn: parse(id, "pg.start_lsn", tag("pg.start_lsn")?)?,
+                stop_lsn: parse(id, "pg.stop_lsn", tag("pg.stop_lsn")?)?,
+                start_time: time("pg.start_time")?,
+                stop_time: time("pg.stop_time")?,
+                wal_segment_size: parse(id, "pg.wal_segment_size", tag("pg.wal_segment_size")?)?,
+                system_identifier: parse(id, "pg.system_identifier", tag("pg.system_identifier")?)?,
+            };
+            check_segment_size(backup.wal_segment_size)?;
+            Ok(backup)
+        };
+        Some(build())
+    }
+}
+
+/// Every base backup in `repo`, oldest (by stop point) first.
+pub async fn base_backups(repo: &Repository) -> Result<Vec<BaseBackup>> {
+    let mut backups = repo
+        .snapshots()
+        .await?
+        .iter()
+        .filter_map(|(id, s)| BaseBackup::from_snapshot(id, s))
+        .collect::<Result<Vec<_>>>()?;
+    backups.sort_by(|a, b| {
+        (a.timeline, a.stop_lsn, a.stop_time).cmp(&(b.timeline, b.stop_lsn, b.stop_time))
+    });
+    Ok(backups)
+}
+
+/// What to back up, and how.
+#[derive(Clone, Debug, TypedBuilder)]
+#[non_exhaustive]
+pub struct BaseBackupRequest {
+    /// The server, as a libpq connection string: `host=… port=… user=…` (`password=…`, or
+    /// `PGPASSWORD`). Missing parts come from `PGHOST`, `PGPORT`, `PGUSER` as with libpq.
+    #[builder(setter(into))]
+    pub connection: String,
+    /// PostgreSQL's programs.
+    pub bins: PgBinaries,
+    /// Where `pg_basebackup` writes the copy before it goes into the repository (default: the
+    /// system's temporary directory); it needs room for the whole data directory.
+    #[builder(default, setter(strip_option, into))]
+    pub work_dir: Option<PathBuf>,
+}
+
+/// What [`take_base_backup`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BaseBackupReport {
+    /// The base backup.
+    pub backup: BaseBackup,
+    /// Files copied.
+    pub files: u64,
+    /// Bytes of the data directory copy.
+    pub bytes: u64,
+    /// Bytes written to the repository (new chunks, compressed and encrypted).
+    pub bytes_stored: u64,
+    /// How long `pg_basebackup` ran.
+    pub copy_duration: Duration,
+    /// How long the whole backup took.
+    pub duration: Duration,
+}
+
+/// A client for the libpq-style `conninfo`, with libpq's environment defaults.
+pub(crate) async fn connect(conninfo: &str) -> Result<tokio_postgres::Client> {
+    let mut config = tokio_postgres::Config::from_str(conninfo).map_err(|e| {
+        Error::invalid(
+            "postgres.connection",
+            format!("{conninfo:?} is not a connection string: {e}"),
+        )
+    })?;
+    if config.get_hosts().is_empty() {
+        match std::env::var("PGHOST") {
+            Ok(h) => config.host(&h),
+            Err(_) if Path::new("/var/run/postgresql").is_dir() => {
+                config.host_path("/var/run/postgresql")
+            }
+            Err(_) => config.host("localhost"),
+        };
+    }
+    if config.get_ports().is_empty()
+        && let Some(port) = std::env::var("PGPORT").ok().and_then(|p| p.parse().ok())
+    {
+        config.port(port);
+    }
+    if config.get_user().is_none() {
+        let user = std::env::var("PGUSER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "postgres".to_string());
+        config.user(&user);
+    }
+    if config.get_password().is_none()
+        && let Ok(password) = std::env::var("PGPASSWORD")
+    {
+        config.password(password);
+    }
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| pg_error("connect to PostgreSQL", e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// The WAL range of a backup, from its `backup_manifest` (`WAL-Ranges`).
+fn wal_range(manifest: &[u8]) -> Result<(u32, Lsn, Lsn)> {
+    let bad = |why: String| Error::invalid("backup_manifest", why);
+    let value: serde_json::Value =
+        serde_json::from_slice(manifest).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let ranges = value
+        .get("WAL-Ranges")
+        .and_then(|r| r.as_array())
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| bad("it has no WAL-Ranges".to_string()))?;
+    if ranges.len() > 1 {
+        return Err(bad(format!(
+            "the backup's WAL spans {} timelines (the server was promoted during it): take it again",
+            ranges.len()
+        )));
+    }
+    let range = &ranges[0];
+    let lsn = |key: &str| -> Result<Lsn> {
+        range
+            .get(key)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| bad(format!("its WAL range has no {key}")))?
+            .parse()
+    };
+    let timeline = range
+        .get("Timeline")
+        .and_then(|v| v.as_u64())
+        .and_then(|t| u32::try_from(t).ok())
+        .ok_or_else(|| bad("its WAL range has no Timeline".to_string()))?;
+    Ok((timeline, lsn("Start-LSN")?, lsn("End-LSN")?))
+}
+
+/// Take a base backup of a running server into `repo`, without stopping it:
+/// `pg_basebackup -X none --checkpoint=fast` into a work directory (it returns once the WAL
+/// up to its stop point is archived), then a full snapshot of the copy tagged with the WAL
+/// range from `backup_manifest` (see [`BaseBackup::tags`]). The copy is removed afterwards.
+///
+/// Refuses a server without `archive_mode` (a backup without archived WAL cannot be
+/// restored), one older than PostgreSQL 13 (no backup manifests), and a server other than the
+/// one whose WAL `repo` holds.
+///
+/// ```no_run
+/// # async fn f(repo: deploykit_backup::Repository) -> deploykit_core::Result<()> {
+/// use deploykit_postgres::{BaseBackupRequest, PgBinaries, take_base_backup};
+/// let request = BaseBackupRequest::builder()
+///     .connection("host=127.0.0.1 port=5432 user=postgres")
+///     .bins(PgBinaries::find()?)
+///     .build();
+/// let report = take_base_backup(&repo, &request).await?;
+/// println!("{} needs WAL from {}", report.backup.snapshot, report.backup.start_lsn);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn take_base_backup(
+    repo: &Repository,
+    request: &BaseBackupRequest,
+) -> Result<BaseBackupReport> {
+    let started = Instant::now();
+    let client = connect(&request.connection).await?;
+    let rows = simple_query(
+        &client,
+        "SELECT (SELECT system_identifier FROM pg_control_system())::text, \
+                (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), \
+                current_setting('archive_mode'), current_setting('server_version_num')",
+    )
+    .await?;
+    drop(client);
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::backend("read the server's settings", "the query returned no row"))?;
+    let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+    let system_identifier: u64 = field(0).parse().map_err(|_| {
+        Error::backend(
+            "read the server's settings",
+            format!("system identifier {:?}", field(0)),
+        )
+    })?;
+    let wal_segment_size: u64 = field(1).parse().map_err(|_| {
+        Error::backend(
+            "read the server's settings",
+            format!("wal_segment_size {:?}", field(1)),
+        )
+    })?;
+    if field(2) == "off" {
+        return Err(Error::invalid(
+            "archive_mode",
+            "is off on the server: a base backup is restorable only with its WAL archived; set \
+             archive_mode = on and archive_command = 'deploykit pg wal-push %p --repo …' (a \
+             restart) and try again",
+        ));
+    }
+    if field(3).parse::<u32>().unwrap_or(0) < 130_000 {
+        return Err(Error::invalid(
+            "server_version_num",
+            format!(
+                "{}: PostgreSQL 13 or later is needed (backup manifests)",
+                field(3)
+            ),
+        ));
+    }
+    ClusterIdentity {
+        system_identifier,
+        wal_segment_size,
+    }
+    .record(repo)
+    .await?;
+
+    let work = request
+        .work_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!(
+            "deploykit-basebackup-{}-{}",
+            std::process::id(),
+            Utc::now().timestamp_micros()
+        ));
+    let result = copy_and_store(repo, request, &work, system_identifier, wal_segment_size).await;
+    if let Err(e) = std::fs::remove_dir_all(&work)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %work.display(), error = %e, "could not remove the base backup's copy");
+    }
+    let (backup, files, bytes, bytes_stored, copy_duration) = result?;
+    Ok(BaseBackupReport {
+        backup,
+        files,
+        bytes,
+        bytes_stored,
+        copy_duration,
+        duration: started.elapsed(),
+    })
+}
+
+async fn copy_and_store(
+    repo: &Repository,
+    request: &BaseBackupRequest,
+    work: &Path,
+    system_identifier: u64,
+    wal_segment_size: u64,
+) -> Result<(BaseBackup, u64, u64, u64, Duration)> {
+    let data = work.join("pgdata");
+    std::fs::create_dir_all(work)
+        .map_err(|e| Error::backend(format!("create {}", work.display()), e.to_string()))?;
+    let start_time = now();
+    let copy_started = Instant::now();
+    let mut basebackup = command(&request.bins.tool("pg_basebackup"), None);
+    basebackup
+        .arg("--dbname")
+        .arg(&request.connection)
+        .arg("--pgdata")
+        .arg(&data)
+        .args(["--wal-method=none", "--checkpoint=fast", "--no-sync"])
+        .args(["--no-password", "--label=deploykit"]);
+    run(basebackup, "pg_basebackup").await?;
+    let copy_duration = copy_started.elapsed();
+    let stop_time = now();
+    let manifest = std::fs::read(data.join("backup_manifest")).map_err(|e| {
+        Error::backend(
+            format!("read {}", data.join("backup_manifest").display()),
+            e.to_string(),
+        )
+    })?;
+    let (timeline, start_lsn, stop_lsn) = wal_range(&manifest)?;
+    let mut backup = BaseBackup {
+        snapshot: String::new(),
+        timeline,
+        start_lsn,
+        stop_lsn,
+        start_time,
+        stop_time,
+        wal_segment_size,
+        system_identifier,
+    };
+    let (id, snapshot) = repo
+        .backup(
+            BackupRequest::builder()
+                .paths(vec![data])
+                .kind(BackupKind::Full)
+                .tags(backup.tags())
+                .build(),
+        )
+        .await?;
+    backup.snapshot = id;
+    let s = &snapshot.summary;
+    tracing::info!(
+        snapshot = %backup.snapshot,
+        start_lsn = %backup.start_lsn,
+        stop_lsn = %backup.stop_lsn,
+        bytes = s.bytes_total,
+        "base backup stored"
+    );
+    Ok((
+        backup,
+        s.files,
+        s.bytes_total,
+        s.bytes_stored,
+        copy_duration,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> BaseBackup {
+        BaseBackup {
+            snapshot: "abc".into(),
+            timeline: 1,
+            start_lsn: "0/2000028".parse().unwrap(),
+            stop_lsn: "0/4000100".parse().unwrap(),
+            start_time: DateTime::parse_from_rfc3339("2026-12-05T08:00:00.123456Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            stop_time: DateTime::parse_from_rfc3339("2026-12-05T08:00:03.5Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            wal_segment_size: 16 << 20,
+            system_identifier: 7_312_345_678_901_234_567,
+        }
+    }
+
+    #[test]
+    fn tags_record_the_wal_range_and_read_back() {
+        let backup = sample();
+        let tags = backup.tags();
+        assert!(tags.contains("pg.wal_start=000000010000000000000002"));
+        assert!(tags.contains("pg.wal_stop=000000010000000000000004"));
+        assert!(tags.contains("pg.start_time=2026-12-05T08:00:00.123456Z"));
+        let json = serde_json::json!({
+            "time": 0, "finished": 0, "host": "h", "paths": [], "tags": tags,
+            "kind": "full", "parent": null, "tree": "t",
+            "summary": { "files": 0, "dirs": 0, "files_read": 0, "bytes_total": 0,
+                         "bytes_read": 0, "blobs_added": 0, "bytes_stored": 0 }
+        });
+        let snapshot: Snapshot = serde_json::from_value(json.clone()).unwrap();
+        let read = BaseBackup::from_snapshot("abc", &snapshot)
+            .unwrap()
+            .unwrap();
+        assert_eq!(read, backup);
+        // A stop point at a segment boundary needs nothing of the next segment.
+        let mut at_boundary = backup.clone();
+        at_boundary.stop_lsn = "0/5000000".parse().unwrap();
+        assert_eq!(at_boundary.last_segment().number, 4);
+        // Not a base backup; a damaged one names the tag.
+        let mut other = json.clone();
+        other["tags"] = serde_json::json!(["daily"]);
+        let other: Snapshot = serde_json::from_value(other).unwrap();
+        assert!(BaseBackup::from_snapshot("x", &other).is_none());
+        let mut damaged = json;
+        damaged["tags"] = serde_json::json!([BASE_BACKUP_TAG, "pg.timeline=one"]);
+        let damaged: Snapshot = serde_json::from_value(damaged).unwrap();
+        let e = BaseBackup::from_snapshot("x", &damaged)
+            .unwrap()
+            .unwrap_err();
+        assert!(e.to_string().contains("snapshot x tag pg.timeline"), "{e}");
+    }
+
+    #[test]
+    fn the_wal_range_comes_from_the_manifest() {
+        let manifest = br#"{"PostgreSQL-Backup-Manifest-Version": 1, "Files": [],
+            "WAL-Ranges": [{ "Timeline": 2, "Start-LSN": "0/2000028", "End-LSN": "0/2000138" }],
+            "Manifest-Checksum": "x"}"#;
+        assert_eq!(
+            wal_range(manifest).unwrap(),
+            (2, Lsn(0x200_0028), Lsn(0x200_0138))
+        );
+        assert!(wal_range(b"{}").is_err());
+        let two = br#"{"WAL-Ranges": [
+            { "Timeline": 1, "Start-LSN": "0/1", "End-LSN": "0/2" },
+            { "Timeline": 2, "Start-LSN": "0/2", "End-LSN": "0/3" }]}"#;
+        assert!(
+            wal_range(two)
+                .unwrap_err()
+                .to_string()
+                .contains("spans 2 timelines")
+        );
+    }
+}

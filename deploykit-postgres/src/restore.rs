@@ -1,0 +1,652 @@
+//! Point-in-time recovery: the newest base backup before the target, restored to a new data
+//! directory, then PostgreSQL itself replays the archived WAL up to the target
+//! (`recovery.signal`, `restore_command`) and is promoted; a query checks the result.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use typed_builder::TypedBuilder;
+
+use crate::archive::{archived_segments, first_missing, wal_object_name};
+use crate::basebackup::{BaseBackup, base_backups};
+use crate::server::{OsUser, PgBinaries, Rows, Server, ServerOptions, chown_tree, free_port};
+use crate::wal::{Lsn, WalSegment};
+use deploykit_backup::{Repository, RestoreOptions};
+use deploykit_core::time::Timestamp;
+use deploykit_core::{Error, Result};
+
+/// Where recovery stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// The end of the archived WAL.
+    Latest,
+    /// The last transaction committed at or before this time.
+    Time(DateTime<Utc>),
+    /// This WAL position.
+    Lsn(Lsn),
+    /// A restore point made with `pg_create_restore_point(name)`.
+    Name(String),
+}
+
+impl fmt::Display for RecoveryTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecoveryTarget::Latest => f.write_str("the end of the archive"),
+            RecoveryTarget::Time(t) => write!(f, "time {}", t.format("%Y-%m-%d %H:%M:%S%.6f UTC")),
+            RecoveryTarget::Lsn(l) => write!(f, "LSN {l}"),
+            RecoveryTarget::Name(n) => write!(f, "restore point {n:?}"),
+        }
+    }
+}
+
+impl RecoveryTarget {
+    /// Parse a time: RFC 3339 (`2026-12-05T08:10:00.25Z`) or PostgreSQL's form
+    /// (`2026-12-05 08:10:00.250000+00`); UTC unless an offset is given.
+    ///
+    /// ```
+    /// use deploykit_postgres::RecoveryTarget;
+    /// let a = RecoveryTarget::parse_time("2026-12-05 08:10:00.25+00")?;
+    /// let b = RecoveryTarget::parse_time("2026-12-05T10:10:00.250+02:00")?;
+    /// assert_eq!(a, b);
+    /// # Ok::<(), deploykit_core::Error>(())
+    /// ```
+    pub fn parse_time(text: &str) -> Result<DateTime<Utc>> {
+        let mut s = text.trim().replacen(' ', "T", 1);
+        let time_at = s.find(['T', 't']).map_or(s.len(), |i| i + 1);
+        let tail = s[time_at..].to_string();
+        if tail.ends_with(['Z', 'z']) {
+        } else if let Some(sign) = tail.rfind(['+', '-']) {
+            let offset = &tail[sign + 1..];
+            if offset.len() == 2 {
+                s.push_str(":00");
+            } else if offset.len() == 4 && !offset.contains(':') {
+                s.insert(s.len() - 2, ':');
+            }
+        } else {
+            s.push('Z');
+        }
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| {
+                Error::invalid(
+                    "restore.time",
+                    format!(
+                        "{text:?} is not a time like 2026-12-05T08:10:00Z or 2026-12-05 \
+                         08:10:00.25+00 ({e})"
+                    ),
+                )
+            })
+    }
+
+    /// The `recovery_target_*` setting, if any.
+    fn setting(&self) -> Option<(&'static str, String)> {
+        match self {
+            RecoveryTarget::Latest => None,
+            RecoveryTarget::Time(t) => Some((
+                "recovery_target_time",
+                t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+            )),
+            RecoveryTarget::Lsn(l) => Some(("recovery_target_lsn", l.to_string())),
+            RecoveryTarget::Name(n) => Some(("recovery_target_name", n.clone())),
+        }
+    }
+}
+
+/// A value in `postgresql.conf` syntax: single-quoted, quotes doubled, backslashes escaped.
+fn conf_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// What to restore, where, and how to check it.
+#[derive(Clone, Debug, TypedBuilder)]
+#[non_exhaustive]
+pub struct RestoreRequest {
+    /// The new data directory: must not exist, or be empty.
+    #[builder(setter(into))]
+    pub to: PathBuf,
+    /// Where recovery stops (default: the end of the archive).
+    #[builder(default = RecoveryTarget::Latest)]
+    pub target: RecoveryTarget,
+    /// What PostgreSQL runs to fetch a WAL file, with `%f` (its name) and `%p` (where to put
+    /// it): `deploykit pg wal-fetch %f %p --repo …`. It must exit 1 for a file the archive
+    /// does not hold, and above 125 for any other failure (PostgreSQL then stops recovery
+    /// instead of ending it early).
+    #[builder(setter(into))]
+    pub restore_command: String,
+    /// PostgreSQL's programs.
+    pub bins: PgBinaries,
+    /// A query run once recovery has ended; its rows are in the report.
+    #[builder(default, setter(strip_option, into))]
+    pub verify_query: Option<String>,
+    /// The OS user that runs PostgreSQL and owns the restored directory (default: this
+    /// process's user; root must name one).
+    #[builder(default)]
+    pub run_as: Option<OsUser>,
+    /// The role the verify query runs as (default: the name of the OS user running
+    /// PostgreSQL, which `initdb` makes the superuser).
+    #[builder(default, setter(strip_option, into))]
+    pub user: Option<String>,
+    /// The database the verify query runs in (default `postgres`).
+    #[builder(default = "postgres".to_string(), setter(into))]
+    pub database: String,
+    /// How long recovery may take (default one hour).
+    #[builder(default = Duration::from_secs(3600))]
+    pub timeout: Duration,
+}
+
+/// What [`restore`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestoreReport {
+    /// The base backup restored.
+    pub base_backup: BaseBackup,
+    /// The first and last WAL segments checked present in the archive before recovery.
+    pub wal_checked: (String, String),
+    /// The WAL position recovery ended at (after promotion).
+    pub end_lsn: Lsn,
+    /// The timeline the promoted cluster writes on.
+    pub timeline: u32,
+    /// The verify query's rows.
+    pub verify_rows: Option<Rows>,
+    /// Time to restore the base backup's files.
+    pub files_duration: Duration,
+    /// Time from starting PostgreSQL to its promotion.
+    pub recovery_duration: Duration,
+    /// Time for the whole restore.
+    pub duration: Duration,
+    /// The server's log of the recovery.
+    pub log_file: PathBuf,
+}
+
+/// Restore `request.to` to `request.target`:
+///
+/// 1. the newest base backup that is consistent before the target (for a restore point,
+///    whose position is not known in advance, the newest, then older ones while PostgreSQL
+///    reports the point was not reached); a target before the oldest base backup is refused;
+/// 2. the archive is checked to hold every WAL segment from the backup's start to the target
+///    (to the newest segment for [`RecoveryTarget::Latest`]; for a time, to the first segment
+///    archived after it), refusing with the first missing one — PostgreSQL would otherwise
+///    end recovery early without a word;
+/// 3. the backup's files are restored, `recovery.signal` and the recovery settings
+///    (`restore_command`, the target, `recovery_target_action = 'promote'`,
+///    `recovery_target_timeline = 'current'`) are added to `postgresql.auto.conf`;
+/// 4. PostgreSQL is started on a free port with a private Unix socket (no TCP, archiving
+///    off so the restored cluster writes nothing into the archive), recovery runs to its end
+///    and the cluster is promoted; the verify query runs; PostgreSQL is stopped.
+///
+/// A recovery that fails (a damaged or unreadable segment) ends PostgreSQL: the error carries
+/// the telling lines of its log, which name the segment.
+///
+/// ```no_run
+/// # async fn f(repo: deploykit_backup::Repository) -> deploykit_core::Result<()> {
+/// use deploykit_postgres::{PgBinaries, RecoveryTarget, RestoreRequest, restore};
+/// let request = RestoreRequest::builder()
+///     .to("/srv/pg-restored")
+///     .target(RecoveryTarget::Time(RecoveryTarget::parse_time("2026-12-05 08:10:00+00")?))
+///     .restore_command("deploykit pg wal-fetch %f %p --repo /backups/pg")
+///     .bins(PgBinaries::find()?)
+///     .verify_query("SELECT count(*) FROM orders")
+///     .build();
+/// let report = restore(&repo, &request).await?;
+/// println!("{:?}", report.verify_rows);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn restore(repo: &Repository, request: &RestoreRequest) -> Result<RestoreReport> {
+    let started = Instant::now();
+    check_empty(&request.to)?;
+    let backups = base_backups(repo).await?;
+    let oldest = backups.first().ok_or_else(|| {
+        Error::not_found("a base backup in the repository (take one with `deploykit pg backup`)")
+    })?;
+    let before_oldest = |what: String| {
+        Error::invalid(
+            "restore.target",
+            format!(
+                "{what} is before the oldest base backup is consistent (snapshot {}, at {} / \
+                 {}): nothing can be restored to it",
+                &oldest.snapshot[..12.min(oldest.snapshot.len())],
+                oldest.stop_lsn,
+                oldest.stop_time.format("%Y-%m-%d %H:%M:%S%.3f UTC")
+            ),
+        )
+    };
+    let candidates: Vec<&BaseBackup> = match &request.target {
+        RecoveryTarget::Latest => backups.last().into_iter().collect(),
+        RecoveryTarget::Time(t) => {
+            let found: Vec<_> = backups
+                .iter()
+                .rev()
+                .find(|b| b.stop_time <= *t)
+                .into_iter()
+                .collect();
+            if found.is_empty() {
+                return Err(before_oldest(request.target.to_string()));
+            }
+            found
+        }
+        RecoveryTarget::Lsn(l) => {
+            let found: Vec<_> = backups
+                .iter()
+                .rev()
+                .find(|b| b.stop_lsn <= *l)
+                .into_iter()
+                .collect();
+            if found.is_empty() {
+                return Err(before_oldest(request.target.to_string()));
+            }
+            found
+        }
+        RecoveryTarget::Name(_) => backups.iter().rev().collect(),
+    };
+    let mut last_error = None;
+    for (i, backup) in candidates.iter().enumerate() {
+        let checked = check_wal(repo, backup, &request.target).await?;
+        match recover(repo, request, backup).await {
+            Ok(mut report) => {
+                report.wal_checked = checked;
+                report.duration = started.elapsed();
+                return Ok(report);
+            }
+            Err(e)
+                if matches!(request.target, RecoveryTarget::Name(_))
+                    && i + 1 < candidates.len()
+                    && e.chain()
+                        .contains("before configured recovery target was reached") =>
+            {
+                tracing::info!(snapshot = %backup.snapshot, "the restore point is not after this base backup; trying an older one");
+                remove_dir(&request.to)?;
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| Error::not_found("a base backup to restore")))
+}
+
+fn check_empty(dir: &Path) -> Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Error::invalid(
+                    "restore.to",
+                    format!(
+                        "{} exists and is not empty: restore into a new directory",
+                        dir.display()
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::backend(
+            format!("read {}", dir.display()),
+            e.to_string(),
+        )),
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::backend(
+            format!("remove {}", dir.display()),
+            e.to_string(),
+        )),
+    }
+}
+
+/// Check the archive holds every segment recovery from `backup` to `target` needs; the first
+/// and last segment checked.
+async fn check_wal(
+    repo: &Repository,
+    backup: &BaseBackup,
+    target: &RecoveryTarget,
+) -> Result<(String, String)> {
+    let size = backup.wal_segment_size;
+    let present = archived_segments(repo, backup.timeline, size).await?;
+    let first = backup.first_segment().number;
+    let consistent = backup.last_segment().number;
+    let newest = present.range(first..).next_back().copied();
+    let (last, until) = match target {
+        RecoveryTarget::Latest => (
+            newest.unwrap_or(consistent).max(consistent),
+            "the newest archived".to_string(),
+        ),
+        RecoveryTarget::Lsn(l) => ((l.0 / size).max(consistent), format!("the one holding {l}")),
+        RecoveryTarget::Time(t) => {
+            let t = Timestamp::from_millis(u64::try_from(t.timestamp_millis()).unwrap_or(0));
+            let mut end = newest.unwrap_or(consistent);
+            for &n in present.range(first..) {
+                let name = wal_object_name(
+                    &WalSegment {
+                        timeline: backup.timeline,
+                        number: n,
+                    }
+                    .file_name(size),
+                );
+                if repo.named(&name).await?.created > t {
+                    end = n;
+                    break;
+                }
+            }
+            (
+                end.max(consistent),
+                "the first archived after the target".to_string(),
+            )
+        }
+        RecoveryTarget::Name(_) => (consistent, "the backup's stop point".to_string()),
+    };
+    let name = |n: u64| {
+        WalSegment {
+            timeline: backup.timeline,
+            number: n,
+        }
+        .file_name(size)
+    };
+    if let Some(missing) = first_missing(&present, first, last) {
+        return Err(Error::not_found(format!(
+            "WAL segment {} in the archive (recovering base backup {} needs every segment from \
+             {} to {}, {until}; PostgreSQL would end recovery early at the gap)",
+            name(missing),
+            &backup.snapshot[..12.min(backup.snapshot.len())],
+            name(first),
+            name(last)
+        )));
+    }
+    Ok((name(first), name(last)))
+}
+
+/// Restore `backup`'s files to `request.to` and let PostgreSQL recover them.
+async fn recover(
+    repo: &Repository,
+    request: &RestoreRequest,
+    backup: &BaseBackup,
+) -> Result<RestoreReport> {
+    let to = &request.to;
+    let files_started = Instant::now();
+    restore_files(repo, backup, to).await?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            Error::backend(format!("set the mode of {}", to.display()), e.to_string())
+        })?;
+    }
+    write_recovery_settings(to, request, backup)?;
+    let log_file = to.join("deploykit-restore.log");
+    std::fs::write(&log_file, b"")
+        .map_err(|e| Error::backend(format!("create {}", log_file.display()), e.to_string()))?;
+    chown_tree(to, request.run_as.as_ref())?;
+    let files_duration = files_started.elapsed();
+
+    let socket_dir = PrivateDir::create(request.run_as.as_ref())?;
+    let hba = socket_dir.path.join("pg_hba.conf");
+    std::fs::write(
+        &hba,
+        "# deploykit pg restore: the private socket only\nlocal all all trust\n",
+    )
+    .map_err(|e| Error::backend(format!("write {}", hba.display()), e.to_string()))?;
+    chown_tree(&hba, request.run_as.as_ref())?;
+    let user = match (&request.user, &request.run_as) {
+        (Some(u), _) => u.clone(),
+        (None, Some(os)) => os.name.clone(),
+        (None, None) => OsUser::current()?.name,
+    };
+    let settings = [
+        ("archive_mode", "off"),
+        ("hba_file", &*hba.to_string_lossy()),
+        ("hot_standby", "on"),
+        ("logging_collector", "off"),
+        ("log_destination", "stderr"),
+        ("synchronous_standby_names", ""),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let options = ServerOptions::builder()
+        .port(free_port()?)
+        .socket_dir(socket_dir.path.clone())
+        .settings(settings)
+        .run_as(request.run_as.clone())
+        .user(user)
+        .database(request.database.clone())
+        .log_file(log_file.clone())
+        .start_timeout(request.timeout)
+        .build();
+    let recovery_started = Instant::now();
+    let context = |e: Error| {
+        Error::backend(
+            format!(
+                "recover {} from base backup {} to {}",
+                to.display(),
+                &backup.snapshot[..12.min(backup.snapshot.len())],
+                request.target
+            ),
+            format!("{} (the server's log: {})", e.chain(), log_file.display()),
+        )
+    };
+    let mut server = Server::start(&request.bins, to, options)
+        .await
+        .map_err(context)?;
+    server
+        .wait_for_promotion(request.timeout.saturating_sub(recovery_started.elapsed()))
+        .await
+        .map_err(context)?;
+    let recovery_duration = recovery_started.elapsed();
+    // Stopped cleanly whatever the queries say.
+    let checked = check_recovered(&server, request.verify_query.as_deref()).await;
+    server.stop().await?;
+    let (end_lsn, timeline, verify_rows) = checked?;
+    Ok(RestoreReport {
+        base_backup: backup.clone(),
+        wal_checked: (String::new(), String::new()),
+        end_lsn,
+        timeline,
+        verify_rows,
+        files_duration,
+        recovery_duration,
+        duration: Duration::ZERO,
+        log_file,
+    })
+}
+
+/// Where the promoted server writes (LSN, timeline), and the verify query's rows.
+async fn check_recovered(
+    server: &Server,
+    verify: Option<&str>,
+) -> Result<(Lsn, u32, Option<Rows>)> {
+    let position = server
+        .query(
+            "SELECT pg_current_wal_lsn()::text, substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+        )
+        .await?;
+    let field = |i: usize| {
+        position
+            .first()
+            .and_then(|r| r.get(i))
+            .cloned()
+            .flatten()
+            .unwrap_or_default()
+    };
+    let end_lsn: Lsn = field(0).parse()?;
+    let timeline = u32::from_str_radix(&field(1), 16).map_err(|_| {
+        Error::backend(
+            "read the recovered timeline",
+            format!("{:?} is not hex", field(1)),
+        )
+    })?;
+    let rows = match verify {
+        Some(sql) => Some(server.query(sql).await.map_err(|e| {
+            Error::backend(
+                format!("the verify query on the restored cluster ({sql})"),
+                e.chain(),
+            )
+        })?),
+        None => None,
+    };
+    Ok((end_lsn, timeline, rows))
+}
+
+/// The base backup's data directory at `to`: restored beside it, then renamed into place.
+async fn restore_files(repo: &Repository, backup: &BaseBackup, to: &Path) -> Result<()> {
+    let parent = to
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .map_err(|e| Error::backend(format!("create {}", parent.display()), e.to_string()))?;
+    let name = to
+        .file_name()
+        .ok_or_else(|| Error::invalid("restore.to", format!("{} has no name", to.display())))?;
+    let staging = parent.join(format!(
+        ".{}.deploykit-restore-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    remove_dir(&staging)?;
+    let result = async {
+        repo.restore(&backup.snapshot, &staging, &RestoreOptions::default())
+            .await?;
+        if to.exists() {
+            std::fs::remove_dir(to)
+                .map_err(|e| Error::backend(format!("replace {}", to.display()), e.to_string()))?;
+        }
+        std::fs::rename(staging.join("pgdata"), to).map_err(|e| {
+            Error::backend(
+                format!("move the restored files to {}", to.display()),
+                e.to_string(),
+            )
+        })
+    }
+    .await;
+    remove_dir(&staging)?;
+    result
+}
+
+/// `recovery.signal`, and the recovery settings appended to `postgresql.auto.conf` (which
+/// wins over `postgresql.conf`).
+fn write_recovery_settings(to: &Path, request: &RestoreRequest, backup: &BaseBackup) -> Result<()> {
+    let io = |path: &Path, e: std::io::Error| {
+        Error::backend(format!("write {}", path.display()), e.to_string())
+    };
+    for stale in ["postmaster.pid", "standby.signal"] {
+        let path = to.join(stale);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+        }
+    }
+    let signal = to.join("recovery.signal");
+    std::fs::write(&signal, b"").map_err(|e| io(&signal, e))?;
+    let mut settings = format!(
+        "\n# Added by deploykit pg restore: base backup {} recovered to {}.\n\
+         restore_command = {}\nrecovery_target_timeline = 'current'\n",
+        backup.snapshot,
+        request.target,
+        conf_quote(&request.restore_command)
+    );
+    if let Some((name, value)) = request.target.setting() {
+        settings.push_str(&format!(
+            "{name} = {}\nrecovery_target_action = 'promote'\n",
+            conf_quote(&value)
+        ));
+    }
+    let conf = to.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
+    text.push_str(&settings);
+    std::fs::write(&conf, text).map_err(|e| io(&conf, e))
+}
+
+/// A directory only its owner may enter, removed on drop: the restored server's socket and
+/// authentication file.
+struct PrivateDir {
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    fn create(owner: Option<&OsUser>) -> Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        // Short: a Unix socket's path must fit in 107 bytes.
+        let tmp = std::env::temp_dir();
+        let base = if tmp.as_os_str().len() <= 48 {
+            tmp
+        } else {
+            PathBuf::from("/tmp")
+        };
+        let path = base.join(format!(
+            "deploykit-pg-{}-{}",
+            std::process::id(),
+            Utc::now().timestamp_micros() % 1_000_000_000
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| Error::backend(format!("create {}", path.display()), e.to_string()))?;
+        let dir = PrivateDir { path };
+        chown_tree(&dir.path, owner)?;
+        Ok(dir)
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_in_rfc_3339_and_postgresql_forms() {
+        let want = DateTime::parse_from_rfc3339("2026-12-05T08:10:00.25Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for text in [
+            "2026-12-05T08:10:00.25Z",
+            "2026-12-05 08:10:00.250000+00",
+            "2026-12-05 08:10:00.25",
+            "2026-12-05 10:10:00.25+02",
+            "2026-12-05 10:10:00.25+0200",
+            "2026-12-05T03:10:00.25-05:00",
+        ] {
+            assert_eq!(RecoveryTarget::parse_time(text).unwrap(), want, "{text}");
+        }
+        for bad in ["yesterday", "2026-12-05", "08:10:00"] {
+            let e = RecoveryTarget::parse_time(bad).unwrap_err();
+            assert!(e.to_string().contains("is not a time"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn targets_become_recovery_settings() {
+        let t = RecoveryTarget::parse_time("2026-12-05 08:10:00.25+00").unwrap();
+        assert_eq!(
+            RecoveryTarget::Time(t).setting(),
+            Some((
+                "recovery_target_time",
+                "2026-12-05 08:10:00.250000+00".into()
+            ))
+        );
+        assert_eq!(
+            RecoveryTarget::Lsn(Lsn(0x300_0028)).setting(),
+            Some(("recovery_target_lsn", "0/3000028".into()))
+        );
+        assert_eq!(RecoveryTarget::Latest.setting(), None);
+        assert_eq!(conf_quote(r"a 'b' \c"), r"'a ''b'' \\c'");
+    }
+
+    #[test]
+    fn a_restore_goes_into_a_new_or_empty_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_empty(&dir.path().join("new")).is_ok());
+        assert!(check_empty(dir.path()).is_ok());
+        std::fs::write(dir.path().join("PG_VERSION"), "15").unwrap();
+        let e = check_empty(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("is not empty"), "{e}");
+    }
+}
