@@ -57,6 +57,8 @@ pub use deploykit_flags as flags;
 pub use deploykit_k8s as k8s;
 #[cfg(feature = "local")]
 pub use deploykit_local as local;
+#[cfg(feature = "postgres")]
+pub use deploykit_postgres as postgres;
 #[cfg(feature = "secrets")]
 pub use deploykit_secrets as secrets;
 #[cfg(feature = "sqlite")]

@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# deploykit pg vs pgBackRest on the same PostgreSQL database, in the same run.
+#
+# Usage: examples/benches/pg_vs_pgbackrest.sh [SCALE]   (pgbench scale, default 70 ≈ 1 GiB)
+#
+# One temporary cluster (PostgreSQL 15, run as the `postgres` user, on a free loopback port)
+# is loaded with `pgbench -i -s SCALE`. Then each tool in turn, deploykit first, on that same
+# cluster:
+#   1. its repository is created (deploykit: `pg init --key-file`; pgBackRest: a stanza with
+#      compress-type=zst, process-max=2) and `archive_command` is switched to it with
+#      ALTER SYSTEM + reload (the archive is drained before each switch, so each repository
+#      holds exactly the WAL of its own phase);
+#   2. base backup (`deploykit pg backup` / `pgbackrest backup --type=full`), timed; both
+#      ask for a fast checkpoint and both wait for the backup's last WAL segment to be archived;
+#   3. `pgbench -T 20 -c 4 -j 2` write load: segments archived during the load (from
+#      pg_stat_archiver), then the time the archive needs to catch up after the load;
+#   4. restore to the end of the archive into a new data directory, timed until the cluster
+#      is promoted and a query answers (`deploykit pg restore --latest --verify-query`;
+#      `pgbackrest restore`, then pg_ctl start and polling until promoted, then the query).
+#      Both restored clusters run with archive_mode=off. The query's result is checked
+#      against the primary's;
+#   5. repository size (`du -sb`).
+# The second tool runs on a database that has had the first tool's 20 s of pgbench on top
+# (a little more data and WAL); the table prints the database size each tool backed up.
+#
+# pgBackRest's archive-push runs synchronously (its default), like deploykit's wal-push: one
+# process per segment. PGBR_ASYNC=1 adds archive-async=y (parallel, process-max=2) for comparison.
+# LOAD_SECONDS (default 20) sets the pgbench run; KEEP=1 keeps the work directory.
+#
+# Needs: root (PostgreSQL runs as `postgres` via runuser), cargo, PostgreSQL 15 in
+# /usr/lib/postgresql/15/bin (or PG_BINDIR), pgbackrest. Release build of deploykit goes to
+# CARGO_TARGET_DIR (default /work/target-bench), separate from the debug build.
+set -euo pipefail
+
+SCALE="${1:-70}"
+[[ "$SCALE" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [pgbench scale, a positive integer]" >&2; exit 2; }
+LOAD_SECONDS="${LOAD_SECONDS:-20}"
+PG_BINDIR="${PG_BINDIR:-/usr/lib/postgresql/15/bin}"
+PGBACKREST="${PGBACKREST:-/usr/bin/pgbackrest}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-bench}"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+RUN_AS=postgres
+STANZA=bench
+
+die() { echo "error: $*" >&2; exit 1; }
+log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+
+[[ $(id -u) -eq 0 ]] || die "run as root: PostgreSQL and the tools run as '$RUN_AS' through runuser"
+id "$RUN_AS" >/dev/null 2>&1 || die "no '$RUN_AS' user to run PostgreSQL as"
+for tool in initdb pg_ctl psql pgbench pg_basebackup; do
+    [[ -x "$PG_BINDIR/$tool" ]] || die "$PG_BINDIR/$tool is missing (set PG_BINDIR)"
+done
+[[ -x "$PGBACKREST" ]] || die "$PGBACKREST is missing (set PGBACKREST)"
+
+log "building deploykit (release) into $CARGO_TARGET_DIR"
+(cd "$REPO_ROOT" && cargo build --release -p deploykit-cli --quiet) || die "cargo build --release -p deploykit-cli failed"
+BUILT="$CARGO_TARGET_DIR/release/deploykit"
+[[ -x "$BUILT" ]] || die "$BUILT was not built"
+
+T="$(mktemp -d /tmp/pg-vs-pgbackrest.XXXXXX)"
+chown "$RUN_AS": "$T"
+chmod 700 "$T"
+DATA="$T/primary"
+PGBR_RESTORED="$T/restore-pgbackrest"
+cleanup() {
+    local rc=$?
+    for dir in "$PGBR_RESTORED" "$DATA"; do
+        if [[ -f "$dir/postmaster.pid" ]]; then
+            runuser -u "$RUN_AS" -- "$PG_BINDIR/pg_ctl" -D "$dir" -m immediate -w stop >/dev/null 2>&1 || true
+        fi
+    done
+    if [[ -n "${KEEP:-}" || $rc -ne 0 ]]; then
+        echo "kept $T for inspection (logs: $T/*.log, $T/pgbackrest-log)" >&2
+    else
+        rm -rf "$T"
+    fi
+}
+trap cleanup EXIT
+
+as_pg() { runuser -u "$RUN_AS" -- env -C "$T" "$@"; }
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+PORT="$(free_port)"
+psql_q() { as_pg "$PG_BINDIR/psql" -X -q -At -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$1"; }
+
+# deploykit, copied where postgres can run it (the build directory may not be readable).
+DK="$T/deploykit"
+cp "$BUILT" "$DK"
+chown "$RUN_AS": "$DK"
+DK_REPO="$T/repo-deploykit"
+DK_KEY="$T/repo-deploykit.key"
+export DEPLOYKIT_PG_BINDIR="$PG_BINDIR"
+DK_PASSWORD="bench passphrase (the key file is used after init)"
+DK_ARCHIVE="DEPLOYKIT_REPO_KEY_FILE=$DK_KEY DEPLOYKIT_PG_BINDIR=$PG_BINDIR $DK pg wal-push %p --repo $DK_REPO"
+
+PGBR_REPO="$T/repo-pgbackrest"
+PGBR_CONF="$T/pgbackrest.conf"
+cat >"$PGBR_CONF" <<EOF
+[global]
+repo1-path=$PGBR_REPO
+repo1-retention-full=2
+compress-type=zst
+process-max=2
+start-fast=y
+log-path=$T/pgbackrest-log
+lock-path=$T/pgbackrest-lock
+spool-path=$T/pgbackrest-spool
+log-level-console=warn
+log-level-file=info
+$([[ -n "${PGBR_ASYNC:-}" ]] && echo "archive-async=y")
+
+[$STANZA]
+pg1-path=$DATA
+pg1-port=$PORT
+pg1-socket-path=$T
+pg1-user=postgres
+EOF
+chown "$RUN_AS": "$PGBR_CONF"
+pgbr() { as_pg "$PGBACKREST" --config="$PGBR_CONF" --stanza="$STANZA" "$@"; }
+PGBR_ARCHIVE="$PGBACKREST --config=$PGBR_CONF --stanza=$STANZA archive-push %p"
+
+log "work directory $T; cluster on 127.0.0.1:$PORT; pgbench scale $SCALE"
+as_pg "$PG_BINDIR/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$T/initdb.log" 2>&1 \
+    || die "initdb failed: $(tail -5 "$T/initdb.log")"
+cat >>"$DATA/postgresql.conf" <<EOF
+
+# pg_vs_pgbackrest.sh
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$T'
+wal_level = replica
+archive_mode = on
+archive_command = '/bin/true'
+fsync = off
+max_wal_size = 4GB
+shared_buffers = 256MB
+EOF
+as_pg "$PG_BINDIR/pg_ctl" -D "$DATA" -l "$T/primary.log" -w -t 120 start >/dev/null \
+    || die "the primary did not start: $(tail -5 "$T/primary.log")"
+
+# Wait until the archiver has archived segment $1 (or later); fail on a 10-minute stall.
+wait_archived() {
+    local segment="$1" deadline=$((SECONDS + 600))
+    until [[ "$(psql_q "SELECT coalesce(last_archived_wal, '') >= '$segment' FROM pg_stat_archiver")" == t ]]; do
+        ((SECONDS < deadline)) || die "segment $segment not archived after 600 s: $(tail -5 "$T/primary.log")"
+        sleep 0.05
+    done
+}
+# Close the current segment and wait until everything written so far is archived.
+drain() { wait_archived "$(psql_q "SELECT pg_walfile_name(pg_switch_wal())")"; }
+archived_count() { psql_q "SELECT archived_count FROM pg_stat_archiver"; }
+switch_archive_to() {
+    drain
+    psql_q "ALTER SYSTEM SET archive_command = \$cmd\$$1\$cmd\$"
+    psql_q "SELECT pg_reload_conf()" >/dev/null
+    local deadline=$((SECONDS + 30))
+    until [[ "$(psql_q "SHOW archive_command")" == "$1" ]]; do
+        ((SECONDS < deadline)) || die "archive_command was not reloaded"
+        sleep 0.05
+    done
+    drain
+}
+
+log "pgbench -i -s $SCALE"
+started="$(now)"
+as_pg "$PG_BINDIR/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -i -q -s "$SCALE" postgres >"$T/pgbench-init.log" 2>&1 \
+    || die "pgbench -i failed: $(tail -5 "$T/pgbench-init.log")"
+psql_q "VACUUM ANALYZE" >/dev/null
+psql_q "CHECKPOINT" >/dev/null
+log "loaded in $(since "$started") s"
+VERIFY_QUERY="SELECT count(*), sum(abalance) FROM pgbench_accounts"
+
+declare -A R
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+
+# Step 3 for the current tool: pgbench load, segments archived during it, catch-up time.
+archive_under_load() {
+    local tool="$1" before after lsn0 lsn1 load_started load catchup_started
+    before="$(archived_count)"
+    lsn0="$(psql_q "SELECT pg_current_wal_lsn()")"
+    load_started="$(now)"
+    as_pg "$PG_BINDIR/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -T "$LOAD_SECONDS" -c 4 -j 2 postgres \
+        >"$T/pgbench-$tool.log" 2>&1 || die "pgbench ($tool) failed: $(tail -5 "$T/pgbench-$tool.log")"
+    load="$(since "$load_started")"
+    after="$(archived_count)"
+    lsn1="$(psql_q "SELECT pg_current_wal_lsn()")"
+    catchup_started="$(now)"
+    drain
+    R[$tool.catchup]="$(since "$catchup_started")"
+    R[$tool.during]="$(awk -v n="$((after - before))" -v t="$load" 'BEGIN { printf "%.2f", n / t }')"
+    R[$tool.segments]="$(psql_q "SELECT ceil(('$lsn1'::pg_lsn - '$lsn0'::pg_lsn) / 16777216.0)")"
+    R[$tool.overall]="$(awk -v n="$(($(archived_count) - before))" -v t="$load" -v c="${R[$tool.catchup]}" \
+        'BEGIN { printf "%.2f", n / (t + c) }')"
+    R[$tool.tps]="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$T/pgbench-$tool.log" | head -1)"
+    log "$tool: ${R[$tool.segments]} segments written in $load s (tps ${R[$tool.tps]}), ${R[$tool.during]} segments/s archived during the load, caught up ${R[$tool.catchup]} s after it"
+}
+
+# ---------------------------------------------------------------- deploykit
+log "deploykit: init, archive_command, base backup"
+started="$(now)"
+as_pg env DEPLOYKIT_REPO_PASSWORD="$DK_PASSWORD" "$DK" pg init --repo "$DK_REPO" --key-file "$DK_KEY" >"$T/deploykit-init.log" 2>&1 \
+    || die "deploykit pg init failed: $(cat "$T/deploykit-init.log")"
+R[deploykit.setup]="$(since "$started")"
+switch_archive_to "$DK_ARCHIVE"
+R[deploykit.dbsize]="$(psql_q "SELECT pg_database_size('postgres')")"
+mkdir -p "$T/deploykit-work" && chown "$RUN_AS": "$T/deploykit-work"
+started="$(now)"
+as_pg env DEPLOYKIT_REPO_KEY_FILE="$DK_KEY" "$DK" pg backup --repo "$DK_REPO" --work-dir "$T/deploykit-work" \
+    --pgdata-connection "host=127.0.0.1 port=$PORT user=postgres" >"$T/deploykit-backup.log" 2>&1 \
+    || die "deploykit pg backup failed: $(cat "$T/deploykit-backup.log")"
+R[deploykit.backup]="$(since "$started")"
+log "deploykit: backup ${R[deploykit.backup]} s: $(cat "$T/deploykit-backup.log")"
+archive_under_load deploykit
+EXPECTED="$(psql_q "$VERIFY_QUERY")"
+log "deploykit: restore --latest (expecting $EXPECTED)"
+started="$(now)"
+env DEPLOYKIT_REPO_KEY_FILE="$DK_KEY" "$DK" pg restore --repo "$DK_REPO" --to "$T/restore-deploykit" --latest \
+    --verify-query "$VERIFY_QUERY" --verify-user postgres --run-as "$RUN_AS" >"$T/deploykit-restore.log" 2>"$T/deploykit-restore.err" \
+    || die "deploykit pg restore failed: $(cat "$T/deploykit-restore.err" "$T/deploykit-restore.log")"
+R[deploykit.restore]="$(since "$started")"
+got="$(tail -1 "$T/deploykit-restore.log")"
+[[ "$got" == "$EXPECTED" ]] || die "deploykit's restored cluster answered '$got', the primary '$EXPECTED'"
+log "deploykit: restored in ${R[deploykit.restore]} s: $(head -1 "$T/deploykit-restore.log")"
+rm -rf "$T/restore-deploykit" "$T/deploykit-work"
+R[deploykit.size]="$(du -sb "$DK_REPO" | cut -f1)"
+
+# ---------------------------------------------------------------- pgBackRest
+log "pgBackRest: stanza-create, archive_command, full backup"
+started="$(now)"
+pgbr stanza-create >"$T/pgbackrest-stanza.log" 2>&1 || die "pgbackrest stanza-create failed: $(cat "$T/pgbackrest-stanza.log")"
+R[pgbackrest.setup]="$(since "$started")"
+switch_archive_to "$PGBR_ARCHIVE"
+R[pgbackrest.dbsize]="$(psql_q "SELECT pg_database_size('postgres')")"
+started="$(now)"
+pgbr backup --type=full >"$T/pgbackrest-backup.log" 2>&1 || die "pgbackrest backup failed: $(cat "$T/pgbackrest-backup.log")"
+R[pgbackrest.backup]="$(since "$started")"
+log "pgBackRest: backup ${R[pgbackrest.backup]} s"
+archive_under_load pgbackrest
+EXPECTED="$(psql_q "$VERIFY_QUERY")"
+log "pgBackRest: restore (expecting $EXPECTED)"
+RESTORE_PORT="$(free_port)"
+mkdir -m 700 "$PGBR_RESTORED" && chown "$RUN_AS": "$PGBR_RESTORED"
+started="$(now)"
+pgbr --pg1-path="$PGBR_RESTORED" restore >"$T/pgbackrest-restore.log" 2>&1 \
+    || die "pgbackrest restore failed: $(cat "$T/pgbackrest-restore.log")"
+as_pg "$PG_BINDIR/pg_ctl" -D "$PGBR_RESTORED" -l "$T/restore-pgbackrest.log" -W \
+    -o "-c port=$RESTORE_PORT -c listen_addresses='' -c unix_socket_directories='$T' -c archive_mode=off -c hot_standby=on" start >/dev/null
+deadline=$((SECONDS + 3600))
+until [[ "$(as_pg "$PG_BINDIR/psql" -X -At -h "$T" -p "$RESTORE_PORT" -U postgres -d postgres -c "SELECT pg_is_in_recovery()" 2>/dev/null || true)" == f ]]; do
+    ((SECONDS < deadline)) || die "pgBackRest's restored cluster was not promoted: $(tail -5 "$T/restore-pgbackrest.log")"
+    [[ -f "$PGBR_RESTORED/postmaster.pid" ]] || die "pgBackRest's restored cluster stopped: $(tail -5 "$T/restore-pgbackrest.log")"
+    sleep 0.05
+done
+got="$(as_pg "$PG_BINDIR/psql" -X -At -h "$T" -p "$RESTORE_PORT" -U postgres -d postgres -c "$VERIFY_QUERY")"
+R[pgbackrest.restore]="$(since "$started")"
+[[ "$got" == "$EXPECTED" ]] || die "pgBackRest's restored cluster answered '$got', the primary '$EXPECTED'"
+as_pg "$PG_BINDIR/pg_ctl" -D "$PGBR_RESTORED" -m fast -w stop >/dev/null
+log "pgBackRest: restored in ${R[pgbackrest.restore]} s"
+rm -rf "$PGBR_RESTORED"
+R[pgbackrest.size]="$(du -sb "$PGBR_REPO" | cut -f1)"
+
+# ---------------------------------------------------------------- report
+# ratio: pgBackRest / deploykit for times and sizes, deploykit / pgBackRest for rates, so
+# that > 1 always means deploykit did better.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "–"; else printf "%.2f", a / b }'; }
+cat <<EOF
+
+deploykit $("$DK" --version 2>/dev/null | awk '{print $NF}' || true) vs pgBackRest $("$PGBACKREST" version | awk '{print $NF}'), PostgreSQL $(psql_q "SHOW server_version"), pgbench scale $SCALE, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end, $(date -u +%Y-%m-%dT%H:%MZ)
+
+| | deploykit | pgBackRest | ratio (> 1: deploykit better) |
+|---|---:|---:|---:|
+| database size when backed up | $(mib "${R[deploykit.dbsize]}") MiB | $(mib "${R[pgbackrest.dbsize]}") MiB | |
+| repository setup (pg init / stanza-create) | ${R[deploykit.setup]} s | ${R[pgbackrest.setup]} s | $(ratio "${R[pgbackrest.setup]}" "${R[deploykit.setup]}") |
+| base backup | ${R[deploykit.backup]} s | ${R[pgbackrest.backup]} s | $(ratio "${R[pgbackrest.backup]}" "${R[deploykit.backup]}") |
+| pgbench -T $LOAD_SECONDS: WAL written (tps) | ${R[deploykit.segments]} segments (${R[deploykit.tps]} tps) | ${R[pgbackrest.segments]} segments (${R[pgbackrest.tps]} tps) | |
+| segments archived per second during the load | ${R[deploykit.during]} | ${R[pgbackrest.during]} | $(ratio "${R[deploykit.during]}" "${R[pgbackrest.during]}") |
+| archive caught up after the load | ${R[deploykit.catchup]} s | ${R[pgbackrest.catchup]} s | $(ratio "${R[pgbackrest.catchup]}" "${R[deploykit.catchup]}") |
+| segments archived per second, load start to caught up | ${R[deploykit.overall]} | ${R[pgbackrest.overall]} | $(ratio "${R[deploykit.overall]}" "${R[pgbackrest.overall]}") |
+| restore to the end of the archive, promoted and answering | ${R[deploykit.restore]} s | ${R[pgbackrest.restore]} s | $(ratio "${R[pgbackrest.restore]}" "${R[deploykit.restore]}") |
+| repository size (du -sb) | $(mib "${R[deploykit.size]}") MiB | $(mib "${R[pgbackrest.size]}") MiB | $(ratio "${R[pgbackrest.size]}" "${R[deploykit.size]}") |
+EOF
