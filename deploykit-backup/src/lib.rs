@@ -46,7 +46,7 @@ pub use prune::{PruneOptions, PruneReport};
 pub use repo::{RepoOptions, Repository};
 pub use restore::{RestoreOptions, RestoreSummary};
 pub use retention::{Candidate, Decision, RetentionPolicy};
-pub use save::{BackupRequest, Progress, ProgressFn};
+pub use save::{BackupFinish, BackupRequest, ExcludeFn, Finish, Progress, ProgressFn};
 pub use schedule::{BackupPolicy, RunReport, ScheduledRun, Scheduler, check_cron, next_occurrence};
 pub use source::CommandSource;
 pub use verify::{Problem, ReadData, VerifyReport};

@@ -403,22 +403,37 @@ impl Repository {
         }
         let level = self.config.compression_level;
         // One compression context per thread, not one per blob.
-        let compressed = COMPRESSOR
-            .with(|cell| {
-                let mut slot = cell.borrow_mut();
-                if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-                    *slot = Some((level, zstd::bulk::Compressor::new(level)?));
-                }
-                slot.as_mut().expect("just set").1.compress(plain)
-            })
-            .map_err(|e| Error::backend("compress", e.to_string()))?;
-        // Skip compression that saves less than 1/32.
-        let (body, is_compressed) = if compressed.len() + plain.len() / 32 < plain.len() {
-            (compressed, true)
-        } else {
-            (plain.to_vec(), false)
+        let compress = |data: &[u8], level: i32| {
+            COMPRESSOR
+                .with(|cell| {
+                    let mut slot = cell.borrow_mut();
+                    if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                        *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+                    }
+                    slot.as_mut().expect("just set").1.compress(data)
+                })
+                .map_err(|e| Error::backend("compress", e.to_string()))
         };
-        Ok((self.keys.seal(&body, id.as_bytes())?, is_compressed))
+        // Skip compression that saves less than 1/32.
+        let pays = |compressed: usize, plain: usize| compressed + plain / 32 < plain;
+        // Compressing incompressible data (media, archives, encrypted files) costs as much as
+        // compressing text and gains nothing: a large blob is compressed only if one of three
+        // samples of it (start, middle, end) would be.
+        const SAMPLE: usize = 8 << 10;
+        let mut worth_trying = plain.len() < 16 * SAMPLE;
+        for at in [0, plain.len() / 2, plain.len().saturating_sub(SAMPLE)] {
+            if worth_trying {
+                break;
+            }
+            worth_trying = pays(compress(&plain[at..at + SAMPLE], level)?.len(), SAMPLE);
+        }
+        if worth_trying {
+            let compressed = compress(plain, level)?;
+            if pays(compressed.len(), plain.len()) {
+                return Ok((self.keys.seal(&compressed, id.as_bytes())?, true));
+            }
+        }
+        Ok((self.keys.seal(plain, id.as_bytes())?, false))
     }
 
     /// Decrypt, decompress and check one blob's sealed bytes.
@@ -427,6 +442,19 @@ impl Repository {
         pack: &str,
         entry: &BlobEntry,
         sealed: &[u8],
+    ) -> Result<Vec<u8>> {
+        self.open_blob_checked(pack, entry, sealed, true)
+    }
+
+    /// [`open_blob`](Self::open_blob) for a restore that hashes the whole file and compares
+    /// it with the hash recorded at backup (`file_hashed`): the blob's own keyed hash is then
+    /// not computed again. Its authentication tag, which covers the blob id, is still checked.
+    pub(super) fn open_blob_checked(
+        &self,
+        pack: &str,
+        entry: &BlobEntry,
+        sealed: &[u8],
+        check_id: bool,
     ) -> Result<Vec<u8>> {
         let what = || {
             format!(
@@ -440,12 +468,28 @@ impl Repository {
             .open(sealed, entry.id.as_bytes())
             .map_err(|()| corrupt(what(), "it does not decrypt (damaged)"))?;
         let plain = if entry.compressed {
-            zstd::bulk::decompress(&body, entry.raw_length as usize)
+            thread_local! {
+                static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                    const { std::cell::RefCell::new(None) };
+            }
+            // One decompression context per thread, not one per blob.
+            DECOMPRESSOR
+                .with(|cell| {
+                    let mut slot = cell.borrow_mut();
+                    if slot.is_none() {
+                        *slot = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    slot.as_mut()
+                        .expect("just set")
+                        .decompress(&body, entry.raw_length as usize)
+                })
                 .map_err(|e| corrupt(what(), format!("it does not decompress: {e}")))?
         } else {
             body
         };
-        if plain.len() as u64 != entry.raw_length || self.keys.blob_id(&plain) != entry.id {
+        if plain.len() as u64 != entry.raw_length
+            || (check_id && self.keys.blob_id(&plain) != entry.id)
+        {
             return Err(corrupt(what(), "its content does not match its id"));
         }
         Ok(plain)

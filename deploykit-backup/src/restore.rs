@@ -1,7 +1,7 @@
 //! Restoring a snapshot (or some of its paths) to a directory, files in parallel, bit for bit,
 //! with permissions and modification times; every file is checked against its recorded hash.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -238,7 +238,7 @@ impl Repository {
             )));
         }
         let files = out.files.len() as u64;
-        let queue = Arc::new(Mutex::new(out.files));
+        let queue = Arc::new(Mutex::new(work_units(&index, out.files)?));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..options.parallelism.max(1) {
             let repo = self.clone();
@@ -247,10 +247,13 @@ impl Repository {
             tasks.spawn(async move {
                 let mut bytes = 0u64;
                 loop {
-                    let Some((path, node)) = queue.lock().await.pop() else {
+                    let Some(work) = queue.lock().await.pop_front() else {
                         return Ok::<u64, Error>(bytes);
                     };
-                    bytes += repo.restore_file(&index, &path, &node).await?;
+                    bytes += match work {
+                        Work::Near(unit) => repo.restore_unit(unit).await?,
+                        Work::Spread(path, node) => repo.restore_file(&index, &path, &node).await?,
+                    };
                 }
             });
         }
@@ -293,23 +296,50 @@ impl Repository {
         })
     }
 
-    /// Write one file from its blobs, check its hash, set its metadata.
-    ///
-    /// Blobs that sit next to each other in one pack are fetched with one ranged read (up to
-    /// 16 MiB), and each such batch is decrypted and written in one trip to a blocking thread.
-    /// Files are not fsynced one by one (neither restic nor borg does; a drill reads them back).
+    /// Write the files of a unit from one ranged read of their pack, in one trip to a
+    /// blocking thread.
+    async fn restore_unit(&self, unit: Unit) -> Result<u64> {
+        let sealed = match &unit.pack {
+            Some(pack) => {
+                let key = super::repo::pack_key(pack);
+                let sealed = self.target.get_range(&key, unit.start..unit.end).await?;
+                if sealed.len() as u64 != unit.end - unit.start {
+                    return Err(truncated(&key));
+                }
+                sealed
+            }
+            None => Vec::new(),
+        };
+        let repo = self.clone();
+        tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut bytes = 0;
+            for (path, node, entries) in &unit.files {
+                let mut file = Writing::create(path)?;
+                for entry in entries {
+                    let pack = unit.pack.as_deref().expect("a file with blobs has a pack");
+                    let at = (entry.offset - unit.start) as usize;
+                    let plain = repo.open_blob_checked(
+                        pack,
+                        entry,
+                        &sealed[at..at + entry.length as usize],
+                        node.hash.is_none(),
+                    )?;
+                    file.write(&plain)?;
+                }
+                bytes += file.finish(node)?;
+            }
+            Ok(bytes)
+        })
+        .await
+        .map_err(|e| Error::backend("restore", e.to_string()))?
+    }
+
+    /// Write one file whose blobs are spread over packs (or far apart in one): blobs that
+    /// sit next to each other are fetched with one ranged read (up to 16 MiB), and each such
+    /// batch is decrypted and written in one trip to a blocking thread.
     async fn restore_file(&self, index: &Index, path: &Path, node: &Node) -> Result<u64> {
-        const BATCH: u64 = 16 << 20;
         let mut batches: Vec<(Arc<str>, u64, u64, Vec<BlobEntry>)> = Vec::new();
-        for blob in &node.content {
-            let (pack, entry) = index
-                .blobs
-                .get(blob)
-                .cloned()
-                .ok_or_else(|| Error::Corrupt {
-                    what: format!("blob {} of {}", &blob[..12.min(blob.len())], path.display()),
-                    source: "it is in no index".into(),
-                })?;
+        for (pack, entry) in locate(index, path, node)? {
             match batches.last_mut() {
                 Some((p, start, end, entries))
                     if *p == pack
@@ -322,54 +352,210 @@ impl Repository {
                 _ => batches.push((pack, entry.offset, entry.offset + entry.length, vec![entry])),
             }
         }
-        let fail =
-            |e: std::io::Error| Error::backend(format!("write {}", path.display()), e.to_string());
-        let mut state = Some((
-            std::fs::File::create(path).map_err(fail)?,
-            blake3::Hasher::new(),
-            0u64,
-        ));
+        let mut writing = Some(Writing::create(path)?);
         for (pack, start, end, entries) in batches {
             let key = super::repo::pack_key(&pack);
             let sealed = self.target.get_range(&key, start..end).await?;
             if sealed.len() as u64 != end - start {
-                return Err(Error::Corrupt {
-                    what: format!("backup object {key}"),
-                    source: "it is shorter than its index says (truncated)".into(),
-                });
+                return Err(truncated(&key));
             }
             let repo = self.clone();
-            let (mut file, mut hasher, mut written) = state.take().expect("state");
-            state = Some(
+            let mut file = writing
+                .take()
+                .expect("the file is handed back after each batch");
+            let check_id = node.hash.is_none();
+            writing = Some(
                 tokio::task::spawn_blocking(move || -> Result<_> {
                     for entry in &entries {
                         let at = (entry.offset - start) as usize;
-                        let plain =
-                            repo.open_blob(&pack, entry, &sealed[at..at + entry.length as usize])?;
-                        hasher.update(&plain);
-                        std::io::Write::write_all(&mut file, &plain)
-                            .map_err(|e| Error::backend("write", e.to_string()))?;
-                        written += plain.len() as u64;
+                        file.write(&repo.open_blob_checked(
+                            &pack,
+                            entry,
+                            &sealed[at..at + entry.length as usize],
+                            check_id,
+                        )?)?;
                     }
-                    Ok((file, hasher, written))
+                    Ok(file)
                 })
                 .await
                 .map_err(|e| Error::backend("restore", e.to_string()))??,
             );
         }
-        let (file, hasher, written) = state.expect("state");
-        let hash = hasher.finalize().to_hex().to_string();
+        writing.expect("handed back").finish(node)
+    }
+}
+
+/// The most one ranged read of a pack fetches.
+const BATCH: u64 = 16 << 20;
+/// The most bytes between two files' blobs that a unit reads over rather than splitting.
+const GAP: u64 = 1 << 20;
+
+/// Files whose blobs all lie within [`BATCH`] bytes of one pack (`pack` is `None` for empty
+/// files), restored from one ranged read.
+struct Unit {
+    pack: Option<Arc<str>>,
+    start: u64,
+    end: u64,
+    files: Vec<(PathBuf, Node, Vec<BlobEntry>)>,
+}
+
+/// What one restore task takes from the queue.
+enum Work {
+    Near(Unit),
+    Spread(PathBuf, Node),
+}
+
+/// Where each blob of a file is, in content order.
+fn locate(index: &Index, path: &Path, node: &Node) -> Result<Vec<(Arc<str>, BlobEntry)>> {
+    node.content
+        .iter()
+        .map(|blob| {
+            index
+                .blobs
+                .get(blob)
+                .cloned()
+                .ok_or_else(|| Error::Corrupt {
+                    what: format!("blob {} of {}", &blob[..12.min(blob.len())], path.display()),
+                    source: "it is in no index".into(),
+                })
+        })
+        .collect()
+}
+
+fn truncated(key: &str) -> Error {
+    Error::Corrupt {
+        what: format!("backup object {key}"),
+        source: "it is shorter than its index says (truncated)".into(),
+    }
+}
+
+/// Group files for restoring. Small files are what a tree has most of, and opening a pack,
+/// a trip to a blocking thread and a task switch per file cost more than writing them: files
+/// that lie close together in one pack (as a backup writes a directory's files) become one
+/// [`Unit`], ordered by position in their pack, so packs are read front to back in large
+/// ranges and the files of one directory are written by one thread (parallel creates in one
+/// directory contend on its lock).
+fn work_units(index: &Index, files: Vec<(PathBuf, Node)>) -> Result<VecDeque<Work>> {
+    let mut near = Vec::new();
+    let mut empty = Vec::new();
+    let mut work = VecDeque::new();
+    for (path, node) in files {
+        let blobs = locate(index, &path, &node)?;
+        let Some((pack, first)) = blobs.first() else {
+            empty.push((path, node, Vec::new()));
+            continue;
+        };
+        let start = blobs
+            .iter()
+            .map(|(_, e)| e.offset)
+            .min()
+            .unwrap_or(first.offset);
+        let end = blobs
+            .iter()
+            .map(|(_, e)| e.offset + e.length)
+            .max()
+            .unwrap_or(start);
+        if blobs.iter().all(|(p, _)| p == pack) && end - start <= BATCH {
+            let pack = pack.clone();
+            let entries = blobs.into_iter().map(|(_, e)| e).collect();
+            near.push((pack, start, end, path, node, entries));
+        } else {
+            work.push_back(Work::Spread(path, node));
+        }
+    }
+    near.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let mut units: Vec<Unit> = Vec::new();
+    for (pack, start, end, path, node, entries) in near {
+        match units.last_mut() {
+            Some(u)
+                if u.pack.as_ref() == Some(&pack)
+                    && start <= u.end + GAP
+                    && end.max(u.end) - u.start <= BATCH =>
+            {
+                u.end = u.end.max(end);
+                u.files.push((path, node, entries));
+            }
+            _ => units.push(Unit {
+                pack: Some(pack),
+                start,
+                end,
+                files: vec![(path, node, entries)],
+            }),
+        }
+    }
+    while !empty.is_empty() {
+        let files = empty.split_off(empty.len().saturating_sub(1024));
+        units.push(Unit {
+            pack: None,
+            start: 0,
+            end: 0,
+            files,
+        });
+    }
+    // Spread (large) files first: they take longest, and units fill the gaps at the end.
+    work.extend(units.into_iter().map(Work::Near));
+    Ok(work)
+}
+
+/// A file being restored: written in order, hashed as it is written.
+struct Writing {
+    path: PathBuf,
+    file: std::fs::File,
+    hasher: blake3::Hasher,
+    written: u64,
+}
+
+impl Writing {
+    fn create(path: &Path) -> Result<Self> {
+        let file = std::fs::File::create(path).map_err(|e| write_error(path, e))?;
+        Ok(Writing {
+            path: path.to_path_buf(),
+            file,
+            hasher: blake3::Hasher::new(),
+            written: 0,
+        })
+    }
+
+    fn write(&mut self, plain: &[u8]) -> Result<()> {
+        self.hasher.update(plain);
+        std::io::Write::write_all(&mut self.file, plain).map_err(|e| write_error(&self.path, e))?;
+        self.written += plain.len() as u64;
+        Ok(())
+    }
+
+    /// Check the content against the hash recorded at backup, then set owner, permissions
+    /// and modification time; the bytes written.
+    fn finish(self, node: &Node) -> Result<u64> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let path = &self.path;
+        let hash = self.hasher.finalize().to_hex().to_string();
         if node.hash.as_deref().is_some_and(|h| h != hash) {
             return Err(Error::Corrupt {
                 what: format!("restored file {}", path.display()),
                 source: "its content does not match the hash recorded at backup".into(),
             });
         }
-        use std::os::unix::fs::PermissionsExt;
-        set_owner(path, node)?;
-        file.set_permissions(std::fs::Permissions::from_mode(node.mode))
+        let fail = |e| write_error(path, e);
+        if let Some((uid, gid)) = node.owner {
+            // Usually the restoring user owned the files: a stat of the open file is much
+            // cheaper than a chown, which writes the inode.
+            let meta = self.file.metadata().map_err(fail)?;
+            if (meta.uid(), meta.gid()) != (uid, gid) {
+                match std::os::unix::fs::fchown(&self.file, Some(uid), Some(gid)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                    Err(e) => return Err(fail(e)),
+                }
+            }
+        }
+        self.file
+            .set_permissions(std::fs::Permissions::from_mode(node.mode))
             .map_err(fail)?;
-        file.set_modified(mtime(node)).map_err(fail)?;
-        Ok(written)
+        self.file.set_modified(mtime(node)).map_err(fail)?;
+        Ok(self.written)
     }
+}
+
+fn write_error(path: &Path, e: std::io::Error) -> Error {
+    Error::backend(format!("write {}", path.display()), e.to_string())
 }

@@ -47,6 +47,48 @@ pub struct Progress {
 /// Called with progress after every file.
 pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 
+/// Leaves paths out of a backup: called with every path found below
+/// [`BackupRequest::paths`] (not with the paths themselves); `true` leaves the path out, and
+/// for a directory everything below it.
+pub type ExcludeFn = Arc<dyn Fn(&Path) -> bool + Send + Sync>;
+
+/// What a [`BackupFinish`] adds to the snapshot once every file is stored.
+#[derive(Clone, Debug, Default, TypedBuilder)]
+#[non_exhaustive]
+pub struct Finish {
+    /// Small files (name, content) added at the snapshot's root, beside the paths.
+    #[builder(default)]
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Tags added to [`BackupRequest::tags`].
+    #[builder(default)]
+    pub tags: BTreeSet<String>,
+}
+
+/// Called once, after every file of a backup is stored and before its snapshot is written:
+/// what only the end of a backup knows (a database's backup label and stop position) goes
+/// into the same snapshot. An error fails the backup, and no snapshot is written.
+///
+/// ```
+/// use deploykit_backup::{BackupFinish, Finish};
+///
+/// struct Label;
+///
+/// #[async_trait::async_trait]
+/// impl BackupFinish for Label {
+///     async fn finish(&self) -> deploykit_core::Result<Finish> {
+///         Ok(Finish::builder()
+///             .files(vec![("backup_label".into(), b"LABEL: nightly\n".to_vec())])
+///             .tags(["db.stop=0/3000028".to_string()].into())
+///             .build())
+///     }
+/// }
+/// ```
+#[async_trait::async_trait]
+pub trait BackupFinish: Send + Sync {
+    /// The files and tags to add.
+    async fn finish(&self) -> Result<Finish>;
+}
+
 /// What to back up and how.
 #[derive(Clone, TypedBuilder)]
 #[non_exhaustive]
@@ -76,6 +118,18 @@ pub struct BackupRequest {
     /// Called with progress after every file.
     #[builder(default, setter(strip_option))]
     pub progress: Option<ProgressFn>,
+    /// Paths below [`paths`](Self::paths) to leave out.
+    #[builder(default, setter(strip_option))]
+    pub exclude: Option<ExcludeFn>,
+    /// The paths are in use while they are read (a running database's files): a file or
+    /// directory that disappears between the walk and its read is left out of the snapshot
+    /// instead of failing the backup. Files are read as they are at that moment, so the
+    /// writer must be able to repair torn reads (PostgreSQL does from its WAL).
+    #[builder(default)]
+    pub live: bool,
+    /// Called after every file is stored and before the snapshot is written.
+    #[builder(default, setter(strip_option))]
+    pub finish: Option<Arc<dyn BackupFinish>>,
 }
 
 impl fmt::Debug for BackupRequest {
@@ -86,6 +140,7 @@ impl fmt::Debug for BackupRequest {
             .field("kind", &self.kind)
             .field("tags", &self.tags)
             .field("host", &self.host)
+            .field("live", &self.live)
             .finish_non_exhaustive()
     }
 }
@@ -206,8 +261,9 @@ struct Saver {
     bytes_read: AtomicU64,
     files_done: AtomicU64,
     blobs_added: AtomicU64,
-    files_total: u64,
-    bytes_total: u64,
+    /// Files and bytes to read, as the walk finds them.
+    files_total: AtomicU64,
+    bytes_total: AtomicU64,
     started: Instant,
     progress: Option<ProgressFn>,
 }
@@ -245,7 +301,24 @@ impl Saver {
         })
     }
 
-    /// Chunk and store one stream; returns (content ids, BLAKE3 of the whole, size).
+    /// Read and store one file or stream; `None` if it vanished (a live backup).
+    fn read(&self, job: &JobSource, live: bool, buf: &mut Vec<u8>) -> Result<Option<Saved>> {
+        match job {
+            JobSource::Path(p) => match std::fs::File::open(p) {
+                Err(e) if live && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                opened => opened
+                    .and_then(|f| self.save_stream(f, buf))
+                    .map(Some)
+                    .map_err(|e| Error::backend(format!("read {}", p.display()), e.to_string())),
+            },
+            JobSource::Stream(s) => s.open().and_then(|r| {
+                self.save_stream(r, buf).map(Some).map_err(|e| {
+                    Error::backend(format!("backup source {}", s.name()), e.to_string())
+                })
+            }),
+        }
+    }
+
     /// Chunk and store one stream; returns its content ids, BLAKE3 and size.
     fn save_stream(&self, reader: impl std::io::Read, buf: &mut Vec<u8>) -> std::io::Result<Saved> {
         let c = &self.repo.config;
@@ -276,13 +349,14 @@ impl Saver {
         let bytes = self.bytes_read.load(Ordering::Relaxed);
         let secs = self.started.elapsed().as_secs_f64();
         let rate = if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
-        let eta = (rate > 0.0 && self.bytes_total >= bytes)
-            .then(|| Duration::from_secs_f64((self.bytes_total - bytes) as f64 / rate));
+        let bytes_total = self.bytes_total.load(Ordering::Relaxed);
+        let eta = (rate > 0.0 && bytes_total >= bytes)
+            .then(|| Duration::from_secs_f64((bytes_total - bytes) as f64 / rate));
         let progress = Progress {
             files_done: done,
-            files_total: self.files_total,
+            files_total: self.files_total.load(Ordering::Relaxed),
             bytes_done: bytes,
-            bytes_total: self.bytes_total,
+            bytes_total,
             rate,
             eta,
         };
@@ -342,11 +416,31 @@ fn metadata_node(name: &std::ffi::OsStr, meta: &std::fs::Metadata, kind: NodeKin
     }
 }
 
+/// What the blocking part of a backup hands back.
+struct Walked {
+    root: String,
+    files: u64,
+    dirs: u64,
+    files_read: u64,
+    /// Bytes of every file, as the walk saw them.
+    all_bytes: u64,
+    /// Bytes of the files to read, as the walk saw them.
+    bytes_total: u64,
+    bytes_read: u64,
+    tags: BTreeSet<String>,
+}
+
 struct Walk<'a> {
     parent_trees: &'a HashMap<String, Tree>,
-    jobs: Vec<JobSource>,
-    /// Bytes of the files to read.
-    bytes: u64,
+    exclude: Option<&'a ExcludeFn>,
+    live: bool,
+    /// Where files to read go, numbered from 0 in the order queued.
+    jobs: std::sync::mpsc::Sender<(usize, JobSource)>,
+    queued: usize,
+    /// Counts the files and bytes to read (for progress).
+    saver: &'a Saver,
+    /// Whether a reader failed: the walk stops early.
+    stop: &'a dyn Fn() -> bool,
     /// Bytes of every file.
     all_bytes: u64,
     dirs: u64,
@@ -355,6 +449,58 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
+    /// Hand a file to the readers; its job number.
+    fn queue(&mut self, job: JobSource, size: u64) -> usize {
+        let i = self.queued;
+        self.queued += 1;
+        self.saver.files_total.fetch_add(1, Ordering::Relaxed);
+        self.saver.bytes_total.fetch_add(size, Ordering::Relaxed);
+        // The readers are gone only after a failure, which the caller reports.
+        let _ = self.jobs.send((i, job));
+        i
+    }
+
+    /// Walk the request's paths and queue its streams: the snapshot's root entries.
+    fn roots(
+        &mut self,
+        paths: &[PathBuf],
+        parent_root: &HashMap<String, Node>,
+        sources: Vec<Arc<dyn BackupSource>>,
+    ) -> Result<Vec<Entry>> {
+        let mut roots = Vec::new();
+        for path in paths {
+            let name = path.file_name().expect("checked above");
+            let previous = parent_root.get(&*name.to_string_lossy());
+            if let Some(e) = self.entry(path, name, previous)? {
+                roots.push(e);
+            }
+        }
+        for source in sources {
+            let (name, raw_name) = node_name(std::ffi::OsStr::new(source.name()));
+            self.files += 1;
+            let job = self.queue(JobSource::Stream(source), 0);
+            roots.push(Entry {
+                node: Node {
+                    name,
+                    raw_name,
+                    kind: NodeKind::File,
+                    mode: 0o600,
+                    mtime_ns: 0,
+                    size: 0,
+                    inode: 0,
+                    owner: None,
+                    content: Vec::new(),
+                    hash: None,
+                    subtree: None,
+                    target: None,
+                },
+                children: Vec::new(),
+                job: Some(job),
+            });
+        }
+        Ok(roots)
+    }
+
     fn entry(
         &mut self,
         path: &Path,
@@ -363,7 +509,12 @@ impl Walk<'_> {
     ) -> Result<Option<Entry>> {
         let io =
             |e: std::io::Error| Error::backend(format!("read {}", path.display()), e.to_string());
-        let meta = std::fs::symlink_metadata(path).map_err(io)?;
+        let vanished = |e: &std::io::Error| self.live && e.kind() == std::io::ErrorKind::NotFound;
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if vanished(&e) => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
         let ft = meta.file_type();
         if ft.is_symlink() {
             use std::os::unix::ffi::OsStrExt;
@@ -395,11 +546,7 @@ impl Walk<'_> {
                     node.hash = p.hash.clone();
                     None
                 }
-                None => {
-                    self.bytes += node.size;
-                    self.jobs.push(JobSource::Path(path.to_path_buf()));
-                    Some(self.jobs.len() - 1)
-                }
+                None => Some(self.queue(JobSource::Path(path.to_path_buf()), node.size)),
             };
             return Ok(Some(Entry {
                 node,
@@ -420,16 +567,27 @@ impl Walk<'_> {
                         .collect()
                 })
                 .unwrap_or_default();
-            let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(path)
-                .map_err(io)?
-                .map(|e| e.map(|e| e.file_name()))
-                .collect::<std::io::Result<_>>()
-                .map_err(io)?;
+            let listed = std::fs::read_dir(path).and_then(|dir| {
+                dir.map(|e| e.map(|e| e.file_name()))
+                    .collect::<std::io::Result<Vec<_>>>()
+            });
+            let mut names = match listed {
+                Ok(names) => names,
+                Err(e) if vanished(&e) => return Ok(None),
+                Err(e) => return Err(io(e)),
+            };
             names.sort();
             let mut children = Vec::new();
             for child in names {
+                if (self.stop)() {
+                    return Err(Error::backend("backup", "stopped: a read failed"));
+                }
+                let child_path = path.join(&child);
+                if self.exclude.is_some_and(|exclude| exclude(&child_path)) {
+                    continue;
+                }
                 let previous = child.to_str().and_then(|n| parent_children.get(n).copied());
-                if let Some(e) = self.entry(&path.join(&child), &child, previous)? {
+                if let Some(e) = self.entry(&child_path, &child, previous)? {
                     children.push(e);
                 }
             }
@@ -446,10 +604,18 @@ impl Walk<'_> {
     }
 }
 
-/// Fill content from job results and store every directory's tree, bottom-up.
-fn finish_entry(saver: &Saver, mut entry: Entry, results: &mut [Option<Saved>]) -> Result<Node> {
+/// Fill content from job results and store every directory's tree, bottom-up; a file that
+/// vanished before it was read (a live backup) is left out.
+fn finish_entry(
+    saver: &Saver,
+    mut entry: Entry,
+    results: &mut [Option<Option<Saved>>],
+) -> Result<Option<Node>> {
     if let Some(job) = entry.job {
-        let (content, hash, size) = results[job].take().expect("every job has a result");
+        let Some((content, hash, size)) = results[job].take().expect("every job has a result")
+        else {
+            return Ok(None);
+        };
         entry.node.content = content;
         entry.node.hash = Some(hash);
         entry.node.size = size;
@@ -457,12 +623,12 @@ fn finish_entry(saver: &Saver, mut entry: Entry, results: &mut [Option<Saved>]) 
     if entry.node.kind == NodeKind::Dir {
         let mut nodes = Vec::with_capacity(entry.children.len());
         for child in entry.children {
-            nodes.push(finish_entry(saver, child, results)?);
+            nodes.extend(finish_entry(saver, child, results)?);
         }
         let tree = serde_json::to_vec(&Tree { nodes }).expect("trees serialise");
         entry.node.subtree = Some(saver.add_blob(BlobKind::Tree, &tree)?);
     }
-    Ok(entry.node)
+    Ok(Some(entry.node))
 }
 
 fn run_hook(argv: &[String]) -> Result<()> {
@@ -641,65 +807,13 @@ impl Repository {
             })
             .unwrap_or_default();
 
-        // Walk (blocking), then read changed files on a few threads while packs upload here.
+        // The walk runs on one thread and hands each file to read to a few reader threads as
+        // it finds it (a tree of small files is read while it is still being walked); packs
+        // upload here meanwhile.
         let request_paths = request.paths.clone();
         let sources = request.sources.clone();
-        let walked = {
-            tokio::task::spawn_blocking(move || -> Result<_> {
-                let mut walk = Walk {
-                    parent_trees: &parent_trees,
-                    jobs: Vec::new(),
-                    bytes: 0,
-                    all_bytes: 0,
-                    dirs: 0,
-                    files: 0,
-                    skipped: 0,
-                };
-                let mut roots = Vec::new();
-                for path in &request_paths {
-                    let name = path.file_name().expect("checked above");
-                    let previous = parent_root.get(&*name.to_string_lossy());
-                    if let Some(e) = walk.entry(path, name, previous)? {
-                        roots.push(e);
-                    }
-                }
-                for source in sources {
-                    let (name, raw_name) = node_name(std::ffi::OsStr::new(source.name()));
-                    walk.jobs.push(JobSource::Stream(source));
-                    walk.files += 1;
-                    roots.push(Entry {
-                        node: Node {
-                            name,
-                            raw_name,
-                            kind: NodeKind::File,
-                            mode: 0o600,
-                            mtime_ns: 0,
-                            size: 0,
-                            inode: 0,
-                            owner: None,
-                            content: Vec::new(),
-                            hash: None,
-                            subtree: None,
-                            target: None,
-                        },
-                        children: Vec::new(),
-                        job: Some(walk.jobs.len() - 1),
-                    });
-                }
-                Ok((
-                    roots,
-                    walk.jobs,
-                    walk.bytes,
-                    walk.all_bytes,
-                    walk.dirs,
-                    walk.files,
-                ))
-            })
-            .await
-            .map_err(|e| Error::backend("backup walk", e.to_string()))??
-        };
-        let (roots, jobs, bytes_total, all_bytes, dirs, files) = walked;
-        let files_read = jobs.len() as u64;
+        let exclude = request.exclude.clone();
+        let live = request.live;
         let (tx, mut rx) = mpsc::channel::<(PackEntry, Vec<u8>)>(2);
         let saver = Arc::new(Saver {
             repo: self.clone(),
@@ -709,71 +823,121 @@ impl Repository {
             bytes_read: AtomicU64::new(0),
             files_done: AtomicU64::new(0),
             blobs_added: AtomicU64::new(0),
-            files_total: files_read,
-            bytes_total,
+            files_total: AtomicU64::new(0),
+            bytes_total: AtomicU64::new(0),
             started: Instant::now(),
             progress: request.progress.clone(),
         });
-        let work = tokio::task::spawn_blocking(move || -> Result<(String, u64)> {
-            let next = AtomicU64::new(0);
-            let results: Mutex<Vec<Option<Saved>>> =
-                Mutex::new((0..jobs.len()).map(|_| None).collect());
+        let finisher = request.finish.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let work = tokio::task::spawn_blocking(move || -> Result<Walked> {
+            let (jobs, queue) = std::sync::mpsc::channel::<(usize, JobSource)>();
+            let queue = Mutex::new(queue);
+            let results: Mutex<Vec<Option<Option<Saved>>>> = Mutex::new(Vec::new());
             let failure: Mutex<Option<Error>> = Mutex::new(None);
+            let fail = |e: Error| {
+                failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e);
+            };
+            let failed = || failure.lock().unwrap_or_else(|e| e.into_inner()).is_some();
             let workers = std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .clamp(1, 4);
-            std::thread::scope(|scope| {
+            let walked = std::thread::scope(|scope| {
                 for _ in 0..workers {
                     scope.spawn(|| {
                         let mut buf = Vec::new();
                         loop {
-                            if failure.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                            if failed() {
                                 return;
                             }
-                            let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                            let Some(job) = jobs.get(i) else { return };
-                            let outcome = match job {
-                                JobSource::Path(p) => std::fs::File::open(p)
-                                    .and_then(|f| saver.save_stream(f, &mut buf))
-                                    .map_err(|e| {
-                                        Error::backend(
-                                            format!("read {}", p.display()),
-                                            e.to_string(),
-                                        )
-                                    }),
-                                JobSource::Stream(s) => s.open().and_then(|r| {
-                                    saver.save_stream(r, &mut buf).map_err(|e| {
-                                        Error::backend(
-                                            format!("backup source {}", s.name()),
-                                            e.to_string(),
-                                        )
-                                    })
-                                }),
-                            };
-                            match outcome {
-                                Ok(r) => {
-                                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                            let Ok((i, job)) = next else { return };
+                            match saver.read(&job, live, &mut buf) {
+                                Ok(saved) => {
+                                    let mut results =
+                                        results.lock().unwrap_or_else(|e| e.into_inner());
+                                    if results.len() <= i {
+                                        results.resize_with(i + 1, || None);
+                                    }
+                                    results[i] = Some(saved);
+                                    drop(results);
                                     saver.report();
                                 }
-                                Err(e) => {
-                                    failure
-                                        .lock()
-                                        .unwrap_or_else(|p| p.into_inner())
-                                        .get_or_insert(e);
-                                    return;
-                                }
+                                Err(e) => return fail(e),
                             }
                         }
                     });
                 }
+                let mut walk = Walk {
+                    parent_trees: &parent_trees,
+                    exclude: exclude.as_ref(),
+                    live,
+                    jobs,
+                    queued: 0,
+                    saver: &saver,
+                    stop: &failed,
+                    all_bytes: 0,
+                    dirs: 0,
+                    files: 0,
+                    skipped: 0,
+                };
+                let walked = walk.roots(&request_paths, &parent_root, sources);
+                // Dropping the sender (in `walk`) lets the readers finish the queue and stop.
+                drop(walk.jobs);
+                walked.map(|roots| (roots, walk.all_bytes, walk.dirs, walk.files))
             });
+            let (roots, all_bytes, dirs, files) = match walked {
+                Ok(walked) => walked,
+                Err(e) => {
+                    fail(e);
+                    (Vec::new(), 0, 0, 0)
+                }
+            };
             if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
                 return Err(e);
             }
             let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
             let mut nodes = Vec::new();
             for root in roots {
-                nodes.push(finish_entry(&saver, root, &mut results)?);
+                nodes.extend(finish_entry(&saver, root, &mut results)?);
+            }
+            let finished = match &finisher {
+                Some(f) => runtime.block_on(f.finish())?,
+                None => Finish::default(),
+            };
+            for (name, data) in &finished.files {
+                if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                    return Err(Error::invalid(
+                        "backup.finish.files",
+                        format!("{name:?} is not a file name"),
+                    ));
+                }
+                if nodes.iter().any(|n| n.name.as_deref() == Some(name)) {
+                    return Err(Error::invalid(
+                        "backup.finish.files",
+                        format!("{name:?} is already at the snapshot's root"),
+                    ));
+                }
+                let (content, hash, size) = saver
+                    .save_stream(data.as_slice(), &mut Vec::new())
+                    .map_err(|e| Error::backend(format!("store {name}"), e.to_string()))?;
+                nodes.push(Node {
+                    name: Some(name.clone()),
+                    raw_name: None,
+                    kind: NodeKind::File,
+                    mode: 0o600,
+                    mtime_ns: 0,
+                    size,
+                    inode: 0,
+                    owner: None,
+                    content,
+                    hash: Some(hash),
+                    subtree: None,
+                    target: None,
+                });
             }
             let tree = serde_json::to_vec(&Tree { nodes }).expect("trees serialise");
             let root = saver.add_blob(BlobKind::Tree, &tree)?;
@@ -782,7 +946,16 @@ impl Repository {
                 saver.send(last)?;
             }
             // Dropping the saver closes the upload channel.
-            Ok((root, saver.bytes_read.load(Ordering::Relaxed)))
+            Ok(Walked {
+                root,
+                files,
+                dirs,
+                files_read: saver.files_total.load(Ordering::Relaxed),
+                all_bytes,
+                bytes_total: saver.bytes_total.load(Ordering::Relaxed),
+                bytes_read: saver.bytes_read.load(Ordering::Relaxed),
+                tags: finished.tags,
+            })
         });
         let target = self.target.clone();
         let upload = async move {
@@ -800,7 +973,16 @@ impl Repository {
         let (work, upload) = tokio::join!(work, upload);
         // An upload failure explains a worker's failure to hand over a pack: report it first.
         let (packs, stored) = upload?;
-        let (root, bytes_read) = work.map_err(|e| Error::backend("backup", e.to_string()))??;
+        let Walked {
+            root,
+            files,
+            dirs,
+            files_read,
+            all_bytes,
+            bytes_total,
+            bytes_read,
+            tags: finish_tags,
+        } = work.map_err(|e| Error::backend("backup", e.to_string()))??;
         let blobs_added: u64 = packs.iter().map(|p| p.blobs.len() as u64).sum();
         if !packs.is_empty() {
             self.put_object(
@@ -817,7 +999,7 @@ impl Repository {
             finished: self.clock.now(),
             host: host.to_string(),
             paths,
-            tags: request.tags.clone(),
+            tags: request.tags.iter().cloned().chain(finish_tags).collect(),
             kind: request.kind,
             parent: parent.map(|(id, _)| id),
             tree: root,
