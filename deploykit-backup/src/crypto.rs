@@ -7,7 +7,9 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload, rand_core::RngCore};
+use chacha20poly1305::aead::{
+    Aead, AeadCore, AeadInPlace, KeyInit, OsRng, Payload, rand_core::RngCore,
+};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
@@ -269,6 +271,28 @@ impl MasterKeys {
     /// nonce ‖ ciphertext of `plain`, bound to `ad`.
     pub(super) fn seal(&self, plain: &[u8], ad: &[u8]) -> Result<Vec<u8>> {
         seal_with(&self.cipher, plain, ad)
+    }
+
+    /// [`seal`](Self::seal), appended to `out` and encrypted in place there: the same bytes
+    /// (nonce, ciphertext, tag) without a copy of its own.
+    pub(super) fn seal_into(&self, plain: &[u8], ad: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let at = out.len();
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plain);
+        match self
+            .cipher
+            .encrypt_in_place_detached(&nonce, ad, &mut out[at + NONCE..])
+        {
+            Ok(tag) => {
+                out.extend_from_slice(&tag);
+                Ok(())
+            }
+            Err(_) => {
+                out.truncate(at);
+                Err(Error::backend("encrypt", "AEAD failure"))
+            }
+        }
     }
 
     /// The plaintext of `sealed`, if it is authentic for `ad`.

@@ -601,14 +601,7 @@ fn chunk_and_seal(
         size += data.len() as u64;
         let id = repo.keys.blob_id(&data);
         if known.insert(id.clone()) {
-            let (sealed, compressed) = repo.seal_blob(&id, &data)?;
-            pack.add(
-                id.clone(),
-                BlobKind::Data,
-                sealed,
-                data.len() as u64,
-                compressed,
-            );
+            pack.seal(repo, id.clone(), BlobKind::Data, &data)?;
             if pack.len() as u64 >= c.pack_size {
                 send(std::mem::take(&mut pack))?;
             }

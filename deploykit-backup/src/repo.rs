@@ -395,8 +395,9 @@ impl Repository {
         Ok(marks)
     }
 
-    /// Seal one blob for a pack: compressed if that helps, encrypted, bound to its id.
-    pub(super) fn seal_blob(&self, id: &str, plain: &[u8]) -> Result<(Vec<u8>, bool)> {
+    /// Seal one blob for a pack, appended to `out` (the pack being written): compressed if
+    /// that helps, encrypted, bound to its id. Whether it was compressed.
+    pub(super) fn seal_blob_into(&self, id: &str, plain: &[u8], out: &mut Vec<u8>) -> Result<bool> {
         thread_local! {
             static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
                 const { std::cell::RefCell::new(None) };
@@ -430,10 +431,12 @@ impl Repository {
         if worth_trying {
             let compressed = compress(plain, level)?;
             if pays(compressed.len(), plain.len()) {
-                return Ok((self.keys.seal(&compressed, id.as_bytes())?, true));
+                self.keys.seal_into(&compressed, id.as_bytes(), out)?;
+                return Ok(true);
             }
         }
-        Ok((self.keys.seal(plain, id.as_bytes())?, false))
+        self.keys.seal_into(plain, id.as_bytes(), out)?;
+        Ok(false)
     }
 
     /// Decrypt, decompress and check one blob's sealed bytes.

@@ -172,6 +172,28 @@ impl PackWriter {
         self.blobs.is_empty()
     }
 
+    /// Compress (when it pays), seal and append one blob.
+    pub(super) fn seal(
+        &mut self,
+        repo: &Repository,
+        id: String,
+        kind: BlobKind,
+        plain: &[u8],
+    ) -> Result<()> {
+        let offset = self.buf.len();
+        let compressed = repo.seal_blob_into(&id, plain, &mut self.buf)?;
+        self.blobs.push(BlobEntry {
+            id,
+            kind,
+            offset: offset as u64,
+            length: (self.buf.len() - offset) as u64,
+            raw_length: plain.len() as u64,
+            compressed,
+        });
+        Ok(())
+    }
+
+    /// Append one blob sealed already.
     pub(super) fn add(
         &mut self,
         id: String,
@@ -252,11 +274,12 @@ fn for_each_chunk(
     }
 }
 
-/// State shared by the workers of one backup.
+/// State shared by the workers of one backup. Each worker fills a pack of its own (no lock
+/// around sealing, and a file's blobs stay together for restore); only the set of blobs
+/// known is shared.
 struct Saver {
     repo: Repository,
     known: Mutex<HashSet<String>>,
-    pack: Mutex<PackWriter>,
     uploads: mpsc::Sender<(PackEntry, Vec<u8>)>,
     bytes_read: AtomicU64,
     files_done: AtomicU64,
@@ -269,8 +292,9 @@ struct Saver {
 }
 
 impl Saver {
-    /// Store `plain` as a blob unless the repository has it; returns its id.
-    fn add_blob(&self, kind: BlobKind, plain: &[u8]) -> Result<String> {
+    /// Store `plain` as a blob in `pack` unless the repository has it; returns its id. A
+    /// full pack is handed to the upload.
+    fn add_blob(&self, pack: &mut PackWriter, kind: BlobKind, plain: &[u8]) -> Result<String> {
         let id = self.repo.keys.blob_id(plain);
         if !self
             .known
@@ -280,21 +304,26 @@ impl Saver {
         {
             return Ok(id);
         }
-        let (sealed, compressed) = self.repo.seal_blob(&id, plain)?;
+        if pack.buf.capacity() == 0 {
+            // Room for a full pack and the blob that overfills it: no regrowing copies.
+            let c = &self.repo.config;
+            pack.buf.reserve(
+                usize::try_from(c.pack_size + u64::from(c.chunk_max)).unwrap_or(0) + 64 * 1024,
+            );
+        }
+        pack.seal(&self.repo, id.clone(), kind, plain)?;
         self.blobs_added.fetch_add(1, Ordering::Relaxed);
-        let full = {
-            let mut pack = self.pack.lock().unwrap_or_else(|e| e.into_inner());
-            pack.add(id.clone(), kind, sealed, plain.len() as u64, compressed);
-            (pack.buf.len() as u64 >= self.repo.config.pack_size)
-                .then(|| std::mem::take(&mut *pack))
-        };
-        if let Some(pack) = full {
-            self.send(pack)?;
+        if pack.buf.len() as u64 >= self.repo.config.pack_size {
+            self.send(std::mem::take(pack))?;
         }
         Ok(id)
     }
 
+    /// Upload `pack` if it holds anything.
     fn send(&self, pack: PackWriter) -> Result<()> {
+        if pack.is_empty() {
+            return Ok(());
+        }
         let finished = pack.finish(&self.repo)?;
         self.uploads.blocking_send(finished).map_err(|_| {
             Error::backend("backup", "the pack upload stopped (see the earlier error)")
@@ -302,17 +331,23 @@ impl Saver {
     }
 
     /// Read and store one file or stream; `None` if it vanished (a live backup).
-    fn read(&self, job: &JobSource, live: bool, buf: &mut Vec<u8>) -> Result<Option<Saved>> {
+    fn read(
+        &self,
+        job: &JobSource,
+        live: bool,
+        buf: &mut Vec<u8>,
+        pack: &mut PackWriter,
+    ) -> Result<Option<Saved>> {
         match job {
             JobSource::Path(p) => match std::fs::File::open(p) {
                 Err(e) if live && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 opened => opened
-                    .and_then(|f| self.save_stream(f, buf))
+                    .and_then(|f| self.save_stream(f, buf, pack))
                     .map(Some)
                     .map_err(|e| Error::backend(format!("read {}", p.display()), e.to_string())),
             },
             JobSource::Stream(s) => s.open().and_then(|r| {
-                self.save_stream(r, buf).map(Some).map_err(|e| {
+                self.save_stream(r, buf, pack).map(Some).map_err(|e| {
                     Error::backend(format!("backup source {}", s.name()), e.to_string())
                 })
             }),
@@ -320,7 +355,12 @@ impl Saver {
     }
 
     /// Chunk and store one stream; returns its content ids, BLAKE3 and size.
-    fn save_stream(&self, reader: impl std::io::Read, buf: &mut Vec<u8>) -> std::io::Result<Saved> {
+    fn save_stream(
+        &self,
+        reader: impl std::io::Read,
+        buf: &mut Vec<u8>,
+        pack: &mut PackWriter,
+    ) -> std::io::Result<Saved> {
         let c = &self.repo.config;
         let mut hasher = blake3::Hasher::new();
         let mut content = Vec::new();
@@ -335,7 +375,7 @@ impl Saver {
                 self.bytes_read
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
                 let id = self
-                    .add_blob(BlobKind::Data, data)
+                    .add_blob(pack, BlobKind::Data, data)
                     .map_err(|e| std::io::Error::other(e.chain()))?;
                 content.push(id);
                 Ok(())
@@ -608,6 +648,7 @@ impl Walk<'_> {
 /// vanished before it was read (a live backup) is left out.
 fn finish_entry(
     saver: &Saver,
+    pack: &mut PackWriter,
     mut entry: Entry,
     results: &mut [Option<Option<Saved>>],
 ) -> Result<Option<Node>> {
@@ -623,10 +664,10 @@ fn finish_entry(
     if entry.node.kind == NodeKind::Dir {
         let mut nodes = Vec::with_capacity(entry.children.len());
         for child in entry.children {
-            nodes.extend(finish_entry(saver, child, results)?);
+            nodes.extend(finish_entry(saver, pack, child, results)?);
         }
         let tree = serde_json::to_vec(&Tree { nodes }).expect("trees serialise");
-        entry.node.subtree = Some(saver.add_blob(BlobKind::Tree, &tree)?);
+        entry.node.subtree = Some(saver.add_blob(pack, BlobKind::Tree, &tree)?);
     }
     Ok(Some(entry.node))
 }
@@ -818,7 +859,6 @@ impl Repository {
         let saver = Arc::new(Saver {
             repo: self.clone(),
             known: Mutex::new(index.blobs.keys().cloned().collect()),
-            pack: Mutex::new(PackWriter::default()),
             uploads: tx,
             bytes_read: AtomicU64::new(0),
             files_done: AtomicU64::new(0),
@@ -849,13 +889,19 @@ impl Repository {
                 for _ in 0..workers {
                     scope.spawn(|| {
                         let mut buf = Vec::new();
+                        let mut pack = PackWriter::default();
                         loop {
                             if failed() {
                                 return;
                             }
                             let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                            let Ok((i, job)) = next else { return };
-                            match saver.read(&job, live, &mut buf) {
+                            let Ok((i, job)) = next else {
+                                if let Err(e) = saver.send(pack) {
+                                    fail(e);
+                                }
+                                return;
+                            };
+                            match saver.read(&job, live, &mut buf, &mut pack) {
                                 Ok(saved) => {
                                     let mut results =
                                         results.lock().unwrap_or_else(|e| e.into_inner());
@@ -900,9 +946,10 @@ impl Repository {
                 return Err(e);
             }
             let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+            let mut pack = PackWriter::default();
             let mut nodes = Vec::new();
             for root in roots {
-                nodes.extend(finish_entry(&saver, root, &mut results)?);
+                nodes.extend(finish_entry(&saver, &mut pack, root, &mut results)?);
             }
             let finished = match &finisher {
                 Some(f) => runtime.block_on(f.finish())?,
@@ -922,7 +969,7 @@ impl Repository {
                     ));
                 }
                 let (content, hash, size) = saver
-                    .save_stream(data.as_slice(), &mut Vec::new())
+                    .save_stream(data.as_slice(), &mut Vec::new(), &mut pack)
                     .map_err(|e| Error::backend(format!("store {name}"), e.to_string()))?;
                 nodes.push(Node {
                     name: Some(name.clone()),
@@ -940,11 +987,8 @@ impl Repository {
                 });
             }
             let tree = serde_json::to_vec(&Tree { nodes }).expect("trees serialise");
-            let root = saver.add_blob(BlobKind::Tree, &tree)?;
-            let last = std::mem::take(&mut *saver.pack.lock().unwrap_or_else(|e| e.into_inner()));
-            if !last.blobs.is_empty() {
-                saver.send(last)?;
-            }
+            let root = saver.add_blob(&mut pack, BlobKind::Tree, &tree)?;
+            saver.send(pack)?;
             // Dropping the saver closes the upload channel.
             Ok(Walked {
                 root,
@@ -958,15 +1002,34 @@ impl Repository {
             })
         });
         let target = self.target.clone();
+        // A few packs upload at once, so one slow write (a local fsync, an S3 round trip)
+        // does not hold up the readers.
         let upload = async move {
+            const AT_ONCE: usize = 3;
+            let joined = |r: std::result::Result<Result<PackEntry>, tokio::task::JoinError>| {
+                r.map_err(|e| Error::backend("upload a pack", e.to_string()))?
+            };
             let mut packs = Vec::new();
             let mut stored = 0u64;
+            let mut puts = tokio::task::JoinSet::new();
             while let Some((entry, bytes)) = rx.recv().await {
                 stored += bytes.len() as u64;
-                match target.put_if_absent(&pack_key(&entry.id), bytes).await {
-                    Ok(()) | Err(Error::AlreadyExists { .. }) => packs.push(entry),
-                    Err(e) => return Err(e),
+                while puts.len() >= AT_ONCE {
+                    let Some(done) = puts.join_next().await else {
+                        break;
+                    };
+                    packs.push(joined(done)?);
                 }
+                let target = target.clone();
+                puts.spawn(async move {
+                    match target.put_if_absent(&pack_key(&entry.id), bytes).await {
+                        Ok(()) | Err(Error::AlreadyExists { .. }) => Ok(entry),
+                        Err(e) => Err(e),
+                    }
+                });
+            }
+            while let Some(done) = puts.join_next().await {
+                packs.push(joined(done)?);
             }
             Ok((packs, stored))
         };

@@ -113,35 +113,44 @@ async fn excluded_paths_are_left_out_with_everything_below_them() {
 
 /// A tree of 200 small files. Once the walk has seen the last path (the exclusion filter is
 /// called with every path), the first progress call (a file stored) deletes the second half
-/// and a whole directory; every reader waits for that after its first file, so the deleted
-/// files are walked but not yet read.
+/// and a whole directory; every reader waits until that is done after its first file, so the
+/// deleted files are walked but not yet read.
 fn vanishing_tree(data: &Path) -> (deploykit_backup::ExcludeFn, deploykit_backup::ProgressFn) {
     for i in 0..200 {
         write(&data.join(format!("a/f{i:03}")), &format!("file {i}"));
     }
     write(&data.join("z/gone/1"), "one");
+    write(&data.join("zz"), "walked last");
     let walked = Arc::new(AtomicBool::new(false));
     let exclude = {
         let walked = walked.clone();
         Arc::new(move |path: &Path| {
-            if path.ends_with("z/gone/1") {
+            // The walk goes in name order: everything else has been walked (and stat'ed).
+            if path.ends_with("zz") {
                 walked.store(true, Ordering::SeqCst);
             }
             false
         })
     };
+    let deleting = AtomicBool::new(false);
     let deleted = AtomicBool::new(false);
     let data = data.to_path_buf();
-    let progress = Arc::new(move |_: &deploykit_backup::Progress| {
-        while !walked.load(Ordering::SeqCst) {
+    let wait_for = |flag: &AtomicBool| {
+        while !flag.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        if !deleted.swap(true, Ordering::SeqCst) {
+    };
+    let progress = Arc::new(move |_: &deploykit_backup::Progress| {
+        wait_for(&walked);
+        if !deleting.swap(true, Ordering::SeqCst) {
             for i in 100..200 {
                 std::fs::remove_file(data.join(format!("a/f{i:03}"))).unwrap();
             }
             std::fs::remove_dir_all(data.join("z")).unwrap();
+            deleted.store(true, Ordering::SeqCst);
         }
+        // No reader goes on before the deletion is complete.
+        wait_for(&deleted);
     });
     (exclude, progress)
 }
@@ -164,10 +173,11 @@ async fn files_that_vanish_during_a_live_backup_are_left_out_and_the_rest_is_who
         )
         .await
         .expect("a live backup tolerates vanished files");
-    assert_eq!(snapshot.summary.files, 201, "the walk saw every file");
+    assert_eq!(snapshot.summary.files, 202, "the walk saw every file");
     let restored = restore(&repo, &id, &dir.path().join("out")).await;
     let files: Vec<&String> = restored.keys().filter(|k| !k.ends_with('/')).collect();
-    assert_eq!(files.len(), 100, "{files:?}");
+    assert_eq!(files.len(), 101, "{files:?}");
+    assert_eq!(restored["data/zz"], b"walked last");
     for i in 0..100 {
         assert_eq!(
             restored[&format!("data/a/f{i:03}")],
