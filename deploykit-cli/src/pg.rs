@@ -27,6 +27,9 @@ use crate::context::Context;
 /// would call "command not executable" or "not found".
 const EXIT_FETCH_FAILED: u8 = 128;
 
+/// Segments `wal-fetch` fetches ahead by default.
+const DEFAULT_PREFETCH: u32 = 8;
+
 /// `deploykit pg` subcommands.
 #[derive(Subcommand, Debug)]
 pub(crate) enum PgAction {
@@ -61,8 +64,19 @@ pub(crate) enum PgAction {
         /// The repository directory.
         #[arg(long)]
         repo: PathBuf,
+        /// Keep up to N segments of the timeline fetched ahead: a background process fetches
+        /// them into a spool beside %p (pg_wal/.deploykit-prefetch) while PostgreSQL
+        /// replays, and the next runs take them from there without opening the repository;
+        /// 0 turns prefetching off.
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_PREFETCH)]
+        prefetch: u32,
+        /// Run as that background process: fill the spool after NAME, then exit.
+        #[arg(long, hide = true)]
+        spooler: bool,
     },
-    /// Take a base backup of a running server with pg_basebackup, without stopping it.
+    /// Take a base backup of a running server, without stopping it: with --pgdata its data
+    /// directory is read in place (pg_backup_start … pg_backup_stop), else pg_basebackup
+    /// copies it.
     Backup {
         /// The repository directory.
         #[arg(long)]
@@ -72,9 +86,14 @@ pub(crate) enum PgAction {
         #[arg(long, value_name = "CONNINFO", default_value = "")]
         pgdata_connection: String,
         /// Where pg_basebackup writes its copy before it is stored (default: the temporary
-        /// directory); it needs room for the whole data directory.
-        #[arg(long)]
+        /// directory); it needs room for the whole data directory. Not used with --pgdata.
+        #[arg(long, conflicts_with = "pgdata")]
         work_dir: Option<PathBuf>,
+        /// The server's data directory, on this machine: read in place instead of copied
+        /// with pg_basebackup (half the I/O). It must be the data directory of the server
+        /// connected to; run as a user who can read it (postgres).
+        #[arg(long, value_name = "DIR")]
+        pgdata: Option<PathBuf>,
     },
     /// Restore a new data directory to a point in time, let PostgreSQL recover it, and check
     /// it with a query.
@@ -135,6 +154,10 @@ pub(crate) struct RestoreArgs {
     /// Seconds recovery may take.
     #[arg(long, default_value_t = 3600)]
     timeout: u64,
+    /// WAL segments each fetch during recovery also fetches ahead, in parallel (wal-fetch
+    /// --prefetch); 0 turns prefetching off.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PREFETCH)]
+    prefetch: u32,
 }
 
 /// The key: the key file DEPLOYKIT_REPO_KEY_FILE names, else the passphrase in
@@ -245,11 +268,38 @@ pub(crate) async fn run(ctx: &Context, action: PgAction) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        PgAction::WalFetch { name, dest, repo } => Ok(wal_fetch(&name, &dest, &repo).await),
+        PgAction::WalFetch {
+            name,
+            dest,
+            repo,
+            prefetch,
+            spooler: true,
+        } => {
+            // In the background: failures are logged; the run that needs a segment the
+            // spooler could not fetch fetches it itself and reports why.
+            let spooled = match open(&repo).await {
+                Ok(repository) => {
+                    pg::spool_ahead(&repository, &name, &pg::prefetch_spool(&dest), prefetch).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = spooled {
+                tracing::warn!(after = %name, error = %e.chain(), "prefetching stopped");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PgAction::WalFetch {
+            name,
+            dest,
+            repo,
+            prefetch,
+            spooler: false,
+        } => Ok(wal_fetch(&name, &dest, &repo, prefetch).await),
         PgAction::Backup {
             repo,
             pgdata_connection,
             work_dir,
+            pgdata,
         } => {
             check_writer(&repo)?;
             let repository = open(&repo).await?;
@@ -258,13 +308,14 @@ pub(crate) async fn run(ctx: &Context, action: PgAction) -> Result<ExitCode> {
                 .bins(pg::PgBinaries::find()?)
                 .build();
             request.work_dir = work_dir;
+            request.data_dir = pgdata;
             let report = pg::take_base_backup(&repository, &request).await?;
             let b = &report.backup;
             let size = b.wal_segment_size;
             ctx.print(
                 format!(
                     "base backup {}: timeline {}, WAL {} to {} ({} to {}); {} files, {} bytes, \
-                     {} stored; pg_basebackup {:.1?}, in all {:.1?}",
+                     {} stored; {} {:.1?}, in all {:.1?}",
                     b.snapshot,
                     b.timeline,
                     b.start_lsn,
@@ -274,6 +325,11 @@ pub(crate) async fn run(ctx: &Context, action: PgAction) -> Result<ExitCode> {
                     report.files,
                     report.bytes,
                     report.bytes_stored,
+                    if request.data_dir.is_some() {
+                        "read in place"
+                    } else {
+                        "pg_basebackup"
+                    },
                     report.copy_duration,
                     report.duration
                 ),
@@ -329,8 +385,23 @@ pub(crate) async fn run(ctx: &Context, action: PgAction) -> Result<ExitCode> {
 }
 
 /// `wal-fetch`: exit 0 with the file in place, 1 when the archive does not hold it,
-/// [`EXIT_FETCH_FAILED`] for any other failure; stderr names the file.
-async fn wal_fetch(name: &str, dest: &Path, repo: &Path) -> ExitCode {
+/// [`EXIT_FETCH_FAILED`] for any other failure; stderr names the file. With `prefetch > 0`
+/// a spooled copy is taken without opening the repository (waiting for a spooler that is
+/// fetching it), and once the file is delivered a spooler is started when the spool runs low.
+async fn wal_fetch(name: &str, dest: &Path, repo: &Path, prefetch: u32) -> ExitCode {
+    let spool = pg::prefetch_spool(dest);
+    if prefetch > 0 {
+        match pg::take_prefetched_waiting(&spool, name, dest, SPOOLER_WAIT).await {
+            Ok(Some(_)) => {
+                start_spooler(name, dest, repo, prefetch).await;
+                return ExitCode::SUCCESS;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(file = name, error = %e.chain(), "the prefetched copy is unusable; fetching it");
+            }
+        }
+    }
     let fetched = match open(repo).await {
         Ok(repository) => pg::fetch_wal(&repository, name, dest).await,
         Err(e) => Err(Error::backend(
@@ -339,7 +410,12 @@ async fn wal_fetch(name: &str, dest: &Path, repo: &Path) -> ExitCode {
         )),
     };
     match fetched {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(_) => {
+            if prefetch > 0 {
+                start_spooler(name, dest, repo, prefetch).await;
+            }
+            ExitCode::SUCCESS
+        }
         Err(Error::NotFound { .. }) => {
             eprintln!("deploykit: wal-fetch {name}: not in the archive");
             ExitCode::FAILURE
@@ -348,6 +424,49 @@ async fn wal_fetch(name: &str, dest: &Path, repo: &Path) -> ExitCode {
             eprintln!("deploykit: wal-fetch {name} failed: {}", e.chain());
             ExitCode::from(EXIT_FETCH_FAILED)
         }
+    }
+}
+
+/// How long a `wal-fetch` waits for a running spooler to deliver its segment before fetching
+/// it itself.
+const SPOOLER_WAIT: Duration = Duration::from_secs(30);
+
+/// Start a spooler (`wal-fetch NAME DEST --spooler`, in the background, its own process
+/// group) if the spool runs low after `name`, and return once it holds the spool's lock: the
+/// next run then waits for it instead of fetching in duplicate. Best effort: without a
+/// spooler each run fetches its own segment.
+async fn start_spooler(name: &str, dest: &Path, repo: &Path, prefetch: u32) {
+    use std::os::unix::process::CommandExt;
+    let spool = pg::prefetch_spool(dest);
+    if !pg::spool_wanted(&spool, name, dest, prefetch) {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let spawned = std::process::Command::new(exe)
+        .args(["pg", "wal-fetch", name])
+        .arg(dest)
+        .arg("--repo")
+        .arg(repo)
+        .args(["--prefetch", &prefetch.to_string(), "--spooler"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start prefetching");
+            return;
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline
+        && !pg::spooler_running(&spool)
+        && matches!(child.try_wait(), Ok(None))
+    {
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -367,9 +486,10 @@ async fn restore(ctx: &Context, args: RestoreArgs) -> Result<ExitCode> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::backend("find the deploykit binary", e.to_string()))?;
     let restore_command = format!(
-        "{} pg wal-fetch %f %p --repo {}",
+        "{} pg wal-fetch %f %p --repo {} --prefetch {}",
         sh_quote(&exe.to_string_lossy()),
-        sh_quote(&repo_dir.to_string_lossy())
+        sh_quote(&repo_dir.to_string_lossy()),
+        args.prefetch
     );
     let run_as = match &args.run_as {
         Some(name) => Some(pg::OsUser::lookup(name)?),

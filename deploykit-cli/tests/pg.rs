@@ -25,6 +25,11 @@ const CLI: &str = env!("CARGO_BIN_EXE_deploykit");
 const PASSWORD: &str = "correct horse battery staple";
 const MIB16: u64 = 16 * 1024 * 1024;
 const ROWS: &str = "SELECT string_agg(id::text, ',' ORDER BY id) FROM events";
+/// The rows of `events`, the rows of `churn` and the `churn_N` tables (add `FROM events`).
+const ROWS_AND_CHURN: &str = "SELECT string_agg(id::text, ',' ORDER BY id), \
+     (SELECT count(*) FROM churn)::text, \
+     (SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class \
+      WHERE relname LIKE 'churn\\_%' AND relkind = 'r')";
 
 fn bins() -> Option<PgBinaries> {
     match PgBinaries::find() {
@@ -203,18 +208,44 @@ impl Rig {
         for id in 1..=3 {
             self.insert(id).await;
         }
+        // The base backup reads the data directory in place while a workload writes rows and
+        // drops and creates tables.
+        self.sql("CREATE TABLE churn (n int)").await;
         let conn = format!("host=127.0.0.1 port={} user=postgres", self.port);
-        let backup = self.json(
-            false,
-            &[
-                "pg",
-                "backup",
-                "--repo",
-                s(&self.repo),
-                "--pgdata-connection",
-                &conn,
-            ],
-        );
+        let (exe, run_as) = (self.exe.clone(), self.run_as.clone());
+        let args: Vec<String> = [
+            "-o",
+            "json",
+            "pg",
+            "backup",
+            "--repo",
+            s(&self.repo),
+            "--pgdata-connection",
+            &conn,
+            "--pgdata",
+            s(&self.path("data")),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let backup = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(&exe, run_as.as_ref(), None, &args)
+        });
+        let mut round = 0;
+        while !backup.is_finished() || round < 3 {
+            round += 1;
+            self.sql(&format!(
+                "INSERT INTO churn SELECT g FROM generate_series(1, 1000) g; \
+                 DROP TABLE IF EXISTS churn_{}; CREATE TABLE churn_{round} AS SELECT 1 AS one",
+                round - 1
+            ))
+            .await;
+        }
+        let out = backup.await.unwrap();
+        assert!(out.status.success(), "pg backup --pgdata: {}", stderr(&out));
+        let backup: Value = serde_json::from_slice(&out.stdout).unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
         for id in 4..=8 {
             self.insert(id).await;
             if id == 5 || id == 7 {
@@ -327,10 +358,22 @@ async fn point_in_time_recovery_to_a_time_to_the_end_and_after_retention() {
              WHERE a.id = 5 AND b.id = 6",
         )
         .await;
-    let out = rig.restore(&rig.repo, "at-time", &["--time", &target]);
+    let state = format!("{ROWS_AND_CHURN} FROM events");
+    let churn = rig.sql(&state).await[0][1..].to_vec();
+    let out = rig.restore(
+        &rig.repo,
+        "at-time",
+        &["--time", &target, "--verify-query", &state],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(rows(&report), json!([["1,2,3,4,5"]]), "{report}");
+    // Exactly the rows committed before the target, and the tables the workload left while
+    // the base backup read the data directory.
+    assert_eq!(
+        rows(&report),
+        json!([[Some("1,2,3,4,5"), churn[0].as_deref(), churn[1].as_deref()]]),
+        "{report}"
+    );
     assert_eq!(report["timeline"], 2, "promoted onto a new timeline");
     let restored = rig.path("at-time");
     assert!(restored.join("PG_VERSION").is_file());
@@ -361,8 +404,8 @@ async fn point_in_time_recovery_to_a_time_to_the_end_and_after_retention() {
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows(&report), json!([["1,2,3,4,5,6,7,8"]]), "{report}");
-    // A restore point before a second base backup: that backup cannot reach it, so the
-    // restore falls back to the first.
+    // A restore point before a second base backup (this one with pg_basebackup): that backup
+    // cannot reach it, so the restore falls back to the first (read in place).
     rig.insert(9).await;
     rig.sql("SELECT pg_create_restore_point('after-9')").await;
     let conn = format!("host=127.0.0.1 port={} user=postgres", rig.port);
@@ -401,7 +444,8 @@ async fn point_in_time_recovery_to_a_time_to_the_end_and_after_retention() {
     assert_eq!(after["base_backups"][0]["snapshot"], second["snapshot"]);
     assert_eq!(after["wal"][0]["first"], second["wal_start"], "{after}");
     assert_eq!(after["wal"][0]["first_gap"], Value::Null);
-    // What is left restores to the end, and an LSN before the kept backup is refused.
+    // What is left (the pg_basebackup one) restores to the end, and an LSN before the kept
+    // backup is refused.
     let out = rig.restore(&rig.repo, "after-prune", &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -425,6 +469,38 @@ async fn recovery_refuses_gaps_stops_at_damage_and_the_archive_commands_say_why(
     assert!(
         last > next_segment(&start, 1),
         "segments after the middle one: {listed}"
+    );
+
+    // --pgdata must be the server's own data directory: a copy of it is refused.
+    let copy = rig.path("data-copy");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(rig.path("data"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let conn = format!("host=127.0.0.1 port={} user=postgres", rig.port);
+    let out = rig.dk(&[
+        "pg",
+        "backup",
+        "--repo",
+        s(&rig.repo),
+        "--pgdata-connection",
+        &conn,
+        "--pgdata",
+        s(&copy),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("is not the data directory of the server connected to"),
+        "{err}"
+    );
+    let relisted = rig.json(false, &["pg", "list", "--repo", s(&rig.repo)]);
+    assert_eq!(
+        relisted["base_backups"], listed["base_backups"],
+        "no snapshot"
     );
 
     // A missing segment between the backup and the newest: refused before recovery, named.
@@ -532,6 +608,135 @@ async fn recovery_refuses_gaps_stops_at_damage_and_the_archive_commands_say_why(
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_fetch_prefetches_ahead_without_hiding_damage_or_remembering_gaps() {
+    let Some(bins) = bins() else { return };
+    let rig = Rig::start(&bins).await;
+    let (start, _) = rig.history().await;
+    // Many segments after the backup.
+    for id in 9..=28 {
+        rig.insert(id).await;
+        rig.sql("SELECT pg_switch_wal()").await;
+    }
+    rig.archive_everything().await;
+    let all: Vec<String> = (1..=28).map(|i| i.to_string()).collect();
+
+    // Recovery over them all with prefetching (3 ahead); the spool is gone after.
+    let out = rig.restore(&rig.repo, "prefetched", &["--latest", "--prefetch", "3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows(&report), json!([[all.join(",")]]), "{report}");
+    let spool = rig.path("prefetched/pg_wal/.deploykit-prefetch");
+    assert!(!spool.exists(), "the spool is removed after recovery");
+
+    // One fetch starts a spooler that fetches the next segments in the background; the next
+    // fetch takes its segment from the spool without opening the repository (here: one that
+    // is not there).
+    let fetch_dir = rig.path("fetch");
+    std::fs::create_dir_all(&fetch_dir).unwrap();
+    chown_tree(&fetch_dir, rig.run_as.as_ref()).unwrap();
+    let dest = fetch_dir.join("RECOVERYXLOG");
+    let spool = fetch_dir.join(".deploykit-prefetch");
+    let fetch = |name: &str, repo: &Path, prefetch: &str| {
+        rig.dk(&[
+            "pg",
+            "wal-fetch",
+            name,
+            s(&dest),
+            "--repo",
+            s(repo),
+            "--prefetch",
+            prefetch,
+        ])
+    };
+    // The segments spooled, once the background spooler a fetch may have started is done.
+    let spooled = || -> Vec<String> {
+        if let Ok(lock) = std::fs::File::open(spool.join(".lock")) {
+            lock.lock().unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(&spool)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let out = fetch(&start, &rig.repo, "4");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ahead: Vec<String> = (1..=4).map(|i| next_segment(&start, i)).collect();
+    assert_eq!(spooled(), ahead);
+    let gone = rig.path("unmounted");
+    let out = fetch(&ahead[0], &gone, "4");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let archived = std::fs::read(rig.repo.join("named/wal").join(&ahead[0]));
+    assert!(archived.is_ok(), "the segment is archived");
+    assert_eq!(std::fs::metadata(&dest).unwrap().len(), MIB16);
+    assert_eq!(spooled(), ahead[1..], "taken from the spool");
+    // Without prefetching the spool is not used: the repository must be there.
+    let out = fetch(&ahead[1], &gone, "0");
+    assert_eq!(out.status.code(), Some(128), "{}", stderr(&out));
+    // Asking for a later segment removes the ones recovery has passed.
+    let out = fetch(&ahead[3], &rig.repo, "4");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(spooled().iter().all(|n| n > &ahead[3]), "{:?}", spooled());
+
+    // A damaged segment in the middle of a batch is not spooled; asking for it fails with
+    // its name (128), the segments around it are delivered.
+    let bad = rig.copy_repo("repo-bad");
+    let damaged = next_segment(&start, 2);
+    let record = bad.join("named/wal").join(&damaged);
+    let mut bytes = std::fs::read(&record).unwrap();
+    bytes[40] ^= 0xff;
+    std::fs::write(&record, bytes).unwrap();
+    spooled();
+    std::fs::remove_dir_all(&spool).unwrap();
+    let out = fetch(&start, &bad, "4");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!spooled().contains(&damaged), "{:?}", spooled());
+    assert!(
+        spooled().contains(&next_segment(&start, 3)),
+        "{:?}",
+        spooled()
+    );
+    let out = fetch(&next_segment(&start, 1), &bad, "4");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = fetch(&damaged, &bad, "4");
+    assert_eq!(out.status.code(), Some(128), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("wal-fetch {damaged} failed")),
+        "{err}"
+    );
+    // And recovery stops there, naming it.
+    let out = rig.restore(&bad, "bad", &["--prefetch", "4"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("wal-fetch {damaged} failed")),
+        "{err}"
+    );
+
+    // The newest segment: nothing after it is spooled; once the next one is archived, a
+    // fetch finds it (nothing remembers it was missing).
+    spooled();
+    std::fs::remove_dir_all(&spool).unwrap();
+    let listed = rig.json(false, &["pg", "list", "--repo", s(&rig.repo)]);
+    let last = listed["wal"][0]["last"].as_str().unwrap().to_string();
+    let out = fetch(&last, &rig.repo, "4");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(spooled(), Vec::<String>::new());
+    let following = next_segment(&last, 1);
+    let out = fetch(&following, &rig.repo, "4");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    rig.insert(29).await;
+    rig.archive_everything().await;
+    let out = fetch(&following, &rig.repo, "4");
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// The numbers in BENCHMARKS.md ("PostgreSQL archiving and point-in-time recovery"): a
 /// pgbench database at scale 10, its base backup, WAL push and fetch rates through the
 /// binary, RPO with `archive_timeout = 1`, and a restore to the end of the archive.
@@ -582,10 +787,12 @@ async fn benchmark_archiving_and_recovery() {
             s(&rig.repo),
             "--pgdata-connection",
             &conn,
+            "--pgdata",
+            s(&rig.path("data")),
         ],
     );
     println!(
-        "base backup: {} files, {:.1} MiB, {:.1} MiB stored, pg_basebackup {} ms, in all {} ms",
+        "base backup (read in place): {} files, {:.1} MiB, {:.1} MiB stored, copy {} ms, in all {} ms",
         backup["files"],
         backup["bytes"].as_u64().unwrap() as f64 / 1048576.0,
         backup["bytes_stored"].as_u64().unwrap() as f64 / 1048576.0,

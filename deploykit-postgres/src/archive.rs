@@ -201,8 +201,19 @@ pub async fn fetch_wal(repo: &Repository, file: &str, dest: &Path) -> Result<u64
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".deploykit-fetch-{}-{file}", std::process::id()));
+    fetch_to(repo, file, &tmp, dest).await
+}
+
+/// Read the archived `file` into `tmp`, checked, then rename it to `dest`; `tmp` is removed
+/// on failure.
+pub(crate) async fn fetch_to(
+    repo: &Repository,
+    file: &str,
+    tmp: &Path,
+    dest: &Path,
+) -> Result<u64> {
     let result = async {
-        let mut out = std::fs::File::create(&tmp)
+        let mut out = std::fs::File::create(tmp)
             .map_err(|e| Error::backend(format!("create {}", tmp.display()), e.to_string()))?;
         let object = repo
             .read_named_to(&wal_object_name(file), &mut out)
@@ -215,13 +226,13 @@ pub async fn fetch_wal(repo: &Repository, file: &str, dest: &Path) -> Result<u64
             })?;
         out.flush()
             .and_then(|()| out.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, dest))
+            .and_then(|()| std::fs::rename(tmp, dest))
             .map_err(|e| Error::backend(format!("write {}", dest.display()), e.to_string()))?;
         Ok(object.size)
     }
     .await;
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(tmp);
     }
     result
 }

@@ -1,5 +1,6 @@
-//! Base backups: `pg_basebackup` of a running server (no WAL: the archive has it), stored as
-//! a snapshot whose tags record where its WAL starts and ends.
+//! Base backups of a running server (no WAL: the archive has it), stored as a snapshot whose
+//! tags record where its WAL starts and ends: the data directory read in place when it is
+//! local (see `inplace`), else `pg_basebackup` into a work directory.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use typed_builder::TypedBuilder;
 
 use crate::archive::ClusterIdentity;
+use crate::inplace::{ServerFacts, backup_in_place};
 use crate::server::{PgBinaries, command, pg_error, run, simple_query};
 use crate::wal::{Lsn, WalSegment, check_segment_size};
 use deploykit_backup::{BackupKind, BackupRequest, Repository, Snapshot};
@@ -18,12 +20,16 @@ use deploykit_core::{Error, Result};
 /// The tag every base backup snapshot carries.
 pub const BASE_BACKUP_TAG: &str = "pg.base_backup";
 
+/// The name of the data directory's entry at the root of snapshots written before it was
+/// recorded (`pg.root` tag): `pg_basebackup`'s copy was always `pgdata`.
+const DEFAULT_ROOT: &str = "pgdata";
+
 /// A base backup in the repository: a snapshot of a data directory and the WAL range that
 /// makes it consistent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BaseBackup {
-    /// The snapshot holding the data directory (its root entry is `pgdata`).
+    /// The snapshot holding the data directory (its root entry is [`root`](Self::root)).
     pub snapshot: String,
     /// The timeline it was taken on.
     pub timeline: u32,
@@ -40,10 +46,14 @@ pub struct BaseBackup {
     pub wal_segment_size: u64,
     /// The cluster's system identifier.
     pub system_identifier: u64,
+    /// The name of the data directory's entry at the snapshot's root: `pgdata` for a
+    /// `pg_basebackup` copy, the data directory's own name (`main`) for one read in place,
+    /// whose `backup_label` is beside it at the root.
+    pub root: String,
 }
 
 /// Now, to the microsecond (as recorded in tags and as PostgreSQL keeps time).
-fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
@@ -77,6 +87,7 @@ impl BaseBackup {
             format!("pg.system_identifier={}", self.system_identifier),
             format!("pg.wal_start={}", self.first_segment().file_name(size)),
             format!("pg.wal_stop={}", self.last_segment().file_name(size)),
+            format!("pg.root={}", self.root),
         ]
         .into_iter()
         .collect()
@@ -124,6 +135,7 @@ impl BaseBackup {
                 stop_time: time("pg.stop_time")?,
                 wal_segment_size: parse(id, "pg.wal_segment_size", tag("pg.wal_segment_size")?)?,
                 system_identifier: parse(id, "pg.system_identifier", tag("pg.system_identifier")?)?,
+                root: tag("pg.root").unwrap_or(DEFAULT_ROOT).to_string(),
             };
             check_segment_size(backup.wal_segment_size)?;
             Ok(backup)
@@ -157,9 +169,18 @@ pub struct BaseBackupRequest {
     /// PostgreSQL's programs.
     pub bins: PgBinaries,
     /// Where `pg_basebackup` writes the copy before it goes into the repository (default: the
-    /// system's temporary directory); it needs room for the whole data directory.
+    /// system's temporary directory); it needs room for the whole data directory. Not used
+    /// with [`data_dir`](Self::data_dir).
     #[builder(default, setter(strip_option, into))]
     pub work_dir: Option<PathBuf>,
+    /// The server's data directory, when this machine has it: the backup reads it in place
+    /// (`pg_backup_start` … `pg_backup_stop` on one connection), with half the I/O of
+    /// `pg_basebackup` into a work directory. It must be the directory of the server
+    /// connected to (same system identifier and the same directory as its
+    /// `data_directory`), readable by this process; a standby's, or a cluster with
+    /// tablespaces outside it, is refused. `None`: `pg_basebackup` (a remote server).
+    #[builder(default, setter(strip_option, into))]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// What [`take_base_backup`] did.
@@ -174,7 +195,8 @@ pub struct BaseBackupReport {
     pub bytes: u64,
     /// Bytes written to the repository (new chunks, compressed and encrypted).
     pub bytes_stored: u64,
-    /// How long `pg_basebackup` ran.
+    /// How long the copy took: `pg_basebackup` ran, or (in place) from `pg_backup_start` to
+    /// the end of `pg_backup_stop`.
     pub copy_duration: Duration,
     /// How long the whole backup took.
     pub duration: Duration,
@@ -257,10 +279,20 @@ fn wal_range(manifest: &[u8]) -> Result<(u32, Lsn, Lsn)> {
     Ok((timeline, lsn("Start-LSN")?, lsn("End-LSN")?))
 }
 
-/// Take a base backup of a running server into `repo`, without stopping it:
-/// `pg_basebackup -X none --checkpoint=fast` into a work directory (it returns once the WAL
-/// up to its stop point is archived), then a full snapshot of the copy tagged with the WAL
-/// range from `backup_manifest` (see [`BaseBackup::tags`]). The copy is removed afterwards.
+/// Take a base backup of a running server into `repo`, without stopping it.
+///
+/// With [`BaseBackupRequest::data_dir`]: `pg_backup_start(label, fast)` on a connection held
+/// for the whole backup, a full snapshot of the data directory read in place (a live backup:
+/// the contents of `pg_wal`, `pg_replslot`, `pg_dynshmem`, `pg_notify`, `pg_serial`,
+/// `pg_snapshots`, `pg_stat_tmp`, `pg_subtrans`, `pgsql_tmp*`, `pg_internal.init`,
+/// `postmaster.pid` and `postmaster.opts` left out, as PostgreSQL's documentation says), then
+/// `pg_backup_stop` (it returns once the WAL up to the stop point is archived), whose
+/// `backup_label` and WAL range go into the same snapshot. A backup that fails or is killed
+/// leaves no snapshot, and the server leaves backup mode when the session ends.
+///
+/// Without: `pg_basebackup -X none --checkpoint=fast` into a work directory, then a full
+/// snapshot of the copy tagged with the WAL range from `backup_manifest` (see
+/// [`BaseBackup::tags`]). The copy is removed afterwards.
 ///
 /// Refuses a server without `archive_mode` (a backup without archived WAL cannot be
 /// restored), one older than PostgreSQL 13 (no backup manifests), and a server other than the
@@ -288,10 +320,10 @@ pub async fn take_base_backup(
         &client,
         "SELECT (SELECT system_identifier FROM pg_control_system())::text, \
                 (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), \
-                current_setting('archive_mode'), current_setting('server_version_num')",
+                current_setting('archive_mode'), current_setting('server_version_num'), \
+                current_setting('data_directory'), pg_is_in_recovery()::text",
     )
     .await?;
-    drop(client);
     let row = rows
         .first()
         .ok_or_else(|| Error::backend("read the server's settings", "the query returned no row"))?;
@@ -332,6 +364,33 @@ pub async fn take_base_backup(
     .record(repo)
     .await?;
 
+    if let Some(dir) = &request.data_dir {
+        let facts = ServerFacts {
+            system_identifier,
+            wal_segment_size,
+            version_num: field(3).parse().unwrap_or(0),
+            data_directory: field(4),
+            in_recovery: field(5) == "true",
+        };
+        let (backup, files, bytes, bytes_stored, copy_duration) =
+            backup_in_place(repo, client, dir, facts).await?;
+        tracing::info!(
+            snapshot = %backup.snapshot,
+            start_lsn = %backup.start_lsn,
+            stop_lsn = %backup.stop_lsn,
+            bytes,
+            "base backup stored (read in place)"
+        );
+        return Ok(BaseBackupReport {
+            backup,
+            files,
+            bytes,
+            bytes_stored,
+            copy_duration,
+            duration: started.elapsed(),
+        });
+    }
+    drop(client);
     let work = request
         .work_dir
         .clone()
@@ -365,7 +424,7 @@ async fn copy_and_store(
     system_identifier: u64,
     wal_segment_size: u64,
 ) -> Result<(BaseBackup, u64, u64, u64, Duration)> {
-    let data = work.join("pgdata");
+    let data = work.join(DEFAULT_ROOT);
     std::fs::create_dir_all(work)
         .map_err(|e| Error::backend(format!("create {}", work.display()), e.to_string()))?;
     let start_time = now();
@@ -397,6 +456,7 @@ async fn copy_and_store(
         stop_time,
         wal_segment_size,
         system_identifier,
+        root: DEFAULT_ROOT.to_string(),
     };
     let (id, snapshot) = repo
         .backup(
@@ -443,6 +503,7 @@ mod tests {
                 .with_timezone(&Utc),
             wal_segment_size: 16 << 20,
             system_identifier: 7_312_345_678_901_234_567,
+            root: "main".into(),
         }
     }
 
@@ -464,6 +525,16 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(read, backup);
+        // Written before the root entry's name was recorded: pg_basebackup's `pgdata`.
+        let mut older = json.clone();
+        older["tags"] = serde_json::json!(
+            tags.iter()
+                .filter(|t| !t.starts_with("pg.root="))
+                .collect::<Vec<_>>()
+        );
+        let older: Snapshot = serde_json::from_value(older).unwrap();
+        let read = BaseBackup::from_snapshot("abc", &older).unwrap().unwrap();
+        assert_eq!(read.root, "pgdata");
         // A stop point at a segment boundary needs nothing of the next segment.
         let mut at_boundary = backup.clone();
         at_boundary.stop_lsn = "0/5000000".parse().unwrap();

@@ -5,8 +5,11 @@
 //!   `restore_command`. Each file is a named object (`wal/<file name>`) of the repository:
 //!   chunked, deduplicated, compressed and encrypted, written last so an interrupted push
 //!   leaves nothing that looks archived, idempotent for a retried push, checked on read.
-//! - **Base backups**: [`take_base_backup`] runs `pg_basebackup` against a running server and
-//!   stores the copy as a snapshot tagged with its WAL range ([`BaseBackup`]).
+//!   A spooler ([`spool_ahead`]) fetches the next segments into a spool while PostgreSQL
+//!   replays; later runs take from it ([`take_prefetched`]) without opening the repository.
+//! - **Base backups**: [`take_base_backup`] reads a running server's data directory in place
+//!   (`pg_backup_start` … `pg_backup_stop`) when it is local, else runs `pg_basebackup`, and
+//!   stores it as a snapshot tagged with its WAL range ([`BaseBackup`]).
 //! - **Point-in-time recovery**: [`restore`] picks the newest base backup before a
 //!   [`RecoveryTarget`] (a time, an LSN, a restore point, or the end of the archive), checks
 //!   the archive has every segment recovery needs, restores the files and lets PostgreSQL
@@ -54,6 +57,8 @@
 
 mod archive;
 mod basebackup;
+mod inplace;
+mod prefetch;
 mod restore;
 mod retention;
 mod server;
@@ -66,6 +71,10 @@ pub use archive::{
 pub use basebackup::{
     BASE_BACKUP_TAG, BaseBackup, BaseBackupReport, BaseBackupRequest, base_backups,
     take_base_backup,
+};
+pub use prefetch::{
+    PREFETCH_DIR, PrefetchReport, prefetch_spool, remove_spool, spool_ahead, spool_wanted,
+    spooler_running, take_prefetched, take_prefetched_waiting, wait_for_spooler,
 };
 pub use restore::{RecoveryTarget, RestoreReport, RestoreRequest, restore};
 pub use retention::{PgPruneReport, prune};

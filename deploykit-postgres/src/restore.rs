@@ -11,6 +11,7 @@ use typed_builder::TypedBuilder;
 
 use crate::archive::{archived_segments, first_missing, wal_object_name};
 use crate::basebackup::{BaseBackup, base_backups};
+use crate::prefetch::{PREFETCH_DIR, remove_spool};
 use crate::server::{OsUser, PgBinaries, Rows, Server, ServerOptions, chown_tree, free_port};
 use crate::wal::{Lsn, WalSegment};
 use deploykit_backup::{Repository, RestoreOptions};
@@ -174,7 +175,9 @@ pub struct RestoreReport {
 ///    `recovery_target_timeline = 'current'`) are added to `postgresql.auto.conf`;
 /// 4. PostgreSQL is started on a free port with a private Unix socket (no TCP, archiving
 ///    off so the restored cluster writes nothing into the archive), recovery runs to its end
-///    and the cluster is promoted; the verify query runs; PostgreSQL is stopped.
+///    and the cluster is promoted; the verify query runs; PostgreSQL is stopped, and the
+///    spool of segments `wal-fetch` prefetched ([`PREFETCH_DIR`](crate::PREFETCH_DIR)) is
+///    removed.
 ///
 /// A recovery that fails (a damaged or unreadable segment) ends PostgreSQL: the error carries
 /// the telling lines of its log, which name the segment.
@@ -428,18 +431,27 @@ async fn recover(
             format!("{} (the server's log: {})", e.chain(), log_file.display()),
         )
     };
-    let mut server = Server::start(&request.bins, to, options)
-        .await
-        .map_err(context)?;
-    server
-        .wait_for_promotion(request.timeout.saturating_sub(recovery_started.elapsed()))
-        .await
-        .map_err(context)?;
-    let recovery_duration = recovery_started.elapsed();
-    // Stopped cleanly whatever the queries say.
-    let checked = check_recovered(&server, request.verify_query.as_deref()).await;
-    server.stop().await?;
-    let (end_lsn, timeline, verify_rows) = checked?;
+    let recovered = async {
+        let mut server = Server::start(&request.bins, to, options)
+            .await
+            .map_err(context)?;
+        server
+            .wait_for_promotion(request.timeout.saturating_sub(recovery_started.elapsed()))
+            .await
+            .map_err(context)?;
+        let recovery_duration = recovery_started.elapsed();
+        // Stopped cleanly whatever the queries say.
+        let checked = check_recovered(&server, request.verify_query.as_deref()).await;
+        server.stop().await?;
+        checked.map(|c| (c, recovery_duration))
+    }
+    .await;
+    // Segments `wal-fetch` prefetched and recovery did not need.
+    let spool = to.join("pg_wal").join(PREFETCH_DIR);
+    if let Err(e) = remove_spool(&spool).await {
+        tracing::warn!(error = %e.chain(), "could not remove the prefetch spool");
+    }
+    let ((end_lsn, timeline, verify_rows), recovery_duration) = recovered?;
     Ok(RestoreReport {
         base_backup: backup.clone(),
         wal_checked: (String::new(), String::new()),
@@ -514,7 +526,24 @@ async fn restore_files(repo: &Repository, backup: &BaseBackup, to: &Path) -> Res
             std::fs::remove_dir(to)
                 .map_err(|e| Error::backend(format!("replace {}", to.display()), e.to_string()))?;
         }
-        std::fs::rename(staging.join("pgdata"), to).map_err(|e| {
+        let data = staging.join(&backup.root);
+        if !data.is_dir() {
+            return Err(Error::Corrupt {
+                what: format!("base backup {}", backup.snapshot),
+                source: format!("it has no directory {} at its root", backup.root).into(),
+            });
+        }
+        // An in-place backup's label (and tablespace map) sit beside the directory.
+        for beside in ["backup_label", "tablespace_map"] {
+            let from = staging.join(beside);
+            if from.is_file() {
+                std::fs::rename(&from, data.join(beside)).map_err(|e| {
+                    Error::backend(format!("move {beside} into place"), e.to_string())
+                })?;
+            }
+        }
+        real_wal_dir(&data)?;
+        std::fs::rename(&data, to).map_err(|e| {
             Error::backend(
                 format!("move the restored files to {}", to.display()),
                 e.to_string(),
@@ -524,6 +553,27 @@ async fn restore_files(repo: &Repository, backup: &BaseBackup, to: &Path) -> Res
     .await;
     remove_dir(&staging)?;
     result
+}
+
+/// `pg_wal` as a directory of the restored data directory: a source whose `pg_wal` was a
+/// link elsewhere (`initdb -X`) must not have the restored cluster write into that place.
+fn real_wal_dir(data: &Path) -> Result<()> {
+    let wal = data.join("pg_wal");
+    let io = |e: std::io::Error| Error::backend(format!("create {}", wal.display()), e.to_string());
+    match std::fs::symlink_metadata(&wal) {
+        Ok(m) if m.file_type().is_symlink() => {
+            std::fs::remove_file(&wal).map_err(io)?;
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(wal.join("archive_status"))
+        .map_err(io)
 }
 
 /// `recovery.signal`, and the recovery settings appended to `postgresql.auto.conf` (which

@@ -126,6 +126,63 @@ async fn a_base_backup_of_a_running_server_records_its_wal_range() {
     assert!(label.contains(&start_segment), "{label}");
     assert!(restored.join("pgdata/backup_manifest").is_file());
     assert!(restored.join("pgdata/PG_VERSION").is_file());
+    assert_eq!(backup.root, "pgdata");
+
+    // The data directory read in place: its own name at the snapshot's root, backup_label
+    // beside it, what PostgreSQL's documentation leaves out left out.
+    let mut in_place = request.clone();
+    in_place.data_dir = Some(data.clone());
+    let report = take_base_backup(&repo, &in_place).await.unwrap();
+    let second = &report.backup;
+    assert_eq!(second.root, "data");
+    assert!(second.start_lsn > backup.stop_lsn, "{second:?}");
+    assert!(second.start_lsn < second.stop_lsn, "{second:?}");
+    assert_eq!(second.system_identifier, system);
+    assert_eq!(base_backups(&repo).await.unwrap().len(), 2);
+    let restored = dir.path().join("restored-in-place");
+    repo.restore(&second.snapshot, &restored, &RestoreOptions::default())
+        .await
+        .unwrap();
+    let label = std::fs::read_to_string(restored.join("backup_label")).unwrap();
+    let start_segment = second.first_segment().file_name(MIB16);
+    assert!(label.contains(&start_segment), "{label}");
+    assert!(label.contains("START TIMELINE: 1"), "{label}");
+    assert!(restored.join("data/PG_VERSION").is_file());
+    assert!(restored.join("data/global/pg_control").is_file());
+    assert!(!restored.join("data/postmaster.pid").exists());
+    assert!(!restored.join("data/backup_label").exists());
+    let wal: Vec<_> = std::fs::read_dir(restored.join("data/pg_wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(wal, ["archive_status"], "pg_wal's segments are left out");
+    assert!(restored.join("data/pg_stat_tmp").is_dir());
+    // Another cluster's data directory, or a copy of this one, is refused.
+    initdb(
+        &bins,
+        &dir.path().join("other"),
+        "postgres",
+        run_as.as_ref(),
+    )
+    .await
+    .unwrap();
+    for (other, why) in [
+        (
+            dir.path().join("other"),
+            "is the data directory of PostgreSQL system",
+        ),
+        (
+            restored.join("data"),
+            "is not the data directory of the server",
+        ),
+        (dir.path().join("repo"), "not a PostgreSQL data directory"),
+    ] {
+        let mut wrong = request.clone();
+        wrong.data_dir = Some(other.clone());
+        let e = take_base_backup(&repo, &wrong).await.unwrap_err();
+        assert!(e.to_string().contains(why), "{}: {e}", other.display());
+    }
+    assert_eq!(base_backups(&repo).await.unwrap().len(), 2);
 
     // Without archiving, a base backup is refused.
     server

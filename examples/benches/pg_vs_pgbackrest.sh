@@ -10,8 +10,9 @@
 #      compress-type=zst, process-max=2) and `archive_command` is switched to it with
 #      ALTER SYSTEM + reload (the archive is drained before each switch, so each repository
 #      holds exactly the WAL of its own phase);
-#   2. base backup (`deploykit pg backup` / `pgbackrest backup --type=full`), timed; both
-#      ask for a fast checkpoint and both wait for the backup's last WAL segment to be archived;
+#   2. base backup (`deploykit pg backup --pgdata` / `pgbackrest backup --type=full`), timed;
+#      both read the data directory in place, both ask for a fast checkpoint and both wait
+#      for the backup's last WAL segment to be archived;
 #   3. `pgbench -T 20 -c 4 -j 2` write load: segments archived during the load (from
 #      pg_stat_archiver), then the time the archive needs to catch up after the load;
 #   4. restore to the end of the archive into a new data directory, timed until the cluster
@@ -20,6 +21,10 @@
 #      Both restored clusters run with archive_mode=off. The query's result is checked
 #      against the primary's;
 #   5. repository size (`du -sb`).
+# Where deploykit's recovery time goes is printed after the table: PostgreSQL's own "redo
+# done" line (its replay's CPU time and elapsed time, which includes waiting for
+# restore_command) for both tools, the time of one `wal-fetch` process without prefetching,
+# and a second deploykit restore with `--prefetch 0` (DK_NO_PREFETCH_RUN=0 skips it).
 # The second tool runs on a database that has had the first tool's 20 s of pgbench on top
 # (a little more data and WAL); the table prints the database size each tool backed up.
 #
@@ -206,9 +211,8 @@ as_pg env DEPLOYKIT_REPO_PASSWORD="$DK_PASSWORD" "$DK" pg init --repo "$DK_REPO"
 R[deploykit.setup]="$(since "$started")"
 switch_archive_to "$DK_ARCHIVE"
 R[deploykit.dbsize]="$(psql_q "SELECT pg_database_size('postgres')")"
-mkdir -p "$T/deploykit-work" && chown "$RUN_AS": "$T/deploykit-work"
 started="$(now)"
-as_pg env DEPLOYKIT_REPO_KEY_FILE="$DK_KEY" "$DK" pg backup --repo "$DK_REPO" --work-dir "$T/deploykit-work" \
+as_pg env DEPLOYKIT_REPO_KEY_FILE="$DK_KEY" "$DK" pg backup --repo "$DK_REPO" --pgdata "$DATA" \
     --pgdata-connection "host=127.0.0.1 port=$PORT user=postgres" >"$T/deploykit-backup.log" 2>&1 \
     || die "deploykit pg backup failed: $(cat "$T/deploykit-backup.log")"
 R[deploykit.backup]="$(since "$started")"
@@ -224,7 +228,29 @@ R[deploykit.restore]="$(since "$started")"
 got="$(tail -1 "$T/deploykit-restore.log")"
 [[ "$got" == "$EXPECTED" ]] || die "deploykit's restored cluster answered '$got', the primary '$EXPECTED'"
 log "deploykit: restored in ${R[deploykit.restore]} s: $(head -1 "$T/deploykit-restore.log")"
-rm -rf "$T/restore-deploykit" "$T/deploykit-work"
+R[deploykit.redo]="$(grep -o 'redo done at.*' "$T/restore-deploykit/deploykit-restore.log" | head -1 || true)"
+# One wal-fetch process, no prefetching: the cost PostgreSQL pays per segment without a spool.
+mkdir -p "$T/fetch-one" && chown "$RUN_AS": "$T/fetch-one"
+first_wal="$(sed -n 's/.*WAL \([0-9A-F]\{24\}\) to .*/\1/p' "$T/deploykit-restore.log" | head -1)"
+if [[ -n "$first_wal" ]]; then
+    started="$(now)"
+    for _ in 1 2 3 4 5; do
+        as_pg env DEPLOYKIT_REPO_KEY_FILE="$DK_KEY" "$DK" pg wal-fetch "$first_wal" "$T/fetch-one/RECOVERYXLOG" \
+            --repo "$DK_REPO" --prefetch 0 || die "wal-fetch $first_wal failed"
+    done
+    R[deploykit.fetch_one]="$(awk -v t="$(since "$started")" 'BEGIN { printf "%.0f", t * 1000 / 5 }')"
+fi
+rm -rf "$T/restore-deploykit" "$T/fetch-one"
+if [[ "${DK_NO_PREFETCH_RUN:-1}" != 0 ]]; then
+    started="$(now)"
+    env DEPLOYKIT_REPO_KEY_FILE="$DK_KEY" "$DK" pg restore --repo "$DK_REPO" --to "$T/restore-deploykit" --latest --prefetch 0 \
+        --verify-query "$VERIFY_QUERY" --verify-user postgres --run-as "$RUN_AS" >"$T/deploykit-restore0.log" 2>"$T/deploykit-restore0.err" \
+        || die "deploykit pg restore --prefetch 0 failed: $(cat "$T/deploykit-restore0.err" "$T/deploykit-restore0.log")"
+    R[deploykit.restore0]="$(since "$started")"
+    R[deploykit.redo0]="$(grep -o 'redo done at.*' "$T/restore-deploykit/deploykit-restore.log" | head -1 || true)"
+    log "deploykit: restored with --prefetch 0 in ${R[deploykit.restore0]} s: $(head -1 "$T/deploykit-restore0.log")"
+    rm -rf "$T/restore-deploykit"
+fi
 R[deploykit.size]="$(du -sb "$DK_REPO" | cut -f1)"
 
 # ---------------------------------------------------------------- pgBackRest
@@ -258,6 +284,7 @@ got="$(as_pg "$PG_BINDIR/psql" -X -At -h "$T" -p "$RESTORE_PORT" -U postgres -d 
 R[pgbackrest.restore]="$(since "$started")"
 [[ "$got" == "$EXPECTED" ]] || die "pgBackRest's restored cluster answered '$got', the primary '$EXPECTED'"
 as_pg "$PG_BINDIR/pg_ctl" -D "$PGBR_RESTORED" -m fast -w stop >/dev/null
+R[pgbackrest.redo]="$(grep -o 'redo done at.*' "$T/restore-pgbackrest.log" | head -1 || true)"
 log "pgBackRest: restored in ${R[pgbackrest.restore]} s"
 rm -rf "$PGBR_RESTORED"
 R[pgbackrest.size]="$(du -sb "$PGBR_REPO" | cut -f1)"
@@ -281,4 +308,11 @@ deploykit $("$DK" --version 2>/dev/null | awk '{print $NF}' || true) vs pgBackRe
 | segments archived per second, load start to caught up | ${R[deploykit.overall]} | ${R[pgbackrest.overall]} | $(ratio "${R[deploykit.overall]}" "${R[pgbackrest.overall]}") |
 | restore to the end of the archive, promoted and answering | ${R[deploykit.restore]} s | ${R[pgbackrest.restore]} s | $(ratio "${R[pgbackrest.restore]}" "${R[deploykit.restore]}") |
 | repository size (du -sb) | $(mib "${R[deploykit.size]}") MiB | $(mib "${R[pgbackrest.size]}") MiB | $(ratio "${R[pgbackrest.size]}" "${R[deploykit.size]}") |
+
+Where the restore time goes:
+- deploykit: $(head -1 "$T/deploykit-restore.log" | sed 's/.*; files/files/')
+- deploykit, PostgreSQL: ${R[deploykit.redo]:-?}
+- deploykit, one wal-fetch process without prefetching: ${R[deploykit.fetch_one]:-?} ms per segment
+- deploykit with --prefetch 0: ${R[deploykit.restore0]:-not run} s; PostgreSQL: ${R[deploykit.redo0]:-?}
+- pgBackRest, PostgreSQL: ${R[pgbackrest.redo]:-?}
 EOF
