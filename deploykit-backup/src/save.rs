@@ -193,6 +193,16 @@ impl PackWriter {
         Ok(())
     }
 
+    /// Append the blobs of `other` (a reader's last, partly filled pack).
+    fn absorb(&mut self, other: PackWriter) {
+        let base = self.buf.len() as u64;
+        self.buf.extend_from_slice(&other.buf);
+        self.blobs.extend(other.blobs.into_iter().map(|mut b| {
+            b.offset += base;
+            b
+        }));
+    }
+
     /// Append one blob sealed already.
     pub(super) fn add(
         &mut self,
@@ -280,6 +290,8 @@ fn for_each_chunk(
 struct Saver {
     repo: Repository,
     known: Mutex<HashSet<String>>,
+    /// The readers' last packs, partly filled: one pack with the trees, not one per reader.
+    leftovers: Mutex<Vec<PackWriter>>,
     uploads: mpsc::Sender<(PackEntry, Vec<u8>)>,
     bytes_read: AtomicU64,
     files_done: AtomicU64,
@@ -859,6 +871,7 @@ impl Repository {
         let saver = Arc::new(Saver {
             repo: self.clone(),
             known: Mutex::new(index.blobs.keys().cloned().collect()),
+            leftovers: Mutex::new(Vec::new()),
             uploads: tx,
             bytes_read: AtomicU64::new(0),
             files_done: AtomicU64::new(0),
@@ -896,9 +909,11 @@ impl Repository {
                             }
                             let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
                             let Ok((i, job)) = next else {
-                                if let Err(e) = saver.send(pack) {
-                                    fail(e);
-                                }
+                                saver
+                                    .leftovers
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .push(pack);
                                 return;
                             };
                             match saver.read(&job, live, &mut buf, &mut pack) {
@@ -947,6 +962,14 @@ impl Repository {
             }
             let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
             let mut pack = PackWriter::default();
+            for leftover in
+                std::mem::take(&mut *saver.leftovers.lock().unwrap_or_else(|e| e.into_inner()))
+            {
+                pack.absorb(leftover);
+                if pack.buf.len() as u64 >= saver.repo.config.pack_size {
+                    saver.send(std::mem::take(&mut pack))?;
+                }
+            }
             let mut nodes = Vec::new();
             for root in roots {
                 nodes.extend(finish_entry(&saver, &mut pack, root, &mut results)?);
