@@ -1,0 +1,33 @@
+//! Forwarders: where a pipeline's records go.
+//!
+//! The file forwarder is here; OTLP/HTTP, webhook and archival forwarders implement the same
+//! trait.
+
+mod file;
+
+use async_trait::async_trait;
+use deploykit_core::Result;
+
+pub use file::FileForwarder;
+
+use crate::record::Record;
+
+/// A destination for batches of records.
+///
+/// The pipeline calls [`Forwarder::send`] with one batch at a time, retries a failed call
+/// (`forward_retries`, `retry_backoff_ms`) and calls [`Forwarder::flush`] when it closes. A
+/// batch is accepted whole or not at all: after an error the same batch is sent again, so a
+/// forwarder that can fail half-way must not have made the first half visible.
+#[async_trait]
+pub trait Forwarder: Send + Sync {
+    /// A short name for errors and counters (`file`, `otlp`, …).
+    fn name(&self) -> &str;
+
+    /// Delivers `batch`, in order.
+    async fn send(&self, batch: &[Record]) -> Result<()>;
+
+    /// Makes everything sent so far durable (or delivered); the default does nothing.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
