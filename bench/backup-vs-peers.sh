@@ -417,8 +417,10 @@ for tool in "${TOOLS[@]}"; do
     # Restores are removed only at the end: ext4 skips recently freed inodes when it
     # allocates, so creating ~18,000 files right after deleting as many is several times
     # slower, and whichever tool restored second would pay for the first one's cleanup.
+    # For the same reason, repeated runs should each get a fresh work directory and keep it
+    # (BENCH_KEEP=1) until the last one has finished.
 done
-rm -rf "$WORK/restore"/*
+[[ $KEEP == 1 ]] || rm -rf "$WORK/restore"/*
 
 declare -A REPO_BYTES
 for tool in "${TOOLS[@]}"; do

@@ -18,6 +18,8 @@ use deploykit_core::time::Timestamp;
 use deploykit_core::{Error, Result};
 
 const NONCE: usize = 24;
+/// Bytes of a Poly1305 tag.
+const TAG: usize = 16;
 
 /// Argon2id cost of new passphrase keys: 64 MiB, 3 passes (OWASP's recommendation).
 const DEFAULT_M_COST_KIB: u32 = 64 * 1024;
@@ -298,6 +300,30 @@ impl MasterKeys {
     /// The plaintext of `sealed`, if it is authentic for `ad`.
     pub(super) fn open(&self, sealed: &[u8], ad: &[u8]) -> std::result::Result<Vec<u8>, ()> {
         open_with(&self.cipher, sealed, ad)
+    }
+
+    /// [`open`](Self::open) in place: decrypts `sealed` where it is, if it is authentic for
+    /// `ad`, and returns where the plaintext is in it.
+    pub(super) fn open_in_place(
+        &self,
+        sealed: &mut [u8],
+        ad: &[u8],
+    ) -> std::result::Result<std::ops::Range<usize>, ()> {
+        if sealed.len() < NONCE + TAG {
+            return Err(());
+        }
+        let end = sealed.len() - TAG;
+        let (nonce, rest) = sealed.split_at_mut(NONCE);
+        let (body, tag) = rest.split_at_mut(end - NONCE);
+        self.cipher
+            .decrypt_in_place_detached(
+                XNonce::from_slice(nonce),
+                ad,
+                body,
+                chacha20poly1305::Tag::from_slice(tag),
+            )
+            .map_err(|_| ())?;
+        Ok(NONCE..end)
     }
 
     /// The id of a blob with content `plain`: BLAKE3 keyed with the repository's id key.

@@ -299,7 +299,7 @@ impl Repository {
     /// Write the files of a unit from one ranged read of their pack, in one trip to a
     /// blocking thread.
     async fn restore_unit(&self, unit: Unit) -> Result<u64> {
-        let sealed = match &unit.pack {
+        let mut sealed = match &unit.pack {
             Some(pack) => {
                 let key = super::repo::pack_key(pack);
                 let sealed = self.target.get_range(&key, unit.start..unit.end).await?;
@@ -313,18 +313,32 @@ impl Repository {
         let repo = self.clone();
         tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut bytes = 0;
+            let mut scratch = Vec::new();
+            // Blobs are decrypted in place, once: a blob that several files share
+            // (duplicates) is found here the second time.
+            let mut decrypted: HashMap<u64, std::ops::Range<usize>> = HashMap::new();
             for (path, node, entries) in &unit.files {
                 let mut file = Writing::create(path)?;
                 for entry in entries {
                     let pack = unit.pack.as_deref().expect("a file with blobs has a pack");
-                    let at = (entry.offset - unit.start) as usize;
-                    let plain = repo.open_blob_checked(
+                    let body = match decrypted.get(&entry.offset) {
+                        Some(body) => body.clone(),
+                        None => {
+                            let at = (entry.offset - unit.start) as usize;
+                            let sealed = &mut sealed[at..at + entry.length as usize];
+                            let body = repo.decrypt_blob_in_place(pack, entry, sealed)?;
+                            let body = at + body.start..at + body.end;
+                            decrypted.insert(entry.offset, body.clone());
+                            body
+                        }
+                    };
+                    file.write(repo.plain_blob(
                         pack,
                         entry,
-                        &sealed[at..at + entry.length as usize],
+                        &sealed[body],
                         node.hash.is_none(),
-                    )?;
-                    file.write(&plain)?;
+                        &mut scratch,
+                    )?)?;
                 }
                 bytes += file.finish(node)?;
             }
@@ -355,7 +369,7 @@ impl Repository {
         let mut writing = Some(Writing::create(path)?);
         for (pack, start, end, entries) in batches {
             let key = super::repo::pack_key(&pack);
-            let sealed = self.target.get_range(&key, start..end).await?;
+            let mut sealed = self.target.get_range(&key, start..end).await?;
             if sealed.len() as u64 != end - start {
                 return Err(truncated(&key));
             }
@@ -366,13 +380,18 @@ impl Repository {
             let check_id = node.hash.is_none();
             writing = Some(
                 tokio::task::spawn_blocking(move || -> Result<_> {
+                    // Each blob of a batch is a different one (adjacent in the pack).
+                    let mut scratch = Vec::new();
                     for entry in &entries {
                         let at = (entry.offset - start) as usize;
-                        file.write(&repo.open_blob_checked(
+                        let sealed = &mut sealed[at..at + entry.length as usize];
+                        let body = repo.decrypt_blob_in_place(&pack, entry, sealed)?;
+                        file.write(repo.plain_blob(
                             &pack,
                             entry,
-                            &sealed[at..at + entry.length as usize],
+                            &sealed[body],
                             check_id,
+                            &mut scratch,
                         )?)?;
                     }
                     Ok(file)
