@@ -1,4 +1,10 @@
-//! Structured fields: an insertion-ordered map of names to JSON values.
+//! Structured fields: an insertion-ordered map of names to JSON values, read from and
+//! written as JSON.
+
+use std::fmt;
+
+use serde::Deserializer as _;
+use serde::de::{MapAccess, Visitor};
 
 /// A field's value: any JSON value.
 pub type FieldValue = serde_json::Value;
@@ -107,7 +113,7 @@ impl Fields {
             if index > 0 {
                 out.push(b',');
             }
-            crate::record::write_json_string(out, key);
+            write_json_string(out, key);
             out.push(b':');
             // Writing a Value to a Vec cannot fail.
             let _ = serde_json::to_writer(&mut *out, value);
@@ -128,4 +134,45 @@ fn value_bytes(value: &FieldValue) -> usize {
         }
         _ => 16,
     }
+}
+
+/// The members of a JSON object line, in order; `None` if the line is not an object.
+pub(crate) fn object_fields(line: &str) -> Option<Fields> {
+    let mut deserializer = serde_json::Deserializer::from_str(line);
+    let fields = deserializer.deserialize_map(FieldsVisitor).ok()?;
+    deserializer.end().ok()?;
+    Some(fields)
+}
+
+/// Collects an object's members in order (nested objects become `serde_json` maps).
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Fields;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+        let mut fields = Fields::new();
+        while let Some((key, value)) = map.next_entry::<String, FieldValue>()? {
+            fields.push(key, value);
+        }
+        Ok(fields)
+    }
+}
+
+/// Appends `text` as a JSON string literal to `out`.
+pub(crate) fn write_json_string(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    // Fast path: nothing to escape.
+    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    // serde_json escapes exactly as JSON requires; writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
 }

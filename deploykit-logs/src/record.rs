@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fields::{FieldValue, Fields};
+use crate::fields::{FieldValue, Fields, write_json_string};
 
 /// Where a record comes from: shared by every record of one instance's stream, so creating a
 /// record costs one reference-count increment instead of four string copies.
@@ -279,7 +279,7 @@ impl Record {
 
     fn materialize(&mut self) {
         if self.json == JsonOrigin::Lazy {
-            match crate::parse::json::object_fields(&self.line) {
+            match crate::fields::object_fields(&self.line) {
                 Some(fields) => self.fields = fields,
                 // The line was validated when it was marked lazy; a line changed since then
                 // (only redaction changes lines) is kept as a raw line.
@@ -334,7 +334,7 @@ impl Record {
             // Validated as an object when parsed: it is its own field map (kept on one line).
             out.extend_from_slice(self.line.trim().as_bytes());
         } else if self.json == JsonOrigin::Lazy {
-            crate::parse::json::object_fields(&self.line)
+            crate::fields::object_fields(&self.line)
                 .unwrap_or_default()
                 .write_json_object(out);
         } else {
@@ -342,18 +342,4 @@ impl Record {
         }
         out.push(b'}');
     }
-}
-
-/// Appends `text` as a JSON string literal to `out`.
-pub(crate) fn write_json_string(out: &mut Vec<u8>, text: &str) {
-    let bytes = text.as_bytes();
-    // Fast path: nothing to escape.
-    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-        return;
-    }
-    // serde_json escapes exactly as JSON requires; writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, text);
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::basebackup::{BaseBackup, now};
+use crate::catalog::{BaseBackup, now};
 use crate::server::simple_query;
 use crate::wal::Lsn;
 use deploykit_backup::{BackupFinish, BackupKind, BackupRequest, Finish, Repository};

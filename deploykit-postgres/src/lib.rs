@@ -57,6 +57,7 @@
 
 mod archive;
 mod basebackup;
+mod catalog;
 mod inplace;
 mod prefetch;
 mod restore;
@@ -68,10 +69,8 @@ pub use archive::{
     ClusterIdentity, PushReport, archived_segments, fetch_wal, first_missing, push_wal,
     wal_object_name,
 };
-pub use basebackup::{
-    BASE_BACKUP_TAG, BaseBackup, BaseBackupReport, BaseBackupRequest, base_backups,
-    take_base_backup,
-};
+pub use basebackup::{BaseBackupReport, BaseBackupRequest, take_base_backup};
+pub use catalog::{BASE_BACKUP_TAG, BaseBackup, base_backups};
 pub use prefetch::{
     PREFETCH_DIR, PrefetchReport, prefetch_spool, remove_spool, spool_ahead, spool_wanted,
     spooler_running, take_prefetched, take_prefetched_waiting, wait_for_spooler,

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use typed_builder::TypedBuilder;
 
 use crate::archive::{archived_segments, first_missing, wal_object_name};
-use crate::basebackup::{BaseBackup, base_backups};
+use crate::catalog::{BaseBackup, base_backups};
 use crate::prefetch::{PREFETCH_DIR, remove_spool};
 use crate::server::{OsUser, PgBinaries, Rows, Server, ServerOptions, chown_tree, free_port};
 use crate::wal::{Lsn, WalSegment};

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::basebackup::{BASE_BACKUP_TAG, base_backups};
+use crate::catalog::{BASE_BACKUP_TAG, base_backups};
 use crate::wal::WalFileKind;
 use deploykit_backup::{PruneOptions, PruneReport, Repository, RetentionPolicy};
 use deploykit_core::{Error, Result};

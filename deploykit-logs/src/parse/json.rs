@@ -3,13 +3,7 @@
 //! Parsing validates the whole line and takes the level and timestamp without allocating
 //! (see `scan`); the other fields are extracted only when a later stage asks for them.
 
-use std::fmt;
-
-use serde::Deserializer as _;
-use serde::de::{MapAccess, Visitor};
-
 use super::scan::Scan;
-use crate::fields::{FieldValue, Fields};
 use crate::record::{Level, Record};
 
 /// Parses `record.line` as a JSON object: sets the level (from `level`, `lvl`, `severity`,
@@ -55,31 +49,4 @@ fn apply(record: &mut Record, probe: super::scan::Probe) {
         record.timestamp_ns = timestamp_ns;
     }
     record.mark_lazy_json();
-}
-
-/// The members of a JSON object line, in order; `None` if the line is not an object.
-pub(crate) fn object_fields(line: &str) -> Option<Fields> {
-    let mut deserializer = serde_json::Deserializer::from_str(line);
-    let fields = deserializer.deserialize_map(FieldsVisitor).ok()?;
-    deserializer.end().ok()?;
-    Some(fields)
-}
-
-/// Collects an object's members in order (nested objects become `serde_json` maps).
-struct FieldsVisitor;
-
-impl<'de> Visitor<'de> for FieldsVisitor {
-    type Value = Fields;
-
-    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
-        let mut fields = Fields::new();
-        while let Some((key, value)) = map.next_entry::<String, FieldValue>()? {
-            fields.push(key, value);
-        }
-        Ok(fields)
-    }
 }
