@@ -221,7 +221,7 @@ pub fn spool_wanted(spool: &Path, file: &str, delivered: &Path, count: u32) -> b
 }
 
 /// The spooler: fetch the `count` segments after `file` (its timeline) that `spool` does not
-/// have, in order, as many at once as there are processors, each checked as [`fetch_wal`]
+/// have, in order, as many at once as there are processors, each checked as [`fetch_wal`](crate::fetch_wal)
 /// checks it, written under a temporary name and renamed when complete. It holds the spool's
 /// lock while it runs (a second spooler waits for the first, then finds most segments there)
 /// and does nothing if the spool has been removed. Segments not archived (yet) are not
