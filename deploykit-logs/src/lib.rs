@@ -58,6 +58,7 @@ mod parse;
 mod pipeline;
 mod record;
 mod redact;
+mod source;
 mod stages;
 
 pub use config::{
@@ -72,4 +73,7 @@ pub use parse::{
 pub use pipeline::{Pipeline, PipelineInput};
 pub use record::{Level, Record, Source, Stream};
 pub use redact::{REDACTED, Redactor};
+pub use source::{
+    LogSelector, LogSender, LogSource, LogStream, STREAM_BUFFER, keep_tail, sort_by_time,
+};
 pub use stages::{DropReason, Processor, Verdict};

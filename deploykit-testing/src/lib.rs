@@ -19,6 +19,7 @@
 
 mod alerts;
 mod clock;
+mod logs;
 pub mod conformance;
 #[cfg(feature = "k8s")]
 pub mod k8s;
@@ -29,6 +30,7 @@ mod target;
 
 pub use alerts::RecordingAlertSink;
 pub use clock::SimClock;
+pub use logs::{SIM_ENVIRONMENT, SimLogs};
 pub use notify::RecordingNotifier;
 pub use sim::{Behavior, Fault, Op, SimCluster, SimConfig, Snapshot};
 pub use store::MemoryStore;

@@ -13,9 +13,11 @@ use deploykit_core::{
     InstanceObservation, MetricQuery, Monitor, Observed, Probe, Result, Revision, RevisionId,
     RevisionObservation, Sample, ServiceId, Timestamp, Traffic,
 };
+use deploykit_logs::{LogSelector, LogSource, LogStream};
 use tokio::time::Instant;
 
 use crate::clock::SimClock;
+use crate::logs::SimLogs;
 
 /// How the instances of an artifact behave once started.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,6 +180,7 @@ struct State {
 pub struct SimCluster {
     state: Arc<Mutex<State>>,
     clock: SimClock,
+    logs: SimLogs,
 }
 
 impl Default for SimCluster {
@@ -200,13 +203,21 @@ impl SimCluster {
 
     /// A cluster with the given timing.
     pub fn with_config(config: SimConfig) -> Self {
+        let clock = SimClock::new();
         SimCluster {
             state: Arc::new(Mutex::new(State {
                 config,
                 ..State::default()
             })),
-            clock: SimClock::new(),
+            clock,
+            logs: SimLogs::with_clock(clock),
         }
+    }
+
+    /// What the cluster's instances log: script lines with [`SimLogs::write`]; the cluster is
+    /// a [`LogSource`] of them.
+    pub fn logs(&self) -> &SimLogs {
+        &self.logs
     }
 
     /// The clock this cluster reports time with; give it to the orchestrator too.
@@ -751,5 +762,12 @@ impl Monitor for SimCluster {
                 value,
             })
             .collect())
+    }
+}
+
+#[async_trait]
+impl LogSource for SimCluster {
+    async fn logs(&self, selector: &LogSelector) -> Result<LogStream> {
+        self.logs.logs(selector).await
     }
 }
