@@ -18,7 +18,7 @@ use deploykit_core::{
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::logs::{InstanceLog, LogChunk, LogPolicy};
+use crate::logs::{InstanceLog, LogChunk, LogOwner, LogPolicy};
 use crate::probe::{HealthWatcher, LivenessCallback, ProbeTarget};
 use crate::process::{ProcessSpec, ProcessState, RestartPolicy, Supervised};
 use crate::proxy::{
@@ -50,6 +50,8 @@ pub struct LocalOptions {
     pub restart: RestartPolicy,
     /// Log rotation.
     pub log: LogPolicy,
+    /// The environment's name, carried by its log records (default `local`).
+    pub environment: String,
     /// Proxy limits and timeouts.
     pub proxy: ProxyConfig,
     /// Where revisions' secret references are resolved, once per revision when its first
@@ -72,6 +74,7 @@ impl LocalOptions {
             drain_timeout: Duration::from_secs(30),
             restart: RestartPolicy::default(),
             log: LogPolicy::default(),
+            environment: "local".into(),
             proxy: ProxyConfig::default(),
             secrets: None,
         }
@@ -86,6 +89,12 @@ impl LocalOptions {
     /// Where the proxy listens (`127.0.0.1:0` picks a free port).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
+        self
+    }
+
+    /// The environment's name, carried by its log records.
+    pub fn environment(mut self, name: impl Into<String>) -> Self {
+        self.environment = name.into();
         self
     }
 
@@ -514,6 +523,13 @@ fn read_error(instance: &str, path: &Path, e: &std::io::Error) -> Error {
     Error::backend(format!("read {}", path.display()), e.to_string())
 }
 
+impl LocalEnvironment {
+    /// Where instance logs are kept, and how they are rotated.
+    pub(crate) fn log_files(&self) -> (PathBuf, &LocalOptions) {
+        (self.inner.log_dir(), &self.inner.options)
+    }
+}
+
 impl Inner {
     fn log_dir(&self) -> PathBuf {
         self.options.state_dir.join("logs")
@@ -566,6 +582,13 @@ impl Inner {
             ));
         };
         let log = InstanceLog::open(&self.log_dir(), name, self.options.log.clone())
+            .and_then(|log| {
+                log.set_owner(&LogOwner {
+                    service: service.to_string(),
+                    revision: revision.id.to_string(),
+                })?;
+                Ok(log)
+            })
             .map_err(|e| format!("cannot open the log of {name}: {e}"))?;
         let mut env = revision.config.variables.clone();
         env.extend(
@@ -589,6 +612,13 @@ impl Inner {
 
     fn process_spec_for_adoption(&self, row: &InstanceRow) -> Result<ProcessSpec> {
         let log = InstanceLog::open(&self.log_dir(), &row.name, self.options.log.clone())
+            .and_then(|log| {
+                log.set_owner(&LogOwner {
+                    service: row.service.to_string(),
+                    revision: row.revision.to_string(),
+                })?;
+                Ok(log)
+            })
             .map_err(|e| Error::backend(format!("open the log of {}", row.name), e.to_string()))?;
         Ok(ProcessSpec {
             name: row.name.clone(),

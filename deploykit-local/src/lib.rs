@@ -53,6 +53,7 @@
 pub mod daemon;
 mod environment;
 pub mod loadgen;
+mod log_source;
 pub mod logs;
 pub mod probe;
 pub mod process;

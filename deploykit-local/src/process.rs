@@ -27,7 +27,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 
-use crate::logs::InstanceLog;
+use crate::logs::{Capture, InstanceLog};
 
 /// What to run for one instance.
 #[derive(Clone, Debug)]
@@ -346,6 +346,13 @@ impl Supervised {
             shared: shared.clone(),
             control: control_rx,
             started_once: false,
+            capture: match spec.log.capture() {
+                Ok(capture) => Some(capture),
+                Err(e) => {
+                    tracing::warn!(instance = %spec.name, "cannot capture the output: {e}");
+                    None
+                }
+            },
         };
         let inner = Inner {
             spec,
@@ -497,6 +504,9 @@ struct Task {
     control: mpsc::UnboundedReceiver<Control>,
     next_backoff: Duration,
     started_once: bool,
+    /// Moves the instance's output from its pipes into its log file; `None` if the pipes
+    /// could not be opened (then starting the process fails too, with the reason).
+    capture: Option<Capture>,
 }
 
 /// The current run.
@@ -521,7 +531,6 @@ enum Event {
     Exited(Exit),
     Control(Option<Control>),
     Elapsed,
-    Rotate,
 }
 
 impl Task {
@@ -626,59 +635,57 @@ impl Task {
 
     /// Watches a run until it exits or a command arrives.
     async fn supervise(&mut self, mut current: Current) -> Phase {
-        let mut rotate = tokio::time::interval(Duration::from_secs(1));
-        rotate.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut poll = tokio::time::interval(Duration::from_millis(100));
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            let event = tokio::select! {
-                exit = wait_exit(&mut current, &mut poll) => Event::Exited(exit),
-                control = self.control.recv() => Event::Control(control),
-                _ = rotate.tick() => Event::Rotate,
-            };
-            match event {
-                Event::Exited(exit) => return self.exited(&current, exit),
-                Event::Rotate => {
-                    let log = self.spec.log.clone();
-                    match tokio::task::spawn_blocking(move || log.rotate_if_needed()).await {
-                        Ok(Err(e)) => {
-                            tracing::warn!(instance = %self.spec.name, "log rotation failed: {e}")
-                        }
-                        Ok(Ok(true)) => tracing::debug!(instance = %self.spec.name, "log rotated"),
-                        _ => {}
-                    }
-                }
-                // Detached, or every handle is gone: leave the process running, for adoption.
-                Event::Control(None | Some(Control::Detach)) => return Phase::Done,
-                Event::Control(Some(Control::Stop { grace, reply })) => {
-                    let exit = terminate(current, grace).await;
-                    tracing::info!(instance = %self.spec.name, %exit, "stopped");
-                    self.finish(Some(exit.clone()));
-                    let _ = reply.send(Some(exit));
-                    return Phase::Done;
-                }
-                Event::Control(Some(Control::Restart {
-                    grace,
-                    failure,
-                    reply,
-                })) => {
-                    let started = current.started;
-                    let exit = terminate(current, grace).await;
-                    tracing::info!(instance = %self.spec.name, %exit, "restarting");
-                    let phase = match failure {
-                        // A restart for failing a check is an unplanned end: the same
-                        // back-off and crash-loop detection as an exit.
-                        Some(why) => self.ended(started, exit, Some(why)),
-                        None => {
-                            self.shared.run().last_exit = Some(exit);
-                            self.start()
-                        }
-                    };
-                    let _ = reply.send(());
-                    return phase;
-                }
-                Event::Elapsed => unreachable!("no timer in this select"),
+        let event = tokio::select! {
+            exit = wait_exit(&mut current, &mut poll) => Event::Exited(exit),
+            control = self.control.recv() => Event::Control(control),
+        };
+        match event {
+            Event::Exited(exit) => {
+                self.take_in_output().await;
+                self.exited(&current, exit)
             }
+            // Detached, or every handle is gone: leave the process running, for adoption.
+            Event::Control(None | Some(Control::Detach)) => Phase::Done,
+            Event::Control(Some(Control::Stop { grace, reply })) => {
+                let exit = terminate(current, grace).await;
+                self.take_in_output().await;
+                tracing::info!(instance = %self.spec.name, %exit, "stopped");
+                self.finish(Some(exit.clone()));
+                let _ = reply.send(Some(exit));
+                Phase::Done
+            }
+            Event::Control(Some(Control::Restart {
+                grace,
+                failure,
+                reply,
+            })) => {
+                let started = current.started;
+                let exit = terminate(current, grace).await;
+                self.take_in_output().await;
+                tracing::info!(instance = %self.spec.name, %exit, "restarting");
+                let phase = match failure {
+                    // A restart for failing a check is an unplanned end: the same
+                    // back-off and crash-loop detection as an exit.
+                    Some(why) => self.ended(started, exit, Some(why)),
+                    None => {
+                        self.shared.run().last_exit = Some(exit);
+                        self.start()
+                    }
+                };
+                let _ = reply.send(());
+                phase
+            }
+            Event::Elapsed => unreachable!("no timer in this select"),
+        }
+    }
+
+    /// Waits until everything the ended run wrote is in its log (its last words are the
+    /// failure's evidence).
+    async fn take_in_output(&self) {
+        if let Some(capture) = &self.capture {
+            capture.child_exited().await;
         }
     }
 
@@ -776,7 +783,7 @@ impl Task {
                     let _ = reply.send(());
                     phase
                 }
-                Event::Exited(_) | Event::Rotate => unreachable!("not selected while waiting"),
+                Event::Exited(_) => unreachable!("not selected while waiting"),
             };
         }
     }

@@ -1,6 +1,6 @@
 //! Instance logs read by byte offset (`LocalClient::log_chunk`, for `deploykit logs -f`)
-//! through a real daemon: offsets, UTF-8 boundaries, following across a copy-truncate
-//! rotation, and unknown instances as `Error::NotFound`.
+//! through a real daemon: whole lines turned into output, files of other writers, a
+//! rotation noticed, and unknown instances as `Error::NotFound`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -93,139 +93,104 @@ fn chunk(text: &str, next: u64, truncated: bool) -> LogChunk {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chunks_are_read_by_offset() {
-    let daemon = Daemon::start().await;
-    daemon.write("web-1", b"hello\nworld\n");
+/// A line as the capture writes it: time, stream, tag, text.
+fn record(text: &str) -> String {
+    format!("2026-12-05T15:00:00.000000001Z stdout F {text}\n")
+}
 
-    // No offset: the last bytes, and where the file ends.
-    assert_eq!(
-        daemon.chunk("web-1", None, 6).await,
-        chunk("world\n", 12, false)
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_are_read_by_offset_in_whole_lines() {
+    let daemon = Daemon::start().await;
+    let (hello, world) = (record("hello"), record("world"));
+    daemon.write("web-1", format!("{hello}{world}").as_bytes());
+    let end = (hello.len() + world.len()) as u64;
+
+    // No offset: the last lines (whole ones only), and where the file ends.
     assert_eq!(
         daemon.chunk("web-1", None, 1000).await,
-        chunk("hello\nworld\n", 12, false)
+        chunk("hello\nworld\n", end, false)
     );
-    // From an offset, at most `max_bytes`, then on from `next`.
+    // From an offset, on from `next`.
     assert_eq!(
-        daemon.chunk("web-1", Some(0), 5).await,
-        chunk("hello", 5, false)
-    );
-    assert_eq!(
-        daemon.chunk("web-1", Some(5), 1000).await,
-        chunk("\nworld\n", 12, false)
+        daemon.chunk("web-1", Some(hello.len() as u64), 1000).await,
+        chunk("world\n", end, false)
     );
     assert_eq!(
-        daemon.chunk("web-1", Some(12), 1000).await,
-        chunk("", 12, false)
+        daemon.chunk("web-1", Some(end), 1000).await,
+        chunk("", end, false)
     );
-    daemon.write("web-1", b"more\n");
+    // A line still being written waits until it is whole.
+    let more = record("more");
+    daemon.write("web-1", &more.as_bytes()[..10]);
     assert_eq!(
-        daemon.chunk("web-1", Some(12), 1000).await,
-        chunk("more\n", 17, false)
+        daemon.chunk("web-1", Some(end), 1000).await,
+        chunk("", end, false)
+    );
+    daemon.write("web-1", &more.as_bytes()[10..]);
+    let end_more = end + more.len() as u64;
+    assert_eq!(
+        daemon.chunk("web-1", Some(end), 1000).await,
+        chunk("more\n", end_more, false)
     );
     // Zero bytes: only where to start following from.
-    assert_eq!(daemon.chunk("web-1", None, 0).await, chunk("", 17, false));
+    assert_eq!(
+        daemon.chunk("web-1", None, 0).await,
+        chunk("", end_more, false)
+    );
     // The same through the environment itself.
     assert_eq!(
-        daemon.env.log_chunk("web-1", Some(12), 1000).unwrap(),
-        chunk("more\n", 17, false)
+        daemon.env.log_chunk("web-1", Some(end), 1000).unwrap(),
+        chunk("more\n", end_more, false)
     );
-    // The old tail still works.
+    // The tail is the output, without times and streams.
     assert_eq!(
         daemon.client.logs("web-1", 5).await.unwrap(),
         "more\n".to_string()
     );
+    assert_eq!(
+        daemon.client.logs("web-1", 1000).await.unwrap(),
+        "hello\nworld\nmore\n".to_string()
+    );
     daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chunks_never_split_a_character() {
+async fn files_of_other_writers_are_read_as_they_are() {
     let daemon = Daemon::start().await;
-    // "€" is E2 82 AC. The writer is mid-character: the chunk stops before it.
-    daemon.write("web-1", "x".as_bytes());
-    daemon.write("web-1", &[0xE2, 0x82]);
-    assert_eq!(
-        daemon.chunk("web-1", Some(0), 100).await,
-        chunk("x", 1, false)
-    );
-    assert_eq!(
-        daemon.chunk("web-1", Some(1), 100).await,
-        chunk("", 1, false)
-    );
-    daemon.write("web-1", &[0xAC]);
-    daemon.write("web-1", "y€€".as_bytes());
-    assert_eq!(
-        daemon.chunk("web-1", Some(1), 100).await,
-        chunk("€y€€", 11, false)
-    );
-    // Cut by `max_bytes` inside a character: the character waits for the next chunk.
-    assert_eq!(
-        daemon.chunk("web-1", Some(1), 5).await,
-        chunk("€y", 5, false)
-    );
-    assert_eq!(
-        daemon.chunk("web-1", Some(5), 5).await,
-        chunk("€", 8, false)
-    );
-    assert_eq!(
-        daemon.chunk("web-1", Some(8), 5).await,
-        chunk("€", 11, false)
-    );
-    // A tail that would begin inside a character begins at the next one.
-    assert_eq!(daemon.chunk("web-1", None, 5).await, chunk("€", 11, false));
-    // Fewer than 4 bytes asked: one character still fits, so following always advances.
-    assert_eq!(
-        daemon.chunk("web-1", Some(1), 1).await,
-        chunk("€y", 5, false)
-    );
-    // Invalid bytes are replaced, not held back.
-    daemon.write("web-2", &[b'a', 0xFF, b'b', 0xFF]);
+    // Raw output (an older version's file, or another tool's), with invalid UTF-8.
+    daemon.write("web-2", &[b'a', 0xFF, b'b', b'\n', b'c']);
     assert_eq!(
         daemon.chunk("web-2", Some(0), 100).await,
-        chunk("a\u{FFFD}b\u{FFFD}", 4, false)
+        chunk("a\u{FFFD}b\n", 4, false)
     );
+    // Parts of a line are joined.
+    daemon.write(
+        "web-3",
+        b"2026-12-05T15:00:00Z stderr P par\n2026-12-05T15:00:01Z stderr F ts\n",
+    );
+    assert_eq!(daemon.chunk("web-3", Some(0), 100).await.text, "parts\n");
     daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn following_goes_on_across_a_rotation() {
+async fn following_by_offset_notices_a_rotation() {
     let daemon = Daemon::start().await;
-    let log = InstanceLog::open(
-        &daemon.log_dir(),
-        "web-1",
-        LogPolicy {
-            max_bytes: 16,
-            keep: 1,
-        },
-    )
-    .unwrap();
-    let write = |bytes: &[u8]| append(log.path(), bytes);
-    write(b"line 1\n");
+    let log = InstanceLog::open(&daemon.log_dir(), "web-1", LogPolicy::default()).unwrap();
+    let write = |text: &str| append(log.path(), record(text).as_bytes());
+    write("line 1");
+    write("line 2");
     let first = daemon.chunk("web-1", None, 1000).await;
-    assert_eq!(first, chunk("line 1\n", 7, false));
-    write(b"line 2\nline 3\n");
-    let second = daemon.chunk("web-1", Some(first.next), 1000).await;
-    assert_eq!(second, chunk("line 2\nline 3\n", 21, false));
+    assert_eq!(first.text, "line 1\nline 2\n");
 
-    // Copy-truncate rotation, then the instance writes on at the new end.
-    assert!(log.rotate_if_needed().unwrap());
-    write(b"line 4\n");
+    // Rotated by renaming (as the capture does), then written on in a new file.
+    std::fs::rename(log.path(), log.rotated_path(1)).unwrap();
+    write("line 3");
+    let second = daemon.chunk("web-1", Some(first.next), 1000).await;
+    assert_eq!(second.text, "line 3\n");
+    assert!(second.truncated, "starts over at 0");
+    write("line 4");
     let third = daemon.chunk("web-1", Some(second.next), 1000).await;
-    assert_eq!(third, chunk("line 4\n", 7, true), "starts over at 0");
-    write(b"line 5\n");
-    assert_eq!(
-        daemon.chunk("web-1", Some(third.next), 1000).await,
-        chunk("line 5\n", 14, false)
-    );
-    // Rotated to an empty file: nothing yet, but noticed.
-    write(b"0123456789\n");
-    assert!(log.rotate_if_needed().unwrap());
-    assert_eq!(
-        daemon.chunk("web-1", Some(25), 1000).await,
-        chunk("", 0, true)
-    );
+    assert_eq!((third.text.as_str(), third.truncated), ("line 4\n", false));
     daemon.stop().await;
 }
 

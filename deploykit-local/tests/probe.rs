@@ -70,9 +70,14 @@ fn response(status: &str, extra: &str, body: &str) -> String {
 }
 
 /// A port nothing listens on.
+/// A port that refuses connections and that nothing else can take while the test runs: a
+/// socket bound to it that never listens (the socket is leaked on purpose).
 async fn closed_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap().port()
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    std::mem::forget(socket);
+    port
 }
 
 fn header<'a>(head: &'a str, name: &str) -> &'a str {

@@ -434,65 +434,57 @@ fn log_instance_names_are_validated() {
     InstanceLog::open(dir.path(), "web-3f2a9c1d-0.x_y", LogPolicy::default()).unwrap();
 }
 
-#[test]
-fn log_rotation_shifts_and_keeps() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_output_is_rotated_by_renaming_and_kept_up_to_keep() {
+    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let policy = LogPolicy {
         max_bytes: 10,
         keep: 2,
     };
     let log = InstanceLog::open(&dir.path().join("logs"), "a", policy).unwrap();
+    let capture = log.capture().unwrap();
+    let (mut out, _err) = log.stdio().unwrap();
+    let read = |k| std::fs::read_to_string(log.rotated_path(k)).unwrap_or_default();
     for round in 0..4 {
-        std::fs::write(log.path(), format!("round {round} xxxxxxxxxx\n")).unwrap();
-        assert!(log.rotate_if_needed().unwrap());
+        out.write_all(format!("round {round} xxxxxxxxxx\n").as_bytes())
+            .unwrap();
+        eventually("the rotation", || {
+            read(1).contains(&format!("round {round}")).then_some(())
+        })
+        .await;
         assert_eq!(std::fs::metadata(log.path()).unwrap().len(), 0);
     }
-    assert!(!log.rotate_if_needed().unwrap());
-    let read = |k| std::fs::read_to_string(log.rotated_path(k)).unwrap();
     assert!(read(1).contains("round 3"));
     assert!(read(2).contains("round 2"));
     assert!(!log.rotated_path(3).exists());
     assert_eq!(log.last_line().as_deref(), Some("round 3 xxxxxxxxxx"));
-    std::fs::write(log.path(), "new\n").unwrap();
-    assert_eq!(log.tail(4).unwrap(), "new\n");
-    assert_eq!(log.tail(8).unwrap(), "xxx\nnew\n");
+    assert_eq!(log.tail(8).unwrap(), "xxxxxxx\n");
+    drop(capture);
     log.remove().unwrap();
     assert!(!log.path().exists() && !log.rotated_path(1).exists());
+    assert!(!log.pipe_path(deploykit_logs::Stream::Stdout).exists());
 }
 
-#[test]
-fn log_rotation_with_keep_zero_only_truncates() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_output_with_keep_zero_is_dropped_at_rotation() {
+    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let policy = LogPolicy {
         max_bytes: 3,
         keep: 0,
     };
     let log = InstanceLog::open(dir.path(), "a", policy).unwrap();
-    std::fs::write(log.path(), "hello\n").unwrap();
-    assert!(log.rotate_if_needed().unwrap());
-    assert_eq!(std::fs::metadata(log.path()).unwrap().len(), 0);
+    let _capture = log.capture().unwrap();
+    let (_out, mut err) = log.stdio().unwrap();
+    err.write_all(b"hello\n").unwrap();
+    eventually("the rotation", || {
+        let len = std::fs::metadata(log.path()).ok()?.len();
+        // Written, then rotated away: the file is new and empty.
+        (len == 0 && log.tail(100).ok()?.is_empty()).then_some(())
+    })
+    .await;
     assert!(!log.rotated_path(1).exists());
-}
-
-#[test]
-fn log_writers_in_append_mode_continue_after_rotation() {
-    use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
-    let policy = LogPolicy {
-        max_bytes: 5,
-        keep: 1,
-    };
-    let log = InstanceLog::open(dir.path(), "a", policy).unwrap();
-    let (mut out, _err) = log.stdio().unwrap();
-    out.write_all(b"before rotation\n").unwrap();
-    assert!(log.rotate_if_needed().unwrap());
-    out.write_all(b"after\n").unwrap();
-    assert_eq!(std::fs::read_to_string(log.path()).unwrap(), "after\n");
-    assert_eq!(
-        std::fs::read_to_string(log.rotated_path(1)).unwrap(),
-        "before rotation\n"
-    );
-    assert_eq!(log.tail(100).unwrap(), "before rotation\nafter\n");
 }
 
 #[test]

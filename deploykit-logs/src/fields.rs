@@ -136,6 +136,13 @@ fn value_bytes(value: &FieldValue) -> usize {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Fields {
+    /// A JSON object, its members kept in order.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
 /// The members of a JSON object line, in order; `None` if the line is not an object.
 pub(crate) fn object_fields(line: &str) -> Option<Fields> {
     let mut deserializer = serde_json::Deserializer::from_str(line);

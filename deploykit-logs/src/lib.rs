@@ -66,7 +66,11 @@ pub use config::{
 };
 pub use counters::PipelineStats;
 pub use fields::{FieldValue, Fields};
-pub use forward::{FileForwarder, Forwarder};
+pub use forward::{
+    ArchiveForwarder, ArchiveOptions, ArchiveQuery, ArchiveSearch, FileForwarder, Forwarder,
+    OtlpForwarder, Reliable, ReliableOptions, ReliableStats, WEBHOOK_SIGNATURE_HEADER,
+    WebhookForwarder, search_archive, verify_webhook_signature, webhook_signature,
+};
 pub use parse::{
     LineJoiner, MultilineConfig, RegexParser, parse_json, parse_logfmt, parse_timestamp_ns,
 };

@@ -1,5 +1,6 @@
 //! The log record: one line (or one joined multi-line entry) of one instance of one revision.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::Write as _;
 use std::sync::Arc;
@@ -298,6 +299,68 @@ impl Record {
             self.fields.write_json_object(&mut bytes);
             self.line = String::from_utf8(bytes).unwrap_or_default();
         }
+    }
+
+    /// The fields without extracting them into the record (for `&self` readers such as
+    /// forwarders): borrowed, or parsed from a JSON line not extracted yet.
+    pub(crate) fn fields_view(&self) -> Cow<'_, Fields> {
+        if self.json == JsonOrigin::Lazy {
+            Cow::Owned(crate::fields::object_fields(&self.line).unwrap_or_default())
+        } else {
+            Cow::Borrowed(&self.fields)
+        }
+    }
+
+    /// Reads a record back from its JSON form (what [`Record::write_json`] writes): the
+    /// source, stream, level, line and fields (in their order). An error names what is
+    /// missing or malformed.
+    ///
+    /// ```
+    /// use deploykit_logs::{Level, Record, Source, Stream};
+    ///
+    /// let mut record = Record::new(Source::new("api", "prod", "r1", "api-1"), Stream::Stderr, 7, "boom");
+    /// record.level = Some(Level::Error);
+    /// record.fields_mut().insert("code", 503.into());
+    /// let mut json = Vec::new();
+    /// record.write_json(&mut json);
+    /// let mut back = Record::from_json(std::str::from_utf8(&json).unwrap()).unwrap();
+    /// assert_eq!((back.timestamp_ns, back.stream, back.level), (7, Stream::Stderr, Some(Level::Error)));
+    /// assert_eq!(back.source.instance, "api-1");
+    /// assert_eq!(back.field("code"), Some(&503.into()));
+    /// ```
+    pub fn from_json(text: &str) -> deploykit_core::Result<Record> {
+        #[derive(Deserialize)]
+        struct RecordJson {
+            ts: i64,
+            service: String,
+            environment: String,
+            revision: String,
+            instance: String,
+            stream: Stream,
+            level: Option<Level>,
+            line: String,
+            #[serde(default)]
+            fields: Fields,
+        }
+        let parsed: RecordJson =
+            serde_json::from_str(text).map_err(|error| deploykit_core::Error::Corrupt {
+                what: "log record (JSON form)".to_string(),
+                source: error.to_string().into(),
+            })?;
+        Ok(Record {
+            source: Arc::new(Source {
+                service: parsed.service,
+                environment: parsed.environment,
+                revision: parsed.revision,
+                instance: parsed.instance,
+            }),
+            stream: parsed.stream,
+            timestamp_ns: parsed.ts,
+            line: parsed.line,
+            level: parsed.level,
+            fields: parsed.fields,
+            json: JsonOrigin::No,
+        })
     }
 
     /// Appends this record as one JSON object (no trailing newline) to `out`:

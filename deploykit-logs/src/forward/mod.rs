@@ -1,14 +1,27 @@
 //! Forwarders: where a pipeline's records go.
 //!
-//! The file forwarder is here; OTLP/HTTP, webhook and archival forwarders implement the same
-//! trait.
+//! Files ([`FileForwarder`]), an OpenTelemetry collector ([`OtlpForwarder`]), webhooks
+//! ([`WebhookForwarder`]) and a backup repository ([`ArchiveForwarder`], searched back with
+//! [`search_archive`]); [`Reliable`] adds retries and a disk backlog to any of them.
 
+mod archive;
+mod backlog;
 mod file;
+mod http;
+mod otlp;
+mod reliable;
+mod webhook;
 
 use async_trait::async_trait;
 use deploykit_core::Result;
 
+pub use archive::{ArchiveForwarder, ArchiveOptions, ArchiveQuery, ArchiveSearch, search_archive};
 pub use file::FileForwarder;
+pub use otlp::OtlpForwarder;
+pub use reliable::{Reliable, ReliableOptions, ReliableStats};
+pub use webhook::{
+    WEBHOOK_SIGNATURE_HEADER, WebhookForwarder, verify_webhook_signature, webhook_signature,
+};
 
 use crate::record::Record;
 

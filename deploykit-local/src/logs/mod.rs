@@ -1,25 +1,40 @@
-//! Per-instance log files with size-based, copy-truncate rotation.
+//! Per-instance logs: named pipes the instance writes to, and files its supervisor keeps.
 //!
-//! An instance's stdout and stderr go straight into `<dir>/<instance>.log`, opened with
-//! `O_APPEND` and handed to the child as its standard streams, so the child keeps logging even
-//! when the supervising process dies and a later one adopts it.
+//! An instance's stdout and stderr are named pipes in the log directory
+//! (`<instance>.stdout.pipe`, `<instance>.stderr.pipe`). Its supervisor's [`Capture`] reads
+//! them and appends every line to `<instance>.log`, stamped with the time it was read and
+//! tagged with its stream, in the container runtime interface's format (see [`cri`] below):
 //!
-//! Rotation works like logrotate's `copytruncate`: when the file is larger than
-//! [`LogPolicy::max_bytes`], `<instance>.log.k` becomes `<instance>.log.(k+1)` (dropping those
-//! beyond [`LogPolicy::keep`]), the current file is copied to `<instance>.log.1` and then
-//! truncated to zero. Writers opened with `O_APPEND` simply continue at the new end. As with
-//! logrotate, output written between the copy and the truncation is lost.
+//! ```text
+//! 2026-12-05T15:00:00.123456789Z stdout F listening on :8080
+//! ```
 //!
-//! [`InstanceLog::chunk`] reads the current file by byte offset, for following a log
-//! (`deploykit logs -f`): each [`LogChunk`] says where to read from next, and whether the file
-//! was rotated (truncated) since the last read.
+//! When the file is larger than [`LogPolicy::max_bytes`], the capture renames it to
+//! `<instance>.log.1` (shifting older files up to [`LogPolicy::keep`]) and goes on in a new
+//! one: no line is lost to rotation (the copy-truncate rotation of earlier versions lost the
+//! lines written during the copy). The pipes outlive the supervisor, so a process adopted by a
+//! later supervisor keeps logging; see the `capture` module for the exact guarantees.
+//!
+//! `<instance>.owner` records the service and revision the instance belongs to, so the logs
+//! of instances that are gone can still be read by service and revision. A [`LogReader`]
+//! reads the records of one instance (the kept ones, then new ones, across rotations);
+//! [`InstanceLog::chunk`] reads the file by byte offset for the daemon's follow API.
 //!
 //! Unix only (tested on Linux).
+
+mod capture;
+mod cri;
+mod reader;
+
+pub use capture::Capture;
+pub use reader::{LogOwner, LogReader, owners};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use deploykit_logs::Stream;
 
 use serde::{Deserialize, Serialize};
 
@@ -75,22 +90,20 @@ pub struct InstanceLog {
 }
 
 impl InstanceLog {
-    /// Opens (creating `dir` and an empty file if needed) the log of `instance` in `dir`.
+    /// Opens (creating `dir`, an empty file and the instance's pipes if needed) the log of
+    /// `instance` in `dir`.
     ///
     /// `instance` must be non-empty, made of ASCII letters, digits, `.`, `_` and `-`, and must
     /// not start with a dot; otherwise the error is [`io::ErrorKind::InvalidInput`].
     pub fn open(dir: &Path, instance: &str, policy: LogPolicy) -> io::Result<InstanceLog> {
         validate_instance(instance)?;
         fs::create_dir_all(dir)?;
-        let path = dir.join(format!("{instance}.log"));
-        append(&path)?;
-        Ok(InstanceLog {
-            dir: dir.to_path_buf(),
-            name: instance.to_string(),
-            path,
-            policy,
-            rotation: Arc::new(Mutex::new(())),
-        })
+        let log = InstanceLog::at(dir, instance, policy);
+        append(&log.path)?;
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            capture::make_fifo(&log.pipe_path(stream))?;
+        }
+        Ok(log)
     }
 
     /// The log of `instance` in `dir` if its file exists, without creating anything (`None`
@@ -103,22 +116,42 @@ impl InstanceLog {
         policy: LogPolicy,
     ) -> io::Result<Option<InstanceLog>> {
         validate_instance(instance)?;
-        let path = dir.join(format!("{instance}.log"));
-        if !path.try_exists()? {
+        let log = InstanceLog::at(dir, instance, policy);
+        if !log.path.try_exists()? {
             return Ok(None);
         }
-        Ok(Some(InstanceLog {
+        Ok(Some(log))
+    }
+
+    fn at(dir: &Path, instance: &str, policy: LogPolicy) -> InstanceLog {
+        InstanceLog {
             dir: dir.to_path_buf(),
             name: instance.to_string(),
-            path,
+            path: dir.join(format!("{instance}.log")),
             policy,
             rotation: Arc::new(Mutex::new(())),
-        }))
+        }
+    }
+
+    /// The instance's name.
+    pub fn instance(&self) -> &str {
+        &self.name
     }
 
     /// The current log file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The named pipe the instance writes `stream` to.
+    pub fn pipe_path(&self, stream: Stream) -> PathBuf {
+        self.dir
+            .join(format!("{}.{}.pipe", self.name, stream.as_str()))
+    }
+
+    /// The lock file a capture holds while it runs.
+    fn capture_lock_path(&self) -> PathBuf {
+        self.dir.join(format!(".{}.capture.lock", self.name))
     }
 
     /// The rotation policy.
@@ -131,88 +164,82 @@ impl InstanceLog {
         self.dir.join(format!("{}.log.{k}", self.name))
     }
 
-    /// Two append-mode handles on the current file, for a child's stdout and stderr.
+    /// The child's stdout and stderr: its ends of the two pipes.
     pub fn stdio(&self) -> io::Result<(File, File)> {
-        Ok((append(&self.path)?, append(&self.path)?))
+        Ok((
+            capture::child_end(&self.pipe_path(Stream::Stdout))?,
+            capture::child_end(&self.pipe_path(Stream::Stderr))?,
+        ))
     }
 
-    /// Rotates when the current file is larger than [`LogPolicy::max_bytes`]; returns whether it
-    /// did.
-    pub fn rotate_if_needed(&self) -> io::Result<bool> {
-        let _guard = self.rotation.lock().unwrap_or_else(|e| e.into_inner());
-        let len = match fs::metadata(&self.path) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        if len <= self.policy.max_bytes {
-            return Ok(false);
-        }
-        let keep = self.policy.keep;
-        // Files beyond `keep` (left over from a larger `keep`, or the oldest one) go.
-        for (k, path) in self.rotated_files()? {
-            if k >= keep {
-                remove_if_exists(&path)?;
-            }
-        }
-        if keep > 0 {
-            for k in (1..keep).rev() {
-                let from = self.rotated_path(k);
-                if from.exists() {
-                    fs::rename(&from, self.rotated_path(k + 1))?;
-                }
-            }
-            fs::copy(&self.path, self.rotated_path(1))?;
-        }
-        OpenOptions::new()
-            .write(true)
-            .open(&self.path)?
-            .set_len(0)?;
-        Ok(true)
+    /// Starts moving what the instance writes to its pipes into the log file (one capture per
+    /// instance at a time: the supervisor's). Must be called inside a tokio runtime.
+    pub fn capture(&self) -> io::Result<Capture> {
+        capture::start(self)
     }
 
-    /// Up to the last `max_bytes` bytes of the log as (lossy) UTF-8: from the current file, and
-    /// from the end of `.1` when the current file holds fewer bytes (it was just rotated).
+    /// Records that the instance belongs to `owner` (kept beside the log, so the logs of an
+    /// instance that is gone are still found by service and revision).
+    pub fn set_owner(&self, owner: &LogOwner) -> io::Result<()> {
+        reader::write_owner(&self.dir, &self.name, owner)
+    }
+
+    /// Up to the last `max_bytes` bytes of the instance's output (stdout and stderr
+    /// interleaved, without the time and stream of each line; from the end of the last
+    /// rotated file too, if the current one holds fewer), as (lossy) UTF-8 starting at a
+    /// character.
     pub fn tail(&self, max_bytes: usize) -> io::Result<String> {
-        let current = read_tail(&self.path, max_bytes)?;
-        let mut bytes = if current.len() < max_bytes {
-            let mut older = read_tail(&self.rotated_path(1), max_bytes - current.len())?;
+        if max_bytes == 0 {
+            return Ok(String::new());
+        }
+        // Each line carries about 40 bytes of time, stream and tag in the file.
+        let want = max_bytes.saturating_mul(2).saturating_add(4096);
+        let current = read_tail(&self.path, want)?;
+        let raw = if current.len() < want {
+            let mut older = read_tail(&self.rotated_path(1), want - current.len())?;
             older.extend_from_slice(&current);
             older
         } else {
             current
         };
-        // Do not start in the middle of a UTF-8 sequence.
-        if bytes.len() >= max_bytes {
-            let skip = bytes
-                .iter()
-                .take(3)
-                .take_while(|b| (**b & 0xC0) == 0x80)
-                .count();
-            bytes.drain(..skip);
+        // The first line may be cut: start after its end, unless the whole file was read.
+        let start = if raw.len() >= want {
+            raw.iter()
+                .position(|&b| b == b'\n')
+                .map_or(raw.len(), |i| i + 1)
+        } else {
+            0
+        };
+        let mut text = output_text(&raw[start..]).into_bytes();
+        if text.len() > max_bytes {
+            text.drain(..text.len() - max_bytes);
+            let skip = continuation_bytes(&text);
+            text.drain(..skip);
         }
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        Ok(String::from_utf8_lossy(&text).into_owned())
     }
 
-    /// A piece of the current file, of at most `max_bytes` bytes (at least 4 unless 0, so that
-    /// a character always fits):
+    /// A piece of the current file, of at most `max_bytes` bytes of the file (at least one
+    /// line's worth is read whatever `max_bytes` is), turned into the instance's output (the
+    /// time and stream of each line left out):
     ///
-    /// - `from = None`: the file's last bytes (starting at a character, not inside one);
+    /// - `from = None`: the file's last lines;
     /// - `from = Some(offset)`: from `offset` on; if the file is now shorter than `offset` (it
-    ///   was rotated or truncated since), from 0 again, with [`LogChunk::truncated`] set.
+    ///   was rotated since), from 0 again, with [`LogChunk::truncated`] set.
     ///
-    /// [`LogChunk::next`] is where to read from next time. `max_bytes = 0` reads nothing and
-    /// only tells that offset (the end of the file, for `None`).
+    /// Only whole lines of the file are read; [`LogChunk::next`] is where to read from next
+    /// time (just past the last whole line). `max_bytes = 0` reads nothing and only tells that
+    /// offset (the end of the file, for `None`).
     ///
-    /// A rotation is seen as such only while the file is still shorter than `offset`: a file
-    /// rotated and then written past `offset` again between two reads is read on from
-    /// `offset`. The error is [`io::ErrorKind::NotFound`] if the file is gone.
+    /// A rotation is seen as such only while the new file is still shorter than `offset`; a
+    /// [`LogReader`] follows rotations exactly. The error is [`io::ErrorKind::NotFound`] if
+    /// the file is gone.
     pub fn chunk(&self, from: Option<u64>, max_bytes: usize) -> io::Result<LogChunk> {
         let mut file = File::open(&self.path)?;
         let len = file.metadata()?.len();
         let max = match max_bytes {
             0 => 0,
-            n => n.max(MAX_CHAR_BYTES),
+            n => n.max(cri::MAX_RECORD + 256),
         };
         let (start, truncated) = match from {
             None => (len.saturating_sub(max as u64), false),
@@ -222,15 +249,22 @@ impl InstanceLog {
         let mut bytes = Vec::with_capacity(max.min((len - start) as usize));
         file.seek(SeekFrom::Start(start))?;
         file.take(max as u64).read_to_end(&mut bytes)?;
-        // A tail may begin inside a character: start at the next one.
+        // A tail may begin inside a line: start at the next one.
         let skip = if from.is_none() && start > 0 {
-            continuation_bytes(&bytes)
+            bytes
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(bytes.len(), |i| i + 1)
         } else {
             0
         };
-        let end = skip + complete_prefix(&bytes[skip..]);
+        let end = bytes
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1)
+            .max(skip);
         Ok(LogChunk {
-            text: String::from_utf8_lossy(&bytes[skip..end]).into_owned(),
+            text: output_text(&bytes[skip..end]),
             next: start + end as u64,
             truncated,
         })
@@ -244,17 +278,21 @@ impl InstanceLog {
         Some(truncate_chars(line, 200))
     }
 
-    /// Deletes the current file and every rotated file.
+    /// Deletes the current file, every rotated file, the pipes and the owner record.
     pub fn remove(&self) -> io::Result<()> {
         let _guard = self.rotation.lock().unwrap_or_else(|e| e.into_inner());
         remove_if_exists(&self.path)?;
         for (_, path) in self.rotated_files()? {
             remove_if_exists(&path)?;
         }
-        Ok(())
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            remove_if_exists(&self.pipe_path(stream))?;
+        }
+        remove_if_exists(&self.capture_lock_path())?;
+        remove_if_exists(&reader::owner_path(&self.dir, &self.name))
     }
 
-    /// Every `<instance>.log.<k>` in the directory, with its `k`.
+    /// Every `<instance>.log.<k>` in the directory, with its `k`, oldest (largest `k`) first.
     fn rotated_files(&self) -> io::Result<Vec<(u32, PathBuf)>> {
         let prefix = format!("{}.log.", self.name);
         let entries = match fs::read_dir(&self.dir) {
@@ -275,8 +313,32 @@ impl InstanceLog {
                 files.push((k, entry.path()));
             }
         }
+        files.sort_by_key(|file| std::cmp::Reverse(file.0));
         Ok(files)
     }
+}
+
+/// The output in whole lines of a log file: each record's text, parts joined into their
+/// line, one line per `\n`. Lines not in the file's format (a file of an older version) are
+/// kept as they are.
+fn output_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_terminator('\n') {
+        match cri::parse(line) {
+            Some(record) => {
+                out.push_str(record.text);
+                if !record.partial {
+                    out.push('\n');
+                }
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// How many UTF-8 continuation bytes (at most 3) `bytes` starts with.
@@ -290,32 +352,6 @@ fn continuation_bytes(bytes: &[u8]) -> usize {
 
 fn is_continuation(byte: u8) -> bool {
     byte & 0xC0 == 0x80
-}
-
-/// The length of `bytes` without a trailing incomplete character: a lead byte followed by
-/// fewer continuation bytes than it announces (more may still be written). Invalid bytes are
-/// kept (they are replaced when decoded), so only a character that could still complete is
-/// held back.
-fn complete_prefix(bytes: &[u8]) -> usize {
-    let window = bytes.len().saturating_sub(MAX_CHAR_BYTES);
-    let Some(lead) = (window..bytes.len())
-        .rev()
-        .find(|&i| !is_continuation(bytes[i]))
-    else {
-        return bytes.len();
-    };
-    let width = match bytes[lead] {
-        b if b < 0x80 => 1,
-        b if b & 0xE0 == 0xC0 => 2,
-        b if b & 0xF0 == 0xE0 => 3,
-        b if b & 0xF8 == 0xF0 => 4,
-        _ => return bytes.len(),
-    };
-    if bytes.len() - lead < width {
-        lead
-    } else {
-        bytes.len()
-    }
 }
 
 pub(crate) fn validate_instance(instance: &str) -> io::Result<()> {
@@ -384,20 +420,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_incomplete_trailing_character_is_held_back() {
+    fn output_text_joins_parts_and_keeps_foreign_lines() {
+        let file = "2026-12-05T15:00:00.000000001Z stdout F one\n\
+                    2026-12-05T15:00:00.000000002Z stderr P tw\n\
+                    2026-12-05T15:00:00.000000003Z stderr F o\n\
+                    raw line of an old file\n";
+        assert_eq!(
+            output_text(file.as_bytes()),
+            "one\ntwo\nraw line of an old file\n"
+        );
         let euro = "€".as_bytes(); // E2 82 AC
-        assert_eq!(complete_prefix(b""), 0);
-        assert_eq!(complete_prefix(b"abc"), 3);
-        assert_eq!(complete_prefix(euro), 3);
-        assert_eq!(complete_prefix(&[b'a', euro[0]]), 1);
-        assert_eq!(complete_prefix(&[b'a', euro[0], euro[1]]), 1);
-        let four = "😀".as_bytes();
-        assert_eq!(complete_prefix(&four[..3]), 0);
-        assert_eq!(complete_prefix(four), 4);
-        // Invalid bytes are not waited for: a stray continuation byte, a byte never valid.
-        assert_eq!(complete_prefix(&[b'a', 0x82]), 2);
-        assert_eq!(complete_prefix(&[b'a', 0xFF]), 2);
-        assert_eq!(complete_prefix(&[0x82, 0x82, 0x82, 0x82, 0x82]), 5);
         assert_eq!(continuation_bytes(&euro[1..]), 2);
         assert_eq!(continuation_bytes(b"abc"), 0);
     }
