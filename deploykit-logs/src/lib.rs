@@ -55,7 +55,9 @@ mod counters;
 mod fields;
 mod forward;
 mod parse;
+mod monitor;
 mod pipeline;
+pub mod query;
 mod record;
 mod redact;
 mod source;
@@ -74,7 +76,9 @@ pub use forward::{
 pub use parse::{
     LineJoiner, MultilineConfig, RegexParser, parse_json, parse_logfmt, parse_timestamp_ns,
 };
+pub use monitor::{DEFAULT_WINDOW, LogMonitor};
 pub use pipeline::{Pipeline, PipelineInput};
+pub use query::{LogQuery, MetricExpr, MetricFunction};
 pub use record::{Level, Record, Source, Stream};
 pub use redact::{REDACTED, Redactor};
 pub use source::{
