@@ -62,4 +62,5 @@ mod state;
 
 pub use daemon::{DaemonInfo, LocalClient};
 pub use environment::{LOCAL_METRICS, LocalEnvironment, LocalOptions};
+pub use log_source::LocalLogs;
 pub use logs::LogChunk;

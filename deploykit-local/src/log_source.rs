@@ -1,5 +1,7 @@
-//! The local environment as a [`LogSource`]: the records its supervisors wrote to the
+//! The local environment's logs as a [`LogSource`]: the records its supervisors wrote to the
 //! instances' log files, read back (also for instances that are gone), and followed.
+//! [`LocalLogs`] reads a log directory on its own (the CLI reads it without a daemon);
+//! [`LocalEnvironment`] is a source of its own directory's logs.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -36,15 +38,59 @@ struct Readers {
     known: BTreeSet<String>,
 }
 
+/// The instance logs in a local environment's log directory (`<state_dir>/logs`), as a
+/// [`LogSource`].
+///
+/// ```no_run
+/// # async fn example() -> deploykit_core::Result<()> {
+/// use deploykit_local::LocalLogs;
+/// use deploykit_local::logs::LogPolicy;
+/// use deploykit_logs::{LogSelector, LogSource};
+///
+/// let logs = LocalLogs::new(".deploykit/logs", LogPolicy::default(), "local");
+/// let records = logs.logs(&LogSelector::service("web").tail(100)).await?.collect().await?;
+/// for record in records {
+///     println!("{} {}", record.source.instance, record.line);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct LocalLogs {
+    dir: PathBuf,
+    policy: LogPolicy,
+    environment: String,
+}
+
+impl LocalLogs {
+    /// The logs in `dir`, rotated by `policy` (only its file names matter to a reader), whose
+    /// records carry `environment`.
+    pub fn new(dir: impl Into<PathBuf>, policy: LogPolicy, environment: impl Into<String>) -> Self {
+        LocalLogs {
+            dir: dir.into(),
+            policy,
+            environment: environment.into(),
+        }
+    }
+}
+
 #[async_trait]
 impl LogSource for LocalEnvironment {
     async fn logs(&self, selector: &LogSelector) -> Result<LogStream> {
-        selector.validate()?;
         let (dir, options) = self.log_files();
+        LocalLogs::new(dir, options.log.clone(), options.environment.clone())
+            .logs(selector)
+            .await
+    }
+}
+
+#[async_trait]
+impl LogSource for LocalLogs {
+    async fn logs(&self, selector: &LogSelector) -> Result<LogStream> {
+        selector.validate()?;
         let files = Files {
-            dir,
-            policy: options.log.clone(),
-            environment: options.environment.clone(),
+            dir: self.dir.clone(),
+            policy: self.policy.clone(),
+            environment: self.environment.clone(),
             selector: selector.clone(),
         };
         let (readers, mut kept) = blocking({
