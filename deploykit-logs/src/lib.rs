@@ -60,6 +60,7 @@ mod pipeline;
 pub mod query;
 mod record;
 mod redact;
+mod ship;
 mod source;
 mod stages;
 
@@ -81,6 +82,7 @@ pub use pipeline::{Pipeline, PipelineInput};
 pub use query::{LogQuery, MetricExpr, MetricFunction};
 pub use record::{Level, Record, Source, Stream};
 pub use redact::{REDACTED, Redactor};
+pub use ship::LogShipper;
 pub use source::{
     LogSelector, LogSender, LogSource, LogStream, STREAM_BUFFER, keep_tail, sort_by_time,
 };
