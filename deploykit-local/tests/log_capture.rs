@@ -74,6 +74,7 @@ async fn no_line_is_lost_to_rotation_or_to_a_change_of_supervisor() {
     let policy = LogPolicy {
         max_bytes: 256 * 1024,
         keep: 10_000,
+        ..LogPolicy::default()
     };
     let log = InstanceLog::open(&dir.path().join("logs"), "producer", policy.clone()).unwrap();
     // Bursts of 1,000 lines 12 ms apart (with the cost of `sleep`, about 50,000 lines a

@@ -259,6 +259,7 @@ async fn logs_are_rotated_while_running() {
         LogPolicy {
             max_bytes: 1000,
             keep: 2,
+            ..LogPolicy::default()
         },
     )
     .unwrap();
@@ -441,6 +442,7 @@ async fn captured_output_is_rotated_by_renaming_and_kept_up_to_keep() {
     let policy = LogPolicy {
         max_bytes: 10,
         keep: 2,
+        ..LogPolicy::default()
     };
     let log = InstanceLog::open(&dir.path().join("logs"), "a", policy).unwrap();
     let capture = log.capture().unwrap();
@@ -473,6 +475,7 @@ async fn captured_output_with_keep_zero_is_dropped_at_rotation() {
     let policy = LogPolicy {
         max_bytes: 3,
         keep: 0,
+        ..LogPolicy::default()
     };
     let log = InstanceLog::open(dir.path(), "a", policy).unwrap();
     let _capture = log.capture().unwrap();

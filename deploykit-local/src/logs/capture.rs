@@ -201,6 +201,8 @@ struct Writer {
     log: InstanceLog,
     file: File,
     len: u64,
+    /// When the current file was first written to (by this writer).
+    since: Option<std::time::Instant>,
     /// Each stream's line begun but not ended yet, and since when.
     open_lines: [(Vec<u8>, Option<tokio::time::Instant>); 2],
     out: Vec<u8>,
@@ -213,6 +215,7 @@ impl Writer {
         Ok(Writer {
             log,
             file,
+            since: (len > 0).then(std::time::Instant::now),
             len,
             open_lines: Default::default(),
             out: Vec::with_capacity(128 * 1024),
@@ -291,7 +294,9 @@ impl Writer {
         self.file.write_all(&self.out)?;
         self.len += self.out.len() as u64;
         self.out.clear();
-        if self.len > self.log.policy().max_bytes {
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        let policy = self.log.policy();
+        if self.len > policy.max_bytes || policy.max_age.is_some_and(|age| since.elapsed() >= age) {
             self.rotate()?;
         }
         Ok(())
@@ -319,6 +324,7 @@ impl Writer {
         }
         self.file = super::append(log.path())?;
         self.len = 0;
+        self.since = None;
         Ok(())
     }
 }

@@ -25,9 +25,11 @@
 mod capture;
 mod cri;
 mod reader;
+mod retention;
 
 pub use capture::Capture;
 pub use reader::{LogOwner, LogReader, owners};
+pub use retention::{RetentionReport, apply_retention};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -63,9 +65,13 @@ pub struct LogChunk {
 pub struct LogPolicy {
     /// Rotate when the current file is larger than this (default 10 MiB).
     pub max_bytes: u64,
-    /// How many rotated files (`.1` … `.keep`) to keep (default 3); 0 keeps none, rotation then
-    /// only truncates.
+    /// How many rotated files (`.1` … `.keep`) to keep (default 3); 0 keeps none (a full file
+    /// is dropped instead of rotated).
     pub keep: u32,
+    /// Also rotate a file that has been written to for this long (rotation by age; default
+    /// none). The file is rotated at its first write past the age, so an instance that stops
+    /// writing keeps its last file until it writes again.
+    pub max_age: Option<std::time::Duration>,
 }
 
 impl Default for LogPolicy {
@@ -73,6 +79,7 @@ impl Default for LogPolicy {
         LogPolicy {
             max_bytes: 10 * 1024 * 1024,
             keep: 3,
+            max_age: None,
         }
     }
 }

@@ -82,9 +82,15 @@ pub fn owners(dir: &Path, policy: &LogPolicy) -> io::Result<Vec<(InstanceLog, Lo
 #[derive(Debug)]
 pub struct LogReader {
     log: InstanceLog,
-    source: Arc<Source>,
     /// The file being read (the current one when last looked), and its inode.
     file: Option<(File, u64)>,
+    parser: LineParser,
+}
+
+/// Turns the bytes of log files into records.
+#[derive(Debug)]
+struct LineParser {
+    source: Arc<Source>,
     /// Bytes after the last whole line read.
     pending: Vec<u8>,
     /// Each stream's line begun in parts: its time and text so far.
@@ -98,19 +104,21 @@ impl LogReader {
     pub fn open(log: InstanceLog, source: Arc<Source>) -> io::Result<(LogReader, Vec<Record>)> {
         let mut reader = LogReader {
             log,
-            source,
             file: None,
-            pending: Vec::new(),
-            parts: [None, None],
-            foreign_ns: 0,
+            parser: LineParser {
+                source,
+                pending: Vec::new(),
+                parts: [None, None],
+                foreign_ns: 0,
+            },
         };
         let mut records = Vec::new();
         // The current file first, so that a rotation from here on moves it to `.1`, where it
         // is recognised by its inode and left for `poll`.
         for _attempt in 0..5 {
             records.clear();
-            reader.pending.clear();
-            reader.parts = [None, None];
+            reader.parser.pending.clear();
+            reader.parser.parts = [None, None];
             reader.file = open_with_inode(reader.log.path())?;
             let current = reader.file.as_ref().map(|(_, inode)| *inode);
             let mut rotated = Vec::new();
@@ -126,12 +134,12 @@ impl LogReader {
                 continue;
             }
             for mut file in rotated {
-                reader.foreign_ns = modified_ns(&file);
+                reader.parser.foreign_ns = modified_ns(&file);
                 let mut bytes = Vec::new();
                 file.read_to_end(&mut bytes)?;
-                reader.take(&bytes, &mut records);
+                reader.parser.take(&bytes, &mut records);
                 // A file ends with a whole line; anything after the last `\n` is not a record.
-                reader.pending.clear();
+                reader.parser.pending.clear();
             }
             reader.poll_into(&mut records)?;
             return Ok((reader, records));
@@ -164,8 +172,8 @@ impl LogReader {
             buffer.clear();
             let read = file.read_to_end(&mut buffer);
             if !buffer.is_empty() {
-                self.foreign_ns = modified_ns(&file);
-                self.take(&buffer, records);
+                self.parser.foreign_ns = modified_ns(&file);
+                self.parser.take(&buffer, records);
             }
             if let Err(e) = read {
                 self.file = Some((file, inode));
@@ -183,8 +191,8 @@ impl LogReader {
                 Some(_) => {
                     buffer.clear();
                     file.read_to_end(&mut buffer)?;
-                    self.take(&buffer, records);
-                    self.pending.clear();
+                    self.parser.take(&buffer, records);
+                    self.parser.pending.clear();
                     self.file = self.successor(inode)?;
                 }
                 None => {
@@ -233,6 +241,42 @@ impl LogReader {
         open_with_inode(self.log.path())
     }
 
+    /// The records of one whole file's `bytes`, given `source`; lines not in the capture's
+    /// format get the time `modified`. A line begun in parts and not ended in the file is a
+    /// record of its own.
+    pub(crate) fn parse_file(
+        bytes: &[u8],
+        source: Arc<Source>,
+        modified: std::time::SystemTime,
+    ) -> Vec<Record> {
+        let mut parser = LineParser {
+            source,
+            pending: Vec::new(),
+            parts: [None, None],
+            foreign_ns: modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+        };
+        let mut records = Vec::new();
+        parser.take(bytes, &mut records);
+        for (stream, part) in [Stream::Stdout, Stream::Stderr]
+            .into_iter()
+            .zip(parser.parts)
+        {
+            if let Some((timestamp_ns, text)) = part {
+                records.push(Record::new(
+                    parser.source.clone(),
+                    stream,
+                    timestamp_ns,
+                    text,
+                ));
+            }
+        }
+        records
+    }
+}
+
+impl LineParser {
     /// Parses `bytes` (continuing the pending partial line) into records.
     fn take(&mut self, bytes: &[u8], records: &mut Vec<Record>) {
         let mut rest = bytes;
