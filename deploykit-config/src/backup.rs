@@ -94,7 +94,7 @@ struct RetryToml {
 }
 
 /// `path`, relative to the directory of the configuration file unless absolute.
-fn resolve(base: &Path, path: &str) -> PathBuf {
+pub(crate) fn resolve(base: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);
     if p.is_absolute() {
         p.to_path_buf()

@@ -51,6 +51,15 @@
 //! # Ok::<(), deploykit_core::Error>(())
 //! ```
 //!
+//! # Logs
+//!
+//! `[environments.<env>.logs]` ([`Config::log_settings`], a [`LogSettings`]): rotation by size
+//! (`max_file_bytes`, `keep_files`) and age (`rotate_after`), retention (`retain_for`: older
+//! files leave the hot store, archived first into `archive`, a directory or `s3://bucket/prefix`
+//! encrypted with the password in `password_env`), the pipeline records are shipped through
+//! (`pipeline`, a [`deploykit_logs::PipelineConfig`]) and where they go (`forward`: `otlp`,
+//! `webhook`, `file`). See the `logs` module's example for every key.
+//!
 //! # Backups
 //!
 //! `[environments.<env>.backup]` is the environment's backup policy ([`Config::backup_policy`])
@@ -115,11 +124,13 @@ use deploykit_core::model::{
 };
 use deploykit_core::secrets::SecretProvider;
 use deploykit_core::{Error, Result};
+pub use logs::{ForwardSettings, LogSettings};
 
 mod backup;
 pub mod build;
 mod flags;
 mod health;
+mod logs;
 mod rollout;
 mod service;
 mod toml_words;
@@ -209,6 +220,7 @@ struct EnvironmentToml {
     secrets: BTreeMap<String, Spanned<String>>,
     strategy: Option<rollout::StrategyToml>,
     backup: Option<backup::BackupToml>,
+    logs: Option<logs::LogsToml>,
 }
 
 /// An effective setting of an environment: a plain value, or a reference to a secret (whose
@@ -244,6 +256,8 @@ pub struct Config {
     environments: BTreeMap<String, EnvironmentSpec>,
     /// Backup policies with what the agent needs to run them, by environment.
     backups: BTreeMap<String, BackupJob>,
+    /// How logs are kept and shipped, by environment (only those with a logs table).
+    logs: BTreeMap<String, LogSettings>,
     /// Effective settings per environment, each with where it came from.
     settings: BTreeMap<String, BTreeMap<String, (Setting, Origin)>>,
     flags: Option<deploykit_flags::FlagSet>,
@@ -368,6 +382,7 @@ impl Config {
         }
         let mut environments = BTreeMap::new();
         let mut backups = BTreeMap::new();
+        let mut log_settings = BTreeMap::new();
         let mut settings = BTreeMap::new();
         for (name, spanned) in &parsed.environments {
             let span = spanned.span();
@@ -431,6 +446,10 @@ impl Config {
             if let Some(b) = &e.backup {
                 let job = backup::load(&at, span.clone(), name, &format!("{path}.backup"), b)?;
                 backups.insert(name.clone(), job);
+            }
+            if let Some(l) = &e.logs {
+                let settings = logs::load(&at, &format!("{path}.logs"), l)?;
+                log_settings.insert(name.clone(), settings);
             }
             spec.validate()
                 .map_err(|err| at.error(span.clone(), &path, err))?;
@@ -502,6 +521,7 @@ impl Config {
             images,
             environments,
             backups,
+            logs: log_settings,
             settings,
             flags,
         })
@@ -546,6 +566,13 @@ impl Config {
     pub fn backup_job(&self, name: &str) -> Result<Option<&BackupJob>> {
         self.environment(name)?;
         Ok(self.backups.get(name))
+    }
+
+    /// How an environment's logs are kept and shipped (the defaults when it has no logs
+    /// table). Fails if there is no such environment.
+    pub fn log_settings(&self, name: &str) -> Result<LogSettings> {
+        self.environment(name)?;
+        Ok(self.logs.get(name).cloned().unwrap_or_default())
     }
 
     /// Every environment's backup job, by environment name.
