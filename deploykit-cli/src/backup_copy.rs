@@ -50,14 +50,14 @@ pub(crate) struct CopyArgs {
 
 /// A repository location from the command line.
 #[derive(Debug, PartialEq, Eq)]
-enum Location {
+pub(crate) enum Location {
     Dir(PathBuf),
     S3 { bucket: String, prefix: String },
 }
 
 impl Location {
     /// `s3://bucket[/prefix]` or a directory; `flag` names the argument in errors.
-    fn parse(flag: &str, text: &str) -> Result<Self> {
+    pub(crate) fn parse(flag: &str, text: &str) -> Result<Self> {
         if let Some(rest) = text.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
@@ -80,7 +80,7 @@ impl Location {
         Ok(Location::Dir(PathBuf::from(text)))
     }
 
-    async fn target(&self, lock: Option<ObjectLock>) -> Result<Arc<dyn BackupTarget>> {
+    pub(crate) async fn target(&self, lock: Option<ObjectLock>) -> Result<Arc<dyn BackupTarget>> {
         match self {
             Location::Dir(dir) => {
                 if lock.is_some() {

@@ -249,14 +249,36 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
 async fn daemon(ctx: &Context, env: Option<&str>, mut options: LocalOptions) -> Result<ExitCode> {
     let environment = ctx.environment(env)?;
     options.state_dir = ctx.state.join(environment.as_str());
-    let services: Vec<_> = ctx.config()?.services().collect();
+    let config = ctx.config()?;
+    let services: Vec<_> = config.services().collect();
     if let [only] = services.as_slice() {
         options = options.default_service(only.name.clone());
     }
-    if let Some(secrets) = ctx.secrets()? {
-        options = options.secrets(secrets);
+    let service_names: Vec<String> = services.iter().map(|s| s.name.to_string()).collect();
+    let log_settings = config.log_settings(environment.as_str())?;
+    options.log = crate::log_agent::policy(&log_settings);
+    options = options.environment(environment.as_str());
+    let provider = ctx.secrets()?;
+    if let Some(secrets) = &provider {
+        options = options.secrets(secrets.clone());
     }
+    let secret_values =
+        crate::log_agent::secret_values(config, environment.as_str(), provider.as_ref()).await;
+    let log_dir = options.state_dir.join("logs");
+    let logs =
+        deploykit_local::LocalLogs::new(log_dir.clone(), options.log.clone(), environment.as_str());
+    let state_dir = options.state_dir.clone();
     let local = LocalEnvironment::open(options).await?;
+    let agent = crate::log_agent::LogAgent::start(
+        &log_settings,
+        logs,
+        log_dir,
+        environment.as_str(),
+        &state_dir,
+        service_names,
+        secret_values,
+    )
+    .await?;
     ctx.print(
         format!(
             "deploykit daemon: environment {environment}, proxy on http://{}, socket {} (Ctrl-C \
@@ -274,7 +296,10 @@ async fn daemon(ctx: &Context, env: Option<&str>, mut options: LocalOptions) -> 
             _ = term.recv() => {}
         }
     };
-    deploykit_local::daemon::serve(local, &ctx.socket(), shutdown).await?;
+    let served = deploykit_local::daemon::serve(local, &ctx.socket(), shutdown).await;
+    let stopped = agent.stop().await;
+    served?;
+    stopped?;
     Ok(ExitCode::SUCCESS)
 }
 

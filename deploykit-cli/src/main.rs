@@ -16,6 +16,7 @@ mod commands;
 mod context;
 mod demo;
 mod flags;
+mod log_agent;
 mod logs;
 mod names;
 mod out;

@@ -70,7 +70,7 @@ pub use config::{
 pub use counters::PipelineStats;
 pub use fields::{FieldValue, Fields};
 pub use forward::{
-    ArchiveForwarder, ArchiveOptions, ArchiveQuery, ArchiveSearch, FileForwarder, Forwarder,
+    ArchiveForwarder, ArchiveOptions, ArchiveQuery, ArchiveSearch, Fanout, FileForwarder, Forwarder,
     OtlpForwarder, Reliable, ReliableOptions, ReliableStats, WEBHOOK_SIGNATURE_HEADER,
     WebhookForwarder, search_archive, verify_webhook_signature, webhook_signature,
 };

@@ -56,8 +56,8 @@ pub(crate) fn parse(line: &str) -> Option<CriLine<'_>> {
     })
 }
 
-/// Nanoseconds since the Unix epoch, now.
-pub(crate) fn now_ns() -> i64 {
+/// Nanoseconds since the Unix epoch, now (the time the capture stamps lines with).
+pub fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))

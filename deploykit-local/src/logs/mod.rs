@@ -28,6 +28,7 @@ mod reader;
 mod retention;
 
 pub use capture::Capture;
+pub use cri::now_ns;
 pub use reader::{LogOwner, LogReader, owners};
 pub use retention::{RetentionReport, apply_retention};
 

@@ -2,10 +2,12 @@
 //!
 //! Files ([`FileForwarder`]), an OpenTelemetry collector ([`OtlpForwarder`]), webhooks
 //! ([`WebhookForwarder`]) and a backup repository ([`ArchiveForwarder`], searched back with
-//! [`search_archive`]); [`Reliable`] adds retries and a disk backlog to any of them.
+//! [`search_archive`]); [`Reliable`] adds retries and a disk backlog to any of them, and
+//! [`Fanout`] sends to several.
 
 mod archive;
 mod backlog;
+mod fanout;
 mod file;
 mod http;
 mod otlp;
@@ -16,6 +18,7 @@ use async_trait::async_trait;
 use deploykit_core::Result;
 
 pub use archive::{ArchiveForwarder, ArchiveOptions, ArchiveQuery, ArchiveSearch, search_archive};
+pub use fanout::Fanout;
 pub use file::FileForwarder;
 pub use otlp::OtlpForwarder;
 pub use reliable::{Reliable, ReliableOptions, ReliableStats};
