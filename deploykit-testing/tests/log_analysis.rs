@@ -116,3 +116,68 @@ async fn a_canary_that_logs_no_errors_is_promoted_whatever_the_stable_logs() {
         status.progress.measurements
     );
 }
+
+/// An alert rule on a log pattern: it fires when a panic is logged and resolves once the
+/// window has moved past it.
+#[tokio::test(start_paused = true)]
+async fn an_alert_rule_fires_on_a_log_pattern_and_resolves_after_its_window() {
+    use deploykit_alerting::{AlertRule, AlertState, AlertTarget, Alerting, Route};
+    use deploykit_core::{EnvironmentName, ServiceId};
+    use deploykit_testing::RecordingAlertSink;
+
+    let sim = SimCluster::new();
+    let monitor = LogMonitor::new(Arc::new(sim.clone()), Arc::new(sim.clock()));
+    let pager = RecordingAlertSink::new();
+    let alerting = Alerting::builder()
+        .rule(
+            AlertRule::builder()
+                .name("Panics")
+                .expr(r#"count_over_time({stream="stderr"} |~ "^panic: " [5m])"#)
+                .condition(Condition::above(0.0))
+                .build()
+                .expect("rule"),
+        )
+        .route(Route::builder().receiver("pager").build())
+        .sink("pager", Arc::new(pager.clone()))
+        .clock(sim.clock())
+        .build()
+        .expect("alerting");
+    alerting.watch(AlertTarget::new(
+        ServiceId::new("web").unwrap(),
+        EnvironmentName::new("prod").unwrap(),
+    ));
+    let mut events = alerting.subscribe();
+    let logs = sim.logs();
+    logs.write("web", "r1", "web-1", Stream::Stderr, ["warning: slow disk"]);
+    logs.write(
+        "web",
+        "r1",
+        "web-1",
+        Stream::Stdout,
+        ["panic: looks like one, is stdout"],
+    );
+    alerting.evaluate(&monitor).await;
+    assert!(events.try_recv().is_err(), "nothing matches yet");
+
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    logs.write(
+        "web",
+        "r1",
+        "web-1",
+        Stream::Stderr,
+        ["panic: index out of range"],
+    );
+    alerting.evaluate(&monitor).await;
+    let fired = events.try_recv().expect("the panic fires the rule");
+    assert_eq!(fired.alert.state, AlertState::Firing);
+    assert_eq!(fired.alert.value, Some(1.0));
+
+    // Four minutes on, the panic is still in the window; six minutes on, it is not.
+    tokio::time::sleep(Duration::from_secs(240)).await;
+    alerting.evaluate(&monitor).await;
+    assert!(events.try_recv().is_err(), "still firing, no change");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    alerting.evaluate(&monitor).await;
+    let resolved = events.try_recv().expect("resolves");
+    assert_eq!(resolved.alert.state, AlertState::Resolved);
+}
