@@ -589,6 +589,8 @@ impl Inner {
                 })?;
                 Ok(log)
             })
+            .map_err(|e| format!("cannot open the log of {name}: {e}"))?
+            .redacting(secrets.values().map(|value| value.expose_secret()))
             .map_err(|e| format!("cannot open the log of {name}: {e}"))?;
         let mut env = revision.config.variables.clone();
         env.extend(

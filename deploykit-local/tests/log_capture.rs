@@ -277,3 +277,31 @@ async fn the_local_environment_is_a_conforming_log_source() {
         process.stop(Duration::from_secs(5)).await;
     }
 }
+
+/// The secret values an instance is given never reach its log files: the capture replaces
+/// them before it writes, in plain lines, JSON and stderr alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_are_redacted_before_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "pg://app:Zk4-pass@db/shop";
+    let log = InstanceLog::open(&dir.path().join("logs"), "leaky", LogPolicy::default())
+        .unwrap()
+        .redacting([secret])
+        .unwrap();
+    let mut spec = sh(
+        dir.path(),
+        log.clone(),
+        "echo \"connecting to $DSN\"; echo \"{\\\"dsn\\\":\\\"$DSN\\\"}\" >&2; touch done; exec sleep 1000",
+    );
+    spec.env.insert("DSN".into(), secret.into());
+    let process = Supervised::spawn(spec, RestartPolicy::default());
+    eventually("the script to finish", || {
+        dir.path().join("done").exists().then_some(())
+    })
+    .await;
+    process.stop(Duration::from_secs(5)).await;
+    let file = std::fs::read_to_string(log.path()).unwrap();
+    assert!(!file.contains("Zk4-pass"), "{file}");
+    assert!(file.contains("connecting to [REDACTED]"), "{file}");
+    assert!(file.contains("[REDACTED]\"}"), "{file}");
+}

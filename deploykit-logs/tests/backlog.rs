@@ -104,7 +104,9 @@ async fn a_restart_replays_the_backlog_left_on_disk() {
             reliable.send(&common::numbered(first, 5)).await.unwrap();
         }
         assert_eq!(reliable.stats().backlog_records, 15);
-        let error = reliable.flush().await.unwrap_err();
+        // A flush keeps its promise (the records are on disk); a replay reports the outage.
+        reliable.flush().await.unwrap();
+        let error = reliable.replay().await.unwrap_err();
         assert!(error.is_retryable(), "{error:?}");
         assert_eq!(
             reliable.stats().backlog_records,

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use deploykit_core::{Clock, Result};
-use deploykit_logs::{LogSelector, LogSource, LogStream, Record, Source, Stream, keep_tail};
+use deploykit_logs::{
+    LogSelector, LogSource, LogStream, Record, Redactor, Source, Stream, keep_tail,
+};
 use tokio::sync::Notify;
 
 use crate::clock::SimClock;
@@ -14,7 +16,7 @@ use crate::clock::SimClock;
 pub const SIM_ENVIRONMENT: &str = "sim";
 
 /// The logs of simulated instances, kept in memory: a [`LogSource`] that tests script with
-/// [`SimLogs::write`]. Clones share the records. [`crate::SimCluster::logs`] is the cluster's.
+/// [`SimLogs::write`]. Clones share the records. [`crate::SimCluster::instance_logs`] is the cluster's.
 ///
 /// Records are stamped with the [`SimClock`]'s time; lines written at the same instant get
 /// increasing nanoseconds, so they keep their order when merged by time.
@@ -38,11 +40,26 @@ pub struct SimLogs {
     clock: SimClock,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Shared {
     /// Every record of each service, in the order written (and so by time).
     services: Mutex<BTreeMap<String, Vec<Record>>>,
+    /// The secret values instances were given: replaced in every line written, as a real
+    /// backend's capture does.
+    redactor: Mutex<Option<Redactor>>,
+    secrets: Mutex<Vec<String>>,
     written: Notify,
+}
+
+impl std::fmt::Debug for Shared {
+    /// Counts only: the records are what tests wrote, and a dump of them helps nobody.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        let counts: BTreeMap<&String, usize> = services.iter().map(|(s, r)| (s, r.len())).collect();
+        f.debug_struct("SimLogs")
+            .field("records", &counts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SimLogs {
@@ -91,10 +108,37 @@ impl SimLogs {
             // Never before the last record: equal instants get the next nanosecond.
             let last = records.last().map_or(i64::MIN, |r| r.timestamp_ns);
             let at = now_ns.max(last.saturating_add(1));
-            records.push(Record::new(source.clone(), stream, at, line));
+            let mut record = Record::new(source.clone(), stream, at, line);
+            if let Some(redactor) = &*self
+                .shared
+                .redactor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+            {
+                redactor.redact_record(&mut record);
+            }
+            records.push(record);
         }
         drop(services);
         self.shared.written.notify_waiters();
+    }
+
+    /// Redacts `values` from every line written from now on, as a real backend's capture
+    /// redacts the secret values it gave an instance ([`crate::SimCluster`] calls it when it
+    /// resolves a revision's secrets).
+    pub fn redact<S: AsRef<str>>(&self, values: impl IntoIterator<Item = S>) {
+        let mut secrets = self
+            .shared
+            .secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        secrets.extend(values.into_iter().map(|v| v.as_ref().to_string()));
+        let redactor = Redactor::new(secrets.iter(), Vec::new()).ok();
+        *self
+            .shared
+            .redactor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = redactor;
     }
 
     /// How many records `service` has.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploykit_core::environment::proportional_weights;
-use deploykit_core::secrets::{self, ResolvedSecrets, SecretProvider, SecretString};
+use deploykit_core::secrets::{self, ExposeSecret, ResolvedSecrets, SecretProvider, SecretString};
 use deploykit_core::{
     Clock, DesiredState, Digest, Environment, Error, FailureKind, InstanceFailure,
     InstanceObservation, MetricQuery, Monitor, Observed, Probe, Result, Revision, RevisionId,
@@ -216,7 +216,7 @@ impl SimCluster {
 
     /// What the cluster's instances log: script lines with [`SimLogs::write`]; the cluster is
     /// a [`LogSource`] of them.
-    pub fn logs(&self) -> &SimLogs {
+    pub fn instance_logs(&self) -> &SimLogs {
         &self.logs
     }
 
@@ -291,6 +291,13 @@ impl SimCluster {
             .await
             .map(Arc::new)
             .map_err(|e| e.chain());
+            if let Ok(values) = &outcome {
+                self.logs.redact(
+                    values
+                        .values()
+                        .map(|value| value.expose_secret().to_string()),
+                );
+            }
             resolved.insert(revision.id.clone(), outcome);
         }
         resolved

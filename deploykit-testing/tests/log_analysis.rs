@@ -63,9 +63,9 @@ fn chatter(sim: &SimCluster, stable: String, canary: String, canary_level: &'sta
     tokio::spawn(async move {
         loop {
             let line = format!(r#"{{"level":"{canary_level}","msg":"handled request"}}"#);
-            sim.logs()
+            sim.instance_logs()
                 .write(&service, &canary, "canary-0", Stream::Stdout, [line]);
-            sim.logs().write(
+            sim.instance_logs().write(
                 &service,
                 &stable,
                 "stable-0",
@@ -147,7 +147,7 @@ async fn an_alert_rule_fires_on_a_log_pattern_and_resolves_after_its_window() {
         EnvironmentName::new("prod").unwrap(),
     ));
     let mut events = alerting.subscribe();
-    let logs = sim.logs();
+    let logs = sim.instance_logs();
     logs.write("web", "r1", "web-1", Stream::Stderr, ["warning: slow disk"]);
     logs.write(
         "web",

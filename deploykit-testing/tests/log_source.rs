@@ -25,7 +25,7 @@ impl LogWorld for Sim {
         instance: &str,
         lines: &[String],
     ) -> Result<()> {
-        self.0.logs().write(
+        self.0.instance_logs().write(
             service,
             revision,
             instance,

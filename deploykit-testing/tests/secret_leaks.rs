@@ -251,6 +251,16 @@ async fn secret_values_never_leave_the_workload() {
             haystack.push(format!("{entry:?}"));
         }
     }
+    // The workload prints its secrets (as apps do: a connection string at startup, a token
+    // in a request dump, a JSON field): the logs it writes go through the shipping pipeline
+    // to a file, a webhook backlog and the encrypted archive, and are searched back. None of
+    // those outputs may hold a value the deployment resolved.
+    // (The values the workload was seen to receive above.)
+    let resolved: Vec<String> = [DB_PASSWORD, TOKEN_V1, TOKEN_V2]
+        .map(str::to_string)
+        .to_vec();
+    haystack
+        .extend(ship_logs_printing(&sim, dir.path(), &service.name.to_string(), &resolved).await);
     haystack.push(format!("{:?}", orch.audit_log().await.expect("audit")));
     haystack.push(format!("{:?}", orch.audit_chain().await.expect("chain")));
     haystack.push(format!("{sim:?}"));
@@ -344,4 +354,154 @@ async fn an_unresolvable_secret_fails_the_rollout_fast() {
         "rolled back in {:?}",
         status.updated_at.since(status.created_at)
     );
+}
+
+/// Instances print the secret values in their logs; the logs are shipped through a pipeline
+/// given the resolved values to a file, a webhook that is down (its disk backlog) and an
+/// encrypted archive, then searched back. Returns everything those outputs hold.
+async fn ship_logs_printing(
+    sim: &SimCluster,
+    dir: &std::path::Path,
+    service: &str,
+    values: &[String],
+) -> Vec<String> {
+    use deploykit_backup::{LocalTarget, RepoKey, RepoOptions, Repository};
+    use deploykit_logs::{
+        ArchiveForwarder, ArchiveOptions, ArchiveQuery, Fanout, FileForwarder, Forwarder,
+        LogSelector, LogShipper, LogSource, Pipeline, PipelineConfig, Reliable, ReliableOptions,
+        Stream, WebhookForwarder, search_archive,
+    };
+
+    let config = PipelineConfig::from_toml_str(
+        r#"
+        [[stages]]
+        type = "parse_json"
+        "#,
+    )
+    .expect("pipeline");
+    let files = dir.join("shipped");
+    let file = Arc::new(FileForwarder::create(&files, "logs", 1 << 20).expect("file"));
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let webhook =
+        WebhookForwarder::new(&format!("http://127.0.0.1:{closed_port}/logs")).expect("webhook");
+    let backlog = dir.join("backlog");
+    let reliable = Reliable::open(
+        Arc::new(webhook),
+        &backlog,
+        ReliableOptions {
+            retry: deploykit_core::retry::RetryPolicy::none(),
+            ..ReliableOptions::default()
+        },
+    )
+    .expect("reliable");
+    let repo_dir = dir.join("archive");
+    let options = RepoOptions::builder().kdf_cost((1024, 1)).build();
+    let repo = Repository::init(
+        Arc::new(LocalTarget::new(&repo_dir).expect("target")),
+        &RepoKey::passphrase("pw"),
+        options,
+    )
+    .await
+    .expect("repository");
+    let archive = Arc::new(ArchiveForwarder::new(
+        repo.clone(),
+        ArchiveOptions::default(),
+    ));
+    let destinations: Vec<Arc<dyn Forwarder>> = vec![file.clone(), Arc::new(reliable), archive];
+    let pipeline =
+        Pipeline::start(&config, values, Arc::new(Fanout::new(destinations))).expect("pipeline");
+    // The cluster's own store redacts at the source, as the local capture does…
+    sim.instance_logs().write(
+        service,
+        "r1",
+        "web-1",
+        Stream::Stdout,
+        [format!("dsn={}", values[0])],
+    );
+    let kept = LogSource::logs(sim, &LogSelector::service(service))
+        .await
+        .expect("logs")
+        .collect()
+        .await
+        .expect("records");
+    assert!(kept.iter().any(|r| r.line == "dsn=[REDACTED]"), "{kept:?}");
+    // …a source that does not (Kubernetes' pod logs) relies on the pipeline.
+    let logs = deploykit_testing::SimLogs::with_clock(sim.clock());
+    let shipper = LogShipper::start(
+        Arc::new(logs.clone()),
+        vec![LogSelector::service(service)],
+        pipeline.input(),
+    );
+    for value in values {
+        logs.write(
+            service,
+            "r1",
+            "web-1",
+            Stream::Stdout,
+            [
+                format!("connecting to {value}"),
+                format!(r#"{{"level":"info","msg":"request","authorization":"Bearer {value}"}}"#),
+            ],
+        );
+        logs.write(
+            service,
+            "r1",
+            "web-1",
+            Stream::Stderr,
+            [format!("panic: bad config {{ url: \"{value}\" }}")],
+        );
+    }
+    let written = logs.count(service);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(shipper.stop().await.expect("shipped"), written as u64);
+    let stats = pipeline.close().await.expect("close");
+    assert_eq!(stats.records_out, written as u64, "every line was shipped");
+    assert!(stats.redactions >= values.len() as u64 * 3, "{stats:?}");
+
+    let mut outputs = vec![format!("{stats:?}")];
+    let read_all = |root: &std::path::Path| -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(path) = stack.pop() {
+            if path.is_dir() {
+                stack.extend(
+                    std::fs::read_dir(&path)
+                        .expect("dir")
+                        .map(|e| e.expect("entry").path()),
+                );
+            } else {
+                found.push(
+                    String::from_utf8_lossy(&std::fs::read(&path).expect("read")).into_owned(),
+                );
+            }
+        }
+        found
+    };
+    let shipped = read_all(&files);
+    assert!(
+        shipped.concat().contains("connecting to"),
+        "the file holds the lines"
+    );
+    let waiting = read_all(&backlog);
+    assert!(
+        waiting.concat().contains("connecting to"),
+        "the backlog holds the lines"
+    );
+    outputs.extend(shipped);
+    outputs.extend(waiting);
+    outputs.extend(read_all(&repo_dir));
+    outputs.extend(kept.iter().map(|r| format!("{r:?}")));
+    let found = search_archive(&repo, &ArchiveQuery::new("sim", service))
+        .await
+        .expect("search")
+        .collect()
+        .await
+        .expect("records");
+    assert_eq!(found.len(), written, "the archive holds every line");
+    outputs.extend(found.iter().map(|r| format!("{} {r:?}", r.line)));
+    outputs
 }

@@ -15,7 +15,7 @@ use std::io::{self, Write as _};
 use std::path::Path;
 use std::time::Duration;
 
-use deploykit_logs::Stream;
+use deploykit_logs::{Redactor, Stream};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::unix::pipe;
@@ -239,10 +239,24 @@ impl Writer {
             let (line, after) = rest.split_at(end);
             let open = &mut self.open_lines[index].0;
             if open.is_empty() {
-                push_record(&mut self.out, now, stream, line, false);
+                push_record(
+                    &mut self.out,
+                    self.log.redactor.as_deref(),
+                    now,
+                    stream,
+                    line,
+                    false,
+                );
             } else {
                 open.extend_from_slice(line);
-                push_record(&mut self.out, now, stream, open, false);
+                push_record(
+                    &mut self.out,
+                    self.log.redactor.as_deref(),
+                    now,
+                    stream,
+                    open,
+                    false,
+                );
                 open.clear();
             }
             self.open_lines[index].1 = None;
@@ -254,7 +268,14 @@ impl Writer {
             since.get_or_insert_with(tokio::time::Instant::now);
             while open.len() >= MAX_RECORD {
                 let cut = utf8_cut(open, MAX_RECORD);
-                push_record(&mut self.out, now, stream, &open[..cut], true);
+                push_record(
+                    &mut self.out,
+                    self.log.redactor.as_deref(),
+                    now,
+                    stream,
+                    &open[..cut],
+                    true,
+                );
                 open.drain(..cut);
             }
         }
@@ -267,7 +288,14 @@ impl Writer {
         let now = cri::now_ns();
         for (stream, (open, since)) in STREAMS.iter().zip(self.open_lines.iter_mut()) {
             if !open.is_empty() {
-                push_record(&mut self.out, now, *stream, open, partial);
+                push_record(
+                    &mut self.out,
+                    self.log.redactor.as_deref(),
+                    now,
+                    *stream,
+                    open,
+                    partial,
+                );
                 open.clear();
             }
             *since = None;
@@ -331,8 +359,19 @@ impl Writer {
 
 /// Writes `text` as records of at most [`MAX_RECORD`] bytes: parts (`P`), then a last one
 /// that is a part too when `partial`, or ends the line.
-fn push_record(out: &mut Vec<u8>, timestamp_ns: i64, stream: Stream, text: &[u8], partial: bool) {
-    let mut rest = text;
+fn push_record(
+    out: &mut Vec<u8>,
+    redactor: Option<&Redactor>,
+    timestamp_ns: i64,
+    stream: Stream,
+    text: &[u8],
+    partial: bool,
+) {
+    let redacted = redactor.and_then(|r| r.redact_str(&String::from_utf8_lossy(text)));
+    let mut rest = match &redacted {
+        Some((clean, _)) => clean.as_bytes(),
+        None => text,
+    };
     while rest.len() > MAX_RECORD {
         let cut = utf8_cut(rest, MAX_RECORD);
         push_one(out, timestamp_ns, stream, &rest[..cut], true);

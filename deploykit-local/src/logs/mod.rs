@@ -37,7 +37,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use deploykit_logs::Stream;
+use deploykit_logs::{Redactor, Stream};
 
 use serde::{Deserialize, Serialize};
 
@@ -95,6 +95,8 @@ pub struct InstanceLog {
     path: PathBuf,
     policy: LogPolicy,
     rotation: Arc<Mutex<()>>,
+    /// Secret values the capture replaces before anything is written.
+    redactor: Option<Arc<Redactor>>,
 }
 
 impl InstanceLog {
@@ -138,7 +140,21 @@ impl InstanceLog {
             path: dir.join(format!("{instance}.log")),
             policy,
             rotation: Arc::new(Mutex::new(())),
+            redactor: None,
         }
+    }
+
+    /// The same log, with `secrets` (the secret values the instance is given) replaced by
+    /// `[REDACTED]` in every line the capture writes, so no file of the hot store, and nothing
+    /// read or shipped from it, holds them. A value split by a line longer than 16 KiB (written
+    /// in parts) may escape; the shipping pipeline redacts again.
+    pub fn redacting<S: AsRef<str>>(
+        mut self,
+        secrets: impl IntoIterator<Item = S>,
+    ) -> deploykit_core::Result<InstanceLog> {
+        let redactor = Redactor::new(secrets, Vec::new())?;
+        self.redactor = (!redactor.is_empty()).then(|| Arc::new(redactor));
+        Ok(self)
     }
 
     /// The instance's name.

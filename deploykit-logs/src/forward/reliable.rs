@@ -321,8 +321,20 @@ impl Forwarder for Reliable {
     }
 
     /// Replays the backlog (see [`Reliable::replay`]), then flushes the wrapped forwarder.
+    /// A destination still down is not an error here: what it has not taken is on disk, which
+    /// is what a flush promises; [`Reliable::replay`] reports it.
     async fn flush(&self) -> Result<()> {
-        self.replay().await?;
-        self.inner.flush().await
+        match self.replay().await {
+            Ok(_) => self.inner.flush().await,
+            Err(error) => {
+                let stats = self.stats();
+                tracing::warn!(
+                    forwarder = %self.name,
+                    kept = stats.backlog_records,
+                    "the destination is still down; its records stay in the backlog: {error}"
+                );
+                Ok(())
+            }
+        }
     }
 }
