@@ -18,6 +18,7 @@
 //! | `telemetry` | `deploykit-telemetry` | `telemetry`, `prometheus`, `otel` |
 //! | `alerting` | `deploykit-alerting` | `alerting` |
 //! | `config` | `deploykit-config` | `config` |
+//! | `logs` | `deploykit-logs` | `logs` |
 //! | `local` | `deploykit-local` | `local` |
 //! | `k8s` | `deploykit-k8s` | `k8s` |
 //! | `aws` | `deploykit-aws` | `aws` |
@@ -57,6 +58,8 @@ pub use deploykit_flags as flags;
 pub use deploykit_k8s as k8s;
 #[cfg(feature = "local")]
 pub use deploykit_local as local;
+#[cfg(feature = "logs")]
+pub use deploykit_logs as logs;
 #[cfg(feature = "postgres")]
 pub use deploykit_postgres as postgres;
 #[cfg(feature = "secrets")]
