@@ -352,6 +352,14 @@ impl KubeEnvironment {
         &self.options
     }
 
+    /// The logs of this environment's pods (records carry the namespace as their
+    /// environment; set another name with [`KubeLogs::environment`](crate::KubeLogs::environment)),
+    /// retried per its policy. The environment is a [`LogSource`](deploykit_logs::LogSource) of
+    /// them too.
+    pub fn log_source(&self) -> crate::KubeLogs {
+        crate::KubeLogs::new(self.client.clone(), self.namespace()).retry(self.settings.retry)
+    }
+
     fn namespace(&self) -> &str {
         &self.options.namespace
     }

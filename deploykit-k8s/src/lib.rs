@@ -28,6 +28,8 @@
 //!   deployments through the cluster.
 //! - [`backup`]: exports the app's objects, cleaned of server-set fields, as a `BackupSource`,
 //!   and restores them into another namespace or cluster.
+//! - [`KubeLogs`]: the `LogSource` of a namespace: pod logs of a service's instances, merged
+//!   by time, followed across reconnections and into new pods without duplicates.
 //!
 //! Tests of code on this crate run it against `deploykit_testing::k8s::FakeApiServer` (feature
 //! `k8s` of `deploykit-testing`), an in-memory API server that a `kube::Client` talks to.
@@ -61,6 +63,7 @@
 
 pub mod backup;
 mod environment;
+mod logs;
 pub mod render;
 mod retry;
 pub mod store;
@@ -68,3 +71,4 @@ pub mod store;
 /// How API calls are retried: deploykit's one [`deploykit_core::retry::RetryPolicy`].
 pub use deploykit_core::retry::RetryPolicy;
 pub use environment::{KubeEnvironment, KubeOptions};
+pub use logs::KubeLogs;

@@ -52,6 +52,15 @@
 //!   resource keep the stored status) and the `scale` subresource of Deployments.
 //! - `dryRun` on writes: validated and answered, not stored.
 //! - `GET /version` answers as Kubernetes 1.33.
+//! - The `log` subresource of pods (`GET .../pods/{name}/log`) serves the lines appended with
+//!   [`FakeApiServer::append_pod_log`], with `container`, `timestamps` (each line prefixed
+//!   with its time as the kubelet writes it, RFC 3339 with nine fractional digits),
+//!   `sinceTime`, `sinceSeconds`, `tailLines` and `limitBytes`; `follow=true` answers a
+//!   streaming body that stays open and carries lines appended later, until
+//!   [`FakeApiServer::cut_log_streams`], the pod's deletion or the client hanging up. A missing
+//!   pod answers 404; a container that has not started (no status, or `waiting` without an
+//!   earlier terminated run) answers 400 `container "c" in pod "p" is waiting to start:
+//!   <reason>`, as the real server does. A deleted pod's logs go with it.
 //!
 //! Every write bumps one global `resourceVersion` counter and sets `metadata.resourceVersion`,
 //! `uid`, `creationTimestamp` (wall clock, whole seconds) and `generation` (1 on create, +1 when
@@ -104,7 +113,10 @@
 //! [`FakeApiServer::edit_object`] writes behind the client's back,
 //! [`FakeApiServer::set_pod_status`] edits a pod, [`FakeApiServer::requests`] logs every
 //! request, [`FakeApiServer::objects`] lists what is stored,
-//! [`FakeApiServer::hide_api_group`] uninstalls an API group.
+//! [`FakeApiServer::hide_api_group`] uninstalls an API group,
+//! [`FakeApiServer::append_pod_log`] (and [`FakeApiServer::append_pod_log_at`]) writes
+//! container output, [`FakeApiServer::cut_log_streams`] drops every open log stream and
+//! [`FakeApiServer::open_log_streams`] counts them.
 //!
 //! # Layout
 //!
@@ -116,11 +128,13 @@
 //!    selectors (pure helpers over JSON);
 //! 3. `store` keeps the objects, the resourceVersion and the history of changes, and applies
 //!    writes; it calls nothing above it, but tells registered observers of each change;
-//! 4. `watch` streams events (each open watch observes the store), `controller` simulates the
+//! 4. `watch` streams events (each open watch observes the store), `logs` keeps pod logs and
+//!    streams them (observing the store for deleted pods), `controller` simulates the
 //!    Deployment controller (run on the store after each write it reacts to);
 //! 5. `routes` maps verbs and paths to handlers, running the controller after their writes.
 
 mod controller;
+mod logs;
 mod patch;
 mod request;
 mod routes;
@@ -232,6 +246,7 @@ struct State {
     hooks: Vec<PendingHook>,
     requests: Vec<RecordedRequest>,
     hidden_groups: BTreeSet<String>,
+    logs: logs::Logs,
 }
 
 impl State {
@@ -421,6 +436,78 @@ impl FakeApiServer {
         self.lock().hidden_groups.insert(group.to_string());
     }
 
+    /// Appends `lines` to the output of container `container` of pod `pod` in `namespace`,
+    /// each stamped with the server's wall-clock time in nanoseconds (strictly increasing
+    /// across the server, so lines appended one after the other sort in that order), and sends
+    /// them to the open `follow` streams of that container. A line with `\n` in it is several
+    /// lines.
+    ///
+    /// # Panics
+    ///
+    /// If there is no such pod, or it has no such container.
+    #[track_caller]
+    pub fn append_pod_log<S: AsRef<str>>(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        lines: impl IntoIterator<Item = S>,
+    ) {
+        self.append_log(namespace, pod, container, None, lines);
+    }
+
+    /// Like [`append_pod_log`](Self::append_pod_log), but every line is stamped
+    /// `timestamp_ns` (nanoseconds since the Unix epoch): for lines that share a timestamp, as
+    /// a container writing fast can produce. Later automatic stamps stay after it.
+    ///
+    /// # Panics
+    ///
+    /// If there is no such pod, or it has no such container.
+    #[track_caller]
+    pub fn append_pod_log_at<S: AsRef<str>>(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        timestamp_ns: i64,
+        lines: impl IntoIterator<Item = S>,
+    ) {
+        self.append_log(namespace, pod, container, Some(timestamp_ns), lines);
+    }
+
+    #[track_caller]
+    fn append_log<S: AsRef<str>>(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        at: Option<i64>,
+        lines: impl IntoIterator<Item = S>,
+    ) {
+        let lines: Vec<String> = lines.into_iter().map(|l| l.as_ref().to_string()).collect();
+        let mut state = self.lock();
+        let state = &mut *state;
+        if let Err(e) = state
+            .logs
+            .append(&mut state.store, namespace, pod, container, at, &lines)
+        {
+            panic!("append_pod_log: {e}");
+        }
+    }
+
+    /// Ends every open `follow` log stream at once, as a dropped connection would: what was
+    /// on its way to the client is lost but for the first half of the next chunk (so a line
+    /// may arrive cut off, without its newline), then the stream ends. The logs stay.
+    pub fn cut_log_streams(&self) {
+        self.lock().logs.cut();
+    }
+
+    /// How many `follow` log streams are open: those not cut, not ended by their pod's
+    /// deletion and whose client has not hung up.
+    pub fn open_log_streams(&self) -> usize {
+        self.lock().logs.open_streams()
+    }
+
     /// The current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.lock().store.rv
@@ -474,6 +561,7 @@ impl FakeApiServer {
             store: &mut state.store,
             controller: &mut state.controller,
             hidden_groups: &state.hidden_groups,
+            logs: &state.logs,
         }
         .dispatch(method, path, &params, content_type.as_deref(), body);
         if let Some(code) = state.take_failure(method.as_str(), path, true) {

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::FakeBody;
 use super::controller::Controller;
+use super::logs::Logs;
 use super::patch::{
     FieldPath, Manager, apply_merge, get_path, merge_patch, meta_str, metadata_mut, now_rfc3339,
     overlapping, owned_leaves, remove_path, set_status, strip_nulls, update_ownership,
@@ -20,16 +21,17 @@ use super::watch::watch;
 pub(super) enum Reply {
     /// A status code and a JSON body.
     Json(u16, Value),
-    /// A watch's stream of events.
+    /// A watch's stream of events, or a pod's log.
     Stream(FakeBody),
 }
 
-/// The API as the routes serve it: the objects, the controller that reacts to writes, and the
-/// API groups that answer 404.
+/// The API as the routes serve it: the objects, the controller that reacts to writes, the
+/// API groups that answer 404, and the pods' logs.
 pub(super) struct Api<'a> {
     pub(super) store: &'a mut Store,
     pub(super) controller: &'a mut Controller,
     pub(super) hidden_groups: &'a BTreeSet<String>,
+    pub(super) logs: &'a Logs,
 }
 
 impl Api<'_> {
@@ -64,6 +66,9 @@ impl Api<'_> {
             (Method::GET, Some(name), None | Some("status")) => {
                 let stored = self.store.get(&t, &name)?;
                 Ok(Reply::Json(200, self.store.present(&t, &stored)))
+            }
+            (Method::GET, Some(name), Some("log")) if t.is("", "pods") => {
+                self.logs.serve(self.store, &t, &name, q).map(Reply::Stream)
             }
             (Method::GET, Some(name), Some("scale")) => {
                 let stored = self.store.get(&t, &name)?;
