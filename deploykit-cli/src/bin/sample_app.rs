@@ -15,6 +15,7 @@
 //! | `CRASH_AFTER_MS` | off     | Milliseconds after binding (so after it would pass readiness) to print a message to stderr and exit 1 at once, dropping open connections: a revision that crashes after becoming ready. |
 //! | `IGNORE_SIGTERM` | off     | `1`/`true`: keep serving on SIGTERM. Otherwise SIGTERM stops accepting, lets in-flight requests finish and exits 0. |
 //! | `HEALTH_STATUS`  | `200`   | Status `/healthz` answers (100–599). For 301–308 a `Location: https://example.invalid/healthz` header is added. |
+//! | `LOG_FORMAT`     | `text`  | `text`: only the startup line below. `json`: the startup line as a JSON object, then an access log of one JSON line per request on stdout (see below). |
 //!
 //! Boolean variables accept `1`/`true`/`yes`/`on` and `0`/`false`/`no`/`off`/empty (any case).
 //! A missing or invalid `PORT`, or any invalid value, prints a message naming the variable and
@@ -32,13 +33,21 @@
 //!
 //! Every response carries `x-version: <VERSION>`. On start the app prints one line to stdout:
 //! `sample-app <VERSION> listening on 127.0.0.1:<PORT>`.
+//!
+//! With `LOG_FORMAT=json` every line on stdout is a JSON object with `time` (RFC 3339, UTC,
+//! milliseconds), `level`, `msg` and `version`: the startup line
+//! `{"time":…,"level":"info","msg":"sample-app <VERSION> listening on 127.0.0.1:<PORT>","version":…,"addr":"127.0.0.1:<PORT>"}`,
+//! then one line per request, written when its response is ready:
+//! `{"time":…,"level":"info","msg":"request","method":"GET","path":"/slow?ms=5","status":200,"duration_ms":5.1,"version":…}`
+//! (`path` with its query string; `level` is `error` for a 5xx status, `warn` for a 4xx).
+//! Messages on stderr stay plain text.
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -67,6 +76,7 @@ struct Config {
     crash_after_ms: Option<u64>,
     ignore_sigterm: bool,
     health_status: StatusCode,
+    log_json: bool,
 }
 
 /// A configuration problem: the message names the variable and the bad value.
@@ -154,7 +164,20 @@ impl Config {
                 }
             },
         };
+        let log_json = match var("LOG_FORMAT")? {
+            None => false,
+            Some(value) => match value.trim().to_ascii_lowercase().as_str() {
+                "" | "text" => false,
+                "json" => true,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "invalid LOG_FORMAT={value:?}: expected text or json"
+                    )));
+                }
+            },
+        };
         Ok(Config {
+            log_json,
             port,
             version,
             error_rate,
@@ -174,6 +197,8 @@ struct App {
     error_rate: f64,
     latency: Duration,
     health_status: StatusCode,
+    /// Whether to write the JSON access log (`LOG_FORMAT=json`).
+    log_json: bool,
     /// Requests to `/` so far (drives the deterministic error spread).
     root_requests: AtomicU64,
     /// Requests to `/` and `/slow`.
@@ -190,6 +215,7 @@ impl App {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
         let (status, body) = match req.uri().path() {
             "/" => {
                 self.requests_total.fetch_add(1, Ordering::Relaxed);
@@ -235,7 +261,36 @@ impl App {
                 HeaderValue::from_static("https://example.invalid/healthz"),
             );
         }
+        if self.log_json {
+            self.log_request(&req, status, started.elapsed());
+        }
         response
+    }
+
+    /// One line of the JSON access log.
+    fn log_request(&self, req: &Request<Incoming>, status: StatusCode, took: Duration) {
+        let level = if status.is_server_error() {
+            "error"
+        } else if status.is_client_error() {
+            "warn"
+        } else {
+            "info"
+        };
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path(), |p| p.as_str());
+        let line = serde_json::json!({
+            "time": now_rfc3339(),
+            "level": level,
+            "msg": "request",
+            "method": req.method().as_str(),
+            "path": path,
+            "status": status.as_u16(),
+            "duration_ms": (took.as_secs_f64() * 1e4).round() / 10.0,
+            "version": self.version,
+        });
+        println!("{line}");
     }
 
     fn metrics(&self) -> String {
@@ -251,6 +306,11 @@ impl App {
              sample_errors_total{{version=\"{version}\"}} {errors}\n"
         )
     }
+}
+
+/// Now as RFC 3339 in UTC with milliseconds.
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
 /// The `ms` of `/slow?ms=N`, capped; `None` if it is not a number.
@@ -353,11 +413,24 @@ async fn serve(config: Config) -> ExitCode {
         error_rate: config.error_rate,
         latency: Duration::from_millis(config.latency_ms),
         health_status: config.health_status,
+        log_json: config.log_json,
         root_requests: AtomicU64::new(0),
         requests_total: AtomicU64::new(0),
         errors_total: AtomicU64::new(0),
     });
-    println!("sample-app {} listening on {addr}", app.version);
+    let listening = format!("sample-app {} listening on {addr}", app.version);
+    if app.log_json {
+        let line = serde_json::json!({
+            "time": now_rfc3339(),
+            "level": "info",
+            "msg": listening,
+            "version": app.version,
+            "addr": addr.to_string(),
+        });
+        println!("{line}");
+    } else {
+        println!("{listening}");
+    }
     if let Some(ms) = config.crash_after_ms {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
