@@ -291,3 +291,64 @@ fn ignore_sigterm_keeps_serving() {
     app.signal("-9");
     assert!(app.wait_exit(Duration::from_secs(10)).is_some());
 }
+
+#[test]
+fn json_logs_one_line_per_request_with_its_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("stdout");
+    let port = free_port();
+    let child = command(&[
+        ("PORT", &port.to_string()),
+        ("LOG_FORMAT", "json"),
+        ("ERROR_RATE", "0.5"),
+        ("VERSION", "v7"),
+    ])
+    .stdout(std::fs::File::create(&out).unwrap())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut app = App { child, port };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the app did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(app.get("/").status, 200);
+    assert_eq!(app.get("/").status, 500);
+    let lines = loop {
+        let text = std::fs::read_to_string(&out).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        if lines.len() >= 3 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let summary: Vec<(String, String, u64)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["level"].as_str().unwrap_or_default().to_string(),
+                l["msg"].as_str().unwrap_or_default().to_string(),
+                l["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(summary.len(), 3, "{lines:?}");
+    assert!(summary[0].1.contains("v7 listening"), "{lines:?}");
+    assert_eq!(summary[1], ("info".into(), "request".into(), 200));
+    assert_eq!(summary[2], ("error".into(), "request".into(), 500));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["version"] == "v7" && l["time"].is_string())
+    );
+    app.signal("-TERM");
+    app.wait_exit(Duration::from_secs(10));
+
+    let refused = run_to_end(&[("PORT", "1"), ("LOG_FORMAT", "xml")]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("LOG_FORMAT"));
+}
