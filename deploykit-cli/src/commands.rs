@@ -237,12 +237,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Flags { action } => crate::flags::run(&ctx, action),
-        Command::Logs {
-            name,
-            env,
-            follow,
-            bytes,
-        } => crate::logs::run(&ctx, &name, env.as_deref(), follow, bytes).await,
+        Command::Logs(args) => crate::logs::run(&ctx, args).await,
     }
 }
 

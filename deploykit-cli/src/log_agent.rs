@@ -22,6 +22,12 @@ use crate::backup_copy::Location;
 
 /// How often retention looks for old files.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// How often the shipping cursor is saved.
+const CURSOR_EVERY: Duration = Duration::from_secs(5);
+/// How far before the saved cursor a restarted shipper starts: records of different
+/// instances reach the shipper up to a poll apart, so a little is sent again rather than
+/// anything skipped (at least once).
+const CURSOR_OVERLAP_NS: i64 = 2_000_000_000;
 
 /// The rotation policy `settings` ask for.
 pub(crate) fn policy(settings: &LogSettings) -> LogPolicy {
@@ -34,8 +40,49 @@ pub(crate) fn policy(settings: &LogSettings) -> LogPolicy {
 
 /// The running agent; [`LogAgent::stop`] ships what is queued and stops.
 pub(crate) struct LogAgent {
-    shipping: Option<(LogShipper, Pipeline)>,
+    shipping: Option<Shipping>,
     retention: Option<JoinHandle<()>>,
+}
+
+struct Shipping {
+    shipper: Arc<LogShipper>,
+    pipeline: Pipeline,
+    cursor: Cursor,
+    saver: JoinHandle<()>,
+}
+
+/// Where shipping got to, per service, kept in `<state>/log-shipping.json` so that a daemon
+/// started again ships on from there.
+#[derive(Clone)]
+struct Cursor {
+    path: PathBuf,
+    services: Vec<String>,
+}
+
+impl Cursor {
+    fn load(&self) -> std::collections::BTreeMap<String, i64> {
+        std::fs::read(&self.path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_through(&self, through: &[Option<i64>]) {
+        let mut saved = self.load();
+        for (service, through) in self.services.iter().zip(through.iter().copied()) {
+            if let Some(through) = through {
+                saved.insert(service.clone(), through);
+            }
+        }
+        let temporary = self.path.with_extension("json.tmp");
+        let written = serde_json::to_vec(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(&temporary, json))
+            .and_then(|()| std::fs::rename(&temporary, &self.path));
+        if let Err(error) = written {
+            tracing::warn!(path = %self.path.display(), "cannot save the log shipping cursor: {error}");
+        }
+    }
 }
 
 impl LogAgent {
@@ -70,13 +117,50 @@ impl LogAgent {
                 None => PipelineConfig::from_toml_str("")?,
             };
             let pipeline = Pipeline::start(&config, &secrets, Arc::new(Fanout::new(destinations)))?;
+            let cursor = Cursor {
+                path: state_dir.join("log-shipping.json"),
+                services: services.clone(),
+            };
+            let saved = cursor.load();
             let now_ns = deploykit_local::logs::now_ns();
+            // A service shipped before goes on from where it got to; a new one from now.
             let selectors = services
                 .iter()
-                .map(|service| LogSelector::service(service.as_str()).since_ns(now_ns))
+                .map(|service| {
+                    let since = saved
+                        .get(service)
+                        .map_or(now_ns, |through| through.saturating_sub(CURSOR_OVERLAP_NS));
+                    LogSelector::service(service.as_str()).since_ns(since)
+                })
                 .collect();
-            let shipper = LogShipper::start(Arc::new(logs), selectors, pipeline.input());
-            agent.shipping = Some((shipper, pipeline));
+            let shipper = Arc::new(LogShipper::start(
+                Arc::new(logs),
+                selectors,
+                pipeline.input(),
+            ));
+            // While running, the cursor saved is the one of a period ago: what was sent into
+            // the pipeline that long ago has been forwarded or backlogged on disk by now, so a
+            // daemon that dies does not skip what its queue held (at least once).
+            let saver = tokio::spawn({
+                let (cursor, shipper) = (cursor.clone(), shipper.clone());
+                async move {
+                    let mut every = tokio::time::interval(CURSOR_EVERY);
+                    let mut previous: Option<Vec<Option<i64>>> = None;
+                    loop {
+                        every.tick().await;
+                        if let Some(previous) = &previous {
+                            cursor.save_through(previous);
+                        }
+                        previous = Some(shipper.shipped_through_ns());
+                    }
+                }
+            });
+            agent.shipping = Some(Shipping {
+                shipper,
+                pipeline,
+                cursor,
+                saver,
+            });
         }
         if let Some(max_age) = settings.retain_for {
             let archive: Option<Arc<dyn Forwarder>> = match &settings.archive {
@@ -122,9 +206,16 @@ impl LogAgent {
         if let Some(task) = self.retention {
             task.abort();
         }
-        if let Some((shipper, pipeline)) = self.shipping {
+        if let Some(shipping) = self.shipping {
+            shipping.saver.abort();
+            let _ = shipping.saver.await;
+            let shipper = Arc::try_unwrap(shipping.shipper)
+                .map_err(|_| Error::backend("stop log shipping", "the shipper is still in use"))?;
+            let through = shipper.shipped_through_ns();
             let shipped = shipper.stop().await;
-            let stats = pipeline.close().await?;
+            let stats = shipping.pipeline.close().await?;
+            // Saved once the pipeline delivered (or backlogged) everything it was given.
+            shipping.cursor.save_through(&through);
             tracing::info!(records = stats.records_out, "log shipping stopped");
             shipped?;
         }

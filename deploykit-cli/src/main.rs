@@ -219,21 +219,10 @@ enum Command {
         #[command(subcommand)]
         action: flags::FlagsAction,
     },
-    /// The output of a service's instances (or of one instance), `-f` to follow it.
-    Logs {
-        /// A service (every instance of it, each line prefixed with the instance) or an
-        /// instance (see `status`).
-        name: String,
-        /// The environment (default: the only one, or `production`).
-        #[arg(long, short)]
-        env: Option<String>,
-        /// Keep printing new output as it is written (Ctrl-C stops).
-        #[arg(long, short)]
-        follow: bool,
-        /// How much of each log to show first, in bytes.
-        #[arg(long, default_value_t = 16 * 1024)]
-        bytes: usize,
-    },
+    /// The records of a service's instances (or of one instance) merged by time, filtered
+    /// (`--since`, `--revision`, `--level`, `--grep`, `--query`), `-f` to follow them, or
+    /// counted (`--count-by`, `--count`).
+    Logs(crate::logs::LogsArgs),
     /// Check deploykit.toml (and the secrets it names, when DEPLOYKIT_AGE_KEY_FILE is set)
     /// without deploying anything.
     Validate,

@@ -459,13 +459,16 @@ fn operating_a_service_reads_well_in_pipes() {
         "{text}"
     );
 
-    // Logs of a whole service, each line with its instance.
+    // Logs of a whole service, each line `<time> <instance> <line>`.
     let out = run(dir, &["logs", "web"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
         text.lines()
-            .filter(|l| l.contains(" | ") && l.contains("listening on"))
+            .filter(
+                |l| l.split(' ').nth(1).is_some_and(|i| i.starts_with("web-"))
+                    && l.contains("listening on")
+            )
             .count()
             >= 3,
         "{text}"
@@ -498,9 +501,18 @@ fn operating_a_service_reads_well_in_pipes() {
     let names: std::collections::BTreeSet<&str> = followed
         .lines()
         .filter(|l| l.contains("listening on"))
-        .filter_map(|l| l.split(" | ").next())
+        .filter_map(|l| l.split(' ').nth(1))
         .collect();
-    assert_eq!(names.len(), 4, "{followed}");
+    // (The kept records include those of instances that are gone: earlier revisions'.)
+    let status = json(&run(dir, &["status", "web", "-o", "json"]));
+    let serving = status[0]["observed"]["revisions"][0]["instances"]
+        .as_array()
+        .unwrap();
+    assert_eq!(serving.len(), 4, "{status}");
+    for instance in serving {
+        let name = instance["name"].as_str().unwrap();
+        assert!(names.contains(name), "{name} not followed: {followed}");
+    }
 
     // A closed pipe ends the output, not the command: no panic, exit 0.
     let mut child = deploykit(dir, &["history", "web"])

@@ -126,5 +126,23 @@ fn the_daemon_ships_logs_to_its_forwarders_and_keeps_a_backlog_for_one_that_is_d
         "backlog of the webhook that is down: {waiting:?}"
     );
     assert!(run(dir, &["down"]).status.success());
+    // A clean stop saves where shipping got to, for the next daemon to go on from there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the daemon did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cursor: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join(".deploykit/production/log-shipping.json")).unwrap(),
+    )
+    .unwrap();
+    let newest = lines
+        .iter()
+        .filter_map(|l| l["time_ns"].as_i64().or_else(|| l["timestamp_ns"].as_i64()))
+        .max();
+    let through = cursor["web"].as_i64().expect("a cursor for web");
+    if let Some(newest) = newest {
+        assert!(through >= newest, "{through} < {newest}");
+    }
     daemon.kill();
 }

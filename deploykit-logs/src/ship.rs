@@ -3,7 +3,7 @@
 //! they go.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use deploykit_core::{Error, Result};
 use tokio::sync::watch;
@@ -45,6 +45,8 @@ pub struct LogShipper {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<()>>>,
     shipped: Arc<AtomicU64>,
+    /// Per selector, the time of the newest record sent.
+    through: Arc<Vec<AtomicI64>>,
 }
 
 impl LogShipper {
@@ -57,10 +59,14 @@ impl LogShipper {
     ) -> LogShipper {
         let (stop, stopped) = watch::channel(false);
         let shipped = Arc::new(AtomicU64::new(0));
+        let through: Arc<Vec<AtomicI64>> =
+            Arc::new(selectors.iter().map(|_| AtomicI64::new(i64::MIN)).collect());
         let tasks = selectors
             .into_iter()
-            .map(|selector| {
+            .enumerate()
+            .map(|(index, selector)| {
                 let (source, input, shipped) = (source.clone(), input.clone(), shipped.clone());
+                let through = through.clone();
                 let mut stopped = stopped.clone();
                 tokio::spawn(async move {
                     let mut selector = selector;
@@ -73,8 +79,11 @@ impl LogShipper {
                             () = async { let _ = stopped.wait_for(|stop| *stop).await; } => return Ok(()),
                             record = stream.next() => match record {
                                 Some(record) => {
-                                    input.send(record?).await?;
+                                    let record = record?;
+                                    let at = record.timestamp_ns;
+                                    input.send(record).await?;
                                     shipped.fetch_add(1, Ordering::Relaxed);
+                                    through[index].fetch_max(at, Ordering::Relaxed);
                                 }
                                 None => return Ok(()),
                             },
@@ -87,12 +96,25 @@ impl LogShipper {
             stop,
             tasks,
             shipped,
+            through,
         }
     }
 
     /// How many records were sent into the pipeline so far.
     pub fn shipped(&self) -> u64 {
         self.shipped.load(Ordering::Relaxed)
+    }
+
+    /// For each selector (in the order given), the time of the newest record sent into the
+    /// pipeline (`None` before the first). A shipper started again with each selector
+    /// `since_ns` its time ships on without a gap (the records of that very nanosecond are
+    /// sent again: at least once). Each selector's records arrive in time order, so one time
+    /// per selector is enough.
+    pub fn shipped_through_ns(&self) -> Vec<Option<i64>> {
+        self.through
+            .iter()
+            .map(|ns| Some(ns.load(Ordering::Relaxed)).filter(|ns| *ns != i64::MIN))
+            .collect()
     }
 
     /// Stops following; returns how many records were shipped, or the first error a source
