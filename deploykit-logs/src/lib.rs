@@ -54,8 +54,8 @@ mod config;
 mod counters;
 mod fields;
 mod forward;
-mod parse;
 mod monitor;
+mod parse;
 mod pipeline;
 pub mod query;
 mod record;
@@ -70,14 +70,14 @@ pub use config::{
 pub use counters::PipelineStats;
 pub use fields::{FieldValue, Fields};
 pub use forward::{
-    ArchiveForwarder, ArchiveOptions, ArchiveQuery, ArchiveSearch, Fanout, FileForwarder, Forwarder,
-    OtlpForwarder, Reliable, ReliableOptions, ReliableStats, WEBHOOK_SIGNATURE_HEADER,
+    ArchiveForwarder, ArchiveOptions, ArchiveQuery, ArchiveSearch, Fanout, FileForwarder,
+    Forwarder, OtlpForwarder, Reliable, ReliableOptions, ReliableStats, WEBHOOK_SIGNATURE_HEADER,
     WebhookForwarder, search_archive, verify_webhook_signature, webhook_signature,
 };
+pub use monitor::{DEFAULT_WINDOW, LogMonitor};
 pub use parse::{
     LineJoiner, MultilineConfig, RegexParser, parse_json, parse_logfmt, parse_timestamp_ns,
 };
-pub use monitor::{DEFAULT_WINDOW, LogMonitor};
 pub use pipeline::{Pipeline, PipelineInput};
 pub use query::{LogQuery, MetricExpr, MetricFunction};
 pub use record::{Level, Record, Source, Stream};

@@ -19,10 +19,10 @@
 
 mod alerts;
 mod clock;
-mod logs;
 pub mod conformance;
 #[cfg(feature = "k8s")]
 pub mod k8s;
+mod logs;
 mod notify;
 mod sim;
 mod store;

@@ -3,7 +3,8 @@
 //! An instance's stdout and stderr are named pipes in the log directory
 //! (`<instance>.stdout.pipe`, `<instance>.stderr.pipe`). Its supervisor's [`Capture`] reads
 //! them and appends every line to `<instance>.log`, stamped with the time it was read and
-//! tagged with its stream, in the container runtime interface's format (see [`cri`] below):
+//! tagged with its stream, in the container runtime interface's log format (the one the
+//! kubelet writes):
 //!
 //! ```text
 //! 2026-12-05T15:00:00.123456789Z stdout F listening on :8080
