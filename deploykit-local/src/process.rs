@@ -788,7 +788,13 @@ impl Task {
         }
     }
 
-    fn finish(&self, last_exit: Option<Exit>) {
+    /// Records the end of supervision: stopped for good, the capture ended and the pipes
+    /// removed (the log stays).
+    fn finish(&mut self, last_exit: Option<Exit>) {
+        self.capture = None;
+        if let Err(e) = self.spec.log.close_pipes() {
+            tracing::warn!(instance = %self.spec.name, "cannot remove the pipes: {e}");
+        }
         {
             let mut run = self.shared.run();
             run.started_at = None;

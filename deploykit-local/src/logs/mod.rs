@@ -310,11 +310,18 @@ impl InstanceLog {
         for (_, path) in self.rotated_files()? {
             remove_if_exists(&path)?;
         }
+        self.close_pipes()?;
+        remove_if_exists(&reader::owner_path(&self.dir, &self.name))
+    }
+
+    /// Removes the pipes and the capture's lock, keeping the log: for an instance that has
+    /// stopped for good (its supervisor calls it once the capture has taken in everything).
+    /// A leftover named pipe would block any program that reads the directory's files.
+    pub fn close_pipes(&self) -> io::Result<()> {
         for stream in [Stream::Stdout, Stream::Stderr] {
             remove_if_exists(&self.pipe_path(stream))?;
         }
-        remove_if_exists(&self.capture_lock_path())?;
-        remove_if_exists(&reader::owner_path(&self.dir, &self.name))
+        remove_if_exists(&self.capture_lock_path())
     }
 
     /// Every `<instance>.log.<k>` in the directory, with its `k`, oldest (largest `k`) first.
