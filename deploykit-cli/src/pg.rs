@@ -512,8 +512,8 @@ async fn restore(ctx: &Context, args: RestoreArgs) -> Result<ExitCode> {
     let rows = report.verify_rows.clone().unwrap_or_default();
     let mut text = format!(
         "restored base backup {} (timeline {}, consistent at {}) to {} and recovered to {}: \
-         WAL {} to {} checked, ended at {} on timeline {}; files {:.1?}, recovery {:.1?}, in \
-         all {:.1?}",
+         WAL {} to {} checked, ended at {} on timeline {}; files {:.1?}, recovery {:.1?}, \
+         answering after {:.1?}, in all {:.1?}",
         b.snapshot,
         b.timeline,
         b.stop_lsn,
@@ -525,6 +525,7 @@ async fn restore(ctx: &Context, args: RestoreArgs) -> Result<ExitCode> {
         report.timeline,
         report.files_duration,
         report.recovery_duration,
+        report.answered_duration,
         report.duration
     );
     if report.verify_rows.is_some() {
@@ -547,6 +548,7 @@ async fn restore(ctx: &Context, args: RestoreArgs) -> Result<ExitCode> {
             "rows": rows,
             "files_ms": report.files_duration.as_millis() as u64,
             "recovery_ms": report.recovery_duration.as_millis() as u64,
+            "answered_ms": report.answered_duration.as_millis() as u64,
             "duration_ms": report.duration.as_millis() as u64,
             "log": report.log_file.display().to_string(),
         }),

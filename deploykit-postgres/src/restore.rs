@@ -155,6 +155,11 @@ pub struct RestoreReport {
     pub files_duration: Duration,
     /// Time from starting PostgreSQL to its promotion.
     pub recovery_duration: Duration,
+    /// Time from the start of the restore until the promoted cluster had answered (the verify
+    /// query, or where it writes without one): when a cluster started on the restored
+    /// directory would be serving. The rest of [`duration`](Self::duration) is the clean
+    /// stop (its shutdown checkpoint) and the removal of the prefetch spool.
+    pub answered_duration: Duration,
     /// Time for the whole restore.
     pub duration: Duration,
     /// The server's log of the recovery.
@@ -247,7 +252,7 @@ pub async fn restore(repo: &Repository, request: &RestoreRequest) -> Result<Rest
     let mut last_error = None;
     for (i, backup) in candidates.iter().enumerate() {
         let checked = check_wal(repo, backup, &request.target).await?;
-        match recover(repo, request, backup).await {
+        match recover(repo, request, backup, started).await {
             Ok(mut report) => {
                 report.wal_checked = checked;
                 report.duration = started.elapsed();
@@ -363,11 +368,13 @@ async fn check_wal(
     Ok((name(first), name(last)))
 }
 
-/// Restore `backup`'s files to `request.to` and let PostgreSQL recover them.
+/// Restore `backup`'s files to `request.to` and let PostgreSQL recover them (`started`: when
+/// the whole restore began).
 async fn recover(
     repo: &Repository,
     request: &RestoreRequest,
     backup: &BaseBackup,
+    started: Instant,
 ) -> Result<RestoreReport> {
     let to = &request.to;
     let files_started = Instant::now();
@@ -442,8 +449,9 @@ async fn recover(
         let recovery_duration = recovery_started.elapsed();
         // Stopped cleanly whatever the queries say.
         let checked = check_recovered(&server, request.verify_query.as_deref()).await;
+        let answered = Instant::now();
         server.stop().await?;
-        checked.map(|c| (c, recovery_duration))
+        checked.map(|c| (c, recovery_duration, answered))
     }
     .await;
     // Segments `wal-fetch` prefetched and recovery did not need.
@@ -451,7 +459,7 @@ async fn recover(
     if let Err(e) = remove_spool(&spool).await {
         tracing::warn!(error = %e.chain(), "could not remove the prefetch spool");
     }
-    let ((end_lsn, timeline, verify_rows), recovery_duration) = recovered?;
+    let ((end_lsn, timeline, verify_rows), recovery_duration, answered) = recovered?;
     Ok(RestoreReport {
         base_backup: backup.clone(),
         wal_checked: (String::new(), String::new()),
@@ -460,6 +468,7 @@ async fn recover(
         verify_rows,
         files_duration,
         recovery_duration,
+        answered_duration: answered.duration_since(started),
         duration: Duration::ZERO,
         log_file,
     })
