@@ -1,6 +1,7 @@
 //! The commands: `run` dispatches a parsed command line to its handler.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deploykit_core::{
@@ -69,6 +70,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             max_body_bytes,
             drain_timeout,
             grace,
+            metrics_listen,
         } => {
             let proxy = deploykit_local::proxy::ProxyConfig {
                 sticky_cookie,
@@ -81,7 +83,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 .proxy(proxy)
                 .drain_timeout(Duration::from_secs(drain_timeout))
                 .grace(Duration::from_secs(grace));
-            daemon(&ctx, env.as_deref(), options).await
+            daemon(&ctx, env.as_deref(), options, metrics_listen).await
         }
         Command::Down { keep_instances } => {
             ctx.client().shutdown(!keep_instances).await?;
@@ -241,7 +243,64 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-async fn daemon(ctx: &Context, env: Option<&str>, mut options: LocalOptions) -> Result<ExitCode> {
+/// Serves deploykit's metrics on `addr`, fed by following the journal of the store every
+/// command on this state writes; the task to abort at the end, and the address bound.
+async fn serve_metrics(
+    ctx: &Context,
+    addr: std::net::SocketAddr,
+) -> Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
+    use deploykit_core::event::JournalFollower;
+    use deploykit_telemetry::metrics::{self, Metrics};
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Error::backend(
+            format!("bind the metrics listener to {addr}"),
+            e.to_string(),
+        )
+    })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    let store: Arc<dyn deploykit_core::StateStore> = ctx.store().await?;
+    let mut follower = JournalFollower::from_now(store).await?;
+    let registry = Arc::new(Metrics::new());
+    let fed = registry.clone();
+    let task = tokio::spawn(async move {
+        let follow = async move {
+            let mut failing = false;
+            loop {
+                match follower.poll().await {
+                    Ok(events) => {
+                        failing = false;
+                        for event in &events {
+                            fed.observe(event);
+                        }
+                    }
+                    // Said once per outage, not once a second.
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e.chain(), "metrics: cannot read the journal");
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        };
+        tokio::select! {
+            () = follow => {}
+            served = metrics::serve(listener, registry) => {
+                if let Err(e) = served {
+                    tracing::warn!(error = %e, "metrics listener stopped");
+                }
+            }
+        }
+    });
+    Ok((task, bound))
+}
+
+async fn daemon(
+    ctx: &Context,
+    env: Option<&str>,
+    mut options: LocalOptions,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> Result<ExitCode> {
     let environment = ctx.environment(env)?;
     options.state_dir = ctx.state.join(environment.as_str());
     let config = ctx.config()?;
@@ -263,6 +322,10 @@ async fn daemon(ctx: &Context, env: Option<&str>, mut options: LocalOptions) -> 
     let logs =
         deploykit_local::LocalLogs::new(log_dir.clone(), options.log.clone(), environment.as_str());
     let state_dir = options.state_dir.clone();
+    let metrics = match metrics_listen {
+        Some(addr) => Some(serve_metrics(ctx, addr).await?),
+        None => None,
+    };
     let local = LocalEnvironment::open(options).await?;
     let agent = crate::log_agent::LogAgent::start(
         &log_settings,
@@ -276,12 +339,20 @@ async fn daemon(ctx: &Context, env: Option<&str>, mut options: LocalOptions) -> 
     .await?;
     ctx.print(
         format!(
-            "deploykit daemon: environment {environment}, proxy on http://{}, socket {} (Ctrl-C \
+            "deploykit daemon: environment {environment}, proxy on http://{}, socket {}{} (Ctrl-C \
              stops routing; instances keep running for the next daemon)",
             local.proxy_addr(),
-            ctx.socket().display()
+            ctx.socket().display(),
+            metrics
+                .as_ref()
+                .map(|(_, addr)| format!(", metrics on http://{addr}/metrics"))
+                .unwrap_or_default()
         ),
-        json!({ "proxy": local.proxy_addr().to_string(), "socket": ctx.socket() }),
+        json!({
+            "proxy": local.proxy_addr().to_string(),
+            "socket": ctx.socket(),
+            "metrics": metrics.as_ref().map(|(_, addr)| format!("http://{addr}/metrics")),
+        }),
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::backend("handle SIGTERM", e.to_string()))?;
@@ -292,6 +363,9 @@ async fn daemon(ctx: &Context, env: Option<&str>, mut options: LocalOptions) -> 
         }
     };
     let served = deploykit_local::daemon::serve(local, &ctx.socket(), shutdown).await;
+    if let Some((task, _)) = metrics {
+        task.abort();
+    }
     let stopped = agent.stop().await;
     served?;
     stopped?;

@@ -110,6 +110,11 @@ enum Command {
         /// Seconds between SIGTERM and SIGKILL when an instance stops.
         #[arg(long, default_value_t = 10)]
         grace: u64,
+        /// Serve deploykit's metrics at http://ADDR/metrics: deployments by outcome, rollout
+        /// and step durations, rollback latency, analysis results, read from the journal every
+        /// `deploykit` command on this state writes (from when the daemon started).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Stop the daemon, and every instance unless `--keep-instances`.
     Down {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{APP, free_port, json, run, start_daemon};
+use common::{APP, free_port, json, run, start_daemon_with};
 
 const CONFIG: &str = r#"
 application = "ops"
@@ -51,6 +51,22 @@ fn version_at(port: u16, host: &str) -> String {
         .to_string()
 }
 
+/// GET `path` on `port`: the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
 /// Wait until the deployment `id` asks for approval.
 fn wait_awaiting(dir: &std::path::Path, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -73,7 +89,12 @@ fn approve_abort_rollback_preview_logs_and_backups() {
     let dir = tmp.path();
     std::fs::write(dir.join("deploykit.toml"), CONFIG.replace("{APP}", APP)).unwrap();
     let port = free_port();
-    let _daemon = start_daemon(dir, &format!("127.0.0.1:{port}"));
+    let metrics_port = free_port();
+    let _daemon = start_daemon_with(
+        dir,
+        &format!("127.0.0.1:{port}"),
+        &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")],
+    );
     let ok = |args: &[&str]| {
         let out = run(dir, args);
         assert!(
@@ -166,6 +187,37 @@ fn approve_abort_rollback_preview_logs_and_backups() {
     let back = ok(&["rollback", "web", "--to", &v1_rev, "-o", "json"]);
     assert_eq!(back["phase"], "succeeded");
     assert_eq!(version_at(port, "localhost"), "v1");
+
+    // The daemon's /metrics counted all of it from the journal the commands wrote.
+    let sample = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let succeeded = "deploykit_deployments_finished_total{environment=\"production\",strategy=\"canary\",outcome=\"succeeded\"}";
+    // `rollback --to` switches at once, as a blue-green does.
+    let switched = "deploykit_deployments_finished_total{environment=\"production\",strategy=\"blue_green\",outcome=\"succeeded\"}";
+    let rolled_back = "deploykit_deployments_finished_total{environment=\"production\",strategy=\"canary\",outcome=\"rolled_back\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = http_get(metrics_port, "/metrics");
+        if sample(&text, switched) >= 1.0 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(sample(&text, succeeded), 2.0, "{text}");
+    assert_eq!(sample(&text, switched), 1.0, "{text}");
+    assert_eq!(sample(&text, rolled_back), 1.0, "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "deploykit_rollback_latency_seconds_count{environment=\"production\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
 
     // Instance logs through the daemon.
     let status = ok(&["status", "-o", "json"]);

@@ -139,3 +139,89 @@ impl fmt::Display for Event {
         )
     }
 }
+
+/// The event stream of every deployment in a [`StateStore`](crate::StateStore), read from
+/// the journals: for a process that does not run the orchestrator (a daemon serving
+/// metrics, a dashboard) but shares its store. Each [`poll`](Self::poll) returns the events
+/// of the entries written since the previous one, in journal order per deployment; every
+/// entry is seen once, whichever process wrote it. Deployments that have ended are not read
+/// again.
+///
+/// ```
+/// # async fn f(store: std::sync::Arc<dyn deploykit_core::StateStore>) -> deploykit_core::Result<()> {
+/// use deploykit_core::event::JournalFollower;
+/// // Only what happens from now on: the history already in the store is skipped.
+/// let mut follower = JournalFollower::from_now(store).await?;
+/// loop {
+///     for event in follower.poll().await? {
+///         println!("{event}");
+///     }
+///     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+/// }
+/// # }
+/// ```
+pub struct JournalFollower {
+    store: std::sync::Arc<dyn crate::StateStore>,
+    /// Every deployment seen, folded up to the entries already returned.
+    seen: std::collections::HashMap<DeploymentId, DeploymentStatus>,
+}
+
+impl fmt::Debug for JournalFollower {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JournalFollower")
+            .field("deployments", &self.seen.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JournalFollower {
+    /// A follower whose first poll returns every entry already in the store.
+    pub fn from_start(store: std::sync::Arc<dyn crate::StateStore>) -> Self {
+        JournalFollower {
+            store,
+            seen: std::collections::HashMap::new(),
+        }
+    }
+
+    /// A follower that skips what the store holds now: its polls return only entries
+    /// written after this call.
+    pub async fn from_now(store: std::sync::Arc<dyn crate::StateStore>) -> crate::Result<Self> {
+        let mut follower = Self::from_start(store);
+        follower.poll().await?;
+        Ok(follower)
+    }
+
+    /// The events of the entries written since the last poll.
+    pub async fn poll(&mut self) -> crate::Result<Vec<Event>> {
+        let mut events = Vec::new();
+        for (service, environment) in self.store.list_environments().await? {
+            for id in self.store.list_deployments(&service, &environment).await? {
+                let from = match self.seen.get(&id) {
+                    Some(status) if status.phase.is_terminal() => continue,
+                    Some(status) => status.next_seq,
+                    None => 0,
+                };
+                let Some(entries) = self.store.load_from(&id, from).await? else {
+                    continue;
+                };
+                let mut entries = entries.into_iter();
+                let status = match self.seen.entry(id) {
+                    std::collections::hash_map::Entry::Occupied(seen) => seen.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(new) => {
+                        let Some(first) = entries.next() else {
+                            continue;
+                        };
+                        let status = DeploymentStatus::from_journal(std::slice::from_ref(&first))?;
+                        events.push(Event::new(&status, first));
+                        new.insert(status)
+                    }
+                };
+                for entry in entries {
+                    status.apply(&entry)?;
+                    events.push(Event::new(status, entry));
+                }
+            }
+        }
+        Ok(events)
+    }
+}

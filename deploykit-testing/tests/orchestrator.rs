@@ -499,3 +499,69 @@ async fn two_live_orchestrators_never_drive_the_same_deployment() {
     );
     assert_eq!(serving(&sim).await, vec![("v2".into(), 3, 100)]);
 }
+
+/// A process that shares the store but runs no orchestrator (the daemon's `/metrics`, a
+/// dashboard) sees the same event stream through `JournalFollower`: every entry once, in
+/// order, with the same context, whichever orchestrator wrote it and however often it polls;
+/// `from_now` skips the history already there.
+#[tokio::test(start_paused = true)]
+async fn a_journal_follower_sees_the_orchestrators_events_exactly_once() {
+    use deploykit_core::event::JournalFollower;
+    let sim = SimCluster::new();
+    let store = store();
+    let a = open(store.clone(), &sim, production(), "host-a").await;
+    deploy_and_wait(&a, "v1").await;
+    let mut history = JournalFollower::from_start(store.clone());
+    let mut follower = JournalFollower::from_now(store.clone())
+        .await
+        .expect("follower");
+    let mut subscribed = a.subscribe();
+    sim.set_behavior(
+        &common::artifact("v3"),
+        Behavior::FailReadiness {
+            reason: "GET /health returned 503".into(),
+        },
+    );
+    let v2 = a.deploy(request("v2")).await.expect("v2");
+    let v3 = a.deploy(request("v3")).await.expect("v3");
+    let mut followed = Vec::new();
+    // Polls at odd moments, while entries are being written.
+    for wait in [1, 7, 13, 2, 30, 5, 60, 1, 90, 3, 300] {
+        tokio::time::sleep(Duration::from_millis(wait * 100)).await;
+        followed.extend(follower.poll().await.expect("poll"));
+    }
+    assert_eq!(a.wait(&v2).await.expect("v2").phase, Phase::Succeeded);
+    assert_eq!(a.wait(&v3).await.expect("v3").phase, Phase::RolledBack);
+    followed.extend(follower.poll().await.expect("poll"));
+    assert!(
+        follower.poll().await.expect("poll").is_empty(),
+        "seen twice"
+    );
+    let mut expected = Vec::new();
+    while let Ok(event) = subscribed.try_recv() {
+        expected.push(event);
+    }
+    let key = |e: &deploykit_core::Event| (e.deployment.clone(), e.entry.seq);
+    let mut by_deployment = followed.clone();
+    by_deployment.sort_by_key(key);
+    expected.sort_by_key(key);
+    assert!(expected.len() > 10, "{expected:?}");
+    assert_eq!(by_deployment, expected);
+    // Per deployment, in journal order.
+    for id in [&v2, &v3] {
+        let seqs: Vec<u64> = followed
+            .iter()
+            .filter(|e| &e.deployment == id)
+            .map(|e| e.entry.seq)
+            .collect();
+        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+    }
+    // From the start: v1's history too, once.
+    let all = history.poll().await.expect("history");
+    assert_eq!(
+        all.len(),
+        expected.len() + all.iter().filter(|e| e.revision == "v1").count()
+    );
+    assert!(all.iter().any(|e| e.revision == "v1"));
+    assert!(history.poll().await.expect("poll").is_empty());
+}

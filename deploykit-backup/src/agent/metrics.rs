@@ -161,3 +161,38 @@ pub(super) async fn serve(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped Grafana dashboard queries only metrics the agent declares (the
+    /// `deploykit_telemetry::grafana` tests check the rest).
+    #[test]
+    fn the_dashboard_queries_only_metrics_the_agent_exports() {
+        let text = encode(&AgentState::default(), Timestamp::from_millis(0));
+        let mut exported = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut words = rest.split_whitespace();
+                if let (Some(name), Some(kind)) = (words.next(), words.next()) {
+                    exported.insert(if kind == "counter" {
+                        format!("{name}_total")
+                    } else {
+                        name.to_string()
+                    });
+                }
+            }
+        }
+        let dashboard = deploykit_telemetry::grafana::dashboard("deploykit");
+        let queried: Vec<String> = deploykit_telemetry::grafana::queried_metrics(&dashboard)
+            .into_iter()
+            .filter(|n| n.starts_with("deploykit_backup_agent_"))
+            .collect();
+        assert!(queried.len() >= 6, "{queried:?}");
+        let unknown: Vec<_> = queried.iter().filter(|n| !exported.contains(*n)).collect();
+        assert!(unknown.is_empty(), "queried, not exported: {unknown:?}");
+        let unshown: Vec<_> = exported.iter().filter(|n| !queried.contains(n)).collect();
+        assert!(unshown.is_empty(), "exported, on no panel: {unshown:?}");
+    }
+}

@@ -136,12 +136,20 @@ impl Drop for Daemon {
 }
 
 pub fn start_daemon(dir: &Path, listen: &str) -> Daemon {
+    start_daemon_with(dir, listen, &[])
+}
+
+/// [`start_daemon`] with more arguments for `deploykit daemon`.
+#[allow(dead_code)] // not every test binary passes any
+pub fn start_daemon_with(dir: &Path, listen: &str, more: &[&str]) -> Daemon {
     let log = std::fs::File::options()
         .create(true)
         .append(true)
         .open(dir.join("daemon.log"))
         .unwrap();
-    let child = deploykit(dir, &["daemon", "--listen", listen])
+    let mut args = vec!["daemon", "--listen", listen];
+    args.extend_from_slice(more);
+    let child = deploykit(dir, &args)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
