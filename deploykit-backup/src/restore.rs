@@ -366,9 +366,6 @@ impl Repository {
                 _ => batches.push((pack, entry.offset, entry.offset + entry.length, vec![entry])),
             }
         }
-        if node.size >= LARGE && batches.len() > 1 {
-            return self.restore_large(path, node, batches).await;
-        }
         let mut writing = Some(Writing::create(path)?);
         for (pack, start, end, entries) in batches {
             let key = super::repo::pack_key(&pack);
@@ -405,87 +402,10 @@ impl Repository {
         }
         writing.expect("handed back").finish(node)
     }
-
-    /// A large file: its batches fetched, opened and written at their offsets by up to
-    /// [`LARGE_IN_FLIGHT`] tasks at once, so one large file (a database's table) is not
-    /// restored on one core. Written out of order, it cannot be hashed as a whole: every
-    /// blob is checked against its id instead (which the file's content is made of, in the
-    /// order the snapshot's authenticated tree lists), and the total against its size.
-    async fn restore_large(
-        &self,
-        path: &Path,
-        node: &Node,
-        batches: Vec<(Arc<str>, u64, u64, Vec<BlobEntry>)>,
-    ) -> Result<u64> {
-        let file = Arc::new(std::fs::File::create(path).map_err(|e| write_error(path, e))?);
-        let mut at = 0u64;
-        let mut pending = batches.into_iter().map(|batch| {
-            let here = at;
-            at += batch.3.iter().map(|e| e.raw_length).sum::<u64>();
-            (here, batch)
-        });
-        let mut running = tokio::task::JoinSet::new();
-        let mut written = 0u64;
-        loop {
-            while running.len() < LARGE_IN_FLIGHT {
-                let Some((offset, (pack, start, end, entries))) = pending.next() else {
-                    break;
-                };
-                let (repo, file, path) = (self.clone(), file.clone(), path.to_path_buf());
-                running.spawn(async move {
-                    let key = super::repo::pack_key(&pack);
-                    let mut sealed = repo.target.get_range(&key, start..end).await?;
-                    if sealed.len() as u64 != end - start {
-                        return Err(truncated(&key));
-                    }
-                    tokio::task::spawn_blocking(move || -> Result<u64> {
-                        use std::os::unix::fs::FileExt;
-                        let mut scratch = Vec::new();
-                        let mut offset = offset;
-                        for entry in &entries {
-                            let at = (entry.offset - start) as usize;
-                            let sealed = &mut sealed[at..at + entry.length as usize];
-                            let body = repo.decrypt_blob_in_place(&pack, entry, sealed)?;
-                            let plain =
-                                repo.plain_blob(&pack, entry, &sealed[body], true, &mut scratch)?;
-                            file.write_all_at(plain, offset)
-                                .map_err(|e| write_error(&path, e))?;
-                            offset += plain.len() as u64;
-                        }
-                        Ok(offset)
-                    })
-                    .await
-                    .map_err(|e| Error::backend("restore", e.to_string()))?
-                    .map(|end| end - offset)
-                });
-            }
-            let Some(done) = running.join_next().await else {
-                break;
-            };
-            // An error drops `running`, which aborts the other batches.
-            written += done.map_err(|e| Error::backend("restore", e.to_string()))??;
-        }
-        if written != node.size {
-            return Err(Error::Corrupt {
-                what: format!("restored file {}", path.display()),
-                source: format!(
-                    "its blobs hold {written} bytes where the snapshot records {}",
-                    node.size
-                )
-                .into(),
-            });
-        }
-        finish_file(&file, path, node)?;
-        Ok(written)
-    }
 }
 
 /// The most one ranged read of a pack fetches.
 const BATCH: u64 = 16 << 20;
-/// Files at least this large are restored by several tasks at once.
-const LARGE: u64 = 64 << 20;
-/// Batches of one large file in flight at once.
-const LARGE_IN_FLIGHT: usize = 3;
 /// The most bytes between two files' blobs that a unit reads over rather than splitting.
 const GAP: u64 = 1 << 20;
 
@@ -625,6 +545,7 @@ impl Writing {
     /// Check the content against the hash recorded at backup, then set owner, permissions
     /// and modification time; the bytes written.
     fn finish(self, node: &Node) -> Result<u64> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let path = &self.path;
         let hash = self.hasher.finalize().to_hex().to_string();
         if node.hash.as_deref().is_some_and(|h| h != hash) {
@@ -633,30 +554,25 @@ impl Writing {
                 source: "its content does not match the hash recorded at backup".into(),
             });
         }
-        finish_file(&self.file, path, node)?;
-        Ok(self.written)
-    }
-}
-
-/// Set a restored file's owner, permissions and modification time.
-fn finish_file(file: &std::fs::File, path: &Path, node: &Node) -> Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let fail = |e| write_error(path, e);
-    if let Some((uid, gid)) = node.owner {
-        // Usually the restoring user owned the files: a stat of the open file is much
-        // cheaper than a chown, which writes the inode.
-        let meta = file.metadata().map_err(fail)?;
-        if (meta.uid(), meta.gid()) != (uid, gid) {
-            match std::os::unix::fs::fchown(file, Some(uid), Some(gid)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
-                Err(e) => return Err(fail(e)),
+        let fail = |e| write_error(path, e);
+        if let Some((uid, gid)) = node.owner {
+            // Usually the restoring user owned the files: a stat of the open file is much
+            // cheaper than a chown, which writes the inode.
+            let meta = self.file.metadata().map_err(fail)?;
+            if (meta.uid(), meta.gid()) != (uid, gid) {
+                match std::os::unix::fs::fchown(&self.file, Some(uid), Some(gid)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                    Err(e) => return Err(fail(e)),
+                }
             }
         }
+        self.file
+            .set_permissions(std::fs::Permissions::from_mode(node.mode))
+            .map_err(fail)?;
+        self.file.set_modified(mtime(node)).map_err(fail)?;
+        Ok(self.written)
     }
-    file.set_permissions(std::fs::Permissions::from_mode(node.mode))
-        .map_err(fail)?;
-    file.set_modified(mtime(node)).map_err(fail)
 }
 
 fn write_error(path: &Path, e: std::io::Error) -> Error {
