@@ -234,6 +234,22 @@ async fn backups_run_on_time_with_retention_prune_checks_drills_and_audit() {
         text.contains("deploykit_backup_agent_last_success_timestamp_seconds{environment=\"production\",duty=\"backup\",kind=\"full\"}"),
         "{text}"
     );
+    // And what the last drill measured, as the state records it.
+    let measured = agent.state().environments["production"].duties[&Duty::Drill]
+        .last_drill
+        .clone()
+        .expect("the drill's measure is recorded");
+    for (name, ms) in [
+        ("deploykit_backup_agent_drill_rto_seconds", measured.rto_ms),
+        ("deploykit_backup_agent_drill_rpo_seconds", measured.rpo_ms),
+    ] {
+        let line = format!(
+            "{name}{{environment=\"production\",duty=\"drill\"}} {}",
+            ms as f64 / 1000.0
+        );
+        assert!(text.lines().any(|l| l == line), "no {line} in {text}");
+    }
+    assert!(measured.met, "{measured:?}");
     assert!(text.ends_with("# EOF\n"));
 }
 

@@ -3,13 +3,13 @@
 //!
 //! [`dashboard`] returns the dashboard as Grafana's JSON model (schema 39, Grafana 10 and
 //! later): a Prometheus data source chosen when it is imported (`${datasource}`), an
-//! `environment` variable filled from the metrics' own labels, and four rows: deployments
+//! `environment` variable filled from the metrics' own labels, and three rows: deployments
 //! (by outcome, rollout and step durations, rollback latency, analysis results, journal
-//! writes), backups (bytes, durations, deduplication, time since the last success: the RPO a
-//! restore would have now), restores, and the backup agent (failing, missed and overdue
-//! duties, the last successful drill and how long it took). The repository ships it as
-//! `docs/grafana/deploykit.json`, kept equal to this function's output by a test; import that
-//! file, or write your own with a different title:
+//! writes), backups and restores (bytes, durations, deduplication, time since the last
+//! success: the RPO a restore would have now), and the backup agent (failing, missed and
+//! overdue duties, the last successful drill and the recovery time and point it measured).
+//! The repository ships it as `docs/grafana/deploykit.json`, kept equal to this function's
+//! output by a test; import that file, or write your own with a different title:
 //!
 //! ```
 //! let dashboard = deploykit_telemetry::grafana::dashboard("deploykit");
@@ -258,9 +258,25 @@ fn rows() -> Vec<(&'static str, Vec<Panel>)> {
             )],
         ),
         panel(
+            "Last drill: measured recovery time and point",
+            "What the last drill measured, whether or not it met its targets: the time to \
+             restore and check everything (RTO) and the age of the restored data (RPO).",
+            "timeseries",
+            "s",
+            vec![
+                (
+                    format!("deploykit_backup_agent_drill_rto_seconds{{{ENV}}}"),
+                    "RTO {{environment}}",
+                ),
+                (
+                    format!("deploykit_backup_agent_drill_rpo_seconds{{{ENV}}}"),
+                    "RPO {{environment}}",
+                ),
+            ],
+        ),
+        panel(
             "Last run duration, by duty",
-            "How long the last backup, verify and drill took, retries included (a drill's is \
-             its measured recovery time).",
+            "How long the last backup, verify and drill took, retries included.",
             "timeseries",
             "s",
             vec![(

@@ -9,11 +9,15 @@ use deploykit_core::audit::AuditAction;
 use deploykit_core::retry::{Retry, RetryPolicy};
 use deploykit_core::{Error, Result};
 
+use super::state::DrillMeasure;
+
 /// What a run did: its label (kind), attempts made and outcome (detail, or why it failed).
 pub(super) struct Outcome {
     pub(super) kind: String,
     pub(super) attempts: u32,
     pub(super) result: std::result::Result<String, String>,
+    /// For a drill that ran to its end (its targets met or not): what it measured.
+    pub(super) recovery: Option<DrillMeasure>,
 }
 
 /// Runs `op` under `policy`, retrying every error but a bad specification; returns the result
@@ -91,6 +95,7 @@ impl Inner {
                     kind: kind.to_string(),
                     attempts,
                     result: Err(reason),
+                    recovery: None,
                 };
             }
         };
@@ -127,6 +132,7 @@ impl Inner {
             kind: kind.to_string(),
             attempts,
             result,
+            recovery: None,
         }
     }
 
@@ -179,6 +185,7 @@ impl Inner {
             kind,
             attempts,
             result,
+            recovery: None,
         }
     }
 
@@ -198,8 +205,14 @@ impl Inner {
             task.repo.drill(&scratch, targets).await
         })
         .await;
+        let mut recovery = None;
         let result = match report {
             Ok(r) => {
+                recovery = Some(DrillMeasure {
+                    rto_ms: u64::try_from(r.rto.as_millis()).unwrap_or(u64::MAX),
+                    rpo_ms: u64::try_from(r.rpo.as_millis()).unwrap_or(u64::MAX),
+                    met: r.meets_targets(),
+                });
                 let detail = format!(
                     "snapshot {}: {} files restored and checked; RTO {:.2?} (target {:?}), RPO {:.2?} (target {:?})",
                     short(&r.snapshot),
@@ -236,6 +249,7 @@ impl Inner {
             kind: "drill".into(),
             attempts,
             result,
+            recovery,
         }
     }
 }

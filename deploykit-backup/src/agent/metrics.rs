@@ -7,6 +7,7 @@
 //! | `deploykit_backup_agent_last_run_duration_seconds` (gauge) | environment, duty |
 //! | `deploykit_backup_agent_next_due_timestamp_seconds` (gauge) | environment, duty |
 //! | `deploykit_backup_agent_failures_total` (counter: runs failed after their retries) | environment, duty |
+//! | `deploykit_backup_agent_drill_rto_seconds`, `_drill_rpo_seconds` (gauges: what the last drill measured, its targets met or not) | environment, duty |
 //! | `deploykit_backup_agent_missed_total` (counter: runs missed while the agent was down) | environment, duty |
 //! | `deploykit_backup_agent_failing_duties`, `_missed_duties`, `_overdue_duties` (gauges: duties in that state; what the shipped alert rules query) | environment |
 
@@ -101,6 +102,30 @@ pub(super) fn encode(state: &AgentState, now: Timestamp) -> String {
             .map(|(labels, d)| (labels, d.missed as f64))
             .collect(),
     );
+    for (name, help, pick) in [
+        (
+            "deploykit_backup_agent_drill_rto_seconds",
+            "The recovery time the last drill measured (restore and check of everything)",
+            (|m: &super::state::DrillMeasure| m.rto_ms) as fn(&super::state::DrillMeasure) -> u64,
+        ),
+        (
+            "deploykit_backup_agent_drill_rpo_seconds",
+            "The recovery point the last drill measured (age of the restored data)",
+            |m| m.rpo_ms,
+        ),
+    ] {
+        family(
+            name,
+            "gauge",
+            help,
+            duties()
+                .filter_map(|(labels, d)| {
+                    let measured = d.last_drill.as_ref()?;
+                    Some((labels, pick(measured) as f64 / 1000.0))
+                })
+                .collect(),
+        );
+    }
     for (name, help) in [
         (FAILING, "Duties whose last run failed"),
         (

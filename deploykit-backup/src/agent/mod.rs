@@ -64,8 +64,8 @@ pub use job::{
     DrillSchedule, Duty, Missed, VerifySchedule, default_retry,
 };
 pub use state::{
-    AgentProcess, AgentState, DutyState, EnvironmentState, Findings, MissRecord, RunRecord,
-    STATE_VERSION,
+    AgentProcess, AgentState, DrillMeasure, DutyState, EnvironmentState, Findings, MissRecord,
+    RunRecord, STATE_VERSION,
 };
 
 /// One finished run, as [`Agent::subscribe`] reports it.

@@ -309,6 +309,9 @@ impl Inner {
                 }
             }
             d.failing = !ok;
+            if let Some(measured) = &outcome.recovery {
+                d.last_drill = Some(measured.clone());
+            }
             if ok {
                 let kind = outcome.kind.split(' ').next().unwrap_or_default();
                 d.last_success_by_kind.insert(kind.to_string(), finished);

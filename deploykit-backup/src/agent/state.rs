@@ -84,6 +84,21 @@ pub struct DutyState {
     /// Whether a miss has not yet been followed by a run on time that succeeded.
     #[serde(default)]
     pub miss_unresolved: bool,
+    /// For the drill duty: what the last drill that ran to its end measured.
+    #[serde(default)]
+    pub last_drill: Option<DrillMeasure>,
+}
+
+/// The recovery a drill measured.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct DrillMeasure {
+    /// Time to restore and check everything (the recovery time), in milliseconds.
+    pub rto_ms: u64,
+    /// Age of the restored data when the drill began (the recovery point), in milliseconds.
+    pub rpo_ms: u64,
+    /// Whether both were within the policy's targets.
+    pub met: bool,
 }
 
 /// One environment's duties.
