@@ -164,12 +164,15 @@ pub struct JournalFollower {
     store: std::sync::Arc<dyn crate::StateStore>,
     /// Every deployment seen, folded up to the entries already returned.
     seen: std::collections::HashMap<DeploymentId, DeploymentStatus>,
+    /// Deployments whose journal cannot be folded, with why: skipped from then on.
+    unreadable: std::collections::BTreeMap<DeploymentId, String>,
 }
 
 impl fmt::Debug for JournalFollower {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JournalFollower")
             .field("deployments", &self.seen.len())
+            .field("unreadable", &self.unreadable)
             .finish_non_exhaustive()
     }
 }
@@ -180,6 +183,7 @@ impl JournalFollower {
         JournalFollower {
             store,
             seen: std::collections::HashMap::new(),
+            unreadable: std::collections::BTreeMap::new(),
         }
     }
 
@@ -191,11 +195,18 @@ impl JournalFollower {
         Ok(follower)
     }
 
-    /// The events of the entries written since the last poll.
+    /// The events of the entries written since the last poll. An error is the store's (it
+    /// could not list or load); a journal that cannot be folded (an entry its deployment's
+    /// phase does not allow, a gap) leaves out that deployment from then on, after the events
+    /// of its entries before the damage, and is listed by [`unreadable`](Self::unreadable):
+    /// one damaged journal does not stop the stream of the others.
     pub async fn poll(&mut self) -> crate::Result<Vec<Event>> {
         let mut events = Vec::new();
         for (service, environment) in self.store.list_environments().await? {
             for id in self.store.list_deployments(&service, &environment).await? {
+                if self.unreadable.contains_key(&id) {
+                    continue;
+                }
                 let from = match self.seen.get(&id) {
                     Some(status) if status.phase.is_terminal() => continue,
                     Some(status) => status.next_seq,
@@ -204,24 +215,48 @@ impl JournalFollower {
                 let Some(entries) = self.store.load_from(&id, from).await? else {
                     continue;
                 };
-                let mut entries = entries.into_iter();
-                let status = match self.seen.entry(id) {
-                    std::collections::hash_map::Entry::Occupied(seen) => seen.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(new) => {
-                        let Some(first) = entries.next() else {
-                            continue;
-                        };
-                        let status = DeploymentStatus::from_journal(std::slice::from_ref(&first))?;
-                        events.push(Event::new(&status, first));
-                        new.insert(status)
-                    }
-                };
-                for entry in entries {
-                    status.apply(&entry)?;
-                    events.push(Event::new(status, entry));
+                if let Err(e) = self.fold(&id, entries, &mut events) {
+                    tracing::warn!(deployment = %id, error = %e.chain(), "a journal that cannot be read is left out of the event stream");
+                    self.seen.remove(&id);
+                    self.unreadable.insert(id, e.chain());
                 }
             }
         }
         Ok(events)
+    }
+
+    /// The deployments left out because their journal cannot be folded, with why.
+    pub fn unreadable(&self) -> impl Iterator<Item = (&DeploymentId, &str)> {
+        self.unreadable.iter().map(|(id, why)| (id, why.as_str()))
+    }
+
+    /// Folds `entries` (from the deployment's next sequence number) into its status, pushing
+    /// one event per entry.
+    fn fold(
+        &mut self,
+        id: &DeploymentId,
+        entries: Vec<JournalEntry>,
+        events: &mut Vec<Event>,
+    ) -> crate::Result<()> {
+        let mut entries = entries.into_iter();
+        let status = match self.seen.entry(id.clone()) {
+            std::collections::hash_map::Entry::Occupied(seen) => seen.into_mut(),
+            std::collections::hash_map::Entry::Vacant(new) => {
+                let Some(first) = entries.next() else {
+                    return Ok(());
+                };
+                let status = DeploymentStatus::from_journal(std::slice::from_ref(&first))?;
+                events.push(Event::new(&status, first));
+                new.insert(status)
+            }
+        };
+        for entry in entries {
+            status.apply(&entry).map_err(|e| crate::Error::Corrupt {
+                what: format!("journal of {id} at entry {}", entry.seq),
+                source: e.chain().into(),
+            })?;
+            events.push(Event::new(status, entry));
+        }
+        Ok(())
     }
 }

@@ -564,4 +564,56 @@ async fn a_journal_follower_sees_the_orchestrators_events_exactly_once() {
     );
     assert!(all.iter().any(|e| e.revision == "v1"));
     assert!(history.poll().await.expect("poll").is_empty());
+
+    // A damaged journal (an `applied` before the deployment started) is left out after its
+    // valid entries and listed; the stream of the others goes on (a whole copy of v2's
+    // journal under another id). Written with no orchestrator running, which would take up
+    // the damaged one.
+    a.shutdown().await.expect("shutdown");
+    let v2_journal = store.load(&v2).await.expect("load").expect("v2");
+    let renamed = |entry: &deploykit_core::journal::JournalEntry,
+                   id: &deploykit_core::DeploymentId| {
+        let mut entry = entry.clone();
+        if let JournalEvent::Created { spec } = &mut entry.event {
+            std::sync::Arc::make_mut(spec).id = id.clone();
+        }
+        entry
+    };
+    let bogus = deploykit_core::DeploymentId::new("bogus-deployment");
+    store
+        .append(&bogus, &renamed(&v2_journal[0], &bogus))
+        .await
+        .expect("created");
+    let mut applied = v2_journal
+        .iter()
+        .find(|e| matches!(e.event, JournalEvent::Applied { .. }))
+        .expect("v2 applied something")
+        .clone();
+    applied.seq = 1;
+    store.append(&bogus, &applied).await.expect("applied");
+    let copy = deploykit_core::DeploymentId::new("copy-of-v2");
+    for entry in &v2_journal {
+        store
+            .append(&copy, &renamed(entry, &copy))
+            .await
+            .expect("copy");
+    }
+    let more = follower
+        .poll()
+        .await
+        .expect("a damaged journal is no store error");
+    assert_eq!(
+        more.iter().filter(|e| e.deployment == bogus).count(),
+        1,
+        "only the entry before the damage: {more:?}"
+    );
+    assert_eq!(
+        more.iter().filter(|e| e.deployment == copy).count(),
+        v2_journal.len()
+    );
+    let unreadable: Vec<_> = follower.unreadable().collect();
+    assert_eq!(unreadable.len(), 1, "{unreadable:?}");
+    assert_eq!(unreadable[0].0, &bogus);
+    assert!(unreadable[0].1.contains("entry 1"), "{unreadable:?}");
+    assert!(follower.poll().await.expect("poll").is_empty());
 }
