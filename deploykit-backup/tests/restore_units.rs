@@ -52,6 +52,28 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// A new repository on `target` with a full backup of `data`: the repository and the
+/// snapshot's id.
+async fn full_backup(
+    target: Arc<MemoryTarget>,
+    options: RepoOptions,
+    data: &Path,
+) -> (Repository, String) {
+    let repo = Repository::init(target, &RepoKey::passphrase("pw"), options)
+        .await
+        .unwrap();
+    let (id, _) = repo
+        .backup(
+            BackupRequest::builder()
+                .paths(vec![data.to_path_buf()])
+                .kind(BackupKind::Full)
+                .build(),
+        )
+        .await
+        .unwrap();
+    (repo, id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_repeated_empty_and_spread_files_restore_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,22 +109,7 @@ async fn shared_repeated_empty_and_spread_files_restore_bit_for_bit() {
         .pack_size(64 * 1024)
         .kdf_cost((1024, 1))
         .build();
-    let repo = Repository::init(
-        Arc::new(MemoryTarget::new()),
-        &RepoKey::passphrase("pw"),
-        options,
-    )
-    .await
-    .unwrap();
-    let (id, _) = repo
-        .backup(
-            BackupRequest::builder()
-                .paths(vec![data.clone()])
-                .kind(BackupKind::Full)
-                .build(),
-        )
-        .await
-        .unwrap();
+    let (repo, id) = full_backup(Arc::new(MemoryTarget::new()), options, &data).await;
     for parallelism in [1, 8] {
         let out = dir.path().join(format!("out{parallelism}"));
         let summary = repo
@@ -157,18 +164,7 @@ async fn a_large_file_restores_bit_for_bit_and_damage_is_caught() {
         .pack_size(2 << 20)
         .kdf_cost((1024, 1))
         .build();
-    let repo = Repository::init(target.clone(), &RepoKey::passphrase("pw"), options)
-        .await
-        .unwrap();
-    let (id, _) = repo
-        .backup(
-            BackupRequest::builder()
-                .paths(vec![data.clone()])
-                .kind(BackupKind::Full)
-                .build(),
-        )
-        .await
-        .unwrap();
+    let (repo, id) = full_backup(target.clone(), options, &data).await;
     for parallelism in [1, 8] {
         let out = dir.path().join(format!("out{parallelism}"));
         let summary = repo

@@ -33,17 +33,23 @@ kind = "preview"
 replicas = 1
 "#;
 
-/// GET `/` through the proxy with `host`; the `x-version` of the answer.
-fn version_at(port: u16, host: &str) -> String {
+/// GET `path` on `port` with `host`: the whole response (head and body).
+fn get(port: u16, host: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         s,
-        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// GET `/` through the proxy with `host`; the `x-version` of the answer.
+fn version_at(port: u16, host: &str) -> String {
+    let text = get(port, host, "/");
     text.lines()
         .find_map(|l| l.strip_prefix("x-version: "))
         .unwrap_or_else(|| panic!("no x-version in {text:?}"))
@@ -51,17 +57,9 @@ fn version_at(port: u16, host: &str) -> String {
         .to_string()
 }
 
-/// GET `path` on `port`: the body.
+/// GET `path` on `port`: the body of a 200 answer.
 fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    let text = get(port, "localhost", path);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body.to_string()
