@@ -260,3 +260,31 @@ impl JournalFollower {
         Ok(())
     }
 }
+
+/// The events of a whole journal, one per entry, each with the phase after it: a deployment's
+/// timeline (what a dashboard or a report shows). The journal is checked as it is folded; a
+/// damaged one is an error naming the entry.
+///
+/// ```
+/// # async fn f(orchestrator: &deploykit_core::Orchestrator, id: &deploykit_core::DeploymentId) -> deploykit_core::Result<()> {
+/// for event in deploykit_core::event::timeline(&orchestrator.journal(id).await?)? {
+///     println!("{} {}", event.entry.at, event.description());
+/// }
+/// # Ok(()) }
+/// ```
+pub fn timeline(entries: &[JournalEntry]) -> crate::Result<Vec<Event>> {
+    let Some((first, rest)) = entries.split_first() else {
+        return Ok(Vec::new());
+    };
+    let mut status = DeploymentStatus::from_journal(std::slice::from_ref(first))?;
+    let mut events = Vec::with_capacity(entries.len());
+    events.push(Event::new(&status, first.clone()));
+    for entry in rest {
+        status.apply(entry).map_err(|e| crate::Error::Corrupt {
+            what: format!("journal of {} at entry {}", status.spec.id, entry.seq),
+            source: e.chain().into(),
+        })?;
+        events.push(Event::new(&status, entry.clone()));
+    }
+    Ok(events)
+}
