@@ -71,6 +71,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             drain_timeout,
             grace,
             metrics_listen,
+            dashboard_listen,
         } => {
             let proxy = deploykit_local::proxy::ProxyConfig {
                 sticky_cookie,
@@ -83,8 +84,16 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 .proxy(proxy)
                 .drain_timeout(Duration::from_secs(drain_timeout))
                 .grace(Duration::from_secs(grace));
-            daemon(&ctx, env.as_deref(), options, metrics_listen).await
+            daemon(
+                &ctx,
+                env.as_deref(),
+                options,
+                metrics_listen,
+                dashboard_listen,
+            )
+            .await
         }
+        Command::Dashboard { env } => crate::dashboard::link(&ctx, env.as_deref()),
         Command::Down { keep_instances } => {
             ctx.client().shutdown(!keep_instances).await?;
             ctx.print("daemon stopped", json!({ "stopped": true }));
@@ -300,6 +309,7 @@ async fn daemon(
     env: Option<&str>,
     mut options: LocalOptions,
     metrics_listen: Option<std::net::SocketAddr>,
+    dashboard_listen: Option<std::net::SocketAddr>,
 ) -> Result<ExitCode> {
     let environment = ctx.environment(env)?;
     options.state_dir = ctx.state.join(environment.as_str());
@@ -326,6 +336,10 @@ async fn daemon(
         Some(addr) => Some(serve_metrics(ctx, addr).await?),
         None => None,
     };
+    let dashboard = match dashboard_listen {
+        Some(addr) => Some(crate::dashboard::bind(ctx, &environment, addr).await?),
+        None => None,
+    };
     let local = LocalEnvironment::open(options).await?;
     let agent = crate::log_agent::LogAgent::start(
         &log_settings,
@@ -347,11 +361,16 @@ async fn daemon(
                 .as_ref()
                 .map(|(_, addr)| format!(", metrics on http://{addr}/metrics"))
                 .unwrap_or_default()
+                + &dashboard
+                    .as_ref()
+                    .map(|(_, url)| format!(", dashboard on {url}/ (deploykit dashboard signs in)"))
+                    .unwrap_or_default()
         ),
         json!({
             "proxy": local.proxy_addr().to_string(),
             "socket": ctx.socket(),
             "metrics": metrics.as_ref().map(|(_, addr)| format!("http://{addr}/metrics")),
+            "dashboard": dashboard.as_ref().map(|(_, url)| url.clone()),
         }),
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -362,7 +381,27 @@ async fn daemon(
             _ = term.recv() => {}
         }
     };
-    let served = deploykit_local::daemon::serve(local, &ctx.socket(), shutdown).await;
+    let (stop_dashboard, stopped_dashboard) = tokio::sync::watch::channel(false);
+    let socket = ctx.socket();
+    let daemon = async {
+        let served = deploykit_local::daemon::serve(local, &socket, shutdown).await;
+        let _ = stop_dashboard.send(true);
+        served
+    };
+    let dashboard = async {
+        match dashboard {
+            Some((listener, _)) => {
+                let served =
+                    crate::dashboard::serve(ctx, &environment, listener, stopped_dashboard).await;
+                if let Err(e) = &served {
+                    tracing::warn!(error = %e.chain(), "the dashboard stopped");
+                }
+                served
+            }
+            None => Ok(()),
+        }
+    };
+    let (served, _) = tokio::join!(daemon, dashboard);
     if let Some((task, _)) = metrics {
         task.abort();
     }

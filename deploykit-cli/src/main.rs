@@ -14,6 +14,7 @@ mod backup;
 mod backup_copy;
 mod commands;
 mod context;
+mod dashboard;
 mod demo;
 mod flags;
 mod log_agent;
@@ -115,6 +116,18 @@ enum Command {
         /// `deploykit` command on this state writes (from when the daemon started).
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Serve the web dashboard at http://ADDR/ (e.g. 127.0.0.1:8090; keep it on loopback):
+        /// services, live traffic, rollouts with their analysis, backups, the audit log, and
+        /// buttons that act as whoever signed in (`deploykit dashboard` prints the link).
+        #[arg(long, value_name = "ADDR", env = "DEPLOYKIT_DASHBOARD_LISTEN")]
+        dashboard_listen: Option<std::net::SocketAddr>,
+    },
+    /// Print a link that signs you in to the daemon's dashboard as `--actor` (default $USER),
+    /// valid for 15 minutes.
+    Dashboard {
+        /// The environment whose daemon serves it (default: the only one, or `production`).
+        #[arg(long, short)]
+        env: Option<String>,
     },
     /// Stop the daemon, and every instance unless `--keep-instances`.
     Down {

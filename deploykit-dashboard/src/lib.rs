@@ -263,8 +263,7 @@ fn full(body: impl Into<Bytes>) -> Body {
 }
 
 /// A response with the headers every page carries: no caching, no framing, a content security
-/// policy that allows only the dashboard's own script and style, no referrer (a login link
-/// carries a token).
+/// policy that allows only the dashboard's own script and style, referrers only to itself.
 fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
@@ -284,7 +283,9 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
     );
     set(h, header::X_FRAME_OPTIONS, "DENY");
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(h, header::REFERRER_POLICY, "no-referrer");
+    // Not `no-referrer`: with it a browser sends `Origin: null` on the page's own forms. The
+    // login link's token never reaches a referrer: its page only redirects.
+    set(h, header::REFERRER_POLICY, "same-origin");
     r
 }
 

@@ -333,7 +333,8 @@ fn actions(s: &DeploymentStatus, viewer: &Viewer) -> String {
             "",
         ));
     }
-    if s.phase == Phase::Paused {
+    // An operator's hold is resumed; a gate (also shown as paused) is approved or rejected.
+    if s.paused.is_some() {
         out.push_str(&action_form(
             &format!("{base}/resume"),
             "Resume",

@@ -19,6 +19,7 @@
 //! | `alerting` | `deploykit-alerting` | `alerting` |
 //! | `config` | `deploykit-config` | `config` |
 //! | `logs` | `deploykit-logs` | `logs` |
+//! | `dashboard` | `deploykit-dashboard` | `dashboard` |
 //! | `local` | `deploykit-local` | `local` |
 //! | `k8s` | `deploykit-k8s` | `k8s` |
 //! | `aws` | `deploykit-aws` | `aws` |
@@ -52,6 +53,8 @@ pub use deploykit_aws as aws;
 pub use deploykit_backup as backup;
 #[cfg(feature = "config")]
 pub use deploykit_config as config;
+#[cfg(feature = "dashboard")]
+pub use deploykit_dashboard as dashboard;
 #[cfg(feature = "flags")]
 pub use deploykit_flags as flags;
 #[cfg(feature = "k8s")]
