@@ -105,6 +105,8 @@
 //! ```
 
 mod alert;
+#[cfg(feature = "email")]
+pub mod email;
 mod inhibit;
 mod route;
 mod rule;

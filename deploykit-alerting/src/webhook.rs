@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use deploykit_core::Event;
-use deploykit_core::notify::{Notification, Notifier};
+use deploykit_core::notify::{Notification, Notifier, WEBHOOK_SIGNATURE_HEADER, webhook_signature};
 use deploykit_core::retry::{Retry, RetryPolicy};
 use deploykit_core::{Error, Result};
 
@@ -19,11 +19,36 @@ use deploykit_core::{Error, Result};
 /// let hook = deploykit_alerting::webhook::WebhookNotifier::new("https://chat.example/hooks/deploys")?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WebhookNotifier {
     client: reqwest::Client,
     url: reqwest::Url,
     retry: RetryPolicy,
+    key: Option<Vec<u8>>,
+    format: WebhookFormat,
+}
+
+impl std::fmt::Debug for WebhookNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL of a chat webhook is its credential: only its host is shown.
+        f.debug_struct("WebhookNotifier")
+            .field("host", &self.url.host_str())
+            .field("format", &self.format)
+            .field("signed", &self.key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The body of an event's POST.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WebhookFormat {
+    /// The [`Notification`] as JSON, for programs.
+    #[default]
+    Json,
+    /// `{"text": …}` with the event's headline and a link-free detail line: what Slack's
+    /// incoming webhooks (and Mattermost's, Rocket.Chat's) post as a message.
+    Slack,
 }
 
 /// Why one POST failed.
@@ -80,6 +105,8 @@ impl WebhookNotifier {
             client,
             url,
             retry: RetryPolicy::default().with_max_attempts(4)?,
+            key: None,
+            format: WebhookFormat::Json,
         })
     }
 
@@ -93,6 +120,27 @@ impl WebhookNotifier {
         self
     }
 
+    /// Signs every body with `key` (HMAC-SHA256, at least 16 bytes): each request carries
+    /// [`WEBHOOK_SIGNATURE_HEADER`]: `sha256=<hex>`, which a receiver checks with
+    /// [`deploykit_core::notify::verify_webhook_signature`] before trusting it.
+    pub fn with_signing_key(mut self, key: impl Into<Vec<u8>>) -> Result<Self> {
+        let key = key.into();
+        if key.len() < 16 {
+            return Err(Error::invalid(
+                "webhook.signing_key",
+                format!("is {} bytes; at least 16 are needed", key.len()),
+            ));
+        }
+        self.key = Some(key);
+        Ok(self)
+    }
+
+    /// Post events in `format` (default [`WebhookFormat::Json`]).
+    pub fn with_format(mut self, format: WebhookFormat) -> Self {
+        self.format = format;
+        self
+    }
+
     /// Retry failed deliveries under `policy`.
     pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
@@ -102,9 +150,15 @@ impl WebhookNotifier {
     /// POST `body` as JSON, with the same retries and back-off as events (used, e.g., to
     /// deliver alert notifications). Retries used up are an [`Error::Persistent`].
     pub async fn post_json<T: serde::Serialize + Sync + ?Sized>(&self, body: &T) -> Result<()> {
-        let operation = format!("POST {}", self.url);
+        // The host only: a chat webhook's path is its credential, and errors are logged.
+        let operation = format!("POST to webhook at {}", self.url.host_str().unwrap_or("?"));
+        let body = serde_json::to_vec(body)
+            .map_err(|e| Error::backend(operation.clone(), format!("encode the body: {e}")))?;
+        let signature = self.key.as_ref().map(|k| webhook_signature(k, &body));
         self.retry
-            .run(&operation, PostError::retry, || self.attempt(body))
+            .run(&operation, PostError::retry, || {
+                self.attempt(body.clone(), signature.as_deref())
+            })
             .await
             .map_err(|e| {
                 e.into_error(operation.clone(), |e| Error::Backend {
@@ -114,17 +168,19 @@ impl WebhookNotifier {
             })
     }
 
-    async fn attempt<T: serde::Serialize + Sync + ?Sized>(
+    async fn attempt(
         &self,
-        body: &T,
+        body: Vec<u8>,
+        signature: Option<&str>,
     ) -> std::result::Result<(), PostError> {
-        let response = self
+        let mut request = self
             .client
             .post(self.url.clone())
-            .json(body)
-            .send()
-            .await
-            .map_err(PostError::Send)?;
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(signature) = signature {
+            request = request.header(WEBHOOK_SIGNATURE_HEADER, signature);
+        }
+        let response = request.body(body).send().await.map_err(PostError::Send)?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -145,8 +201,38 @@ impl WebhookNotifier {
 #[async_trait]
 impl Notifier for WebhookNotifier {
     async fn notify(&self, event: &Event) -> Result<()> {
-        self.post_json(&Notification::from(event)).await
+        let n = Notification::from(event);
+        match self.format {
+            WebhookFormat::Json => self.post_json(&n).await,
+            WebhookFormat::Slack => self.post_json(&slack_message(&n)).await,
+        }
     }
+}
+
+/// A chat message for `n`: an icon by what happened, the headline in bold, the deployment
+/// and time below.
+pub fn slack_message(n: &Notification) -> serde_json::Value {
+    let icon = match (n.kind.as_str(), n.phase) {
+        ("finished", deploykit_core::Phase::Succeeded) => ":white_check_mark:",
+        ("finished", _) | ("rollback_started", _) => ":rotating_light:",
+        ("approval_requested", _) => ":raised_hand:",
+        _ => ":information_source:",
+    };
+    // Slack's mrkdwn treats `&`, `<` and `>` as control characters.
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    serde_json::json!({
+        "text": format!(
+            "{icon} *{}*\ndeployment `{}` · {} · {}",
+            escape(&n.headline()),
+            escape(&n.deployment),
+            n.phase,
+            n.at
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::context::{Context, exit_for, status_json};
 use crate::progress::Follow;
-use crate::{AuditAction, Cli, Command, Output, PreviewAction};
+use crate::{AuditAction, Cli, Command, NotifyAction, Output, PreviewAction};
 
 async fn follow(ctx: &Context, orchestrator: &Orchestrator, id: &DeploymentId) -> Result<ExitCode> {
     let client = ctx.client();
@@ -248,6 +248,9 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Flags { action } => crate::flags::run(&ctx, action),
+        Command::Notify {
+            action: NotifyAction::Test { channel, env },
+        } => crate::notify::test(&ctx, env.as_deref(), channel.as_deref()).await,
         Command::Logs(args) => crate::logs::run(&ctx, args).await,
     }
 }
@@ -340,6 +343,7 @@ async fn daemon(
         Some(addr) => Some(crate::dashboard::bind(ctx, &environment, addr).await?),
         None => None,
     };
+    let notify_channels = crate::notify::channels(config)?;
     let local = LocalEnvironment::open(options).await?;
     let agent = crate::log_agent::LogAgent::start(
         &log_settings,
@@ -381,7 +385,9 @@ async fn daemon(
             _ = term.recv() => {}
         }
     };
+    // Stops the dashboard and the notifications once the daemon stops serving.
     let (stop_dashboard, stopped_dashboard) = tokio::sync::watch::channel(false);
+    let stopped_notifications = stopped_dashboard.clone();
     let socket = ctx.socket();
     let daemon = async {
         let served = deploykit_local::daemon::serve(local, &socket, shutdown).await;
@@ -401,7 +407,22 @@ async fn daemon(
             None => Ok(()),
         }
     };
-    let (served, _) = tokio::join!(daemon, dashboard);
+    let notifications = async {
+        if notify_channels.is_empty() {
+            return;
+        }
+        let delivered = match ctx.store().await {
+            Ok(store) => {
+                crate::notify::deliver(store, notify_channels, &state_dir, stopped_notifications)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = delivered {
+            tracing::warn!(error = %e.chain(), "notifications stopped");
+        }
+    };
+    let (served, _, ()) = tokio::join!(daemon, dashboard, notifications);
     if let Some((task, _)) = metrics {
         task.abort();
     }

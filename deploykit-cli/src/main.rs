@@ -20,6 +20,7 @@ mod flags;
 mod log_agent;
 mod logs;
 mod names;
+mod notify;
 mod out;
 mod pg;
 mod progress;
@@ -232,6 +233,11 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Notification channels (`[notifications.<name>]`; the daemon delivers them).
+    Notify {
+        #[command(subcommand)]
+        action: NotifyAction,
+    },
     /// Feature flags from the configuration (`flags = "flags.json"` or `[flags]`).
     Flags {
         #[command(subcommand)]
@@ -292,6 +298,20 @@ enum PreviewAction {
     },
     /// List previews.
     List,
+}
+
+#[derive(Subcommand, Debug)]
+enum NotifyAction {
+    /// Send the newest event of the environment's newest deployment through every channel (or
+    /// one) now, whatever its filters: does the channel work?
+    Test {
+        /// Only this channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// The environment (default: the only one, or `production`).
+        #[arg(long, short)]
+        env: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -60,6 +60,30 @@
 //! (`pipeline`, a [`deploykit_logs::PipelineConfig`]) and where they go (`forward`: `otlp`,
 //! `webhook`, `file`). See the `logs` module's example for every key.
 //!
+//! # Notifications
+//!
+//! `[notifications.<name>]` ([`Config::notifications`], each a [`NotificationChannel`]) is
+//! where `deploykit daemon` sends deploy events, read from the journal (each event once, also
+//! across daemon restarts):
+//!
+//! | key | meaning | default |
+//! |---|---|---|
+//! | `type` | `slack` (a Slack-compatible incoming webhook: `{"text": …}`), `webhook` (the event as JSON), `email` | required |
+//! | `url` or `url_env` | the webhook's URL, or the variable holding it (a chat webhook's URL is its credential) | required for `slack`, `webhook` |
+//! | `signing_key_env` | `webhook`: the variable holding the HMAC-SHA256 key; requests carry `x-deploykit-signature: sha256=<hex>` | unsigned |
+//! | `smtp`, `from`, `to` | `email`: the relay (`host:port`, plain SMTP, no TLS or login: keep it on loopback or inside the network), the sender, the recipients | required for `email` |
+//! | `events` | the event kinds sent ([`deploykit_core::notify::EVENT_KINDS`]), or `["*"]` | `approval_requested`, `rollback_started`, `finished` |
+//! | `environments` | the environments whose events are sent (`preview-*` matches every preview) | all |
+//!
+//! ```toml
+//! [notifications.oncall]
+//! type = "email"
+//! smtp = "127.0.0.1:25"
+//! from = "deploykit@shop.example"
+//! to = ["oncall@shop.example"]
+//! environments = ["production"]
+//! ```
+//!
 //! # Backups
 //!
 //! `[environments.<env>.backup]` is the environment's backup policy ([`Config::backup_policy`])
@@ -125,6 +149,9 @@ use deploykit_core::model::{
 use deploykit_core::secrets::SecretProvider;
 use deploykit_core::{Error, Result};
 pub use logs::{ForwardSettings, LogSettings};
+pub use notify::{ChannelTarget, NotificationChannel, Url as ChannelUrl};
+
+mod notify;
 
 mod backup;
 pub mod build;
@@ -172,6 +199,8 @@ struct FileToml {
     overrides: BTreeMap<String, BTreeMap<String, Spanned<String>>>,
     /// A flagd flag file's name, or the flag document inline.
     flags: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    notifications: BTreeMap<String, Spanned<notify::ChannelToml>>,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +290,7 @@ pub struct Config {
     /// Effective settings per environment, each with where it came from.
     settings: BTreeMap<String, BTreeMap<String, (Setting, Origin)>>,
     flags: Option<deploykit_flags::FlagSet>,
+    notifications: Vec<NotificationChannel>,
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -508,6 +538,7 @@ impl Config {
             .as_ref()
             .map(|f| flags::load(&at, f, &environments))
             .transpose()?;
+        let notifications = notify::load(&at, &parsed.notifications, &environments)?;
         let secrets_file = parsed.secrets_file.map(|f| {
             let relative_to = Path::new(file).parent().unwrap_or(Path::new(""));
             relative_to.join(f)
@@ -524,6 +555,7 @@ impl Config {
             logs: log_settings,
             settings,
             flags,
+            notifications,
         })
     }
 
@@ -616,6 +648,11 @@ impl Config {
         self.analyses
             .get(name)
             .ok_or_else(|| Error::not_found(format!("analysis {name} in the configuration")))
+    }
+
+    /// The notification channels (`[notifications.<name>]`), by name.
+    pub fn notifications(&self) -> &[NotificationChannel] {
+        &self.notifications
     }
 
     /// The feature flags: the flagd file named by `flags` (relative to the configuration

@@ -166,7 +166,31 @@ pub struct JournalFollower {
     seen: std::collections::HashMap<DeploymentId, DeploymentStatus>,
     /// Deployments whose journal cannot be folded, with why: skipped from then on.
     unreadable: std::collections::BTreeMap<DeploymentId, String>,
+    /// Where an earlier follower stood, for deployments seen for the first time.
+    resumed: Option<FollowerCursor>,
+    /// The time of the newest entry read, once a poll ran (the epoch if there was none).
+    polled_at: Option<Timestamp>,
 }
+
+/// Where a [`JournalFollower`] stands, to be saved and given to
+/// [`JournalFollower::from_cursor`] by the next process, so that what happened while none ran
+/// is delivered, and nothing before it again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FollowerCursor {
+    /// The next entry of each deployment that had not ended (or ended in the last ten
+    /// minutes).
+    pub next: std::collections::BTreeMap<DeploymentId, u64>,
+    /// The time of the newest entry the follower had read (as its writers' clocks tell):
+    /// deployments created after it are new. `None`: no follower ever polled.
+    pub at: Option<Timestamp>,
+}
+
+/// Clocks of several processes disagree a little: a deployment created this long before a
+/// cursor's time, and not in it, is delivered anyway (at least once, never lost).
+const CURSOR_SKEW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Ended deployments stay in a cursor this long after their last entry.
+const CURSOR_RECENT: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl fmt::Debug for JournalFollower {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -184,6 +208,44 @@ impl JournalFollower {
             store,
             seen: std::collections::HashMap::new(),
             unreadable: std::collections::BTreeMap::new(),
+            resumed: None,
+            polled_at: None,
+        }
+    }
+
+    /// A follower that goes on where the one that saved `cursor` ([`cursor`](Self::cursor))
+    /// stopped: its first poll returns the entries written since (of deployments in flight
+    /// then, and of every deployment created after it), and nothing older. Without a time in
+    /// the cursor (none was ever saved), it is [`from_now`](Self::from_now).
+    pub async fn from_cursor(
+        store: std::sync::Arc<dyn crate::StateStore>,
+        cursor: FollowerCursor,
+    ) -> crate::Result<Self> {
+        if cursor.at.is_none() {
+            return Self::from_now(store).await;
+        }
+        let mut follower = Self::from_start(store);
+        follower.resumed = Some(cursor);
+        Ok(follower)
+    }
+
+    /// Where this follower stands, for [`from_cursor`](Self::from_cursor).
+    pub fn cursor(&self) -> FollowerCursor {
+        FollowerCursor {
+            next: self
+                .seen
+                .iter()
+                // Ended ones too, while recent: one created just before the cursor's time is
+                // not taken for new (see CURSOR_SKEW) and sent again.
+                .filter(|(_, s)| {
+                    !s.phase.is_terminal()
+                        || self
+                            .polled_at
+                            .is_none_or(|at| s.updated_at.plus(CURSOR_RECENT) >= at)
+                })
+                .map(|(id, s)| (id.clone(), s.next_seq))
+                .collect(),
+            at: self.polled_at,
         }
     }
 
@@ -222,6 +284,15 @@ impl JournalFollower {
                 }
             }
         }
+        // The newest entry read so far (in the writers' clock): what is created after it is new.
+        let newest = events.iter().map(|e| e.entry.at).max();
+        self.polled_at = Some(
+            self.polled_at
+                .into_iter()
+                .chain(newest)
+                .max()
+                .unwrap_or_default(),
+        );
         Ok(events)
     }
 
@@ -239,14 +310,27 @@ impl JournalFollower {
         events: &mut Vec<Event>,
     ) -> crate::Result<()> {
         let mut entries = entries.into_iter();
+        let mut skip_below = 0;
         let status = match self.seen.entry(id.clone()) {
             std::collections::hash_map::Entry::Occupied(seen) => seen.into_mut(),
             std::collections::hash_map::Entry::Vacant(new) => {
                 let Some(first) = entries.next() else {
                     return Ok(());
                 };
+                // Seen for the first time after a resume: from where the cursor stood, all of
+                // it if created since, none of it if it was history already.
+                skip_below = match &self.resumed {
+                    Some(c) => match c.next.get(id) {
+                        Some(next) => *next,
+                        None if c.at.is_some_and(|at| first.at.plus(CURSOR_SKEW) >= at) => 0,
+                        None => u64::MAX,
+                    },
+                    None => 0,
+                };
                 let status = DeploymentStatus::from_journal(std::slice::from_ref(&first))?;
-                events.push(Event::new(&status, first));
+                if first.seq >= skip_below {
+                    events.push(Event::new(&status, first));
+                }
                 new.insert(status)
             }
         };
@@ -255,7 +339,9 @@ impl JournalFollower {
                 what: format!("journal of {id} at entry {}", entry.seq),
                 source: e.chain().into(),
             })?;
-            events.push(Event::new(status, entry));
+            if entry.seq >= skip_below {
+                events.push(Event::new(status, entry));
+            }
         }
         Ok(())
     }

@@ -25,6 +25,7 @@ pub mod k8s;
 mod logs;
 mod notify;
 mod sim;
+pub mod sinks;
 mod store;
 mod target;
 

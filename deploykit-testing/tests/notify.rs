@@ -207,3 +207,124 @@ async fn the_webhook_does_not_retry_client_errors() {
     let err = WebhookNotifier::new("ftp://example.com/x").expect_err("scheme");
     assert!(err.to_string().contains("webhook.url"), "{err}");
 }
+
+/// One finished deployment's events, from a real orchestrator on the simulated cluster.
+async fn some_events() -> Vec<deploykit_core::Event> {
+    let sim = SimCluster::new();
+    let recorder = RecordingNotifier::new();
+    let orch = Orchestrator::builder(MemoryStore::new())
+        .environment(common::production(), Arc::new(sim.clone()))
+        .notifier(Arc::new(recorder.clone()))
+        .clock(Arc::new(sim.clock()))
+        .config(common::config())
+        .open()
+        .await
+        .expect("orchestrator");
+    common::deploy_and_wait(&orch, "v1").await;
+    orch.shutdown().await.expect("shutdown");
+    recorder.events()
+}
+
+#[tokio::test]
+async fn a_signed_webhook_and_a_chat_message_carry_the_event_and_nothing_else() {
+    use deploykit_alerting::webhook::WebhookFormat;
+    use deploykit_core::Notifier;
+    use deploykit_core::notify::{WEBHOOK_SIGNATURE_HEADER, verify_webhook_signature};
+    let events = some_events().await;
+    let last = events.last().expect("events");
+    let sink = deploykit_testing::sinks::HttpSink::start()
+        .await
+        .expect("sink");
+    let key = b"sixteen-byte-key-and-more";
+    let signed = WebhookNotifier::new(&sink.url("/json"))
+        .expect("hook")
+        .with_signing_key(key.to_vec())
+        .expect("key");
+    assert!(
+        WebhookNotifier::new(&sink.url("/x"))
+            .expect("hook")
+            .with_signing_key(b"short".to_vec())
+            .is_err(),
+        "a short key is refused"
+    );
+    signed.notify(last).await.expect("sent");
+    let chat = WebhookNotifier::new(&sink.url("/chat"))
+        .expect("hook")
+        .with_format(WebhookFormat::Slack);
+    chat.notify(last).await.expect("sent");
+    let requests = sink.requests();
+    assert_eq!(requests.len(), 2);
+    let json = &requests[0];
+    let signature = json.header(WEBHOOK_SIGNATURE_HEADER).expect("signed");
+    assert!(verify_webhook_signature(key, &json.body, signature));
+    let body: serde_json::Value = serde_json::from_slice(&json.body).expect("json");
+    assert_eq!(body["kind"], "finished");
+    assert_eq!(body["phase"], "succeeded");
+    let slack: serde_json::Value = serde_json::from_slice(&requests[1].body).expect("json");
+    let text = slack["text"].as_str().expect("text");
+    assert!(
+        text.starts_with(":white_check_mark: *web/production v1: succeeded"),
+        "{text}"
+    );
+    assert!(requests[1].header(WEBHOOK_SIGNATURE_HEADER).is_none());
+}
+
+#[tokio::test]
+async fn mail_is_retried_when_deferred_and_not_when_refused() {
+    use deploykit_alerting::email::EmailNotifier;
+    use deploykit_core::Notifier;
+    use deploykit_core::retry::RetryPolicy;
+    use deploykit_testing::sinks::SmtpSink;
+    let events = some_events().await;
+    let last = events.last().expect("events");
+    let quick = RetryPolicy::default()
+        .with_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .and_then(|p| p.with_max_attempts(3))
+        .expect("policy");
+    let to = vec!["oncall@shop.example".to_string()];
+
+    let ok = SmtpSink::start().await.expect("sink");
+    EmailNotifier::new(&ok.addr(), "deploykit@shop.example", &to)
+        .expect("mail")
+        .notify(last)
+        .await
+        .expect("sent");
+    let mails = ok.mails();
+    assert_eq!(mails.len(), 1);
+    assert!(
+        mails[0].data.contains("event:      finished"),
+        "{}",
+        mails[0].data
+    );
+
+    // Deferred (4xx) is worth another attempt later; refused (5xx) is not.
+    for (code, transient) in [(450, true), (550, false)] {
+        let sink = SmtpSink::start_refusing(Some(code)).await.expect("sink");
+        let err = EmailNotifier::new(&sink.addr(), "deploykit@shop.example", &to)
+            .expect("mail")
+            .with_retry(quick)
+            .notify(last)
+            .await
+            .expect_err("refused");
+        assert!(sink.mails().is_empty());
+        assert_eq!(err.is_retryable(), transient, "{code}: {err}");
+    }
+    // Nothing listening: an error naming the relay, after the retries.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let err = EmailNotifier::new(&port.to_string(), "deploykit@shop.example", &to)
+        .expect("mail")
+        .with_retry(quick)
+        .notify(last)
+        .await
+        .expect_err("no relay");
+    assert!(err.to_string().contains(&port.to_string()), "{err}");
+    for bad in ["nowhere", ":25", "host:99999"] {
+        assert!(EmailNotifier::new(bad, "a@b.c", &to).is_err(), "{bad}");
+    }
+    assert!(EmailNotifier::new("127.0.0.1:25", "not an address", &to).is_err());
+    assert!(EmailNotifier::new("127.0.0.1:25", "a@b.c", &[]).is_err());
+}

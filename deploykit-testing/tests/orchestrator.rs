@@ -617,3 +617,55 @@ async fn a_journal_follower_sees_the_orchestrators_events_exactly_once() {
     assert!(unreadable[0].1.contains("entry 1"), "{unreadable:?}");
     assert!(follower.poll().await.expect("poll").is_empty());
 }
+
+/// A follower that stops and a new one started from its saved cursor deliver every entry once
+/// between them: the rest of a deployment that was in flight, all of one created meanwhile,
+/// and none of the history before.
+#[tokio::test(start_paused = true)]
+async fn a_follower_resumed_from_a_cursor_misses_nothing_and_repeats_nothing() {
+    use deploykit_core::event::{FollowerCursor, JournalFollower};
+    let sim = SimCluster::new();
+    let store = store();
+    let a = open(store.clone(), &sim, production(), "host-a").await;
+    deploy_and_wait(&a, "v1").await;
+    let mut first = JournalFollower::from_now(store.clone())
+        .await
+        .expect("follower");
+    let v2 = a.deploy(request("v2")).await.expect("v2");
+    let mut delivered = Vec::new();
+    while delivered.len() < 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        delivered.extend(first.poll().await.expect("poll"));
+    }
+    assert!(!a.status(&v2).await.expect("status").phase.is_terminal());
+    // Saved as JSON, as the daemon does, and the follower gone.
+    let saved = serde_json::to_string(&first.cursor()).expect("cursor");
+    drop(first);
+    a.wait(&v2).await.expect("v2");
+    let (v3, _) = deploy_and_wait(&a, "v3").await;
+    let cursor: FollowerCursor = serde_json::from_str(&saved).expect("cursor");
+    assert!(cursor.next.contains_key(&v2), "{cursor:?}");
+    let mut second = JournalFollower::from_cursor(store.clone(), cursor)
+        .await
+        .expect("resumed");
+    delivered.extend(second.poll().await.expect("poll"));
+    assert!(second.poll().await.expect("poll").is_empty());
+    for (id, label) in [(&v2, "v2"), (&v3, "v3")] {
+        let seqs: Vec<u64> = delivered
+            .iter()
+            .filter(|e| &e.deployment == id)
+            .map(|e| e.entry.seq)
+            .collect();
+        let journal = store.load(id).await.expect("load").expect(label).len() as u64;
+        assert_eq!(seqs, (0..journal).collect::<Vec<_>>(), "{label}");
+    }
+    assert!(
+        delivered.iter().all(|e| e.revision != "v1"),
+        "history not repeated"
+    );
+    // A cursor never saved is `from_now`: history is skipped.
+    let mut fresh = JournalFollower::from_cursor(store.clone(), FollowerCursor::default())
+        .await
+        .expect("fresh");
+    assert!(fresh.poll().await.expect("poll").is_empty());
+}

@@ -142,14 +142,20 @@ pub fn start_daemon(dir: &Path, listen: &str) -> Daemon {
 /// [`start_daemon`] with more arguments for `deploykit daemon`.
 #[allow(dead_code)] // not every test binary passes any
 pub fn start_daemon_with(dir: &Path, listen: &str, more: &[&str]) -> Daemon {
+    let mut args = vec!["daemon", "--listen", listen];
+    args.extend_from_slice(more);
+    spawn_daemon(dir, deploykit(dir, &args))
+}
+
+/// Starts `daemon` (a `deploykit daemon` command, e.g. with more variables set) logging to
+/// `daemon.log`, and waits for its socket.
+pub fn spawn_daemon(dir: &Path, mut daemon: Command) -> Daemon {
     let log = std::fs::File::options()
         .create(true)
         .append(true)
         .open(dir.join("daemon.log"))
         .unwrap();
-    let mut args = vec!["daemon", "--listen", listen];
-    args.extend_from_slice(more);
-    let child = deploykit(dir, &args)
+    let child = daemon
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

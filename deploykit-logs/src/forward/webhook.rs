@@ -4,18 +4,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploykit_core::{Error, Result};
-use hmac::{Hmac, Mac};
 use http::header::{HeaderName, HeaderValue};
-use sha2::Sha256;
 
 use super::Forwarder;
 use super::http::HttpPoster;
 use crate::record::Record;
 
-/// The header carrying a signed body's signature: `sha256=<hex HMAC-SHA256 of the body>`.
-pub const WEBHOOK_SIGNATURE_HEADER: &str = "x-deploykit-signature";
-
-type HmacSha256 = Hmac<Sha256>;
+pub use deploykit_core::notify::{
+    WEBHOOK_SIGNATURE_HEADER, verify_webhook_signature, webhook_signature,
+};
 
 /// Posts each batch to a URL as a JSON array of records in their JSON form (see
 /// [`Record::write_json`]), `Content-Type: application/json`.
@@ -90,47 +87,6 @@ impl WebhookForwarder {
         body.push(b']');
         body
     }
-}
-
-/// The signature header's value for `body` under `key`: `sha256=<hex>`.
-pub fn webhook_signature(key: &[u8], body: &[u8]) -> String {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length");
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let mut out = String::with_capacity(7 + digest.len() * 2);
-    out.push_str("sha256=");
-    for byte in digest {
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
-    }
-    out
-}
-
-/// Whether `signature` (a [`WEBHOOK_SIGNATURE_HEADER`] value) is `body`'s signature under `key`,
-/// compared in constant time.
-pub fn verify_webhook_signature(key: &[u8], body: &[u8], signature: &str) -> bool {
-    let Some(hex) = signature.trim().strip_prefix("sha256=") else {
-        return false;
-    };
-    let Some(expected) = decode_hex(hex) else {
-        return false;
-    };
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length");
-    mac.update(body);
-    mac.verify_slice(&expected).is_ok()
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    let digit = |byte: u8| char::from(byte).to_digit(16).map(|d| d as u8);
-    text.as_bytes()
-        .chunks(2)
-        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
-        .collect()
 }
 
 #[async_trait]
