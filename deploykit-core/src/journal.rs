@@ -516,9 +516,15 @@ impl DeploymentStatus {
             JournalEvent::Created { .. } => false,
             JournalEvent::Started { .. } => p == Phase::Pending,
             JournalEvent::Applied { .. } => matches!(p, Phase::Progressing | Phase::RollingBack),
-            JournalEvent::StepReached { .. }
-            | JournalEvent::Measured { .. }
-            | JournalEvent::Promoted => p == Phase::Progressing && self.awaiting.is_none(),
+            JournalEvent::StepReached { .. } | JournalEvent::Promoted => {
+                p == Phase::Progressing && self.awaiting.is_none()
+            }
+            // A rollout waiting at a gate is still watched (its background analysis), unless
+            // an operator holds it.
+            JournalEvent::Measured { .. } => {
+                (p == Phase::Progressing && self.awaiting.is_none())
+                    || (p == Phase::Paused && self.awaiting.is_some() && self.paused.is_none())
+            }
             JournalEvent::ReadyToPromote => {
                 p == Phase::Progressing && self.progress.ready_to_promote_at.is_none()
             }

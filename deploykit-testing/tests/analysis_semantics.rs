@@ -599,3 +599,89 @@ fn the_minimum_sample_count_is_configurable_and_validated() {
         }
     }
 }
+
+/// A canary waiting for a human at an approval gate keeps its traffic, so it is still watched:
+/// its background analysis keeps measuring, and when it fails the canary is rolled back
+/// without anyone approving or rejecting anything. Under the `pause` failure policy, the
+/// failure waits for that same human instead, and is raised as soon as the gate is passed.
+#[tokio::test(start_paused = true)]
+async fn a_canary_waiting_at_a_gate_is_still_analysed_and_rolled_back_when_it_degrades() {
+    for pause_policy in [false, true] {
+        let sim = SimCluster::new();
+        let background = analysis(
+            MetricCheck::threshold("bg-error-rate", "error_rate", Condition::below(0.05))
+                .interval(Duration::from_secs(10))
+                .build()
+                .expect("metric"),
+        );
+        let strategy = canary(
+            vec![CanaryStep::weight(25).expect("w"), CanaryStep::approval()],
+            Some(background),
+        );
+        let mut env = common::environment_with(4, strategy);
+        if pause_policy {
+            env.failure_policy = deploykit_core::FailurePolicy::Pause;
+        }
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+        let orch = open_monitored(store, &sim, env.clone(), "o1").await;
+        assert_eq!(
+            common::deploy_and_wait(&orch, "v1").await.1,
+            Phase::Succeeded
+        );
+        let svc = common::service().name;
+        let v2 = revision_in(&env, "v2").id;
+        sim.set_metric(&svc, Some(&v2), "error_rate", vec![0.01]);
+        let id = orch.deploy(request("v2")).await.expect("deploy");
+        let at_gate = until(&orch, &id, "at the approval gate", |s| {
+            s.awaiting.as_ref().is_some_and(|(g, _)| g == "step-1")
+        })
+        .await;
+        let asked_at = at_gate.updated_at;
+        // Healthy while waiting: measured, and still waiting.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let waiting = orch.status(&id).await.expect("status");
+        assert_eq!(waiting.phase, Phase::Paused);
+        let measured_at_gate = waiting
+            .progress
+            .measurements
+            .iter()
+            .filter(|m| m.run == "background" && m.at > asked_at)
+            .count();
+        assert!(measured_at_gate >= 4, "{:?}", waiting.progress.measurements);
+        // The canary degrades while nobody looks.
+        sim.set_metric(&svc, Some(&v2), "error_rate", vec![0.4]);
+        if !pause_policy {
+            let status = orch.wait(&id).await.expect("wait");
+            assert_eq!(status.phase, Phase::RolledBack);
+            let (cause, reason) = status.rollback.expect("rollback");
+            assert_eq!(
+                cause,
+                deploykit_core::journal::RollbackCause::AnalysisFailed
+            );
+            assert!(reason.contains("bg-error-rate"), "{reason}");
+            continue;
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let held = orch.status(&id).await.expect("status");
+        assert_eq!(
+            held.awaiting.as_ref().map(|a| a.0.as_str()),
+            Some("step-1"),
+            "under the pause policy the same human decides"
+        );
+        orch.approve(&id, Actor::new("bob"), "go on")
+            .await
+            .expect("approve");
+        let failure = until(&orch, &id, "at the failure gate", |s| {
+            s.awaiting.as_ref().is_some_and(|(g, _)| g == "failure")
+        })
+        .await;
+        assert!(
+            failure.awaiting.expect("gate").1.contains("bg-error-rate"),
+            "the failure is raised once the gate is passed"
+        );
+        orch.reject(&id, Actor::new("bob"), "it degraded")
+            .await
+            .expect("reject");
+        assert_eq!(orch.wait(&id).await.expect("wait").phase, Phase::RolledBack);
+    }
+}

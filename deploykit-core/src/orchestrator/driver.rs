@@ -200,6 +200,9 @@ impl Driver {
         if let Some(next) = self.honour_pause(st) {
             return Ok(next);
         }
+        if let Some(next) = self.watch_at_gate(st, now).await? {
+            return Ok(next);
+        }
         if let Some(next) = self.tear_down(st).await? {
             return Ok(next);
         }
@@ -291,9 +294,47 @@ impl Driver {
     }
 
     /// An operator's pause holds the deployment where it is until resumed (the progress
-    /// deadline does not run meanwhile).
+    /// deadline does not run meanwhile). A gate waiting for an approval is not held here:
+    /// see [`Driver::watch_at_gate`].
     fn honour_pause(&self, st: &DeploymentStatus) -> Option<Next> {
-        (st.phase == Phase::Paused).then(|| Next::After(self.poll()))
+        (st.phase == Phase::Paused && !waits_at_gate(st)).then(|| Next::After(self.poll()))
+    }
+
+    /// While a rollout waits for a human at a gate, its canary keeps the traffic it has, so it
+    /// is still watched: the background analysis keeps measuring, and a failed analysis or
+    /// failing new instances roll it back (or freeze it) as they would have a moment before,
+    /// instead of waiting for someone to notice. Nothing else moves: no step, no promotion.
+    /// Under the `pause` failure policy the failure waits for that same human (it is raised
+    /// again as soon as the gate is passed). An environment that cannot be observed is waited
+    /// for, as before.
+    async fn watch_at_gate(
+        &mut self,
+        st: &mut DeploymentStatus,
+        now: Timestamp,
+    ) -> Result<Option<Next>> {
+        if st.phase != Phase::Paused || !waits_at_gate(st) {
+            return Ok(None);
+        }
+        let wait = Next::After(self.poll());
+        let Ok(observed) = self.target(st)?.env.observe(&st.spec.service).await else {
+            return Ok(Some(wait));
+        };
+        let replicas = observed.replicas_for(st.spec.replicas);
+        let target = st.spec.target.clone();
+        Ok(Some(
+            match self.plan(st, &target, &observed, replicas, now) {
+                Decision::Analyze(request) if request.run == "background" => {
+                    self.analyze(st, request).await?;
+                    Next::Now
+                }
+                Decision::Abort { cause, reason }
+                    if st.spec.failure_policy != FailurePolicy::Pause =>
+                {
+                    self.give_up(st, cause, reason).await?
+                }
+                _ => wait,
+            },
+        ))
     }
 
     /// A teardown (a preview's service going away) removes the service and ends: succeeded, or
@@ -852,4 +893,9 @@ mod tests {
         assert_eq!(rollback_verified(&v1, &too_few, 3), None);
         assert_eq!(rollback_verified(&v2, &too_few, 2), None);
     }
+}
+
+/// Whether the deployment waits for an approval at a gate (and is not held by an operator).
+fn waits_at_gate(st: &DeploymentStatus) -> bool {
+    st.awaiting.is_some() && st.paused.is_none()
 }
