@@ -829,6 +829,11 @@ fn rollback_verified(target: &Revision, observed: &Observed, replicas: u32) -> O
     ))
 }
 
+/// Whether the deployment waits for an approval at a gate (and is not held by an operator).
+fn waits_at_gate(st: &DeploymentStatus) -> bool {
+    st.awaiting.is_some() && st.paused.is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -893,9 +898,4 @@ mod tests {
         assert_eq!(rollback_verified(&v1, &too_few, 3), None);
         assert_eq!(rollback_verified(&v2, &too_few, 2), None);
     }
-}
-
-/// Whether the deployment waits for an approval at a gate (and is not held by an operator).
-fn waits_at_gate(st: &DeploymentStatus) -> bool {
-    st.awaiting.is_some() && st.paused.is_none()
 }
