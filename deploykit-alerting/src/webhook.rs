@@ -327,9 +327,12 @@ mod tests {
         assert!(err.is_persistent() && err.is_retryable(), "{err:?}");
         let text = err.chain();
         assert!(
-            text.contains(&format!("POST {url}: gave up after 3 attempts")) && text.contains("503"),
+            text.contains("POST to webhook at 127.0.0.1: gave up after 3 attempts")
+                && text.contains("503"),
             "{text}"
         );
+        // A chat webhook's path is its credential: errors (which are logged) name the host only.
+        assert!(!text.contains("/hook"), "{text}");
 
         let (url, count) = server(vec![(400, None)]).await;
         let hook = WebhookNotifier::new(&url).expect("url").with_retries(5);
