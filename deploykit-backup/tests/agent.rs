@@ -157,6 +157,16 @@ async fn backups_run_on_time_with_retention_prune_checks_drills_and_audit() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while (backups.len() < 5 || seen.len() < 5) && tokio::time::Instant::now() < deadline {
         let e = next_event(&mut events, Duration::from_secs(10), |_| true).await;
+        // A drill due at the very start, before the first backup has finished, honestly has
+        // nothing to restore (a loaded machine makes that moment longer); any later failure
+        // is a defect.
+        if !e.ok
+            && e.duty == Duty::Drill
+            && backups.is_empty()
+            && e.run.detail.contains("a snapshot to drill with not found")
+        {
+            continue;
+        }
         assert!(e.ok, "{e:?}");
         seen.insert((e.duty, e.run.kind.split(' ').next().unwrap().to_string()));
         if e.duty == Duty::Backup {
