@@ -103,6 +103,40 @@ async fn wait_for(browser: &Client, what: &str, check: impl Fn(&str) -> bool) ->
     }
 }
 
+/// The web service's last deployment on the overview (in flight or just ended).
+const LAST_DEPLOYMENT: &str = "tr[data-service='web'] a[href^='/deployments/']";
+
+/// Runs `act` until it succeeds: a live update may replace the page's content between
+/// finding an element and using it (a stale element), as it would under a person's mouse.
+async fn retry<F, Fut>(browser: &Client, what: &str, act: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match act().await {
+            Ok(()) => return,
+            Err(e) => {
+                let url = browser.current_url().await.map(|u| u.to_string());
+                assert!(
+                    Instant::now() < deadline,
+                    "could not {what} on {url:?}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Clicks the element `css` selects, again if the page changed under it.
+async fn click(browser: &Client, css: &str) {
+    retry(browser, &format!("click {css}"), || async {
+        browser.find(Locator::Css(css)).await?.click().await
+    })
+    .await;
+}
+
 /// Whether the page is still the one the marker was set on (a reload would clear it).
 async fn not_reloaded(browser: &Client) -> bool {
     browser
@@ -247,13 +281,7 @@ async fn a_canary_is_watched_approved_and_a_bad_revision_seen_rolled_back_in_chr
         );
         assert!(not_reloaded(&browser).await, "a live update, not a reload");
 
-        browser
-            .find(Locator::Css(".inflight a[href^='/deployments/']"))
-            .await
-            .expect("the deployment in flight")
-            .click()
-            .await
-            .unwrap();
+        click(&browser, LAST_DEPLOYMENT).await;
         let page = wait_for(&browser, "the gate on the deployment's page", |h| {
             h.contains("id=\"awaiting\"") && h.contains("data-action=\"approve\"")
         })
@@ -265,22 +293,19 @@ async fn a_canary_is_watched_approved_and_a_bad_revision_seen_rolled_back_in_chr
         save_screenshot(&browser, "canary-in-progress.png").await;
 
         // The reviewer approves with a reason; the rollout finishes on the page.
-        let form = browser
-            .find(Locator::Css("form[action$='/approve']"))
-            .await
-            .unwrap();
-        form.find(Locator::Css("input[name=reason]"))
-            .await
-            .unwrap()
-            .send_keys("error rate flat, latency fine")
-            .await
-            .unwrap();
-        form.find(Locator::Css("button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        retry(&browser, "type the reason and approve", || async {
+            let reason = browser
+                .find(Locator::Css("form[action$='/approve'] input[name=reason]"))
+                .await?;
+            reason.clear().await?;
+            reason.send_keys("error rate flat, latency fine").await?;
+            browser
+                .find(Locator::Css("form[action$='/approve'] button"))
+                .await?
+                .click()
+                .await
+        })
+        .await;
         let page = wait_for(&browser, "v2 succeeded", |h| {
             h.contains("id=\"outcome\"") && h.contains("data-phase=\"succeeded\"")
         })
@@ -321,18 +346,10 @@ async fn a_canary_is_watched_approved_and_a_bad_revision_seen_rolled_back_in_chr
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-        wait_for(&browser, "v3 in flight", |h| {
-            h.contains("class=\"inflight\"") && h.contains("<b>v3</b>")
-        })
-        .await;
+        // In flight or already rolled back: either way the overview names it.
+        wait_for(&browser, "v3 on the overview", |h| h.contains("<b>v3</b>")).await;
         assert!(not_reloaded(&browser).await, "a live update, not a reload");
-        browser
-            .find(Locator::Css(".inflight a[href^='/deployments/']"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&browser, LAST_DEPLOYMENT).await;
         let page = wait_for(&browser, "v3 rolled back", |h| {
             h.contains("id=\"rollback\"") && h.contains("data-phase=\"rolled back\"")
         })
@@ -348,13 +365,7 @@ async fn a_canary_is_watched_approved_and_a_bad_revision_seen_rolled_back_in_chr
         );
 
         // The audit log page: the chain verifies, the approval is there under the reviewer.
-        browser
-            .find(Locator::LinkText("Audit log"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&browser, "header nav a[href='/audit']").await;
         let audit = wait_for(&browser, "the audit log", |h| h.contains("audit-status")).await;
         assert!(audit.contains("hash chain intact"), "{audit}");
         assert!(audit.contains("qa-lead"), "{audit}");
