@@ -9,8 +9,8 @@ use deploykit_core::analysis::{AnalysisSpec, MetricCheck, MetricKind};
 use deploykit_core::journal::{DeploymentKind, JournalEvent};
 use deploykit_core::strategy::CanaryStep;
 use deploykit_core::{
-    DeploymentId, DeploymentStatus, EnvironmentName, Error, Observed, Outcome, Phase, Result,
-    ServiceId, StrategySpec,
+    DeploymentId, DeploymentStatus, EnvironmentName, Observed, Outcome, Phase, Result, ServiceId,
+    StrategySpec,
 };
 
 use crate::chart::{self, Point, Threshold};
@@ -21,15 +21,6 @@ use crate::{Inner, Viewer};
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The newest audit records shown.
 const AUDIT_ROWS: usize = 500;
-
-async fn load_status(inner: &Inner, id: &DeploymentId) -> Result<DeploymentStatus> {
-    let entries = inner
-        .store
-        .load(id)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("deployment {id}")))?;
-    DeploymentStatus::from_journal(&entries)
-}
 
 fn deployment_link(s: &DeploymentStatus) -> String {
     format!(
@@ -158,10 +149,7 @@ fn deployment_summary(s: &DeploymentStatus) -> String {
 /// deployment; deployments in flight first.
 pub(crate) async fn overview(inner: &Inner) -> Result<String> {
     let mut main = String::from("<h1>Services</h1>");
-    let mut active = Vec::new();
-    for id in inner.store.list_active().await? {
-        active.push(load_status(inner, &id).await?);
-    }
+    let active = inner.orchestrator.active_deployments().await?;
     if !active.is_empty() {
         main.push_str("<section class=\"inflight\"><h2>In flight</h2><ul>");
         for s in &active {
@@ -190,7 +178,7 @@ pub(crate) async fn overview(inner: &Inner) -> Result<String> {
                 .await?
                 .first()
             {
-                Some(id) => Some(load_status(inner, id).await?),
+                Some(id) => Some(inner.orchestrator.status(id).await?),
                 None => None,
             };
             let (instances, traffic) = match observe(inner, &service, &environment).await {
@@ -371,11 +359,7 @@ fn actions(s: &DeploymentStatus, viewer: &Viewer) -> String {
 /// judgements, rollback reason, outcome, timeline, and the operator's buttons.
 pub(crate) async fn deployment(inner: &Inner, viewer: &Viewer, id: &str) -> Result<String> {
     let id = DeploymentId::new(id);
-    let entries = inner
-        .store
-        .load(&id)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("deployment {id}")))?;
+    let entries = inner.orchestrator.journal(&id).await?;
     let s = DeploymentStatus::from_journal(&entries)?;
     let events = deploykit_core::event::timeline(&entries)?;
     let strategy = match &s.spec.strategy {
@@ -621,7 +605,7 @@ pub(crate) async fn service(
         main.push_str("<tr><td colspan=\"6\">never deployed</td></tr>");
     }
     for id in ids {
-        let s = load_status(inner, &id).await?;
+        let s = inner.orchestrator.status(&id).await?;
         let kind = kind_text(&s.spec.kind);
         let _ = write!(
             main,
@@ -661,7 +645,7 @@ pub(crate) async fn previews(inner: &Inner) -> Result<String> {
             .await?
             .first()
         {
-            Some(id) => deployment_summary(&load_status(inner, id).await?),
+            Some(id) => deployment_summary(&inner.orchestrator.status(id).await?),
             None => String::new(),
         };
         let host = format!("{service}-{environment}.localhost");
