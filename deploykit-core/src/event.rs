@@ -225,6 +225,8 @@ impl JournalFollower {
             return Self::from_now(store).await;
         }
         let mut follower = Self::from_start(store);
+        // A follower that then reads nothing new still stands where this one did.
+        follower.polled_at = cursor.at;
         follower.resumed = Some(cursor);
         Ok(follower)
     }

@@ -663,6 +663,16 @@ async fn a_follower_resumed_from_a_cursor_misses_nothing_and_repeats_nothing() {
         delivered.iter().all(|e| e.revision != "v1"),
         "history not repeated"
     );
+    // Restarted again and again with nothing new in between: nothing is sent again.
+    let mut cursor = second.cursor();
+    for _ in 0..2 {
+        let mut again = JournalFollower::from_cursor(store.clone(), cursor)
+            .await
+            .expect("resumed");
+        let repeated = again.poll().await.expect("poll");
+        assert!(repeated.is_empty(), "sent again: {repeated:?}");
+        cursor = again.cursor();
+    }
     // A cursor never saved is `from_now`: history is skipped.
     let mut fresh = JournalFollower::from_cursor(store.clone(), FollowerCursor::default())
         .await
