@@ -388,6 +388,12 @@ async fn point_in_time_recovery_to_a_time_to_the_end_and_after_retention() {
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows(&report), json!([["1,2,3,4,5,6,7,8"]]), "{report}");
+    // Recovered as a standby promoted at once: promoted with every archived row, no signal
+    // file left behind.
+    assert_ne!(report["timeline"], 1, "promoted onto a new timeline: {report}");
+    for signal in ["standby.signal", "recovery.signal"] {
+        assert!(!rig.path("latest").join(signal).exists(), "{signal}");
+    }
 
     // Before the oldest base backup: refused, nothing restored.
     let before = rig.at(2).await;

@@ -177,7 +177,12 @@ pub struct RestoreReport {
 ///    end recovery early without a word;
 /// 3. the backup's files are restored, `recovery.signal` and the recovery settings
 ///    (`restore_command`, the target, `recovery_target_action = 'promote'`,
-///    `recovery_target_timeline = 'current'`) are added to `postgresql.auto.conf`;
+///    `recovery_target_timeline = 'current'`) are added to `postgresql.auto.conf`. To the
+///    end of the archive ([`RecoveryTarget::Latest`]) the cluster starts as a standby
+///    (`standby.signal`) and is asked to promote as soon as it answers: PostgreSQL still
+///    replays everything the archive holds, and then ends recovery with a fast promotion
+///    (an end-of-recovery record and a checkpoint in the background) instead of waiting for
+///    an end-of-recovery checkpoint that writes every page replay dirtied;
 /// 4. PostgreSQL is started on a free port with a private Unix socket (no TCP, archiving
 ///    off so the restored cluster writes nothing into the archive), recovery runs to its end
 ///    and the cluster is promoted; the verify query runs; PostgreSQL is stopped, and the
@@ -442,6 +447,13 @@ async fn recover(
         let mut server = Server::start(&request.bins, to, options)
             .await
             .map_err(context)?;
+        if promotes_early(&request.target) {
+            // Replays the whole archive first, then ends recovery at its first miss.
+            server
+                .query("SELECT pg_promote(false)")
+                .await
+                .map_err(context)?;
+        }
         server
             .wait_for_promotion(request.timeout.saturating_sub(recovery_started.elapsed()))
             .await
@@ -585,19 +597,30 @@ fn real_wal_dir(data: &Path) -> Result<()> {
         .map_err(io)
 }
 
-/// `recovery.signal`, and the recovery settings appended to `postgresql.auto.conf` (which
-/// wins over `postgresql.conf`).
+/// Whether recovery to `target` runs as a standby promoted at once (see [`restore`]): only to
+/// the end of the archive. A standby that misses a target would wait for more WAL instead of
+/// failing, and a restore point's search of older base backups needs that failure.
+fn promotes_early(target: &RecoveryTarget) -> bool {
+    matches!(target, RecoveryTarget::Latest)
+}
+
+/// `recovery.signal` (`standby.signal` to the end of the archive), and the recovery settings
+/// appended to `postgresql.auto.conf` (which wins over `postgresql.conf`).
 fn write_recovery_settings(to: &Path, request: &RestoreRequest, backup: &BaseBackup) -> Result<()> {
     let io = |path: &Path, e: std::io::Error| {
         Error::backend(format!("write {}", path.display()), e.to_string())
     };
-    for stale in ["postmaster.pid", "standby.signal"] {
+    for stale in ["postmaster.pid", "standby.signal", "recovery.signal"] {
         let path = to.join(stale);
         if path.exists() {
             std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
         }
     }
-    let signal = to.join("recovery.signal");
+    let signal = to.join(if promotes_early(&request.target) {
+        "standby.signal"
+    } else {
+        "recovery.signal"
+    });
     std::fs::write(&signal, b"").map_err(|e| io(&signal, e))?;
     let mut settings = format!(
         "\n# Added by deploykit pg restore: base backup {} recovered to {}.\n\
