@@ -9,7 +9,7 @@ use bytes::Bytes;
 use deploykit_core::audit::AuditEntry;
 use deploykit_core::journal::{JournalEntry, JournalEvent};
 use deploykit_core::retry::on_conflict;
-use deploykit_core::store::{Lease, StateStore};
+use deploykit_core::store::{Lease, StateStore, check_log_name};
 use deploykit_core::{DeploymentId, EnvironmentName, Error, Result, ServiceId, Timestamp};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -389,4 +389,85 @@ impl StateStore for S3StateStore {
     async fn audit_log(&self) -> Result<Vec<AuditEntry>> {
         self.entries("audit", 0).await
     }
+
+    async fn append_record(&self, log: &str, seq: u64, record: &serde_json::Value) -> Result<()> {
+        check_log_name(log)?;
+        let what = format!("record log {log}");
+        if seq == 0 {
+            return match self
+                .put_json(&record_key(log, 0), record, Condition::Absent)
+                .await
+            {
+                Err(Error::AlreadyExists { .. }) => Err(Error::AlreadyExists { what }),
+                other => other,
+            };
+        }
+        if !self.exists(&record_key(log, 0)).await? {
+            return Err(Error::not_found(what));
+        }
+        let conflict = |actual: u64| Error::Conflict {
+            deployment: what.clone(),
+            expected: seq,
+            actual,
+        };
+        let count =
+            || async { Ok::<_, Error>(self.s3.list(&record_prefix(log)).await?.len() as u64) };
+        if !self.exists(&record_key(log, seq - 1)).await? {
+            return Err(conflict(count().await?));
+        }
+        match self
+            .put_json(&record_key(log, seq), record, Condition::Absent)
+            .await
+        {
+            Err(Error::AlreadyExists { .. }) => Err(conflict(count().await?)),
+            other => other,
+        }
+    }
+
+    async fn records(&self, log: &str) -> Result<Option<Vec<serde_json::Value>>> {
+        check_log_name(log)?;
+        let mut out = Vec::new();
+        for (key, _) in self.s3.list(&record_prefix(log)).await? {
+            let expected = record_key(log, out.len() as u64);
+            if key != expected {
+                return Err(corrupt(
+                    self.s3.describe(&key),
+                    format!("record {} of log {log} is missing", out.len()),
+                ));
+            }
+            let (value, _) = self
+                .get_json(&key)
+                .await?
+                .ok_or_else(|| corrupt(self.s3.describe(&key), "listed but missing"))?;
+            out.push(value);
+        }
+        Ok((!out.is_empty()).then_some(out))
+    }
+
+    async fn record_logs(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut logs: Vec<String> = self
+            .s3
+            .list(&format!("records/{prefix}"))
+            .await?
+            .into_iter()
+            .filter_map(|(key, _)| {
+                let (log, _) = key.strip_prefix("records/")?.rsplit_once("/_")?;
+                Some(log.to_string())
+            })
+            .collect();
+        logs.dedup();
+        logs.sort();
+        logs.dedup();
+        Ok(logs)
+    }
+}
+
+/// Where record `seq` of `log` is: `records/<log>/_<seq>`. `_` never occurs in a log name,
+/// so one log's records never list under another's.
+fn record_key(log: &str, seq: u64) -> String {
+    format!("{}{}", record_prefix(log), seq_key(seq))
+}
+
+fn record_prefix(log: &str) -> String {
+    format!("records/{log}/_")
 }

@@ -98,6 +98,34 @@ pub(crate) enum PgAction {
     /// Restore a new data directory to a point in time, let PostgreSQL recover it, and check
     /// it with a query.
     Restore(RestoreArgs),
+    /// Set up a new data directory as a standby that follows the archive, from the newest
+    /// base backup (standby.signal, restore_command = wal-fetch, recovery_target_timeline =
+    /// latest). Started (pg_ctl start), it replays each segment as soon as the primary
+    /// archives it and answers read-only queries; pg_ctl promote makes it the primary.
+    Standby {
+        /// The repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The new data directory (must not exist, or be empty).
+        #[arg(long)]
+        to: PathBuf,
+        /// The OS user that runs PostgreSQL and owns the directory (default: you, or
+        /// postgres when you are root).
+        #[arg(long)]
+        run_as: Option<String>,
+        /// Milliseconds the standby waits, once it has replayed everything archived, before
+        /// it asks the archive again.
+        #[arg(long, value_name = "MS", default_value_t = 1000)]
+        poll_ms: u64,
+    },
+    /// Fence a primary that was replaced (failed over): its data directory gets
+    /// standby.signal, so it starts again read-only, and its server, if it runs on this
+    /// machine, is stopped at once (immediate shutdown).
+    Fence {
+        /// The old primary's data directory.
+        #[arg(long, value_name = "DIR")]
+        pgdata: PathBuf,
+    },
     /// Keep the N newest base backups and the WAL they need; forget and delete the rest.
     Prune {
         /// The repository directory.
@@ -209,6 +237,18 @@ fn check_writer(dir: &Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The restore_command that fetches from the repository at `repo_dir` (absolute) with this
+/// binary.
+fn fetch_command(repo_dir: &Path, prefetch: u32) -> Result<String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::backend("find the deploykit binary", e.to_string()))?;
+    Ok(format!(
+        "{} pg wal-fetch %f %p --repo {} --prefetch {prefetch}",
+        sh_quote(&exe.to_string_lossy()),
+        sh_quote(&repo_dir.to_string_lossy()),
+    ))
 }
 
 /// A word for the shell, single-quoted.
@@ -381,6 +421,69 @@ pub(crate) async fn run(ctx: &Context, action: PgAction) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PgAction::List { repo } => list(ctx, &open(&repo).await?).await,
+        PgAction::Standby {
+            repo,
+            to,
+            run_as,
+            poll_ms,
+        } => {
+            let repo_dir = std::path::absolute(&repo).map_err(|e| {
+                Error::backend(format!("resolve {}", repo.display()), e.to_string())
+            })?;
+            let to = std::path::absolute(&to)
+                .map_err(|e| Error::backend(format!("resolve {}", to.display()), e.to_string()))?;
+            let repository = open(&repo_dir).await?;
+            let run_as = match &run_as {
+                Some(name) => Some(pg::OsUser::lookup(name)?),
+                None => pg::OsUser::for_server()?,
+            };
+            let request = pg::StandbyRequest::builder()
+                .to(to.clone())
+                .restore_command(fetch_command(&repo_dir, DEFAULT_PREFETCH)?)
+                .run_as(run_as)
+                .poll(Duration::from_millis(poll_ms))
+                .build();
+            let seed = pg::seed_standby(&repository, &request).await?;
+            let b = &seed.base_backup;
+            ctx.print(
+                format!(
+                    "standby set up at {} from base backup {} (timeline {}, consistent at {}) in \
+                     {:.1?}; start it with pg_ctl -D {} start (with DEPLOYKIT_REPO_KEY_FILE or \
+                     DEPLOYKIT_REPO_PASSWORD in its environment), promote it with pg_ctl promote",
+                    to.display(),
+                    b.snapshot,
+                    b.timeline,
+                    b.stop_lsn,
+                    seed.duration,
+                    to.display()
+                ),
+                json!({
+                    "data_dir": to.display().to_string(),
+                    "snapshot": b.snapshot,
+                    "base_backup_timeline": b.timeline,
+                    "consistent_at": b.stop_lsn.to_string(),
+                    "duration_ms": seed.duration.as_millis() as u64,
+                }),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PgAction::Fence { pgdata } => {
+            let fence = pg::fence_primary(&pgdata).await?;
+            ctx.print(
+                match fence.stopped {
+                    Some(pid) => format!(
+                        "fenced {}: standby.signal written, its server (pid {pid}) stopped",
+                        pgdata.display()
+                    ),
+                    None => format!(
+                        "fenced {}: standby.signal written; no server was running on it here",
+                        pgdata.display()
+                    ),
+                },
+                json!({ "data_dir": pgdata.display().to_string(), "stopped_pid": fence.stopped }),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -483,14 +586,7 @@ async fn restore(ctx: &Context, args: RestoreArgs) -> Result<ExitCode> {
     let repo_dir = std::path::absolute(&args.repo)
         .map_err(|e| Error::backend(format!("resolve {}", args.repo.display()), e.to_string()))?;
     let repository = open(&repo_dir).await?;
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::backend("find the deploykit binary", e.to_string()))?;
-    let restore_command = format!(
-        "{} pg wal-fetch %f %p --repo {} --prefetch {}",
-        sh_quote(&exe.to_string_lossy()),
-        sh_quote(&repo_dir.to_string_lossy()),
-        args.prefetch
-    );
+    let restore_command = fetch_command(&repo_dir, args.prefetch)?;
     let run_as = match &args.run_as {
         Some(name) => Some(pg::OsUser::lookup(name)?),
         None => pg::OsUser::for_server()?,

@@ -390,7 +390,10 @@ async fn point_in_time_recovery_to_a_time_to_the_end_and_after_retention() {
     assert_eq!(rows(&report), json!([["1,2,3,4,5,6,7,8"]]), "{report}");
     // Recovered as a standby promoted at once: promoted with every archived row, no signal
     // file left behind.
-    assert_ne!(report["timeline"], 1, "promoted onto a new timeline: {report}");
+    assert_ne!(
+        report["timeline"], 1,
+        "promoted onto a new timeline: {report}"
+    );
     for signal in ["standby.signal", "recovery.signal"] {
         assert!(!rig.path("latest").join(signal).exists(), "{signal}");
     }
@@ -741,6 +744,170 @@ async fn wal_fetch_prefetches_ahead_without_hiding_damage_or_remembering_gaps() 
     rig.archive_everything().await;
     let out = fetch(&following, &rig.repo, "4");
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// A standby seeded with `pg standby` follows the archive and serves reads; when the primary
+/// is lost it is fenced (stopped, and read-only if started again) and the standby promoted
+/// with every archived commit; the new primary archives its own timeline into the same
+/// repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_follows_the_archive_and_takes_over_from_a_fenced_primary() {
+    let Some(bins) = bins() else { return };
+    let mut rig = Rig::start(&bins).await;
+    rig.history().await;
+    let standby_dir = rig.path("standby");
+    let seeded = rig.json(
+        true,
+        &[
+            "pg",
+            "standby",
+            "--repo",
+            s(&rig.repo),
+            "--to",
+            s(&standby_dir),
+            "--poll-ms",
+            "200",
+        ],
+    );
+    assert!(seeded["snapshot"].is_string(), "{seeded}");
+    assert!(standby_dir.join("standby.signal").is_file());
+    // Seeding again into the same directory is refused: it is not empty.
+    let again = rig.dk_here(&[
+        "pg",
+        "standby",
+        "--repo",
+        s(&rig.repo),
+        "--to",
+        s(&standby_dir),
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("is not empty"),
+        "{}",
+        stderr(&again)
+    );
+
+    let options = |name: &str| {
+        ServerOptions::builder()
+            .port(free_port().unwrap())
+            .socket_dir(rig.path(""))
+            .run_as(rig.run_as.clone())
+            .env(vec![(
+                "DEPLOYKIT_REPO_KEY_FILE".into(),
+                rig.key_file.display().to_string(),
+            )])
+            .user("postgres")
+            .log_file(rig.path(&format!("{name}.log")))
+            .build()
+    };
+    let mut standby = Server::start(&bins, &standby_dir, options("standby"))
+        .await
+        .unwrap();
+    let repo = deploykit_backup::Repository::open(
+        std::sync::Arc::new(deploykit_backup::LocalTarget::new(&rig.repo).unwrap()),
+        &deploykit_backup::RepoKey::from_file(&rig.key_file).unwrap(),
+    )
+    .await
+    .unwrap();
+    let standby_rows = |server: &Server| {
+        let server_rows = server.query(ROWS);
+        async move { server_rows.await.ok().and_then(|r| r[0][0].clone()) }
+    };
+    // It follows: rows committed on the primary appear on the standby once archived.
+    for id in 9..=10 {
+        rig.insert(id).await;
+    }
+    rig.archive_everything().await;
+    let want = "1,2,3,4,5,6,7,8,9,10";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while standby_rows(&standby).await.as_deref() != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not follow: {:?}\n{}",
+            standby_rows(&standby).await,
+            standby.log_excerpt()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = deploykit_postgres::standby_status(&standby).await.unwrap();
+    assert!(status.in_recovery, "{status:?}");
+    assert_eq!(status.timeline, 1, "{status:?}");
+    assert!(status.last_replayed_commit.is_some(), "{status:?}");
+    let lag = deploykit_postgres::standby_lag(&repo, &status, MIB16)
+        .await
+        .unwrap();
+    assert!(lag.segments <= 1, "{lag:?}");
+    // A standby takes no writes.
+    let refused = standby.query("INSERT INTO events (id) VALUES (100)").await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.chain().contains("read-only")),
+        "{refused:?}"
+    );
+
+    // The primary is lost after one more archived commit: fenced, then the standby promoted.
+    rig.insert(11).await;
+    rig.archive_everything().await;
+    let primary_dir = rig.path("data");
+    let fenced = rig.json(true, &["pg", "fence", "--pgdata", s(&primary_dir)]);
+    assert!(fenced["stopped_pid"].is_number(), "{fenced}");
+    assert!(!rig.server.is_running(), "the primary was stopped");
+    let promotion = deploykit_postgres::promote_standby(&mut standby, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(promotion.timeline, 2, "{promotion:?}");
+    assert_eq!(
+        standby_rows(&standby).await.as_deref(),
+        Some("1,2,3,4,5,6,7,8,9,10,11"),
+        "every archived commit"
+    );
+    assert!(
+        !deploykit_postgres::standby_status(&standby)
+            .await
+            .unwrap()
+            .in_recovery
+    );
+    standby
+        .query("INSERT INTO events (id) VALUES (12)")
+        .await
+        .expect("the promoted standby takes writes");
+    // Asked again (a resumed failover), promotion reports where it stands.
+    let again = deploykit_postgres::promote_standby(&mut standby, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(again.timeline, 2);
+    // The new primary archives its timeline into the same repository.
+    standby.query("SELECT pg_switch_wal()").await.unwrap();
+    let history = rig.repo.join("named/wal/00000002.history");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !history.exists() {
+        assert!(Instant::now() < deadline, "{}", standby.log_excerpt());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The fenced primary, started again (by a supervisor, by hand), is a standby: no write
+    // reaches it, so no write can fork the data.
+    let restarted = Server::start(&bins, &primary_dir, options("restarted"))
+        .await
+        .unwrap();
+    let refused = restarted.query("INSERT INTO events (id) VALUES (13)").await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.chain().contains("read-only")),
+        "{refused:?}"
+    );
+    // Fencing a directory that is not a data directory is refused by name.
+    let out = rig.dk_here(&["pg", "fence", "--pgdata", s(&rig.repo)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a PostgreSQL data directory"),
+        "{}",
+        stderr(&out)
+    );
+    restarted.stop().await.unwrap();
+    standby.stop().await.unwrap();
 }
 
 /// The numbers in BENCHMARKS.md ("PostgreSQL archiving and point-in-time recovery"): a

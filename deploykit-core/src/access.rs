@@ -55,6 +55,8 @@ pub enum AccessAction {
     Reject,
     /// Tear a preview down.
     Teardown,
+    /// Fail an environment over to its standby, or back.
+    Failover,
 }
 
 impl fmt::Display for AccessAction {
@@ -157,7 +159,7 @@ fn check_action(field: &str, action: &str) -> Result<()> {
             field,
             format!(
                 "{action:?} is not an action (deploy, rollback, abort, pause, resume, approve, \
-                 reject, teardown or *)"
+                 reject, teardown, failover or *)"
             ),
         ));
     }

@@ -34,6 +34,7 @@ pub mod build;
 pub mod environment;
 mod error;
 pub mod event;
+pub mod failover;
 pub mod journal;
 pub mod model;
 pub mod monitor;

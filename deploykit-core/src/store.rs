@@ -38,7 +38,8 @@ impl Lease {
     }
 }
 
-/// The durable home of deployment journals, leases and the audit log.
+/// The durable home of deployment journals, leases, the audit log, and the record logs of
+/// other procedures (failovers).
 ///
 /// Contract (checked by `deploykit_testing::conformance::state_store`):
 /// - `append` of entry 0 (which must be `created`) creates the deployment, or fails with
@@ -103,6 +104,52 @@ pub trait StateStore: Send + Sync + fmt::Debug {
 
     /// Every audit entry, oldest first.
     async fn audit_log(&self) -> Result<Vec<AuditEntry>>;
+
+    /// Append `record` at position `seq` of the record log `log`: the journals of procedures
+    /// other than rollouts (a failover: `failover/<id>`). Position 0 creates the log, or fails
+    /// with `AlreadyExists`; a later position must be the next one, or the append fails with
+    /// `Conflict` and writes nothing (of two writers racing, exactly one wins); appending to a
+    /// log that does not exist is `NotFound`. `log` is checked with [`check_log_name`].
+    async fn append_record(&self, log: &str, seq: u64, record: &serde_json::Value) -> Result<()>;
+
+    /// The records of `log`, in order, or `None` if it does not exist.
+    async fn records(&self, log: &str) -> Result<Option<Vec<serde_json::Value>>>;
+
+    /// The names of the record logs that start with `prefix`, sorted.
+    async fn record_logs(&self, prefix: &str) -> Result<Vec<String>>;
+}
+
+/// The longest record log name.
+pub const LOG_NAME_MAX: usize = 200;
+
+/// Check a record log's name: 1 to [`LOG_NAME_MAX`] characters of lowercase letters, digits,
+/// `-`, `.` and `/`, not starting or ending with `/` or `.`, without `//` or `..` (every store
+/// can use it as a key, an object name or, with `/` as `.`, a Kubernetes object name).
+pub fn check_log_name(log: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(crate::Error::invalid(
+            "record log",
+            format!("{log:?} {why}"),
+        ))
+    };
+    if log.is_empty() || log.len() > LOG_NAME_MAX {
+        return bad(&format!("must have 1 to {LOG_NAME_MAX} characters"));
+    }
+    if let Some(c) = log
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '/')))
+    {
+        return bad(&format!(
+            "has {c:?}: a log name is lowercase letters, digits, '-', '.' and '/'"
+        ));
+    }
+    if log.starts_with(['/', '.']) || log.ends_with(['/', '.']) {
+        return bad("must not start or end with '/' or '.'");
+    }
+    if log.contains("//") || log.contains("..") || log.contains("/.") || log.contains("./") {
+        return bad("must not have an empty or dot segment");
+    }
+    Ok(())
 }
 
 /// A [`StateStore`] that wraps another and changes only some of its behaviour: implement
@@ -211,6 +258,21 @@ pub trait StateStoreLayer: Send + Sync + fmt::Debug {
     async fn audit_log(&self) -> Result<Vec<AuditEntry>> {
         self.inner().audit_log().await
     }
+
+    /// See [`StateStore::append_record`].
+    async fn append_record(&self, log: &str, seq: u64, record: &serde_json::Value) -> Result<()> {
+        self.inner().append_record(log, seq, record).await
+    }
+
+    /// See [`StateStore::records`].
+    async fn records(&self, log: &str) -> Result<Option<Vec<serde_json::Value>>> {
+        self.inner().records(log).await
+    }
+
+    /// See [`StateStore::record_logs`].
+    async fn record_logs(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner().record_logs(prefix).await
+    }
 }
 
 #[async_trait]
@@ -264,5 +326,14 @@ impl<T: StateStoreLayer> StateStore for T {
     }
     async fn audit_log(&self) -> Result<Vec<AuditEntry>> {
         StateStoreLayer::audit_log(self).await
+    }
+    async fn append_record(&self, log: &str, seq: u64, record: &serde_json::Value) -> Result<()> {
+        StateStoreLayer::append_record(self, log, seq, record).await
+    }
+    async fn records(&self, log: &str) -> Result<Option<Vec<serde_json::Value>>> {
+        StateStoreLayer::records(self, log).await
+    }
+    async fn record_logs(&self, prefix: &str) -> Result<Vec<String>> {
+        StateStoreLayer::record_logs(self, prefix).await
     }
 }

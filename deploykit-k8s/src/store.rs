@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use deploykit_core::audit::AuditEntry;
 use deploykit_core::journal::{JournalEntry, JournalEvent};
 use deploykit_core::retry::{Retry, RetryError, RetryPolicy, on_conflict};
-use deploykit_core::store::{Lease, StateStore};
+use deploykit_core::store::{Lease, StateStore, check_log_name};
 use deploykit_core::{DeploymentId, EnvironmentName, Error, Result, ServiceId, Timestamp};
 use k8s_openapi::api::coordination::v1::{Lease as KubeLease, LeaseSpec};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -39,6 +39,7 @@ const CREATED_AT: &str = "deploykit.dev/created-at";
 const FIRST_SEQ: &str = "deploykit.dev/first-seq";
 const LEASE_KEY: &str = "deploykit.dev/lease-key";
 const EXPIRES_AT: &str = "deploykit.dev/expires-at";
+const LOG_NAME: &str = "deploykit.dev/log";
 
 /// A [`StateStore`] in one Kubernetes namespace: deployment journals in ConfigMaps, leases in
 /// `coordination.k8s.io/v1` Leases, the audit log in ConfigMaps — every write an optimistic
@@ -263,6 +264,11 @@ impl KubeStateStore {
     /// The name of the Lease object for lease `key`.
     pub fn lease_name(&self, key: &str) -> String {
         format!("{}-{}", self.prefix, name_part(key))
+    }
+
+    /// The name of the ConfigMap holding record log `log`.
+    pub fn record_log_name(&self, log: &str) -> String {
+        format!("{}-log-{}", self.prefix, name_part(log))
     }
 
     fn audit_name(&self, chunk: u64) -> String {
@@ -993,5 +999,78 @@ impl StateStore for KubeStateStore {
             );
         }
         Ok(out)
+    }
+    async fn append_record(&self, log: &str, seq: u64, record: &serde_json::Value) -> Result<()> {
+        check_log_name(log)?;
+        let op = format!("append record {seq} to log {log}");
+        let name = self.record_log_name(log);
+        let json = to_json(record);
+        if seq == 0 {
+            let data = BTreeMap::from([(seq_key(0), json.clone())]);
+            self.check_size(&name, &data, &op)?;
+            let cm = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(self.namespace.clone()),
+                    labels: Some(self.labels("record-log")),
+                    annotations: Some(BTreeMap::from([(LOG_NAME.to_string(), log.to_string())])),
+                    ..ObjectMeta::default()
+                },
+                data: Some(data),
+                ..ConfigMap::default()
+            };
+            let attempted = self.create_configmap(&cm, &op).await;
+            return match attempted.result {
+                Ok(_) => Ok(()),
+                Err(e) if code(&e) == Some(409) => {
+                    if attempted.ambiguous
+                        && let Some(existing) = self.get_configmap(&name, &op).await?
+                        && existing.data.and_then(|mut d| d.remove(&seq_key(0))) == Some(json)
+                    {
+                        // Our own create, whose response was lost.
+                        return Ok(());
+                    }
+                    Err(Error::AlreadyExists {
+                        what: format!("record log {log}"),
+                    })
+                }
+                Err(e) => Err(store_error(&op, e)),
+            };
+        }
+        match self.append_to(&name, 0, seq, &json, &op, |_| {}).await? {
+            Appended::Done => Ok(()),
+            Appended::Missing => Err(Error::not_found(format!("record log {log}"))),
+            Appended::Behind(actual) => Err(Error::Conflict {
+                deployment: format!("record log {log}"),
+                expected: seq,
+                actual,
+            }),
+        }
+    }
+
+    async fn records(&self, log: &str) -> Result<Option<Vec<serde_json::Value>>> {
+        check_log_name(log)?;
+        let op = format!("read record log {log}");
+        let Some(cm) = self.get_configmap(&self.record_log_name(log), &op).await? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.entries::<serde_json::Value>(&cm, 0, 0)?
+                .into_iter()
+                .map(|(_, record)| record)
+                .collect(),
+        ))
+    }
+
+    async fn record_logs(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut logs: Vec<String> = self
+            .list_configmaps(&self.selector("record-log", &[]), "list record logs")
+            .await?
+            .into_iter()
+            .filter_map(|cm| cm.metadata.annotations?.remove(LOG_NAME))
+            .filter(|log| log.starts_with(prefix))
+            .collect();
+        logs.sort();
+        Ok(logs)
     }
 }

@@ -15,6 +15,9 @@
 //!   the archive has every segment recovery needs, restores the files and lets PostgreSQL
 //!   replay the WAL and promote, then runs a verify query.
 //! - **Retention**: [`prune`] keeps the newest base backups and the WAL they need.
+//! - **Standby and failover**: [`seed_standby`] sets up a standby that follows the archive,
+//!   [`standby_lag`] says how far behind it is, [`promote_standby`] makes it the primary and
+//!   [`fence_primary`] keeps the old primary from taking writes again.
 //!
 //! PostgreSQL's own programs do the database work (`pg_basebackup`, `postgres`, `initdb`:
 //! see [`PgBinaries`]); queries go through `tokio-postgres`. PostgreSQL refuses to run as
@@ -63,6 +66,7 @@ mod prefetch;
 mod restore;
 mod retention;
 mod server;
+mod standby;
 mod wal;
 
 pub use archive::{
@@ -79,6 +83,10 @@ pub use restore::{RecoveryTarget, RestoreReport, RestoreRequest, restore};
 pub use retention::{PgPruneReport, prune};
 pub use server::{
     OsUser, PgBinaries, Rows, Server, ServerOptions, chown_tree, free_port, initdb, simple_query,
+};
+pub use standby::{
+    Fence, Promotion, StandbyLag, StandbyRequest, StandbySeed, StandbyStatus, fence_primary,
+    promote_standby, seed_standby, standby_lag, standby_status,
 };
 pub use wal::{Lsn, SegmentHeader, WalFileKind, WalSegment, check_segment_size};
 

@@ -279,7 +279,7 @@ pub async fn restore(repo: &Repository, request: &RestoreRequest) -> Result<Rest
     Err(last_error.unwrap_or_else(|| Error::not_found("a base backup to restore")))
 }
 
-fn check_empty(dir: &Path) -> Result<()> {
+pub(crate) fn check_empty(dir: &Path) -> Result<()> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -384,12 +384,7 @@ async fn recover(
     let to = &request.to;
     let files_started = Instant::now();
     restore_files(repo, backup, to).await?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
-            Error::backend(format!("set the mode of {}", to.display()), e.to_string())
-        })?;
-    }
+    set_private_mode(to)?;
     write_recovery_settings(to, request, backup)?;
     let log_file = to.join("deploykit-restore.log");
     std::fs::write(&log_file, b"")
@@ -524,7 +519,7 @@ async fn check_recovered(
 }
 
 /// The base backup's data directory at `to`: restored beside it, then renamed into place.
-async fn restore_files(repo: &Repository, backup: &BaseBackup, to: &Path) -> Result<()> {
+pub(crate) async fn restore_files(repo: &Repository, backup: &BaseBackup, to: &Path) -> Result<()> {
     let parent = to
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -576,6 +571,13 @@ async fn restore_files(repo: &Repository, backup: &BaseBackup, to: &Path) -> Res
     result
 }
 
+/// A data directory's mode: PostgreSQL refuses to start on one others may enter.
+pub(crate) fn set_private_mode(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::backend(format!("set the mode of {}", dir.display()), e.to_string()))
+}
+
 /// `pg_wal` as a directory of the restored data directory: a source whose `pg_wal` was a
 /// link elsewhere (`initdb -X`) must not have the restored cluster write into that place.
 fn real_wal_dir(data: &Path) -> Result<()> {
@@ -604,9 +606,49 @@ fn promotes_early(target: &RecoveryTarget) -> bool {
     matches!(target, RecoveryTarget::Latest)
 }
 
-/// `recovery.signal` (`standby.signal` to the end of the archive), and the recovery settings
-/// appended to `postgresql.auto.conf` (which wins over `postgresql.conf`).
+/// `recovery.signal` (`standby.signal` to the end of the archive), and the recovery settings.
 fn write_recovery_settings(to: &Path, request: &RestoreRequest, backup: &BaseBackup) -> Result<()> {
+    let mut settings = vec![
+        ("restore_command", request.restore_command.clone()),
+        ("recovery_target_timeline", "current".to_string()),
+    ];
+    if let Some((name, value)) = request.target.setting() {
+        settings.push((name, value));
+        settings.push(("recovery_target_action", "promote".to_string()));
+    }
+    let signal = if promotes_early(&request.target) {
+        RecoverySignal::Standby
+    } else {
+        RecoverySignal::Recovery
+    };
+    write_recovery_files(
+        to,
+        signal,
+        &format!(
+            "deploykit pg restore: base backup {} recovered to {}",
+            backup.snapshot, request.target
+        ),
+        &settings,
+    )
+}
+
+/// How a restored data directory starts: recovering once, or as a standby.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RecoverySignal {
+    /// `recovery.signal`: archive recovery, then the cluster ends recovery.
+    Recovery,
+    /// `standby.signal`: it keeps replaying what the archive gets until promoted.
+    Standby,
+}
+
+/// The signal file (stale ones and a stale `postmaster.pid` removed) and `settings` appended
+/// to `postgresql.auto.conf` (which wins over `postgresql.conf`) under a `why` comment.
+pub(crate) fn write_recovery_files(
+    to: &Path,
+    signal: RecoverySignal,
+    why: &str,
+    settings: &[(&str, String)],
+) -> Result<()> {
     let io = |path: &Path, e: std::io::Error| {
         Error::backend(format!("write {}", path.display()), e.to_string())
     };
@@ -616,39 +658,29 @@ fn write_recovery_settings(to: &Path, request: &RestoreRequest, backup: &BaseBac
             std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
         }
     }
-    let signal = to.join(if promotes_early(&request.target) {
-        "standby.signal"
-    } else {
-        "recovery.signal"
+    let signal = to.join(match signal {
+        RecoverySignal::Recovery => "recovery.signal",
+        RecoverySignal::Standby => "standby.signal",
     });
     std::fs::write(&signal, b"").map_err(|e| io(&signal, e))?;
-    let mut settings = format!(
-        "\n# Added by deploykit pg restore: base backup {} recovered to {}.\n\
-         restore_command = {}\nrecovery_target_timeline = 'current'\n",
-        backup.snapshot,
-        request.target,
-        conf_quote(&request.restore_command)
-    );
-    if let Some((name, value)) = request.target.setting() {
-        settings.push_str(&format!(
-            "{name} = {}\nrecovery_target_action = 'promote'\n",
-            conf_quote(&value)
-        ));
+    let mut text = format!("\n# Added by {why}.\n");
+    for (name, value) in settings {
+        text.push_str(&format!("{name} = {}\n", conf_quote(value)));
     }
     let conf = to.join("postgresql.auto.conf");
-    let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
-    text.push_str(&settings);
-    std::fs::write(&conf, text).map_err(|e| io(&conf, e))
+    let mut all = std::fs::read_to_string(&conf).unwrap_or_default();
+    all.push_str(&text);
+    std::fs::write(&conf, all).map_err(|e| io(&conf, e))
 }
 
 /// A directory only its owner may enter, removed on drop: the restored server's socket and
 /// authentication file.
-struct PrivateDir {
-    path: PathBuf,
+pub(crate) struct PrivateDir {
+    pub(crate) path: PathBuf,
 }
 
 impl PrivateDir {
-    fn create(owner: Option<&OsUser>) -> Result<Self> {
+    pub(crate) fn create(owner: Option<&OsUser>) -> Result<Self> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         // Short: a Unix socket's path must fit in 107 bytes.
         let tmp = std::env::temp_dir();

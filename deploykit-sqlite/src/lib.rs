@@ -13,7 +13,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use deploykit_core::audit::AuditEntry;
 use deploykit_core::journal::{JournalEntry, JournalEvent};
 use deploykit_core::model::{DeploymentId, EnvironmentName, ServiceId};
-use deploykit_core::store::{Lease, StateStore};
+use deploykit_core::store::{Lease, StateStore, check_log_name};
 use deploykit_core::time::Timestamp;
 use deploykit_core::{Error, Result};
 
@@ -55,6 +55,12 @@ CREATE TABLE IF NOT EXISTS audit (
     hash  TEXT NOT NULL,
     body  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS records (
+    log  TEXT NOT NULL,
+    seq  INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (log, seq)
+) WITHOUT ROWID;
 ";
 
 /// A [`StateStore`] in one SQLite file (WAL mode, `synchronous=FULL`): the journal is on disk
@@ -518,6 +524,98 @@ impl StateStore for SqliteStore {
                 out.push(decode(|| format!("audit record {seq}"), &body)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn append_record(&self, log: &str, seq: u64, record: &serde_json::Value) -> Result<()> {
+        check_log_name(log)?;
+        let body = encode(record)?;
+        let log = log.to_string();
+        self.with(move |conn| {
+            let err = |e| store_err(&format!("append to record log {log}"), e);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err)?;
+            let next: Option<i64> = tx
+                .query_row(
+                    "SELECT MAX(seq) + 1 FROM records WHERE log = ?1",
+                    [&log],
+                    |r| r.get(0),
+                )
+                .map_err(err)?;
+            match (seq, next) {
+                (0, Some(_)) => {
+                    return Err(Error::AlreadyExists {
+                        what: format!("record log {log}"),
+                    });
+                }
+                (0, None) => {}
+                (_, None) => return Err(Error::not_found(format!("record log {log}"))),
+                (seq, Some(next)) if next as u64 != seq => {
+                    return Err(Error::Conflict {
+                        deployment: format!("record log {log}"),
+                        expected: seq,
+                        actual: next as u64,
+                    });
+                }
+                _ => {}
+            }
+            tx.execute(
+                "INSERT INTO records (log, seq, body) VALUES (?1, ?2, ?3)",
+                params![log, seq as i64, body],
+            )
+            .map_err(err)?;
+            tx.commit().map_err(err)
+        })
+        .await
+    }
+
+    async fn records(&self, log: &str) -> Result<Option<Vec<serde_json::Value>>> {
+        check_log_name(log)?;
+        let log = log.to_string();
+        let bodies = self
+            .with(move |conn| {
+                let err = |e| store_err(&format!("read record log {log}"), e);
+                let mut stmt = conn
+                    .prepare("SELECT body FROM records WHERE log = ?1 ORDER BY seq")
+                    .map_err(err)?;
+                let rows = stmt
+                    .query_map([&log], |r| r.get::<_, String>(0))
+                    .map_err(err)?;
+                rows.collect::<std::result::Result<Vec<String>, _>>()
+                    .map(|b| (log.clone(), b))
+                    .map_err(err)
+            })
+            .await?;
+        let (log, bodies) = bodies;
+        if bodies.is_empty() {
+            return Ok(None);
+        }
+        bodies
+            .iter()
+            .enumerate()
+            .map(|(i, body)| decode(|| format!("record {i} of log {log}"), body))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    async fn record_logs(&self, prefix: &str) -> Result<Vec<String>> {
+        let prefix = prefix.to_string();
+        self.with(move |conn| {
+            let err = |e| store_err("list record logs", e);
+            let mut stmt = conn
+                .prepare("SELECT DISTINCT log FROM records ORDER BY log")
+                .map_err(err)?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
+            let mut logs = Vec::new();
+            for log in rows {
+                let log = log.map_err(err)?;
+                if log.starts_with(&prefix) {
+                    logs.push(log);
+                }
+            }
+            Ok(logs)
         })
         .await
     }

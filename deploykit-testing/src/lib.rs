@@ -13,6 +13,8 @@
 //!   notifications it is sent, and can fail on demand.
 //! - [`MemoryTarget`]: an in-memory [`deploykit_core::BackupTarget`] with injected write
 //!   faults and corruption helpers.
+//! - [`SimFailoverSite`]: a primary and a standby environment for failover tests, with
+//!   injected step errors, steps that say yes and do nothing, and split-brain accounting.
 //! - [`conformance`]: the suites every backend's tests run.
 //! - `k8s` (feature `k8s`): `k8s::FakeApiServer`, an in-memory Kubernetes API server that a
 //!   `kube::Client` talks to, for tests of code on kube-rs.
@@ -20,6 +22,7 @@
 mod alerts;
 mod clock;
 pub mod conformance;
+mod failover;
 #[cfg(feature = "k8s")]
 pub mod k8s;
 mod logs;
@@ -31,6 +34,7 @@ mod target;
 
 pub use alerts::RecordingAlertSink;
 pub use clock::SimClock;
+pub use failover::{SimFailoverSite, SiteState};
 pub use logs::{SIM_ENVIRONMENT, SimLogs};
 pub use notify::RecordingNotifier;
 pub use sim::{Behavior, Fault, Op, SimCluster, SimConfig, Snapshot};

@@ -1,13 +1,13 @@
 //! An in-memory [`StateStore`] with the same semantics as the SQLite one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deploykit_core::audit::AuditEntry;
 use deploykit_core::journal::{JournalEntry, JournalEvent};
-use deploykit_core::store::{Lease, StateStore};
+use deploykit_core::store::{Lease, StateStore, check_log_name};
 use deploykit_core::{DeploymentId, EnvironmentName, Error, Result, ServiceId, Timestamp};
 
 #[derive(Debug)]
@@ -24,6 +24,7 @@ struct Inner {
     by_service: HashMap<(ServiceId, EnvironmentName), Vec<usize>>,
     leases: HashMap<String, Lease>,
     audit: Vec<AuditEntry>,
+    records: BTreeMap<String, Vec<serde_json::Value>>,
 }
 
 /// A [`StateStore`] in memory. Clones share data, so a test can "restart" an orchestrator by
@@ -196,5 +197,44 @@ impl StateStore for MemoryStore {
 
     async fn audit_log(&self) -> Result<Vec<AuditEntry>> {
         Ok(self.lock().audit.clone())
+    }
+
+    async fn append_record(&self, log: &str, seq: u64, record: &serde_json::Value) -> Result<()> {
+        check_log_name(log)?;
+        let mut inner = self.lock();
+        match (seq, inner.records.get_mut(log)) {
+            (0, Some(_)) => Err(Error::AlreadyExists {
+                what: format!("record log {log}"),
+            }),
+            (0, None) => {
+                inner.records.insert(log.to_string(), vec![record.clone()]);
+                Ok(())
+            }
+            (_, None) => Err(Error::not_found(format!("record log {log}"))),
+            (seq, Some(records)) if seq != records.len() as u64 => Err(Error::Conflict {
+                deployment: format!("record log {log}"),
+                expected: seq,
+                actual: records.len() as u64,
+            }),
+            (_, Some(records)) => {
+                records.push(record.clone());
+                Ok(())
+            }
+        }
+    }
+
+    async fn records(&self, log: &str) -> Result<Option<Vec<serde_json::Value>>> {
+        check_log_name(log)?;
+        Ok(self.lock().records.get(log).cloned())
+    }
+
+    async fn record_logs(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .lock()
+            .records
+            .keys()
+            .filter(|name| name.starts_with(prefix))
+            .cloned()
+            .collect())
     }
 }

@@ -6,13 +6,11 @@ use std::sync::Arc;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
-use super::is_conflict;
 use crate::access::AccessAction;
 use crate::audit::{self, AuditAction, AuditEntry, AuditRecord, SignedCheckpoint, Verified};
 use crate::error::{Error, Result};
 use crate::journal::{Actor, DeploymentStatus};
 use crate::model::{DeploymentId, EnvironmentName, ServiceId};
-use crate::retry;
 use crate::store::StateStore;
 use crate::time::Clock;
 
@@ -80,13 +78,7 @@ impl AuditTrail {
 
     /// Append `record` to the chained audit log.
     async fn append(&self, record: AuditRecord) -> Result<()> {
-        // Chain onto the last record; another writer may have appended first.
-        retry::on_conflict("chain an audit record", is_conflict, || async {
-            let last = self.store.last_audit().await?;
-            let entry = AuditEntry::chain(last.as_ref(), record.clone());
-            self.store.record_audit(&entry).await
-        })
-        .await
+        audit::append_chained(&*self.store, record).await
     }
 
     /// The audit log with its hash chain, oldest first.
@@ -122,6 +114,7 @@ pub(super) fn audit_action(action: AccessAction) -> AuditAction {
         AccessAction::Approve => AuditAction::Approve,
         AccessAction::Reject => AuditAction::Reject,
         AccessAction::Teardown => AuditAction::Teardown,
+        AccessAction::Failover => AuditAction::Failover,
     }
 }
 
@@ -193,6 +186,15 @@ mod tests {
             only_the_audit_log()
         }
         async fn lease(&self, _: &str) -> Result<Option<Lease>> {
+            only_the_audit_log()
+        }
+        async fn append_record(&self, _: &str, _: u64, _: &serde_json::Value) -> Result<()> {
+            only_the_audit_log()
+        }
+        async fn records(&self, _: &str) -> Result<Option<Vec<serde_json::Value>>> {
+            only_the_audit_log()
+        }
+        async fn record_logs(&self, _: &str) -> Result<Vec<String>> {
             only_the_audit_log()
         }
         async fn record_audit(&self, entry: &AuditEntry) -> Result<()> {
@@ -407,6 +409,7 @@ mod tests {
             (AccessAction::Approve, "approve"),
             (AccessAction::Reject, "reject"),
             (AccessAction::Teardown, "teardown"),
+            (AccessAction::Failover, "failover"),
         ];
         for (access, audited) in pairs {
             assert_eq!(audit_action(access).to_string(), audited);

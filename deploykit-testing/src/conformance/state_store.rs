@@ -70,6 +70,61 @@ pub async fn run_all(store: &dyn StateStore) {
     active_and_listing(store).await;
     leases(store).await;
     audit_log(store).await;
+    record_logs(store).await;
+}
+
+/// Record logs: created at 0, appended at the next position only (a stale or skipped
+/// position conflicts and writes nothing), read back in order, listed by prefix; bad names
+/// are refused.
+pub async fn record_logs(store: &dyn StateStore) {
+    let log = "failover/f-1";
+    assert_eq!(store.records(log).await.expect("records"), None);
+    let record = |i: u64| serde_json::json!({"seq": i, "what": format!("step {i}"), "nested": {"n": [i, i + 1]}});
+    let missing = store.append_record(log, 1, &record(1)).await;
+    assert!(
+        matches!(missing, Err(Error::NotFound { .. })),
+        "appending to a log that does not exist: {missing:?}"
+    );
+    for i in 0..3 {
+        store
+            .append_record(log, i, &record(i))
+            .await
+            .expect("append record");
+    }
+    let created_again = store.append_record(log, 0, &record(0)).await;
+    assert!(
+        matches!(created_again, Err(Error::AlreadyExists { .. })),
+        "{created_again:?}"
+    );
+    for (seq, why) in [(2, "a stale position"), (4, "a skipped position")] {
+        let e = store.append_record(log, seq, &record(9)).await;
+        assert!(matches!(e, Err(Error::Conflict { .. })), "{why}: {e:?}");
+    }
+    assert_eq!(
+        store.records(log).await.expect("records"),
+        Some((0..3).map(record).collect()),
+        "records load back in order, and nothing of a refused append"
+    );
+    store
+        .append_record("failover/f-2", 0, &record(0))
+        .await
+        .expect("second log");
+    store
+        .append_record("failback/f-3", 0, &record(0))
+        .await
+        .expect("third log");
+    assert_eq!(
+        store.record_logs("failover/").await.expect("list"),
+        vec!["failover/f-1".to_string(), "failover/f-2".to_string()]
+    );
+    assert_eq!(store.record_logs("").await.expect("list").len(), 3);
+    for bad in ["", "Failover/x", "a//b", "/a", "a/", "../x", "a b"] {
+        let e = store.append_record(bad, 0, &record(0)).await;
+        assert!(
+            matches!(e, Err(Error::InvalidSpec { .. })),
+            "{bad:?} must be refused: {e:?}"
+        );
+    }
 }
 
 /// Appended entries load back equal and in order; unknown deployments load as `None`.
