@@ -184,7 +184,8 @@ pub struct RestoreReport {
 ///    (an end-of-recovery record and a checkpoint in the background) instead of waiting for
 ///    an end-of-recovery checkpoint that writes every page replay dirtied;
 /// 4. PostgreSQL is started on a free port with a private Unix socket (no TCP, archiving
-///    off so the restored cluster writes nothing into the archive), recovery runs to its end
+///    off so the restored cluster writes nothing into the archive; shared buffers sized to
+///    the machine and no restartpoints, for this run only), recovery runs to its end
 ///    and the cluster is promoted; the verify query runs; PostgreSQL is stopped, and the
 ///    spool of segments `wal-fetch` prefetched ([`PREFETCH_DIR`](crate::PREFETCH_DIR)) is
 ///    removed.
@@ -405,7 +406,7 @@ async fn recover(
         (None, Some(os)) => os.name.clone(),
         (None, None) => OsUser::current()?.name,
     };
-    let settings = [
+    let mut settings: Vec<(String, String)> = [
         ("archive_mode", "off"),
         ("hba_file", &*hba.to_string_lossy()),
         ("hot_standby", "on"),
@@ -416,6 +417,7 @@ async fn recover(
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    settings.extend(recovery_tuning(available_memory()));
     let options = ServerOptions::builder()
         .port(free_port()?)
         .socket_dir(socket_dir.path.clone())
@@ -479,6 +481,29 @@ async fn recover(
         duration: Duration::ZERO,
         log_file,
     })
+}
+
+/// Settings for the recovery run only (the restored directory's own configuration is left as
+/// it was): shared buffers of a quarter of the memory available (128 MiB to 8 GiB), so replay
+/// finds the pages it touches in memory instead of evicting and reading them back for each
+/// record, and no restartpoint before the end of recovery (they would write those pages out
+/// while replay still needs them).
+fn recovery_tuning(available: Option<u64>) -> Vec<(String, String)> {
+    const MIB: u64 = 1024 * 1024;
+    let buffers = available.map_or(128 * MIB, |a| (a / 4).clamp(128 * MIB, 8192 * MIB));
+    vec![
+        ("shared_buffers".into(), format!("{}MB", buffers / MIB)),
+        ("max_wal_size".into(), "64GB".into()),
+        ("checkpoint_timeout".into(), "1d".into()),
+    ]
+}
+
+/// The memory available on this machine (`MemAvailable` of `/proc/meminfo`), if known.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Where the promoted server writes (LSN, timeline), and the verify query's rows.
@@ -752,6 +777,17 @@ mod tests {
         );
         assert_eq!(RecoveryTarget::Latest.setting(), None);
         assert_eq!(conf_quote(r"a 'b' \c"), r"'a ''b'' \\c'");
+    }
+
+    #[test]
+    fn recovery_runs_with_memory_sized_to_the_machine() {
+        const GIB: u64 = 1024 * 1024 * 1024;
+        let buffers = |available| recovery_tuning(available)[0].1.clone();
+        assert_eq!(buffers(None), "128MB");
+        assert_eq!(buffers(Some(GIB / 4)), "128MB", "never below the default");
+        assert_eq!(buffers(Some(8 * GIB)), "2048MB");
+        assert_eq!(buffers(Some(1024 * GIB)), "8192MB", "capped");
+        assert!(available_memory().is_some_and(|m| m > 0));
     }
 
     #[test]
