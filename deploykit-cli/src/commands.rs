@@ -227,6 +227,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Restore(args) => crate::backup::restore(&ctx, args).await,
         Command::Drill(args) => crate::backup::drill(&ctx, args).await,
         Command::Pg { action } => crate::pg::run(&ctx, action).await,
+        Command::Failover { action } => crate::failover::run(&ctx, action).await,
         Command::Audit {
             action: AuditAction::Verify,
         } => {

@@ -16,6 +16,7 @@ mod commands;
 mod context;
 mod dashboard;
 mod demo;
+mod failover;
 mod flags;
 mod log_agent;
 mod logs;
@@ -227,6 +228,12 @@ enum Command {
     Pg {
         #[command(subcommand)]
         action: pg::PgAction,
+    },
+    /// Fail an environment over to its standby (`[environments.<env>.standby]`), journaled and
+    /// audited; list failovers and print their reports (RTO, RPO, timeline).
+    Failover {
+        #[command(subcommand)]
+        action: failover::FailoverAction,
     },
     /// The audit log.
     Audit {

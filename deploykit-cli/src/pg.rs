@@ -190,7 +190,7 @@ pub(crate) struct RestoreArgs {
 
 /// The key: the key file DEPLOYKIT_REPO_KEY_FILE names, else the passphrase in
 /// DEPLOYKIT_REPO_PASSWORD.
-fn key() -> Result<RepoKey> {
+pub(crate) fn key() -> Result<RepoKey> {
     if let Some(path) = std::env::var_os("DEPLOYKIT_REPO_KEY_FILE").filter(|p| !p.is_empty()) {
         return RepoKey::from_file(Path::new(&path));
     }

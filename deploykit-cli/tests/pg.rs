@@ -291,6 +291,11 @@ impl Rig {
     }
 }
 
+/// The rows of `events` on `server`, if it answers.
+async fn rows_of(server: &Server) -> Option<String> {
+    server.query(ROWS).await.ok().and_then(|r| r[0][0].clone())
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
@@ -787,20 +792,21 @@ async fn a_standby_follows_the_archive_and_takes_over_from_a_fenced_primary() {
         stderr(&again)
     );
 
-    let options = |name: &str| {
+    let (dir, run_as, key_file) = (rig.path(""), rig.run_as.clone(), rig.key_file.clone());
+    let options = move |name: &str| {
         ServerOptions::builder()
             .port(free_port().unwrap())
-            .socket_dir(rig.path(""))
-            .run_as(rig.run_as.clone())
+            .socket_dir(dir.clone())
+            .run_as(run_as.clone())
             .env(vec![(
                 "DEPLOYKIT_REPO_KEY_FILE".into(),
-                rig.key_file.display().to_string(),
+                key_file.display().to_string(),
             )])
             .user("postgres")
-            .log_file(rig.path(&format!("{name}.log")))
+            .log_file(dir.join(format!("{name}.log")))
             .build()
     };
-    let mut standby = Server::start(&bins, &standby_dir, options("standby"))
+    let standby = Server::start(&bins, &standby_dir, options("standby"))
         .await
         .unwrap();
     let repo = deploykit_backup::Repository::open(
@@ -809,10 +815,6 @@ async fn a_standby_follows_the_archive_and_takes_over_from_a_fenced_primary() {
     )
     .await
     .unwrap();
-    let standby_rows = |server: &Server| {
-        let server_rows = server.query(ROWS);
-        async move { server_rows.await.ok().and_then(|r| r[0][0].clone()) }
-    };
     // It follows: rows committed on the primary appear on the standby once archived.
     for id in 9..=10 {
         rig.insert(id).await;
@@ -820,16 +822,19 @@ async fn a_standby_follows_the_archive_and_takes_over_from_a_fenced_primary() {
     rig.archive_everything().await;
     let want = "1,2,3,4,5,6,7,8,9,10";
     let deadline = Instant::now() + Duration::from_secs(60);
-    while standby_rows(&standby).await.as_deref() != Some(want) {
+    while rows_of(&standby).await.as_deref() != Some(want) {
         assert!(
             Instant::now() < deadline,
             "the standby did not follow: {:?}\n{}",
-            standby_rows(&standby).await,
+            rows_of(&standby).await,
             standby.log_excerpt()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let status = deploykit_postgres::standby_status(&standby).await.unwrap();
+    let standby_db = standby.connect().await.unwrap();
+    let status = deploykit_postgres::standby_status(&standby_db)
+        .await
+        .unwrap();
     assert!(status.in_recovery, "{status:?}");
     assert_eq!(status.timeline, 1, "{status:?}");
     assert!(status.last_replayed_commit.is_some(), "{status:?}");
@@ -853,17 +858,17 @@ async fn a_standby_follows_the_archive_and_takes_over_from_a_fenced_primary() {
     let fenced = rig.json(true, &["pg", "fence", "--pgdata", s(&primary_dir)]);
     assert!(fenced["stopped_pid"].is_number(), "{fenced}");
     assert!(!rig.server.is_running(), "the primary was stopped");
-    let promotion = deploykit_postgres::promote_standby(&mut standby, Duration::from_secs(60))
+    let promotion = deploykit_postgres::promote_standby(&standby_db, Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(promotion.timeline, 2, "{promotion:?}");
     assert_eq!(
-        standby_rows(&standby).await.as_deref(),
+        rows_of(&standby).await.as_deref(),
         Some("1,2,3,4,5,6,7,8,9,10,11"),
         "every archived commit"
     );
     assert!(
-        !deploykit_postgres::standby_status(&standby)
+        !deploykit_postgres::standby_status(&standby_db)
             .await
             .unwrap()
             .in_recovery
@@ -873,7 +878,7 @@ async fn a_standby_follows_the_archive_and_takes_over_from_a_fenced_primary() {
         .await
         .expect("the promoted standby takes writes");
     // Asked again (a resumed failover), promotion reports where it stands.
-    let again = deploykit_postgres::promote_standby(&mut standby, Duration::from_secs(60))
+    let again = deploykit_postgres::promote_standby(&standby_db, Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(again.timeline, 2);
@@ -907,6 +912,339 @@ async fn a_standby_follows_the_archive_and_takes_over_from_a_fenced_primary() {
         stderr(&out)
     );
     restarted.stop().await.unwrap();
+    standby.stop().await.unwrap();
+}
+
+/// `deploykit failover run` on a configured standby database: assessed (its lag read from the
+/// archive), the primary fenced and stopped, the standby promoted with every archived commit,
+/// the traffic hook run with the failover's variables, verified, reported (RTO, RPO) and
+/// audited; `failover list` and `failover report` read it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploykit_failover_promotes_the_standby_database_and_reports() {
+    let Some(bins) = bins() else { return };
+    let mut rig = Rig::start(&bins).await;
+    rig.history().await;
+    let standby_dir = rig.path("standby");
+    rig.json(
+        true,
+        &[
+            "pg",
+            "standby",
+            "--repo",
+            s(&rig.repo),
+            "--to",
+            s(&standby_dir),
+            "--poll-ms",
+            "200",
+        ],
+    );
+    let port = free_port().unwrap();
+    let options = ServerOptions::builder()
+        .port(port)
+        .socket_dir(rig.path(""))
+        .run_as(rig.run_as.clone())
+        .env(vec![(
+            "DEPLOYKIT_REPO_KEY_FILE".into(),
+            rig.key_file.display().to_string(),
+        )])
+        .user("postgres")
+        .log_file(rig.path("standby.log"))
+        .build();
+    let standby = Server::start(&bins, &standby_dir, options).await.unwrap();
+    rig.insert(9).await;
+    rig.archive_everything().await;
+    let app = rig.path("app");
+    std::fs::create_dir_all(&app).unwrap();
+    let config = app.join("deploykit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"application = "shop"
+[services.web]
+command = ["true"]
+port = 8080
+[environments.production]
+kind = "production"
+[environments.production-dr]
+kind = "production"
+[environments.production.standby]
+environment = "production-dr"
+max_lag = "1h"
+step_timeout = "60s"
+database = {{ repository = "{repo}", primary_pgdata = "{data}", standby_connection = "host={sock} port={port} user=postgres" }}
+hooks = {{ switch_traffic = ["sh", "-c", "echo $DEPLOYKIT_FAILOVER_FROM $DEPLOYKIT_FAILOVER_TO > switched; echo front door moved"] }}
+"#,
+            repo = rig.repo.display(),
+            data = rig.path("data").display(),
+            sock = rig.path("").display(),
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--config", s(&config), "-o", "json"];
+        all.extend(args);
+        run(&rig.exe, None, Some(&rig.key_file), &all)
+    };
+    // Wait until the standby has row 9, so the failover loses nothing.
+    let db = standby.connect().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while simple_query(&db, ROWS)
+        .await
+        .ok()
+        .and_then(|r| r[0][0].clone())
+        .as_deref()
+        != Some("1,2,3,4,5,6,7,8,9")
+    {
+        assert!(Instant::now() < deadline, "{}", standby.log_excerpt());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let out = cli(&[
+        "failover",
+        "run",
+        "--env",
+        "production",
+        "--reason",
+        "primary disk lost",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"]["outcome"], "succeeded", "{report}");
+    assert_eq!(report["from"], "production");
+    assert_eq!(report["to"], "production-dr");
+    assert!(report["rto_ms"].as_u64().is_some(), "{report}");
+    assert!(report["last_replicated_commit"].is_number(), "{report}");
+    let timeline = report["timeline"].to_string();
+    for needle in [
+        "segment(s) behind the archive",
+        "primary database fenced, its server",
+        "standby database promoted",
+        "switch_traffic hook: front door moved",
+        "the promoted database takes writes",
+    ] {
+        assert!(timeline.contains(needle), "{needle}: {report:#}");
+    }
+    assert!(!rig.server.is_running(), "the primary was stopped");
+    assert!(rig.path("data/standby.signal").is_file(), "and fenced");
+    assert_eq!(
+        std::fs::read_to_string(app.join("switched"))
+            .unwrap()
+            .trim(),
+        "production production-dr"
+    );
+    simple_query(&db, "INSERT INTO events (id) VALUES (10)")
+        .await
+        .expect("the new primary takes writes");
+
+    // Read back: the list, the Markdown report, the audit log.
+    let id = report["id"].as_str().unwrap().to_string();
+    let listed: Value = serde_json::from_slice(&cli(&["failover", "list"]).stdout).unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    let md = run(
+        &rig.exe,
+        None,
+        None,
+        &["--config", s(&config), "failover", "report", &id],
+    );
+    let md = String::from_utf8_lossy(&md.stdout).to_string();
+    assert!(
+        md.contains("# Failover of production to production-dr: succeeded"),
+        "{md}"
+    );
+    assert!(md.contains("| **RTO** |"), "{md}");
+    let audit = run(
+        &rig.exe,
+        None,
+        None,
+        &["--config", s(&config), "audit", "verify"],
+    );
+    assert!(audit.status.success(), "{}", stderr(&audit));
+
+    // A second failover of the same environment: the standby is a primary now, so it is
+    // refused (two primaries), exit 3, nothing done.
+    let out = cli(&[
+        "failover",
+        "run",
+        "--env",
+        "production",
+        "--reason",
+        "again",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let refused: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(refused["outcome"]["outcome"], "refused", "{refused}");
+    assert!(
+        refused["outcome"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("takes writes already"),
+        "{refused}"
+    );
+    // An environment without a standby: a clear error.
+    let out = cli(&["failover", "run", "--env", "production-dr", "--reason", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("environments.production-dr.standby: is not configured"),
+        "{}",
+        stderr(&out)
+    );
+    standby.stop().await.unwrap();
+}
+
+/// `deploykit failover watch` with `automatic = true`: the primary's postmaster is killed
+/// (a crash: no clean shutdown), the probes fail for the grace period, and the watcher fails
+/// over by itself: the standby is promoted with every archived commit, the report says the
+/// failover was automatic, with its evidence, and an RTO from the first failed probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploykit_failover_watch_fails_over_when_the_primary_dies() {
+    let Some(bins) = bins() else { return };
+    let mut rig = Rig::start(&bins).await;
+    rig.history().await;
+    let standby_dir = rig.path("standby");
+    rig.json(
+        true,
+        &[
+            "pg",
+            "standby",
+            "--repo",
+            s(&rig.repo),
+            "--to",
+            s(&standby_dir),
+            "--poll-ms",
+            "200",
+        ],
+    );
+    let port = free_port().unwrap();
+    let options = ServerOptions::builder()
+        .port(port)
+        .socket_dir(rig.path(""))
+        .run_as(rig.run_as.clone())
+        .env(vec![(
+            "DEPLOYKIT_REPO_KEY_FILE".into(),
+            rig.key_file.display().to_string(),
+        )])
+        .user("postgres")
+        .log_file(rig.path("standby.log"))
+        .build();
+    let standby = Server::start(&bins, &standby_dir, options).await.unwrap();
+    let app = rig.path("app");
+    std::fs::create_dir_all(&app).unwrap();
+    let config = app.join("deploykit.toml");
+    let ready = bins.tool("pg_isready");
+    std::fs::write(
+        &config,
+        format!(
+            r#"application = "shop"
+[services.web]
+command = ["true"]
+port = 8080
+[environments.production]
+kind = "production"
+[environments.production-dr]
+kind = "production"
+[environments.production.standby]
+environment = "production-dr"
+automatic = true
+assessment = {{ quorum = 2, grace = "1s", interval = "200ms", probes = [
+  {{ name = "postgres", command = ["{ready}", "-q", "-h", "127.0.0.1", "-p", "{primary}"] }},
+  {{ name = "sql", command = ["{ready}", "-q", "-h", "{sock}", "-p", "{primary}"] }},
+] }}
+database = {{ repository = "{repo}", primary_pgdata = "{data}", standby_connection = "host={sock} port={port} user=postgres" }}
+"#,
+            ready = ready.display(),
+            primary = rig.port,
+            repo = rig.repo.display(),
+            data = rig.path("data").display(),
+            sock = rig.path("").display(),
+        ),
+    )
+    .unwrap();
+    let mut watcher = Command::new(&rig.exe)
+        .args([
+            "--config",
+            s(&config),
+            "-o",
+            "json",
+            "failover",
+            "watch",
+            "--env",
+            "production",
+        ])
+        .env("DEPLOYKIT_REPO_KEY_FILE", &rig.key_file)
+        .env_remove("DEPLOYKIT_REPO_PASSWORD")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A healthy primary: the watcher waits.
+    rig.insert(9).await;
+    rig.archive_everything().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        watcher.try_wait().unwrap().is_none(),
+        "no failover while the primary answers"
+    );
+    let db = standby.connect().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while simple_query(&db, ROWS)
+        .await
+        .ok()
+        .and_then(|r| r[0][0].clone())
+        .as_deref()
+        != Some("1,2,3,4,5,6,7,8,9")
+    {
+        assert!(Instant::now() < deadline, "{}", standby.log_excerpt());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The primary crashes.
+    let pid = std::fs::read_to_string(rig.path("data/postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let killed_at = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::task::spawn_blocking(move || watcher.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let elapsed = killed_at.elapsed();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"]["outcome"], "succeeded", "{report:#}");
+    assert_eq!(report["trigger"], "automatic");
+    assert_eq!(report["requested_by"], "deploykit");
+    assert_eq!(
+        report["evidence"].as_array().unwrap().len(),
+        2,
+        "{report:#}"
+    );
+    let rto = Duration::from_millis(report["rto_ms"].as_u64().unwrap());
+    assert!(rto >= Duration::from_secs(1), "at least the grace: {rto:?}");
+    assert!(
+        rto < Duration::from_secs(30) && elapsed < Duration::from_secs(30),
+        "{rto:?} {elapsed:?}"
+    );
+    assert_eq!(
+        simple_query(&db, ROWS).await.unwrap()[0][0].as_deref(),
+        Some("1,2,3,4,5,6,7,8,9"),
+        "every archived commit"
+    );
+    simple_query(&db, "INSERT INTO events (id) VALUES (10)")
+        .await
+        .expect("the new primary takes writes");
+    assert!(
+        rig.path("data/standby.signal").is_file(),
+        "the dead primary is fenced"
+    );
+    let _ = rig.server.is_running();
     standby.stop().await.unwrap();
 }
 

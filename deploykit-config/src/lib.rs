@@ -150,6 +150,9 @@ use deploykit_core::secrets::SecretProvider;
 use deploykit_core::{Error, Result};
 pub use logs::{ForwardSettings, LogSettings};
 pub use notify::{ChannelTarget, NotificationChannel, Url as ChannelUrl};
+pub use standby::{
+    AssessmentSettings, HOOK_STEPS, ProbeCheck, ProbeSettings, StandbyDatabase, StandbySettings,
+};
 
 mod notify;
 
@@ -160,6 +163,7 @@ mod health;
 mod logs;
 mod rollout;
 mod service;
+mod standby;
 mod toml_words;
 
 /// Where a value was found: the layer (`variables`, `environments.<env>.variables`,
@@ -250,6 +254,7 @@ struct EnvironmentToml {
     strategy: Option<rollout::StrategyToml>,
     backup: Option<backup::BackupToml>,
     logs: Option<logs::LogsToml>,
+    standby: Option<standby::StandbyToml>,
 }
 
 /// An effective setting of an environment: a plain value, or a reference to a secret (whose
@@ -287,6 +292,8 @@ pub struct Config {
     backups: BTreeMap<String, BackupJob>,
     /// How logs are kept and shipped, by environment (only those with a logs table).
     logs: BTreeMap<String, LogSettings>,
+    /// Standbys, by the environment they stand by for.
+    standbys: BTreeMap<String, StandbySettings>,
     /// Effective settings per environment, each with where it came from.
     settings: BTreeMap<String, BTreeMap<String, (Setting, Origin)>>,
     flags: Option<deploykit_flags::FlagSet>,
@@ -413,6 +420,9 @@ impl Config {
         let mut environments = BTreeMap::new();
         let mut backups = BTreeMap::new();
         let mut log_settings = BTreeMap::new();
+        let mut standbys = BTreeMap::new();
+        let defined: std::collections::BTreeSet<String> =
+            parsed.environments.keys().cloned().collect();
         let mut settings = BTreeMap::new();
         for (name, spanned) in &parsed.environments {
             let span = spanned.span();
@@ -480,6 +490,17 @@ impl Config {
             if let Some(l) = &e.logs {
                 let settings = logs::load(&at, &format!("{path}.logs"), l)?;
                 log_settings.insert(name.clone(), settings);
+            }
+            if let Some(st) = &e.standby {
+                let loaded = standby::load(
+                    &at,
+                    &format!("{path}.standby"),
+                    name,
+                    st,
+                    &environments,
+                    &defined,
+                )?;
+                standbys.insert(name.clone(), loaded);
             }
             spec.validate()
                 .map_err(|err| at.error(span.clone(), &path, err))?;
@@ -553,6 +574,7 @@ impl Config {
             environments,
             backups,
             logs: log_settings,
+            standbys,
             settings,
             flags,
             notifications,
@@ -598,6 +620,13 @@ impl Config {
     pub fn backup_job(&self, name: &str) -> Result<Option<&BackupJob>> {
         self.environment(name)?;
         Ok(self.backups.get(name))
+    }
+
+    /// Environment `name`'s standby (`[environments.<name>.standby]`), if it has one. Fails if
+    /// there is no such environment.
+    pub fn standby(&self, name: &str) -> Result<Option<&StandbySettings>> {
+        self.environment(name)?;
+        Ok(self.standbys.get(name))
     }
 
     /// How an environment's logs are kept and shipped (the defaults when it has no logs

@@ -3,7 +3,7 @@
 //!
 //! [`seed_standby`] restores the newest base backup into a new data directory set up as a
 //! standby (`standby.signal`, the archive's `restore_command`, `recovery_target_timeline =
-//! 'latest'`). Started with [`Server::start`], it replays each segment as soon as the primary
+//! 'latest'`). Started with [`Server::start`](crate::Server::start), it replays each segment as soon as the primary
 //! archives it, and answers read-only queries. [`standby_status`] and [`standby_lag`] say how
 //! far it is behind the archive; [`promote_standby`] makes it the primary, after it has
 //! replayed everything the archive holds; [`fence_primary`] makes sure the old primary takes
@@ -18,15 +18,16 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use typed_builder::TypedBuilder;
 
-use crate::archive::archived_segments;
+use crate::archive::{archived_segments, wal_object_name};
 use crate::catalog::{BaseBackup, base_backups};
 use crate::restore::{
     RecoverySignal, check_empty, restore_files, set_private_mode, write_recovery_files,
 };
-use crate::server::{OsUser, Server, chown_tree};
+use crate::server::{OsUser, chown_tree, simple_query};
 use crate::wal::{Lsn, WalSegment};
 use deploykit_backup::Repository;
-use deploykit_core::{Error, Result};
+use deploykit_core::{Error, Result, Timestamp};
+use tokio_postgres::Client;
 
 /// What [`seed_standby`] sets up.
 #[derive(Clone, Debug, TypedBuilder)]
@@ -60,7 +61,7 @@ pub struct StandbySeed {
 }
 
 /// Set up `request.to` as a standby of the cluster that archives into `repo`, from the
-/// newest base backup. Start it with [`Server::start`]; it then follows the archive until
+/// newest base backup. Start it with [`Server::start`](crate::Server::start); it then follows the archive until
 /// [`promote_standby`].
 ///
 /// ```no_run
@@ -76,9 +77,11 @@ pub struct StandbySeed {
 ///     .socket_dir("/tmp".into())
 ///     .log_file("/srv/pg-standby.log".into())
 ///     .build();
-/// let mut standby = Server::start(&PgBinaries::find()?, &request.to, options).await?;
+/// let standby = Server::start(&PgBinaries::find()?, &request.to, options).await?;
 /// // … the primary is lost:
-/// let promotion = deploykit_postgres::promote_standby(&mut standby, std::time::Duration::from_secs(60)).await?;
+/// let client = standby.connect().await?;
+/// let promotion =
+///     deploykit_postgres::promote_standby(&client, std::time::Duration::from_secs(60)).await?;
 /// println!("primary now, on timeline {}", promotion.timeline);
 /// # Ok(())
 /// # }
@@ -130,13 +133,13 @@ pub struct StandbyStatus {
     pub last_replayed_commit: Option<DateTime<Utc>>,
 }
 
-/// Where `server`, a standby (or a promoted one), stands.
-pub async fn standby_status(server: &Server) -> Result<StandbyStatus> {
+/// Where the server `client` is connected to, a standby (or a promoted one), stands.
+pub async fn standby_status(client: &Client) -> Result<StandbyStatus> {
     // Outside recovery the position is where it writes, and the timeline the one of the WAL
     // file it writes (the last checkpoint's may still be the old one just after promotion).
-    let rows = server
-        .query(
-            "SELECT pg_is_in_recovery()::text, \
+    let rows = simple_query(
+        client,
+        "SELECT pg_is_in_recovery()::text, \
              CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
                   ELSE pg_current_wal_lsn() END::text, \
              CASE WHEN pg_is_in_recovery() \
@@ -144,8 +147,8 @@ pub async fn standby_status(server: &Server) -> Result<StandbyStatus> {
                   ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END, \
              to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', \
                      'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-        )
-        .await?;
+    )
+    .await?;
     let field = |i: usize| {
         rows.first()
             .and_then(|r| r.get(i))
@@ -178,6 +181,28 @@ pub struct StandbyLag {
     pub segments: u64,
     /// The newest segment in the archive, if any.
     pub newest_archived: Option<String>,
+    /// When it was archived.
+    pub newest_archived_at: Option<Timestamp>,
+}
+
+impl StandbyLag {
+    /// How much commit history the standby lacks, as time: none when it replays the newest
+    /// segment, else from its last replayed commit (`last_replayed_commit`) to when the
+    /// newest segment was archived (everything committed before that is in the archive).
+    pub fn behind(&self, last_replayed_commit: Option<DateTime<Utc>>) -> Duration {
+        if self.segments == 0 {
+            return Duration::ZERO;
+        }
+        match (self.newest_archived_at, last_replayed_commit) {
+            (Some(newest), Some(commit)) => {
+                let commit = u64::try_from(commit.timestamp_millis()).unwrap_or(0);
+                newest.since(Timestamp::from_millis(commit))
+            }
+            // Nothing replayed yet: as far behind as the archive is old.
+            (Some(newest), None) => newest.since(Timestamp::from_millis(0)),
+            (None, _) => Duration::ZERO,
+        }
+    }
 }
 
 /// How far `status` (a standby of the cluster archiving into `repo`, on its timeline) is
@@ -199,9 +224,18 @@ pub async fn standby_lag(
             newest = Some(WalSegment { timeline, number });
         }
     }
+    let newest_archived_at = match newest {
+        Some(n) => Some(
+            repo.named(&wal_object_name(&n.file_name(segment_size)))
+                .await?
+                .created,
+        ),
+        None => None,
+    };
     Ok(StandbyLag {
         segments: newest.map_or(0, |n| n.number.saturating_sub(replaying.number)),
         newest_archived: newest.map(|n| n.file_name(segment_size)),
+        newest_archived_at,
     })
 }
 
@@ -219,17 +253,42 @@ pub struct Promotion {
     pub duration: Duration,
 }
 
-/// Promote `server`, a standby: it replays every segment the archive still holds for it,
-/// then leaves recovery on a new timeline and takes writes. Already promoted: reported as it
-/// is (a resumed failover asks again).
-pub async fn promote_standby(server: &mut Server, timeout: Duration) -> Result<Promotion> {
+/// Promote the standby `client` is connected to: it replays every segment the archive still
+/// holds for it, then leaves recovery on a new timeline and takes writes; this waits for that
+/// up to `timeout`. Already promoted: reported as it is (a resumed failover asks again).
+pub async fn promote_standby(client: &Client, timeout: Duration) -> Result<Promotion> {
     let started = Instant::now();
-    let before = standby_status(server).await?;
+    let before = standby_status(client).await?;
     if before.in_recovery {
-        server.query("SELECT pg_promote(false)").await?;
-        server.wait_for_promotion(timeout).await?;
+        simple_query(client, "SELECT pg_promote(false)").await?;
+        loop {
+            let rows = simple_query(client, "SELECT pg_is_in_recovery()::text").await?;
+            if rows
+                .first()
+                .and_then(|r| r.first())
+                .cloned()
+                .flatten()
+                .as_deref()
+                == Some("false")
+            {
+                break;
+            }
+            if started.elapsed() >= timeout {
+                return Err(Error::transient(
+                    "promote the standby",
+                    format!(
+                        "still replaying after {timeout:?} (at {}); it promotes once it has \
+                         replayed what the archive holds",
+                        standby_status(client)
+                            .await
+                            .map_or_else(|_| "?".into(), |s| s.replay_lsn.to_string())
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
-    let after = standby_status(server).await?;
+    let after = standby_status(client).await?;
     Ok(Promotion {
         lsn: after.replay_lsn,
         timeline: after.timeline,

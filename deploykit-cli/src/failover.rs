@@ -1,0 +1,611 @@
+//! `deploykit failover`: fail an environment over to the standby its configuration names
+//! (`[environments.<env>.standby]`), journaled in the state store and audited, and read the
+//! reports. The steps deploykit does itself here are the database's (fence the primary's
+//! data directory, promote the standby that follows the archive, check it takes writes); the
+//! rest of each step is the environment's hook command (`hooks.<step>`), run with
+//! `DEPLOYKIT_FAILOVER_ID`, `_FROM`, `_TO` and `_STEP` in its environment.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use clap::Subcommand;
+use deploykit_backup::{LocalTarget, Repository};
+use deploykit_config::{ProbeCheck, ProbeSettings, StandbySettings};
+use deploykit_core::failover::{
+    AssessmentPolicy, Direction, FailoverId, FailoverOutcome, FailoverSite, FailoverSpec,
+    Failovers, HealthWatch, ProbeResult, StandbyReadiness, StepOutcome, Trigger, Verdict,
+};
+use deploykit_core::{Actor, EnvironmentName, Error, Result, SystemClock, Timestamp};
+use deploykit_postgres as pg;
+use serde_json::json;
+
+use crate::context::Context;
+
+/// `deploykit failover` subcommands.
+#[derive(Subcommand, Debug)]
+pub(crate) enum FailoverAction {
+    /// Fail the environment over to its standby now: assess the standby (refused if it is
+    /// unhealthy, or further behind than max_lag unless --force), fence the primary, promote
+    /// the standby's database, scale, switch traffic, verify; prints the report.
+    Run {
+        /// The environment to fail over (the primary).
+        #[arg(long)]
+        env: Option<String>,
+        /// Why (it goes into the audit log and the report).
+        #[arg(long)]
+        reason: String,
+        /// Proceed even if the standby is further behind than max_lag: the commits it lacks
+        /// are lost (audited).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Watch the primary with the assessment's probes and, when a quorum of them has failed
+    /// for the grace period, fail over (with `automatic = true`; otherwise say so and exit 3).
+    /// Exits when a failover ended.
+    Watch {
+        /// The environment to watch (the primary).
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Finish failovers a dead process left unfinished.
+    Resume,
+    /// Every failover, newest last.
+    List,
+    /// One failover's report: timeline, decisions, RTO and RPO (Markdown; JSON with -o json).
+    Report {
+        /// The failover's id.
+        id: String,
+    },
+}
+
+/// Run one `deploykit failover` command.
+pub(crate) async fn run(ctx: &Context, action: FailoverAction) -> Result<ExitCode> {
+    match action {
+        FailoverAction::Run { env, reason, force } => {
+            let from = ctx.environment(env.as_deref())?;
+            let settings = standby_settings(ctx, &from)?;
+            fail_over(
+                ctx,
+                &from,
+                settings,
+                ctx.actor.clone(),
+                reason,
+                force,
+                Trigger::Manual,
+            )
+            .await
+        }
+        FailoverAction::Watch { env } => watch(ctx, env.as_deref()).await,
+        FailoverAction::Resume => {
+            let store = ctx.store().await?;
+            let mut resumed = 0;
+            let reader =
+                Failovers::new(store.clone(), Arc::new(Unconfigured), Arc::new(SystemClock));
+            for id in reader.list().await? {
+                let status = reader.status(&id).await?;
+                if status.is_finished() {
+                    continue;
+                }
+                let settings = ctx
+                    .config()?
+                    .standby(status.spec.from.as_str())?
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            format!("environments.{}.standby", status.spec.from),
+                            "is no longer configured: failover {id} cannot be resumed",
+                        )
+                    })?;
+                failovers(ctx, settings).await?.resume(&id).await?;
+                report(ctx, &reader, &id).await?;
+                resumed += 1;
+            }
+            if resumed == 0 {
+                ctx.print("no failover to resume", json!({ "resumed": 0 }));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FailoverAction::List => {
+            let store = ctx.store().await?;
+            let reader = Failovers::new(store, Arc::new(Unconfigured), Arc::new(SystemClock));
+            let mut lines = Vec::new();
+            let mut rows = Vec::new();
+            for id in reader.list().await? {
+                let r = reader.report(&id).await?;
+                let outcome = match &r.outcome {
+                    None => "running".to_string(),
+                    Some(FailoverOutcome::Succeeded) => "succeeded".into(),
+                    Some(FailoverOutcome::Refused { .. }) => "refused".into(),
+                    Some(FailoverOutcome::Failed { .. }) => "failed".into(),
+                };
+                lines.push(format!(
+                    "{id}  {} {} → {}  {outcome}  RTO {}",
+                    r.direction,
+                    r.from,
+                    r.to,
+                    r.rto
+                        .map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64()))
+                ));
+                rows.push(r.to_json());
+            }
+            ctx.print(lines.join("\n"), json!(rows));
+            Ok(ExitCode::SUCCESS)
+        }
+        FailoverAction::Report { id } => {
+            let store = ctx.store().await?;
+            let reader = Failovers::new(store, Arc::new(Unconfigured), Arc::new(SystemClock));
+            report(ctx, &reader, &FailoverId::new(id)?).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn standby_settings(ctx: &Context, from: &EnvironmentName) -> Result<StandbySettings> {
+    ctx.config()?
+        .standby(from.as_str())?
+        .cloned()
+        .ok_or_else(|| {
+            Error::invalid(
+                format!("environments.{from}.standby"),
+                "is not configured: name the environment that takes over",
+            )
+        })
+}
+
+/// Fail `from` over to its standby and print the report; 0 when the standby serves, 3 when
+/// the failover was refused or failed (the report says why).
+async fn fail_over(
+    ctx: &Context,
+    from: &EnvironmentName,
+    settings: StandbySettings,
+    by: Actor,
+    reason: String,
+    force: bool,
+    trigger: Trigger,
+) -> Result<ExitCode> {
+    let to = EnvironmentName::new(&settings.environment)?;
+    let services: Vec<_> = ctx.config()?.services().map(|s| s.name.clone()).collect();
+    let now = deploykit_core::Clock::now(&SystemClock);
+    let id = FailoverId::new(format!("{from}-{}", now.as_millis()))?;
+    let spec = FailoverSpec::new(
+        id.clone(),
+        Direction::Failover,
+        from.clone(),
+        to,
+        services,
+        by,
+        reason,
+        now,
+    )
+    .triggered(trigger)
+    .forced(force)
+    .with_max_lag(settings.max_lag)
+    .with_step_timeout(settings.step_timeout);
+    let failovers = failovers(ctx, settings).await?;
+    let status = failovers.run(spec).await?;
+    report(ctx, &failovers, &id).await?;
+    Ok(match status.finished.map(|f| f.0) {
+        Some(FailoverOutcome::Succeeded) => ExitCode::SUCCESS,
+        _ => ExitCode::from(crate::EXIT_ROLLED_BACK),
+    })
+}
+
+/// `failover watch`: probe the primary every interval until the assessment says it is lost,
+/// then fail over (or, with `automatic` off, say so).
+async fn watch(ctx: &Context, env: Option<&str>) -> Result<ExitCode> {
+    let from = ctx.environment(env)?;
+    let settings = standby_settings(ctx, &from)?;
+    let a = &settings.assessment;
+    if a.probes.is_empty() {
+        return Err(Error::invalid(
+            format!("environments.{from}.standby.assessment.probes"),
+            "no probes: nothing to watch the primary with",
+        ));
+    }
+    let mut health = HealthWatch::new(
+        AssessmentPolicy::new(a.quorum, a.grace),
+        a.probes.iter().map(|p| p.name.clone()),
+    )?;
+    tracing::info!(environment = %from, probes = a.probes.len(), quorum = a.quorum, grace = ?a.grace, "watching the primary");
+    let mut ticker = tokio::time::interval(a.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (lost_since, evidence) = loop {
+        ticker.tick().await;
+        let results = futures_join(&ctx.config_dir, &a.probes).await;
+        let now = deploykit_core::Clock::now(&SystemClock);
+        match health.observe(now, &results)? {
+            Verdict::Lost { since, evidence } => break (since, evidence),
+            Verdict::Suspect { failing } => {
+                tracing::warn!(environment = %from, ?failing, "primary probes failing");
+            }
+            Verdict::Healthy => {}
+        }
+    };
+    let summary = evidence.join("; ");
+    if !settings.automatic {
+        ctx.print(
+            format!(
+                "the primary {from} is lost since {lost_since} ({summary}); automatic failover \
+                 is off: run `deploykit failover run --env {from} --reason …`"
+            ),
+            json!({ "lost_since": lost_since, "evidence": evidence, "failed_over": false }),
+        );
+        return Ok(ExitCode::from(crate::EXIT_ROLLED_BACK));
+    }
+    fail_over(
+        ctx,
+        &from,
+        settings.clone(),
+        Actor::system(),
+        format!("the assessment judged the primary lost: {summary}"),
+        false,
+        Trigger::Automatic {
+            lost_since,
+            evidence,
+        },
+    )
+    .await
+}
+
+/// Run every probe at once, each within its timeout.
+async fn futures_join(dir: &Path, probes: &[ProbeSettings]) -> Vec<ProbeResult> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, p) in probes.iter().enumerate() {
+        let p = p.clone();
+        let dir = dir.to_path_buf();
+        set.spawn(async move {
+            let outcome = tokio::time::timeout(p.timeout, probe(&dir, &p.check))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {:?}", p.timeout)));
+            (
+                i,
+                match outcome {
+                    Ok(()) => ProbeResult::pass(&p.name),
+                    Err(why) => ProbeResult::fail(&p.name, why),
+                },
+            )
+        });
+    }
+    let mut results: Vec<(usize, ProbeResult)> = set.join_all().await;
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
+/// One probe: an HTTP GET answering 2xx, or a command exiting 0.
+async fn probe(dir: &Path, check: &ProbeCheck) -> std::result::Result<(), String> {
+    match check {
+        ProbeCheck::Http(url) => http_get(url).await,
+        ProbeCheck::Command(argv) => {
+            let out = tokio::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .current_dir(dir)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output()
+                .await
+                .map_err(|e| format!("{}: {e}", argv[0]))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} exited with {}: {}",
+                    argv.join(" "),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET of `url` (`http://host[:port]/path`): `Ok` on a 2xx status line.
+async fn http_get(url: &str) -> std::result::Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let address = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: deploykit-failover\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let mut head = [0u8; 64];
+    let n = stream
+        .read(&mut head)
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    let status = line.split_whitespace().nth(1).unwrap_or("");
+    if status.starts_with('2') && status.len() == 3 {
+        Ok(())
+    } else if n == 0 {
+        Err(format!(
+            "GET {url}: the connection closed without an answer"
+        ))
+    } else {
+        Err(format!("GET {url} answered {status}"))
+    }
+}
+
+async fn report(ctx: &Context, failovers: &Failovers, id: &FailoverId) -> Result<()> {
+    let report = failovers.report(id).await?;
+    ctx.print(report.to_markdown(), report.to_json());
+    Ok(())
+}
+
+async fn failovers(ctx: &Context, settings: StandbySettings) -> Result<Failovers> {
+    let store = ctx.store().await?;
+    let site = ConfiguredSite {
+        settings,
+        dir: ctx.config_dir.clone(),
+    };
+    Ok(Failovers::new(store, Arc::new(site), Arc::new(SystemClock))
+        .with_owner(format!("deploykit-{}", std::process::id())))
+}
+
+/// A reader's site: it performs nothing (used only to read journals and reports).
+#[derive(Debug)]
+struct Unconfigured;
+
+#[async_trait]
+impl FailoverSite for Unconfigured {
+    async fn readiness(&self, _: &FailoverSpec) -> Result<StandbyReadiness> {
+        Err(unconfigured())
+    }
+    async fn fence(&self, _: &FailoverSpec) -> Result<StepOutcome> {
+        Err(unconfigured())
+    }
+    async fn promote_database(&self, _: &FailoverSpec) -> Result<StepOutcome> {
+        Err(unconfigured())
+    }
+    async fn scale(&self, _: &FailoverSpec) -> Result<StepOutcome> {
+        Err(unconfigured())
+    }
+    async fn switch_traffic(&self, _: &FailoverSpec) -> Result<StepOutcome> {
+        Err(unconfigured())
+    }
+    async fn verify(&self, _: &FailoverSpec) -> Result<StepOutcome> {
+        Err(unconfigured())
+    }
+}
+
+fn unconfigured() -> Error {
+    Error::invalid("failover", "this command only reads failovers")
+}
+
+/// The site a configuration describes: the standby database, and hook commands.
+#[derive(Debug)]
+struct ConfiguredSite {
+    settings: StandbySettings,
+    /// Where hooks run (the configuration's directory).
+    dir: std::path::PathBuf,
+}
+
+impl ConfiguredSite {
+    async fn standby_db(&self) -> Result<Option<pg::tokio_postgres::Client>> {
+        let Some(db) = &self.settings.database else {
+            return Ok(None);
+        };
+        let (client, connection) =
+            pg::tokio_postgres::connect(&db.standby_connection, pg::tokio_postgres::NoTls)
+                .await
+                .map_err(|e| Error::transient("connect to the standby database", e.to_string()))?;
+        tokio::spawn(connection);
+        Ok(Some(client))
+    }
+
+    /// Run the hook of `step`, if any: what it printed, or why it failed (retried).
+    async fn hook(&self, spec: &FailoverSpec, step: &str) -> Result<Option<String>> {
+        let Some(argv) = self.settings.hooks.get(step) else {
+            return Ok(None);
+        };
+        let mut command = tokio::process::Command::new(&argv[0]);
+        command
+            .args(&argv[1..])
+            .current_dir(&self.dir)
+            .env("DEPLOYKIT_FAILOVER_ID", spec.id.as_str())
+            .env("DEPLOYKIT_FAILOVER_FROM", spec.from.as_str())
+            .env("DEPLOYKIT_FAILOVER_TO", spec.to.as_str())
+            .env("DEPLOYKIT_FAILOVER_STEP", step)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let what = format!("the {step} hook ({})", argv.join(" "));
+        let out = tokio::time::timeout(self.settings.step_timeout, command.output())
+            .await
+            .map_err(|_| {
+                Error::transient(
+                    what.clone(),
+                    format!("still running after {:?}", self.settings.step_timeout),
+                )
+            })?
+            .map_err(|e| Error::transient(what.clone(), e.to_string()))?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+        if !out.status.success() {
+            return Err(Error::transient(
+                what,
+                format!("{}: {}", out.status, text(&out.stderr)),
+            ));
+        }
+        Ok(Some(text(&out.stdout)))
+    }
+
+    /// `detail` and the hook's output, as a step's outcome.
+    async fn with_hook(
+        &self,
+        spec: &FailoverSpec,
+        step: &str,
+        detail: String,
+    ) -> Result<StepOutcome> {
+        let hook = self.hook(spec, step).await?;
+        Ok(StepOutcome::new(match hook {
+            None => detail,
+            Some(out) if out.is_empty() => format!("{detail}; {step} hook done"),
+            Some(out) => format!("{detail}; {step} hook: {out}"),
+        }))
+    }
+}
+
+#[async_trait]
+impl FailoverSite for ConfiguredSite {
+    async fn readiness(&self, spec: &FailoverSpec) -> Result<StandbyReadiness> {
+        let Some(db) = &self.settings.database else {
+            return Ok(StandbyReadiness::new(
+                true,
+                None,
+                "no database configured: nothing replicated to lose",
+            ));
+        };
+        let client = match self.standby_db().await {
+            Ok(Some(c)) => c,
+            Ok(None) => unreachable!("a database is configured"),
+            Err(e) => {
+                return Ok(StandbyReadiness::new(
+                    false,
+                    None,
+                    format!(
+                        "the standby database of {} does not answer: {}",
+                        spec.to,
+                        e.chain()
+                    ),
+                ));
+            }
+        };
+        let status = pg::standby_status(&client).await?;
+        if !status.in_recovery {
+            return Ok(StandbyReadiness::new(
+                false,
+                None,
+                "the standby database is not a standby (it takes writes already): fencing the \
+                 primary now could leave two primaries",
+            ));
+        }
+        let repo = open_repo(&db.repository).await?;
+        let segment_size = pg::base_backups(&repo)
+            .await?
+            .last()
+            .map_or(16 * 1024 * 1024, |b| b.wal_segment_size);
+        let lag = pg::standby_lag(&repo, &status, segment_size).await?;
+        let behind = lag.behind(status.last_replayed_commit);
+        Ok(StandbyReadiness::new(
+            true,
+            Some(behind),
+            format!(
+                "standby database replays {} on timeline {} ({} segment(s) behind the archive's \
+                 newest, {}), last commit replayed {}",
+                status.replay_lsn,
+                status.timeline,
+                lag.segments,
+                lag.newest_archived.as_deref().unwrap_or("none"),
+                status
+                    .last_replayed_commit
+                    .map_or("none".into(), |t| t.to_rfc3339())
+            ),
+        ))
+    }
+
+    async fn fence(&self, spec: &FailoverSpec) -> Result<StepOutcome> {
+        let detail = match self
+            .settings
+            .database
+            .as_ref()
+            .and_then(|d| d.primary_pgdata.as_ref())
+        {
+            Some(dir) => match pg::fence_primary(dir).await {
+                Ok(f) => match f.stopped {
+                    Some(pid) => format!("primary database fenced, its server (pid {pid}) stopped"),
+                    None => "primary database fenced (no server ran on it)".to_string(),
+                },
+                // The primary's machine is gone with its directory: nothing there can take
+                // writes.
+                Err(_) if !dir.exists() => format!("primary database {} is gone", dir.display()),
+                Err(e) => return Err(e),
+            },
+            None => "no primary database here to fence".to_string(),
+        };
+        self.with_hook(spec, "fence", detail).await
+    }
+
+    async fn promote_database(&self, spec: &FailoverSpec) -> Result<StepOutcome> {
+        let Some(client) = self.standby_db().await? else {
+            return self
+                .with_hook(spec, "promote_database", "no database configured".into())
+                .await;
+        };
+        let promotion = pg::promote_standby(&client, self.settings.step_timeout).await?;
+        let last = promotion
+            .last_replayed_commit
+            .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
+            .map(Timestamp::from_millis);
+        let detail = format!(
+            "standby database promoted in {:.1} s: timeline {}, at {}",
+            promotion.duration.as_secs_f64(),
+            promotion.timeline,
+            promotion.lsn
+        );
+        Ok(self
+            .with_hook(spec, "promote_database", detail)
+            .await?
+            .with_last_replicated_commit(last))
+    }
+
+    async fn scale(&self, spec: &FailoverSpec) -> Result<StepOutcome> {
+        self.with_hook(
+            spec,
+            "scale",
+            "no scale hook: the standby runs as it is".into(),
+        )
+        .await
+    }
+
+    async fn switch_traffic(&self, spec: &FailoverSpec) -> Result<StepOutcome> {
+        self.with_hook(
+            spec,
+            "switch_traffic",
+            format!("traffic for {} goes to {}", spec.from, spec.to),
+        )
+        .await
+    }
+
+    async fn verify(&self, spec: &FailoverSpec) -> Result<StepOutcome> {
+        let detail = match self.standby_db().await? {
+            Some(client) => {
+                // It takes writes: a transaction that writes and is rolled back.
+                pg::simple_query(
+                    &client,
+                    "BEGIN; CREATE TEMP TABLE deploykit_failover_check (n int); ROLLBACK",
+                )
+                .await
+                .map_err(|e| Error::transient("verify the promoted database", e.chain()))?;
+                let status = pg::standby_status(&client).await?;
+                if status.in_recovery {
+                    return Err(Error::transient(
+                        "verify the promoted database",
+                        "it is still in recovery",
+                    ));
+                }
+                format!(
+                    "the promoted database takes writes (timeline {})",
+                    status.timeline
+                )
+            }
+            None => "no database to check".to_string(),
+        };
+        self.with_hook(spec, "verify", detail).await
+    }
+}
+
+/// The repository at `dir` (key from DEPLOYKIT_REPO_KEY_FILE or DEPLOYKIT_REPO_PASSWORD).
+async fn open_repo(dir: &Path) -> Result<Repository> {
+    let key = crate::pg::key()?;
+    Repository::open(Arc::new(LocalTarget::new(dir)?), &key).await
+}

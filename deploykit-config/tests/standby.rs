@@ -1,0 +1,146 @@
+//! `[environments.<env>.standby]`: the standby environment, lag and step limits, the
+//! assessment's probes, the following database and step hooks, with defaults; and errors that
+//! name the file, line, column and key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use deploykit_config::{Config, ProbeCheck};
+use deploykit_core::Error;
+
+const FILE: &str = "/srv/shop/deploykit.toml";
+
+/// A file whose production environment's standby table has `standby` as its body (line 5 on).
+fn with_standby(standby: &str) -> String {
+    format!(
+        "application = \"shop\"\n[environments.production]\nkind = \"production\"\n\
+         [environments.production.standby]\n{standby}\n\
+         [environments.production-dr]\nkind = \"production\"\n"
+    )
+}
+
+fn error(text: &str) -> String {
+    match Config::from_toml_str(FILE, text) {
+        Err(Error::InvalidSpec { field, reason }) => format!("{field}: {reason}"),
+        Err(other) => panic!("expected InvalidSpec, got {other}"),
+        Ok(_) => panic!("expected an error loading\n{text}"),
+    }
+}
+
+#[test]
+fn every_key_loads_and_defaults_apply() {
+    let config = Config::from_toml_str(
+        FILE,
+        &with_standby(
+            r#"environment = "production-dr"
+max_lag = "2s"
+step_timeout = "30s"
+automatic = true
+assessment = { quorum = 2, grace = "5s", interval = "500ms", probes = [
+  { name = "http", url = "http://127.0.0.1:8080/healthz", timeout = "300ms" },
+  { name = "postgres", command = ["pg_isready", "-p", "5432"] },
+] }
+database = { repository = "backups/pg", primary_pgdata = "/srv/pg/main", standby_connection = "host=127.0.0.1 port=5433" }
+hooks = { switch_traffic = ["sh", "-c", "lbctl switch dr"], verify = ["./check-orders"] }"#,
+        ),
+    )
+    .unwrap();
+    let s = config.standby("production").unwrap().expect("a standby");
+    assert_eq!(s.environment, "production-dr");
+    assert_eq!(s.max_lag, Duration::from_secs(2));
+    assert_eq!(s.step_timeout, Duration::from_secs(30));
+    assert!(s.automatic);
+    assert_eq!(s.assessment.quorum, 2);
+    assert_eq!(s.assessment.grace, Duration::from_secs(5));
+    assert_eq!(s.assessment.interval, Duration::from_millis(500));
+    assert_eq!(
+        s.assessment.probes[0].check,
+        ProbeCheck::Http("http://127.0.0.1:8080/healthz".into())
+    );
+    assert_eq!(s.assessment.probes[0].timeout, Duration::from_millis(300));
+    assert_eq!(
+        s.assessment.probes[1].check,
+        ProbeCheck::Command(vec!["pg_isready".into(), "-p".into(), "5432".into()])
+    );
+    assert_eq!(s.assessment.probes[1].timeout, Duration::from_secs(1));
+    let db = s.database.as_ref().unwrap();
+    assert_eq!(
+        db.repository,
+        PathBuf::from("/srv/shop/backups/pg"),
+        "relative to the file"
+    );
+    assert_eq!(db.primary_pgdata, Some(PathBuf::from("/srv/pg/main")));
+    assert_eq!(s.hooks["verify"], vec!["./check-orders".to_string()]);
+    assert_eq!(config.standby("production-dr").unwrap(), None);
+    assert!(config.standby("nowhere").is_err());
+
+    let minimal =
+        Config::from_toml_str(FILE, &with_standby("environment = \"production-dr\"")).unwrap();
+    let s = minimal.standby("production").unwrap().unwrap();
+    assert_eq!(s.max_lag, Duration::from_secs(5));
+    assert_eq!(s.step_timeout, Duration::from_secs(60));
+    assert!(!s.automatic && s.assessment.probes.is_empty() && s.database.is_none());
+}
+
+#[test]
+fn mistakes_are_named_with_their_place() {
+    let cases = [
+        (
+            "environment = \"production\"",
+            "standby.environment: an environment cannot be its own standby",
+        ),
+        (
+            "environment = \"nowhere\"",
+            "standby.environment: \"nowhere\" is not a defined environment",
+        ),
+        (
+            "environment = \"production-dr\"\nautomatic = true",
+            "standby.assessment.probes: `automatic = true` needs probes",
+        ),
+        (
+            "environment = \"production-dr\"\nstep_timeout = \"0s\"",
+            "standby.step_timeout: must be longer than zero",
+        ),
+        (
+            "environment = \"production-dr\"\nmax_lag = \"soon\"",
+            "standby.max_lag: \"soon\" is not a duration",
+        ),
+        (
+            "environment = \"production-dr\"\nassessment = { quorum = 3, probes = [{ name = \"a\", url = \"http://x/\" }] }",
+            "standby.assessment.quorum: 3 probes must fail and 1 are configured",
+        ),
+        (
+            "environment = \"production-dr\"\nassessment = { probes = [{ name = \"a\", url = \"http://x/\" }, { name = \"a\", command = [\"true\"] }] }",
+            "standby.assessment.probes[1].name: \"a\": every probe needs a name of its own",
+        ),
+        (
+            "environment = \"production-dr\"\nassessment = { probes = [{ name = \"a\" }] }",
+            "standby.assessment.probes[0]: needs exactly one of `url`",
+        ),
+        (
+            "environment = \"production-dr\"\nassessment = { probes = [{ name = \"a\", url = \"ftp://x\" }] }",
+            "standby.assessment.probes[0].url: \"ftp://x\" is not an http:// URL",
+        ),
+        (
+            "environment = \"production-dr\"\nhooks = { promote = [\"x\"] }",
+            "standby.hooks.promote: \"promote\" is not a step (one of fence, promote_database",
+        ),
+        (
+            "environment = \"production-dr\"\nhooks = { fence = [] }",
+            "standby.hooks.fence: needs a program to run",
+        ),
+        (
+            "environment = \"production-dr\"\ndatabase = { repository = \"r\", standby_connection = \" \" }",
+            "standby.database.standby_connection: must not be empty",
+        ),
+        (
+            "environment = \"production-dr\"\nfailback = true",
+            "unknown field `failback`",
+        ),
+    ];
+    for (body, want) in cases {
+        let e = error(&with_standby(body));
+        assert!(e.starts_with("/srv/shop/deploykit.toml:"), "{e}");
+        assert!(e.contains(want), "{body}\n→ {e}\nwanted {want}");
+    }
+}
