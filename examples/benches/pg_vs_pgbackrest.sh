@@ -25,6 +25,10 @@
 #      command). Both restored clusters run with archive_mode=off. The query's result is
 #      checked against the primary's;
 #   5. repository size (`du -sb`).
+# deploykit's restore runs recovery with shared buffers sized to the machine and no
+# restartpoints; pgBackRest's cluster starts with the cluster's own settings (as a user of
+# pgBackRest would start it), and once more with deploykit's recovery settings, a reference
+# row (PGBR_TUNED_RUN=0 skips it).
 # Where deploykit's recovery time goes is printed after the table: PostgreSQL's own "redo
 # done" line (its replay's CPU time and elapsed time, which includes waiting for
 # restore_command) for both tools, the time of one `wal-fetch` process without prefetching,
@@ -276,28 +280,42 @@ R[pgbackrest.backup]="$(since "$started")"
 log "pgBackRest: backup ${R[pgbackrest.backup]} s"
 archive_under_load pgbackrest
 EXPECTED="$(psql_q "$VERIFY_QUERY")"
-log "pgBackRest: restore (expecting $EXPECTED)"
-RESTORE_PORT="$(free_port)"
-mkdir -m 700 "$PGBR_RESTORED" && chown "$RUN_AS": "$PGBR_RESTORED"
-started="$(now)"
-pgbr --pg1-path="$PGBR_RESTORED" restore >"$T/pgbackrest-restore.log" 2>&1 \
-    || die "pgbackrest restore failed: $(cat "$T/pgbackrest-restore.log")"
-R[pgbackrest.files]="$(since "$started")"
-as_pg "$PG_BINDIR/pg_ctl" -D "$PGBR_RESTORED" -l "$T/restore-pgbackrest.log" -W \
-    -o "-c port=$RESTORE_PORT -c listen_addresses='' -c unix_socket_directories='$T' -c archive_mode=off -c hot_standby=on" start >/dev/null
-deadline=$((SECONDS + 3600))
-until [[ "$(as_pg "$PG_BINDIR/psql" -X -At -h "$T" -p "$RESTORE_PORT" -U postgres -d postgres -c "SELECT pg_is_in_recovery()" 2>/dev/null || true)" == f ]]; do
-    ((SECONDS < deadline)) || die "pgBackRest's restored cluster was not promoted: $(tail -5 "$T/restore-pgbackrest.log")"
-    [[ -f "$PGBR_RESTORED/postmaster.pid" ]] || die "pgBackRest's restored cluster stopped: $(tail -5 "$T/restore-pgbackrest.log")"
-    sleep 0.05
-done
-got="$(as_pg "$PG_BINDIR/psql" -X -At -h "$T" -p "$RESTORE_PORT" -U postgres -d postgres -c "$VERIFY_QUERY")"
-R[pgbackrest.restore]="$(since "$started")"
-[[ "$got" == "$EXPECTED" ]] || die "pgBackRest's restored cluster answered '$got', the primary '$EXPECTED'"
-as_pg "$PG_BINDIR/pg_ctl" -D "$PGBR_RESTORED" -m fast -w stop >/dev/null
-R[pgbackrest.redo]="$(grep -o 'redo done at.*' "$T/restore-pgbackrest.log" | head -1 || true)"
-log "pgBackRest: restored in ${R[pgbackrest.restore]} s"
-rm -rf "$PGBR_RESTORED"
+# pgbr_restore KEY EXTRA_SETTINGS: restore with pgBackRest, start the cluster with the
+# settings (and EXTRA_SETTINGS), time it until promoted and answering into R[KEY.restore].
+pgbr_restore() {
+    local key="$1" extra="$2"
+    log "pgBackRest: restore${extra:+ with $extra} (expecting $EXPECTED)"
+    RESTORE_PORT="$(free_port)"
+    rm -rf "$PGBR_RESTORED"
+    mkdir -m 700 "$PGBR_RESTORED" && chown "$RUN_AS": "$PGBR_RESTORED"
+    started="$(now)"
+    pgbr --pg1-path="$PGBR_RESTORED" restore >"$T/$key-restore.log" 2>&1 \
+        || die "pgbackrest restore failed: $(cat "$T/$key-restore.log")"
+    R[$key.files]="$(since "$started")"
+    as_pg "$PG_BINDIR/pg_ctl" -D "$PGBR_RESTORED" -l "$T/restore-$key.log" -W \
+        -o "-c port=$RESTORE_PORT -c listen_addresses='' -c unix_socket_directories='$T' -c archive_mode=off -c hot_standby=on $extra" start >/dev/null
+    deadline=$((SECONDS + 3600))
+    until [[ "$(as_pg "$PG_BINDIR/psql" -X -At -h "$T" -p "$RESTORE_PORT" -U postgres -d postgres -c "SELECT pg_is_in_recovery()" 2>/dev/null || true)" == f ]]; do
+        ((SECONDS < deadline)) || die "pgBackRest's restored cluster was not promoted: $(tail -5 "$T/restore-$key.log")"
+        [[ -f "$PGBR_RESTORED/postmaster.pid" ]] || die "pgBackRest's restored cluster stopped: $(tail -5 "$T/restore-$key.log")"
+        sleep 0.05
+    done
+    got="$(as_pg "$PG_BINDIR/psql" -X -At -h "$T" -p "$RESTORE_PORT" -U postgres -d postgres -c "$VERIFY_QUERY")"
+    R[$key.restore]="$(since "$started")"
+    [[ "$got" == "$EXPECTED" ]] || die "pgBackRest's restored cluster answered '$got', the primary '$EXPECTED'"
+    as_pg "$PG_BINDIR/pg_ctl" -D "$PGBR_RESTORED" -m fast -w stop >/dev/null
+    R[$key.redo]="$(grep -o 'redo done at.*' "$T/restore-$key.log" | head -1 || true)"
+    log "pgBackRest: restored in ${R[$key.restore]} s"
+    rm -rf "$PGBR_RESTORED"
+}
+pgbr_restore pgbackrest ""
+# deploykit's restore runs recovery with shared buffers sized to the machine and no
+# restartpoints (deploykit-postgres, restore.rs: recovery_tuning); the same settings given to
+# pgBackRest's cluster show how much of the difference they make.
+TUNED_MB="$(awk '/MemAvailable/ { mb = int($2 / 1024 / 4); if (mb < 128) mb = 128; if (mb > 8192) mb = 8192; print mb }' /proc/meminfo)"
+if [[ "${PGBR_TUNED_RUN:-1}" != 0 ]]; then
+    pgbr_restore pgbackrest_tuned "-c shared_buffers=${TUNED_MB}MB -c max_wal_size=64GB -c checkpoint_timeout=1d"
+fi
 R[pgbackrest.size]="$(du -sb "$PGBR_REPO" | cut -f1)"
 
 # ---------------------------------------------------------------- report
@@ -319,6 +337,7 @@ deploykit $("$DK" --version 2>/dev/null | awk '{print $NF}' || true) vs pgBackRe
 | segments archived per second, load start to caught up | ${R[deploykit.overall]} | ${R[pgbackrest.overall]} | $(ratio "${R[deploykit.overall]}" "${R[pgbackrest.overall]}") |
 | restore: the base backup's files in place (the tool's own work) | ${R[deploykit.files]} s | ${R[pgbackrest.files]} s | $(ratio "${R[pgbackrest.files]}" "${R[deploykit.files]}") |
 | restore to the end of the archive, promoted and answering | ${R[deploykit.restore]} s | ${R[pgbackrest.restore]} s | $(ratio "${R[pgbackrest.restore]}" "${R[deploykit.restore]}") |
+| the same, pgBackRest's cluster started with deploykit's recovery settings | ${R[deploykit.restore]} s | ${R[pgbackrest_tuned.restore]:-not run} s | $(ratio "${R[pgbackrest_tuned.restore]:-0}" "${R[deploykit.restore]}") |
 | repository size (du -sb) | $(mib "${R[deploykit.size]}") MiB | $(mib "${R[pgbackrest.size]}") MiB | $(ratio "${R[pgbackrest.size]}" "${R[deploykit.size]}") |
 
 Where the restore time goes:
@@ -328,4 +347,5 @@ Where the restore time goes:
 - deploykit, one wal-fetch process without prefetching: ${R[deploykit.fetch_one]:-?} ms per segment
 - deploykit with --prefetch 0: ${R[deploykit.restore0]:-not run} s; PostgreSQL: ${R[deploykit.redo0]:-?}
 - pgBackRest, PostgreSQL: ${R[pgbackrest.redo]:-?}
+- pgBackRest with shared_buffers=${TUNED_MB}MB, max_wal_size=64GB, checkpoint_timeout=1d: ${R[pgbackrest_tuned.restore]:-not run} s; PostgreSQL: ${R[pgbackrest_tuned.redo]:-?}
 EOF
