@@ -140,4 +140,8 @@ impl Notifier for EmailNotifier {
     async fn notify(&self, event: &Event) -> Result<()> {
         self.send(&Notification::from(event)).await
     }
+
+    async fn deliver(&self, notification: &Notification) -> Result<()> {
+        self.send(notification).await
+    }
 }

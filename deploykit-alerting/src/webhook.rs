@@ -201,10 +201,13 @@ impl WebhookNotifier {
 #[async_trait]
 impl Notifier for WebhookNotifier {
     async fn notify(&self, event: &Event) -> Result<()> {
-        let n = Notification::from(event);
+        self.deliver(&Notification::from(event)).await
+    }
+
+    async fn deliver(&self, n: &Notification) -> Result<()> {
         match self.format {
-            WebhookFormat::Json => self.post_json(&n).await,
-            WebhookFormat::Slack => self.post_json(&slack_message(&n)).await,
+            WebhookFormat::Json => self.post_json(n).await,
+            WebhookFormat::Slack => self.post_json(&slack_message(n)).await,
         }
     }
 }
@@ -213,8 +216,13 @@ impl Notifier for WebhookNotifier {
 /// and time below.
 pub fn slack_message(n: &Notification) -> serde_json::Value {
     let icon = match (n.kind.as_str(), n.phase) {
-        ("finished", deploykit_core::Phase::Succeeded) => ":white_check_mark:",
-        ("finished", _) | ("rollback_started", _) => ":rotating_light:",
+        ("finished" | "failover_finished", deploykit_core::Phase::Succeeded) => {
+            ":white_check_mark:"
+        }
+        ("finished" | "failover_finished", _)
+        | ("rollback_started" | "failover_requested" | "failover_escalated", _) => {
+            ":rotating_light:"
+        }
         ("approval_requested", _) => ":raised_hand:",
         _ => ":information_source:",
     };

@@ -98,7 +98,10 @@ pub(crate) async fn run(ctx: &Context, action: FailoverAction) -> Result<ExitCod
                             "is no longer configured: failover {id} cannot be resumed",
                         )
                     })?;
-                failovers(ctx, settings).await?.resume(&id).await?;
+                let driver = failovers(ctx, settings).await?;
+                let resumed_status = driver.resume(&id).await;
+                driver.flush(NOTIFY_FLUSH).await;
+                resumed_status?;
                 report(ctx, &reader, &id).await?;
                 resumed += 1;
             }
@@ -184,7 +187,9 @@ async fn fail_over(
     .with_max_lag(settings.max_lag)
     .with_step_timeout(settings.step_timeout);
     let failovers = failovers(ctx, settings).await?;
-    let status = failovers.run(spec).await?;
+    let status = failovers.run(spec).await;
+    failovers.flush(NOTIFY_FLUSH).await;
+    let status = status?;
     report(ctx, &failovers, &id).await?;
     Ok(match status.finished.map(|f| f.0) {
         Some(FailoverOutcome::Succeeded) => ExitCode::SUCCESS,
@@ -343,15 +348,24 @@ async fn report(ctx: &Context, failovers: &Failovers, id: &FailoverId) -> Result
     Ok(())
 }
 
+/// Failovers through the configured site, telling the configuration's notification channels.
 async fn failovers(ctx: &Context, settings: StandbySettings) -> Result<Failovers> {
     let store = ctx.store().await?;
     let site = ConfiguredSite {
         settings,
         dir: ctx.config_dir.clone(),
     };
+    let channels = crate::notify::channels(ctx.config()?)?
+        .into_iter()
+        .map(|(_, notifier)| notifier)
+        .collect();
     Ok(Failovers::new(store, Arc::new(site), Arc::new(SystemClock))
-        .with_owner(format!("deploykit-{}", std::process::id())))
+        .with_owner(format!("deploykit-{}", std::process::id()))
+        .with_notifiers(channels))
 }
+
+/// How long a command waits for its failover's notifications before it exits.
+const NOTIFY_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A reader's site: it performs nothing (used only to read journals and reports).
 #[derive(Debug)]

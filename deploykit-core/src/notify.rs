@@ -20,6 +20,18 @@ use crate::time::Timestamp;
 pub trait Notifier: Send + Sync + fmt::Debug {
     /// Deliver one event.
     async fn notify(&self, event: &Event) -> Result<()>;
+
+    /// Deliver a notification that is not a deployment's event (a failover's fact). By
+    /// default a notifier takes deployment events only and says so.
+    async fn deliver(&self, notification: &Notification) -> Result<()> {
+        Err(crate::Error::invalid(
+            "notifier",
+            format!(
+                "this notifier takes deployment events only, not {}",
+                notification.kind
+            ),
+        ))
+    }
 }
 
 /// The compact, stable form of an event that leaves the process (e.g. a webhook's JSON body).
@@ -74,9 +86,10 @@ impl Notification {
     }
 }
 
-/// Every event kind a [`Notification`] may carry, as [`crate::journal::JournalEvent::kind`]
-/// names it.
-pub const EVENT_KINDS: [&str; 14] = [
+/// Every event kind a [`Notification`] may carry: a deployment's, as
+/// [`crate::journal::JournalEvent::kind`] names it, and a failover's, as
+/// [`crate::failover::FailoverEvent::kind`] names it after `failover_`.
+pub const EVENT_KINDS: [&str; 20] = [
     "created",
     "started",
     "applied",
@@ -91,11 +104,26 @@ pub const EVENT_KINDS: [&str; 14] = [
     "abort_requested",
     "rollback_started",
     "finished",
+    "failover_requested",
+    "failover_assessed",
+    "failover_step_started",
+    "failover_step_done",
+    "failover_escalated",
+    "failover_finished",
 ];
 
 /// The kinds people act on, sent when a channel names none: a gate waiting for someone, a
-/// rollback starting, and every end.
-pub const DEFAULT_EVENT_KINDS: [&str; 3] = ["approval_requested", "rollback_started", "finished"];
+/// rollback starting, every end, and a failover's request, each step it completed, its
+/// escalations and its end.
+pub const DEFAULT_EVENT_KINDS: [&str; 7] = [
+    "approval_requested",
+    "rollback_started",
+    "finished",
+    "failover_requested",
+    "failover_step_done",
+    "failover_escalated",
+    "failover_finished",
+];
 
 /// Which events a notifier receives: by kind and by environment.
 ///
@@ -163,6 +191,17 @@ impl Notifier for Routed {
             .admits(event.entry.event.kind(), event.environment.as_str())
         {
             self.inner.notify(event).await
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn deliver(&self, notification: &Notification) -> Result<()> {
+        if self
+            .route
+            .admits(&notification.kind, &notification.environment)
+        {
+            self.inner.deliver(notification).await
         } else {
             Ok(())
         }

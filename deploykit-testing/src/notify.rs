@@ -3,12 +3,14 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use deploykit_core::notify::Notification;
 use deploykit_core::{Event, Notifier, Result};
 
-/// Records every event it is sent. Clones share the record.
+/// Records every event and notification it is sent. Clones share the record.
 #[derive(Clone, Debug, Default)]
 pub struct RecordingNotifier {
     events: Arc<Mutex<Vec<Event>>>,
+    notifications: Arc<Mutex<Vec<Notification>>>,
 }
 
 impl RecordingNotifier {
@@ -24,6 +26,14 @@ impl RecordingNotifier {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    /// Every notification received through [`Notifier::deliver`] (failovers), in order.
+    pub fn notifications(&self) -> Vec<Notification> {
+        self.notifications
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 #[async_trait]
@@ -33,6 +43,14 @@ impl Notifier for RecordingNotifier {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(event.clone());
+        Ok(())
+    }
+
+    async fn deliver(&self, notification: &Notification) -> Result<()> {
+        self.notifications
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(notification.clone());
         Ok(())
     }
 }

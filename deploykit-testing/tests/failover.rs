@@ -15,7 +15,7 @@ use deploykit_core::failover::{
 };
 use deploykit_core::store::{StateStore, StateStoreLayer};
 use deploykit_core::{Actor, EnvironmentName, Error, Result, ServiceId, Timestamp};
-use deploykit_testing::{MemoryStore, SimClock, SimFailoverSite};
+use deploykit_testing::{MemoryStore, RecordingNotifier, SimClock, SimFailoverSite};
 use proptest::prelude::*;
 
 fn spec(id: &str, clock: &SimClock) -> FailoverSpec {

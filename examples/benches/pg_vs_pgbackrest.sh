@@ -295,9 +295,12 @@ pgbr_restore() {
     as_pg "$PG_BINDIR/pg_ctl" -D "$PGBR_RESTORED" -l "$T/restore-$key.log" -W \
         -o "-c port=$RESTORE_PORT -c listen_addresses='' -c unix_socket_directories='$T' -c archive_mode=off -c hot_standby=on $extra" start >/dev/null
     deadline=$((SECONDS + 3600))
+    # pg_ctl -W returns before the postmaster has written its pid file: give it 10 s to appear.
+    started_s=$SECONDS
     until [[ "$(as_pg "$PG_BINDIR/psql" -X -At -h "$T" -p "$RESTORE_PORT" -U postgres -d postgres -c "SELECT pg_is_in_recovery()" 2>/dev/null || true)" == f ]]; do
         ((SECONDS < deadline)) || die "pgBackRest's restored cluster was not promoted: $(tail -5 "$T/restore-$key.log")"
-        [[ -f "$PGBR_RESTORED/postmaster.pid" ]] || die "pgBackRest's restored cluster stopped: $(tail -5 "$T/restore-$key.log")"
+        [[ -f "$PGBR_RESTORED/postmaster.pid" ]] || ((SECONDS < started_s + 10)) \
+            || die "pgBackRest's restored cluster stopped: $(tail -5 "$T/restore-$key.log")"
         sleep 0.05
     done
     got="$(as_pg "$PG_BINDIR/psql" -X -At -h "$T" -p "$RESTORE_PORT" -U postgres -d postgres -c "$VERIFY_QUERY")"

@@ -1,8 +1,11 @@
 //! [`Failovers`]: runs failovers to their end, journaled, and resumes the ones a dead process
 //! left behind.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use super::{
     FailoverEvent, FailoverId, FailoverOutcome, FailoverRecord, FailoverReport, FailoverSite,
@@ -11,7 +14,8 @@ use super::{
 use crate::access::{AccessAction, AccessPolicy};
 use crate::audit::{self, AuditAction, AuditRecord};
 use crate::error::{Error, Result};
-use crate::journal::Actor;
+use crate::journal::{Actor, Phase};
+use crate::notify::{Notification, Notifier};
 use crate::model::DeploymentId;
 use crate::retry::{Backoff, RetryPolicy};
 use crate::store::StateStore;
@@ -36,6 +40,9 @@ pub struct Failovers {
     owner: String,
     policy: Option<AccessPolicy>,
     retry: RetryPolicy,
+    /// One queue per notifier, each drained in order by its own task.
+    outbox: Mutex<Vec<mpsc::UnboundedSender<Notification>>>,
+    dispatchers: Mutex<JoinSet<()>>,
 }
 
 /// Whether a step's error is final: the site says the step cannot be done (a bad request, no
@@ -64,6 +71,46 @@ impl Failovers {
             retry: RetryPolicy::default()
                 .with_backoff(Duration::from_millis(200), Duration::from_secs(5))
                 .unwrap_or_default(),
+            outbox: Mutex::new(Vec::new()),
+            dispatchers: Mutex::new(JoinSet::new()),
+        }
+    }
+
+    /// The same, telling `notifiers` every fact as it is journaled
+    /// ([`Notifier::deliver`], kinds `failover_<event>`, the environment failed over from),
+    /// each from its own task so a slow or dead channel never delays the failover. Call it
+    /// inside a Tokio runtime; [`flush`](Self::flush) waits for the queues to drain.
+    #[must_use]
+    pub fn with_notifiers(self, notifiers: Vec<Arc<dyn Notifier>>) -> Self {
+        {
+            let mut outbox = lock(&self.outbox);
+            let mut dispatchers = lock(&self.dispatchers);
+            for notifier in notifiers {
+                let (tx, mut rx) = mpsc::unbounded_channel::<Notification>();
+                outbox.push(tx);
+                dispatchers.spawn(async move {
+                    while let Some(n) = rx.recv().await {
+                        if let Err(e) = notifier.deliver(&n).await {
+                            tracing::warn!(failover = %n.deployment, kind = %n.kind, error = %e.chain(), "failover notification not delivered");
+                        }
+                    }
+                });
+            }
+        }
+        self
+    }
+
+    /// Wait up to `timeout` for every notification queued so far to be delivered (or given up
+    /// on); later facts are no longer sent.
+    pub async fn flush(&self, timeout: Duration) {
+        lock(&self.outbox).clear();
+        let mut dispatchers = std::mem::take(&mut *lock(&self.dispatchers));
+        let drained = tokio::time::timeout(timeout, async {
+            while dispatchers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(?timeout, "failover notifications still pending were dropped");
         }
     }
 
@@ -121,6 +168,7 @@ impl Failovers {
             },
         );
         self.store.append_record(&log, 0, &encode(&record)?).await?;
+        self.announce(&spec, &record);
         self.audit(
             &spec,
             spec.requested_by.clone(),
@@ -365,6 +413,38 @@ impl Failovers {
             audit::append_chained(&*self.store, record).await?;
         }
         Ok(())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `record` of the failover `spec` as a notification: the failover's id in `deployment`, the
+/// services moved, the environment failed over from, `→ <to>` as the revision.
+fn notification(spec: &FailoverSpec, record: &FailoverRecord) -> Notification {
+    let phase = match &record.event {
+        FailoverEvent::Finished {
+            outcome: FailoverOutcome::Succeeded,
+        } => Phase::Succeeded,
+        FailoverEvent::Finished { .. } => Phase::Failed,
+        _ => Phase::Progressing,
+    };
+    Notification {
+        deployment: spec.id.to_string(),
+        service: spec
+            .services
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        environment: spec.from.to_string(),
+        revision: format!("{} to {}", spec.direction, spec.to),
+        kind: format!("failover_{}", record.event.kind()),
+        phase,
+        seq: record.seq,
+        at: record.at,
+        message: super::report::describe(&record.event),
     }
 }
 

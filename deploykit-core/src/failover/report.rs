@@ -93,44 +93,16 @@ impl FailoverReport {
         let mut decisions = Vec::new();
         let mut timeline = Vec::new();
         for r in records {
-            let what = match &r.event {
-                FailoverEvent::Requested { spec } => format!(
-                    "{} of {} to {} requested by {}: {}",
-                    spec.direction, spec.from, spec.to, spec.requested_by, spec.reason
-                ),
-                FailoverEvent::Assessed {
-                    readiness,
-                    decision,
-                } => {
+            let what = describe(&r.event);
+            match &r.event {
+                FailoverEvent::Assessed { decision, .. } => {
                     decisions.push(format!("go ahead: {decision}"));
-                    format!("assessed: {decision} ({})", readiness.detail)
                 }
-                FailoverEvent::StepStarted { step } => format!("{step}: started"),
-                FailoverEvent::StepDone { step, outcome } => {
-                    format!("{step}: done, {}", outcome.detail)
+                FailoverEvent::Escalated { .. } | FailoverEvent::Finished { .. } => {
+                    decisions.push(what.clone());
                 }
-                FailoverEvent::Escalated {
-                    step,
-                    waited,
-                    error,
-                } => {
-                    let text = format!(
-                        "escalated: {step} has taken {:.1} s ({error})",
-                        waited.as_secs_f64()
-                    );
-                    decisions.push(text.clone());
-                    text
-                }
-                FailoverEvent::Finished { outcome } => {
-                    let text = match outcome {
-                        FailoverOutcome::Succeeded => "succeeded".to_string(),
-                        FailoverOutcome::Refused { reason } => format!("refused: {reason}"),
-                        FailoverOutcome::Failed { reason } => format!("failed: {reason}"),
-                    };
-                    decisions.push(text.clone());
-                    text
-                }
-            };
+                _ => {}
+            }
             timeline.push(TimelineEntry {
                 at: r.at,
                 offset_ms: r.at.as_millis() as i64 - outage_started.as_millis() as i64,
@@ -244,6 +216,35 @@ impl FailoverReport {
             );
         }
         md
+    }
+}
+
+/// A fact in words, as the timeline and notifications say it.
+pub(crate) fn describe(event: &FailoverEvent) -> String {
+    match event {
+        FailoverEvent::Requested { spec } => format!(
+            "{} of {} to {} requested by {}: {}",
+            spec.direction, spec.from, spec.to, spec.requested_by, spec.reason
+        ),
+        FailoverEvent::Assessed {
+            readiness,
+            decision,
+        } => format!("assessed: {decision} ({})", readiness.detail),
+        FailoverEvent::StepStarted { step } => format!("{step}: started"),
+        FailoverEvent::StepDone { step, outcome } => format!("{step}: done, {}", outcome.detail),
+        FailoverEvent::Escalated {
+            step,
+            waited,
+            error,
+        } => format!(
+            "escalated: {step} has taken {:.1} s ({error})",
+            waited.as_secs_f64()
+        ),
+        FailoverEvent::Finished { outcome } => match outcome {
+            FailoverOutcome::Succeeded => "succeeded".to_string(),
+            FailoverOutcome::Refused { reason } => format!("refused: {reason}"),
+            FailoverOutcome::Failed { reason } => format!("failed: {reason}"),
+        },
     }
 }
 
