@@ -953,6 +953,7 @@ async fn deploykit_failover_promotes_the_standby_database_and_reports() {
     let standby = Server::start(&bins, &standby_dir, options).await.unwrap();
     rig.insert(9).await;
     rig.archive_everything().await;
+    let sink = deploykit_testing::sinks::HttpSink::start().await.unwrap();
     let app = rig.path("app");
     std::fs::create_dir_all(&app).unwrap();
     let config = app.join("deploykit.toml");
@@ -960,6 +961,9 @@ async fn deploykit_failover_promotes_the_standby_database_and_reports() {
         &config,
         format!(
             r#"application = "shop"
+[notifications.ops]
+type = "webhook"
+url = "{hook}"
 [services.web]
 command = ["true"]
 port = 8080
@@ -977,6 +981,7 @@ hooks = {{ switch_traffic = ["sh", "-c", "echo $DEPLOYKIT_FAILOVER_FROM $DEPLOYK
             repo = rig.repo.display(),
             data = rig.path("data").display(),
             sock = rig.path("").display(),
+            hook = sink.url("/ops"),
         ),
     )
     .unwrap();
@@ -1035,6 +1040,32 @@ hooks = {{ switch_traffic = ["sh", "-c", "echo $DEPLOYKIT_FAILOVER_FROM $DEPLOYK
     simple_query(&db, "INSERT INTO events (id) VALUES (10)")
         .await
         .expect("the new primary takes writes");
+    // The channel was told: the request, each step done, the end (its default kinds).
+    let told: Vec<String> = sink
+        .requests()
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.body).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        told.first().map(String::as_str),
+        Some("failover_requested"),
+        "{told:?}"
+    );
+    assert_eq!(
+        told.iter().filter(|k| *k == "failover_step_done").count(),
+        5,
+        "{told:?}"
+    );
+    assert_eq!(
+        told.last().map(String::as_str),
+        Some("failover_finished"),
+        "{told:?}"
+    );
 
     // Read back: the list, the Markdown report, the audit log.
     let id = report["id"].as_str().unwrap().to_string();

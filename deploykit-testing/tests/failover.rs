@@ -89,10 +89,27 @@ async fn a_failover_runs_every_step_in_order_and_reports_rto_and_rpo() {
             "postgres: timeout".into(),
         ],
     });
-    let status = failovers(&store, &site, clock, "a")
-        .run(spec)
-        .await
-        .unwrap();
+    let told = RecordingNotifier::new();
+    let runner = failovers(&store, &site, clock, "a").with_notifiers(vec![Arc::new(told.clone())]);
+    let status = runner.run(spec).await.unwrap();
+    runner.flush(Duration::from_secs(5)).await;
+    // Every fact was told, in order, as `failover_<kind>` for the environment failed over.
+    let told_kinds: Vec<String> = told
+        .notifications()
+        .iter()
+        .map(|n| n.kind.clone())
+        .collect();
+    assert_eq!(told_kinds.len(), 13, "{told_kinds:?}");
+    assert_eq!(told_kinds[0], "failover_requested");
+    assert_eq!(told_kinds[1], "failover_assessed");
+    assert_eq!(told_kinds[12], "failover_finished");
+    let last = told.notifications().pop().unwrap();
+    assert_eq!(last.environment, "production");
+    assert_eq!(last.phase, deploykit_core::Phase::Succeeded);
+    assert_eq!(
+        last.headline(),
+        "web,api/production failover to production-dr: succeeded"
+    );
     assert_eq!(
         status.finished.as_ref().unwrap().0,
         FailoverOutcome::Succeeded

@@ -15,8 +15,8 @@ use crate::access::{AccessAction, AccessPolicy};
 use crate::audit::{self, AuditAction, AuditRecord};
 use crate::error::{Error, Result};
 use crate::journal::{Actor, Phase};
-use crate::notify::{Notification, Notifier};
 use crate::model::DeploymentId;
+use crate::notify::{Notification, Notifier};
 use crate::retry::{Backoff, RetryPolicy};
 use crate::store::StateStore;
 use crate::time::Clock;
@@ -110,7 +110,10 @@ impl Failovers {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(?timeout, "failover notifications still pending were dropped");
+            tracing::warn!(
+                ?timeout,
+                "failover notifications still pending were dropped"
+            );
         }
     }
 
@@ -380,7 +383,8 @@ impl Failovers {
         }
     }
 
-    /// Append `event` after `status`'s last record; the status it leads to.
+    /// Append `event` after `status`'s last record; the status it leads to. The fact is then
+    /// queued for the notifiers.
     async fn append(
         &self,
         status: &FailoverStatus,
@@ -390,7 +394,20 @@ impl Failovers {
         self.store
             .append_record(&status.spec.id.log(), record.seq, &encode(&record)?)
             .await?;
-        status.apply(&record)
+        let next = status.apply(&record)?;
+        self.announce(&next.spec, &record);
+        Ok(next)
+    }
+
+    fn announce(&self, spec: &FailoverSpec, record: &FailoverRecord) {
+        let outbox = lock(&self.outbox);
+        if outbox.is_empty() {
+            return;
+        }
+        let n = notification(spec, record);
+        for queue in outbox.iter() {
+            let _ = queue.send(n.clone());
+        }
     }
 
     fn audit_record(&self, spec: &FailoverSpec, actor: Actor, detail: &str) -> AuditRecord {
