@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use clap::Subcommand;
@@ -49,6 +50,22 @@ pub(crate) enum FailoverAction {
         #[arg(long)]
         env: Option<String>,
     },
+    /// Rehearse the failover's database half without touching production: a scratch standby
+    /// is seeded from the archive, replays it to its end, is promoted and checked (the verify
+    /// query), then removed. Journaled and reported like a failover (direction rehearsal);
+    /// the RTO is the time from the request to the verified scratch primary.
+    Rehearse {
+        /// The environment whose failover is rehearsed.
+        #[arg(long)]
+        env: Option<String>,
+        /// A query the promoted scratch database must answer; its rows go into the report.
+        #[arg(long)]
+        verify_query: Option<String>,
+        /// The OS user that runs the scratch PostgreSQL (default: you, or postgres when you
+        /// are root).
+        #[arg(long)]
+        run_as: Option<String>,
+    },
     /// Finish failovers a dead process left unfinished.
     Resume,
     /// Every failover, newest last.
@@ -78,6 +95,11 @@ pub(crate) async fn run(ctx: &Context, action: FailoverAction) -> Result<ExitCod
             .await
         }
         FailoverAction::Watch { env } => watch(ctx, env.as_deref()).await,
+        FailoverAction::Rehearse {
+            env,
+            verify_query,
+            run_as,
+        } => rehearse(ctx, env.as_deref(), verify_query, run_as.as_deref()).await,
         FailoverAction::Resume => {
             let store = ctx.store().await?;
             let mut resumed = 0;
@@ -366,6 +388,242 @@ async fn failovers(ctx: &Context, settings: StandbySettings) -> Result<Failovers
 
 /// How long a command waits for its failover's notifications before it exits.
 const NOTIFY_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `failover rehearse`: a failover of direction rehearsal through a [`RehearsalSite`].
+async fn rehearse(
+    ctx: &Context,
+    env: Option<&str>,
+    verify_query: Option<String>,
+    run_as: Option<&str>,
+) -> Result<ExitCode> {
+    let from = ctx.environment(env)?;
+    let settings = standby_settings(ctx, &from)?;
+    let Some(db) = settings.database.clone() else {
+        return Err(Error::invalid(
+            format!("environments.{from}.standby.database"),
+            "is not configured: a rehearsal restores the standby database from its archive",
+        ));
+    };
+    let run_as = match run_as {
+        Some(name) => Some(pg::OsUser::lookup(name)?),
+        None => pg::OsUser::for_server()?,
+    };
+    let now = deploykit_core::Clock::now(&SystemClock);
+    let id = FailoverId::new(format!("rehearsal-{from}-{}", now.as_millis()))?;
+    let scratch = ctx.state_dir()?.join("rehearsals").join(id.as_str());
+    let site = Arc::new(RehearsalSite {
+        repository: std::path::absolute(&db.repository).map_err(|e| {
+            Error::backend(
+                format!("resolve {}", db.repository.display()),
+                e.to_string(),
+            )
+        })?,
+        scratch: scratch.clone(),
+        run_as,
+        verify_query,
+        timeout: settings.step_timeout,
+        server: tokio::sync::Mutex::new(None),
+    });
+    let spec = FailoverSpec::new(
+        id.clone(),
+        Direction::Rehearsal,
+        from,
+        EnvironmentName::new(&settings.environment)?,
+        ctx.config()?.services().map(|s| s.name.clone()).collect(),
+        ctx.actor.clone(),
+        "failover rehearsal: production is not touched",
+        now,
+    )
+    .with_step_timeout(settings.step_timeout);
+    let channels = crate::notify::channels(ctx.config()?)?
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    let failovers = Failovers::new(ctx.store().await?, site.clone(), Arc::new(SystemClock))
+        .with_owner(format!("deploykit-{}", std::process::id()))
+        .with_notifiers(channels);
+    let status = failovers.run(spec).await;
+    failovers.flush(NOTIFY_FLUSH).await;
+    site.clean_up().await;
+    let status = status?;
+    report(ctx, &failovers, &id).await?;
+    Ok(match status.finished.map(|f| f.0) {
+        Some(FailoverOutcome::Succeeded) => ExitCode::SUCCESS,
+        _ => ExitCode::from(crate::EXIT_ROLLED_BACK),
+    })
+}
+
+/// A rehearsal's site: the primary is left alone; the database step seeds a scratch standby
+/// from the archive, lets it replay to the archive's end and promotes it; verify checks it
+/// takes writes and answers the verify query.
+#[derive(Debug)]
+struct RehearsalSite {
+    repository: std::path::PathBuf,
+    scratch: std::path::PathBuf,
+    run_as: Option<pg::OsUser>,
+    verify_query: Option<String>,
+    timeout: Duration,
+    server: tokio::sync::Mutex<Option<pg::Server>>,
+}
+
+impl RehearsalSite {
+    fn data(&self) -> std::path::PathBuf {
+        self.scratch.join("data")
+    }
+
+    /// Stop the scratch server and remove its directory.
+    async fn clean_up(&self) {
+        if let Some(server) = self.server.lock().await.take()
+            && let Err(e) = server.stop().await
+        {
+            tracing::warn!(error = %e.chain(), "could not stop the rehearsal's scratch database");
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.scratch)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.scratch.display(), error = %e, "could not remove the rehearsal's scratch directory");
+        }
+    }
+
+    async fn client(&self) -> Result<pg::tokio_postgres::Client> {
+        match self.server.lock().await.as_ref() {
+            Some(server) => server.connect().await,
+            None => Err(Error::transient(
+                "reach the rehearsal's scratch database",
+                "it is not running (the promote step starts it)",
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl FailoverSite for RehearsalSite {
+    async fn readiness(&self, _: &FailoverSpec) -> Result<StandbyReadiness> {
+        let repo = open_repo(&self.repository).await?;
+        let backups = pg::base_backups(&repo).await?;
+        Ok(match backups.last() {
+            Some(b) => StandbyReadiness::new(
+                true,
+                None,
+                format!(
+                    "rehearsal from the archive at {}, base backup {} of {}",
+                    self.repository.display(),
+                    &b.snapshot[..12.min(b.snapshot.len())],
+                    b.stop_time.to_rfc3339()
+                ),
+            ),
+            None => StandbyReadiness::new(
+                false,
+                None,
+                format!("{} holds no base backup", self.repository.display()),
+            ),
+        })
+    }
+
+    async fn fence(&self, _: &FailoverSpec) -> Result<StepOutcome> {
+        Ok(StepOutcome::new(
+            "rehearsal: the primary keeps serving, not fenced",
+        ))
+    }
+
+    async fn promote_database(&self, _: &FailoverSpec) -> Result<StepOutcome> {
+        let mut slot = self.server.lock().await;
+        if slot.is_none() {
+            // Seeded afresh, also when a resumed rehearsal finds an earlier attempt's files.
+            let _ = std::fs::remove_dir_all(&self.scratch);
+            std::fs::create_dir_all(&self.scratch).map_err(|e| {
+                Error::backend(format!("create {}", self.scratch.display()), e.to_string())
+            })?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&self.scratch, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| {
+                        Error::backend(format!("protect {}", self.scratch.display()), e.to_string())
+                    })?;
+            }
+            pg::chown_tree(&self.scratch, self.run_as.as_ref())?;
+            let repo = open_repo(&self.repository).await?;
+            let request = pg::StandbyRequest::builder()
+                .to(self.data())
+                .restore_command(crate::pg::fetch_command(&self.repository, 8)?)
+                .run_as(self.run_as.clone())
+                .poll(Duration::from_millis(200))
+                .build();
+            pg::seed_standby(&repo, &request).await?;
+            let user = match &self.run_as {
+                Some(u) => u.name.clone(),
+                None => pg::OsUser::current()?.name,
+            };
+            let env: Vec<(String, String)> = ["DEPLOYKIT_REPO_KEY_FILE", "DEPLOYKIT_REPO_PASSWORD"]
+                .iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+                .collect();
+            let options = pg::ServerOptions::builder()
+                .port(pg::free_port()?)
+                .socket_dir(self.scratch.clone())
+                .settings(vec![("archive_mode".into(), "off".into())])
+                .run_as(self.run_as.clone())
+                .env(env)
+                .user(user)
+                .log_file(self.scratch.join("postgres.log"))
+                .start_timeout(self.timeout)
+                .build();
+            *slot = Some(pg::Server::start(&pg::PgBinaries::find()?, &self.data(), options).await?);
+        }
+        let server = slot.as_ref().expect("started above");
+        let client = server.connect().await?;
+        let promotion = pg::promote_standby(&client, self.timeout).await?;
+        let last = promotion
+            .last_replayed_commit
+            .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
+            .map(Timestamp::from_millis);
+        Ok(StepOutcome::new(format!(
+            "scratch standby seeded from the archive and promoted in {:.1} s: timeline {}, at {}",
+            promotion.duration.as_secs_f64(),
+            promotion.timeline,
+            promotion.lsn
+        ))
+        .with_last_replicated_commit(last))
+    }
+
+    async fn scale(&self, _: &FailoverSpec) -> Result<StepOutcome> {
+        Ok(StepOutcome::new("rehearsal: nothing is scaled"))
+    }
+
+    async fn switch_traffic(&self, _: &FailoverSpec) -> Result<StepOutcome> {
+        Ok(StepOutcome::new("rehearsal: traffic stays on the primary"))
+    }
+
+    async fn verify(&self, _: &FailoverSpec) -> Result<StepOutcome> {
+        let client = self.client().await?;
+        pg::simple_query(
+            &client,
+            "BEGIN; CREATE TEMP TABLE deploykit_failover_check (n int); ROLLBACK",
+        )
+        .await
+        .map_err(|e| Error::transient("verify the scratch database", e.chain()))?;
+        let Some(sql) = &self.verify_query else {
+            return Ok(StepOutcome::new("the scratch primary takes writes"));
+        };
+        let rows = pg::simple_query(&client, sql).await.map_err(|e| {
+            // A query that cannot run on the restored data will not run on a retry either.
+            Error::invalid("--verify-query", e.chain())
+        })?;
+        let text: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|c| c.as_deref().unwrap_or(""))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect();
+        Ok(StepOutcome::new(format!(
+            "the scratch primary takes writes and answers the verify query: {}",
+            text.join("; ")
+        )))
+    }
+}
 
 /// A reader's site: it performs nothing (used only to read journals and reports).
 #[derive(Debug)]

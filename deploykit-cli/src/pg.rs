@@ -241,7 +241,7 @@ fn check_writer(dir: &Path) -> Result<()> {
 
 /// The restore_command that fetches from the repository at `repo_dir` (absolute) with this
 /// binary.
-fn fetch_command(repo_dir: &Path, prefetch: u32) -> Result<String> {
+pub(crate) fn fetch_command(repo_dir: &Path, prefetch: u32) -> Result<String> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::backend("find the deploykit binary", e.to_string()))?;
     Ok(format!(

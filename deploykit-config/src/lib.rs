@@ -60,6 +60,39 @@
 //! (`pipeline`, a [`deploykit_logs::PipelineConfig`]) and where they go (`forward`: `otlp`,
 //! `webhook`, `file`). See the `logs` module's example for every key.
 //!
+//! # Standby and failover
+//!
+//! `[environments.<env>.standby]` ([`Config::standby`], a [`StandbySettings`]): the
+//! environment that takes over (`environment`), the most it may be behind for an unforced
+//! failover (`max_lag`, default 5 s), when a step is escalated (`step_timeout`, default 60 s),
+//! whether `deploykit failover watch` fails over by itself (`automatic`), the assessment
+//! (`assessment`: `quorum`, `grace`, `interval`, `probes` of `url` or `command`), the
+//! PostgreSQL standby that follows the archive (`database`: `repository`, `primary_pgdata`,
+//! `standby_connection`) and commands for each step (`hooks`: `fence`, `promote_database`,
+//! `scale`, `switch_traffic`, `verify`).
+//!
+//! ```
+//! # use deploykit_config::Config;
+//! let config = Config::from_toml_str(
+//!     "deploykit.toml",
+//!     r#"
+//! application = "shop"
+//! [environments.production]
+//! kind = "production"
+//! [environments.production-dr]
+//! kind = "production"
+//! [environments.production.standby]
+//! environment = "production-dr"
+//! assessment = { quorum = 1, grace = "5s", probes = [{ name = "http", url = "http://10.0.0.5/healthz" }] }
+//! hooks = { switch_traffic = ["lbctl", "switch", "dr"] }
+//! "#,
+//! )?;
+//! let standby = config.standby("production")?.expect("configured");
+//! assert_eq!(standby.environment, "production-dr");
+//! assert_eq!(standby.assessment.grace, std::time::Duration::from_secs(5));
+//! # Ok::<(), deploykit_core::Error>(())
+//! ```
+//!
 //! # Notifications
 //!
 //! `[notifications.<name>]` ([`Config::notifications`], each a [`NotificationChannel`]) is
