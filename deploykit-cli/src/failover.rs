@@ -194,20 +194,20 @@ async fn fail_over(
     let services: Vec<_> = ctx.config()?.services().map(|s| s.name.clone()).collect();
     let now = deploykit_core::Clock::now(&SystemClock);
     let id = FailoverId::new(format!("{from}-{}", now.as_millis()))?;
-    let spec = FailoverSpec::new(
-        id.clone(),
-        Direction::Failover,
-        from.clone(),
-        to,
-        services,
-        by,
-        reason,
-        now,
-    )
-    .triggered(trigger)
-    .forced(force)
-    .with_max_lag(settings.max_lag)
-    .with_step_timeout(settings.step_timeout);
+    let spec = FailoverSpec::builder()
+        .id(id.clone())
+        .direction(Direction::Failover)
+        .from(from.clone())
+        .to(to)
+        .services(services)
+        .requested_by(by)
+        .reason(reason)
+        .requested_at(now)
+        .build()
+        .triggered(trigger)
+        .forced(force)
+        .with_max_lag(settings.max_lag)
+        .with_step_timeout(settings.step_timeout);
     let failovers = failovers(ctx, settings).await?;
     let status = failovers.run(spec).await;
     failovers.flush(NOTIFY_FLUSH).await;
@@ -424,17 +424,17 @@ async fn rehearse(
         timeout: settings.step_timeout,
         server: tokio::sync::Mutex::new(None),
     });
-    let spec = FailoverSpec::new(
-        id.clone(),
-        Direction::Rehearsal,
-        from,
-        EnvironmentName::new(&settings.environment)?,
-        ctx.config()?.services().map(|s| s.name.clone()).collect(),
-        ctx.actor.clone(),
-        "failover rehearsal: production is not touched",
-        now,
-    )
-    .with_step_timeout(settings.step_timeout);
+    let spec = FailoverSpec::builder()
+        .id(id.clone())
+        .direction(Direction::Rehearsal)
+        .from(from)
+        .to(EnvironmentName::new(&settings.environment)?)
+        .services(ctx.config()?.services().map(|s| s.name.clone()).collect())
+        .requested_by(ctx.actor.clone())
+        .reason("failover rehearsal: production is not touched")
+        .requested_at(now)
+        .build()
+        .with_step_timeout(settings.step_timeout);
     let channels = crate::notify::channels(ctx.config()?)?
         .into_iter()
         .map(|(_, n)| n)

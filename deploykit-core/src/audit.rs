@@ -297,24 +297,6 @@ fn extends(entries: &[AuditEntry], c: &Checkpoint, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Chain `record` onto the last entry of `store`'s audit log and append it; another writer may
-/// have appended first, and then it is chained again onto theirs (the chain never forks).
-pub(crate) async fn append_chained(
-    store: &dyn crate::store::StateStore,
-    record: AuditRecord,
-) -> Result<()> {
-    crate::retry::on_conflict(
-        "chain an audit record",
-        |e| matches!(e, Error::Conflict { .. }),
-        || async {
-            let last = store.last_audit().await?;
-            let entry = AuditEntry::chain(last.as_ref(), record.clone());
-            store.record_audit(&entry).await
-        },
-    )
-    .await
-}
-
 /// Check the chain of `entries` (the whole log, oldest first) and, if given, that it extends a
 /// signed checkpoint made with `trusted`'s key. The error names the first bad record.
 ///

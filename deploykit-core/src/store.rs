@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditEntry;
 pub use crate::audit::{AuditAction, AuditOutcome, AuditRecord};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::journal::JournalEntry;
 use crate::model::{DeploymentId, EnvironmentName, ServiceId};
 use crate::time::Timestamp;
@@ -117,6 +117,21 @@ pub trait StateStore: Send + Sync + fmt::Debug {
 
     /// The names of the record logs that start with `prefix`, sorted.
     async fn record_logs(&self, prefix: &str) -> Result<Vec<String>>;
+}
+
+/// Chain `record` onto the last entry of `store`'s audit log and append it; another writer may
+/// have appended first, and then it is chained again onto theirs (the chain never forks).
+pub(crate) async fn append_audit(store: &dyn StateStore, record: AuditRecord) -> Result<()> {
+    crate::retry::on_conflict(
+        "chain an audit record",
+        |e| matches!(e, Error::Conflict { .. }),
+        || async {
+            let last = store.last_audit().await?;
+            let entry = AuditEntry::chain(last.as_ref(), record.clone());
+            store.record_audit(&entry).await
+        },
+    )
+    .await
 }
 
 /// The longest record log name.

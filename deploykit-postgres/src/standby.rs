@@ -74,8 +74,9 @@ pub struct StandbySeed {
 /// deploykit_postgres::seed_standby(&repo, &request).await?;
 /// let options = ServerOptions::builder()
 ///     .port(5433)
-///     .socket_dir("/tmp".into())
-///     .log_file("/srv/pg-standby.log".into())
+///     .socket_dir("/tmp")
+///     .user("postgres")
+///     .log_file("/srv/pg-standby.log")
 ///     .build();
 /// let standby = Server::start(&PgBinaries::find()?, &request.to, options).await?;
 /// // … the primary is lost:

@@ -19,19 +19,19 @@ use deploykit_testing::{MemoryStore, RecordingNotifier, SimClock, SimFailoverSit
 use proptest::prelude::*;
 
 fn spec(id: &str, clock: &SimClock) -> FailoverSpec {
-    FailoverSpec::new(
-        FailoverId::new(id).unwrap(),
-        Direction::Failover,
-        EnvironmentName::new("production").unwrap(),
-        EnvironmentName::new("production-dr").unwrap(),
-        vec![
+    FailoverSpec::builder()
+        .id(FailoverId::new(id).unwrap())
+        .direction(Direction::Failover)
+        .from(EnvironmentName::new("production").unwrap())
+        .to(EnvironmentName::new("production-dr").unwrap())
+        .services(vec![
             ServiceId::new("web").unwrap(),
             ServiceId::new("api").unwrap(),
-        ],
-        Actor::new("alice"),
-        "eu-west-1 is down",
-        deploykit_core::Clock::now(clock),
-    )
+        ])
+        .requested_by(Actor::new("alice"))
+        .reason("eu-west-1 is down")
+        .requested_at(deploykit_core::Clock::now(clock))
+        .build()
 }
 
 fn failovers(
@@ -491,16 +491,16 @@ async fn two_processes_racing_on_one_failover_leave_one_valid_journal() {
 #[test]
 fn a_journal_out_of_order_is_refused() {
     let clock_start = Timestamp::from_millis(0);
-    let spec = FailoverSpec::new(
-        FailoverId::new("f-bad").unwrap(),
-        Direction::Failover,
-        EnvironmentName::new("a").unwrap(),
-        EnvironmentName::new("b").unwrap(),
-        vec![ServiceId::new("web").unwrap()],
-        Actor::new("x"),
-        "test",
-        clock_start,
-    );
+    let spec = FailoverSpec::builder()
+        .id(FailoverId::new("f-bad").unwrap())
+        .direction(Direction::Failover)
+        .from(EnvironmentName::new("a").unwrap())
+        .to(EnvironmentName::new("b").unwrap())
+        .services(vec![ServiceId::new("web").unwrap()])
+        .requested_by(Actor::new("x"))
+        .reason("test")
+        .requested_at(clock_start)
+        .build();
     use deploykit_core::failover::{FailoverEvent, FailoverRecord, StepOutcome};
     let rec = |seq, event| FailoverRecord::new(seq, clock_start, "t", event);
     let requested = rec(

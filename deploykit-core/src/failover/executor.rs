@@ -12,7 +12,7 @@ use super::{
     FailoverSpec, FailoverStatus, LOG_PREFIX, StandbyReadiness, Step, decode,
 };
 use crate::access::{AccessAction, AccessPolicy};
-use crate::audit::{self, AuditAction, AuditRecord};
+use crate::audit::{AuditAction, AuditRecord};
 use crate::error::{Error, Result};
 use crate::journal::{Actor, Phase};
 use crate::model::DeploymentId;
@@ -155,7 +155,7 @@ impl Failovers {
                     let mut record =
                         self.audit_record(&spec, spec.requested_by.clone(), &e.to_string());
                     record.service = service.clone();
-                    audit::append_chained(&*self.store, record.denied()).await?;
+                    crate::store::append_audit(&*self.store, record.denied()).await?;
                     return Err(e);
                 }
             }
@@ -427,7 +427,7 @@ impl Failovers {
         for service in &spec.services {
             let mut record = self.audit_record(spec, actor.clone(), &detail);
             record.service = service.clone();
-            audit::append_chained(&*self.store, record).await?;
+            crate::store::append_audit(&*self.store, record).await?;
         }
         Ok(())
     }
@@ -524,18 +524,18 @@ mod tests {
     use crate::time::Timestamp;
 
     fn spec(lag_limit: Duration, force: bool) -> FailoverSpec {
-        FailoverSpec::new(
-            FailoverId::new("f-1").unwrap(),
-            super::super::Direction::Failover,
-            EnvironmentName::new("production").unwrap(),
-            EnvironmentName::new("standby").unwrap(),
-            vec![ServiceId::new("web").unwrap()],
-            Actor::new("alice"),
-            "primary region down",
-            Timestamp::from_millis(0),
-        )
-        .with_max_lag(lag_limit)
-        .forced(force)
+        FailoverSpec::builder()
+            .id(FailoverId::new("f-1").unwrap())
+            .direction(super::super::Direction::Failover)
+            .from(EnvironmentName::new("production").unwrap())
+            .to(EnvironmentName::new("standby").unwrap())
+            .services(vec![ServiceId::new("web").unwrap()])
+            .requested_by(Actor::new("alice"))
+            .reason("primary region down")
+            .requested_at(Timestamp::from_millis(0))
+            .build()
+            .with_max_lag(lag_limit)
+            .forced(force)
     }
 
     #[test]

@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use typed_builder::TypedBuilder;
 
 use crate::error::{Error, Result};
 use crate::journal::Actor;
@@ -125,7 +126,25 @@ pub enum Trigger {
 }
 
 /// What a failover was asked to do; the first record, fixed for its lifetime.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// ```
+/// use deploykit_core::failover::{Direction, FailoverId, FailoverSpec};
+/// use deploykit_core::{Actor, EnvironmentName, ServiceId, Timestamp};
+/// let spec = FailoverSpec::builder()
+///     .id(FailoverId::new("production-1")?)
+///     .direction(Direction::Failover)
+///     .from(EnvironmentName::new("production")?)
+///     .to(EnvironmentName::new("production-dr")?)
+///     .services(vec![ServiceId::new("web")?])
+///     .requested_by(Actor::new("alice"))
+///     .reason("eu-west-1 is down")
+///     .requested_at(Timestamp::from_millis(0))
+///     .build();
+/// spec.validate()?;
+/// assert_eq!(spec.max_lag, std::time::Duration::from_secs(5));
+/// # Ok::<(), deploykit_core::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
 #[non_exhaustive]
 pub struct FailoverSpec {
     /// The failover's id.
@@ -141,51 +160,29 @@ pub struct FailoverSpec {
     /// Who asked (`deploykit` for an automatic failover).
     pub requested_by: Actor,
     /// Why, in words.
+    #[builder(setter(into))]
     pub reason: String,
-    /// Manual or automatic, with the evidence.
+    /// Manual or automatic, with the evidence (default manual).
+    #[builder(default = Trigger::Manual)]
     pub trigger: Trigger,
     /// Proceed even though the standby is further behind than `max_lag` (audited).
+    #[builder(default)]
     pub force: bool,
     /// The most the standby may be behind (commits it has not received, in time) for the
-    /// failover to proceed unforced.
+    /// failover to proceed unforced (default 5 s).
     #[serde(with = "duration_ms", rename = "max_lag_ms")]
+    #[builder(default = Duration::from_secs(5))]
     pub max_lag: Duration,
     /// A step that takes longer than this is escalated (and again after each further such
-    /// period); it keeps being retried.
+    /// period); it keeps being retried (default 60 s).
     #[serde(with = "duration_ms", rename = "step_timeout_ms")]
+    #[builder(default = Duration::from_secs(60))]
     pub step_timeout: Duration,
     /// When it was requested.
     pub requested_at: Timestamp,
 }
 
 impl FailoverSpec {
-    /// A spec with the defaults: manual, not forced, `max_lag` 5 s, `step_timeout` 60 s.
-    pub fn new(
-        id: FailoverId,
-        direction: Direction,
-        from: EnvironmentName,
-        to: EnvironmentName,
-        services: Vec<ServiceId>,
-        requested_by: Actor,
-        reason: impl Into<String>,
-        requested_at: Timestamp,
-    ) -> Self {
-        FailoverSpec {
-            id,
-            direction,
-            from,
-            to,
-            services,
-            requested_by,
-            reason: reason.into(),
-            trigger: Trigger::Manual,
-            force: false,
-            max_lag: Duration::from_secs(5),
-            step_timeout: Duration::from_secs(60),
-            requested_at,
-        }
-    }
-
     /// The same spec started by the assessment.
     #[must_use]
     pub fn triggered(mut self, trigger: Trigger) -> Self {

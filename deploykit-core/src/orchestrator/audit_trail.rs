@@ -78,7 +78,7 @@ impl AuditTrail {
 
     /// Append `record` to the chained audit log.
     async fn append(&self, record: AuditRecord) -> Result<()> {
-        audit::append_chained(&*self.store, record).await
+        crate::store::append_audit(&*self.store, record).await
     }
 
     /// The audit log with its hash chain, oldest first.
