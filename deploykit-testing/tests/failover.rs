@@ -294,6 +294,15 @@ async fn a_stalled_step_is_escalated_and_retried_a_final_error_fails_and_a_lie_i
     );
     assert!(status.escalations >= 2, "{status:?}");
     assert_failed_over(&site);
+    // 40 failed attempts and the one that worked: journaling an escalation never loses the
+    // step's success (which would do the step once more).
+    let promotions = site
+        .state()
+        .performed
+        .iter()
+        .filter(|s| **s == Step::PromoteDatabase)
+        .count();
+    assert_eq!(promotions, 41);
 
     // The site says a step cannot be done: the failover fails, saying which and why, and what
     // was done stays done.
@@ -486,6 +495,30 @@ async fn two_processes_racing_on_one_failover_leave_one_valid_journal() {
     let status = a.status(&id).await.unwrap();
     assert_eq!(status.finished.unwrap().0, FailoverOutcome::Succeeded);
     assert_failed_over(&site);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rehearsal_never_holds_up_a_real_failover() {
+    let clock = SimClock::new();
+    let store: dyn_store::Shared = Arc::new(MemoryStore::new());
+    let scratch = SimFailoverSite::new();
+    scratch.fail(
+        Step::PromoteDatabase,
+        (0..20).map(|_| Error::transient("promote", "seeding the scratch standby")),
+    );
+    let mut rehearsal = spec("r-1", &clock);
+    rehearsal.direction = Direction::Rehearsal;
+    let rehearsing = failovers(&store, &scratch, clock, "rehearsal");
+    let real_site = SimFailoverSite::new();
+    let real = failovers(&store, &real_site, clock, "real");
+    let (r, f) = tokio::join!(rehearsing.run(rehearsal), async {
+        // The rehearsal is under way (holding its lease) when the primary is lost.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        real.run(spec("f-real", &clock)).await
+    });
+    assert_eq!(f.unwrap().finished.unwrap().0, FailoverOutcome::Succeeded);
+    assert_eq!(r.unwrap().finished.unwrap().0, FailoverOutcome::Succeeded);
+    assert_failed_over(&real_site);
 }
 
 #[test]

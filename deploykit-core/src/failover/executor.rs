@@ -29,8 +29,9 @@ const LEASE_TTL: Duration = Duration::from_secs(30);
 /// [`FailoverSite`] and journals each fact in the store (see the [module](super) docs).
 ///
 /// One process drives a failover at a time: it holds the lease `failover/<from>` (so an
-/// environment is never failed over twice at once) and renews it before each step and each
-/// retry. Another process that finds a failover unfinished and its lease lapsed resumes it
+/// environment is never failed over twice at once; a rehearsal holds
+/// `failover-rehearsal/<from>`, so it never holds up a real failover) and renews it before
+/// each step and each retry. Another process that finds a failover unfinished and its lease lapsed resumes it
 /// ([`Failovers::resume`], [`Failovers::resume_unfinished`]).
 #[derive(Debug)]
 pub struct Failovers {
@@ -196,7 +197,11 @@ impl Failovers {
     /// has ended). Fails with `LeaseHeld` while another live process drives it.
     pub async fn resume(&self, id: &FailoverId) -> Result<FailoverStatus> {
         let mut status = self.status(id).await?;
-        let lease_key = format!("failover/{}", status.spec.from);
+        // A rehearsal never holds up a real failover of the same environment.
+        let lease_key = match status.spec.direction {
+            super::Direction::Rehearsal => format!("failover-rehearsal/{}", status.spec.from),
+            _ => format!("failover/{}", status.spec.from),
+        };
         let spec = status.spec.clone();
         while !status.is_finished() {
             self.store
@@ -210,7 +215,15 @@ impl Failovers {
                 (Some(_), Some(step)) if status.in_progress.is_none() => {
                     FailoverEvent::StepStarted { step }
                 }
-                (Some(_), Some(step)) => self.perform(&status, step, &lease_key).await?,
+                (Some(_), Some(step)) => match self.perform(&mut status, step, &lease_key).await {
+                    Ok(event) => event,
+                    // Another process wrote first: judge again from the journal.
+                    Err(Error::Conflict { .. }) => {
+                        status = self.status(id).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
             };
             let finished = match &event {
                 FailoverEvent::Finished { outcome } => Some(outcome.clone()),
@@ -324,27 +337,25 @@ impl Failovers {
 
     /// Do `step` (journaled as started) until the site confirms it: the `step_done` fact, or the
     /// `finished` one if the site says it cannot be done. Each step timeout that passes is
-    /// journaled as an escalation; the lease is renewed before each attempt.
+    /// journaled as an escalation (`status` follows); the lease is renewed before each attempt.
     async fn perform(
         &self,
-        status: &FailoverStatus,
+        status: &mut FailoverStatus,
         step: Step,
         lease_key: &str,
     ) -> Result<FailoverEvent> {
-        let spec = &status.spec;
+        let spec = status.spec.clone();
         let started = status
             .in_progress
             .map_or_else(|| self.clock.now(), |(_, at)| at);
-        let mut escalated = status.step_escalations;
-        let mut status = status.clone();
         let mut backoff = Backoff::new(&self.retry);
         loop {
             let result = match step {
-                Step::Fence => self.site.fence(spec).await,
-                Step::PromoteDatabase => self.site.promote_database(spec).await,
-                Step::Scale => self.site.scale(spec).await,
-                Step::SwitchTraffic => self.site.switch_traffic(spec).await,
-                Step::Verify => self.site.verify(spec).await,
+                Step::Fence => self.site.fence(&spec).await,
+                Step::PromoteDatabase => self.site.promote_database(&spec).await,
+                Step::Scale => self.site.scale(&spec).await,
+                Step::SwitchTraffic => self.site.switch_traffic(&spec).await,
+                Step::Verify => self.site.verify(&spec).await,
             };
             let e = match result {
                 Ok(outcome) => return Ok(FailoverEvent::StepDone { step, outcome }),
@@ -362,19 +373,14 @@ impl Failovers {
             if waited
                 >= spec
                     .step_timeout
-                    .saturating_mul(escalated.saturating_add(1))
+                    .saturating_mul(status.step_escalations.saturating_add(1))
             {
-                escalated += 1;
                 let event = FailoverEvent::Escalated {
                     step,
                     waited,
                     error: e.chain(),
                 };
-                status = match self.append(&status, event).await {
-                    Ok(next) => next,
-                    Err(e @ Error::Conflict { .. }) => return Err(e),
-                    Err(e) => return Err(e),
-                };
+                *status = self.append(status, event).await?;
             }
             tokio::time::sleep(backoff.next_delay()).await;
             self.store
