@@ -68,7 +68,7 @@ pub(crate) enum FailoverAction {
     },
     /// Finish failovers a dead process left unfinished.
     Resume,
-    /// Every failover, newest last.
+    /// Every failover and rehearsal, oldest first.
     List,
     /// One failover's report: timeline, decisions, RTO and RPO (Markdown; JSON with -o json).
     Report {
@@ -110,20 +110,39 @@ pub(crate) async fn run(ctx: &Context, action: FailoverAction) -> Result<ExitCod
                 if status.is_finished() {
                     continue;
                 }
+                let from = &status.spec.from;
                 let settings = ctx
                     .config()?
-                    .standby(status.spec.from.as_str())?
+                    .standby(from.as_str())?
                     .cloned()
                     .ok_or_else(|| {
                         Error::invalid(
-                            format!("environments.{}.standby", status.spec.from),
-                            "is no longer configured: failover {id} cannot be resumed",
+                            format!("environments.{from}.standby"),
+                            format!("is no longer configured: failover {id} cannot be resumed"),
                         )
                     })?;
-                let driver = failovers(ctx, settings).await?;
-                let resumed_status = driver.resume(&id).await;
-                driver.flush(NOTIFY_FLUSH).await;
-                resumed_status?;
+                if status.spec.direction == Direction::Rehearsal {
+                    // A rehearsal goes on with a scratch database of its own (seeded afresh:
+                    // the dead process's went with it), never with the real site.
+                    let Some(db) = settings.database.clone() else {
+                        return Err(Error::invalid(
+                            format!("environments.{from}.standby.database"),
+                            format!("is no longer configured: rehearsal {id} cannot be resumed"),
+                        ));
+                    };
+                    let site =
+                        rehearsal_site(ctx, &id, &db, &settings, None, pg::OsUser::for_server()?)?;
+                    let driver = driver(ctx, site.clone()).await?;
+                    let resumed_status = driver.resume(&id).await;
+                    driver.flush(NOTIFY_FLUSH).await;
+                    site.clean_up().await;
+                    resumed_status?;
+                } else {
+                    let driver = failovers(ctx, settings).await?;
+                    let resumed_status = driver.resume(&id).await;
+                    driver.flush(NOTIFY_FLUSH).await;
+                    resumed_status?;
+                }
                 report(ctx, &reader, &id).await?;
                 resumed += 1;
             }
@@ -135,10 +154,15 @@ pub(crate) async fn run(ctx: &Context, action: FailoverAction) -> Result<ExitCod
         FailoverAction::List => {
             let store = ctx.store().await?;
             let reader = Failovers::new(store, Arc::new(Unconfigured), Arc::new(SystemClock));
+            let mut reports = Vec::new();
+            for id in reader.list().await? {
+                reports.push(reader.report(&id).await?);
+            }
+            reports.sort_by_key(|r| r.timeline.first().map(|e| e.at));
             let mut lines = Vec::new();
             let mut rows = Vec::new();
-            for id in reader.list().await? {
-                let r = reader.report(&id).await?;
+            for r in reports {
+                let id = &r.id;
                 let outcome = match &r.outcome {
                     None => "running".to_string(),
                     Some(FailoverOutcome::Succeeded) => "succeeded".into(),
@@ -370,20 +394,27 @@ async fn report(ctx: &Context, failovers: &Failovers, id: &FailoverId) -> Result
     Ok(())
 }
 
-/// Failovers through the configured site, telling the configuration's notification channels.
+/// Failovers through the configured site.
 async fn failovers(ctx: &Context, settings: StandbySettings) -> Result<Failovers> {
-    let store = ctx.store().await?;
     let site = ConfiguredSite {
         settings,
         dir: ctx.config_dir.clone(),
     };
+    driver(ctx, Arc::new(site)).await
+}
+
+/// Failovers through `site`, journaled in the state store, telling the configuration's
+/// notification channels.
+async fn driver(ctx: &Context, site: Arc<dyn FailoverSite>) -> Result<Failovers> {
     let channels = crate::notify::channels(ctx.config()?)?
         .into_iter()
         .map(|(_, notifier)| notifier)
         .collect();
-    Ok(Failovers::new(store, Arc::new(site), Arc::new(SystemClock))
-        .with_owner(format!("deploykit-{}", std::process::id()))
-        .with_notifiers(channels))
+    Ok(
+        Failovers::new(ctx.store().await?, site, Arc::new(SystemClock))
+            .with_owner(format!("deploykit-{}", std::process::id()))
+            .with_notifiers(channels),
+    )
 }
 
 /// How long a command waits for its failover's notifications before it exits.
@@ -410,20 +441,7 @@ async fn rehearse(
     };
     let now = deploykit_core::Clock::now(&SystemClock);
     let id = FailoverId::new(format!("rehearsal-{from}-{}", now.as_millis()))?;
-    let scratch = ctx.state_dir()?.join("rehearsals").join(id.as_str());
-    let site = Arc::new(RehearsalSite {
-        repository: std::path::absolute(&db.repository).map_err(|e| {
-            Error::backend(
-                format!("resolve {}", db.repository.display()),
-                e.to_string(),
-            )
-        })?,
-        scratch: scratch.clone(),
-        run_as,
-        verify_query,
-        timeout: settings.step_timeout,
-        server: tokio::sync::Mutex::new(None),
-    });
+    let site = rehearsal_site(ctx, &id, &db, &settings, verify_query, run_as)?;
     let spec = FailoverSpec::builder()
         .id(id.clone())
         .direction(Direction::Rehearsal)
@@ -435,13 +453,7 @@ async fn rehearse(
         .requested_at(now)
         .build()
         .with_step_timeout(settings.step_timeout);
-    let channels = crate::notify::channels(ctx.config()?)?
-        .into_iter()
-        .map(|(_, n)| n)
-        .collect();
-    let failovers = Failovers::new(ctx.store().await?, site.clone(), Arc::new(SystemClock))
-        .with_owner(format!("deploykit-{}", std::process::id()))
-        .with_notifiers(channels);
+    let failovers = driver(ctx, site.clone()).await?;
     let status = failovers.run(spec).await;
     failovers.flush(NOTIFY_FLUSH).await;
     site.clean_up().await;
@@ -451,6 +463,30 @@ async fn rehearse(
         Some(FailoverOutcome::Succeeded) => ExitCode::SUCCESS,
         _ => ExitCode::from(crate::EXIT_ROLLED_BACK),
     })
+}
+
+/// The site of rehearsal `id`: a scratch directory under the state directory.
+fn rehearsal_site(
+    ctx: &Context,
+    id: &FailoverId,
+    db: &deploykit_config::StandbyDatabase,
+    settings: &StandbySettings,
+    verify_query: Option<String>,
+    run_as: Option<pg::OsUser>,
+) -> Result<Arc<RehearsalSite>> {
+    Ok(Arc::new(RehearsalSite {
+        repository: std::path::absolute(&db.repository).map_err(|e| {
+            Error::backend(
+                format!("resolve {}", db.repository.display()),
+                e.to_string(),
+            )
+        })?,
+        scratch: ctx.state_dir()?.join("rehearsals").join(id.as_str()),
+        run_as,
+        verify_query,
+        timeout: settings.step_timeout,
+        server: tokio::sync::Mutex::new(None),
+    }))
 }
 
 /// A rehearsal's site: the primary is left alone; the database step seeds a scratch standby

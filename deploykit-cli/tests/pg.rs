@@ -1106,7 +1106,11 @@ hooks = {{ switch_traffic = ["sh", "-c", "echo $DEPLOYKIT_FAILOVER_FROM $DEPLOYK
     // Read back: the list, the Markdown report, the audit log.
     let id = report["id"].as_str().unwrap().to_string();
     let listed: Value = serde_json::from_slice(&cli(&["failover", "list"]).stdout).unwrap();
-    assert_eq!(listed[0]["id"], id.as_str());
+    // Oldest first: the rehearsal, then the failover.
+    assert_eq!(listed[0]["direction"], "rehearsal", "{listed:#}");
+    assert_eq!(listed[1]["id"], id.as_str(), "{listed:#}");
+    let resumed: Value = serde_json::from_slice(&cli(&["failover", "resume"]).stdout).unwrap();
+    assert_eq!(resumed["resumed"], 0, "nothing was left unfinished");
     let md = run(
         &rig.exe,
         None,
