@@ -41,6 +41,20 @@ pub(crate) enum FailoverAction {
         /// are lost (audited).
         #[arg(long)]
         force: bool,
+        /// Report it as a failback (back to the environment a failover left, once re-seeded
+        /// with `failover reseed`).
+        #[arg(long)]
+        failback: bool,
+    },
+    /// After a failover of ENV: take a base backup of the promoted standby and make ENV's old
+    /// primary directory a standby of it (the old directory is kept beside it), so ENV can
+    /// take over again: start it, let it catch up, then `failover run --failback` from the
+    /// standby environment. Run it as the repository's owner (the user archive_command runs
+    /// as).
+    Reseed {
+        /// The environment that was failed over (whose old primary is re-seeded).
+        #[arg(long)]
+        env: Option<String>,
     },
     /// Watch the primary with the assessment's probes and, when a quorum of them has failed
     /// for the grace period, fail over (with `automatic = true`; otherwise say so and exit 3).
@@ -80,20 +94,29 @@ pub(crate) enum FailoverAction {
 /// Run one `deploykit failover` command.
 pub(crate) async fn run(ctx: &Context, action: FailoverAction) -> Result<ExitCode> {
     match action {
-        FailoverAction::Run { env, reason, force } => {
+        FailoverAction::Run {
+            env,
+            reason,
+            force,
+            failback,
+        } => {
             let from = ctx.environment(env.as_deref())?;
             let settings = standby_settings(ctx, &from)?;
-            fail_over(
-                ctx,
-                &from,
-                settings,
-                ctx.actor.clone(),
+            let direction = if failback {
+                Direction::Failback
+            } else {
+                Direction::Failover
+            };
+            let ask = Ask {
+                by: ctx.actor.clone(),
                 reason,
                 force,
-                Trigger::Manual,
-            )
-            .await
+                trigger: Trigger::Manual,
+                direction,
+            };
+            fail_over(ctx, &from, settings, ask).await
         }
+        FailoverAction::Reseed { env } => reseed(ctx, env.as_deref()).await,
         FailoverAction::Watch { env } => watch(ctx, env.as_deref()).await,
         FailoverAction::Rehearse {
             env,
@@ -203,16 +226,22 @@ fn standby_settings(ctx: &Context, from: &EnvironmentName) -> Result<StandbySett
         })
 }
 
+/// Who asks for a failover, why and how.
+struct Ask {
+    by: Actor,
+    reason: String,
+    force: bool,
+    trigger: Trigger,
+    direction: Direction,
+}
+
 /// Fail `from` over to its standby and print the report; 0 when the standby serves, 3 when
 /// the failover was refused or failed (the report says why).
 async fn fail_over(
     ctx: &Context,
     from: &EnvironmentName,
     settings: StandbySettings,
-    by: Actor,
-    reason: String,
-    force: bool,
-    trigger: Trigger,
+    ask: Ask,
 ) -> Result<ExitCode> {
     let to = EnvironmentName::new(&settings.environment)?;
     let services: Vec<_> = ctx.config()?.services().map(|s| s.name.clone()).collect();
@@ -220,16 +249,16 @@ async fn fail_over(
     let id = FailoverId::new(format!("{from}-{}", now.as_millis()))?;
     let spec = FailoverSpec::builder()
         .id(id.clone())
-        .direction(Direction::Failover)
+        .direction(ask.direction)
         .from(from.clone())
         .to(to)
         .services(services)
-        .requested_by(by)
-        .reason(reason)
+        .requested_by(ask.by)
+        .reason(ask.reason)
         .requested_at(now)
         .build()
-        .triggered(trigger)
-        .forced(force)
+        .triggered(ask.trigger)
+        .forced(ask.force)
         .with_max_lag(settings.max_lag)
         .with_step_timeout(settings.step_timeout);
     let failovers = failovers(ctx, settings).await?;
@@ -285,19 +314,114 @@ async fn watch(ctx: &Context, env: Option<&str>) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(crate::EXIT_ROLLED_BACK));
     }
-    fail_over(
-        ctx,
-        &from,
-        settings.clone(),
-        Actor::system(),
-        format!("the assessment judged the primary lost: {summary}"),
-        false,
-        Trigger::Automatic {
+    let ask = Ask {
+        by: Actor::system(),
+        reason: format!("the assessment judged the primary lost: {summary}"),
+        force: false,
+        trigger: Trigger::Automatic {
             lost_since,
             evidence,
         },
+        direction: Direction::Failover,
+    };
+    fail_over(ctx, &from, settings.clone(), ask).await
+}
+
+/// `failover reseed`: the old primary of `env` becomes a standby of the promoted one.
+async fn reseed(ctx: &Context, env: Option<&str>) -> Result<ExitCode> {
+    let from = ctx.environment(env)?;
+    let settings = standby_settings(ctx, &from)?;
+    let field = format!("environments.{from}.standby.database");
+    let db = settings.database.clone().ok_or_else(|| {
+        Error::invalid(&field, "is not configured: there is no database to re-seed")
+    })?;
+    let old = db.primary_pgdata.clone().ok_or_else(|| {
+        Error::invalid(
+            format!("{field}.primary_pgdata"),
+            "is not configured: the old primary's directory is re-seeded",
+        )
+    })?;
+    // The promoted standby is the source: it must take writes.
+    let site = ConfiguredSite {
+        settings: settings.clone(),
+        dir: ctx.config_dir.clone(),
+    };
+    let client = site.standby_db().await?.expect("a database is configured");
+    if pg::standby_status(&client).await?.in_recovery {
+        return Err(Error::invalid(
+            format!("{field}.standby_connection"),
+            format!(
+                "{} is still a standby: fail over first (`deploykit failover run --env {from}`)",
+                settings.environment
+            ),
+        ));
+    }
+    let repo = open_repo(&db.repository).await?;
+    let backup = pg::take_base_backup(
+        &repo,
+        &pg::BaseBackupRequest::builder()
+            .connection(db.standby_connection.clone())
+            .bins(pg::PgBinaries::find()?)
+            .build(),
     )
-    .await
+    .await?;
+    // The old directory stays beside, fenced, for whoever wants to look at what it held.
+    let kept = if old.exists() {
+        pg::fence_primary(&old).await?;
+        let stamp = deploykit_core::Clock::now(&SystemClock).as_millis();
+        let name = format!(
+            "{}.before-reseed-{stamp}",
+            old.file_name()
+                .map_or("pgdata".into(), |n| n.to_string_lossy().into_owned())
+        );
+        let kept = old.with_file_name(name);
+        std::fs::rename(&old, &kept).map_err(|e| {
+            Error::backend(
+                format!("move {} aside to {}", old.display(), kept.display()),
+                e.to_string(),
+            )
+        })?;
+        Some(kept)
+    } else {
+        None
+    };
+    let request = pg::StandbyRequest::builder()
+        .to(old.clone())
+        .restore_command(crate::pg::fetch_command(
+            &std::path::absolute(&db.repository).map_err(|e| {
+                Error::backend(
+                    format!("resolve {}", db.repository.display()),
+                    e.to_string(),
+                )
+            })?,
+            8,
+        )?)
+        .run_as(pg::OsUser::for_server()?)
+        .build();
+    let seed = pg::seed_standby(&repo, &request).await?;
+    ctx.print(
+        format!(
+            "{from}'s database at {} is a standby of {} again, from base backup {} (timeline \
+             {}){}; start it, let it catch up, then fail back with `deploykit failover run --env \
+             {} --failback --reason …`",
+            old.display(),
+            settings.environment,
+            seed.base_backup.snapshot,
+            backup.backup.timeline,
+            kept.as_ref().map_or(String::new(), |k| format!(
+                "; the old directory is at {}",
+                k.display()
+            )),
+            settings.environment
+        ),
+        json!({
+            "data_dir": old.display().to_string(),
+            "snapshot": seed.base_backup.snapshot,
+            "timeline": backup.backup.timeline,
+            "kept": kept.map(|k| k.display().to_string()),
+        }),
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Run every probe at once, each within its timeout.

@@ -1047,6 +1047,27 @@ hooks = {{ switch_traffic = ["sh", "-c", "echo $DEPLOYKIT_FAILOVER_FROM $DEPLOYK
         "the scratch database is gone"
     );
 
+    // Nothing to re-seed from while the standby is still a standby.
+    let out = run(
+        &rig.exe,
+        rig.run_as.as_ref(),
+        Some(&rig.key_file),
+        &[
+            "--config",
+            s(&config),
+            "failover",
+            "reseed",
+            "--env",
+            "production",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("production-dr is still a standby: fail over first"),
+        "{}",
+        stderr(&out)
+    );
+
     let out = cli(&[
         "failover",
         "run",
@@ -1159,6 +1180,147 @@ hooks = {{ switch_traffic = ["sh", "-c", "echo $DEPLOYKIT_FAILOVER_FROM $DEPLOYK
         "{}",
         stderr(&out)
     );
+
+    // Failback. The old primary is re-seeded from the new one (as the repository's owner),
+    // started, catches up with what was written after the failover, and takes over again.
+    let out = run(
+        &rig.exe,
+        rig.run_as.as_ref(),
+        Some(&rig.key_file),
+        &[
+            "--config",
+            s(&config),
+            "-o",
+            "json",
+            "failover",
+            "reseed",
+            "--env",
+            "production",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reseeded: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reseeded["timeline"], 2, "{reseeded}");
+    assert!(
+        reseeded["kept"]
+            .as_str()
+            .unwrap()
+            .contains(".before-reseed-"),
+        "{reseeded}"
+    );
+    assert!(rig.path("data/standby.signal").is_file());
+    let home_port = free_port().unwrap();
+    let home = Server::start(
+        &bins,
+        &rig.path("data"),
+        ServerOptions::builder()
+            .port(home_port)
+            .socket_dir(rig.path(""))
+            .run_as(rig.run_as.clone())
+            .env(vec![(
+                "DEPLOYKIT_REPO_KEY_FILE".into(),
+                rig.key_file.display().to_string(),
+            )])
+            .user("postgres")
+            .log_file(rig.path("home.log"))
+            .build(),
+    )
+    .await
+    .unwrap();
+    simple_query(
+        &db,
+        "INSERT INTO events (id) VALUES (11); SELECT pg_switch_wal()",
+    )
+    .await
+    .unwrap();
+    let home_db = home.connect().await.unwrap();
+    let want = "1,2,3,4,5,6,7,8,9,10,11";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while simple_query(&home_db, ROWS)
+        .await
+        .ok()
+        .and_then(|r| r[0][0].clone())
+        .as_deref()
+        != Some(want)
+    {
+        assert!(Instant::now() < deadline, "{}", home.log_excerpt());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let back = app.join("failback.toml");
+    std::fs::write(
+        &back,
+        format!(
+            r#"application = "shop"
+[services.web]
+command = ["true"]
+port = 8080
+[environments.production]
+kind = "production"
+[environments.production-dr]
+kind = "production"
+[environments.production-dr.standby]
+environment = "production"
+max_lag = "1h"
+database = {{ repository = "{repo}", primary_pgdata = "{dr}", standby_connection = "host={sock} port={home_port} user=postgres" }}
+"#,
+            repo = rig.repo.display(),
+            dr = standby_dir.display(),
+            sock = rig.path("").display(),
+        ),
+    )
+    .unwrap();
+    let out = run(
+        &rig.exe,
+        None,
+        Some(&rig.key_file),
+        &[
+            "--config",
+            s(&back),
+            "-o",
+            "json",
+            "failover",
+            "run",
+            "--env",
+            "production-dr",
+            "--failback",
+            "--reason",
+            "back home",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let failback: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(failback["direction"], "failback", "{failback:#}");
+    assert_eq!(failback["outcome"]["outcome"], "succeeded", "{failback:#}");
+    simple_query(&home_db, "INSERT INTO events (id) VALUES (12)")
+        .await
+        .expect("production takes writes again");
+    assert_eq!(
+        simple_query(&home_db, ROWS).await.unwrap()[0][0].as_deref(),
+        Some("1,2,3,4,5,6,7,8,9,10,11,12")
+    );
+    assert!(
+        standby_dir.join("standby.signal").is_file(),
+        "the DR database is fenced"
+    );
+    // And the DR database can be re-seeded from production in turn: the cycle is closed.
+    let out = run(
+        &rig.exe,
+        rig.run_as.as_ref(),
+        Some(&rig.key_file),
+        &[
+            "--config",
+            s(&back),
+            "-o",
+            "json",
+            "failover",
+            "reseed",
+            "--env",
+            "production-dr",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(standby_dir.join("standby.signal").is_file());
+    home.stop().await.unwrap();
     standby.stop().await.unwrap();
 }
 
