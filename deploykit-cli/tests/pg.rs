@@ -122,6 +122,60 @@ impl Rig {
         self.dir.path().join(name)
     }
 
+    /// Options for another cluster of this rig (`name`.log, a free port, the rig's socket
+    /// directory, its OS user, the key file for `wal-fetch` and `wal-push`).
+    fn options(&self, name: &str) -> (u16, ServerOptions) {
+        let port = free_port().unwrap();
+        let options = ServerOptions::builder()
+            .port(port)
+            .socket_dir(self.path(""))
+            .run_as(self.run_as.clone())
+            .env(vec![(
+                "DEPLOYKIT_REPO_KEY_FILE".into(),
+                self.key_file.display().to_string(),
+            )])
+            .user("postgres")
+            .log_file(self.path(&format!("{name}.log")))
+            .build();
+        (port, options)
+    }
+
+    /// `pg standby` into `standby/`, started: the directory, the server and its port.
+    async fn follow(&self, bins: &PgBinaries) -> (PathBuf, Server, u16) {
+        let dir = self.path("standby");
+        self.json(
+            true,
+            &[
+                "pg",
+                "standby",
+                "--repo",
+                s(&self.repo),
+                "--to",
+                s(&dir),
+                "--poll-ms",
+                "200",
+            ],
+        );
+        let (port, options) = self.options("standby");
+        let server = Server::start(bins, &dir, options).await.unwrap();
+        (dir, server, port)
+    }
+
+    /// Wait until `db` (a connection to `server`) holds exactly the rows `want`.
+    async fn wait_rows(db: &Client, server: &Server, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while simple_query(db, ROWS)
+            .await
+            .ok()
+            .and_then(|r| r[0][0].clone())
+            .as_deref()
+            != Some(want)
+        {
+            assert!(Instant::now() < deadline, "{}", server.log_excerpt());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Run deploykit as the repository's owner (as the server's user).
     fn dk(&self, args: &[&str]) -> Output {
         run(&self.exe, self.run_as.as_ref(), None, args)
@@ -915,6 +969,17 @@ async fn a_standby_follows_the_archive_and_takes_over_from_a_fenced_primary() {
     standby.stop().await.unwrap();
 }
 
+/// The start of the failover tests' deploykit.toml: a service, production and its standby
+/// environment production-dr.
+const APP_PREAMBLE: &str = r#"application = "shop"
+[services.web]
+command = ["true"]
+port = 8080
+[environments.production]
+kind = "production"
+[environments.production-dr]
+kind = "production""#;
+
 /// `deploykit failover run` on a configured standby database: assessed (its lag read from the
 /// archive), the primary fenced and stopped, the standby promoted with every archived commit,
 /// the traffic hook run with the failover's variables, verified, reported (RTO, RPO) and
@@ -924,33 +989,7 @@ async fn deploykit_failover_promotes_the_standby_database_and_reports() {
     let Some(bins) = bins() else { return };
     let mut rig = Rig::start(&bins).await;
     rig.history().await;
-    let standby_dir = rig.path("standby");
-    rig.json(
-        true,
-        &[
-            "pg",
-            "standby",
-            "--repo",
-            s(&rig.repo),
-            "--to",
-            s(&standby_dir),
-            "--poll-ms",
-            "200",
-        ],
-    );
-    let port = free_port().unwrap();
-    let options = ServerOptions::builder()
-        .port(port)
-        .socket_dir(rig.path(""))
-        .run_as(rig.run_as.clone())
-        .env(vec![(
-            "DEPLOYKIT_REPO_KEY_FILE".into(),
-            rig.key_file.display().to_string(),
-        )])
-        .user("postgres")
-        .log_file(rig.path("standby.log"))
-        .build();
-    let standby = Server::start(&bins, &standby_dir, options).await.unwrap();
+    let (standby_dir, standby, port) = rig.follow(&bins).await;
     rig.insert(9).await;
     rig.archive_everything().await;
     let sink = deploykit_testing::sinks::HttpSink::start().await.unwrap();
@@ -960,17 +999,10 @@ async fn deploykit_failover_promotes_the_standby_database_and_reports() {
     std::fs::write(
         &config,
         format!(
-            r#"application = "shop"
+            r#"{APP_PREAMBLE}
 [notifications.ops]
 type = "webhook"
 url = "{hook}"
-[services.web]
-command = ["true"]
-port = 8080
-[environments.production]
-kind = "production"
-[environments.production-dr]
-kind = "production"
 [environments.production.standby]
 environment = "production-dr"
 max_lag = "1h"
@@ -992,17 +1024,7 @@ hooks = {{ switch_traffic = ["sh", "-c", "echo $DEPLOYKIT_FAILOVER_FROM $DEPLOYK
     };
     // Wait until the standby has row 9, so the failover loses nothing.
     let db = standby.connect().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while simple_query(&db, ROWS)
-        .await
-        .ok()
-        .and_then(|r| r[0][0].clone())
-        .as_deref()
-        != Some("1,2,3,4,5,6,7,8,9")
-    {
-        assert!(Instant::now() < deadline, "{}", standby.log_excerpt());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Rig::wait_rows(&db, &standby, "1,2,3,4,5,6,7,8,9").await;
 
     // A rehearsal first: a scratch standby from the archive is promoted and checked, and
     // production is not touched.
@@ -1209,24 +1231,10 @@ hooks = {{ switch_traffic = ["sh", "-c", "echo $DEPLOYKIT_FAILOVER_FROM $DEPLOYK
         "{reseeded}"
     );
     assert!(rig.path("data/standby.signal").is_file());
-    let home_port = free_port().unwrap();
-    let home = Server::start(
-        &bins,
-        &rig.path("data"),
-        ServerOptions::builder()
-            .port(home_port)
-            .socket_dir(rig.path(""))
-            .run_as(rig.run_as.clone())
-            .env(vec![(
-                "DEPLOYKIT_REPO_KEY_FILE".into(),
-                rig.key_file.display().to_string(),
-            )])
-            .user("postgres")
-            .log_file(rig.path("home.log"))
-            .build(),
-    )
-    .await
-    .unwrap();
+    let (home_port, options) = rig.options("home");
+    let home = Server::start(&bins, &rig.path("data"), options)
+        .await
+        .unwrap();
     simple_query(
         &db,
         "INSERT INTO events (id) VALUES (11); SELECT pg_switch_wal()",
@@ -1234,30 +1242,12 @@ hooks = {{ switch_traffic = ["sh", "-c", "echo $DEPLOYKIT_FAILOVER_FROM $DEPLOYK
     .await
     .unwrap();
     let home_db = home.connect().await.unwrap();
-    let want = "1,2,3,4,5,6,7,8,9,10,11";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while simple_query(&home_db, ROWS)
-        .await
-        .ok()
-        .and_then(|r| r[0][0].clone())
-        .as_deref()
-        != Some(want)
-    {
-        assert!(Instant::now() < deadline, "{}", home.log_excerpt());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Rig::wait_rows(&home_db, &home, "1,2,3,4,5,6,7,8,9,10,11").await;
     let back = app.join("failback.toml");
     std::fs::write(
         &back,
         format!(
-            r#"application = "shop"
-[services.web]
-command = ["true"]
-port = 8080
-[environments.production]
-kind = "production"
-[environments.production-dr]
-kind = "production"
+            r#"{APP_PREAMBLE}
 [environments.production-dr.standby]
 environment = "production"
 max_lag = "1h"
@@ -1333,33 +1323,7 @@ async fn deploykit_failover_watch_fails_over_when_the_primary_dies() {
     let Some(bins) = bins() else { return };
     let mut rig = Rig::start(&bins).await;
     rig.history().await;
-    let standby_dir = rig.path("standby");
-    rig.json(
-        true,
-        &[
-            "pg",
-            "standby",
-            "--repo",
-            s(&rig.repo),
-            "--to",
-            s(&standby_dir),
-            "--poll-ms",
-            "200",
-        ],
-    );
-    let port = free_port().unwrap();
-    let options = ServerOptions::builder()
-        .port(port)
-        .socket_dir(rig.path(""))
-        .run_as(rig.run_as.clone())
-        .env(vec![(
-            "DEPLOYKIT_REPO_KEY_FILE".into(),
-            rig.key_file.display().to_string(),
-        )])
-        .user("postgres")
-        .log_file(rig.path("standby.log"))
-        .build();
-    let standby = Server::start(&bins, &standby_dir, options).await.unwrap();
+    let (_, standby, port) = rig.follow(&bins).await;
     let app = rig.path("app");
     std::fs::create_dir_all(&app).unwrap();
     let config = app.join("deploykit.toml");
@@ -1367,14 +1331,7 @@ async fn deploykit_failover_watch_fails_over_when_the_primary_dies() {
     std::fs::write(
         &config,
         format!(
-            r#"application = "shop"
-[services.web]
-command = ["true"]
-port = 8080
-[environments.production]
-kind = "production"
-[environments.production-dr]
-kind = "production"
+            r#"{APP_PREAMBLE}
 [environments.production.standby]
 environment = "production-dr"
 automatic = true
@@ -1418,17 +1375,7 @@ database = {{ repository = "{repo}", primary_pgdata = "{data}", standby_connecti
         "no failover while the primary answers"
     );
     let db = standby.connect().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while simple_query(&db, ROWS)
-        .await
-        .ok()
-        .and_then(|r| r[0][0].clone())
-        .as_deref()
-        != Some("1,2,3,4,5,6,7,8,9")
-    {
-        assert!(Instant::now() < deadline, "{}", standby.log_excerpt());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Rig::wait_rows(&db, &standby, "1,2,3,4,5,6,7,8,9").await;
     // The primary crashes.
     let pid = std::fs::read_to_string(rig.path("data/postmaster.pid"))
         .unwrap()

@@ -408,19 +408,44 @@ impl KubeStateStore {
         labels.insert(SERVICE.into(), spec.service.to_string());
         labels.insert(ENVIRONMENT.into(), spec.environment.to_string());
         labels.insert(ACTIVE.into(), "true".into());
-        let data = BTreeMap::from([(seq_key(0), json.clone())]);
-        self.check_size(&name, &data, op)?;
+        let annotations = BTreeMap::from([
+            (DEPLOYMENT.to_string(), deployment.to_string()),
+            (CREATED_AT.to_string(), entry.at.as_millis().to_string()),
+            (SERVICE.to_string(), spec.service.to_string()),
+            (ENVIRONMENT.to_string(), spec.environment.to_string()),
+        ]);
+        if self
+            .create_with_entry(&name, labels, annotations, 0, &json, op)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::AlreadyExists {
+                what: format!("deployment {deployment}"),
+            })
+        }
+    }
+
+    /// Create the ConfigMap `name` (with `labels` and `annotations`) holding `json` as entry
+    /// `seq`: `Ok(true)` when created (also when it is our own create whose response was
+    /// lost), `Ok(false)` when another writer's ConfigMap of that name exists.
+    async fn create_with_entry(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        annotations: BTreeMap<String, String>,
+        seq: u64,
+        json: &str,
+        op: &str,
+    ) -> Result<bool> {
+        let data = BTreeMap::from([(seq_key(seq), json.to_string())]);
+        self.check_size(name, &data, op)?;
         let cm = ConfigMap {
             metadata: ObjectMeta {
-                name: Some(name.clone()),
+                name: Some(name.to_string()),
                 namespace: Some(self.namespace.clone()),
                 labels: Some(labels),
-                annotations: Some(BTreeMap::from([
-                    (DEPLOYMENT.to_string(), deployment.to_string()),
-                    (CREATED_AT.to_string(), entry.at.as_millis().to_string()),
-                    (SERVICE.to_string(), spec.service.to_string()),
-                    (ENVIRONMENT.to_string(), spec.environment.to_string()),
-                ])),
+                annotations: Some(annotations),
                 ..ObjectMeta::default()
             },
             data: Some(data),
@@ -428,19 +453,14 @@ impl KubeStateStore {
         };
         let attempted = self.create_configmap(&cm, op).await;
         match attempted.result {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some(409) => {
-                if attempted.ambiguous
-                    && let Some(existing) = self.get_configmap(&name, op).await?
-                    && existing.data.and_then(|mut d| d.remove(&seq_key(0))) == Some(json)
-                {
-                    // Our own create, whose response was lost.
-                    return Ok(());
-                }
-                Err(Error::AlreadyExists {
-                    what: format!("deployment {deployment}"),
-                })
-            }
+            Ok(_) => Ok(true),
+            Err(e) if code(&e) == Some(409) => Ok(attempted.ambiguous
+                && self
+                    .get_configmap(name, op)
+                    .await?
+                    .and_then(|existing| existing.data)
+                    .and_then(|mut d| d.remove(&seq_key(seq)))
+                    .is_some_and(|stored| stored == json)),
             Err(e) => Err(store_error(op, e)),
         }
     }
@@ -929,37 +949,15 @@ impl StateStore for KubeStateStore {
                     return Err(conflict(self.audit_len(&op).await?));
                 }
             }
-            let data = BTreeMap::from([(seq_key(entry.seq), json.clone())]);
-            self.check_size(&name, &data, &op)?;
-            let mut annotations = BTreeMap::new();
-            annotations.insert(FIRST_SEQ.to_string(), first.to_string());
-            let cm = ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(self.namespace.clone()),
-                    labels: Some(self.labels("audit")),
-                    annotations: Some(annotations),
-                    ..ObjectMeta::default()
-                },
-                data: Some(data),
-                ..ConfigMap::default()
-            };
-            let attempted = self.create_configmap(&cm, &op).await;
-            return match attempted.result {
-                Ok(_) => Ok(()),
-                Err(e) if code(&e) == Some(409) => {
-                    if attempted.ambiguous
-                        && let Some(existing) = self.get_configmap(&name, &op).await?
-                        && existing
-                            .data
-                            .and_then(|mut d| d.remove(&seq_key(entry.seq)))
-                            == Some(json)
-                    {
-                        return Ok(());
-                    }
-                    Err(conflict(self.audit_len(&op).await?))
-                }
-                Err(e) => Err(store_error(&op, e)),
+            let annotations = BTreeMap::from([(FIRST_SEQ.to_string(), first.to_string())]);
+            let labels = self.labels("audit");
+            return if self
+                .create_with_entry(&name, labels, annotations, entry.seq, &json, &op)
+                .await?
+            {
+                Ok(())
+            } else {
+                Err(conflict(self.audit_len(&op).await?))
             };
         }
         match self
@@ -1006,35 +1004,17 @@ impl StateStore for KubeStateStore {
         let name = self.record_log_name(log);
         let json = to_json(record);
         if seq == 0 {
-            let data = BTreeMap::from([(seq_key(0), json.clone())]);
-            self.check_size(&name, &data, &op)?;
-            let cm = ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(self.namespace.clone()),
-                    labels: Some(self.labels("record-log")),
-                    annotations: Some(BTreeMap::from([(LOG_NAME.to_string(), log.to_string())])),
-                    ..ObjectMeta::default()
-                },
-                data: Some(data),
-                ..ConfigMap::default()
-            };
-            let attempted = self.create_configmap(&cm, &op).await;
-            return match attempted.result {
-                Ok(_) => Ok(()),
-                Err(e) if code(&e) == Some(409) => {
-                    if attempted.ambiguous
-                        && let Some(existing) = self.get_configmap(&name, &op).await?
-                        && existing.data.and_then(|mut d| d.remove(&seq_key(0))) == Some(json)
-                    {
-                        // Our own create, whose response was lost.
-                        return Ok(());
-                    }
-                    Err(Error::AlreadyExists {
-                        what: format!("record log {log}"),
-                    })
-                }
-                Err(e) => Err(store_error(&op, e)),
+            let annotations = BTreeMap::from([(LOG_NAME.to_string(), log.to_string())]);
+            let labels = self.labels("record-log");
+            return if self
+                .create_with_entry(&name, labels, annotations, 0, &json, &op)
+                .await?
+            {
+                Ok(())
+            } else {
+                Err(Error::AlreadyExists {
+                    what: format!("record log {log}"),
+                })
             };
         }
         match self.append_to(&name, 0, seq, &json, &op, |_| {}).await? {
