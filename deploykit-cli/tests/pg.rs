@@ -1070,19 +1070,14 @@ hooks = {{ switch_traffic = ["sh", "-c", "echo $DEPLOYKIT_FAILOVER_FROM $DEPLOYK
     );
 
     // Nothing to re-seed from while the standby is still a standby.
-    let out = run(
-        &rig.exe,
-        rig.run_as.as_ref(),
-        Some(&rig.key_file),
-        &[
-            "--config",
-            s(&config),
-            "failover",
-            "reseed",
-            "--env",
-            "production",
-        ],
-    );
+    let out = rig.dk_key(&[
+        "--config",
+        s(&config),
+        "failover",
+        "reseed",
+        "--env",
+        "production",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("production-dr is still a standby: fail over first"),
@@ -1205,21 +1200,16 @@ hooks = {{ switch_traffic = ["sh", "-c", "echo $DEPLOYKIT_FAILOVER_FROM $DEPLOYK
 
     // Failback. The old primary is re-seeded from the new one (as the repository's owner),
     // started, catches up with what was written after the failover, and takes over again.
-    let out = run(
-        &rig.exe,
-        rig.run_as.as_ref(),
-        Some(&rig.key_file),
-        &[
-            "--config",
-            s(&config),
-            "-o",
-            "json",
-            "failover",
-            "reseed",
-            "--env",
-            "production",
-        ],
-    );
+    let out = rig.dk_key(&[
+        "--config",
+        s(&config),
+        "-o",
+        "json",
+        "failover",
+        "reseed",
+        "--env",
+        "production",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let reseeded: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reseeded["timeline"], 2, "{reseeded}");
@@ -1293,21 +1283,16 @@ database = {{ repository = "{repo}", primary_pgdata = "{dr}", standby_connection
         "the DR database is fenced"
     );
     // And the DR database can be re-seeded from production in turn: the cycle is closed.
-    let out = run(
-        &rig.exe,
-        rig.run_as.as_ref(),
-        Some(&rig.key_file),
-        &[
-            "--config",
-            s(&back),
-            "-o",
-            "json",
-            "failover",
-            "reseed",
-            "--env",
-            "production-dr",
-        ],
-    );
+    let out = rig.dk_key(&[
+        "--config",
+        s(&back),
+        "-o",
+        "json",
+        "failover",
+        "reseed",
+        "--env",
+        "production-dr",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(standby_dir.join("standby.signal").is_file());
     home.stop().await.unwrap();
