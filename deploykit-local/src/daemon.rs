@@ -20,6 +20,7 @@
 //! | `DELETE /v1/services/{service}` | `204` (teardown) |
 //! | `GET /v1/services/{service}/revisions/{revision}/health` | instance observations |
 //! | `POST /v1/query` with a [`MetricQuery`] | samples |
+//! | `PUT /v1/forward` with a [`Forward`] | `204` (see [`LocalEnvironment::forward_to`]) |
 //! | `GET /v1/logs/{instance}?bytes=N` | the log's tail, as text |
 //! | `GET /v1/logs/{instance}/chunk?bytes=N[&from=OFFSET]` | a [`LogChunk`] |
 //! | `POST /v1/shutdown?stop_instances=true` | `204`, then the daemon exits |
@@ -69,6 +70,18 @@ pub struct DaemonInfo {
     pub proxy: SocketAddr,
     /// The services it runs.
     pub services: Vec<ServiceId>,
+    /// Where its proxy forwards every request instead of serving it (after a failover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<SocketAddr>,
+}
+
+/// The body of `PUT /v1/forward`: forward every request to `to`, or serve them here again
+/// (`null`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Forward {
+    /// Another environment's proxy, or `None`.
+    pub to: Option<SocketAddr>,
 }
 
 /// Serve `env` on the Unix socket `socket` until `POST /v1/shutdown` or `shutdown` completes.
@@ -236,8 +249,13 @@ async fn handle(
                 pid: std::process::id(),
                 proxy: env.proxy_addr(),
                 services: env.services(),
+                forward: env.forwarding(),
             },
         ),
+        (&Method::PUT, ["v1", "forward"]) => match body_json::<Forward>(req).await {
+            Ok(f) => no_content(env.forward_to(f.to)),
+            Err(e) => error_response(&e),
+        },
         (_, ["v1", "services", service, rest @ ..]) => {
             let service = match ServiceId::new(*service) {
                 Ok(s) => s,
@@ -431,6 +449,15 @@ impl LocalClient {
             path.push_str(&format!("&from={from}"));
         }
         self.get(&path).await
+    }
+
+    /// Make the daemon's proxy forward every request to `to`, or serve them itself again
+    /// (`None`); see [`LocalEnvironment::forward_to`].
+    pub async fn forward(&self, to: Option<SocketAddr>) -> Result<()> {
+        let body = serde_json::to_vec(&Forward { to })
+            .map_err(|e| Error::backend("encode a forward", e.to_string()))?;
+        self.call(Method::PUT, "/v1/forward", Some(body)).await?;
+        Ok(())
     }
 
     /// Ask the daemon to exit, stopping every instance first if `stop_instances`.

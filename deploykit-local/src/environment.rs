@@ -181,7 +181,13 @@ struct Inner {
     changed: Arc<Notify>,
     stopping: Mutex<Vec<JoinHandle<()>>>,
     router: Mutex<Option<JoinHandle<()>>>,
+    /// Where the proxy sends every request instead of this environment's instances (after a
+    /// failover to a standby), saved with the state.
+    forward: Mutex<Option<SocketAddr>>,
 }
+
+/// The state's key for [`LocalEnvironment::forward_to`].
+const FORWARD: &str = "forward";
 
 #[derive(Debug, Default)]
 struct ServiceState {
@@ -292,6 +298,16 @@ impl LocalEnvironment {
             )
         })?;
         let state = Arc::new(LocalState::open(&options.state_dir.join("local.db"))?);
+        let forward = match state.setting(FORWARD)? {
+            Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| Error::Corrupt {
+                what: format!(
+                    "the forward address {addr:?} in the local state in {}",
+                    options.state_dir.display()
+                ),
+                source: Box::new(e),
+            })?),
+            None => None,
+        };
         // Paused until the adopted instances are in the table: a request arriving meanwhile
         // waits instead of getting the empty table's 503.
         let proxy = Proxy::bind_paused(options.listen, options.proxy.clone())
@@ -312,6 +328,7 @@ impl LocalEnvironment {
                 changed: Arc::new(Notify::new()),
                 stopping: Mutex::new(Vec::new()),
                 router: Mutex::new(None),
+                forward: Mutex::new(forward),
             }),
         };
         env.adopt().await?;
@@ -325,6 +342,34 @@ impl LocalEnvironment {
     /// Where the proxy listens.
     pub fn proxy_addr(&self) -> SocketAddr {
         self.inner.proxy.local_addr()
+    }
+
+    /// Send every request the proxy gets to `to` (another environment's proxy: the standby
+    /// that took over) instead of this environment's instances, or (`None`) serve them here
+    /// again. Saved with the state, so a daemon started again on this directory (the old
+    /// primary coming back) keeps forwarding instead of serving from its fenced database.
+    /// The instances keep running either way.
+    pub fn forward_to(&self, to: Option<SocketAddr>) -> Result<()> {
+        if to == Some(self.proxy_addr()) {
+            return Err(Error::invalid(
+                "forward",
+                format!(
+                    "{} is this proxy's own address: it would forward to itself",
+                    self.proxy_addr()
+                ),
+            ));
+        }
+        self.inner
+            .state
+            .set_setting(FORWARD, to.map(|a| a.to_string()).as_deref())?;
+        *lock(&self.inner.forward) = to;
+        self.inner.update_routes();
+        Ok(())
+    }
+
+    /// Where the proxy forwards every request (see [`LocalEnvironment::forward_to`]).
+    pub fn forwarding(&self) -> Option<SocketAddr> {
+        *lock(&self.inner.forward)
     }
 
     /// The proxy, e.g. for its per-revision statistics.
@@ -807,6 +852,18 @@ impl Inner {
         };
         table.default = default.and_then(|s| table.hosts.get(&format!("{s}.localhost")).cloned());
         drop(services);
+        if let Some(to) = *lock(&self.forward) {
+            // Every host, and anything else, goes to the environment that took over.
+            let route = Route::weighted([Group::new(
+                "forward",
+                100,
+                vec![Upstream::new(format!("forward-{to}"), to)],
+            )]);
+            for r in table.hosts.values_mut() {
+                *r = route.clone();
+            }
+            table.default = Some(route);
+        }
         if *self.proxy.table() != table {
             self.proxy.set_table(table);
         }

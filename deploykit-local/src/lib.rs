@@ -60,7 +60,7 @@ pub mod process;
 pub mod proxy;
 mod state;
 
-pub use daemon::{DaemonInfo, LocalClient};
+pub use daemon::{DaemonInfo, Forward, LocalClient};
 pub use environment::{LOCAL_METRICS, LocalEnvironment, LocalOptions};
 pub use log_source::LocalLogs;
 pub use logs::LogChunk;

@@ -68,6 +68,10 @@ impl LocalState {
                  port INTEGER NOT NULL,
                  pid INTEGER,
                  ready INTEGER NOT NULL DEFAULT 0
+             );
+             CREATE TABLE IF NOT EXISTS settings (
+                 key TEXT PRIMARY KEY,
+                 value TEXT NOT NULL
              );",
         )
         .map_err(|e| db_error("create tables", e))?;
@@ -191,6 +195,34 @@ impl LocalState {
                 params![name, ready],
             )
             .map_err(|e| db_error(&format!("save the readiness of instance {name}"), e))?;
+        Ok(())
+    }
+
+    /// A setting of the environment (`None`: not set).
+    pub(crate) fn setting(&self, key: &str) -> Result<Option<String>> {
+        use rusqlite::OptionalExtension;
+        self.db()
+            .query_row(
+                "SELECT value FROM settings WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| db_error(&format!("read setting {key}"), e))
+    }
+
+    /// Set (`Some`) or clear (`None`) a setting of the environment.
+    pub(crate) fn set_setting(&self, key: &str, value: Option<&str>) -> Result<()> {
+        let db = self.db();
+        match value {
+            Some(v) => db.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, v],
+            ),
+            None => db.execute("DELETE FROM settings WHERE key = ?1", params![key]),
+        }
+        .map_err(|e| db_error(&format!("save setting {key}"), e))?;
         Ok(())
     }
 

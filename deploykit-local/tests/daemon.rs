@@ -203,3 +203,106 @@ async fn a_404_is_not_found_with_the_daemons_words() {
     );
     server.await.unwrap();
 }
+
+/// A GET through `proxy`: the status code and the body.
+async fn get_through(proxy: std::net::SocketAddr, host: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    stream
+        .write_all(
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let status = answer.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = answer.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+/// An HTTP server answering `200 <body>` to every request: the standby's proxy.
+async fn answering(body: &'static str) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// After a failover the old primary's proxy forwards every request, whatever its host, to the
+/// standby's; a daemon started again on the same directory (the primary coming back) still
+/// does, and only an explicit `forward(None)` makes it serve its own instances again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_sends_everything_to_the_standby_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("daemon.sock");
+    let standby = answering("served by the standby").await;
+    let open = || async {
+        LocalEnvironment::open(
+            LocalOptions::new(dir.path().join("state")).listen("127.0.0.1:0".parse().unwrap()),
+        )
+        .await
+        .unwrap()
+    };
+    let client = LocalClient::new(&socket);
+    let env = open().await;
+    let proxy = env.proxy_addr();
+    let daemon = tokio::spawn({
+        let (env, socket) = (env.clone(), socket.clone());
+        async move { deploykit_local::daemon::serve(env, &socket, std::future::pending()).await }
+    });
+    wait_for(&client).await;
+    assert_eq!(
+        get_through(proxy, "web.localhost").await.0,
+        503,
+        "nothing runs here"
+    );
+    assert_eq!(client.info().await.unwrap().forward, None);
+
+    client.forward(Some(standby)).await.unwrap();
+    assert_eq!(client.info().await.unwrap().forward, Some(standby));
+    for host in ["web.localhost", "api.localhost", "127.0.0.1"] {
+        assert_eq!(
+            get_through(proxy, host).await,
+            (200, "served by the standby".into()),
+            "{host}"
+        );
+    }
+    // Forwarding to itself would loop: refused, and nothing changes.
+    let e = client.forward(Some(proxy)).await.unwrap_err();
+    assert!(e.chain().contains("forward to itself"), "{}", e.chain());
+    assert_eq!(client.info().await.unwrap().forward, Some(standby));
+
+    client.shutdown(false).await.unwrap();
+    daemon.await.unwrap().unwrap();
+    drop(env);
+    let again = open().await;
+    assert_eq!(
+        again.forwarding(),
+        Some(standby),
+        "remembered across restarts"
+    );
+    assert_eq!(
+        get_through(again.proxy_addr(), "web.localhost").await.1,
+        "served by the standby"
+    );
+    again.forward_to(None).unwrap();
+    assert_eq!(
+        get_through(again.proxy_addr(), "web.localhost").await.0,
+        503
+    );
+    drop(again);
+    assert_eq!(open().await.forwarding(), None);
+}

@@ -180,6 +180,71 @@ impl Revision {
         Ok(self)
     }
 
+    /// The same build and service configuration in another environment: `environment`'s
+    /// variables and secrets are laid over this revision's (its own win where both set one),
+    /// and its health checks and resources replace this one's where it sets them. The label
+    /// and artifact are kept; the id is computed afresh from the new configuration. This is
+    /// how a standby environment runs what its primary runs, with its own database address.
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use deploykit_core::{Digest, EnvironmentKind, EnvironmentSpec, Revision, ServiceSpec};
+    /// let web = ServiceSpec::builder().name("web").build()?;
+    /// let env = |name: &str, db: &str| {
+    ///     EnvironmentSpec::builder()
+    ///         .name(name)
+    ///         .kind(EnvironmentKind::Production)
+    ///         .variables(BTreeMap::from([("DATABASE_URL".into(), db.into())]))
+    ///         .build()
+    /// };
+    /// let home = Revision::new(&web, &env("production", "host=a")?, Digest::of_bytes(b"v7"), "v7")?;
+    /// let dr = home.in_environment(&env("production-dr", "host=b")?)?;
+    /// assert_eq!((dr.label.as_str(), &dr.artifact), ("v7", &home.artifact));
+    /// assert_eq!(dr.config.variables["DATABASE_URL"], "host=b");
+    /// assert_ne!(dr.id, home.id);
+    /// # Ok::<(), deploykit_core::Error>(())
+    /// ```
+    pub fn in_environment(&self, environment: &EnvironmentSpec) -> Result<Revision> {
+        environment.validate()?;
+        if let Some(name) = environment
+            .secrets
+            .keys()
+            .find(|n| environment.variables.contains_key(*n))
+        {
+            return Err(Error::invalid(
+                format!("environment.secrets.{name}"),
+                format!("{name} is both a variable and a secret; it must be one or the other"),
+            ));
+        }
+        let mut config = self.config.clone();
+        for (k, v) in &environment.variables {
+            check_variable_name("environment.variables", k)?;
+            config.secrets.remove(k);
+            config.variables.insert(k.clone(), v.clone());
+        }
+        for (name, key) in &environment.secrets {
+            config.variables.remove(name);
+            config.secrets.insert(
+                name.clone(),
+                SecretRef {
+                    key: key.clone(),
+                    version: None,
+                },
+            );
+        }
+        if let Some(health) = &environment.health {
+            config.health = health.clone();
+        }
+        config.resources = config.resources.overlay(&environment.resources);
+        Ok(Revision {
+            id: Self::identity(&self.artifact, &config),
+            service: self.service.clone(),
+            label: self.label.clone(),
+            artifact: self.artifact.clone(),
+            config,
+        })
+    }
+
     /// `label (id)`, for messages.
     pub fn describe(&self) -> String {
         format!("{} ({})", self.label, self.id)
@@ -247,5 +312,43 @@ mod tests {
         );
         assert_eq!(a.config.variables["MODE"], "prod");
         assert_eq!(a.config.variables["LOG"], "info");
+    }
+
+    #[test]
+    fn a_revision_in_another_environment_takes_its_settings_over_its_own() {
+        let home = Revision::new(&web(80), &env(2), Digest::of_bytes(b"one"), "v1").unwrap();
+        let dr_spec = |variables: &[(&str, &str)], secrets: &[(&str, &str)]| {
+            EnvironmentSpec::builder()
+                .name("production-dr")
+                .kind(EnvironmentKind::Production)
+                .variables(
+                    variables
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                )
+                .secrets(
+                    secrets
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                )
+                .build()
+                .unwrap()
+        };
+        let dr = home
+            .in_environment(&dr_spec(&[("MODE", "dr")], &[("LOG", "dr.log")]))
+            .unwrap();
+        assert_eq!(dr.config.variables["MODE"], "dr");
+        assert!(!dr.config.variables.contains_key("LOG"), "now a secret");
+        assert_eq!(dr.config.secrets["LOG"].key, "dr.log");
+        assert_eq!((&dr.label, &dr.artifact), (&home.label, &home.artifact));
+        assert_ne!(dr.id, home.id);
+        // Nothing to change: the very same revision.
+        assert_eq!(home.in_environment(&dr_spec(&[], &[])).unwrap(), home);
+        let both = home
+            .in_environment(&dr_spec(&[("X", "1")], &[("X", "x")]))
+            .unwrap_err();
+        assert!(both.to_string().contains("environment.secrets.X"), "{both}");
     }
 }
