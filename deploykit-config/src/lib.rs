@@ -69,7 +69,10 @@
 //! (`assessment`: `quorum`, `grace`, `interval`, `probes` of `url` or `command`), the
 //! PostgreSQL standby that follows the archive (`database`: `repository`, `primary_pgdata`,
 //! `standby_connection`) and commands for each step (`hooks`: `fence`, `promote_database`,
-//! `scale`, `switch_traffic`, `verify`).
+//! `scale`, `switch_traffic`, `verify`). With `warm = N`, deploykit keeps the standby's
+//! services in step on the standby's own local daemon, whose state directory is the standby
+//! environment's `local_state` ([`Config::local_state`]; `deploykit daemon --env <standby>`
+//! serves there).
 //!
 //! ```
 //! # use deploykit_config::Config;
@@ -288,6 +291,7 @@ struct EnvironmentToml {
     backup: Option<backup::BackupToml>,
     logs: Option<logs::LogsToml>,
     standby: Option<standby::StandbyToml>,
+    local_state: Option<String>,
 }
 
 /// An effective setting of an environment: a plain value, or a reference to a secret (whose
@@ -327,6 +331,7 @@ pub struct Config {
     logs: BTreeMap<String, LogSettings>,
     /// Standbys, by the environment they stand by for.
     standbys: BTreeMap<String, StandbySettings>,
+    local_states: BTreeMap<String, PathBuf>,
     /// Effective settings per environment, each with where it came from.
     settings: BTreeMap<String, BTreeMap<String, (Setting, Origin)>>,
     flags: Option<deploykit_flags::FlagSet>,
@@ -456,6 +461,15 @@ impl Config {
         let mut standbys = BTreeMap::new();
         let defined: std::collections::BTreeSet<String> =
             parsed.environments.keys().cloned().collect();
+        let base = Path::new(file).parent().unwrap_or(Path::new(""));
+        let local_states: BTreeMap<String, PathBuf> = parsed
+            .environments
+            .iter()
+            .filter_map(|(name, e)| {
+                let dir = e.get_ref().local_state.as_ref()?;
+                Some((name.clone(), backup::resolve(base, dir)))
+            })
+            .collect();
         let mut settings = BTreeMap::new();
         for (name, spanned) in &parsed.environments {
             let span = spanned.span();
@@ -524,17 +538,6 @@ impl Config {
                 let settings = logs::load(&at, &format!("{path}.logs"), l)?;
                 log_settings.insert(name.clone(), settings);
             }
-            if let Some(st) = &e.standby {
-                let loaded = standby::load(
-                    &at,
-                    &format!("{path}.standby"),
-                    name,
-                    st,
-                    &environments,
-                    &defined,
-                )?;
-                standbys.insert(name.clone(), loaded);
-            }
             spec.validate()
                 .map_err(|err| at.error(span.clone(), &path, err))?;
             // Layered settings: common, then the environment's, then overrides; a later layer
@@ -579,6 +582,21 @@ impl Config {
             settings.insert(name.clone(), effective);
             environments.insert(name.clone(), spec);
         }
+        // Once every environment is known: a standby's settings are checked against it.
+        for (name, spanned) in &parsed.environments {
+            if let Some(st) = &spanned.get_ref().standby {
+                let loaded = standby::load(
+                    &at,
+                    &format!("environments.{name}.standby"),
+                    name,
+                    st,
+                    &environments,
+                    &defined,
+                    &local_states,
+                )?;
+                standbys.insert(name.clone(), loaded);
+            }
+        }
         for name in parsed.overrides.keys() {
             if !environments.contains_key(name) {
                 return Err(Error::invalid(
@@ -608,6 +626,7 @@ impl Config {
             backups,
             logs: log_settings,
             standbys,
+            local_states,
             settings,
             flags,
             notifications,
@@ -660,6 +679,14 @@ impl Config {
     pub fn standby(&self, name: &str) -> Result<Option<&StandbySettings>> {
         self.environment(name)?;
         Ok(self.standbys.get(name))
+    }
+
+    /// The state directory of the environment's own local daemon (`local_state`, relative to
+    /// the configuration file), when it has one; `None`: the daemon of the command's state
+    /// directory. Fails if there is no such environment.
+    pub fn local_state(&self, name: &str) -> Result<Option<&Path>> {
+        self.environment(name)?;
+        Ok(self.local_states.get(name).map(PathBuf::as_path))
     }
 
     /// How an environment's logs are kept and shipped (the defaults when it has no logs

@@ -8,7 +8,8 @@
 //! environment = "production-dr"    # a defined environment, kept in step
 //! max_lag = "5s"                   # refuse a failover losing more (unless forced)
 //! step_timeout = "60s"             # escalate a step that takes longer
-//! automatic = true                 # the daemon fails over when the assessment says lost
+//! automatic = true                 # `failover watch` fails over when the assessment says lost
+//! warm = 1                         # keep the standby's services in step, 1 instance each
 //!
 //! [environments.production.standby.assessment]
 //! quorum = 2                       # probes that must fail…
@@ -47,6 +48,7 @@ pub(crate) struct StandbyToml {
     step_timeout: Option<Spanned<String>>,
     #[serde(default)]
     automatic: bool,
+    warm: Option<Spanned<u32>>,
     assessment: Option<AssessmentToml>,
     database: Option<DatabaseToml>,
     #[serde(default)]
@@ -99,8 +101,15 @@ pub struct StandbySettings {
     pub max_lag: Duration,
     /// A step taking longer is escalated (default 60 s).
     pub step_timeout: Duration,
-    /// Whether the daemon fails over by itself when the assessment says the primary is lost.
+    /// Whether `failover watch` fails over by itself when the assessment says the primary is
+    /// lost.
     pub automatic: bool,
+    /// When set, deploykit keeps the standby's services in step on its own local daemon
+    /// (`environments.<standby>.local_state`): the revisions the primary serves, re-made with
+    /// the standby's settings, at this many instances each (0: cold, none running) while it
+    /// waits; a failover scales them to the standby's `replicas` and points the primary's
+    /// proxy at the standby's. Unset, the services are the hooks' business.
+    pub warm: Option<u32>,
     /// When the primary counts as lost.
     pub assessment: AssessmentSettings,
     /// The database that follows the primary through the archive, if any.
@@ -164,6 +173,7 @@ pub(crate) fn load(
     t: &StandbyToml,
     environments: &BTreeMap<String, EnvironmentSpec>,
     defined: &BTreeSet<String>,
+    local_states: &BTreeMap<String, PathBuf>,
 ) -> Result<StandbySettings> {
     let base = Path::new(at.file).parent().unwrap_or(Path::new(""));
     let standby = t.environment.get_ref();
@@ -249,11 +259,40 @@ pub(crate) fn load(
         }
         hooks.insert(step.clone(), argv.get_ref().clone());
     }
+    if let Some(warm) = &t.warm {
+        let field = format!("{path}.warm");
+        let from = local_states.get(name);
+        let to = local_states.get(standby);
+        if to.is_none() || from == to {
+            return Err(at.error(
+                warm.span(),
+                &field,
+                format!(
+                    "the standby needs a local daemon of its own to keep in step: set \
+                     environments.{standby}.local_state to its state directory (different from \
+                     {name}'s)"
+                ),
+            ));
+        }
+        let replicas = environments.get(standby).map_or(1, |e| e.replicas);
+        if *warm.get_ref() > replicas {
+            return Err(at.error(
+                warm.span(),
+                &field,
+                format!(
+                    "{} warm instances is more than the {replicas} replicas {standby} runs when it \
+                     takes over",
+                    warm.get_ref()
+                ),
+            ));
+        }
+    }
     Ok(StandbySettings {
         environment: standby.clone(),
         max_lag,
         step_timeout,
         automatic: t.automatic,
+        warm: t.warm.as_ref().map(|w| *w.get_ref()),
         assessment,
         database: database.transpose()?,
         hooks,

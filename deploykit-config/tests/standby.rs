@@ -144,3 +144,48 @@ fn mistakes_are_named_with_their_place() {
         assert!(e.contains(want), "{body}\n→ {e}\nwanted {want}");
     }
 }
+
+/// `warm` keeps the standby's services in step on a daemon of its own: it needs the standby's
+/// `local_state`, a different one from the primary's, and no more instances than the standby
+/// runs when it takes over.
+#[test]
+fn a_warm_standby_needs_a_daemon_of_its_own() {
+    let file = |primary_state: &str, dr_state: &str, warm: &str| {
+        format!(
+            "application = \"shop\"\n[environments.production]\nkind = \"production\"\n\
+             {primary_state}\n\
+             [environments.production.standby]\nenvironment = \"production-dr\"\n{warm}\n\
+             [environments.production-dr]\nkind = \"production\"\nreplicas = 3\n{dr_state}\n"
+        )
+    };
+    let config =
+        Config::from_toml_str(FILE, &file("", "local_state = \"dr\"", "warm = 1")).unwrap();
+    assert_eq!(config.standby("production").unwrap().unwrap().warm, Some(1));
+    assert_eq!(
+        config.local_state("production-dr").unwrap(),
+        Some(std::path::Path::new("/srv/shop/dr"))
+    );
+    assert_eq!(config.local_state("production").unwrap(), None);
+    // Unset: the services are the hooks' business.
+    let config = Config::from_toml_str(FILE, &file("", "", "")).unwrap();
+    assert_eq!(config.standby("production").unwrap().unwrap().warm, None);
+
+    let no_daemon = error(&file("", "", "warm = 1"));
+    assert!(
+        no_daemon.starts_with("/srv/shop/deploykit.toml:7:")
+            && no_daemon.contains("environments.production.standby.warm")
+            && no_daemon.contains("set environments.production-dr.local_state"),
+        "{no_daemon}"
+    );
+    let same = error(&file(
+        "local_state = \"site\"",
+        "local_state = \"site\"",
+        "warm = 0",
+    ));
+    assert!(same.contains("a local daemon of its own"), "{same}");
+    let too_many = error(&file("", "local_state = \"dr\"", "warm = 4"));
+    assert!(
+        too_many.contains("4 warm instances is more than the 3 replicas production-dr runs"),
+        "{too_many}"
+    );
+}
