@@ -316,7 +316,8 @@ async fn daemon(
     dashboard_listen: Option<std::net::SocketAddr>,
 ) -> Result<ExitCode> {
     let environment = ctx.environment(env)?;
-    options.state_dir = ctx.state.join(environment.as_str());
+    options.state_dir = ctx.local_state(&environment)?.join(environment.as_str());
+    let socket = ctx.socket_for(&environment)?;
     let config = ctx.config()?;
     let services: Vec<_> = config.services().collect();
     if let [only] = services.as_slice() {
@@ -361,7 +362,7 @@ async fn daemon(
             "deploykit daemon: environment {environment}, proxy on http://{}, socket {}{} (Ctrl-C \
              stops routing; instances keep running for the next daemon)",
             local.proxy_addr(),
-            ctx.socket().display(),
+            socket.display(),
             metrics
                 .as_ref()
                 .map(|(_, addr)| format!(", metrics on http://{addr}/metrics"))
@@ -373,7 +374,7 @@ async fn daemon(
         ),
         json!({
             "proxy": local.proxy_addr().to_string(),
-            "socket": ctx.socket(),
+            "socket": socket,
             "metrics": metrics.as_ref().map(|(_, addr)| format!("http://{addr}/metrics")),
             "dashboard": dashboard.as_ref().map(|(_, url)| url.clone()),
         }),
@@ -389,7 +390,6 @@ async fn daemon(
     // Stops the dashboard and the notifications once the daemon stops serving.
     let (stop_dashboard, stopped_dashboard) = tokio::sync::watch::channel(false);
     let stopped_notifications = stopped_dashboard.clone();
-    let socket = ctx.socket();
     let daemon = async {
         let served = deploykit_local::daemon::serve(local, &socket, shutdown).await;
         let _ = stop_dashboard.send(true);

@@ -108,6 +108,25 @@ impl Context {
         LocalClient::new(self.socket())
     }
 
+    /// The state directory of `env`'s local daemon: the environment's `local_state` when it
+    /// has one, else this command's state directory.
+    pub(crate) fn local_state(&self, env: &EnvironmentName) -> Result<PathBuf> {
+        Ok(self
+            .config()?
+            .local_state(env.as_str())?
+            .map_or_else(|| self.state.clone(), Path::to_path_buf))
+    }
+
+    /// Where `env`'s local daemon listens.
+    pub(crate) fn socket_for(&self, env: &EnvironmentName) -> Result<PathBuf> {
+        Ok(self.local_state(env)?.join("daemon.sock"))
+    }
+
+    /// A client of `env`'s local daemon (nothing is connected until a call).
+    pub(crate) fn client_for(&self, env: &EnvironmentName) -> Result<LocalClient> {
+        Ok(LocalClient::new(self.socket_for(env)?))
+    }
+
     pub(crate) async fn store(&self) -> Result<Arc<SqliteStore>> {
         Ok(Arc::new(
             SqliteStore::open(self.state_dir()?.join("deploykit.db")).await?,
@@ -191,10 +210,11 @@ impl Context {
         Ok(Some(Arc::new(FileSecretProvider::open(file, &identity)?)))
     }
 
-    /// An orchestrator over the daemon, for every environment in the configuration. It
-    /// resumes in-flight deployments as soon as their leases allow.
+    /// An orchestrator over the daemon, for every environment in the configuration (one with
+    /// a `local_state` of its own over its own daemon). It resumes in-flight deployments as
+    /// soon as their leases allow.
     pub(crate) async fn orchestrator(&self) -> Result<Orchestrator> {
-        let client = Arc::new(self.daemon().await?);
+        let default = Arc::new(self.daemon().await?);
         let mut builder = Orchestrator::builder_shared(self.store().await?).config(
             OrchestratorConfig::builder()
                 .poll_interval(Duration::from_millis(250))
@@ -202,6 +222,10 @@ impl Context {
                 .build(),
         );
         for spec in self.config()?.environments() {
+            let client = match self.config()?.local_state(spec.name.as_str())? {
+                Some(dir) => Arc::new(LocalClient::new(dir.join("daemon.sock"))),
+                None => default.clone(),
+            };
             if spec.kind == EnvironmentKind::Preview {
                 builder = builder.previews(spec.clone(), client.clone());
             } else {

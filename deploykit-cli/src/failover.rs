@@ -23,6 +23,7 @@ use deploykit_postgres as pg;
 use serde_json::json;
 
 use crate::context::Context;
+use crate::warm::{Synced, WarmStandby};
 
 /// `deploykit failover` subcommands.
 #[derive(Subcommand, Debug)]
@@ -80,6 +81,15 @@ pub(crate) enum FailoverAction {
         #[arg(long)]
         run_as: Option<String>,
     },
+    /// Bring a warm standby (`warm = N` in the standby settings) in step with the primary: the
+    /// revisions the primary serves, re-made with the standby's settings, at N instances on
+    /// the standby's daemon. `failover watch` does it every few seconds while the primary is
+    /// healthy.
+    Sync {
+        /// The environment whose standby is synced (the primary).
+        #[arg(long)]
+        env: Option<String>,
+    },
     /// Finish failovers a dead process left unfinished.
     Resume,
     /// Every failover and rehearsal, oldest first.
@@ -118,6 +128,40 @@ pub(crate) async fn run(ctx: &Context, action: FailoverAction) -> Result<ExitCod
         }
         FailoverAction::Reseed { env } => reseed(ctx, env.as_deref()).await,
         FailoverAction::Watch { env } => watch(ctx, env.as_deref()).await,
+        FailoverAction::Sync { env } => {
+            let from = ctx.environment(env.as_deref())?;
+            let warm = warm_standby(ctx, &from)?.ok_or_else(|| {
+                Error::invalid(
+                    format!("environments.{from}.standby.warm"),
+                    "is not set: deploykit does not keep this standby's services in step",
+                )
+            })?;
+            let synced = warm.sync().await?;
+            let lines: Vec<String> = synced
+                .iter()
+                .map(|(service, s)| match s {
+                    Synced::InStep(r) => format!("{service}: in step ({r})"),
+                    Synced::Applied(r) => format!("{service}: {r} applied to {}", warm.to_env),
+                    Synced::Skipped(why) => format!("{service}: skipped, {why}"),
+                })
+                .collect();
+            let rows: Vec<_> = synced
+                .iter()
+                .map(|(service, s)| match s {
+                    Synced::InStep(r) => {
+                        json!({"service": service, "state": "in_step", "revision": r})
+                    }
+                    Synced::Applied(r) => {
+                        json!({"service": service, "state": "applied", "revision": r})
+                    }
+                    Synced::Skipped(why) => {
+                        json!({"service": service, "state": "skipped", "why": why})
+                    }
+                })
+                .collect();
+            ctx.print(lines.join("\n"), json!(rows));
+            Ok(ExitCode::SUCCESS)
+        }
         FailoverAction::Rehearse {
             env,
             verify_query,
@@ -161,7 +205,7 @@ pub(crate) async fn run(ctx: &Context, action: FailoverAction) -> Result<ExitCod
                     site.clean_up().await;
                     resumed_status?;
                 } else {
-                    let driver = failovers(ctx, settings).await?;
+                    let driver = failovers(ctx, from, settings).await?;
                     let resumed_status = driver.resume(&id).await;
                     driver.flush(NOTIFY_FLUSH).await;
                     resumed_status?;
@@ -214,6 +258,17 @@ pub(crate) async fn run(ctx: &Context, action: FailoverAction) -> Result<ExitCod
     }
 }
 
+/// The warm standby of `from`, when its standby settings have `warm`.
+fn warm_standby(ctx: &Context, from: &EnvironmentName) -> Result<Option<WarmStandby>> {
+    let settings = standby_settings(ctx, from)?;
+    WarmStandby::configured(
+        ctx,
+        from,
+        &EnvironmentName::new(&settings.environment)?,
+        settings.warm,
+    )
+}
+
 fn standby_settings(ctx: &Context, from: &EnvironmentName) -> Result<StandbySettings> {
     ctx.config()?
         .standby(from.as_str())?
@@ -261,7 +316,7 @@ async fn fail_over(
         .forced(ask.force)
         .with_max_lag(settings.max_lag)
         .with_step_timeout(settings.step_timeout);
-    let failovers = failovers(ctx, settings).await?;
+    let failovers = failovers(ctx, from, settings).await?;
     let status = failovers.run(spec).await;
     failovers.flush(NOTIFY_FLUSH).await;
     let status = status?;
@@ -289,8 +344,10 @@ async fn watch(ctx: &Context, env: Option<&str>) -> Result<ExitCode> {
         a.probes.iter().map(|p| p.name.clone()),
     )?;
     tracing::info!(environment = %from, probes = a.probes.len(), quorum = a.quorum, grace = ?a.grace, "watching the primary");
+    let warm = warm_standby(ctx, &from)?;
     let mut ticker = tokio::time::interval(a.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sync: Option<tokio::time::Instant> = None;
     let (lost_since, evidence) = loop {
         ticker.tick().await;
         let results = futures_join(&ctx.config_dir, &a.probes).await;
@@ -300,7 +357,17 @@ async fn watch(ctx: &Context, env: Option<&str>) -> Result<ExitCode> {
             Verdict::Suspect { failing } => {
                 tracing::warn!(environment = %from, ?failing, "primary probes failing");
             }
-            Verdict::Healthy => {}
+            Verdict::Healthy => {
+                // While the primary is healthy, its standby follows what it serves.
+                if let Some(warm) = &warm
+                    && last_sync.is_none_or(|t| t.elapsed() >= SYNC_EVERY)
+                {
+                    last_sync = Some(tokio::time::Instant::now());
+                    if let Err(e) = warm.sync().await {
+                        tracing::warn!(environment = %from, error = %e.chain(), "could not bring the warm standby in step");
+                    }
+                }
+            }
         }
     };
     let summary = evidence.join("; ");
@@ -327,6 +394,9 @@ async fn watch(ctx: &Context, env: Option<&str>) -> Result<ExitCode> {
     fail_over(ctx, &from, settings.clone(), ask).await
 }
 
+/// How often `failover watch` brings a warm standby in step while the primary is healthy.
+const SYNC_EVERY: Duration = Duration::from_secs(5);
+
 /// `failover reseed`: the old primary of `env` becomes a standby of the promoted one.
 async fn reseed(ctx: &Context, env: Option<&str>) -> Result<ExitCode> {
     let from = ctx.environment(env)?;
@@ -345,6 +415,7 @@ async fn reseed(ctx: &Context, env: Option<&str>) -> Result<ExitCode> {
     let site = ConfiguredSite {
         settings: settings.clone(),
         dir: ctx.config_dir.clone(),
+        warm: None,
     };
     let client = site.standby_db().await?.expect("a database is configured");
     if pg::standby_status(&client).await?.in_recovery {
@@ -477,7 +548,6 @@ async fn probe(dir: &Path, check: &ProbeCheck) -> std::result::Result<(), String
 
 /// A plain HTTP/1.1 GET of `url` (`http://host[:port]/path`): `Ok` on a 2xx status line.
 async fn http_get(url: &str) -> std::result::Result<(), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
     let (authority, path) = rest
         .split_once('/')
@@ -487,11 +557,31 @@ async fn http_get(url: &str) -> std::result::Result<(), String> {
     } else {
         format!("{authority}:80")
     };
-    let mut stream = tokio::net::TcpStream::connect(&address)
+    get(&address, authority, &path, url).await
+}
+
+/// A plain HTTP/1.1 GET of `path` from `address` with `Host: host`: `Ok` on a 2xx status line.
+pub(crate) async fn http_get_at(
+    address: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+) -> std::result::Result<(), String> {
+    get(
+        &address.to_string(),
+        host,
+        path,
+        &format!("http://{address}{path} (host {host})"),
+    )
+    .await
+}
+
+async fn get(address: &str, host: &str, path: &str, url: &str) -> std::result::Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .map_err(|e| format!("GET {url}: {e}"))?;
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: deploykit-failover\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: deploykit-failover\r\nConnection: close\r\n\r\n").as_bytes())
         .await
         .map_err(|e| format!("GET {url}: {e}"))?;
     let mut head = [0u8; 64];
@@ -518,9 +608,15 @@ async fn report(ctx: &Context, failovers: &Failovers, id: &FailoverId) -> Result
     Ok(())
 }
 
-/// Failovers through the configured site.
-async fn failovers(ctx: &Context, settings: StandbySettings) -> Result<Failovers> {
+/// Failovers of `from` through the configured site.
+async fn failovers(
+    ctx: &Context,
+    from: &EnvironmentName,
+    settings: StandbySettings,
+) -> Result<Failovers> {
+    let to = EnvironmentName::new(&settings.environment)?;
     let site = ConfiguredSite {
+        warm: WarmStandby::configured(ctx, from, &to, settings.warm)?,
         settings,
         dir: ctx.config_dir.clone(),
     };
@@ -815,12 +911,15 @@ fn unconfigured() -> Error {
     Error::invalid("failover", "this command only reads failovers")
 }
 
-/// The site a configuration describes: the standby database, and hook commands.
+/// The site a configuration describes: the standby database, the warm standby's daemons
+/// (with `warm`), and hook commands.
 #[derive(Debug)]
 struct ConfiguredSite {
     settings: StandbySettings,
     /// Where hooks run (the configuration's directory).
     dir: std::path::PathBuf,
+    /// The two local daemons, when the standby is kept warm by deploykit.
+    warm: Option<WarmStandby>,
 }
 
 impl ConfiguredSite {
@@ -836,60 +935,8 @@ impl ConfiguredSite {
         Ok(Some(client))
     }
 
-    /// Run the hook of `step`, if any: what it printed, or why it failed (retried).
-    async fn hook(&self, spec: &FailoverSpec, step: &str) -> Result<Option<String>> {
-        let Some(argv) = self.settings.hooks.get(step) else {
-            return Ok(None);
-        };
-        let mut command = tokio::process::Command::new(&argv[0]);
-        command
-            .args(&argv[1..])
-            .current_dir(&self.dir)
-            .env("DEPLOYKIT_FAILOVER_ID", spec.id.as_str())
-            .env("DEPLOYKIT_FAILOVER_FROM", spec.from.as_str())
-            .env("DEPLOYKIT_FAILOVER_TO", spec.to.as_str())
-            .env("DEPLOYKIT_FAILOVER_STEP", step)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let what = format!("the {step} hook ({})", argv.join(" "));
-        let out = tokio::time::timeout(self.settings.step_timeout, command.output())
-            .await
-            .map_err(|_| {
-                Error::transient(
-                    what.clone(),
-                    format!("still running after {:?}", self.settings.step_timeout),
-                )
-            })?
-            .map_err(|e| Error::transient(what.clone(), e.to_string()))?;
-        let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
-        if !out.status.success() {
-            return Err(Error::transient(
-                what,
-                format!("{}: {}", out.status, text(&out.stderr)),
-            ));
-        }
-        Ok(Some(text(&out.stdout)))
-    }
-
-    /// `detail` and the hook's output, as a step's outcome.
-    async fn with_hook(
-        &self,
-        spec: &FailoverSpec,
-        step: &str,
-        detail: String,
-    ) -> Result<StepOutcome> {
-        let hook = self.hook(spec, step).await?;
-        Ok(StepOutcome::new(match hook {
-            None => detail,
-            Some(out) if out.is_empty() => format!("{detail}; {step} hook done"),
-            Some(out) => format!("{detail}; {step} hook: {out}"),
-        }))
-    }
-}
-
-#[async_trait]
-impl FailoverSite for ConfiguredSite {
-    async fn readiness(&self, spec: &FailoverSpec) -> Result<StandbyReadiness> {
+    /// Whether the standby database can take over, and how far behind it is.
+    async fn database_readiness(&self, spec: &FailoverSpec) -> Result<StandbyReadiness> {
         let Some(db) = &self.settings.database else {
             return Ok(StandbyReadiness::new(
                 true,
@@ -944,6 +991,71 @@ impl FailoverSite for ConfiguredSite {
             ),
         ))
     }
+    /// Run the hook of `step`, if any: what it printed, or why it failed (retried).
+    async fn hook(&self, spec: &FailoverSpec, step: &str) -> Result<Option<String>> {
+        let Some(argv) = self.settings.hooks.get(step) else {
+            return Ok(None);
+        };
+        let mut command = tokio::process::Command::new(&argv[0]);
+        command
+            .args(&argv[1..])
+            .current_dir(&self.dir)
+            .env("DEPLOYKIT_FAILOVER_ID", spec.id.as_str())
+            .env("DEPLOYKIT_FAILOVER_FROM", spec.from.as_str())
+            .env("DEPLOYKIT_FAILOVER_TO", spec.to.as_str())
+            .env("DEPLOYKIT_FAILOVER_STEP", step)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let what = format!("the {step} hook ({})", argv.join(" "));
+        let out = tokio::time::timeout(self.settings.step_timeout, command.output())
+            .await
+            .map_err(|_| {
+                Error::transient(
+                    what.clone(),
+                    format!("still running after {:?}", self.settings.step_timeout),
+                )
+            })?
+            .map_err(|e| Error::transient(what.clone(), e.to_string()))?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+        if !out.status.success() {
+            return Err(Error::transient(
+                what,
+                format!("{}: {}", out.status, text(&out.stderr)),
+            ));
+        }
+        Ok(Some(text(&out.stdout)))
+    }
+
+    /// `detail` and the hook's output, as a step's outcome.
+    async fn with_hook(
+        &self,
+        spec: &FailoverSpec,
+        step: &str,
+        detail: String,
+    ) -> Result<StepOutcome> {
+        let hook = self.hook(spec, step).await?;
+        Ok(StepOutcome::new(match hook {
+            None => detail,
+            Some(out) if out.is_empty() => format!("{detail}; {step} hook done"),
+            Some(out) => format!("{detail}; {step} hook: {out}"),
+        }))
+    }
+}
+
+#[async_trait]
+impl FailoverSite for ConfiguredSite {
+    async fn readiness(&self, spec: &FailoverSpec) -> Result<StandbyReadiness> {
+        let Some(warm) = &self.warm else {
+            return self.database_readiness(spec).await;
+        };
+        let services = match warm.readiness().await {
+            Ok(detail) => detail,
+            Err(why) => return Ok(StandbyReadiness::new(false, None, why)),
+        };
+        let mut db = self.database_readiness(spec).await?;
+        db.detail = format!("{services}; {}", db.detail);
+        Ok(db)
+    }
 
     async fn fence(&self, spec: &FailoverSpec) -> Result<StepOutcome> {
         let detail = match self
@@ -991,21 +1103,19 @@ impl FailoverSite for ConfiguredSite {
     }
 
     async fn scale(&self, spec: &FailoverSpec) -> Result<StepOutcome> {
-        self.with_hook(
-            spec,
-            "scale",
-            "no scale hook: the standby runs as it is".into(),
-        )
-        .await
+        let detail = match &self.warm {
+            Some(warm) => warm.scale(self.settings.step_timeout).await?,
+            None => "the standby runs as it is".into(),
+        };
+        self.with_hook(spec, "scale", detail).await
     }
 
     async fn switch_traffic(&self, spec: &FailoverSpec) -> Result<StepOutcome> {
-        self.with_hook(
-            spec,
-            "switch_traffic",
-            format!("traffic for {} goes to {}", spec.from, spec.to),
-        )
-        .await
+        let detail = match &self.warm {
+            Some(warm) => warm.switch().await?.0,
+            None => format!("traffic for {} goes to {}", spec.from, spec.to),
+        };
+        self.with_hook(spec, "switch_traffic", detail).await
     }
 
     async fn verify(&self, spec: &FailoverSpec) -> Result<StepOutcome> {
@@ -1031,6 +1141,10 @@ impl FailoverSite for ConfiguredSite {
                 )
             }
             None => "no database to check".to_string(),
+        };
+        let detail = match &self.warm {
+            Some(warm) => format!("{detail}; {}", warm.verify().await?),
+            None => detail,
         };
         self.with_hook(spec, "verify", detail).await
     }

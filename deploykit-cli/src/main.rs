@@ -27,6 +27,7 @@ mod pg;
 mod progress;
 #[path = "bin/sample_app.rs"]
 mod sample_app;
+mod warm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -267,6 +267,34 @@ fn bad_configuration_exits_2() {
 
     let out = run_to_end(&[("PORT", "http")]);
     assert_eq!(out.status.code(), Some(2));
+
+    let out = run_to_end(&[("PORT", &port), ("DATABASE_URL", "postgresql://[::1")]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+}
+
+#[test]
+fn database_routes_answer_503_without_a_database_and_healthz_does_not_care() {
+    let app = App::start(&[]);
+    for path in ["/write?key=a", "/db"] {
+        let resp = app.get(path);
+        assert_eq!(
+            (resp.status, resp.body.as_str()),
+            (503, "no DATABASE_URL\n")
+        );
+    }
+    // A database nobody listens on: 503 with the reason, quickly, and health stays 200.
+    let port = free_port().to_string();
+    let url = format!("host=127.0.0.1 port={port} user=nobody dbname=none");
+    let app = App::start(&[("DATABASE_URL", &url)]);
+    let started = std::time::Instant::now();
+    let resp = app.get("/write?key=a");
+    assert_eq!(resp.status, 503);
+    assert!(resp.body.contains("connect"), "{}", resp.body);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(app.get("/db").status, 503);
+    assert_eq!(app.get("/healthz").status, 200);
 }
 
 #[test]

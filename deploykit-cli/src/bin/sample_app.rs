@@ -16,6 +16,7 @@
 //! | `IGNORE_SIGTERM` | off     | `1`/`true`: keep serving on SIGTERM. Otherwise SIGTERM stops accepting, lets in-flight requests finish and exits 0. |
 //! | `HEALTH_STATUS`  | `200`   | Status `/healthz` answers (100–599). For 301–308 a `Location: https://example.invalid/healthz` header is added. |
 //! | `LOG_FORMAT`     | `text`  | `text`: only the startup line below. `json`: the startup line as a JSON object, then an access log of one JSON line per request on stdout (see below). |
+//! | `DATABASE_URL`   | —       | A PostgreSQL connection string (`host=… port=… user=… dbname=…` or `postgresql://…`) for `/write` and `/db`. The app connects on first use, creates its table if missing, and reconnects after an error; `/healthz` never depends on it. |
 //!
 //! Boolean variables accept `1`/`true`/`yes`/`on` and `0`/`false`/`no`/`off`/empty (any case).
 //! A missing or invalid `PORT`, or any invalid value, prints a message naming the variable and
@@ -29,6 +30,12 @@
 //!   to `/` and `/slow`) and `sample_errors_total{version="…"}` (injected errors).
 //! - `/slow?ms=N` → sleeps `N` ms (capped at 30000; missing means 0), then `200 slept <N>ms\n`;
 //!   an unparsable `ms` gets `400`.
+//! - `/write?key=K` → inserts a row `(K, VERSION)` into the table `sample_writes` (created if
+//!   missing) and answers `200 wrote <K>\n` once the commit returned; `503` with the database's
+//!   error when it did not (the row may or may not be there: the client must not count it).
+//!   Without `key` the key is `<VERSION>-<n>`.
+//! - `/db` → `200 db ok\n` when `SELECT 1` answers, else `503` with the error.
+//! - `/write` and `/db` without `DATABASE_URL` → `503 no DATABASE_URL\n`.
 //! - anything else → `404 not found\n`.
 //!
 //! Every response carries `x-version: <VERSION>`. On start the app prints one line to stdout:
@@ -50,6 +57,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use deploykit_postgres::tokio_postgres::{Client, NoTls};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue, LOCATION};
@@ -77,6 +85,7 @@ struct Config {
     ignore_sigterm: bool,
     health_status: StatusCode,
     log_json: bool,
+    database_url: Option<String>,
 }
 
 /// A configuration problem: the message names the variable and the bad value.
@@ -176,7 +185,14 @@ impl Config {
                 }
             },
         };
+        let database_url = var("DATABASE_URL")?.filter(|v| !v.trim().is_empty());
+        if let Some(url) = &database_url
+            && let Err(e) = url.parse::<deploykit_postgres::tokio_postgres::Config>()
+        {
+            return Err(ConfigError(format!("invalid DATABASE_URL: {e}")));
+        }
         Ok(Config {
+            database_url,
             log_json,
             port,
             version,
@@ -205,6 +221,74 @@ struct App {
     requests_total: AtomicU64,
     /// Injected errors.
     errors_total: AtomicU64,
+    /// The database of `/write` and `/db`, if `DATABASE_URL` is set.
+    db: Option<Db>,
+    /// Writes so far (keys of `/write` without one).
+    writes: AtomicU64,
+}
+
+/// A connection to `DATABASE_URL`, made on first use and again after it broke.
+struct Db {
+    url: String,
+    client: tokio::sync::Mutex<Option<Arc<Client>>>,
+}
+
+/// How long connecting to the database may take before `/write` and `/db` answer 503.
+const DB_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one statement may take before the request answers 503.
+const DB_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Db {
+    /// The open connection, or a new one (with the table created).
+    async fn client(&self) -> Result<Arc<Client>, String> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref()
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        *slot = None;
+        let (client, connection) = tokio::time::timeout(
+            DB_CONNECT_TIMEOUT,
+            deploykit_postgres::tokio_postgres::connect(&self.url, NoTls),
+        )
+        .await
+        .map_err(|_| format!("no connection within {DB_CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| format!("connect: {e}"))?;
+        tokio::spawn(connection);
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS sample_writes (id bigserial PRIMARY KEY, key text NOT \
+                 NULL, version text NOT NULL, at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await
+            .map_err(|e| format!("create table sample_writes: {e}"))?;
+        let client = Arc::new(client);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Run `f` on a connection within [`DB_STATEMENT_TIMEOUT`]; a failure drops the
+    /// connection so that the next request makes a new one.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, String>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, deploykit_postgres::tokio_postgres::Error>>,
+    {
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(DB_STATEMENT_TIMEOUT, f(client.clone()))
+            .await
+            .map_err(|_| format!("no answer within {DB_STATEMENT_TIMEOUT:?}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if outcome.is_err() {
+            let mut slot = self.client.lock().await;
+            if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client)) {
+                *slot = None;
+            }
+        }
+        outcome
+    }
 }
 
 impl App {
@@ -245,6 +329,17 @@ impl App {
                     None => (StatusCode::BAD_REQUEST, "bad ms\n".to_owned()),
                 }
             }
+            "/write" => self.write(req.uri().query()).await,
+            "/db" => match &self.db {
+                None => no_database(),
+                Some(db) => match db
+                    .run(|c| async move { c.simple_query("SELECT 1").await })
+                    .await
+                {
+                    Ok(_) => (StatusCode::OK, "db ok\n".to_owned()),
+                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+                },
+            },
             _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
         };
         let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -265,6 +360,41 @@ impl App {
             self.log_request(&req, status, started.elapsed());
         }
         response
+    }
+
+    /// `/write?key=K`: one committed row, or 503.
+    async fn write(&self, query: Option<&str>) -> (StatusCode, String) {
+        let Some(db) = &self.db else {
+            return no_database();
+        };
+        let key = query
+            .unwrap_or("")
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("key="))
+            .map(str::to_owned)
+            .unwrap_or_else(|| {
+                format!(
+                    "{}-{}",
+                    self.version,
+                    self.writes.fetch_add(1, Ordering::Relaxed)
+                )
+            });
+        let version = self.version.clone();
+        let written = {
+            let key = key.clone();
+            db.run(|c| async move {
+                c.execute(
+                    "INSERT INTO sample_writes (key, version) VALUES ($1, $2)",
+                    &[&key, &version],
+                )
+                .await
+            })
+            .await
+        };
+        match written {
+            Ok(_) => (StatusCode::OK, format!("wrote {key}\n")),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        }
     }
 
     /// One line of the JSON access log.
@@ -306,6 +436,14 @@ impl App {
              sample_errors_total{{version=\"{version}\"}} {errors}\n"
         )
     }
+}
+
+/// The answer of `/write` and `/db` when no database is configured.
+fn no_database() -> (StatusCode, String) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no DATABASE_URL\n".to_owned(),
+    )
 }
 
 /// Now as RFC 3339 in UTC with milliseconds.
@@ -417,6 +555,11 @@ async fn serve(config: Config) -> ExitCode {
         root_requests: AtomicU64::new(0),
         requests_total: AtomicU64::new(0),
         errors_total: AtomicU64::new(0),
+        db: config.database_url.map(|url| Db {
+            url,
+            client: tokio::sync::Mutex::new(None),
+        }),
+        writes: AtomicU64::new(0),
     });
     let listening = format!("sample-app {} listening on {addr}", app.version);
     if app.log_json {
