@@ -258,9 +258,11 @@ impl Db {
         .map_err(|e| format!("connect: {e}"))?;
         tokio::spawn(connection);
         client
+            // Instances connecting at once would race on the catalog: one at a time.
             .batch_execute(
-                "CREATE TABLE IF NOT EXISTS sample_writes (id bigserial PRIMARY KEY, key text NOT \
-                 NULL, version text NOT NULL, at timestamptz NOT NULL DEFAULT now())",
+                "BEGIN; SELECT pg_advisory_xact_lock(7170); CREATE TABLE IF NOT EXISTS \
+                 sample_writes (id bigserial PRIMARY KEY, key text NOT NULL, version text NOT \
+                 NULL, at timestamptz NOT NULL DEFAULT now()); COMMIT",
             )
             .await
             .map_err(|e| format!("create table sample_writes: {e}"))?;

@@ -1,0 +1,485 @@
+//! The `failover` example, end to end on this machine (skipped, saying why, where PostgreSQL
+//! is not installed): two local environments, each with its own `deploykit daemon`;
+//! production's PostgreSQL archives into a repository and production-dr's follows the archive
+//! as a standby; the sample app writes rows to its environment's database under load through
+//! production's proxy. `deploykit failover watch` (automatic, warm standby, the default
+//! detection settings) keeps production-dr running the same build; then the primary's
+//! instances and its database are killed with SIGKILL. The watcher judges the primary lost,
+//! fences it, promotes the standby, scales production-dr, points production's proxy at it and
+//! verifies. The test prints the RTO, the rows lost (RPO) and the failed requests by phase,
+//! and holds them to the issue's targets: RTO under 30 s, no acknowledged row older than
+//! 5 s lost, no failed request before the kill or after the switch, and the fenced primary
+//! takes no write when it is started again.
+//!
+//! `cargo test -p deploykit-cli --test failover -- --nocapture` prints the numbers;
+//! `-- --ignored` runs the repeated split-brain trials (BENCHMARKS.md).
+
+mod common;
+mod pg_rig;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deploykit_core::{Environment, ServiceId};
+use deploykit_local::LocalClient;
+use deploykit_postgres::{PgBinaries, Server, simple_query};
+use pg_rig::{Rig, bins, stderr};
+use serde_json::Value;
+
+/// One `/write` as the client saw it.
+#[derive(Clone, Debug)]
+struct Write {
+    key: u64,
+    sent: Instant,
+    done: Instant,
+    ok: bool,
+}
+
+/// The writes so far, shared with the writer task.
+type Log = Arc<Mutex<Vec<Write>>>;
+
+/// A `deploykit daemon` for one environment; killed (its instances stopped) when dropped.
+struct Daemon {
+    child: Child,
+    app: PathBuf,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(app: &Path, env: &str, listen: u16, socket: PathBuf) -> Daemon {
+        let log = std::fs::File::create(app.join(format!("daemon-{env}.log"))).unwrap();
+        let child = common::deploykit(
+            app,
+            &[
+                "daemon",
+                "--env",
+                env,
+                "--listen",
+                &format!("127.0.0.1:{listen}"),
+                "--grace",
+                "2",
+                "--drain-timeout",
+                "2",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "the {env} daemon did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon {
+            child,
+            app: app.to_path_buf(),
+            socket,
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let client = LocalClient::new(&self.socket);
+        let stopped = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map(|rt| rt.block_on(client.shutdown(true)).is_ok())
+                        .unwrap_or(false)
+                })
+                .join()
+                .unwrap_or(false)
+        });
+        if stopped {
+            let _ = self.child.wait();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.app;
+    }
+}
+
+/// The pids of the sample app instances whose `DATABASE_URL` names `port`.
+fn instances_on(port: u16) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let exe = std::fs::read_link(entry.path().join("exe")).ok();
+        if exe.as_deref() != Some(Path::new(common::APP)) {
+            continue;
+        }
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if String::from_utf8_lossy(&environ).contains(&format!(" port={port} ")) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// GET `path` from `proxy`: whether it answered 200 within 3 s.
+async fn get_ok(proxy: u16, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", proxy))
+            .await
+            .ok()?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .ok()?;
+        let mut head = Vec::new();
+        stream.read_to_end(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.1 200"))
+    };
+    tokio::time::timeout(Duration::from_secs(3), exchange)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// Write keys `base + 1`, `base + 2`, … through `proxy` at about `per_sec` a second until
+/// `stop`, logging each.
+fn writer(proxy: u16, base: u64, per_sec: u64, log: Log, stop: tokio::sync::watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut key = base;
+        let mut tick = tokio::time::interval(Duration::from_millis(1000 / per_sec));
+        while !*stop.borrow() {
+            tick.tick().await;
+            key += 1;
+            let sent = Instant::now();
+            let ok = get_ok(proxy, &format!("/write?key={key}")).await;
+            let done = Instant::now();
+            log.lock().unwrap().push(Write {
+                key,
+                sent,
+                done,
+                ok,
+            });
+        }
+    });
+}
+
+/// The configuration: production with its standby production-dr kept warm on a daemon of
+/// its own, both running the sample app against their own database.
+fn configuration(rig: &Rig, bins: &PgBinaries, proxy: u16, standby_port: u16) -> String {
+    let sock = rig.path("").display().to_string();
+    let db = |port: u16| format!("host={sock} port={port} user=postgres dbname=postgres");
+    format!(
+        r#"application = "shop"
+[services.web]
+command = ["{app}"]
+port = 8080
+health.readiness = {{ http = "/healthz", period = "200ms", timeout = "150ms", failure_threshold = 2 }}
+
+[environments.production]
+kind = "production"
+replicas = 2
+variables = {{ DATABASE_URL = "{primary_db}" }}
+
+[environments.production-dr]
+kind = "production"
+replicas = 2
+local_state = "dr-state"
+variables = {{ DATABASE_URL = "{standby_db}" }}
+
+[environments.production.standby]
+environment = "production-dr"
+automatic = true
+warm = 1
+assessment = {{ probes = [
+  {{ name = "web-db", url = "http://127.0.0.1:{proxy}/db" }},
+  {{ name = "postgres", command = ["{ready}", "-q", "-h", "{sock}", "-p", "{primary}"] }},
+] }}
+database = {{ repository = "{repo}", primary_pgdata = "{data}", standby_connection = "{standby_db}" }}
+"#,
+        app = common::APP,
+        primary_db = db(rig.port),
+        standby_db = db(standby_port),
+        ready = bins.tool("pg_isready").display(),
+        primary = rig.port,
+        repo = rig.repo.display(),
+        data = rig.path("data").display(),
+    )
+}
+
+/// What one run measured.
+#[derive(Debug)]
+struct Measured {
+    rto: Duration,
+    detected_to_verified: Duration,
+    lost: Vec<u64>,
+    lost_window: Duration,
+    failed_before: usize,
+    failed_during: usize,
+    failed_after: usize,
+    writes: usize,
+    old_primary_writes: usize,
+}
+
+/// One failover: set up, write under load for `load_for`, kill, fail over, measure.
+async fn failover_once(bins: &PgBinaries, load_for: Duration) -> Measured {
+    let mut rig = Rig::start(bins).await;
+    rig.history().await;
+    let (_, standby, standby_port) = rig.follow(bins).await;
+    let app = rig.path("app");
+    std::fs::create_dir_all(&app).unwrap();
+    let proxy = common::free_port();
+    let dr_proxy = common::free_port();
+    std::fs::write(
+        app.join("deploykit.toml"),
+        configuration(&rig, bins, proxy, standby_port),
+    )
+    .unwrap();
+    let _primary = Daemon::start(
+        &app,
+        "production",
+        proxy,
+        app.join(".deploykit/daemon.sock"),
+    );
+    let _dr = Daemon::start(
+        &app,
+        "production-dr",
+        dr_proxy,
+        app.join("dr-state/daemon.sock"),
+    );
+    let out = common::run(
+        &app,
+        &[
+            "deploy",
+            "web",
+            "--env",
+            "production",
+            "--label",
+            "v1",
+            "--set",
+            "VERSION=v1",
+        ],
+    );
+    assert!(out.status.success(), "deploy: {}", stderr(&out));
+    // The standby is brought in step: the same build, its own database, one warm instance.
+    let out = common::run(
+        &app,
+        &["-o", "json", "failover", "sync", "--env", "production"],
+    );
+    assert!(out.status.success(), "sync: {}", stderr(&out));
+    let synced: Value = common::json(&out);
+    assert_eq!(synced[0]["state"], "applied", "{synced}");
+    let dr = LocalClient::new(app.join("dr-state/daemon.sock"));
+    let web = ServiceId::new("web").unwrap();
+    let observed = dr.observe(&web).await.unwrap();
+    assert_eq!(observed.revisions.len(), 1);
+    assert_eq!(observed.revisions[0].revision.label, "v1");
+    assert_eq!(observed.revisions[0].desired, 1);
+    assert!(
+        observed.revisions[0].revision.config.variables["DATABASE_URL"]
+            .contains(&format!("port={standby_port}")),
+        "the standby's instances use the standby's database"
+    );
+
+    let watcher = common::deploykit(
+        &app,
+        &["-o", "json", "failover", "watch", "--env", "production"],
+    )
+    .env("DEPLOYKIT_REPO_KEY_FILE", &rig.key_file)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+
+    let log: Log = Arc::default();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    writer(proxy, 0, 50, log.clone(), stopped.clone());
+    writer(proxy, 1_000_000, 50, log.clone(), stopped);
+    tokio::time::sleep(load_for).await;
+
+    // The primary dies: its instances and its database, without warning.
+    let mut pids = instances_on(rig.port);
+    assert!(!pids.is_empty(), "the primary's instances run");
+    pids.push(
+        std::fs::read_to_string(rig.path("data/postmaster.pid"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap(),
+    );
+    let killed = Instant::now();
+    for pid in &pids {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    // The switch, as clients see it: the primary's proxy forwards to the standby's.
+    let primary = LocalClient::new(app.join(".deploykit/daemon.sock"));
+    let switched = loop {
+        if primary.info().await.unwrap().forward.is_some() {
+            break Instant::now();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no switch within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let out = tokio::task::spawn_blocking(move || watcher.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let verified = killed.elapsed();
+    assert!(out.status.success(), "watch: {}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"]["outcome"], "succeeded", "{report:#}");
+    // Writes go on after the switch, then stop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writes = log.lock().unwrap().clone();
+
+    // Every acknowledged row is in the promoted database, but those of the last moments
+    // before the kill that were not archived yet.
+    let db = standby.connect().await.unwrap();
+    let present: std::collections::BTreeSet<u64> =
+        simple_query(&db, "SELECT key FROM sample_writes")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| r[0].as_deref().and_then(|k| k.parse().ok()))
+            .collect();
+    let lost: Vec<&Write> = writes
+        .iter()
+        .filter(|w| w.ok && !present.contains(&w.key))
+        .collect();
+    let lost_window = lost
+        .iter()
+        .map(|w| killed.saturating_duration_since(w.sent))
+        .max()
+        .unwrap_or_default();
+    let failed = |f: &dyn Fn(&Write) -> bool| writes.iter().filter(|w| !w.ok && f(w)).count();
+
+    // The fenced primary, started again, takes no write.
+    let (_, options) = rig.options("old-primary");
+    let old_primary_writes = match Server::start(bins, &rig.path("data"), options).await {
+        Ok(server) => {
+            let client = server.connect().await.unwrap();
+            let wrote = simple_query(
+                &client,
+                "INSERT INTO sample_writes (key, version) VALUES ('split', 'old')",
+            )
+            .await
+            .is_ok();
+            server.stop().await.unwrap();
+            usize::from(wrote)
+        }
+        // It refuses to start: nothing written either.
+        Err(_) => 0,
+    };
+    let _ = rig.server.is_running();
+    standby.stop().await.unwrap();
+    Measured {
+        rto: Duration::from_millis(report["rto_ms"].as_u64().unwrap()),
+        detected_to_verified: verified,
+        lost: lost.iter().map(|w| w.key).collect(),
+        lost_window,
+        // A request in flight at the kill belongs to the window.
+        failed_before: failed(&|w| w.done < killed),
+        failed_during: failed(&|w| w.done >= killed && w.sent < switched),
+        failed_after: failed(&|w| w.sent >= switched),
+        writes: writes.len(),
+        old_primary_writes,
+    }
+}
+
+/// The `failover` example: the numbers, held to the issue's targets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failover_example_kills_the_primary_and_the_standby_serves() {
+    let Some(bins) = bins() else { return };
+    let m = failover_once(&bins, Duration::from_secs(4)).await;
+    println!(
+        "failover example: RTO {:.1} s (report; {:.1} s from the kill to the watcher's verified \
+         end), rows lost {} (acknowledged at most {:.1} s before the kill), failed writes: {} \
+         before the kill, {} between the kill and the switch, {} after, of {} writes",
+        m.rto.as_secs_f64(),
+        m.detected_to_verified.as_secs_f64(),
+        m.lost.len(),
+        m.lost_window.as_secs_f64(),
+        m.failed_before,
+        m.failed_during,
+        m.failed_after,
+        m.writes
+    );
+    assert!(m.rto < Duration::from_secs(30), "{m:?}");
+    assert!(m.lost_window <= Duration::from_secs(5), "{m:?}");
+    assert_eq!((m.failed_before, m.failed_after), (0, 0), "{m:?}");
+    assert!(m.failed_during > 0, "the kill was seen by clients: {m:?}");
+    assert_eq!(m.old_primary_writes, 0, "{m:?}");
+}
+
+/// Repeated kill/restart trials with randomised timing (BENCHMARKS.md "Failover"): the
+/// fenced primary never takes a write, and the targets hold in every trial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "20 trials, minutes: cargo test -p deploykit-cli --test failover -- --ignored --nocapture"]
+async fn repeated_failovers_never_split_the_brain() {
+    let Some(bins) = bins() else { return };
+    let trials: u32 = std::env::var("FAILOVER_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut all = Vec::new();
+    for trial in 1..=trials {
+        // xorshift: a load of 1–8 s before the kill.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let load = Duration::from_millis(1000 + seed % 7000);
+        let m = failover_once(&bins, load).await;
+        println!(
+            "trial {trial}: load {:.1} s, RTO {:.1} s, lost {} rows ({:.1} s), failed {}/{}/{}, \
+             old primary writes {}",
+            load.as_secs_f64(),
+            m.rto.as_secs_f64(),
+            m.lost.len(),
+            m.lost_window.as_secs_f64(),
+            m.failed_before,
+            m.failed_during,
+            m.failed_after,
+            m.old_primary_writes
+        );
+        all.push(m);
+    }
+    let mut rtos: Vec<f64> = all.iter().map(|m| m.rto.as_secs_f64()).collect();
+    rtos.sort_by(f64::total_cmp);
+    println!(
+        "{} trials: RTO median {:.1} s, max {:.1} s; rows lost max {}; failed after the switch \
+         {}; old primary writes {}",
+        all.len(),
+        rtos[rtos.len() / 2],
+        rtos[rtos.len() - 1],
+        all.iter().map(|m| m.lost.len()).max().unwrap_or(0),
+        all.iter().map(|m| m.failed_after).sum::<usize>(),
+        all.iter().map(|m| m.old_primary_writes).sum::<usize>()
+    );
+    for m in &all {
+        assert!(m.rto < Duration::from_secs(30), "{m:?}");
+        assert!(m.lost_window <= Duration::from_secs(5), "{m:?}");
+        assert_eq!(
+            (m.failed_before, m.failed_after, m.old_primary_writes),
+            (0, 0, 0),
+            "{m:?}"
+        );
+    }
+}
