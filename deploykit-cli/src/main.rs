@@ -18,6 +18,7 @@ mod dashboard;
 mod demo;
 mod failover;
 mod flags;
+mod http_get;
 mod log_agent;
 mod logs;
 mod names;

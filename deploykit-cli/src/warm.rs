@@ -246,7 +246,7 @@ impl WarmStandby {
                 .unwrap_or_else(|| "/".to_string());
             let host = format!("{service}.localhost");
             for proxy in std::iter::once(to).chain(from) {
-                crate::failover::http_get_at(proxy, &host, &path)
+                crate::http_get::get_at(proxy, &host, &path)
                     .await
                     .map_err(|why| Error::transient(format!("verify {service}"), why))?;
                 checked.push(format!("http://{proxy}{path} ({host})"));
@@ -281,4 +281,61 @@ fn desired(revision: Arc<Revision>, replicas: u32) -> DesiredState {
         vec![RevisionTarget::new(revision, replicas)],
         Traffic::routed(routes),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use deploykit_core::{
+        Digest, EnvironmentKind, Observed, RevisionObservation, ServiceSpec, Traffic, Weight,
+    };
+
+    use super::*;
+
+    fn revision(label: &str) -> Arc<Revision> {
+        let web = ServiceSpec::builder().name("web").build().unwrap();
+        let env = EnvironmentSpec::builder()
+            .name("production")
+            .kind(EnvironmentKind::Production)
+            .build()
+            .unwrap();
+        Arc::new(Revision::new(&web, &env, Digest::of_bytes(label.as_bytes()), label).unwrap())
+    }
+
+    #[test]
+    fn the_served_revision_is_the_one_with_most_traffic_else_the_newest_wanted() {
+        let (v1, v2, v3) = (revision("v1"), revision("v2"), revision("v3"));
+        let revisions = vec![
+            RevisionObservation::new(v1.clone(), 2, vec![]),
+            RevisionObservation::new(v2.clone(), 1, vec![]),
+            RevisionObservation::new(v3.clone(), 0, vec![]),
+        ];
+        // v1 is older and has more instances, but v2 takes most of the traffic.
+        let traffic = BTreeMap::from([
+            (v1.id.clone(), Weight::new(30).unwrap()),
+            (v2.id.clone(), Weight::new(70).unwrap()),
+        ]);
+        let observed = Observed::new(revisions.clone(), traffic, Traffic::ByReadyInstances);
+        assert_eq!(served(&observed).unwrap().label, "v2");
+        // Nothing ready to serve: the newest with instances wanted, never one scaled to 0.
+        let idle = Observed::new(revisions, BTreeMap::new(), Traffic::ByReadyInstances);
+        assert_eq!(served(&idle).unwrap().label, "v2");
+        let empty = Observed::new(vec![], BTreeMap::new(), Traffic::ByReadyInstances);
+        assert!(served(&empty).is_none());
+        // The standby's copy: same build and label, the standby's settings, a new id.
+        let dr = EnvironmentSpec::builder()
+            .name("production-dr")
+            .kind(EnvironmentKind::Production)
+            .replicas(3)
+            .variables(BTreeMap::from([("SITE".into(), "dr".into())]))
+            .build()
+            .unwrap();
+        let copy = desired(Arc::new(v2.in_environment(&dr).unwrap()), 1);
+        assert_eq!(copy.revisions.len(), 1);
+        assert_eq!(copy.revisions[0].revision.label, "v2");
+        assert_eq!(copy.revisions[0].replicas, 1);
+        assert_ne!(copy.revisions[0].revision.id, v2.id);
+        assert_eq!(copy.revisions[0].revision.config.variables["SITE"], "dr");
+    }
 }

@@ -483,3 +483,141 @@ async fn repeated_failovers_never_split_the_brain() {
         );
     }
 }
+
+/// A warm standby with no database, on two daemons: a failover is refused while the standby
+/// runs nothing; `failover sync` gives it the primary's build (with its own settings) at the
+/// warm size and follows a new deploy; a failover then scales it, points the primary's proxy at
+/// it and checks requests through both; a sync after the failover leaves the standby alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_standby_follows_the_primary_and_takes_its_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path();
+    let proxy = common::free_port();
+    let dr_proxy = common::free_port();
+    std::fs::write(
+        app.join("deploykit.toml"),
+        format!(
+            r#"application = "shop"
+[services.web]
+command = ["{app}"]
+port = 8080
+health.readiness = {{ http = "/healthz", period = "200ms", timeout = "150ms", failure_threshold = 2 }}
+[environments.production]
+kind = "production"
+replicas = 2
+variables = {{ SITE = "home" }}
+[environments.production-dr]
+kind = "production"
+replicas = 3
+local_state = "dr-state"
+variables = {{ SITE = "dr" }}
+[environments.production.standby]
+environment = "production-dr"
+warm = 1
+"#,
+            app = common::APP
+        ),
+    )
+    .unwrap();
+    let _primary = Daemon::start(app, "production", proxy, app.join(".deploykit/daemon.sock"));
+    let _dr = Daemon::start(
+        app,
+        "production-dr",
+        dr_proxy,
+        app.join("dr-state/daemon.sock"),
+    );
+    let deploy = |label: &str| {
+        let out = common::run(
+            app,
+            &[
+                "deploy",
+                "web",
+                "--env",
+                "production",
+                "--label",
+                label,
+                "--set",
+                &format!("VERSION={label}"),
+            ],
+        );
+        assert!(out.status.success(), "deploy {label}: {}", stderr(&out));
+    };
+    let failover = || {
+        common::run(
+            app,
+            &[
+                "-o",
+                "json",
+                "failover",
+                "run",
+                "--env",
+                "production",
+                "--reason",
+                "test",
+            ],
+        )
+    };
+    let sync = || {
+        let out = common::run(
+            app,
+            &["-o", "json", "failover", "sync", "--env", "production"],
+        );
+        assert!(out.status.success(), "sync: {}", stderr(&out));
+        common::json(&out)[0].clone()
+    };
+    deploy("v1");
+
+    // Nothing runs on the standby yet: refused, saying so.
+    let out = failover();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let report = common::json(&out);
+    assert_eq!(report["outcome"]["outcome"], "refused", "{report:#}");
+    assert!(
+        report["outcome"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("runs no revision of web"),
+        "{report:#}"
+    );
+
+    let dr = LocalClient::new(app.join("dr-state/daemon.sock"));
+    let web = ServiceId::new("web").unwrap();
+    assert_eq!(sync()["state"], "applied");
+    assert_eq!(sync()["state"], "in_step");
+    deploy("v2");
+    assert_eq!(sync()["state"], "applied");
+    let observed = dr.observe(&web).await.unwrap();
+    assert_eq!(observed.revisions.len(), 1, "{observed:?}");
+    let standby = &observed.revisions[0];
+    assert_eq!(
+        (standby.revision.label.as_str(), standby.desired),
+        ("v2", 1)
+    );
+    assert_eq!(standby.revision.config.variables["SITE"], "dr");
+    assert_eq!(standby.revision.config.variables["VERSION"], "v2");
+
+    let out = failover();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = common::json(&out);
+    let said = report["timeline"].to_string();
+    assert!(
+        said.contains(&format!("forwards every request to 127.0.0.1:{dr_proxy}")),
+        "{said}"
+    );
+    assert!(said.contains("answered 2xx"), "{said}");
+    let observed = dr.observe(&web).await.unwrap();
+    assert_eq!(
+        (observed.revisions[0].desired, observed.revisions[0].ready()),
+        (3, 3),
+        "scaled to the standby's replicas"
+    );
+    let primary = LocalClient::new(app.join(".deploykit/daemon.sock"));
+    assert_eq!(
+        primary.info().await.unwrap().forward,
+        Some(format!("127.0.0.1:{dr_proxy}").parse().unwrap())
+    );
+    assert!(get_ok(proxy, "/").await, "the primary's proxy forwards");
+    // Failed over: the standby serves and is no longer synced down to the warm size.
+    assert_eq!(sync()["state"], "skipped");
+    assert_eq!(dr.observe(&web).await.unwrap().revisions[0].desired, 3);
+}
