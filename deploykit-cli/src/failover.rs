@@ -188,6 +188,7 @@ pub(crate) async fn run(ctx: &Context, action: FailoverAction) -> Result<ExitCod
                             format!("is no longer configured: failover {id} cannot be resumed"),
                         )
                     })?;
+                let keep = settings.database.as_ref().map(|d| d.repository.clone());
                 if status.spec.direction == Direction::Rehearsal {
                     // A rehearsal goes on with a scratch database of its own (seeded afresh:
                     // the dead process's went with it), never with the real site.
@@ -210,7 +211,7 @@ pub(crate) async fn run(ctx: &Context, action: FailoverAction) -> Result<ExitCod
                     driver.flush(NOTIFY_FLUSH).await;
                     resumed_status?;
                 }
-                report(ctx, &reader, &id).await?;
+                report(ctx, &reader, &id, keep.as_deref()).await?;
                 resumed += 1;
             }
             if resumed == 0 {
@@ -252,7 +253,7 @@ pub(crate) async fn run(ctx: &Context, action: FailoverAction) -> Result<ExitCod
         FailoverAction::Report { id } => {
             let store = ctx.store().await?;
             let reader = Failovers::new(store, Arc::new(Unconfigured), Arc::new(SystemClock));
-            report(ctx, &reader, &FailoverId::new(id)?).await?;
+            report(ctx, &reader, &FailoverId::new(id)?, None).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -316,11 +317,12 @@ async fn fail_over(
         .forced(ask.force)
         .with_max_lag(settings.max_lag)
         .with_step_timeout(settings.step_timeout);
+    let keep = settings.database.as_ref().map(|d| d.repository.clone());
     let failovers = failovers(ctx, from, settings).await?;
     let status = failovers.run(spec).await;
     failovers.flush(NOTIFY_FLUSH).await;
     let status = status?;
-    report(ctx, &failovers, &id).await?;
+    report(ctx, &failovers, &id, keep.as_deref()).await?;
     Ok(match status.finished.map(|f| f.0) {
         Some(FailoverOutcome::Succeeded) => ExitCode::SUCCESS,
         _ => ExitCode::from(crate::EXIT_ROLLED_BACK),
@@ -546,10 +548,53 @@ async fn probe(dir: &Path, check: &ProbeCheck) -> std::result::Result<(), String
     }
 }
 
-async fn report(ctx: &Context, failovers: &Failovers, id: &FailoverId) -> Result<()> {
+/// Print failover `id`'s report; once it has finished, also keep it with the backups in the
+/// repository `keep` (as `reports/failover/<id>.md` and `.json`), where it outlives this
+/// machine's state store. A report that cannot be stored there is said on stderr; the
+/// failover is not undone for it.
+async fn report(
+    ctx: &Context,
+    failovers: &Failovers,
+    id: &FailoverId,
+    keep: Option<&Path>,
+) -> Result<()> {
     let report = failovers.report(id).await?;
+    if let (Some(repository), Some(_)) = (keep, &report.outcome) {
+        match store_report(repository, &report).await {
+            Ok(name) => {
+                tracing::info!(failover = %id, repository = %repository.display(), %name, "report kept with the backups");
+            }
+            Err(e) => {
+                tracing::warn!(failover = %id, repository = %repository.display(), error = %e.chain(), "could not keep the report with the backups");
+            }
+        }
+    }
     ctx.print(report.to_markdown(), report.to_json());
     Ok(())
+}
+
+/// The name under which a failover's report is kept in a repository (`.md` and `.json`).
+fn report_name(id: &str) -> String {
+    format!("reports/failover/{id}")
+}
+
+/// Put `report` into the repository at `dir` (the same content again is a no-op).
+async fn store_report(
+    dir: &Path,
+    report: &deploykit_core::failover::FailoverReport,
+) -> Result<String> {
+    let repo = open_repo(dir).await?;
+    let name = report_name(&report.id);
+    let json = serde_json::to_vec_pretty(&report.to_json())
+        .map_err(|e| Error::backend("encode the report", e.to_string()))?;
+    repo.put_named(&format!("{name}.json"), std::io::Cursor::new(json))
+        .await?;
+    repo.put_named(
+        &format!("{name}.md"),
+        std::io::Cursor::new(report.to_markdown().into_bytes()),
+    )
+    .await?;
+    Ok(name)
 }
 
 /// Failovers of `from` through the configured site.
@@ -622,7 +667,7 @@ async fn rehearse(
     failovers.flush(NOTIFY_FLUSH).await;
     site.clean_up().await;
     let status = status?;
-    report(ctx, &failovers, &id).await?;
+    report(ctx, &failovers, &id, Some(&db.repository)).await?;
     Ok(match status.finished.map(|f| f.0) {
         Some(FailoverOutcome::Succeeded) => ExitCode::SUCCESS,
         _ => ExitCode::from(crate::EXIT_ROLLED_BACK),

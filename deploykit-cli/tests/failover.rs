@@ -43,7 +43,6 @@ type Log = Arc<Mutex<Vec<Write>>>;
 /// A `deploykit daemon` for one environment; killed (its instances stopped) when dropped.
 struct Daemon {
     child: Child,
-    app: PathBuf,
     socket: PathBuf,
 }
 
@@ -73,11 +72,7 @@ impl Daemon {
             assert!(Instant::now() < deadline, "the {env} daemon did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Daemon {
-            child,
-            app: app.to_path_buf(),
-            socket,
-        }
+        Daemon { child, socket }
     }
 }
 
@@ -101,7 +96,6 @@ impl Drop for Daemon {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = &self.app;
     }
 }
 
@@ -171,29 +165,45 @@ fn writer(proxy: u16, base: u64, per_sec: u64, log: Log, stop: tokio::sync::watc
     });
 }
 
-/// The configuration: production with its standby production-dr kept warm on a daemon of
-/// its own, both running the sample app against their own database.
-fn configuration(rig: &Rig, bins: &PgBinaries, proxy: u16, standby_port: u16) -> String {
-    let sock = rig.path("").display().to_string();
-    let db = |port: u16| format!("host={sock} port={port} user=postgres dbname=postgres");
+/// The sample app as service web, production with `primary` variables (an inline table's
+/// inside) and replicas, production-dr on a daemon of its own (`dr-state`) with `dr`
+/// variables and replicas.
+fn two_sites(primary: (&str, u32), dr: (&str, u32)) -> String {
     format!(
         r#"application = "shop"
 [services.web]
 command = ["{app}"]
 port = 8080
 health.readiness = {{ http = "/healthz", period = "200ms", timeout = "150ms", failure_threshold = 2 }}
-
 [environments.production]
 kind = "production"
-replicas = 2
-variables = {{ DATABASE_URL = "{primary_db}" }}
-
+replicas = {}
+variables = {{ {} }}
 [environments.production-dr]
 kind = "production"
-replicas = 2
+replicas = {}
 local_state = "dr-state"
-variables = {{ DATABASE_URL = "{standby_db}" }}
+variables = {{ {} }}
+"#,
+        primary.1,
+        primary.0,
+        dr.1,
+        dr.0,
+        app = common::APP
+    )
+}
 
+/// The configuration: production with its standby production-dr kept warm on a daemon of
+/// its own, both running the sample app against their own database.
+fn configuration(rig: &Rig, bins: &PgBinaries, proxy: u16, standby_port: u16) -> String {
+    let sock = rig.path("").display().to_string();
+    let db = |port: u16| format!("host={sock} port={port} user=postgres dbname=postgres");
+    let sites = two_sites(
+        (&format!("DATABASE_URL = \"{}\"", db(rig.port)), 2),
+        (&format!("DATABASE_URL = \"{}\"", db(standby_port)), 2),
+    );
+    format!(
+        r#"{sites}
 [environments.production.standby]
 environment = "production-dr"
 automatic = true
@@ -204,8 +214,6 @@ assessment = {{ probes = [
 ] }}
 database = {{ repository = "{repo}", primary_pgdata = "{data}", standby_connection = "{standby_db}" }}
 "#,
-        app = common::APP,
-        primary_db = db(rig.port),
         standby_db = db(standby_port),
         ready = bins.tool("pg_isready").display(),
         primary = rig.port,
@@ -340,6 +348,27 @@ async fn failover_once(bins: &PgBinaries, load_for: Duration) -> Measured {
     assert!(out.status.success(), "watch: {}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["outcome"]["outcome"], "succeeded", "{report:#}");
+    // The report is kept with the backups, in the repository.
+    let repo = deploykit_backup::Repository::open(
+        Arc::new(deploykit_backup::LocalTarget::new(&rig.repo).unwrap()),
+        &deploykit_backup::RepoKey::from_file(&rig.key_file).unwrap(),
+    )
+    .await
+    .unwrap();
+    let id = report["id"].as_str().unwrap();
+    let kept: Value = serde_json::from_slice(
+        &repo
+            .read_named(&format!("reports/failover/{id}.json"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(kept, report);
+    let markdown = repo
+        .read_named(&format!("reports/failover/{id}.md"))
+        .await
+        .unwrap();
+    assert!(String::from_utf8(markdown).unwrap().contains("**RTO**"));
     // Writes go on after the switch, then stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.send(true).unwrap();
@@ -497,25 +526,8 @@ async fn a_warm_standby_follows_the_primary_and_takes_its_traffic() {
     std::fs::write(
         app.join("deploykit.toml"),
         format!(
-            r#"application = "shop"
-[services.web]
-command = ["{app}"]
-port = 8080
-health.readiness = {{ http = "/healthz", period = "200ms", timeout = "150ms", failure_threshold = 2 }}
-[environments.production]
-kind = "production"
-replicas = 2
-variables = {{ SITE = "home" }}
-[environments.production-dr]
-kind = "production"
-replicas = 3
-local_state = "dr-state"
-variables = {{ SITE = "dr" }}
-[environments.production.standby]
-environment = "production-dr"
-warm = 1
-"#,
-            app = common::APP
+            "{}[environments.production.standby]\nenvironment = \"production-dr\"\nwarm = 1\n",
+            two_sites(("SITE = \"home\"", 2), ("SITE = \"dr\"", 3))
         ),
     )
     .unwrap();
