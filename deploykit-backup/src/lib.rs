@@ -34,7 +34,8 @@ mod source;
 mod verify;
 
 pub use agent::{
-    Agent, AgentBuilder, BackupJob, DrillSchedule, VerifySchedule, alert_rules, record_audit,
+    Agent, AgentBuilder, BackupJob, DrillSchedule, RehearsalSchedule, VerifySchedule, alert_rules,
+    record_audit,
 };
 pub use copy::{KeptObject, MirrorOptions, MirrorReport, ObjectCount};
 pub use crypto::RepoKey;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use deploykit_alerting::{AlertState, Alerting, Route};
 use deploykit_backup::agent::{AgentEvent, AgentState, Duty, FAILING, MISSED};
 use deploykit_backup::{
-    Agent, BackupJob, BackupPolicy, DrillSchedule, RepoKey, RepoOptions, Repository,
-    RetentionPolicy, ScheduledRun, VerifySchedule, alert_rules,
+    Agent, BackupJob, BackupPolicy, DrillSchedule, RehearsalSchedule, RepoKey, RepoOptions,
+    Repository, RetentionPolicy, ScheduledRun, VerifySchedule, alert_rules,
 };
 use deploykit_core::audit::AuditAction;
 use deploykit_core::retry::RetryPolicy;
@@ -421,6 +421,101 @@ async fn a_failing_target_is_retried_alerted_and_shown_until_it_heals() {
     assert!(
         log.iter().any(|e| e.record.action == AuditAction::Backup
             && e.record.detail.contains("failed after 2 attempt(s)")),
+        "{log:#?}"
+    );
+}
+
+/// Failover rehearsals on their own schedule: the command's report is the run's detail and the
+/// last success a metric; a failing rehearsal (the command exits non-zero) is retried, alerted
+/// with its reason, audited, and resolves when the next one succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_rehearsals_run_on_schedule_and_a_failing_one_is_alerted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_data(&data, 0);
+    let repo = repo_on(Arc::new(MemoryTarget::new())).await;
+    let store = Arc::new(MemoryStore::new());
+    let sink = Arc::new(RecordingAlertSink::new());
+    let fail = dir.path().join("FAIL");
+    let mut job = job(&data, &["full 0 0 1 1 *"], None, None);
+    job.rehearsal = RehearsalSchedule::new(
+        Some("* * * * * *".into()),
+        [
+            "sh",
+            "-c",
+            &format!(
+                "if [ -e {} ]; then echo 'scratch standby did not start' >&2; exit 3; fi; \
+                 echo 'seeding'; echo '{{\"id\":\"rehearsal-production-1\",\"outcome\":\
+                 {{\"outcome\":\"succeeded\"}},\"rto_ms\":2500}}'",
+                fail.display()
+            ),
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    job.validate().unwrap();
+    let agent = Agent::builder(dir.path().join("backup-agent.json"))
+        .job(job, repo)
+        .audit(store.clone(), deploykit_core::Actor::new("backup-agent"))
+        .alerting(alerting(sink.clone()))
+        .build()
+        .unwrap();
+    let mut events = agent.subscribe();
+    let (stop, running) = spawn(&agent);
+    let rehearsal = |ok: bool| move |e: &AgentEvent| e.duty == Duty::Rehearsal && e.ok == ok;
+    let ok = next_event(&mut events, Duration::from_secs(10), rehearsal(true)).await;
+    assert_eq!(
+        ok.run.detail,
+        "failover rehearsal succeeded: rehearsal-production-1: succeeded, RTO 2.5 s"
+    );
+    assert!(
+        agent.encode_metrics().contains(
+            "deploykit_backup_agent_last_success_timestamp_seconds{environment=\"production\",duty=\"rehearsal\""
+        ),
+        "{}",
+        agent.encode_metrics()
+    );
+    std::fs::write(&fail, b"").unwrap();
+    let failed = next_event(&mut events, Duration::from_secs(10), rehearsal(false)).await;
+    assert!(
+        failed.run.detail.contains("scratch standby did not start") && failed.run.attempts == 2,
+        "{failed:?}"
+    );
+    let firing = |state: AlertState| {
+        sink.notifications().iter().any(|n| {
+            n.alerts
+                .iter()
+                .any(|a| a.name() == "BackupRunFailed" && a.state == state)
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !firing(AlertState::Firing) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:#?}",
+            sink.notifications()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::remove_file(&fail).unwrap();
+    next_event(&mut events, Duration::from_secs(10), rehearsal(true)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !firing(AlertState::Resolved) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:#?}",
+            sink.notifications()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let log = store.audit_log().await.unwrap();
+    assert!(
+        log.iter().any(|e| e.record.action == AuditAction::Drill
+            && e.record
+                .detail
+                .starts_with("failover rehearsal failed after 2 attempt(s)")),
         "{log:#?}"
     );
 }

@@ -455,7 +455,17 @@ async fn agent(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
             .await
             .map_err(|e| e.noting(format_args!("the repository of {env}, {}", dir.display())))?;
         summary.push(format!("{env} into {}", dir.display()));
-        builder = builder.job((*job).clone(), repo);
+        let mut job = (*job).clone();
+        if job.rehearsal.cron.is_some()
+            && let Some(program) = job.rehearsal.command.first_mut()
+        {
+            // A rehearsal runs this very binary, with this configuration.
+            *program = std::env::current_exe()
+                .map_err(|e| Error::backend("find the deploykit binary", e.to_string()))?
+                .display()
+                .to_string();
+        }
+        builder = builder.job(job, repo);
     }
     let webhooks = jobs
         .iter()

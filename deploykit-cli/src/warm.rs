@@ -143,7 +143,17 @@ impl WarmStandby {
         })?;
         let mut parts = Vec::new();
         for service in &self.services {
-            let standby = self.to.observe(service).await.map_err(|e| e.chain())?;
+            // A warm instance still starting (a sync just gave it a new build) is waited for a
+            // moment; one that does not become ready makes the standby unhealthy.
+            let deadline = tokio::time::Instant::now() + STARTING_GRACE;
+            let standby = loop {
+                let standby = self.to.observe(service).await.map_err(|e| e.chain())?;
+                let ready = standby.revisions.last().map_or(0, |r| r.ready());
+                if self.warm == 0 || ready > 0 || tokio::time::Instant::now() >= deadline {
+                    break standby;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
             let Some(current) = standby.revisions.last() else {
                 return Err(format!(
                     "{} runs no revision of {service}: sync it first (`deploykit failover sync`)",
@@ -152,7 +162,7 @@ impl WarmStandby {
             };
             if self.warm > 0 && current.ready() == 0 {
                 return Err(format!(
-                    "{service} on {} has no ready instance ({})",
+                    "{service} on {} has no ready instance after {STARTING_GRACE:?} ({})",
                     self.to_env,
                     standby.summary()
                 ));
@@ -255,6 +265,9 @@ impl WarmStandby {
         Ok(format!("answered 2xx: {}", checked.join(", ")))
     }
 }
+
+/// How long an assessment waits for a warm instance that is still starting.
+const STARTING_GRACE: Duration = Duration::from_secs(10);
 
 /// The revision `observed` serves: the one with the largest share of traffic, else the newest
 /// with instances wanted.

@@ -325,3 +325,38 @@ fn backup_status_and_agent_explain_what_is_missing() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A scheduled failover rehearsal runs this binary's `failover rehearse` with the agent's
+/// configuration: here the archive holds no base backup, so each rehearsal is refused, and the
+/// agent says why (the rehearsal's own report) and alerts.
+#[test]
+fn the_agent_rehearses_the_failover_on_schedule_and_reports_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (port, bodies) = webhook();
+    let toml = config(port).replace(
+        "alert_webhook",
+        "rehearsal = { schedule = \"* * * * * *\" }\nalert_webhook",
+    ) + "[environments.production.standby]\nenvironment = \"production-dr\"\n\
+         database = { repository = \"backups/production\", standby_connection = \"host=/nonexistent port=1\" }\n\
+         [environments.production-dr]\nkind = \"production\"\n\
+         [services.web]\ncommand = [\"true\"]\nport = 8080\n";
+    std::fs::write(dir.join("deploykit.toml"), toml).unwrap();
+    std::fs::create_dir(dir.join("data")).unwrap();
+    std::fs::write(dir.join("data/orders.csv"), "1,coffee\n").unwrap();
+    let _agent = start_agent(dir, 1);
+    let s = wait_for(dir, "a failed rehearsal", |_, s| {
+        production(s)["duties"]["rehearsal"]["last_failure"].is_object()
+    });
+    let failure = production(&s)["duties"]["rehearsal"]["last_failure"].to_string();
+    assert!(
+        failure.contains("failover rehearsal failed")
+            && (failure.contains("holds no base backup") || failure.contains("postgres")),
+        "{failure}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !alerts_named(&bodies, "BackupRunFailed") {
+        assert!(Instant::now() < deadline, "{:#?}", bodies.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

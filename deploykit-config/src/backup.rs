@@ -11,8 +11,8 @@ use toml::Spanned;
 
 use super::{Located, duration};
 use deploykit_backup::{
-    BackupJob, BackupPolicy, CommandSource, DrillSchedule, DrillTargets, RetentionPolicy,
-    ScheduledRun, VerifySchedule, check_cron,
+    BackupJob, BackupPolicy, CommandSource, DrillSchedule, DrillTargets, RehearsalSchedule,
+    RetentionPolicy, ScheduledRun, VerifySchedule, check_cron,
 };
 use deploykit_core::Result;
 use deploykit_core::retry::RetryPolicy;
@@ -42,6 +42,8 @@ pub(crate) struct BackupToml {
     verify: VerifyToml,
     #[serde(default)]
     drill: DrillToml,
+    #[serde(default)]
+    rehearsal: RehearsalToml,
     retry: Option<Spanned<RetryToml>>,
     alert_webhook: Option<Spanned<String>>,
 }
@@ -82,6 +84,13 @@ struct VerifyToml {
 struct DrillToml {
     schedule: Option<Spanned<String>>,
     scratch: Option<String>,
+}
+
+/// `rehearsal = { schedule = "0 5 * * MON" }`: failover rehearsals (off by default).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RehearsalToml {
+    schedule: Option<Spanned<String>>,
 }
 
 /// `retry = { attempts = 3, backoff = "30s", max_backoff = "10m" }`.
@@ -243,6 +252,28 @@ pub(crate) fn load(
         deploykit_backup::agent::DEFAULT_DRILL,
     )?;
     job.drill = DrillSchedule::new(drill, b.drill.scratch.as_deref().map(|s| resolve(base, s)));
+    let rehearsal = match &b.rehearsal.schedule {
+        Some(cron) => schedule(at, &field("rehearsal.schedule"), Some(cron), OFF)?,
+        None => None,
+    };
+    // The agent runs the binary it is (it replaces `deploykit` with its own path).
+    let config = std::path::absolute(at.file).unwrap_or_else(|_| PathBuf::from(at.file));
+    job.rehearsal = RehearsalSchedule::new(
+        rehearsal,
+        [
+            "deploykit",
+            "--config",
+            &config.display().to_string(),
+            "-o",
+            "json",
+            "failover",
+            "rehearse",
+            "--env",
+            env,
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
     if let Some(retry) = &b.retry {
         job.retry = retry_policy(at, retry, &field("retry"), job.retry)?;
     }

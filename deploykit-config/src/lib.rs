@@ -139,6 +139,7 @@
 //! | `commands` | `[{ name = "shop.dump", command = ["pg_dump", "shop"] }]`: command outputs stored as files | `[]` |
 //! | `verify` | `{ subsets = 7, full = "0 3 * * SUN" }`: a 1/`subsets` slice of the data read back after each backup (0: none), everything read back on `full` (`"off"`: never) | as shown |
 //! | `drill` | `{ schedule = "0 4 1 * *", scratch = "dir" }`: restore the newest snapshot into `scratch` (default `<state>/drill/<env>`) and measure RTO/RPO (`"off"`: never) | monthly |
+//! | `rehearsal` | `{ schedule = "0 5 * * MON" }`: run `deploykit failover rehearse --env <env>` (the standby database restored from its archive into scratch, promoted and checked; production untouched); needs `[environments.<env>.standby]` with a `database` | off |
 //! | `retry` | `{ attempts = 3, backoff = "30s", max_backoff = "10m" }`: a failed run is tried again with exponential backoff before it counts as failed | as shown |
 //! | `alert_webhook` | URL the agent's alerts (failed, missed or overdue runs) are POSTed to, Alertmanager-style JSON | none (alerts on stderr only) |
 //!
@@ -595,6 +596,21 @@ impl Config {
                     &local_states,
                 )?;
                 standbys.insert(name.clone(), loaded);
+            }
+        }
+        // A scheduled rehearsal restores the standby database from its archive.
+        for (name, job) in &backups {
+            let has_database = standbys
+                .get(name)
+                .is_some_and(|st: &StandbySettings| st.database.is_some());
+            if job.rehearsal.cron.is_some() && !has_database {
+                return Err(Error::invalid(
+                    format!("{file}: environments.{name}.backup.rehearsal.schedule"),
+                    format!(
+                        "rehearses a failover, but environments.{name}.standby has no database: \
+                         a rehearsal restores the standby database from its archive"
+                    ),
+                ));
             }
         }
         for name in parsed.overrides.keys() {

@@ -189,3 +189,65 @@ fn a_warm_standby_needs_a_daemon_of_its_own() {
         "{too_many}"
     );
 }
+
+/// `[environments.<env>.backup] rehearsal.schedule`: the backup agent rehearses the failover
+/// with this binary's `failover rehearse` on the schedule; off unless set, and only where the
+/// standby has a database to restore.
+#[test]
+fn a_scheduled_rehearsal_runs_failover_rehearse_and_needs_a_standby_database() {
+    let file = |database: &str, rehearsal: &str| {
+        format!(
+            "application = \"shop\"\n[environments.production]\nkind = \"production\"\n\
+             [environments.production.backup]\nrepository = \"backups\"\npaths = [\"data\"]\n\
+             rotation = [\"full 0 2 * * *\"]\n{rehearsal}\n\
+             [environments.production.standby]\nenvironment = \"production-dr\"\n{database}\n\
+             [environments.production-dr]\nkind = \"production\"\n"
+        )
+    };
+    let database =
+        "database = { repository = \"wal\", standby_connection = \"host=/run port=5433\" }";
+    let config = Config::from_toml_str(
+        FILE,
+        &file(database, "rehearsal = { schedule = \"0 5 * * MON\" }"),
+    )
+    .unwrap();
+    let job = config.backup_job("production").unwrap().unwrap();
+    assert_eq!(job.rehearsal.cron.as_deref(), Some("0 5 * * MON"));
+    assert_eq!(
+        job.rehearsal.command,
+        [
+            "deploykit",
+            "--config",
+            FILE,
+            "-o",
+            "json",
+            "failover",
+            "rehearse",
+            "--env",
+            "production"
+        ]
+    );
+    // Off unless asked for.
+    let config = Config::from_toml_str(FILE, &file(database, "")).unwrap();
+    assert_eq!(
+        config
+            .backup_job("production")
+            .unwrap()
+            .unwrap()
+            .rehearsal
+            .cron,
+        None
+    );
+    // Nothing to rehearse with: said where.
+    let e = error(&file("", "rehearsal = { schedule = \"0 5 * * MON\" }"));
+    assert!(
+        e.contains("environments.production.backup.rehearsal.schedule")
+            && e.contains("has no database"),
+        "{e}"
+    );
+    let e = error(&file(database, "rehearsal = { schedule = \"weekly\" }"));
+    assert!(
+        e.contains("environments.production.backup.rehearsal.schedule"),
+        "{e}"
+    );
+}

@@ -1,5 +1,5 @@
-//! What each duty does: a backup (then retention and prune), a read of the data, a drill —
-//! each retried by the job's policy and audited.
+//! What each duty does: a backup (then retention and prune), a read of the data, a drill, a
+//! failover rehearsal — each retried by the job's policy and audited.
 
 use super::audit::record_audit;
 use super::state::MissRecord;
@@ -252,4 +252,89 @@ impl Inner {
             recovery,
         }
     }
+
+    /// Run the job's rehearsal command: success when it exits 0; its report (the last line of
+    /// its standard output, JSON) gives the detail.
+    pub(super) async fn rehearse(&self, task: &Task) -> Outcome {
+        let env = &task.job.environment;
+        let argv = &task.job.rehearsal.command;
+        let (ran, attempts) = retried(&task.job.retry, "failover rehearsal", || async {
+            let (program, args) = argv.split_first().ok_or_else(|| {
+                Error::invalid(
+                    format!("environments.{env}.backup.rehearsal.command"),
+                    "is empty",
+                )
+            })?;
+            let out = tokio::process::Command::new(program)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output()
+                .await
+                .map_err(|e| Error::backend(format!("run {program}"), e.to_string()))?;
+            let report = rehearsal_report(&out.stdout);
+            if out.status.success() {
+                return Ok(report);
+            }
+            let why = report.unwrap_or_else(|| {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let tail: Vec<&str> = err.trim().lines().rev().take(3).collect();
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            });
+            Err(Error::transient(
+                format!("rehearsal ({})", argv.join(" ")),
+                format!("{}: {why}", out.status),
+            ))
+        })
+        .await;
+        let result = match ran {
+            Ok(report) => Ok(format!(
+                "failover rehearsal succeeded{}",
+                report.map_or(String::new(), |r| format!(": {r}"))
+            )),
+            Err(e) => Err(format!(
+                "failover rehearsal failed after {attempts} attempt(s): {}",
+                e.chain()
+            )),
+        };
+        let detail = match &result {
+            Ok(d) | Err(d) => d.clone(),
+        };
+        self.audit(AuditAction::Drill, env, detail).await;
+        Outcome {
+            kind: "rehearsal".into(),
+            attempts,
+            result,
+            recovery: None,
+        }
+    }
+}
+
+/// What a rehearsal's report says, from the last line of its output: `<id>: <outcome>, RTO
+/// <s> s`, or the `error` of a command that ended without one; `None` when that line is
+/// neither.
+fn rehearsal_report(stdout: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(stdout);
+    let last = text.trim().lines().last()?;
+    let report: serde_json::Value = serde_json::from_str(last).ok()?;
+    // A command that failed before it had a report says why (`-o json` errors).
+    if let Some(error) = report.get("error").and_then(|e| e.as_str()) {
+        return Some(error.to_string());
+    }
+    let id = report.get("id")?.as_str()?;
+    let outcome = report
+        .pointer("/outcome/outcome")
+        .and_then(|o| o.as_str())
+        .unwrap_or("unfinished");
+    let reason = report
+        .pointer("/outcome/reason")
+        .and_then(|o| o.as_str())
+        .map_or(String::new(), |r| format!(" ({r})"));
+    let rto = report
+        .get("rto_ms")
+        .and_then(serde_json::Value::as_u64)
+        .map_or(String::new(), |ms| {
+            format!(", RTO {:.1} s", ms as f64 / 1000.0)
+        });
+    Some(format!("{id}: {outcome}{reason}{rto}"))
 }

@@ -23,7 +23,7 @@ pub const DEFAULT_VERIFY_SUBSETS: u32 = 7;
 /// The environment variable holding a repository's passphrase unless a job names another.
 pub const DEFAULT_PASSWORD_ENV: &str = "DEPLOYKIT_REPO_PASSWORD";
 
-/// The three things the agent does on a schedule.
+/// The things the agent does on a schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Duty {
@@ -35,18 +35,23 @@ pub enum Duty {
     Verify,
     /// Restore the newest snapshot into scratch space and measure RTO and RPO.
     Drill,
+    /// Rehearse the environment's failover (a command, by default `deploykit failover
+    /// rehearse`: a scratch standby restored from the archive, promoted and checked, production
+    /// untouched).
+    Rehearsal,
 }
 
 impl Duty {
     /// Every duty, in the order they are shown.
-    pub const ALL: [Duty; 3] = [Duty::Backup, Duty::Verify, Duty::Drill];
+    pub const ALL: [Duty; 4] = [Duty::Backup, Duty::Verify, Duty::Drill, Duty::Rehearsal];
 
-    /// `backup`, `verify` or `drill`.
+    /// `backup`, `verify`, `drill` or `rehearsal`.
     pub fn as_str(self) -> &'static str {
         match self {
             Duty::Backup => "backup",
             Duty::Verify => "verify",
             Duty::Drill => "drill",
+            Duty::Rehearsal => "rehearsal",
         }
     }
 }
@@ -111,6 +116,25 @@ impl DrillSchedule {
     }
 }
 
+/// When failover rehearsals run, and the command that runs one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RehearsalSchedule {
+    /// Cron, UTC (`None`: never, the default).
+    pub cron: Option<String>,
+    /// The command run for a rehearsal: exit 0 is success; its last line of standard output,
+    /// when it is a JSON object, is its report (`id`, `rto_ms`, `outcome`). `deploykit-config`
+    /// sets `deploykit --config <file> -o json failover rehearse --env <env>`.
+    pub command: Vec<String>,
+}
+
+impl RehearsalSchedule {
+    /// Rehearsals at `cron` by `command`.
+    pub fn new(cron: Option<String>, command: Vec<String>) -> Self {
+        RehearsalSchedule { cron, command }
+    }
+}
+
 /// Everything the backup agent needs to run one environment's [`BackupPolicy`]: what to back
 /// up (directories and command outputs), where the repository is, how to check it and how to
 /// retry. `deploykit-config` builds one from `[environments.<env>.backup]`.
@@ -147,6 +171,8 @@ pub struct BackupJob {
     pub verify: VerifySchedule,
     /// The drills.
     pub drill: DrillSchedule,
+    /// The failover rehearsals (none by default).
+    pub rehearsal: RehearsalSchedule,
     /// How a failed run is retried before it counts as failed.
     pub retry: RetryPolicy,
     /// Where alerts about this environment's backups are POSTed (Alertmanager-style JSON).
@@ -176,6 +202,7 @@ impl BackupJob {
             commands: Vec::new(),
             verify: VerifySchedule::default(),
             drill: DrillSchedule::default(),
+            rehearsal: RehearsalSchedule::default(),
             retry: default_retry(),
             alert_webhook: None,
         }
@@ -196,6 +223,15 @@ impl BackupJob {
         }
         if let Some(cron) = &self.drill.cron {
             check_cron(&field("drill.schedule"), cron)?;
+        }
+        if let Some(cron) = &self.rehearsal.cron {
+            check_cron(&field("rehearsal.schedule"), cron)?;
+            if self.rehearsal.command.is_empty() {
+                return Err(Error::invalid(
+                    field("rehearsal.command"),
+                    "is empty: nothing would run the scheduled rehearsals",
+                ));
+            }
         }
         Ok(())
     }
@@ -231,6 +267,9 @@ impl BackupJob {
                 .map(|(at, kind)| (at, Some(kind)))),
             Duty::Verify => self.cron_next("verify.full", self.verify.full.as_deref(), after),
             Duty::Drill => self.cron_next("drill.schedule", self.drill.cron.as_deref(), after),
+            Duty::Rehearsal => {
+                self.cron_next("rehearsal.schedule", self.rehearsal.cron.as_deref(), after)
+            }
         }
     }
 

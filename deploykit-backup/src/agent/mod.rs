@@ -61,7 +61,7 @@ pub use alerts::{AgentMonitor, FAILING, MISSED, OVERDUE, alert_rules};
 pub use audit::{AUDIT_SERVICE, record_audit};
 pub use job::{
     BackupJob, DEFAULT_DRILL, DEFAULT_FULL_VERIFY, DEFAULT_PASSWORD_ENV, DEFAULT_VERIFY_SUBSETS,
-    DrillSchedule, Duty, Missed, VerifySchedule, default_retry,
+    DrillSchedule, Duty, Missed, RehearsalSchedule, VerifySchedule, default_retry,
 };
 pub use state::{
     AgentProcess, AgentState, DrillMeasure, DutyState, EnvironmentState, Findings, MissRecord,

@@ -222,6 +222,7 @@ impl Inner {
             }
             Duty::Verify => self.verify(task, ReadData::All, "full".into()).await,
             Duty::Drill => self.drill(task).await,
+            Duty::Rehearsal => self.rehearse(task).await,
         };
         let backed_up = duty == Duty::Backup && outcome.result.is_ok();
         self.finish(task, duty, due, started, outcome, occasion, caught_up)
