@@ -116,7 +116,10 @@ impl WarmStandby {
                 ));
                 continue;
             }
-            if standby.revisions.len() == 1 && standby.revisions[0].revision.id == wanted.id {
+            if let [only] = standby.revisions.as_slice()
+                && only.revision.id == wanted.id
+                && only.desired == self.warm
+            {
                 out.push((service.clone(), Synced::InStep(wanted.describe())));
                 continue;
             }
@@ -143,13 +146,17 @@ impl WarmStandby {
         })?;
         let mut parts = Vec::new();
         for service in &self.services {
-            // A warm instance still starting (a sync just gave it a new build) is waited for a
-            // moment; one that does not become ready makes the standby unhealthy.
+            // Warm instances still starting (a sync just gave them a new build), none ready and
+            // none failed, are waited for a moment; ones that do not become ready make the
+            // standby unhealthy.
             let deadline = tokio::time::Instant::now() + STARTING_GRACE;
             let standby = loop {
                 let standby = self.to.observe(service).await.map_err(|e| e.chain())?;
-                let ready = standby.revisions.last().map_or(0, |r| r.ready());
-                if self.warm == 0 || ready > 0 || tokio::time::Instant::now() >= deadline {
+                let starting = standby
+                    .revisions
+                    .last()
+                    .is_some_and(|r| r.ready() == 0 && r.failed().next().is_none());
+                if self.warm == 0 || !starting || tokio::time::Instant::now() >= deadline {
                     break standby;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
