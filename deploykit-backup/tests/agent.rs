@@ -90,6 +90,23 @@ fn alerting(sink: Arc<RecordingAlertSink>) -> Arc<Alerting> {
     )
 }
 
+/// Wait (up to 5 s) until `sink` has been sent alert `name` in `state`.
+async fn alerted(sink: &RecordingAlertSink, name: &str, state: AlertState) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !sink.notifications().iter().any(|n| {
+        n.alerts
+            .iter()
+            .any(|a| a.name() == name && a.state == state)
+    }) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {name} {state:?} in {:#?}",
+            sink.notifications()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs `agent` until `done` says stop; returns its result.
 fn spawn(
     agent: &Agent,
@@ -370,19 +387,7 @@ async fn a_failing_target_is_retried_alerted_and_shown_until_it_heals() {
     assert_eq!(failed.run.attempts, 2, "retried once: {failed:?}");
     assert_eq!(agent.monitor().value(FAILING, "production"), Some(1.0));
     // The alert went out.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !sink.notifications().iter().any(|n| {
-        n.alerts
-            .iter()
-            .any(|a| a.name() == "BackupRunFailed" && a.state == AlertState::Firing)
-    }) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:#?}",
-            sink.notifications()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    alerted(&sink, "BackupRunFailed", AlertState::Firing).await;
     // The status on disk names the failure.
     let findings = AgentState::load(&state_file)
         .unwrap()
@@ -402,19 +407,7 @@ async fn a_failing_target_is_retried_alerted_and_shown_until_it_heals() {
     .await;
     assert_eq!(ok.run.kind, "full");
     assert_eq!(agent.monitor().value(FAILING, "production"), Some(0.0));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !sink.notifications().iter().any(|n| {
-        n.alerts
-            .iter()
-            .any(|a| a.name() == "BackupRunFailed" && a.state == AlertState::Resolved)
-    }) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:#?}",
-            sink.notifications()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    alerted(&sink, "BackupRunFailed", AlertState::Resolved).await;
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
     let log = store.audit_log().await.unwrap();
@@ -481,33 +474,10 @@ async fn failover_rehearsals_run_on_schedule_and_a_failing_one_is_alerted() {
         failed.run.detail.contains("scratch standby did not start") && failed.run.attempts == 2,
         "{failed:?}"
     );
-    let firing = |state: AlertState| {
-        sink.notifications().iter().any(|n| {
-            n.alerts
-                .iter()
-                .any(|a| a.name() == "BackupRunFailed" && a.state == state)
-        })
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !firing(AlertState::Firing) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:#?}",
-            sink.notifications()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    alerted(&sink, "BackupRunFailed", AlertState::Firing).await;
     std::fs::remove_file(&fail).unwrap();
     next_event(&mut events, Duration::from_secs(10), rehearsal(true)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !firing(AlertState::Resolved) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:#?}",
-            sink.notifications()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    alerted(&sink, "BackupRunFailed", AlertState::Resolved).await;
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
     let log = store.audit_log().await.unwrap();
