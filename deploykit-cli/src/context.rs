@@ -223,7 +223,7 @@ impl Context {
         );
         for spec in self.config()?.environments() {
             let client = match self.config()?.local_state(spec.name.as_str())? {
-                Some(dir) => Arc::new(LocalClient::new(dir.join("daemon.sock"))),
+                Some(_) => Arc::new(self.client_for(&spec.name)?),
                 None => default.clone(),
             };
             if spec.kind == EnvironmentKind::Preview {

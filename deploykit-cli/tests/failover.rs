@@ -236,6 +236,27 @@ struct Measured {
     old_primary_writes: usize,
 }
 
+impl Measured {
+    /// One line of the numbers.
+    fn summary(&self) -> String {
+        format!(
+            "RTO {:.1} s (report; {:.1} s from the kill to the watcher's verified end), rows \
+             lost {} (acknowledged at most {:.1} s before the kill), failed writes: {} before \
+             the kill, {} between the kill and the switch, {} after, of {} writes; writes taken \
+             by the fenced primary {}",
+            self.rto.as_secs_f64(),
+            self.detected_to_verified.as_secs_f64(),
+            self.lost.len(),
+            self.lost_window.as_secs_f64(),
+            self.failed_before,
+            self.failed_during,
+            self.failed_after,
+            self.writes,
+            self.old_primary_writes
+        )
+    }
+}
+
 /// One failover: set up, write under load for `load_for`, kill, fail over, measure.
 async fn failover_once(bins: &PgBinaries, load_for: Duration) -> Measured {
     let mut rig = Rig::start(bins).await;
@@ -434,19 +455,7 @@ async fn failover_once(bins: &PgBinaries, load_for: Duration) -> Measured {
 async fn the_failover_example_kills_the_primary_and_the_standby_serves() {
     let Some(bins) = bins() else { return };
     let m = failover_once(&bins, Duration::from_secs(4)).await;
-    println!(
-        "failover example: RTO {:.1} s (report; {:.1} s from the kill to the watcher's verified \
-         end), rows lost {} (acknowledged at most {:.1} s before the kill), failed writes: {} \
-         before the kill, {} between the kill and the switch, {} after, of {} writes",
-        m.rto.as_secs_f64(),
-        m.detected_to_verified.as_secs_f64(),
-        m.lost.len(),
-        m.lost_window.as_secs_f64(),
-        m.failed_before,
-        m.failed_during,
-        m.failed_after,
-        m.writes
-    );
+    println!("failover example: {}", m.summary());
     assert!(m.rto < Duration::from_secs(30), "{m:?}");
     assert!(m.lost_window <= Duration::from_secs(5), "{m:?}");
     assert_eq!((m.failed_before, m.failed_after), (0, 0), "{m:?}");
@@ -477,16 +486,9 @@ async fn repeated_failovers_never_split_the_brain() {
         let load = Duration::from_millis(1000 + seed % 7000);
         let m = failover_once(&bins, load).await;
         println!(
-            "trial {trial}: load {:.1} s, RTO {:.1} s, lost {} rows ({:.1} s), failed {}/{}/{}, \
-             old primary writes {}",
+            "trial {trial}: load {:.1} s, {}",
             load.as_secs_f64(),
-            m.rto.as_secs_f64(),
-            m.lost.len(),
-            m.lost_window.as_secs_f64(),
-            m.failed_before,
-            m.failed_during,
-            m.failed_after,
-            m.old_primary_writes
+            m.summary()
         );
         all.push(m);
     }
