@@ -14,6 +14,8 @@
 //!   marked, but are left out of notifications.
 //! - [`Escalation`]s on a route: an unacknowledged firing group is also notified to the next
 //!   receiver of the policy, with a higher `escalation_level`; see [`Alerting::acknowledge`].
+//! - [`failover`]: failovers that stand still (a step that keeps failing, a driver that died)
+//!   as a gauge read from the journal, and the `FailoverStalled` rule that fires on it.
 //! - Notifications ([`AlertNotification`], serializable) are delivered to named
 //!   [`AlertSink`]s; with the `webhook` feature, `WebhookNotifier` is one
 //!   (it POSTs the notification as JSON).
@@ -107,6 +109,7 @@
 mod alert;
 #[cfg(feature = "email")]
 pub mod email;
+pub mod failover;
 mod inhibit;
 mod route;
 mod rule;
@@ -132,7 +135,7 @@ pub use route::{
     DEFAULT_GROUP_INTERVAL, DEFAULT_GROUP_WAIT, DEFAULT_REPEAT_INTERVAL, Escalation, MatchOp,
     Matcher, Route,
 };
-pub use rule::{AlertRule, RESERVED_LABELS};
+pub use rule::{AlertRule, RESERVED_LABELS, environment_selector};
 pub use silence::Silence;
 pub use trigger::rollback_on_alerts;
 

@@ -240,11 +240,42 @@ fn render(
     Ok(out)
 }
 
+/// A gauge query of the form `name{environment="value"}` (what the gauges deploykit answers
+/// itself take, e.g. `deploykit_failover_stalled{environment="prod"}`) split into its name and
+/// environment; `None` for any other form.
+pub fn environment_selector(expr: &str) -> Option<(&str, &str)> {
+    let (name, rest) = expr.trim().split_once('{')?;
+    let selector = rest.strip_suffix('}')?.trim();
+    let value = selector
+        .strip_prefix("environment")?
+        .trim_start()
+        .strip_prefix('=')?
+        .trim()
+        .strip_prefix('"')?
+        .strip_suffix('"')?;
+    Some((name.trim(), value))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::labels;
     use deploykit_core::model::{EnvironmentName, RevisionId, ServiceId};
+
+    #[test]
+    fn environment_selectors_parse() {
+        assert_eq!(
+            environment_selector(r#"deploykit_failover_stalled{environment="prod"}"#),
+            Some(("deploykit_failover_stalled", "prod"))
+        );
+        assert_eq!(
+            environment_selector(r#" m { environment = "a-b" } "#),
+            Some(("m", "a-b"))
+        );
+        assert_eq!(environment_selector("m"), None);
+        assert_eq!(environment_selector(r#"m{service="x"}"#), None);
+        assert_eq!(environment_selector(r#"m{environment="x""#), None);
+    }
 
     fn target(rev: bool) -> AlertTarget {
         let t = AlertTarget::new(

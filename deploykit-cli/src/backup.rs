@@ -14,10 +14,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use clap::{Args, Subcommand};
-use deploykit_alerting::webhook::WebhookNotifier;
-use deploykit_alerting::{AlertNotification, AlertSink, Alerting, Matcher, Route};
 use deploykit_backup::agent::{AgentEvent, AgentState, Duty, DutyState};
 use deploykit_backup::{
     Agent, BackupKind, BackupRequest, DrillTargets, LocalTarget, RepoKey, RepoOptions, Repository,
@@ -353,63 +350,6 @@ pub(crate) async fn drill(ctx: &Context, args: DrillArgs) -> Result<ExitCode> {
     })
 }
 
-/// Alerts on stderr: one line per alert of each notification.
-#[derive(Debug)]
-struct StderrSink;
-
-#[async_trait]
-impl AlertSink for StderrSink {
-    async fn deliver(&self, n: &AlertNotification) -> Result<()> {
-        for alert in &n.alerts {
-            eprintln!(
-                "deploykit: alert {} {} for {}: {}",
-                alert.name(),
-                if alert.state == deploykit_alerting::AlertState::Firing {
-                    "firing"
-                } else {
-                    "resolved"
-                },
-                alert.label("environment").unwrap_or("?"),
-                alert.annotations.get("summary").map_or("", String::as_str)
-            );
-        }
-        Ok(())
-    }
-}
-
-/// The alerting engine of the agent: its rules, every alert on stderr, and each environment's
-/// alerts also to its `alert_webhook`.
-fn alerting<'a>(webhooks: impl Iterator<Item = (&'a str, &'a str)>) -> Result<Alerting> {
-    let mut routes = vec![Route::builder().receiver("stderr").continue_(true).build()];
-    let mut builder = Alerting::builder()
-        .rules(alert_rules())
-        .sink("stderr", Arc::new(StderrSink));
-    for (environment, url) in webhooks {
-        let receiver = format!("webhook-{environment}");
-        routes.push(
-            Route::builder()
-                .matchers(vec![Matcher::eq("environment", environment)])
-                .receiver(receiver.clone())
-                .continue_(true)
-                .build(),
-        );
-        builder = builder.sink(receiver, Arc::new(WebhookNotifier::new(url)?));
-    }
-    builder
-        .route(
-            Route::builder()
-                .receiver("stderr")
-                .group_by(["alertname", "environment"])
-                .group_wait(Duration::ZERO)
-                .group_interval(Duration::from_secs(60))
-                .repeat_interval(Duration::from_secs(4 * 3600))
-                .routes(routes)
-                .build(),
-        )
-        .interval(Duration::from_secs(30))
-        .build()
-}
-
 /// `deploykit backup agent`.
 async fn agent(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
     let config = ctx.config()?;
@@ -470,7 +410,13 @@ async fn agent(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
     let webhooks = jobs
         .iter()
         .filter_map(|j| Some((j.environment.as_str(), j.alert_webhook.as_deref()?)));
-    let agent = builder.alerting(Arc::new(alerting(webhooks)?)).build()?;
+    let agent = builder
+        .alerting(Arc::new(crate::notify::alerting(
+            alert_rules(),
+            webhooks,
+            Duration::from_secs(30),
+        )?))
+        .build()?;
     if let Some(addr) = args.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             Error::backend(

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use clap::Subcommand;
+use deploykit_alerting::failover::{FailoverMonitor, failover_rules};
 use deploykit_backup::{LocalTarget, Repository};
 use deploykit_config::{ProbeCheck, ProbeSettings, StandbySettings};
 use deploykit_core::failover::{
@@ -323,10 +324,15 @@ async fn fail_over(
     failovers.flush(NOTIFY_FLUSH).await;
     let status = status?;
     report(ctx, &failovers, &id, keep.as_deref()).await?;
-    Ok(match status.finished.map(|f| f.0) {
+    Ok(exit_code(&status))
+}
+
+/// 0 when the standby serves, 3 when the failover was refused or failed.
+fn exit_code(status: &deploykit_core::failover::FailoverStatus) -> ExitCode {
+    match status.finished.as_ref().map(|f| &f.0) {
         Some(FailoverOutcome::Succeeded) => ExitCode::SUCCESS,
         _ => ExitCode::from(crate::EXIT_ROLLED_BACK),
-    })
+    }
 }
 
 /// `failover watch`: probe the primary every interval until the assessment says it is lost,
@@ -347,11 +353,36 @@ async fn watch(ctx: &Context, env: Option<&str>) -> Result<ExitCode> {
     )?;
     tracing::info!(environment = %from, probes = a.probes.len(), quorum = a.quorum, grace = ?a.grace, "watching the primary");
     let warm = warm_standby(ctx, &from)?;
+    // Any failover from this environment that stands still (this process's own, or one whose
+    // process died) is alerted: on stderr, and to the standby's alert_webhook.
+    let reader = Arc::new(Failovers::new(
+        ctx.store().await?,
+        Arc::new(Unconfigured),
+        Arc::new(SystemClock),
+    ));
+    let alerting = Arc::new(crate::notify::alerting(
+        failover_rules(),
+        settings
+            .alert_webhook
+            .as_deref()
+            .map(|url| (from.as_str(), url))
+            .into_iter(),
+        ALERT_EVERY,
+    )?);
+    alerting.watch(deploykit_alerting::failover::target(from.as_str())?);
+    let _alerts = AbortOnDrop(alerting.spawn(Arc::new(FailoverMonitor::new(reader.clone()))));
     let mut ticker = tokio::time::interval(a.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sync: Option<tokio::time::Instant> = None;
+    let mut last_adoption: Option<tokio::time::Instant> = None;
     let (lost_since, evidence) = loop {
         ticker.tick().await;
+        if last_adoption.is_none_or(|t| t.elapsed() >= SYNC_EVERY) {
+            last_adoption = Some(tokio::time::Instant::now());
+            if let Some(code) = adopt_orphans(ctx, &from, &settings, &reader).await? {
+                return Ok(code);
+            }
+        }
         let results = futures_join(&ctx.config_dir, &a.probes).await;
         let now = deploykit_core::Clock::now(&SystemClock);
         match health.observe(now, &results)? {
@@ -396,8 +427,55 @@ async fn watch(ctx: &Context, env: Option<&str>) -> Result<ExitCode> {
     fail_over(ctx, &from, settings.clone(), ask).await
 }
 
-/// How often `failover watch` brings a warm standby in step while the primary is healthy.
+/// How often `failover watch` brings a warm standby in step while the primary is healthy,
+/// and looks for failovers left by a dead process.
 const SYNC_EVERY: Duration = Duration::from_secs(5);
+
+/// How often `failover watch` evaluates its alert rules.
+const ALERT_EVERY: Duration = Duration::from_secs(5);
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Take over the failovers (and failbacks) from `from` that a dead process left unfinished (its
+/// lease lapsed; one a live process drives is left to it) and drive them to their end, each
+/// report printed and kept. The exit code once one has ended, `None` when there was none.
+async fn adopt_orphans(
+    ctx: &Context,
+    from: &EnvironmentName,
+    settings: &StandbySettings,
+    reader: &Failovers,
+) -> Result<Option<ExitCode>> {
+    let mut code = None;
+    for id in reader.list().await? {
+        let status = reader.status(&id).await?;
+        if status.is_finished()
+            || &status.spec.from != from
+            || status.spec.direction == Direction::Rehearsal
+        {
+            continue;
+        }
+        let driver = failovers(ctx, from, settings.clone()).await?;
+        let resumed = driver.resume(&id).await;
+        driver.flush(NOTIFY_FLUSH).await;
+        let status = match resumed {
+            Ok(status) => status,
+            Err(Error::LeaseHeld { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        tracing::warn!(failover = %id, environment = %from, "took over a failover left unfinished by a dead process");
+        let keep = settings.database.as_ref().map(|d| d.repository.clone());
+        report(ctx, reader, &id, keep.as_deref()).await?;
+        code = Some(exit_code(&status));
+    }
+    Ok(code)
+}
 
 /// `failover reseed`: the old primary of `env` becomes a standby of the promoted one.
 async fn reseed(ctx: &Context, env: Option<&str>) -> Result<ExitCode> {

@@ -1,14 +1,18 @@
 //! Notifications people read: the channels of `[notifications.<name>]`, delivered by the
-//! daemon from the journal (each event once, also across restarts), and `deploykit notify
-//! test`.
+//! daemon from the journal (each event once, also across restarts), `deploykit notify test`,
+//! and the alerting engine of the long-running commands (the backup agent, `failover watch`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use deploykit_alerting::email::EmailNotifier;
 use deploykit_alerting::webhook::{WebhookFormat, WebhookNotifier};
+use deploykit_alerting::{
+    AlertNotification, AlertRule, AlertSink, Alerting, Matcher, Route as AlertRoute,
+};
 use deploykit_config::{ChannelTarget, ChannelUrl, Config, NotificationChannel};
 use deploykit_core::event::{FollowerCursor, JournalFollower};
 use deploykit_core::notify::{Notifier, Route, Routed};
@@ -240,4 +244,70 @@ pub(crate) async fn test(ctx: &Context, env: Option<&str>, only: Option<&str>) -
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Alerts on stderr: one line per alert of each notification.
+#[derive(Debug)]
+struct StderrSink;
+
+#[async_trait]
+impl AlertSink for StderrSink {
+    async fn deliver(&self, n: &AlertNotification) -> Result<()> {
+        for alert in &n.alerts {
+            eprintln!(
+                "deploykit: alert {} {} for {}: {}",
+                alert.name(),
+                if alert.state == deploykit_alerting::AlertState::Firing {
+                    "firing"
+                } else {
+                    "resolved"
+                },
+                alert.label("environment").unwrap_or("?"),
+                alert.annotations.get("summary").map_or("", String::as_str)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// An alerting engine evaluating `rules` every `interval`: every alert on stderr, and each
+/// environment's alerts also to its webhook (`(environment, url)` of `webhooks`).
+pub(crate) fn alerting<'a>(
+    rules: Vec<AlertRule>,
+    webhooks: impl Iterator<Item = (&'a str, &'a str)>,
+    interval: Duration,
+) -> Result<Alerting> {
+    let mut routes = vec![
+        AlertRoute::builder()
+            .receiver("stderr")
+            .continue_(true)
+            .build(),
+    ];
+    let mut builder = Alerting::builder()
+        .rules(rules)
+        .sink("stderr", Arc::new(StderrSink));
+    for (environment, url) in webhooks {
+        let receiver = format!("webhook-{environment}");
+        routes.push(
+            AlertRoute::builder()
+                .matchers(vec![Matcher::eq("environment", environment)])
+                .receiver(receiver.clone())
+                .continue_(true)
+                .build(),
+        );
+        builder = builder.sink(receiver, Arc::new(WebhookNotifier::new(url)?));
+    }
+    builder
+        .route(
+            AlertRoute::builder()
+                .receiver("stderr")
+                .group_by(["alertname", "environment"])
+                .group_wait(Duration::ZERO)
+                .group_interval(Duration::from_secs(60))
+                .repeat_interval(Duration::from_secs(4 * 3600))
+                .routes(routes)
+                .build(),
+        )
+        .interval(interval)
+        .build()
 }

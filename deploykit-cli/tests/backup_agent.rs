@@ -6,58 +6,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{deploykit, free_port, json, run};
-
-/// A webhook receiver: every POSTed body, in order.
-fn webhook() -> (u16, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let seen = bodies.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut data = Vec::new();
-            let mut buf = [0u8; 4096];
-            let body = loop {
-                let Ok(n) = stream.read(&mut buf) else {
-                    break None;
-                };
-                if n == 0 {
-                    break None;
-                }
-                data.extend_from_slice(&buf[..n]);
-                let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    continue;
-                };
-                let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if data.len() >= end + 4 + length {
-                    break Some(
-                        String::from_utf8_lossy(&data[end + 4..end + 4 + length]).into_owned(),
-                    );
-                }
-            };
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            if let Some(body) = body {
-                seen.lock().unwrap().push(body);
-            }
-        }
-    });
-    (port, bodies)
-}
+use common::{alerts_named, deploykit, free_port, json, run, webhook};
 
 fn config(webhook_port: u16) -> String {
     format!(
@@ -143,12 +96,6 @@ fn wait_for(
 
 fn production(s: &serde_json::Value) -> &serde_json::Value {
     &s["environments"][0]
-}
-
-fn alerts_named(bodies: &Mutex<Vec<String>>, name: &str) -> bool {
-    bodies.lock().unwrap().iter().any(|b| {
-        b.contains(&format!("\"alertname\":\"{name}\"")) && b.contains("\"status\":\"firing\"")
-    })
 }
 
 #[test]

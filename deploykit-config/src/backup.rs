@@ -278,15 +278,7 @@ pub(crate) fn load(
         job.retry = retry_policy(at, retry, &field("retry"), job.retry)?;
     }
     if let Some(url) = &b.alert_webhook {
-        let text = url.get_ref();
-        if !(text.starts_with("http://") || text.starts_with("https://")) {
-            return Err(at.error(
-                url.span(),
-                &field("alert_webhook"),
-                format!("{text:?} is not an http:// or https:// URL"),
-            ));
-        }
-        job.alert_webhook = Some(text.clone());
+        job.alert_webhook = Some(super::http_url(at, url, &field("alert_webhook"))?);
     }
     Ok(job)
 }

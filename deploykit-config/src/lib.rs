@@ -65,7 +65,8 @@
 //! `[environments.<env>.standby]` ([`Config::standby`], a [`StandbySettings`]): the
 //! environment that takes over (`environment`), the most it may be behind for an unforced
 //! failover (`max_lag`, default 5 s), when a step is escalated (`step_timeout`, default 60 s),
-//! whether `deploykit failover watch` fails over by itself (`automatic`), the assessment
+//! whether `deploykit failover watch` fails over by itself (`automatic`), where it POSTs its
+//! `FailoverStalled` alerts (`alert_webhook`), the assessment
 //! (`assessment`: `quorum`, `grace`, `interval`, `probes` of `url` or `command`), the
 //! PostgreSQL standby that follows the archive (`database`: `repository`, `primary_pgdata`,
 //! `standby_connection`) and commands for each step (`hooks`: `fence`, `promote_database`,
@@ -392,6 +393,20 @@ fn duration(at: &Located<'_>, span: Range<usize>, path: &str, text: &str) -> Res
             format!("{text:?} is not a duration like \"30s\" or \"10m\": {e}"),
         )
     })
+}
+
+/// `url` when it is an http:// or https:// URL.
+fn http_url(at: &Located<'_>, url: &Spanned<String>, path: &str) -> Result<String> {
+    let text = url.get_ref();
+    if text.starts_with("http://") || text.starts_with("https://") {
+        Ok(text.clone())
+    } else {
+        Err(at.error(
+            url.span(),
+            path,
+            format!("{text:?} is not an http:// or https:// URL"),
+        ))
+    }
 }
 
 fn quantity(at: &Located<'_>, span: Range<usize>, path: &str, v: &toml::Value) -> Result<Quantity> {

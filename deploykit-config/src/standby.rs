@@ -10,6 +10,7 @@
 //! step_timeout = "60s"             # escalate a step that takes longer
 //! automatic = true                 # `failover watch` fails over when the assessment says lost
 //! warm = 1                         # keep the standby's services in step, 1 instance each
+//! alert_webhook = "https://alerts.example.com/hook"   # FailoverStalled, besides stderr
 //!
 //! [environments.production.standby.assessment]
 //! quorum = 2                       # probes that must fail…
@@ -49,6 +50,7 @@ pub(crate) struct StandbyToml {
     #[serde(default)]
     automatic: bool,
     warm: Option<Spanned<u32>>,
+    alert_webhook: Option<Spanned<String>>,
     assessment: Option<AssessmentToml>,
     database: Option<DatabaseToml>,
     #[serde(default)]
@@ -110,6 +112,10 @@ pub struct StandbySettings {
     /// waits; a failover scales them to the standby's `replicas` and points the primary's
     /// proxy at the standby's. Unset, the services are the hooks' business.
     pub warm: Option<u32>,
+    /// Where `failover watch` POSTs its alerts (Alertmanager-style JSON), besides stderr:
+    /// `FailoverStalled` when a failover from this environment stands still for its
+    /// `step_timeout` (a step that keeps failing, or a process that died).
+    pub alert_webhook: Option<String>,
     /// When the primary counts as lost.
     pub assessment: AssessmentSettings,
     /// The database that follows the primary through the archive, if any.
@@ -293,6 +299,11 @@ pub(crate) fn load(
         step_timeout,
         automatic: t.automatic,
         warm: t.warm.as_ref().map(|w| *w.get_ref()),
+        alert_webhook: t
+            .alert_webhook
+            .as_ref()
+            .map(|url| super::http_url(at, url, &format!("{path}.alert_webhook")))
+            .transpose()?,
         assessment,
         database: database.transpose()?,
         hooks,

@@ -36,6 +36,7 @@ fn every_key_loads_and_defaults_apply() {
 max_lag = "2s"
 step_timeout = "30s"
 automatic = true
+alert_webhook = "https://alerts.example.com/hook"
 assessment = { quorum = 2, grace = "5s", interval = "500ms", probes = [
   { name = "http", url = "http://127.0.0.1:8080/healthz", timeout = "300ms" },
   { name = "postgres", command = ["pg_isready", "-p", "5432"] },
@@ -50,6 +51,10 @@ hooks = { switch_traffic = ["sh", "-c", "lbctl switch dr"], verify = ["./check-o
     assert_eq!(s.max_lag, Duration::from_secs(2));
     assert_eq!(s.step_timeout, Duration::from_secs(30));
     assert!(s.automatic);
+    assert_eq!(
+        s.alert_webhook.as_deref(),
+        Some("https://alerts.example.com/hook")
+    );
     assert_eq!(s.assessment.quorum, 2);
     assert_eq!(s.assessment.grace, Duration::from_secs(5));
     assert_eq!(s.assessment.interval, Duration::from_millis(500));
@@ -80,6 +85,7 @@ hooks = { switch_traffic = ["sh", "-c", "lbctl switch dr"], verify = ["./check-o
     assert_eq!(s.max_lag, Duration::from_secs(5));
     assert_eq!(s.step_timeout, Duration::from_secs(60));
     assert!(!s.automatic && s.assessment.probes.is_empty() && s.database.is_none());
+    assert_eq!(s.alert_webhook, None);
 }
 
 #[test]
@@ -132,6 +138,10 @@ fn mistakes_are_named_with_their_place() {
         (
             "environment = \"production-dr\"\ndatabase = { repository = \"r\", standby_connection = \" \" }",
             "standby.database.standby_connection: must not be empty",
+        ),
+        (
+            "environment = \"production-dr\"\nalert_webhook = \"alerts.example.com\"",
+            "standby.alert_webhook: \"alerts.example.com\" is not an http:// or https:// URL",
         ),
         (
             "environment = \"production-dr\"\nfailback = true",

@@ -722,3 +722,241 @@ proptest! {
         })?;
     }
 }
+
+/// The alerting engine watching failovers from production: `FailoverStalled` to `oncall`, then
+/// to `lead` if unacknowledged for 60 s.
+fn stall_alerting(
+    oncall: &deploykit_testing::RecordingAlertSink,
+    lead: &deploykit_testing::RecordingAlertSink,
+) -> deploykit_alerting::Alerting {
+    use deploykit_alerting::{Alerting, Escalation, Route};
+    let alerting = Alerting::builder()
+        .rules(deploykit_alerting::failover::failover_rules())
+        .route(
+            Route::builder()
+                .receiver("oncall")
+                .group_wait(Duration::ZERO)
+                .group_interval(Duration::from_secs(10))
+                .escalations(vec![Escalation::new(Duration::from_secs(60), "lead")])
+                .build(),
+        )
+        .sink("oncall", Arc::new(oncall.clone()))
+        .sink("lead", Arc::new(lead.clone()))
+        .build()
+        .unwrap();
+    alerting.watch(deploykit_alerting::failover::target("production").unwrap());
+    alerting
+}
+
+/// One round of the engine, and its deliveries (each from a task of its own) done.
+async fn evaluate(alerting: &deploykit_alerting::Alerting, monitor: &dyn deploykit_core::Monitor) {
+    alerting.evaluate(monitor).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// `(receiver, level, firing?, value)` of each notification.
+fn heard(sink: &deploykit_testing::RecordingAlertSink) -> Vec<(String, u32, bool, Option<f64>)> {
+    sink.notifications()
+        .iter()
+        .map(|n| {
+            (
+                n.receiver.clone(),
+                n.escalation_level,
+                n.status == deploykit_alerting::NotificationStatus::Firing,
+                n.alerts[0].value,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_failover_pages_through_the_alerting_engine_escalates_and_resolves() {
+    use deploykit_alerting::failover::FailoverMonitor;
+    let clock = SimClock::new();
+    let store: dyn_store::Shared = Arc::new(MemoryStore::new());
+    let (oncall, lead) = (
+        deploykit_testing::RecordingAlertSink::new(),
+        deploykit_testing::RecordingAlertSink::new(),
+    );
+    let alerting = stall_alerting(&oncall, &lead);
+    // The monitor reads the journal through a process of its own (any site: it only reads).
+    let monitor = FailoverMonitor::new(Arc::new(failovers(
+        &store,
+        &SimFailoverSite::new(),
+        clock,
+        "watcher",
+    )))
+    .with_clock(Arc::new(clock));
+
+    // Promotion fails for about five minutes against a step timeout of 30 s.
+    let site = SimFailoverSite::new();
+    site.fail(
+        Step::PromoteDatabase,
+        (0..60).map(|_| Error::transient("promote", "the standby is still replaying")),
+    );
+    let driver = failovers(&store, &site, clock, "driver");
+    let run = driver.run(spec("f-stall", &clock).with_step_timeout(Duration::from_secs(30)));
+    tokio::pin!(run);
+    let mut firing_at = None;
+    let status = loop {
+        tokio::select! {
+            status = &mut run => break status.unwrap(),
+            () = tokio::time::sleep(Duration::from_secs(5)) => {
+                evaluate(&alerting, &monitor).await;
+                if firing_at.is_none() && !oncall.notifications().is_empty() {
+                    firing_at = Some(driver.status(&FailoverId::new("f-stall").unwrap()).await.unwrap());
+                }
+            }
+        }
+    };
+    assert_eq!(
+        status.finished.as_ref().unwrap().0,
+        FailoverOutcome::Succeeded
+    );
+    // Paged once the promotion had run 30 s, not before.
+    let paged = firing_at.expect("the stall was never alerted");
+    assert_eq!(
+        paged.in_progress.map(|(s, _)| s),
+        Some(Step::PromoteDatabase)
+    );
+    let oncall_heard = heard(&oncall);
+    assert!(oncall_heard[0].2, "{oncall_heard:?}");
+    assert!(
+        oncall_heard[0].3.is_some_and(|v| (30.0..40.0).contains(&v)),
+        "{oncall_heard:?}"
+    );
+    // Nobody acknowledged it: escalated to the lead a minute later.
+    let lead_heard = heard(&lead);
+    assert!(
+        lead_heard.first().is_some_and(|h| h.1 == 1 && h.2),
+        "{lead_heard:?}"
+    );
+    // The failover moved on and ended: both hear it resolved.
+    for _ in 0..3 {
+        evaluate(&alerting, &monitor).await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+    }
+    for h in [heard(&oncall), heard(&lead)] {
+        assert!(h.last().is_some_and(|h| !h.2), "{h:?}");
+    }
+    let summary = &oncall.notifications()[0].alerts[0].annotations["summary"];
+    assert!(
+        summary.starts_with("a failover from production has stood still for 30 s"),
+        "{summary}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failover_whose_process_died_pages_and_resolves_once_another_resumes_it() {
+    use deploykit_alerting::failover::FailoverMonitor;
+    let clock = SimClock::new();
+    let store: dyn_store::Shared = Arc::new(MemoryStore::new());
+    let (oncall, lead) = (
+        deploykit_testing::RecordingAlertSink::new(),
+        deploykit_testing::RecordingAlertSink::new(),
+    );
+    let alerting = stall_alerting(&oncall, &lead);
+    let monitor = FailoverMonitor::new(Arc::new(failovers(
+        &store,
+        &SimFailoverSite::new(),
+        clock,
+        "watcher",
+    )))
+    .with_clock(Arc::new(clock));
+
+    // The driver dies while scaling (which fails at first); it never journals an escalation.
+    let site = SimFailoverSite::new();
+    site.fail(
+        Step::Scale,
+        (0..3).map(|_| Error::transient("scale", "no capacity yet")),
+    );
+    let id = FailoverId::new("f-dead").unwrap();
+    let dead = failovers(&store, &site, clock, "dead");
+    let spec = spec("f-dead", &clock).with_step_timeout(Duration::from_secs(20));
+    let reader = failovers(&store, &site, clock, "reader");
+    let status = {
+        let run = dead.run(spec);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                ended = &mut run => panic!("it must still be scaling: {ended:?}"),
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    let status = reader.status(&id).await.unwrap();
+                    if status.in_progress.is_some_and(|(s, _)| s == Step::Scale) {
+                        break status;
+                    }
+                }
+            }
+        }
+    };
+    // The driver is gone (its future dropped mid-step).
+    drop(dead);
+    assert_eq!(status.in_progress.map(|(s, _)| s), Some(Step::Scale));
+    assert_eq!(status.escalations, 0);
+
+    for _ in 0..3 {
+        evaluate(&alerting, &monitor).await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+    }
+    assert!(
+        oncall.notifications().is_empty(),
+        "15 s < 20 s: not stalled yet"
+    );
+    for _ in 0..4 {
+        evaluate(&alerting, &monitor).await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+    }
+    let firing = heard(&oncall);
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    assert!(
+        firing[0].2 && firing[0].3.is_some_and(|v| v >= 20.0),
+        "{firing:?}"
+    );
+
+    // Another process takes it over (the lease has lapsed) and ends it: resolved.
+    let second = failovers(&store, &site, clock, "second");
+    let resumed = second.resume_unfinished().await.unwrap();
+    assert_eq!(
+        resumed[0].finished.as_ref().map(|f| &f.0),
+        Some(&FailoverOutcome::Succeeded)
+    );
+    for _ in 0..3 {
+        evaluate(&alerting, &monitor).await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+    }
+    let last = heard(&oncall);
+    assert!(last.last().is_some_and(|h| !h.2), "{last:?}");
+}
+
+#[tokio::test]
+async fn the_failover_monitor_answers_only_its_gauge() {
+    use deploykit_alerting::failover::{FailoverMonitor, STALLED};
+    use deploykit_core::monitor::{MetricQuery, Monitor};
+    let clock = SimClock::new();
+    let store: dyn_store::Shared = Arc::new(MemoryStore::new());
+    let monitor = FailoverMonitor::new(Arc::new(failovers(
+        &store,
+        &SimFailoverSite::new(),
+        clock,
+        "watcher",
+    )));
+    let web = ServiceId::new("failover").unwrap();
+    let none = monitor
+        .query(&MetricQuery::new(
+            web.clone(),
+            format!("{STALLED}{{environment=\"production\"}}"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(none.len(), 1);
+    assert_eq!(none[0].value, 0.0, "no failover: 0, not missing data");
+    let e = monitor
+        .query(&MetricQuery::new(web, "error_rate"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("answers deploykit_failover_stalled with an environment"),
+        "{e}"
+    );
+}

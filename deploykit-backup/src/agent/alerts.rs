@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use deploykit_alerting::{AlertRule, labels};
+use deploykit_alerting::{AlertRule, environment_selector, labels};
 use deploykit_core::analysis::Condition;
 use deploykit_core::environment::InstanceObservation;
 use deploykit_core::model::{RevisionId, ServiceId};
@@ -118,20 +118,6 @@ pub(super) fn gauge(
     Some(count as f64)
 }
 
-/// `name{environment="value"}` split into its parts.
-fn parse(expr: &str) -> Option<(&str, &str)> {
-    let (name, rest) = expr.trim().split_once('{')?;
-    let selector = rest.strip_suffix('}')?.trim();
-    let value = selector
-        .strip_prefix("environment")?
-        .trim_start()
-        .strip_prefix('=')?
-        .trim()
-        .strip_prefix('"')?
-        .strip_suffix('"')?;
-    Some((name.trim(), value))
-}
-
 #[async_trait]
 impl Monitor for AgentMonitor {
     async fn instance_health(
@@ -143,7 +129,7 @@ impl Monitor for AgentMonitor {
     }
 
     async fn query(&self, query: &MetricQuery) -> Result<Vec<Sample>> {
-        let (metric, environment) = parse(&query.expr)
+        let (metric, environment) = environment_selector(&query.expr)
             .filter(|(m, _)| [FAILING, MISSED, OVERDUE].contains(m))
             .ok_or_else(|| {
                 Error::invalid(
@@ -169,17 +155,6 @@ impl Monitor for AgentMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn selectors_parse() {
-        assert_eq!(
-            parse(r#"deploykit_backup_agent_failing_duties{environment="prod"}"#),
-            Some((FAILING, "prod"))
-        );
-        assert_eq!(parse(r#" m { environment = "a-b" } "#), Some(("m", "a-b")));
-        assert_eq!(parse("m"), None);
-        assert_eq!(parse(r#"m{service="x"}"#), None);
-    }
 
     #[test]
     fn rules_query_the_gauges() {

@@ -3,9 +3,11 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deploykit_config::Config;
@@ -181,4 +183,55 @@ pub fn json(out: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.lines().last().unwrap_or(""))
         .unwrap_or_else(|e| panic!("{e}: {text} / {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A webhook receiver: every POSTed body, in order.
+pub fn webhook() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut data = Vec::new();
+            let mut buf = [0u8; 4096];
+            let body = loop {
+                let Ok(n) = stream.read(&mut buf) else {
+                    break None;
+                };
+                if n == 0 {
+                    break None;
+                }
+                data.extend_from_slice(&buf[..n]);
+                let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if data.len() >= end + 4 + length {
+                    break Some(
+                        String::from_utf8_lossy(&data[end + 4..end + 4 + length]).into_owned(),
+                    );
+                }
+            };
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if let Some(body) = body {
+                seen.lock().unwrap().push(body);
+            }
+        }
+    });
+    (port, bodies)
+}
+
+/// Whether a firing alert named `name` was POSTed.
+pub fn alerts_named(bodies: &Mutex<Vec<String>>, name: &str) -> bool {
+    bodies.lock().unwrap().iter().any(|b| {
+        b.contains(&format!("\"alertname\":\"{name}\"")) && b.contains("\"status\":\"firing\"")
+    })
 }

@@ -273,6 +273,21 @@ impl Failovers {
         Ok(out)
     }
 
+    /// Every failover that has not ended and has stood still for its `step_timeout` or more
+    /// (see [`FailoverStatus::stalled`]): one whose step keeps failing, or one whose process
+    /// died. Each with how long it has stood still.
+    pub async fn stalled(&self) -> Result<Vec<(FailoverStatus, Duration)>> {
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        for id in self.list().await? {
+            let status = self.status(&id).await?;
+            if let Some(waited) = status.stalled(now) {
+                out.push((status, waited));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every failover in the store, oldest id first.
     pub async fn list(&self) -> Result<Vec<FailoverId>> {
         self.store

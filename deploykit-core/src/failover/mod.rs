@@ -491,6 +491,8 @@ pub struct FailoverStatus {
     pub finished: Option<(FailoverOutcome, Timestamp)>,
     /// The number of records (the next record's position).
     pub next_seq: u64,
+    /// When the last record was written.
+    pub last_at: Timestamp,
 }
 
 impl FailoverStatus {
@@ -515,6 +517,7 @@ impl FailoverStatus {
             escalations: 0,
             finished: None,
             next_seq: 1,
+            last_at: first.at,
         };
         for record in &records[1..] {
             status = status.apply(record)?;
@@ -593,6 +596,7 @@ impl FailoverStatus {
             }
         }
         status.next_seq = seq + 1;
+        status.last_at = record.at;
         Ok(status)
     }
 
@@ -618,6 +622,18 @@ impl FailoverStatus {
     /// Whether it has ended.
     pub fn is_finished(&self) -> bool {
         self.finished.is_some()
+    }
+
+    /// How long it has stood still at `now`, when that is `spec.step_timeout` or more: the
+    /// step in progress since it started, else (between steps, or not yet assessed: the
+    /// process driving it died) since the last record. `None` when it has ended or moves.
+    pub fn stalled(&self, now: Timestamp) -> Option<Duration> {
+        if self.is_finished() {
+            return None;
+        }
+        let since = self.in_progress.map_or(self.last_at, |(_, at)| at);
+        let waited = now.since(since);
+        (waited >= self.spec.step_timeout).then_some(waited)
     }
 }
 

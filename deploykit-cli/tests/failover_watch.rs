@@ -1,0 +1,156 @@
+//! `deploykit failover watch` as the failover's guardian, with the real binary and no database:
+//! a `failover run` killed (SIGKILL) while its traffic hook keeps failing leaves a failover
+//! that journals nothing more. The watcher alerts `FailoverStalled` to the standby's
+//! `alert_webhook` once it has stood still for `step_timeout`, takes it over when the dead
+//! process's lease lapses, and drives it to its end when the hook succeeds.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{alerts_named, deploykit, json, run, webhook};
+
+/// A process killed when the test ends however it ends.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(dir: &Path, name: &str, args: &[&str]) -> Process {
+    let log = |suffix: &str| std::fs::File::create(dir.join(format!("{name}.{suffix}"))).unwrap();
+    Process(
+        deploykit(dir, args)
+            .stdout(Stdio::from(log("out")))
+            .stderr(Stdio::from(log("err")))
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn read(dir: &Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file)).unwrap_or_default()
+}
+
+/// Polls `done` every 100 ms for up to `limit`; panics saying `what` and the logs.
+fn wait_until(dir: &Path, what: &str, limit: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: never happened\nrun: {}\nwatch: {}\n{}",
+            read(dir, "run.err"),
+            read(dir, "watch.err"),
+            read(dir, "watch.out")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn failover_watch_alerts_a_stalled_failover_and_takes_over_one_whose_process_died() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (port, alerts) = webhook();
+    std::fs::write(
+        dir.join("deploykit.toml"),
+        format!(
+            r#"application = "shop"
+[services.web]
+command = ["true"]
+[environments.production]
+kind = "production"
+[environments.production-dr]
+kind = "production"
+[environments.production.standby]
+environment = "production-dr"
+step_timeout = "2s"
+alert_webhook = "http://127.0.0.1:{port}/alerts"
+assessment = {{ interval = "200ms", probes = [{{ name = "up", command = ["true"] }}] }}
+hooks = {{ switch_traffic = ["sh", "-c", "test -f lb-ready || {{ echo 'the load balancer is not ready' >&2; exit 1; }}"] }}
+"#
+        ),
+    )
+    .unwrap();
+
+    // The failover reaches the traffic switch, whose hook fails; its process dies there.
+    let mut runner = spawn(
+        dir,
+        "run",
+        &[
+            "failover",
+            "run",
+            "--env",
+            "production",
+            "--reason",
+            "drill",
+        ],
+    );
+    let listed = || json(&run(dir, &["-o", "json", "failover", "list"]));
+    wait_until(
+        dir,
+        "the switch hook failing",
+        Duration::from_secs(20),
+        || read(dir, "run.err").contains("the load balancer is not ready"),
+    );
+    runner.0.kill().unwrap();
+    runner.0.wait().unwrap();
+    let before = listed();
+    assert!(before[0]["outcome"].is_null(), "{before:#}");
+
+    // The watcher (the primary healthy: it will not fail over by itself) pages about it…
+    let mut watcher = spawn(dir, "watch", &["failover", "watch", "--env", "production"]);
+    wait_until(
+        dir,
+        "FailoverStalled alerted",
+        Duration::from_secs(20),
+        || alerts_named(&alerts, "FailoverStalled"),
+    );
+    let body = alerts.lock().unwrap().clone().join("\n");
+    assert!(body.contains("\"environment\":\"production\""), "{body}");
+    assert!(
+        read(dir, "watch.err").contains("alert FailoverStalled firing for production"),
+        "on stderr too: {}",
+        read(dir, "watch.err")
+    );
+
+    // …takes it over once the dead process's lease lapses, and ends it once the load balancer
+    // is ready.
+    std::fs::write(dir.join("lb-ready"), "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if let Some(status) = watcher.0.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the watcher never finished it: {}",
+            read(dir, "watch.err")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, Some(0), "{}", read(dir, "watch.err"));
+    assert!(
+        read(dir, "watch.err").contains("took over a failover left unfinished by a dead process"),
+        "{}",
+        read(dir, "watch.err")
+    );
+    assert!(
+        read(dir, "watch.out").contains("succeeded"),
+        "{}",
+        read(dir, "watch.out")
+    );
+    let after = listed();
+    assert_eq!(
+        after.as_array().unwrap().len(),
+        1,
+        "the same failover: {after:#}"
+    );
+    assert_eq!(after[0]["id"], before[0]["id"]);
+    assert_eq!(after[0]["outcome"]["outcome"], "succeeded", "{after:#}");
+}
