@@ -24,7 +24,7 @@ use deploykit_postgres as pg;
 use serde_json::json;
 
 use crate::context::Context;
-use crate::warm::{Synced, WarmStandby};
+use deploykit_core::failover::{Synced, WarmStandby};
 
 /// `deploykit failover` subcommands.
 #[derive(Subcommand, Debug)]
@@ -263,7 +263,7 @@ pub(crate) async fn run(ctx: &Context, action: FailoverAction) -> Result<ExitCod
 /// The warm standby of `from`, when its standby settings have `warm`.
 fn warm_standby(ctx: &Context, from: &EnvironmentName) -> Result<Option<WarmStandby>> {
     let settings = standby_settings(ctx, from)?;
-    WarmStandby::configured(
+    crate::warm::configured(
         ctx,
         from,
         &EnvironmentName::new(&settings.environment)?,
@@ -683,7 +683,7 @@ async fn failovers(
 ) -> Result<Failovers> {
     let to = EnvironmentName::new(&settings.environment)?;
     let site = ConfiguredSite {
-        warm: WarmStandby::configured(ctx, from, &to, settings.warm)?,
+        warm: crate::warm::configured(ctx, from, &to, settings.warm)?,
         settings,
         dir: ctx.config_dir.clone(),
     };
@@ -1179,7 +1179,7 @@ impl FailoverSite for ConfiguredSite {
 
     async fn switch_traffic(&self, spec: &FailoverSpec) -> Result<StepOutcome> {
         let detail = match &self.warm {
-            Some(warm) => warm.switch().await?.0,
+            Some(warm) => warm.switch().await?,
             None => format!("traffic for {} goes to {}", spec.from, spec.to),
         };
         self.with_hook(spec, "switch_traffic", detail).await

@@ -18,6 +18,10 @@
 //! idempotent. The state is never stored; [`FailoverStatus::from_records`] computes it and
 //! refuses a journal whose facts are out of order.
 //!
+//! **Services**: a [`WarmStandby`] keeps the standby running what the primary serves, on any
+//! backend, and does the services' part of the steps; a backend's [`Handover`] moves the
+//! clients.
+//!
 //! **Documentation**: [`FailoverReport`] renders the journal as a report, Markdown and JSON:
 //! timeline, decisions and who made them, the RTO from the primary's loss to verified
 //! service, and the RPO: the commits the standby had not received when it was promoted.
@@ -27,6 +31,7 @@
 mod assessment;
 mod executor;
 mod report;
+mod warm;
 
 use std::fmt;
 use std::sync::Arc;
@@ -44,6 +49,7 @@ use crate::time::{Timestamp, duration_ms};
 pub use assessment::{AssessmentPolicy, HealthWatch, ProbeResult, Verdict};
 pub use executor::Failovers;
 pub use report::FailoverReport;
+pub use warm::{Handover, Synced, WarmStandby};
 
 /// The identity of one failover (or failback).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
