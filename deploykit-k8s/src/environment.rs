@@ -274,7 +274,7 @@ fn kind<K: kube::Resource<DynamicType = ()>>(collection_delete: bool) -> Kind {
     }
 }
 
-fn http_route() -> ApiResource {
+pub(crate) fn http_route() -> ApiResource {
     ApiResource {
         group: "gateway.networking.k8s.io".into(),
         version: "v1".into(),
@@ -284,7 +284,7 @@ fn http_route() -> ApiResource {
     }
 }
 
-fn virtual_service() -> ApiResource {
+pub(crate) fn virtual_service() -> ApiResource {
     ApiResource {
         group: "networking.istio.io".into(),
         version: "v1".into(),
@@ -360,7 +360,7 @@ impl KubeEnvironment {
         crate::KubeLogs::new(self.client.clone(), self.namespace()).retry(self.settings.retry)
     }
 
-    fn namespace(&self) -> &str {
+    pub(crate) fn namespace(&self) -> &str {
         &self.options.namespace
     }
 
@@ -440,6 +440,79 @@ impl KubeEnvironment {
 
     fn key(&self, kind: &str, name: &str) -> String {
         format!("{kind}/{}/{name}", self.namespace())
+    }
+
+    /// The namespace's object `name` of `resource`, if it exists (retried like every call).
+    pub(crate) async fn get_object(
+        &self,
+        resource: &ApiResource,
+        name: &str,
+    ) -> Result<Option<DynamicObject>> {
+        let api = self.dynamic(resource);
+        let key = self.key(&resource.kind, name);
+        self.backoff
+            .run(&key, classify, || api.get_opt(name))
+            .await
+            .map_err(|e| {
+                kube_error(
+                    format!(
+                        "get {} {name} in namespace {}",
+                        resource.kind,
+                        self.namespace()
+                    ),
+                    e,
+                )
+            })
+    }
+
+    /// Whether the API server answers for this namespace: a listing of its Services (one).
+    pub(crate) async fn answers(&self) -> Result<()> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), self.namespace());
+        let params = ListParams::default().limit(1);
+        let key = format!("list Service/{}", self.namespace());
+        self.backoff
+            .run(&key, classify, || api.list_metadata(&params))
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                kube_error(
+                    format!("list Services in namespace {}", self.namespace()),
+                    e,
+                )
+            })
+    }
+
+    /// Server-side applies `body` (a whole object of `resource`, in this namespace) as
+    /// deploykit, taking over any field another manager holds, and forgets what was last
+    /// applied of it, so that the next rendering of it is applied again whatever it is.
+    pub(crate) async fn apply_over(
+        &self,
+        resource: &ApiResource,
+        body: &Value,
+    ) -> Result<DynamicObject> {
+        let name = body
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let key = self.key(&resource.kind, &name);
+        self.shared.applied().remove(&key);
+        let api = self.dynamic(resource);
+        let params = PatchParams::apply(MANAGER).force();
+        let patch = Patch::Apply(body);
+        self.backoff
+            .run(&key, classify, || api.patch(&name, &params, &patch))
+            .await
+            .map_err(|e| {
+                kube_error(
+                    format!(
+                        "apply {}/{name} in namespace {}",
+                        resource.kind,
+                        self.namespace()
+                    ),
+                    e,
+                )
+            })
     }
 
     /// The kinds deploykit manages per service; Deployments last.

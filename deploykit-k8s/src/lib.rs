@@ -28,6 +28,9 @@
 //!   deployments through the cluster.
 //! - [`backup`]: exports the app's objects, cleaned of server-set fields, as a `BackupSource`,
 //!   and restores them into another namespace or cluster.
+//! - [`handover::RouteHandover`]: a warm standby in another namespace (or cluster) takes the
+//!   primary's clients: its routes point at the standby namespace's Services, allowed by a
+//!   `ReferenceGrant`, and count only once the Gateway accepted them.
 //! - [`KubeLogs`]: the `LogSource` of a namespace: pod logs of a service's instances, merged
 //!   by time, followed across reconnections and into new pods without duplicates.
 //!
@@ -63,6 +66,7 @@
 
 pub mod backup;
 mod environment;
+pub mod handover;
 mod logs;
 pub mod render;
 mod retry;
