@@ -13,6 +13,7 @@ use std::sync::Arc;
 use clap::Args;
 use deploykit_aws::{LockMode, ObjectLock, S3Target};
 use deploykit_backup::{LocalTarget, MirrorOptions, MirrorReport, RepoKey, Repository};
+use deploykit_config::S3Location;
 use deploykit_core::{BackupTarget, Error, Result};
 use serde_json::json;
 
@@ -48,6 +49,16 @@ pub(crate) struct CopyArgs {
     object_lock: Option<String>,
 }
 
+/// Whether S3 is addressed path-style: for an S3-compatible store's endpoint
+/// (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3`), or when `DEPLOYKIT_S3_PATH_STYLE` is 1 or true.
+pub(crate) fn s3_path_style() -> bool {
+    let custom_endpoint = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|u| !u.is_empty()));
+    custom_endpoint
+        || std::env::var("DEPLOYKIT_S3_PATH_STYLE").is_ok_and(|v| v == "1" || v == "true")
+}
+
 /// A repository location from the command line.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Location {
@@ -58,17 +69,16 @@ pub(crate) enum Location {
 impl Location {
     /// `s3://bucket[/prefix]` or a directory; `flag` names the argument in errors.
     pub(crate) fn parse(flag: &str, text: &str) -> Result<Self> {
-        if let Some(rest) = text.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(Error::invalid(
+        if text.starts_with("s3://") {
+            let s3 = S3Location::parse(text).ok_or_else(|| {
+                Error::invalid(
                     flag,
                     format!("{text:?} names no bucket: expected s3://bucket/prefix"),
-                ));
-            }
+                )
+            })?;
             return Ok(Location::S3 {
-                bucket: bucket.to_string(),
-                prefix: prefix.trim_end_matches('/').to_string(),
+                bucket: s3.bucket,
+                prefix: s3.prefix,
             });
         }
         if text.contains("://") {
@@ -92,15 +102,9 @@ impl Location {
                 Ok(Arc::new(LocalTarget::new(dir)?))
             }
             Location::S3 { bucket, prefix } => {
-                let custom_endpoint = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
-                    .iter()
-                    .any(|v| std::env::var(v).is_ok_and(|u| !u.is_empty()));
-                let path_style = custom_endpoint
-                    || std::env::var("DEPLOYKIT_S3_PATH_STYLE")
-                        .is_ok_and(|v| v == "1" || v == "true");
                 let mut builder = S3Target::builder(bucket)
                     .prefix(prefix.as_str())
-                    .force_path_style(path_style);
+                    .force_path_style(s3_path_style());
                 if let Some(lock) = lock {
                     builder = builder.object_lock(lock);
                 }

@@ -133,6 +133,21 @@ impl Context {
         ))
     }
 
+    /// Where failovers are journaled and leased: `[failover] journal` (S3, shared by every
+    /// machine) when configured, else the state directory's database.
+    pub(crate) async fn failover_store(&self) -> Result<Arc<dyn deploykit_core::StateStore>> {
+        let Some(s3) = self.config()?.failover_journal() else {
+            return Ok(self.store().await?);
+        };
+        let store = deploykit_aws::S3StateStore::builder(s3.bucket.clone())
+            .prefix(s3.prefix.clone())
+            .configure(|b| b.force_path_style(crate::backup_copy::s3_path_style()))
+            .build()
+            .await
+            .map_err(|e| e.noting(format_args!("the failover journal {s3}")))?;
+        Ok(Arc::new(store))
+    }
+
     /// A client of the daemon, once it answered: an error that says the daemon is not running,
     /// and how to start it, when nothing listens on its socket.
     pub(crate) async fn daemon(&self) -> Result<LocalClient> {

@@ -169,7 +169,7 @@ pub(crate) async fn run(ctx: &Context, action: FailoverAction) -> Result<ExitCod
             run_as,
         } => rehearse(ctx, env.as_deref(), verify_query, run_as.as_deref()).await,
         FailoverAction::Resume => {
-            let store = ctx.store().await?;
+            let store = ctx.failover_store().await?;
             let mut resumed = 0;
             let reader =
                 Failovers::new(store.clone(), Arc::new(Unconfigured), Arc::new(SystemClock));
@@ -221,7 +221,7 @@ pub(crate) async fn run(ctx: &Context, action: FailoverAction) -> Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         FailoverAction::List => {
-            let store = ctx.store().await?;
+            let store = ctx.failover_store().await?;
             let reader = Failovers::new(store, Arc::new(Unconfigured), Arc::new(SystemClock));
             let mut reports = Vec::new();
             for id in reader.list().await? {
@@ -252,7 +252,7 @@ pub(crate) async fn run(ctx: &Context, action: FailoverAction) -> Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         FailoverAction::Report { id } => {
-            let store = ctx.store().await?;
+            let store = ctx.failover_store().await?;
             let reader = Failovers::new(store, Arc::new(Unconfigured), Arc::new(SystemClock));
             report(ctx, &reader, &FailoverId::new(id)?, None).await?;
             Ok(ExitCode::SUCCESS)
@@ -356,7 +356,7 @@ async fn watch(ctx: &Context, env: Option<&str>) -> Result<ExitCode> {
     // Any failover from this environment that stands still (this process's own, or one whose
     // process died) is alerted: on stderr, and to the standby's alert_webhook.
     let reader = Arc::new(Failovers::new(
-        ctx.store().await?,
+        ctx.failover_store().await?,
         Arc::new(Unconfigured),
         Arc::new(SystemClock),
     ));
@@ -698,7 +698,7 @@ async fn driver(ctx: &Context, site: Arc<dyn FailoverSite>) -> Result<Failovers>
         .map(|(_, notifier)| notifier)
         .collect();
     Ok(
-        Failovers::new(ctx.store().await?, site, Arc::new(SystemClock))
+        Failovers::new(ctx.failover_store().await?, site, Arc::new(SystemClock))
             .with_owner(format!("deploykit-{}", std::process::id()))
             .with_notifiers(channels),
     )

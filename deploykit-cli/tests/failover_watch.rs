@@ -1,8 +1,14 @@
-//! `deploykit failover watch` as the failover's guardian, with the real binary and no database:
+//! Failovers shared between processes and machines, with the real binary and no database.
+//!
+//! `deploykit failover watch` as the failover's guardian:
 //! a `failover run` killed (SIGKILL) while its traffic hook keeps failing leaves a failover
 //! that journals nothing more. The watcher alerts `FailoverStalled` to the standby's
 //! `alert_webhook` once it has stood still for `step_timeout`, takes it over when the dead
 //! process's lease lapses, and drives it to its end when the hook succeeds.
+//!
+//! `[failover] journal = "s3://…"` (moto): two machines, each with its own directory, see the
+//! same failovers; the second cannot start a failover of an environment the first is failing
+//! over (and leaves nothing behind trying), and reads the first's report.
 
 mod common;
 
@@ -153,4 +159,131 @@ hooks = {{ switch_traffic = ["sh", "-c", "test -f lb-ready || {{ echo 'the load 
     );
     assert_eq!(after[0]["id"], before[0]["id"]);
     assert_eq!(after[0]["outcome"]["outcome"], "succeeded", "{after:#}");
+}
+
+/// The S3 endpoint of the tests (moto, started by `bash .ci/test`).
+fn s3_endpoint() -> String {
+    std::env::var("DEPLOYKIT_S3_ENDPOINT").expect(
+        "DEPLOYKIT_S3_ENDPOINT is not set: run the tests with `bash .ci/test`, which starts moto",
+    )
+}
+
+/// Create `bucket` at the S3 endpoint (moto takes an unsigned request).
+fn create_bucket(endpoint: &str, bucket: &str) {
+    use std::io::{Read, Write};
+    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[test]
+fn two_machines_share_the_failover_journal_in_s3() {
+    let endpoint = s3_endpoint();
+    let bucket = format!("failovers-{}", std::process::id());
+    create_bucket(&endpoint, &bucket);
+    let config = format!(
+        r#"application = "shop"
+[failover]
+journal = "s3://{bucket}/shop"
+[services.web]
+command = ["true"]
+[environments.production]
+kind = "production"
+[environments.production-dr]
+kind = "production"
+[environments.production.standby]
+environment = "production-dr"
+hooks = {{ switch_traffic = ["sh", "-c", "test -f lb-ready || {{ echo 'the load balancer is not ready' >&2; exit 1; }}"] }}
+"#
+    );
+    // Two machines: each its own directory and state database, one journal.
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for dir in [a.path(), b.path()] {
+        std::fs::write(dir.join("deploykit.toml"), &config).unwrap();
+    }
+    let on = |dir: &Path, args: &[&str]| {
+        deploykit(dir, args)
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .output()
+            .unwrap()
+    };
+    let mut first = Process(
+        deploykit(
+            a.path(),
+            &[
+                "failover",
+                "run",
+                "--env",
+                "production",
+                "--reason",
+                "drill",
+            ],
+        )
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .stdout(Stdio::from(
+            std::fs::File::create(a.path().join("run.out")).unwrap(),
+        ))
+        .stderr(Stdio::from(
+            std::fs::File::create(a.path().join("run.err")).unwrap(),
+        ))
+        .spawn()
+        .unwrap(),
+    );
+    wait_until(
+        a.path(),
+        "the switch hook failing",
+        Duration::from_secs(30),
+        || read(a.path(), "run.err").contains("the load balancer is not ready"),
+    );
+
+    // The other machine sees it running…
+    let listed = json(&on(b.path(), &["-o", "json", "failover", "list"]));
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed:#}");
+    assert!(listed[0]["outcome"].is_null(), "{listed:#}");
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    // …and cannot start a second failover of production meanwhile, nor leave one behind.
+    let second = on(
+        b.path(),
+        &[
+            "failover",
+            "run",
+            "--env",
+            "production",
+            "--reason",
+            "again",
+        ],
+    );
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        said.contains("lease failover/production is held by"),
+        "{said}"
+    );
+    let listed = json(&on(b.path(), &["-o", "json", "failover", "list"]));
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed:#}");
+
+    // The first ends; the other machine reads its report.
+    std::fs::write(a.path().join("lb-ready"), "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(status) = first.0.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "{}", read(a.path(), "run.err"));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, Some(0), "{}", read(a.path(), "run.err"));
+    let report = on(b.path(), &["failover", "report", &id]);
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        text.starts_with("# Failover of production to production-dr: succeeded"),
+        "{text}"
+    );
 }

@@ -74,6 +74,9 @@
 //! services in step on the standby's own local daemon, whose state directory is the standby
 //! environment's `local_state` ([`Config::local_state`]; `deploykit daemon --env <standby>`
 //! serves there).
+//! `[failover] journal = "s3://bucket/prefix"` ([`Config::failover_journal`]) journals every
+//! failover, and holds its lease, in S3 (conditional writes) instead of the state directory's
+//! database, so that watchers and operators on several machines share them.
 //!
 //! ```
 //! # use deploykit_config::Config;
@@ -243,6 +246,14 @@ struct FileToml {
     flags: Option<Spanned<toml::Value>>,
     #[serde(default)]
     notifications: BTreeMap<String, Spanned<notify::ChannelToml>>,
+    failover: Option<FailoverToml>,
+}
+
+/// `[failover]`: settings of every environment's failovers.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailoverToml {
+    journal: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -338,6 +349,35 @@ pub struct Config {
     settings: BTreeMap<String, BTreeMap<String, (Setting, Origin)>>,
     flags: Option<deploykit_flags::FlagSet>,
     notifications: Vec<NotificationChannel>,
+    failover_journal: Option<S3Location>,
+}
+
+/// An S3 location, `s3://bucket/prefix`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct S3Location {
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix (no trailing `/`; empty for the bucket's root).
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// `s3://bucket[/prefix]`; `None` for anything else (an empty bucket included).
+    pub fn parse(text: &str) -> Option<S3Location> {
+        let rest = text.strip_prefix("s3://")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        (!bucket.is_empty()).then(|| S3Location {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+impl fmt::Display for S3Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix)
+    }
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -642,6 +682,24 @@ impl Config {
             .map(|f| flags::load(&at, f, &environments))
             .transpose()?;
         let notifications = notify::load(&at, &parsed.notifications, &environments)?;
+        let failover_journal = parsed
+            .failover
+            .as_ref()
+            .and_then(|f| f.journal.as_ref())
+            .map(|journal| {
+                S3Location::parse(journal.get_ref()).ok_or_else(|| {
+                    at.error(
+                        journal.span(),
+                        "failover.journal",
+                        format!(
+                            "{:?} is not an S3 location: expected s3://bucket/prefix (without \
+                             it, failovers are journaled in the state directory's database)",
+                            journal.get_ref()
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
         let secrets_file = parsed.secrets_file.map(|f| {
             let relative_to = Path::new(file).parent().unwrap_or(Path::new(""));
             relative_to.join(f)
@@ -661,6 +719,7 @@ impl Config {
             settings,
             flags,
             notifications,
+            failover_journal,
         })
     }
 
@@ -710,6 +769,13 @@ impl Config {
     pub fn standby(&self, name: &str) -> Result<Option<&StandbySettings>> {
         self.environment(name)?;
         Ok(self.standbys.get(name))
+    }
+
+    /// Where every failover is journaled and its lease held (`[failover] journal`), when not in
+    /// the state directory's database: an S3 location that the watchers and operators of
+    /// several machines share.
+    pub fn failover_journal(&self) -> Option<&S3Location> {
+        self.failover_journal.as_ref()
     }
 
     /// The state directory of the environment's own local daemon (`local_state`, relative to

@@ -86,6 +86,14 @@ hooks = { switch_traffic = ["sh", "-c", "lbctl switch dr"], verify = ["./check-o
     assert_eq!(s.step_timeout, Duration::from_secs(60));
     assert!(!s.automatic && s.assessment.probes.is_empty() && s.database.is_none());
     assert_eq!(s.alert_webhook, None);
+    assert_eq!(minimal.failover_journal(), None);
+    let shared = Config::from_toml_str(
+        FILE,
+        "application = \"shop\"\n[failover]\njournal = \"s3://acme-dr/shop/\"\n",
+    )
+    .unwrap();
+    let journal = shared.failover_journal().unwrap();
+    assert_eq!((journal.bucket.as_str(), journal.prefix.as_str()), ("acme-dr", "shop"));
 }
 
 #[test]
@@ -142,6 +150,14 @@ fn mistakes_are_named_with_their_place() {
         (
             "environment = \"production-dr\"\nalert_webhook = \"alerts.example.com\"",
             "standby.alert_webhook: \"alerts.example.com\" is not an http:// or https:// URL",
+        ),
+        (
+            "environment = \"production-dr\"\n[failover]\njournal = \"/srv/journal\"",
+            "failover.journal: \"/srv/journal\" is not an S3 location: expected s3://bucket/prefix",
+        ),
+        (
+            "environment = \"production-dr\"\n[failover]\njournal = \"s3:///x\"",
+            "failover.journal: \"s3:///x\" is not an S3 location",
         ),
         (
             "environment = \"production-dr\"\nfailback = true",

@@ -521,6 +521,38 @@ async fn a_rehearsal_never_holds_up_a_real_failover() {
     assert_failed_over(&real_site);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_second_request_while_one_runs_is_refused_and_journals_nothing() {
+    let clock = SimClock::new();
+    let store: dyn_store::Shared = Arc::new(MemoryStore::new());
+    let site = SimFailoverSite::new();
+    site.fail(
+        Step::SwitchTraffic,
+        (0..10).map(|_| Error::transient("switch", "the load balancer is busy")),
+    );
+    let first = failovers(&store, &site, clock, "first");
+    let second = failovers(&store, &site, clock, "second");
+    let (a, b) = tokio::join!(first.run(spec("f-first", &clock)), async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        second.run(spec("f-second", &clock)).await
+    });
+    assert_eq!(a.unwrap().finished.unwrap().0, FailoverOutcome::Succeeded);
+    let e = b.unwrap_err();
+    assert!(
+        matches!(&e, Error::LeaseHeld { owner, .. } if owner == "first"),
+        "{e}"
+    );
+    // Nothing of the second was journaled: no failover is left for anyone to resume later.
+    assert_eq!(
+        second.list().await.unwrap(),
+        vec![FailoverId::new("f-first").unwrap()]
+    );
+    assert!(second.resume_unfinished().await.unwrap().is_empty());
+    // Once the first has ended, the environment may be failed over (back) again.
+    let again = second.run(spec("f-later", &clock)).await.unwrap();
+    assert!(again.is_finished());
+}
+
 #[test]
 fn a_journal_out_of_order_is_refused() {
     let clock_start = Timestamp::from_millis(0);

@@ -161,6 +161,12 @@ impl Failovers {
                 }
             }
         }
+        // One failover of an environment at a time: a second request while another process
+        // drives one is refused before anything is journaled (it would wait there to fail the
+        // environment over again after the first ended).
+        self.store
+            .acquire_lease(&lease_key(&spec), &self.owner, self.clock.now(), LEASE_TTL)
+            .await?;
         let log = spec.id.log();
         let id = spec.id.clone();
         let record = FailoverRecord::new(
@@ -171,7 +177,11 @@ impl Failovers {
                 spec: Arc::new(spec.clone()),
             },
         );
-        self.store.append_record(&log, 0, &encode(&record)?).await?;
+        if let Err(e) = self.store.append_record(&log, 0, &encode(&record)?).await {
+            let lease = crate::store::Lease::new(lease_key(&spec), &self.owner, self.clock.now());
+            let _ = self.store.release_lease(&lease).await;
+            return Err(e);
+        }
         self.announce(&spec, &record);
         self.audit(
             &spec,
@@ -197,11 +207,7 @@ impl Failovers {
     /// has ended). Fails with `LeaseHeld` while another live process drives it.
     pub async fn resume(&self, id: &FailoverId) -> Result<FailoverStatus> {
         let mut status = self.status(id).await?;
-        // A rehearsal never holds up a real failover of the same environment.
-        let lease_key = match status.spec.direction {
-            super::Direction::Rehearsal => format!("failover-rehearsal/{}", status.spec.from),
-            _ => format!("failover/{}", status.spec.from),
-        };
+        let lease_key = lease_key(&status.spec);
         let spec = status.spec.clone();
         while !status.is_finished() {
             self.store
@@ -451,6 +457,15 @@ impl Failovers {
             crate::store::append_audit(&*self.store, record).await?;
         }
         Ok(())
+    }
+}
+
+/// The lease of whoever drives a failover of `spec.from`. A rehearsal has its own, so it
+/// never holds up a real failover of the same environment.
+fn lease_key(spec: &FailoverSpec) -> String {
+    match spec.direction {
+        super::Direction::Rehearsal => format!("failover-rehearsal/{}", spec.from),
+        _ => format!("failover/{}", spec.from),
     }
 }
 
