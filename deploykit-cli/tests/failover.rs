@@ -76,6 +76,15 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// SIGKILL: the daemon dies at once, its instances left running (a later daemon on the
+    /// same state adopts them).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let client = LocalClient::new(&self.socket);
@@ -635,4 +644,116 @@ async fn a_warm_standby_follows_the_primary_and_takes_its_traffic() {
     // Failed over: the standby serves and is no longer synced down to the warm size.
     assert_eq!(sync()["state"], "skipped");
     assert_eq!(dr.observe(&web).await.unwrap().revisions[0].desired, 3);
+}
+
+/// The unlucky worlds of a warm failover: the standby's daemon is down (the failover is
+/// refused, saying so; nothing is fenced), then back (it adopted its instances); then the
+/// primary's daemon is gone too (SIGKILL): the failover goes on, says that clients must now
+/// reach the standby's proxy themselves, and verifies through the standby's proxy alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_failover_refuses_a_dead_standby_daemon_and_goes_on_without_the_primarys() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path();
+    let proxy = common::free_port();
+    let dr_proxy = common::free_port();
+    std::fs::write(
+        app.join("deploykit.toml"),
+        format!(
+            "{}[environments.production.standby]\nenvironment = \"production-dr\"\nwarm = 1\n",
+            two_sites(("SITE = \"home\"", 1), ("SITE = \"dr\"", 2))
+        ),
+    )
+    .unwrap();
+    let dr_socket = app.join("dr-state/daemon.sock");
+    let mut primary = Daemon::start(app, "production", proxy, app.join(".deploykit/daemon.sock"));
+    let mut dr = Daemon::start(app, "production-dr", dr_proxy, dr_socket.clone());
+    let out = common::run(
+        app,
+        &[
+            "deploy",
+            "web",
+            "--env",
+            "production",
+            "--label",
+            "v1",
+            "--set",
+            "VERSION=v1",
+        ],
+    );
+    assert!(out.status.success(), "deploy: {}", stderr(&out));
+    let out = common::run(
+        app,
+        &["-o", "json", "failover", "sync", "--env", "production"],
+    );
+    assert!(out.status.success(), "sync: {}", stderr(&out));
+    let failover = || {
+        common::run(
+            app,
+            &[
+                "-o",
+                "json",
+                "failover",
+                "run",
+                "--env",
+                "production",
+                "--reason",
+                "test",
+            ],
+        )
+    };
+
+    // The standby's daemon dies: refused, and the primary keeps serving, unfenced.
+    dr.kill();
+    let out = failover();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let report = common::json(&out);
+    assert_eq!(report["outcome"]["outcome"], "refused", "{report:#}");
+    assert!(
+        report["outcome"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the daemon of production-dr does not answer"),
+        "{report:#}"
+    );
+    assert!(get_ok(proxy, "/").await, "the primary still serves");
+
+    // Back, with its instance adopted; then the primary's daemon is gone.
+    // (The dead daemon's handle goes first: dropping it asks whatever listens on its socket
+    // to shut down.)
+    drop(dr);
+    let dr = Daemon::start(app, "production-dr", dr_proxy, dr_socket);
+    primary.kill();
+    let out = failover();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stderr(&out),
+        std::fs::read_to_string(app.join("daemon-production-dr.log")).unwrap_or_default()
+    );
+    let said = common::json(&out)["timeline"].to_string();
+    assert!(
+        said.contains("production's daemon is gone")
+            && said.contains(&format!(
+                "clients must reach production-dr at 127.0.0.1:{dr_proxy}"
+            )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("http://127.0.0.1:{dr_proxy}/")),
+        "{said}"
+    );
+    assert!(
+        !said.contains(&format!("http://127.0.0.1:{proxy}/")),
+        "{said}"
+    );
+    assert!(get_ok(dr_proxy, "/").await, "the standby serves");
+    // The primary's daemon back, so that its instances are stopped with it at the end.
+    drop(primary);
+    drop(Daemon::start(
+        app,
+        "production",
+        proxy,
+        app.join(".deploykit/daemon.sock"),
+    ));
+    drop(dr);
 }

@@ -93,7 +93,10 @@ hooks = { switch_traffic = ["sh", "-c", "lbctl switch dr"], verify = ["./check-o
     )
     .unwrap();
     let journal = shared.failover_journal().unwrap();
-    assert_eq!((journal.bucket.as_str(), journal.prefix.as_str()), ("acme-dr", "shop"));
+    assert_eq!(
+        (journal.bucket.as_str(), journal.prefix.as_str()),
+        ("acme-dr", "shop")
+    );
 }
 
 #[test]
