@@ -28,7 +28,13 @@ pub(crate) struct Context {
     pub(crate) config_dir: PathBuf,
     pub(crate) state: PathBuf,
     pub(crate) output: Output,
+    /// Who acts: with `[access]`, the operating system's user running this command; else
+    /// `--actor`, `$USER` or `deploykit` (a label, not an identity).
     pub(crate) actor: Actor,
+    /// Why the claimed `--actor` was not accepted, if it was not.
+    refused_actor: Option<String>,
+    /// The name `--actor` (or `DEPLOYKIT_ACTOR`) gave, if any.
+    pub(crate) claimed_actor: Option<String>,
 }
 
 impl Context {
@@ -45,11 +51,28 @@ impl Context {
             .state
             .clone()
             .unwrap_or_else(|| config_dir.join(".deploykit"));
-        let actor = cli
-            .actor
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "deploykit".into());
+        let (actor, refused_actor) =
+            if config.as_ref().is_some_and(|c| c.access_policy().is_some()) {
+                // Access is controlled: the actor is who runs the command, which the operating
+                // system vouches for; a different name claimed is refused, never taken.
+                let user = os_user();
+                let refused = cli.actor.as_ref().filter(|claimed| **claimed != user).map(|claimed| {
+                format!(
+                    "{claimed:?} is not who runs this command ({user}): with [access] in {}, \
+                     deploykit acts as the operating system's user (leave --actor and \
+                     DEPLOYKIT_ACTOR unset, or run the command as {claimed})",
+                    cli.config.display()
+                )
+            });
+                (user, refused)
+            } else {
+                let claimed = cli
+                    .actor
+                    .clone()
+                    .or_else(|| std::env::var("USER").ok())
+                    .unwrap_or_else(|| "deploykit".into());
+                (claimed, None)
+            };
         Context {
             config,
             config_path: cli.config.clone(),
@@ -57,7 +80,19 @@ impl Context {
             state,
             output: cli.output,
             actor: Actor::new(actor),
+            refused_actor,
+            claimed_actor: cli.actor.clone(),
         }
+    }
+
+    /// The access policy of the configuration, if it sets one, for a command that acts as
+    /// [`Context::actor`]: it fails when `--actor` (or `DEPLOYKIT_ACTOR`) names someone other
+    /// than the user running the command.
+    pub(crate) fn access_policy(&self) -> Result<Option<deploykit_core::access::AccessPolicy>> {
+        if let Some(why) = &self.refused_actor {
+            return Err(Error::invalid("--actor", why.clone()));
+        }
+        Ok(self.config()?.access_policy().cloned())
     }
 
     /// The configuration, or the error that names what is wrong with it (file:line:column).
@@ -251,6 +286,9 @@ impl Context {
         if let Some(secrets) = self.secrets()? {
             builder = builder.secrets(secrets);
         }
+        if let Some(policy) = self.access_policy()? {
+            builder = builder.access_policy(policy);
+        }
         builder.open().await
     }
 
@@ -351,4 +389,14 @@ pub(crate) fn exit_for(phase: Phase) -> ExitCode {
         Phase::Succeeded => ExitCode::SUCCESS,
         _ => ExitCode::from(EXIT_ROLLED_BACK),
     }
+}
+
+/// The name of the operating system's user running this process (`uid:N` when the user
+/// database has no entry for it).
+fn os_user() -> String {
+    let uid = nix::unistd::getuid();
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid:{uid}"), |u| u.name)
 }

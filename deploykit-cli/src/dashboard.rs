@@ -107,14 +107,19 @@ pub(crate) fn link(ctx: &Context, env: Option<&str>) -> Result<ExitCode> {
         ))
     })?;
     let key = SessionKey::load(&key_path(ctx))?;
-    let link = login_link(url.trim(), &key, &ctx.actor, SystemClock.now());
+    // Whoever can read the key signs people in: `--actor` names whom (also with [access],
+    // where the dashboard's actions are then checked against that person's rights).
+    let actor = ctx
+        .claimed_actor
+        .as_deref()
+        .map_or_else(|| ctx.actor.clone(), deploykit_core::Actor::new);
+    let link = login_link(url.trim(), &key, &actor, SystemClock.now());
     ctx.print(
         format!(
-            "{link}\n(signs in as {}; valid for {} minutes)",
-            ctx.actor,
+            "{link}\n(signs in as {actor}; valid for {} minutes)",
             deploykit_dashboard::session::LOGIN_LINK_VALIDITY.as_secs() / 60
         ),
-        json!({ "url": link, "actor": ctx.actor.to_string(), "dashboard": url.trim() }),
+        json!({ "url": link, "actor": actor.to_string(), "dashboard": url.trim() }),
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -15,6 +15,7 @@ use clap::Subcommand;
 use deploykit_alerting::failover::{FailoverMonitor, failover_rules};
 use deploykit_backup::{LocalTarget, Repository};
 use deploykit_config::{ProbeCheck, ProbeSettings, StandbySettings};
+use deploykit_core::access::AccessAction;
 use deploykit_core::failover::{
     AssessmentPolicy, Direction, FailoverId, FailoverOutcome, FailoverSite, FailoverSpec,
     Failovers, HealthWatch, ProbeResult, StandbyReadiness, StepOutcome, Trigger, Verdict,
@@ -351,6 +352,18 @@ async fn watch(ctx: &Context, env: Option<&str>) -> Result<ExitCode> {
         AssessmentPolicy::new(a.quorum, a.grace),
         a.probes.iter().map(|p| p.name.clone()),
     )?;
+    // An automatic failover is requested by the watcher: with [access], by the user who runs
+    // it, whose right is checked now, so that a watcher that could never fail over says so
+    // before it is needed.
+    let by = match ctx.access_policy()? {
+        Some(policy) if settings.automatic => {
+            for service in ctx.config()?.services() {
+                policy.check(&ctx.actor, AccessAction::Failover, &from, &service.name)?;
+            }
+            ctx.actor.clone()
+        }
+        _ => Actor::system(),
+    };
     tracing::info!(environment = %from, probes = a.probes.len(), quorum = a.quorum, grace = ?a.grace, "watching the primary");
     let warm = warm_standby(ctx, &from)?;
     // Any failover from this environment that stands still (this process's own, or one whose
@@ -415,7 +428,7 @@ async fn watch(ctx: &Context, env: Option<&str>) -> Result<ExitCode> {
         return Ok(ExitCode::from(crate::EXIT_ROLLED_BACK));
     }
     let ask = Ask {
-        by: Actor::system(),
+        by,
         reason: format!("the assessment judged the primary lost: {summary}"),
         force: false,
         trigger: Trigger::Automatic {
@@ -697,11 +710,13 @@ async fn driver(ctx: &Context, site: Arc<dyn FailoverSite>) -> Result<Failovers>
         .into_iter()
         .map(|(_, notifier)| notifier)
         .collect();
-    Ok(
-        Failovers::new(ctx.failover_store().await?, site, Arc::new(SystemClock))
-            .with_owner(format!("deploykit-{}", std::process::id()))
-            .with_notifiers(channels),
-    )
+    let failovers = Failovers::new(ctx.failover_store().await?, site, Arc::new(SystemClock))
+        .with_owner(format!("deploykit-{}", std::process::id()))
+        .with_notifiers(channels);
+    match ctx.access_policy()? {
+        Some(policy) => failovers.with_access_policy(policy),
+        None => Ok(failovers),
+    }
 }
 
 /// How long a command waits for its failover's notifications before it exits.
@@ -1180,7 +1195,14 @@ impl FailoverSite for ConfiguredSite {
     async fn switch_traffic(&self, spec: &FailoverSpec) -> Result<StepOutcome> {
         let detail = match &self.warm {
             Some(warm) => warm.switch().await?,
-            None => format!("traffic for {} goes to {}", spec.from, spec.to),
+            None if self.settings.hooks.contains_key("switch_traffic") => {
+                format!("the switch_traffic hook moves clients to {}", spec.to)
+            }
+            None => format!(
+                "nothing configured moves clients (no warm standby, no switch_traffic hook): \
+                 point them at {} yourself",
+                spec.to
+            ),
         };
         self.with_hook(spec, "switch_traffic", detail).await
     }

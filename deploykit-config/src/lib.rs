@@ -100,6 +100,15 @@
 //! # Ok::<(), deploykit_core::Error>(())
 //! ```
 //!
+//! # Access
+//!
+//! `[access]` ([`Config::access_policy`]) is a `deploykit_core::access::AccessPolicy`: `rules`
+//! (`role`, `action` or `*`, `object` as `environment/service` with `*` wildcards, `effect`
+//! allow or deny), `bindings` of users or groups to roles, `groups` (user → groups), and
+//! `four_eyes_in_production` (default true). It is the whole policy: what no rule allows is
+//! refused. A rule that cannot match is refused when the file is read, with its place
+//! (`access.rules[0].object`).
+//!
 //! # Notifications
 //!
 //! `[notifications.<name>]` ([`Config::notifications`], each a [`NotificationChannel`]) is
@@ -182,6 +191,7 @@ use toml::Spanned;
 
 use crate::build::{CommandStage, Pipeline};
 use deploykit_backup::{BackupJob, BackupPolicy};
+use deploykit_core::access::AccessPolicy;
 use deploykit_core::analysis::AnalysisSpec;
 use deploykit_core::build::BuildStage;
 use deploykit_core::model::{
@@ -247,6 +257,7 @@ struct FileToml {
     #[serde(default)]
     notifications: BTreeMap<String, Spanned<notify::ChannelToml>>,
     failover: Option<FailoverToml>,
+    access: Option<Spanned<toml::Value>>,
 }
 
 /// `[failover]`: settings of every environment's failovers.
@@ -350,6 +361,7 @@ pub struct Config {
     flags: Option<deploykit_flags::FlagSet>,
     notifications: Vec<NotificationChannel>,
     failover_journal: Option<S3Location>,
+    access: Option<AccessPolicy>,
 }
 
 /// An S3 location, `s3://bucket/prefix`.
@@ -700,6 +712,26 @@ impl Config {
                 })
             })
             .transpose()?;
+        let access = parsed
+            .access
+            .as_ref()
+            .map(|access| {
+                access
+                    .get_ref()
+                    .clone()
+                    .try_into::<AccessPolicy>()
+                    .map_err(|e| {
+                        // The policy's own errors name their field (`access.rules[0].object`).
+                        let message = e.message().trim();
+                        let (field, reason) = message
+                            .strip_prefix("invalid ")
+                            .and_then(|m| m.split_once(": "))
+                            .filter(|(field, _)| field.starts_with("access."))
+                            .unwrap_or(("access", message));
+                        at.error(access.span(), field, reason.to_string())
+                    })
+            })
+            .transpose()?;
         let secrets_file = parsed.secrets_file.map(|f| {
             let relative_to = Path::new(file).parent().unwrap_or(Path::new(""));
             relative_to.join(f)
@@ -720,6 +752,7 @@ impl Config {
             flags,
             notifications,
             failover_journal,
+            access,
         })
     }
 
@@ -769,6 +802,13 @@ impl Config {
     pub fn standby(&self, name: &str) -> Result<Option<&StandbySettings>> {
         self.environment(name)?;
         Ok(self.standbys.get(name))
+    }
+
+    /// Who may do what (`[access]`: rules, bindings, groups, four eyes), if the file sets it:
+    /// then the CLI acts as the operating system's user who runs it, and checks every
+    /// deployment action and failover against this policy.
+    pub fn access_policy(&self) -> Option<&AccessPolicy> {
+        self.access.as_ref()
     }
 
     /// Where every failover is journaled and its lease held (`[failover] journal`), when not in
