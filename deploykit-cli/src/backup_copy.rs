@@ -49,16 +49,6 @@ pub(crate) struct CopyArgs {
     object_lock: Option<String>,
 }
 
-/// Whether S3 is addressed path-style: for an S3-compatible store's endpoint
-/// (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3`), or when `DEPLOYKIT_S3_PATH_STYLE` is 1 or true.
-pub(crate) fn s3_path_style() -> bool {
-    let custom_endpoint = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|u| !u.is_empty()));
-    custom_endpoint
-        || std::env::var("DEPLOYKIT_S3_PATH_STYLE").is_ok_and(|v| v == "1" || v == "true")
-}
-
 /// A repository location from the command line.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Location {
@@ -104,7 +94,7 @@ impl Location {
             Location::S3 { bucket, prefix } => {
                 let mut builder = S3Target::builder(bucket)
                     .prefix(prefix.as_str())
-                    .force_path_style(s3_path_style());
+                    .force_path_style(crate::s3_env::path_style());
                 if let Some(lock) = lock {
                     builder = builder.object_lock(lock);
                 }

@@ -176,7 +176,7 @@ impl Context {
         };
         let store = deploykit_aws::S3StateStore::builder(s3.bucket.clone())
             .prefix(s3.prefix.clone())
-            .configure(|b| b.force_path_style(crate::backup_copy::s3_path_style()))
+            .configure(|b| b.force_path_style(crate::s3_env::path_style()))
             .build()
             .await
             .map_err(|e| e.noting(format_args!("the failover journal {s3}")))?;

@@ -26,6 +26,7 @@ mod notify;
 mod out;
 mod pg;
 mod progress;
+mod s3_env;
 #[path = "bin/sample_app.rs"]
 mod sample_app;
 mod warm;
