@@ -39,7 +39,7 @@ pub enum Sse {
 pub(crate) enum Failure {
     /// 404 / NoSuchKey.
     NotFound,
-    /// 412 PreconditionFailed or 409 ConditionalRequestConflict: a conditional write lost.
+    /// 412 PreconditionFailed: a conditional write lost.
     Precondition,
     /// 403.
     Denied(String),
@@ -91,7 +91,10 @@ where
             );
             match (status, code) {
                 (404, _) | (_, "NoSuchKey") | (_, "NotFound") => Failure::NotFound,
-                (412, _) | (409, "ConditionalRequestConflict") => Failure::Precondition,
+                (412, _) => Failure::Precondition,
+                // Another conditional operation on the key was in flight; S3 wrote nothing and
+                // documents that the request may be retried (it then succeeds, or fails 412).
+                (409, "ConditionalRequestConflict") => Failure::Transient(message),
                 (403, _) => Failure::Denied(message),
                 (416, _) | (_, "InvalidRange") => Failure::InvalidRange,
                 (429, _) | (500..=599, _) => Failure::Transient(message),

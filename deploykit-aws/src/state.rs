@@ -29,7 +29,13 @@ use crate::target::S3Builder;
 /// - `leases/<key>`: `{owner, expires_at}`, taken with `If-None-Match: *` when absent and
 ///   renewed or taken over with `If-Match: <etag>`, so a lease changes hands only through a
 ///   compare-and-swap; release writes an expired record the same way;
-/// - `audit/<seq>`: the hash-chained audit log, appended like journal entries.
+/// - `audit/<seq>`: the hash-chained audit log, appended like journal entries;
+/// - `probe/…`: a short-lived object with which [`S3StateStoreBuilder::build`] checks that the
+///   bucket honours `If-None-Match` and `If-Match` (a store that ignores them is refused: it
+///   would let two orchestrators overwrite each other).
+///
+/// `409 ConditionalRequestConflict` (another conditional operation on the key in flight) wrote
+/// nothing and is retried, as AWS documents; `412 PreconditionFailed` is a lost race.
 ///
 /// A write whose response is lost and that is retried sees its own object and counts as done.
 ///
@@ -59,6 +65,56 @@ impl S3StateStore {
     /// Start building a store in `bucket`.
     pub fn builder(bucket: impl Into<String>) -> S3StateStoreBuilder {
         S3StateStoreBuilder(crate::S3Target::builder(bucket))
+    }
+
+    /// Check that the bucket honours conditional writes, on an object of its own under
+    /// `probe/` (removed afterwards): a second `If-None-Match: *` write of it and an `If-Match`
+    /// write with a wrong ETag must both be refused. Some S3-compatible stores ignore these
+    /// headers and accept every write; on such a store two orchestrators would overwrite each
+    /// other's journal entries and both hold a lease (split brain), so it is refused, naming the
+    /// header it ignored. [`S3StateStoreBuilder::build`] runs this.
+    pub async fn check_conditional_writes(&self) -> Result<()> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let key = format!("probe/conditional-writes-{}-{nanos}", std::process::id());
+        self.s3
+            .put(&key, Bytes::from_static(b"first"), Condition::Absent)
+            .await?;
+        let absent = self
+            .s3
+            .put(&key, Bytes::from_static(b"second"), Condition::Absent)
+            .await;
+        let matches = self
+            .s3
+            .put(
+                &key,
+                Bytes::from_static(b"third"),
+                Condition::Matches("\"deploykit-no-such-etag\"".into()),
+            )
+            .await;
+        if let Err(e) = self.s3.delete(&key).await {
+            tracing::warn!(key = %self.s3.describe(&key), error = %e.chain(), "could not remove the conditional-write probe");
+        }
+        for (header, result) in [("If-None-Match: *", absent), ("If-Match", matches)] {
+            match result {
+                Err(Error::AlreadyExists { .. }) => {}
+                Ok(()) => {
+                    return Err(Error::backend(
+                        format!("check {} for conditional writes", self.s3.describe("")),
+                        format!(
+                            "the store accepted a write that {header} forbids: it ignores \
+                             conditional writes, so orchestrators sharing it would overwrite \
+                             each other's journal and leases; use a store that honours them \
+                             (AWS S3, MinIO, Cloudflare R2) or another state store"
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     async fn get_json<T: DeserializeOwned>(
@@ -171,11 +227,14 @@ impl S3StateStoreBuilder {
         S3StateStoreBuilder(f(self.0))
     }
 
-    /// The store.
+    /// The store, once the bucket has shown that it honours conditional writes (see
+    /// [`S3StateStore::check_conditional_writes`]): a store that ignores them is refused.
     pub async fn build(self) -> Result<S3StateStore> {
-        Ok(S3StateStore {
+        let store = S3StateStore {
             s3: self.0.connect().await?,
-        })
+        };
+        store.check_conditional_writes().await?;
+        Ok(store)
     }
 }
 

@@ -80,6 +80,9 @@ enum Verdict {
     Fail(u16, &'static str),
     /// Close the connection without an answer (a dead server).
     Drop,
+    /// Forward without the `If-None-Match` and `If-Match` headers: a store that ignores
+    /// conditional writes.
+    ForwardUnconditionally,
 }
 
 type Rule = Arc<dyn Fn(u64, &str) -> Verdict + Send + Sync>;
@@ -162,7 +165,7 @@ async fn serve(
             );
             client.write_all(response.as_bytes()).await
         }
-        Verdict::Forward => {
+        verdict @ (Verdict::Forward | Verdict::ForwardUnconditionally) => {
             // Ask moto to close after one response, so a response ends at EOF.
             let head_end = request
                 .windows(4)
@@ -171,7 +174,11 @@ async fn serve(
                 + 4;
             let mut rewritten = String::new();
             for l in head.lines().filter(|l| !l.is_empty()) {
-                if !l.to_ascii_lowercase().starts_with("connection:") {
+                let lower = l.to_ascii_lowercase();
+                let dropped = lower.starts_with("connection:")
+                    || (verdict == Verdict::ForwardUnconditionally
+                        && (lower.starts_with("if-none-match:") || lower.starts_with("if-match:")));
+                if !dropped {
                     rewritten.push_str(l);
                     rewritten.push_str("\r\n");
                 }
@@ -185,6 +192,73 @@ async fn serve(
             client.write_all(&response).await
         }
     }
+}
+
+/// A store built on a bucket that ignores `If-None-Match` and `If-Match` (here: a proxy that
+/// drops them before moto sees them) would let two orchestrators overwrite each other's journal
+/// and both hold a lease: it is refused when built, saying so, and leaves no probe behind.
+#[tokio::test]
+async fn a_state_store_on_a_bucket_that_ignores_conditional_writes_is_refused() {
+    let bucket = bucket("unconditional").await;
+    let url = proxy(Arc::new(|_, _| Verdict::ForwardUnconditionally)).await;
+    let e = S3StateStore::builder(&bucket)
+        .prefix("state/")
+        .configure(|b| {
+            b.endpoint_url(&url)
+                .force_path_style(true)
+                .region("us-east-1")
+                .credentials("testing", "testing")
+        })
+        .build()
+        .await
+        .unwrap_err();
+    let text = e.chain();
+    assert!(
+        text.contains("accepted a write that If-None-Match: * forbids")
+            && text.contains("ignores conditional writes"),
+        "{text}"
+    );
+    let left = builder(&bucket, &endpoint()).build().await.unwrap();
+    assert!(
+        left.list("").await.unwrap().is_empty(),
+        "the probe is removed"
+    );
+    // The same bucket reached directly honours them: the store builds.
+    state_store_on(&bucket, "state/").await;
+}
+
+/// 409 ConditionalRequestConflict (a concurrent conditional operation on the key) wrote
+/// nothing: the write is retried, as AWS documents, instead of counting as lost.
+#[tokio::test]
+async fn a_conditional_request_conflict_is_retried() {
+    let bucket = bucket("conflict").await;
+    let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = refused.clone();
+    let url = proxy(Arc::new(move |_, line: &str| {
+        if line.starts_with("PUT") && !once.swap(true, Ordering::SeqCst) {
+            Verdict::Fail(409, "ConditionalRequestConflict")
+        } else {
+            Verdict::Forward
+        }
+    }))
+    .await;
+    let target = builder(&bucket, &url)
+        .retry(
+            RetryPolicy::default()
+                .with_backoff(Duration::from_millis(10), Duration::from_millis(50))
+                .unwrap(),
+        )
+        .build()
+        .await
+        .unwrap();
+    target.put_if_absent("k", vec![1]).await.unwrap();
+    assert!(refused.load(Ordering::SeqCst), "the conflict was injected");
+    assert_eq!(target.get("k").await.unwrap(), vec![1]);
+    // A write that really lost is still a loss.
+    assert!(matches!(
+        target.put_if_absent("k", vec![2]).await,
+        Err(Error::AlreadyExists { .. })
+    ));
 }
 
 #[tokio::test]

@@ -48,6 +48,24 @@ impl Follow {
             }
         };
         let started = Instant::now();
+        let line = |event: &deploykit_core::event::Event| {
+            format!(
+                "{:>6.1}s  {} {}  {}",
+                started.elapsed().as_secs_f64(),
+                event.service,
+                event.revision,
+                event.description()
+            )
+        };
+        // What was journaled before the subscription (the request, its first steps) is read
+        // back, so that no line is lost to that race; the bus then skips those entries.
+        let mut said_up_to = None;
+        if let Some(entries) = store.load(id).await? {
+            for event in deploykit_core::event::timeline(&entries)? {
+                said_up_to = Some(event.entry.seq);
+                say(line(&event));
+            }
+        }
         let status = orchestrator.status(id).await?;
         let service = status.spec.service.clone();
         let environment = status.spec.environment.clone();
@@ -62,13 +80,9 @@ impl Follow {
                 event = events.recv() => match event {
                     Ok(event) if &event.deployment == id => {
                         phase = event.phase;
-                        say(format!(
-                            "{:>6.1}s  {} {}  {}",
-                            started.elapsed().as_secs_f64(),
-                            event.service,
-                            event.revision,
-                            event.description()
-                        ));
+                        if said_up_to.is_none_or(|seq| event.entry.seq > seq) {
+                            say(line(&event));
+                        }
                     }
                     Ok(_) | Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => break,
