@@ -1109,3 +1109,113 @@ fn autoscaler_follows_the_serving_revision() {
         "{err}"
     );
 }
+
+/// The first Deployment's pod spec in `plan`.
+fn pod_of(plan: &Plan) -> k8s_openapi::api::core::v1::PodSpec {
+    plan.objects
+        .iter()
+        .find_map(|o| match o {
+            Object::Deployment(d) => d.spec.as_ref()?.template.spec.clone(),
+            _ => None,
+        })
+        .expect("a Deployment")
+}
+
+#[test]
+fn stopping_pods_drain_spread_and_run_as_a_numbered_user() {
+    let (v1, _) = revisions();
+    let one = DesiredState::new(vec![RevisionTarget::new(v1.clone(), 3)], Traffic::default());
+    let secrets = secrets_for(&[&v1]);
+    let name = web().name;
+
+    // By default: a 5 s preStop sleep inside 35 s of grace, spread over zones and nodes.
+    let pod = pod_of(&render(&one, &options(gateway())));
+    assert_eq!(pod.termination_grace_period_seconds, Some(35));
+    let pre_stop = pod.containers[0]
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.sleep.as_ref())
+        .expect("a preStop sleep");
+    assert_eq!(pre_stop.seconds, 5);
+    let spread = pod.topology_spread_constraints.as_ref().unwrap();
+    assert_eq!(
+        spread
+            .iter()
+            .map(|c| (
+                c.topology_key.as_str(),
+                c.when_unsatisfiable.as_str(),
+                c.max_skew
+            ))
+            .collect::<Vec<_>>(),
+        [
+            ("topology.kubernetes.io/zone", "ScheduleAnyway", 1),
+            ("kubernetes.io/hostname", "ScheduleAnyway", 1)
+        ]
+    );
+    let selector = spread[0]
+        .label_selector
+        .as_ref()
+        .unwrap()
+        .match_labels
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        selector["deploykit.dev/revision"],
+        v1.id.as_str(),
+        "this revision's pods only"
+    );
+    let security = pod.security_context.as_ref().unwrap();
+    assert_eq!(security.run_as_user, None, "the image's own numeric USER");
+
+    // Tuned: a 1.5 s drain sleeps 2 s; none at all; no spreading; a numbered user.
+    let tuned = options(gateway())
+        .drain(Duration::from_millis(1500))
+        .shutdown_grace(Duration::from_secs(10))
+        .spread(false)
+        .run_as(10001, 10002);
+    let pod = pod_of(&render(&one, &tuned));
+    assert_eq!(pod.termination_grace_period_seconds, Some(12));
+    assert!(pod.topology_spread_constraints.is_none());
+    let security = pod.security_context.as_ref().unwrap();
+    assert_eq!(
+        (
+            security.run_as_user,
+            security.run_as_group,
+            security.fs_group,
+            security.run_as_non_root
+        ),
+        (Some(10001), Some(10002), Some(10002), Some(true))
+    );
+    let pod = pod_of(&render(&one, &options(gateway()).drain(Duration::ZERO)));
+    assert!(pod.containers[0].lifecycle.is_none());
+    assert_eq!(pod.termination_grace_period_seconds, Some(30));
+    // Root only outside the restricted standard.
+    let pod = pod_of(&render(
+        &one,
+        &options(gateway()).restricted(false).run_as(0, 0),
+    ));
+    assert_eq!(pod.security_context.as_ref().unwrap().run_as_user, Some(0));
+
+    for (bad, want) in [
+        (
+            options(gateway()).run_as(0, 0),
+            "invalid run_as.user: 0 is root, which the restricted Pod Security Standard forbids",
+        ),
+        (
+            options(gateway()).run_as(-1, 5),
+            "invalid run_as: user -1 and group 5 must be 0 or more",
+        ),
+        (
+            options(gateway()).drain(Duration::from_secs(7200)),
+            "invalid drain: 7200s is more than 3600s",
+        ),
+        (
+            options(gateway()).shutdown_grace(Duration::from_secs(u64::MAX)),
+            "invalid shutdown_grace:",
+        ),
+    ] {
+        let e = message(render::plan(&name, &one, &secrets, &bad));
+        assert!(e.starts_with(want), "{e}\nwanted {want}");
+    }
+}

@@ -70,6 +70,14 @@
 //! token is not mounted unless [`RenderOptions::service_account_token`] asks for it. Requests
 //! and limits are always set. Images are pinned by digest when the artifact is a `sha256:`
 //! digest (`<repository>@sha256:…`), else tagged with the revision's label.
+//!
+//! Stopping pods drain: a `preStop` sleep ([`RenderOptions::drain`], default 5 s) keeps a pod
+//! serving while endpoints and routers stop sending it requests, inside a
+//! `terminationGracePeriodSeconds` of the drain plus [`RenderOptions::shutdown_grace`]
+//! (default 30 s). Each revision's pods are spread over zones and nodes as a preference
+//! ([`RenderOptions::spread`]). Images whose `USER` is a name get a numeric user and group
+//! with [`RenderOptions::run_as`] (the kubelet cannot check a named user against
+//! `runAsNonRoot`); root is refused under the restricted standard.
 
 mod names;
 mod network;
@@ -81,6 +89,7 @@ mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::time::Duration;
 
 use deploykit_core::secrets::SecretString;
 #[cfg(doc)]
@@ -158,6 +167,32 @@ pub struct RenderOptions {
     pub network: NetworkOptions,
     /// A ResourceQuota for the namespace (see [`namespace_plan`]).
     pub quota: Option<Quota>,
+    /// The user and group the pods run as (`runAsUser`, `runAsGroup` and `fsGroup`), for
+    /// images whose `USER` is a name: under `runAsNonRoot` the kubelet cannot tell whether a
+    /// named user is root and refuses to start the container. `None`: the image's own numeric
+    /// `USER` (default).
+    pub run_as: Option<RunAs>,
+    /// How long a stopping pod keeps serving while endpoints and routers stop sending it
+    /// requests: a `preStop` sleep of this long (default 5 s; zero: none), so no request is
+    /// sent to a pod that already exited.
+    pub drain: Duration,
+    /// How long the app has after SIGTERM to finish (default 30 s); the pod's
+    /// `terminationGracePeriodSeconds` is `drain` plus this.
+    pub shutdown_grace: Duration,
+    /// Spread each revision's pods over zones and nodes (`topologySpreadConstraints` on
+    /// `topology.kubernetes.io/zone` and `kubernetes.io/hostname`, max skew 1,
+    /// `ScheduleAnyway`: a preference, never a pod left pending; default true).
+    pub spread: bool,
+}
+
+/// The numeric user and group pods run as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunAs {
+    /// `runAsUser`.
+    pub user: i64,
+    /// `runAsGroup` and `fsGroup`.
+    pub group: i64,
 }
 
 impl RenderOptions {
@@ -176,7 +211,39 @@ impl RenderOptions {
             pdb_max_unavailable: 1,
             network: NetworkOptions::default(),
             quota: None,
+            run_as: None,
+            drain: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(30),
+            spread: true,
         }
+    }
+
+    /// Run the pods as numeric user `user` and group `group`.
+    #[must_use]
+    pub fn run_as(mut self, user: i64, group: i64) -> Self {
+        self.run_as = Some(RunAs { user, group });
+        self
+    }
+
+    /// Keep a stopping pod serving this long (a `preStop` sleep; zero: none).
+    #[must_use]
+    pub fn drain(mut self, drain: Duration) -> Self {
+        self.drain = drain;
+        self
+    }
+
+    /// Give the app this long after SIGTERM.
+    #[must_use]
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Spread pods over zones and nodes, or not.
+    #[must_use]
+    pub fn spread(mut self, spread: bool) -> Self {
+        self.spread = spread;
+        self
     }
 
     /// Use image repository `repository` (no tag or digest) for `service`.

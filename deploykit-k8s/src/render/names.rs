@@ -151,6 +151,9 @@ pub(crate) fn is_image_tag(s: &str) -> bool {
 
 /// Checks everything in `options` that `plan` relies on but the router (checked by
 /// `routes::check_router`), and the service name's length.
+/// The longest `drain` or `shutdown_grace` accepted.
+const MAX_TERMINATION: std::time::Duration = std::time::Duration::from_secs(3600);
+
 pub(crate) fn check_options(service: &ServiceId, options: &RenderOptions) -> Result<()> {
     if service.as_str().len() > MAX_SERVICE_NAME {
         return Err(Error::invalid(
@@ -177,6 +180,37 @@ pub(crate) fn check_options(service: &ServiceId, options: &RenderOptions) -> Res
             "priority_class",
             format!("{class:?} is not a PriorityClass name"),
         ));
+    }
+    if let Some(run_as) = options.run_as {
+        if run_as.user < 0 || run_as.group < 0 {
+            return Err(Error::invalid(
+                "run_as",
+                format!(
+                    "user {} and group {} must be 0 or more",
+                    run_as.user, run_as.group
+                ),
+            ));
+        }
+        if run_as.user == 0 && options.restricted {
+            return Err(Error::invalid(
+                "run_as.user",
+                "0 is root, which the restricted Pod Security Standard forbids (runAsNonRoot); \
+                 choose another user or set restricted(false)",
+            ));
+        }
+    }
+    for (field, value) in [
+        ("drain", options.drain),
+        ("shutdown_grace", options.shutdown_grace),
+    ] {
+        if value > MAX_TERMINATION {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{value:?} is more than {MAX_TERMINATION:?}: a pod would take that long to stop"
+                ),
+            ));
+        }
     }
     let net = &options.network;
     for ns in &net.allow_from_namespaces {

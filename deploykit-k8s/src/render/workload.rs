@@ -162,6 +162,15 @@ impl RevisionObjects {
                 }),
                 ..core::SecurityContext::default()
             }),
+            lifecycle: (!options.drain.is_zero()).then(|| core::Lifecycle {
+                pre_stop: Some(core::LifecycleHandler {
+                    sleep: Some(core::SleepAction {
+                        seconds: whole_seconds(options.drain),
+                    }),
+                    ..core::LifecycleHandler::default()
+                }),
+                ..core::Lifecycle::default()
+            }),
             volume_mounts: restricted.then(|| {
                 vec![core::VolumeMount {
                     name: "tmp".into(),
@@ -176,13 +185,24 @@ impl RevisionObjects {
             automount_service_account_token: Some(options.service_account_token),
             enable_service_links: Some(false),
             priority_class_name: options.priority_class.clone(),
-            security_context: restricted.then(|| core::PodSecurityContext {
-                run_as_non_root: Some(true),
-                seccomp_profile: Some(core::SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    localhost_profile: None,
-                }),
-                ..core::PodSecurityContext::default()
+            security_context: pod_security(options),
+            termination_grace_period_seconds: Some(
+                whole_seconds(options.drain) + whole_seconds(options.shutdown_grace),
+            ),
+            topology_spread_constraints: options.spread.then(|| {
+                ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+                    .into_iter()
+                    .map(|key| core::TopologySpreadConstraint {
+                        max_skew: 1,
+                        topology_key: key.into(),
+                        when_unsatisfiable: "ScheduleAnyway".into(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(revision_selector(service, rev)),
+                            match_expressions: None,
+                        }),
+                        ..core::TopologySpreadConstraint::default()
+                    })
+                    .collect()
             }),
             volumes: restricted.then(|| {
                 vec![core::Volume {
@@ -589,4 +609,29 @@ mod tests {
             [100, 500, 128, 256]
         );
     }
+}
+
+/// Whole seconds of `d`, rounded up (a drain of 1.5 s sleeps 2 s).
+fn whole_seconds(d: Duration) -> i64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+/// The pod's security context: the restricted standard's, and the user and group it runs as.
+fn pod_security(options: &RenderOptions) -> Option<core::PodSecurityContext> {
+    let mut context = options.restricted.then(|| core::PodSecurityContext {
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(core::SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..core::PodSecurityContext::default()
+    });
+    if let Some(run_as) = options.run_as {
+        let c = context.get_or_insert_with(core::PodSecurityContext::default);
+        c.run_as_user = Some(run_as.user);
+        c.run_as_group = Some(run_as.group);
+        c.fs_group = Some(run_as.group);
+    }
+    context
 }
