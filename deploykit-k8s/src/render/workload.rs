@@ -585,6 +585,31 @@ pub(crate) fn resource_quota(quota: &Quota, options: &RenderOptions) -> core::Re
     }
 }
 
+/// Whole seconds of `d`, rounded up (a drain of 1.5 s sleeps 2 s).
+fn whole_seconds(d: Duration) -> i64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+/// The pod's security context: the restricted standard's, and the user and group it runs as.
+fn pod_security(options: &RenderOptions) -> Option<core::PodSecurityContext> {
+    let mut context = options.restricted.then(|| core::PodSecurityContext {
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(core::SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..core::PodSecurityContext::default()
+    });
+    if let Some(run_as) = options.run_as {
+        let c = context.get_or_insert_with(core::PodSecurityContext::default);
+        c.run_as_user = Some(run_as.user);
+        c.run_as_group = Some(run_as.group);
+        c.fs_group = Some(run_as.group);
+    }
+    context
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,29 +634,4 @@ mod tests {
             [100, 500, 128, 256]
         );
     }
-}
-
-/// Whole seconds of `d`, rounded up (a drain of 1.5 s sleeps 2 s).
-fn whole_seconds(d: Duration) -> i64 {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    i64::try_from(secs).unwrap_or(i64::MAX)
-}
-
-/// The pod's security context: the restricted standard's, and the user and group it runs as.
-fn pod_security(options: &RenderOptions) -> Option<core::PodSecurityContext> {
-    let mut context = options.restricted.then(|| core::PodSecurityContext {
-        run_as_non_root: Some(true),
-        seccomp_profile: Some(core::SeccompProfile {
-            type_: "RuntimeDefault".into(),
-            localhost_profile: None,
-        }),
-        ..core::PodSecurityContext::default()
-    });
-    if let Some(run_as) = options.run_as {
-        let c = context.get_or_insert_with(core::PodSecurityContext::default);
-        c.run_as_user = Some(run_as.user);
-        c.run_as_group = Some(run_as.group);
-        c.fs_group = Some(run_as.group);
-    }
-    context
 }
