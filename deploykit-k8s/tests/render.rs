@@ -16,9 +16,9 @@ use deploykit_core::{
     Weight,
 };
 use deploykit_k8s::render::{
-    self, ANNOTATION_AUTOSCALE, ANNOTATION_REVISION_SPEC, ANNOTATION_TRAFFIC, EgressRule,
-    LABEL_MANAGED_BY, LABEL_NAME, LABEL_REVISION, MANAGED_BY, NetworkOptions, Object, ParentRef,
-    Plan, Quota, RenderOptions, Router, SecretValues,
+    self, ANNOTATION_AUTOSCALE, ANNOTATION_REVISION_SPEC, ANNOTATION_TRAFFIC, EgressPeer,
+    EgressRule, LABEL_MANAGED_BY, LABEL_NAME, LABEL_REVISION, MANAGED_BY, Mesh, NetworkOptions,
+    Object, ParentRef, Plan, Quota, RenderOptions, Router, SecretValues,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -124,6 +124,7 @@ fn options(router: Router) -> RenderOptions {
             allow_from_namespaces: vec!["gateway".into()],
             allow_egress: vec![EgressRule::new("10.20.0.0/16", vec![5432])],
             allow_dns: true,
+            ..NetworkOptions::default()
         })
 }
 
@@ -1216,6 +1217,182 @@ fn stopping_pods_drain_spread_and_run_as_a_numbered_user() {
         ),
     ] {
         let e = message(render::plan(&name, &one, &secrets, &bad));
+        assert!(e.starts_with(want), "{e}\nwanted {want}");
+    }
+}
+
+/// The NetworkPolicy of a plan rendered with `network` and `router`, as JSON.
+fn policy_with(router: Router, network: NetworkOptions) -> Value {
+    let (v1, _) = revisions();
+    let one = DesiredState::new(vec![RevisionTarget::new(v1.clone(), 1)], Traffic::default());
+    let options = RenderOptions::new("shop")
+        .image("web", "registry.example.com/shop/web")
+        .router(router)
+        .network(network);
+    render(&one, &options)
+        .get("NetworkPolicy", "web")
+        .unwrap()
+        .to_json()
+}
+
+/// The namespaces a rule's peers select by name.
+fn namespaces_of(rule: &Value) -> Vec<String> {
+    rule["from"]
+        .as_array()
+        .or_else(|| rule["to"].as_array())
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[test]
+fn the_network_policy_lets_the_gateway_and_the_mesh_through() {
+    // Seen: with a router and nothing allowed, the Gateway's data plane was denied. Now the
+    // parent Gateway's namespace may reach the app port…
+    let policy = policy_with(gateway(), NetworkOptions::default());
+    assert_eq!(namespaces_of(&policy["spec"]["ingress"][0]), ["gateway"]);
+    // …the route's own namespace when the parent names none, the Istio gateways' (never the
+    // mesh pseudo-gateway), or where the implementation runs its proxies, if told.
+    let local = Router::GatewayApi {
+        parent: ParentRef::new("public"),
+        hostnames: vec![],
+    };
+    let policy = policy_with(local.clone(), NetworkOptions::default());
+    assert_eq!(namespaces_of(&policy["spec"]["ingress"][0]), ["shop"]);
+    let istio_gateways = Router::Istio {
+        gateways: vec![
+            "mesh".into(),
+            "istio-ingress/public".into(),
+            "istio-ingress/internal".into(),
+        ],
+        hosts: vec!["shop.example.com".into()],
+    };
+    let policy = policy_with(istio_gateways, NetworkOptions::default());
+    assert_eq!(
+        namespaces_of(&policy["spec"]["ingress"][0]),
+        ["istio-ingress"]
+    );
+    let elsewhere = NetworkOptions {
+        gateway_namespaces: Some(vec!["envoy-gateway-system".into()]),
+        ..NetworkOptions::default()
+    };
+    let policy = policy_with(gateway(), elsewhere);
+    assert_eq!(
+        namespaces_of(&policy["spec"]["ingress"][0]),
+        ["envoy-gateway-system"]
+    );
+    let policy = policy_with(Router::None, NetworkOptions::default());
+    assert!(namespaces_of(&policy["spec"]["ingress"][0]).is_empty());
+
+    // Seen: with Istio sidecars, egress allowed only DNS, so istio-proxy never reached istiod.
+    let sidecars = NetworkOptions {
+        mesh: Mesh::IstioSidecar,
+        ..NetworkOptions::default()
+    };
+    let egress = policy_with(gateway(), sidecars)["spec"]["egress"].clone();
+    assert_eq!(namespaces_of(&egress[1]), ["istio-system"]);
+    assert_eq!(
+        egress[1]["to"][0]["podSelector"]["matchLabels"]["app"],
+        "istiod"
+    );
+    assert_eq!(
+        egress[1]["ports"],
+        serde_json::json!([{"port": 15012, "protocol": "TCP"}])
+    );
+
+    // Seen: in ambient mode, inbound 15008 (HBONE) was not allowed.
+    let ambient = NetworkOptions {
+        mesh: Mesh::IstioAmbient,
+        ..NetworkOptions::default()
+    };
+    let ingress = policy_with(gateway(), ambient)["spec"]["ingress"].clone();
+    assert_eq!(
+        ingress[1]["ports"],
+        serde_json::json!([{"port": 15008, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        namespaces_of(&ingress[1]),
+        ["gateway"],
+        "from the same peers"
+    );
+    assert!(
+        ingress[0]["from"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["ipBlock"]["cidr"] == "169.254.7.127/32"),
+        "kubelet probes through ztunnel: {ingress:#}"
+    );
+
+    // Seen: egress could only be an ipBlock, and DNS assumed kube-system/kube-dns.
+    let selectors = NetworkOptions {
+        allow_egress_to: vec![
+            EgressPeer::new(Some("data"), [("app", "postgres")], vec![5432]),
+            EgressPeer::new(None, [("app.kubernetes.io/name", "api")], vec![]),
+        ],
+        dns_namespace: "dns".into(),
+        dns_labels: BTreeMap::from([("app".into(), "coredns".into())]),
+        ..NetworkOptions::default()
+    };
+    let egress = policy_with(gateway(), selectors)["spec"]["egress"].clone();
+    assert_eq!(namespaces_of(&egress[0]), ["dns"]);
+    assert_eq!(
+        egress[0]["to"][0]["podSelector"]["matchLabels"]["app"],
+        "coredns"
+    );
+    assert_eq!(namespaces_of(&egress[1]), ["data"]);
+    assert_eq!(
+        egress[1]["to"][0]["podSelector"]["matchLabels"]["app"],
+        "postgres"
+    );
+    assert_eq!(egress[1]["ports"][0]["port"], 5432);
+    assert!(
+        egress[2]["to"][0].get("namespaceSelector").is_none(),
+        "this namespace"
+    );
+    assert!(egress[2].get("ports").is_none(), "every port");
+
+    // Mistakes name their field.
+    let (v1, _) = revisions();
+    let one = DesiredState::new(vec![RevisionTarget::new(v1.clone(), 1)], Traffic::default());
+    let secrets = secrets_for(&[&v1]);
+    for (network, want) in [
+        (
+            NetworkOptions {
+                allow_egress_to: vec![EgressPeer::new::<&str, &str>(None, [], vec![])],
+                ..NetworkOptions::default()
+            },
+            "invalid network.allow_egress_to[0]: names neither a namespace nor pod labels",
+        ),
+        (
+            NetworkOptions {
+                allow_egress_to: vec![EgressPeer::new(Some("Data"), [("a", "b")], vec![])],
+                ..NetworkOptions::default()
+            },
+            "invalid network.allow_egress_to[0].namespace: \"Data\" is not a namespace name",
+        ),
+        (
+            NetworkOptions {
+                gateway_namespaces: Some(vec!["a b".into()]),
+                ..NetworkOptions::default()
+            },
+            "invalid network.gateway_namespaces",
+        ),
+        (
+            NetworkOptions {
+                dns_namespace: String::new(),
+                ..NetworkOptions::default()
+            },
+            "invalid network.dns_namespace",
+        ),
+    ] {
+        let options = options(gateway()).network(network);
+        let e = message(render::plan(&web().name, &one, &secrets, &options));
         assert!(e.starts_with(want), "{e}\nwanted {want}");
     }
 }

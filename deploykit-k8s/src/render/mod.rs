@@ -382,23 +382,93 @@ impl ParentRef {
 
 /// What the service's NetworkPolicy allows besides ingress from the service's own pods; with
 /// nothing else allowed it denies everything (a default deny for the app).
+///
+/// The router's data plane may always reach the app port: the namespaces of the Gateway (or
+/// Istio gateways) the route binds to, unless [`NetworkOptions::gateway_namespaces`] names
+/// them (implementations that run their proxies elsewhere, such as Envoy Gateway's
+/// `envoy-gateway-system`). A [`Mesh`] gets the ports its own traffic needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkOptions {
-    /// Namespaces whose pods may reach the app port (e.g. the gateway's), selected by
+    /// Namespaces whose pods may reach the app port, selected by
     /// `kubernetes.io/metadata.name`.
     pub allow_from_namespaces: Vec<String>,
+    /// Where the router's proxies run; `None` (default): the namespaces of the route's parent
+    /// Gateway or Istio gateways.
+    pub gateway_namespaces: Option<Vec<String>>,
     /// Egress allowed to CIDRs.
     pub allow_egress: Vec<EgressRule>,
-    /// Allow DNS: egress UDP and TCP 53 to `kube-dns` in `kube-system` (default true).
+    /// Egress allowed to pods chosen by namespace and labels (a database in another namespace,
+    /// say), which stays right when their addresses change.
+    pub allow_egress_to: Vec<EgressPeer>,
+    /// Allow DNS: egress UDP and TCP 53 to the pods labelled `dns_labels` in `dns_namespace`
+    /// (default true).
     pub allow_dns: bool,
+    /// Where the cluster DNS runs (default `kube-system`).
+    pub dns_namespace: String,
+    /// Its pods' labels (default `k8s-app=kube-dns`, which CoreDNS keeps too).
+    pub dns_labels: BTreeMap<String, String>,
+    /// The service mesh the pods are in (default none).
+    pub mesh: Mesh,
 }
 
 impl Default for NetworkOptions {
     fn default() -> Self {
         NetworkOptions {
             allow_from_namespaces: Vec::new(),
+            gateway_namespaces: None,
             allow_egress: Vec::new(),
+            allow_egress_to: Vec::new(),
             allow_dns: true,
+            dns_namespace: "kube-system".into(),
+            dns_labels: BTreeMap::from([("k8s-app".into(), "kube-dns".into())]),
+            mesh: Mesh::None,
+        }
+    }
+}
+
+/// A service mesh whose own traffic the NetworkPolicy lets through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mesh {
+    /// No mesh.
+    #[default]
+    None,
+    /// Istio with sidecars: egress to istiod (`istio-system`, `app=istiod`) on TCP 15012, where
+    /// the sidecar gets its configuration and certificates; without it pods never get ready.
+    IstioSidecar,
+    /// Istio ambient: ingress on TCP 15008 (HBONE, the tunnel ztunnel and waypoints deliver
+    /// every request through) from wherever the app port may be reached, and from
+    /// 169.254.7.127/32 on the app port (kubelet probes, which ztunnel rewrites to come from
+    /// that address).
+    IstioAmbient,
+}
+
+/// Egress allowed to the pods labelled `pod_labels` in `namespace` (the service's own when
+/// `None`), on TCP `ports` (empty: all).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressPeer {
+    /// The namespace, by name.
+    pub namespace: Option<String>,
+    /// The pods' labels (empty: every pod of the namespace).
+    pub pod_labels: BTreeMap<String, String>,
+    /// TCP ports (empty: every port).
+    pub ports: Vec<u16>,
+}
+
+impl EgressPeer {
+    /// Egress to the pods labelled `pod_labels` in `namespace` on TCP `ports`.
+    pub fn new<K: Into<String>, V: Into<String>>(
+        namespace: Option<&str>,
+        pod_labels: impl IntoIterator<Item = (K, V)>,
+        ports: Vec<u16>,
+    ) -> Self {
+        EgressPeer {
+            namespace: namespace.map(str::to_string),
+            pod_labels: pod_labels
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            ports,
         }
     }
 }

@@ -221,6 +221,43 @@ pub(crate) fn check_options(service: &ServiceId, options: &RenderOptions) -> Res
             ));
         }
     }
+    for ns in net.gateway_namespaces.iter().flatten() {
+        if !is_dns_label(ns) {
+            return Err(Error::invalid(
+                "network.gateway_namespaces",
+                format!("{ns:?} is not a namespace name"),
+            ));
+        }
+    }
+    if net.allow_dns && !is_dns_label(&net.dns_namespace) {
+        return Err(Error::invalid(
+            "network.dns_namespace",
+            format!("{:?} is not a namespace name", net.dns_namespace),
+        ));
+    }
+    for (i, peer) in net.allow_egress_to.iter().enumerate() {
+        if let Some(ns) = &peer.namespace
+            && !is_dns_label(ns)
+        {
+            return Err(Error::invalid(
+                format!("network.allow_egress_to[{i}].namespace"),
+                format!("{ns:?} is not a namespace name"),
+            ));
+        }
+        if peer.namespace.is_none() && peer.pod_labels.is_empty() {
+            return Err(Error::invalid(
+                format!("network.allow_egress_to[{i}]"),
+                "names neither a namespace nor pod labels: it would allow every pod of this \
+                 namespace; name them",
+            ));
+        }
+        if peer.ports.contains(&0) {
+            return Err(Error::invalid(
+                format!("network.allow_egress_to[{i}].ports"),
+                "port 0 is not a port",
+            ));
+        }
+    }
     for (i, rule) in net.allow_egress.iter().enumerate() {
         if !is_cidr(&rule.cidr) {
             return Err(Error::invalid(

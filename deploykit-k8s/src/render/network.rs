@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::names::{app_labels, app_selector, meta, revision_selector};
 use super::workload::PORT_NAME;
-use super::{RenderOptions, SERVICE_PORT};
+use super::{Mesh, RenderOptions, Router, SERVICE_PORT};
 
 /// Which revision each Service selects, and the routes between them.
 #[derive(Debug)]
@@ -294,8 +294,9 @@ fn port(protocol: &str, port: IntOrString) -> NetworkPolicyPort {
     }
 }
 
-/// The NetworkPolicy `<service>`: ingress to the app port from the service's own pods and the
-/// allowed namespaces, egress to DNS and the allowed CIDRs, everything else denied.
+/// The NetworkPolicy `<service>`: ingress to the app port from the service's own pods, the
+/// allowed namespaces and the router's data plane; egress to DNS, the allowed CIDRs and peers;
+/// and what the mesh needs (see [`NetworkOptions`]).
 pub(crate) fn network_policy(
     service: &ServiceId,
     has_port: bool,
@@ -311,25 +312,43 @@ pub(crate) fn network_policy(
             }),
             ..NetworkPolicyPeer::default()
         }];
-        from.extend(
-            net.allow_from_namespaces
-                .iter()
-                .map(|ns| namespace_peer(ns, None)),
+        let mut namespaces: Vec<String> = net.allow_from_namespaces.clone();
+        for ns in gateway_namespaces(options) {
+            if !namespaces.contains(&ns) {
+                namespaces.push(ns);
+            }
+        }
+        from.extend(namespaces.iter().map(|ns| namespace_peer(ns, None)));
+        let app_port = port("TCP", IntOrString::String(PORT_NAME.into()));
+        if net.mesh == Mesh::IstioAmbient {
+            // Requests arrive through ztunnel's HBONE tunnel on 15008, from the same peers.
+            ingress.push(NetworkPolicyIngressRule {
+                from: Some(from.clone()),
+                ports: Some(vec![port("TCP", IntOrString::Int(15008))]),
+            });
+            // Kubelet probes, which ztunnel makes come from this link-local address.
+            from.push(NetworkPolicyPeer {
+                ip_block: Some(IPBlock {
+                    cidr: "169.254.7.127/32".into(),
+                    except: None,
+                }),
+                ..NetworkPolicyPeer::default()
+            });
+        }
+        ingress.insert(
+            0,
+            NetworkPolicyIngressRule {
+                from: Some(from),
+                ports: Some(vec![app_port]),
+            },
         );
-        ingress.push(NetworkPolicyIngressRule {
-            from: Some(from),
-            ports: Some(vec![port("TCP", IntOrString::String(PORT_NAME.into()))]),
-        });
     }
     let mut egress = Vec::new();
     if net.allow_dns {
         egress.push(NetworkPolicyEgressRule {
             to: Some(vec![namespace_peer(
-                "kube-system",
-                Some(BTreeMap::from([(
-                    "k8s-app".to_string(),
-                    "kube-dns".to_string(),
-                )])),
+                &net.dns_namespace,
+                Some(net.dns_labels.clone()),
             )]),
             ports: Some(vec![
                 port("UDP", IntOrString::Int(53)),
@@ -337,6 +356,23 @@ pub(crate) fn network_policy(
             ]),
         });
     }
+    if net.mesh == Mesh::IstioSidecar {
+        egress.push(NetworkPolicyEgressRule {
+            to: Some(vec![namespace_peer(
+                "istio-system",
+                Some(BTreeMap::from([("app".to_string(), "istiod".to_string())])),
+            )]),
+            ports: Some(vec![port("TCP", IntOrString::Int(15012))]),
+        });
+    }
+    let tcp_ports = |ports: &[u16]| {
+        (!ports.is_empty()).then(|| {
+            ports
+                .iter()
+                .map(|p| port("TCP", IntOrString::Int(i32::from(*p))))
+                .collect()
+        })
+    };
     for rule in &net.allow_egress {
         egress.push(NetworkPolicyEgressRule {
             to: Some(vec![NetworkPolicyPeer {
@@ -346,12 +382,24 @@ pub(crate) fn network_policy(
                 }),
                 ..NetworkPolicyPeer::default()
             }]),
-            ports: (!rule.ports.is_empty()).then(|| {
-                rule.ports
-                    .iter()
-                    .map(|p| port("TCP", IntOrString::Int(i32::from(*p))))
-                    .collect()
-            }),
+            ports: tcp_ports(&rule.ports),
+        });
+    }
+    for peer in &net.allow_egress_to {
+        let pods = LabelSelector {
+            match_labels: Some(peer.pod_labels.clone()),
+            match_expressions: None,
+        };
+        let to = match &peer.namespace {
+            Some(ns) => namespace_peer(ns, Some(peer.pod_labels.clone())),
+            None => NetworkPolicyPeer {
+                pod_selector: Some(pods),
+                ..NetworkPolicyPeer::default()
+            },
+        };
+        egress.push(NetworkPolicyEgressRule {
+            to: Some(vec![to]),
+            ports: tcp_ports(&peer.ports),
         });
     }
     Ok(NetworkPolicy {
@@ -366,4 +414,34 @@ pub(crate) fn network_policy(
             egress: (!egress.is_empty()).then_some(egress),
         }),
     })
+}
+
+/// The namespaces the router's proxies run in: [`NetworkOptions::gateway_namespaces`] if set,
+/// else those of the route's parent Gateway or Istio gateways (the route's own namespace when
+/// they name none; nothing for the Istio mesh gateway or without a router).
+fn gateway_namespaces(options: &RenderOptions) -> Vec<String> {
+    if let Some(namespaces) = &options.network.gateway_namespaces {
+        return namespaces.clone();
+    }
+    match &options.router {
+        Router::GatewayApi { parent, .. } => vec![
+            parent
+                .namespace
+                .clone()
+                .unwrap_or_else(|| options.namespace.clone()),
+        ],
+        Router::Istio { gateways, .. } => {
+            let mut out: Vec<String> = Vec::new();
+            for gateway in gateways.iter().filter(|g| g.as_str() != "mesh") {
+                let ns = gateway
+                    .split_once('/')
+                    .map_or_else(|| options.namespace.clone(), |(ns, _)| ns.to_string());
+                if !out.contains(&ns) {
+                    out.push(ns);
+                }
+            }
+            out
+        }
+        Router::None => Vec::new(),
+    }
 }
