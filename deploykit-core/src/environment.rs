@@ -278,6 +278,10 @@ pub struct Observed {
     /// `None` when the service is not autoscaled. See [`Observed::replicas_for`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaled: Option<u32>,
+    /// Why the routing serves nothing although it was applied, as the backend reports it (a
+    /// Kubernetes route its Gateway did not accept, or whose backends it could not resolve).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_problem: Option<String>,
 }
 
 impl Observed {
@@ -292,7 +296,16 @@ impl Observed {
             traffic,
             routing,
             autoscaled: None,
+            routing_problem: None,
         }
+    }
+
+    /// This observation with why its routing serves nothing (see
+    /// [`Observed::routing_problem`]).
+    #[must_use]
+    pub fn with_routing_problem(mut self, problem: Option<String>) -> Self {
+        self.routing_problem = problem;
+        self
     }
 
     /// This observation with the autoscaler's current count (see [`Observed::autoscaled`]).
@@ -354,7 +367,10 @@ impl Observed {
             .iter()
             .map(|r| format!("{} {}/{} ready", r.revision.label, r.ready(), r.desired))
             .collect();
-        parts.join(", ")
+        match &self.routing_problem {
+            Some(problem) => format!("{}; serving nothing: {problem}", parts.join(", ")),
+            None => parts.join(", "),
+        }
     }
 }
 

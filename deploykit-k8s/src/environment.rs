@@ -113,8 +113,10 @@ impl KubeOptions {
 /// [`watch_pods`](Self::watch_pods)) runs and has listed once; otherwise from a LIST per call.
 /// The traffic it reports as served is what that object really routes, over revisions with
 /// ready pods: without a router, the revision the stable Service's selector picks (whatever
-/// the weights say); with a router, the route's weights, or nothing while every parent Gateway
-/// rejects the route (condition `Accepted` = `False` for its current generation).
+/// the weights say); with a router, the route's weights, or nothing while a parent Gateway
+/// reports the route's current generation not accepted or its references unresolved
+/// (`Accepted` or `ResolvedRefs` = `False`), with the Gateway's reason in
+/// [`Observed::routing_problem`] (and so in every message that shows the observation).
 ///
 /// **Traffic split.** Without a [`Router`] ([`Router::None`]) only whole switches are served,
 /// and [`Environment::traffic_split`] says so, naming `RenderOptions::router`: the
@@ -954,12 +956,14 @@ fn routing(service: &ServiceId, holder: Option<&DynamicObject>) -> Result<Traffi
 /// - without a router, the revisions the stable Service's selector reaches: under routed
 ///   traffic one revision, whatever the weights say; else every revision, by ready pods;
 /// - with a router, the route's weights over the revisions with ready pods, or nothing at all
-///   while its Gateway rejects it (see [`rejected`]).
+///   while a Gateway reports it not accepted or its references unresolved (`refused`, see
+///   `route_status::problem`).
 fn served(
     router: &Router,
     holder: Option<&DynamicObject>,
     routing: &Traffic,
     revisions: &[RevisionObservation],
+    refused: bool,
 ) -> BTreeMap<RevisionId, Weight> {
     let counts: Vec<(RevisionId, u32)> = match (router, routing) {
         (Router::None, Traffic::Routed(_)) => {
@@ -976,7 +980,7 @@ fn served(
                 .map(|r| (r.revision.id.clone(), r.ready()))
                 .collect()
         }
-        (_, Traffic::Routed(_)) if holder.is_some_and(rejected) => Vec::new(),
+        (_, Traffic::Routed(_)) if refused => Vec::new(),
         (_, Traffic::Routed(routes)) => revisions
             .iter()
             .filter(|r| r.ready() > 0)
@@ -988,31 +992,6 @@ fn served(
             .collect(),
     };
     proportional_weights(&counts)
-}
-
-/// Whether every parent of a Gateway API route has rejected its current generation (condition
-/// `Accepted` = `False` in `status.parents`): then the route serves nothing.
-fn rejected(route: &DynamicObject) -> bool {
-    let generation = route.metadata.generation;
-    let parents = route
-        .data
-        .pointer("/status/parents")
-        .and_then(Value::as_array);
-    parents.is_some_and(|parents| {
-        !parents.is_empty()
-            && parents.iter().all(|parent| {
-                parent
-                    .get("conditions")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .any(|c| {
-                        c.get("type").and_then(Value::as_str) == Some("Accepted")
-                            && c.get("status").and_then(Value::as_str) == Some("False")
-                            && c.get("observedGeneration").and_then(Value::as_i64) == generation
-                    })
-            })
-    })
 }
 
 /// The field manager of the HorizontalPodAutoscaler's writes (its controller runs in the
@@ -1322,8 +1301,18 @@ impl Environment for KubeEnvironment {
             ));
         }
 
-        let traffic = served(&self.options.router, holder.as_ref(), &routing, &revisions);
-        let observed = Observed::new(revisions, traffic, routing);
+        let problem = holder
+            .as_ref()
+            .filter(|_| matches!(routing, Traffic::Routed(_)))
+            .and_then(crate::route_status::problem);
+        let traffic = served(
+            &self.options.router,
+            holder.as_ref(),
+            &routing,
+            &revisions,
+            problem.is_some(),
+        );
+        let observed = Observed::new(revisions, traffic, routing).with_routing_problem(problem);
         Ok(match scale {
             Some(n) => observed.with_autoscaled(n),
             None => observed,

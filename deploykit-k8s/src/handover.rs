@@ -25,11 +25,12 @@
 use async_trait::async_trait;
 use deploykit_core::failover::Handover;
 use deploykit_core::{Error, Result, ServiceId};
-use kube::api::{ApiResource, DynamicObject};
-use serde_json::{Value, json};
+use kube::api::ApiResource;
+use serde_json::json;
 
 use crate::environment::{KubeEnvironment, http_route, virtual_service};
 use crate::render::{LABEL_MANAGED_BY, MANAGED_BY, Router};
+use crate::route_status::accepted_parents;
 
 /// Route annotation naming the namespace its clients were handed over to.
 pub const ANNOTATION_HANDED_OVER: &str = "deploykit.dev/handed-over-to";
@@ -311,59 +312,4 @@ fn describe_router(router: &Router) -> String {
         }
         Router::None => "no router".to_string(),
     }
-}
-
-/// The parents (Gateways) that accepted the route's current generation with every reference
-/// resolved; why not, naming the parent, the condition and its reason, when one has not.
-fn accepted_parents(route: &DynamicObject) -> std::result::Result<Vec<String>, String> {
-    let generation = route.metadata.generation;
-    let name = route.metadata.name.as_deref().unwrap_or_default();
-    let parents = route
-        .data
-        .pointer("/status/parents")
-        .and_then(Value::as_array)
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| {
-            format!(
-                "HTTPRoute {name} has no status from a Gateway yet (generation {})",
-                generation.unwrap_or_default()
-            )
-        })?;
-    let mut accepted = Vec::new();
-    for parent in parents {
-        let gateway = parent
-            .pointer("/parentRef/name")
-            .and_then(Value::as_str)
-            .unwrap_or("?");
-        for kind in ["Accepted", "ResolvedRefs"] {
-            let condition = parent
-                .get("conditions")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .find(|c| c.get("type").and_then(Value::as_str) == Some(kind));
-            let Some(c) = condition else {
-                return Err(format!(
-                    "Gateway {gateway} has not reported {kind} for HTTPRoute {name}"
-                ));
-            };
-            let field = |f: &str| c.get(f).and_then(Value::as_str).unwrap_or_default();
-            if c.get("observedGeneration").and_then(Value::as_i64) != generation {
-                return Err(format!(
-                    "Gateway {gateway} has not seen generation {} of HTTPRoute {name} yet",
-                    generation.unwrap_or_default()
-                ));
-            }
-            if field("status") != "True" {
-                return Err(format!(
-                    "Gateway {gateway} reports {kind} {} for HTTPRoute {name}: {} ({})",
-                    field("status"),
-                    field("reason"),
-                    field("message")
-                ));
-            }
-        }
-        accepted.push(format!("Gateway {gateway}"));
-    }
-    Ok(accepted)
 }

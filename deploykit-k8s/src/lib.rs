@@ -70,6 +70,7 @@ pub mod handover;
 mod logs;
 pub mod render;
 mod retry;
+mod route_status;
 pub mod store;
 
 /// How API calls are retried: deploykit's one [`deploykit_core::retry::RetryPolicy`].

@@ -310,7 +310,8 @@ async fn without_a_router_observe_reports_what_the_stable_service_reaches() {
     assert_eq!(observed.weight_of(&v2.id), 100, "{:?}", observed.traffic);
 }
 
-/// With a Gateway API router, a route its Gateway rejects serves nothing.
+/// With a Gateway API router, a route its Gateway rejects, or whose references it cannot
+/// resolve, serves nothing, and the observation says why.
 #[tokio::test]
 async fn a_route_its_gateway_rejects_serves_nothing() {
     let server = FakeApiServer::new();
@@ -341,6 +342,14 @@ async fn a_route_its_gateway_rejects_serves_nothing() {
     server.edit_object("httproutes", NS, "web", accepted("False"));
     let observed = env.observe(&service()).await.unwrap();
     assert!(observed.traffic.is_empty(), "{:?}", observed.traffic);
+    assert!(
+        observed.summary().contains(
+            "serving nothing: Gateway public reports Accepted False for HTTPRoute web: \
+             NotAllowedByListeners"
+        ),
+        "{}",
+        observed.summary()
+    );
 
     server.edit_object("httproutes", NS, "web", accepted("True"));
     let observed = env.observe(&service()).await.unwrap();
@@ -348,6 +357,41 @@ async fn a_route_its_gateway_rejects_serves_nothing() {
         (observed.weight_of(&v1.id), observed.weight_of(&v2.id)),
         (75, 25)
     );
+    assert_eq!(observed.routing_problem, None);
+
+    // Accepted, but a backend it cannot resolve (a Service in another namespace with no
+    // ReferenceGrant, say): not served either, and said why.
+    server.edit_object("httproutes", NS, "web", |route| {
+        let generation = route["metadata"]["generation"].clone();
+        route["status"]["parents"][0]["conditions"] = json!([
+            { "type": "Accepted", "status": "True", "reason": "Accepted",
+              "observedGeneration": generation },
+            { "type": "ResolvedRefs", "status": "False", "reason": "RefNotPermitted",
+              "message": "backendRef web-canary is not permitted", "observedGeneration": generation },
+        ]);
+    });
+    let observed = env.observe(&service()).await.unwrap();
+    assert!(observed.traffic.is_empty(), "{:?}", observed.traffic);
+    assert!(
+        observed
+            .routing_problem
+            .as_deref()
+            .is_some_and(|p| p.contains("ResolvedRefs False for HTTPRoute web: RefNotPermitted")),
+        "{observed:?}"
+    );
+
+    // What a Gateway said of an older generation is not believed, either way.
+    server.edit_object("httproutes", NS, "web", |route| {
+        let older = route["metadata"]["generation"].as_i64().unwrap() - 1;
+        for c in route["status"]["parents"][0]["conditions"]
+            .as_array_mut()
+            .unwrap()
+        {
+            c["observedGeneration"] = json!(older);
+        }
+    });
+    let observed = env.observe(&service()).await.unwrap();
+    assert_eq!(observed.weight_of(&v1.id), 75, "{observed:?}");
 }
 
 // ------------------------------------------------------------------------------------------
