@@ -1396,3 +1396,41 @@ fn the_network_policy_lets_the_gateway_and_the_mesh_through() {
         assert!(e.starts_with(want), "{e}\nwanted {want}");
     }
 }
+
+/// Seen: `Plan::to_yaml()` could not be applied, its Secret data being redacted. The applicable
+/// YAML leaves the Secrets out (naming them and their keys for whoever must create them) and
+/// every other object is exactly what deploykit applies.
+#[test]
+fn applicable_yaml_leaves_secrets_out_and_names_them() {
+    let plan = render(
+        &two(Traffic::routed(canary_routes(25))),
+        &options(gateway()),
+    );
+    let yaml = plan.to_applicable_yaml();
+    assert!(!yaml.contains("<redacted>"), "{yaml}");
+    assert!(!yaml.contains(SECRET_VALUE));
+    let secret_names: Vec<&str> = plan
+        .objects
+        .iter()
+        .filter(|o| matches!(o, Object::Secret(_)))
+        .map(Object::name)
+        .collect();
+    assert_eq!(secret_names.len(), 2);
+    for name in &secret_names {
+        assert!(
+            yaml.contains(&format!("#   Secret shop/{name}: keys DATABASE_URL")),
+            "{yaml}"
+        );
+    }
+    let documents: Vec<Value> = yaml
+        .split("\n---\n")
+        .map(|doc| serde_saphyr::from_str(doc).expect("each document is YAML"))
+        .collect();
+    let applied: Vec<Value> = plan
+        .objects
+        .iter()
+        .filter(|o| !matches!(o, Object::Secret(_)))
+        .map(Object::to_json)
+        .collect();
+    assert_eq!(documents, applied);
+}

@@ -717,9 +717,58 @@ pub struct Plan {
 
 impl Plan {
     /// The objects as multi-document YAML (documents separated by `---`, keys sorted after
-    /// `apiVersion`, `kind` and `metadata`), Secret values redacted.
+    /// `apiVersion`, `kind` and `metadata`), Secret values redacted: for reading. See
+    /// [`Plan::to_applicable_yaml`] for YAML to apply.
     pub fn to_yaml(&self) -> String {
         yaml::to_yaml(self.objects.iter().map(Object::to_redacted_json))
+    }
+
+    /// The objects as YAML that `kubectl apply -f` can apply: every object but the Secrets,
+    /// which hold values that must not be written out. A comment at the top names each Secret
+    /// the pods reference and its keys, which must exist before the pods can start (made by
+    /// hand, by an operator such as External Secrets, or by deploykit's own apply).
+    ///
+    /// ```
+    /// # use deploykit_k8s::render::Plan;
+    /// let yaml = Plan::default().to_applicable_yaml();
+    /// assert!(yaml.is_empty());
+    /// ```
+    pub fn to_applicable_yaml(&self) -> String {
+        let secrets: Vec<String> = self
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::Secret(secret) => {
+                    let keys: Vec<&str> = secret
+                        .data
+                        .iter()
+                        .flat_map(|d| d.keys())
+                        .chain(secret.string_data.iter().flat_map(|d| d.keys()))
+                        .map(String::as_str)
+                        .collect();
+                    Some(format!(
+                        "#   Secret {}/{}: keys {}",
+                        secret.metadata.namespace.as_deref().unwrap_or_default(),
+                        o.name(),
+                        keys.join(", ")
+                    ))
+                }
+                _ => None,
+            })
+            .collect();
+        let body = yaml::to_yaml(
+            self.objects
+                .iter()
+                .filter(|o| !matches!(o, Object::Secret(_)))
+                .map(Object::to_json),
+        );
+        if secrets.is_empty() {
+            return body;
+        }
+        format!(
+            "# Secrets left out (their values are never written); create them before applying:\n{}\n{body}",
+            secrets.join("\n")
+        )
     }
 
     /// The object of `kind` named `name`, if any.
