@@ -367,7 +367,7 @@ pub async fn restore(client: &kube::Client, bytes: &[u8], namespace: &str) -> Re
         .map(|(i, v)| check(i, v))
         .collect::<Result<Vec<_>>>()?;
     let policy = api_policy();
-    let params = PatchParams::apply("deploykit").force();
+    let params = PatchParams::apply("deploykit").force().validation_strict();
     let mut restored = Vec::with_capacity(checked.len());
     for item in checked {
         let label = format!("{}/{}", item.kind.kind, item.name);

@@ -500,7 +500,7 @@ impl KubeEnvironment {
         let key = self.key(&resource.kind, &name);
         self.shared.applied().remove(&key);
         let api = self.dynamic(resource);
-        let params = PatchParams::apply(MANAGER).force();
+        let params = PatchParams::apply(MANAGER).force().validation_strict();
         let patch = Patch::Apply(body);
         self.backoff
             .run(&key, classify, || api.patch(&name, &params, &patch))
@@ -602,7 +602,7 @@ impl KubeEnvironment {
             return Ok(());
         }
         let api = self.dynamic(&object.api_resource());
-        let mut params = PatchParams::apply(MANAGER);
+        let mut params = PatchParams::apply(MANAGER).validation_strict();
         params.force = self.settings.force_conflicts;
         let name = object.name().to_string();
         let patch = Patch::Apply(&json);
@@ -915,7 +915,9 @@ impl KubeEnvironment {
             "metadata": { "name": name },
             "spec": { "replicas": replicas },
         });
-        let params = PatchParams::apply(SCALE_MANAGER).force();
+        let params = PatchParams::apply(SCALE_MANAGER)
+            .force()
+            .validation_strict();
         let patch = Patch::Apply(&body);
         let key = format!("{}/replicas", self.key("Deployment", name));
         self.backoff

@@ -640,3 +640,57 @@ autoscale = { min_replicas = 2, max_replicas = 8, target_cpu_percent = 60 }
         60
     );
 }
+
+/// Seen: on a cluster whose Gateway API predates `requestMirror.percent` (v1.2), the field was
+/// dropped without a word and every request mirrored. deploykit applies with
+/// `fieldValidation=Strict`, so such a cluster refuses the route, naming the field, and the
+/// mirror is never silently widened.
+#[tokio::test]
+async fn a_field_the_cluster_does_not_know_is_refused_never_dropped() {
+    let server = FakeApiServer::new();
+    server.undeclare_field("httproutes", "spec.rules.*.filters.*.requestMirror.percent");
+    let env = kube(&server, gateway());
+    let spec = environment(StrategySpec::default(), None);
+    let (v1, v2) = (revision(&spec, "v1"), revision(&spec, "v2"));
+    let mut routes = Routes::all_to(&v1.id);
+    routes.mirror = Some(deploykit_core::environment::Mirror::new(
+        v2.id.clone(),
+        Weight::new(10).unwrap(),
+    ));
+    let state = DesiredState::new(
+        vec![
+            RevisionTarget::new(v1.clone(), 2),
+            RevisionTarget::new(v2.clone(), 1),
+        ],
+        Traffic::routed(routes),
+    );
+    let e = env.apply(&service(), &state).await.unwrap_err();
+    assert!(
+        e.chain().contains(
+            ".spec.rules[0].filters[0].requestMirror.percent: field not declared in schema"
+        ),
+        "{}",
+        e.chain()
+    );
+    // Every write deploykit sends is a strict server-side apply.
+    let patches: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .collect();
+    assert!(!patches.is_empty());
+    for r in patches {
+        assert_eq!(
+            r.param("fieldValidation").as_deref(),
+            Some("Strict"),
+            "{}",
+            r.path
+        );
+    }
+    // Without the mirror, the same cluster takes the route.
+    let plain = DesiredState::new(
+        vec![RevisionTarget::new(v1.clone(), 2)],
+        Traffic::routed(Routes::all_to(&v1.id)),
+    );
+    env.apply(&service(), &plain).await.unwrap();
+}

@@ -113,7 +113,9 @@
 //! [`FakeApiServer::edit_object`] writes behind the client's back,
 //! [`FakeApiServer::set_pod_status`] edits a pod, [`FakeApiServer::requests`] logs every
 //! request, [`FakeApiServer::objects`] lists what is stored,
-//! [`FakeApiServer::hide_api_group`] uninstalls an API group,
+//! [`FakeApiServer::undeclare_field`] makes a field unknown to a resource's schema (dropped,
+//! or refused under `fieldValidation=Strict`); [`FakeApiServer::hide_api_group`] uninstalls an
+//! API group,
 //! [`FakeApiServer::append_pod_log`] (and [`FakeApiServer::append_pod_log_at`]) writes
 //! container output, [`FakeApiServer::cut_log_streams`] drops every open log stream and
 //! [`FakeApiServer::open_log_streams`] counts them.
@@ -246,6 +248,9 @@ struct State {
     hooks: Vec<PendingHook>,
     requests: Vec<RecordedRequest>,
     hidden_groups: BTreeSet<String>,
+    /// Fields the schema of a resource (by plural) does not declare, as dotted paths with `*`
+    /// for every list item.
+    undeclared: Vec<(String, String)>,
     logs: logs::Logs,
 }
 
@@ -430,6 +435,17 @@ impl FakeApiServer {
             .map(|(_, s)| s.object.clone())
     }
 
+    /// Make the schema of resource `plural` lack the field at `path` (dotted, `*` for every
+    /// item of a list, e.g. `spec.rules.*.filters.*.requestMirror.percent`), as an older CRD
+    /// version does: a write with `fieldValidation=Strict` that sets it answers 400 naming the
+    /// field (`.spec.rules[0]…: field not declared in schema`); any other write has it dropped
+    /// without a word, as the real server does by default (only a warning header).
+    pub fn undeclare_field(&self, plural: &str, path: &str) {
+        self.lock()
+            .undeclared
+            .push((plural.to_string(), path.to_string()));
+    }
+
     /// Make API group `group` (e.g. `networking.istio.io`) absent: every request to it answers
     /// 404, as on a cluster without the CRDs.
     pub fn hide_api_group(&self, group: &str) {
@@ -561,6 +577,7 @@ impl FakeApiServer {
             store: &mut state.store,
             controller: &mut state.controller,
             hidden_groups: &state.hidden_groups,
+            undeclared: &state.undeclared,
             logs: &state.logs,
         }
         .dispatch(method, path, &params, content_type.as_deref(), body);

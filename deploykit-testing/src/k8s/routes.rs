@@ -31,6 +31,8 @@ pub(super) struct Api<'a> {
     pub(super) store: &'a mut Store,
     pub(super) controller: &'a mut Controller,
     pub(super) hidden_groups: &'a BTreeSet<String>,
+    /// Fields the schemas do not declare: `(plural, dotted path)`.
+    pub(super) undeclared: &'a [(String, String)],
     pub(super) logs: &'a Logs,
 }
 
@@ -56,6 +58,18 @@ impl Api<'_> {
         let t = parse_target(path).ok_or_else(Fail::no_route)?;
         if self.hidden_groups.contains(&t.group) {
             return Err(Fail::no_route());
+        }
+        let mut body = body;
+        if let Some(value) = body.as_mut() {
+            let strict = q.get("fieldValidation") == Some("Strict");
+            for (_, field) in self.undeclared.iter().filter(|(p, _)| *p == t.plural) {
+                let segments: Vec<&str> = field.split('.').collect();
+                if let Some(found) = remove_undeclared(value, &segments, String::new(), !strict) {
+                    return Err(Fail::bad_request(format!(
+                        "{found}: field not declared in schema"
+                    )));
+                }
+            }
         }
         let name = t.name.clone();
         match (method.clone(), name, t.sub.as_deref()) {
@@ -586,4 +600,37 @@ fn scale_of(object: &Value) -> Value {
             "selector": selector,
         },
     })
+}
+
+/// Find the field at `segments` (`*` for every list item) in `value`: with `drop`, remove
+/// every occurrence and answer `None`; else answer the first one's path
+/// (`.spec.rules[0].filters[1]…`).
+fn remove_undeclared(
+    value: &mut Value,
+    segments: &[&str],
+    at: String,
+    drop: bool,
+) -> Option<String> {
+    let (first, rest) = segments.split_first()?;
+    if *first == "*" {
+        let items = value.as_array_mut()?;
+        for (i, item) in items.iter_mut().enumerate() {
+            if let Some(found) = remove_undeclared(item, rest, format!("{at}[{i}]"), drop) {
+                return Some(found);
+            }
+        }
+        return None;
+    }
+    let map = value.as_object_mut()?;
+    if rest.is_empty() {
+        if !map.contains_key(*first) {
+            return None;
+        }
+        if drop {
+            map.remove(*first);
+            return None;
+        }
+        return Some(format!("{at}.{first}"));
+    }
+    remove_undeclared(map.get_mut(*first)?, rest, format!("{at}.{first}"), drop)
 }
