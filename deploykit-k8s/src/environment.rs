@@ -21,7 +21,9 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ContainerStatus, Pod, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{
@@ -543,6 +545,15 @@ impl KubeEnvironment {
                 },
             ),
             _ => {}
+        }
+        if self.options.mesh_policy.is_some() {
+            kinds.push(kind::<ServiceAccount>(true));
+            for resource in render::mesh_resources() {
+                kinds.push(Kind {
+                    resource,
+                    collection_delete: true,
+                });
+            }
         }
         kinds.push(kind::<Deployment>(true));
         kinds

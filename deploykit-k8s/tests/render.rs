@@ -16,13 +16,15 @@ use deploykit_core::{
     Weight,
 };
 use deploykit_k8s::render::{
-    self, ANNOTATION_AUTOSCALE, ANNOTATION_REVISION_SPEC, ANNOTATION_TRAFFIC, EgressPeer,
-    EgressRule, LABEL_MANAGED_BY, LABEL_NAME, LABEL_REVISION, MANAGED_BY, Mesh, NetworkOptions,
-    Object, ParentRef, Plan, Quota, RenderOptions, Router, SecretValues,
+    self, ANNOTATION_AUTOSCALE, ANNOTATION_REVISION_SPEC, ANNOTATION_TRAFFIC, Caller, EgressPeer,
+    EgressRule, LABEL_MANAGED_BY, LABEL_NAME, LABEL_REVISION, MANAGED_BY, Mesh, MeshPolicy,
+    NetworkOptions, Object, ParentRef, Plan, Quota, RenderOptions, Router, SecretValues,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, ResourceQuota, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, ResourceQuota, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -313,6 +315,12 @@ fn every_object_fits_its_schema() {
             pods: 10,
         })),
     });
+    let (v1, _) = revisions();
+    plans.push(render(
+        &DesiredState::new(vec![RevisionTarget::new(v1.clone(), 1)], Traffic::default()),
+        &options(istio())
+            .mesh_policy(MeshPolicy::default().allow(vec![Caller::Service("api".into())])),
+    ));
     let mut seen = BTreeMap::<String, usize>::new();
     for plan in &plans {
         for object in &plan.objects {
@@ -343,11 +351,24 @@ fn every_object_fits_its_schema() {
                     assert_eq!(resource.plural, "virtualservices");
                     round_trip::<istio::VirtualService>(&json)
                 }
+                Object::ServiceAccount(_) => round_trip::<ServiceAccount>(&json),
+                Object::PeerAuthentication(_) => {
+                    assert_eq!(resource.plural, "peerauthentications");
+                    round_trip::<istio::Object<istio::PeerAuthentication>>(&json)
+                }
+                Object::AuthorizationPolicy(_) => {
+                    assert_eq!(resource.plural, "authorizationpolicies");
+                    round_trip::<istio::Object<istio::AuthorizationPolicy>>(&json)
+                }
+                Object::DestinationRule(_) => {
+                    assert_eq!(resource.plural, "destinationrules");
+                    round_trip::<istio::Object<istio::DestinationRule>>(&json)
+                }
             }
             *seen.entry(object.kind().to_string()).or_default() += 1;
         }
     }
-    assert_eq!(seen.len(), 11, "every kind is covered: {seen:?}");
+    assert_eq!(seen.len(), 15, "every kind is covered: {seen:?}");
 }
 
 #[test]
@@ -1031,6 +1052,128 @@ mod istio {
     struct Percent {
         value: f64,
     }
+
+    /// `security.istio.io/v1` PeerAuthentication, AuthorizationPolicy and
+    /// `networking.istio.io/v1` DestinationRule: the fields deploykit writes, each checked
+    /// against Istio's API reference (unknown ones refused).
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(crate) struct Object<S> {
+        api_version: String,
+        kind: String,
+        metadata: ObjectMeta,
+        spec: S,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct WorkloadSelector {
+        match_labels: BTreeMap<String, String>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(crate) struct PeerAuthentication {
+        selector: WorkloadSelector,
+        mtls: Mtls,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Mtls {
+        mode: MtlsMode,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[allow(clippy::upper_case_acronyms)]
+    enum MtlsMode {
+        UNSET,
+        DISABLE,
+        PERMISSIVE,
+        STRICT,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(crate) struct AuthorizationPolicy {
+        selector: WorkloadSelector,
+        action: Action,
+        rules: Vec<Rule>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[allow(clippy::upper_case_acronyms)]
+    enum Action {
+        ALLOW,
+        DENY,
+        AUDIT,
+        CUSTOM,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Rule {
+        from: Vec<From>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct From {
+        source: Source,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Source {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        principals: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        namespaces: Option<Vec<String>>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(crate) struct DestinationRule {
+        host: String,
+        traffic_policy: TrafficPolicy,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct TrafficPolicy {
+        connection_pool: ConnectionPool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outlier_detection: Option<OutlierDetection>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<ClientTls>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct ConnectionPool {
+        http: HttpSettings,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct HttpSettings {
+        http1_max_pending_requests: u32,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct OutlierDetection {
+        consecutive_5xx_errors: u32,
+        interval: String,
+        base_ejection_time: String,
+        max_ejection_percent: u32,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct ClientTls {
+        mode: String,
+    }
 }
 
 #[test]
@@ -1433,4 +1576,100 @@ fn applicable_yaml_leaves_secrets_out_and_names_them() {
         .map(Object::to_json)
         .collect();
     assert_eq!(documents, applied);
+}
+
+/// Seen: no PeerAuthentication or AuthorizationPolicy, so any workload could call any service
+/// in clear. With a mesh policy the service gets its own identity, requires mTLS, and answers
+/// only its declared callers and the router.
+#[test]
+fn a_mesh_policy_gives_the_service_an_identity_mtls_and_an_allow_list() {
+    let (v1, _) = revisions();
+    let one = DesiredState::new(vec![RevisionTarget::new(v1.clone(), 2)], Traffic::default());
+    let secrets = secrets_for(&[&v1]);
+    let name = web().name;
+    let policy = MeshPolicy::default().allow(vec![
+        Caller::Service("api".into()),
+        Caller::Namespace("monitoring".into()),
+        Caller::Principal("corp.example/ns/batch/sa/reports".into()),
+    ]);
+    let plan = render(&one, &options(gateway()).mesh_policy(policy));
+    let kinds = kinds(&plan);
+    assert_eq!(kinds[0], "ServiceAccount/web", "{kinds:?}");
+    let network = kinds.iter().position(|k| k == "NetworkPolicy/web").unwrap();
+    assert_eq!(
+        kinds[network + 1..network + 4],
+        [
+            "PeerAuthentication/web",
+            "AuthorizationPolicy/web",
+            "DestinationRule/web"
+        ]
+    );
+    assert_eq!(kinds.last().unwrap(), "HTTPRoute/web");
+
+    let account = plan.get("ServiceAccount", "web").unwrap().to_json();
+    assert_eq!(account["automountServiceAccountToken"], false);
+    for object in &plan.objects {
+        if let Object::Deployment(d) = object {
+            let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+            assert_eq!(pod.service_account_name.as_deref(), Some("web"));
+        }
+    }
+    let selector = serde_json::json!({ "matchLabels": { "app.kubernetes.io/name": "web" } });
+    let peer = plan.get("PeerAuthentication", "web").unwrap().to_json();
+    assert_eq!(peer["apiVersion"], "security.istio.io/v1");
+    assert_eq!(peer["spec"]["mtls"]["mode"], "STRICT");
+    assert_eq!(peer["spec"]["selector"], selector);
+    let authz = plan.get("AuthorizationPolicy", "web").unwrap().to_json();
+    assert_eq!(authz["spec"]["action"], "ALLOW");
+    assert_eq!(
+        authz["spec"]["rules"],
+        serde_json::json!([
+            { "from": [{ "source": { "principals": [
+                "cluster.local/ns/shop/sa/api", "corp.example/ns/batch/sa/reports"] } }] },
+            { "from": [{ "source": { "namespaces": ["gateway", "monitoring"] } }] },
+        ])
+    );
+    let rule = plan.get("DestinationRule", "web").unwrap().to_json();
+    assert_eq!(rule["apiVersion"], "networking.istio.io/v1");
+    assert_eq!(rule["spec"]["host"], "web.shop.svc.cluster.local");
+    assert_eq!(rule["spec"]["trafficPolicy"]["tls"]["mode"], "ISTIO_MUTUAL");
+    assert_eq!(
+        rule["spec"]["trafficPolicy"]["outlierDetection"]["consecutive5xxErrors"],
+        5
+    );
+
+    // Nobody declared and no router: the allow policy has no rule, so it lets nobody in.
+    let closed = render(
+        &one,
+        &options(Router::None).mesh_policy(MeshPolicy::default().allow(vec![])),
+    );
+    let authz = closed.get("AuthorizationPolicy", "web").unwrap().to_json();
+    assert_eq!(authz["spec"]["rules"], serde_json::json!([]));
+    // No allow-list: no authorization policy; no mesh policy: none of it.
+    let open = render(&one, &options(gateway()).mesh_policy(MeshPolicy::default()));
+    assert!(open.get("AuthorizationPolicy", "web").is_none());
+    let plain = render(&one, &options(gateway()));
+    assert!(plain.objects.iter().all(|o| !matches!(
+        o.kind(),
+        "ServiceAccount" | "PeerAuthentication" | "AuthorizationPolicy" | "DestinationRule"
+    )));
+
+    for (policy, want) in [
+        (
+            MeshPolicy::default().allow(vec![Caller::Service("Api".into())]),
+            "invalid mesh_policy.callers[0]: \"Api\" is not a service or namespace name",
+        ),
+        (
+            MeshPolicy::default().allow(vec![Caller::Principal("api".into())]),
+            "invalid mesh_policy.callers[0]: \"api\" is not a principal",
+        ),
+    ] {
+        let e = message(render::plan(
+            &name,
+            &one,
+            &secrets,
+            &options(gateway()).mesh_policy(policy),
+        ));
+        assert!(e.starts_with(want), "{e}\nwanted {want}");
+    }
 }

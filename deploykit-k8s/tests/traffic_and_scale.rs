@@ -694,3 +694,67 @@ async fn a_field_the_cluster_does_not_know_is_refused_never_dropped() {
     );
     env.apply(&service(), &plain).await.unwrap();
 }
+
+/// A mesh policy's objects are applied with the service (the ServiceAccount before the pods
+/// that run as it) and go with it.
+#[tokio::test]
+async fn a_mesh_policy_is_applied_and_torn_down_with_the_service() {
+    use deploykit_k8s::render::{Caller, MeshPolicy};
+    let server = FakeApiServer::new();
+    let options = RenderOptions::new(NS)
+        .image("web", "registry.example.com/web")
+        .router(gateway())
+        .mesh_policy(MeshPolicy::default().allow(vec![Caller::Service("api".into())]));
+    let env = KubeEnvironment::new(server.client(), options);
+    let spec = environment(StrategySpec::default(), None);
+    let v1 = revision(&spec, "v1");
+    let state = DesiredState::new(
+        vec![RevisionTarget::new(v1.clone(), 2)],
+        Traffic::routed(Routes::all_to(&v1.id)),
+    );
+    env.apply(&service(), &state).await.unwrap();
+    for plural in [
+        "serviceaccounts",
+        "peerauthentications",
+        "authorizationpolicies",
+        "destinationrules",
+    ] {
+        assert!(
+            server.object(plural, NS, "web").is_some(),
+            "{plural} web was applied"
+        );
+    }
+    let writes: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.path)
+        .collect();
+    let account = writes
+        .iter()
+        .position(|p| p.contains("/serviceaccounts/"))
+        .unwrap();
+    let deployment = writes
+        .iter()
+        .position(|p| p.contains("/deployments/"))
+        .unwrap();
+    assert!(account < deployment, "{writes:#?}");
+    let pods = server.objects("pods");
+    assert!(
+        pods.iter()
+            .all(|p| p["spec"]["serviceAccountName"] == "web")
+    );
+
+    env.teardown(&service()).await.unwrap();
+    for plural in [
+        "serviceaccounts",
+        "peerauthentications",
+        "authorizationpolicies",
+        "destinationrules",
+    ] {
+        assert!(
+            server.object(plural, NS, "web").is_none(),
+            "{plural} web is gone"
+        );
+    }
+}

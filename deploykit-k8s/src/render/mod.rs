@@ -23,6 +23,7 @@
 //! | HorizontalPodAutoscaler | `web` | when [`DesiredState::autoscale`] is set and one revision serves, see below |
 //! | PodDisruptionBudget | `web` | `maxUnavailable` [`RenderOptions::pdb_max_unavailable`] |
 //! | NetworkPolicy | `web` | default deny, see [`NetworkOptions`] |
+//! | ServiceAccount, PeerAuthentication, AuthorizationPolicy, DestinationRule | `web` | with a [`MeshPolicy`] |
 //! | HTTPRoute / VirtualService | `web` (and HTTPRoute `web-preview`) | see [`Router`] |
 //!
 //! Every object carries [`LABEL_NAME`] and [`LABEL_MANAGED_BY`]; per-revision objects also carry
@@ -79,6 +80,7 @@
 //! with [`RenderOptions::run_as`] (the kubelet cannot check a named user against
 //! `runAsNonRoot`); root is refused under the restricted standard.
 
+mod mesh;
 mod names;
 mod network;
 
@@ -98,7 +100,9 @@ use deploykit_core::{DesiredState, Error, Resources, Result, Revision, RevisionI
 use k8s_openapi::Resource as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, ResourceQuota, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, ResourceQuota, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -179,10 +183,73 @@ pub struct RenderOptions {
     /// How long the app has after SIGTERM to finish (default 30 s); the pod's
     /// `terminationGracePeriodSeconds` is `drain` plus this.
     pub shutdown_grace: Duration,
+    /// Istio security and resilience for the service (default none): see [`MeshPolicy`].
+    pub mesh_policy: Option<MeshPolicy>,
     /// Spread each revision's pods over zones and nodes (`topologySpreadConstraints` on
     /// `topology.kubernetes.io/zone` and `kubernetes.io/hostname`, max skew 1,
     /// `ScheduleAnyway`: a preference, never a pod left pending; default true).
     pub spread: bool,
+}
+
+/// Istio security and resilience for a service, rendered next to its other objects:
+///
+/// - a ServiceAccount `<service>` (token not mounted) the pods run as, so that the service has
+///   an identity of its own in the mesh (`spiffe://<trust domain>/ns/<ns>/sa/<service>`);
+/// - with `mtls_strict` (default), a `PeerAuthentication` requiring mutual TLS for its pods, and
+///   a `DestinationRule` that speaks Istio mTLS to it;
+/// - with `callers` set, an `AuthorizationPolicy` that allows only them: other services of the
+///   namespace by identity, whole namespaces, or principals; the router's data plane (the
+///   namespaces of its gateways, as for the NetworkPolicy) is always allowed. An empty list
+///   allows nobody but the router. `None` (default): no authorization policy.
+/// - the `DestinationRule` also ejects an instance after `outlier_consecutive_5xx` 5xx answers
+///   in a row (for 30 s, at most half of them) and caps pending requests
+///   (`max_pending_requests`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MeshPolicy {
+    /// Require mutual TLS (default true).
+    pub mtls_strict: bool,
+    /// Who may call the service; `None`: anyone the mTLS policy lets in.
+    pub callers: Option<Vec<Caller>>,
+    /// The mesh's trust domain (default `cluster.local`).
+    pub trust_domain: String,
+    /// 5xx answers in a row that eject an instance (default 5; 0: no outlier detection).
+    pub outlier_consecutive_5xx: u32,
+    /// HTTP requests that may wait for a connection to the service (default 1024).
+    pub max_pending_requests: u32,
+}
+
+impl Default for MeshPolicy {
+    fn default() -> Self {
+        MeshPolicy {
+            mtls_strict: true,
+            callers: None,
+            trust_domain: "cluster.local".into(),
+            outlier_consecutive_5xx: 5,
+            max_pending_requests: 1024,
+        }
+    }
+}
+
+impl MeshPolicy {
+    /// Only `callers` (and the router) may call the service.
+    #[must_use]
+    pub fn allow(mut self, callers: Vec<Caller>) -> Self {
+        self.callers = Some(callers);
+        self
+    }
+}
+
+/// Who may call a service under a [`MeshPolicy`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Caller {
+    /// Another deploykit service of the namespace (its ServiceAccount's identity).
+    Service(String),
+    /// Every workload of a namespace.
+    Namespace(String),
+    /// A principal as Istio names it (`<trust domain>/ns/<ns>/sa/<account>`).
+    Principal(String),
 }
 
 /// The numeric user and group pods run as.
@@ -215,7 +282,15 @@ impl RenderOptions {
             drain: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
             spread: true,
+            mesh_policy: None,
         }
+    }
+
+    /// Secure the service in an Istio mesh with `policy`.
+    #[must_use]
+    pub fn mesh_policy(mut self, policy: MeshPolicy) -> Self {
+        self.mesh_policy = Some(policy);
+        self
     }
 
     /// Run the pods as numeric user `user` and group `group`.
@@ -534,6 +609,14 @@ pub enum Object {
     HttpRoute(DynamicObject),
     /// An Istio `VirtualService`.
     VirtualService(DynamicObject),
+    /// The service's own ServiceAccount (with a [`MeshPolicy`]: its identity in the mesh).
+    ServiceAccount(ServiceAccount),
+    /// An Istio `PeerAuthentication` (mTLS required).
+    PeerAuthentication(DynamicObject),
+    /// An Istio `AuthorizationPolicy` (who may call the service).
+    AuthorizationPolicy(DynamicObject),
+    /// An Istio `DestinationRule` (outlier detection, connection limits, mTLS to the service).
+    DestinationRule(DynamicObject),
 }
 
 impl fmt::Debug for Object {
@@ -563,6 +646,12 @@ impl fmt::Debug for Object {
             Object::LimitRange(o) => f.debug_tuple("LimitRange").field(o).finish(),
             Object::HttpRoute(o) => f.debug_tuple("HttpRoute").field(o).finish(),
             Object::VirtualService(o) => f.debug_tuple("VirtualService").field(o).finish(),
+            Object::ServiceAccount(o) => f.debug_tuple("ServiceAccount").field(o).finish(),
+            Object::PeerAuthentication(o) => f.debug_tuple("PeerAuthentication").field(o).finish(),
+            Object::AuthorizationPolicy(o) => {
+                f.debug_tuple("AuthorizationPolicy").field(o).finish()
+            }
+            Object::DestinationRule(o) => f.debug_tuple("DestinationRule").field(o).finish(),
         }
     }
 }
@@ -615,6 +704,22 @@ macro_rules! typed {
                 let $dynamic = routes::VIRTUAL_SERVICE;
                 $d
             }
+            Object::ServiceAccount(_) => {
+                type $t = ServiceAccount;
+                $e
+            }
+            Object::PeerAuthentication(_) => {
+                let $dynamic = mesh::PEER_AUTHENTICATION;
+                $d
+            }
+            Object::AuthorizationPolicy(_) => {
+                let $dynamic = mesh::AUTHORIZATION_POLICY;
+                $d
+            }
+            Object::DestinationRule(_) => {
+                let $dynamic = mesh::DESTINATION_RULE;
+                $d
+            }
         }
     };
 }
@@ -647,7 +752,12 @@ impl Object {
             Object::NetworkPolicy(o) => &o.metadata,
             Object::ResourceQuota(o) => &o.metadata,
             Object::LimitRange(o) => &o.metadata,
-            Object::HttpRoute(o) | Object::VirtualService(o) => &o.metadata,
+            Object::ServiceAccount(o) => &o.metadata,
+            Object::HttpRoute(o)
+            | Object::VirtualService(o)
+            | Object::PeerAuthentication(o)
+            | Object::AuthorizationPolicy(o)
+            | Object::DestinationRule(o) => &o.metadata,
         }
     }
 
@@ -662,7 +772,12 @@ impl Object {
             Object::NetworkPolicy(o) => &mut o.metadata,
             Object::ResourceQuota(o) => &mut o.metadata,
             Object::LimitRange(o) => &mut o.metadata,
-            Object::HttpRoute(o) | Object::VirtualService(o) => &mut o.metadata,
+            Object::ServiceAccount(o) => &mut o.metadata,
+            Object::HttpRoute(o)
+            | Object::VirtualService(o)
+            | Object::PeerAuthentication(o)
+            | Object::AuthorizationPolicy(o)
+            | Object::DestinationRule(o) => &mut o.metadata,
         }
     }
 
@@ -679,7 +794,12 @@ impl Object {
             Object::NetworkPolicy(o) => serde_json::to_value(o),
             Object::ResourceQuota(o) => serde_json::to_value(o),
             Object::LimitRange(o) => serde_json::to_value(o),
-            Object::HttpRoute(o) | Object::VirtualService(o) => serde_json::to_value(o),
+            Object::ServiceAccount(o) => serde_json::to_value(o),
+            Object::HttpRoute(o)
+            | Object::VirtualService(o)
+            | Object::PeerAuthentication(o)
+            | Object::AuthorizationPolicy(o)
+            | Object::DestinationRule(o) => serde_json::to_value(o),
         };
         // Serialising these types to a JSON value cannot fail: every map key is a string.
         value.unwrap_or(Value::Null)
@@ -867,7 +987,10 @@ pub(crate) fn plan_keeping_secrets(
         deployments.push(Object::Deployment(rev.deployment));
     }
 
-    let mut objects = config_maps;
+    let mut objects = mesh::service_account(service, options)
+        .into_iter()
+        .collect::<Vec<_>>();
+    objects.append(&mut config_maps);
     objects.append(&mut secret_objects);
     objects.append(&mut deployments);
     let routable = desired
@@ -899,6 +1022,7 @@ pub(crate) fn plan_keeping_secrets(
     objects.push(Object::NetworkPolicy(network::network_policy(
         service, any_port, options,
     )?));
+    objects.extend(mesh::render(service, options)?);
     if routable {
         objects.extend(routes::render(service, &layout, options)?);
     }
@@ -962,6 +1086,15 @@ pub(crate) struct CustomKind {
     pub(crate) api_version: &'static str,
     pub(crate) kind: &'static str,
     pub(crate) plural: &'static str,
+}
+
+/// The API resources of the mesh objects a [`MeshPolicy`] renders (its ServiceAccount aside).
+pub(crate) fn mesh_resources() -> [ApiResource; 3] {
+    [
+        mesh::PEER_AUTHENTICATION.api_resource(),
+        mesh::AUTHORIZATION_POLICY.api_resource(),
+        mesh::DESTINATION_RULE.api_resource(),
+    ]
 }
 
 impl CustomKind {

@@ -419,7 +419,7 @@ pub(crate) fn network_policy(
 /// The namespaces the router's proxies run in: [`NetworkOptions::gateway_namespaces`] if set,
 /// else those of the route's parent Gateway or Istio gateways (the route's own namespace when
 /// they name none; nothing for the Istio mesh gateway or without a router).
-fn gateway_namespaces(options: &RenderOptions) -> Vec<String> {
+pub(crate) fn gateway_namespaces(options: &RenderOptions) -> Vec<String> {
     if let Some(namespaces) = &options.network.gateway_namespaces {
         return namespaces.clone();
     }

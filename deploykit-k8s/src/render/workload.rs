@@ -183,6 +183,8 @@ impl RevisionObjects {
         let pod = core::PodSpec {
             containers: vec![container],
             automount_service_account_token: Some(options.service_account_token),
+            // With a mesh policy, the service's own ServiceAccount: its identity in the mesh.
+            service_account_name: options.mesh_policy.as_ref().map(|_| service.to_string()),
             enable_service_links: Some(false),
             priority_class_name: options.priority_class.clone(),
             security_context: pod_security(options),
