@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::context::{Context, exit_for, status_json};
 use crate::progress::Follow;
 use crate::{AuditAction, Cli, Command, NotifyAction, Output, PreviewAction};
+use deploykit_local::proxy::{LocalCa, ProxyTls};
 
 async fn follow(ctx: &Context, orchestrator: &Orchestrator, id: &DeploymentId) -> Result<ExitCode> {
     let client = ctx.client();
@@ -72,10 +73,28 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             grace,
             metrics_listen,
             dashboard_listen,
+            tls,
+            tls_cert,
+            tls_key,
         } => {
+            let tls = match (tls, tls_cert, tls_key) {
+                (_, Some(cert), Some(key)) => Some(ProxyTls::from_pem_files(&cert, &key)?),
+                (true, _, _) => {
+                    let ca = LocalCa::open_or_create(&ctx.state_dir()?.join("tls"))?;
+                    let hosts: Vec<String> = ctx
+                        .config()?
+                        .services()
+                        .map(|s| format!("{}.localhost", s.name))
+                        .collect();
+                    tracing::info!(ca = %ca.cert_path().display(), "the proxy serves HTTPS; clients trust this CA");
+                    Some(ProxyTls::issued_by(&ca, &hosts)?)
+                }
+                _ => None,
+            };
             let proxy = deploykit_local::proxy::ProxyConfig {
                 sticky_cookie,
                 max_body_bytes,
+                tls,
                 ..Default::default()
             };
             let options = LocalOptions::new(ctx.state_dir()?)
@@ -316,6 +335,11 @@ async fn daemon(
     dashboard_listen: Option<std::net::SocketAddr>,
 ) -> Result<ExitCode> {
     let environment = ctx.environment(env)?;
+    let scheme = if options.proxy.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     options.state_dir = ctx.local_state(&environment)?.join(environment.as_str());
     let socket = ctx.socket_for(&environment)?;
     let config = ctx.config()?;
@@ -359,7 +383,7 @@ async fn daemon(
     .await?;
     ctx.print(
         format!(
-            "deploykit daemon: environment {environment}, proxy on http://{}, socket {}{} (Ctrl-C \
+            "deploykit daemon: environment {environment}, proxy on {scheme}://{}, socket {}{} (Ctrl-C \
              stops routing; instances keep running for the next daemon)",
             local.proxy_addr(),
             socket.display(),
@@ -374,6 +398,7 @@ async fn daemon(
         ),
         json!({
             "proxy": local.proxy_addr().to_string(),
+            "scheme": scheme,
             "socket": socket,
             "metrics": metrics.as_ref().map(|(_, addr)| format!("http://{addr}/metrics")),
             "dashboard": dashboard.as_ref().map(|(_, url)| url.clone()),

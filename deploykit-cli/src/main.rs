@@ -126,6 +126,17 @@ enum Command {
         /// buttons that act as whoever signed in (`deploykit dashboard` prints the link).
         #[arg(long, value_name = "ADDR", env = "DEPLOYKIT_DASHBOARD_LISTEN")]
         dashboard_listen: Option<std::net::SocketAddr>,
+        /// Serve HTTPS on the proxy with a certificate from this machine's own certificate
+        /// authority (made once in the state directory's `tls/`; trust its `ca.pem`), for
+        /// localhost, 127.0.0.1 and every `<service>.localhost`.
+        #[arg(long, conflicts_with = "tls_cert")]
+        tls: bool,
+        /// Serve HTTPS on the proxy with this certificate chain (PEM, leaf first).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of `--tls-cert` (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Print a link that signs you in to the daemon's dashboard as `--actor` (default $USER),
     /// valid for 15 minutes.

@@ -1045,3 +1045,98 @@ async fn a_paused_proxy_shuts_down_without_resuming() {
         .expect("shutdown of a paused proxy returns");
     assert!(TcpStream::connect(proxy.local_addr()).await.is_err());
 }
+
+/// Seen: the proxy spoke HTTP only. With a certificate from its local CA it terminates TLS: a
+/// client that trusts `ca.pem` gets its answers over HTTPS; one that does not is refused in
+/// the handshake; plain HTTP to the TLS port gets nothing; the CA is made once and reused, so
+/// a client trusts it across restarts.
+#[tokio::test]
+async fn tls_is_terminated_with_a_certificate_of_the_local_ca() {
+    use deploykit_local::proxy::{LocalCa, ProxyTls};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("tls");
+    let ca = LocalCa::open_or_create(&ca_dir).unwrap();
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(ca_dir.join("ca-key.pem"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(key_mode & 0o777, 0o600, "the CA key is the owner's only");
+    let config = ProxyConfig {
+        tls: Some(ProxyTls::issued_by(&ca, &["web.localhost".into()]).unwrap()),
+        ..ProxyConfig::default()
+    };
+    let web = upstream("web").await;
+    let proxy = proxy(config).await;
+    proxy.set_table(only("web", web.upstream("w1")));
+    let port = proxy.local_addr().port();
+
+    let ca_pem = std::fs::read(ca.cert_path()).unwrap();
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem).unwrap())
+        .resolve("web.localhost", proxy.local_addr())
+        .build()
+        .unwrap();
+    for url in [
+        format!("https://localhost:{port}/hello"),
+        format!("https://127.0.0.1:{port}/hello"),
+        format!("https://web.localhost:{port}/hello"),
+    ] {
+        let response = trusting.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{url}");
+    }
+    assert_eq!(web.hits(), 3);
+
+    // A client without the CA does not get through the handshake.
+    let stranger = reqwest::Client::builder().build().unwrap();
+    let e = stranger
+        .get(format!("https://localhost:{port}/hello"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.is_connect(), "{e:?}");
+    // Plain HTTP on the TLS port is no request.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/hello"))
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+    assert_eq!(web.hits(), 3);
+
+    // Opened again, the CA is the same: the old ca.pem trusts the new certificate.
+    drop(proxy);
+    let again = LocalCa::open_or_create(&ca_dir).unwrap();
+    assert_eq!(std::fs::read(again.cert_path()).unwrap(), ca_pem);
+    let config = ProxyConfig {
+        tls: Some(ProxyTls::issued_by(&again, &[]).unwrap()),
+        ..ProxyConfig::default()
+    };
+    let proxy = self::proxy(config).await;
+    proxy.set_table(only("web", web.upstream("w1")));
+    let response = trusting
+        .get(format!(
+            "https://localhost:{}/hello",
+            proxy.local_addr().port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn tls_files_that_are_not_pem_are_named() {
+    use deploykit_local::proxy::ProxyTls;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    std::fs::write(&key, "not a key").unwrap();
+    let e = ProxyTls::from_pem_files(&cert, &key).unwrap_err();
+    assert!(
+        e.to_string().contains("cert.pem") && e.to_string().contains("holds no PEM certificate"),
+        "{e}"
+    );
+    let e = ProxyTls::from_pem_files(&dir.path().join("missing.pem"), &key).unwrap_err();
+    assert!(e.to_string().contains("missing.pem"), "{e}");
+}

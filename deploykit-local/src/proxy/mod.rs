@@ -24,6 +24,7 @@ mod forward;
 mod mirror;
 mod route;
 mod stats;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -40,12 +41,13 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use self::forward::ProxyBody;
 use self::route::Snapshot;
 use self::stats::Stats;
+pub use self::tls::{LocalCa, ProxyTls};
 
 /// Limits and timeouts of the [`Proxy`].
 #[derive(Clone, Debug)]
@@ -65,6 +67,9 @@ pub struct ProxyConfig {
     /// weights sets `<cookie>=<group>`, and a request carrying it goes to that group while the
     /// group has a weight above 0 and ready instances.
     pub sticky_cookie: Option<String>,
+    /// Terminate TLS with this identity (none by default: plain HTTP). Clients that do not
+    /// complete a handshake within `header_timeout` are dropped.
+    pub tls: Option<ProxyTls>,
 }
 
 impl Default for ProxyConfig {
@@ -75,6 +80,7 @@ impl Default for ProxyConfig {
             upstream_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(2),
             sticky_cookie: None,
+            tls: None,
         }
     }
 }
@@ -518,12 +524,39 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(serve_connection(
-                    inner.clone(),
-                    stream,
-                    peer,
-                    shutdown.clone(),
-                ));
+                let _ = stream.set_nodelay(true);
+                match &inner.config.tls {
+                    None => {
+                        tokio::spawn(serve_connection(
+                            inner.clone(),
+                            stream,
+                            peer,
+                            shutdown.clone(),
+                        ));
+                    }
+                    Some(tls) => {
+                        let acceptor = tls.acceptor();
+                        let (inner, shutdown) = (inner.clone(), shutdown.clone());
+                        tokio::spawn(async move {
+                            let handshake = tokio::time::timeout(
+                                inner.config.header_timeout,
+                                acceptor.accept(stream),
+                            )
+                            .await;
+                            match handshake {
+                                Ok(Ok(stream)) => {
+                                    serve_connection(inner, stream, peer, shutdown).await;
+                                }
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%peer, %error, "proxy: TLS handshake failed");
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "proxy: TLS handshake timed out");
+                                }
+                            }
+                        });
+                    }
+                }
             }
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -535,13 +568,14 @@ async fn accept_loop(
     tracing::debug!(addr = %inner.local_addr, "proxy: stopped accepting");
 }
 
-async fn serve_connection(
+async fn serve_connection<S>(
     inner: Arc<Inner>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<u8>,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
