@@ -780,6 +780,33 @@ fn stall_alerting(
     alerting
 }
 
+/// The alerting engine watching production's failovers ([`stall_alerting`]), its two
+/// receivers, and the monitor reading the journal in `store` through a process of its own
+/// (any site will do: it only reads).
+fn stall_watch(
+    store: &dyn_store::Shared,
+    clock: SimClock,
+) -> (
+    deploykit_testing::RecordingAlertSink,
+    deploykit_testing::RecordingAlertSink,
+    deploykit_alerting::Alerting,
+    deploykit_alerting::failover::FailoverMonitor,
+) {
+    let (oncall, lead) = (
+        deploykit_testing::RecordingAlertSink::new(),
+        deploykit_testing::RecordingAlertSink::new(),
+    );
+    let alerting = stall_alerting(&oncall, &lead);
+    let monitor = deploykit_alerting::failover::FailoverMonitor::new(Arc::new(failovers(
+        store,
+        &SimFailoverSite::new(),
+        clock,
+        "watcher",
+    )))
+    .with_clock(Arc::new(clock));
+    (oncall, lead, alerting, monitor)
+}
+
 /// One round of the engine, and its deliveries (each from a task of its own) done.
 async fn evaluate(alerting: &deploykit_alerting::Alerting, monitor: &dyn deploykit_core::Monitor) {
     alerting.evaluate(monitor).await;
@@ -803,22 +830,9 @@ fn heard(sink: &deploykit_testing::RecordingAlertSink) -> Vec<(String, u32, bool
 
 #[tokio::test(start_paused = true)]
 async fn a_stalled_failover_pages_through_the_alerting_engine_escalates_and_resolves() {
-    use deploykit_alerting::failover::FailoverMonitor;
     let clock = SimClock::new();
     let store: dyn_store::Shared = Arc::new(MemoryStore::new());
-    let (oncall, lead) = (
-        deploykit_testing::RecordingAlertSink::new(),
-        deploykit_testing::RecordingAlertSink::new(),
-    );
-    let alerting = stall_alerting(&oncall, &lead);
-    // The monitor reads the journal through a process of its own (any site: it only reads).
-    let monitor = FailoverMonitor::new(Arc::new(failovers(
-        &store,
-        &SimFailoverSite::new(),
-        clock,
-        "watcher",
-    )))
-    .with_clock(Arc::new(clock));
+    let (oncall, lead, alerting, monitor) = stall_watch(&store, clock);
 
     // Promotion fails for about five minutes against a step timeout of 30 s.
     let site = SimFailoverSite::new();
@@ -880,21 +894,9 @@ async fn a_stalled_failover_pages_through_the_alerting_engine_escalates_and_reso
 
 #[tokio::test(start_paused = true)]
 async fn a_failover_whose_process_died_pages_and_resolves_once_another_resumes_it() {
-    use deploykit_alerting::failover::FailoverMonitor;
     let clock = SimClock::new();
     let store: dyn_store::Shared = Arc::new(MemoryStore::new());
-    let (oncall, lead) = (
-        deploykit_testing::RecordingAlertSink::new(),
-        deploykit_testing::RecordingAlertSink::new(),
-    );
-    let alerting = stall_alerting(&oncall, &lead);
-    let monitor = FailoverMonitor::new(Arc::new(failovers(
-        &store,
-        &SimFailoverSite::new(),
-        clock,
-        "watcher",
-    )))
-    .with_clock(Arc::new(clock));
+    let (oncall, _lead, alerting, monitor) = stall_watch(&store, clock);
 
     // The driver dies while scaling (which fails at first); it never journals an escalation.
     let site = SimFailoverSite::new();
