@@ -415,8 +415,15 @@ async fn daemon(
     // Stops the dashboard and the notifications once the daemon stops serving.
     let (stop_dashboard, stopped_dashboard) = tokio::sync::watch::channel(false);
     let stopped_notifications = stopped_dashboard.clone();
+    // With [access], each change through the socket is checked as the user at the other end.
+    let access = ctx
+        .config()?
+        .access_policy()
+        .cloned()
+        .map(|policy| deploykit_local::daemon::SocketAccess::new(policy, environment.clone()))
+        .transpose()?;
     let daemon = async {
-        let served = deploykit_local::daemon::serve(local, &socket, shutdown).await;
+        let served = deploykit_local::daemon::serve(local, &socket, shutdown, access).await;
         let _ = stop_dashboard.send(true);
         served
     };

@@ -45,9 +45,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use deploykit_core::access::{AccessAction, AccessPolicy};
 use deploykit_core::{
-    DesiredState, Environment, Error, InstanceObservation, MetricQuery, Monitor, Observed, Result,
-    RevisionId, Sample, ServiceId,
+    Actor, DesiredState, Environment, EnvironmentName, Error, InstanceObservation, MetricQuery,
+    Monitor, Observed, Result, RevisionId, Sample, ServiceId,
 };
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -84,13 +85,86 @@ pub struct Forward {
     pub to: Option<SocketAddr>,
 }
 
-/// Serve `env` on the Unix socket `socket` until `POST /v1/shutdown` or `shutdown` completes.
-/// A stale socket file (no daemon answering) is replaced; a live one is an error.
+/// Who may change what through the daemon's socket. Each connection's peer is the operating
+/// system's user at the other end (`SO_PEERCRED`), never a name the client claims: changing a
+/// service (`PUT`) needs the `deploy` or `rollback` right on it in the environment, removing it
+/// (`DELETE`) `teardown`, forwarding the proxy `failover` on every service it runs, and
+/// stopping the daemon is for its own user and root. Reads are open to whoever may connect
+/// (the socket file's permissions decide that). The daemon's own user may do anything: the
+/// daemon's dashboard and tools acting as the daemon run as it.
+#[derive(Clone, Debug)]
+pub struct SocketAccess {
+    policy: AccessPolicy,
+    environment: EnvironmentName,
+}
+
+impl SocketAccess {
+    /// Check callers against `policy` for the services of `environment`.
+    pub fn new(policy: AccessPolicy, environment: EnvironmentName) -> Result<Self> {
+        policy.validate()?;
+        Ok(SocketAccess {
+            policy,
+            environment,
+        })
+    }
+
+    /// Whether the user `uid` may do one of `actions` on every one of `services`.
+    fn check(
+        &self,
+        uid: Option<u32>,
+        actions: &[AccessAction],
+        services: &[ServiceId],
+    ) -> Result<()> {
+        let Some(uid) = uid else {
+            return Err(Error::PermissionDenied {
+                principal: "a peer whose credentials could not be read".into(),
+                permission: "change anything through the daemon's socket".into(),
+            });
+        };
+        if uid == nix::unistd::getuid().as_raw() {
+            return Ok(());
+        }
+        let actor = Actor::new(user_name(uid));
+        for service in services {
+            let allowed = actions.iter().any(|a| {
+                self.policy
+                    .check(&actor, *a, &self.environment, service)
+                    .is_ok()
+            });
+            if !allowed {
+                let names: Vec<String> = actions.iter().map(ToString::to_string).collect();
+                return Err(Error::PermissionDenied {
+                    principal: actor.to_string(),
+                    permission: format!(
+                        "{} on {}/{service} (through the daemon's socket)",
+                        names.join(" or "),
+                        self.environment
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The name of user `uid` (`uid:N` when the user database has none).
+fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid:{uid}"), |u| u.name)
+}
+
+/// Serve `env` on the Unix socket `socket` until `POST /v1/shutdown` or `shutdown` completes,
+/// checking changes against `access` if given. A stale socket file (no daemon answering) is
+/// replaced; a live one is an error.
 pub async fn serve(
     env: LocalEnvironment,
     socket: &Path,
     shutdown: impl std::future::Future<Output = ()>,
+    access: Option<SocketAccess>,
 ) -> Result<()> {
+    let access = access.map(Arc::new);
     if socket.exists() {
         if UnixStream::connect(socket).await.is_ok() {
             return Err(Error::backend(
@@ -120,13 +194,19 @@ pub async fn serve(
                 let env = env.clone();
                 let stop = stop.clone();
                 let stop_instances = stop_instances.clone();
+                let access = access.clone();
+                let peer = stream.peer_cred().ok().map(|c| c.uid());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let env = env.clone();
                         let stop = stop.clone();
                         let stop_instances = stop_instances.clone();
+                        let access = access.clone();
                         async move {
-                            Ok::<_, Infallible>(handle(&env, req, &stop, &stop_instances).await)
+                            let caller = Caller { access: access.as_deref(), uid: peer };
+                            Ok::<_, Infallible>(
+                                handle(&env, req, &stop, &stop_instances, caller).await,
+                            )
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -205,6 +285,7 @@ fn from_result<T: Serialize>(result: Result<T>) -> Response<Full<Bytes>> {
 fn error_response(e: &Error) -> Response<Full<Bytes>> {
     let status = match e {
         Error::InvalidSpec { .. } => StatusCode::BAD_REQUEST,
+        Error::PermissionDenied { .. } => StatusCode::FORBIDDEN,
         Error::NotFound { what } => return not_found(what),
         e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -232,11 +313,42 @@ async fn body_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
     serde_json::from_slice(&bytes).map_err(|e| Error::invalid("request body", e.to_string()))
 }
 
+/// Who sent a request, and the rules it is held to.
+#[derive(Clone, Copy)]
+struct Caller<'a> {
+    access: Option<&'a SocketAccess>,
+    uid: Option<u32>,
+}
+
+impl Caller<'_> {
+    fn may(&self, actions: &[AccessAction], services: &[ServiceId]) -> Result<()> {
+        match self.access {
+            Some(access) => access.check(self.uid, actions, services),
+            None => Ok(()),
+        }
+    }
+
+    /// Stopping the daemon: its own user or root.
+    fn may_stop(&self) -> Result<()> {
+        if self.access.is_none() {
+            return Ok(());
+        }
+        match self.uid {
+            Some(uid) if uid == 0 || uid == nix::unistd::getuid().as_raw() => Ok(()),
+            uid => Err(Error::PermissionDenied {
+                principal: uid.map_or_else(|| "an unknown peer".to_string(), user_name),
+                permission: "stop the daemon (its own user and root only)".into(),
+            }),
+        }
+    }
+}
+
 async fn handle(
     env: &LocalEnvironment,
     req: Request<Incoming>,
     stop: &Notify,
     stop_instances: &std::sync::atomic::AtomicBool,
+    caller: Caller<'_>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -252,10 +364,15 @@ async fn handle(
                 forward: env.forwarding(),
             },
         ),
-        (&Method::PUT, ["v1", "forward"]) => match body_json::<Forward>(req).await {
-            Ok(f) => no_content(env.forward_to(f.to)),
-            Err(e) => error_response(&e),
-        },
+        (&Method::PUT, ["v1", "forward"]) => {
+            if let Err(e) = caller.may(&[AccessAction::Failover], &env.services()) {
+                return error_response(&e);
+            }
+            match body_json::<Forward>(req).await {
+                Ok(f) => no_content(env.forward_to(f.to)),
+                Err(e) => error_response(&e),
+            }
+        }
         (_, ["v1", "services", service, rest @ ..]) => {
             let service = match ServiceId::new(*service) {
                 Ok(s) => s,
@@ -263,11 +380,23 @@ async fn handle(
             };
             match (&method, rest) {
                 (&Method::GET, []) => from_result(env.observe(&service).await),
-                (&Method::PUT, []) => match body_json::<DesiredState>(req).await {
-                    Ok(desired) => no_content(env.apply(&service, &desired).await),
-                    Err(e) => error_response(&e),
-                },
-                (&Method::DELETE, []) => no_content(env.teardown(&service).await),
+                (&Method::PUT, []) => {
+                    let one = std::slice::from_ref(&service);
+                    if let Err(e) = caller.may(&[AccessAction::Deploy, AccessAction::Rollback], one)
+                    {
+                        return error_response(&e);
+                    }
+                    match body_json::<DesiredState>(req).await {
+                        Ok(desired) => no_content(env.apply(&service, &desired).await),
+                        Err(e) => error_response(&e),
+                    }
+                }
+                (&Method::DELETE, []) => {
+                    match caller.may(&[AccessAction::Teardown], std::slice::from_ref(&service)) {
+                        Ok(()) => no_content(env.teardown(&service).await),
+                        Err(e) => error_response(&e),
+                    }
+                }
                 (&Method::GET, ["revisions", revision, "health"]) => {
                     match RevisionId::parse(revision) {
                         Ok(rev) => from_result(env.instance_health(&service, &rev).await),
@@ -299,6 +428,9 @@ async fn handle(
                 .and_then(|(from, bytes)| env.log_chunk(instance, from, bytes)),
         ),
         (&Method::POST, ["v1", "shutdown"]) => {
+            if let Err(e) = caller.may_stop() {
+                return error_response(&e);
+            }
             let stop_all = query.split('&').any(|kv| kv == "stop_instances=true");
             stop_instances.store(stop_all, std::sync::atomic::Ordering::SeqCst);
             stop.notify_one();

@@ -128,9 +128,14 @@ async fn a_daemon_that_goes_away_and_comes_back_is_reached_again() {
     let first = tokio::spawn({
         let (env, socket) = (open().await, socket.clone());
         async move {
-            deploykit_local::daemon::serve(env, &socket, async {
-                let _ = stopped.await;
-            })
+            deploykit_local::daemon::serve(
+                env,
+                &socket,
+                async {
+                    let _ = stopped.await;
+                },
+                None,
+            )
             .await
         }
     });
@@ -149,7 +154,7 @@ async fn a_daemon_that_goes_away_and_comes_back_is_reached_again() {
 
     let second = tokio::spawn({
         let (env, socket) = (open().await, socket.clone());
-        async move { deploykit_local::daemon::serve(env, &socket, std::future::pending()).await }
+        async move { deploykit_local::daemon::serve(env, &socket, std::future::pending(), None).await }
     });
     wait_for(&client).await;
     assert!(client.observe(&web()).await.unwrap().revisions.is_empty());
@@ -261,7 +266,7 @@ async fn a_forward_sends_everything_to_the_standby_and_survives_a_restart() {
     let proxy = env.proxy_addr();
     let daemon = tokio::spawn({
         let (env, socket) = (env.clone(), socket.clone());
-        async move { deploykit_local::daemon::serve(env, &socket, std::future::pending()).await }
+        async move { deploykit_local::daemon::serve(env, &socket, std::future::pending(), None).await }
     });
     wait_for(&client).await;
     assert_eq!(
@@ -305,4 +310,100 @@ async fn a_forward_sends_everything_to_the_standby_and_survives_a_restart() {
     );
     drop(again);
     assert_eq!(open().await.forwarding(), None);
+}
+
+/// Seen: the daemon acted for whoever reached its socket, as whatever actor the client named.
+/// With access rules it learns the peer from the socket itself (SO_PEERCRED): another user of
+/// the machine, reaching a socket shared with it, may read but not change what runs, nor stop
+/// the daemon; the refusal names who was refused what. (Runs as root, which can switch one
+/// thread to another user; skipped, saying so, otherwise.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_through_the_socket_are_held_to_the_rights_of_the_peer_s_user() {
+    use deploykit_core::EnvironmentName;
+    use deploykit_core::access::{AccessPolicy, Effect};
+    use deploykit_local::daemon::SocketAccess;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("skipped: switching a thread to another user needs root");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let nobody = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(NOBODY))
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid:{NOBODY}"), |u| u.name);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("daemon.sock");
+    let env = LocalEnvironment::open(
+        LocalOptions::new(dir.path().join("state")).listen("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    // The other user may deploy to staging only.
+    let mut policy = AccessPolicy::empty();
+    policy
+        .rule("role:dev", "deploy", "staging/*", Effect::Allow)
+        .unwrap();
+    policy.bind(&nobody, "role:dev").unwrap();
+    let access = SocketAccess::new(policy, EnvironmentName::new("production").unwrap()).unwrap();
+    tokio::spawn({
+        let socket = socket.clone();
+        async move {
+            deploykit_local::daemon::serve(env, &socket, std::future::pending(), Some(access)).await
+        }
+    });
+    let client = LocalClient::new(&socket);
+    wait_for(&client).await;
+    // Shared with the machine's other users.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    // The other user, in a process of its own: one raw HTTP request over the socket each.
+    let as_nobody = |method: &str, path: &str| -> String {
+        let script = format!(
+            "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({socket:?})\n\
+             s.sendall(b'{method} {path} HTTP/1.1\\r\\nhost: daemon\\r\\ncontent-length: 2\\r\\n\
+             connection: close\\r\\n\\r\\n{{}}')\nout = b''\nwhile True:\n    chunk = s.recv(65536)\n\
+             \x20   if not chunk: break\n    out += chunk\nprint(out.decode())\n",
+            socket = socket.display().to_string()
+        );
+        let out = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let read = as_nobody("GET", "/v1/info");
+    assert!(read.starts_with("HTTP/1.1 200"), "reading is open: {read}");
+    let apply = as_nobody("PUT", "/v1/services/web");
+    assert!(apply.starts_with("HTTP/1.1 403"), "{apply}");
+    assert!(
+        apply.contains(&format!(
+            "{nobody} may not deploy or rollback on production/web (through the daemon's socket)"
+        )),
+        "{apply}"
+    );
+    let teardown = as_nobody("DELETE", "/v1/services/web");
+    assert!(
+        teardown.contains("may not teardown on production/web"),
+        "{teardown}"
+    );
+    let shutdown = as_nobody("POST", "/v1/shutdown");
+    assert!(
+        shutdown.starts_with("HTTP/1.1 403")
+            && shutdown.contains(&format!("{nobody} may not stop the daemon")),
+        "{shutdown}"
+    );
+    // The daemon's own user may.
+    client.teardown(&web()).await.unwrap();
+    client.info().await.unwrap();
 }

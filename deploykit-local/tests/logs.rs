@@ -34,9 +34,14 @@ impl Daemon {
         let task = tokio::spawn({
             let (env, socket) = (env.clone(), socket.clone());
             async move {
-                deploykit_local::daemon::serve(env, &socket, async {
-                    let _ = stopped.await;
-                })
+                deploykit_local::daemon::serve(
+                    env,
+                    &socket,
+                    async {
+                        let _ = stopped.await;
+                    },
+                    None,
+                )
                 .await
             }
         });
