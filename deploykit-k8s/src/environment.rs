@@ -469,6 +469,65 @@ impl KubeEnvironment {
             })
     }
 
+    /// Refuses, before anything is applied, what the cluster's Gateway API cannot do: a mirror
+    /// of less than 100 % needs `requestMirror.percent`, which exists from Gateway API v1.3.
+    /// The version is the bundle version the `HTTPRoute` CRD is annotated with
+    /// (`gateway.networking.k8s.io/bundle-version`); a CRD that cannot be read says nothing,
+    /// and the strict apply still refuses an unknown field.
+    async fn check_gateway_api_features(&self, desired: &DesiredState) -> Result<()> {
+        let partial_mirror = match (&self.options.router, &desired.traffic) {
+            (Router::GatewayApi { .. }, Traffic::Routed(routes)) => routes
+                .mirror
+                .as_ref()
+                .filter(|m| m.percent.percent() < 100)
+                .map(|m| m.percent.percent()),
+            _ => None,
+        };
+        let Some(percent) = partial_mirror else {
+            return Ok(());
+        };
+        let crds: Api<DynamicObject> = Api::all_with(
+            self.client.clone(),
+            &ApiResource {
+                group: "apiextensions.k8s.io".into(),
+                version: "v1".into(),
+                api_version: "apiextensions.k8s.io/v1".into(),
+                kind: "CustomResourceDefinition".into(),
+                plural: "customresourcedefinitions".into(),
+            },
+        );
+        let Ok(Some(crd)) = crds.get_opt("httproutes.gateway.networking.k8s.io").await else {
+            return Ok(());
+        };
+        let Some(version) = crd
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("gateway.networking.k8s.io/bundle-version"))
+        else {
+            return Ok(());
+        };
+        let numbers: Vec<u64> = version
+            .trim_start_matches('v')
+            .split(['.', '-'])
+            .take(2)
+            .map_while(|n| n.parse().ok())
+            .collect();
+        if let [major, minor] = numbers[..]
+            && (major, minor) < (1, 3)
+        {
+            return Err(Error::invalid(
+                "desired.traffic.mirror.percent",
+                format!(
+                    "this cluster's Gateway API is {version}, whose HTTPRoute has no mirror \
+                     percentage (from v1.3): a mirror of {percent} % would copy every request; \
+                     mirror 100 % or upgrade the Gateway API CRDs"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the API server answers for this namespace: a listing of its Services (one).
     pub(crate) async fn answers(&self) -> Result<()> {
         let api: Api<Service> = Api::namespaced(self.client.clone(), self.namespace());
@@ -1173,6 +1232,7 @@ fn instances(pods: &[Pod], revision: &RevisionId) -> Vec<InstanceObservation> {
 #[async_trait]
 impl Environment for KubeEnvironment {
     async fn apply(&self, service: &ServiceId, desired: &DesiredState) -> Result<()> {
+        self.check_gateway_api_features(desired).await?;
         let (secrets, kept) = self.resolve_secrets(service, desired).await?;
         let mut objects =
             render::plan_keeping_secrets(service, desired, &secrets, &kept, &self.options)?.objects;

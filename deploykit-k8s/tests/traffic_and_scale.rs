@@ -758,3 +758,77 @@ async fn a_mesh_policy_is_applied_and_torn_down_with_the_service() {
         );
     }
 }
+
+/// The cluster's Gateway API version decides up front: on v1.2 (whose HTTPRoute has no mirror
+/// percentage) a partial mirror is refused before anything is applied, saying why; on v1.3 it
+/// is applied.
+#[tokio::test]
+async fn a_partial_mirror_is_refused_up_front_on_a_gateway_api_that_lacks_it() {
+    let crd = |version: &str| {
+        json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {
+                "name": "httproutes.gateway.networking.k8s.io",
+                "annotations": { "gateway.networking.k8s.io/bundle-version": version },
+            },
+            "spec": {},
+        })
+    };
+    let resource = kube::api::ApiResource {
+        group: "apiextensions.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "apiextensions.k8s.io/v1".into(),
+        kind: "CustomResourceDefinition".into(),
+        plural: "customresourcedefinitions".into(),
+    };
+    for (version, refused) in [("v1.2.1", true), ("v1.3.0", false)] {
+        let server = FakeApiServer::new();
+        let crds: Api<kube::api::DynamicObject> = Api::all_with(server.client(), &resource);
+        crds.patch(
+            "httproutes.gateway.networking.k8s.io",
+            &PatchParams::apply("gateway-api-install"),
+            &Patch::Apply(crd(version)),
+        )
+        .await
+        .unwrap();
+        server.clear_requests();
+        let env = kube(&server, gateway());
+        let spec = environment(StrategySpec::default(), None);
+        let (v1, v2) = (revision(&spec, "v1"), revision(&spec, "v2"));
+        let mut routes = Routes::all_to(&v1.id);
+        routes.mirror = Some(deploykit_core::environment::Mirror::new(
+            v2.id.clone(),
+            Weight::new(10).unwrap(),
+        ));
+        let state = DesiredState::new(
+            vec![
+                RevisionTarget::new(v1.clone(), 2),
+                RevisionTarget::new(v2.clone(), 1),
+            ],
+            Traffic::routed(routes),
+        );
+        let result = env.apply(&service(), &state).await;
+        if refused {
+            let e = result.unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("this cluster's Gateway API is v1.2.1")
+                    && e.to_string()
+                        .contains("a mirror of 10 % would copy every request"),
+                "{e}"
+            );
+            assert!(
+                server.requests().iter().all(|r| r.method != "PATCH"),
+                "nothing applied"
+            );
+        } else {
+            result.unwrap();
+            let route = server.object("httproutes", NS, "web").unwrap();
+            assert_eq!(
+                route["spec"]["rules"][0]["filters"][0]["requestMirror"]["percent"],
+                10
+            );
+        }
+    }
+}
