@@ -51,28 +51,25 @@ impl Context {
             .state
             .clone()
             .unwrap_or_else(|| config_dir.join(".deploykit"));
-        let (actor, refused_actor) =
-            if config.as_ref().is_some_and(|c| c.access_policy().is_some()) {
-                // Access is controlled: the actor is who runs the command, which the operating
-                // system vouches for; a different name claimed is refused, never taken.
-                let user = os_user();
-                let refused = cli.actor.as_ref().filter(|claimed| **claimed != user).map(|claimed| {
-                format!(
-                    "{claimed:?} is not who runs this command ({user}): with [access] in {}, \
-                     deploykit acts as the operating system's user (leave --actor and \
-                     DEPLOYKIT_ACTOR unset, or run the command as {claimed})",
-                    cli.config.display()
-                )
-            });
-                (user, refused)
-            } else {
-                let claimed = cli
-                    .actor
-                    .clone()
-                    .or_else(|| std::env::var("USER").ok())
-                    .unwrap_or_else(|| "deploykit".into());
-                (claimed, None)
-            };
+        let access_controlled = config.as_ref().is_some_and(|c| c.access_policy().is_some());
+        let (actor, refused_actor) = if access_controlled {
+            // Access is controlled: the actor is who runs the command, which the operating
+            // system vouches for; a different name claimed is refused, never taken.
+            let user = deploykit_local::daemon::current_user();
+            let refused = cli
+                .actor
+                .as_ref()
+                .filter(|claimed| **claimed != user)
+                .map(|claimed| refused_claim(claimed, &user, &cli.config));
+            (user, refused)
+        } else {
+            let claimed = cli
+                .actor
+                .clone()
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "deploykit".into());
+            (claimed, None)
+        };
         Context {
             config,
             config_path: cli.config.clone(),
@@ -391,12 +388,13 @@ pub(crate) fn exit_for(phase: Phase) -> ExitCode {
     }
 }
 
-/// The name of the operating system's user running this process (`uid:N` when the user
-/// database has no entry for it).
-fn os_user() -> String {
-    let uid = nix::unistd::getuid();
-    nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map_or_else(|| format!("uid:{uid}"), |u| u.name)
+/// Why `claimed` (from `--actor` or `DEPLOYKIT_ACTOR`) is not taken while `user` runs the
+/// command under the `[access]` of `config`.
+fn refused_claim(claimed: &str, user: &str, config: &Path) -> String {
+    format!(
+        "{claimed:?} is not who runs this command ({user}): with [access] in {}, deploykit acts \
+         as the operating system's user (leave --actor and DEPLOYKIT_ACTOR unset, or run the \
+         command as {claimed})",
+        config.display()
+    )
 }

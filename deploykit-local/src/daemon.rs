@@ -147,8 +147,13 @@ impl SocketAccess {
     }
 }
 
-/// The name of user `uid` (`uid:N` when the user database has none).
-fn user_name(uid: u32) -> String {
+/// The name of the operating system's user running this process (see [`user_name`]).
+pub fn current_user() -> String {
+    user_name(nix::unistd::getuid().as_raw())
+}
+
+/// The name of user `uid` in the user database (`uid:N` when it has none).
+pub fn user_name(uid: u32) -> String {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten()
