@@ -28,15 +28,21 @@ impl Drop for Process {
     }
 }
 
-fn spawn(dir: &Path, name: &str, args: &[&str]) -> Process {
+/// `deploykit ARGS` in `dir` with `env` set, its output in `<name>.out` and `<name>.err`.
+fn spawn_with(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
     let log = |suffix: &str| std::fs::File::create(dir.join(format!("{name}.{suffix}"))).unwrap();
     Process(
         deploykit(dir, args)
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log("out")))
             .stderr(Stdio::from(log("err")))
             .spawn()
             .unwrap(),
     )
+}
+
+fn spawn(dir: &Path, name: &str, args: &[&str]) -> Process {
+    spawn_with(dir, name, args, &[])
 }
 
 fn read(dir: &Path, file: &str) -> String {
@@ -214,27 +220,18 @@ hooks = {{ switch_traffic = ["sh", "-c", "test -f lb-ready || {{ echo 'the load 
             .output()
             .unwrap()
     };
-    let mut first = Process(
-        deploykit(
-            a.path(),
-            &[
-                "failover",
-                "run",
-                "--env",
-                "production",
-                "--reason",
-                "drill",
-            ],
-        )
-        .env("AWS_ENDPOINT_URL", &endpoint)
-        .stdout(Stdio::from(
-            std::fs::File::create(a.path().join("run.out")).unwrap(),
-        ))
-        .stderr(Stdio::from(
-            std::fs::File::create(a.path().join("run.err")).unwrap(),
-        ))
-        .spawn()
-        .unwrap(),
+    let mut first = spawn_with(
+        a.path(),
+        "run",
+        &[
+            "failover",
+            "run",
+            "--env",
+            "production",
+            "--reason",
+            "drill",
+        ],
+        &[("AWS_ENDPOINT_URL", &endpoint)],
     );
     wait_until(
         a.path(),

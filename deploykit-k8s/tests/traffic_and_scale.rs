@@ -641,6 +641,24 @@ autoscale = { min_replicas = 2, max_replicas = 8, target_cpu_percent = 60 }
     );
 }
 
+/// v1 at 2 pods serving everything, 10 % of its requests mirrored to v2 (1 pod); and v1.
+fn mirrored_10_percent(spec: &EnvironmentSpec) -> (Revision, DesiredState) {
+    let (v1, v2) = (revision(spec, "v1"), revision(spec, "v2"));
+    let mut routes = Routes::all_to(&v1.id);
+    routes.mirror = Some(deploykit_core::environment::Mirror::new(
+        v2.id.clone(),
+        Weight::new(10).unwrap(),
+    ));
+    let state = DesiredState::new(
+        vec![
+            RevisionTarget::new(v1.clone(), 2),
+            RevisionTarget::new(v2, 1),
+        ],
+        Traffic::routed(routes),
+    );
+    (v1, state)
+}
+
 /// Seen: on a cluster whose Gateway API predates `requestMirror.percent` (v1.2), the field was
 /// dropped without a word and every request mirrored. deploykit applies with
 /// `fieldValidation=Strict`, so such a cluster refuses the route, naming the field, and the
@@ -651,19 +669,7 @@ async fn a_field_the_cluster_does_not_know_is_refused_never_dropped() {
     server.undeclare_field("httproutes", "spec.rules.*.filters.*.requestMirror.percent");
     let env = kube(&server, gateway());
     let spec = environment(StrategySpec::default(), None);
-    let (v1, v2) = (revision(&spec, "v1"), revision(&spec, "v2"));
-    let mut routes = Routes::all_to(&v1.id);
-    routes.mirror = Some(deploykit_core::environment::Mirror::new(
-        v2.id.clone(),
-        Weight::new(10).unwrap(),
-    ));
-    let state = DesiredState::new(
-        vec![
-            RevisionTarget::new(v1.clone(), 2),
-            RevisionTarget::new(v2.clone(), 1),
-        ],
-        Traffic::routed(routes),
-    );
+    let (v1, state) = mirrored_10_percent(&spec);
     let e = env.apply(&service(), &state).await.unwrap_err();
     assert!(
         e.chain().contains(
@@ -795,19 +801,7 @@ async fn a_partial_mirror_is_refused_up_front_on_a_gateway_api_that_lacks_it() {
         server.clear_requests();
         let env = kube(&server, gateway());
         let spec = environment(StrategySpec::default(), None);
-        let (v1, v2) = (revision(&spec, "v1"), revision(&spec, "v2"));
-        let mut routes = Routes::all_to(&v1.id);
-        routes.mirror = Some(deploykit_core::environment::Mirror::new(
-            v2.id.clone(),
-            Weight::new(10).unwrap(),
-        ));
-        let state = DesiredState::new(
-            vec![
-                RevisionTarget::new(v1.clone(), 2),
-                RevisionTarget::new(v2.clone(), 1),
-            ],
-            Traffic::routed(routes),
-        );
+        let (_, state) = mirrored_10_percent(&spec);
         let result = env.apply(&service(), &state).await;
         if refused {
             let e = result.unwrap_err();
