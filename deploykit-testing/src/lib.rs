@@ -18,6 +18,8 @@
 //! - [`conformance`]: the suites every backend's tests run.
 //! - `k8s` (feature `k8s`): `k8s::FakeApiServer`, an in-memory Kubernetes API server that a
 //!   `kube::Client` talks to, for tests of code on kube-rs.
+//! - [`registry::LocalRegistry`]: a real container registry (Debian's `docker-registry`) on
+//!   loopback, optionally behind a password.
 
 mod alerts;
 mod clock;
@@ -27,6 +29,7 @@ mod failover;
 pub mod k8s;
 mod logs;
 mod notify;
+pub mod registry;
 mod sim;
 pub mod sinks;
 mod store;
