@@ -304,10 +304,10 @@ impl Context {
             spec.variables.insert(k.to_string(), v.to_string());
         }
         let pipeline = self.config()?.pipeline(name)?;
-        let artifacts = pipeline
+        let build = pipeline
             .run(&deploykit_core::BuildContext::new(&self.config_dir))
             .await?;
-        if let Some(a) = artifacts.first() {
+        if let Some(a) = build.deployable() {
             return Ok((spec, a.digest.clone()));
         }
         let program = spec.command.first().ok_or_else(|| {

@@ -189,8 +189,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::build::{CommandStage, Pipeline};
 use deploykit_backup::{BackupJob, BackupPolicy};
+use deploykit_build::Pipeline;
 use deploykit_core::access::AccessPolicy;
 use deploykit_core::analysis::AnalysisSpec;
 use deploykit_core::build::BuildStage;
@@ -208,7 +208,6 @@ pub use standby::{
 mod notify;
 
 mod backup;
-pub mod build;
 mod flags;
 mod health;
 mod logs;
@@ -345,7 +344,7 @@ pub struct Config {
     secrets_file: Option<PathBuf>,
     analyses: BTreeMap<String, AnalysisSpec>,
     services: BTreeMap<String, ServiceSpec>,
-    build: BTreeMap<String, Vec<CommandStage>>,
+    build: BTreeMap<String, Vec<Arc<dyn BuildStage>>>,
     /// Image repositories, by service.
     images: BTreeMap<String, String>,
     environments: BTreeMap<String, EnvironmentSpec>,
@@ -855,17 +854,12 @@ impl Config {
         self.environments.values()
     }
 
-    /// The build pipeline of `service` from its `[[services.<name>.build]]` stages (empty if it
-    /// has none).
+    /// The build pipeline of `service`: its `[[services.<name>.build]]` stages, then its
+    /// `[services.<name>.package]` image, written to the OCI layout `.deploykit/images` of the
+    /// configuration's directory (empty if it has none).
     pub fn pipeline(&self, service: &str) -> Result<Pipeline> {
         self.service(service)?;
-        let stages = self
-            .build
-            .get(service)
-            .into_iter()
-            .flatten()
-            .map(|s| Arc::new(s.clone()) as Arc<dyn BuildStage>)
-            .collect();
+        let stages = self.build.get(service).cloned().unwrap_or_default();
         Pipeline::new(stages)
     }
 

@@ -48,7 +48,7 @@ pub mod time;
 pub mod validate;
 
 pub use backup::{BackupTarget, ObjectMeta};
-pub use build::{Artifact, BuildContext, BuildStage};
+pub use build::{Artifact, ArtifactKind, BuildContext, BuildStage, Fingerprint, StageKind};
 pub use environment::{
     DesiredState, Environment, EnvironmentExt, FailureKind, HeaderRoute, InstanceFailure,
     InstanceObservation, Mirror, Observed, RevisionObservation, RevisionTarget, Routes, Traffic,

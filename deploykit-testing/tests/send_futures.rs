@@ -13,7 +13,7 @@ use deploykit_backup::{
     BackupRequest, DrillTargets, PruneOptions, ReadData, Repository, RestoreOptions,
     RetentionPolicy,
 };
-use deploykit_config::build::Pipeline;
+use deploykit_build::Pipeline;
 use deploykit_core::analysis::{MetricCheck, Subject, measure};
 use deploykit_core::secrets::SecretProvider;
 use deploykit_core::{

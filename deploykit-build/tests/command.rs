@@ -4,8 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploykit_config::Config;
-use deploykit_config::build::{CommandStage, Pipeline};
+use deploykit_build::{CommandStage, Pipeline};
 use deploykit_core::build::{BuildContext, BuildStage};
 use deploykit_core::{Digest, Error};
 
@@ -23,7 +22,7 @@ fn stage(
         CommandStage::builder()
             .name(name)
             .steps(steps)
-            .outputs(outputs.iter().map(Into::into).collect())
+            .outputs(outputs.iter().map(|o| (*o).into()).collect())
             .cleanup(cleanup.iter().map(Into::into).collect())
             .build()
             .expect("stage"),
@@ -62,7 +61,11 @@ async fn stages_run_in_order_and_outputs_are_digested() {
         ),
     ])
     .unwrap();
-    let artifacts = pipeline.run(&context(dir.path())).await.expect("build");
+    let artifacts = pipeline
+        .run(&context(dir.path()))
+        .await
+        .expect("build")
+        .artifacts;
     assert_eq!(artifacts.len(), 2);
     assert_eq!(artifacts[0].name, "app.bin");
     assert_eq!(artifacts[0].digest, Digest::of_bytes(b"src 1.4.2\nbuilt\n"));
@@ -73,7 +76,11 @@ async fn stages_run_in_order_and_outputs_are_digested() {
         "prepare's scratch was cleaned up"
     );
     // The same inputs give the same artifact.
-    let again = pipeline.run(&context(dir.path())).await.expect("rebuild");
+    let again = pipeline
+        .run(&context(dir.path()))
+        .await
+        .expect("rebuild")
+        .artifacts;
     assert_eq!(again[0].digest, artifacts[0].digest);
 }
 
@@ -156,7 +163,7 @@ async fn missing_outputs_timeouts_and_bad_stages_are_errors() {
         err.chain()
     );
 
-    let bad = |steps: Vec<Vec<String>>, outputs: Vec<std::path::PathBuf>| {
+    let bad = |steps: Vec<Vec<String>>, outputs: Vec<deploykit_build::Output>| {
         CommandStage::builder()
             .name("s")
             .steps(steps)
@@ -171,7 +178,7 @@ async fn missing_outputs_timeouts_and_bad_stages_are_errors() {
     );
     assert_eq!(
         bad(vec![vec![]], vec![]),
-        "invalid build.s.steps[0]: a step needs a program"
+        "invalid build.s.steps[0]: a command needs a program"
     );
     assert!(
         bad(vec![sh("true")], vec!["../escape".into()])
@@ -182,29 +189,4 @@ async fn missing_outputs_timeouts_and_bad_stages_are_errors() {
         stage("a", vec![sh("true")], &[], &[]),
     ]);
     assert!(matches!(twice, Err(Error::InvalidSpec { .. })));
-}
-
-#[test]
-fn the_configuration_describes_build_stages() {
-    let text = include_str!("../../examples/config/deploykit.toml");
-    let config = Config::from_toml_str("deploykit.toml", text).expect("loads");
-    let pipeline = config.pipeline("web").expect("web");
-    assert_eq!(
-        pipeline.stage_names().collect::<Vec<_>>(),
-        ["compile", "test"]
-    );
-    assert_eq!(config.pipeline("worker").unwrap().stage_names().count(), 0);
-    let broken = text.replace(
-        "steps = [[\"cargo\", \"test\", \"--bin\", \"web\"]]",
-        "steps = []",
-    );
-    let err = Config::from_toml_str("deploykit.toml", &broken)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains(
-            "services.web.build[1]: invalid build.test.steps: a stage needs at least one step"
-        ),
-        "{err}"
-    );
 }
