@@ -14,7 +14,6 @@ use crate::cache::BuildCache;
 
 /// What happened to one stage.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Outcome {
     /// The stage ran, for these reasons (what changed since its last run, or why it could not
     /// be skipped).
@@ -24,6 +23,27 @@ pub enum Outcome {
         /// The fingerprint's key.
         key: String,
     },
+}
+
+impl Outcome {
+    /// `ran` or `skipped`.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Outcome::Ran(_) => "ran",
+            Outcome::Reused { .. } => "skipped",
+        }
+    }
+
+    /// Why, in a line.
+    pub fn reason(&self) -> String {
+        match self {
+            Outcome::Ran(why) => why.join("; "),
+            Outcome::Reused { key } => format!(
+                "inputs unchanged: outputs restored from the cache (key {})",
+                &key[..16.min(key.len())]
+            ),
+        }
+    }
 }
 
 /// One stage of a finished build.
@@ -43,7 +63,7 @@ pub struct StageRun {
 }
 
 /// A finished build: every stage's report and every artifact, in order.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct Build {
     /// The stages, in order.

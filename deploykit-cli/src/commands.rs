@@ -118,6 +118,18 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             ctx.print("daemon stopped", json!({ "stopped": true }));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Build {
+            service,
+            explain,
+            no_push,
+            tag,
+        } => crate::build::command(&ctx, &service, explain, no_push, tag).await,
+        Command::Render {
+            service,
+            env,
+            namespace,
+            label,
+        } => crate::build::render(&ctx, &service, env.as_deref(), &namespace, &label).await,
         Command::Deploy {
             service,
             env,
@@ -126,7 +138,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             no_wait,
         } => {
             let environment = ctx.environment(env.as_deref())?;
-            let (spec, artifact) = ctx.service_and_artifact(&service, &set).await?;
+            let (spec, artifact) = crate::build::service_and_artifact(&ctx, &service, &set).await?;
             let label = label.unwrap_or_else(|| {
                 let ts = deploykit_core::Clock::now(&deploykit_core::SystemClock);
                 format!("{}", ts.as_millis() / 1000)
@@ -730,7 +742,7 @@ async fn preview(ctx: &Context, action: PreviewAction) -> Result<ExitCode> {
             branch,
             label,
         } => {
-            let (spec, artifact) = ctx.service_and_artifact(&service, &[]).await?;
+            let (spec, artifact) = crate::build::service_and_artifact(&ctx, &service, &[]).await?;
             let orchestrator = ctx.orchestrator().await?;
             let preview = orchestrator
                 .preview(

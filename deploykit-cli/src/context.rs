@@ -9,7 +9,7 @@ use std::time::Duration;
 use deploykit_config::Config;
 use deploykit_core::secrets::SecretProvider;
 use deploykit_core::{
-    Actor, DeploymentStatus, Digest, EnvironmentKind, EnvironmentName, Error, Orchestrator,
+    Actor, DeploymentStatus, EnvironmentKind, EnvironmentName, Error, Orchestrator,
     OrchestratorConfig, Phase, Result, ServiceId, ServiceSpec,
 };
 use deploykit_local::LocalClient;
@@ -289,45 +289,6 @@ impl Context {
         builder.open().await
     }
 
-    /// The service's spec with `--set` overrides, and its artifact digest: the build
-    /// pipeline's output if it has stages, else the content of the program it runs.
-    pub(crate) async fn service_and_artifact(
-        &self,
-        name: &str,
-        set: &[String],
-    ) -> Result<(ServiceSpec, Digest)> {
-        let mut spec = self.service(name)?.clone();
-        for kv in set {
-            let Some((k, v)) = kv.split_once('=') else {
-                return Err(Error::invalid("--set", format!("{kv:?} is not KEY=VALUE")));
-            };
-            spec.variables.insert(k.to_string(), v.to_string());
-        }
-        let pipeline = self.config()?.pipeline(name)?;
-        let build = pipeline
-            .run(&deploykit_core::BuildContext::new(&self.config_dir))
-            .await?;
-        if let Some(a) = build.deployable() {
-            return Ok((spec, a.digest.clone()));
-        }
-        let program = spec.command.first().ok_or_else(|| {
-            Error::invalid(
-                format!("services.{name}.command"),
-                "the local environment needs a command to run",
-            )
-        })?;
-        let path = if program.contains('/') {
-            self.config_dir.join(program)
-        } else {
-            PathBuf::from(program)
-        };
-        let digest = match std::fs::read(&path) {
-            Ok(bytes) => Digest::of_bytes(&bytes),
-            Err(_) => Digest::of_bytes(program.as_bytes()),
-        };
-        Ok((spec, digest))
-    }
-
     /// Start `deploykit resume` detached from this terminal, logging to `<state>/resume.log`.
     pub(crate) fn resume_in_background(&self) -> Result<()> {
         let fail = |e: std::io::Error| {
@@ -372,6 +333,7 @@ pub(crate) fn status_json(s: &DeploymentStatus) -> serde_json::Value {
         "environment": s.spec.environment.to_string(),
         "revision": s.spec.target.id.to_string(),
         "label": s.spec.target.label,
+        "artifact": s.spec.target.artifact.to_string(),
         "phase": s.phase.to_string(),
         "previous": s.previous.as_ref().map(|r| r.label.clone()),
         "rollback_reason": s.rollback.as_ref().map(|(_, r)| r.clone()),

@@ -12,6 +12,7 @@
 
 mod backup;
 mod backup_copy;
+mod build;
 mod commands;
 mod context;
 mod dashboard;
@@ -150,6 +151,37 @@ enum Command {
         /// Leave instances running for the next daemon to adopt.
         #[arg(long)]
         keep_instances: bool,
+    },
+    /// Build a service: its stages (skipping those whose inputs did not change, with the build
+    /// cache), its image (`[services.<name>.package]`), pushed to its `image` repository by
+    /// digest (credentials in DEPLOYKIT_REGISTRY_USER and DEPLOYKIT_REGISTRY_PASSWORD).
+    Build {
+        /// The service (from the configuration).
+        service: String,
+        /// Say why each stage ran (what changed since its last run) or was skipped.
+        #[arg(long)]
+        explain: bool,
+        /// Build the image into the layout (`.deploykit/images`) without pushing it.
+        #[arg(long)]
+        no_push: bool,
+        /// Also tag the pushed image (default: pushed by digest only).
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Print the Kubernetes objects that run a service's current build in an environment
+    /// (its image pinned by digest, from the service's `image` repository), as YAML to apply.
+    Render {
+        /// The service (from the configuration).
+        service: String,
+        /// The environment (default: the only one, or `production`).
+        #[arg(long, short)]
+        env: Option<String>,
+        /// The Kubernetes namespace.
+        #[arg(long, short)]
+        namespace: String,
+        /// The revision's label (default: `build`).
+        #[arg(long, short, default_value = "build")]
+        label: String,
     },
     /// Deploy a service and follow the rollout to its end.
     Deploy {

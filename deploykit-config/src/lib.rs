@@ -257,6 +257,14 @@ struct FileToml {
     notifications: BTreeMap<String, Spanned<notify::ChannelToml>>,
     failover: Option<FailoverToml>,
     access: Option<Spanned<toml::Value>>,
+    build: Option<BuildToml>,
+}
+
+/// `[build]`: settings of every service's builds.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildToml {
+    cache: Option<Spanned<String>>,
 }
 
 /// `[failover]`: settings of every environment's failovers.
@@ -361,6 +369,17 @@ pub struct Config {
     notifications: Vec<NotificationChannel>,
     failover_journal: Option<S3Location>,
     access: Option<AccessPolicy>,
+    build_cache: Option<BuildCacheLocation>,
+}
+
+/// Where the build cache is (`[build] cache`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BuildCacheLocation {
+    /// A directory (relative paths are relative to the configuration file).
+    Directory(PathBuf),
+    /// An S3 location, shared by every machine that builds.
+    S3(S3Location),
 }
 
 /// An S3 location, `s3://bucket/prefix`.
@@ -711,6 +730,35 @@ impl Config {
                 })
             })
             .transpose()?;
+        let build_cache =
+            parsed
+                .build
+                .as_ref()
+                .and_then(|b| b.cache.as_ref())
+                .map(|cache| {
+                    let text = cache.get_ref();
+                    if text.starts_with("s3://") {
+                        S3Location::parse(text)
+                            .map(BuildCacheLocation::S3)
+                            .ok_or_else(|| {
+                                at.error(
+                            cache.span(),
+                            "build.cache",
+                            format!("{text:?} is not an S3 location: expected s3://bucket/prefix"),
+                        )
+                            })
+                    } else if text.trim().is_empty() {
+                        Err(at.error(
+                            cache.span(),
+                            "build.cache",
+                            "is empty: give a directory or s3://bucket/prefix (without it, the \
+                         cache is the state directory's build-cache/)",
+                        ))
+                    } else {
+                        Ok(BuildCacheLocation::Directory(PathBuf::from(text)))
+                    }
+                })
+                .transpose()?;
         let access = parsed
             .access
             .as_ref()
@@ -751,6 +799,7 @@ impl Config {
             flags,
             notifications,
             failover_journal,
+            build_cache,
             access,
         })
     }
@@ -808,6 +857,12 @@ impl Config {
     /// deployment action and failover against this policy.
     pub fn access_policy(&self) -> Option<&AccessPolicy> {
         self.access.as_ref()
+    }
+
+    /// Where the build cache is (`[build] cache`): a directory or an S3 location; `None`: the
+    /// state directory's `build-cache/`.
+    pub fn build_cache(&self) -> Option<&BuildCacheLocation> {
+        self.build_cache.as_ref()
     }
 
     /// Where every failover is journaled and its lease held (`[failover] journal`), when not in
