@@ -742,7 +742,7 @@ async fn preview(ctx: &Context, action: PreviewAction) -> Result<ExitCode> {
             branch,
             label,
         } => {
-            let (spec, artifact) = crate::build::service_and_artifact(&ctx, &service, &[]).await?;
+            let (spec, artifact) = crate::build::service_and_artifact(ctx, &service, &[]).await?;
             let orchestrator = ctx.orchestrator().await?;
             let preview = orchestrator
                 .preview(
