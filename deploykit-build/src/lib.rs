@@ -10,7 +10,11 @@
 //!   [`output_variable`]s), cleans up on success and failure, and with a [`BuildCache`] skips
 //!   every stage whose inputs did not change, restoring its outputs; [`Build::explain`] says
 //!   why each stage ran or was skipped.
+//! - [`attest`]: a signed SLSA provenance statement and CycloneDX SBOM for every image, attached
+//!   as OCI referrers, and [`attest::SignatureVerifier`], which refuses to deploy an image
+//!   without a valid signature.
 
+pub mod attest;
 pub mod cache;
 pub mod command;
 pub mod files;

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-use deploykit_core::build::{Artifact, ArtifactKind, BuildContext, BuildStage, StageKind};
+use deploykit_core::build::{
+    Artifact, ArtifactKind, BuildContext, BuildStage, Fingerprint, StageKind,
+};
 use deploykit_core::{Error, Result};
 
 use crate::cache::BuildCache;
@@ -60,6 +62,8 @@ pub struct StageRun {
     pub elapsed: Duration,
     /// What it produced.
     pub artifacts: Vec<Artifact>,
+    /// What its result depends on, if it said.
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// A finished build: every stage's report and every artifact, in order.
@@ -201,7 +205,7 @@ impl Pipeline {
             let span = tracing::info_span!("build stage", stage = stage.name());
             let started = Instant::now();
             match self.stage(stage.as_ref(), &ctx).instrument(span).await {
-                Ok((artifacts, result)) => {
+                Ok((artifacts, result, fingerprint)) => {
                     for a in &artifacts {
                         if let Some(path) = &a.path {
                             ctx.variables.insert(
@@ -218,6 +222,7 @@ impl Pipeline {
                         outcome: result,
                         elapsed: started.elapsed(),
                         artifacts,
+                        fingerprint,
                     });
                 }
                 Err(e) => {
@@ -242,16 +247,15 @@ impl Pipeline {
         &self,
         stage: &dyn BuildStage,
         ctx: &BuildContext,
-    ) -> Result<(Vec<Artifact>, Outcome)> {
+    ) -> Result<(Vec<Artifact>, Outcome, Option<Fingerprint>)> {
+        let fingerprint = stage.fingerprint(ctx).await?;
         let Some((cache, scope)) = &self.cache else {
-            return Ok((
-                stage.run(ctx).await?,
-                Outcome::Ran(vec!["no build cache".into()]),
-            ));
+            let why = vec!["no build cache".to_string()];
+            return Ok((stage.run(ctx).await?, Outcome::Ran(why), fingerprint));
         };
-        let Some(fingerprint) = stage.fingerprint(ctx).await? else {
+        let Some(fingerprint) = fingerprint else {
             let why = "declares no inputs, so it is never skipped".to_string();
-            return Ok((stage.run(ctx).await?, Outcome::Ran(vec![why])));
+            return Ok((stage.run(ctx).await?, Outcome::Ran(vec![why]), None));
         };
         let key = fingerprint.key();
         let mut why = Vec::new();
@@ -259,7 +263,7 @@ impl Pipeline {
             match cache.restore(&ctx.workdir, &entry, &stage.outputs()).await {
                 Ok(artifacts) if stage.reusable(ctx, &artifacts).await? => {
                     cache.set_last(scope, stage.name(), &fingerprint).await?;
-                    return Ok((artifacts, Outcome::Reused { key }));
+                    return Ok((artifacts, Outcome::Reused { key }, Some(fingerprint)));
                 }
                 Ok(_) => why.push("its cached result is gone from where it was kept".to_string()),
                 Err(e) => why.push(format!(
@@ -290,6 +294,6 @@ impl Pipeline {
             )
             .await?;
         cache.set_last(scope, stage.name(), &fingerprint).await?;
-        Ok((artifacts, Outcome::Ran(why)))
+        Ok((artifacts, Outcome::Ran(why), Some(fingerprint)))
     }
 }

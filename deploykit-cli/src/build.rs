@@ -91,6 +91,11 @@ pub(crate) async fn service_and_artifact(
     Ok((spec, digest))
 }
 
+/// Now, as RFC 3339 (UTC, milliseconds).
+fn now_rfc3339() -> String {
+    deploykit_core::Clock::now(&deploykit_core::SystemClock).to_string()
+}
+
 /// The registry client: credentials from `DEPLOYKIT_REGISTRY_USER` and
 /// `DEPLOYKIT_REGISTRY_PASSWORD` when set.
 fn registry() -> Registry {
@@ -113,6 +118,7 @@ pub(crate) async fn command(
     tag: Option<String>,
 ) -> Result<ExitCode> {
     ctx.service(service)?;
+    let started = now_rfc3339();
     let build = run(ctx, service).await?;
     if build.stages.is_empty() {
         return Err(Error::invalid(
@@ -140,6 +146,26 @@ pub(crate) async fn command(
             a.digest
         ));
     }
+    let referrers = match ctx.config()?.signing_key() {
+        Some(key) => {
+            let signer = deploykit_build::attest::Signer::from_pem_file(&ctx.config_dir.join(key))?;
+            let signed = deploykit_build::attest::sign_build(
+                service,
+                &build,
+                &signer,
+                &started,
+                &now_rfc3339(),
+            )?;
+            if !signed.is_empty() {
+                text.push_str(&format!(
+                    "signed  provenance and SBOM with key {}\n",
+                    deploykit_build::attest::key_id(&signer.public())
+                ));
+            }
+            signed
+        }
+        None => Vec::new(),
+    };
     let image = build
         .artifacts
         .iter()
@@ -155,7 +181,11 @@ pub(crate) async fn command(
                     None => target.with_digest(image.digest.as_str())?,
                 };
                 let (layout, descriptor) = image_descriptor(image)?;
-                let report = registry().push(&layout, &descriptor, &target, &[]).await?;
+                let registry = registry();
+                let report = registry.push(&layout, &descriptor, &target, &[]).await?;
+                for (layout, referrer) in &referrers {
+                    registry.push_referrer(layout, referrer, &target).await?;
+                }
                 let reference = target.with_digest(&report.digest)?;
                 text.push_str(&format!(
                     "pushed  {reference} ({} blobs uploaded, {} bytes; {} already there)\n",

@@ -124,6 +124,20 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             no_push,
             tag,
         } => crate::build::command(&ctx, &service, explain, no_push, tag).await,
+        Command::Keygen { path } => {
+            let signer = deploykit_build::attest::Signer::generate(&path)?;
+            let id = deploykit_build::attest::key_id(&signer.public());
+            let public = deploykit_build::attest::public_path(&path);
+            ctx.print(
+                format!(
+                    "key {id}: private {}, public {}",
+                    path.display(),
+                    public.display()
+                ),
+                json!({ "key_id": id, "private": path, "public": public }),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Render {
             service,
             env,

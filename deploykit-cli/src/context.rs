@@ -286,6 +286,17 @@ impl Context {
         if let Some(policy) = self.access_policy()? {
             builder = builder.access_policy(policy);
         }
+        if let Some(key) = self.config()?.verify_key() {
+            let key =
+                deploykit_build::attest::public_key_from_pem_file(&self.config_dir.join(key))?;
+            let layout = self.config_dir.join(deploykit_config::IMAGE_LAYOUT);
+            builder = builder.artifact_verifier(Arc::new(
+                deploykit_build::attest::SignatureVerifier::new(
+                    key,
+                    deploykit_build::attest::AttestationSource::Layout(layout),
+                ),
+            ));
+        }
         builder.open().await
     }
 

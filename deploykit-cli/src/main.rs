@@ -168,6 +168,12 @@ enum Command {
         #[arg(long)]
         tag: Option<String>,
     },
+    /// Make an ed25519 key pair to sign builds with: the private key at PATH (PKCS#8 PEM,
+    /// mode 0600; `[build] signing_key`) and the public key at PATH.pub (`[build] verify_key`).
+    Keygen {
+        /// Where to write the private key (refused if something is there).
+        path: std::path::PathBuf,
+    },
     /// Print the Kubernetes objects that run a service's current build in an environment
     /// (its image pinned by digest, from the service's `image` repository), as YAML to apply.
     Render {

@@ -201,6 +201,7 @@ use deploykit_core::secrets::SecretProvider;
 use deploykit_core::{Error, Result};
 pub use logs::{ForwardSettings, LogSettings};
 pub use notify::{ChannelTarget, NotificationChannel, Url as ChannelUrl};
+pub use service::IMAGE_LAYOUT;
 pub use standby::{
     AssessmentSettings, HOOK_STEPS, ProbeCheck, ProbeSettings, StandbyDatabase, StandbySettings,
 };
@@ -265,6 +266,8 @@ struct FileToml {
 #[serde(deny_unknown_fields)]
 struct BuildToml {
     cache: Option<Spanned<String>>,
+    signing_key: Option<PathBuf>,
+    verify_key: Option<PathBuf>,
 }
 
 /// `[failover]`: settings of every environment's failovers.
@@ -370,6 +373,8 @@ pub struct Config {
     failover_journal: Option<S3Location>,
     access: Option<AccessPolicy>,
     build_cache: Option<BuildCacheLocation>,
+    signing_key: Option<PathBuf>,
+    verify_key: Option<PathBuf>,
 }
 
 /// Where the build cache is (`[build] cache`).
@@ -800,6 +805,8 @@ impl Config {
             notifications,
             failover_journal,
             build_cache,
+            signing_key: parsed.build.as_ref().and_then(|b| b.signing_key.clone()),
+            verify_key: parsed.build.as_ref().and_then(|b| b.verify_key.clone()),
             access,
         })
     }
@@ -863,6 +870,18 @@ impl Config {
     /// state directory's `build-cache/`.
     pub fn build_cache(&self) -> Option<&BuildCacheLocation> {
         self.build_cache.as_ref()
+    }
+
+    /// The ed25519 private key (PKCS#8 PEM, `[build] signing_key`, relative to the
+    /// configuration file) that signs every image's provenance and SBOM.
+    pub fn signing_key(&self) -> Option<&Path> {
+        self.signing_key.as_deref()
+    }
+
+    /// The ed25519 public key (PEM, `[build] verify_key`) every deployed image must carry a
+    /// provenance statement signed by; `None`: nothing is checked.
+    pub fn verify_key(&self) -> Option<&Path> {
+        self.verify_key.as_deref()
     }
 
     /// Where every failover is journaled and its lease held (`[failover] journal`), when not in

@@ -94,8 +94,8 @@ struct PackageToml {
     labels: BTreeMap<String, String>,
 }
 
-/// Where `deploykit.toml`'s images are written, relative to its directory.
-pub(crate) const IMAGE_LAYOUT: &str = ".deploykit/images";
+/// Where `deploykit.toml`'s images are written (an OCI layout), relative to its directory.
+pub const IMAGE_LAYOUT: &str = ".deploykit/images";
 
 /// A service as the file describes it, validated.
 pub(crate) struct LoadedService {

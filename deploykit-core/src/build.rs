@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::model::Digest;
+use crate::model::{Digest, EnvironmentName, ServiceId};
 
 /// What an artifact is, as the specification sorts them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -260,4 +260,24 @@ impl BuildContext {
             variables: BTreeMap::new(),
         }
     }
+}
+
+/// What may be deployed: an orchestrator with a verifier
+/// ([`OrchestratorBuilder::artifact_verifier`](crate::OrchestratorBuilder::artifact_verifier))
+/// asks it about every new revision's artifact (deploys, previews, releases) before a
+/// deployment is created; a refusal is audited and returned, and nothing starts. Rollbacks go
+/// back to revisions that were verified when they were deployed.
+///
+/// `deploykit-build`'s `SignatureVerifier` refuses an image without a valid signed provenance
+/// statement.
+#[async_trait]
+pub trait ArtifactVerifier: Send + Sync + fmt::Debug {
+    /// `Ok` if `artifact` may run as `service` in `environment`; otherwise an error saying why
+    /// not.
+    async fn verify(
+        &self,
+        service: &ServiceId,
+        environment: &EnvironmentName,
+        artifact: &Digest,
+    ) -> Result<()>;
 }

@@ -48,7 +48,9 @@ pub mod time;
 pub mod validate;
 
 pub use backup::{BackupTarget, ObjectMeta};
-pub use build::{Artifact, ArtifactKind, BuildContext, BuildStage, Fingerprint, StageKind};
+pub use build::{
+    Artifact, ArtifactKind, ArtifactVerifier, BuildContext, BuildStage, Fingerprint, StageKind,
+};
 pub use environment::{
     DesiredState, Environment, EnvironmentExt, FailureKind, HeaderRoute, InstanceFailure,
     InstanceObservation, Mirror, Observed, RevisionObservation, RevisionTarget, Routes, Traffic,

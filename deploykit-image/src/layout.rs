@@ -177,3 +177,117 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| io_error("write image layout", path, e.error))?;
     Ok(())
 }
+
+impl Layout {
+    /// Stores `artifact` (a manifest whose `subject` is an image in this layout) and lists it
+    /// in the index, where [`Layout::referrers`] finds it.
+    pub fn put_referrer(&self, artifact: &oci::Manifest) -> Result<Descriptor> {
+        let Some(subject) = &artifact.subject else {
+            return Err(Error::invalid(
+                "image.referrer",
+                "an artifact without a subject refers to nothing",
+            ));
+        };
+        let bytes = artifact.to_bytes();
+        let mut descriptor = self.put_bytes(oci::MANIFEST, &bytes)?;
+        descriptor.artifact_type = artifact.artifact_type.clone();
+        descriptor.annotations = artifact.annotations.clone();
+        let mut index = self.index()?;
+        if !index
+            .manifests
+            .iter()
+            .any(|d| d.digest == descriptor.digest)
+        {
+            index.manifests.push(descriptor.clone());
+            self.write_index(&index)?;
+        }
+        tracing::debug!(subject = %subject.digest, artifact = %descriptor.digest, "referrer stored");
+        Ok(descriptor)
+    }
+
+    /// The artifacts in the index that refer to `subject` (a manifest digest).
+    pub fn referrers(&self, subject: &str) -> Result<Vec<Descriptor>> {
+        let mut out = Vec::new();
+        for d in self.index()?.manifests {
+            if d.artifact_type.is_none() {
+                continue;
+            }
+            let Ok(bytes) = self.read_blob(&d.digest) else {
+                continue;
+            };
+            let manifest: oci::Manifest = oci::parse(&d.digest, &bytes)?;
+            if manifest
+                .subject
+                .as_ref()
+                .is_some_and(|s| s.digest == subject)
+            {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every regular file of the image `manifest` (a digest in this layout), as its layers
+    /// leave them (a later layer replaces or deletes, by whiteout, what an earlier one put):
+    /// path (without the leading `/`), SHA-256 and size, sorted by path.
+    pub fn files(&self, manifest: &str) -> Result<Vec<(String, String, u64)>> {
+        use sha2::{Digest as _, Sha256};
+        use std::collections::BTreeMap;
+        use std::io::Read;
+        let image: oci::Manifest = oci::parse(manifest, &self.read_blob(manifest)?)?;
+        let mut files: BTreeMap<String, (String, u64)> = BTreeMap::new();
+        for layer in &image.layers {
+            let path = self.blob_path(&layer.digest)?;
+            let file =
+                std::fs::File::open(&path).map_err(|e| io_error("read image layer", &path, e))?;
+            let failed = |e: std::io::Error| io_error("read image layer", &path, e);
+            let mut tar =
+                tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+            for entry in tar.entries().map_err(failed)? {
+                let mut entry = entry.map_err(failed)?;
+                let name = entry
+                    .path()
+                    .map_err(failed)?
+                    .to_string_lossy()
+                    .trim_start_matches("./")
+                    .trim_start_matches('/')
+                    .to_string();
+                let (dir, base) = name
+                    .rsplit_once('/')
+                    .map_or(("", name.as_str()), |(d, b)| (d, b));
+                if let Some(deleted) = base.strip_prefix(".wh.") {
+                    if deleted == ".wh..opq" || base == ".wh..wh..opq" {
+                        let prefix = format!("{dir}/");
+                        files.retain(|p, _| !p.starts_with(&prefix));
+                    } else {
+                        let gone = if dir.is_empty() {
+                            deleted.to_string()
+                        } else {
+                            format!("{dir}/{deleted}")
+                        };
+                        files.remove(&gone);
+                        let prefix = format!("{gone}/");
+                        files.retain(|p, _| !p.starts_with(&prefix));
+                    }
+                    continue;
+                }
+                if !entry.header().entry_type().is_file() {
+                    continue;
+                }
+                let mut hasher = Sha256::new();
+                let mut buf = [0u8; 64 * 1024];
+                let mut size = 0u64;
+                loop {
+                    let n = entry.read(&mut buf).map_err(failed)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    size += n as u64;
+                }
+                files.insert(name, (format!("{:x}", hasher.finalize()), size));
+            }
+        }
+        Ok(files.into_iter().map(|(p, (h, s))| (p, h, s)).collect())
+    }
+}

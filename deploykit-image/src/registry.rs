@@ -594,6 +594,19 @@ impl Registry {
         media_type: &str,
         bytes: Vec<u8>,
     ) -> Result<()> {
+        self.put_manifest_answered(target, reference, media_type, bytes)
+            .await
+            .map(drop)
+    }
+
+    /// [`Registry::put_manifest`], and the registry's answer's headers.
+    async fn put_manifest_answered(
+        &self,
+        target: &Reference,
+        reference: &str,
+        media_type: &str,
+        bytes: Vec<u8>,
+    ) -> Result<HeaderMap> {
         let what = format!("put manifest {reference} in {}", target.name());
         let url = self.url(target, &format!("manifests/{reference}"))?;
         let mut headers = HeaderMap::new();
@@ -633,7 +646,7 @@ impl Registry {
                 format!("the registry stored {answered}, not {digest}"),
             ));
         }
-        Ok(())
+        Ok(response.headers().clone())
     }
 
     /// The manifest `image` names (by tag or digest): its descriptor and bytes, checked
@@ -797,6 +810,127 @@ impl Registry {
             config,
         })
     }
+}
+
+impl Registry {
+    /// Pushes `artifact` (a manifest of `layout` whose `subject` is an image already pushed to
+    /// `target`'s repository) and makes it findable from its subject: through the registry's
+    /// referrers API when it has one (it answers `OCI-Subject`), else in the index tagged
+    /// `sha256-<subject hex>` (the OCI 1.1 fallback `oras` and `cosign` read too).
+    pub async fn push_referrer(
+        &self,
+        layout: &Layout,
+        artifact: &Descriptor,
+        target: &Reference,
+    ) -> Result<()> {
+        let bytes = layout.read_blob(&artifact.digest)?;
+        let manifest: Manifest = oci::parse(&artifact.digest, &bytes)?;
+        let subject = manifest.subject.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "image.referrer",
+                "an artifact without a subject refers to nothing",
+            )
+        })?;
+        let mut report = PushReport::default();
+        for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            self.push_blob(layout, blob, target, &[], &mut report)
+                .await?;
+        }
+        let headers = self
+            .put_manifest_answered(target, &artifact.digest, oci::MANIFEST, bytes)
+            .await?;
+        if headers.contains_key("oci-subject") {
+            return Ok(());
+        }
+        let tag = fallback_tag(&subject.digest);
+        let mut index = match self
+            .manifest(&format!("{}:{tag}", target.name()).parse()?)
+            .await
+        {
+            Ok((_, bytes)) => {
+                oci::parse::<Index>(&format!("{} referrers", subject.digest), &bytes)?
+            }
+            Err(Error::NotFound { .. }) => Index::of(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        if index.manifests.iter().any(|d| d.digest == artifact.digest) {
+            return Ok(());
+        }
+        let mut entry = artifact.clone();
+        entry.artifact_type = manifest.artifact_type.clone();
+        entry.annotations = manifest.annotations.clone();
+        index.manifests.push(entry);
+        self.put_manifest(target, &tag, oci::INDEX, index.to_bytes())
+            .await
+    }
+
+    /// The artifacts that refer to the manifest `image` pins (by digest): from the referrers
+    /// API, or the `sha256-<hex>` tag where there is none.
+    pub async fn referrers(&self, image: &Reference) -> Result<Vec<Descriptor>> {
+        let digest = image
+            .digest()
+            .ok_or_else(|| Error::invalid("image", format!("{image} is not pinned by digest")))?;
+        let what = format!("list the referrers of {image}");
+        let url = self.url(image, &format!("referrers/{digest}"))?;
+        let response = self
+            .send(image, "pull", &what, Call::new(Method::GET, url))
+            .await?;
+        if response.status().is_success() {
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| Error::transient(&what, e.to_string()))?;
+            return Ok(oci::parse::<Index>(&what, &bytes)?.manifests);
+        }
+        let tag = fallback_tag(digest);
+        match self
+            .manifest(&format!("{}:{tag}", image.name()).parse()?)
+            .await
+        {
+            Ok((_, bytes)) => Ok(oci::parse::<Index>(&what, &bytes)?.manifests),
+            Err(Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The bytes of blob `digest` of `image`'s repository, checked against the digest.
+    pub async fn blob(&self, image: &Reference, digest: &str) -> Result<Vec<u8>> {
+        let what = format!("get blob {digest} of {}", image.name());
+        let url = self.url(image, &format!("blobs/{digest}"))?;
+        let response = self
+            .send(image, "pull", &what, Call::new(Method::GET, url))
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(Error::not_found(format!(
+                "blob {digest} in {}",
+                image.name()
+            )));
+        }
+        if !response.status().is_success() {
+            let status = response.status();
+            return Err(Error::backend(
+                what,
+                format!("{status}: {}", registry_error(response).await),
+            ));
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Error::transient(&what, e.to_string()))?;
+        if oci::sha256(&bytes) != digest {
+            return Err(Error::backend(
+                what,
+                "the registry sent content that does not match its digest",
+            ));
+        }
+        Ok(bytes.to_vec())
+    }
+}
+
+/// The tag under which the referrers of `digest` are listed where the registry has no
+/// referrers API: `sha256-<hex>`.
+pub fn fallback_tag(digest: &str) -> String {
+    digest.replacen(':', "-", 1)
 }
 
 fn is_index(media_type: &str) -> bool {

@@ -189,6 +189,8 @@ pub(crate) struct Shared {
     audit: AuditTrail,
     /// Where secret references are pinned to versions when a revision is made.
     pins: SecretPins,
+    /// What may be deployed, if anything is checked.
+    verifier: Option<Arc<dyn crate::build::ArtifactVerifier>>,
     /// Deployment drivers, at most one per deployment, with their wakers and leases.
     drivers: Drivers,
     /// Where every journal entry is announced, to subscribers and notifiers.
@@ -208,6 +210,7 @@ pub struct OrchestratorBuilder {
     access: Option<AccessPolicy>,
     four_eyes: Option<bool>,
     secrets: Option<Arc<dyn SecretProvider>>,
+    verifier: Option<Arc<dyn crate::build::ArtifactVerifier>>,
     notifiers: Vec<Arc<dyn Notifier>>,
     clock: Arc<dyn Clock>,
     owner: Option<String>,
@@ -280,6 +283,14 @@ impl OrchestratorBuilder {
         self
     }
 
+    /// Ask `verifier` whether each new revision's artifact may be deployed (a signature, a
+    /// provenance); a refusal is audited (as a denied deploy) and returned before anything
+    /// starts.
+    pub fn artifact_verifier(mut self, verifier: Arc<dyn crate::build::ArtifactVerifier>) -> Self {
+        self.verifier = Some(verifier);
+        self
+    }
+
     /// Send every event to `notifier` (in order, from its own task).
     pub fn notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
         self.notifiers.push(notifier);
@@ -325,6 +336,7 @@ impl OrchestratorBuilder {
             gate,
             audit,
             pins: SecretPins::new(self.secrets),
+            verifier: self.verifier,
             drivers: Drivers::default(),
             bus: EventBus::open(self.notifiers),
             clock: self.clock,
@@ -438,6 +450,7 @@ impl Orchestrator {
             access: None,
             four_eyes: None,
             secrets: None,
+            verifier: None,
             notifiers: Vec::new(),
             clock: Arc::new(SystemClock),
             owner: None,
@@ -482,6 +495,7 @@ impl Orchestrator {
         let revision = self
             .shared
             .revision(
+                &request.requested_by,
                 &request.service,
                 &target.spec,
                 request.artifact,
@@ -1128,11 +1142,27 @@ impl Shared {
     /// references pinned if there is a provider.
     async fn revision(
         &self,
+        by: &Actor,
         service: &ServiceSpec,
         spec: &EnvironmentSpec,
         artifact: Digest,
         label: String,
     ) -> Result<Revision> {
+        if let Some(verifier) = &self.verifier
+            && let Err(e) = verifier.verify(&service.name, &spec.name, &artifact).await
+        {
+            self.audit
+                .refused(
+                    by,
+                    AccessAction::Deploy,
+                    &spec.name,
+                    &service.name,
+                    None,
+                    &e,
+                )
+                .await?;
+            return Err(e);
+        }
         self.pins
             .pin(Revision::new(service, spec, artifact, label)?)
             .await

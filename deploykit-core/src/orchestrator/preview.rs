@@ -206,6 +206,7 @@ impl Orchestrator {
         let revision = self
             .shared
             .revision(
+                &request.requested_by,
                 &request.service,
                 &target.spec,
                 request.artifact,

@@ -96,7 +96,13 @@ impl Orchestrator {
             }
             revisions.push(
                 self.shared
-                    .revision(&s.service, &target.spec, s.artifact, s.label)
+                    .revision(
+                        &request.requested_by,
+                        &s.service,
+                        &target.spec,
+                        s.artifact,
+                        s.label,
+                    )
                     .await?,
             );
         }
