@@ -379,8 +379,9 @@ pub fn attach(
 }
 
 /// Signs `build`'s image (its last [`ArtifactKind::Image`] artifact) with `signer`: a
-/// provenance statement and an SBOM, attached in its layout. The referrers' descriptors, to
-/// push with [`Registry::push_referrer`]; none if the build made no image.
+/// provenance statement and an SBOM, attached in its layout (an image this key signed already
+/// keeps the attestations it has). The referrers' descriptors, to push with
+/// [`Registry::push_referrer`]; none if the build made no image.
 pub fn sign_build(
     service: &str,
     build: &Build,
@@ -398,6 +399,23 @@ pub fn sign_build(
     };
     let (layout, subject) = crate::image_stage::image_descriptor(image)?;
     let digest = subject.digest.clone();
+    // An image signed already by this key (a rebuild that changed nothing) keeps its
+    // attestations: they describe the build that made it.
+    let mut existing = BTreeMap::new();
+    for referrer in layout.referrers(&digest)? {
+        let manifest: Manifest = oci::parse(&referrer.digest, &layout.read_blob(&referrer.digest)?)?;
+        for l in manifest.layers.iter().filter(|l| l.media_type == DSSE) {
+            let envelope: Envelope = oci::parse(&l.digest, &layout.read_blob(&l.digest)?)?;
+            if let Ok(statement) = envelope.verify(&signer.public())
+                && let Some(kind) = statement["predicateType"].as_str()
+            {
+                existing.insert(kind.to_string(), referrer.clone());
+            }
+        }
+    }
+    if let (Some(p), Some(s)) = (existing.get(PROVENANCE), existing.get(SBOM)) {
+        return Ok(vec![(layout.clone(), p.clone()), (layout, s.clone())]);
+    }
     let provenance = statement(
         service,
         &digest,

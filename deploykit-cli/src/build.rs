@@ -204,6 +204,7 @@ pub(crate) async fn command(
         "service": service,
         "artifact": deployable,
         "image": pushed,
+        "attestations": referrers.iter().map(|(_, d)| d.digest.clone()).collect::<Vec<_>>(),
         "stages": build.stages.iter().map(|s| json!({
             "name": s.name,
             "kind": s.kind,

@@ -96,6 +96,18 @@ fn the_sample_web_app_builds_pushes_rebuilds_from_the_cache_renders_and_deploys(
         LocalRegistry::start(false).expect("the registry starts (apt-get install docker-registry)");
     let dir = tempfile::tempdir().unwrap();
     sample(dir.path(), registry.host());
+    // Builds are signed, and a deploy needs the signature.
+    let out = run(dir.path(), &["keygen", "keys/build.key"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut toml = std::fs::read_to_string(dir.path().join("deploykit.toml")).unwrap();
+    toml.push_str(
+        "\n[build]\nsigning_key = \"keys/build.key\"\nverify_key = \"keys/build.key.pub\"\n",
+    );
+    std::fs::write(dir.path().join("deploykit.toml"), &toml).unwrap();
 
     let started = Instant::now();
     let cold = build(dir.path());
@@ -116,6 +128,28 @@ fn the_sample_web_app_builds_pushes_rebuilds_from_the_cache_renders_and_deploys(
         .map(|a| a["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["file", "static", "image"]);
+    assert_eq!(
+        cold["attestations"].as_array().unwrap().len(),
+        2,
+        "provenance and SBOM: {cold}"
+    );
+    let tag = format!(
+        "{}/sample/web:{}",
+        registry.host(),
+        digest.replacen(':', "-", 1)
+    );
+    let referrers: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{tag}"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        referrers["manifests"].as_array().unwrap().len(),
+        2,
+        "{referrers}"
+    );
 
     // The bundle: minified, split (the chart is a chunk), tree-shaken.
     let app = std::fs::read_to_string(dir.path().join("dist/app.js")).unwrap();
@@ -184,6 +218,7 @@ fn the_sample_web_app_builds_pushes_rebuilds_from_the_cache_renders_and_deploys(
     let warm_time = started.elapsed();
     assert_eq!(outcomes(&warm), all("skipped"), "{warm}");
     assert_eq!(warm["artifact"], cold["artifact"]);
+    assert_eq!(warm["attestations"], cold["attestations"], "the same signed statements");
     println!("cold build {cold_time:.2?}, no-change rebuild {warm_time:.2?}");
     assert!(
         warm_time < cold_time / 5,
@@ -279,4 +314,20 @@ fn the_sample_web_app_builds_pushes_rebuilds_from_the_cache_renders_and_deploys(
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(page.contains("deploykit sample web"), "{page}");
+
+    // Trust another key: the same image is refused, saying why.
+    let out = run(dir.path(), &["keygen", "keys/other.key"]);
+    assert!(out.status.success());
+    std::fs::write(
+        dir.path().join("deploykit.toml"),
+        toml.replace("keys/build.key.pub", "keys/other.key.pub"),
+    )
+    .unwrap();
+    let out = run(dir.path(), &["deploy", "web", "--label", "v2"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to deploy") && stderr.contains("not signed by key"),
+        "{stderr}"
+    );
 }
