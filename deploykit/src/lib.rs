@@ -18,6 +18,8 @@
 //! | `telemetry` | `deploykit-telemetry` | `telemetry`, `prometheus`, `otel` |
 //! | `alerting` | `deploykit-alerting` | `alerting` |
 //! | `config` | `deploykit-config` | `config` |
+//! | `builds` | `deploykit-build` | `build` (stages, the build cache, images, attestations) |
+//! | `image` | `deploykit-image` | `image` (OCI images, a registry client) |
 //! | `logs` | `deploykit-logs` | `logs` |
 //! | `dashboard` | `deploykit-dashboard` | `dashboard` |
 //! | `local` | `deploykit-local` | `local` |
@@ -51,12 +53,16 @@ pub use deploykit_alerting as alerting;
 pub use deploykit_aws as aws;
 #[cfg(feature = "backup")]
 pub use deploykit_backup as backup;
+#[cfg(feature = "build")]
+pub use deploykit_build as builds;
 #[cfg(feature = "config")]
 pub use deploykit_config as config;
 #[cfg(feature = "dashboard")]
 pub use deploykit_dashboard as dashboard;
 #[cfg(feature = "flags")]
 pub use deploykit_flags as flags;
+#[cfg(feature = "image")]
+pub use deploykit_image as image;
 #[cfg(feature = "k8s")]
 pub use deploykit_k8s as k8s;
 #[cfg(feature = "local")]
