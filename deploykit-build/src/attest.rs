@@ -403,7 +403,8 @@ pub fn sign_build(
     // attestations: they describe the build that made it.
     let mut existing = BTreeMap::new();
     for referrer in layout.referrers(&digest)? {
-        let manifest: Manifest = oci::parse(&referrer.digest, &layout.read_blob(&referrer.digest)?)?;
+        let manifest: Manifest =
+            oci::parse(&referrer.digest, &layout.read_blob(&referrer.digest)?)?;
         for l in manifest.layers.iter().filter(|l| l.media_type == DSSE) {
             let envelope: Envelope = oci::parse(&l.digest, &layout.read_blob(&l.digest)?)?;
             if let Ok(statement) = envelope.verify(&signer.public())

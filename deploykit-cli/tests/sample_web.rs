@@ -218,7 +218,10 @@ fn the_sample_web_app_builds_pushes_rebuilds_from_the_cache_renders_and_deploys(
     let warm_time = started.elapsed();
     assert_eq!(outcomes(&warm), all("skipped"), "{warm}");
     assert_eq!(warm["artifact"], cold["artifact"]);
-    assert_eq!(warm["attestations"], cold["attestations"], "the same signed statements");
+    assert_eq!(
+        warm["attestations"], cold["attestations"],
+        "the same signed statements"
+    );
     println!("cold build {cold_time:.2?}, no-change rebuild {warm_time:.2?}");
     assert!(
         warm_time < cold_time / 5,
