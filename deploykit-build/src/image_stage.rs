@@ -285,3 +285,15 @@ pub fn image_descriptor(artifact: &Artifact) -> Result<(Layout, oci::Descriptor)
     let bytes = layout.read_blob(artifact.digest.as_str())?;
     Ok((layout, oci::Descriptor::of(oci::MANIFEST, &bytes)))
 }
+
+/// The base image of `build`'s image stage, if it had one (as its fingerprint records it):
+/// where a push can mount the base's layers from instead of uploading them.
+pub fn base_of(build: &crate::pipeline::Build) -> Option<Reference> {
+    build
+        .stages
+        .iter()
+        .rev()
+        .filter_map(|s| s.fingerprint.as_ref())
+        .find_map(|f| f.parts().get("base"))
+        .and_then(|b| b.parse().ok())
+}

@@ -182,16 +182,31 @@ pub(crate) async fn command(
                 };
                 let (layout, descriptor) = image_descriptor(image)?;
                 let registry = registry();
-                let report = registry.push(&layout, &descriptor, &target, &[]).await?;
+                // The base's layers are mounted from its repository when it is on the same
+                // registry, not uploaded again.
+                let mount_from: Vec<String> = deploykit_build::image_stage::base_of(&build)
+                    .filter(|base| base.registry() == target.registry())
+                    .map(|base| base.repository().to_string())
+                    .into_iter()
+                    .collect();
+                let report = registry
+                    .push(&layout, &descriptor, &target, &mount_from)
+                    .await?;
                 for (layout, referrer) in &referrers {
                     registry.push_referrer(layout, referrer, &target).await?;
                 }
                 let reference = target.with_digest(&report.digest)?;
                 text.push_str(&format!(
-                    "pushed  {reference} ({} blobs uploaded, {} bytes; {} already there)\n",
-                    report.uploaded, report.uploaded_bytes, report.present
+                    "pushed  {reference} ({} blobs uploaded, {} bytes; {} already there, {} mounted)\n",
+                    report.uploaded, report.uploaded_bytes, report.present, report.mounted
                 ));
-                pushed = Some(reference.to_string());
+                pushed = Some(json!({
+                    "reference": reference.to_string(),
+                    "uploaded": report.uploaded,
+                    "uploaded_bytes": report.uploaded_bytes,
+                    "present": report.present,
+                    "mounted": report.mounted,
+                }));
             }
             (Some(_), true) => text.push_str("not pushed (--no-push)\n"),
             (None, _) => text.push_str(&format!(
@@ -203,7 +218,8 @@ pub(crate) async fn command(
     let record = json!({
         "service": service,
         "artifact": deployable,
-        "image": pushed,
+        "image": pushed.as_ref().map(|p| p["reference"].clone()),
+        "push": pushed,
         "attestations": referrers.iter().map(|(_, d)| d.digest.clone()).collect::<Vec<_>>(),
         "stages": build.stages.iter().map(|s| json!({
             "name": s.name,

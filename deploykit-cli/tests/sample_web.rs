@@ -62,6 +62,30 @@ fn outcomes(record: &serde_json::Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Pushes a stand-in base image to `registry`'s `base/node`: its reference by digest.
+fn base_image(registry: &str) -> String {
+    use deploykit_image::{Image, Layer, Layout, Reference, Registry};
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open_or_create(dir.path()).unwrap();
+    let mut os = Layer::new();
+    os.add_bytes("usr/local/bin/node", b"#!/bin/sh\n".to_vec(), 0o755)
+        .unwrap();
+    let built = Image::scratch()
+        .layer(os)
+        .env("PATH", "/usr/local/bin")
+        .build(&layout, "node")
+        .unwrap();
+    let target: Reference = format!("{registry}/base/node:20").parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = rt
+        .block_on(Registry::new().push(&layout, &built.descriptor, &target, &[]))
+        .unwrap();
+    target.with_digest(report.digest).unwrap().to_string()
+}
+
 /// GET `path` from the proxy: the body of a 200 answer.
 fn get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
@@ -96,6 +120,14 @@ fn the_sample_web_app_builds_pushes_rebuilds_from_the_cache_renders_and_deploys(
         LocalRegistry::start(false).expect("the registry starts (apt-get install docker-registry)");
     let dir = tempfile::tempdir().unwrap();
     sample(dir.path(), registry.host());
+    // A base image on the same registry, pinned by digest (a stand-in for node:20-slim).
+    let base = base_image(registry.host());
+    let toml = std::fs::read_to_string(dir.path().join("deploykit.toml")).unwrap();
+    let toml = toml.replace(
+        "[services.web.package]\n",
+        &format!("[services.web.package]\nbase = \"{base}\"\n"),
+    );
+    std::fs::write(dir.path().join("deploykit.toml"), toml).unwrap();
     // Builds are signed, and a deploy needs the signature.
     let out = run(dir.path(), &["keygen", "keys/build.key"]);
     assert!(
@@ -121,6 +153,10 @@ fn the_sample_web_app_builds_pushes_rebuilds_from_the_cache_renders_and_deploys(
     let image = cold["image"].as_str().expect("pushed").to_string();
     let digest = cold["artifact"].as_str().unwrap().to_string();
     assert_eq!(image, format!("{}/sample/web@{digest}", registry.host()));
+    assert_eq!(
+        cold["push"]["mounted"], 1,
+        "the base layer is mounted, not uploaded: {cold}"
+    );
     let kinds: Vec<&str> = cold["artifacts"]
         .as_array()
         .unwrap()
@@ -203,6 +239,10 @@ fn the_sample_web_app_builds_pushes_rebuilds_from_the_cache_renders_and_deploys(
         let out = Command::new("tar").arg("-tzf").arg(&file).output().unwrap();
         listed.push_str(&String::from_utf8_lossy(&out.stdout));
     }
+    assert!(
+        listed.lines().any(|l| l == "usr/local/bin/node"),
+        "the base's files: {listed}"
+    );
     for path in [
         "app/dist/app.js",
         "app/dist/index.html",
