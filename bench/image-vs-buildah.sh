@@ -132,9 +132,15 @@ buildah_build() { # dir repo
 deploykit_build() { # dir repo
     rm -rf "$1/.deploykit"
     sed -i "s|^image = .*|image = \"$HOST/bench/$2\"|" "$1/deploykit.toml"
-    (cd "$1" && "$DK" build web)
+    (cd "$1" && "$DK" build web --tag latest)
 }
-digest_of() { skopeo inspect --no-tags --tls-verify=false --format '{{.Digest}}' "docker://$HOST/bench/$1"; }
+# The digest `latest` points at in repository bench/$1; fails if there is none.
+digest_of() {
+    local d
+    d=$(skopeo inspect --no-tags --tls-verify=false --format '{{.Digest}}' "docker://$HOST/bench/$1")
+    [[ $d == sha256:* ]] || { echo "no image in bench/$1" >&2; exit 1; }
+    echo "$d"
+}
 
 echo "| content | tool | image build + push (median of $RUNS) | same digest twice |"
 echo "|---|---|---:|---|"
@@ -147,7 +153,9 @@ for scenario in "sample:0" "sample+${EXTRA_MB}MiB:$EXTRA_MB"; do
         for i in $(seq "$RUNS"); do
             times+=("$(timed "${tool}_build" "$dir" "$tool-$extra-$i")")
         done
-        if [[ $(digest_of "$tool-$extra-1") == "$(digest_of "$tool-$extra-2")" ]]; then same=yes; else same=no; fi
+        first=$(digest_of "$tool-$extra-1")
+        second=$(digest_of "$tool-$extra-2")
+        if [[ $first == "$second" ]]; then same=yes; else same=no; fi
         echo "| $name | $tool | $(median "${times[@]}") ms | $same |"
     done
 done
