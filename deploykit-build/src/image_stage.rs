@@ -81,8 +81,8 @@ pub struct ImageStage {
     /// Labels.
     #[builder(default)]
     pub labels: BTreeMap<String, String>,
-    /// The registry client the base is pulled with.
-    #[builder(default = Arc::new(Registry::new()))]
+    /// The registry client the base is pulled with (default: [`Registry::from_env`]).
+    #[builder(default = Arc::new(Registry::from_env()))]
     pub registry: Arc<Registry>,
 }
 

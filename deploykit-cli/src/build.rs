@@ -96,19 +96,6 @@ fn now_rfc3339() -> String {
     deploykit_core::Clock::now(&deploykit_core::SystemClock).to_string()
 }
 
-/// The registry client: credentials from `DEPLOYKIT_REGISTRY_USER` and
-/// `DEPLOYKIT_REGISTRY_PASSWORD` when set.
-fn registry() -> Registry {
-    let registry = Registry::new();
-    match (
-        std::env::var("DEPLOYKIT_REGISTRY_USER"),
-        std::env::var("DEPLOYKIT_REGISTRY_PASSWORD"),
-    ) {
-        (Ok(user), Ok(password)) => registry.credentials(user, password),
-        _ => registry,
-    }
-}
-
 /// `deploykit build SERVICE [--explain] [--no-push] [--tag T]`.
 pub(crate) async fn command(
     ctx: &Context,
@@ -181,7 +168,7 @@ pub(crate) async fn command(
                     None => target.with_digest(image.digest.as_str())?,
                 };
                 let (layout, descriptor) = image_descriptor(image)?;
-                let registry = registry();
+                let registry = Registry::from_env();
                 // The base's layers are mounted from its repository when it is on the same
                 // registry, not uploaded again.
                 let mount_from: Vec<String> = deploykit_build::image_stage::base_of(&build)

@@ -122,6 +122,19 @@ impl Registry {
         }
     }
 
+    /// A client with the credentials of `DEPLOYKIT_REGISTRY_USER` and
+    /// `DEPLOYKIT_REGISTRY_PASSWORD` when both are set (else anonymous): what the CLI and the
+    /// image stage's base pulls use.
+    pub fn from_env() -> Self {
+        match (
+            std::env::var("DEPLOYKIT_REGISTRY_USER"),
+            std::env::var("DEPLOYKIT_REGISTRY_PASSWORD"),
+        ) {
+            (Ok(user), Ok(password)) => Registry::new().credentials(user, password),
+            _ => Registry::new(),
+        }
+    }
+
     /// Log in as `user` with `password` (or a token as password) wherever asked.
     pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
         self.credentials = Some((user.into(), password.into()));
@@ -312,16 +325,13 @@ impl Registry {
         let response = request.send().await.map_err(|e| {
             Error::transient(what, format!("token from {url}: {}", error_chain(&e)))
         })?;
-        if !response.status().is_success() {
-            let status = response.status();
-            return Err(Error::backend(
-                what,
-                format!(
-                    "token service {realm} refused: {status}: {}",
-                    registry_error(response).await
-                ),
-            ));
-        }
+        let response = expect(
+            response,
+            None,
+            what,
+            &format!("token service {realm} refused: "),
+        )
+        .await?;
         #[derive(serde::Deserialize)]
         struct Token {
             token: Option<String>,
@@ -502,16 +512,9 @@ impl Registry {
                         .body(chunk),
                     )
                     .await?;
-                if response.status() != StatusCode::ACCEPTED {
-                    let status = response.status();
-                    return Err(Error::backend(
-                        &what,
-                        format!(
-                            "chunk {sent}-{end}: {status}: {}",
-                            registry_error(response).await
-                        ),
-                    ));
-                }
+                let context = format!("chunk {sent}-{end}: ");
+                let response =
+                    expect(response, Some(StatusCode::ACCEPTED), &what, &context).await?;
                 location = self.location(target, &what, &response)?;
                 sent = end;
             }
@@ -539,13 +542,7 @@ impl Registry {
                 .body(last),
             )
             .await?;
-        if response.status() != StatusCode::CREATED {
-            let status = response.status();
-            return Err(Error::backend(
-                &what,
-                format!("{status}: {}", registry_error(response).await),
-            ));
-        }
+        expect(response, Some(StatusCode::CREATED), &what, "").await?;
         report.uploaded += 1;
         report.uploaded_bytes += sent + body_len;
         Ok(())
@@ -556,16 +553,13 @@ impl Registry {
         let response = self
             .send(target, "pull,push", what, Call::new(Method::POST, url))
             .await?;
-        if response.status() != StatusCode::ACCEPTED {
-            let status = response.status();
-            return Err(Error::backend(
-                what,
-                format!(
-                    "starting the upload: {status}: {}",
-                    registry_error(response).await
-                ),
-            ));
-        }
+        let response = expect(
+            response,
+            Some(StatusCode::ACCEPTED),
+            what,
+            "starting the upload: ",
+        )
+        .await?;
         self.location(target, what, &response)
     }
 
@@ -628,13 +622,7 @@ impl Registry {
                 .body(bytes),
             )
             .await?;
-        if response.status() != StatusCode::CREATED {
-            let status = response.status();
-            return Err(Error::backend(
-                what,
-                format!("{status}: {}", registry_error(response).await),
-            ));
-        }
+        let response = expect(response, Some(StatusCode::CREATED), &what, "").await?;
         if let Some(answered) = response
             .headers()
             .get("docker-content-digest")
@@ -722,16 +710,10 @@ impl Registry {
         }
         let what = format!("get blob {digest} of {}", image.name());
         let url = self.url(image, &format!("blobs/{digest}"))?;
-        let mut response = self
+        let response = self
             .send(image, "pull", &what, Call::new(Method::GET, url))
             .await?;
-        if !response.status().is_success() {
-            let status = response.status();
-            return Err(Error::backend(
-                what,
-                format!("{status}: {}", registry_error(response).await),
-            ));
-        }
+        let mut response = expect(response, None, &what, "").await?;
         let path = layout.blob_path(digest)?;
         let dir = path.parent().expect("blobs have a directory");
         let mut tmp = tempfile::NamedTempFile::new_in(dir)
@@ -906,13 +888,7 @@ impl Registry {
                 image.name()
             )));
         }
-        if !response.status().is_success() {
-            let status = response.status();
-            return Err(Error::backend(
-                what,
-                format!("{status}: {}", registry_error(response).await),
-            ));
-        }
+        let response = expect(response, None, &what, "").await?;
         let bytes = response
             .bytes()
             .await
@@ -967,6 +943,24 @@ fn challenge_params(params: &str) -> HashMap<String, String> {
         rest = next.trim_start_matches(',').trim();
     }
     out
+}
+
+/// `response` if its status is `expected` (any success for `None`); else an error for `what`
+/// with `context`, the status and the registry's own error.
+async fn expect(
+    response: reqwest::Response,
+    expected: Option<StatusCode>,
+    what: &str,
+    context: &str,
+) -> Result<reqwest::Response> {
+    let status = response.status();
+    if expected.map_or(status.is_success(), |e| status == e) {
+        return Ok(response);
+    }
+    Err(Error::backend(
+        what,
+        format!("{context}{status}: {}", registry_error(response).await),
+    ))
 }
 
 /// The registry's error body (`{"errors":[{"code","message"}]}`) in a line, or the raw text.
