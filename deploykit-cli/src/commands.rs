@@ -76,6 +76,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             tls,
             tls_cert,
             tls_key,
+            socket_group,
         } => {
             let tls = match (tls, tls_cert, tls_key) {
                 (_, Some(cert), Some(key)) => Some(ProxyTls::from_pem_files(&cert, &key)?),
@@ -109,6 +110,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 options,
                 metrics_listen,
                 dashboard_listen,
+                socket_group,
             )
             .await
         }
@@ -359,8 +361,27 @@ async fn daemon(
     mut options: LocalOptions,
     metrics_listen: Option<std::net::SocketAddr>,
     dashboard_listen: Option<std::net::SocketAddr>,
+    socket_group: Option<String>,
 ) -> Result<ExitCode> {
     let environment = ctx.environment(env)?;
+    // With [access], each change through the socket is checked as the user at the other end.
+    let access = match (ctx.config()?.access_policy().cloned(), socket_group) {
+        (Some(policy), group) => {
+            let access = deploykit_local::daemon::SocketAccess::new(policy, environment.clone())?;
+            Some(match group {
+                Some(group) => access.shared_with_group(&group)?,
+                None => access,
+            })
+        }
+        (None, Some(_)) => {
+            return Err(Error::invalid(
+                "--socket-group",
+                "sharing the daemon's socket needs [access] in deploykit.toml: without it, \
+                 every member of the group could change and stop anything",
+            ));
+        }
+        (None, None) => None,
+    };
     let scheme = if options.proxy.tls.is_some() {
         "https"
     } else {
@@ -441,13 +462,6 @@ async fn daemon(
     // Stops the dashboard and the notifications once the daemon stops serving.
     let (stop_dashboard, stopped_dashboard) = tokio::sync::watch::channel(false);
     let stopped_notifications = stopped_dashboard.clone();
-    // With [access], each change through the socket is checked as the user at the other end.
-    let access = ctx
-        .config()?
-        .access_policy()
-        .cloned()
-        .map(|policy| deploykit_local::daemon::SocketAccess::new(policy, environment.clone()))
-        .transpose()?;
     let daemon = async {
         let served = deploykit_local::daemon::serve(local, &socket, shutdown, access).await;
         let _ = stop_dashboard.send(true);

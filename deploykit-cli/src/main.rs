@@ -138,6 +138,11 @@ enum Command {
         /// The private key of `--tls-cert` (PEM).
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Let the members of this group (name or id) connect to the daemon's socket, each held
+        /// to their own rights under `[access]` (required); without it the socket is the
+        /// daemon's user's alone.
+        #[arg(long, value_name = "GROUP")]
+        socket_group: Option<String>,
     },
     /// Print a link that signs you in to the daemon's dashboard as `--actor` (default $USER),
     /// valid for 15 minutes.

@@ -175,3 +175,28 @@ fn deployments_need_the_right_and_a_policy_mistake_names_its_place() {
     assert!(said.contains("deploykit.toml:"), "{said}");
     assert!(said.contains("access.rules[0].object"), "{said}");
 }
+
+#[test]
+fn the_daemon_shares_its_socket_with_a_group_only_under_an_access_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("deploykit.toml"),
+        format!(
+            "application = \"shop\"\n[services.web]\ncommand = [\"{}\"]\nport = 8080\n\
+             [environments.production]\nkind = \"production\"\n",
+            common::APP
+        ),
+    )
+    .unwrap();
+    let out = as_user(dir.path(), &["daemon", "--socket-group", "nogroup"]);
+    assert!(!out.status.success());
+    let said = stderr(&out);
+    assert!(
+        said.contains("--socket-group") && said.contains("needs [access]"),
+        "{said}"
+    );
+    assert!(
+        !dir.path().join(".deploykit/daemon.sock").exists(),
+        "nothing was started"
+    );
+}

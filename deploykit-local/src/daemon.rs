@@ -92,10 +92,15 @@ pub struct Forward {
 /// stopping the daemon is for its own user and root. Reads are open to whoever may connect
 /// (the socket file's permissions decide that). The daemon's own user may do anything: the
 /// daemon's dashboard and tools acting as the daemon run as it.
+///
+/// The socket is its user's alone (mode 0600) unless [`SocketAccess::shared_with_group`]
+/// names a group whose members may connect (mode 0660, owned by that group): sharing goes with
+/// a policy, so those members are held to their rights.
 #[derive(Clone, Debug)]
 pub struct SocketAccess {
     policy: AccessPolicy,
     environment: EnvironmentName,
+    group: Option<u32>,
 }
 
 impl SocketAccess {
@@ -105,7 +110,41 @@ impl SocketAccess {
         Ok(SocketAccess {
             policy,
             environment,
+            group: None,
         })
+    }
+
+    /// Let the members of group `group` (a name, or a numeric id) connect to the socket.
+    pub fn shared_with_group(mut self, group: &str) -> Result<Self> {
+        let gid = match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => nix::unistd::Group::from_name(group)
+                .map_err(|e| Error::invalid("socket_group", format!("{group}: {e}")))?
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "socket_group",
+                        format!("there is no group {group:?} on this machine"),
+                    )
+                })?
+                .gid
+                .as_raw(),
+        };
+        self.group = Some(gid);
+        Ok(self)
+    }
+
+    /// Give the socket file at `socket` its owner and mode: the daemon's user alone, or also
+    /// the group it is shared with.
+    fn protect(&self, socket: &Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let failed = |e: String| Error::backend(format!("protect {}", socket.display()), e);
+        if let Some(gid) = self.group {
+            nix::unistd::chown(socket, None, Some(nix::unistd::Gid::from_raw(gid)))
+                .map_err(|e| failed(format!("cannot give it to group {gid}: {e}")))?;
+        }
+        let mode = if self.group.is_some() { 0o660 } else { 0o600 };
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| failed(e.to_string()))
     }
 
     /// Whether the user `uid` may do one of `actions` on every one of `services`.
@@ -181,6 +220,9 @@ pub async fn serve(
     }
     let listener = UnixListener::bind(socket)
         .map_err(|e| Error::backend(format!("listen on {}", socket.display()), e.to_string()))?;
+    if let Some(access) = &access {
+        access.protect(socket)?;
+    }
     let stop = Arc::new(Notify::new());
     let stop_instances = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::pin!(shutdown);

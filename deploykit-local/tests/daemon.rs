@@ -348,7 +348,11 @@ async fn changes_through_the_socket_are_held_to_the_rights_of_the_peer_s_user() 
         .rule("role:dev", "deploy", "staging/*", Effect::Allow)
         .unwrap();
     policy.bind(&nobody, "role:dev").unwrap();
-    let access = SocketAccess::new(policy, EnvironmentName::new("production").unwrap()).unwrap();
+    // Shared with the other user's group (nogroup, 65534), by id.
+    let access = SocketAccess::new(policy, EnvironmentName::new("production").unwrap())
+        .unwrap()
+        .shared_with_group(&NOBODY.to_string())
+        .unwrap();
     tokio::spawn({
         let socket = socket.clone();
         async move {
@@ -357,11 +361,16 @@ async fn changes_through_the_socket_are_held_to_the_rights_of_the_peer_s_user() 
     });
     let client = LocalClient::new(&socket);
     wait_for(&client).await;
-    // Shared with the machine's other users.
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let meta = std::fs::metadata(&socket).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (meta.mode() & 0o777, meta.gid()),
+        (0o660, NOBODY),
+        "group-shared, no one else"
+    );
 
     // The other user, in a process of its own: one raw HTTP request over the socket each.
-    let as_nobody = |method: &str, path: &str| -> String {
+    let as_user = |uid: u32, method: &str, path: &str| -> (bool, String) {
         let script = format!(
             "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({socket:?})\n\
              s.sendall(b'{method} {path} HTTP/1.1\\r\\nhost: daemon\\r\\ncontent-length: 2\\r\\n\
@@ -371,17 +380,28 @@ async fn changes_through_the_socket_are_held_to_the_rights_of_the_peer_s_user() 
         );
         let out = std::process::Command::new("python3")
             .args(["-c", &script])
-            .uid(NOBODY)
-            .gid(NOBODY)
+            .uid(uid)
+            .gid(uid)
             .output()
             .expect("python3 runs");
-        assert!(
+        let text = if out.status.success() {
+            &out.stdout
+        } else {
+            &out.stderr
+        };
+        (
             out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+            String::from_utf8_lossy(text).into_owned(),
+        )
     };
+    let as_nobody = |method: &str, path: &str| -> String {
+        let (ok, text) = as_user(NOBODY, method, path);
+        assert!(ok, "{text}");
+        text
+    };
+    // A user outside the group cannot even connect.
+    let (ok, outsider) = as_user(NOBODY - 1, "GET", "/v1/info");
+    assert!(!ok && outsider.contains("PermissionError"), "{outsider}");
     let read = as_nobody("GET", "/v1/info");
     assert!(read.starts_with("HTTP/1.1 200"), "reading is open: {read}");
     let apply = as_nobody("PUT", "/v1/services/web");
