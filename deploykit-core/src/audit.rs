@@ -81,7 +81,7 @@ pub struct AuditRecord {
     pub actor: Actor,
     /// What.
     pub action: AuditAction,
-    /// Whether it was carried out or refused by the access policy.
+    /// Whether it was carried out, or refused (by the access policy or the artifact verifier).
     #[serde(default)]
     pub outcome: AuditOutcome,
     /// Which deployment (none for a refused request that created none).
@@ -101,7 +101,8 @@ pub enum AuditOutcome {
     /// Carried out.
     #[default]
     Allowed,
-    /// Refused by the access policy.
+    /// Refused: by the access policy, or by the orchestrator's artifact verifier (an image
+    /// without a valid signature).
     Denied,
 }
 
