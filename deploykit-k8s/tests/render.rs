@@ -542,6 +542,72 @@ fn routed_services_select_stable_and_canary() {
 }
 
 #[test]
+fn route_timeouts_render_for_both_routers() {
+    use deploykit_k8s::render::RouteTimeouts;
+    let desired = two(Traffic::routed(canary_routes(10)));
+    let timeouts = RouteTimeouts::new(Duration::from_millis(3_723_004))
+        .unwrap()
+        .backend_request(Duration::from_millis(2500))
+        .unwrap();
+    let plan = render(&desired, &options(gateway()).route_timeouts(timeouts));
+    let route = plan.get("HTTPRoute", "web").unwrap().to_json();
+    round_trip::<gateway_api::HttpRoute>(&route);
+    for rule in route["spec"]["rules"].as_array().unwrap() {
+        assert_eq!(
+            rule["timeouts"],
+            serde_json::json!({"request": "1h2m3s4ms", "backendRequest": "2s500ms"})
+        );
+    }
+    let plan = render(&desired, &options(istio()).route_timeouts(timeouts));
+    let vs = plan.get("VirtualService", "web").unwrap().to_json();
+    round_trip::<istio::VirtualService>(&vs);
+    for route in vs["spec"]["http"].as_array().unwrap() {
+        assert_eq!(route["timeout"], "3723.004s");
+    }
+    // Without them, nothing is written.
+    let plan = render(&desired, &options(gateway()));
+    let route = plan.get("HTTPRoute", "web").unwrap().to_json();
+    for rule in route["spec"]["rules"].as_array().unwrap() {
+        assert!(rule.get("timeouts").is_none(), "{rule}");
+    }
+    // Bad limits are refused, naming the field.
+    let e = RouteTimeouts::new(Duration::ZERO).unwrap_err().to_string();
+    assert!(e.contains("route_timeouts.request"), "{e}");
+    let e = RouteTimeouts::new(Duration::from_secs(1))
+        .unwrap()
+        .backend_request(Duration::from_secs(2))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("route_timeouts.backend_request"), "{e}");
+}
+
+proptest::proptest! {
+    #[test]
+    fn every_route_timeout_is_a_valid_gateway_api_duration(ms in 1u64..(99_999 * 3_600_000)) {
+        use deploykit_k8s::render::RouteTimeouts;
+        let desired = two(Traffic::routed(canary_routes(10)));
+        let timeouts = RouteTimeouts::new(Duration::from_millis(ms)).unwrap();
+        let plan = render(&desired, &options(gateway()).route_timeouts(timeouts));
+        let route = plan.get("HTTPRoute", "web").unwrap().to_json();
+        round_trip::<gateway_api::HttpRoute>(&route);
+        // And it says the same time.
+        let text = route["spec"]["rules"][0]["timeouts"]["request"].as_str().unwrap().to_string();
+        let mut total = 0u64;
+        let mut rest = text.as_str();
+        while !rest.is_empty() {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let n: u64 = rest[..digits].parse().unwrap();
+            let (unit, len) = if rest[digits..].starts_with("ms") { (1, 2) } else {
+                (match &rest[digits..digits + 1] { "h" => 3_600_000, "m" => 60_000, _ => 1000 }, 1)
+            };
+            total += n * unit;
+            rest = &rest[digits + len..];
+        }
+        proptest::prop_assert_eq!(total, ms);
+    }
+}
+
+#[test]
 fn mirrors_render_for_both_routers() {
     let (_, v2) = revisions();
     let mut routes = canary_routes(10);
@@ -910,6 +976,54 @@ mod gateway_api {
         filters: Option<Vec<Filter>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         backend_refs: Option<Vec<BackendRef>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeouts: Option<Timeouts>,
+    }
+
+    /// Standard since Gateway API v1.2 (GEP-1742); GEP-2257 durations.
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Timeouts {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<Duration>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backend_request: Option<Duration>,
+    }
+
+    /// `^([0-9]{1,5}(h|m|s|ms)){1,4}$`, checked when read.
+    #[derive(Serialize)]
+    #[serde(transparent)]
+    struct Duration(String);
+
+    impl<'de> Deserialize<'de> for Duration {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let text = String::deserialize(d)?;
+            let mut rest = text.as_str();
+            let mut parts = 0;
+            while !rest.is_empty() {
+                let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+                let unit = ["ms", "h", "m", "s"]
+                    .into_iter()
+                    .find(|u| rest[digits..].starts_with(u));
+                match unit {
+                    Some(unit) if (1..=5).contains(&digits) => {
+                        rest = &rest[digits + unit.len()..];
+                        parts += 1;
+                    }
+                    _ => {
+                        return Err(serde::de::Error::custom(format!(
+                            "{text:?} is not a Gateway API duration"
+                        )));
+                    }
+                }
+            }
+            if !(1..=4).contains(&parts) {
+                return Err(serde::de::Error::custom(format!(
+                    "{text:?} is not a Gateway API duration"
+                )));
+            }
+            Ok(Duration(text))
+        }
     }
 
     #[derive(Serialize, Deserialize)]
@@ -1004,6 +1118,9 @@ mod istio {
         mirror: Option<Destination>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mirror_percentage: Option<Percent>,
+        /// A protobuf Duration (`10s`, `2.5s`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<String>,
     }
 
     #[derive(Serialize, Deserialize)]

@@ -189,6 +189,78 @@ pub struct RenderOptions {
     /// `topology.kubernetes.io/zone` and `kubernetes.io/hostname`, max skew 1,
     /// `ScheduleAnyway`: a preference, never a pod left pending; default true).
     pub spread: bool,
+    /// Time limits on the service's routes (default none: the router's own).
+    pub route_timeouts: Option<RouteTimeouts>,
+}
+
+/// Time limits on a service's routes: how long the router may take to answer a request, and
+/// how long it waits for one answer of a backend. On a Gateway API `HTTPRoute` every rule gets
+/// `timeouts: {request, backendRequest}` (Gateway API v1.2 and later; an older cluster's
+/// strict apply refuses the field by name); on an Istio `VirtualService` every route gets
+/// `timeout` (the request's; Istio has no separate backend limit without retries).
+///
+/// ```
+/// use std::time::Duration;
+/// use deploykit_k8s::render::RouteTimeouts;
+/// let t = RouteTimeouts::new(Duration::from_secs(10))?.backend_request(Duration::from_millis(2500))?;
+/// assert_eq!(t.request, Duration::from_secs(10));
+/// assert!(RouteTimeouts::new(Duration::from_secs(1))?.backend_request(Duration::from_secs(2)).is_err());
+/// # Ok::<(), deploykit_core::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouteTimeouts {
+    /// The longest the router takes to answer a request, retries included.
+    pub request: Duration,
+    /// The longest it waits for one backend's answer (at most `request`).
+    pub backend_request: Option<Duration>,
+}
+
+/// The longest a route timeout may be: Gateway API durations have at most 5 digits of hours.
+const MAX_ROUTE_TIMEOUT: Duration = Duration::from_secs(99_999 * 3600);
+
+impl RouteTimeouts {
+    /// A request timeout of `request` (1 ms to 99,999 h).
+    pub fn new(request: Duration) -> Result<Self> {
+        deploykit_core::validate::check_duration(
+            "route_timeouts.request",
+            request,
+            Duration::from_millis(1),
+            MAX_ROUTE_TIMEOUT,
+        )?;
+        Ok(RouteTimeouts {
+            request,
+            backend_request: None,
+        })
+    }
+
+    /// A backend timeout of `backend` (1 ms up to the request timeout).
+    pub fn backend_request(mut self, backend: Duration) -> Result<Self> {
+        deploykit_core::validate::check_duration(
+            "route_timeouts.backend_request",
+            backend,
+            Duration::from_millis(1),
+            self.request,
+        )?;
+        self.backend_request = Some(backend);
+        Ok(self)
+    }
+}
+
+/// `d` as a Gateway API duration (GEP-2257: up to four parts of at most 5 digits each, units
+/// h, m, s, ms; `1h2m3s4ms`), whole milliseconds.
+pub(crate) fn gateway_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (m, rest) = (rest / 60_000, rest % 60_000);
+    let (s, ms) = (rest / 1000, rest % 1000);
+    let mut out = String::new();
+    for (value, unit) in [(h, "h"), (m, "m"), (s, "s"), (ms, "ms")] {
+        if value > 0 {
+            out.push_str(&format!("{value}{unit}"));
+        }
+    }
+    if out.is_empty() { "0s".into() } else { out }
 }
 
 /// Istio security and resilience for a service, rendered next to its other objects:
@@ -283,7 +355,15 @@ impl RenderOptions {
             shutdown_grace: Duration::from_secs(30),
             spread: true,
             mesh_policy: None,
+            route_timeouts: None,
         }
+    }
+
+    /// Limit how long the service's routes take (see [`RouteTimeouts`]).
+    #[must_use]
+    pub fn route_timeouts(mut self, timeouts: RouteTimeouts) -> Self {
+        self.route_timeouts = Some(timeouts);
+        self
     }
 
     /// Secure the service in an Istio mesh with `policy`.

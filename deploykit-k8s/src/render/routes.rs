@@ -198,6 +198,18 @@ pub(crate) fn render(
                 }
             }
             rules.push(Value::Object(default_rule));
+            let timeouts = options.route_timeouts.map(|t| {
+                let mut timeouts = json!({ "request": super::gateway_duration(t.request) });
+                if let Some(b) = t.backend_request {
+                    timeouts["backendRequest"] = json!(super::gateway_duration(b));
+                }
+                timeouts
+            });
+            if let Some(timeouts) = &timeouts {
+                for rule in &mut rules {
+                    rule["timeouts"] = timeouts.clone();
+                }
+            }
             let mut spec = json!({ "parentRefs": parent_refs, "rules": rules });
             if !hostnames.is_empty() {
                 spec["hostnames"] = json!(hostnames);
@@ -211,10 +223,14 @@ pub(crate) fn render(
             ))];
             if layout.preview.is_some() {
                 let host = preview_host("router.hostnames", hostnames)?;
+                let mut rule = json!({ "backendRefs": [backend(preview_name(service), None)] });
+                if let Some(timeouts) = &timeouts {
+                    rule["timeouts"] = timeouts.clone();
+                }
                 let spec = json!({
                     "parentRefs": parent_refs,
                     "hostnames": [host],
-                    "rules": [{ "backendRefs": [backend(preview_name(service), None)] }],
+                    "rules": [rule],
                 });
                 out.push(Object::HttpRoute(object(
                     &HTTP_ROUTE,
@@ -288,6 +304,13 @@ pub(crate) fn render(
                 }
             }
             http.push(Value::Object(primary));
+            if let Some(t) = &options.route_timeouts {
+                // A protobuf Duration: seconds with up to 3 decimals.
+                let timeout = format!("{}s", t.request.as_millis() as f64 / 1000.0);
+                for route in &mut http {
+                    route["timeout"] = json!(timeout);
+                }
+            }
             let mut spec = json!({ "hosts": all_hosts, "http": http });
             if !gateways.is_empty() {
                 spec["gateways"] = json!(gateways);
