@@ -89,6 +89,11 @@ impl Call {
         }
     }
 
+    fn header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
     fn body(mut self, body: impl Into<bytes::Bytes>) -> Self {
         self.body = Some(body.into());
         self
@@ -491,27 +496,15 @@ impl Registry {
             while sent < size {
                 let chunk = read_chunk(&mut file, self.chunk, &what)?;
                 let end = sent + chunk.len() as u64;
-                let mut headers = HeaderMap::new();
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                );
-                headers.insert(
-                    header::CONTENT_RANGE,
-                    HeaderValue::from_str(&format!("{sent}-{}", end - 1)).expect("digits"),
-                );
-                let response = self
-                    .send(
-                        target,
-                        "pull,push",
-                        &what,
-                        Call {
-                            headers,
-                            ..Call::new(Method::PATCH, location.clone())
-                        }
-                        .body(chunk),
+                let range = HeaderValue::from_str(&format!("{sent}-{}", end - 1)).expect("digits");
+                let call = Call::new(Method::PATCH, location.clone())
+                    .header(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
                     )
-                    .await?;
+                    .header(header::CONTENT_RANGE, range)
+                    .body(chunk);
+                let response = self.send(target, "pull,push", &what, call).await?;
                 let context = format!("chunk {sent}-{end}: ");
                 let response =
                     expect(response, Some(StatusCode::ACCEPTED), &what, &context).await?;
@@ -524,24 +517,14 @@ impl Registry {
         location
             .query_pairs_mut()
             .append_pair("digest", &blob.digest);
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
         let body_len = last.len() as u64;
-        let response = self
-            .send(
-                target,
-                "pull,push",
-                &what,
-                Call {
-                    headers,
-                    ..Call::new(Method::PUT, location)
-                }
-                .body(last),
+        let call = Call::new(Method::PUT, location)
+            .header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
             )
-            .await?;
+            .body(last);
+        let response = self.send(target, "pull,push", &what, call).await?;
         expect(response, Some(StatusCode::CREATED), &what, "").await?;
         report.uploaded += 1;
         report.uploaded_bytes += sent + body_len;
@@ -603,25 +586,13 @@ impl Registry {
     ) -> Result<HeaderMap> {
         let what = format!("put manifest {reference} in {}", target.name());
         let url = self.url(target, &format!("manifests/{reference}"))?;
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_str(media_type)
-                .map_err(|_| Error::invalid("image.media_type", format!("{media_type:?}")))?,
-        );
+        let content_type = HeaderValue::from_str(media_type)
+            .map_err(|_| Error::invalid("image.media_type", format!("{media_type:?}")))?;
         let digest = oci::sha256(&bytes);
-        let response = self
-            .send(
-                target,
-                "pull,push",
-                &what,
-                Call {
-                    headers,
-                    ..Call::new(Method::PUT, url)
-                }
-                .body(bytes),
-            )
-            .await?;
+        let call = Call::new(Method::PUT, url)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(bytes);
+        let response = self.send(target, "pull,push", &what, call).await?;
         let response = expect(response, Some(StatusCode::CREATED), &what, "").await?;
         if let Some(answered) = response
             .headers()
@@ -642,22 +613,11 @@ impl Registry {
     pub async fn manifest(&self, image: &Reference) -> Result<(Descriptor, Vec<u8>)> {
         let what = format!("get manifest {image}");
         let url = self.url(image, &format!("manifests/{}", image.selector()))?;
-        let mut headers = HeaderMap::new();
-        headers.insert(
+        let call = Call::new(Method::GET, url).header(
             header::ACCEPT,
             HeaderValue::from_static(oci::MANIFEST_ACCEPT),
         );
-        let response = self
-            .send(
-                image,
-                "pull",
-                &what,
-                Call {
-                    headers,
-                    ..Call::new(Method::GET, url)
-                },
-            )
-            .await?;
+        let response = self.send(image, "pull", &what, call).await?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
             return Err(Error::not_found(format!("image {image}")));
