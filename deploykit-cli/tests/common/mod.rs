@@ -126,6 +126,25 @@ impl Daemon {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+
+    /// Stops the daemon as an operator or a service manager does (SIGTERM), and waits up to
+    /// 30 s for it to exit (killing it then, and failing).
+    #[allow(dead_code)] // not every test binary stops one gracefully
+    pub fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM: {status}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.0.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                self.kill();
+                panic!("the daemon did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Daemon {
