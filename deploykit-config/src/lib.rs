@@ -216,6 +216,7 @@ mod rollout;
 mod service;
 mod standby;
 mod toml_words;
+mod traffic;
 
 /// Where a value was found: the layer (`variables`, `environments.<env>.variables`,
 /// `overrides.<env>`), the file and the line.

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::health::{self, HealthToml};
+use super::traffic::{self, TrafficToml};
 use super::{Located, ResourcesToml, duration};
 use deploykit_build::{Check, CommandStage, ImageStage, Output, Pipeline};
 use deploykit_core::Result;
@@ -33,6 +34,7 @@ pub(crate) struct ServiceToml {
     secrets: BTreeMap<String, String>,
     health: Option<HealthToml>,
     resources: Option<ResourcesToml>,
+    traffic: Option<Spanned<TrafficToml>>,
     #[serde(default)]
     build: Vec<Spanned<BuildStageToml>>,
     package: Option<Spanned<PackageToml>>,
@@ -139,6 +141,9 @@ pub(crate) fn load(
         .build()
         .map_err(|e| at.error(span.clone(), &path, e))?;
     spec.port = s.port;
+    if let Some(t) = &s.traffic {
+        spec.traffic = traffic::policy(at, &format!("{path}.traffic"), t)?;
+    }
     spec.validate()
         .map_err(|e| at.error(span.clone(), &path, e))?;
     let mut build = stages(at, &path, &s.build)?;

@@ -13,7 +13,7 @@ use deploykit_core::secrets::{self, ExposeSecret, ResolvedSecrets, SecretProvide
 use deploykit_core::{
     Clock, DesiredState, Environment, Error, FailureKind, HealthChecks, InstanceFailure,
     InstanceObservation, MetricQuery, Monitor, Observed, ProbeAction, Result, Revision, RevisionId,
-    RevisionObservation, Sample, ServiceId, SystemClock, Traffic,
+    RevisionObservation, Sample, ServiceId, SystemClock, Traffic, TrafficPolicy,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -837,9 +837,11 @@ impl Inner {
                             name: preview.to_string(),
                             weight: 100,
                             upstreams,
+                            policy: policy_of(st, preview),
                         }],
                         header: None,
                         mirror: None,
+                        rate_limit: None,
                     },
                 );
             }
@@ -916,7 +918,29 @@ fn ready_upstreams(rev: &RevisionState) -> Vec<Upstream> {
         .collect()
 }
 
+/// The traffic policy of revision `id` of the service (the default when it is gone).
+fn policy_of(st: &ServiceState, id: &RevisionId) -> TrafficPolicy {
+    st.revisions
+        .iter()
+        .find(|r| &r.revision.id == id)
+        .map(|r| r.revision.config.traffic.clone())
+        .unwrap_or_default()
+}
+
+/// The route of a service: a group per revision, each sent under its own revision's traffic
+/// policy; the rate limit, which is the route's, is that of the revision with the most
+/// weight (the newest of equals), so a canary does not get a bucket of its own.
 fn route_of(st: &ServiceState) -> Route {
+    let mut route = weighted_route_of(st);
+    route.rate_limit = route
+        .groups
+        .iter()
+        .max_by_key(|g| g.weight)
+        .and_then(|g| g.policy.rate_limit.clone());
+    route
+}
+
+fn weighted_route_of(st: &ServiceState) -> Route {
     let groups: Vec<(Arc<Revision>, Vec<Upstream>)> = st
         .revisions
         .iter()
@@ -930,8 +954,10 @@ fn route_of(st: &ServiceState) -> Route {
                     name: rev.id.to_string(),
                     weight: routes.weight_of(&rev.id),
                     upstreams,
+                    policy: rev.config.traffic.clone(),
                 })
                 .collect(),
+            rate_limit: None,
             header: routes.header.as_ref().map(|h| HeaderMatch {
                 name: h.name.clone(),
                 value: h.value.clone(),
@@ -955,10 +981,12 @@ fn route_of(st: &ServiceState) -> Route {
                         name: rev.id.to_string(),
                         weight: weights.get(&rev.id).map_or(0, |w| w.percent()),
                         upstreams,
+                        policy: rev.config.traffic.clone(),
                     })
                     .collect(),
                 header: None,
                 mirror: None,
+                rate_limit: None,
             }
         }
     }

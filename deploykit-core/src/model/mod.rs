@@ -10,6 +10,7 @@ mod revision;
 mod rollout;
 mod service;
 mod strategy;
+mod traffic;
 
 pub use analysis::{
     AnalysisSpec, BadDirection, Comparison, Condition, JudgedMetric, JudgementSpec,
@@ -29,3 +30,4 @@ pub use service::ServiceSpec;
 pub use strategy::{
     BlueGreenSpec, CanaryScale, CanarySpec, CanaryStep, MAX_PAUSE, MAX_STEPS, StrategySpec,
 };
+pub use traffic::{CircuitBreaker, MAX_RETRIES, Protocol, RateLimit, Retries, TrafficPolicy};

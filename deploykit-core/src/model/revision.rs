@@ -9,6 +9,7 @@ use super::health::HealthChecks;
 use super::ids::check_variable_name;
 use super::ids::{Digest, RevisionId, ServiceId};
 use super::service::ServiceSpec;
+use super::traffic::TrafficPolicy;
 use crate::error::{Error, Result};
 use crate::secrets::SecretProvider;
 pub use crate::secrets::SecretRef;
@@ -32,6 +33,10 @@ pub struct WorkloadConfig {
     pub health: HealthChecks,
     /// Effective resources.
     pub resources: Resources,
+    /// How requests reach the instances (the service's policy). Left out of the stored form
+    /// when it is the default, so revisions made before it existed keep their ids.
+    #[serde(default, skip_serializing_if = "TrafficPolicy::is_default")]
+    pub traffic: TrafficPolicy,
 }
 
 impl WorkloadConfig {
@@ -117,6 +122,7 @@ impl Revision {
             secrets,
             health,
             resources: service.resources.overlay(&environment.resources),
+            traffic: service.traffic.clone(),
         };
         Ok(Revision {
             id: Self::identity(&artifact, &config),

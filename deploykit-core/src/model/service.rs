@@ -8,6 +8,7 @@ use typed_builder::TypedBuilder;
 use super::environment::Resources;
 use super::health::HealthChecks;
 use super::ids::{ServiceId, check_secret_refs, check_variable_name};
+use super::traffic::TrafficPolicy;
 use crate::error::{Error, Result};
 
 /// What a service is: how to run one instance of it and how to tell whether it is healthy.
@@ -54,6 +55,11 @@ pub struct ServiceSpec {
     /// Resource requests and limits of one instance.
     #[builder(default)]
     pub resources: Resources,
+    /// How requests reach the instances: protocol, timeouts, retries, circuit breaking, rate
+    /// limits (default: HTTP/1.1 and the router's defaults).
+    #[builder(default)]
+    #[serde(default, skip_serializing_if = "TrafficPolicy::is_default")]
+    pub traffic: TrafficPolicy,
 }
 
 crate::validate::validated_serde!(ServiceSpec, ServiceSpec::validate);
@@ -78,7 +84,8 @@ impl ServiceSpec {
         }
         check_secret_refs("service.secrets", &self.secrets)?;
         self.health.validate("service.health")?;
-        self.resources.validate("service.resources")
+        self.resources.validate("service.resources")?;
+        self.traffic.validate("service.traffic")
     }
 }
 

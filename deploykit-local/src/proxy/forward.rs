@@ -6,12 +6,13 @@ use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use deploykit_core::Protocol;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version, request};
+use http::{Request, Response, StatusCode, Uri, Version, request};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -20,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::Inner;
+use super::policy::UpstreamState;
 use super::route::{Pick, Retry, Snapshot};
 
 /// Boxed error of the bodies the proxy passes on.
@@ -36,6 +38,8 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Marks the proxy's own responses, with the reason.
+const X_DEPLOYKIT_PROXY: HeaderName = HeaderName::from_static("x-deploykit-proxy");
 
 /// States of a streamed request body, as seen once the upstream request failed.
 const BODY_OK: u8 = 0;
@@ -43,11 +47,11 @@ const BODY_TOO_LARGE: u8 = 1;
 const BODY_FAILED: u8 = 2;
 
 /// Counts one request in its upstream's in-flight counter until dropped.
-pub(super) struct InFlightGuard(Arc<AtomicUsize>);
+pub(super) struct InFlightGuard(Arc<UpstreamState>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -58,6 +62,21 @@ pub(super) struct Lease {
 }
 
 impl Inner {
+    /// The client speaking `protocol` to instances.
+    pub(super) fn client_for(
+        &self,
+        protocol: Protocol,
+    ) -> &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        ProxyBody,
+    > {
+        if protocol.is_http2() {
+            &self.client_h2
+        } else {
+            &self.client
+        }
+    }
+
     /// Picks an instance for a request and takes its in-flight guard.
     ///
     /// The pick comes from a table snapshot that may already be replaced. So after counting
@@ -76,7 +95,7 @@ impl Inner {
         let mut snapshot = self.current.load_full();
         loop {
             let pick = choose(&snapshot)?;
-            pick.counter.fetch_add(1, Ordering::SeqCst);
+            pick.counter.in_flight.fetch_add(1, Ordering::SeqCst);
             let guard = InFlightGuard(pick.counter.clone());
             let fresh = self.current.load_full();
             if fresh.holds(&pick.upstream.id, &pick.counter) {
@@ -110,6 +129,7 @@ pub(super) async fn handle(
     }
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_version = req.version();
     let (parts, body) = req.into_parts();
     let body_state = Arc::new(AtomicU8::new(BODY_OK));
     let mut payload = match declared {
@@ -118,6 +138,7 @@ pub(super) async fn handle(
             Err(error) => {
                 return text(
                     StatusCode::BAD_REQUEST,
+                    "bad-request",
                     format!("reading the request body failed: {error}\n"),
                 );
             }
@@ -129,95 +150,172 @@ pub(super) async fn handle(
         })),
     };
 
-    if inner.current.load().route(&host).is_none() {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no route for host {host}\n"),
-        );
+    match inner.current.load().route(&host).map(|r| r.limiter.clone()) {
+        None => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-route",
+                format!("no route for host {host}\n"),
+            );
+        }
+        Some(Some(limiter)) => {
+            if let Err(wait) = limiter.admit() {
+                return rate_limited(&host, wait);
+            }
+        }
+        Some(None) => {}
     }
     let Some(mut lease) = inner.acquire(&host, &parts.headers, None) else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
+            "no-instance",
             format!("no instance available for host {host}\n"),
         );
     };
+    let policy = lease.pick.policy.clone();
+    if let Some(max) = policy.overloaded() {
+        inner
+            .stats
+            .record(&lease.pick.group, true, started.elapsed());
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "revision {} of {host} is serving its limit of {max} requests at once\n",
+                lease.pick.group
+            ),
+        );
+    }
     if !upgrade && let Payload::Buffered(bytes) = &payload {
         inner.mirror(&host, &lease.pick.group, &parts, bytes, peer);
     }
     let by_weight = lease.pick.by_weight;
-    let timeout = inner.config.upstream_timeout;
+    let timeout = policy.timeout.unwrap_or(inner.config.upstream_timeout);
     let deadline = started + timeout;
-    let mut retried = false;
+    let retries = policy.retries.as_ref();
+    if let Some((_, budget)) = retries {
+        budget.deposit();
+    }
+    // Without a policy: one retry, after a failed connection or an early reset only.
+    let mut retries_left = retries.map_or(1, |(r, _)| r.attempts);
+    let breaker = policy.breaker.as_ref();
+    let idempotent = parts.method.is_idempotent();
 
     let response = loop {
+        let buffered = matches!(payload, Payload::Buffered(_));
         let body = match &mut payload {
             Payload::Buffered(bytes) => full(bytes.clone()),
             Payload::Streamed(body) => body.take().map_or_else(empty, BodyExt::boxed_unsync),
         };
-        let upstream = &lease.pick.upstream;
-        let request = match upstream_request(&parts, body, upstream.addr, peer, upgrade) {
+        let upstream = lease.pick.upstream.clone();
+        let protocol = lease.pick.policy.protocol;
+        let request = match upstream_request(&parts, body, upstream.addr, peer, upgrade, protocol) {
             Ok(request) => request,
             Err(error) => {
-                return text(StatusCode::BAD_REQUEST, format!("bad request: {error}\n"));
-            }
-        };
-        let error = match tokio::time::timeout_at(deadline, inner.client.request(request)).await {
-            Ok(Ok(response)) => break response,
-            Ok(Err(error)) => error,
-            Err(_) => {
-                inner
-                    .stats
-                    .record(&lease.pick.group, true, started.elapsed());
-                return text(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "upstream {} ({}) sent no response within {timeout:?}\n",
-                        upstream.id, upstream.addr
-                    ),
-                );
-            }
-        };
-        match body_state.load(Ordering::SeqCst) {
-            BODY_TOO_LARGE => return too_large(max),
-            BODY_FAILED => {
                 return text(
                     StatusCode::BAD_REQUEST,
-                    "reading the request body failed\n".to_owned(),
+                    "bad-request",
+                    format!("bad request: {error}\n"),
                 );
             }
-            _ => {}
-        }
-        let resendable = matches!(payload, Payload::Buffered(_))
-            && (error.is_connect() || (is_idempotent(&parts.method) && closed_early(&error)));
-        if resendable && !retried {
-            retried = true;
+        };
+        let per_try = retries.and_then(|(r, _)| r.per_try_timeout);
+        let attempt_deadline = per_try.map_or(deadline, |t| deadline.min(Instant::now() + t));
+        let sent = inner.client_for(protocol).request(request);
+        let failure = match tokio::time::timeout_at(attempt_deadline, sent).await {
+            Ok(Ok(response)) => {
+                let status = response.status();
+                lease.pick.counter.record(status.is_server_error(), breaker);
+                let retried_status = retries.is_some_and(|(r, _)| {
+                    buffered && idempotent && r.on_status.contains(&status.as_u16())
+                });
+                if !retried_status {
+                    break response;
+                }
+                Failure::Status(response)
+            }
+            Ok(Err(error)) => {
+                lease.pick.counter.record(true, breaker);
+                match body_state.load(Ordering::SeqCst) {
+                    BODY_TOO_LARGE => return too_large(max),
+                    BODY_FAILED => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            "bad-request",
+                            "reading the request body failed\n".to_owned(),
+                        );
+                    }
+                    _ => {}
+                }
+                Failure::Error(error)
+            }
+            Err(_) => {
+                lease.pick.counter.record(true, breaker);
+                Failure::Timeout
+            }
+        };
+        let retryable = buffered
+            && match &failure {
+                Failure::Error(error) => error.is_connect() || (idempotent && closed_early(error)),
+                Failure::Status(_) => true,
+                Failure::Timeout => idempotent && retries.is_some() && attempt_deadline < deadline,
+            };
+        if retryable
+            && retries_left > 0
+            && Instant::now() < deadline
+            && retries.is_none_or(|(_, budget)| budget.withdraw())
+        {
+            retries_left -= 1;
             let retry = Retry {
                 group: &lease.pick.group,
                 exclude: &upstream.id,
             };
-            if let Some(next) = inner.acquire(&host, &parts.headers, Some(&retry)) {
-                tracing::debug!(
-                    upstream = %upstream.id,
-                    error = %describe(&error),
-                    retry = %next.pick.upstream.id,
-                    "proxy: upstream failed before answering, retrying",
-                );
-                lease = next;
-                continue;
+            match inner.acquire(&host, &parts.headers, Some(&retry)) {
+                Some(next) => {
+                    tracing::debug!(
+                        upstream = %upstream.id,
+                        failure = %failure,
+                        retry = %next.pick.upstream.id,
+                        "proxy: retrying on another instance",
+                    );
+                    lease = next;
+                    continue;
+                }
+                // With a policy, the same instance is tried again when it is the only one.
+                None if retries.is_some() => continue,
+                None => {}
             }
         }
         inner
             .stats
             .record(&lease.pick.group, true, started.elapsed());
-        return text(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "upstream {} ({}): {}\n",
-                upstream.id,
-                upstream.addr,
-                describe(&error)
-            ),
-        );
+        match failure {
+            Failure::Status(response) => break response,
+            Failure::Error(error) => {
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream-failed",
+                    format!(
+                        "upstream {} ({}): {}\n",
+                        upstream.id,
+                        upstream.addr,
+                        describe(&error)
+                    ),
+                );
+            }
+            Failure::Timeout => {
+                return text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "upstream {} ({}) sent no response within {:?}\n",
+                        upstream.id,
+                        upstream.addr,
+                        (attempt_deadline - started).min(timeout)
+                    ),
+                );
+            }
+        }
     };
 
     let status = response.status();
@@ -231,6 +329,7 @@ pub(super) async fn handle(
         let Some(client_upgrade) = client_upgrade else {
             return text(
                 StatusCode::BAD_GATEWAY,
+                "upstream-failed",
                 format!(
                     "upstream {} switched protocols unasked\n",
                     lease.pick.upstream.id
@@ -247,7 +346,7 @@ pub(super) async fn handle(
 
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    parts.version = Version::HTTP_11;
+    parts.version = client_version;
     if by_weight
         && let Some(cookie) = &inner.config.sticky_cookie
         && let Ok(value) = HeaderValue::from_str(&format!(
@@ -262,6 +361,27 @@ pub(super) async fn handle(
         guard: Some(lease.guard),
     };
     Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// Why an attempt did not give the answer passed on.
+enum Failure {
+    /// An answer with a status retried under the policy (kept: it is passed on when no retry
+    /// is left).
+    Status(Response<Incoming>),
+    /// No answer: the connection failed or was reset.
+    Error(hyper_util::client::legacy::Error),
+    /// No answer in time (the attempt's or the request's).
+    Timeout,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Status(response) => write!(f, "answered {}", response.status()),
+            Failure::Error(error) => f.write_str(&describe(error)),
+            Failure::Timeout => f.write_str("no answer in time"),
+        }
+    }
 }
 
 /// Copies bytes both ways between the upgraded client and upstream connections; the lease
@@ -329,6 +449,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else {
         Vec::new()
     };
+    // `TE: trailers` says the client takes trailers (gRPC needs it); it is the one TE value
+    // HTTP/2 allows, and is passed on.
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     for name in listed {
         headers.remove(name);
     }
@@ -342,6 +470,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         header::UPGRADE,
     ] {
         headers.remove(name);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if upgrade {
         for protocol in protocols {
@@ -358,6 +489,7 @@ pub(super) fn upstream_request(
     addr: SocketAddr,
     peer: SocketAddr,
     upgrade: bool,
+    protocol: Protocol,
 ) -> Result<Request<ProxyBody>, http::Error> {
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let uri = Uri::builder()
@@ -377,7 +509,13 @@ pub(super) fn upstream_request(
         },
     };
     if let Some(host) = host {
-        headers.insert(header::HOST, host.clone());
+        // In HTTP/2 the authority is the connection's (the instance's address); the client's
+        // host goes in X-Forwarded-Host only.
+        if !protocol.is_http2() {
+            headers.insert(header::HOST, host.clone());
+        } else {
+            headers.remove(header::HOST);
+        }
         headers.insert(X_FORWARDED_HOST, host);
     }
     let client_ip = peer.ip().to_canonical().to_string();
@@ -398,13 +536,18 @@ pub(super) fn upstream_request(
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
-    *request.version_mut() = Version::HTTP_11;
+    *request.version_mut() = version_of(protocol);
     *request.headers_mut() = headers;
     Ok(request)
 }
 
-pub(super) fn is_idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+/// The HTTP version spoken to instances of `protocol`.
+pub(super) fn version_of(protocol: Protocol) -> Version {
+    if protocol.is_http2() {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    }
 }
 
 /// Whether the upstream closed or reset the connection before sending any response (e.g. a
@@ -439,21 +582,41 @@ pub(super) fn describe(error: &(dyn StdError + 'static)) -> String {
     text
 }
 
-fn text(status: StatusCode, message: String) -> Response<ProxyBody> {
+/// A response of the proxy's own, `x-deploykit-proxy: <reason>` telling it from the
+/// application's.
+fn text(status: StatusCode, reason: &'static str, message: String) -> Response<ProxyBody> {
     let mut response = Response::new(full(Bytes::from(message)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    headers.insert(X_DEPLOYKIT_PROXY, HeaderValue::from_static(reason));
     response
 }
 
 fn too_large(max: u64) -> Response<ProxyBody> {
     text(
         StatusCode::PAYLOAD_TOO_LARGE,
+        "too-large",
         format!("request body larger than {max} bytes\n"),
     )
+}
+
+/// 429 for a request over `host`'s rate limit, with `Retry-After` in whole seconds (at least
+/// one, as the header has no smaller unit).
+fn rate_limited(host: &str, wait: std::time::Duration) -> Response<ProxyBody> {
+    let mut response = text(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        format!("{host} is over its rate limit; try again in {wait:?}\n"),
+    );
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
 }
 
 pub(super) fn full(bytes: Bytes) -> ProxyBody {

@@ -14,7 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::forward::{
-    Lease, ProxyBody, closed_early, describe, empty, full, is_idempotent, upstream_request,
+    Lease, ProxyBody, closed_early, describe, empty, full, upstream_request, version_of,
 };
 use super::{FORCE, Inner};
 
@@ -51,8 +51,9 @@ impl Inner {
             tracing::debug!(%group, "proxy: too many mirror copies in flight, copy skipped");
             return;
         };
-        let template = match upstream_request(parts, empty(), lease.pick.upstream.addr, peer, false)
-        {
+        let protocol = lease.pick.policy.protocol;
+        let addr = lease.pick.upstream.addr;
+        let template = match upstream_request(parts, empty(), addr, peer, false, protocol) {
             Ok(request) => request.into_parts().0,
             Err(error) => {
                 tracing::debug!(%group, %error, "proxy: request cannot be mirrored");
@@ -107,15 +108,16 @@ impl Copy {
         let mut retried = false;
         let response = loop {
             let upstream = &lease.pick.upstream;
-            let request = match self.request(upstream.addr) {
+            let protocol = lease.pick.policy.protocol;
+            let request = match self.request(upstream.addr, version_of(protocol)) {
                 Ok(request) => request,
                 Err(error) => {
                     tracing::debug!(%error, "proxy: mirror request cannot be built");
                     return;
                 }
             };
-            let error = match tokio::time::timeout_at(deadline, inner.client.request(request)).await
-            {
+            let sent = inner.client_for(protocol).request(request);
+            let error = match tokio::time::timeout_at(deadline, sent).await {
                 Ok(Ok(response)) => break response,
                 Ok(Err(error)) => error,
                 Err(_) => {
@@ -127,7 +129,7 @@ impl Copy {
                 }
             };
             let resendable =
-                error.is_connect() || (is_idempotent(&self.method) && closed_early(&error));
+                error.is_connect() || (self.method.is_idempotent() && closed_early(&error));
             if resendable && !retried {
                 retried = true;
                 let (group, exclude) = (&lease.pick.group, upstream.id.as_str());
@@ -163,7 +165,11 @@ impl Copy {
     }
 
     /// The copy addressed to the instance at `addr`.
-    fn request(&self, addr: SocketAddr) -> Result<Request<ProxyBody>, http::Error> {
+    fn request(
+        &self,
+        addr: SocketAddr,
+        version: Version,
+    ) -> Result<Request<ProxyBody>, http::Error> {
         let uri = Uri::builder()
             .scheme("http")
             .authority(addr.to_string())
@@ -172,7 +178,7 @@ impl Copy {
         let mut request = Request::new(full(self.body.clone()));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = uri;
-        *request.version_mut() = Version::HTTP_11;
+        *request.version_mut() = version;
         *request.headers_mut() = self.headers.clone();
         Ok(request)
     }

@@ -1,9 +1,12 @@
 //! The built-in reverse proxy: fronts the instances of one or more services and routes each
 //! request to a ready instance of a revision chosen by weights.
 //!
-//! The proxy runs inside the caller's tokio runtime (spawned tasks, no threads of its own) and
-//! speaks HTTP/1.1 on both sides (plus upgraded connections such as WebSocket, which are
-//! tunnelled byte for byte). Zero downtime is the point:
+//! The proxy runs inside the caller's tokio runtime (spawned tasks, no threads of its own). It
+//! speaks HTTP/1.1 and HTTP/2 to clients (HTTP/2 by prior knowledge in the clear, or chosen by
+//! ALPN under TLS), and to each revision what its [`TrafficPolicy::protocol`] says: HTTP/1.1,
+//! or HTTP/2 without TLS for h2c and gRPC servers (trailers, `grpc-status` included, are passed
+//! through). Upgraded connections such as WebSocket are tunnelled byte for byte. Zero downtime
+//! is the point:
 //!
 //! - [`Proxy::set_table`] swaps the [`RoutingTable`] atomically; the next request sees the new
 //!   table.
@@ -15,6 +18,13 @@
 //! - A request whose upstream refuses the connection (no byte sent) is retried once on another
 //!   instance when its body is small enough to have been buffered.
 //!
+//! Each revision's [`TrafficPolicy`] ([`Group::with_policy`]) adds a timeout, retries within a
+//! budget, and circuit breaking (instances taken out after failures in a row, a cap on
+//! requests in flight); a route's [`RateLimit`] ([`Route::with_rate_limit`]) answers requests
+//! over it with 429. Responses the proxy makes itself carry `x-deploykit-proxy` with the
+//! reason (`no-route`, `no-instance`, `rate-limited`, `overloaded`, `timeout`,
+//! `upstream-failed`), so that they are told apart from the application's.
+//!
 //! A [`Route`] may also mirror a share of its requests to a group ([`Route::with_mirror`],
 //! shadow traffic): the copy is sent in the background, its response is discarded and only
 //! counted in the mirror group's [`Proxy::stats`]; the client's request is neither delayed nor
@@ -22,29 +32,32 @@
 
 mod forward;
 mod mirror;
+mod policy;
 mod route;
 mod stats;
 mod tls;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::http1;
+use deploykit_core::{RateLimit, TrafficPolicy};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use self::forward::ProxyBody;
+use self::policy::Registries;
 use self::route::Snapshot;
 use self::stats::Stats;
 pub use self::tls::{LocalCa, ProxyTls};
@@ -58,8 +71,9 @@ pub struct ProxyConfig {
     pub max_body_bytes: u64,
     /// Time a client has to send the request headers (default 10 s).
     pub header_timeout: Duration,
-    /// Time the upstream has to send its response headers (default 60 s); otherwise 504. Also
-    /// bounds how long [`Proxy::shutdown`] waits for in-flight requests.
+    /// Time the upstream has to send its response headers (default 60 s); otherwise 504. A
+    /// revision's [`TrafficPolicy::timeout`] replaces it for its requests. Also bounds how long
+    /// [`Proxy::shutdown`] waits for in-flight requests.
     pub upstream_timeout: Duration,
     /// Time allowed to connect to an upstream (default 2 s).
     pub connect_timeout: Duration,
@@ -118,6 +132,8 @@ pub struct Route {
     pub header: Option<HeaderMatch>,
     /// A share of requests copied to a group; its responses are discarded.
     pub mirror: Option<MirrorMatch>,
+    /// A limit on the rate of the route's requests; those over it are answered 429.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Route {
@@ -127,7 +143,15 @@ impl Route {
             groups: groups.into_iter().collect(),
             header: None,
             mirror: None,
+            rate_limit: None,
         }
+    }
+
+    /// Limits the route's requests to `limit` (a token bucket); a request over it is answered
+    /// 429 with `Retry-After`.
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
     }
 
     /// Sends requests whose header `name` equals `value` to group `group`.
@@ -198,16 +222,26 @@ pub struct Group {
     pub weight: u32,
     /// The ready instances of the revision.
     pub upstreams: Vec<Upstream>,
+    /// How the revision's requests are sent: protocol, timeout, retries, circuit breaking
+    /// (its rate limit is the route's: [`Route::rate_limit`]).
+    pub policy: TrafficPolicy,
 }
 
 impl Group {
-    /// A group of `weight` percent served by `upstreams`.
+    /// A group of `weight` percent served by `upstreams`, with the default policy.
     pub fn new(name: impl Into<String>, weight: u32, upstreams: Vec<Upstream>) -> Self {
         Group {
             name: name.into(),
             weight,
             upstreams,
+            policy: TrafficPolicy::default(),
         }
+    }
+
+    /// Sends the group's requests under `policy`.
+    pub fn with_policy(mut self, policy: TrafficPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 }
 
@@ -284,10 +318,14 @@ struct Inner {
     config: ProxyConfig,
     local_addr: SocketAddr,
     current: ArcSwap<Snapshot>,
-    /// In-flight counters per upstream id; see [`Proxy::set_table`] for their life cycle.
-    registry: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// In-flight counters and breakers per upstream id, retry budgets, rate limiters; see
+    /// [`Proxy::set_table`] for their life cycle.
+    registry: Mutex<Registries>,
     stats: Stats,
+    /// HTTP/1.1 to upstreams.
     client: Client<HttpConnector, ProxyBody>,
+    /// HTTP/2 without TLS (h2c, gRPC) to upstreams.
+    client_h2: Client<HttpConnector, ProxyBody>,
     /// Permits for mirror copies in flight; see [`mirror::MIRROR_LIMIT`].
     mirror_permits: Arc<Semaphore>,
     /// Mirror copies skipped for want of a permit.
@@ -362,11 +400,20 @@ impl Proxy {
             // rarely hands out a connection the upstream is closing.
             .pool_idle_timeout(Duration::from_secs(4))
             .pool_max_idle_per_host(64)
+            .build(connector.clone());
+        // One multiplexed connection per instance; pings find a dead one between requests.
+        let client_h2 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .http2_keep_alive_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
 
         let (shutdown, shutdown_rx) = watch::channel(RUNNING);
         let (accepting, accepting_rx) = watch::channel(accepting);
-        let mut registry = HashMap::new();
+        let mut registry = Registries::default();
         let snapshot = Snapshot::new(Arc::new(RoutingTable::default()), &mut registry);
         let inner = Arc::new(Inner {
             config,
@@ -375,6 +422,7 @@ impl Proxy {
             registry: Mutex::new(registry),
             stats: Stats::new(),
             client,
+            client_h2,
             mirror_permits: Arc::new(Semaphore::new(mirror::MIRROR_LIMIT)),
             mirror_skipped: AtomicU64::new(0),
             shutdown,
@@ -404,13 +452,11 @@ impl Proxy {
     /// To retire an instance, remove it with `set_table`, then [`drain`](Proxy::drain) it,
     /// then stop its process.
     pub fn set_table(&self, table: RoutingTable) {
+        // Compiling forgets the counters of instances that left the table and serve nothing. A
+        // request that still holds such a counter from an old table notices on its re-check.
         let mut registry = lock(&self.inner.registry);
         let snapshot = Snapshot::new(Arc::new(table), &mut registry);
-        let keep: Vec<String> = snapshot.upstream_ids().map(str::to_owned).collect();
         self.inner.current.store(Arc::new(snapshot));
-        // Forget counters of instances that left the table and serve nothing. A request that
-        // still holds such a counter from an old table notices on its re-check.
-        registry.retain(|id, counter| keep.contains(id) || counter.load(Ordering::SeqCst) > 0);
         drop(registry);
         self.inner.stats.prune();
     }
@@ -442,10 +488,11 @@ impl Proxy {
                     .any(|id| id == upstream);
                 if !in_table
                     && registry
+                        .upstreams
                         .get(upstream)
-                        .is_some_and(|c| c.load(Ordering::SeqCst) == 0)
+                        .is_some_and(|c| c.in_flight.load(Ordering::SeqCst) == 0)
                 {
-                    registry.remove(upstream);
+                    registry.upstreams.remove(upstream);
                 }
                 return true;
             }
@@ -461,6 +508,23 @@ impl Proxy {
     /// up to whole seconds).
     pub fn stats(&self, group: &str, window: Duration) -> GroupStats {
         self.inner.stats.snapshot(group, window)
+    }
+
+    /// Whether the circuit breaker of instance `upstream` (see
+    /// [`CircuitBreaker`](deploykit_core::CircuitBreaker)) has it out of rotation now.
+    pub fn ejected(&self, upstream: &str) -> bool {
+        lock(&self.inner.registry)
+            .upstreams
+            .get(upstream)
+            .is_some_and(|s| s.ejected(tokio::time::Instant::now()))
+    }
+
+    /// Times the circuit breaker took instance `upstream` out of rotation.
+    pub fn ejections(&self, upstream: &str) -> u64 {
+        lock(&self.inner.registry)
+            .upstreams
+            .get(upstream)
+            .map_or(0, |s| s.ejections())
     }
 
     /// Number of mirror copies (see [`MirrorMatch`]) skipped since the proxy started because 64
@@ -488,8 +552,9 @@ impl Proxy {
 impl Inner {
     fn in_flight(&self, upstream: &str) -> usize {
         lock(&self.registry)
+            .upstreams
             .get(upstream)
-            .map_or(0, |c| c.load(Ordering::SeqCst))
+            .map_or(0, |c| c.in_flight.load(Ordering::SeqCst))
     }
 
     fn begin_shutdown(&self) {
@@ -576,11 +641,19 @@ async fn serve_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = http1::Builder::new();
+    // HTTP/1.1, or HTTP/2 when the client opens with its preface (h2c by prior knowledge, or
+    // after ALPN chose h2).
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(inner.config.header_timeout)
         .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(1024);
     let service = {
         let inner = inner.clone();
         service_fn(move |req| {
@@ -588,11 +661,7 @@ async fn serve_connection<S>(
             async move { Ok::<_, Infallible>(forward::handle(inner, req, peer).await) }
         })
     };
-    let mut conn = pin!(
-        builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades()
-    );
+    let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
     let stopping = tokio::select! {
         result = conn.as_mut() => {
             if let Err(error) = result {

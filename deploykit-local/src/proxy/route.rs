@@ -1,38 +1,54 @@
-//! The routing table as the request path uses it: per-upstream in-flight counters attached, and
-//! the weighted, header and sticky-cookie choice of a group and an instance, and the mirror
-//! choice.
+//! The routing table as the request path uses it: the run-time state of instances, revisions
+//! and routes attached ([`policy`](super::policy)), and the weighted, header and sticky-cookie
+//! choice of a group and an instance, and the mirror choice.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
+use deploykit_core::{CircuitBreaker, Protocol, Retries};
 use http::header::{COOKIE, HeaderMap, HeaderName};
+use tokio::time::Instant;
 
-use super::{Route, RoutingTable, Upstream};
+use super::policy::{RateLimiter, Registries, RetryBudget, UpstreamState};
+use super::{Group, Route, RoutingTable, Upstream};
 
 /// An immutable routing table plus what routing needs at run time.
 pub(super) struct Snapshot {
     pub(super) table: Arc<RoutingTable>,
     hosts: HashMap<String, CompiledRoute>,
     default: Option<CompiledRoute>,
-    /// The in-flight counter of every upstream in the table.
-    counters: HashMap<String, Arc<AtomicUsize>>,
+    /// The state of every upstream in the table.
+    counters: HashMap<String, Arc<UpstreamState>>,
 }
 
+/// The host key of the default route's budgets and limiter.
+const DEFAULT_HOST: &str = "";
+
 impl Snapshot {
-    /// Compiles `table`, taking (or creating) the counters of its upstreams from `registry`.
-    pub(super) fn new(
-        table: Arc<RoutingTable>,
-        registry: &mut HashMap<String, Arc<AtomicUsize>>,
-    ) -> Self {
+    /// Compiles `table`, taking (or creating) the state of its upstreams, revisions and routes
+    /// from `registries`, and forgetting there what the table no longer uses.
+    pub(super) fn new(table: Arc<RoutingTable>, registries: &mut Registries) -> Self {
         let mut counters = HashMap::new();
-        let mut compile = |route: &Route| CompiledRoute::new(route, registry, &mut counters);
-        let hosts = table
+        let mut budgets = Vec::new();
+        let mut compile = |host: &str, route: &Route| {
+            CompiledRoute::new(host, route, registries, &mut counters, &mut budgets)
+        };
+        let hosts: HashMap<String, CompiledRoute> = table
             .hosts
             .iter()
-            .map(|(host, route)| (host.to_ascii_lowercase(), compile(route)))
+            .map(|(host, route)| {
+                let host = host.to_ascii_lowercase();
+                let compiled = compile(&host, route);
+                (host, compiled)
+            })
             .collect();
-        let default = table.default.as_ref().map(&mut compile);
+        let default = table.default.as_ref().map(|r| compile(DEFAULT_HOST, r));
+        let ids: Vec<&str> = counters.keys().map(String::as_str).collect();
+        let mut limited: Vec<&str> = hosts.keys().map(String::as_str).collect();
+        limited.push(DEFAULT_HOST);
+        registries.retain(&ids, &budgets, &limited);
         Snapshot {
             table,
             hosts,
@@ -51,9 +67,9 @@ impl Snapshot {
         self.counters.keys().map(String::as_str)
     }
 
-    /// Whether `id` is in this table with exactly this counter (a counter forgotten and
-    /// re-created in between does not count).
-    pub(super) fn holds(&self, id: &str, counter: &Arc<AtomicUsize>) -> bool {
+    /// Whether `id` is in this table with exactly this state (a state forgotten and re-created
+    /// in between does not count).
+    pub(super) fn holds(&self, id: &str, counter: &Arc<UpstreamState>) -> bool {
         self.counters
             .get(id)
             .is_some_and(|c| Arc::ptr_eq(c, counter))
@@ -62,6 +78,8 @@ impl Snapshot {
 
 pub(super) struct CompiledRoute {
     groups: Vec<CompiledGroup>,
+    /// The route's rate limiter, if it has a limit.
+    pub(super) limiter: Option<Arc<RateLimiter>>,
     header: Option<(HeaderName, String, usize)>,
     /// Requests routed by weight so far; drives the deterministic spread.
     next: AtomicU64,
@@ -74,18 +92,49 @@ pub(super) struct CompiledRoute {
 struct CompiledGroup {
     name: Arc<str>,
     weight: u32,
-    upstreams: Vec<(Upstream, Arc<AtomicUsize>)>,
+    upstreams: Vec<(Upstream, Arc<UpstreamState>)>,
     /// Round-robin start among equally loaded upstreams.
     rr: AtomicUsize,
+    policy: Arc<GroupPolicy>,
+}
+
+/// A revision's traffic policy as requests apply it.
+pub(super) struct GroupPolicy {
+    /// What its instances speak.
+    pub(super) protocol: Protocol,
+    /// Time to the response headers, retries included.
+    pub(super) timeout: Option<Duration>,
+    /// Its retries and their budget.
+    pub(super) retries: Option<(Retries, Arc<RetryBudget>)>,
+    /// Its breaker.
+    pub(super) breaker: Option<CircuitBreaker>,
+    /// The state of its instances, for the cap on requests in flight.
+    members: Vec<Arc<UpstreamState>>,
+}
+
+impl GroupPolicy {
+    /// Whether the revision already serves as many requests as its breaker allows (this one
+    /// counted).
+    pub(super) fn overloaded(&self) -> Option<u32> {
+        let max = self.breaker.as_ref()?.max_requests?;
+        let load: usize = self
+            .members
+            .iter()
+            .map(|m| m.in_flight.load(Ordering::SeqCst))
+            .sum();
+        (load > max as usize).then_some(max)
+    }
 }
 
 /// The outcome of routing one request.
 pub(super) struct Pick {
     pub(super) group: Arc<str>,
     pub(super) upstream: Upstream,
-    pub(super) counter: Arc<AtomicUsize>,
+    pub(super) counter: Arc<UpstreamState>,
     /// Chosen by weight (rather than by header, cookie or retry preference).
     pub(super) by_weight: bool,
+    /// The policy of the chosen revision.
+    pub(super) policy: Arc<GroupPolicy>,
 }
 
 /// What to avoid and prefer when picking again after a failed connection attempt.
@@ -96,28 +145,21 @@ pub(super) struct Retry<'a> {
 
 impl CompiledRoute {
     fn new(
+        host: &str,
         route: &Route,
-        registry: &mut HashMap<String, Arc<AtomicUsize>>,
-        counters: &mut HashMap<String, Arc<AtomicUsize>>,
+        registries: &mut Registries,
+        counters: &mut HashMap<String, Arc<UpstreamState>>,
+        budgets: &mut Vec<(String, String)>,
     ) -> Self {
         let groups: Vec<CompiledGroup> = route
             .groups
             .iter()
-            .map(|g| CompiledGroup {
-                name: g.name.as_str().into(),
-                weight: g.weight,
-                upstreams: g
-                    .upstreams
-                    .iter()
-                    .map(|u| {
-                        let counter = registry.entry(u.id.clone()).or_default().clone();
-                        counters.insert(u.id.clone(), counter.clone());
-                        (u.clone(), counter)
-                    })
-                    .collect(),
-                rr: AtomicUsize::new(0),
-            })
+            .map(|g| CompiledGroup::new(host, g, registries, counters, budgets))
             .collect();
+        let limiter = route
+            .rate_limit
+            .as_ref()
+            .map(|limit| registries.limiter(host, limit));
         let header = route.header.as_ref().and_then(|h| {
             let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
             let index = groups.iter().position(|g| *g.name == *h.group)?;
@@ -129,6 +171,7 @@ impl CompiledRoute {
         });
         CompiledRoute {
             groups,
+            limiter,
             header,
             next: AtomicU64::new(0),
             mirror,
@@ -163,6 +206,7 @@ impl CompiledRoute {
             upstream: upstream.clone(),
             counter: counter.clone(),
             by_weight,
+            policy: group.policy.clone(),
         })
     }
 
@@ -237,30 +281,74 @@ impl CompiledRoute {
 }
 
 impl CompiledGroup {
+    fn new(
+        host: &str,
+        group: &Group,
+        registries: &mut Registries,
+        counters: &mut HashMap<String, Arc<UpstreamState>>,
+        budgets: &mut Vec<(String, String)>,
+    ) -> Self {
+        let upstreams: Vec<(Upstream, Arc<UpstreamState>)> = group
+            .upstreams
+            .iter()
+            .map(|u| {
+                let state = registries.upstream(&u.id);
+                counters.insert(u.id.clone(), state.clone());
+                (u.clone(), state)
+            })
+            .collect();
+        let traffic = &group.policy;
+        let retries = traffic.retries.as_ref().map(|retries| {
+            budgets.push((host.to_owned(), group.name.clone()));
+            let budget = registries.budget(host, &group.name, retries);
+            (retries.clone(), budget)
+        });
+        let policy = GroupPolicy {
+            protocol: traffic.protocol,
+            timeout: traffic.timeout,
+            retries,
+            breaker: traffic.circuit_breaker.clone(),
+            members: upstreams.iter().map(|(_, s)| s.clone()).collect(),
+        };
+        CompiledGroup {
+            name: group.name.as_str().into(),
+            weight: group.weight,
+            upstreams,
+            rr: AtomicUsize::new(0),
+            policy: Arc::new(policy),
+        }
+    }
+
     fn has_upstream(&self, exclude: Option<&str>) -> bool {
         self.upstreams
             .iter()
             .any(|(u, _)| Some(u.id.as_str()) != exclude)
     }
 
-    /// The least loaded instance; ties go round-robin.
-    fn pick(&self, exclude: Option<&str>) -> Option<&(Upstream, Arc<AtomicUsize>)> {
+    /// The least loaded instance in rotation; ties go round-robin. Instances its breaker took
+    /// out are left out, unless all of them are out (then all serve: a revision is never
+    /// black-holed by its breaker).
+    fn pick(&self, exclude: Option<&str>) -> Option<&(Upstream, Arc<UpstreamState>)> {
         let len = self.upstreams.len();
         if len == 0 {
             return None;
         }
         let start = self.rr.fetch_add(1, Ordering::Relaxed) % len;
+        let now = Instant::now();
         let mut best = None;
-        let mut best_load = usize::MAX;
+        let mut best_rank = (true, usize::MAX);
         for i in 0..len {
             let entry = &self.upstreams[(start + i) % len];
             if Some(entry.0.id.as_str()) == exclude {
                 continue;
             }
-            let load = entry.1.load(Ordering::Relaxed);
-            if load < best_load {
+            let rank = (
+                entry.1.ejected(now),
+                entry.1.in_flight.load(Ordering::Relaxed),
+            );
+            if best.is_none() || rank < best_rank {
                 best = Some(entry);
-                best_load = load;
+                best_rank = rank;
             }
         }
         best

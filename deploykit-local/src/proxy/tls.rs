@@ -74,7 +74,7 @@ impl ProxyTls {
                     format!("the certificate and key do not make a server identity: {e}"),
                 )
             })?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(ProxyTls {
             config: Arc::new(config),
         })
