@@ -24,7 +24,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerStatus, Pod, Secret, Service, ServiceAccount,
 };
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, ResourceExt,
@@ -115,14 +115,17 @@ impl KubeOptions {
 /// [`watch_pods`](Self::watch_pods)) runs and has listed once; otherwise from a LIST per call.
 /// The traffic it reports as served is what that object really routes, over revisions with
 /// ready pods: without a router, the revision the stable Service's selector picks (whatever
-/// the weights say); with a router, the route's weights, or nothing while a parent Gateway
-/// reports the route's current generation not accepted or its references unresolved
-/// (`Accepted` or `ResolvedRefs` = `False`), with the Gateway's reason in
+/// the weights say); with an Ingress ([`Router::Ingress`]) the same, but nothing while the
+/// Ingress is missing or has no address in `status.loadBalancer.ingress` (its controller has
+/// not admitted it); with a router that splits, the route's weights, or nothing while a
+/// parent Gateway reports the route's current generation not accepted or its references
+/// unresolved (`Accepted` or `ResolvedRefs` = `False`). Why nothing is served is in
 /// [`Observed::routing_problem`] (and so in every message that shows the observation).
 ///
-/// **Traffic split.** Without a [`Router`] ([`Router::None`]) only whole switches are served,
-/// and [`Environment::traffic_split`] says so, naming `RenderOptions::router`: the
-/// orchestrator then refuses canaries that need weights, header routes or mirrors.
+/// **Traffic split.** Without a [`Router`] ([`Router::None`]) or with an Ingress
+/// ([`Router::Ingress`], which has no weights) only whole switches are served, and
+/// [`Environment::traffic_split`] says so, naming `RenderOptions::router`: the orchestrator
+/// then refuses canaries that need weights, header routes or mirrors.
 ///
 /// **Autoscaling.** When the desired state carries [`DesiredState::autoscale`], Deployments
 /// are applied without `spec.replicas` and marked with their bounds; replica counts are set by
@@ -603,7 +606,14 @@ impl KubeEnvironment {
                     collection_delete: true,
                 },
             ),
-            _ => {}
+            Router::Ingress { .. } => kinds.insert(0, kind::<Ingress>(true)),
+            Router::None => {}
+        }
+        for resource in render::tls_resources(&self.options) {
+            kinds.push(Kind {
+                resource,
+                collection_delete: true,
+            });
         }
         if self.options.mesh_policy.is_some() {
             kinds.push(kind::<ServiceAccount>(true));
@@ -1025,11 +1035,13 @@ fn routing(service: &ServiceId, holder: Option<&DynamicObject>) -> Result<Traffi
 /// The share of ordinary traffic each revision really receives, from the objects that route
 /// it (never from what deploykit meant to apply):
 ///
-/// - without a router, the revisions the stable Service's selector reaches: under routed
-///   traffic one revision, whatever the weights say; else every revision, by ready pods;
-/// - with a router, the route's weights over the revisions with ready pods, or nothing at all
-///   while a Gateway reports it not accepted or its references unresolved (`refused`, see
-///   `route_status::problem`).
+/// - without a router or with an Ingress, the revisions the stable Service's selector
+///   reaches: under routed traffic one revision, whatever the weights say; else every
+///   revision, by ready pods;
+/// - with a router that splits, the route's weights over the revisions with ready pods;
+/// - under routed traffic, nothing at all while a Gateway reports the route not accepted or
+///   its references unresolved, or the Ingress is missing or not admitted (`refused`, see
+///   `route_status`).
 fn served(
     router: &Router,
     holder: Option<&DynamicObject>,
@@ -1038,7 +1050,8 @@ fn served(
     refused: bool,
 ) -> BTreeMap<RevisionId, Weight> {
     let counts: Vec<(RevisionId, u32)> = match (router, routing) {
-        (Router::None, Traffic::Routed(_)) => {
+        (_, Traffic::Routed(_)) if refused => Vec::new(),
+        (Router::None | Router::Ingress { .. }, Traffic::Routed(_)) => {
             let selected = holder.and_then(|s| {
                 s.data
                     .get("spec")?
@@ -1052,7 +1065,6 @@ fn served(
                 .map(|r| (r.revision.id.clone(), r.ready()))
                 .collect()
         }
-        (_, Traffic::Routed(_)) if refused => Vec::new(),
         (_, Traffic::Routed(routes)) => revisions
             .iter()
             .filter(|r| r.ready() > 0)
@@ -1374,10 +1386,16 @@ impl Environment for KubeEnvironment {
             ));
         }
 
-        let problem = holder
-            .as_ref()
-            .filter(|_| matches!(routing, Traffic::Routed(_)))
-            .and_then(crate::route_status::problem);
+        let problem = match (&self.options.router, &routing) {
+            (Router::Ingress { .. }, Traffic::Routed(_)) => {
+                let ingress = self
+                    .get_object(&ApiResource::erase::<Ingress>(&()), service.as_str())
+                    .await?;
+                crate::route_status::ingress_problem(self.namespace(), service, ingress.as_ref())
+            }
+            (_, Traffic::Routed(_)) => holder.as_ref().and_then(crate::route_status::problem),
+            _ => None,
+        };
         let traffic = served(
             &self.options.router,
             holder.as_ref(),
@@ -1392,10 +1410,20 @@ impl Environment for KubeEnvironment {
         })
     }
 
-    /// Without a [`Router`] only whole switches are served: the stable Service selects one
-    /// revision.
+    /// Without a [`Router`], or with an Ingress (which has no weights), only whole switches
+    /// are served: the stable Service selects one revision.
     fn traffic_split(&self) -> TrafficSplit {
         match self.options.router {
+            Router::Ingress { .. } => TrafficSplit::WholeSwitch {
+                reason: format!(
+                    "its KubeEnvironment (namespace {}) routes with an Ingress \
+                     (RenderOptions::router is Router::Ingress), which has no weights, header \
+                     matches nor mirrors, so ordinary traffic reaches only the stable Service's \
+                     revision; set RenderOptions::router to Router::GatewayApi or Router::Istio, \
+                     or use the rolling or blue-green strategy",
+                    self.namespace()
+                ),
+            },
             Router::None => TrafficSplit::WholeSwitch {
                 reason: format!(
                     "its KubeEnvironment (namespace {}) has no router (RenderOptions::router is \

@@ -16,8 +16,11 @@
 //!   standby's own route must be accepted by its Gateway, and clients are moved by the
 //!   failover's `switch_traffic` hook (DNS); the detail says where they must go.
 //!
-//! Without a router in the primary namespace ([`Router::None`]) nothing routes by name: the
-//! detail says which Service clients must reach, and the hook moves them.
+//! Without a router in the primary namespace ([`Router::None`]) nothing routes by name, and an
+//! Ingress ([`Router::Ingress`]) cannot send requests to another namespace's Service: the
+//! detail says which Service clients must reach, and the hook moves them. When the standby
+//! routes with an Ingress too, verification waits until its controller admitted the standby's
+//! Ingress (an address in `status.loadBalancer.ingress`).
 //!
 //! Requests are not sent: deploykit does not reach the cluster's Gateway from where it runs,
 //! so it checks what the Gateway reports instead.
@@ -25,6 +28,7 @@
 use async_trait::async_trait;
 use deploykit_core::failover::Handover;
 use deploykit_core::{Error, Result, ServiceId};
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::ApiResource;
 use serde_json::json;
 
@@ -81,8 +85,15 @@ impl RouteHandover {
     /// allows it: what was done.
     async fn redirect(&self, from: &KubeEnvironment, service: &ServiceId) -> Result<String> {
         let Some(resource) = route_resource(&from.options().router) else {
+            let why = match from.options().router {
+                Router::Ingress { .. } => {
+                    "routes with an Ingress, which cannot send requests \
+                                          to another namespace's Service"
+                }
+                _ => "has no router",
+            };
             return Ok(format!(
-                "{service}: {} has no router; clients must reach {}",
+                "{service}: {} {why}; clients must reach {}",
                 from.namespace(),
                 self.standby_host(service)
             ));
@@ -230,6 +241,25 @@ impl Handover for RouteHandover {
             Some(from) => (from, Some(self.to.namespace())),
             None => (&self.to, None),
         };
+        if matches!(env.options().router, Router::Ingress { .. })
+            && matches!(self.to.options().router, Router::Ingress { .. })
+        {
+            // Nothing reaches across from an Ingress: the standby's own Ingress serves, and it
+            // counts once its controller admitted it.
+            let ingress = self
+                .to
+                .get_object(&ApiResource::erase::<Ingress>(&()), service.as_str())
+                .await?;
+            if let Some(why) =
+                crate::route_status::ingress_problem(self.to.namespace(), service, ingress.as_ref())
+            {
+                return Err(not_yet(service, why));
+            }
+            return Ok(format!(
+                "Ingress {}/{service} admitted by its controller",
+                self.to.namespace()
+            ));
+        }
         let Some(resource) = route_resource(&env.options().router) else {
             return Ok(format!(
                 "{service}: no route in {} to check (no router)",
@@ -284,7 +314,7 @@ fn route_resource(router: &Router) -> Option<ApiResource> {
     match router {
         Router::GatewayApi { .. } => Some(http_route()),
         Router::Istio { .. } => Some(virtual_service()),
-        Router::None => None,
+        Router::Ingress { .. } | Router::None => None,
     }
 }
 
@@ -310,6 +340,7 @@ fn describe_router(router: &Router) -> String {
                 format!("hosts {}", hostnames.join(", "))
             }
         }
+        Router::Ingress { domain, .. } => format!("hosts <service>.{domain}"),
         Router::None => "no router".to_string(),
     }
 }

@@ -4,7 +4,9 @@
 //! - [`render`]: the exact objects deploykit applies, as typed k8s-openapi values, with no
 //!   cluster: one Deployment per revision with its ConfigMap and Secret, stable, canary and
 //!   preview Services, a Gateway API `HTTPRoute` or an Istio `VirtualService` with weights,
-//!   header routes and mirroring, an HPA, a PodDisruptionBudget, a default-deny
+//!   header routes and mirroring (or a plain `Ingress`, which has no weights), TLS on the
+//!   routes (a cert-manager `Certificate`, a `ReferenceGrant` for a Gateway elsewhere), secrets
+//!   as environment variables or read-only files, an HPA, a PodDisruptionBudget, a default-deny
 //!   NetworkPolicy with allow rules, and the namespace's LimitRange and ResourceQuota; pods
 //!   follow the restricted Pod Security Standard unless asked otherwise.
 //! - [`KubeEnvironment`]: an `Environment` and `Monitor` for one namespace. It applies with
@@ -12,8 +14,9 @@
 //!   changed (a canary step is one patch of the route), retries 429 and 5xx with a backoff
 //!   per object that resets on success, observes pods by watching them, and reports crash
 //!   loops and configuration errors with the container's reason.
-//!   - *Traffic.* Weights, header routes and mirrors need a [`render::Router`]: without one
-//!     the stable Service selects one revision, so the environment reports
+//!   - *Traffic.* Weights, header routes and mirrors need a [`render::Router`] that splits
+//!     (Gateway API or Istio): without one, or with an Ingress, the stable Service selects one
+//!     revision, so the environment reports
 //!     `TrafficSplit::WholeSwitch` and the orchestrator refuses canaries that split traffic
 //!     at deploy time (rolling and blue-green run). Observed traffic is read from the objects
 //!     that route it (the stable Service's selector, or the route), never from what was meant.

@@ -1,8 +1,48 @@
-//! What a Gateway says of an `HTTPRoute` (`status.parents`), read before traffic counts as
-//! served: by [`crate::KubeEnvironment`]'s observe and by the failover handover.
+//! What a Gateway says of an `HTTPRoute` (`status.parents`), and an Ingress controller of an
+//! `Ingress` (`status.loadBalancer`), read before traffic counts as served: by
+//! [`crate::KubeEnvironment`]'s observe and by the failover handover.
 
+use deploykit_core::ServiceId;
 use kube::api::DynamicObject;
 use serde_json::Value;
+
+/// Why the service's Ingress serves nothing, if it does not: it is missing, or no controller
+/// has admitted it yet (no address in `status.loadBalancer.ingress`, which a controller
+/// writes once it serves the Ingress). An Ingress's status has no observed generation, so an
+/// admitted Ingress counts as serving its current rules.
+pub(crate) fn ingress_problem(
+    namespace: &str,
+    service: &ServiceId,
+    ingress: Option<&DynamicObject>,
+) -> Option<String> {
+    let Some(ingress) = ingress else {
+        return Some(format!(
+            "Ingress {namespace}/{service} does not exist (deleted behind deploykit's back?); \
+             the next apply creates it again"
+        ));
+    };
+    let addresses = ingress
+        .data
+        .pointer("/status/loadBalancer/ingress")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    if addresses > 0 {
+        return None;
+    }
+    let class = ingress
+        .data
+        .pointer("/spec/ingressClassName")
+        .and_then(Value::as_str)
+        .map_or_else(
+            || "the default IngressClass".to_string(),
+            |c| format!("IngressClass {c}"),
+        );
+    Some(format!(
+        "Ingress {namespace}/{service} has no address in status.loadBalancer.ingress: no \
+         controller of {class} has admitted it yet (is one running, and does it publish its \
+         address?)"
+    ))
+}
 
 /// Why the route's current generation serves nothing, if a parent says so: a parent that
 /// reports `Accepted` or `ResolvedRefs` false for it (the listener does not allow the route, a

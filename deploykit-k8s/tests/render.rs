@@ -17,15 +17,16 @@ use deploykit_core::{
 };
 use deploykit_k8s::render::{
     self, ANNOTATION_AUTOSCALE, ANNOTATION_REVISION_SPEC, ANNOTATION_TRAFFIC, Caller, EgressPeer,
-    EgressRule, LABEL_MANAGED_BY, LABEL_NAME, LABEL_REVISION, MANAGED_BY, Mesh, MeshPolicy,
-    NetworkOptions, Object, ParentRef, Plan, Quota, RenderOptions, Router, SecretValues,
+    EgressRule, Issuer, IssuerKind, LABEL_MANAGED_BY, LABEL_NAME, LABEL_REVISION, MANAGED_BY, Mesh,
+    MeshPolicy, NetworkOptions, Object, ParentRef, Plan, Quota, RenderOptions, RouteTls, Router,
+    SecretValues,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
     ConfigMap, LimitRange, ResourceQuota, Secret, Service, ServiceAccount,
 };
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
@@ -118,6 +119,14 @@ fn istio() -> Router {
     }
 }
 
+fn ingress() -> Router {
+    Router::ingress("apps.example.com", "ingress-nginx").class("nginx")
+}
+
+fn letsencrypt() -> RouteTls {
+    RouteTls::cert_manager(Issuer::new(IssuerKind::ClusterIssuer, "letsencrypt"))
+}
+
 fn options(router: Router) -> RenderOptions {
     RenderOptions::new("shop")
         .image("web", "registry.example.com/shop/web")
@@ -191,7 +200,14 @@ fn scenarios() -> Vec<(&'static str, Plan)> {
         ),
         (
             "preview_istio",
-            render(&two(Traffic::routed(preview)), &options(istio())),
+            render(&two(Traffic::routed(preview.clone())), &options(istio())),
+        ),
+        (
+            "ingress_tls",
+            render(
+                &two(Traffic::routed(preview)),
+                &options(ingress()).tls(letsencrypt()),
+            ),
         ),
     ]
 }
@@ -321,6 +337,13 @@ fn every_object_fits_its_schema() {
         &options(istio())
             .mesh_policy(MeshPolicy::default().allow(vec![Caller::Service("api".into())])),
     ));
+    plans.push(render(
+        &DesiredState::new(vec![RevisionTarget::new(v1.clone(), 1)], Traffic::default()),
+        &options(gateway()).tls(RouteTls::cert_manager(Issuer::new(
+            IssuerKind::Issuer,
+            "shop-ca",
+        ))),
+    ));
     let mut seen = BTreeMap::<String, usize>::new();
     for plan in &plans {
         for object in &plan.objects {
@@ -364,11 +387,23 @@ fn every_object_fits_its_schema() {
                     assert_eq!(resource.plural, "destinationrules");
                     round_trip::<istio::Object<istio::DestinationRule>>(&json)
                 }
+                Object::Ingress(_) => {
+                    assert_eq!(resource.plural, "ingresses");
+                    round_trip::<Ingress>(&json)
+                }
+                Object::Certificate(_) => {
+                    assert_eq!(resource.plural, "certificates");
+                    round_trip::<cert_manager::Certificate>(&json)
+                }
+                Object::ReferenceGrant(_) => {
+                    assert_eq!(resource.plural, "referencegrants");
+                    round_trip::<gateway_api::ReferenceGrant>(&json)
+                }
             }
             *seen.entry(object.kind().to_string()).or_default() += 1;
         }
     }
-    assert_eq!(seen.len(), 15, "every kind is covered: {seen:?}");
+    assert_eq!(seen.len(), 18, "every kind is covered: {seen:?}");
 }
 
 #[test]
@@ -928,10 +963,96 @@ fn an_empty_desired_state_renders_nothing() {
     assert_eq!(plan.to_yaml(), "");
 }
 
+/// The parts of cert-manager's `cert-manager.io/v1` `Certificate` deploykit renders (and a few
+/// neighbours), from the CRD's schema: unknown fields refused.
+mod cert_manager {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(crate) struct Certificate {
+        api_version: String,
+        kind: String,
+        metadata: ObjectMeta,
+        spec: Spec,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Spec {
+        /// Required.
+        secret_name: String,
+        /// Required.
+        issuer_ref: IssuerRef,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dns_names: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        common_name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        renew_before: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usages: Option<Vec<String>>,
+    }
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    enum IssuerKind {
+        Issuer,
+        ClusterIssuer,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct IssuerRef {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<IssuerKind>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+    }
+}
+
 /// The parts of Gateway API v1 `HTTPRoute` deploykit renders, no more.
 mod gateway_api {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use serde::{Deserialize, Serialize};
+
+    /// `gateway.networking.k8s.io/v1beta1` `ReferenceGrant`, whole: `from` entries need
+    /// group, kind and namespace; `to` entries group and kind, and optionally a name.
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(crate) struct ReferenceGrant {
+        api_version: String,
+        kind: String,
+        metadata: ObjectMeta,
+        spec: ReferenceGrantSpec,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct ReferenceGrantSpec {
+        from: Vec<ReferenceGrantFrom>,
+        to: Vec<ReferenceGrantTo>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct ReferenceGrantFrom {
+        group: String,
+        kind: String,
+        namespace: String,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct ReferenceGrantTo {
+        group: String,
+        kind: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    }
 
     #[derive(Serialize, Deserialize)]
     #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -1789,4 +1910,363 @@ fn a_mesh_policy_gives_the_service_an_identity_mtls_and_an_allow_list() {
         ));
         assert!(e.starts_with(want), "{e}\nwanted {want}");
     }
+}
+
+/// An Ingress has no weights: with a split, the Ingress sends everything to the stable Service
+/// (the largest weight), whose selector is what observe reports; the route holds no traffic
+/// annotation (the stable Service does), and a preview gets its own Ingress and host.
+#[test]
+fn the_ingress_router_sends_everything_to_the_stable_service() {
+    let (v1, v2) = revisions();
+    let plan = render(
+        &two(Traffic::routed(canary_routes(25))),
+        &options(ingress()),
+    );
+    assert!(
+        kinds(&plan).ends_with(&["Ingress/web".into()]),
+        "{:?}",
+        kinds(&plan)
+    );
+    let Some(Object::Ingress(ing)) = plan.get("Ingress", "web") else {
+        panic!("an Ingress");
+    };
+    round_trip::<Ingress>(&plan.get("Ingress", "web").unwrap().to_json());
+    let spec = ing.spec.as_ref().unwrap();
+    assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
+    assert!(spec.tls.is_none(), "no TLS unless asked");
+    let rules = spec.rules.as_ref().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].host.as_deref(), Some("web.apps.example.com"));
+    let paths = &rules[0].http.as_ref().unwrap().paths;
+    assert_eq!(paths.len(), 1, "one backend: no weights");
+    assert_eq!(paths[0].path.as_deref(), Some("/"));
+    assert_eq!(paths[0].path_type, "Prefix");
+    let backend = paths[0].backend.service.as_ref().unwrap();
+    assert_eq!(backend.name, "web");
+    assert_eq!(backend.port.as_ref().unwrap().number, Some(80));
+    // The stable Service selects the largest weight, and carries the routing applied.
+    let svc = plan.get("Service", "web").unwrap().to_json();
+    assert_eq!(svc["spec"]["selector"][LABEL_REVISION], v1.id.as_str());
+    assert!(svc["metadata"]["annotations"][ANNOTATION_TRAFFIC].is_string());
+    assert!(ing.metadata.annotations.is_none());
+    // A canary step changes only the stable Service's annotation: the Ingress stays put.
+    let at50 = render(
+        &two(Traffic::routed(canary_routes(50))),
+        &options(ingress()),
+    );
+    assert_eq!(changed(&plan, &at50), ["Service/web"]);
+    // A whole switch moves the stable Service, not the Ingress.
+    let switched = render(
+        &two(Traffic::routed(Routes::all_to(&v2.id))),
+        &options(ingress()),
+    );
+    let svc = switched.get("Service", "web").unwrap().to_json();
+    assert_eq!(svc["spec"]["selector"][LABEL_REVISION], v2.id.as_str());
+    assert_eq!(
+        plan.get("Ingress", "web").unwrap().to_json()["spec"],
+        switched.get("Ingress", "web").unwrap().to_json()["spec"]
+    );
+    // A preview: its own Ingress and host, to the preview Service.
+    let plans: BTreeMap<&str, Plan> = scenarios().into_iter().collect();
+    let preview = plans["ingress_tls"]
+        .get("Ingress", "web-preview")
+        .unwrap()
+        .to_json();
+    assert_eq!(
+        preview["spec"]["rules"][0]["host"],
+        "web-preview.apps.example.com"
+    );
+    assert_eq!(
+        preview["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"],
+        "web-preview"
+    );
+    // The controller's namespace may reach the app port through the default deny.
+    let policy = plan.get("NetworkPolicy", "web").unwrap().to_json();
+    assert!(
+        policy["spec"]["ingress"][0]["from"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(
+                |p| p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    == "ingress-nginx"
+            ),
+        "{policy:#}"
+    );
+}
+
+/// TLS per router: the Ingress terminates it itself (`spec.tls`), with the user's Secret or
+/// the one cert-manager issues from a rendered Certificate; a Gateway of another namespace
+/// gets a ReferenceGrant for exactly that Secret; an Istio gateway of the app namespace gets
+/// the Certificate; what cannot work is refused naming `tls`.
+#[test]
+fn tls_renders_for_each_router() {
+    let (v1, _) = revisions();
+    let one = DesiredState::new(
+        vec![RevisionTarget::new(v1.clone(), 1)],
+        Traffic::routed(Routes::all_to(&v1.id)),
+    );
+    let secrets = secrets_for(&[&v1]);
+    let name = web().name;
+
+    // Ingress with the user's Secret: spec.tls, no Certificate, no grant.
+    let plan = render(
+        &one,
+        &options(ingress()).tls(RouteTls::secret("wildcard-apps")),
+    );
+    let ing = plan.get("Ingress", "web").unwrap().to_json();
+    round_trip::<Ingress>(&ing);
+    assert_eq!(
+        ing["spec"]["tls"],
+        serde_json::json!([{ "hosts": ["web.apps.example.com"], "secretName": "wildcard-apps" }])
+    );
+    assert!(plan.get("Certificate", "web").is_none());
+    assert!(plan.get("ReferenceGrant", "web").is_none());
+
+    // Ingress with cert-manager: a Certificate for both hosts, before the Ingress.
+    let plan = render(&one, &options(ingress()).tls(letsencrypt()));
+    let cert = plan.get("Certificate", "web").unwrap().to_json();
+    round_trip::<cert_manager::Certificate>(&cert);
+    assert_eq!(cert["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(
+        cert["spec"],
+        serde_json::json!({
+            "secretName": "web-tls",
+            "dnsNames": ["web.apps.example.com", "web-preview.apps.example.com"],
+            "issuerRef": { "group": "cert-manager.io", "kind": "ClusterIssuer", "name": "letsencrypt" },
+        })
+    );
+    assert_eq!(cert["metadata"]["labels"][LABEL_NAME], "web");
+    let ing = plan.get("Ingress", "web").unwrap().to_json();
+    assert_eq!(ing["spec"]["tls"][0]["secretName"], "web-tls");
+    assert!(kinds(&plan).ends_with(&["Certificate/web".into(), "Ingress/web".into()]));
+
+    // Gateway API in another namespace: Certificate for the hostnames, and a grant letting
+    // that namespace's Gateways read the one Secret.
+    let plan = render(&one, &options(gateway()).tls(letsencrypt()));
+    let cert = plan.get("Certificate", "web").unwrap().to_json();
+    assert_eq!(
+        cert["spec"]["dnsNames"],
+        serde_json::json!(["shop.example.com"])
+    );
+    let grant = plan.get("ReferenceGrant", "web").unwrap().to_json();
+    round_trip::<gateway_api::ReferenceGrant>(&grant);
+    assert_eq!(grant["apiVersion"], "gateway.networking.k8s.io/v1beta1");
+    assert_eq!(grant["metadata"]["namespace"], "shop");
+    assert_eq!(
+        grant["spec"],
+        serde_json::json!({
+            "from": [{ "group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "gateway" }],
+            "to": [{ "group": "", "kind": "Secret", "name": "web-tls" }],
+        })
+    );
+    // The HTTPRoute itself is the same: the listener terminates TLS.
+    assert_eq!(
+        plan.get("HTTPRoute", "web").unwrap().to_json(),
+        render(&one, &options(gateway()))
+            .get("HTTPRoute", "web")
+            .unwrap()
+            .to_json()
+    );
+    // The user's Secret through a Gateway of another namespace: the grant names it.
+    let plan = render(&one, &options(gateway()).tls(RouteTls::secret("shop-cert")));
+    assert!(plan.get("Certificate", "web").is_none());
+    let grant = plan.get("ReferenceGrant", "web").unwrap().to_json();
+    assert_eq!(grant["spec"]["to"][0]["name"], "shop-cert");
+    // A Gateway of the app's own namespace needs no grant.
+    let local = options(Router::GatewayApi {
+        parent: ParentRef::new("shop-gateway"),
+        hostnames: vec!["shop.example.com".into()],
+    })
+    .tls(letsencrypt());
+    let plan = render(&one, &local);
+    assert!(plan.get("Certificate", "web").is_some());
+    assert!(plan.get("ReferenceGrant", "web").is_none());
+
+    // Istio: a gateway of the app namespace gets the Certificate; elsewhere is refused.
+    let local_istio = options(Router::Istio {
+        gateways: vec!["shop/public".into()],
+        hosts: vec!["shop.example.com".into(), "*".into()],
+    })
+    .tls(letsencrypt());
+    let plan = render(&one, &local_istio);
+    let cert = plan.get("Certificate", "web").unwrap().to_json();
+    assert_eq!(
+        cert["spec"]["dnsNames"],
+        serde_json::json!(["shop.example.com"])
+    );
+    let err = message(render::plan(
+        &name,
+        &one,
+        &secrets,
+        &options(istio()).tls(letsencrypt()),
+    ));
+    assert!(
+        err.starts_with("invalid tls: an Istio gateway reads tls.credentialName")
+            && err.contains("istio-ingress/public-gateway"),
+        "{err}"
+    );
+    // No router: nothing terminates TLS.
+    let err = message(render::plan(
+        &name,
+        &one,
+        &secrets,
+        &options(Router::None).tls(letsencrypt()),
+    ));
+    assert!(err.starts_with("invalid tls: there is no router"), "{err}");
+}
+
+#[test]
+fn tls_and_ingress_errors_name_the_field() {
+    let (v1, _) = revisions();
+    let one = DesiredState::new(vec![RevisionTarget::new(v1.clone(), 1)], Traffic::default());
+    let secrets = secrets_for(&[&v1]);
+    let name = web().name;
+    let err = |options: RenderOptions| message(render::plan(&name, &one, &secrets, &options));
+
+    let e = err(options(ingress()).tls(RouteTls::secret("")));
+    assert!(e.starts_with("invalid tls.secret_name: is empty"), "{e}");
+    let e = err(options(ingress()).tls(RouteTls::secret("Shop_Cert")));
+    assert!(e.starts_with("invalid tls.secret_name"), "{e}");
+    let e =
+        err(options(ingress()).tls(RouteTls::cert_manager(Issuer::new(IssuerKind::Issuer, ""))));
+    assert!(e.starts_with("invalid tls.issuer.name"), "{e}");
+    let e = "issuer".parse::<IssuerKind>().unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "invalid tls.issuer.kind: \"issuer\" is not a cert-manager issuer kind: use Issuer or \
+         ClusterIssuer"
+    );
+    assert_eq!(
+        "ClusterIssuer".parse::<IssuerKind>().unwrap(),
+        IssuerKind::ClusterIssuer
+    );
+    let e = err(options(Router::GatewayApi {
+        parent: ParentRef::new("gw").in_namespace("gateway"),
+        hostnames: vec![],
+    })
+    .tls(letsencrypt()));
+    assert!(
+        e.starts_with("invalid tls: cert-manager needs the names"),
+        "{e}"
+    );
+    let e = err(options(Router::ingress(
+        "Apps.Example.com",
+        "ingress-nginx",
+    )));
+    assert!(e.starts_with("invalid router.domain"), "{e}");
+    let e = err(options(Router::ingress("apps.example.com", "Ingress")));
+    assert!(e.starts_with("invalid router.controller_namespace"), "{e}");
+    let e = err(options(
+        Router::ingress("apps.example.com", "ingress-nginx").class("Nginx!"),
+    ));
+    assert!(e.starts_with("invalid router.class"), "{e}");
+    let timeouts = deploykit_k8s::render::RouteTimeouts::new(Duration::from_secs(5)).unwrap();
+    let e = err(options(ingress()).route_timeouts(timeouts));
+    assert!(e.starts_with("invalid route_timeouts: an Ingress"), "{e}");
+    for bad in [
+        "relative/dir",
+        "/",
+        "/tmp",
+        "/tmp/",
+        "/run/../etc",
+        "/run//x",
+        "/a:b",
+    ] {
+        let e = err(options(ingress()).secret_files(bad));
+        assert!(e.starts_with("invalid secret_files"), "{bad}: {e}");
+    }
+}
+
+/// Secrets as files: the revision's Secret as a `secret` volume (mode 0400, one file per key),
+/// mounted read-only where asked, no `secretKeyRef` variables, and an `fsGroup` the app reads
+/// them as; environment variables stay the default.
+#[test]
+fn secrets_mount_as_files_when_asked() {
+    let (v1, _) = revisions();
+    let one = DesiredState::new(vec![RevisionTarget::new(v1.clone(), 1)], Traffic::default());
+    let by_env = pod_of(&render(&one, &options(gateway())));
+    let c = &by_env.containers[0];
+    assert!(
+        c.env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "DATABASE_URL" && e.value_from.is_some())
+    );
+    assert_eq!(by_env.volumes.as_ref().unwrap().len(), 1, "only /tmp");
+    assert_eq!(
+        by_env.security_context.as_ref().unwrap().fs_group,
+        None,
+        "no fsGroup without secret files or run_as"
+    );
+
+    let plan = render(&one, &options(gateway()).secret_files("/run/secrets/app"));
+    let pod = pod_of(&plan);
+    let c = &pod.containers[0];
+    assert!(
+        c.env.iter().flatten().all(|e| e.value_from.is_none()),
+        "{:?}",
+        c.env
+    );
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "secrets")
+        .unwrap();
+    let secret = volume.secret.as_ref().unwrap();
+    assert_eq!(
+        secret.secret_name.as_deref(),
+        Some(format!("web-{}-secrets", &v1.id.as_str()[..8]).as_str())
+    );
+    assert_eq!(secret.default_mode, Some(0o400));
+    assert!(secret.items.is_none(), "every key, one file each");
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "secrets")
+        .unwrap();
+    assert_eq!(mount.mount_path, "/run/secrets/app");
+    assert_eq!(mount.read_only, Some(true));
+    assert!(
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path == "/tmp")
+    );
+    let ctx = pod.security_context.as_ref().unwrap();
+    assert_eq!(ctx.fs_group, Some(65532));
+    assert_eq!(ctx.run_as_non_root, Some(true));
+    // With a numbered user, its group reads them.
+    let pod = pod_of(&render(
+        &one,
+        &options(gateway())
+            .secret_files("/run/secrets/app")
+            .run_as(1000, 3000),
+    ));
+    assert_eq!(pod.security_context.unwrap().fs_group, Some(3000));
+    // The Deployment still fits its schema, and the values stay out of it.
+    let deployment = plan
+        .objects
+        .iter()
+        .find(|o| o.kind() == "Deployment")
+        .unwrap()
+        .to_json();
+    round_trip::<Deployment>(&deployment);
+    assert!(!deployment.to_string().contains(SECRET_VALUE));
+    // A revision without secrets gets no volume.
+    let plain = ServiceSpec::builder()
+        .name("web")
+        .port(8080)
+        .build()
+        .unwrap();
+    let rev = Revision::new(&plain, &production(), sha('e'), "v5").unwrap();
+    let desired = DesiredState::new(vec![RevisionTarget::new(rev, 1)], Traffic::default());
+    let pod = pod_of(&render(
+        &desired,
+        &options(gateway()).secret_files("/run/secrets/app"),
+    ));
+    assert!(pod.volumes.iter().flatten().all(|v| v.name != "secrets"));
+    assert_eq!(pod.security_context.unwrap().fs_group, None);
 }

@@ -826,3 +826,202 @@ async fn a_partial_mirror_is_refused_up_front_on_a_gateway_api_that_lacks_it() {
         }
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Ingress router, TLS and secrets as files
+// ------------------------------------------------------------------------------------------
+
+fn ingress() -> Router {
+    Router::ingress("apps.example.com", "ingress-nginx").class("nginx")
+}
+
+/// An Ingress has no weights: the environment answers a whole switch (the orchestrator refuses
+/// a canary that splits, naming the router), and observe reports what the stable Service
+/// reaches — and nothing while the Ingress is missing or no controller has admitted it.
+#[tokio::test]
+async fn an_ingress_serves_only_the_stable_revision_once_its_controller_admitted_it() {
+    let server = FakeApiServer::new();
+    let env = kube(&server, ingress());
+    let TrafficSplit::WholeSwitch { reason } = env.traffic_split() else {
+        panic!("an Ingress cannot split");
+    };
+    assert!(reason.contains("Router::Ingress"), "{reason}");
+    let spec = environment(canary(vec![CanaryStep::weight(20).unwrap()]), None);
+    let orch = open(&spec, &env).await;
+    let err = orch.deploy(request("v1")).await.unwrap_err().to_string();
+    assert!(err.contains("has no weights"), "{err}");
+
+    let (v1, v2) = (revision(&spec, "v1"), revision(&spec, "v2"));
+    let split = Traffic::routed(Routes::split(&v1.id, &v2.id, Weight::new(20).unwrap()));
+    let state = DesiredState::new(
+        vec![
+            RevisionTarget::new(v1.clone(), 3),
+            RevisionTarget::new(v2.clone(), 1),
+        ],
+        split.clone(),
+    );
+    env.apply(&service(), &state).await.unwrap();
+    let ingress = server.object("ingresses", NS, "web").unwrap();
+    assert_eq!(
+        ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"],
+        "web"
+    );
+    // Not admitted yet: nothing is served, and the observation says why.
+    let observed = env.observe(&service()).await.unwrap();
+    assert_eq!(observed.routing, split);
+    assert!(observed.traffic.is_empty(), "{:?}", observed.traffic);
+    assert!(
+        observed.summary().contains(
+            "serving nothing: Ingress shop/web has no address in status.loadBalancer.ingress: \
+             no controller of IngressClass nginx has admitted it yet"
+        ),
+        "{}",
+        observed.summary()
+    );
+    // The controller publishes its address: the stable revision (largest weight) takes all,
+    // never the 20 % the Ingress cannot apply.
+    server.edit_object("ingresses", NS, "web", |ing| {
+        ing["status"] = json!({ "loadBalancer": { "ingress": [{ "ip": "203.0.113.7" }] } });
+    });
+    let observed = env.observe(&service()).await.unwrap();
+    assert_eq!(observed.routing_problem, None);
+    assert_eq!(
+        (observed.weight_of(&v1.id), observed.weight_of(&v2.id)),
+        (100, 0),
+        "{:?}",
+        observed.traffic
+    );
+    // A whole switch is served as asked, by the same Ingress.
+    let all_v2 = DesiredState::new(
+        vec![
+            RevisionTarget::new(v1.clone(), 3),
+            RevisionTarget::new(v2.clone(), 3),
+        ],
+        Traffic::routed(Routes::all_to(&v2.id)),
+    );
+    env.apply(&service(), &all_v2).await.unwrap();
+    let observed = env.observe(&service()).await.unwrap();
+    assert_eq!(observed.weight_of(&v2.id), 100, "{observed:?}");
+    // Deleted behind deploykit's back: not served until applied again.
+    let api: Api<k8s_openapi::api::networking::v1::Ingress> = Api::namespaced(server.client(), NS);
+    api.delete("web", &Default::default()).await.unwrap();
+    let observed = env.observe(&service()).await.unwrap();
+    assert!(observed.traffic.is_empty(), "{observed:?}");
+    assert!(
+        observed
+            .routing_problem
+            .as_deref()
+            .is_some_and(|p| p.contains("Ingress shop/web does not exist")),
+        "{observed:?}"
+    );
+
+    env.teardown(&service()).await.unwrap();
+    assert!(server.objects("ingresses").is_empty());
+}
+
+/// TLS objects and secret files are applied with the service (the Certificate before the
+/// Ingress that serves its Secret) and go with it; a Gateway of another namespace gets its
+/// ReferenceGrant, which goes too.
+#[tokio::test]
+async fn tls_and_secret_files_are_applied_and_torn_down_with_the_service() {
+    use deploykit_core::secrets::SecretString;
+    use deploykit_k8s::render::{Issuer, IssuerKind, RouteTls};
+    use deploykit_secrets::{FileSecretProvider, Identity, SecretsFile};
+
+    let me = Identity::generate();
+    let mut file = SecretsFile::create(&[me.to_recipient()]).unwrap();
+    file.set(
+        "production.database_url",
+        SecretString::from("postgres://db"),
+    )
+    .unwrap();
+    let provider = FileSecretProvider::new("secrets.toml", file);
+    let server = FakeApiServer::new();
+    let options = RenderOptions::new(NS)
+        .image("web", "registry.example.com/web")
+        .router(ingress())
+        .tls(RouteTls::cert_manager(Issuer::new(
+            IssuerKind::ClusterIssuer,
+            "letsencrypt",
+        )))
+        .secret_files("/run/secrets/app");
+    let env =
+        KubeEnvironment::new(server.client(), options).with_secrets(Arc::new(provider.clone()));
+    let with_secret = ServiceSpec::builder()
+        .name("web")
+        .port(8080)
+        .secrets(std::collections::BTreeMap::from([(
+            "DATABASE_URL".into(),
+            "production.database_url".into(),
+        )]))
+        .build()
+        .unwrap();
+    let spec = environment(StrategySpec::default(), None);
+    let v1 = Revision::new(&with_secret, &spec, artifact("v1"), "v1")
+        .unwrap()
+        .pin_secrets(&provider)
+        .await
+        .unwrap();
+    let state = DesiredState::new(
+        vec![RevisionTarget::new(v1.clone(), 2)],
+        Traffic::routed(Routes::all_to(&v1.id)),
+    );
+    env.apply(&service(), &state).await.unwrap();
+    let cert = server.object("certificates", NS, "web").unwrap();
+    assert_eq!(cert["spec"]["secretName"], "web-tls");
+    assert_eq!(cert["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    let ingress = server.object("ingresses", NS, "web").unwrap();
+    assert_eq!(ingress["spec"]["tls"][0]["secretName"], "web-tls");
+    let writes: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.path)
+        .collect();
+    let cert_at = writes
+        .iter()
+        .position(|p| p.contains("/certificates/"))
+        .unwrap();
+    let ingress_at = writes
+        .iter()
+        .position(|p| p.contains("/ingresses/"))
+        .unwrap();
+    assert!(cert_at < ingress_at, "{writes:#?}");
+    let deployment = server
+        .object("deployments", NS, &format!("web-{}", &v1.id.as_str()[..8]))
+        .unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][1]["secret"]["defaultMode"], 0o400);
+    assert_eq!(pod["containers"][0]["volumeMounts"][1]["readOnly"], true);
+    assert!(!deployment.to_string().contains("secretKeyRef"));
+
+    env.teardown(&service()).await.unwrap();
+    assert!(server.object("certificates", NS, "web").is_none());
+    assert!(server.object("ingresses", NS, "web").is_none());
+
+    // Gateway API in another namespace: the grant is applied and goes with the service.
+    let server = FakeApiServer::new();
+    let options = RenderOptions::new(NS)
+        .image("web", "registry.example.com/web")
+        .router(Router::GatewayApi {
+            parent: ParentRef::new("public").in_namespace("gateway"),
+            hostnames: vec!["shop.example.com".into()],
+        })
+        .tls(RouteTls::secret("shop-cert"));
+    let env = KubeEnvironment::new(server.client(), options);
+    let v1 = revision(&spec, "v1");
+    let state = DesiredState::new(
+        vec![RevisionTarget::new(v1.clone(), 1)],
+        Traffic::routed(Routes::all_to(&v1.id)),
+    );
+    env.apply(&service(), &state).await.unwrap();
+    let grant = server.object("referencegrants", NS, "web").unwrap();
+    assert_eq!(grant["spec"]["from"][0]["namespace"], "gateway");
+    assert_eq!(grant["spec"]["to"][0]["name"], "shop-cert");
+    assert!(
+        server.objects("certificates").is_empty(),
+        "the user's Secret"
+    );
+    env.teardown(&service()).await.unwrap();
+    assert!(server.object("referencegrants", NS, "web").is_none());
+}

@@ -24,7 +24,8 @@
 //! | PodDisruptionBudget | `web` | `maxUnavailable` [`RenderOptions::pdb_max_unavailable`] |
 //! | NetworkPolicy | `web` | default deny, see [`NetworkOptions`] |
 //! | ServiceAccount, PeerAuthentication, AuthorizationPolicy, DestinationRule | `web` | with a [`MeshPolicy`] |
-//! | HTTPRoute / VirtualService | `web` (and HTTPRoute `web-preview`) | see [`Router`] |
+//! | HTTPRoute / VirtualService / Ingress | `web` (and HTTPRoute or Ingress `web-preview`) | see [`Router`] |
+//! | Certificate, ReferenceGrant | `web` | with [`RenderOptions::tls`], see [`RouteTls`] |
 //!
 //! Every object carries [`LABEL_NAME`] and [`LABEL_MANAGED_BY`]; per-revision objects also carry
 //! [`LABEL_REVISION`] and `app.kubernetes.io/version` (the revision's label made a valid label
@@ -45,9 +46,10 @@
 //!
 //! Services and the route need a port: if any revision has no port, neither is rendered (and
 //! so neither is the [`ANNOTATION_TRAFFIC`] annotation), and missing probes cannot be derived.
-//! Without a [`Router`], weights cannot be honoured: ordinary traffic reaches the stable
-//! Service's revision only, and the others are reachable through their own Services (so the
-//! environment refuses strategies that need a split, see [`Router::None`]).
+//! Without a [`Router`], or with an Ingress ([`Router::Ingress`]), weights cannot be
+//! honoured: ordinary traffic reaches the stable Service's revision only, and the others are
+//! reachable through their own Services (so the environment refuses strategies that need a
+//! split, see [`Router::None`]).
 //!
 //! # Autoscaling
 //!
@@ -68,7 +70,11 @@
 //! Standard: non-root, read-only root filesystem (an `emptyDir` is mounted at `/tmp`), no
 //! privilege escalation, every capability dropped, the `RuntimeDefault` seccomp profile, and all
 //! three probes (a missing one is derived as a TCP probe on the port). The service-account
-//! token is not mounted unless [`RenderOptions::service_account_token`] asks for it. Requests
+//! token is not mounted unless [`RenderOptions::service_account_token`] asks for it. Secrets
+//! reach the app as environment variables (`secretKeyRef`), or with
+//! [`RenderOptions::secret_files`] as read-only files (mode `0400`, readable by the pod's
+//! `fsGroup`) and not in its environment. Routes terminate TLS with [`RenderOptions::tls`]
+//! (see [`RouteTls`]). Requests
 //! and limits are always set. Images are pinned by digest when the artifact is a `sha256:`
 //! digest (`<repository>@sha256:…`), else tagged with the revision's label.
 //!
@@ -86,6 +92,7 @@ mod network;
 
 pub(crate) use names::{revision_name, secret_name};
 mod routes;
+mod tls;
 mod workload;
 mod yaml;
 
@@ -103,7 +110,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
     ConfigMap, LimitRange, ResourceQuota, Secret, Service, ServiceAccount,
 };
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
@@ -191,6 +198,153 @@ pub struct RenderOptions {
     pub spread: bool,
     /// Time limits on the service's routes (default none: the router's own).
     pub route_timeouts: Option<RouteTimeouts>,
+    /// TLS on the service's routes (default none: plain HTTP, or whatever the router's own
+    /// listener does): see [`RouteTls`].
+    pub tls: Option<RouteTls>,
+    /// Mount the revision's secrets as files in this directory instead of passing them as
+    /// environment variables (default `None`: environment variables): see
+    /// [`RenderOptions::secret_files`].
+    pub secret_files: Option<String>,
+}
+
+/// TLS on a service's routes: where the certificate comes from, and what is rendered so that
+/// the router terminates TLS with it. The certificate is a Secret of type `kubernetes.io/tls`
+/// in the app's namespace, either one the user provides ([`RouteTls::secret`]; a wildcard
+/// certificate for every service, say) or `<service>-tls`, kept issued and renewed by
+/// cert-manager from a `Certificate` (`cert-manager.io/v1`) named `<service>` that deploykit
+/// renders ([`RouteTls::cert_manager`]): `spec.secretName` `<service>-tls`, `spec.dnsNames`
+/// the service's hosts, `spec.issuerRef` the [`Issuer`]. The Certificate goes with the
+/// service (pruned and torn down with it); the Secret cert-manager wrote stays, as
+/// cert-manager leaves it.
+///
+/// Per router:
+///
+/// - [`Router::Ingress`]: deploykit owns the Ingress, so it terminates TLS itself:
+///   `spec.tls: [{hosts: [<host>], secretName}]` on the service's Ingress and on its preview
+///   Ingress. The Certificate names both hosts (`<service>.<domain>` and
+///   `<service>-preview.<domain>`), which the wildcard DNS record the router needs resolves.
+/// - [`Router::GatewayApi`]: TLS terminates at the Gateway's listener, which deploykit does
+///   not own. The Gateway's owner lists the Secret in the HTTPS listener's
+///   `tls.certificateRefs`: `{group: "", kind: Secret, name: <secret>, namespace: <app
+///   namespace>}`. When the Gateway lives in another namespace, deploykit renders the
+///   `ReferenceGrant` (`gateway.networking.k8s.io/v1beta1`) `<service>` in the app namespace
+///   that lets Gateways of that namespace reference that one Secret (without it the Gateway
+///   reports `ResolvedRefs` false, `RefNotPermitted`). The Certificate names the router's
+///   hostnames (a preview's `preview.<first hostname>` only if a wildcard hostname covers
+///   it); there must be at least one.
+/// - [`Router::Istio`]: an Istio Gateway server reads `tls.credentialName` from a Secret in
+///   the namespace of the gateway's own workload, and deploykit writes only to the app's
+///   namespace. So TLS is rendered only when every gateway the VirtualService binds to is in
+///   the app namespace (its workload is taken to run there, as with a gateway deployed per
+///   namespace): the Certificate is rendered there, and the Gateway's owner sets
+///   `credentialName: <secret>` on its HTTPS server. A gateway elsewhere (or the mesh alone)
+///   is refused, naming `tls`: create the Certificate in the gateway's namespace instead. The
+///   VirtualService itself is the same with or without TLS.
+/// - [`Router::None`]: nothing terminates TLS; refused, naming `tls`.
+///
+/// ```
+/// use deploykit_k8s::render::{Issuer, IssuerKind, RouteTls};
+/// let own = RouteTls::secret("wildcard-example-com");
+/// assert_eq!(own.secret_name("web"), "wildcard-example-com");
+/// let issued = RouteTls::cert_manager(Issuer::new(IssuerKind::ClusterIssuer, "letsencrypt"));
+/// assert_eq!(issued.secret_name("web"), "web-tls");
+/// let kind: IssuerKind = "Issuer".parse()?;
+/// assert_eq!(kind, IssuerKind::Issuer);
+/// assert!("Certificate".parse::<IssuerKind>().unwrap_err().to_string().contains("tls.issuer.kind"));
+/// # Ok::<(), deploykit_core::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouteTls {
+    /// A Secret of type `kubernetes.io/tls` the user provides in the app namespace, named
+    /// `name`; deploykit neither writes nor deletes it.
+    Secret {
+        /// The Secret's name.
+        name: String,
+    },
+    /// A certificate cert-manager issues into Secret `<service>-tls`, from a `Certificate`
+    /// deploykit renders.
+    CertManager {
+        /// Who issues it.
+        issuer: Issuer,
+    },
+}
+
+impl RouteTls {
+    /// Terminate TLS with the user's Secret `name` (type `kubernetes.io/tls`).
+    pub fn secret(name: impl Into<String>) -> Self {
+        RouteTls::Secret { name: name.into() }
+    }
+
+    /// Terminate TLS with a certificate `issuer` issues through cert-manager.
+    pub fn cert_manager(issuer: Issuer) -> Self {
+        RouteTls::CertManager { issuer }
+    }
+
+    /// The name of the Secret holding `service`'s certificate: the user's, or
+    /// `<service>-tls` with cert-manager.
+    pub fn secret_name(&self, service: &str) -> String {
+        match self {
+            RouteTls::Secret { name } => name.clone(),
+            RouteTls::CertManager { .. } => format!("{service}-tls"),
+        }
+    }
+}
+
+/// A cert-manager issuer: `issuerRef` of a Certificate (group `cert-manager.io`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Issuer {
+    /// `Issuer` (in the app namespace) or `ClusterIssuer`.
+    pub kind: IssuerKind,
+    /// Its name.
+    pub name: String,
+}
+
+impl Issuer {
+    /// The issuer `name` of `kind`.
+    pub fn new(kind: IssuerKind, name: impl Into<String>) -> Self {
+        Issuer {
+            kind,
+            name: name.into(),
+        }
+    }
+}
+
+/// The kind of a cert-manager issuer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IssuerKind {
+    /// An `Issuer`, namespaced: it must be in the app's namespace.
+    Issuer,
+    /// A `ClusterIssuer`, for every namespace.
+    ClusterIssuer,
+}
+
+impl IssuerKind {
+    /// `Issuer` or `ClusterIssuer`, as `issuerRef.kind` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssuerKind::Issuer => "Issuer",
+            IssuerKind::ClusterIssuer => "ClusterIssuer",
+        }
+    }
+}
+
+impl std::str::FromStr for IssuerKind {
+    type Err = Error;
+
+    /// `Issuer` or `ClusterIssuer` (exactly); anything else fails naming `tls.issuer.kind`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "Issuer" => Ok(IssuerKind::Issuer),
+            "ClusterIssuer" => Ok(IssuerKind::ClusterIssuer),
+            other => Err(Error::invalid(
+                "tls.issuer.kind",
+                format!("{other:?} is not a cert-manager issuer kind: use Issuer or ClusterIssuer"),
+            )),
+        }
+    }
 }
 
 /// Time limits on a service's routes: how long the router may take to answer a request, and
@@ -356,7 +510,74 @@ impl RenderOptions {
             spread: true,
             mesh_policy: None,
             route_timeouts: None,
+            tls: None,
+            secret_files: None,
         }
+    }
+
+    /// Terminate TLS on the service's routes with `tls` (see [`RouteTls`]).
+    ///
+    /// ```
+    /// use deploykit_k8s::render::{Issuer, IssuerKind, RenderOptions, RouteTls, Router};
+    /// let options = RenderOptions::new("shop")
+    ///     .router(Router::ingress("apps.example.com", "ingress-nginx").class("nginx"))
+    ///     .tls(RouteTls::cert_manager(Issuer::new(IssuerKind::ClusterIssuer, "letsencrypt")));
+    /// assert!(options.tls.is_some());
+    /// ```
+    #[must_use]
+    pub fn tls(mut self, tls: RouteTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Mount each revision's secrets as files in `dir` (an absolute path), one file per
+    /// secret variable named after it (`<dir>/DATABASE_URL`), instead of environment
+    /// variables: a `secret` volume of the revision's Secret with `defaultMode` `0400`,
+    /// mounted read-only. Files keep values out of the process environment (which child
+    /// processes inherit and crash reports dump). Since the app does not run as root, the pod
+    /// gets an `fsGroup` (the [`RenderOptions::run_as`] group, else 65532): the kubelet gives
+    /// the files that group and makes them group-readable (`0440`), so the app (which runs
+    /// with the `fsGroup` as a supplementary group) reads them and no other user does.
+    /// `dir` may not be `/`, `/tmp` (the restricted pods' scratch space) nor contain `..`;
+    /// rendering fails naming `secret_files` otherwise.
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use deploykit_core::{
+    ///     DesiredState, Digest, EnvironmentKind, EnvironmentSpec, Revision, RevisionTarget,
+    ///     ServiceSpec, Traffic,
+    /// };
+    /// use deploykit_core::secrets::SecretString;
+    /// use deploykit_k8s::render::{plan, RenderOptions};
+    ///
+    /// let web = ServiceSpec::builder()
+    ///     .name("web")
+    ///     .port(8080)
+    ///     .secrets(BTreeMap::from([("DATABASE_URL".into(), "prod.db_url".into())]))
+    ///     .build()?;
+    /// let prod = EnvironmentSpec::builder()
+    ///     .name("production")
+    ///     .kind(EnvironmentKind::Production)
+    ///     .build()?;
+    /// let v1 = Revision::new(&web, &prod, Digest::of_bytes(b"image v1"), "v1")?;
+    /// let secrets = BTreeMap::from([(
+    ///     v1.id.clone(),
+    ///     BTreeMap::from([("DATABASE_URL".to_string(), SecretString::from("postgres://db"))]),
+    /// )]);
+    /// let desired = DesiredState::new(vec![RevisionTarget::new(v1, 1)], Traffic::ByReadyInstances);
+    /// let options = RenderOptions::new("shop")
+    ///     .image("web", "registry.example.com/web")
+    ///     .secret_files("/run/secrets/app");
+    /// let yaml = plan(&web.name, &desired, &secrets, &options)?.to_yaml();
+    /// assert!(yaml.contains("mountPath: /run/secrets/app"));
+    /// assert!(yaml.contains("defaultMode: 256"));
+    /// assert!(!yaml.contains("secretKeyRef"));
+    /// # Ok::<(), deploykit_core::Error>(())
+    /// ```
+    #[must_use]
+    pub fn secret_files(mut self, dir: impl Into<String>) -> Self {
+        self.secret_files = Some(dir.into());
+        self
     }
 
     /// Limit how long the service's routes take (see [`RouteTimeouts`]).
@@ -497,6 +718,72 @@ pub enum Router {
         /// Hosts it serves; at least one.
         hosts: Vec<String>,
     },
+    /// Kubernetes `Ingress` (`networking.k8s.io/v1`), for clusters with neither the Gateway API
+    /// nor Istio: an Ingress `<service>` for host `<service>.<domain>` (a wildcard DNS record
+    /// `*.<domain>` points at the Ingress controller) sending every path to the stable
+    /// Service, and for a preview an Ingress `<service>-preview` for host
+    /// `<service>-preview.<domain>` to the preview Service. TLS: see [`RouteTls`].
+    ///
+    /// **An Ingress has no weights, header matches nor mirrors**, so this router splits
+    /// nothing: all ordinary traffic goes to the stable Service, which selects the revision
+    /// with the largest weight, exactly as without a router. The environment answers
+    /// [`TrafficSplit::WholeSwitch`](deploykit_core::TrafficSplit), so the orchestrator refuses
+    /// strategies that need a split (canary weights, header routes, mirrors) before anything
+    /// is applied, and rolling and blue-green run. Rendering does not refuse a split itself
+    /// (rendering is what a rollback or an abort needs to work at all); observe reports as
+    /// served only what the stable Service's selector really reaches — the revision with the
+    /// largest weight, never a weight the Ingress cannot apply — and nothing while the Ingress
+    /// is missing or its controller has not admitted it (no address in
+    /// `status.loadBalancer.ingress`), with the reason in
+    /// [`Observed::routing_problem`](deploykit_core::Observed). So a switch is never reported
+    /// as served before the controller shows it serves the Ingress.
+    ///
+    /// The default-deny NetworkPolicy lets the controller's pods (every pod of
+    /// `controller_namespace`, unless [`NetworkOptions::gateway_namespaces`] says otherwise)
+    /// reach the app port.
+    Ingress {
+        /// `spec.ingressClassName` (`None`: the cluster's default IngressClass).
+        class: Option<String>,
+        /// The domain the service's hosts are made in: `<service>.<domain>`.
+        domain: String,
+        /// The namespace the Ingress controller's pods run in (e.g. `ingress-nginx`).
+        controller_namespace: String,
+    },
+}
+
+impl Router {
+    /// An Ingress router for hosts `<service>.<domain>`, whose controller runs in
+    /// `controller_namespace`, with the cluster's default IngressClass.
+    ///
+    /// ```
+    /// use deploykit_k8s::render::Router;
+    /// let router = Router::ingress("apps.example.com", "ingress-nginx").class("nginx");
+    /// assert!(matches!(router, Router::Ingress { class: Some(_), .. }));
+    /// ```
+    pub fn ingress(domain: impl Into<String>, controller_namespace: impl Into<String>) -> Self {
+        Router::Ingress {
+            class: None,
+            domain: domain.into(),
+            controller_namespace: controller_namespace.into(),
+        }
+    }
+
+    /// This Ingress router with IngressClass `name` (other routers are returned unchanged).
+    #[must_use]
+    pub fn class(self, name: impl Into<String>) -> Self {
+        match self {
+            Router::Ingress {
+                domain,
+                controller_namespace,
+                ..
+            } => Router::Ingress {
+                class: Some(name.into()),
+                domain,
+                controller_namespace,
+            },
+            other => other,
+        }
+    }
 }
 
 /// A Gateway an `HTTPRoute` attaches to.
@@ -697,6 +984,13 @@ pub enum Object {
     AuthorizationPolicy(DynamicObject),
     /// An Istio `DestinationRule` (outlier detection, connection limits, mTLS to the service).
     DestinationRule(DynamicObject),
+    /// A Kubernetes `Ingress` ([`Router::Ingress`]).
+    Ingress(Ingress),
+    /// A cert-manager `Certificate` ([`RouteTls::cert_manager`]).
+    Certificate(DynamicObject),
+    /// A Gateway API `ReferenceGrant` letting the Gateway read the TLS Secret (see
+    /// [`RouteTls`]).
+    ReferenceGrant(DynamicObject),
 }
 
 impl fmt::Debug for Object {
@@ -732,6 +1026,9 @@ impl fmt::Debug for Object {
                 f.debug_tuple("AuthorizationPolicy").field(o).finish()
             }
             Object::DestinationRule(o) => f.debug_tuple("DestinationRule").field(o).finish(),
+            Object::Ingress(o) => f.debug_tuple("Ingress").field(o).finish(),
+            Object::Certificate(o) => f.debug_tuple("Certificate").field(o).finish(),
+            Object::ReferenceGrant(o) => f.debug_tuple("ReferenceGrant").field(o).finish(),
         }
     }
 }
@@ -800,6 +1097,18 @@ macro_rules! typed {
                 let $dynamic = mesh::DESTINATION_RULE;
                 $d
             }
+            Object::Ingress(_) => {
+                type $t = Ingress;
+                $e
+            }
+            Object::Certificate(_) => {
+                let $dynamic = tls::CERTIFICATE;
+                $d
+            }
+            Object::ReferenceGrant(_) => {
+                let $dynamic = tls::REFERENCE_GRANT;
+                $d
+            }
         }
     };
 }
@@ -833,11 +1142,14 @@ impl Object {
             Object::ResourceQuota(o) => &o.metadata,
             Object::LimitRange(o) => &o.metadata,
             Object::ServiceAccount(o) => &o.metadata,
+            Object::Ingress(o) => &o.metadata,
             Object::HttpRoute(o)
             | Object::VirtualService(o)
             | Object::PeerAuthentication(o)
             | Object::AuthorizationPolicy(o)
-            | Object::DestinationRule(o) => &o.metadata,
+            | Object::DestinationRule(o)
+            | Object::Certificate(o)
+            | Object::ReferenceGrant(o) => &o.metadata,
         }
     }
 
@@ -853,11 +1165,14 @@ impl Object {
             Object::ResourceQuota(o) => &mut o.metadata,
             Object::LimitRange(o) => &mut o.metadata,
             Object::ServiceAccount(o) => &mut o.metadata,
+            Object::Ingress(o) => &mut o.metadata,
             Object::HttpRoute(o)
             | Object::VirtualService(o)
             | Object::PeerAuthentication(o)
             | Object::AuthorizationPolicy(o)
-            | Object::DestinationRule(o) => &mut o.metadata,
+            | Object::DestinationRule(o)
+            | Object::Certificate(o)
+            | Object::ReferenceGrant(o) => &mut o.metadata,
         }
     }
 
@@ -875,11 +1190,14 @@ impl Object {
             Object::ResourceQuota(o) => serde_json::to_value(o),
             Object::LimitRange(o) => serde_json::to_value(o),
             Object::ServiceAccount(o) => serde_json::to_value(o),
+            Object::Ingress(o) => serde_json::to_value(o),
             Object::HttpRoute(o)
             | Object::VirtualService(o)
             | Object::PeerAuthentication(o)
             | Object::AuthorizationPolicy(o)
-            | Object::DestinationRule(o) => serde_json::to_value(o),
+            | Object::DestinationRule(o)
+            | Object::Certificate(o)
+            | Object::ReferenceGrant(o) => serde_json::to_value(o),
         };
         // Serialising these types to a JSON value cannot fail: every map key is a string.
         value.unwrap_or(Value::Null)
@@ -908,7 +1226,8 @@ impl Object {
 }
 
 /// Everything deploykit applies for a service, in apply order: ConfigMaps, Secrets,
-/// Deployments, Services, HorizontalPodAutoscaler, PodDisruptionBudget, NetworkPolicy, route.
+/// Deployments, Services, HorizontalPodAutoscaler, PodDisruptionBudget, NetworkPolicy, mesh
+/// policy, TLS (Certificate, ReferenceGrant), route.
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
     /// The objects, in apply order.
@@ -988,7 +1307,9 @@ impl Plan {
 /// Fails with [`Error::InvalidSpec`] naming the field on input that cannot be rendered: no
 /// image for the service (`images.<service>`), a custom probe, a missing probe that cannot be
 /// derived (no port, restricted), routes that do not fit stable/canary/preview, invalid
-/// hostnames, a label that cannot be made a label value, a missing secret value.
+/// hostnames, a label that cannot be made a label value, a missing secret value, TLS the
+/// router cannot terminate or bad TLS names (`tls…`), route timeouts on an Ingress, a bad
+/// [`RenderOptions::secret_files`] directory.
 ///
 /// ```
 /// use std::collections::BTreeMap;
@@ -1036,6 +1357,8 @@ pub(crate) fn plan_keeping_secrets(
 ) -> Result<Plan> {
     names::check_options(service, options)?;
     routes::check_router(&options.router)?;
+    routes::check_route_options(options)?;
+    tls::check(options)?;
     if desired.revisions.is_empty() {
         return Ok(Plan::default());
     }
@@ -1104,6 +1427,7 @@ pub(crate) fn plan_keeping_secrets(
     )?));
     objects.extend(mesh::render(service, options)?);
     if routable {
+        objects.extend(tls::render(service, options)?);
         objects.extend(routes::render(service, &layout, options)?);
     }
     // The applied traffic rides on the object that carries it — the route, or the stable
@@ -1137,10 +1461,11 @@ fn serving_revision<'a>(
 }
 
 /// The kind of the object named after the service that carries [`ANNOTATION_TRAFFIC`]:
-/// `HTTPRoute` or `VirtualService` with a router, the stable `Service` without one.
+/// `HTTPRoute` or `VirtualService` with a router that splits, the stable `Service` without
+/// one or with an Ingress (whose stable Service decides which revision is served).
 pub fn traffic_holder(router: &Router) -> &'static str {
     match router {
-        Router::None => "Service",
+        Router::None | Router::Ingress { .. } => "Service",
         Router::GatewayApi { .. } => "HTTPRoute",
         Router::Istio { .. } => "VirtualService",
     }
@@ -1166,6 +1491,11 @@ pub(crate) struct CustomKind {
     pub(crate) api_version: &'static str,
     pub(crate) kind: &'static str,
     pub(crate) plural: &'static str,
+}
+
+/// The API resources of the TLS objects `options` may render for a service (see [`RouteTls`]).
+pub(crate) fn tls_resources(options: &RenderOptions) -> Vec<ApiResource> {
+    tls::resources(options)
 }
 
 /// The API resources of the mesh objects a [`MeshPolicy`] renders (its ServiceAccount aside).

@@ -212,6 +212,24 @@ pub(crate) fn check_options(service: &ServiceId, options: &RenderOptions) -> Res
             ));
         }
     }
+    if let Some(dir) = &options.secret_files {
+        let bad = !dir.starts_with('/')
+            || dir == "/"
+            || dir.trim_end_matches('/') == "/tmp"
+            || dir.split('/').any(|part| part == ".." || part == ".")
+            || dir.contains("//")
+            || dir.contains(':')
+            || dir.chars().any(|c| c.is_control());
+        if bad {
+            return Err(Error::invalid(
+                "secret_files",
+                format!(
+                    "{dir:?} is not a directory to mount secrets in: an absolute path without \
+                     '.', '..', '//' or ':', other than / and /tmp"
+                ),
+            ));
+        }
+    }
     let net = &options.network;
     for ns in &net.allow_from_namespaces {
         if !is_dns_label(ns) {

@@ -418,7 +418,8 @@ pub(crate) fn network_policy(
 
 /// The namespaces the router's proxies run in: [`NetworkOptions::gateway_namespaces`] if set,
 /// else those of the route's parent Gateway or Istio gateways (the route's own namespace when
-/// they name none; nothing for the Istio mesh gateway or without a router).
+/// they name none; nothing for the Istio mesh gateway or without a router), or the Ingress
+/// controller's.
 pub(crate) fn gateway_namespaces(options: &RenderOptions) -> Vec<String> {
     if let Some(namespaces) = &options.network.gateway_namespaces {
         return namespaces.clone();
@@ -442,6 +443,10 @@ pub(crate) fn gateway_namespaces(options: &RenderOptions) -> Vec<String> {
             }
             out
         }
+        Router::Ingress {
+            controller_namespace,
+            ..
+        } => vec![controller_namespace.clone()],
         Router::None => Vec::new(),
     }
 }

@@ -1,12 +1,17 @@
 //! The route in front of the Services: a Gateway API `HTTPRoute` or an Istio `VirtualService`,
-//! both rendered as [`DynamicObject`]s.
+//! both rendered as [`DynamicObject`]s, or a Kubernetes `Ingress`.
 
 use deploykit_core::{Error, Result, ServiceId};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
 use kube::core::DynamicObject;
 use serde_json::{Map, Value, json};
 
-use super::names::{app_labels, is_dns_label, is_dns_subdomain, is_hostname};
+use super::names::{app_labels, is_dns_label, is_dns_subdomain, is_hostname, meta};
 use super::network::{Layout, canary_name, preview_name, stable_name};
+use super::tls::ingress_host;
 use super::{CustomKind, Object, RenderOptions, Router, SERVICE_PORT};
 
 /// Gateway API `HTTPRoute`, `gateway.networking.k8s.io/v1`.
@@ -77,8 +82,97 @@ pub(crate) fn check_router(router: &Router) -> Result<()> {
             let named: Vec<String> = hosts.iter().filter(|h| *h != "*").cloned().collect();
             check_hosts("router.hosts", &named)
         }
+        Router::Ingress {
+            class,
+            domain,
+            controller_namespace,
+        } => {
+            if let Some(class) = class
+                && !is_dns_subdomain(class)
+            {
+                return Err(Error::invalid(
+                    "router.class",
+                    format!("{class:?} is not an IngressClass name"),
+                ));
+            }
+            // `<service>-preview.<domain>` must stay a DNS name (service names are at most
+            // 55 characters, so the first label always fits).
+            if !is_dns_subdomain(domain) || domain.len() > 253 - 64 {
+                return Err(Error::invalid(
+                    "router.domain",
+                    format!(
+                        "{domain:?} is not a domain to make hosts <service>.<domain> in:                          lowercase DNS labels separated by dots, at most 189 characters"
+                    ),
+                ));
+            }
+            if !is_dns_label(controller_namespace) {
+                return Err(Error::invalid(
+                    "router.controller_namespace",
+                    format!("{controller_namespace:?} is not a namespace name"),
+                ));
+            }
+            Ok(())
+        }
         Router::None => Ok(()),
     }
+}
+
+/// The Ingress `name` for `host`, every path to Service `backend`, with TLS from the options.
+fn ingress(
+    name: String,
+    host: String,
+    backend: String,
+    class: Option<&String>,
+    service: &ServiceId,
+    options: &RenderOptions,
+) -> Ingress {
+    let tls = options.tls.as_ref().map(|tls| {
+        vec![IngressTLS {
+            hosts: Some(vec![host.clone()]),
+            secret_name: Some(tls.secret_name(service.as_str())),
+        }]
+    });
+    Ingress {
+        metadata: meta(name, options, app_labels(service)),
+        spec: Some(IngressSpec {
+            ingress_class_name: class.cloned(),
+            rules: Some(vec![IngressRule {
+                host: Some(host),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some("/".into()),
+                        path_type: "Prefix".into(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: backend,
+                                port: Some(ServiceBackendPort {
+                                    number: Some(SERVICE_PORT),
+                                    name: None,
+                                }),
+                            }),
+                            resource: None,
+                        },
+                    }],
+                }),
+            }]),
+            tls,
+            default_backend: None,
+        }),
+        status: None,
+    }
+}
+
+/// Refuses route options the router cannot carry: an Ingress has no timeouts (only
+/// controller-specific annotations), and dropping them would be silent.
+pub(crate) fn check_route_options(options: &RenderOptions) -> Result<()> {
+    if matches!(options.router, Router::Ingress { .. }) && options.route_timeouts.is_some() {
+        return Err(Error::invalid(
+            "route_timeouts",
+            "an Ingress (Router::Ingress) has no field for timeouts, only annotations of each \
+             controller: leave route_timeouts unset, or use Router::GatewayApi or Router::Istio",
+        ));
+    }
+    Ok(())
 }
 
 fn check_hosts(field: &str, hosts: &[String]) -> Result<()> {
@@ -130,6 +224,29 @@ pub(crate) fn render(
 ) -> Result<Vec<Object>> {
     match &options.router {
         Router::None => Ok(Vec::new()),
+        Router::Ingress { class, domain, .. } => {
+            // No weights: everything to the stable Service (see `Router::Ingress`).
+            let mut out = vec![Object::Ingress(ingress(
+                service.to_string(),
+                ingress_host(service.as_str(), domain),
+                stable_name(service),
+                class.as_ref(),
+                service,
+                options,
+            ))];
+            if layout.preview.is_some() {
+                let name = preview_name(service);
+                out.push(Object::Ingress(ingress(
+                    name.clone(),
+                    ingress_host(&name, domain),
+                    name,
+                    class.as_ref(),
+                    service,
+                    options,
+                )));
+            }
+            Ok(out)
+        }
         Router::GatewayApi { parent, hostnames } => {
             let mut parent_ref = Map::new();
             parent_ref.insert("group".into(), json!("gateway.networking.k8s.io"));

@@ -111,7 +111,12 @@ impl RevisionObjects {
                 ..core::EnvVar::default()
             });
         }
-        for variable in rev.config.secrets.keys() {
+        // Secrets as files: one `secret` volume of the revision's Secret instead of variables.
+        let secret_files = options
+            .secret_files
+            .as_ref()
+            .filter(|_| !rev.config.secrets.is_empty());
+        for variable in rev.config.secrets.keys().filter(|_| secret_files.is_none()) {
             env.push(core::EnvVar {
                 name: variable.clone(),
                 value_from: Some(core::EnvVarSource {
@@ -171,13 +176,7 @@ impl RevisionObjects {
                 }),
                 ..core::Lifecycle::default()
             }),
-            volume_mounts: restricted.then(|| {
-                vec![core::VolumeMount {
-                    name: "tmp".into(),
-                    mount_path: "/tmp".into(),
-                    ..core::VolumeMount::default()
-                }]
-            }),
+            volume_mounts: volume_mounts(restricted, secret_files),
             ..core::Container::default()
         };
         let pod = core::PodSpec {
@@ -187,7 +186,7 @@ impl RevisionObjects {
             service_account_name: options.mesh_policy.as_ref().map(|_| service.to_string()),
             enable_service_links: Some(false),
             priority_class_name: options.priority_class.clone(),
-            security_context: pod_security(options),
+            security_context: pod_security(options, secret_files.is_some()),
             termination_grace_period_seconds: Some(
                 whole_seconds(options.drain) + whole_seconds(options.shutdown_grace),
             ),
@@ -206,13 +205,7 @@ impl RevisionObjects {
                     })
                     .collect()
             }),
-            volumes: restricted.then(|| {
-                vec![core::Volume {
-                    name: "tmp".into(),
-                    empty_dir: Some(core::EmptyDirVolumeSource::default()),
-                    ..core::Volume::default()
-                }]
-            }),
+            volumes: volumes(restricted, secret_files.map(|_| secret_name.as_str())),
             ..core::PodSpec::default()
         };
 
@@ -258,6 +251,63 @@ impl RevisionObjects {
             deployment,
         })
     }
+}
+
+/// The name of the volume holding a revision's secrets as files.
+const SECRETS_VOLUME: &str = "secrets";
+/// `defaultMode` of the secret files: read by their owner only (the kubelet adds group read
+/// for the pod's `fsGroup`).
+const SECRET_FILE_MODE: i32 = 0o400;
+/// The pod's `fsGroup` with secret files and no [`RenderOptions::run_as`]: the group the
+/// files are readable by, which the app's processes get as a supplementary group.
+pub(crate) const SECRET_FILES_GROUP: i64 = 65532;
+
+/// The container's mounts: `/tmp` (restricted) and the secret files' directory.
+fn volume_mounts(
+    restricted: bool,
+    secret_files: Option<&String>,
+) -> Option<Vec<core::VolumeMount>> {
+    let mut mounts = Vec::new();
+    if restricted {
+        mounts.push(core::VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..core::VolumeMount::default()
+        });
+    }
+    if let Some(dir) = secret_files {
+        mounts.push(core::VolumeMount {
+            name: SECRETS_VOLUME.into(),
+            mount_path: dir.clone(),
+            read_only: Some(true),
+            ..core::VolumeMount::default()
+        });
+    }
+    (!mounts.is_empty()).then_some(mounts)
+}
+
+/// The pod's volumes: `/tmp`'s `emptyDir` (restricted) and the revision's Secret as files.
+fn volumes(restricted: bool, secret: Option<&str>) -> Option<Vec<core::Volume>> {
+    let mut volumes = Vec::new();
+    if restricted {
+        volumes.push(core::Volume {
+            name: "tmp".into(),
+            empty_dir: Some(core::EmptyDirVolumeSource::default()),
+            ..core::Volume::default()
+        });
+    }
+    if let Some(secret) = secret {
+        volumes.push(core::Volume {
+            name: SECRETS_VOLUME.into(),
+            secret: Some(core::SecretVolumeSource {
+                secret_name: Some(secret.to_string()),
+                default_mode: Some(SECRET_FILE_MODE),
+                ..core::SecretVolumeSource::default()
+            }),
+            ..core::Volume::default()
+        });
+    }
+    (!volumes.is_empty()).then_some(volumes)
 }
 
 /// `<repository>@sha256:…` for a sha256 artifact, else `<repository>:<label>`.
@@ -593,8 +643,9 @@ fn whole_seconds(d: Duration) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
-/// The pod's security context: the restricted standard's, and the user and group it runs as.
-fn pod_security(options: &RenderOptions) -> Option<core::PodSecurityContext> {
+/// The pod's security context: the restricted standard's, the user and group it runs as, and
+/// with secret files an `fsGroup` that can read them.
+fn pod_security(options: &RenderOptions, secret_files: bool) -> Option<core::PodSecurityContext> {
     let mut context = options.restricted.then(|| core::PodSecurityContext {
         run_as_non_root: Some(true),
         seccomp_profile: Some(core::SeccompProfile {
@@ -608,6 +659,10 @@ fn pod_security(options: &RenderOptions) -> Option<core::PodSecurityContext> {
         c.run_as_user = Some(run_as.user);
         c.run_as_group = Some(run_as.group);
         c.fs_group = Some(run_as.group);
+    }
+    if secret_files {
+        let c = context.get_or_insert_with(core::PodSecurityContext::default);
+        c.fs_group.get_or_insert(SECRET_FILES_GROUP);
     }
     context
 }
