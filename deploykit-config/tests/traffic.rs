@@ -35,7 +35,10 @@ fn the_file_sets_every_part_of_the_policy() {
     assert_eq!(retries.per_try_timeout, Some(Duration::from_secs(1)));
     assert_eq!(retries.on_status, [503]);
     assert_eq!(retries.budget_percent, 25);
-    assert_eq!(retries.min_per_second, 10, "the default where the file is silent");
+    assert_eq!(
+        retries.min_per_second, 10,
+        "the default where the file is silent"
+    );
     let breaker = traffic.circuit_breaker.as_ref().unwrap();
     assert_eq!(breaker.consecutive_failures, 4);
     assert_eq!(breaker.ejection, Duration::from_secs(20));
@@ -131,4 +134,23 @@ fn bad_policies_are_named_by_line_and_key() {
         assert!(err.contains(field), "{to}: {field} in {err}");
         assert!(err.contains(says), "{to}: {says} in {err}");
     }
+}
+
+#[test]
+fn the_readme_example_loads() {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("[services.api.traffic]")
+        .expect("the README shows a traffic policy");
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    let lines: Vec<&str> = block.lines().map(str::trim).collect();
+    let text = format!(
+        "application = \"shop\"\n[services.api]\ncommand = [\"./api\"]\nport = 9090\n{}\n",
+        lines.join("\n")
+    );
+    let config = Config::from_toml_str("README.md", &text).expect("the README's example loads");
+    assert_eq!(
+        config.service("api").unwrap().traffic.protocol,
+        Protocol::Grpc
+    );
 }
