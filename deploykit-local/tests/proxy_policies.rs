@@ -193,7 +193,10 @@ async fn idempotent_requests_are_retried_on_another_instance_and_others_are_not(
         answers.contains(&(503, "failing".into(), None)),
         "{answers:?}"
     );
-    assert!(answers.contains(&(200, "healthy".into(), None)), "{answers:?}");
+    assert!(
+        answers.contains(&(200, "healthy".into(), None)),
+        "{answers:?}"
+    );
 
     // A status not in `on_status` is passed on.
     let teapot = instance("teapot", Mode::Status(500)).await;
@@ -259,7 +262,11 @@ async fn a_per_try_timeout_moves_a_request_to_a_faster_instance() {
         assert_eq!(reply.body, "fast");
     }
     assert!(stuck.hits() >= 1);
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -334,7 +341,11 @@ async fn requests_over_the_in_flight_cap_are_refused_at_once() {
     assert_eq!(refused.by_proxy.as_deref(), Some("overloaded"));
     assert!(refused.body.contains("limit of 2"), "{}", refused.body);
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!(gated.hits(), 2, "the refused request never reached the instance");
+    assert_eq!(
+        gated.hits(),
+        2,
+        "the refused request never reached the instance"
+    );
     gated.gate.add_permits(3);
     for task in waiting {
         assert_eq!(task.await.unwrap(), StatusCode::OK);
@@ -367,4 +378,41 @@ async fn the_rate_limit_lets_a_burst_through_then_answers_429() {
     assert_eq!(app.hits(), statuses.iter().filter(|s| **s == 200).count());
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(get(&proxy).await.status, StatusCode::OK, "tokens come back");
+}
+
+#[tokio::test]
+async fn another_host_header_does_not_get_a_bucket_of_its_own() {
+    let app = instance("app", Mode::Ok).await;
+    let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap(), ProxyConfig::default())
+        .await
+        .unwrap();
+    let route = Route::weighted([Group::new("v1", 100, vec![app.upstream()])])
+        .with_rate_limit(RateLimit::builder().per_second(1).burst(2).build());
+    // As the local environment does for its only service: the default route is web's.
+    proxy.set_table(
+        RoutingTable::default()
+            .with_host("web.localhost", route.clone())
+            .with_default(route),
+    );
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let mut statuses = Vec::new();
+    for host in [
+        "web.localhost",
+        "web.localhost",
+        "other",
+        "127.0.0.1",
+        "web.localhost",
+    ] {
+        let request = Request::get(format!("http://{}/", proxy.local_addr()))
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        statuses.push(client.request(request).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses[..2], [200, 200]);
+    assert!(
+        statuses[2..].iter().filter(|s| **s == 200).count() <= 1,
+        "one bucket for the route, whatever the Host: {statuses:?}"
+    );
 }

@@ -44,7 +44,17 @@ impl Snapshot {
                 (host, compiled)
             })
             .collect();
-        let default = table.default.as_ref().map(|r| compile(DEFAULT_HOST, r));
+        // The default route is often one of the hosts' routes (the local environment's only
+        // service): then it shares that host's limiter and budgets, so that a request sent
+        // with another Host header does not get a bucket of its own.
+        let default_key = table
+            .hosts
+            .iter()
+            .find(|(_, route)| Some(*route) == table.default.as_ref())
+            .map_or(DEFAULT_HOST.to_owned(), |(host, _)| {
+                host.to_ascii_lowercase()
+            });
+        let default = table.default.as_ref().map(|r| compile(&default_key, r));
         let ids: Vec<&str> = counters.keys().map(String::as_str).collect();
         let mut limited: Vec<&str> = hosts.keys().map(String::as_str).collect();
         limited.push(DEFAULT_HOST);
