@@ -623,6 +623,13 @@ impl KubeEnvironment {
                     collection_delete: true,
                 });
             }
+        } else if matches!(self.options.router, Router::Istio { .. }) {
+            // A service's circuit breaker renders a DestinationRule behind an Istio router
+            // even without a mesh policy; it goes when the breaker does.
+            kinds.push(Kind {
+                resource: render::destination_rule_resource(),
+                collection_delete: true,
+            });
         }
         kinds.push(kind::<Deployment>(true));
         kinds

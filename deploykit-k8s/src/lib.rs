@@ -34,6 +34,9 @@
 //! - [`handover::RouteHandover`]: a warm standby in another namespace (or cluster) takes the
 //!   primary's clients: its routes point at the standby namespace's Services, allowed by a
 //!   `ReferenceGrant`, and count only once the Gateway accepted them.
+//! - [`identity`]: who the cluster says the caller is (a `SelfSubjectReview`): the kubeconfig
+//!   user or the pod's service account as the API server authenticated it, for the actor of
+//!   audit records and access checks.
 //! - [`KubeLogs`]: the `LogSource` of a namespace: pod logs of a service's instances, merged
 //!   by time, followed across reconnections and into new pods without duplicates.
 //!
@@ -70,6 +73,7 @@
 pub mod backup;
 mod environment;
 pub mod handover;
+mod identity;
 mod logs;
 pub mod render;
 mod retry;
@@ -79,4 +83,5 @@ pub mod store;
 /// How API calls are retried: deploykit's one [`deploykit_core::retry::RetryPolicy`].
 pub use deploykit_core::retry::RetryPolicy;
 pub use environment::{KubeEnvironment, KubeOptions};
+pub use identity::{ClusterIdentity, identity};
 pub use logs::KubeLogs;

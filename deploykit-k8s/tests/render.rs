@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use deploykit_core::secrets::SecretString;
 use deploykit_core::{
-    Autoscale, DesiredState, Digest, EnvironmentKind, EnvironmentSpec, HeaderRoute, HealthChecks,
-    Mirror, Probe, ProbeAction, Resources, Revision, RevisionTarget, Routes, ServiceSpec, Traffic,
-    Weight,
+    Autoscale, CircuitBreaker, DesiredState, Digest, EnvironmentKind, EnvironmentSpec, HeaderRoute,
+    HealthChecks, Mirror, Probe, ProbeAction, Protocol, RateLimit, Resources, Retries, Revision,
+    RevisionTarget, Routes, ServiceSpec, Traffic, TrafficPolicy, Weight,
 };
 use deploykit_k8s::render::{
     self, ANNOTATION_AUTOSCALE, ANNOTATION_REVISION_SPEC, ANNOTATION_TRAFFIC, Caller, EgressPeer,
@@ -344,6 +344,15 @@ fn every_object_fits_its_schema() {
             "shop-ca",
         ))),
     ));
+    let (plain, resilient) = policy_revisions(full_policy(Protocol::Grpc));
+    for router in [istio(), gateway()] {
+        plans.push(render_pair(
+            &plain,
+            &resilient,
+            Traffic::routed(canary_routes_of(&plain, &resilient, 60)),
+            &options(router),
+        ));
+    }
     let mut seen = BTreeMap::<String, usize>::new();
     for plan in &plans {
         for object in &plan.objects {
@@ -1242,6 +1251,58 @@ mod istio {
         /// A protobuf Duration (`10s`, `2.5s`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retries: Option<HttpRetry>,
+    }
+
+    /// `HTTPRetry`: `attempts`, `perTryTimeout`, `retryOn` (Istio also has
+    /// `retryRemoteLocalities`, which deploykit does not write).
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct HttpRetry {
+        attempts: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        per_try_timeout: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_on: Option<RetryOn>,
+    }
+
+    /// Envoy's `x-envoy-retry-on` conditions and numeric statuses (which Istio moves to
+    /// `retriable_status_codes`), comma-separated; anything else refused when read.
+    #[derive(Serialize)]
+    #[serde(transparent)]
+    struct RetryOn(String);
+
+    impl<'de> Deserialize<'de> for RetryOn {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            const CONDITIONS: [&str; 15] = [
+                "5xx",
+                "gateway-error",
+                "reset",
+                "reset-before-request",
+                "connect-failure",
+                "envoy-ratelimited",
+                "retriable-4xx",
+                "refused-stream",
+                "retriable-status-codes",
+                "retriable-headers",
+                "cancelled",
+                "deadline-exceeded",
+                "internal",
+                "resource-exhausted",
+                "unavailable",
+            ];
+            let text = String::deserialize(d)?;
+            for part in text.split(',') {
+                let status = part.parse::<u16>().is_ok_and(|s| (100..=599).contains(&s));
+                if !status && !CONDITIONS.contains(&part) {
+                    return Err(serde::de::Error::custom(format!(
+                        "{part:?} in {text:?} is not an Envoy retry condition nor a status"
+                    )));
+                }
+            }
+            Ok(RetryOn(text))
+        }
     }
 
     #[derive(Serialize, Deserialize)]
@@ -1379,7 +1440,8 @@ mod istio {
     #[derive(Serialize, Deserialize)]
     #[serde(deny_unknown_fields, rename_all = "camelCase")]
     struct TrafficPolicy {
-        connection_pool: ConnectionPool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        connection_pool: Option<ConnectionPool>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         outlier_detection: Option<OutlierDetection>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1395,7 +1457,10 @@ mod istio {
     #[derive(Serialize, Deserialize)]
     #[serde(deny_unknown_fields, rename_all = "camelCase")]
     struct HttpSettings {
-        http1_max_pending_requests: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http1_max_pending_requests: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http2_max_requests: Option<u32>,
     }
 
     #[derive(Serialize, Deserialize)]
@@ -2269,4 +2334,430 @@ fn secrets_mount_as_files_when_asked() {
     ));
     assert!(pod.volumes.iter().flatten().all(|v| v.name != "secrets"));
     assert_eq!(pod.security_context.unwrap().fs_group, None);
+}
+
+// ------------------------------------------------------------------------------------------
+// The revision's TrafficPolicy in Kubernetes objects
+// ------------------------------------------------------------------------------------------
+
+/// A policy with everything set: `protocol`, a 5 s timeout, 3 retries of 1.5 s on 503 and
+/// 504, a breaker of 3 failures for 45 s with at most 64 requests in flight, a rate limit.
+fn full_policy(protocol: Protocol) -> TrafficPolicy {
+    TrafficPolicy::builder()
+        .protocol(protocol)
+        .timeout(Duration::from_secs(5))
+        .retries(
+            Retries::builder()
+                .attempts(3)
+                .per_try_timeout(Duration::from_millis(1500))
+                .on_status(vec![503, 504])
+                .build(),
+        )
+        .circuit_breaker(
+            CircuitBreaker::builder()
+                .consecutive_failures(3)
+                .ejection(Duration::from_secs(45))
+                .max_requests(64)
+                .build(),
+        )
+        .rate_limit(RateLimit::builder().per_second(50).build())
+        .build()
+        .unwrap()
+}
+
+/// v1 with the default policy and v2 with `policy`.
+fn policy_revisions(policy: TrafficPolicy) -> (Arc<Revision>, Arc<Revision>) {
+    let mut spec = web();
+    spec.traffic = policy;
+    let v1 = Revision::new(&web(), &production(), sha('a'), "v1").unwrap();
+    let v2 = Revision::new(&spec, &production(), sha('b'), "v2").unwrap();
+    assert_eq!(v2.config.traffic, spec.traffic);
+    (Arc::new(v1), Arc::new(v2))
+}
+
+/// `b` takes `percent` and the `x-canary: always` header route.
+fn canary_routes_of(a: &Revision, b: &Revision, percent: u32) -> Routes {
+    let mut routes = Routes::split(&a.id, &b.id, Weight::new(percent).unwrap());
+    routes.header = Some(HeaderRoute::new("x-canary", "always", b.id.clone()));
+    routes
+}
+
+fn render_pair(
+    a: &Arc<Revision>,
+    b: &Arc<Revision>,
+    traffic: Traffic,
+    options: &RenderOptions,
+) -> Plan {
+    let desired = DesiredState::new(
+        vec![
+            RevisionTarget::new(a.clone(), 3),
+            RevisionTarget::new(b.clone(), 1),
+        ],
+        traffic,
+    );
+    render::plan(&web().name, &desired, &secrets_for(&[a, b]), options).unwrap()
+}
+
+fn app_protocol(plan: &Plan, service: &str) -> Value {
+    plan.get("Service", service).unwrap().to_json()["spec"]["ports"][0]["appProtocol"].clone()
+}
+
+/// The default policy renders nothing new: no `appProtocol`, no retries, no DestinationRule
+/// without a mesh policy, no timeouts without route timeouts (and the golden files, rendered
+/// with the default policy, are unchanged byte for byte: `golden_plans`).
+#[test]
+fn the_default_traffic_policy_changes_no_object() {
+    for (name, plan) in scenarios() {
+        for object in &plan.objects {
+            let json = object.to_json();
+            match object {
+                Object::Service(_) => {
+                    assert!(
+                        json["spec"]["ports"][0].get("appProtocol").is_none(),
+                        "{name}"
+                    )
+                }
+                Object::VirtualService(_) => {
+                    for route in json["spec"]["http"].as_array().unwrap() {
+                        assert!(route.get("retries").is_none(), "{name}: {route}");
+                        assert!(route.get("timeout").is_none(), "{name}: {route}");
+                    }
+                }
+                Object::HttpRoute(_) => {
+                    for rule in json["spec"]["rules"].as_array().unwrap() {
+                        assert!(rule.get("timeouts").is_none(), "{name}: {rule}");
+                    }
+                }
+                Object::DestinationRule(_) => panic!("{name}: a DestinationRule without a breaker"),
+                _ => {}
+            }
+        }
+    }
+    // A mesh policy's DestinationRule keeps its own defaults.
+    let (v1, _) = revisions();
+    let one = DesiredState::new(vec![RevisionTarget::new(v1, 1)], Traffic::default());
+    let plan = render(&one, &options(istio()).mesh_policy(MeshPolicy::default()));
+    let rule = plan.get("DestinationRule", "web").unwrap().to_json();
+    assert_eq!(
+        rule["spec"]["trafficPolicy"],
+        serde_json::json!({
+            "connectionPool": { "http": { "http1MaxPendingRequests": 1024 } },
+            "outlierDetection": {
+                "consecutive5xxErrors": 5,
+                "interval": "10s",
+                "baseEjectionTime": "30s",
+                "maxEjectionPercent": 50,
+            },
+            "tls": { "mode": "ISTIO_MUTUAL" },
+        })
+    );
+}
+
+/// Each Service's port says what its revision speaks: `kubernetes.io/h2c` (KEP-3726, Gateway
+/// API GEP-1911) for h2c and gRPC, or under Istio its own `http2` and `grpc`; HTTP/1.1 has
+/// none. The stable Service follows the largest weight, or the first listed revision under
+/// `ByReadyInstances`.
+#[test]
+fn protocols_become_the_app_protocol_of_each_service() {
+    for (protocol, router, want) in [
+        (Protocol::Grpc, gateway(), "kubernetes.io/h2c"),
+        (Protocol::H2c, gateway(), "kubernetes.io/h2c"),
+        (Protocol::Grpc, istio(), "grpc"),
+        (Protocol::H2c, istio(), "http2"),
+        (Protocol::Grpc, ingress(), "kubernetes.io/h2c"),
+        (Protocol::H2c, Router::None, "kubernetes.io/h2c"),
+    ] {
+        let policy = TrafficPolicy::builder().protocol(protocol).build().unwrap();
+        let (v1, v2) = policy_revisions(policy);
+        let opts = options(router);
+        // v2 is the canary: only its Service says so.
+        let plan = render_pair(
+            &v1,
+            &v2,
+            Traffic::routed(canary_routes_of(&v1, &v2, 10)),
+            &opts,
+        );
+        assert_eq!(app_protocol(&plan, "web"), Value::Null, "{protocol:?}");
+        assert_eq!(app_protocol(&plan, "web-canary"), want, "{protocol:?}");
+        for object in &plan.objects {
+            if let Object::Service(_) = object {
+                round_trip::<Service>(&object.to_json());
+            }
+        }
+        // v2 promoted: the stable Service carries it.
+        let plan = render_pair(&v1, &v2, Traffic::routed(Routes::all_to(&v2.id)), &opts);
+        assert_eq!(app_protocol(&plan, "web"), want);
+        assert_eq!(app_protocol(&plan, "web-canary"), Value::Null);
+        // A preview of v2 is reached with its protocol.
+        let mut preview = Routes::all_to(&v1.id);
+        preview.preview = Some(v2.id.clone());
+        if !matches!(
+            opts.router,
+            Router::GatewayApi { .. } | Router::Istio { .. }
+        ) {
+            continue;
+        }
+        let plan = render_pair(&v1, &v2, Traffic::routed(preview), &opts);
+        assert_eq!(app_protocol(&plan, "web-preview"), want);
+        // A rolling update: every pod behind one Service, which speaks the first listed's.
+        let rolling = render_pair(&v2, &v1, Traffic::ByReadyInstances, &opts);
+        assert_eq!(app_protocol(&rolling, "web"), want);
+        let rolling = render_pair(&v1, &v2, Traffic::ByReadyInstances, &opts);
+        assert_eq!(app_protocol(&rolling, "web"), Value::Null);
+    }
+}
+
+/// Istio: each VirtualService route gets its revision's `timeout` and `retries`
+/// (`attempts`, `perTryTimeout`, `retryOn`: connection failures, refused streams, resets when
+/// attempts time out, and the statuses as numbers); the route timeouts of the options take
+/// precedence over the policy's timeout.
+#[test]
+fn istio_routes_carry_the_revision_s_timeout_and_retries() {
+    use deploykit_k8s::render::RouteTimeouts;
+    let (v1, v2) = policy_revisions(full_policy(Protocol::Http));
+    // v1 (default policy) is stable; v2 takes 10% and the header route.
+    let plan = render_pair(
+        &v1,
+        &v2,
+        Traffic::routed(canary_routes_of(&v1, &v2, 10)),
+        &options(istio()),
+    );
+    let vs = plan.get("VirtualService", "web").unwrap().to_json();
+    round_trip::<istio::VirtualService>(&vs);
+    let http = vs["spec"]["http"].as_array().unwrap();
+    let (header, primary) = (&http[0], &http[1]);
+    assert_eq!(header["name"], "header");
+    assert_eq!(header["timeout"], "5s");
+    assert_eq!(
+        header["retries"],
+        serde_json::json!({
+            "attempts": 3,
+            "perTryTimeout": "1.5s",
+            "retryOn": "connect-failure,refused-stream,reset,503,504",
+        })
+    );
+    assert!(primary.get("timeout").is_none(), "{primary}");
+    assert!(primary.get("retries").is_none(), "{primary}");
+
+    // Promoted: the primary route is v2's.
+    let plan = render_pair(
+        &v1,
+        &v2,
+        Traffic::routed(Routes::all_to(&v2.id)),
+        &options(istio()),
+    );
+    let vs = plan.get("VirtualService", "web").unwrap().to_json();
+    let primary = &vs["spec"]["http"][0];
+    assert_eq!(primary["timeout"], "5s");
+    assert_eq!(primary["retries"]["attempts"], 3);
+
+    // Without a per-try timeout there is nothing to reset for: no `reset`.
+    let policy = TrafficPolicy::builder()
+        .retries(Retries::default())
+        .build()
+        .unwrap();
+    let (a, b) = policy_revisions(policy);
+    let plan = render_pair(
+        &a,
+        &b,
+        Traffic::routed(Routes::all_to(&b.id)),
+        &options(istio()),
+    );
+    let vs = plan.get("VirtualService", "web").unwrap().to_json();
+    round_trip::<istio::VirtualService>(&vs);
+    assert_eq!(
+        vs["spec"]["http"][0]["retries"],
+        serde_json::json!({ "attempts": 2, "retryOn": "connect-failure,refused-stream,502,503,504" })
+    );
+    assert!(vs["spec"]["http"][0].get("timeout").is_none());
+
+    // The environment's route timeouts win over the service's.
+    let timeouts = RouteTimeouts::new(Duration::from_secs(20)).unwrap();
+    let plan = render_pair(
+        &v1,
+        &v2,
+        Traffic::routed(Routes::all_to(&v2.id)),
+        &options(istio()).route_timeouts(timeouts),
+    );
+    let vs = plan.get("VirtualService", "web").unwrap().to_json();
+    assert_eq!(vs["spec"]["http"][0]["timeout"], "20s");
+    assert_eq!(vs["spec"]["http"][0]["retries"]["perTryTimeout"], "1.5s");
+}
+
+/// Gateway API: a rule gets its revision's timeout as `timeouts.request` (GEP-2257), unless
+/// the route timeouts of the options are set, which win. Retries (experimental, GEP-1731),
+/// the breaker and the rate limit are not rendered: the route is the same as without them.
+#[test]
+fn gateway_routes_carry_the_revision_s_timeout_only() {
+    use deploykit_k8s::render::RouteTimeouts;
+    let (v1, v2) = policy_revisions(full_policy(Protocol::Http));
+    let plan = render_pair(
+        &v1,
+        &v2,
+        Traffic::routed(canary_routes_of(&v1, &v2, 10)),
+        &options(gateway()),
+    );
+    let route = plan.get("HTTPRoute", "web").unwrap().to_json();
+    round_trip::<gateway_api::HttpRoute>(&route);
+    let rules = route["spec"]["rules"].as_array().unwrap();
+    assert_eq!(rules[0]["timeouts"], serde_json::json!({ "request": "5s" }));
+    assert!(rules[1].get("timeouts").is_none(), "{}", rules[1]);
+    for rule in rules {
+        assert!(
+            rule.get("retry").is_none() && rule.get("retries").is_none(),
+            "{rule}"
+        );
+    }
+    assert!(plan.get("DestinationRule", "web").is_none());
+
+    // A preview of v2 has v2's timeout.
+    let mut preview = Routes::all_to(&v1.id);
+    preview.preview = Some(v2.id.clone());
+    let plan = render_pair(&v1, &v2, Traffic::routed(preview), &options(gateway()));
+    let route = plan.get("HTTPRoute", "web-preview").unwrap().to_json();
+    round_trip::<gateway_api::HttpRoute>(&route);
+    assert_eq!(route["spec"]["rules"][0]["timeouts"]["request"], "5s");
+    let route = plan.get("HTTPRoute", "web").unwrap().to_json();
+    assert!(route["spec"]["rules"][0].get("timeouts").is_none());
+
+    // The environment's route timeouts win, on every rule.
+    let timeouts = RouteTimeouts::new(Duration::from_secs(20))
+        .unwrap()
+        .backend_request(Duration::from_secs(2))
+        .unwrap();
+    let plan = render_pair(
+        &v1,
+        &v2,
+        Traffic::routed(canary_routes_of(&v1, &v2, 10)),
+        &options(gateway()).route_timeouts(timeouts),
+    );
+    let route = plan.get("HTTPRoute", "web").unwrap().to_json();
+    for rule in route["spec"]["rules"].as_array().unwrap() {
+        assert_eq!(
+            rule["timeouts"],
+            serde_json::json!({ "request": "20s", "backendRequest": "2s" })
+        );
+    }
+
+    // Ingress: neither timeouts nor anything else of the policy; the Ingress is unchanged.
+    let with = render_pair(
+        &v1,
+        &v2,
+        Traffic::routed(Routes::all_to(&v2.id)),
+        &options(ingress()),
+    );
+    let (p1, p2) = revisions();
+    let without = render_pair(
+        &p1,
+        &p2,
+        Traffic::routed(Routes::all_to(&p2.id)),
+        &options(ingress()),
+    );
+    assert_eq!(
+        with.get("Ingress", "web").unwrap().to_json()["spec"],
+        without.get("Ingress", "web").unwrap().to_json()["spec"]
+    );
+}
+
+/// A circuit breaker becomes the DestinationRule's `outlierDetection` and
+/// `connectionPool.http.http2MaxRequests`: behind an Istio router a DestinationRule is
+/// rendered for it even without a mesh policy (no mTLS settings then), and with a mesh policy
+/// the breaker overrides its defaults. Without Istio nor a mesh policy nothing carries it.
+#[test]
+fn a_circuit_breaker_becomes_the_destination_rule() {
+    let (v1, v2) = policy_revisions(full_policy(Protocol::Http));
+    let promoted = Traffic::routed(Routes::all_to(&v2.id));
+    let expected_outlier = serde_json::json!({
+        "consecutive5xxErrors": 3,
+        "interval": "10s",
+        "baseEjectionTime": "45s",
+        "maxEjectionPercent": 50,
+    });
+
+    let plan = render_pair(&v1, &v2, promoted.clone(), &options(istio()));
+    let kinds = kinds(&plan);
+    let network = kinds.iter().position(|k| k == "NetworkPolicy/web").unwrap();
+    assert_eq!(kinds[network + 1], "DestinationRule/web", "{kinds:?}");
+    assert!(plan.get("ServiceAccount", "web").is_none());
+    let rule = plan.get("DestinationRule", "web").unwrap().to_json();
+    round_trip::<istio::Object<istio::DestinationRule>>(&rule);
+    assert_eq!(rule["spec"]["host"], "web.shop.svc.cluster.local");
+    assert_eq!(
+        rule["spec"]["trafficPolicy"],
+        serde_json::json!({
+            "connectionPool": { "http": { "http2MaxRequests": 64, "http1MaxPendingRequests": 64 } },
+            "outlierDetection": expected_outlier,
+        })
+    );
+
+    // With a mesh policy: mTLS stays, the breaker replaces the outlier defaults, and pending
+    // requests are capped by the smaller of the two.
+    let plan = render_pair(
+        &v1,
+        &v2,
+        promoted.clone(),
+        &options(gateway()).mesh_policy(MeshPolicy::default()),
+    );
+    let rule = plan.get("DestinationRule", "web").unwrap().to_json();
+    round_trip::<istio::Object<istio::DestinationRule>>(&rule);
+    let policy = &rule["spec"]["trafficPolicy"];
+    assert_eq!(policy["outlierDetection"], expected_outlier);
+    assert_eq!(
+        policy["connectionPool"]["http"],
+        serde_json::json!({ "http2MaxRequests": 64, "http1MaxPendingRequests": 64 })
+    );
+    assert_eq!(policy["tls"]["mode"], "ISTIO_MUTUAL");
+
+    // A mesh policy that turned outlier detection off still gets the service's breaker.
+    let mut off = MeshPolicy::default();
+    off.outlier_consecutive_5xx = 0;
+    let plan = render_pair(
+        &v1,
+        &v2,
+        promoted.clone(),
+        &options(istio()).mesh_policy(off),
+    );
+    let rule = plan.get("DestinationRule", "web").unwrap().to_json();
+    assert_eq!(
+        rule["spec"]["trafficPolicy"]["outlierDetection"],
+        expected_outlier
+    );
+
+    // The breaker follows the serving revision: with v1 (no breaker) stable, no rule.
+    let plan = render_pair(
+        &v1,
+        &v2,
+        Traffic::routed(canary_routes_of(&v1, &v2, 10)),
+        &options(istio()),
+    );
+    assert!(plan.get("DestinationRule", "web").is_none());
+    // A breaker without max_requests caps nothing.
+    let breaker_only = TrafficPolicy::builder()
+        .circuit_breaker(CircuitBreaker::default())
+        .build()
+        .unwrap();
+    let (a, b) = policy_revisions(breaker_only);
+    let plan = render_pair(
+        &a,
+        &b,
+        Traffic::routed(Routes::all_to(&b.id)),
+        &options(istio()),
+    );
+    let rule = plan.get("DestinationRule", "web").unwrap().to_json();
+    round_trip::<istio::Object<istio::DestinationRule>>(&rule);
+    assert!(
+        rule["spec"]["trafficPolicy"]
+            .get("connectionPool")
+            .is_none(),
+        "{rule}"
+    );
+    assert_eq!(
+        rule["spec"]["trafficPolicy"]["outlierDetection"]["baseEjectionTime"],
+        "30s"
+    );
+    // Neither Istio nor a mesh policy: nothing carries the breaker.
+    for router in [gateway(), ingress(), Router::None] {
+        let plan = render_pair(&v1, &v2, promoted.clone(), &options(router));
+        assert!(plan.get("DestinationRule", "web").is_none());
+    }
 }

@@ -1,14 +1,15 @@
 //! A service's Istio security and resilience objects ([`MeshPolicy`]): its ServiceAccount,
-//! `PeerAuthentication`, `AuthorizationPolicy` and `DestinationRule`.
+//! `PeerAuthentication`, `AuthorizationPolicy` and `DestinationRule`; and the
+//! `DestinationRule` that carries a [`TrafficPolicy`]'s circuit breaker behind an Istio router.
 
-use deploykit_core::{Error, Result, ServiceId};
+use deploykit_core::{Error, Result, ServiceId, TrafficPolicy};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::core::DynamicObject;
 use serde_json::{Value, json};
 
 use super::names::{app_labels, app_selector, is_dns_label, meta};
 use super::network::gateway_namespaces;
-use super::{Caller, CustomKind, MeshPolicy, Object, RenderOptions};
+use super::{Caller, CustomKind, MeshPolicy, Object, RenderOptions, Router};
 
 /// Istio `PeerAuthentication`, `security.istio.io/v1`.
 pub(crate) const PEER_AUTHENTICATION: CustomKind = CustomKind {
@@ -90,9 +91,20 @@ fn object(kind: &CustomKind, service: &ServiceId, options: &RenderOptions, spec:
     }
 }
 
-/// The mesh objects of `service` after its NetworkPolicy (none without a mesh policy).
-pub(crate) fn render(service: &ServiceId, options: &RenderOptions) -> Result<Vec<Object>> {
+/// The mesh objects of `service` after its NetworkPolicy: with a mesh policy its
+/// PeerAuthentication, AuthorizationPolicy and DestinationRule; without one, a
+/// DestinationRule only behind an Istio router and only when `traffic` (the serving
+/// revision's policy) has a circuit breaker, which only a DestinationRule can carry.
+pub(crate) fn render(
+    service: &ServiceId,
+    traffic: Option<&TrafficPolicy>,
+    options: &RenderOptions,
+) -> Result<Vec<Object>> {
+    let breaker = traffic.and_then(|t| t.circuit_breaker.as_ref());
     let Some(policy) = &options.mesh_policy else {
+        if breaker.is_some() && matches!(options.router, Router::Istio { .. }) {
+            return Ok(vec![destination_rule(service, None, traffic, options)]);
+        }
         return Ok(Vec::new());
     };
     check(policy)?;
@@ -135,21 +147,63 @@ pub(crate) fn render(service: &ServiceId, options: &RenderOptions) -> Result<Vec
             json!({ "selector": selector, "action": "ALLOW", "rules": rules }),
         ));
     }
-    let mut traffic_policy = json!({
-        "connectionPool": { "http": { "http1MaxPendingRequests": policy.max_pending_requests } },
-    });
-    if policy.outlier_consecutive_5xx > 0 {
+    out.push(destination_rule(service, Some(policy), traffic, options));
+    Ok(out)
+}
+
+/// The DestinationRule `<service>` for the stable Service's host, from the mesh policy (if
+/// any) and the traffic policy's circuit breaker (if any). The service's own breaker takes
+/// precedence over the mesh policy's defaults, field by field:
+///
+/// - `outlierDetection`: `consecutive5xxErrors` from
+///   [`CircuitBreaker::consecutive_failures`](deploykit_core::CircuitBreaker) (Envoy counts
+///   connection failures, resets and timeouts as 5xx too, as the local proxy counts them) and
+///   `baseEjectionTime` from its `ejection`; else the mesh policy's
+///   `outlier_consecutive_5xx` for 30 s. Both check every 10 s and eject at most half of the
+///   instances, so some always serve.
+/// - `connectionPool.http`: `http2MaxRequests` (requests in flight to the host, HTTP/1.1 and
+///   HTTP/2 alike) from `max_requests`, and `http1MaxPendingRequests` (requests waiting for a
+///   connection) the mesh policy's `max_pending_requests`, at most `max_requests`.
+/// - `tls`: `ISTIO_MUTUAL` under a strict mesh policy.
+fn destination_rule(
+    service: &ServiceId,
+    mesh: Option<&MeshPolicy>,
+    traffic: Option<&TrafficPolicy>,
+    options: &RenderOptions,
+) -> Object {
+    let breaker = traffic.and_then(|t| t.circuit_breaker.as_ref());
+    let mut http = serde_json::Map::new();
+    let mut pending = mesh.map(|m| m.max_pending_requests);
+    if let Some(max) = breaker.and_then(|b| b.max_requests) {
+        http.insert("http2MaxRequests".into(), json!(max));
+        pending = Some(pending.map_or(max, |p| p.min(max)));
+    }
+    if let Some(pending) = pending {
+        http.insert("http1MaxPendingRequests".into(), json!(pending));
+    }
+    let mut traffic_policy = json!({});
+    if !http.is_empty() {
+        traffic_policy["connectionPool"] = json!({ "http": http });
+    }
+    let outlier = match (breaker, mesh) {
+        (Some(b), _) => Some((b.consecutive_failures, super::istio_duration(b.ejection))),
+        (None, Some(m)) if m.outlier_consecutive_5xx > 0 => {
+            Some((m.outlier_consecutive_5xx, "30s".to_string()))
+        }
+        _ => None,
+    };
+    if let Some((failures, ejection)) = outlier {
         traffic_policy["outlierDetection"] = json!({
-            "consecutive5xxErrors": policy.outlier_consecutive_5xx,
+            "consecutive5xxErrors": failures,
             "interval": "10s",
-            "baseEjectionTime": "30s",
+            "baseEjectionTime": ejection,
             "maxEjectionPercent": 50,
         });
     }
-    if policy.mtls_strict {
+    if mesh.is_some_and(|m| m.mtls_strict) {
         traffic_policy["tls"] = json!({ "mode": "ISTIO_MUTUAL" });
     }
-    out.push(object(
+    object(
         &DESTINATION_RULE,
         service,
         options,
@@ -157,6 +211,5 @@ pub(crate) fn render(service: &ServiceId, options: &RenderOptions) -> Result<Vec
             "host": format!("{service}.{}.svc.cluster.local", options.namespace),
             "trafficPolicy": traffic_policy,
         }),
-    ));
-    Ok(out)
+    )
 }

@@ -23,7 +23,7 @@
 //! | HorizontalPodAutoscaler | `web` | when [`DesiredState::autoscale`] is set and one revision serves, see below |
 //! | PodDisruptionBudget | `web` | `maxUnavailable` [`RenderOptions::pdb_max_unavailable`] |
 //! | NetworkPolicy | `web` | default deny, see [`NetworkOptions`] |
-//! | ServiceAccount, PeerAuthentication, AuthorizationPolicy, DestinationRule | `web` | with a [`MeshPolicy`] |
+//! | ServiceAccount, PeerAuthentication, AuthorizationPolicy, DestinationRule | `web` | with a [`MeshPolicy`] (a DestinationRule alone behind [`Router::Istio`] for a circuit breaker, see below) |
 //! | HTTPRoute / VirtualService / Ingress | `web` (and HTTPRoute or Ingress `web-preview`) | see [`Router`] |
 //! | Certificate, ReferenceGrant | `web` | with [`RenderOptions::tls`], see [`RouteTls`] |
 //!
@@ -50,6 +50,24 @@
 //! honoured: ordinary traffic reaches the stable Service's revision only, and the others are
 //! reachable through their own Services (so the environment refuses strategies that need a
 //! split, see [`Router::None`]).
+//!
+//! # The revision's traffic policy
+//!
+//! Each revision carries its service's [`TrafficPolicy`](deploykit_core::TrafficPolicy)
+//! (`revision.config.traffic`). Objects that serve one revision take its policy: the canary
+//! and preview Services, the header route and the preview route. The service-wide objects —
+//! the stable Service, the route's default rule, the DestinationRule — take the policy of the
+//! *serving* revision: under [`Traffic::Routed`] the stable Service's (the largest weight), else
+//! the first listed in [`DesiredState::revisions`] (the revision a rolling update or a
+//! rollback brings in). The default policy changes no object.
+//!
+//! | policy | Kubernetes | notes |
+//! | --- | --- | --- |
+//! | `protocol` h2c / gRPC | Service port `appProtocol` | `kubernetes.io/h2c` (KEP-3726, Gateway API GEP-1911); with [`Router::Istio`] Istio's `http2` / `grpc`; none for HTTP/1.1 |
+//! | `timeout` | Istio route `timeout`; `HTTPRoute` rule `timeouts.request` | [`RenderOptions::route_timeouts`] take precedence when set; not on an Ingress |
+//! | `retries` | Istio route `retries` (`attempts`, `perTryTimeout`, `retryOn`) | Istio only: Gateway API retries are experimental (GEP-1731); no retry budget |
+//! | `circuit_breaker` | DestinationRule `outlierDetection`, `connectionPool.http.http2MaxRequests` | behind [`Router::Istio`] or with a [`MeshPolicy`]; overrides the mesh policy's outlier defaults |
+//! | `rate_limit` | nothing | no portable Kubernetes API; enforced by the local proxy only |
 //!
 //! # Autoscaling
 //!
@@ -351,7 +369,9 @@ impl std::str::FromStr for IssuerKind {
 /// how long it waits for one answer of a backend. On a Gateway API `HTTPRoute` every rule gets
 /// `timeouts: {request, backendRequest}` (Gateway API v1.2 and later; an older cluster's
 /// strict apply refuses the field by name); on an Istio `VirtualService` every route gets
-/// `timeout` (the request's; Istio has no separate backend limit without retries).
+/// `timeout` (the request's; Istio has no separate backend limit without retries). They take
+/// precedence over a service's own [`TrafficPolicy::timeout`](deploykit_core::TrafficPolicy):
+/// they are the operator's limit for every route of the environment.
 ///
 /// ```
 /// use std::time::Duration;
@@ -417,6 +437,12 @@ pub(crate) fn gateway_duration(d: Duration) -> String {
     if out.is_empty() { "0s".into() } else { out }
 }
 
+/// `d` as an Istio (protobuf) duration: seconds with up to 3 decimals (`2.5s`, `30s`), whole
+/// milliseconds.
+pub(crate) fn istio_duration(d: Duration) -> String {
+    format!("{}s", d.as_millis() as f64 / 1000.0)
+}
+
 /// Istio security and resilience for a service, rendered next to its other objects:
 ///
 /// - a ServiceAccount `<service>` (token not mounted) the pods run as, so that the service has
@@ -429,7 +455,10 @@ pub(crate) fn gateway_duration(d: Duration) -> String {
 ///   allows nobody but the router. `None` (default): no authorization policy.
 /// - the `DestinationRule` also ejects an instance after `outlier_consecutive_5xx` 5xx answers
 ///   in a row (for 30 s, at most half of them) and caps pending requests
-///   (`max_pending_requests`).
+///   (`max_pending_requests`). A serving revision's own
+///   [`CircuitBreaker`](deploykit_core::CircuitBreaker) takes precedence: its
+///   `consecutive_failures` and `ejection` replace these defaults, and its `max_requests` caps
+///   requests in flight (`http2MaxRequests`) and pending ones.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MeshPolicy {
@@ -1425,7 +1454,7 @@ pub(crate) fn plan_keeping_secrets(
     objects.push(Object::NetworkPolicy(network::network_policy(
         service, any_port, options,
     )?));
-    objects.extend(mesh::render(service, options)?);
+    objects.extend(mesh::render(service, layout.serving_policy(), options)?);
     if routable {
         objects.extend(tls::render(service, options)?);
         objects.extend(routes::render(service, &layout, options)?);
@@ -1505,6 +1534,11 @@ pub(crate) fn mesh_resources() -> [ApiResource; 3] {
         mesh::AUTHORIZATION_POLICY.api_resource(),
         mesh::DESTINATION_RULE.api_resource(),
     ]
+}
+
+/// The API resource of the DestinationRule a circuit breaker renders behind an Istio router.
+pub(crate) fn destination_rule_resource() -> ApiResource {
+    mesh::DESTINATION_RULE.api_resource()
 }
 
 impl CustomKind {

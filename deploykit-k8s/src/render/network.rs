@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use deploykit_core::{
-    DesiredState, Error, Result, Revision, RevisionId, Routes, ServiceId, Traffic,
+    DesiredState, Error, Protocol, Result, Revision, RevisionId, Routes, ServiceId, Traffic,
+    TrafficPolicy,
 };
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::{
@@ -28,6 +29,9 @@ pub(crate) struct Layout<'a> {
     pub(crate) preview: Option<&'a Revision>,
     /// The explicit routes, in `Routed` mode.
     pub(crate) routes: Option<&'a Routes>,
+    /// The first revision listed in the desired state: the one a rolling update or a rollback
+    /// brings in (the orchestrator lists it first).
+    pub(crate) first: Option<&'a Revision>,
 }
 
 /// The Service names of `service`.
@@ -91,6 +95,7 @@ impl<'a> Layout<'a> {
                     canary: None,
                     preview: None,
                     routes: None,
+                    first: revisions.first().copied(),
                 });
             }
         };
@@ -200,7 +205,31 @@ impl<'a> Layout<'a> {
             canary,
             preview,
             routes: Some(routes),
+            first: revisions.first().copied(),
         })
+    }
+
+    /// The revision whose [`TrafficPolicy`] the service-wide objects carry (the stable
+    /// Service's port, the route's default rule, the DestinationRule): under routed traffic the
+    /// stable Service's (the largest weight), else the first listed (the revision a rolling
+    /// update or a rollback brings in, so its policy holds from the start of the rollout).
+    pub(crate) fn serving(&self) -> Option<&'a Revision> {
+        self.stable.or(self.first)
+    }
+
+    /// The traffic policy of [`Layout::serving`].
+    pub(crate) fn serving_policy(&self) -> Option<&'a TrafficPolicy> {
+        self.serving().map(|r| &r.config.traffic)
+    }
+
+    /// The traffic policy of the revision `id` that a route targets (stable, canary or
+    /// preview).
+    pub(crate) fn policy_of(&self, id: &RevisionId) -> Option<&'a TrafficPolicy> {
+        [self.stable, self.canary, self.preview, self.first]
+            .into_iter()
+            .flatten()
+            .find(|r| &r.id == id)
+            .map(|r| &r.config.traffic)
     }
 
     /// The name of the Service that selects `revision`.
@@ -218,12 +247,16 @@ impl<'a> Layout<'a> {
         service: &ServiceId,
         options: &RenderOptions,
     ) -> Result<Vec<Service>> {
+        let protocol = |rev: Option<&Revision>| {
+            rev.and_then(|r| app_protocol(r.config.traffic.protocol, &options.router))
+        };
         let stable = one_service(
             stable_name(service),
             match self.stable {
                 Some(r) => revision_selector(service, r),
                 None => app_selector(service),
             },
+            protocol(self.serving()),
             service,
             options,
         );
@@ -236,6 +269,7 @@ impl<'a> Layout<'a> {
                 out.push(one_service(
                     name,
                     revision_selector(service, rev),
+                    protocol(Some(rev)),
                     service,
                     options,
                 ));
@@ -245,9 +279,35 @@ impl<'a> Layout<'a> {
     }
 }
 
+/// The Service port's `appProtocol` for instances speaking `protocol` behind `router`; `None`
+/// for HTTP/1.1, which every router assumes without one.
+///
+/// - With [`Router::Istio`] Istio alone reads it, in its own vocabulary (protocol selection:
+///   `http2`, `grpc`, understood by every Istio release that reads `appProtocol`): `grpc`
+///   also gives gRPC statuses in its telemetry.
+/// - Otherwise `kubernetes.io/h2c` for both: the standard value of KEP-3726 for HTTP/2 by
+///   prior knowledge, which Gateway API GEP-1911 adopted (conformance feature
+///   `HTTPRouteBackendProtocolH2C`: Envoy Gateway, NGINX Gateway Fabric, GKE and others), and
+///   which recent Istio maps to HTTP/2 too (for a mesh behind another router). gRPC is HTTP/2
+///   by prior knowledge to the instances; Gateway API has no standard `grpc` value (some
+///   implementations read one, others would then speak HTTP/1.1 to a gRPC server).
+///   Ingress controllers mostly ignore `appProtocol` (ingress-nginx wants its own
+///   `backend-protocol` annotation), so an Ingress may still speak HTTP/1.1 to the pods.
+pub(crate) fn app_protocol(protocol: Protocol, router: &Router) -> Option<String> {
+    let istio = matches!(router, Router::Istio { .. });
+    let value = match protocol {
+        Protocol::H2c if istio => "http2",
+        Protocol::Grpc if istio => "grpc",
+        Protocol::H2c | Protocol::Grpc => "kubernetes.io/h2c",
+        _ => return None,
+    };
+    Some(value.to_string())
+}
+
 fn one_service(
     name: String,
     selector: BTreeMap<String, String>,
+    app_protocol: Option<String>,
     service: &ServiceId,
     options: &RenderOptions,
 ) -> Service {
@@ -258,6 +318,7 @@ fn one_service(
             selector: Some(selector),
             ports: Some(vec![ServicePort {
                 name: Some(PORT_NAME.into()),
+                app_protocol,
                 port: SERVICE_PORT,
                 target_port: Some(IntOrString::String(PORT_NAME.into())),
                 protocol: Some("TCP".into()),

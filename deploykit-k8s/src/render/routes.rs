@@ -1,7 +1,7 @@
 //! The route in front of the Services: a Gateway API `HTTPRoute` or an Istio `VirtualService`,
 //! both rendered as [`DynamicObject`]s, or a Kubernetes `Ingress`.
 
-use deploykit_core::{Error, Result, ServiceId};
+use deploykit_core::{Error, Result, ServiceId, TrafficPolicy};
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
     IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
@@ -272,7 +272,7 @@ pub(crate) fn render(
             match (layout.routes, layout.stable) {
                 (Some(routes), Some(stable)) => {
                     if let Some(h) = &routes.header {
-                        rules.push(json!({
+                        let mut rule = json!({
                             "matches": [{
                                 "headers": [{
                                     "type": "Exact",
@@ -281,7 +281,11 @@ pub(crate) fn render(
                                 }],
                             }],
                             "backendRefs": [backend(layout.service_of(service, &h.revision), None)],
-                        }));
+                        });
+                        if let Some(t) = gateway_timeouts(layout.policy_of(&h.revision), options) {
+                            rule["timeouts"] = t;
+                        }
+                        rules.push(rule);
                     }
                     let mut backends = vec![backend(
                         stable_name(service),
@@ -314,19 +318,10 @@ pub(crate) fn render(
                     );
                 }
             }
-            rules.push(Value::Object(default_rule));
-            let timeouts = options.route_timeouts.map(|t| {
-                let mut timeouts = json!({ "request": super::gateway_duration(t.request) });
-                if let Some(b) = t.backend_request {
-                    timeouts["backendRequest"] = json!(super::gateway_duration(b));
-                }
-                timeouts
-            });
-            if let Some(timeouts) = &timeouts {
-                for rule in &mut rules {
-                    rule["timeouts"] = timeouts.clone();
-                }
+            if let Some(t) = gateway_timeouts(layout.serving_policy(), options) {
+                default_rule.insert("timeouts".into(), t);
             }
+            rules.push(Value::Object(default_rule));
             let mut spec = json!({ "parentRefs": parent_refs, "rules": rules });
             if !hostnames.is_empty() {
                 spec["hostnames"] = json!(hostnames);
@@ -341,8 +336,9 @@ pub(crate) fn render(
             if layout.preview.is_some() {
                 let host = preview_host("router.hostnames", hostnames)?;
                 let mut rule = json!({ "backendRefs": [backend(preview_name(service), None)] });
-                if let Some(timeouts) = &timeouts {
-                    rule["timeouts"] = timeouts.clone();
+                let policy = layout.preview.map(|r| &r.config.traffic);
+                if let Some(t) = gateway_timeouts(policy, options) {
+                    rule["timeouts"] = t;
                 }
                 let spec = json!({
                     "parentRefs": parent_refs,
@@ -366,11 +362,17 @@ pub(crate) fn render(
             let mut http = Vec::new();
             if layout.preview.is_some() {
                 let host = preview_host("router.hosts", hosts)?;
-                http.push(json!({
+                let mut route = json!({
                     "name": "preview",
                     "match": [{ "authority": { "exact": host } }],
                     "route": [{ "destination": destination(preview_name(service)) }],
-                }));
+                });
+                istio_resilience(
+                    &mut route,
+                    layout.preview.map(|r| &r.config.traffic),
+                    options,
+                );
+                http.push(route);
                 all_hosts.push(host);
             }
             let mut primary = Map::new();
@@ -380,11 +382,13 @@ pub(crate) fn render(
                     if let Some(h) = &routes.header {
                         let mut headers = Map::new();
                         headers.insert(h.name.to_ascii_lowercase(), json!({ "exact": h.value }));
-                        http.push(json!({
+                        let mut route = json!({
                             "name": "header",
                             "match": [{ "headers": headers }],
                             "route": [{ "destination": destination(layout.service_of(service, &h.revision)) }],
-                        }));
+                        });
+                        istio_resilience(&mut route, layout.policy_of(&h.revision), options);
+                        http.push(route);
                     }
                     let canary_weight = layout.canary.map_or(0, |c| routes.weight_of(&c.id));
                     let route = if canary_weight > 0 {
@@ -420,14 +424,9 @@ pub(crate) fn render(
                     );
                 }
             }
-            http.push(Value::Object(primary));
-            if let Some(t) = &options.route_timeouts {
-                // A protobuf Duration: seconds with up to 3 decimals.
-                let timeout = format!("{}s", t.request.as_millis() as f64 / 1000.0);
-                for route in &mut http {
-                    route["timeout"] = json!(timeout);
-                }
-            }
+            let mut primary = Value::Object(primary);
+            istio_resilience(&mut primary, layout.serving_policy(), options);
+            http.push(primary);
             let mut spec = json!({ "hosts": all_hosts, "http": http });
             if !gateways.is_empty() {
                 spec["gateways"] = json!(gateways);
@@ -440,5 +439,66 @@ pub(crate) fn render(
                 spec,
             ))])
         }
+    }
+}
+
+/// The `timeouts` of an `HTTPRoute` rule to a revision with `policy`:
+/// [`RenderOptions::route_timeouts`] when set (`request` and `backendRequest`), else the
+/// policy's [`TrafficPolicy::timeout`] as `request` (GEP-2257 durations). The environment's
+/// route timeouts take precedence over the service's own: they are the operator's limit for
+/// every route of the environment, set where the service's authors cannot see the router.
+/// Retries, circuit breaking and rate limits are not rendered on an `HTTPRoute`: retries are
+/// in the experimental channel only (GEP-1731), and the others have no Gateway API field.
+fn gateway_timeouts(policy: Option<&TrafficPolicy>, options: &RenderOptions) -> Option<Value> {
+    if let Some(t) = options.route_timeouts {
+        let mut timeouts = json!({ "request": super::gateway_duration(t.request) });
+        if let Some(b) = t.backend_request {
+            timeouts["backendRequest"] = json!(super::gateway_duration(b));
+        }
+        return Some(timeouts);
+    }
+    let timeout = policy?.timeout?;
+    Some(json!({ "request": super::gateway_duration(timeout) }))
+}
+
+/// The Envoy retry conditions (`retryOn`) of `retries` when `per_try` timeouts are set:
+/// `connect-failure` (no connection: nothing was sent), `refused-stream` (the instance refused
+/// the HTTP/2 stream before reading it), `reset` only with a per-try timeout (Envoy retries an
+/// attempt that timed out only under `reset`, `5xx` or `gateway-error`; `reset` also retries a
+/// connection reset before the answer), and the statuses to retry as numbers: Istio moves
+/// every number in `retryOn` to Envoy's `retriable_status_codes` and adds the
+/// `retriable-status-codes` condition.
+fn retry_on(on_status: &[u16], per_try: bool) -> String {
+    let mut on = vec!["connect-failure".to_string(), "refused-stream".to_string()];
+    if per_try {
+        on.push("reset".into());
+    }
+    on.extend(on_status.iter().map(u16::to_string));
+    on.join(",")
+}
+
+/// Sets `timeout` and `retries` on an Istio `VirtualService` HTTP route to a revision with
+/// `policy`. The timeout is [`RenderOptions::route_timeouts`]' `request` when set (the
+/// operator's limit takes precedence, as on an `HTTPRoute`), else the policy's; `retries` are
+/// the policy's (`attempts`, `perTryTimeout`, `retryOn`, see [`retry_on`]). Without retries in
+/// the policy nothing is written and Istio's default retries apply (2 attempts on
+/// `connect-failure,refused-stream,unavailable,cancelled,503`).
+fn istio_resilience(route: &mut Value, policy: Option<&TrafficPolicy>, options: &RenderOptions) {
+    let timeout = options
+        .route_timeouts
+        .map(|t| t.request)
+        .or_else(|| policy.and_then(|p| p.timeout));
+    if let Some(timeout) = timeout {
+        route["timeout"] = json!(super::istio_duration(timeout));
+    }
+    if let Some(r) = policy.and_then(|p| p.retries.as_ref()) {
+        let mut retries = json!({
+            "attempts": r.attempts,
+            "retryOn": retry_on(&r.on_status, r.per_try_timeout.is_some()),
+        });
+        if let Some(per_try) = r.per_try_timeout {
+            retries["perTryTimeout"] = json!(super::istio_duration(per_try));
+        }
+        route["retries"] = retries;
     }
 }
