@@ -1025,3 +1025,46 @@ async fn tls_and_secret_files_are_applied_and_torn_down_with_the_service() {
     env.teardown(&service()).await.unwrap();
     assert!(server.object("referencegrants", NS, "web").is_none());
 }
+
+/// Behind an Istio router without a mesh policy, a revision's circuit breaker is applied as
+/// the DestinationRule `web`, and pruned once the serving revision has none.
+#[tokio::test]
+async fn a_circuit_breaker_s_destination_rule_is_applied_and_pruned_with_it() {
+    use deploykit_core::{CircuitBreaker, TrafficPolicy};
+    let server = FakeApiServer::new();
+    let istio = Router::Istio {
+        gateways: vec!["mesh".into()],
+        hosts: vec!["web".into()],
+    };
+    let env = kube(&server, istio);
+    let spec = environment(StrategySpec::default(), None);
+    let mut guarded = web();
+    guarded.traffic = TrafficPolicy::builder()
+        .circuit_breaker(CircuitBreaker::builder().max_requests(32).build())
+        .build()
+        .unwrap();
+    let v1 = Revision::new(&guarded, &spec, artifact("v1"), "v1").unwrap();
+    let v2 = revision(&spec, "v2");
+    let state = |serving: &Revision| {
+        DesiredState::new(
+            vec![
+                RevisionTarget::new(v1.clone(), 1),
+                RevisionTarget::new(v2.clone(), 1),
+            ],
+            Traffic::routed(Routes::all_to(&serving.id)),
+        )
+    };
+    env.apply(&service(), &state(&v1)).await.unwrap();
+    let rule = server
+        .object("destinationrules", NS, "web")
+        .expect("the breaker's DestinationRule was applied");
+    assert_eq!(
+        rule["spec"]["trafficPolicy"]["connectionPool"]["http"]["http2MaxRequests"],
+        32
+    );
+    env.apply(&service(), &state(&v2)).await.unwrap();
+    assert!(
+        server.object("destinationrules", NS, "web").is_none(),
+        "v2 has no breaker: the rule is pruned"
+    );
+}
