@@ -54,8 +54,10 @@ struct ProxyHandover {
 }
 
 impl ProxyHandover {
-    async fn standby_proxy(&self) -> Result<SocketAddr> {
-        Ok(self.to.info().await?.proxy)
+    /// The standby's proxy, and what to trust for it when it serves TLS.
+    async fn standby_proxy(&self) -> Result<(SocketAddr, Option<String>)> {
+        let info = self.to.info().await?;
+        Ok((info.proxy, info.proxy_trust))
     }
 }
 
@@ -69,7 +71,7 @@ impl Handover for ProxyHandover {
     async fn standby_reachable(&self) -> std::result::Result<String, String> {
         self.standby_proxy()
             .await
-            .map(|proxy| format!("{} proxy on {proxy}", self.to_env))
+            .map(|(proxy, _)| format!("{} proxy on {proxy}", self.to_env))
             .map_err(|e| {
                 format!(
                     "the daemon of {} does not answer: {}",
@@ -80,13 +82,15 @@ impl Handover for ProxyHandover {
     }
 
     /// The standby's proxy serves its own instances; the primary's forwards every request to
-    /// it (said plainly when the primary's daemon is gone: then only a hook can move clients).
+    /// it, over TLS when the standby's proxy serves TLS (said plainly when the primary's
+    /// daemon is gone: then only a hook can move clients).
     async fn hand_over(&self, _services: &[ServiceId]) -> Result<String> {
-        self.to.forward(None).await?;
-        let to = self.standby_proxy().await?;
-        match self.from.forward(Some(to)).await {
+        self.to.forward(None, None).await?;
+        let (to, trust) = self.standby_proxy().await?;
+        let over = if trust.is_some() { " over TLS" } else { "" };
+        match self.from.forward(Some(to), trust.as_deref()).await {
             Ok(()) => Ok(format!(
-                "{}'s proxy forwards every request to {to}",
+                "{}'s proxy forwards every request to {to}{over}",
                 self.from_env
             )),
             Err(e) if e.is_retryable() => Ok(format!(
@@ -103,14 +107,20 @@ impl Handover for ProxyHandover {
     /// answers, answers 2xx.
     async fn check(&self, service: &ServiceId, path: &str) -> Result<String> {
         let to = self.standby_proxy().await?;
-        let from = self.from.info().await.ok().map(|i| i.proxy);
+        let from = self
+            .from
+            .info()
+            .await
+            .ok()
+            .map(|i| (i.proxy, i.proxy_trust));
         let host = format!("{service}.localhost");
         let mut checked = Vec::new();
-        for proxy in std::iter::once(to).chain(from) {
-            crate::http_get::get_at(proxy, &host, path)
+        for (proxy, trust) in std::iter::once(to).chain(from) {
+            crate::http_get::get_at(proxy, &host, path, trust.as_deref())
                 .await
                 .map_err(|why| Error::transient(format!("verify {service}"), why))?;
-            checked.push(format!("http://{proxy}{path} ({host})"));
+            let scheme = if trust.is_some() { "https" } else { "http" };
+            checked.push(format!("{scheme}://{proxy}{path} ({host})"));
         }
         Ok(format!("answered 2xx: {}", checked.join(", ")))
     }

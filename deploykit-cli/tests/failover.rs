@@ -48,25 +48,30 @@ struct Daemon {
 
 impl Daemon {
     fn start(app: &Path, env: &str, listen: u16, socket: PathBuf) -> Daemon {
+        Daemon::start_with(app, env, listen, socket, &[])
+    }
+
+    /// [`Daemon::start`] with more arguments for `deploykit daemon`.
+    fn start_with(app: &Path, env: &str, listen: u16, socket: PathBuf, more: &[&str]) -> Daemon {
         let log = std::fs::File::create(app.join(format!("daemon-{env}.log"))).unwrap();
-        let child = common::deploykit(
-            app,
-            &[
-                "daemon",
-                "--env",
-                env,
-                "--listen",
-                &format!("127.0.0.1:{listen}"),
-                "--grace",
-                "2",
-                "--drain-timeout",
-                "2",
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+        let listen = format!("127.0.0.1:{listen}");
+        let mut args = vec![
+            "daemon",
+            "--env",
+            env,
+            "--listen",
+            &listen,
+            "--grace",
+            "2",
+            "--drain-timeout",
+            "2",
+        ];
+        args.extend_from_slice(more);
+        let child = common::deploykit(app, &args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             assert!(Instant::now() < deadline, "the {env} daemon did not start");
@@ -644,6 +649,102 @@ async fn a_warm_standby_follows_the_primary_and_takes_its_traffic() {
     // Failed over: the standby serves and is no longer synced down to the warm size.
     assert_eq!(sync()["state"], "skipped");
     assert_eq!(dr.observe(&web).await.unwrap().revisions[0].desired, 3);
+}
+
+/// Both daemons serve TLS (certificates of the application directory's local CA): after a
+/// failover the primary's proxy forwards to the standby's over TLS, trusting only what the
+/// standby's daemon reports (its `proxy_trust`), and the failover's checks go through both
+/// proxies in HTTPS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_failover_between_tls_daemons_forwards_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path();
+    let proxy = common::free_port();
+    let dr_proxy = common::free_port();
+    std::fs::write(
+        app.join("deploykit.toml"),
+        format!(
+            "{}[environments.production.standby]\nenvironment = \"production-dr\"\nwarm = 1\n",
+            two_sites(("VERSION = \"home\"", 1), ("VERSION = \"dr\"", 1))
+        ),
+    )
+    .unwrap();
+    let primary_socket = app.join(".deploykit/daemon.sock");
+    let _primary = Daemon::start_with(app, "production", proxy, primary_socket.clone(), &["--tls"]);
+    let _dr = Daemon::start_with(
+        app,
+        "production-dr",
+        dr_proxy,
+        app.join("dr-state/daemon.sock"),
+        &["--tls"],
+    );
+    let primary_ca = std::fs::read(app.join(".deploykit/tls/ca.pem")).unwrap();
+    let dr = LocalClient::new(app.join("dr-state/daemon.sock"));
+    let reported = dr
+        .info()
+        .await
+        .unwrap()
+        .proxy_trust
+        .expect("a TLS proxy reports its CA");
+    assert_eq!(reported.as_bytes(), primary_ca.as_slice());
+    let out = common::run(
+        app,
+        &["deploy", "web", "--env", "production", "--label", "v1"],
+    );
+    assert!(out.status.success(), "deploy: {}", stderr(&out));
+    let out = common::run(
+        app,
+        &["-o", "json", "failover", "sync", "--env", "production"],
+    );
+    assert!(out.status.success(), "sync: {}", stderr(&out));
+
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&primary_ca).unwrap())
+        .resolve(
+            "web.localhost",
+            format!("127.0.0.1:{proxy}").parse().unwrap(),
+        )
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let url = format!("https://web.localhost:{proxy}/");
+    let body = client.get(&url).send().await.unwrap().text().await.unwrap();
+    assert_eq!(body, "hello from home\n");
+
+    let out = common::run(
+        app,
+        &[
+            "-o",
+            "json",
+            "failover",
+            "run",
+            "--env",
+            "production",
+            "--reason",
+            "test",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = common::json(&out)["timeline"].to_string();
+    assert!(
+        said.contains(&format!(
+            "forwards every request to 127.0.0.1:{dr_proxy} over TLS"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("answered 2xx: https://127.0.0.1:{dr_proxy}/")),
+        "{said}"
+    );
+    // Through the primary's proxy, which forwards over TLS to the standby's.
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "hello from dr\n");
+    let primary = LocalClient::new(&primary_socket);
+    assert_eq!(
+        primary.info().await.unwrap().forward,
+        Some(format!("127.0.0.1:{dr_proxy}").parse().unwrap())
+    );
 }
 
 /// The unlucky worlds of a warm failover: the standby's daemon is down (the failover is

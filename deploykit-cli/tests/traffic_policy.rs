@@ -45,12 +45,20 @@ async fn burst(port: u16, n: usize) -> (Vec<u16>, Vec<String>) {
 async fn the_proxy_enforces_the_policy_of_the_revision_deployed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::write(dir.join("deploykit.toml"), CONFIG.replace("{APP}", common::APP)).unwrap();
+    std::fs::write(
+        dir.join("deploykit.toml"),
+        CONFIG.replace("{APP}", common::APP),
+    )
+    .unwrap();
     let port = free_port();
     let _daemon = start_daemon(dir, &format!("127.0.0.1:{port}"));
     let deploy = |label: &str| {
         let out = run(dir, &["deploy", "web", "--label", label]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     deploy("v1");
 
@@ -63,9 +71,15 @@ async fn the_proxy_enforces_the_policy_of_the_revision_deployed() {
     assert!(reasons.iter().all(|r| r == "rate-limited"), "{reasons:?}");
 
     // Without the limit, the next revision serves everything.
-    let unlimited = CONFIG
-        .replace("[services.web.traffic]\nrate_limit = { per_second = 1, burst = 3 }\n", "");
-    std::fs::write(dir.join("deploykit.toml"), unlimited.replace("{APP}", common::APP)).unwrap();
+    let unlimited = CONFIG.replace(
+        "[services.web.traffic]\nrate_limit = { per_second = 1, burst = 3 }\n",
+        "",
+    );
+    std::fs::write(
+        dir.join("deploykit.toml"),
+        unlimited.replace("{APP}", common::APP),
+    )
+    .unwrap();
     deploy("v2");
     let (statuses, _) = burst(port, 8).await;
     assert_eq!(statuses, [200; 8]);

@@ -74,6 +74,9 @@ pub struct DaemonInfo {
     /// Where its proxy forwards every request instead of serving it (after a failover).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward: Option<SocketAddr>,
+    /// When its proxy serves TLS: the certificate (PEM) a client trusts to reach it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_trust: Option<String>,
 }
 
 /// The body of `PUT /v1/forward`: forward every request to `to`, or serve them here again
@@ -83,6 +86,10 @@ pub struct DaemonInfo {
 pub struct Forward {
     /// Another environment's proxy, or `None`.
     pub to: Option<SocketAddr>,
+    /// The certificate (PEM) to trust when that proxy serves TLS ([`DaemonInfo::proxy_trust`]
+    /// of its daemon); `None`: plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<String>,
 }
 
 /// Who may change what through the daemon's socket. Each connection's peer is the operating
@@ -409,6 +416,7 @@ async fn handle(
                 proxy: env.proxy_addr(),
                 services: env.services(),
                 forward: env.forwarding(),
+                proxy_trust: env.proxy_trust(),
             },
         ),
         (&Method::PUT, ["v1", "forward"]) => {
@@ -416,7 +424,7 @@ async fn handle(
                 return error_response(&e);
             }
             match body_json::<Forward>(req).await {
-                Ok(f) => no_content(env.forward_to(f.to)),
+                Ok(f) => no_content(env.forward_to(f.to, f.trust.as_deref())),
                 Err(e) => error_response(&e),
             }
         }
@@ -630,10 +638,11 @@ impl LocalClient {
         self.get(&path).await
     }
 
-    /// Make the daemon's proxy forward every request to `to`, or serve them itself again
-    /// (`None`); see [`LocalEnvironment::forward_to`].
-    pub async fn forward(&self, to: Option<SocketAddr>) -> Result<()> {
-        let body = serde_json::to_vec(&Forward { to })
+    /// Make the daemon's proxy forward every request to `to` (over TLS trusting `trust`, when
+    /// given), or serve them itself again (`None`); see [`LocalEnvironment::forward_to`].
+    pub async fn forward(&self, to: Option<SocketAddr>, trust: Option<&str>) -> Result<()> {
+        let trust = trust.map(str::to_owned);
+        let body = serde_json::to_vec(&Forward { to, trust })
             .map_err(|e| Error::backend("encode a forward", e.to_string()))?;
         self.call(Method::PUT, "/v1/forward", Some(body)).await?;
         Ok(())

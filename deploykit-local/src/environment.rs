@@ -22,7 +22,7 @@ use crate::logs::{InstanceLog, LogChunk, LogOwner, LogPolicy};
 use crate::probe::{HealthWatcher, LivenessCallback, ProbeTarget};
 use crate::process::{ProcessSpec, ProcessState, RestartPolicy, Supervised};
 use crate::proxy::{
-    Group, HeaderMatch, MirrorMatch, Proxy, ProxyConfig, Route, RoutingTable, Upstream,
+    Group, HeaderMatch, MirrorMatch, Proxy, ProxyConfig, Route, RoutingTable, Upstream, UpstreamTls,
 };
 use crate::state::{InstanceRow, LocalState};
 
@@ -183,11 +183,13 @@ struct Inner {
     router: Mutex<Option<JoinHandle<()>>>,
     /// Where the proxy sends every request instead of this environment's instances (after a
     /// failover to a standby), saved with the state.
-    forward: Mutex<Option<SocketAddr>>,
+    forward: Mutex<Option<Upstream>>,
 }
 
-/// The state's key for [`LocalEnvironment::forward_to`].
+/// The state's keys for [`LocalEnvironment::forward_to`]: the address, and what to trust
+/// when the proxy there serves TLS.
 const FORWARD: &str = "forward";
+const FORWARD_TRUST: &str = "forward_trust";
 
 #[derive(Debug, Default)]
 struct ServiceState {
@@ -299,13 +301,17 @@ impl LocalEnvironment {
         })?;
         let state = Arc::new(LocalState::open(&options.state_dir.join("local.db"))?);
         let forward = match state.setting(FORWARD)? {
-            Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| Error::Corrupt {
-                what: format!(
-                    "the forward address {addr:?} in the local state in {}",
-                    options.state_dir.display()
-                ),
-                source: Box::new(e),
-            })?),
+            Some(addr) => {
+                let to = addr.parse::<SocketAddr>().map_err(|e| Error::Corrupt {
+                    what: format!(
+                        "the forward address {addr:?} in the local state in {}",
+                        options.state_dir.display()
+                    ),
+                    source: Box::new(e),
+                })?;
+                let trust = state.setting(FORWARD_TRUST)?;
+                Some(forward_upstream(to, trust.as_deref())?)
+            }
             None => None,
         };
         // Paused until the adopted instances are in the table: a request arriving meanwhile
@@ -346,10 +352,12 @@ impl LocalEnvironment {
 
     /// Send every request the proxy gets to `to` (another environment's proxy: the standby
     /// that took over) instead of this environment's instances, or (`None`) serve them here
-    /// again. Saved with the state, so a daemon started again on this directory (the old
-    /// primary coming back) keeps forwarding instead of serving from its fenced database.
-    /// The instances keep running either way.
-    pub fn forward_to(&self, to: Option<SocketAddr>) -> Result<()> {
+    /// again. When the proxy at `to` serves TLS, `trust` is the certificate (PEM) to trust
+    /// for it ([`ProxyTls::trust_pem`](crate::proxy::ProxyTls::trust_pem) of that proxy) and
+    /// requests are forwarded over TLS, checked against it. Saved with the state, so a daemon
+    /// started again on this directory (the old primary coming back) keeps forwarding instead
+    /// of serving from its fenced database. The instances keep running either way.
+    pub fn forward_to(&self, to: Option<SocketAddr>, trust: Option<&str>) -> Result<()> {
         if to == Some(self.proxy_addr()) {
             return Err(Error::invalid(
                 "forward",
@@ -359,17 +367,30 @@ impl LocalEnvironment {
                 ),
             ));
         }
+        let upstream = to.map(|to| forward_upstream(to, trust)).transpose()?;
+        let trust = to.and(trust);
+        self.inner.state.set_setting(FORWARD_TRUST, trust)?;
         self.inner
             .state
             .set_setting(FORWARD, to.map(|a| a.to_string()).as_deref())?;
-        *lock(&self.inner.forward) = to;
+        *lock(&self.inner.forward) = upstream;
         self.inner.update_routes();
         Ok(())
     }
 
     /// Where the proxy forwards every request (see [`LocalEnvironment::forward_to`]).
     pub fn forwarding(&self) -> Option<SocketAddr> {
-        *lock(&self.inner.forward)
+        lock(&self.inner.forward).as_ref().map(|u| u.addr)
+    }
+
+    /// When the proxy serves TLS: the certificate (PEM) a client trusts to reach it.
+    pub fn proxy_trust(&self) -> Option<String> {
+        self.inner
+            .options
+            .proxy
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.trust_pem().map(str::to_owned))
     }
 
     /// The proxy, e.g. for its per-revision statistics.
@@ -854,13 +875,9 @@ impl Inner {
         };
         table.default = default.and_then(|s| table.hosts.get(&format!("{s}.localhost")).cloned());
         drop(services);
-        if let Some(to) = *lock(&self.forward) {
+        if let Some(to) = lock(&self.forward).clone() {
             // Every host, and anything else, goes to the environment that took over.
-            let route = Route::weighted([Group::new(
-                "forward",
-                100,
-                vec![Upstream::new(format!("forward-{to}"), to)],
-            )]);
+            let route = Route::weighted([Group::new("forward", 100, vec![to])]);
             for r in table.hosts.values_mut() {
                 *r = route.clone();
             }
@@ -907,13 +924,24 @@ impl Inner {
     }
 }
 
+/// The upstream of a forward to the proxy at `to`: over TLS trusting `trust`, when given.
+fn forward_upstream(to: SocketAddr, trust: Option<&str>) -> Result<Upstream> {
+    let upstream = Upstream::new(format!("forward-{to}"), to);
+    Ok(match trust {
+        Some(pem) => upstream.with_tls(UpstreamTls::trusting(pem)?),
+        None => upstream,
+    })
+}
+
 fn ready_upstreams(rev: &RevisionState) -> Vec<Upstream> {
     rev.instances
         .iter()
         .filter(|i| i.ready())
-        .map(|i| Upstream {
-            id: i.name.to_string(),
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, i.port)),
+        .map(|i| {
+            Upstream::new(
+                i.name.to_string(),
+                SocketAddr::from((Ipv4Addr::LOCALHOST, i.port)),
+            )
         })
         .collect()
 }

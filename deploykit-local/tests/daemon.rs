@@ -276,7 +276,7 @@ async fn a_forward_sends_everything_to_the_standby_and_survives_a_restart() {
     );
     assert_eq!(client.info().await.unwrap().forward, None);
 
-    client.forward(Some(standby)).await.unwrap();
+    client.forward(Some(standby), None).await.unwrap();
     assert_eq!(client.info().await.unwrap().forward, Some(standby));
     for host in ["web.localhost", "api.localhost", "127.0.0.1"] {
         assert_eq!(
@@ -286,7 +286,7 @@ async fn a_forward_sends_everything_to_the_standby_and_survives_a_restart() {
         );
     }
     // Forwarding to itself would loop: refused, and nothing changes.
-    let e = client.forward(Some(proxy)).await.unwrap_err();
+    let e = client.forward(Some(proxy), None).await.unwrap_err();
     assert!(e.chain().contains("forward to itself"), "{}", e.chain());
     assert_eq!(client.info().await.unwrap().forward, Some(standby));
 
@@ -303,7 +303,7 @@ async fn a_forward_sends_everything_to_the_standby_and_survives_a_restart() {
         get_through(again.proxy_addr(), "web.localhost").await.1,
         "served by the standby"
     );
-    again.forward_to(None).unwrap();
+    again.forward_to(None, None).unwrap();
     assert_eq!(
         get_through(again.proxy_addr(), "web.localhost").await.0,
         503

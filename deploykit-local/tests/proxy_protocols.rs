@@ -280,3 +280,73 @@ async fn a_grpc_client_reaches_grpc_servers_through_the_proxy() {
     let stats = proxy.stats("a", std::time::Duration::from_secs(60));
     assert!(stats.requests >= 300, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_forwards_over_tls_to_a_proxy_it_trusts_and_to_no_other() {
+    use deploykit_local::proxy::{LocalCa, ProxyTls, UpstreamTls};
+    let app = upstream("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::open_or_create(&dir.path().join("ca")).unwrap();
+    let tls = ProxyTls::issued_by(&ca, &[]).unwrap();
+    let trust = tls
+        .trust_pem()
+        .expect("a local CA's certificate")
+        .to_owned();
+    let standby = proxy_to(
+        app,
+        Protocol::Http,
+        ProxyConfig {
+            tls: Some(tls),
+            ..ProxyConfig::default()
+        },
+    )
+    .await;
+    let forwarding = |upstream: Upstream| async move {
+        let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap(), ProxyConfig::default())
+            .await
+            .unwrap();
+        proxy.set_table(
+            RoutingTable::default().with_default(Route::weighted([Group::new(
+                "forward",
+                100,
+                vec![upstream],
+            )])),
+        );
+        let reply = reqwest::get(format!("http://{}/", proxy.local_addr()))
+            .await
+            .unwrap();
+        let by_proxy = reply
+            .headers()
+            .get("x-deploykit-proxy")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (
+            reply.status().as_u16(),
+            by_proxy,
+            reply.text().await.unwrap(),
+        )
+    };
+    let to = standby.local_addr();
+
+    let trusted = Upstream::new("standby", to).with_tls(UpstreamTls::trusting(&trust).unwrap());
+    let (status, by_proxy, body) = forwarding(trusted).await;
+    assert_eq!((status, by_proxy), (200, None), "{body}");
+    assert!(body.starts_with("app HTTP/1.1"), "{body}");
+
+    // Another CA's certificate: the handshake fails, nothing is sent.
+    let other = LocalCa::open_or_create(&dir.path().join("other")).unwrap();
+    let other = std::fs::read_to_string(other.cert_path()).unwrap();
+    let stranger = Upstream::new("standby", to).with_tls(UpstreamTls::trusting(&other).unwrap());
+    let (status, by_proxy, body) = forwarding(stranger).await;
+    assert_eq!(
+        (status, by_proxy.as_deref()),
+        (502, Some("upstream-failed")),
+        "{body}"
+    );
+    assert!(body.to_lowercase().contains("certificate"), "{body}");
+
+    // Plain HTTP to a TLS proxy gets no answer either.
+    let (status, _, _) = forwarding(Upstream::new("standby", to)).await;
+    assert_eq!(status, 502);
+
+    assert!(UpstreamTls::trusting("not pem").is_err());
+}

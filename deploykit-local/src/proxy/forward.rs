@@ -20,9 +20,15 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::Inner;
 use super::policy::UpstreamState;
 use super::route::{Pick, Retry, Snapshot};
+use super::{Inner, Upstream, UpstreamTls};
+
+/// HTTP/1.1 over TLS to an upstream.
+pub(super) type TlsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    ProxyBody,
+>;
 
 /// Boxed error of the bodies the proxy passes on.
 pub(super) type BoxError = Box<dyn StdError + Send + Sync>;
@@ -62,19 +68,42 @@ pub(super) struct Lease {
 }
 
 impl Inner {
-    /// The client speaking `protocol` to instances.
-    pub(super) fn client_for(
+    /// Sends `request` to `upstream` in `protocol` (over TLS when the upstream serves TLS).
+    pub(super) fn send(
         &self,
+        upstream: &Upstream,
         protocol: Protocol,
-    ) -> &hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        ProxyBody,
-    > {
-        if protocol.is_http2() {
-            &self.client_h2
-        } else {
-            &self.client
+        request: Request<ProxyBody>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        match &upstream.tls {
+            Some(tls) => self.tls_client(tls).request(request),
+            None if protocol.is_http2() => self.client_h2.request(request),
+            None => self.client.request(request),
         }
+    }
+
+    /// The client trusting what `tls` trusts (made on first use; a handful at most: one per
+    /// environment forwarded to).
+    fn tls_client(&self, tls: &UpstreamTls) -> TlsClient {
+        let mut clients = super::lock(&self.clients_tls);
+        if let Some((_, client)) = clients.iter().find(|(t, _)| t == tls) {
+            return client.clone();
+        }
+        let mut tcp = self.connector.clone();
+        // The TLS connector connects to https:// addresses through it.
+        tcp.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls.config).clone())
+            .https_only()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .pool_idle_timeout(std::time::Duration::from_secs(4))
+                .build(connector);
+        clients.push((tls.clone(), client.clone()));
+        client
     }
 
     /// Picks an instance for a request and takes its in-flight guard.
@@ -209,7 +238,7 @@ pub(super) async fn handle(
         };
         let upstream = lease.pick.upstream.clone();
         let protocol = lease.pick.policy.protocol;
-        let request = match upstream_request(&parts, body, upstream.addr, peer, upgrade, protocol) {
+        let request = match upstream_request(&parts, body, &upstream, peer, upgrade, protocol) {
             Ok(request) => request,
             Err(error) => {
                 return text(
@@ -221,7 +250,7 @@ pub(super) async fn handle(
         };
         let per_try = retries.and_then(|(r, _)| r.per_try_timeout);
         let attempt_deadline = per_try.map_or(deadline, |t| deadline.min(Instant::now() + t));
-        let sent = inner.client_for(protocol).request(request);
+        let sent = inner.send(&upstream, protocol, request);
         let failure = match tokio::time::timeout_at(attempt_deadline, sent).await {
             Ok(Ok(response)) => {
                 let status = response.status();
@@ -486,17 +515,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 pub(super) fn upstream_request(
     parts: &request::Parts,
     body: ProxyBody,
-    addr: SocketAddr,
+    upstream: &Upstream,
     peer: SocketAddr,
     upgrade: bool,
     protocol: Protocol,
 ) -> Result<Request<ProxyBody>, http::Error> {
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(addr.to_string())
-        .path_and_query(path)
-        .build()?;
+    let uri = upstream_uri(upstream, path)?;
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers, upgrade);
     // The proxy already answered any `Expect: 100-continue` by reading the body.
@@ -539,6 +564,19 @@ pub(super) fn upstream_request(
     *request.version_mut() = version_of(protocol);
     *request.headers_mut() = headers;
     Ok(request)
+}
+
+/// `path` at `upstream`: `http://<addr>` or, when it serves TLS, `https://<addr>`.
+pub(super) fn upstream_uri(upstream: &Upstream, path: &str) -> Result<Uri, http::Error> {
+    Uri::builder()
+        .scheme(if upstream.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        })
+        .authority(upstream.addr.to_string())
+        .path_and_query(path)
+        .build()
 }
 
 /// The HTTP version spoken to instances of `protocol`.

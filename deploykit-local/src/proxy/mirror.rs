@@ -8,15 +8,16 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Uri, Version, request};
+use http::{Method, Request, Version, request};
 use http_body_util::BodyExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::forward::{
-    Lease, ProxyBody, closed_early, describe, empty, full, upstream_request, version_of,
+    Lease, ProxyBody, closed_early, describe, empty, full, upstream_request, upstream_uri,
+    version_of,
 };
-use super::{FORCE, Inner};
+use super::{FORCE, Inner, Upstream};
 
 /// Most mirror copies in flight at once; a copy beyond is skipped.
 pub(super) const MIRROR_LIMIT: usize = 64;
@@ -52,8 +53,8 @@ impl Inner {
             return;
         };
         let protocol = lease.pick.policy.protocol;
-        let addr = lease.pick.upstream.addr;
-        let template = match upstream_request(parts, empty(), addr, peer, false, protocol) {
+        let upstream = &lease.pick.upstream;
+        let template = match upstream_request(parts, empty(), upstream, peer, false, protocol) {
             Ok(request) => request.into_parts().0,
             Err(error) => {
                 tracing::debug!(%group, %error, "proxy: request cannot be mirrored");
@@ -109,14 +110,14 @@ impl Copy {
         let response = loop {
             let upstream = &lease.pick.upstream;
             let protocol = lease.pick.policy.protocol;
-            let request = match self.request(upstream.addr, version_of(protocol)) {
+            let request = match self.request(upstream, version_of(protocol)) {
                 Ok(request) => request,
                 Err(error) => {
                     tracing::debug!(%error, "proxy: mirror request cannot be built");
                     return;
                 }
             };
-            let sent = inner.client_for(protocol).request(request);
+            let sent = inner.send(upstream, protocol, request);
             let error = match tokio::time::timeout_at(deadline, sent).await {
                 Ok(Ok(response)) => break response,
                 Ok(Err(error)) => error,
@@ -167,14 +168,10 @@ impl Copy {
     /// The copy addressed to the instance at `addr`.
     fn request(
         &self,
-        addr: SocketAddr,
+        upstream: &Upstream,
         version: Version,
     ) -> Result<Request<ProxyBody>, http::Error> {
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(addr.to_string())
-            .path_and_query(self.path.clone())
-            .build()?;
+        let uri = upstream_uri(upstream, self.path.as_str())?;
         let mut request = Request::new(full(self.body.clone()));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = uri;

@@ -56,11 +56,11 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use self::forward::ProxyBody;
+use self::forward::{ProxyBody, TlsClient};
 use self::policy::Registries;
 use self::route::Snapshot;
 use self::stats::Stats;
-pub use self::tls::{LocalCa, ProxyTls};
+pub use self::tls::{LocalCa, ProxyTls, UpstreamTls};
 
 /// Limits and timeouts of the [`Proxy`].
 #[derive(Clone, Debug)]
@@ -252,15 +252,25 @@ pub struct Upstream {
     pub id: String,
     /// Where the instance listens (normally `127.0.0.1:<port>`).
     pub addr: SocketAddr,
+    /// Speak TLS to it (another proxy that serves TLS), trusting these certificates; its
+    /// address is the name checked (none by default: plain HTTP).
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Upstream {
-    /// The instance `id` listening on `addr`.
+    /// The instance `id` listening on `addr`, spoken to in plain HTTP.
     pub fn new(id: impl Into<String>, addr: SocketAddr) -> Self {
         Upstream {
             id: id.into(),
             addr,
+            tls: None,
         }
+    }
+
+    /// Speak TLS to it under `tls`.
+    pub fn with_tls(mut self, tls: UpstreamTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 }
 
@@ -326,6 +336,11 @@ struct Inner {
     client: Client<HttpConnector, ProxyBody>,
     /// HTTP/2 without TLS (h2c, gRPC) to upstreams.
     client_h2: Client<HttpConnector, ProxyBody>,
+    /// HTTP/1.1 over TLS to upstreams that serve TLS, one client per set of trusted
+    /// certificates.
+    clients_tls: Mutex<Vec<(UpstreamTls, TlsClient)>>,
+    /// The connector the TLS clients wrap.
+    connector: HttpConnector,
     /// Permits for mirror copies in flight; see [`mirror::MIRROR_LIMIT`].
     mirror_permits: Arc<Semaphore>,
     /// Mirror copies skipped for want of a permit.
@@ -409,7 +424,7 @@ impl Proxy {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .http2_keep_alive_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+            .build(connector.clone());
 
         let (shutdown, shutdown_rx) = watch::channel(RUNNING);
         let (accepting, accepting_rx) = watch::channel(accepting);
@@ -423,6 +438,8 @@ impl Proxy {
             stats: Stats::new(),
             client,
             client_h2,
+            clients_tls: Mutex::new(Vec::new()),
+            connector,
             mirror_permits: Arc::new(Semaphore::new(mirror::MIRROR_LIMIT)),
             mirror_skipped: AtomicU64::new(0),
             shutdown,

@@ -26,6 +26,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Clone)]
 pub struct ProxyTls {
     pub(crate) config: Arc<rustls::ServerConfig>,
+    /// What a client trusts to reach this proxy (PEM), when known.
+    trust: Option<Arc<str>>,
 }
 
 impl fmt::Debug for ProxyTls {
@@ -48,7 +50,14 @@ impl ProxyTls {
         }
         let key =
             PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, "a private key", &e))?;
-        Self::new(certs, key)
+        // The chain's last certificate: its issuer's end, which a client can trust.
+        let text =
+            std::fs::read_to_string(cert).map_err(|e| pem_error(cert, "certificates", &e))?;
+        let trust = text.rfind("-----BEGIN CERTIFICATE-----").and_then(|start| {
+            let end = start + text[start..].find("-----END CERTIFICATE-----")?;
+            Some(format!("{}-----END CERTIFICATE-----\n", &text[start..end]))
+        });
+        Ok(Self::new(certs, key)?.trusted_as(trust))
     }
 
     /// A certificate for `localhost`, `127.0.0.1`, `::1` and each of `hosts` (e.g.
@@ -58,7 +67,22 @@ impl ProxyTls {
         let mut names: Vec<&str> = vec!["localhost", "127.0.0.1", "::1"];
         names.extend(hosts.iter().map(String::as_str));
         let (cert, key) = ca.issue(&names)?;
-        Self::new(vec![cert], key)
+        let trust = std::fs::read_to_string(ca.cert_path()).map_err(|e| {
+            Error::backend(format!("read {}", ca.cert_path().display()), e.to_string())
+        })?;
+        Ok(Self::new(vec![cert], key)?.trusted_as(Some(trust)))
+    }
+
+    fn trusted_as(mut self, trust: Option<String>) -> Self {
+        self.trust = trust.map(Into::into);
+        self
+    }
+
+    /// The certificate (PEM) a client trusts to reach this proxy: the local CA's, or the last
+    /// certificate of the user's chain (its CA's end). Another environment's proxy forwarding
+    /// here after a failover trusts it ([`UpstreamTls::trusting`]).
+    pub fn trust_pem(&self) -> Option<&str> {
+        self.trust.as_deref()
     }
 
     fn new(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Self> {
@@ -77,12 +101,70 @@ impl ProxyTls {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(ProxyTls {
             config: Arc::new(config),
+            trust: None,
         })
     }
 
     /// A TLS acceptor for the proxy's connections.
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.config.clone())
+    }
+}
+
+/// TLS to an upstream (another environment's proxy that serves TLS): the certificates it is
+/// trusted by, as a rustls client configuration. Its address is its name: the local CA's
+/// certificates name `127.0.0.1` and `::1`.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    trust: Arc<str>,
+    pub(crate) config: Arc<rustls::ClientConfig>,
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.trust == other.trust
+    }
+}
+
+impl Eq for UpstreamTls {}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UpstreamTls { .. }")
+    }
+}
+
+impl UpstreamTls {
+    /// Trust the certificates in `pem` (and nothing else).
+    pub fn trusting(pem: &str) -> Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let cert = cert.map_err(|e| {
+                Error::invalid("forward.trust", format!("is not PEM certificates: {e}"))
+            })?;
+            roots.add(cert).map_err(|e| {
+                Error::invalid("forward.trust", format!("holds a bad certificate: {e}"))
+            })?;
+        }
+        if roots.is_empty() {
+            return Err(Error::invalid("forward.trust", "holds no PEM certificate"));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // No ALPN here: the connector offers http/1.1 itself.
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::invalid("forward.trust", e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(UpstreamTls {
+            trust: pem.into(),
+            config: Arc::new(config),
+        })
+    }
+
+    /// The trusted certificates, as given.
+    pub fn trust_pem(&self) -> &str {
+        &self.trust
     }
 }
 
