@@ -7,7 +7,7 @@
 //! claims. Under impersonation (`kubectl --as`) it is the impersonated user, whom the API
 //! server allowed the real user to impersonate.
 
-use deploykit_core::{Error, Result};
+use deploykit_core::{Actor, Error, Result};
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::api::{Api, PostParams};
 
@@ -25,6 +25,10 @@ const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 /// assert_eq!(robot.service_account(), Some(("ci", "deployer")));
 /// assert!(ClusterIdentity::new("alice@example.com", None, vec![]).service_account().is_none());
 /// assert!(ClusterIdentity::new("system:anonymous", None, vec![]).is_anonymous());
+/// // The actor of journals, audit records and access checks:
+/// assert_eq!(robot.actor()?.to_string(), "system:serviceaccount:ci:deployer");
+/// assert!(ClusterIdentity::new("system:anonymous", None, vec![]).actor().is_err());
+/// # Ok::<(), deploykit_core::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -62,6 +66,21 @@ impl ClusterIdentity {
     /// not an identity to act as.
     pub fn is_anonymous(&self) -> bool {
         self.username == "system:anonymous"
+    }
+
+    /// This identity as the [`Actor`] of deployments, audit records and
+    /// [`AccessPolicy`](deploykit_core::access::AccessPolicy) checks (the user name); an
+    /// anonymous caller is refused, naming why.
+    pub fn actor(&self) -> Result<Actor> {
+        if self.is_anonymous() {
+            return Err(Error::invalid(
+                "identity",
+                "the cluster let the client in without credentials (system:anonymous): \
+                 not an identity to act as; give the kubeconfig a user or run as a service \
+                 account",
+            ));
+        }
+        Ok(Actor::new(&self.username))
     }
 }
 
