@@ -243,6 +243,47 @@ fn golden(name: &str, actual: &str) {
     }
 }
 
+/// Every selector over a service's pods (Services, NetworkPolicies, the disruption budget,
+/// Istio's policies) names deploykit as the manager besides the service's name: a pod another
+/// tool labelled `app.kubernetes.io/name=web` in the namespace is never selected.
+#[test]
+fn no_selector_reaches_a_foreign_pod_of_the_same_name() {
+    let foreign = BTreeMap::from([("app.kubernetes.io/name".to_string(), "web".to_string())]);
+    let selects = |selector: &serde_json::Value| {
+        selector
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| foreign.get(k).map(String::as_str) == v.as_str())
+    };
+    let (v1, _) = revisions();
+    let one = DesiredState::new(vec![RevisionTarget::new(v1, 2)], Traffic::default());
+    let mesh = render(&one, &options(istio()).mesh_policy(MeshPolicy::default()));
+    let mut seen = 0;
+    for plan in scenarios().into_iter().map(|(_, plan)| plan).chain([mesh]) {
+        for object in &plan.objects {
+            let json = object.to_json();
+            let selectors = [
+                &json["spec"]["selector"]["matchLabels"],
+                &json["spec"]["podSelector"]["matchLabels"],
+            ];
+            let service_selector = (object.kind() == "Service").then(|| &json["spec"]["selector"]);
+            for selector in selectors.into_iter().chain(service_selector) {
+                if selector.is_object() {
+                    seen += 1;
+                    assert!(
+                        !selects(selector),
+                        "{} {} selects a foreign pod: {selector}",
+                        object.kind(),
+                        object.name()
+                    );
+                }
+            }
+        }
+    }
+    assert!(seen >= 6, "selectors checked: {seen}");
+}
+
 #[test]
 fn golden_plans() {
     for (name, plan) in scenarios() {
@@ -525,11 +566,12 @@ fn deployments_carry_labels_annotations_and_replicas() {
             .unwrap()
             .contains_key(ANNOTATION_AUTOSCALE)
     );
-    // By ready instances the stable Service selects every pod.
+    // By ready instances the stable Service selects every pod deploykit runs for web, and no
+    // pod of another tool that happens to be labelled app.kubernetes.io/name=web.
     let svc = plan.get("Service", "web").unwrap().to_json();
     assert_eq!(
         svc["spec"]["selector"],
-        serde_json::json!({ LABEL_NAME: "web" })
+        serde_json::json!({ LABEL_NAME: "web", "app.kubernetes.io/managed-by": "deploykit" })
     );
     // The route carries the routing applied (the stable Service does without a router).
     let holder = plan
@@ -1917,7 +1959,10 @@ fn a_mesh_policy_gives_the_service_an_identity_mtls_and_an_allow_list() {
             assert_eq!(pod.service_account_name.as_deref(), Some("web"));
         }
     }
-    let selector = serde_json::json!({ "matchLabels": { "app.kubernetes.io/name": "web" } });
+    let selector = serde_json::json!({ "matchLabels": {
+        "app.kubernetes.io/name": "web",
+        "app.kubernetes.io/managed-by": "deploykit",
+    } });
     let peer = plan.get("PeerAuthentication", "web").unwrap().to_json();
     assert_eq!(peer["apiVersion"], "security.istio.io/v1");
     assert_eq!(peer["spec"]["mtls"]["mode"], "STRICT");

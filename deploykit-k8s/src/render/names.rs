@@ -54,9 +54,13 @@ pub(crate) fn revision_selector(
     ])
 }
 
-/// The selector of every pod of `service`.
+/// The selector of every pod of `service`: its name and deploykit as the manager, so that a
+/// pod of another tool labelled `app.kubernetes.io/name=<service>` in the namespace is never
+/// selected (every pod deploykit ever rendered carries both labels, so the selectors of the
+/// objects that use this one, all of them changeable, could gain the second without a
+/// migration).
 pub(crate) fn app_selector(service: &ServiceId) -> BTreeMap<String, String> {
-    BTreeMap::from([(LABEL_NAME.to_string(), service.to_string())])
+    app_labels(service)
 }
 
 /// Metadata with a name, the namespace and labels.
