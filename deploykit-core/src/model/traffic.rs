@@ -43,8 +43,10 @@ impl Protocol {
     }
 }
 
-/// The traffic policy of a service (see the [module](self)). The default is plain HTTP with
-/// the router's own timeouts, one retry after a failed connection, and no limits.
+/// The traffic policy of a service: the protocol its instances speak, and the limits that
+/// protect them and their callers, enforced by the environment's router (the local proxy
+/// does all of it). The default is plain HTTP with the router's own timeouts, one retry after
+/// a failed connection, and no limits.
 ///
 /// ```
 /// use std::time::Duration;
