@@ -207,6 +207,18 @@ variables = {{ {} }}
     )
 }
 
+/// Writes `two_sites` with production-dr as production's warm standby (one warm instance).
+fn write_warm_pair(app: &Path, primary: (&str, u32), dr: (&str, u32)) {
+    std::fs::write(
+        app.join("deploykit.toml"),
+        format!(
+            "{}[environments.production.standby]\nenvironment = \"production-dr\"\nwarm = 1\n",
+            two_sites(primary, dr)
+        ),
+    )
+    .unwrap();
+}
+
 /// The configuration: production with its standby production-dr kept warm on a daemon of
 /// its own, both running the sample app against their own database.
 fn configuration(rig: &Rig, bins: &PgBinaries, proxy: u16, standby_port: u16) -> String {
@@ -539,14 +551,7 @@ async fn a_warm_standby_follows_the_primary_and_takes_its_traffic() {
     let app = dir.path();
     let proxy = common::free_port();
     let dr_proxy = common::free_port();
-    std::fs::write(
-        app.join("deploykit.toml"),
-        format!(
-            "{}[environments.production.standby]\nenvironment = \"production-dr\"\nwarm = 1\n",
-            two_sites(("SITE = \"home\"", 2), ("SITE = \"dr\"", 3))
-        ),
-    )
-    .unwrap();
+    write_warm_pair(app, ("SITE = \"home\"", 2), ("SITE = \"dr\"", 3));
     let _primary = Daemon::start(app, "production", proxy, app.join(".deploykit/daemon.sock"));
     let _dr = Daemon::start(
         app,
@@ -661,14 +666,7 @@ async fn a_warm_failover_between_tls_daemons_forwards_over_tls() {
     let app = dir.path();
     let proxy = common::free_port();
     let dr_proxy = common::free_port();
-    std::fs::write(
-        app.join("deploykit.toml"),
-        format!(
-            "{}[environments.production.standby]\nenvironment = \"production-dr\"\nwarm = 1\n",
-            two_sites(("VERSION = \"home\"", 1), ("VERSION = \"dr\"", 1))
-        ),
-    )
-    .unwrap();
+    write_warm_pair(app, ("VERSION = \"home\"", 1), ("VERSION = \"dr\"", 1));
     let primary_socket = app.join(".deploykit/daemon.sock");
     let _primary = Daemon::start_with(app, "production", proxy, primary_socket.clone(), &["--tls"]);
     let _dr = Daemon::start_with(
@@ -757,14 +755,7 @@ async fn a_warm_failover_refuses_a_dead_standby_daemon_and_goes_on_without_the_p
     let app = dir.path();
     let proxy = common::free_port();
     let dr_proxy = common::free_port();
-    std::fs::write(
-        app.join("deploykit.toml"),
-        format!(
-            "{}[environments.production.standby]\nenvironment = \"production-dr\"\nwarm = 1\n",
-            two_sites(("SITE = \"home\"", 1), ("SITE = \"dr\"", 2))
-        ),
-    )
-    .unwrap();
+    write_warm_pair(app, ("SITE = \"home\"", 1), ("SITE = \"dr\"", 2));
     let dr_socket = app.join("dr-state/daemon.sock");
     let mut primary = Daemon::start(app, "production", proxy, app.join(".deploykit/daemon.sock"));
     let mut dr = Daemon::start(app, "production-dr", dr_proxy, dr_socket.clone());

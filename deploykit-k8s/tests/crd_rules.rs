@@ -23,17 +23,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploykit_core::secrets::SecretString;
 use deploykit_core::{
-    CircuitBreaker, DesiredState, Digest, EnvironmentKind, EnvironmentSpec, HeaderRoute, Mirror,
-    Protocol, Retries, Revision, RevisionTarget, Routes, ServiceSpec, Traffic, TrafficPolicy,
-    Weight,
+    CircuitBreaker, DesiredState, HeaderRoute, Mirror, Protocol, Retries, Revision, RevisionTarget,
+    Routes, Traffic, TrafficPolicy, Weight,
 };
 use deploykit_k8s::render::{
-    self, Caller, Issuer, IssuerKind, MeshPolicy, NetworkOptions, ParentRef, Plan, RenderOptions,
-    RouteTimeouts, RouteTls, Router, SecretValues,
+    self, Caller, Issuer, IssuerKind, MeshPolicy, Plan, RenderOptions, RouteTimeouts, RouteTls,
+    Router,
 };
 use serde_json::{Value, json};
+
+mod fixtures;
+
+use fixtures::*;
 
 /// A CRD whose rules are checked: the objects of `kind` in `api_version`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -752,88 +754,6 @@ fn plan_violations(plan: &Plan) -> Vec<Violation> {
         .iter()
         .flat_map(|o| violations(&o.to_json()))
         .collect()
-}
-
-// ---- fixtures (the minimum of tests/render.rs) -------------------------------------------
-
-fn sha(c: char) -> Digest {
-    Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
-}
-
-fn web() -> ServiceSpec {
-    ServiceSpec::builder()
-        .name("web")
-        .port(8080)
-        .command(vec!["/app/server".into(), "--listen=:8080".into()])
-        .secrets(BTreeMap::from([(
-            "DATABASE_URL".into(),
-            "production.database_url".into(),
-        )]))
-        .build()
-        .unwrap()
-}
-
-fn production() -> EnvironmentSpec {
-    EnvironmentSpec::builder()
-        .name("production")
-        .kind(EnvironmentKind::Production)
-        .replicas(3)
-        .build()
-        .unwrap()
-}
-
-/// v1 with the default traffic policy, v2 with `policy`.
-fn revisions_with(policy: TrafficPolicy) -> (Arc<Revision>, Arc<Revision>) {
-    let mut spec = web();
-    spec.traffic = policy;
-    let v1 = Revision::new(&web(), &production(), sha('a'), "v1").unwrap();
-    let v2 = Revision::new(&spec, &production(), sha('b'), "v2").unwrap();
-    (Arc::new(v1), Arc::new(v2))
-}
-
-fn revisions() -> (Arc<Revision>, Arc<Revision>) {
-    revisions_with(TrafficPolicy::default())
-}
-
-fn secrets_for(revs: &[&Arc<Revision>]) -> SecretValues {
-    revs.iter()
-        .map(|r| {
-            (
-                r.id.clone(),
-                BTreeMap::from([(
-                    "DATABASE_URL".to_string(),
-                    SecretString::from("postgres://db/shop"),
-                )]),
-            )
-        })
-        .collect()
-}
-
-fn gateway() -> Router {
-    Router::GatewayApi {
-        parent: ParentRef::new("public-gateway")
-            .in_namespace("gateway")
-            .section("https"),
-        hostnames: vec!["shop.example.com".into()],
-    }
-}
-
-fn istio() -> Router {
-    Router::Istio {
-        gateways: vec!["istio-ingress/public-gateway".into()],
-        hosts: vec!["shop.example.com".into()],
-    }
-}
-
-fn options(router: Router) -> RenderOptions {
-    RenderOptions::new("shop")
-        .image("web", "registry.example.com/shop/web")
-        .router(router)
-        .network(NetworkOptions {
-            allow_from_namespaces: vec!["gateway".into()],
-            allow_dns: true,
-            ..NetworkOptions::default()
-        })
 }
 
 /// v2 takes `percent`, the `x-canary: always` header route, and `mirror` percent mirrored.

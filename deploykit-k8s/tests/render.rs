@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use deploykit_core::secrets::SecretString;
 use deploykit_core::{
-    Autoscale, CircuitBreaker, DesiredState, Digest, EnvironmentKind, EnvironmentSpec, HeaderRoute,
-    HealthChecks, Mirror, Probe, ProbeAction, Protocol, RateLimit, Resources, Retries, Revision,
-    RevisionTarget, Routes, ServiceSpec, Traffic, TrafficPolicy, Weight,
+    Autoscale, CircuitBreaker, DesiredState, Digest, HeaderRoute, HealthChecks, Mirror, Probe,
+    ProbeAction, Protocol, RateLimit, Retries, Revision, RevisionTarget, Routes, ServiceSpec,
+    Traffic, TrafficPolicy, Weight,
 };
 use deploykit_k8s::render::{
     self, ANNOTATION_AUTOSCALE, ANNOTATION_REVISION_SPEC, ANNOTATION_TRAFFIC, Caller, EgressPeer,
@@ -33,110 +33,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-const SECRET_VALUE: &str = "postgres://app:hunter2-sekrit@db/shop";
+mod fixtures;
 
-fn sha(c: char) -> Digest {
-    Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
-}
-
-fn http_probe(path: &str) -> Probe {
-    Probe::builder()
-        .action(ProbeAction::http(path))
-        .period(Duration::from_secs(5))
-        .timeout(Duration::from_millis(1500))
-        .build()
-        .unwrap()
-}
-
-fn web() -> ServiceSpec {
-    ServiceSpec::builder()
-        .name("web")
-        .port(8080)
-        .command(vec!["/app/server".into(), "--listen=:8080".into()])
-        .variables(BTreeMap::from([("LOG_LEVEL".into(), "info".into())]))
-        .secrets(BTreeMap::from([(
-            "DATABASE_URL".into(),
-            "production.database_url".into(),
-        )]))
-        .health(
-            HealthChecks::builder()
-                .readiness(http_probe("/ready"))
-                .liveness(http_probe("/live"))
-                .build(),
-        )
-        .resources(
-            Resources::builder()
-                .cpu_request_millis(250)
-                .cpu_limit_millis(1000)
-                .memory_request_mib(256)
-                .memory_limit_mib(512)
-                .build(),
-        )
-        .build()
-        .unwrap()
-}
-
-fn production() -> EnvironmentSpec {
-    EnvironmentSpec::builder()
-        .name("production")
-        .kind(EnvironmentKind::Production)
-        .replicas(3)
-        .variables(BTreeMap::from([("REGION".into(), "eu-west-1".into())]))
-        .build()
-        .unwrap()
-}
-
-fn revisions() -> (Arc<Revision>, Arc<Revision>) {
-    let v1 = Revision::new(&web(), &production(), sha('a'), "v1").unwrap();
-    let v2 = Revision::new(&web(), &production(), sha('b'), "v2").unwrap();
-    (Arc::new(v1), Arc::new(v2))
-}
-
-fn secrets_for(revs: &[&Arc<Revision>]) -> SecretValues {
-    revs.iter()
-        .map(|r| {
-            (
-                r.id.clone(),
-                BTreeMap::from([("DATABASE_URL".to_string(), SecretString::from(SECRET_VALUE))]),
-            )
-        })
-        .collect()
-}
-
-fn gateway() -> Router {
-    Router::GatewayApi {
-        parent: ParentRef::new("public-gateway")
-            .in_namespace("gateway")
-            .section("https"),
-        hostnames: vec!["shop.example.com".into()],
-    }
-}
-
-fn istio() -> Router {
-    Router::Istio {
-        gateways: vec!["istio-ingress/public-gateway".into()],
-        hosts: vec!["shop.example.com".into()],
-    }
-}
-
-fn ingress() -> Router {
-    Router::ingress("apps.example.com", "ingress-nginx").class("nginx")
-}
+use fixtures::*;
 
 fn letsencrypt() -> RouteTls {
     RouteTls::cert_manager(Issuer::new(IssuerKind::ClusterIssuer, "letsencrypt"))
-}
-
-fn options(router: Router) -> RenderOptions {
-    RenderOptions::new("shop")
-        .image("web", "registry.example.com/shop/web")
-        .router(router)
-        .network(NetworkOptions {
-            allow_from_namespaces: vec!["gateway".into()],
-            allow_egress: vec![EgressRule::new("10.20.0.0/16", vec![5432])],
-            allow_dns: true,
-            ..NetworkOptions::default()
-        })
 }
 
 fn canary_routes(percent: u32) -> Routes {
