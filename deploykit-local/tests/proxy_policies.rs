@@ -238,6 +238,51 @@ async fn retries_never_exceed_their_budget() {
         (19..=20).contains(&retries),
         "10 % of 200 requests may be retried: {retries}"
     );
+    // Each request counts once in the revision's statistics, however many attempts it took.
+    let stats = proxy.stats("v1", Duration::from_secs(60));
+    assert_eq!((stats.requests, stats.errors), (200, 200));
+}
+
+#[tokio::test]
+async fn a_client_s_oversized_body_does_not_count_against_the_instance() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = instance("app", Mode::Ok).await;
+    let config = ProxyConfig {
+        max_body_bytes: 1024,
+        ..ProxyConfig::default()
+    };
+    let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let policy = TrafficPolicy::builder()
+        .circuit_breaker(CircuitBreaker::builder().consecutive_failures(1).build())
+        .build()
+        .unwrap();
+    proxy.set_table(RoutingTable::default().with_default(Route::weighted([
+        Group::new("v1", 100, vec![app.upstream()]).with_policy(policy),
+    ])));
+    for _ in 0..3 {
+        // A chunked (streamed) body past the limit: the proxy cuts it off and answers 413.
+        let mut stream = tokio::net::TcpStream::connect(proxy.local_addr())
+            .await
+            .unwrap();
+        let chunk = "x".repeat(4096);
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: web.localhost\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+            chunk.len()
+        );
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    }
+    assert!(
+        !proxy.ejected("app"),
+        "the client's fault is not the instance's"
+    );
+    assert_eq!(get(&proxy).await.status, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -264,7 +264,8 @@ pub(super) async fn handle(
                 Failure::Status(response)
             }
             Ok(Err(error)) => {
-                lease.pick.counter.record(true, breaker);
+                // The client's own fault (a body too large, or cut off) is not the instance's:
+                // it does not count against its breaker.
                 match body_state.load(Ordering::SeqCst) {
                     BODY_TOO_LARGE => return too_large(max),
                     BODY_FAILED => {
@@ -276,6 +277,7 @@ pub(super) async fn handle(
                     }
                     _ => {}
                 }
+                lease.pick.counter.record(true, breaker);
                 Failure::Error(error)
             }
             Err(_) => {
@@ -315,9 +317,12 @@ pub(super) async fn handle(
                 None => {}
             }
         }
-        inner
-            .stats
-            .record(&lease.pick.group, true, started.elapsed());
+        if !matches!(failure, Failure::Status(_)) {
+            // A status passed on is counted below, with the answers.
+            inner
+                .stats
+                .record(&lease.pick.group, true, started.elapsed());
+        }
         match failure {
             Failure::Status(response) => break response,
             Failure::Error(error) => {
