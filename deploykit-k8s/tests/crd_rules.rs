@@ -24,8 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploykit_core::{
-    CircuitBreaker, DesiredState, HeaderRoute, Mirror, Protocol, Retries, Revision, RevisionTarget,
-    Routes, Traffic, TrafficPolicy, Weight,
+    DesiredState, HeaderRoute, Mirror, Protocol, Revision, RevisionTarget, Routes, Traffic, Weight,
 };
 use deploykit_k8s::render::{
     self, Caller, Issuer, IssuerKind, MeshPolicy, Plan, RenderOptions, RouteTimeouts, RouteTls,
@@ -776,28 +775,6 @@ fn render_with(revs: &(Arc<Revision>, Arc<Revision>), traffic: Traffic, o: &Rend
     render::plan(&web().name, &desired, &secrets_for(&[a, b]), o).unwrap()
 }
 
-fn full_policy() -> TrafficPolicy {
-    TrafficPolicy::builder()
-        .protocol(Protocol::Grpc)
-        .timeout(Duration::from_secs(5))
-        .retries(
-            Retries::builder()
-                .attempts(3)
-                .per_try_timeout(Duration::from_millis(1500))
-                .on_status(vec![503, 504])
-                .build(),
-        )
-        .circuit_breaker(
-            CircuitBreaker::builder()
-                .consecutive_failures(3)
-                .ejection(Duration::from_secs(45))
-                .max_requests(64)
-                .build(),
-        )
-        .build()
-        .unwrap()
-}
-
 /// The plans of every router and feature that renders a checked kind.
 fn scenarios() -> Vec<(&'static str, Plan)> {
     let revs = revisions();
@@ -813,7 +790,7 @@ fn scenarios() -> Vec<(&'static str, Plan)> {
         Caller::Namespace("monitoring".into()),
         Caller::Principal("cluster.local/ns/batch/sa/worker".into()),
     ]);
-    let policy = revisions_with(full_policy());
+    let policy = revisions_with(full_policy(Protocol::Grpc));
     let routed = |p, m| Traffic::routed(canary(v1, v2, p, m));
     let cert = |kind| RouteTls::cert_manager(Issuer::new(kind, "letsencrypt"));
     vec![

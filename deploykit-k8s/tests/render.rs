@@ -12,8 +12,8 @@ use std::time::Duration;
 use deploykit_core::secrets::SecretString;
 use deploykit_core::{
     Autoscale, CircuitBreaker, DesiredState, Digest, HeaderRoute, HealthChecks, Mirror, Probe,
-    ProbeAction, Protocol, RateLimit, Retries, Revision, RevisionTarget, Routes, ServiceSpec,
-    Traffic, TrafficPolicy, Weight,
+    ProbeAction, Protocol, Retries, Revision, RevisionTarget, Routes, ServiceSpec, Traffic,
+    TrafficPolicy, Weight,
 };
 use deploykit_k8s::render::{
     self, ANNOTATION_AUTOSCALE, ANNOTATION_REVISION_SPEC, ANNOTATION_TRAFFIC, Caller, EgressPeer,
@@ -287,7 +287,7 @@ fn every_object_fits_its_schema() {
             "shop-ca",
         ))),
     ));
-    let (plain, resilient) = policy_revisions(full_policy(Protocol::Grpc));
+    let (plain, resilient) = revisions_with(full_policy(Protocol::Grpc));
     for router in [istio(), gateway()] {
         plans.push(render_pair(
             &plain,
@@ -2287,41 +2287,6 @@ fn secrets_mount_as_files_when_asked() {
 // The revision's TrafficPolicy in Kubernetes objects
 // ------------------------------------------------------------------------------------------
 
-/// A policy with everything set: `protocol`, a 5 s timeout, 3 retries of 1.5 s on 503 and
-/// 504, a breaker of 3 failures for 45 s with at most 64 requests in flight, a rate limit.
-fn full_policy(protocol: Protocol) -> TrafficPolicy {
-    TrafficPolicy::builder()
-        .protocol(protocol)
-        .timeout(Duration::from_secs(5))
-        .retries(
-            Retries::builder()
-                .attempts(3)
-                .per_try_timeout(Duration::from_millis(1500))
-                .on_status(vec![503, 504])
-                .build(),
-        )
-        .circuit_breaker(
-            CircuitBreaker::builder()
-                .consecutive_failures(3)
-                .ejection(Duration::from_secs(45))
-                .max_requests(64)
-                .build(),
-        )
-        .rate_limit(RateLimit::builder().per_second(50).build())
-        .build()
-        .unwrap()
-}
-
-/// v1 with the default policy and v2 with `policy`.
-fn policy_revisions(policy: TrafficPolicy) -> (Arc<Revision>, Arc<Revision>) {
-    let mut spec = web();
-    spec.traffic = policy;
-    let v1 = Revision::new(&web(), &production(), sha('a'), "v1").unwrap();
-    let v2 = Revision::new(&spec, &production(), sha('b'), "v2").unwrap();
-    assert_eq!(v2.config.traffic, spec.traffic);
-    (Arc::new(v1), Arc::new(v2))
-}
-
 /// `b` takes `percent` and the `x-canary: always` header route.
 fn canary_routes_of(a: &Revision, b: &Revision, percent: u32) -> Routes {
     let mut routes = Routes::split(&a.id, &b.id, Weight::new(percent).unwrap());
@@ -2415,7 +2380,7 @@ fn protocols_become_the_app_protocol_of_each_service() {
         (Protocol::H2c, Router::None, "kubernetes.io/h2c"),
     ] {
         let policy = TrafficPolicy::builder().protocol(protocol).build().unwrap();
-        let (v1, v2) = policy_revisions(policy);
+        let (v1, v2) = revisions_with(policy);
         let opts = options(router);
         // v2 is the canary: only its Service says so.
         let plan = render_pair(
@@ -2461,7 +2426,7 @@ fn protocols_become_the_app_protocol_of_each_service() {
 #[test]
 fn istio_routes_carry_the_revision_s_timeout_and_retries() {
     use deploykit_k8s::render::RouteTimeouts;
-    let (v1, v2) = policy_revisions(full_policy(Protocol::Http));
+    let (v1, v2) = revisions_with(full_policy(Protocol::Http));
     // v1 (default policy) is stable; v2 takes 10% and the header route.
     let plan = render_pair(
         &v1,
@@ -2503,7 +2468,7 @@ fn istio_routes_carry_the_revision_s_timeout_and_retries() {
         .retries(Retries::default())
         .build()
         .unwrap();
-    let (a, b) = policy_revisions(policy);
+    let (a, b) = revisions_with(policy);
     let plan = render_pair(
         &a,
         &b,
@@ -2537,7 +2502,7 @@ fn istio_routes_carry_the_revision_s_timeout_and_retries() {
 #[test]
 fn gateway_routes_carry_the_revision_s_timeout_only() {
     use deploykit_k8s::render::RouteTimeouts;
-    let (v1, v2) = policy_revisions(full_policy(Protocol::Http));
+    let (v1, v2) = revisions_with(full_policy(Protocol::Http));
     let plan = render_pair(
         &v1,
         &v2,
@@ -2612,7 +2577,7 @@ fn gateway_routes_carry_the_revision_s_timeout_only() {
 /// the breaker overrides its defaults. Without Istio nor a mesh policy nothing carries it.
 #[test]
 fn a_circuit_breaker_becomes_the_destination_rule() {
-    let (v1, v2) = policy_revisions(full_policy(Protocol::Http));
+    let (v1, v2) = revisions_with(full_policy(Protocol::Http));
     let promoted = Traffic::routed(Routes::all_to(&v2.id));
     let expected_outlier = serde_json::json!({
         "consecutive5xxErrors": 3,
@@ -2683,7 +2648,7 @@ fn a_circuit_breaker_becomes_the_destination_rule() {
         .circuit_breaker(CircuitBreaker::default())
         .build()
         .unwrap();
-    let (a, b) = policy_revisions(breaker_only);
+    let (a, b) = revisions_with(breaker_only);
     let plan = render_pair(
         &a,
         &b,
