@@ -182,8 +182,9 @@ pub(crate) struct RestoreArgs {
     /// Seconds recovery may take.
     #[arg(long, default_value_t = 3600)]
     timeout: u64,
-    /// WAL segments each fetch during recovery also fetches ahead, in parallel (wal-fetch
-    /// --prefetch); 0 turns prefetching off.
+    /// WAL segments fetched ahead, in parallel, at most this many at once: the first ones
+    /// while the base backup's files are restored, then ahead of PostgreSQL's replay (each
+    /// wal-fetch --prefetch too); 0 turns prefetching off.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_PREFETCH)]
     prefetch: u32,
 }
@@ -596,6 +597,7 @@ async fn restore(ctx: &Context, args: RestoreArgs) -> Result<ExitCode> {
             .map_err(|e| Error::backend(format!("resolve {}", args.to.display()), e.to_string()))?)
         .target(target)
         .restore_command(restore_command)
+        .prefetch(args.prefetch)
         .bins(pg::PgBinaries::find()?)
         .run_as(run_as)
         .database(args.verify_database)
@@ -608,8 +610,8 @@ async fn restore(ctx: &Context, args: RestoreArgs) -> Result<ExitCode> {
     let rows = report.verify_rows.clone().unwrap_or_default();
     let mut text = format!(
         "restored base backup {} (timeline {}, consistent at {}) to {} and recovered to {}: \
-         WAL {} to {} checked, ended at {} on timeline {}; files {:.1?}, recovery {:.1?}, \
-         answering after {:.1?}, in all {:.1?}",
+         WAL {} to {} checked, ended at {} on timeline {}; files {:.1?} ({} segments \
+         fetched meanwhile), recovery {:.1?}, answering after {:.1?}, in all {:.1?}",
         b.snapshot,
         b.timeline,
         b.stop_lsn,
@@ -620,6 +622,7 @@ async fn restore(ctx: &Context, args: RestoreArgs) -> Result<ExitCode> {
         report.end_lsn,
         report.timeline,
         report.files_duration,
+        report.prefetched_before_start,
         report.recovery_duration,
         report.answered_duration,
         report.duration
@@ -643,6 +646,7 @@ async fn restore(ctx: &Context, args: RestoreArgs) -> Result<ExitCode> {
             "timeline": report.timeline,
             "rows": rows,
             "files_ms": report.files_duration.as_millis() as u64,
+            "prefetched_before_start": report.prefetched_before_start,
             "recovery_ms": report.recovery_duration.as_millis() as u64,
             "answered_ms": report.answered_duration.as_millis() as u64,
             "duration_ms": report.duration.as_millis() as u64,

@@ -362,6 +362,16 @@ async fn wal_fetch_prefetches_ahead_without_hiding_damage_or_remembering_gaps() 
     assert_eq!(rows(&report), json!([[all.join(",")]]), "{report}");
     let spool = rig.path("prefetched/pg_wal/.deploykit-prefetch");
     assert!(!spool.exists(), "the spool is removed after recovery");
+    // Fetched while the files were restored: never more than the window, and the directory
+    // they waited in beside the new data directory is gone.
+    let early = report["prefetched_before_start"].as_u64().unwrap();
+    assert!(early <= 3, "{report}");
+    let beside: Vec<_> = std::fs::read_dir(rig.path("."))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("deploykit-wal") || n.contains("deploykit-restore"))
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
 
     // One fetch starts a spooler that fetches the next segments in the background; the next
     // fetch takes its segment from the spool without opening the repository (here: one that
@@ -444,7 +454,8 @@ async fn wal_fetch_prefetches_ahead_without_hiding_damage_or_remembering_gaps() 
         err.contains(&format!("wal-fetch {damaged} failed")),
         "{err}"
     );
-    // And recovery stops there, naming it.
+    // And recovery stops there, naming it (the restore's own spooler stopped at it too,
+    // before PostgreSQL started, and left nothing beside the data directory).
     let out = rig.restore(&bad, "bad", &["--prefetch", "4"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
@@ -452,6 +463,12 @@ async fn wal_fetch_prefetches_ahead_without_hiding_damage_or_remembering_gaps() 
         err.contains(&format!("wal-fetch {damaged} failed")),
         "{err}"
     );
+    let left: Vec<_> = std::fs::read_dir(rig.path("."))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("deploykit-wal"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 
     // The newest segment: nothing after it is spooled; once the next one is archived, a
     // fetch finds it (nothing remembers it was missing).

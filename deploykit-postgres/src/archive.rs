@@ -201,20 +201,33 @@ pub async fn fetch_wal(repo: &Repository, file: &str, dest: &Path) -> Result<u64
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".deploykit-fetch-{}-{file}", std::process::id()));
-    fetch_to(repo, file, &tmp, dest).await
+    fetch_to(repo, file, &tmp, dest, None).await
 }
 
-/// Read the archived `file` into `tmp`, checked, then rename it to `dest`; `tmp` is removed
-/// on failure.
+/// Read the archived `file` into `tmp`, checked, then rename it to `dest` (given to `owner`
+/// first, if any); `tmp` is removed on failure.
+///
+/// Not synced to disk, as pgBackRest's `archive-get` does not sync either: a file fetched
+/// for recovery is read once and removed, or kept as a segment of `pg_wal` with
+/// PostgreSQL's own durable rename; after a crash recovery fetches it again.
 pub(crate) async fn fetch_to(
     repo: &Repository,
     file: &str,
     tmp: &Path,
     dest: &Path,
+    owner: Option<&crate::server::OsUser>,
 ) -> Result<u64> {
     let result = async {
         let mut out = std::fs::File::create(tmp)
             .map_err(|e| Error::backend(format!("create {}", tmp.display()), e.to_string()))?;
+        if let Some(owner) = owner {
+            std::os::unix::fs::fchown(&out, Some(owner.uid), Some(owner.gid)).map_err(|e| {
+                Error::backend(
+                    format!("give {} to {}", tmp.display(), owner.name),
+                    e.to_string(),
+                )
+            })?;
+        }
         let object = repo
             .read_named_to(&wal_object_name(file), &mut out)
             .await
@@ -225,7 +238,6 @@ pub(crate) async fn fetch_to(
                 other => other,
             })?;
         out.flush()
-            .and_then(|()| out.sync_all())
             .and_then(|()| std::fs::rename(tmp, dest))
             .map_err(|e| Error::backend(format!("write {}", dest.display()), e.to_string()))?;
         Ok(object.size)

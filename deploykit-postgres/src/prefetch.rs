@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use tokio::task::JoinSet;
 
 use crate::archive::{ClusterIdentity, fetch_to};
+use crate::server::OsUser;
 use crate::wal::{WalFileKind, WalSegment};
 use deploykit_backup::Repository;
 use deploykit_core::{Error, Result};
@@ -312,7 +313,7 @@ pub async fn spool_ahead(
             let (repo, spool) = (repo.clone(), spool.to_path_buf());
             batch.spawn(async move {
                 let tmp = spool.join(format!("{TMP_PREFIX}{pid}-{name}"));
-                let spooled = fetch_to(&repo, &name, &tmp, &spool.join(&name)).await;
+                let spooled = fetch_to(&repo, &name, &tmp, &spool.join(&name), None).await;
                 (name, spooled)
             });
         }
@@ -334,6 +335,171 @@ pub async fn spool_ahead(
     report.spooled.sort();
     remove_temporary(spool, Some(pid));
     Ok(report)
+}
+
+/// A spooler for a run of segments known in advance: [`restore`](crate::restore) knows which
+/// segments recovery will ask for, so it fetches them while it restores the base backup's
+/// files, before PostgreSQL even starts, and keeps ahead of replay after. It holds the
+/// spool's lock while it runs, so the runs of `wal-fetch` wait for a segment it is fetching
+/// instead of fetching it again, and start no spooler of their own.
+pub(crate) struct RunSpooler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<RunSpooled>,
+}
+
+/// Where a [`RunSpooler`] stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RunSpooled {
+    /// How many of the run's segments it spooled (the first ones).
+    pub(crate) done: usize,
+    /// The segment it could not fetch, and why (it stopped there).
+    pub(crate) failed: Option<(String, String)>,
+}
+
+impl RunSpooler {
+    /// Start spooling `segments` (in the order recovery asks for them) into `spool`, which
+    /// exists: at most `window` of them in the spool or being fetched at once (recovery
+    /// taking one makes room for the next), each written as [`spool_ahead`] writes one and
+    /// given to `owner`. It ends when every segment is spooled, at the first it cannot fetch
+    /// (the run of `wal-fetch` asking for that one fetches it itself and reports why), or
+    /// when [`stop`](Self::stop) is called.
+    pub(crate) fn start(
+        repo: &Repository,
+        spool: &Path,
+        segments: Vec<String>,
+        window: usize,
+        owner: Option<OsUser>,
+    ) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn(spool_run(
+            repo.clone(),
+            spool.to_path_buf(),
+            segments,
+            window.max(1),
+            owner,
+            stop.clone(),
+        ));
+        RunSpooler { stop, task }
+    }
+
+    /// Stop: no new fetch starts, the ones under way finish; where it stopped.
+    pub(crate) async fn stop(self) -> RunSpooled {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.unwrap_or_else(|e| RunSpooled {
+            done: 0,
+            failed: Some(("(the spooler)".to_string(), e.to_string())),
+        })
+    }
+}
+
+/// The segments `spool` holds (complete ones, not temporary files).
+fn spooled_count(spool: &Path) -> usize {
+    std::fs::read_dir(spool).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| WalFileKind::of(n) == Some(WalFileKind::Segment))
+            })
+            .count()
+    })
+}
+
+async fn spool_run(
+    repo: Repository,
+    spool: PathBuf,
+    segments: Vec<String>,
+    window: usize,
+    owner: Option<OsUser>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> RunSpooled {
+    use std::sync::atomic::Ordering;
+    let mut result = RunSpooled {
+        done: 0,
+        failed: None,
+    };
+    let lock = match lock_file(&spool) {
+        Ok(lock) => lock,
+        Err(e) => {
+            result.failed = Some((format!("lock {}", spool.display()), e.to_string()));
+            return result;
+        }
+    };
+    // Nobody else spools here before PostgreSQL starts; later, a spooler `wal-fetch` started
+    // holds the lock until its batch is done.
+    let locked = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock)).await;
+    let _lock = match locked {
+        Ok(Ok(lock)) => lock,
+        Ok(Err(e)) => {
+            result.failed = Some((format!("lock {}", spool.display()), e.to_string()));
+            return result;
+        }
+        Err(e) => {
+            result.failed = Some((format!("lock {}", spool.display()), e.to_string()));
+            return result;
+        }
+    };
+    let pid = std::process::id();
+    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+    let tick = std::time::Duration::from_millis(5);
+    let mut next = 0;
+    let mut under_way = JoinSet::new();
+    let mut finished = std::collections::BTreeSet::new();
+    loop {
+        let stopping = stop.load(Ordering::SeqCst) || result.failed.is_some();
+        if !stopping {
+            let mut room = window.saturating_sub(spooled_count(&spool) + under_way.len());
+            while room > 0 && under_way.len() < parallel && next < segments.len() {
+                if spool.join(&segments[next]).is_file() {
+                    finished.insert(next);
+                    next += 1;
+                    continue;
+                }
+                let (repo, spool, owner) = (repo.clone(), spool.clone(), owner.clone());
+                let (index, name) = (next, segments[next].clone());
+                under_way.spawn(async move {
+                    let tmp = spool.join(format!("{TMP_PREFIX}{pid}-{name}"));
+                    let fetched =
+                        fetch_to(&repo, &name, &tmp, &spool.join(&name), owner.as_ref()).await;
+                    (index, name, fetched)
+                });
+                next += 1;
+                room -= 1;
+            }
+        }
+        if under_way.is_empty() {
+            if stopping || next >= segments.len() {
+                break;
+            }
+            // The window is full: recovery has not taken a segment yet.
+            tokio::time::sleep(tick).await;
+            continue;
+        }
+        let joined = tokio::select! {
+            joined = under_way.join_next() => joined,
+            () = tokio::time::sleep(tick) => continue,
+        };
+        match joined {
+            Some(Ok((index, _, Ok(_)))) => {
+                finished.insert(index);
+            }
+            Some(Ok((_, name, Err(e)))) => {
+                tracing::warn!(file = %name, error = %e.chain(), "not prefetched");
+                if result.failed.is_none() {
+                    result.failed = Some((name, e.chain()));
+                }
+            }
+            Some(Err(e)) => {
+                result.failed = Some(("(a prefetch task)".to_string(), e.to_string()));
+            }
+            None => {}
+        }
+    }
+    // The run's first segments, up to the first not spooled.
+    result.done = (0..).take_while(|i| finished.contains(i)).count();
+    remove_temporary(&spool, Some(pid));
+    result
 }
 
 /// Remove the spool once recovery is over, after any spooler still running has ended.
@@ -361,6 +527,132 @@ fn create_spool(spool: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::wal_object_name;
+    use deploykit_backup::{LocalTarget, RepoKey, RepoOptions};
+    use std::time::{Duration, Instant};
+
+    async fn repo_holding(dir: &Path, names: &[String]) -> Repository {
+        let target = std::sync::Arc::new(LocalTarget::new(dir).unwrap());
+        let options = RepoOptions::builder().kdf_cost((1024, 1)).build();
+        let repo = Repository::init(target, &RepoKey::passphrase("pw"), options)
+            .await
+            .unwrap();
+        for name in names {
+            let content = name.as_bytes().repeat(4096);
+            repo.put_named(&wal_object_name(name), std::io::Cursor::new(content))
+                .await
+                .unwrap();
+        }
+        repo
+    }
+
+    fn spooled(spool: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(spool)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+    }
+
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn segment(n: u64) -> String {
+        WalSegment {
+            timeline: 1,
+            number: n,
+        }
+        .file_name(16 * 1024 * 1024)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_spooler_keeps_within_its_window_and_stops_at_the_first_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let run: Vec<String> = (3..=11).map(segment).collect();
+        // The sixth is not in the archive (pruned under the restore's feet).
+        let archived: Vec<String> = run.iter().filter(|n| **n != run[5]).cloned().collect();
+        let repo = repo_holding(&dir.path().join("repo"), &archived).await;
+        let spool = dir.path().join(PREFETCH_DIR);
+        create_spool(&spool).unwrap();
+        // Root gives the spooled files to the user recovery runs as.
+        let owner = nix::unistd::geteuid()
+            .is_root()
+            .then(|| OsUser::lookup("nobody").unwrap());
+        let spooler = RunSpooler::start(&repo, &spool, run.clone(), 2, owner.clone());
+
+        wait_until("two are spooled", || spooled(&spool).len() == 2).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(spooled(&spool), run[..2], "never more than the window");
+        assert!(spooler_running(&spool), "it waits, holding the lock");
+        if let Some(owner) = &owner {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(spool.join(&run[0])).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (owner.uid, owner.gid));
+        }
+
+        // Recovery taking one makes room for the next, in order.
+        let dest = dir.path().join("RECOVERYXLOG");
+        for (i, name) in run[..5].iter().enumerate() {
+            let took = take_prefetched_waiting(&spool, name, &dest, Duration::from_secs(20))
+                .await
+                .unwrap();
+            assert_eq!(took, Some(name.len() as u64 * 4096), "{name}");
+            assert_eq!(std::fs::read(&dest).unwrap(), name.as_bytes().repeat(4096));
+            if i + 2 < 5 {
+                wait_until("the next is spooled", || {
+                    spooled(&spool).contains(&run[i + 2])
+                })
+                .await;
+            }
+        }
+        // The missing one ends it: the lock is free, so the fetch asking for it does not
+        // wait for it, and fetches it itself.
+        wait_until("the spooler ends", || !spooler_running(&spool)).await;
+        let took = take_prefetched_waiting(&spool, &run[5], &dest, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(took, None);
+        let ended = spooler.stop().await;
+        assert_eq!(ended.done, 5);
+        assert_eq!(
+            ended.failed.as_ref().map(|f| &f.0),
+            Some(&run[5]),
+            "{ended:?}"
+        );
+        assert!(
+            !std::fs::read_dir(&spool).unwrap().any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(TMP_PREFIX)),
+            "no partly written file is left"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_spooler_stops_when_told_and_skips_what_is_spooled() {
+        let dir = tempfile::tempdir().unwrap();
+        let run: Vec<String> = (1..=6).map(segment).collect();
+        let repo = repo_holding(&dir.path().join("repo"), &run).await;
+        let spool = dir.path().join(PREFETCH_DIR);
+        create_spool(&spool).unwrap();
+        // Already there (spooled before the data directory existed): kept, not fetched again.
+        std::fs::write(spool.join(&run[0]), b"kept").unwrap();
+        let spooler = RunSpooler::start(&repo, &spool, run.clone(), 3, None);
+        wait_until("the window is full", || spooled(&spool).len() == 3).await;
+        let ended = spooler.stop().await;
+        assert_eq!((ended.done, ended.failed), (3, None));
+        assert!(!spooler_running(&spool), "the lock is released");
+        assert_eq!(std::fs::read(spool.join(&run[0])).unwrap(), b"kept");
+        assert_eq!(spooled(&spool), run[..3]);
+    }
 
     #[test]
     fn a_spooled_segment_is_taken_and_older_ones_are_removed() {

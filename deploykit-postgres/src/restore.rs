@@ -11,7 +11,7 @@ use typed_builder::TypedBuilder;
 
 use crate::archive::{archived_segments, first_missing, wal_object_name};
 use crate::catalog::{BaseBackup, base_backups};
-use crate::prefetch::{PREFETCH_DIR, remove_spool};
+use crate::prefetch::{PREFETCH_DIR, RunSpooler, remove_spool};
 use crate::server::{OsUser, PgBinaries, Rows, Server, ServerOptions, chown_tree, free_port};
 use crate::wal::{Lsn, WalSegment};
 use deploykit_backup::{Repository, RestoreOptions};
@@ -135,6 +135,13 @@ pub struct RestoreRequest {
     /// How long recovery may take (default one hour).
     #[builder(default = Duration::from_secs(3600))]
     pub timeout: Duration,
+    /// WAL segments fetched ahead into the spool `deploykit pg wal-fetch` takes its
+    /// segments from ([`PREFETCH_DIR`](crate::PREFETCH_DIR) in the restored `pg_wal`),
+    /// at most this many at once: the first ones while the base backup's files are restored,
+    /// before PostgreSQL starts, then ahead of its replay. 0 (the default) fetches nothing
+    /// ahead: a `restore_command` that does not read the spool would never use them.
+    #[builder(default)]
+    pub prefetch: u32,
 }
 
 /// What [`restore`] did.
@@ -153,6 +160,9 @@ pub struct RestoreReport {
     pub verify_rows: Option<Rows>,
     /// Time to restore the base backup's files.
     pub files_duration: Duration,
+    /// WAL segments fetched while the files were restored, before PostgreSQL started (see
+    /// [`RestoreRequest::prefetch`]).
+    pub prefetched_before_start: usize,
     /// Time from starting PostgreSQL to its promotion.
     pub recovery_duration: Duration,
     /// Time from the start of the restore until the promoted cluster had answered (the verify
@@ -175,7 +185,9 @@ pub struct RestoreReport {
 ///    (to the newest segment for [`RecoveryTarget::Latest`]; for a time, to the first segment
 ///    archived after it), refusing with the first missing one — PostgreSQL would otherwise
 ///    end recovery early without a word;
-/// 3. the backup's files are restored, `recovery.signal` and the recovery settings
+/// 3. the backup's files are restored — while the first of those segments are fetched
+///    into the spool `deploykit pg wal-fetch` reads (with [`RestoreRequest::prefetch`]),
+///    and kept ahead of replay from then on — `recovery.signal` and the recovery settings
 ///    (`restore_command`, the target, `recovery_target_action = 'promote'`,
 ///    `recovery_target_timeline = 'current'`) are added to `postgresql.auto.conf`. To the
 ///    end of the archive ([`RecoveryTarget::Latest`]) the cluster starts as a standby
@@ -257,10 +269,10 @@ pub async fn restore(repo: &Repository, request: &RestoreRequest) -> Result<Rest
     };
     let mut last_error = None;
     for (i, backup) in candidates.iter().enumerate() {
-        let checked = check_wal(repo, backup, &request.target).await?;
-        match recover(repo, request, backup, started).await {
+        let run = check_wal(repo, backup, &request.target).await?;
+        match recover(repo, request, backup, &run, started).await {
             Ok(mut report) => {
-                report.wal_checked = checked;
+                report.wal_checked = (run.name(run.first), run.name(run.last));
                 report.duration = started.elapsed();
                 return Ok(report);
             }
@@ -313,13 +325,36 @@ fn remove_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// Check the archive holds every segment recovery from `backup` to `target` needs; the first
-/// and last segment checked.
+/// The segments recovery from a base backup reads, in order: `first` to `last`, of
+/// `timeline`.
+struct WalRun {
+    timeline: u32,
+    size: u64,
+    first: u64,
+    last: u64,
+}
+
+impl WalRun {
+    fn name(&self, number: u64) -> String {
+        WalSegment {
+            timeline: self.timeline,
+            number,
+        }
+        .file_name(self.size)
+    }
+
+    fn names(&self) -> Vec<String> {
+        (self.first..=self.last).map(|n| self.name(n)).collect()
+    }
+}
+
+/// Check the archive holds every segment recovery from `backup` to `target` needs; those
+/// segments.
 async fn check_wal(
     repo: &Repository,
     backup: &BaseBackup,
     target: &RecoveryTarget,
-) -> Result<(String, String)> {
+) -> Result<WalRun> {
     let size = backup.wal_segment_size;
     let present = archived_segments(repo, backup.timeline, size).await?;
     let first = backup.first_segment().number;
@@ -354,37 +389,41 @@ async fn check_wal(
         }
         RecoveryTarget::Name(_) => (consistent, "the backup's stop point".to_string()),
     };
-    let name = |n: u64| {
-        WalSegment {
-            timeline: backup.timeline,
-            number: n,
-        }
-        .file_name(size)
+    let run = WalRun {
+        timeline: backup.timeline,
+        size,
+        first,
+        last,
     };
     if let Some(missing) = first_missing(&present, first, last) {
         return Err(Error::not_found(format!(
             "WAL segment {} in the archive (recovering base backup {} needs every segment from \
              {} to {}, {until}; PostgreSQL would end recovery early at the gap)",
-            name(missing),
+            run.name(missing),
             &backup.snapshot[..12.min(backup.snapshot.len())],
-            name(first),
-            name(last)
+            run.name(first),
+            run.name(last)
         )));
     }
-    Ok((name(first), name(last)))
+    Ok(run)
 }
 
-/// Restore `backup`'s files to `request.to` and let PostgreSQL recover them (`started`: when
-/// the whole restore began).
+/// Restore `backup`'s files to `request.to` and let PostgreSQL recover them with the
+/// segments of `run` (`started`: when the whole restore began).
 async fn recover(
     repo: &Repository,
     request: &RestoreRequest,
     backup: &BaseBackup,
+    run: &WalRun,
     started: Instant,
 ) -> Result<RestoreReport> {
     let to = &request.to;
     let files_started = Instant::now();
-    restore_files(repo, backup, to).await?;
+    let spool = to.join("pg_wal").join(PREFETCH_DIR);
+    let early = EarlySpool::start(repo, request, run)?;
+    let restored = restore_files(repo, backup, to).await;
+    let (prefetched_before_start, resume) = early.finish(restored.is_ok(), &spool).await;
+    restored?;
     set_private_mode(to)?;
     write_recovery_settings(to, request, backup)?;
     let log_file = to.join("deploykit-restore.log");
@@ -392,6 +431,16 @@ async fn recover(
         .map_err(|e| Error::backend(format!("create {}", log_file.display()), e.to_string()))?;
     chown_tree(to, request.run_as.as_ref())?;
     let files_duration = files_started.elapsed();
+    // Ahead of replay from here on, where `wal-fetch` looks.
+    let spooler = resume.map(|done| {
+        RunSpooler::start(
+            repo,
+            &spool,
+            run.names().split_off(done),
+            request.prefetch as usize,
+            request.run_as.clone(),
+        )
+    });
 
     let socket_dir = PrivateDir::create(request.run_as.as_ref())?;
     let hba = socket_dir.path.join("pg_hba.conf");
@@ -463,8 +512,10 @@ async fn recover(
         checked.map(|c| (c, recovery_duration, answered))
     }
     .await;
-    // Segments `wal-fetch` prefetched and recovery did not need.
-    let spool = to.join("pg_wal").join(PREFETCH_DIR);
+    if let Some(spooler) = spooler {
+        spooler.stop().await;
+    }
+    // Segments prefetched that recovery did not need.
     if let Err(e) = remove_spool(&spool).await {
         tracing::warn!(error = %e.chain(), "could not remove the prefetch spool");
     }
@@ -476,11 +527,80 @@ async fn recover(
         timeline,
         verify_rows,
         files_duration,
+        prefetched_before_start,
         recovery_duration,
         answered_duration: answered.duration_since(started),
         duration: Duration::ZERO,
         log_file,
     })
+}
+
+/// The first segments of a restore's [`WalRun`], fetched while the base backup's files are
+/// restored: into a directory beside the new data directory (which does not exist until
+/// its files are all there), moved into its `pg_wal` once it does.
+struct EarlySpool {
+    dir: PathBuf,
+    spooler: Option<RunSpooler>,
+}
+
+impl EarlySpool {
+    fn start(repo: &Repository, request: &RestoreRequest, run: &WalRun) -> Result<Self> {
+        let to = &request.to;
+        let parent = to
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = to.file_name().unwrap_or_default().to_string_lossy();
+        let dir = parent.join(format!(".{name}.deploykit-wal-{}", std::process::id()));
+        if request.prefetch == 0 {
+            return Ok(EarlySpool { dir, spooler: None });
+        }
+        remove_dir(&dir)?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::backend(format!("create {}", dir.display()), e.to_string()))?;
+        chown_tree(&dir, request.run_as.as_ref())?;
+        let spooler = RunSpooler::start(
+            repo,
+            &dir,
+            run.names(),
+            request.prefetch as usize,
+            request.run_as.clone(),
+        );
+        Ok(EarlySpool {
+            dir,
+            spooler: Some(spooler),
+        })
+    }
+
+    /// Stop fetching; with the files `restored`, move what was fetched to `spool` (in the
+    /// restored `pg_wal`). How many of the run's first segments are there, and the same when
+    /// spooling should go on (none failed).
+    async fn finish(self, restored: bool, spool: &Path) -> (usize, Option<usize>) {
+        let Some(spooler) = self.spooler else {
+            return (0, None);
+        };
+        let spooled = spooler.stop().await;
+        if restored {
+            match std::fs::rename(&self.dir, spool) {
+                Ok(()) => {
+                    return (
+                        spooled.done,
+                        spooled.failed.is_none().then_some(spooled.done),
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    from = %self.dir.display(), to = %spool.display(), error = %e,
+                    "could not move the WAL fetched ahead into place; recovery fetches it again"
+                ),
+            }
+        }
+        let _ = remove_dir(&self.dir);
+        (0, None)
+    }
 }
 
 /// Settings for the recovery run only (the restored directory's own configuration is left as

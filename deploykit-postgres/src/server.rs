@@ -403,7 +403,7 @@ impl Server {
                         ),
                     ));
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
     }
@@ -502,6 +502,9 @@ impl Server {
     /// lines — if it exits first or `timeout` passes.
     pub async fn wait_for_promotion(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        // One connection for all the polls: a new one would be a new server process each
+        // time, taking the processor from replay.
+        let mut client: Option<tokio_postgres::Client> = None;
         loop {
             if let Some(status) = self.exited()? {
                 return Err(Error::backend(
@@ -512,7 +515,11 @@ impl Server {
                     ),
                 ));
             }
-            if let Ok(rows) = self.query("SELECT pg_is_in_recovery()").await
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = self.connect_raw().await.ok();
+            }
+            if let Some(c) = &client
+                && let Ok(rows) = simple_query(c, "SELECT pg_is_in_recovery()").await
                 && rows
                     .first()
                     .and_then(|r| r.first())
@@ -530,7 +537,9 @@ impl Server {
                     ),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Quick polls on the connection; slower ones while it cannot connect.
+            let pause = if client.is_some() { 10 } else { 50 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
     }
 
