@@ -349,60 +349,130 @@ impl Repository {
     }
 
     /// Write one file whose blobs are spread over packs (or far apart in one): blobs that
-    /// sit next to each other are fetched with one ranged read (up to 16 MiB), and each such
-    /// batch is decrypted and written in one trip to a blocking thread.
+    /// sit next to each other are fetched with one ranged read (up to 16 MiB). Three stages
+    /// run at once, so a large file restores at the speed of the slowest of them rather than
+    /// their sum: the next batch is fetched while this one is decrypted and decompressed on
+    /// one blocking thread, and its blobs are hashed and written, in order, on another.
     async fn restore_file(&self, index: &Index, path: &Path, node: &Node) -> Result<u64> {
-        let mut batches: Vec<(Arc<str>, u64, u64, Vec<BlobEntry>)> = Vec::new();
+        let mut batches: Vec<Batch> = Vec::new();
         for (pack, entry) in locate(index, path, node)? {
             match batches.last_mut() {
-                Some((p, start, end, entries))
-                    if *p == pack
-                        && *end == entry.offset
-                        && *end - *start + entry.length <= BATCH =>
+                Some(b)
+                    if b.pack == pack
+                        && b.end == entry.offset
+                        && b.end - b.start + entry.length <= BATCH =>
                 {
-                    *end += entry.length;
-                    entries.push(entry);
+                    b.end += entry.length;
+                    b.entries.push(entry);
                 }
-                _ => batches.push((pack, entry.offset, entry.offset + entry.length, vec![entry])),
+                _ => batches.push(Batch {
+                    start: entry.offset,
+                    end: entry.offset + entry.length,
+                    pack,
+                    entries: vec![entry],
+                }),
             }
         }
-        let mut writing = Some(Writing::create(path)?);
-        for (pack, start, end, entries) in batches {
-            let key = super::repo::pack_key(&pack);
-            let mut sealed = self.target.get_range(&key, start..end).await?;
-            if sealed.len() as u64 != end - start {
-                return Err(truncated(&key));
+        // Plain blobs go to the writer through `full`; it hands their buffers back through
+        // `empty`, so at most PIPELINE + 2 buffers exist and none is allocated per blob.
+        let (full, to_write) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPELINE);
+        let (written, mut empty) = std::sync::mpsc::channel::<Vec<u8>>();
+        let mut file = Writing::create(path)?;
+        let writer = tokio::task::spawn_blocking(move || -> Result<Writing> {
+            for plain in to_write {
+                file.write(&plain)?;
+                // The decoder may be gone (it failed); the buffer is then dropped.
+                let _ = written.send(plain);
             }
-            let repo = self.clone();
-            let mut file = writing
-                .take()
-                .expect("the file is handed back after each batch");
-            let check_id = node.hash.is_none();
-            writing = Some(
-                tokio::task::spawn_blocking(move || -> Result<_> {
-                    // Each blob of a batch is a different one (adjacent in the pack).
-                    let mut scratch = Vec::new();
-                    for entry in &entries {
-                        let at = (entry.offset - start) as usize;
+            Ok(file)
+        });
+        let check_id = node.hash.is_none();
+        let decoded = async {
+            let mut batches = batches.into_iter();
+            let mut next = match batches.next() {
+                Some(batch) => Some(self.fetch_batch(batch).await?),
+                None => None,
+            };
+            while let Some((batch, mut sealed)) = next.take() {
+                let repo = self.clone();
+                let full = full.clone();
+                let decode = tokio::task::spawn_blocking(move || -> Result<_> {
+                    for entry in &batch.entries {
+                        let at = (entry.offset - batch.start) as usize;
                         let sealed = &mut sealed[at..at + entry.length as usize];
-                        let body = repo.decrypt_blob_in_place(&pack, entry, sealed)?;
-                        file.write(repo.plain_blob(
-                            &pack,
+                        let body = repo.decrypt_blob_in_place(&batch.pack, entry, sealed)?;
+                        let mut buffer = empty.try_recv().unwrap_or_default();
+                        repo.plain_blob(
+                            &batch.pack,
                             entry,
-                            &sealed[body],
+                            &sealed[body.clone()],
                             check_id,
-                            &mut scratch,
-                        )?)?;
+                            &mut buffer,
+                        )?;
+                        if !entry.compressed {
+                            // plain_blob checked the body where it lies; the writer needs
+                            // it in a buffer of its own.
+                            buffer.clear();
+                            buffer.extend_from_slice(&sealed[body]);
+                        }
+                        if full.send(buffer).is_err() {
+                            // The writer stopped: its error is the one to report.
+                            return Ok(None);
+                        }
                     }
-                    Ok(file)
-                })
-                .await
-                .map_err(|e| Error::backend("restore", e.to_string()))??,
-            );
+                    Ok(Some(empty))
+                });
+                let fetch = async {
+                    match batches.next() {
+                        Some(batch) => self.fetch_batch(batch).await.map(Some),
+                        None => Ok(None),
+                    }
+                };
+                let (decoded, fetched) = tokio::join!(decode, fetch);
+                match decoded.map_err(|e| Error::backend("restore", e.to_string()))?? {
+                    Some(back) => empty = back,
+                    None => return Ok(false),
+                }
+                next = fetched?;
+            }
+            Ok::<bool, Error>(true)
         }
-        writing.expect("handed back").finish(node)
+        .await;
+        drop(full);
+        let file = writer
+            .await
+            .map_err(|e| Error::backend("restore", e.to_string()))?;
+        match decoded {
+            // Every blob was handed to the writer: its result is the file's.
+            Ok(true) => file?.finish(node),
+            Ok(false) => Err(file.err().unwrap_or_else(|| {
+                Error::backend(format!("write {}", path.display()), "the writer stopped")
+            })),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A batch's sealed bytes, checked to be as long as the index says.
+    async fn fetch_batch(&self, batch: Batch) -> Result<(Batch, Vec<u8>)> {
+        let key = super::repo::pack_key(&batch.pack);
+        let sealed = self.target.get_range(&key, batch.start..batch.end).await?;
+        if sealed.len() as u64 != batch.end - batch.start {
+            return Err(truncated(&key));
+        }
+        Ok((batch, sealed))
     }
 }
+
+/// Blobs of one file that lie next to each other in one pack, fetched with one ranged read.
+struct Batch {
+    pack: Arc<str>,
+    start: u64,
+    end: u64,
+    entries: Vec<BlobEntry>,
+}
+
+/// Plain blobs of one file decoded ahead of its writer.
+const PIPELINE: usize = 4;
 
 /// The most one ranged read of a pack fetches.
 const BATCH: u64 = 16 << 20;

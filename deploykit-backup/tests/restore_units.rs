@@ -214,3 +214,44 @@ async fn a_large_file_restores_bit_for_bit_and_damage_is_caught() {
         .expect_err("a truncated pack fails the restore");
     assert!(err.chain().contains("truncated"), "{}", err.chain());
 }
+
+/// A large file whose writes fail midway (its path leads to /dev/full) fails the restore
+/// with the write's error, naming the file, and without the decoding side waiting forever
+/// for a writer that stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_file_that_cannot_be_written_fails_the_restore_naming_it() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("skipped: no /dev/full on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("table"),
+        [noise(4, 6 << 20), text(5, 6 << 20)].concat(),
+    )
+    .unwrap();
+    let target = Arc::new(MemoryTarget::new());
+    let options = RepoOptions::builder()
+        .pack_size(1 << 20)
+        .kdf_cost((1024, 1))
+        .build();
+    let (repo, id) = full_backup(target, options, &data).await;
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(out.join("data")).unwrap();
+    std::os::unix::fs::symlink("/dev/full", out.join("data/table")).unwrap();
+    let restored = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        repo.restore(&id, &out, &RestoreOptions::default()),
+    )
+    .await
+    .expect("the restore ends");
+    let err = restored.expect_err("writes to /dev/full fail");
+    let text = err.chain();
+    assert!(text.contains("data/table"), "{text}");
+    assert!(
+        text.to_lowercase().contains("no space left"),
+        "the write's own error: {text}"
+    );
+}

@@ -184,7 +184,8 @@ pub async fn push_wal(repo: &Repository, path: &Path) -> Result<PushReport> {
 
 /// Fetch the archived file `file` (PostgreSQL's `%f`) to `dest` (`%p`). The content is
 /// checked and written to a temporary file beside `dest`, then renamed over it, so `dest`
-/// appears complete or not at all.
+/// appears complete or not at all. It is not synced to disk: PostgreSQL syncs the segments
+/// it keeps, and fetches again after a crash.
 ///
 /// [`Error::NotFound`] when the archive does not hold `file` — how PostgreSQL learns where
 /// the archive ends; any other error means the archive holds it but it cannot be read

@@ -197,7 +197,7 @@ pub struct RestoreReport {
 ///    an end-of-recovery checkpoint that writes every page replay dirtied;
 /// 4. PostgreSQL is started on a free port with a private Unix socket (no TCP, archiving
 ///    off so the restored cluster writes nothing into the archive; shared buffers sized to
-///    the machine and no restartpoints, for this run only), recovery runs to its end
+///    the WAL it replays and no restartpoints, for this run only), recovery runs to its end
 ///    and the cluster is promoted; the verify query runs; PostgreSQL is stopped, and the
 ///    spool of segments `wal-fetch` prefetched ([`PREFETCH_DIR`](crate::PREFETCH_DIR)) is
 ///    removed.
@@ -343,6 +343,11 @@ impl WalRun {
         .file_name(self.size)
     }
 
+    /// The WAL in the run, in bytes.
+    fn bytes(&self) -> u64 {
+        (self.last + 1).saturating_sub(self.first) * self.size
+    }
+
     fn names(&self) -> Vec<String> {
         (self.first..=self.last).map(|n| self.name(n)).collect()
     }
@@ -466,7 +471,7 @@ async fn recover(
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    settings.extend(recovery_tuning(available_memory()));
+    settings.extend(recovery_tuning(available_memory(), run.bytes()));
     let options = ServerOptions::builder()
         .port(free_port()?)
         .socket_dir(socket_dir.path.clone())
@@ -604,13 +609,21 @@ impl EarlySpool {
 }
 
 /// Settings for the recovery run only (the restored directory's own configuration is left as
-/// it was): shared buffers of a quarter of the memory available (128 MiB to 8 GiB), so replay
-/// finds the pages it touches in memory instead of evicting and reading them back for each
-/// record, and no restartpoint before the end of recovery (they would write those pages out
-/// while replay still needs them).
-fn recovery_tuning(available: Option<u64>) -> Vec<(String, String)> {
+/// it was): shared buffers that hold every page replay of `wal` bytes touches, so replay
+/// finds them in memory instead of evicting and reading them back for each record, and no
+/// restartpoint before the end of recovery (they would write those pages out while replay
+/// still needs them).
+///
+/// Each page replay touches arrives with a full-page image at its first change after the
+/// base backup's checkpoint, so the WAL's size bounds the pages; twice that leaves room for
+/// compressed images and pages that records create. Between 128 MiB (PostgreSQL's default)
+/// and a quarter of the memory available (at most 8 GiB): more would be memory the machine
+/// must fault in and zero for nothing, and would keep a scan of a large table (the verify
+/// query) from going through PostgreSQL's small ring of buffers.
+fn recovery_tuning(available: Option<u64>, wal: u64) -> Vec<(String, String)> {
     const MIB: u64 = 1024 * 1024;
-    let buffers = available.map_or(128 * MIB, |a| (a / 4).clamp(128 * MIB, 8192 * MIB));
+    let most = available.map_or(128 * MIB, |a| (a / 4).clamp(128 * MIB, 8192 * MIB));
+    let buffers = wal.saturating_mul(2).clamp(128 * MIB, most);
     vec![
         ("shared_buffers".into(), format!("{}MB", buffers / MIB)),
         ("max_wal_size".into(), "64GB".into()),
@@ -900,13 +913,32 @@ mod tests {
     }
 
     #[test]
-    fn recovery_runs_with_memory_sized_to_the_machine() {
+    fn recovery_runs_with_memory_sized_to_its_wal_and_the_machine() {
         const GIB: u64 = 1024 * 1024 * 1024;
-        let buffers = |available| recovery_tuning(available)[0].1.clone();
-        assert_eq!(buffers(None), "128MB");
-        assert_eq!(buffers(Some(GIB / 4)), "128MB", "never below the default");
-        assert_eq!(buffers(Some(8 * GIB)), "2048MB");
-        assert_eq!(buffers(Some(1024 * GIB)), "8192MB", "capped");
+        const SEGMENTS_100: u64 = 100 * 16 * 1024 * 1024;
+        let buffers = |available, wal| recovery_tuning(available, wal)[0].1.clone();
+        assert_eq!(buffers(None, SEGMENTS_100), "128MB");
+        assert_eq!(
+            buffers(Some(GIB / 4), SEGMENTS_100),
+            "128MB",
+            "never below the default"
+        );
+        assert_eq!(
+            buffers(Some(64 * GIB), 16 << 20),
+            "128MB",
+            "little to replay"
+        );
+        assert_eq!(
+            buffers(Some(64 * GIB), SEGMENTS_100),
+            "3200MB",
+            "twice the WAL"
+        );
+        assert_eq!(
+            buffers(Some(8 * GIB), SEGMENTS_100),
+            "2048MB",
+            "a quarter at most"
+        );
+        assert_eq!(buffers(Some(1024 * GIB), 1 << 40), "8192MB", "capped");
         assert!(available_memory().is_some_and(|m| m > 0));
     }
 

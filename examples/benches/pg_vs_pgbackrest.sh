@@ -18,27 +18,35 @@
 #   4. restore to the end of the archive into a new data directory, timed until the cluster
 #      is promoted and a query answers (`deploykit pg restore --latest --verify-query`;
 #      `pgbackrest restore`, then pg_ctl start and polling until promoted, then the query).
+#      The restores run after both tools' backups: one warm-up round, not counted, then
+#      ROUNDS rounds (default 3) with the tools' order swapped each round, and the table
+#      gives each tool's median: on a fresh VM the first restore pays for memory the host has
+#      not backed yet, and in a fixed order that cost would always fall on the same tool.
 #      deploykit's time is the one its report gives until the query answered: the command
 #      then stops the cluster cleanly (a shutdown checkpoint), which pgBackRest's timing
 #      does not include; the whole command's time is printed after the table. The restore
 #      of the files alone is also timed (deploykit's report; the `pgbackrest restore`
 #      command). Both restored clusters run with archive_mode=off. The query's result is
-#      checked against the primary's;
+#      checked against the primary's at the end of each tool's phase;
 #   5. repository size (`du -sb`).
-# deploykit's restore runs recovery with shared buffers sized to the machine and no
+# deploykit's restore runs recovery with shared buffers sized to the WAL it replays and no
 # restartpoints; pgBackRest's cluster starts with the cluster's own settings (as a user of
-# pgBackRest would start it), and once more with deploykit's recovery settings, a reference
-# row (PGBR_TUNED_RUN=0 skips it).
+# pgBackRest would start it), and once more with deploykit's recovery settings and
+# pgBackRest's own prefetching (archive-async=y for archive-get), a reference row
+# (PGBR_TUNED_RUN=0 skips it).
 # Where deploykit's recovery time goes is printed after the table: PostgreSQL's own "redo
 # done" line (its replay's CPU time and elapsed time, which includes waiting for
 # restore_command) for both tools, the time of one `wal-fetch` process without prefetching,
 # and a second deploykit restore with `--prefetch 0` (DK_NO_PREFETCH_RUN=0 skips it).
+# Each timed base backup and restore starts after a `sync`, so that neither tool's timing
+# includes the writeback of what the benchmark wrote before it.
 # The second tool runs on a database that has had the first tool's 20 s of pgbench on top
 # (a little more data and WAL); the table prints the database size each tool backed up.
 #
 # pgBackRest's archive-push runs synchronously (its default), like deploykit's wal-push: one
 # process per segment. PGBR_ASYNC=1 adds archive-async=y (parallel, process-max=2) for comparison.
-# LOAD_SECONDS (default 20) sets the pgbench run; KEEP=1 keeps the work directory.
+# LOAD_SECONDS (default 20) sets the pgbench run, ROUNDS (default 3) the restore rounds;
+# KEEP=1 keeps the work directory.
 #
 # Needs: root (PostgreSQL runs as `postgres` via runuser), cargo, PostgreSQL 15 in
 # /usr/lib/postgresql/15/bin (or PG_BINDIR), pgbackrest. Release build of deploykit goes to
@@ -187,6 +195,11 @@ log "loaded in $(since "$started") s"
 VERIFY_QUERY="SELECT count(*), sum(abalance) FROM pgbench_accounts"
 
 declare -A R
+# Each timed base backup and restore starts with nothing left to write back from the steps
+# before: the primary runs with fsync off, so its pgbench load, and the previous restores,
+# leave hundreds of MiB dirty that the kernel writes back about 30 s later, in whichever
+# tool's timing that falls.
+settle() { sync; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 
 # Step 3 for the current tool: pgbench load, segments archived during it, catch-up time.
@@ -219,6 +232,7 @@ as_pg env DEPLOYKIT_REPO_PASSWORD="$DK_PASSWORD" "$DK" pg init --repo "$DK_REPO"
 R[deploykit.setup]="$(since "$started")"
 switch_archive_to "$DK_ARCHIVE"
 R[deploykit.dbsize]="$(psql_q "SELECT pg_database_size('postgres')")"
+settle
 started="$(now)"
 as_pg env DEPLOYKIT_REPO_KEY_FILE="$DK_KEY" "$DK" pg backup --repo "$DK_REPO" --pgdata "$DATA" \
     --pgdata-connection "host=127.0.0.1 port=$PORT user=postgres" >"$T/deploykit-backup.log" 2>&1 \
@@ -226,45 +240,7 @@ as_pg env DEPLOYKIT_REPO_KEY_FILE="$DK_KEY" "$DK" pg backup --repo "$DK_REPO" --
 R[deploykit.backup]="$(since "$started")"
 log "deploykit: backup ${R[deploykit.backup]} s: $(cat "$T/deploykit-backup.log")"
 archive_under_load deploykit
-EXPECTED="$(psql_q "$VERIFY_QUERY")"
-log "deploykit: restore --latest (expecting $EXPECTED)"
-started="$(now)"
-env DEPLOYKIT_REPO_KEY_FILE="$DK_KEY" "$DK" pg restore --repo "$DK_REPO" --to "$T/restore-deploykit" --latest \
-    --verify-query "$VERIFY_QUERY" --verify-user postgres --run-as "$RUN_AS" >"$T/deploykit-restore.log" 2>"$T/deploykit-restore.err" \
-    || die "deploykit pg restore failed: $(cat "$T/deploykit-restore.err" "$T/deploykit-restore.log")"
-R[deploykit.whole]="$(since "$started")"
-# Its report: the files' restore, and the time until the promoted cluster answered (the
-# command then stops the cluster cleanly, which pgBackRest's timing below does not include).
-secs() { sed -n "s/.*$1 \([0-9.]*\)\(m\?s\).*/\1 \2/p" "$T/deploykit-restore.log" | head -1 \
-    | awk '{ printf "%.2f", ($2 == "ms") ? $1 / 1000 : $1 }'; }
-R[deploykit.restore]="$(secs 'answering after')"
-R[deploykit.files]="$(secs '; files')"
-got="$(tail -1 "$T/deploykit-restore.log")"
-[[ "$got" == "$EXPECTED" ]] || die "deploykit's restored cluster answered '$got', the primary '$EXPECTED'"
-log "deploykit: restored in ${R[deploykit.restore]} s: $(head -1 "$T/deploykit-restore.log")"
-R[deploykit.redo]="$(grep -o 'redo done at.*' "$T/restore-deploykit/deploykit-restore.log" | head -1 || true)"
-# One wal-fetch process, no prefetching: the cost PostgreSQL pays per segment without a spool.
-mkdir -p "$T/fetch-one" && chown "$RUN_AS": "$T/fetch-one"
-first_wal="$(sed -n 's/.*WAL \([0-9A-F]\{24\}\) to .*/\1/p' "$T/deploykit-restore.log" | head -1)"
-if [[ -n "$first_wal" ]]; then
-    started="$(now)"
-    for _ in 1 2 3 4 5; do
-        as_pg env DEPLOYKIT_REPO_KEY_FILE="$DK_KEY" "$DK" pg wal-fetch "$first_wal" "$T/fetch-one/RECOVERYXLOG" \
-            --repo "$DK_REPO" --prefetch 0 || die "wal-fetch $first_wal failed"
-    done
-    R[deploykit.fetch_one]="$(awk -v t="$(since "$started")" 'BEGIN { printf "%.0f", t * 1000 / 5 }')"
-fi
-rm -rf "$T/restore-deploykit" "$T/fetch-one"
-if [[ "${DK_NO_PREFETCH_RUN:-1}" != 0 ]]; then
-    started="$(now)"
-    env DEPLOYKIT_REPO_KEY_FILE="$DK_KEY" "$DK" pg restore --repo "$DK_REPO" --to "$T/restore-deploykit" --latest --prefetch 0 \
-        --verify-query "$VERIFY_QUERY" --verify-user postgres --run-as "$RUN_AS" >"$T/deploykit-restore0.log" 2>"$T/deploykit-restore0.err" \
-        || die "deploykit pg restore --prefetch 0 failed: $(cat "$T/deploykit-restore0.err" "$T/deploykit-restore0.log")"
-    R[deploykit.restore0]="$(since "$started")"
-    R[deploykit.redo0]="$(grep -o 'redo done at.*' "$T/restore-deploykit/deploykit-restore.log" | head -1 || true)"
-    log "deploykit: restored with --prefetch 0 in ${R[deploykit.restore0]} s: $(head -1 "$T/deploykit-restore0.log")"
-    rm -rf "$T/restore-deploykit"
-fi
+EXPECTED_DK="$(psql_q "$VERIFY_QUERY")"
 R[deploykit.size]="$(du -sb "$DK_REPO" | cut -f1)"
 
 # ---------------------------------------------------------------- pgBackRest
@@ -274,22 +250,65 @@ pgbr stanza-create >"$T/pgbackrest-stanza.log" 2>&1 || die "pgbackrest stanza-cr
 R[pgbackrest.setup]="$(since "$started")"
 switch_archive_to "$PGBR_ARCHIVE"
 R[pgbackrest.dbsize]="$(psql_q "SELECT pg_database_size('postgres')")"
+settle
 started="$(now)"
 pgbr backup --type=full >"$T/pgbackrest-backup.log" 2>&1 || die "pgbackrest backup failed: $(cat "$T/pgbackrest-backup.log")"
 R[pgbackrest.backup]="$(since "$started")"
 log "pgBackRest: backup ${R[pgbackrest.backup]} s"
 archive_under_load pgbackrest
-EXPECTED="$(psql_q "$VERIFY_QUERY")"
-# pgbr_restore KEY EXTRA_SETTINGS: restore with pgBackRest, start the cluster with the
-# settings (and EXTRA_SETTINGS), time it until promoted and answering into R[KEY.restore].
+EXPECTED_PGBR="$(psql_q "$VERIFY_QUERY")"
+R[pgbackrest.size]="$(du -sb "$PGBR_REPO" | cut -f1)"
+
+# ---------------------------------------------------------------- restores
+# Restores run after both backups: a warm-up round, then ROUNDS rounds (default 3), the tools'
+# order swapped each round, and the table gives each tool's median. On this kind of VM the
+# first restore writes into memory the host has not backed yet and pays for faulting it in
+# (deploykit's first restore here: files 3.3 s instead of 1.0–1.5 s); in one fixed order that
+# cost always falls on the same tool.
+ROUNDS="${ROUNDS:-3}"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# dk_restore KEY [ARGS…]: `deploykit pg restore --latest` with ARGS into a new directory;
+# R[KEY.restore] (until its promoted cluster answered, from its report: the command then stops
+# the cluster cleanly, which pgBackRest's timing does not include), R[KEY.files], R[KEY.whole]
+# (the whole command), R[KEY.redo] (PostgreSQL's "redo done" line), R[KEY.summary].
+secs() { sed -n "s/.*$2 \([0-9.]*\)\(m\?s\).*/\1 \2/p" "$1" | head -1 \
+    | awk '{ printf "%.2f", ($2 == "ms") ? $1 / 1000 : $1 }'; }
+dk_restore() {
+    local key="$1" got out="$T/$1-restore.log" err="$T/$1-restore.err"
+    shift
+    log "deploykit: restore --latest $* (expecting $EXPECTED_DK)"
+    rm -rf "$T/restore-deploykit"
+    settle
+    started="$(now)"
+    env DEPLOYKIT_REPO_KEY_FILE="$DK_KEY" "$DK" pg restore --repo "$DK_REPO" --to "$T/restore-deploykit" --latest "$@" \
+        --verify-query "$VERIFY_QUERY" --verify-user postgres --run-as "$RUN_AS" >"$out" 2>"$err" \
+        || die "deploykit pg restore failed: $(cat "$err" "$out")"
+    R[$key.whole]="$(since "$started")"
+    R[$key.restore]="$(secs "$out" 'answering after')"
+    R[$key.files]="$(secs "$out" '; files')"
+    got="$(tail -1 "$out")"
+    [[ "$got" == "$EXPECTED_DK" ]] || die "deploykit's restored cluster answered '$got', the primary '$EXPECTED_DK'"
+    R[$key.summary]="$(head -1 "$out" | sed 's/.*; files/files/')"
+    R[$key.redo]="$(grep -o 'redo done at.*' "$T/restore-deploykit/deploykit-restore.log" | head -1 || true)"
+    log "deploykit: restored in ${R[$key.restore]} s: ${R[$key.summary]}"
+    rm -rf "$T/restore-deploykit"
+}
+
+# pgbr_restore KEY EXTRA_SETTINGS [CONFIG]: restore with pgBackRest (its configuration
+# CONFIG, default $PGBR_CONF), start the cluster with the settings (and EXTRA_SETTINGS),
+# time it until promoted and answering into R[KEY.restore].
 pgbr_restore() {
-    local key="$1" extra="$2"
-    log "pgBackRest: restore${extra:+ with $extra} (expecting $EXPECTED)"
+    local key="$1" extra="$2" conf="${3:-$PGBR_CONF}" got
+    log "pgBackRest: restore${extra:+ with $extra} (expecting $EXPECTED_PGBR)"
     RESTORE_PORT="$(free_port)"
     rm -rf "$PGBR_RESTORED"
     mkdir -m 700 "$PGBR_RESTORED" && chown "$RUN_AS": "$PGBR_RESTORED"
+    settle
     started="$(now)"
-    pgbr --pg1-path="$PGBR_RESTORED" restore >"$T/$key-restore.log" 2>&1 \
+    as_pg "$PGBACKREST" --config="$conf" --stanza="$STANZA" --pg1-path="$PGBR_RESTORED" restore >"$T/$key-restore.log" 2>&1 \
         || die "pgbackrest restore failed: $(cat "$T/$key-restore.log")"
     R[$key.files]="$(since "$started")"
     as_pg "$PG_BINDIR/pg_ctl" -D "$PGBR_RESTORED" -l "$T/restore-$key.log" -W \
@@ -305,21 +324,64 @@ pgbr_restore() {
     done
     got="$(as_pg "$PG_BINDIR/psql" -X -At -h "$T" -p "$RESTORE_PORT" -U postgres -d postgres -c "$VERIFY_QUERY")"
     R[$key.restore]="$(since "$started")"
-    [[ "$got" == "$EXPECTED" ]] || die "pgBackRest's restored cluster answered '$got', the primary '$EXPECTED'"
+    [[ "$got" == "$EXPECTED_PGBR" ]] || die "pgBackRest's restored cluster answered '$got', the primary '$EXPECTED_PGBR'"
     as_pg "$PG_BINDIR/pg_ctl" -D "$PGBR_RESTORED" -m fast -w stop >/dev/null
     R[$key.redo]="$(grep -o 'redo done at.*' "$T/restore-$key.log" | head -1 || true)"
-    log "pgBackRest: restored in ${R[$key.restore]} s"
+    log "pgBackRest: restored in ${R[$key.restore]} s (files ${R[$key.files]} s)"
     rm -rf "$PGBR_RESTORED"
 }
-pgbr_restore pgbackrest ""
-# deploykit's restore runs recovery with shared buffers sized to the machine and no
-# restartpoints (deploykit-postgres, restore.rs: recovery_tuning); the same settings given to
-# pgBackRest's cluster show how much of the difference they make.
-TUNED_MB="$(awk '/MemAvailable/ { mb = int($2 / 1024 / 4); if (mb < 128) mb = 128; if (mb > 8192) mb = 8192; print mb }' /proc/meminfo)"
-if [[ "${PGBR_TUNED_RUN:-1}" != 0 ]]; then
-    pgbr_restore pgbackrest_tuned "-c shared_buffers=${TUNED_MB}MB -c max_wal_size=64GB -c checkpoint_timeout=1d"
+
+# Round 0 warms up (the first restore on this VM pays for memory the host backs lazily) and
+# is printed but not counted.
+ROUND_LINES=""
+for ((round = 0; round <= ROUNDS; round++)); do
+    if ((round % 2)); then
+        dk_restore "dk$round"
+        pgbr_restore "pgbr$round" ""
+    else
+        pgbr_restore "pgbr$round" ""
+        dk_restore "dk$round"
+    fi
+    ROUND_LINES+="- round $round$( ((round)) || echo ", warm-up, not counted") ($( ((round % 2)) && echo "deploykit first" || echo "pgBackRest first")): \
+deploykit ${R[dk$round.restore]} s (files ${R[dk$round.files]} s; whole command ${R[dk$round.whole]} s), \
+pgBackRest ${R[pgbr$round.restore]} s (files ${R[pgbr$round.files]} s)"$'\n'
+done
+for what in restore files whole; do
+    R[deploykit.$what]="$(median $(for ((r = 1; r <= ROUNDS; r++)); do echo "${R[dk$r.$what]}"; done))"
+    R[pgbackrest.$what]="$(median $(for ((r = 1; r <= ROUNDS; r++)); do echo "${R[pgbr$r.$what]:-0}"; done))"
+done
+
+# Where deploykit's recovery time goes: one wal-fetch process without prefetching (the cost
+# PostgreSQL pays per segment without a spool), and a restore with --prefetch 0.
+mkdir -p "$T/fetch-one" && chown "$RUN_AS": "$T/fetch-one"
+first_wal="$(sed -n 's/.*WAL \([0-9A-F]\{24\}\) to .*/\1/p' "$T/dk1-restore.log" | head -1)"
+if [[ -n "$first_wal" ]]; then
+    started="$(now)"
+    for _ in 1 2 3 4 5; do
+        as_pg env DEPLOYKIT_REPO_KEY_FILE="$DK_KEY" "$DK" pg wal-fetch "$first_wal" "$T/fetch-one/RECOVERYXLOG" \
+            --repo "$DK_REPO" --prefetch 0 || die "wal-fetch $first_wal failed"
+    done
+    R[deploykit.fetch_one]="$(awk -v t="$(since "$started")" 'BEGIN { printf "%.0f", t * 1000 / 5 }')"
 fi
-R[pgbackrest.size]="$(du -sb "$PGBR_REPO" | cut -f1)"
+rm -rf "$T/fetch-one"
+if [[ "${DK_NO_PREFETCH_RUN:-1}" != 0 ]]; then
+    dk_restore dk_no_prefetch --prefetch 0
+fi
+# deploykit's restore runs recovery with shared buffers of twice the WAL it replays (at least
+# 128 MiB, at most a quarter of the memory) and no restartpoints (deploykit-postgres,
+# restore.rs: recovery_tuning); the same settings given to pgBackRest's cluster show how much
+# of the difference they make. Its WAL: the segments of the load and the two of the backup.
+TUNED_MB="$(awk -v wal_mb="$(( (${R[pgbackrest.segments]:-0} + 2) * 16 ))" '/MemAvailable/ {
+    most = int($2 / 1024 / 4); if (most < 128) most = 128; if (most > 8192) most = 8192;
+    mb = 2 * wal_mb; if (mb < 128) mb = 128; if (mb > most) mb = most; print mb }' /proc/meminfo)"
+if [[ "${PGBR_TUNED_RUN:-1}" != 0 ]]; then
+    # pgBackRest's own prefetching: archive-get fetches ahead into its spool, in parallel.
+    PGBR_ASYNC_CONF="$T/pgbackrest-async.conf"
+    grep -v '^archive-async=' "$PGBR_CONF" \
+        | sed 's/^\[global\]$/[global]\narchive-async=y\narchive-get-queue-max=1GiB/' >"$PGBR_ASYNC_CONF"
+    chown "$RUN_AS": "$PGBR_ASYNC_CONF"
+    pgbr_restore pgbackrest_tuned "-c shared_buffers=${TUNED_MB}MB -c max_wal_size=64GB -c checkpoint_timeout=1d" "$PGBR_ASYNC_CONF"
+fi
 
 # ---------------------------------------------------------------- report
 # ratio: pgBackRest / deploykit for times and sizes, deploykit / pgBackRest for rates, so
@@ -338,17 +400,19 @@ deploykit $("$DK" --version 2>/dev/null | awk '{print $NF}' || true) vs pgBackRe
 | segments archived per second during the load | ${R[deploykit.during]} | ${R[pgbackrest.during]} | $(ratio "${R[deploykit.during]}" "${R[pgbackrest.during]}") |
 | archive caught up after the load | ${R[deploykit.catchup]} s | ${R[pgbackrest.catchup]} s | $(ratio "${R[pgbackrest.catchup]}" "${R[deploykit.catchup]}") |
 | segments archived per second, load start to caught up | ${R[deploykit.overall]} | ${R[pgbackrest.overall]} | $(ratio "${R[deploykit.overall]}" "${R[pgbackrest.overall]}") |
-| restore: the base backup's files in place (the tool's own work) | ${R[deploykit.files]} s | ${R[pgbackrest.files]} s | $(ratio "${R[pgbackrest.files]}" "${R[deploykit.files]}") |
-| restore to the end of the archive, promoted and answering | ${R[deploykit.restore]} s | ${R[pgbackrest.restore]} s | $(ratio "${R[pgbackrest.restore]}" "${R[deploykit.restore]}") |
-| the same, pgBackRest's cluster started with deploykit's recovery settings | ${R[deploykit.restore]} s | ${R[pgbackrest_tuned.restore]:-not run} s | $(ratio "${R[pgbackrest_tuned.restore]:-0}" "${R[deploykit.restore]}") |
+| restore: the base backup's files in place (the tool's own work; median of $ROUNDS) | ${R[deploykit.files]} s | ${R[pgbackrest.files]} s | $(ratio "${R[pgbackrest.files]}" "${R[deploykit.files]}") |
+| restore to the end of the archive, promoted and answering (median of $ROUNDS) | ${R[deploykit.restore]} s | ${R[pgbackrest.restore]} s | $(ratio "${R[pgbackrest.restore]}" "${R[deploykit.restore]}") |
+| the same, pgBackRest with archive-async=y and its cluster started with deploykit's recovery settings (once) | ${R[deploykit.restore]} s | ${R[pgbackrest_tuned.restore]:-not run} s | $(ratio "${R[pgbackrest_tuned.restore]:-0}" "${R[deploykit.restore]}") |
 | repository size (du -sb) | $(mib "${R[deploykit.size]}") MiB | $(mib "${R[pgbackrest.size]}") MiB | $(ratio "${R[pgbackrest.size]}" "${R[deploykit.size]}") |
 
+Restore rounds (each tool's restore, until promoted and answering):
+${ROUND_LINES}
 Where the restore time goes:
-- deploykit's whole command, with the clean stop: ${R[deploykit.whole]} s
-- deploykit: $(head -1 "$T/deploykit-restore.log" | sed 's/.*; files/files/')
-- deploykit, PostgreSQL: ${R[deploykit.redo]:-?}
+- deploykit's whole command, with the clean stop (median): ${R[deploykit.whole]} s
+- deploykit, round 1: ${R[dk1.summary]}
+- deploykit, round 1, PostgreSQL: ${R[dk1.redo]:-?}
 - deploykit, one wal-fetch process without prefetching: ${R[deploykit.fetch_one]:-?} ms per segment
-- deploykit with --prefetch 0: ${R[deploykit.restore0]:-not run} s; PostgreSQL: ${R[deploykit.redo0]:-?}
-- pgBackRest, PostgreSQL: ${R[pgbackrest.redo]:-?}
-- pgBackRest with shared_buffers=${TUNED_MB}MB, max_wal_size=64GB, checkpoint_timeout=1d: ${R[pgbackrest_tuned.restore]:-not run} s; PostgreSQL: ${R[pgbackrest_tuned.redo]:-?}
+- deploykit with --prefetch 0: ${R[dk_no_prefetch.restore]:-not run} s; PostgreSQL: ${R[dk_no_prefetch.redo]:-?}
+- pgBackRest, round 1, PostgreSQL: ${R[pgbr1.redo]:-?}
+- pgBackRest with archive-async=y, shared_buffers=${TUNED_MB}MB, max_wal_size=64GB, checkpoint_timeout=1d: ${R[pgbackrest_tuned.restore]:-not run} s; PostgreSQL: ${R[pgbackrest_tuned.redo]:-?}
 EOF
