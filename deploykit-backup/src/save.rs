@@ -240,7 +240,8 @@ impl PackWriter {
     }
 }
 
-/// Cut `reader` into content-defined chunks and hand each to `f`.
+/// Cut `reader` into content-defined chunks and hand them to `f`, in order, a window's
+/// worth at a time (every chunk that lies wholly in the window).
 ///
 /// FastCDC runs over a window of `buf` (reused across files, so no per-file allocation); a
 /// chunk that reaches the window's end before the stream's end is cut again with more data,
@@ -249,7 +250,7 @@ fn for_each_chunk(
     mut reader: impl std::io::Read,
     buf: &mut Vec<u8>,
     (min, avg, max): (u32, u32, u32),
-    mut f: impl FnMut(&[u8]) -> std::io::Result<()>,
+    mut f: impl FnMut(&[&[u8]]) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let window = (4 * max as usize).max(8 << 20);
     buf.resize(window, 0);
@@ -268,13 +269,17 @@ fn for_each_chunk(
             return Ok(());
         }
         let mut consumed = 0;
+        let mut chunks = Vec::new();
         for chunk in fastcdc::v2020::FastCDC::new(&buf[..len], min, avg, max) {
             let end = chunk.offset + chunk.length;
             if end == len && !eof {
                 break; // cut short by the window: cut again with more data
             }
-            f(&buf[chunk.offset..end])?;
+            chunks.push(&buf[chunk.offset..end]);
             consumed = end;
+        }
+        if !chunks.is_empty() {
+            f(&chunks)?;
         }
         buf.copy_within(consumed..len, 0);
         len -= consumed;
@@ -308,27 +313,75 @@ impl Saver {
     /// full pack is handed to the upload.
     fn add_blob(&self, pack: &mut PackWriter, kind: BlobKind, plain: &[u8]) -> Result<String> {
         let id = self.repo.keys.blob_id(plain);
-        if !self
-            .known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone())
-        {
+        if !self.is_new(&id) {
             return Ok(id);
         }
+        self.reserve(pack);
+        pack.seal(&self.repo, id.clone(), kind, plain)?;
+        self.added(pack)?;
+        Ok(id)
+    }
+
+    /// Store the data chunks `chunks` (consecutive, of one file) unless the repository has
+    /// them; their ids, in order. Ids are computed, and new chunks compressed and sealed, on
+    /// every core; the sealed blobs are appended to `pack` in the chunks' order, so a file's
+    /// blobs stay together for restore however its chunks were sealed.
+    fn add_chunks(&self, pack: &mut PackWriter, chunks: &[&[u8]]) -> Result<Vec<String>> {
+        use rayon::prelude::*;
+        let ids: Vec<String> = chunks
+            .par_iter()
+            .map(|c| self.repo.keys.blob_id(c))
+            .collect();
+        // In order, so that of two equal chunks the first is the one stored.
+        let new: Vec<usize> = (0..ids.len()).filter(|&i| self.is_new(&ids[i])).collect();
+        let sealed: Vec<(Vec<u8>, bool)> = new
+            .par_iter()
+            .map(|&i| {
+                let mut out = Vec::new();
+                let compressed = self.repo.seal_blob_into(&ids[i], chunks[i], &mut out)?;
+                Ok((out, compressed))
+            })
+            .collect::<Result<_>>()?;
+        for (&i, (out, compressed)) in new.iter().zip(sealed) {
+            self.reserve(pack);
+            pack.add(
+                ids[i].clone(),
+                BlobKind::Data,
+                out,
+                chunks[i].len() as u64,
+                compressed,
+            );
+            self.added(pack)?;
+        }
+        Ok(ids)
+    }
+
+    /// Whether the blob `id` is new to the repository (and now known).
+    fn is_new(&self, id: &str) -> bool {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string())
+    }
+
+    /// Room in an empty `pack` for a full pack and the blob that overfills it: no regrowing
+    /// copies.
+    fn reserve(&self, pack: &mut PackWriter) {
         if pack.buf.capacity() == 0 {
-            // Room for a full pack and the blob that overfills it: no regrowing copies.
             let c = &self.repo.config;
             pack.buf.reserve(
                 usize::try_from(c.pack_size + u64::from(c.chunk_max)).unwrap_or(0) + 64 * 1024,
             );
         }
-        pack.seal(&self.repo, id.clone(), kind, plain)?;
+    }
+
+    /// Count the blob just added to `pack`, and hand `pack` to the upload once full.
+    fn added(&self, pack: &mut PackWriter) -> Result<()> {
         self.blobs_added.fetch_add(1, Ordering::Relaxed);
         if pack.buf.len() as u64 >= self.repo.config.pack_size {
             self.send(std::mem::take(pack))?;
         }
-        Ok(id)
+        Ok(())
     }
 
     /// Upload `pack` if it holds anything.
@@ -381,15 +434,31 @@ impl Saver {
             reader,
             buf,
             (c.chunk_min, c.chunk_avg, c.chunk_max),
-            |data| {
-                hasher.update(data);
-                size += data.len() as u64;
-                self.bytes_read
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                let id = self
-                    .add_blob(pack, BlobKind::Data, data)
-                    .map_err(|e| std::io::Error::other(e.chain()))?;
-                content.push(id);
+            |chunks| {
+                let bytes: usize = chunks.iter().map(|c| c.len()).sum();
+                let stored = if bytes >= PARALLEL_WINDOW && chunks.len() > 1 {
+                    // A large file: its chunks sealed on every core while its hash is taken.
+                    let (stored, ()) = rayon::join(
+                        || self.add_chunks(pack, chunks),
+                        || {
+                            for c in chunks {
+                                hasher.update(c);
+                            }
+                        },
+                    );
+                    stored
+                } else {
+                    chunks
+                        .iter()
+                        .map(|c| {
+                            hasher.update(c);
+                            self.add_blob(pack, BlobKind::Data, c)
+                        })
+                        .collect()
+                };
+                content.extend(stored.map_err(|e| std::io::Error::other(e.chain()))?);
+                size += bytes as u64;
+                self.bytes_read.fetch_add(bytes as u64, Ordering::Relaxed);
                 Ok(())
             },
         )?;
@@ -418,6 +487,10 @@ impl Saver {
         }
     }
 }
+
+/// Chunks that make up at least this much of a window are sealed in parallel; less (small
+/// files, a stream's tail) costs more to hand out than it gains.
+const PARALLEL_WINDOW: usize = 4 << 20;
 
 /// A file's stored content: blob ids, BLAKE3 of the whole, size.
 type Saved = (Vec<String>, String, u64);
@@ -1129,6 +1202,118 @@ mod tests {
         }
     }
 
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A large file's chunks are sealed in parallel, yet stored as if one thread had done
+    /// it: a chunk repeated within one window is stored once, and the file's blobs lie in
+    /// its packs in content order, each pack one run of the file (what restore's ranged
+    /// reads rely on); the file restores bit for bit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_files_chunks_sealed_in_parallel_keep_their_order_and_dedup() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let a = noise(1, 1 << 20);
+        let text: Vec<u8> = (0..(2 << 20)).map(|i| b"select 1;\n"[i % 10]).collect();
+        // 15 MiB: windows of 8 MiB (4 x chunk_max, at least 8 MiB) hold repeats of `a`.
+        let big = [
+            &a,
+            &noise(2, 3 << 20),
+            &a,
+            &text,
+            &a,
+            &noise(3, 5 << 20),
+            &a,
+        ]
+        .map(|part| part.as_slice())
+        .concat();
+        std::fs::write(data.join("big"), &big).unwrap();
+        let target = Arc::new(crate::LocalTarget::new(&dir.path().join("repo")).unwrap());
+        let options = crate::RepoOptions::builder()
+            .kdf_cost((1024, 1))
+            .chunk_min(16 * 1024)
+            .chunk_avg(64 * 1024)
+            .chunk_max(256 * 1024)
+            .pack_size(2 << 20)
+            .build();
+        let repo = Repository::init(target, &crate::RepoKey::passphrase("pw"), options)
+            .await
+            .unwrap();
+        let (id, snapshot) = repo
+            .backup(
+                BackupRequest::builder()
+                    .paths(vec![data.clone()])
+                    .kind(crate::BackupKind::Full)
+                    .build(),
+            )
+            .await
+            .unwrap();
+        let index = repo.load_index().await.unwrap();
+        let trees = repo.load_trees(&index, &snapshot.tree).await.unwrap();
+        let node = trees
+            .values()
+            .flat_map(|t| &t.nodes)
+            .find(|n| n.name.as_deref() == Some("big"))
+            .expect("the file is in the snapshot");
+        let distinct: HashSet<&String> = node.content.iter().collect();
+        assert!(
+            distinct.len() + 10 < node.content.len(),
+            "the repeats of `a` make equal chunks: {} of {}",
+            distinct.len(),
+            node.content.len()
+        );
+        let stored = index
+            .packs
+            .values()
+            .flat_map(|p| &p.blobs)
+            .filter(|b| distinct.contains(&b.id))
+            .count();
+        assert_eq!(stored, distinct.len(), "each distinct chunk stored once");
+        // First occurrences, in content order: within a pack, offsets increase; and each
+        // pack is one run (no pack is left and come back to).
+        let mut seen = HashSet::new();
+        let mut runs: Vec<(Arc<str>, u64)> = Vec::new();
+        for blob in &node.content {
+            if !seen.insert(blob) {
+                continue;
+            }
+            let (pack, entry) = &index.blobs[blob];
+            match runs.last_mut() {
+                Some((p, last)) if p == pack => {
+                    assert!(entry.offset > *last, "blobs in content order within a pack");
+                    *last = entry.offset;
+                }
+                _ => runs.push((pack.clone(), entry.offset)),
+            }
+        }
+        let packs: HashSet<&Arc<str>> = runs.iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            packs.len(),
+            runs.len(),
+            "each pack holds one run of the file"
+        );
+        assert!(
+            runs.len() > 2,
+            "the file spans several packs: {}",
+            runs.len()
+        );
+        let out = dir.path().join("out");
+        repo.restore(&id, &out, &crate::RestoreOptions::default())
+            .await
+            .unwrap();
+        assert!(std::fs::read(out.join("data/big")).unwrap() == big);
+    }
+
     #[test]
     fn windowed_chunking_cuts_where_whole_stream_chunking_does() {
         let mut x = 88172645463325252u64;
@@ -1150,8 +1335,8 @@ mod tests {
                 .collect();
         let mut windowed = Vec::new();
         let mut buf = Vec::new();
-        for_each_chunk(Trickle(&data, 1), &mut buf, params, |c| {
-            windowed.push(c.len());
+        for_each_chunk(Trickle(&data, 1), &mut buf, params, |chunks| {
+            windowed.extend(chunks.iter().map(|c| c.len()));
             Ok(())
         })
         .unwrap();
@@ -1160,14 +1345,14 @@ mod tests {
         assert!(windowed.len() > 10);
         // Empty and tiny streams.
         let mut n = 0;
-        for_each_chunk(&[][..], &mut buf, params, |_| {
-            n += 1;
+        for_each_chunk(&[][..], &mut buf, params, |chunks| {
+            n += chunks.len();
             Ok(())
         })
         .unwrap();
         assert_eq!(n, 0);
-        for_each_chunk(&b"tiny"[..], &mut buf, params, |c| {
-            assert_eq!(c, b"tiny");
+        for_each_chunk(&b"tiny"[..], &mut buf, params, |chunks| {
+            assert_eq!(chunks, [b"tiny"]);
             Ok(())
         })
         .unwrap();
