@@ -5,7 +5,7 @@ use deploykit_telemetry::metrics::BackupRecord;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -299,6 +299,11 @@ struct Saver {
     leftovers: Mutex<Vec<PackWriter>>,
     uploads: mpsc::Sender<(PackEntry, Vec<u8>)>,
     bytes_read: AtomicU64,
+    /// Reader threads, and how many of them are reading a file now: a large file's chunks
+    /// are sealed on every core only while some reader is idle (the end of a backup that one
+    /// large file makes long), not when every core already has a file of its own.
+    readers: usize,
+    reading: AtomicUsize,
     files_done: AtomicU64,
     blobs_added: AtomicU64,
     /// Files and bytes to read, as the walk finds them.
@@ -323,35 +328,46 @@ impl Saver {
     }
 
     /// Store the data chunks `chunks` (consecutive, of one file) unless the repository has
-    /// them; their ids, in order. Ids are computed, and new chunks compressed and sealed, on
-    /// every core; the sealed blobs are appended to `pack` in the chunks' order, so a file's
-    /// blobs stay together for restore however its chunks were sealed.
+    /// them; their ids, in order. Each chunk's id is computed and, if the repository does
+    /// not know it yet, the chunk compressed and sealed, on every core at once; then, in
+    /// order, each sealed blob is appended to `pack` unless an equal chunk before it (in this
+    /// window, or another reader's) was stored first, so a file's blobs stay together in
+    /// content order for restore however its chunks were sealed.
     fn add_chunks(&self, pack: &mut PackWriter, chunks: &[&[u8]]) -> Result<Vec<String>> {
         use rayon::prelude::*;
-        let ids: Vec<String> = chunks
+        let sealed: Vec<(String, Option<(Vec<u8>, bool)>)> = chunks
             .par_iter()
-            .map(|c| self.repo.keys.blob_id(c))
-            .collect();
-        // In order, so that of two equal chunks the first is the one stored.
-        let new: Vec<usize> = (0..ids.len()).filter(|&i| self.is_new(&ids[i])).collect();
-        let sealed: Vec<(Vec<u8>, bool)> = new
-            .par_iter()
-            .map(|&i| {
-                let mut out = Vec::new();
-                let compressed = self.repo.seal_blob_into(&ids[i], chunks[i], &mut out)?;
-                Ok((out, compressed))
+            .map(|chunk| {
+                let id = self.repo.keys.blob_id(chunk);
+                let known = self
+                    .known
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&id);
+                if known {
+                    return Ok((id, None));
+                }
+                let mut out = Vec::with_capacity(chunk.len() / 2);
+                let compressed = self.repo.seal_blob_into(&id, chunk, &mut out)?;
+                Ok((id, Some((out, compressed))))
             })
             .collect::<Result<_>>()?;
-        for (&i, (out, compressed)) in new.iter().zip(sealed) {
-            self.reserve(pack);
-            pack.add(
-                ids[i].clone(),
-                BlobKind::Data,
-                out,
-                chunks[i].len() as u64,
-                compressed,
-            );
-            self.added(pack)?;
+        let mut ids = Vec::with_capacity(sealed.len());
+        for (chunk, (id, blob)) in chunks.iter().zip(sealed) {
+            if let Some((out, compressed)) = blob
+                && self.is_new(&id)
+            {
+                self.reserve(pack);
+                pack.add(
+                    id.clone(),
+                    BlobKind::Data,
+                    out,
+                    chunk.len() as u64,
+                    compressed,
+                );
+                self.added(pack)?;
+            }
+            ids.push(id);
         }
         Ok(ids)
     }
@@ -436,7 +452,8 @@ impl Saver {
             (c.chunk_min, c.chunk_avg, c.chunk_max),
             |chunks| {
                 let bytes: usize = chunks.iter().map(|c| c.len()).sum();
-                let stored = if bytes >= PARALLEL_WINDOW && chunks.len() > 1 {
+                let idle = self.reading.load(Ordering::Relaxed) < self.readers;
+                let stored = if idle && bytes >= PARALLEL_WINDOW && chunks.len() > 1 {
                     // A large file: its chunks sealed on every core while its hash is taken.
                     let (stored, ()) = rayon::join(
                         || self.add_chunks(pack, chunks),
@@ -941,12 +958,17 @@ impl Repository {
         let exclude = request.exclude.clone();
         let live = request.live;
         let (tx, mut rx) = mpsc::channel::<(PackEntry, Vec<u8>)>(2);
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 4);
         let saver = Arc::new(Saver {
             repo: self.clone(),
             known: Mutex::new(index.blobs.keys().cloned().collect()),
             leftovers: Mutex::new(Vec::new()),
             uploads: tx,
             bytes_read: AtomicU64::new(0),
+            readers: workers,
+            reading: AtomicUsize::new(0),
             files_done: AtomicU64::new(0),
             blobs_added: AtomicU64::new(0),
             files_total: AtomicU64::new(0),
@@ -968,9 +990,6 @@ impl Repository {
                     .get_or_insert(e);
             };
             let failed = || failure.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-            let workers = std::thread::available_parallelism()
-                .map_or(2, |n| n.get())
-                .clamp(1, 4);
             let walked = std::thread::scope(|scope| {
                 for _ in 0..workers {
                     scope.spawn(|| {
@@ -989,7 +1008,10 @@ impl Repository {
                                     .push(pack);
                                 return;
                             };
-                            match saver.read(&job, live, &mut buf, &mut pack) {
+                            saver.reading.fetch_add(1, Ordering::Relaxed);
+                            let read = saver.read(&job, live, &mut buf, &mut pack);
+                            saver.reading.fetch_sub(1, Ordering::Relaxed);
+                            match read {
                                 Ok(saved) => {
                                     let mut results =
                                         results.lock().unwrap_or_else(|e| e.into_inner());
