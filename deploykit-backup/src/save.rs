@@ -335,7 +335,7 @@ impl Saver {
     /// content order for restore however its chunks were sealed.
     fn add_chunks(&self, pack: &mut PackWriter, chunks: &[&[u8]]) -> Result<Vec<String>> {
         use rayon::prelude::*;
-        let sealed: Vec<(String, Option<(Vec<u8>, bool)>)> = chunks
+        let sealed: Vec<(String, Option<Sealed>)> = chunks
             .par_iter()
             .map(|chunk| {
                 let id = self.repo.keys.blob_id(chunk);
@@ -504,6 +504,9 @@ impl Saver {
         }
     }
 }
+
+/// A blob sealed for a pack: its bytes, and whether it was compressed.
+type Sealed = (Vec<u8>, bool);
 
 /// Chunks that make up at least this much of a window are sealed in parallel; less (small
 /// files, a stream's tail) costs more to hand out than it gains.
