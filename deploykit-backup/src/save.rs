@@ -1263,7 +1263,7 @@ mod tests {
         .map(|part| part.as_slice())
         .concat();
         std::fs::write(data.join("big"), &big).unwrap();
-        let target = Arc::new(crate::LocalTarget::new(&dir.path().join("repo")).unwrap());
+        let target = Arc::new(crate::LocalTarget::new(dir.path().join("repo")).unwrap());
         let options = crate::RepoOptions::builder()
             .kdf_cost((1024, 1))
             .chunk_min(16 * 1024)
