@@ -169,13 +169,32 @@ fn ensure_dirs<'a>(root: &Path, segments: impl Iterator<Item = &'a str>) -> io::
     for segment in segments {
         let next = dir.join(segment);
         match fs::create_dir(&next) {
-            Ok(()) => sync_dir(&dir)?,
+            Ok(()) => {
+                same_owner_as_parent(&dir, &next)?;
+                sync_dir(&dir)?;
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
         dir = next;
     }
     Ok(dir)
+}
+
+/// Give the new directory `dir` the owner of its `parent`, when they differ and this process
+/// may (root writing into a repository another user owns, such as PostgreSQL's
+/// `archive_command` user): a directory root made would lock that user out of it.
+fn same_owner_as_parent(parent: &Path, dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (parent_meta, meta) = (fs::metadata(parent)?, fs::metadata(dir)?);
+    if (parent_meta.uid(), parent_meta.gid()) == (meta.uid(), meta.gid()) {
+        return Ok(());
+    }
+    match std::os::unix::fs::chown(dir, Some(parent_meta.uid()), Some(parent_meta.gid())) {
+        // Not allowed (not root): the directory is this user's, as any file it writes.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+        other => other,
+    }
 }
 
 /// A temporary file, removed when dropped unless [`TmpFile::keep`] was called.
@@ -440,6 +459,36 @@ impl BackupTarget for LocalTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Root writing into a repository another user owns (a CLI command beside PostgreSQL's
+    /// `archive_command`) makes its new directories that user's, so the user can still write
+    /// objects whose shard directory root made first.
+    #[tokio::test]
+    async fn directories_root_creates_belong_to_the_repository_owner() {
+        use std::os::unix::fs::MetadataExt;
+        if fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("repo");
+        fs::create_dir(&repo).unwrap();
+        std::os::unix::fs::chown(&repo, Some(65534), Some(65534)).unwrap();
+        let target = LocalTarget::new(&repo).unwrap();
+        target.put("data/ab/abcdef", b"x".to_vec()).await.unwrap();
+        for made in ["data", "data/ab"] {
+            let meta = fs::metadata(repo.join(made)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{made}");
+        }
+        // A root-owned repository stays root's.
+        let mine = dir.path().join("mine");
+        LocalTarget::new(&mine)
+            .unwrap()
+            .put("data/cd/cdef", b"y".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(fs::metadata(mine.join("data/cd")).unwrap().uid(), 0);
+    }
 
     #[test]
     fn temporary_files_are_named_for_this_process_alone() {
