@@ -53,3 +53,20 @@ pub use source::CommandSource;
 pub use verify::{Problem, ReadData, VerifyReport};
 
 pub use deploykit_core::backup::{BackupSource, BackupTarget, ObjectMeta, check_key};
+
+/// Data for the crate's unit tests.
+#[cfg(test)]
+mod test_data {
+    /// `len` pseudo-random (incompressible) bytes, the same for the same `seed`.
+    pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+}

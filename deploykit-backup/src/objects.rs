@@ -624,6 +624,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
+    use crate::test_data::noise;
     use crate::{BackupTarget, LocalTarget, ObjectMeta, PruneOptions, RepoKey, RepoOptions};
 
     /// A local target whose puts of `named/` keys fail while `fail_named` is set: a put killed
@@ -675,18 +676,6 @@ mod tests {
             .await
             .unwrap();
         (repo, target)
-    }
-
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 
     fn packs(dir: &std::path::Path) -> usize {

@@ -1213,6 +1213,7 @@ impl Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_data::noise;
 
     /// A reader handing out a few bytes at a time, in uneven amounts.
     struct Trickle<'a>(&'a [u8], usize);
@@ -1227,18 +1228,6 @@ mod tests {
         }
     }
 
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
     /// A large file's chunks are sealed in parallel, yet stored as if one thread had done
     /// it: a chunk repeated within one window is stored once, and the file's blobs lie in
     /// its packs in content order, each pack one run of the file (what restore's ranged
@@ -1248,16 +1237,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        let a = noise(1, 1 << 20);
+        let a = noise(1 << 20, 1);
         let text: Vec<u8> = (0..(2 << 20)).map(|i| b"select 1;\n"[i % 10]).collect();
         // 15 MiB: windows of 8 MiB (4 x chunk_max, at least 8 MiB) hold repeats of `a`.
         let big = [
             &a,
-            &noise(2, 3 << 20),
+            &noise(3 << 20, 2),
             &a,
             &text,
             &a,
-            &noise(3, 5 << 20),
+            &noise(5 << 20, 3),
             &a,
         ]
         .map(|part| part.as_slice())
