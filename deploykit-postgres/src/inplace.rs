@@ -229,7 +229,7 @@ impl BackupFinish for StopBackup {
             self.facts.wal_segment_size,
         )
         .file_name(self.facts.wal_segment_size);
-        wait_archived(&self.dir, &last).await?;
+        wait_archived(&self.dir, &last, || self.client.is_closed()).await?;
         let backup = BaseBackup {
             snapshot: String::new(),
             timeline,
@@ -254,11 +254,21 @@ impl BackupFinish for StopBackup {
 /// but looking every 10 ms: archived once `pg_wal/archive_status/NAME.done` exists, or once
 /// neither that, `NAME.ready` nor the file itself does (archived and recycled). A warning
 /// after a minute (and each doubling), as PostgreSQL gives; the wait itself has no end, as
-/// PostgreSQL's has not: a base backup without its WAL is not restorable.
-async fn wait_archived(dir: &Path, name: &str) -> Result<()> {
+/// PostgreSQL's has not: a base backup without its WAL is not restorable. It fails when
+/// `server_gone` says the backup's connection closed (the server stopped or crashed), where
+/// PostgreSQL's wait would have ended with its backend, rather than waiting for an archiver
+/// that is no more.
+async fn wait_archived(dir: &Path, name: &str, server_gone: impl Fn() -> bool) -> Result<()> {
     let started = Instant::now();
     let mut warn_after = Duration::from_secs(60);
     while archive_busy(dir, name)? {
+        if server_gone() {
+            return Err(Error::backend(
+                format!("wait for WAL segment {name} to be archived"),
+                "the connection to the server closed first (no snapshot is written: without \
+                 that segment the base backup is not restorable)",
+            ));
+        }
         if started.elapsed() >= warn_after {
             tracing::warn!(
                 segment = name,
@@ -429,7 +439,7 @@ mod tests {
             .unwrap();
         });
         let started = Instant::now();
-        wait_archived(dir.path(), seg).await.unwrap();
+        wait_archived(dir.path(), seg, || false).await.unwrap();
         let waited = started.elapsed();
         archiver.await.unwrap();
         assert!(
@@ -437,6 +447,26 @@ mod tests {
             "{waited:?}"
         );
         assert!(!archive_busy(dir.path(), seg).unwrap(), "done");
+
+        // A server that goes away while its segment is still only ready: an error naming the
+        // segment, not a wait without end.
+        let next = "000000010000000000000006";
+        std::fs::write(status.join(format!("{next}.ready")), b"").unwrap();
+        let gone = std::sync::atomic::AtomicBool::new(false);
+        let waiting = wait_archived(dir.path(), next, || {
+            gone.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        let closing = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            gone.store(true, std::sync::atomic::Ordering::SeqCst);
+        };
+        let (waited, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(waiting, closing)
+        })
+        .await
+        .expect("the wait ends when the server is gone");
+        let err = waited.expect_err("not archived").chain();
+        assert!(err.contains(next) && err.contains("closed"), "{err}");
     }
 
     #[test]
